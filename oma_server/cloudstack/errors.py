@@ -1,0 +1,251 @@
+"""CloudStack failures as DomainErrors.
+
+CloudStack reports an error with an HTTP status equal to its `errorcode` (ApiErrorCode) and a body
+`{"<command>response": {"errorcode": 431, "cserrorcode": 4350, "errortext": "..."}}`; a failed async job
+reports `jobstatus: 2` with the same three fields in `jobresult`. `from_cloudstack_error` turns either into
+one typed exception whose metadata keeps CloudStack's own words (they end up in the gRPC ErrorInfo).
+
+CloudStack's ApiErrorCode values (api/src/main/java/org/apache/cloudstack/api/ApiErrorCode.java):
+401 UNAUTHORIZED, 405 METHOD_NOT_ALLOWED, 429 API_LIMIT_EXCEED, 430 MALFORMED_PARAMETER_ERROR,
+431 PARAM_ERROR, 432 UNSUPPORTED_ACTION_ERROR, 530 INTERNAL_ERROR, 531 ACCOUNT_ERROR,
+532 ACCOUNT_RESOURCE_LIMIT_ERROR, 533 INSUFFICIENT_CAPACITY_ERROR, 534 RESOURCE_UNAVAILABLE_ERROR,
+535 RESOURCE_ALLOCATION_ERROR, 536 RESOURCE_IN_USE_ERROR, 537 NETWORK_RULE_CONFLICT_ERROR.
+There is no 437 in CloudStack; we still treat it (and any other unknown 4xx) conservatively.
+An unknown uuid is a 431 whose text says the entity does not exist; we report that as NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import aiohttp
+
+from oma_server import errors
+
+# errortext fragments CloudStack uses when the same request may well succeed a little later.
+_RETRYABLE_TEXT = re.compile(
+    r"try again|retry|timed? ?out|unable to acquire|lock wait|deadlock|concurrent operation|"
+    r"temporarily|connection (?:refused|reset)|service unavailable|unable to get answer|"
+    r"is being (?:created|processed)|job .* is still running|management server .* (?:restart|shutting)",
+    re.IGNORECASE,
+)
+_NOT_FOUND_TEXT = re.compile(r"entity does not exist|unable to find|does not exist|not found|no such", re.IGNORECASE)
+
+
+class CloudStackError(errors.DomainError):
+    """Base of every CloudStack failure. Concrete subclasses also derive from the matching DomainError."""
+
+    default_reason = "CLOUDSTACK_ERROR"
+    #: a retry of the same request may succeed
+    transient: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: str | None = None,
+        errorcode: int | None = None,
+        cserrorcode: int | None = None,
+        errortext: str | None = None,
+        jobid: str | None = None,
+        http_status: int | None = None,
+        transient: bool | None = None,
+        reason: str | None = None,
+        **metadata: Any,
+    ) -> None:
+        super().__init__(
+            message,
+            reason=reason,
+            command=command,
+            cloudstack_errorcode=errorcode,
+            cloudstack_cserrorcode=cserrorcode,
+            cloudstack_errortext=errortext,
+            cloudstack_jobid=jobid,
+            http_status=http_status,
+            **metadata,
+        )
+        self.command = command
+        self.errorcode = errorcode
+        self.cserrorcode = cserrorcode
+        self.errortext = errortext
+        self.jobid = jobid
+        self.http_status = http_status
+        if transient is not None:
+            self.transient = transient
+
+
+class CloudStackAuthError(CloudStackError, errors.Unauthenticated):
+    """401: wrong API key, bad signature or expired request."""
+
+    default_reason = "CLOUDSTACK_UNAUTHENTICATED"
+
+
+class CloudStackParamError(CloudStackError, errors.InvalidArgument):
+    """430/431: CloudStack refused a parameter or the request in the current state of the resource."""
+
+    default_reason = "CLOUDSTACK_PARAM_ERROR"
+
+
+class CloudStackNotFound(CloudStackError, errors.NotFound):
+    """The resource does not exist (CloudStack says so with a 431, or a lookup came back empty)."""
+
+    default_reason = "CLOUDSTACK_NOT_FOUND"
+
+
+class CloudStackUnsupportedAction(CloudStackError, errors.FailedPrecondition):
+    """432: the action is not supported here (for the hypervisor, the state, or this account)."""
+
+    default_reason = "CLOUDSTACK_UNSUPPORTED_ACTION"
+
+
+class CloudStackUnknownCommand(CloudStackError, errors.Unimplemented):
+    """432 for an API command the endpoint does not know (or the account may not call)."""
+
+    default_reason = "CLOUDSTACK_UNKNOWN_COMMAND"
+
+
+class CloudStackPermissionDenied(CloudStackError, errors.PermissionDenied):
+    """531: the account may not do this."""
+
+    default_reason = "CLOUDSTACK_ACCOUNT_ERROR"
+
+
+class CloudStackInsufficientCapacity(CloudStackError, errors.ResourceExhausted):
+    """429/532/533/535 (and 437): limits, capacity or allocation exhausted."""
+
+    default_reason = "CLOUDSTACK_INSUFFICIENT_CAPACITY"
+
+
+class CloudStackResourceInUse(CloudStackError, errors.FailedPrecondition):
+    """536/537 and other refusals because of the state of a resource."""
+
+    default_reason = "CLOUDSTACK_RESOURCE_IN_USE"
+
+
+class CloudStackUnavailable(CloudStackError, errors.Unavailable):
+    """CloudStack cannot be reached, or answered that it cannot do it now (534, 5xx, retryable 530)."""
+
+    default_reason = "CLOUDSTACK_UNAVAILABLE"
+    transient = True
+
+
+class CloudStackInternalError(CloudStackError, errors.Internal):
+    """530 (INTERNAL_ERROR) whose text does not suggest a retry, or a failed async job without detail."""
+
+    default_reason = "CLOUDSTACK_INTERNAL_ERROR"
+
+
+class CloudStackBadResponse(CloudStackError, errors.Internal):
+    """CloudStack answered something that is not a CloudStack API response (wrong URL, proxy page...)."""
+
+    default_reason = "CLOUDSTACK_BAD_RESPONSE"
+
+
+class CloudStackJobTimeout(CloudStackError, errors.DeadlineExceeded):
+    """An async job did not finish in time. The job may still complete in CloudStack."""
+
+    default_reason = "CLOUDSTACK_JOB_TIMEOUT"
+
+
+class CloudStackRequestTimeout(CloudStackError, errors.DeadlineExceeded):
+    """One HTTP request got no answer in time."""
+
+    default_reason = "CLOUDSTACK_REQUEST_TIMEOUT"
+    transient = True
+
+
+def _to_int(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError):
+        return None
+
+
+def retryable_text(text: str | None) -> bool:
+    """Whether a CloudStack errortext says the same request may succeed later."""
+    return bool(text and _RETRYABLE_TEXT.search(text))
+
+
+def from_cloudstack_error(
+    payload: Any,
+    *,
+    command: str,
+    http_status: int | None = None,
+    jobid: str | None = None,
+) -> CloudStackError:
+    """The typed exception for an error body (or a failed job's `jobresult`)."""
+    body = payload if isinstance(payload, dict) else {}
+    errorcode = _to_int(body.get("errorcode")) or http_status
+    cserrorcode = _to_int(body.get("cserrorcode"))
+    errortext = body.get("errortext")
+    if errortext is None and not isinstance(payload, dict) and payload:
+        errortext = str(payload)
+    errortext = str(errortext) if errortext is not None else None
+    where = f" (async job {jobid})" if jobid else ""
+    message = f"CloudStack {command} failed{where}: {errortext or 'no error text'} (errorcode {errorcode})"
+    kwargs: dict[str, Any] = {
+        "command": command,
+        "errorcode": errorcode,
+        "cserrorcode": cserrorcode,
+        "errortext": errortext,
+        "jobid": jobid,
+        "http_status": http_status,
+    }
+    cls: type[CloudStackError]
+    transient: bool | None = None
+    if errorcode == 401:
+        cls = CloudStackAuthError
+        message = (
+            f"CloudStack refused the credentials for {command}: {errortext or 'unauthorized'} "
+            "(check the API key, the secret key and the clock)"
+        )
+    elif errorcode in (430, 431):
+        cls = CloudStackNotFound if _NOT_FOUND_TEXT.search(errortext or "") else CloudStackParamError
+    elif errorcode == 432:
+        text = errortext or ""
+        cls = (
+            CloudStackUnknownCommand if "does not exist or it is not available" in text else CloudStackUnsupportedAction
+        )
+    elif errorcode == 405:
+        cls = CloudStackParamError
+    elif errorcode == 531:
+        cls = CloudStackPermissionDenied
+    elif errorcode in (429, 437, 532, 533, 535):
+        cls = CloudStackInsufficientCapacity
+        transient = errorcode == 429
+    elif errorcode in (536, 537):
+        cls = CloudStackResourceInUse
+    elif errorcode == 534:
+        cls = CloudStackUnavailable
+    elif errorcode == 530:
+        cls = CloudStackUnavailable if retryable_text(errortext) else CloudStackInternalError
+    elif errorcode is not None and 500 <= errorcode < 600:
+        # 5xx outside CloudStack's own codes come from a proxy or a restarting management server.
+        cls = CloudStackUnavailable if errorcode in (500, 502, 503, 504) else CloudStackInternalError
+    elif errorcode is not None and 400 <= errorcode < 500:
+        cls = CloudStackResourceInUse
+    else:
+        cls = CloudStackInternalError
+    return cls(message, transient=transient, **kwargs)
+
+
+def from_transport_error(exc: BaseException, *, command: str) -> CloudStackError:
+    """The typed exception for an aiohttp/OS/timeout failure of one request."""
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return CloudStackRequestTimeout(
+            f"CloudStack did not answer {command} in time", command=command, error=type(exc).__name__
+        )
+    return CloudStackUnavailable(
+        f"CloudStack cannot be reached for {command}: {exc.__class__.__name__}: {exc}",
+        command=command,
+        error=type(exc).__name__,
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same request later may succeed (connection trouble, 5xx, retryable 530)."""
+    if isinstance(exc, CloudStackError):
+        return exc.transient
+    return bool(isinstance(exc, aiohttp.ClientConnectionError | asyncio.TimeoutError | ConnectionError))
