@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum, StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 GIB = 1024**3
@@ -47,10 +47,6 @@ class JobStatus(IntEnum):
     PENDING = 0
     SUCCEEDED = 1
     FAILED = 2
-
-
-class _Missing(Enum):
-    MISSING = 0
 
 
 def _int(raw: Mapping[str, Any], key: str, default: int | None = None) -> int | None:

@@ -118,7 +118,7 @@ class Params:
             )
         return str(value)
 
-    def int(self, name: str, default: int | None = None) -> int | None:
+    def as_int(self, name: str, default: int | None = None) -> int | None:
         value = self.opt(name)
         if value is None:
             return default
@@ -127,7 +127,7 @@ class Params:
         except ValueError:
             raise self._invalid(name, value) from None
 
-    def bool(self, name: str, default: bool) -> bool:
+    def as_bool(self, name: str, default: bool) -> bool:
         value = self.opt(name)
         if value is None:
             return default
@@ -156,8 +156,8 @@ class Params:
 
 
 def list_response(p: Params, key: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    page = p.int("page")
-    pagesize = p.int("pagesize")
+    page = p.as_int("page")
+    pagesize = p.as_int("pagesize")
     if page is not None and pagesize is None:
         raise ApiError(431, "Invalid parameter: page requires pagesize", ApiError.CS_INVALID_PARAMETER)
     total = len(rows)
@@ -564,7 +564,7 @@ def _query_job(state: SimulatorState, p: Params) -> dict[str, Any]:
 def _create_volume(state: SimulatorState, p: Params) -> dict[str, Any]:
     zone = p.entity("zoneid", state.zones)
     offering = p.entity("diskofferingid", state.disk_offerings)
-    size_gib = p.int("size")
+    size_gib = p.as_int("size")
     name = p.opt("name") or f"vol-{secrets.token_hex(4)}"
     if offering["iscustomized"]:
         if size_gib is None:
@@ -608,8 +608,8 @@ def _create_volume(state: SimulatorState, p: Params) -> dict[str, Any]:
 def _resize_volume(state: SimulatorState, p: Params) -> dict[str, Any]:
     vol = p.entity("id", state.volumes)
     new_offering = p.entity("diskofferingid", state.disk_offerings, required=False)
-    size_gib = p.int("size")
-    shrink_ok = p.bool("shrinkok", False)
+    size_gib = p.as_int("size")
+    shrink_ok = p.as_bool("shrinkok", False)
 
     async def work() -> dict[str, Any]:
         if vol["state"] not in ("Ready", "Allocated"):
@@ -676,7 +676,7 @@ def _next_device_id(state: SimulatorState, vm: dict[str, Any]) -> int:
 def _attach_volume(state: SimulatorState, p: Params) -> dict[str, Any]:
     vol = p.entity("id", state.volumes)
     vm = p.entity("virtualmachineid", state.vms)
-    device_id = p.int("deviceid")
+    device_id = p.as_int("deviceid")
 
     async def work() -> dict[str, Any]:
         if vol["id"] not in state.volumes:
@@ -729,7 +729,7 @@ def _detach_volume(state: SimulatorState, p: Params) -> dict[str, Any]:
         vol = p.entity("id", state.volumes)
     else:
         vm = p.entity("virtualmachineid", state.vms)
-        device = p.int("deviceid")
+        device = p.as_int("deviceid")
         if device is None:
             raise ApiError(431, "Please provide either a volume id, or a tuple(device id, instance id)")
         match = [v for v in state.volumes_of(vm["id"]) if v.get("deviceid") == device]
@@ -885,7 +885,7 @@ def _deploy_vm(state: SimulatorState, p: Params) -> dict[str, Any]:
             ip = p.opt("ipaddress") if index == 0 else None
             mac = p.opt("macaddress") if index == 0 else None
             nics.append((network_id, ip, mac))
-    start = p.bool("startvm", True)
+    start = p.as_bool("startvm", True)
     name = p.opt("name") or f"VM-{new_id()}"
     vm = deploy_vm_record(
         state,
@@ -893,7 +893,7 @@ def _deploy_vm(state: SimulatorState, p: Params) -> dict[str, Any]:
         service_offering_id=so["id"],
         template_id=tmpl["id"],
         nics=nics,
-        root_disk_gib=p.int("rootdisksize"),
+        root_disk_gib=p.as_int("rootdisksize"),
     )
     if p.opt("displayname"):
         vm["displayname"] = p.opt("displayname")
@@ -962,7 +962,7 @@ def _start_vm(state: SimulatorState, p: Params) -> dict[str, Any]:
 @command("stopVirtualMachine")
 def _stop_vm(state: SimulatorState, p: Params) -> dict[str, Any]:
     vm = p.entity("id", state.vms)
-    p.bool("forced", False)
+    p.as_bool("forced", False)
     if vm["state"] not in ("Running", "Stopped"):
         raise ApiError(431, f"VM {vm['name']} is in state {vm['state']}; it can only be stopped when Running")
     previous = vm["state"]
@@ -993,7 +993,7 @@ def _stop_vm(state: SimulatorState, p: Params) -> dict[str, Any]:
 @command("destroyVirtualMachine")
 def _destroy_vm(state: SimulatorState, p: Params) -> dict[str, Any]:
     vm = p.entity("id", state.vms)
-    expunge = p.bool("expunge", False)
+    expunge = p.as_bool("expunge", False)
     if vm["state"] in ("Starting", "Stopping"):
         raise ApiError(431, f"VM {vm['name']} is in state {vm['state']}; try again when the operation finishes")
     if vm["state"] == "Destroyed" and not expunge:
@@ -1043,9 +1043,9 @@ async def _handle_api(request: web.Request) -> web.StreamResponse:
         params.setdefault(key, value)
     if request.method == "POST":
         form = await request.post()
-        for key, value in form.items():
-            if isinstance(value, str):
-                params.setdefault(key, value)
+        for key, item in form.items():
+            if isinstance(item, str):
+                params.setdefault(key, item)
     command_name = next((v for k, v in params.items() if k.lower() == "command"), "")
     envelope = f"{command_name.lower()}response" if command_name else "errorresponse"
     log = logger.bind(sim_command=command_name)
@@ -1174,7 +1174,7 @@ class CloudStackSimulator:
         await site.start()
         server = site._server
         if self.port == 0 and server is not None:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         logger.bind(url=self.url).info("CloudStack simulator listening on {}", self.url)
 
     async def stop(self) -> None:
