@@ -1,0 +1,1 @@
+"""Generated from protos/oma by scripts/generate.sh; do not edit."""

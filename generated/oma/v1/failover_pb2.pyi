@@ -1,0 +1,260 @@
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from oma.v1 import replication_pb2 as _replication_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FailoverJobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILOVER_JOB_KIND_UNSPECIFIED: _ClassVar[FailoverJobKind]
+    FAILOVER_JOB_KIND_TEST: _ClassVar[FailoverJobKind]
+    FAILOVER_JOB_KIND_LIVE: _ClassVar[FailoverJobKind]
+    FAILOVER_JOB_KIND_CLEANUP: _ClassVar[FailoverJobKind]
+    FAILOVER_JOB_KIND_ROLLBACK: _ClassVar[FailoverJobKind]
+
+class FailoverJobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILOVER_JOB_STATUS_UNSPECIFIED: _ClassVar[FailoverJobStatus]
+    FAILOVER_JOB_STATUS_PENDING: _ClassVar[FailoverJobStatus]
+    FAILOVER_JOB_STATUS_RUNNING: _ClassVar[FailoverJobStatus]
+    FAILOVER_JOB_STATUS_COMPLETED: _ClassVar[FailoverJobStatus]
+    FAILOVER_JOB_STATUS_FAILED: _ClassVar[FailoverJobStatus]
+
+class StepStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STEP_STATUS_UNSPECIFIED: _ClassVar[StepStatus]
+    STEP_STATUS_PENDING: _ClassVar[StepStatus]
+    STEP_STATUS_RUNNING: _ClassVar[StepStatus]
+    STEP_STATUS_COMPLETED: _ClassVar[StepStatus]
+    STEP_STATUS_FAILED: _ClassVar[StepStatus]
+    STEP_STATUS_SKIPPED: _ClassVar[StepStatus]
+FAILOVER_JOB_KIND_UNSPECIFIED: FailoverJobKind
+FAILOVER_JOB_KIND_TEST: FailoverJobKind
+FAILOVER_JOB_KIND_LIVE: FailoverJobKind
+FAILOVER_JOB_KIND_CLEANUP: FailoverJobKind
+FAILOVER_JOB_KIND_ROLLBACK: FailoverJobKind
+FAILOVER_JOB_STATUS_UNSPECIFIED: FailoverJobStatus
+FAILOVER_JOB_STATUS_PENDING: FailoverJobStatus
+FAILOVER_JOB_STATUS_RUNNING: FailoverJobStatus
+FAILOVER_JOB_STATUS_COMPLETED: FailoverJobStatus
+FAILOVER_JOB_STATUS_FAILED: FailoverJobStatus
+STEP_STATUS_UNSPECIFIED: StepStatus
+STEP_STATUS_PENDING: StepStatus
+STEP_STATUS_RUNNING: StepStatus
+STEP_STATUS_COMPLETED: StepStatus
+STEP_STATUS_FAILED: StepStatus
+STEP_STATUS_SKIPPED: StepStatus
+
+class FailoverStep(_message.Message):
+    __slots__ = ("name", "status", "started_at", "finished_at", "error", "attempts")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    status: StepStatus
+    started_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    error: str
+    attempts: int
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[StepStatus, str]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+
+class FailoverJob(_message.Message):
+    __slots__ = ("id", "vm_context_id", "kind", "status", "steps", "target_vm_id", "target_vm_name", "snapshot_ids", "error", "revision", "created_at", "finished_at", "current_step")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_VM_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_VM_NAME_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_IDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_STEP_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    vm_context_id: str
+    kind: FailoverJobKind
+    status: FailoverJobStatus
+    steps: _containers.RepeatedCompositeFieldContainer[FailoverStep]
+    target_vm_id: str
+    target_vm_name: str
+    snapshot_ids: _containers.RepeatedScalarFieldContainer[str]
+    error: _replication_pb2.JobError
+    revision: int
+    created_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    current_step: str
+    def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., kind: _Optional[_Union[FailoverJobKind, str]] = ..., status: _Optional[_Union[FailoverJobStatus, str]] = ..., steps: _Optional[_Iterable[_Union[FailoverStep, _Mapping]]] = ..., target_vm_id: _Optional[str] = ..., target_vm_name: _Optional[str] = ..., snapshot_ids: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[_replication_pb2.JobError, _Mapping]] = ..., revision: _Optional[int] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., current_step: _Optional[str] = ...) -> None: ...
+
+class ReadinessCheck(_message.Message):
+    __slots__ = ("name", "passed", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    passed: bool
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., passed: bool = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CheckFailoverReadinessRequest(_message.Message):
+    __slots__ = ("vm_context_id", "kind")
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    vm_context_id: str
+    kind: FailoverJobKind
+    def __init__(self, vm_context_id: _Optional[str] = ..., kind: _Optional[_Union[FailoverJobKind, str]] = ...) -> None: ...
+
+class CheckFailoverReadinessResponse(_message.Message):
+    __slots__ = ("checks", "ready")
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    checks: _containers.RepeatedCompositeFieldContainer[ReadinessCheck]
+    ready: bool
+    def __init__(self, checks: _Optional[_Iterable[_Union[ReadinessCheck, _Mapping]]] = ..., ready: bool = ...) -> None: ...
+
+class StartFailoverRequest(_message.Message):
+    __slots__ = ("vm_context_id", "kind", "service_offering_id", "request_id")
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_OFFERING_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_context_id: str
+    kind: FailoverJobKind
+    service_offering_id: str
+    request_id: str
+    def __init__(self, vm_context_id: _Optional[str] = ..., kind: _Optional[_Union[FailoverJobKind, str]] = ..., service_offering_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StartFailoverResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: FailoverJob
+    def __init__(self, job: _Optional[_Union[FailoverJob, _Mapping]] = ...) -> None: ...
+
+class CleanupFailoverRequest(_message.Message):
+    __slots__ = ("vm_context_id",)
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_context_id: str
+    def __init__(self, vm_context_id: _Optional[str] = ...) -> None: ...
+
+class CleanupFailoverResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: FailoverJob
+    def __init__(self, job: _Optional[_Union[FailoverJob, _Mapping]] = ...) -> None: ...
+
+class RollbackFailoverRequest(_message.Message):
+    __slots__ = ("vm_context_id", "power_on_source")
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    POWER_ON_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    vm_context_id: str
+    power_on_source: bool
+    def __init__(self, vm_context_id: _Optional[str] = ..., power_on_source: bool = ...) -> None: ...
+
+class RollbackFailoverResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: FailoverJob
+    def __init__(self, job: _Optional[_Union[FailoverJob, _Mapping]] = ...) -> None: ...
+
+class GetFailoverJobRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetFailoverJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: FailoverJob
+    def __init__(self, job: _Optional[_Union[FailoverJob, _Mapping]] = ...) -> None: ...
+
+class ListFailoverJobsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "vm_context_id")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    vm_context_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., vm_context_id: _Optional[str] = ...) -> None: ...
+
+class ListFailoverJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[FailoverJob]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[FailoverJob, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class NetworkMapping(_message.Message):
+    __slots__ = ("id", "vm_context_id", "source_network", "target_network_id", "static_ip", "keep_mac", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_NETWORK_FIELD_NUMBER: _ClassVar[int]
+    TARGET_NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    STATIC_IP_FIELD_NUMBER: _ClassVar[int]
+    KEEP_MAC_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    vm_context_id: str
+    source_network: str
+    target_network_id: str
+    static_ip: str
+    keep_mac: bool
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., source_network: _Optional[str] = ..., target_network_id: _Optional[str] = ..., static_ip: _Optional[str] = ..., keep_mac: bool = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateNetworkMappingRequest(_message.Message):
+    __slots__ = ("mapping",)
+    MAPPING_FIELD_NUMBER: _ClassVar[int]
+    mapping: NetworkMapping
+    def __init__(self, mapping: _Optional[_Union[NetworkMapping, _Mapping]] = ...) -> None: ...
+
+class CreateNetworkMappingResponse(_message.Message):
+    __slots__ = ("mapping",)
+    MAPPING_FIELD_NUMBER: _ClassVar[int]
+    mapping: NetworkMapping
+    def __init__(self, mapping: _Optional[_Union[NetworkMapping, _Mapping]] = ...) -> None: ...
+
+class ListNetworkMappingsRequest(_message.Message):
+    __slots__ = ("vm_context_id",)
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_context_id: str
+    def __init__(self, vm_context_id: _Optional[str] = ...) -> None: ...
+
+class ListNetworkMappingsResponse(_message.Message):
+    __slots__ = ("mappings",)
+    MAPPINGS_FIELD_NUMBER: _ClassVar[int]
+    mappings: _containers.RepeatedCompositeFieldContainer[NetworkMapping]
+    def __init__(self, mappings: _Optional[_Iterable[_Union[NetworkMapping, _Mapping]]] = ...) -> None: ...
+
+class UpdateNetworkMappingRequest(_message.Message):
+    __slots__ = ("mapping",)
+    MAPPING_FIELD_NUMBER: _ClassVar[int]
+    mapping: NetworkMapping
+    def __init__(self, mapping: _Optional[_Union[NetworkMapping, _Mapping]] = ...) -> None: ...
+
+class UpdateNetworkMappingResponse(_message.Message):
+    __slots__ = ("mapping",)
+    MAPPING_FIELD_NUMBER: _ClassVar[int]
+    mapping: NetworkMapping
+    def __init__(self, mapping: _Optional[_Union[NetworkMapping, _Mapping]] = ...) -> None: ...
+
+class DeleteNetworkMappingRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class DeleteNetworkMappingResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Generated from protos/vma by scripts/generate.sh; do not edit."""

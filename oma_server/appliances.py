@@ -1,0 +1,127 @@
+"""Appliances (VMAs): enrollment with a one-time credential, authentication of a hello, revocation."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+import peewee as pw
+
+from oma_server.db.database import Database
+from oma_server.db.models import Appliance
+from oma_server.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from oma_server.pagination import decode_token, next_token, page_size_of
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def hash_credential(credential: str, salt: str | None = None) -> str:
+    """Salted SHA-256; credentials are 256-bit random tokens, so a slow KDF would only cost reconnect storms."""
+    salt = salt or secrets.token_hex(16)
+    digest = hashlib.sha256(f"{salt}:{credential}".encode()).hexdigest()
+    return f"sha256${salt}${digest}"
+
+
+def credential_matches(credential: str, stored: str) -> bool:
+    try:
+        scheme, salt, _ = stored.split("$", 2)
+    except ValueError:
+        return False
+    return scheme == "sha256" and hmac.compare_digest(hash_credential(credential, salt), stored)
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    appliance: Appliance
+    credential: str
+
+
+@dataclass(frozen=True)
+class AppliancePage:
+    appliances: list[Appliance]
+    next_page_token: str
+
+
+class ApplianceService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def enroll(self, name: str) -> Enrollment:
+        name = name.strip()
+        if not _NAME_RE.match(name):
+            raise InvalidArgument(
+                f"appliance name {name!r} is invalid: use 1-63 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit",
+                reason="APPLIANCE_NAME_INVALID",
+                name=name,
+            )
+        credential = secrets.token_urlsafe(32)
+
+        def create() -> Appliance:
+            if Appliance.get_or_none(Appliance.name == name) is not None:
+                raise AlreadyExists(
+                    f"an appliance named {name!r} is already enrolled; pick another name or revoke it first",
+                    reason="APPLIANCE_EXISTS",
+                    name=name,
+                )
+            try:
+                return Appliance.create(name=name, credential_hash=hash_credential(credential))
+            except pw.IntegrityError as exc:
+                raise AlreadyExists(f"an appliance named {name!r} is already enrolled", name=name) from exc
+
+        appliance = await self.db.tx(create)
+        return Enrollment(appliance=appliance, credential=credential)
+
+    async def get(self, appliance_id: str) -> Appliance:
+        if not appliance_id:
+            raise InvalidArgument("appliance id is required", reason="APPLIANCE_ID_MISSING")
+        appliance = await self.db.run(Appliance.get_or_none, Appliance.id == appliance_id)
+        if appliance is None:
+            raise NotFound(
+                f"appliance {appliance_id} does not exist; list appliances with ListAppliances",
+                reason="APPLIANCE_NOT_FOUND",
+                appliance_id=appliance_id,
+            )
+        return appliance
+
+    async def list(self, page_size: int, page_token: str, connection_state: str | None) -> AppliancePage:
+        size = page_size_of(page_size)
+        offset = decode_token(page_token)
+
+        def query() -> list[Appliance]:
+            q = Appliance.select().order_by(Appliance.created_at, Appliance.id)
+            if connection_state:
+                q = q.where(Appliance.connection_state == connection_state)
+            return list(q.offset(offset).limit(size + 1))
+
+        rows = await self.db.run(query)
+        return AppliancePage(rows[:size], next_token(offset, size, len(rows)))
+
+    async def revoke(self, appliance_id: str) -> Appliance:
+        await self.get(appliance_id)
+
+        def revoke() -> Appliance:
+            Appliance.update(status="revoked").where(Appliance.id == appliance_id).execute()
+            return Appliance.get_by_id(appliance_id)
+
+        return await self.db.tx(revoke)
+
+    async def authenticate(self, appliance_id: str, credential: str) -> Appliance:
+        """The appliance a hello names, if its credential is right and not revoked; UNAUTHENTICATED otherwise."""
+        appliance = await self.db.run(Appliance.get_or_none, Appliance.id == appliance_id) if appliance_id else None
+        # One message for unknown id and wrong secret: do not tell a caller which appliance ids exist.
+        if appliance is None or not credential or not credential_matches(credential, appliance.credential_hash):
+            raise Unauthenticated(
+                "appliance id or credential is wrong; re-enroll the appliance to get a new credential",
+                reason="BAD_CREDENTIAL",
+            )
+        if appliance.status == "revoked":
+            raise Unauthenticated(
+                f"appliance {appliance_id} was revoked; enroll it again to reconnect",
+                reason="APPLIANCE_REVOKED",
+                appliance_id=appliance_id,
+            )
+        return appliance

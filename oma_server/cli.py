@@ -1,0 +1,147 @@
+"""`oma-server`: serve (default) or migrate. Every flag is also OMA_<NAME> in the environment.
+
+Errors a user can fix (bad flag, unreachable database, port in use) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from loguru import logger
+
+from oma_server.errors import DomainError
+from oma_server.logging import configure_logging
+from oma_server.settings import Settings, env_default, env_flag
+from oma_server.version import __version__
+
+SUBCOMMANDS = ("serve", "migrate")
+EXIT_USAGE = 2
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _common_flags() -> _OneLineParser:
+    p = _OneLineParser(add_help=False)
+    g = p.add_argument_group("server (each flag is also OMA_<NAME> in the environment)")
+    g.add_argument("--listen", default=env_default("listen", "127.0.0.1:50051"), help="gRPC HOST:PORT")
+    g.add_argument("--data-dir", type=Path, default=Path(env_default("data_dir", ".oma")), help="state directory")
+    g.add_argument(
+        "--database",
+        default=env_default("database", ""),
+        help="sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB (default: SQLite in the data dir)",
+    )
+    g.add_argument(
+        "--cloudstack",
+        default=env_default("cloudstack", "sim"),
+        help="'sim' (in-process simulator) or a CloudStack API URL; keys in OMA_CLOUDSTACK_API_KEY/SECRET_KEY",
+    )
+    g.add_argument("--nbd-listen", default=env_default("nbd_listen", "127.0.0.1:10809"), help="nbd-server HOST:PORT")
+    g.add_argument(
+        "--device-root",
+        type=Path,
+        default=Path(env_default("device_root", "/dev/disk/by-id")),
+        help="where attached volumes appear (with --cloudstack sim: the simulator's dev/disk/by-id)",
+    )
+    g.add_argument(
+        "--progress-flush-interval",
+        type=float,
+        default=float(env_default("progress_flush_interval", "1.0")),
+        help="seconds between batched progress writes (default 1.0)",
+    )
+    g.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=float(env_default("heartbeat_interval", "10")),
+        help="seconds between appliance heartbeats; 3 missed mark it disconnected (default 10)",
+    )
+    g.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=int(env_default("max_concurrent_rpcs", "20000")),
+        help="cap on concurrent RPCs incl. streams; more get RESOURCE_EXHAUSTED",
+    )
+    g.add_argument("--log-json", action="store_true", default=env_flag("log_json"), help="JSON log lines")
+    g.add_argument("--log-level", default=env_default("log_level", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="oma-server",
+        description="OMA control plane: the gRPC service that drives VMware→CloudStack migrations",
+    )
+    parser.add_argument("--version", action="version", version=f"oma-server {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_OneLineParser)
+    common = _common_flags()
+    sub.add_parser("serve", parents=[common], help="run the server (default)")
+    sub.add_parser("migrate", parents=[common], help="apply database migrations and exit")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        listen=args.listen,
+        data_dir=args.data_dir,
+        database=args.database,
+        cloudstack=args.cloudstack,
+        nbd_listen=args.nbd_listen,
+        device_root=args.device_root,
+        log_json=args.log_json,
+        log_level=args.log_level.upper(),
+        heartbeat_interval_s=args.heartbeat_interval,
+        progress_flush_interval_s=args.progress_flush_interval,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+    )
+
+
+def _with_default_subcommand(argv: list[str]) -> list[str]:
+    if any(a in SUBCOMMANDS for a in argv) or any(a in ("-h", "--help", "--version") for a in argv[:1]):
+        return argv
+    return ["serve", *argv]
+
+
+async def _migrate(settings: Settings) -> None:
+    from oma_server.app import App
+
+    app = App(settings)
+    try:
+        await app.start()
+        print(f"database at schema version {app.schema_version}")
+    finally:
+        await app.stop()
+
+
+async def _serve(settings: Settings) -> None:
+    from oma_server.app import App
+    from oma_server.server import serve
+
+    await serve(App(settings))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(_with_default_subcommand(list(sys.argv[1:] if argv is None else argv)))
+    settings = settings_from(args)
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    try:
+        settings.validate()
+        asyncio.run(_migrate(settings) if args.command == "migrate" else _serve(settings))
+    except DomainError as error:
+        print(f"oma-server: error: {error.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        print(f"oma-server: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        logger.info("interrupted")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

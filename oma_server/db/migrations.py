@@ -1,0 +1,47 @@
+"""Versioned schema migrations, applied at start and by `oma-server migrate`.
+
+Each migration is a function of the Peewee database, numbered; `schema_migration` records what ran. Add new
+migrations at the end, never edit an applied one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import peewee as pw
+from loguru import logger
+
+from oma_server.db.models import ALL_MODELS, SchemaMigration
+
+
+def _m001_initial(db: pw.Database) -> None:
+    db.create_tables(ALL_MODELS, safe=True)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
+    (1, "initial schema", _m001_initial),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def current_version(db: pw.Database) -> int:
+    if not db.table_exists(SchemaMigration._meta.table_name):  # type: ignore[attr-defined]
+        return 0
+    latest = SchemaMigration.select(pw.fn.MAX(SchemaMigration.version)).scalar()
+    return int(latest or 0)
+
+
+def apply_migrations(db: pw.Database) -> list[int]:
+    """Apply every pending migration, each in its own transaction; returns the versions applied."""
+    db.create_tables([SchemaMigration], safe=True)
+    applied: list[int] = []
+    for version, name, migrate in MIGRATIONS:
+        with db.atomic():
+            if SchemaMigration.get_or_none(SchemaMigration.version == version) is not None:
+                continue
+            migrate(db)
+            SchemaMigration.create(version=version, name=name)
+        logger.info("applied migration {version}: {name}", version=version, name=name)
+        applied.append(version)
+    return applied

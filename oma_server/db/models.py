@@ -1,0 +1,256 @@
+"""Peewee models of the domain (DESIGN.md §3). One model set serves SQLite and PostgreSQL.
+
+Status columns hold the lower-case names of the state machines' states; only the state machines change them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import peewee as pw
+
+database_proxy = pw.DatabaseProxy()
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class JsonField(pw.TextField):
+    """JSON stored as text: portable across SQLite and PostgreSQL."""
+
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value, sort_keys=True)
+
+    def python_value(self, value: Any) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class Appliance(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    name = pw.CharField(unique=True, max_length=63)
+    credential_hash = pw.CharField(max_length=256)
+    status = pw.CharField(max_length=16, default="active")
+    connection_state = pw.CharField(max_length=24, default="never_connected")
+    agent_version = pw.CharField(max_length=64, default="")
+    capabilities = JsonField(default=list)
+    last_seen_at = pw.DateTimeField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    connected_to = pw.CharField(max_length=64, default="")
+    session_id = pw.CharField(max_length=64, default="")
+    last_command_id = pw.CharField(max_length=64, default="")
+
+
+class VmContext(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    appliance = pw.ForeignKeyField(Appliance, backref="vm_contexts", on_delete="RESTRICT")
+    vcenter = pw.CharField(max_length=255)
+    datacenter = pw.CharField(max_length=255, default="")
+    vm_uuid = pw.CharField(max_length=64)
+    moref = pw.CharField(max_length=64, default="")
+    name = pw.CharField(max_length=255)
+    num_cpus = pw.IntegerField(default=1)
+    memory_mib = pw.BigIntegerField(default=1024)
+    guest_os = pw.CharField(max_length=128, default="")
+    firmware = pw.CharField(max_length=16, default="bios")
+    nics = JsonField(default=list)
+    status = pw.CharField(max_length=32, default="discovered")
+    active_job_id = pw.CharField(max_length=64, default="")
+    last_completed_job_id = pw.CharField(max_length=64, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("vcenter", "vm_uuid"), True),)
+
+
+class Disk(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    vm_context = pw.ForeignKeyField(VmContext, backref="disks", on_delete="CASCADE")
+    key = pw.IntegerField()
+    label = pw.CharField(max_length=255, default="")
+    capacity_bytes = pw.BigIntegerField()
+    datastore_path = pw.CharField(max_length=1024, default="")
+    cbt_enabled = pw.BooleanField(default=True)
+    unit_number = pw.IntegerField(default=0)
+    last_change_id = pw.CharField(max_length=255, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("vm_context", "key"), True),)
+
+
+class ChangeIdRecord(BaseModel):
+    id = pw.AutoField()
+    disk = pw.ForeignKeyField(Disk, backref="change_ids", on_delete="CASCADE")
+    change_id = pw.CharField(max_length=255)
+    job_id = pw.CharField(max_length=64)
+    recorded_at = pw.DateTimeField(default=utcnow)
+
+
+class Volume(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    disk = pw.ForeignKeyField(Disk, backref="volumes", on_delete="RESTRICT")
+    cloudstack_id = pw.CharField(max_length=64, default="", index=True)
+    name = pw.CharField(max_length=255)
+    size_bytes = pw.BigIntegerField()
+    state = pw.CharField(max_length=32, default="creating")
+    attached_vm_id = pw.CharField(max_length=64, default="")
+    device_id = pw.IntegerField(null=True)
+    device_path = pw.CharField(max_length=1024, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class NbdExport(BaseModel):
+    name = pw.CharField(primary_key=True, max_length=128)
+    volume = pw.ForeignKeyField(Volume, backref="exports", on_delete="CASCADE")
+    device_path = pw.CharField(max_length=1024)
+    address = pw.CharField(max_length=255)
+    state = pw.CharField(max_length=16, default="pending")
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class ReplicationJob(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    vm_context = pw.ForeignKeyField(VmContext, backref="replication_jobs", on_delete="CASCADE")
+    appliance = pw.ForeignKeyField(Appliance, backref="replication_jobs", on_delete="RESTRICT")
+    kind = pw.CharField(max_length=16)
+    status = pw.CharField(max_length=24, default="pending", index=True)
+    phase = pw.CharField(max_length=24, default="")
+    current_operation = pw.CharField(max_length=512, default="")
+    bytes_done = pw.BigIntegerField(default=0)
+    bytes_total = pw.BigIntegerField(default=0)
+    percent = pw.FloatField(default=0.0)
+    throughput_bytes_per_second = pw.BigIntegerField(default=0)
+    eta_seconds = pw.FloatField(null=True)
+    error_reason = pw.CharField(max_length=64, default="")
+    error_message = pw.TextField(default="")
+    error_class = pw.CharField(max_length=32, default="")
+    last_sequence = pw.BigIntegerField(default=0)
+    revision = pw.BigIntegerField(default=0)
+    request_id = pw.CharField(max_length=128, null=True, unique=True)
+    retry_of = pw.CharField(max_length=64, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    started_at = pw.DateTimeField(null=True)
+    finished_at = pw.DateTimeField(null=True)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class JobDisk(BaseModel):
+    """Per-disk progress of one replication job."""
+
+    id = pw.AutoField()
+    job = pw.ForeignKeyField(ReplicationJob, backref="disks", on_delete="CASCADE")
+    disk = pw.ForeignKeyField(Disk, backref="job_disks", on_delete="CASCADE")
+    bytes_done = pw.BigIntegerField(default=0)
+    bytes_total = pw.BigIntegerField(default=0)
+    throughput_bytes_per_second = pw.BigIntegerField(default=0)
+    phase = pw.CharField(max_length=24, default="")
+    mode = pw.CharField(max_length=16, default="")
+    previous_change_id = pw.CharField(max_length=255, default="")
+    new_change_id = pw.CharField(max_length=255, default="")
+    completed = pw.BooleanField(default=False)
+    nbd_uri = pw.CharField(max_length=512, default="")
+    full_copy_reason = pw.CharField(max_length=255, default="")
+    resume_token = pw.CharField(max_length=1024, default="")
+
+    class Meta:
+        indexes = ((("job", "disk"), True),)
+
+
+class FailoverJob(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    vm_context = pw.ForeignKeyField(VmContext, backref="failover_jobs", on_delete="CASCADE")
+    kind = pw.CharField(max_length=16)
+    status = pw.CharField(max_length=16, default="pending", index=True)
+    steps = JsonField(default=list)
+    current_step = pw.CharField(max_length=64, default="")
+    target_vm_id = pw.CharField(max_length=64, default="")
+    target_vm_name = pw.CharField(max_length=255, default="")
+    snapshot_ids = JsonField(default=dict)
+    params = JsonField(default=dict)
+    error_reason = pw.CharField(max_length=64, default="")
+    error_message = pw.TextField(default="")
+    revision = pw.BigIntegerField(default=0)
+    request_id = pw.CharField(max_length=128, null=True, unique=True)
+    claimed_by = pw.CharField(max_length=64, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    finished_at = pw.DateTimeField(null=True)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class JobLog(BaseModel):
+    id = pw.AutoField()
+    job_id = pw.CharField(max_length=64, index=True)
+    step = pw.CharField(max_length=64)
+    status = pw.CharField(max_length=16)
+    message = pw.TextField(default="")
+    started_at = pw.DateTimeField(default=utcnow)
+    finished_at = pw.DateTimeField(null=True)
+
+
+class Command(BaseModel):
+    """Durable outbox of commands to a VMA (at-least-once delivery; the VMA deduplicates by id)."""
+
+    id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    appliance = pw.ForeignKeyField(Appliance, backref="commands", on_delete="CASCADE")
+    kind = pw.CharField(max_length=32)
+    payload = pw.BlobField()  # the serialized vma.v1.Command, exactly as sent
+    job_id = pw.CharField(max_length=64, default="", index=True)
+    status = pw.CharField(max_length=16, default="pending", index=True)
+    attempts = pw.IntegerField(default=0)
+    created_at = pw.DateTimeField(default=utcnow)
+    sent_at = pw.DateTimeField(null=True)
+    completed_at = pw.DateTimeField(null=True)
+    result_outcome = pw.CharField(max_length=16, default="")
+    result_detail = pw.TextField(default="")
+    result_payload = pw.BlobField(null=True)
+
+
+class NetworkMapping(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    vm_context_id = pw.CharField(max_length=64, default="", index=True)
+    source_network = pw.CharField(max_length=255)
+    target_network_id = pw.CharField(max_length=64)
+    static_ip = pw.CharField(max_length=64, default="")
+    keep_mac = pw.BooleanField(default=False)
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("vm_context_id", "source_network"), True),)
+
+
+class SchemaMigration(BaseModel):
+    version = pw.IntegerField(primary_key=True)
+    name = pw.CharField(max_length=128)
+    applied_at = pw.DateTimeField(default=utcnow)
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    Appliance,
+    VmContext,
+    Disk,
+    ChangeIdRecord,
+    Volume,
+    NbdExport,
+    ReplicationJob,
+    JobDisk,
+    FailoverJob,
+    JobLog,
+    Command,
+    NetworkMapping,
+]

@@ -1,0 +1,43 @@
+"""Page tokens for List RPCs (AIP-158): opaque to clients, validated on the way in."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from oma_server.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def page_size_of(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument(f"page_size must not be negative (got {requested})", reason="PAGE_SIZE_INVALID")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        offset = json.loads(base64.urlsafe_b64decode(padded.encode()))["o"]
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(offset)
+        return offset
+    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
+        raise InvalidArgument(
+            "page_token is not one this server issued; pass next_page_token from the previous response",
+            reason="PAGE_TOKEN_INVALID",
+        ) from exc
+
+
+def next_token(offset: int, page_size: int, fetched: int) -> str:
+    """Fetch page_size + 1 rows; a token is issued only when that extra row exists."""
+    return encode_token(offset + page_size) if fetched > page_size else ""

@@ -1,0 +1,168 @@
+"""The one gRPC server factory and the serve loop (start, signals, graceful shutdown).
+
+Options follow what long-lived appliance streams need: keepalive pings every 3.5 minutes (below the idle cut of
+common load balancers), clients allowed to ping every 30 s, message size limits, and a cap on concurrent RPCs that
+answers RESOURCE_EXHAUSTED past it. Shutdown order: health NOT_SERVING, streams told to drain, stop with a grace
+period, then pending database writes finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from loguru import logger
+
+from oma.v1 import (
+    appliance_pb2,
+    appliance_pb2_grpc,
+    failover_pb2,
+    failover_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    job_pb2,
+    job_pb2_grpc,
+    replication_pb2,
+    replication_pb2_grpc,
+    server_info_pb2,
+    server_info_pb2_grpc,
+    storage_pb2,
+    storage_pb2_grpc,
+    vm_context_pb2,
+    vm_context_pb2_grpc,
+)
+from oma_server.api.appliances import ApplianceServicer
+from oma_server.api.server_info import ServerInfoServicer
+from oma_server.api.status import ErrorMappingInterceptor
+from oma_server.app import App
+from oma_server.version import __version__
+from vma.v1 import agent_service_pb2
+
+KEEPALIVE_TIME_MS = 210_000
+KEEPALIVE_TIMEOUT_MS = 20_000
+MIN_CLIENT_PING_INTERVAL_MS = 30_000
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_concurrent_streams", 10_000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+# Every service the OMA serves, with its full name for health and reflection.
+SERVICE_NAMES: list[str] = [
+    server_info_pb2.DESCRIPTOR.services_by_name["ServerInfoService"].full_name,
+    appliance_pb2.DESCRIPTOR.services_by_name["ApplianceService"].full_name,
+    vm_context_pb2.DESCRIPTOR.services_by_name["VmContextService"].full_name,
+    replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name,
+    job_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    storage_pb2.DESCRIPTOR.services_by_name["VolumeService"].full_name,
+    storage_pb2.DESCRIPTOR.services_by_name["NbdExportService"].full_name,
+    failover_pb2.DESCRIPTOR.services_by_name["FailoverService"].full_name,
+    failover_pb2.DESCRIPTOR.services_by_name["NetworkMappingService"].full_name,
+    gateway_pb2.DESCRIPTOR.services_by_name["VmaGatewayService"].full_name,
+]
+
+# The VMA agent's own service is served by the agent, but its descriptors are registered for reflection so
+# `grpcurl describe vma.v1...` works against the OMA too.
+REFLECTION_ONLY: list[str] = [agent_service_pb2.DESCRIPTOR.services_by_name["VmaAgentService"].full_name]
+
+
+def _register_servicers(server: grpc.aio.Server, app: App) -> None:
+    server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(ServerInfoServicer(app), server)
+    appliance_pb2_grpc.add_ApplianceServiceServicer_to_server(ApplianceServicer(app), server)
+    # Services whose handlers land with later issues answer UNIMPLEMENTED through their generated bases.
+    vm_context_pb2_grpc.add_VmContextServiceServicer_to_server(vm_context_pb2_grpc.VmContextServiceServicer(), server)
+    replication_pb2_grpc.add_ReplicationServiceServicer_to_server(
+        replication_pb2_grpc.ReplicationServiceServicer(), server
+    )
+    job_pb2_grpc.add_JobServiceServicer_to_server(job_pb2_grpc.JobServiceServicer(), server)
+    storage_pb2_grpc.add_VolumeServiceServicer_to_server(storage_pb2_grpc.VolumeServiceServicer(), server)
+    storage_pb2_grpc.add_NbdExportServiceServicer_to_server(storage_pb2_grpc.NbdExportServiceServicer(), server)
+    failover_pb2_grpc.add_FailoverServiceServicer_to_server(failover_pb2_grpc.FailoverServiceServicer(), server)
+    failover_pb2_grpc.add_NetworkMappingServiceServicer_to_server(
+        failover_pb2_grpc.NetworkMappingServiceServicer(), server
+    )
+    gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(gateway_pb2_grpc.VmaGatewayServiceServicer(), server)
+
+
+class OmaServer:
+    """A running OMA: the App plus its gRPC server, health and reflection."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        settings = app.settings
+        self.server = grpc.aio.server(
+            options=server_options(settings.max_message_bytes),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            interceptors=[ErrorMappingInterceptor()],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        _register_servicers(self.server, app)
+        reflection.enable_server_reflection(
+            [*SERVICE_NAMES, *REFLECTION_ONLY, reflection.SERVICE_NAME, health.SERVICE_NAME], self.server
+        )
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        await self.app.start()
+        self.port = self.server.add_insecure_port(self.app.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.app.settings.listen}: address in use or not available")
+        await self.server.start()
+        await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
+        logger.info(
+            "oma-server {version} serving on {listen} (port {port})",
+            version=__version__,
+            listen=self.app.settings.listen,
+            port=self.port,
+        )
+        return self.port
+
+    async def _set_serving(self, status: int) -> None:
+        await self.health.set("", status)
+        for name in SERVICE_NAMES:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._stopped.is_set():
+            return
+        grace = self.app.settings.shutdown_grace_s if grace is None else grace
+        logger.info("shutting down: health NOT_SERVING, draining streams, grace {grace}s", grace=grace)
+        await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.app.stop()
+        self._stopped.set()
+        logger.info("stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(app: App, on_started: Callable[[int], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    oma = OmaServer(app)
+    await oma.start()
+    if on_started:
+        on_started(oma.port)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await stop_requested.wait()
+    await oma.stop()

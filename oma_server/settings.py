@@ -1,0 +1,58 @@
+"""Server configuration: flags, each also settable as OMA_<NAME> in the environment (DESIGN.md §7)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oma_server.errors import InvalidArgument
+
+
+def parse_host_port(value: str, what: str) -> tuple[str, int]:
+    """'host:port' (or '[v6]:port') into its parts; a clear InvalidArgument otherwise."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InvalidArgument(f"{what} {value!r} is not HOST:PORT (for example 127.0.0.1:50051)")
+    return host.strip("[]"), int(port_text)
+
+
+def env_default(name: str, default: str) -> str:
+    return os.environ.get(f"OMA_{name.upper()}", default)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(f"OMA_{name.upper()}", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = field(default_factory=lambda: Path(".oma"))
+    database: str = ""  # empty: SQLite file in the data dir
+    cloudstack: str = "sim"
+    nbd_listen: str = "127.0.0.1:10809"
+    device_root: Path = field(default_factory=lambda: Path("/dev/disk/by-id"))
+    log_json: bool = False
+    log_level: str = "INFO"
+    # Stream and progress tuning (DESIGN.md §4).
+    heartbeat_interval_s: float = 10.0
+    progress_flush_interval_s: float = 1.0
+    # gRPC server limits.
+    max_concurrent_rpcs: int = 20_000
+    max_message_bytes: int = 16 * 1024 * 1024
+    shutdown_grace_s: float = 10.0
+
+    def validate(self) -> None:
+        parse_host_port(self.listen, "--listen")
+        parse_host_port(self.nbd_listen, "--nbd-listen")
+        if self.heartbeat_interval_s <= 0 or self.progress_flush_interval_s <= 0:
+            raise InvalidArgument("--heartbeat-interval and --progress-flush-interval must be positive")
+        if self.max_concurrent_rpcs < 1:
+            raise InvalidArgument("--max-concurrent-rpcs must be at least 1")
+
+    @property
+    def database_url(self) -> str:
+        from oma_server.db.database import default_sqlite_url
+
+        return self.database or default_sqlite_url(self.data_dir)

@@ -1,0 +1,65 @@
+"""Shared fixtures: real PostgreSQL, database URLs for both stores, an in-process OMA on a free port."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from oma_server.app import App
+from oma_server.logging import configure_logging
+from oma_server.server import OmaServer
+from oma_server.settings import Settings
+from tests.pg import PostgresServer
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+configure_logging(level=os.environ.get("OMA_TEST_LOG_LEVEL", "WARNING"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs twice: on SQLite and on a fresh database of the real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'oma.db'}"
+    return request.getfixturevalue("postgres").create_database()
+
+
+def make_settings(tmp_path: Path, database_url: str = "", **overrides: object) -> Settings:
+    settings = Settings(
+        listen="127.0.0.1:0",
+        data_dir=tmp_path / "oma",
+        database=database_url,
+        nbd_listen="127.0.0.1:0",
+        shutdown_grace_s=1.0,
+    )
+    for key, value in overrides.items():
+        setattr(settings, key, value)
+    return settings
+
+
+@pytest.fixture
+async def oma_server(tmp_path: Path, database_url: str) -> AsyncIterator[OmaServer]:
+    server = OmaServer(App(make_settings(tmp_path, database_url)))
+    await server.start()
+    yield server
+    await server.stop(grace=0.5)
+
+
+@pytest.fixture
+async def channel(oma_server: OmaServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma_server.port}") as ch:
+        yield ch

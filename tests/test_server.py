@@ -1,0 +1,94 @@
+"""The gRPC server in-process on a free port, through real channels and the generated stubs."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from oma.v1 import (
+    appliance_pb2,
+    appliance_pb2_grpc,
+    replication_pb2,
+    replication_pb2_grpc,
+    server_info_pb2,
+    server_info_pb2_grpc,
+)
+from oma_server.api.status import ERROR_DOMAIN, error_info_of
+from oma_server.server import SERVICE_NAMES, OmaServer
+from tests.conftest import REPO
+
+
+async def test_health_serving_for_every_service(channel: grpc.aio.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ["", *SERVICE_NAMES]:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+async def test_reflection_lists_oma_and_vma_services(channel: grpc.aio.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = set()
+    async for response in responses:
+        names |= {s.name for s in response.list_services_response.service}
+    assert "oma.v1.VmaGatewayService" in names
+    assert "oma.v1.ReplicationService" in names
+    assert "vma.v1.VmaAgentService" in names
+
+
+async def test_server_info_reports_the_one_version(channel: grpc.aio.Channel, oma_server: OmaServer) -> None:
+    reply = await server_info_pb2_grpc.ServerInfoServiceStub(channel).GetServerInfo(
+        server_info_pb2.GetServerInfoRequest()
+    )
+    assert reply.version == (REPO / "VERSION.txt").read_text().strip()
+    assert reply.database_kind == oma_server.app.db.kind
+    assert reply.schema_version >= 1
+
+
+async def test_enroll_get_list_revoke(channel: grpc.aio.Channel) -> None:
+    stub = appliance_pb2_grpc.ApplianceServiceStub(channel)
+    enrolled = await stub.EnrollAppliance(appliance_pb2.EnrollApplianceRequest(name="vma-east"))
+    assert enrolled.credential and enrolled.appliance.id
+    assert enrolled.appliance.connection_state == appliance_pb2.CONNECTION_STATE_NEVER_CONNECTED
+    got = await stub.GetAppliance(appliance_pb2.GetApplianceRequest(id=enrolled.appliance.id))
+    assert got.appliance.name == "vma-east"
+    listed = await stub.ListAppliances(appliance_pb2.ListAppliancesRequest())
+    assert [a.name for a in listed.appliances] == ["vma-east"]
+    revoked = await stub.RevokeAppliance(appliance_pb2.RevokeApplianceRequest(id=enrolled.appliance.id))
+    assert revoked.appliance.status == appliance_pb2.APPLIANCE_STATUS_REVOKED
+
+
+async def test_bad_input_gets_status_and_error_info(channel: grpc.aio.Channel) -> None:
+    stub = appliance_pb2_grpc.ApplianceServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as bad_name:
+        await stub.EnrollAppliance(appliance_pb2.EnrollApplianceRequest(name="no spaces allowed"))
+    assert bad_name.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info_of(bad_name.value)
+    assert info is not None and info.reason == "APPLIANCE_NAME_INVALID" and info.domain == ERROR_DOMAIN
+
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.GetAppliance(appliance_pb2.GetApplianceRequest(id="nope"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "nope" in (missing.value.details() or "")
+
+    with pytest.raises(grpc.aio.AioRpcError) as token:
+        await stub.ListAppliances(appliance_pb2.ListAppliancesRequest(page_token="garbage!"))
+    assert token.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info_of(token.value)
+    assert info is not None and info.reason == "PAGE_TOKEN_INVALID"
+
+    await stub.EnrollAppliance(appliance_pb2.EnrollApplianceRequest(name="twice"))
+    with pytest.raises(grpc.aio.AioRpcError) as dup:
+        await stub.EnrollAppliance(appliance_pb2.EnrollApplianceRequest(name="twice"))
+    assert dup.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_unbuilt_handler_is_a_clean_unimplemented(channel: grpc.aio.Channel) -> None:
+    stub = replication_pb2_grpc.ReplicationServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RetryReplicationJob(replication_pb2.RetryReplicationJobRequest(id="x"))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    info = error_info_of(err.value)
+    assert info is not None and info.reason == "NOT_IMPLEMENTED"
