@@ -210,9 +210,15 @@ def render_snapshot(state: SimulatorState, snap: dict[str, Any]) -> dict[str, An
 
 
 # ---- shared operations ------------------------------------------------------------------------------
-def _allocate_ip(state: SimulatorState, network: dict[str, Any], wanted: str | None) -> str:
+def _all_nics(state: SimulatorState, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [n for vm in state.vms.values() for n in vm["nic"]] + pending
+
+
+def _allocate_ip(
+    state: SimulatorState, network: dict[str, Any], wanted: str | None, pending: list[dict[str, Any]]
+) -> str:
     net = ipaddress.ip_network(network["cidr"])
-    used = {n["ipaddress"] for vm in state.vms.values() for n in vm["nic"] if n["networkid"] == network["id"]}
+    used = {n["ipaddress"] for n in _all_nics(state, pending) if n["networkid"] == network["id"]}
     used.add(network["gateway"])
     if wanted is not None:
         try:
@@ -237,8 +243,8 @@ def _allocate_ip(state: SimulatorState, network: dict[str, Any], wanted: str | N
     )
 
 
-def _allocate_mac(state: SimulatorState, wanted: str | None) -> str:
-    used = {n["macaddress"] for vm in state.vms.values() for n in vm["nic"]}
+def _allocate_mac(state: SimulatorState, wanted: str | None, pending: list[dict[str, Any]]) -> str:
+    used = {n["macaddress"] for n in _all_nics(state, pending)}
     if wanted is not None:
         if not MAC_RE.match(wanted):
             raise ApiError(431, f"Mac address is not valid: {wanted}")
@@ -278,7 +284,7 @@ def deploy_vm_record(
         )
     vm_id = vm_id or new_id()
     number = state.next_instance_number()
-    nic_rows = []
+    nic_rows: list[dict[str, Any]] = []
     for index, (network_id, ip, mac) in enumerate(nics):
         network = state.networks[network_id]
         nic_rows.append(
@@ -288,8 +294,8 @@ def deploy_vm_record(
                 "networkname": network["name"],
                 "netmask": network["netmask"],
                 "gateway": network["gateway"],
-                "ipaddress": _allocate_ip(state, network, ip),
-                "macaddress": _allocate_mac(state, mac),
+                "ipaddress": _allocate_ip(state, network, ip, nic_rows),
+                "macaddress": _allocate_mac(state, mac, nic_rows),
                 "isdefault": index == 0,
                 "traffictype": "Guest",
                 "type": network["type"],
@@ -298,9 +304,6 @@ def deploy_vm_record(
                 "extradhcpoption": [],
             }
         )
-        # reserve at once so a second NIC on the same network gets another address
-        state.vms.setdefault("__pending__", {"nic": [], "name": ""})["nic"].append(nic_rows[-1])
-    state.vms.pop("__pending__", None)
     vm = {
         "id": vm_id,
         "name": name,
@@ -1080,10 +1083,10 @@ async def _handle_api(request: web.Request) -> web.StreamResponse:
     except ApiError as e:
         state.requests.append(RequestRecord(command_name, e.errorcode))
         log.debug("simulator answers {}: {}", e.errorcode, e.errortext)
-        state.save()
         return _json(envelope, e.body(), e.errorcode)
     state.requests.append(RequestRecord(command_name, 200))
-    state.save()
+    if not command_name.lower().startswith(("list", "query")):
+        state.save()
     return _json(envelope, body)
 
 
