@@ -11,6 +11,7 @@ from oma_server.cloudstack.errors import CloudStackInsufficientCapacity, CloudSt
 from oma_server.cloudstack.models import GIB, NicSpec, VolumeType
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.errors import Category
+from tests.cloudstack.helpers import read_at, write_at
 
 
 async def _catalogue(client: CloudStackClient) -> tuple[str, str, dict[str, str]]:
@@ -111,9 +112,7 @@ async def test_snapshot_create_revert_delete_keeps_holes(client: CloudStackClien
     vol = await client.create_volume("snapme", 2 * GIB)
     await client.attach_volume_to_oma(vol.id)
     backing = sim.state.volume_file(vol.id)
-    with open(backing, "r+b") as f:
-        f.seek(GIB)
-        f.write(b"before")
+    write_at(backing, GIB, b"before")
 
     snap = await client.create_volume_snapshot(vol.id)
     assert snap.volume_id == vol.id and snap.state == "BackedUp"
@@ -123,9 +122,7 @@ async def test_snapshot_create_revert_delete_keeps_holes(client: CloudStackClien
     assert snap_file.stat().st_blocks * 512 < 64 * 1024 * 1024  # holes stayed holes
     assert [s.id for s in await client.list_snapshots(volume_id=vol.id)] == [snap.id]
 
-    with open(backing, "r+b") as f:
-        f.seek(GIB)
-        f.write(b"after!")
+    write_at(backing, GIB, b"after!")
 
     # revert needs the volume detached (or its VM stopped); the OMA VM is running
     with pytest.raises(CloudStackParamError, match="shutdown state"):
@@ -133,9 +130,7 @@ async def test_snapshot_create_revert_delete_keeps_holes(client: CloudStackClien
     await client.detach_volume(vol.id)
     reverted = await client.revert_snapshot(snap.id)
     assert reverted.id == snap.id
-    with open(backing, "rb") as f:
-        f.seek(GIB)
-        assert f.read(6) == b"before"
+    assert read_at(backing, GIB, 6) == b"before"
     assert os.stat(backing).st_blocks * 512 < 64 * 1024 * 1024
 
     await client.delete_snapshot(snap.id)

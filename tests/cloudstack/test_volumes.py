@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from oma_server.cloudstack import device_path
@@ -12,6 +10,7 @@ from oma_server.cloudstack.errors import CloudStackNotFound, CloudStackParamErro
 from oma_server.cloudstack.models import GIB, VolumeType
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.errors import Category
+from tests.cloudstack.helpers import read_at, real_path, write_at
 
 
 async def test_catalogue(client: CloudStackClient, sim: CloudStackSimulator) -> None:
@@ -71,14 +70,10 @@ async def test_attach_to_oma_publishes_device_and_detach_removes_it(
     assert attached.state == "Ready"
     link = device_path(sim.device_root, vol.id)
     assert link.name == "virtio-" + vol.id[:20]
-    assert link.is_symlink() and os.path.realpath(link) == str(sim.state.volume_file(vol.id).resolve())
+    assert link.is_symlink() and real_path(link) == str(sim.state.volume_file(vol.id).resolve())
     # writes through the device reach the backing file
-    with open(link, "r+b") as f:
-        f.seek(GIB)
-        f.write(b"hello")
-    with open(sim.state.volume_file(vol.id), "rb") as f:
-        f.seek(GIB)
-        assert f.read(5) == b"hello"
+    write_at(link, GIB, b"hello")
+    assert read_at(sim.state.volume_file(vol.id), GIB, 5) == b"hello"
 
     second = await client.create_volume("replica-disk-1", GIB)
     assert (await client.attach_volume_to_oma(second.id)).device_id == 2
