@@ -36,6 +36,8 @@ from oma.v1 import (
     vm_context_pb2_grpc,
 )
 from oma_server.api.appliances import ApplianceServicer
+from oma_server.api.gateway import GatewayServicer
+from oma_server.api.replication import JobServicer, ReplicationServicer
 from oma_server.api.server_info import ServerInfoServicer
 from oma_server.api.status import ErrorMappingInterceptor
 from oma_server.app import App
@@ -85,17 +87,15 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     appliance_pb2_grpc.add_ApplianceServiceServicer_to_server(ApplianceServicer(app), server)
     # Services whose handlers land with later issues answer UNIMPLEMENTED through their generated bases.
     vm_context_pb2_grpc.add_VmContextServiceServicer_to_server(vm_context_pb2_grpc.VmContextServiceServicer(), server)
-    replication_pb2_grpc.add_ReplicationServiceServicer_to_server(
-        replication_pb2_grpc.ReplicationServiceServicer(), server
-    )
-    job_pb2_grpc.add_JobServiceServicer_to_server(job_pb2_grpc.JobServiceServicer(), server)
+    replication_pb2_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(app), server)
+    job_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(app), server)
     storage_pb2_grpc.add_VolumeServiceServicer_to_server(storage_pb2_grpc.VolumeServiceServicer(), server)
     storage_pb2_grpc.add_NbdExportServiceServicer_to_server(storage_pb2_grpc.NbdExportServiceServicer(), server)
     failover_pb2_grpc.add_FailoverServiceServicer_to_server(failover_pb2_grpc.FailoverServiceServicer(), server)
     failover_pb2_grpc.add_NetworkMappingServiceServicer_to_server(
         failover_pb2_grpc.NetworkMappingServiceServicer(), server
     )
-    gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(gateway_pb2_grpc.VmaGatewayServiceServicer(), server)
+    gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(GatewayServicer(app), server)
 
 
 class OmaServer:
@@ -145,6 +145,7 @@ class OmaServer:
         logger.info("shutting down: health NOT_SERVING, draining streams, grace {grace}s", grace=grace)
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.enter_graceful_shutdown()
+        await self.app.begin_shutdown()
         await self.server.stop(grace)
         await self.app.stop()
         self._stopped.set()

@@ -45,6 +45,7 @@ def make_settings(tmp_path: Path, database_url: str = "", **overrides: object) -
         database=database_url,
         nbd_listen="127.0.0.1:0",
         shutdown_grace_s=1.0,
+        progress_flush_interval_s=0.05,
     )
     for key, value in overrides.items():
         setattr(settings, key, value)

@@ -89,7 +89,7 @@ def test_grpcurl_health_check(running_server: tuple[int, subprocess.Popen[str]])
 
 def test_grpcurl_unimplemented_is_clean(running_server: tuple[int, subprocess.Popen[str]]) -> None:
     port, proc = running_server
-    out = grpcurl(port, "oma.v1.ReplicationService/RetryReplicationJob", data='{"id": "x"}')
+    out = grpcurl(port, "oma.v1.FailoverService/RollbackFailover", data='{"vm_context_id": "x"}')
     assert out.returncode != 0
     assert "Code: Unimplemented" in out.stderr
     assert "NOT_IMPLEMENTED" in out.stderr

@@ -10,8 +10,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from oma.v1 import (
     appliance_pb2,
     appliance_pb2_grpc,
-    replication_pb2,
-    replication_pb2_grpc,
+    failover_pb2,
+    failover_pb2_grpc,
     server_info_pb2,
     server_info_pb2_grpc,
 )
@@ -86,9 +86,9 @@ async def test_bad_input_gets_status_and_error_info(channel: grpc.aio.Channel) -
 
 
 async def test_unbuilt_handler_is_a_clean_unimplemented(channel: grpc.aio.Channel) -> None:
-    stub = replication_pb2_grpc.ReplicationServiceStub(channel)
+    stub = failover_pb2_grpc.FailoverServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.RetryReplicationJob(replication_pb2.RetryReplicationJobRequest(id="x"))
+        await stub.RollbackFailover(failover_pb2.RollbackFailoverRequest(vm_context_id="x"))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     info = error_info_of(err.value)
     assert info is not None and info.reason == "NOT_IMPLEMENTED"

@@ -56,6 +56,7 @@ class Appliance(BaseModel):
 
 class VmContext(BaseModel):
     id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    appliance_id: str  # set by Peewee for the foreign key
     appliance = pw.ForeignKeyField(Appliance, backref="vm_contexts", on_delete="RESTRICT")
     vcenter = pw.CharField(max_length=255)
     datacenter = pw.CharField(max_length=255, default="")
@@ -79,6 +80,7 @@ class VmContext(BaseModel):
 
 class Disk(BaseModel):
     id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    vm_context_id: str  # set by Peewee for the foreign key
     vm_context = pw.ForeignKeyField(VmContext, backref="disks", on_delete="CASCADE")
     key = pw.IntegerField()
     label = pw.CharField(max_length=255, default="")
@@ -95,6 +97,7 @@ class Disk(BaseModel):
 
 class ChangeIdRecord(BaseModel):
     id = pw.AutoField()
+    disk_id: str  # set by Peewee for the foreign key
     disk = pw.ForeignKeyField(Disk, backref="change_ids", on_delete="CASCADE")
     change_id = pw.CharField(max_length=255)
     job_id = pw.CharField(max_length=64)
@@ -103,6 +106,7 @@ class ChangeIdRecord(BaseModel):
 
 class Volume(BaseModel):
     id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    disk_id: str  # set by Peewee for the foreign key
     disk = pw.ForeignKeyField(Disk, backref="volumes", on_delete="RESTRICT")
     cloudstack_id = pw.CharField(max_length=64, default="", index=True)
     name = pw.CharField(max_length=255)
@@ -117,6 +121,7 @@ class Volume(BaseModel):
 
 class NbdExport(BaseModel):
     name = pw.CharField(primary_key=True, max_length=128)
+    volume_id: str  # set by Peewee for the foreign key
     volume = pw.ForeignKeyField(Volume, backref="exports", on_delete="CASCADE")
     device_path = pw.CharField(max_length=1024)
     address = pw.CharField(max_length=255)
@@ -126,7 +131,9 @@ class NbdExport(BaseModel):
 
 class ReplicationJob(BaseModel):
     id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    vm_context_id: str  # set by Peewee for the foreign key
     vm_context = pw.ForeignKeyField(VmContext, backref="replication_jobs", on_delete="CASCADE")
+    appliance_id: str  # set by Peewee for the foreign key
     appliance = pw.ForeignKeyField(Appliance, backref="replication_jobs", on_delete="RESTRICT")
     kind = pw.CharField(max_length=16)
     status = pw.CharField(max_length=24, default="pending", index=True)
@@ -154,7 +161,9 @@ class JobDisk(BaseModel):
     """Per-disk progress of one replication job."""
 
     id = pw.AutoField()
+    job_id: str  # set by Peewee for the foreign key
     job = pw.ForeignKeyField(ReplicationJob, backref="disks", on_delete="CASCADE")
+    disk_id: str  # set by Peewee for the foreign key
     disk = pw.ForeignKeyField(Disk, backref="job_disks", on_delete="CASCADE")
     bytes_done = pw.BigIntegerField(default=0)
     bytes_total = pw.BigIntegerField(default=0)
@@ -174,6 +183,7 @@ class JobDisk(BaseModel):
 
 class FailoverJob(BaseModel):
     id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    vm_context_id: str  # set by Peewee for the foreign key
     vm_context = pw.ForeignKeyField(VmContext, backref="failover_jobs", on_delete="CASCADE")
     kind = pw.CharField(max_length=16)
     status = pw.CharField(max_length=16, default="pending", index=True)
@@ -207,6 +217,7 @@ class Command(BaseModel):
     """Durable outbox of commands to a VMA (at-least-once delivery; the VMA deduplicates by id)."""
 
     id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    appliance_id: str  # set by Peewee for the foreign key
     appliance = pw.ForeignKeyField(Appliance, backref="commands", on_delete="CASCADE")
     kind = pw.CharField(max_length=32)
     payload = pw.BlobField()  # the serialized vma.v1.Command, exactly as sent

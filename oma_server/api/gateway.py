@@ -1,0 +1,95 @@
+"""VmaGatewayService.Connect: unwraps the appliance's messages for the session hub and wraps the hub's answers.
+
+One reader task applies inbound messages in order; this generator is the stream's single writer, draining the
+session's bounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from oma.v1 import gateway_pb2, gateway_pb2_grpc
+from oma_server.app import App
+from oma_server.errors import Aborted, Unauthenticated, Unavailable
+from oma_server.stream.hub import Outgoing, Session
+from vma.v1 import stream_pb2
+
+HELLO_TIMEOUT_S = 30.0
+
+_FIELD_OF: dict[type, str] = {
+    stream_pb2.Welcome: "welcome",
+    stream_pb2.JobAck: "ack",
+    stream_pb2.Command: "command",
+    stream_pb2.CommandResultAck: "command_result_ack",
+    stream_pb2.StreamError: "error",
+}
+
+
+def wrap(message: Outgoing) -> gateway_pb2.ConnectResponse:
+    response = gateway_pb2.ConnectResponse()
+    getattr(response, _FIELD_OF[type(message)]).CopyFrom(message)
+    return response
+
+
+class GatewayServicer(gateway_pb2_grpc.VmaGatewayServiceServicer):
+    def __init__(self, app: App) -> None:
+        self.hub = app.hub
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[gateway_pb2.ConnectRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.ConnectResponse]:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
+        except StopAsyncIteration:
+            raise Unauthenticated("the stream closed before a Hello", reason="HELLO_MISSING") from None
+        except TimeoutError:
+            raise Unauthenticated(f"no Hello within {HELLO_TIMEOUT_S:.0f}s", reason="HELLO_MISSING") from None
+        if first.WhichOneof("message") != "hello":
+            raise Unauthenticated(
+                "the first message on the stream must be a Hello with the appliance id and credential",
+                reason="HELLO_MISSING",
+            )
+        session, welcome = await self.hub.open(first.hello, context.peer())
+        reader = asyncio.create_task(self._read(session, request_iterator), name=f"vma-reader-{session.session_id}")
+        try:
+            yield wrap(welcome)
+            await self.hub.after_welcome(session)
+            while (message := await session.queue.get()) is not None:
+                yield wrap(message)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await self.hub.close(session, session.close_reason or "the stream ended")
+        if session.close_reason.startswith("replaced"):
+            raise Aborted(session.close_reason, reason="SESSION_REPLACED", session_id=session.session_id)
+        if session.close_reason.startswith("the OMA is shutting down"):
+            raise Unavailable(session.close_reason, reason="SERVER_SHUTTING_DOWN")
+
+    async def _read(self, session: Session, request_iterator: AsyncIterator[gateway_pb2.ConnectRequest]) -> None:
+        hub = self.hub
+        try:
+            async for request in request_iterator:
+                hub.touch(session)
+                kind = request.WhichOneof("message")
+                if kind == "progress":
+                    await hub.on_progress(session, request.progress)
+                elif kind == "event":
+                    await hub.on_event(session, request.event)
+                elif kind == "command_result":
+                    await hub.on_command_result(session, request.command_result)
+                elif kind == "heartbeat":
+                    await hub.on_heartbeat(session, request.heartbeat)
+                elif kind == "hello":
+                    await hub.reject_unknown(session, "a second Hello on an open stream is not allowed")
+                else:
+                    await hub.reject_unknown(session, "an empty message")
+            session.close("the appliance closed the stream")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            session.close(f"the stream broke: {type(exc).__name__}")

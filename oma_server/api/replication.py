@@ -1,0 +1,85 @@
+"""ReplicationService and JobService servicers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from oma.v1 import job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc
+from oma_server.api.convert import enum_name, job_log_entry_to_proto, job_update_to_proto, replication_job_to_proto
+from oma_server.app import App
+
+
+class ReplicationServicer(replication_pb2_grpc.ReplicationServiceServicer):
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def StartReplication(
+        self, request: replication_pb2.StartReplicationRequest, context: grpc.aio.ServicerContext
+    ) -> replication_pb2.StartReplicationResponse:
+        kind = enum_name(replication_pb2.ReplicationJobKind, "REPLICATION_JOB_KIND", request.kind)
+        job = await self.app.replication.start(request.vm_context_id, kind, request.request_id)
+        return replication_pb2.StartReplicationResponse(job=replication_job_to_proto(job))
+
+    async def GetReplicationJob(
+        self, request: replication_pb2.GetReplicationJobRequest, context: grpc.aio.ServicerContext
+    ) -> replication_pb2.GetReplicationJobResponse:
+        return replication_pb2.GetReplicationJobResponse(
+            job=replication_job_to_proto(await self.app.jobs.get(request.id))
+        )
+
+    async def ListReplicationJobs(
+        self, request: replication_pb2.ListReplicationJobsRequest, context: grpc.aio.ServicerContext
+    ) -> replication_pb2.ListReplicationJobsResponse:
+        statuses = [
+            enum_name(replication_pb2.ReplicationJobStatus, "REPLICATION_JOB_STATUS", s) for s in request.statuses
+        ]
+        page = await self.app.jobs.list_jobs(
+            request.page_size,
+            request.page_token,
+            vm_context_id=request.vm_context_id,
+            appliance_id=request.appliance_id,
+            statuses=[s for s in statuses if s],
+        )
+        return replication_pb2.ListReplicationJobsResponse(
+            jobs=[replication_job_to_proto(j) for j in page.jobs], next_page_token=page.next_page_token
+        )
+
+    async def CancelReplicationJob(
+        self, request: replication_pb2.CancelReplicationJobRequest, context: grpc.aio.ServicerContext
+    ) -> replication_pb2.CancelReplicationJobResponse:
+        job = await self.app.replication.cancel(request.id)
+        return replication_pb2.CancelReplicationJobResponse(job=replication_job_to_proto(job))
+
+    async def RetryReplicationJob(
+        self, request: replication_pb2.RetryReplicationJobRequest, context: grpc.aio.ServicerContext
+    ) -> replication_pb2.RetryReplicationJobResponse:
+        job = await self.app.replication.retry(request.id)
+        return replication_pb2.RetryReplicationJobResponse(job=replication_job_to_proto(job))
+
+
+class JobServicer(job_pb2_grpc.JobServiceServicer):
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def WatchJob(
+        self, request: job_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[job_pb2.WatchJobResponse]:
+        async for update in self.app.job_watch.watch_job(request.job_id, request.from_revision):
+            yield job_pb2.WatchJobResponse(update=job_update_to_proto(update))
+
+    async def WatchJobs(
+        self, request: job_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[job_pb2.WatchJobsResponse]:
+        updates = self.app.job_watch.watch_jobs(request.vm_context_id, request.from_revision, request.include_finished)
+        async for update in updates:
+            yield job_pb2.WatchJobsResponse(update=job_update_to_proto(update))
+
+    async def ListJobLogEntries(
+        self, request: job_pb2.ListJobLogEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> job_pb2.ListJobLogEntriesResponse:
+        page = await self.app.joblog.list(request.job_id, request.page_size, request.page_token)
+        return job_pb2.ListJobLogEntriesResponse(
+            entries=[job_log_entry_to_proto(e) for e in page.entries], next_page_token=page.next_page_token
+        )

@@ -1,0 +1,108 @@
+"""Watch streams of jobs: current state first, then every change, resumable from a revision (no grpc here).
+
+`watch_job` and `watch_jobs` yield `Update`s; the servicer only encodes them. A resume revision that the history
+no longer holds raises RevisionCompacted (OUT_OF_RANGE): the client re-reads the job(s) and watches from 0. When
+nothing changes for `notify_interval_s`, a PROGRESS_NOTIFY update carries the current revision so a client's resume
+point stays fresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from oma_server.errors import NotFound
+from oma_server.watch import Change, WatchHub
+
+SNAPSHOT = "snapshot"
+CHANGE = "change"
+PROGRESS_NOTIFY = "progress_notify"
+SYNCED = "synced"
+
+# (job id) → the job's current Change-shaped view, or None if this kind of job has no such id.
+Lookup = Callable[[str], Awaitable[Change | None]]
+# () → current Change-shaped views of jobs (for WatchJobs' initial snapshot).
+Lister = Callable[[bool], Awaitable[list[Change]]]
+
+
+@dataclass(frozen=True)
+class Update:
+    kind: str
+    revision: int
+    change: Change | None  # None for PROGRESS_NOTIFY and SYNCED
+
+    @property
+    def state(self) -> Any:
+        return self.change.state if self.change else None
+
+
+class JobWatcher:
+    def __init__(self, hub: WatchHub, *, notify_interval_s: float = 10.0) -> None:
+        self.hub = hub
+        self.notify_interval_s = notify_interval_s
+        self.lookups: list[Lookup] = []
+        self.listers: list[Lister] = []
+
+    async def _current(self, job_id: str) -> Change:
+        for lookup in self.lookups:
+            found = await lookup(job_id)
+            if found is not None:
+                return found
+        raise NotFound(
+            f"job {job_id} does not exist (neither a replication nor a failover job)",
+            reason="JOB_NOT_FOUND",
+            job_id=job_id,
+        )
+
+    async def watch_job(self, job_id: str, from_revision: int = 0) -> AsyncIterator[Update]:
+        current = await self._current(job_id)
+
+        def accept(change: Change) -> bool:
+            return change.job_id == job_id
+
+        with self.hub.subscribe(accept) as subscription:
+            last = from_revision
+            if from_revision == 0:
+                yield Update(SNAPSHOT, current.revision, current)
+                last = current.revision
+            else:
+                for change in self.hub.since(from_revision, accept, latest_known=current.revision):
+                    yield Update(CHANGE, change.revision, change)
+                    last = change.revision
+            async for update in self._follow(subscription, last):
+                yield update
+
+    async def watch_jobs(
+        self, vm_context_id: str = "", from_revision: int = 0, include_finished: bool = False
+    ) -> AsyncIterator[Update]:
+        def accept(change: Change) -> bool:
+            return not vm_context_id or change.vm_context_id == vm_context_id
+
+        with self.hub.subscribe(accept) as subscription:
+            last = from_revision
+            if from_revision == 0:
+                snapshot: list[Change] = []
+                for lister in self.listers:
+                    snapshot += [c for c in await lister(include_finished) if accept(c)]
+                for change in sorted(snapshot, key=lambda c: c.revision):
+                    yield Update(SNAPSHOT, change.revision, change)
+                last = max([self.hub.revision, *(c.revision for c in snapshot)])
+                yield Update(SYNCED, last, None)
+            else:
+                for change in self.hub.since(from_revision, accept):
+                    yield Update(CHANGE, change.revision, change)
+                    last = change.revision
+            async for update in self._follow(subscription, last):
+                yield update
+
+    async def _follow(self, subscription: Any, last: int) -> AsyncIterator[Update]:
+        while True:
+            change = await subscription.next(self.notify_interval_s)
+            if change is None:
+                yield Update(PROGRESS_NOTIFY, max(last, self.hub.revision), None)
+                continue
+            if change.revision <= last:
+                continue  # already sent from the history replay
+            last = change.revision
+            yield Update(CHANGE, change.revision, change)

@@ -1,0 +1,1 @@
+"""The VMA stream: sessions (one per appliance), the durable command outbox, liveness."""

@@ -1,0 +1,317 @@
+"""Appliance sessions: one live stream per appliance, liveness, and routing of messages both ways.
+
+Each session has one bounded outgoing queue drained by the stream's single writer (the servicer); a peer too slow
+to drain it is disconnected (it reconnects and is resent what it needs) rather than slowing anyone else. Inbound
+messages are applied through the job store and the outbox; a bad message gets a StreamError reply and the stream
+stays up.
+
+Liveness: a session silent for `3 x heartbeat interval` is closed and its appliance marked disconnected; if the
+appliance has not returned by the same deadline its copying jobs become `stalled` (never failed), and they resume
+when it says hello again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from google.protobuf import duration_pb2
+from loguru import logger
+
+from oma_server.appliances import ApplianceService
+from oma_server.clock import Clock
+from oma_server.db.database import Database
+from oma_server.db.models import Appliance
+from oma_server.replication.store import MessageRejected, ReplicationJobStore
+from oma_server.stream.outbox import CommandOutbox
+from oma_server.version import __version__
+from vma.v1 import stream_pb2
+
+Outgoing = (
+    stream_pb2.Welcome | stream_pb2.JobAck | stream_pb2.Command | stream_pb2.CommandResultAck | stream_pb2.StreamError
+)
+
+MISSED_HEARTBEATS = 3
+LAST_SEEN_WRITE_INTERVAL_S = 30.0
+
+
+@dataclass(eq=False)
+class Session:
+    appliance_id: str
+    session_id: str
+    peer: str
+    queue: asyncio.Queue[Outgoing | None]
+    last_seen: float
+    close_reason: str = ""
+    last_seen_written: float = 0.0
+    stats: dict[str, int] = field(default_factory=lambda: {"progress": 0, "events": 0, "rejected": 0})
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.close_reason)
+
+    def send(self, message: Outgoing) -> bool:
+        if self.closed:
+            return False
+        try:
+            self.queue.put_nowait(message)
+            return True
+        except asyncio.QueueFull:
+            self.close("the appliance does not read its stream fast enough (outgoing queue full)")
+            return False
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.close_reason = reason
+        # Wake the writer even when the queue is full: drop one pending item to make room for the end marker.
+        with contextlib.suppress(asyncio.QueueFull):
+            if self.queue.full():
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+
+class SessionHub:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        appliances: ApplianceService,
+        jobs: ReplicationJobStore,
+        outbox: CommandOutbox,
+        *,
+        process_id: str,
+        heartbeat_interval_s: float = 10.0,
+        queue_size: int = 1024,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.appliances = appliances
+        self.jobs = jobs
+        self.outbox = outbox
+        self.process_id = process_id
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.queue_size = queue_size
+        self.sessions: dict[str, Session] = {}
+        self._disconnected_since: dict[str, float] = {}
+        self._watchdog: asyncio.Task[None] | None = None
+        self.on_session_change: list[Callable[[str, bool], None]] = []
+        jobs.ack_sink = self._ack
+        outbox.deliver = self._deliver
+
+    @property
+    def deadline_s(self) -> float:
+        return MISSED_HEARTBEATS * self.heartbeat_interval_s
+
+    async def start(self) -> None:
+        def reset_connections() -> None:
+            # Streams held by this process before a restart are gone; the appliances will dial again.
+            Appliance.update(connection_state="disconnected", connected_to="", session_id="").where(
+                (Appliance.connection_state == "connected") & (Appliance.connected_to == self.process_id)
+            ).execute()
+
+        await self.db.tx(reset_connections)
+        now = self.clock.monotonic()
+        for job in self.jobs.open_jobs():
+            self._disconnected_since.setdefault(job.appliance_id, now)
+        self._watchdog = asyncio.create_task(self._watch_liveness(), name="stream-liveness")
+
+    async def stop(self) -> None:
+        """Tell every stream to end (the servers' grace period lets them drain), stop the watchdog."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        for session in list(self.sessions.values()):
+            session.close("the OMA is shutting down; reconnect")
+
+    # ---- opening and closing ------------------------------------------------------------------------------------
+    async def open(self, hello: stream_pb2.Hello, peer: str) -> tuple[Session, stream_pb2.Welcome]:
+        appliance = await self.appliances.authenticate(hello.appliance_id, hello.credential)
+        session = Session(
+            appliance_id=appliance.id,
+            session_id=str(uuid.uuid4()),
+            peer=peer,
+            queue=asyncio.Queue(maxsize=self.queue_size),
+            last_seen=self.clock.monotonic(),
+        )
+        log = logger.bind(appliance_id=appliance.id, session_id=session.session_id)
+        previous = self.sessions.get(appliance.id)
+        if previous is not None:
+            previous.close("replaced by a newer connection from the same appliance")
+            log.info("new stream replaces session {old}", old=previous.session_id)
+        self.sessions[appliance.id] = session
+        self._disconnected_since.pop(appliance.id, None)
+        now = self.clock.now()
+
+        def mark_connected() -> None:
+            Appliance.update(
+                connection_state="connected",
+                connected_to=self.process_id,
+                session_id=session.session_id,
+                last_seen_at=now,
+                agent_version=hello.agent_version[:64],
+                capabilities=list(hello.capabilities),
+                last_command_id=hello.last_command_id[:64],
+            ).where(Appliance.id == appliance.id).execute()
+
+        await self.db.tx(mark_connected)
+        session.last_seen_written = self.clock.monotonic()
+        resumed = await self.jobs.resume_jobs_of(appliance.id)
+        # Make everything applied so far durable, so the cursors below are exact.
+        await self.jobs.flush()
+        welcome = stream_pb2.Welcome(
+            session_id=session.session_id,
+            heartbeat_interval=duration_pb2.Duration(
+                seconds=int(self.heartbeat_interval_s), nanos=int((self.heartbeat_interval_s % 1) * 1e9)
+            ),
+            server_version=__version__,
+            open_jobs=[
+                stream_pb2.JobCursor(job_id=job_id, last_applied_sequence=seq)
+                for job_id, seq in self.jobs.durable_cursors(appliance.id)
+            ],
+        )
+        log.info(
+            "appliance connected from {peer} (agent {version}); {n} open jobs, {r} resumed",
+            peer=peer,
+            version=hello.agent_version,
+            n=len(welcome.open_jobs),
+            r=len(resumed),
+        )
+        for callback in self.on_session_change:
+            callback(appliance.id, True)
+        return session, welcome
+
+    async def after_welcome(self, session: Session) -> None:
+        """Send every command the appliance has not answered yet (again, after a reconnect or an OMA restart)."""
+        await self.outbox.kick(session.appliance_id, resend=True)
+
+    async def close(self, session: Session, reason: str) -> None:
+        session.close(reason)
+        if self.sessions.get(session.appliance_id) is not session:
+            return  # replaced: the newer session owns the appliance's state
+        del self.sessions[session.appliance_id]
+        self._disconnected_since[session.appliance_id] = session.last_seen
+        now = self.clock.now()
+
+        def mark_disconnected() -> None:
+            Appliance.update(connection_state="disconnected", connected_to="", session_id="", last_seen_at=now).where(
+                (Appliance.id == session.appliance_id) & (Appliance.session_id == session.session_id)
+            ).execute()
+
+        with contextlib.suppress(Exception):
+            await self.db.tx(mark_disconnected)
+        logger.bind(appliance_id=session.appliance_id, session_id=session.session_id).info(
+            "appliance disconnected: {reason}", reason=reason
+        )
+        for callback in self.on_session_change:
+            callback(session.appliance_id, False)
+
+    # ---- inbound ---------------------------------------------------------------------------------------------------
+    def touch(self, session: Session) -> None:
+        session.last_seen = self.clock.monotonic()
+
+    async def on_progress(self, session: Session, report: stream_pb2.ProgressReport) -> None:
+        session.stats["progress"] += 1
+        ack = await self._guard(session, self.jobs.apply_progress(session.appliance_id, report))
+        if ack:
+            session.send(stream_pb2.JobAck(job_id=report.job_id, sequence=ack))
+
+    async def on_event(self, session: Session, event: stream_pb2.JobEvent) -> None:
+        session.stats["events"] += 1
+        ack = await self._guard(session, self.jobs.apply_event(session.appliance_id, event))
+        if ack:
+            session.send(stream_pb2.JobAck(job_id=event.job_id, sequence=ack))
+
+    async def on_command_result(self, session: Session, result: stream_pb2.CommandResult) -> None:
+        stored = await self._guard(session, self.outbox.record_result(session.appliance_id, result))
+        if stored is not None:
+            session.send(stream_pb2.CommandResultAck(command_id=result.command_id))
+
+    async def on_heartbeat(self, session: Session, heartbeat: stream_pb2.Heartbeat) -> None:
+        now = self.clock.monotonic()
+        if now - session.last_seen_written >= LAST_SEEN_WRITE_INTERVAL_S:
+            session.last_seen_written = now
+            seen_at = self.clock.now()
+            await self.db.tx(
+                lambda: Appliance.update(last_seen_at=seen_at).where(Appliance.id == session.appliance_id).execute()
+            )
+
+    async def reject_unknown(self, session: Session, what: str) -> None:
+        session.stats["rejected"] += 1
+        session.send(
+            stream_pb2.StreamError(
+                code=stream_pb2.STREAM_ERROR_CODE_INVALID_MESSAGE, message=f"{what}; nothing was applied"
+            )
+        )
+
+    async def _guard(self, session: Session, work):  # type: ignore[no-untyped-def]
+        """Run one message's work; a rejection or an unexpected error becomes a StreamError reply, never a dead
+        stream."""
+        try:
+            return await work
+        except MessageRejected as rejected:
+            session.stats["rejected"] += 1
+            logger.bind(appliance_id=session.appliance_id, job_id=rejected.job_id or None).info(
+                "rejected message: {message}", message=rejected.message
+            )
+            session.send(
+                stream_pb2.StreamError(
+                    code=stream_pb2.StreamErrorCode.Value(f"STREAM_ERROR_CODE_{rejected.code}"),  # type: ignore[arg-type]
+                    job_id=rejected.job_id,
+                    sequence=rejected.sequence,
+                    message=rejected.message,
+                )
+            )
+        except Exception as exc:
+            session.stats["rejected"] += 1
+            logger.opt(exception=True).bind(appliance_id=session.appliance_id).error("stream message failed")
+            session.send(
+                stream_pb2.StreamError(
+                    code=stream_pb2.STREAM_ERROR_CODE_INVALID_STATE,
+                    message=f"the OMA could not apply this message ({type(exc).__name__}: {exc}); send it again",
+                )
+            )
+        return None
+
+    # ---- outbound ---------------------------------------------------------------------------------------------
+    def _ack(self, appliance_id: str, job_id: str, sequence: int) -> None:
+        session = self.sessions.get(appliance_id)
+        if session is not None and sequence:
+            session.send(stream_pb2.JobAck(job_id=job_id, sequence=sequence))
+
+    def _deliver(self, appliance_id: str, command: stream_pb2.Command) -> bool:
+        session = self.sessions.get(appliance_id)
+        return session is not None and session.send(command)
+
+    def connected(self, appliance_id: str) -> bool:
+        return appliance_id in self.sessions
+
+    # ---- liveness ---------------------------------------------------------------------------------------------
+    async def _watch_liveness(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.05, self.heartbeat_interval_s / 2))
+            try:
+                await self.check_liveness()
+            except Exception:
+                logger.opt(exception=True).error("liveness check failed")
+
+    async def check_liveness(self) -> None:
+        now = self.clock.monotonic()
+        for session in list(self.sessions.values()):
+            if now - session.last_seen > self.deadline_s:
+                await self.close(session, f"no heartbeat for {timedelta(seconds=round(now - session.last_seen))}")
+        for appliance_id, since in list(self._disconnected_since.items()):
+            if appliance_id in self.sessions:
+                self._disconnected_since.pop(appliance_id, None)
+            elif now - since > self.deadline_s:
+                self._disconnected_since.pop(appliance_id, None)
+                stalled = await self.jobs.stall_jobs_of(appliance_id)
+                if stalled:
+                    logger.bind(appliance_id=appliance_id).warning(
+                        "appliance silent past its deadline: {n} job(s) stalled until it returns", n=len(stalled)
+                    )

@@ -1,0 +1,173 @@
+"""The durable outbox of commands to appliances (at-least-once; the appliance deduplicates by command id).
+
+A command is a row before it is a message: `insert_command` runs inside the caller's transaction (so "job waits
+for the appliance" and "start command queued" commit together), `kick` then delivers it if the appliance is
+connected to this process. Undone commands are sent again after every reconnect and after OMA restarts, until the
+appliance answers with a result; the result is stored, then acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from google.protobuf import timestamp_pb2
+from loguru import logger
+
+from oma_server.clock import Clock
+from oma_server.db.database import Database
+from oma_server.db.models import Command, new_id, utcnow
+from oma_server.errors import DeadlineExceeded, NotFound
+from oma_server.replication.store import MessageRejected
+from vma.v1 import stream_pb2
+
+OPEN_STATUSES = ("pending", "sent")
+Deliver = Callable[[str, stream_pb2.Command], bool]  # (appliance_id, command) → handed to a live session?
+ResultHandler = Callable[[Command, stream_pb2.CommandResult], Awaitable[None]]
+
+
+def insert_command(appliance_id: str, command: stream_pb2.Command, job_id: str = "") -> stream_pb2.Command:
+    """Queue a command inside the current transaction; returns it with its id and issue time filled in."""
+    out = stream_pb2.Command()
+    out.CopyFrom(command)
+    if not out.command_id:
+        out.command_id = new_id()
+    now = utcnow()
+    issued = timestamp_pb2.Timestamp()
+    issued.FromDatetime(now)
+    out.issued_at.CopyFrom(issued)
+    kind = out.WhichOneof("kind")
+    if kind is None:
+        raise ValueError("a command needs a kind")
+    Command.create(
+        id=out.command_id,
+        appliance=appliance_id,
+        kind=kind,
+        payload=out.SerializeToString(),
+        job_id=job_id,
+        created_at=now,
+    )
+    return out
+
+
+def outcome_name(value: int) -> str:
+    if not value:
+        return ""
+    return stream_pb2.CommandOutcome.Name(value).removeprefix("COMMAND_OUTCOME_").lower()  # type: ignore[arg-type]
+
+
+class CommandOutbox:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self.deliver: Deliver | None = None
+        self.result_handlers: dict[str, ResultHandler] = {}
+        self._waiters: dict[str, list[asyncio.Future[stream_pb2.CommandResult]]] = {}
+
+    async def enqueue(self, appliance_id: str, command: stream_pb2.Command, job_id: str = "") -> stream_pb2.Command:
+        queued = await self.db.tx(insert_command, appliance_id, command, job_id)
+        logger.bind(appliance_id=appliance_id, command_id=queued.command_id, job_id=job_id or None).info(
+            "queued {kind} command", kind=queued.WhichOneof("kind")
+        )
+        await self.kick(appliance_id, [queued])
+        return queued
+
+    async def kick(
+        self, appliance_id: str, commands: list[stream_pb2.Command] | None = None, *, resend: bool = False
+    ) -> int:
+        """Deliver queued commands to the appliance if it is connected here: the given ones, else those never sent
+        (or, with `resend`, every unanswered one — after a new session)."""
+        if self.deliver is None:
+            return 0
+        if commands is None:
+            commands = await self.open_commands(appliance_id, OPEN_STATUSES if resend else ("pending",))
+        delivered = [c.command_id for c in commands if self.deliver(appliance_id, c)]
+        if delivered:
+
+            def mark_sent() -> None:
+                Command.update(status="sent", sent_at=utcnow(), attempts=Command.attempts + 1).where(
+                    Command.id.in_(delivered) & (Command.status.in_(OPEN_STATUSES))
+                ).execute()
+
+            await self.db.tx(mark_sent)
+        return len(delivered)
+
+    async def open_commands(
+        self, appliance_id: str, statuses: tuple[str, ...] = OPEN_STATUSES
+    ) -> list[stream_pb2.Command]:
+        def query() -> list[bytes]:
+            rows = (
+                Command.select(Command.payload)
+                .where((Command.appliance == appliance_id) & Command.status.in_(statuses))
+                .order_by(Command.created_at, Command.id)
+            )
+            return [bytes(r.payload) for r in rows]
+
+        return [stream_pb2.Command.FromString(p) for p in await self.db.run(query)]
+
+    async def record_result(self, appliance_id: str, result: stream_pb2.CommandResult) -> bool:
+        """Store an appliance's answer (idempotent). True when it was new. Raises MessageRejected."""
+        if not result.command_id:
+            raise MessageRejected("INVALID_MESSAGE", "command result names no command_id")
+        if not result.outcome:
+            raise MessageRejected("INVALID_MESSAGE", f"command result {result.command_id} has no outcome")
+
+        def store() -> tuple[Command | None, bool]:
+            row = Command.get_or_none(Command.id == result.command_id)
+            if row is None or row.appliance_id != appliance_id:
+                return row, False
+            if row.status == "done":
+                return row, False
+            row.status = "done"
+            row.completed_at = utcnow()
+            row.result_outcome = outcome_name(result.outcome)
+            row.result_detail = result.detail
+            row.result_payload = result.SerializeToString()
+            row.save()
+            return row, True
+
+        row, new = await self.db.tx(store)
+        if row is None:
+            raise MessageRejected("UNKNOWN_COMMAND", f"command {result.command_id} is not known to this OMA")
+        if row.appliance_id != appliance_id:
+            raise MessageRejected("UNKNOWN_COMMAND", f"command {result.command_id} was not sent to this appliance")
+        if new:
+            logger.bind(appliance_id=appliance_id, command_id=row.id, job_id=row.job_id or None).info(
+                "{kind} command answered: {outcome} {detail}",
+                kind=row.kind,
+                outcome=row.result_outcome,
+                detail=result.detail,
+            )
+            for waiter in self._waiters.pop(row.id, []):
+                if not waiter.done():
+                    waiter.set_result(result)
+            handler = self.result_handlers.get(row.kind)
+            if handler is not None:
+                try:
+                    await handler(row, result)
+                except Exception:
+                    logger.opt(exception=True).bind(command_id=row.id).error("command result handler failed")
+        return new
+
+    async def wait_result(self, command_id: str, timeout_s: float) -> stream_pb2.CommandResult:
+        """The appliance's answer to a command, waiting up to `timeout_s` (DeadlineExceeded after)."""
+        row = await self.db.run(Command.get_or_none, Command.id == command_id)
+        if row is None:
+            raise NotFound(f"command {command_id} does not exist", reason="COMMAND_NOT_FOUND")
+        if row.status == "done" and row.result_payload:
+            return stream_pb2.CommandResult.FromString(bytes(row.result_payload))
+        future: asyncio.Future[stream_pb2.CommandResult] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(command_id, []).append(future)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"appliance did not answer command {command_id} ({row.kind}) within {timeout_s:.0f}s; "
+                "check that it is connected (ListAppliances) and try again",
+                reason="COMMAND_TIMEOUT",
+                command_id=command_id,
+            ) from exc
+        finally:
+            waiters = self._waiters.get(command_id, [])
+            if future in waiters:
+                waiters.remove(future)

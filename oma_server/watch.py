@@ -1,0 +1,115 @@
+"""Fan-out of job changes to watchers, with revisions for resuming (etcd/Kubernetes watch semantics).
+
+Every change of any job gets the next revision. Watchers subscribe with a filter; each subscription keeps at most
+the latest pending change per job, so a slow watcher coalesces progress it has not read yet instead of slowing the
+publisher or growing without bound (final states are states too: the latest state always reaches it). A bounded
+history lets a watcher resume from a revision; older than the history → `RevisionCompacted` and the client re-lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from oma_server.errors import OutOfRange
+
+
+@dataclass(frozen=True)
+class Change:
+    revision: int
+    job_kind: str  # "replication" | "failover"
+    job_id: str
+    vm_context_id: str
+    state: Any  # an immutable copy of the job's state (JobState / FailoverJobState)
+    final: bool
+
+
+class RevisionCompacted(OutOfRange):
+    default_reason = "REVISION_COMPACTED"
+
+
+class Subscription:
+    def __init__(self, hub: WatchHub, accept: Callable[[Change], bool]) -> None:
+        self._hub = hub
+        self._accept = accept
+        self._pending: OrderedDict[str, Change] = OrderedDict()
+        self._wakeup = asyncio.Event()
+        self.coalesced = 0
+
+    def offer(self, change: Change) -> None:
+        if not self._accept(change):
+            return
+        if self._pending.pop(change.job_id, None) is not None:
+            self.coalesced += 1
+        self._pending[change.job_id] = change
+        self._wakeup.set()
+
+    async def next(self, wait_s: float | None = None) -> Change | None:
+        """The next change (oldest pending first); None when `wait_s` passes with nothing."""
+        while not self._pending:
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), wait_s)
+            except TimeoutError:
+                return None
+        _, change = self._pending.popitem(last=False)
+        return change
+
+    def close(self) -> None:
+        self._hub._subscriptions.discard(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WatchHub:
+    def __init__(self, start_revision: int = 0, history: int = 50_000) -> None:
+        self.revision = start_revision
+        self._history: deque[Change] = deque()
+        self._history_max = history
+        self._floor = start_revision  # every change above the floor is in the history
+        self._subscriptions: set[Subscription] = set()
+
+    def reset(self, start_revision: int) -> None:
+        self.revision = max(self.revision, start_revision)
+        self._floor = max(self._floor, start_revision)
+
+    def next_revision(self) -> int:
+        self.revision += 1
+        return self.revision
+
+    def publish(self, change: Change) -> None:
+        self._history.append(change)
+        if len(self._history) > self._history_max:
+            self._floor = self._history.popleft().revision
+        for subscription in list(self._subscriptions):
+            subscription.offer(change)
+
+    def subscribe(self, accept: Callable[[Change], bool]) -> Subscription:
+        subscription = Subscription(self, accept)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def since(
+        self, revision: int, accept: Callable[[Change], bool], *, latest_known: int | None = None
+    ) -> list[Change]:
+        """Changes after `revision` that pass `accept`. `latest_known` is the newest revision of what is watched
+        (for one job: its revision); when it is not above `revision`, nothing was missed whatever the history."""
+        if revision < self._floor and (latest_known is None or latest_known > revision):
+            raise RevisionCompacted(
+                f"revision {revision} is no longer held (oldest resumable is {self._floor}); "
+                "list the jobs again and watch from revision 0",
+                revision=revision,
+                oldest=self._floor,
+            )
+        return [c for c in self._history if c.revision > revision and accept(c)]
+
+    @property
+    def watchers(self) -> int:
+        return len(self._subscriptions)
