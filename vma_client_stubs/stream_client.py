@@ -229,7 +229,7 @@ class StreamClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def wait_connected(self, timeout: float | None = None) -> None:
         """Waits for a Welcome. Raises AuthenticationError if the OMA refused us, TimeoutError past `timeout`."""
         self._raise_if_fatal()
         if self._connected.is_set():
@@ -255,7 +255,7 @@ class StreamClient:
         await self._closed.wait()
         self._raise_if_fatal()
 
-    async def wait_acked(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def wait_acked(self, timeout: float | None = None) -> None:
         """Waits until the OMA acked every buffered job message and command result (TimeoutError past timeout)."""
 
         async def _wait() -> None:

@@ -71,7 +71,7 @@ class FakeGateway(gateway_pb2_grpc.VmaGatewayServiceServicer):
     def session(self) -> FakeSession:
         return self.sessions[-1]
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         async def _wait() -> None:
             async with self.changed:
                 await self.changed.wait_for(predicate)
