@@ -70,7 +70,8 @@ COMMAND_QUEUE_SIZE = 1_000
 
 
 def default_channel_options(max_message_bytes: int = 16 * 1024 * 1024) -> list[tuple[str, int]]:
-    """Channel options for the appliance stream: keepalive pings every 60 s even without calls, message limits."""
+    """Channel options for the appliance stream: keepalive pings every 60 s even without calls, message limits,
+    a private subchannel pool."""
     return [
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
@@ -78,6 +79,9 @@ def default_channel_options(max_message_bytes: int = 16 * 1024 * 1024) -> list[t
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        # Every connect attempt opens its own channel; a private subchannel pool keeps gRPC's process-wide
+        # subchannel (and its own reconnect backoff, up to 120 s) from delaying our jittered attempts.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 
