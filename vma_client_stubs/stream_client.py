@@ -168,7 +168,15 @@ class StreamClient:
         self._log = logger.bind(appliance_id=appliance_id)
         self._outbox = Outbox(max_unacked_events=max_unacked_events, max_results=max_results, max_jobs=max_jobs)
         self._state_file = StateFile(state_dir, fsync=fsync) if state_dir is not None else None
-        self._written_generation = -1
+        if self._state_file is not None and self._state_file.load(self._outbox):
+            # Read here (a small file) so next_sequence() and acked_sequence() are right before start().
+            self._log.info(
+                "restored stream state: {jobs} jobs, {unacked} unacked messages, last command {cmd!r}",
+                jobs=len(self._outbox.jobs),
+                unacked=self._outbox.unacked_count(),
+                cmd=self._outbox.last_command_id,
+            )
+        self._written_generation = self._outbox.generation
         self._persist_lock = asyncio.Lock()
         self._handlers: dict[str, CommandHandler] = {}
         self._commands: asyncio.Queue[stream_pb2.Command] = asyncio.Queue(COMMAND_QUEUE_SIZE)
@@ -183,13 +191,14 @@ class StreamClient:
         self._run_task: asyncio.Task[None] | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._started = False
+        self._attempt_welcomed = False
         self.connect_attempts = 0  # every Connect tried, for tests and metrics
         self.sessions = 0  # every Welcome received
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     async def start(self, *, wait_connected: float | None = None) -> None:
-        """Loads the persisted state and starts the connect loop in the background.
+        """Starts the connect loop and the command worker in the background.
 
         With `wait_connected`, also waits up to that many seconds for the first Welcome (raising
         `AuthenticationError` or `TimeoutError` like `wait_connected()`).
@@ -197,15 +206,6 @@ class StreamClient:
         if self._started:
             raise StreamClientError("StreamClient.start() called twice")
         self._started = True
-        if self._state_file is not None:
-            if await asyncio.to_thread(self._state_file.load, self._outbox):
-                self._log.info(
-                    "restored stream state: {jobs} jobs, {unacked} unacked messages, last command {cmd!r}",
-                    jobs=len(self._outbox.jobs),
-                    unacked=self._outbox.unacked_count(),
-                    cmd=self._outbox.last_command_id,
-                )
-            self._written_generation = self._outbox.generation
         self._run_task = asyncio.create_task(self._run(), name=f"vma-stream-{self.appliance_id}")
         self._worker_task = asyncio.create_task(self._command_worker(), name=f"vma-commands-{self.appliance_id}")
         if wait_connected is not None:
@@ -390,17 +390,19 @@ class StreamClient:
         attempt = 0
         try:
             while not self._stop_requested.is_set():
-                welcomed = False
+                self._attempt_welcomed = False
                 try:
-                    welcomed = await self._connect_once()
+                    await self._connect_once()
                 except AuthenticationError as exc:
                     self._fatal = exc
                     self._log.error("the OMA refused this appliance's credential; not retrying: {err}", err=exc)
                     return
                 except Exception as exc:
-                    self._log.warning("stream to {target} failed: {err}", target=self.target, err=_describe(exc))
-                if welcomed:
-                    attempt = 0
+                    # Loud when a working stream breaks or the first attempt fails; quiet while the OMA stays away.
+                    level = "WARNING" if self._attempt_welcomed or attempt == 0 else "INFO"
+                    self._log.log(level, "stream to {target} failed: {err}", target=self.target, err=_describe(exc))
+                if self._attempt_welcomed:
+                    attempt = 0  # the backoff starts over after every successful Welcome
                 delay = self.backoff_delay(attempt)
                 attempt += 1
                 self._log.debug("reconnecting in {delay:.2f} s (attempt {attempt})", delay=delay, attempt=attempt)
@@ -431,8 +433,8 @@ class StreamClient:
             )
         )
 
-    async def _connect_once(self) -> bool:
-        """One connection: hello, welcome, then read and write until it ends. True if a Welcome arrived."""
+    async def _connect_once(self) -> None:
+        """One connection: hello, welcome, then read and write until it ends; always ends with an exception."""
         self.connect_attempts += 1
         channel = self._channel()
         call = gateway_pb2_grpc.VmaGatewayServiceStub(channel).Connect()
@@ -492,6 +494,7 @@ class StreamClient:
         session.heartbeat_s = interval if interval > 0 else DEFAULT_HEARTBEAT_S
         session.session_id = welcome.session_id
         session.welcomed = True
+        self._attempt_welcomed = True
         session.heartbeat_due = True
         self._welcome = welcome
         self.sessions += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -341,7 +342,7 @@ async def test_state_dir_carries_sequences_unacked_messages_and_commands_across_
 
     second = make_client(state_dir=state_dir)
     second.on_command("discover", discover)
-    assert second.unacked_count() == 0
+    assert second.unacked_count() == 2 and second.last_command_id == "c1"
     await second.start(wait_connected=5)
     assert gateway.hellos[-1].last_command_id == "c1"
     await gateway.wait_for(lambda: len(gateway.session.job_messages()) == 2)
@@ -379,13 +380,41 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
         assert max(delays) > ceiling * 0.8 and min(delays) < ceiling * 0.2  # spread over the whole range
 
 
-async def test_retries_forever_on_unavailable_and_resets_backoff_after_welcome(
-    make_client: ClientFactory, gateway: FakeGateway
-) -> None:
-    client = make_client(initial_backoff_s=0.01, max_backoff_s=0.02)
-    await client.start(wait_connected=5)
-    for n in range(2, 6):
-        gateway.session.kill(grpc.StatusCode.UNAVAILABLE)
-        await gateway.wait_for(lambda n=n: len(gateway.sessions) == n)  # type: ignore[misc]
-    await client.wait_connected(5)
-    assert client.sessions == 5
+class RecordingClient(StreamClient):
+    """Records the attempt number of every backoff it computes."""
+
+    attempts: list[int]
+
+    def backoff_delay(self, attempt: int) -> float:
+        self.attempts.append(attempt)
+        return super().backoff_delay(attempt)
+
+
+async def test_retries_forever_and_resets_backoff_after_each_welcome(gateway: FakeGateway) -> None:
+    oma = FakeOma(gateway)
+    oma.port = free_port()
+    client = RecordingClient(oma.target, APPLIANCE_ID, CREDENTIAL, agent_version="t", initial_backoff_s=0.001)
+    client.attempts = []
+    client.max_backoff_s = 0.02
+    await client.start()
+    try:
+        # The OMA is not there yet: the attempt count (the exponent of the backoff) grows.
+        await asyncio.wait_for(_until(lambda: len(client.attempts) >= 4), 5)
+        assert client.attempts[:4] == [0, 1, 2, 3]
+        await oma.start()
+        await client.wait_connected(5)
+        # After each Welcome a cut stream starts the backoff over, for UNAVAILABLE and for any other status.
+        before = len(client.attempts)
+        for n, code in enumerate([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED]):
+            gateway.session.kill(code)
+            await gateway.wait_for(lambda n=n: len(gateway.sessions) == n + 2)  # type: ignore[misc]
+        await client.wait_connected(5)
+        assert client.attempts[before:] == [0, 0, 0] and client.sessions == 4
+    finally:
+        await client.stop()
+        await oma.stop(0)
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    while not predicate():  # noqa: ASYNC110 - polling a plain attribute of the client under test
+        await asyncio.sleep(0.005)

@@ -154,9 +154,12 @@ async def test_a_whole_job_over_the_real_stream(oma: Oma, operator: OperatorClie
     enrollment = await operator.enroll_appliance("vma-whole-job")
     job = await seed_job(oma.app, enrollment.appliance_id)
     acked_progress: list[int] = []
-    client = stream_client(
-        oma, enrollment, on_ack=lambda job_id, seq, report: report and acked_progress.append(report.bytes_done)
-    )
+
+    def on_ack(job_id: str, sequence: int, report: stream_pb2.ProgressReport | None) -> None:
+        if report is not None:
+            acked_progress.append(report.bytes_done)
+
+    client = stream_client(oma, enrollment, on_ack=on_ack)
     agent = MiniAgent(client)
     await client.start(wait_connected=5)
     try:
@@ -201,10 +204,10 @@ async def test_job_finishes_across_an_oma_restart_and_an_agent_restart(
     await client.stop()
     restarted = stream_client(oma, enrollment, state_dir=state_dir)
     second_agent = MiniAgent(restarted)
-    assert restarted.unacked_count() == 0  # not loaded before start()
+    assert restarted.unacked_count() == 4 and restarted.last_command_id == agent.runs[0]
+    assert restarted.last_sequence(job.id) == 7
     await restarted.start()
     try:
-        assert restarted.unacked_count() == 4 and restarted.last_command_id == agent.runs[0]
         await oma.start()
         await restarted.wait_connected(10)
         final = await wait_status(operator, job.id, COMPLETED)
