@@ -27,6 +27,7 @@ class FakeSession:
     out: asyncio.Queue[gateway_pb2.ConnectResponse | grpc.StatusCode | None] = field(default_factory=asyncio.Queue)
     received: list[gateway_pb2.ConnectRequest] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    dead: bool = False  # the OMA behind it crashed: nothing more read on it is applied
 
     def send(self, response: gateway_pb2.ConnectResponse) -> None:
         self.out.put_nowait(response)
@@ -60,6 +61,7 @@ class FakeGateway(gateway_pb2_grpc.VmaGatewayServiceServicer):
         self.applied_events: list[stream_pb2.JobEvent] = []
         self.applied_progress: dict[str, stream_pb2.ProgressReport] = {}
         self.results: dict[str, stream_pb2.CommandResult] = {}
+        self.acked: dict[str, int] = {}  # job id → highest sequence acked (what the OMA promised is durable)
         self.auto_ack = True
         self.ack_results = True
         self.reject: Rejecter | None = None
@@ -128,6 +130,8 @@ class FakeGateway(gateway_pb2_grpc.VmaGatewayServiceServicer):
             if request is grpc.aio.EOF:
                 session.out.put_nowait(None)
                 return
+            if session.dead:
+                continue
             session.received.append(request)
             self._apply(session, request)
             await self._notify()
@@ -148,6 +152,7 @@ class FakeGateway(gateway_pb2_grpc.VmaGatewayServiceServicer):
                 else:
                     self.applied_progress[message.job_id] = message
             if self.auto_ack:
+                self.acked[message.job_id] = self.applied[message.job_id]
                 session.send(
                     gateway_pb2.ConnectResponse(
                         ack=stream_pb2.JobAck(job_id=message.job_id, sequence=self.applied[message.job_id])
@@ -162,6 +167,20 @@ class FakeGateway(gateway_pb2_grpc.VmaGatewayServiceServicer):
                         command_result_ack=stream_pb2.CommandResultAck(command_id=result.command_id)
                     )
                 )
+
+    def crash(self) -> None:
+        """The OMA dies: what it applied but never acked is lost (it was not durable), and the stream is cut."""
+        if self.sessions:
+            self.session.dead = True
+        for job_id in list(self.applied):
+            durable = self.acked.get(job_id, 0)
+            self.applied[job_id] = durable
+            self.applied_events = [e for e in self.applied_events if e.job_id != job_id or e.sequence <= durable]
+            progress = self.applied_progress.get(job_id)
+            if progress is not None and progress.sequence > durable:
+                del self.applied_progress[job_id]  # a real OMA would keep its last durable report instead
+        if self.sessions:
+            self.session.kill()
 
 
 class FakeOma:
