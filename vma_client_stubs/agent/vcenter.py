@@ -1,0 +1,633 @@
+"""A fake vCenter on a directory: VMs with raw disk images, snapshots and changed block tracking (CBT).
+
+Layout (one directory per VM, named by its BIOS uuid):
+
+    <root>/<uuid>/vm.json                    inventory: the vma.v1.VirtualMachine fields + power state
+    <root>/<uuid>/disk-<key>.img             one sparse raw image per disk (the running VM's disk)
+    <root>/<uuid>/cbt-<key>.json             CBT of the disk: its CBT id, current epoch, changed extents per epoch
+    <root>/<uuid>/snapshots/<id>/            a snapshot: snapshot.json and a frozen image per disk
+    <root>/<uuid>/.lock                      flock serialising every mutation (agent and CLI may run at once)
+
+Changed block tracking works like VMware's: each disk has a CBT id (`52 xx … xx`, new after a CBT reset or a
+resize) and an epoch counter. Guest writes record their extents under the current epoch. A snapshot issues the
+change id `<cbt id>/<epoch>` for each disk and starts the next epoch, so `query_changed_areas(snapshot, id)` (VMware's
+QueryChangedDiskAreas) is the union of the extents written in the epochs after the id's up to the snapshot's.
+`"*"` returns every allocated extent of the snapshot. A change id of another CBT id, an epoch never issued or a
+malformed id raises `ChangeIdInvalid`.
+
+Snapshots freeze what a copy reads: taking one copies each disk image into the snapshot directory, keeping its holes
+(only the allocated extents are copied, with copy_file_range, so the kernel does the work and a reflink-capable
+filesystem shares the blocks). Guest writes afterwards change the live image only, so a copy reading the snapshot
+sees exactly the data of the change id it reports, however long the copy takes or if the agent restarts in between.
+The cost is one read and write of the allocated data per snapshot; a record-only snapshot (copy-on-write of the old
+blocks at each guest write) would be cheaper but needs every writer to cooperate, which a test writing into the image
+directly would silently break.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import random
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from vma.v1 import inventory_pb2
+from vma_client_stubs.agent.extents import Extent, allocated_extents, clip, merge
+
+MIB = 1 << 20
+BLOCK = 4096
+
+
+class VCenterError(Exception):
+    """Base of the fake vCenter's errors."""
+
+
+class VmNotFound(VCenterError):
+    """No VM with that uuid or name."""
+
+
+class DiskNotFound(VCenterError):
+    """The VM has no disk with that key."""
+
+
+class SnapshotNotFound(VCenterError):
+    """The VM has no snapshot with that id."""
+
+
+class ChangeIdInvalid(VCenterError):
+    """The change id is unknown to the disk's CBT (reset, resized, never issued or malformed): copy the disk fully."""
+
+
+class VmPoweredOff(VCenterError):
+    """The guest of a powered-off VM cannot write."""
+
+
+@dataclass
+class Nic:
+    label: str
+    network_name: str
+    mac_address: str
+    adapter_type: str = "vmxnet3"
+
+
+@dataclass
+class Disk:
+    key: int
+    label: str
+    capacity_bytes: int
+    datastore_path: str
+    unit_number: int
+    cbt_enabled: bool = True
+    file: str = ""
+
+
+@dataclass
+class VirtualMachine:
+    vcenter: str
+    datacenter: str
+    uuid: str
+    moref: str
+    name: str
+    num_cpus: int
+    memory_mib: int
+    guest_os: str
+    firmware: str  # "bios" | "efi"
+    nics: list[Nic] = field(default_factory=list)
+    disks: list[Disk] = field(default_factory=list)
+    power_state: str = "on"  # "on" | "off" | "suspended"
+
+    def disk(self, key: int) -> Disk:
+        for disk in self.disks:
+            if disk.key == key:
+                return disk
+        raise DiskNotFound(f"VM {self.name} ({self.uuid}) has no disk with key {key}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> VirtualMachine:
+        data = dict(raw)
+        data["nics"] = [Nic(**n) for n in raw.get("nics", [])]
+        data["disks"] = [Disk(**d) for d in raw.get("disks", [])]
+        return cls(**data)
+
+
+@dataclass
+class SnapshotDisk:
+    key: int
+    path: Path
+    capacity_bytes: int
+    change_id: str
+
+
+@dataclass
+class Snapshot:
+    id: str
+    vm_uuid: str
+    created_at: float
+    disks: dict[int, SnapshotDisk]
+
+    def disk(self, key: int) -> SnapshotDisk:
+        try:
+            return self.disks[key]
+        except KeyError:
+            raise DiskNotFound(f"snapshot {self.id} of VM {self.vm_uuid} has no disk with key {key}") from None
+
+
+@dataclass
+class CbtState:
+    cbt_id: str
+    epoch: int = 0
+    changes: dict[int, list[Extent]] = field(default_factory=dict)  # epoch → merged extents written in it
+    issued: dict[int, float] = field(default_factory=dict)  # epoch → when its change id was taken
+
+    def change_id(self, epoch: int) -> str:
+        return f"{self.cbt_id}/{epoch}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cbt_id": self.cbt_id,
+            "epoch": self.epoch,
+            "changes": {str(e): [list(x) for x in v] for e, v in self.changes.items()},
+            "issued": {str(e): t for e, t in self.issued.items()},
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> CbtState:
+        return cls(
+            cbt_id=raw["cbt_id"],
+            epoch=int(raw["epoch"]),
+            changes={int(e): [(int(o), int(n)) for o, n in v] for e, v in raw.get("changes", {}).items()},
+            issued={int(e): float(t) for e, t in raw.get("issued", {}).items()},
+        )
+
+
+def new_cbt_id(rng: random.Random | None = None) -> str:
+    """A VMware-like CBT id: `52 xx xx xx xx xx xx xx-xx xx xx xx xx xx xx xx`."""
+    raw = (rng or random.SystemRandom()).randbytes(15)
+    hexes = ["52", *(f"{b:02x}" for b in raw)]
+    return " ".join(hexes[:8]) + "-" + " ".join(hexes[8:])
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def sparse_copy(src: Path, dst: Path) -> None:
+    """Copy a file keeping its holes: only allocated extents are copied (copy_file_range)."""
+    size = os.path.getsize(src)
+    extents = allocated_extents(src)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fout.truncate(size)
+        for offset, length in extents:
+            done = 0
+            while done < length:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), length - done, offset + done, offset + done)
+                if n == 0:
+                    break
+                done += n
+
+
+class FakeVCenter:
+    """The fake vCenter rooted at a directory. Thread- and process-safe for mutations (one flock per VM)."""
+
+    def __init__(self, root: Path | str, *, name: str = "vcenter.local", datacenter: str = "dc1") -> None:
+        self.root = Path(root)
+        self.name = name
+        self.datacenter = datacenter
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ---- inventory ----------------------------------------------------------------------------------------------
+    def vm_dir(self, vm_uuid: str) -> Path:
+        return self.root / vm_uuid
+
+    def list_vms(self, name_filter: str = "") -> list[VirtualMachine]:
+        vms = []
+        for path in sorted(self.root.glob("*/vm.json")):
+            vm = self._read_vm(path)
+            if name_filter in vm.name:
+                vms.append(vm)
+        return sorted(vms, key=lambda v: v.name)
+
+    def get_vm(self, vm_uuid: str) -> VirtualMachine:
+        path = self.vm_dir(vm_uuid) / "vm.json"
+        if not vm_uuid or "/" in vm_uuid or not path.exists():
+            raise VmNotFound(f"no VM with uuid {vm_uuid!r} in {self.root}")
+        return self._read_vm(path)
+
+    def find_vm(self, name_or_uuid: str) -> VirtualMachine:
+        """A VM by uuid or by exact name."""
+        with contextlib.suppress(VmNotFound):
+            return self.get_vm(name_or_uuid)
+        matches = [vm for vm in self.list_vms() if vm.name == name_or_uuid]
+        if not matches:
+            raise VmNotFound(f"no VM named or with uuid {name_or_uuid!r} in {self.root}")
+        if len(matches) > 1:
+            raise VmNotFound(f"{len(matches)} VMs are named {name_or_uuid!r}; use the uuid")
+        return matches[0]
+
+    def disk_path(self, vm_uuid: str, key: int) -> Path:
+        vm = self.get_vm(vm_uuid)
+        return self.vm_dir(vm_uuid) / vm.disk(key).file
+
+    def _read_vm(self, path: Path) -> VirtualMachine:
+        return VirtualMachine.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+    def _write_vm(self, vm: VirtualMachine) -> None:
+        _atomic_write_json(self.vm_dir(vm.uuid) / "vm.json", asdict(vm))
+
+    @contextlib.contextmanager
+    def _locked(self, vm_uuid: str) -> Iterator[None]:
+        lock_path = self.vm_dir(vm_uuid) / ".lock"
+        with open(lock_path, "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    # ---- creating VMs -------------------------------------------------------------------------------------------
+    def create_vm(
+        self,
+        name: str,
+        disk_sizes: Sequence[int],
+        *,
+        seed: int | None = None,
+        num_cpus: int = 2,
+        memory_mib: int = 2048,
+        guest_os: str = "ubuntu64Guest",
+        firmware: str = "bios",
+        networks: Sequence[str] = ("VM Network",),
+        fill: bool = True,
+        power_state: str = "on",
+    ) -> VirtualMachine:
+        """A new VM with disks of the given sizes (bytes, multiples of 4 KiB), filled with varied data and holes."""
+        rng = random.Random(seed)
+        vm_uuid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        if self.vm_dir(vm_uuid).exists():
+            raise VCenterError(f"VM {vm_uuid} already exists")
+        vm = VirtualMachine(
+            vcenter=self.name,
+            datacenter=self.datacenter,
+            uuid=vm_uuid,
+            moref=f"vm-{rng.randrange(1000, 99999)}",
+            name=name,
+            num_cpus=num_cpus,
+            memory_mib=memory_mib,
+            guest_os=guest_os,
+            firmware=firmware,
+            nics=[
+                Nic(
+                    label=f"Network adapter {i + 1}",
+                    network_name=net,
+                    mac_address="00:50:56:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(3)),
+                )
+                for i, net in enumerate(networks)
+            ],
+            power_state=power_state,
+        )
+        vm_dir = self.vm_dir(vm_uuid)
+        vm_dir.mkdir(parents=True)
+        for i, size in enumerate(disk_sizes):
+            if size <= 0 or size % BLOCK:
+                raise VCenterError(f"disk size {size} must be a positive multiple of {BLOCK}")
+            key = 2000 + i
+            disk = Disk(
+                key=key,
+                label=f"Hard disk {i + 1}",
+                capacity_bytes=size,
+                datastore_path=f"[datastore1] {name}/{name}{'' if i == 0 else f'_{i}'}.vmdk",
+                unit_number=i,
+                file=f"disk-{key}.img",
+            )
+            vm.disks.append(disk)
+            path = vm_dir / disk.file
+            with open(path, "wb") as fh:
+                fh.truncate(size)
+            if fill:
+                fill_varied(path, size, rng)
+            self._write_cbt(vm_uuid, key, CbtState(cbt_id=new_cbt_id(rng)))
+        self._write_vm(vm)
+        return vm
+
+    # ---- power --------------------------------------------------------------------------------------------------
+    def set_power(self, vm_uuid: str, on: bool) -> VirtualMachine:
+        with self._locked(vm_uuid):
+            vm = self.get_vm(vm_uuid)
+            vm.power_state = "on" if on else "off"
+            self._write_vm(vm)
+            return vm
+
+    # ---- CBT ----------------------------------------------------------------------------------------------------
+    def _cbt_path(self, vm_uuid: str, key: int) -> Path:
+        return self.vm_dir(vm_uuid) / f"cbt-{key}.json"
+
+    def cbt(self, vm_uuid: str, key: int) -> CbtState:
+        self.get_vm(vm_uuid).disk(key)
+        return CbtState.from_json(json.loads(self._cbt_path(vm_uuid, key).read_text(encoding="utf-8")))
+
+    def _write_cbt(self, vm_uuid: str, key: int, state: CbtState) -> None:
+        _atomic_write_json(self._cbt_path(vm_uuid, key), state.to_json())
+
+    def current_change_id(self, vm_uuid: str, key: int) -> tuple[str, float | None]:
+        """The most recently issued change id of a disk and when it was taken ("" and None when none)."""
+        state = self.cbt(vm_uuid, key)
+        if not state.issued:
+            return "", None
+        epoch = max(state.issued)
+        return state.change_id(epoch), state.issued[epoch]
+
+    def reset_cbt(self, vm_uuid: str, key: int) -> str:
+        """Disable and re-enable CBT on a disk: a new CBT id, so every earlier change id becomes invalid."""
+        with self._locked(vm_uuid):
+            state = CbtState(cbt_id=new_cbt_id())
+            self._write_cbt(vm_uuid, key, state)
+            return state.cbt_id
+
+    def resize_disk(self, vm_uuid: str, key: int, capacity_bytes: int) -> None:
+        """Grow (or shrink) a disk; like VMware this resets its CBT."""
+        with self._locked(vm_uuid):
+            vm = self.get_vm(vm_uuid)
+            disk = vm.disk(key)
+            with open(self.vm_dir(vm_uuid) / disk.file, "r+b") as fh:
+                fh.truncate(capacity_bytes)
+            disk.capacity_bytes = capacity_bytes
+            self._write_vm(vm)
+            self._write_cbt(vm_uuid, key, CbtState(cbt_id=new_cbt_id()))
+
+    def _parse_change_id(self, state: CbtState, change_id: str, key: int) -> int:
+        cbt_id, sep, epoch_text = change_id.rpartition("/")
+        if not sep or not epoch_text.isdigit():
+            raise ChangeIdInvalid(f"disk {key}: {change_id!r} is not a change id")
+        if cbt_id != state.cbt_id:
+            raise ChangeIdInvalid(
+                f"disk {key}: change id {change_id!r} belongs to another CBT generation (now {state.cbt_id!r}); "
+                "CBT was reset or the disk resized"
+            )
+        epoch = int(epoch_text)
+        if epoch not in state.issued:
+            raise ChangeIdInvalid(f"disk {key}: change id {change_id!r} was never issued")
+        return epoch
+
+    def query_changed_areas(self, snapshot: Snapshot, key: int, change_id: str) -> list[Extent]:
+        """VMware's QueryChangedDiskAreas: the extents of the disk changed between `change_id` and `snapshot`.
+
+        `"*"` means every allocated extent of the snapshot. Raises ChangeIdInvalid.
+        """
+        disk = snapshot.disk(key)
+        if change_id == "*":
+            return allocated_extents(disk.path)
+        state = self.cbt(snapshot.vm_uuid, key)
+        since = self._parse_change_id(state, change_id, key)
+        upto = self._parse_change_id(state, disk.change_id, key)
+        if since > upto:
+            raise ChangeIdInvalid(f"disk {key}: change id {change_id!r} is newer than snapshot {snapshot.id}")
+        changed: list[Extent] = []
+        for epoch, extents in state.changes.items():
+            if since < epoch <= upto:
+                changed.extend(extents)
+        return clip(merge(changed), disk.capacity_bytes)
+
+    # ---- snapshots ----------------------------------------------------------------------------------------------
+    def _snapshots_dir(self, vm_uuid: str) -> Path:
+        return self.vm_dir(vm_uuid) / "snapshots"
+
+    def create_snapshot(self, vm_uuid: str, description: str = "") -> Snapshot:
+        """Freeze every disk of the VM (sparse copy) and issue one change id per disk."""
+        with self._locked(vm_uuid):
+            vm = self.get_vm(vm_uuid)
+            snap_id = f"snapshot-{uuid.uuid4().hex[:10]}"
+            snap_dir = self._snapshots_dir(vm_uuid) / snap_id
+            snap_dir.mkdir(parents=True)
+            now = time.time()
+            disks: dict[int, SnapshotDisk] = {}
+            try:
+                for disk in vm.disks:
+                    target = snap_dir / disk.file
+                    sparse_copy(self.vm_dir(vm_uuid) / disk.file, target)
+                    state = self.cbt(vm_uuid, disk.key)
+                    epoch = state.epoch
+                    state.issued[epoch] = now
+                    state.epoch = epoch + 1
+                    self._write_cbt(vm_uuid, disk.key, state)
+                    disks[disk.key] = SnapshotDisk(disk.key, target, disk.capacity_bytes, state.change_id(epoch))
+            except BaseException:
+                shutil.rmtree(snap_dir, ignore_errors=True)
+                raise
+            snapshot = Snapshot(snap_id, vm_uuid, now, disks)
+            meta = {
+                "id": snap_id,
+                "vm_uuid": vm_uuid,
+                "created_at": now,
+                "description": description,
+                "disks": [
+                    {"key": d.key, "file": d.path.name, "capacity_bytes": d.capacity_bytes, "change_id": d.change_id}
+                    for d in disks.values()
+                ],
+            }
+            _atomic_write_json(snap_dir / "snapshot.json", meta)
+            return snapshot
+
+    def get_snapshot(self, vm_uuid: str, snapshot_id: str) -> Snapshot:
+        path = self._snapshots_dir(vm_uuid) / snapshot_id / "snapshot.json"
+        if not snapshot_id or "/" in snapshot_id or not path.exists():
+            raise SnapshotNotFound(f"VM {vm_uuid} has no snapshot {snapshot_id!r}")
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return Snapshot(
+            id=raw["id"],
+            vm_uuid=raw["vm_uuid"],
+            created_at=float(raw["created_at"]),
+            disks={
+                int(d["key"]): SnapshotDisk(
+                    int(d["key"]), path.parent / d["file"], int(d["capacity_bytes"]), d["change_id"]
+                )
+                for d in raw["disks"]
+            },
+        )
+
+    def list_snapshots(self, vm_uuid: str) -> list[str]:
+        snaps = self._snapshots_dir(vm_uuid)
+        return sorted(p.parent.name for p in snaps.glob("*/snapshot.json")) if snaps.exists() else []
+
+    def remove_snapshot(self, vm_uuid: str, snapshot_id: str) -> None:
+        with self._locked(vm_uuid):
+            path = self._snapshots_dir(vm_uuid) / snapshot_id
+            if "/" in snapshot_id or not path.exists():
+                raise SnapshotNotFound(f"VM {vm_uuid} has no snapshot {snapshot_id!r}")
+            shutil.rmtree(path)
+
+    # ---- guest writes -------------------------------------------------------------------------------------------
+    def write(self, vm_uuid: str, key: int, offset: int, data: bytes) -> None:
+        """One guest write at an exact place, recorded by CBT."""
+        with self._locked(vm_uuid):
+            vm = self.get_vm(vm_uuid)
+            if vm.power_state != "on":
+                raise VmPoweredOff(f"VM {vm.name} is powered {vm.power_state}; its guest cannot write")
+            disk = vm.disk(key)
+            if offset < 0 or offset + len(data) > disk.capacity_bytes:
+                raise VCenterError(f"write of {len(data)} bytes at {offset} is outside disk {key}")
+            fd = os.open(self.vm_dir(vm_uuid) / disk.file, os.O_WRONLY)
+            try:
+                os.pwrite(fd, data, offset)
+            finally:
+                os.close(fd)
+            self._record(vm_uuid, key, [(offset, len(data))])
+
+    def _record(self, vm_uuid: str, key: int, extents: list[Extent]) -> None:
+        state = self.cbt(vm_uuid, key)
+        # CBT tracks at block granularity, like VMware's (it reports whole blocks).
+        blocks = [(o - o % BLOCK, -(-(o + n) // BLOCK) * BLOCK - (o - o % BLOCK)) for o, n in extents]
+        state.changes[state.epoch] = merge([*state.changes.get(state.epoch, []), *blocks])
+        self._write_cbt(vm_uuid, key, state)
+
+    def guest_write(
+        self,
+        vm_uuid: str,
+        percent: float,
+        *,
+        seed: int | None = None,
+        disk_keys: Sequence[int] | None = None,
+    ) -> dict[int, list[Extent]]:
+        """Simulate the guest rewriting about `percent` % of each disk: random 4 KiB-aligned extents of 4 KiB–1 MiB
+        with random data, text, and some all-zero blocks. Returns (and records for CBT) the extents per disk."""
+        rng = random.Random(seed)
+        written: dict[int, list[Extent]] = {}
+        with self._locked(vm_uuid):
+            vm = self.get_vm(vm_uuid)
+            if vm.power_state != "on":
+                raise VmPoweredOff(f"VM {vm.name} is powered {vm.power_state}; its guest cannot write")
+            for disk in vm.disks:
+                if disk_keys is not None and disk.key not in disk_keys:
+                    continue
+                budget = int(disk.capacity_bytes * percent / 100)
+                extents: list[Extent] = []
+                fd = os.open(self.vm_dir(vm_uuid) / disk.file, os.O_WRONLY)
+                try:
+                    while budget > 0:
+                        length = min(rng.choice((1, 2, 4, 16, 64, 256)) * BLOCK, max(BLOCK, budget))
+                        length -= length % BLOCK
+                        length = min(length, disk.capacity_bytes)
+                        offset = rng.randrange(0, disk.capacity_bytes - length + 1, BLOCK)
+                        os.pwrite(fd, _varied_bytes(rng, length, zero_share=0.2), offset)
+                        extents.append((offset, length))
+                        budget -= length
+                finally:
+                    os.close(fd)
+                self._record(vm_uuid, disk.key, extents)
+                written[disk.key] = merge(extents)
+        return written
+
+    # ---- protobuf views -----------------------------------------------------------------------------------------
+    def to_proto(self, vm: VirtualMachine) -> inventory_pb2.VirtualMachine:
+        msg = inventory_pb2.VirtualMachine(
+            vcenter=vm.vcenter,
+            datacenter=vm.datacenter,
+            uuid=vm.uuid,
+            moref=vm.moref,
+            name=vm.name,
+            num_cpus=vm.num_cpus,
+            memory_mib=vm.memory_mib,
+            guest_os=vm.guest_os,
+            firmware=inventory_pb2.FIRMWARE_EFI if vm.firmware == "efi" else inventory_pb2.FIRMWARE_BIOS,
+            power_state=power_state_proto(vm.power_state),
+        )
+        for nic in vm.nics:
+            msg.nics.append(
+                inventory_pb2.Nic(
+                    label=nic.label,
+                    network_name=nic.network_name,
+                    mac_address=nic.mac_address,
+                    adapter_type=nic.adapter_type,
+                )
+            )
+        for disk in vm.disks:
+            change_id, _ = self.current_change_id(vm.uuid, disk.key)
+            msg.disks.append(
+                inventory_pb2.VirtualDisk(
+                    key=disk.key,
+                    label=disk.label,
+                    capacity_bytes=disk.capacity_bytes,
+                    datastore_path=disk.datastore_path,
+                    cbt_enabled=disk.cbt_enabled,
+                    current_change_id=change_id,
+                    unit_number=disk.unit_number,
+                )
+            )
+        return msg
+
+    def cbt_status(self, vm_uuid: str) -> list[inventory_pb2.CbtStatus]:
+        vm = self.get_vm(vm_uuid)
+        out = []
+        for disk in vm.disks:
+            change_id, taken = self.current_change_id(vm_uuid, disk.key)
+            status = inventory_pb2.CbtStatus(disk_key=disk.key, enabled=disk.cbt_enabled, current_change_id=change_id)
+            if taken is not None:
+                ts = timestamp_pb2.Timestamp()
+                ts.FromNanoseconds(int(taken * 1e9))
+                status.taken_at.CopyFrom(ts)
+            out.append(status)
+        return out
+
+
+def power_state_proto(state: str) -> inventory_pb2.PowerState:
+    return {
+        "on": inventory_pb2.POWER_STATE_POWERED_ON,
+        "off": inventory_pb2.POWER_STATE_POWERED_OFF,
+        "suspended": inventory_pb2.POWER_STATE_SUSPENDED,
+    }.get(state, inventory_pb2.POWER_STATE_UNSPECIFIED)
+
+
+_TEXT = b"The quick brown fox jumps over the lazy dog. 0123456789 OMA/VMA replication test data.\n"
+
+
+def _varied_bytes(rng: random.Random, length: int, zero_share: float = 0.0) -> bytes:
+    """`length` bytes of mixed content: random, text, repeated byte, and (with `zero_share`) all-zero blocks."""
+    parts = []
+    done = 0
+    while done < length:
+        n = min(length - done, rng.choice((1, 4, 16, 64)) * BLOCK)
+        roll = rng.random()
+        if roll < zero_share:
+            parts.append(bytes(n))
+        elif roll < zero_share + (1 - zero_share) * 0.6:
+            parts.append(rng.randbytes(n))
+        elif roll < zero_share + (1 - zero_share) * 0.85:
+            parts.append((_TEXT * (n // len(_TEXT) + 1))[:n])
+        else:
+            parts.append(bytes([rng.randrange(1, 256)]) * n)
+        done += n
+    return b"".join(parts)
+
+
+def fill_varied(path: Path, size: int, rng: random.Random) -> None:
+    """Fill a fresh sparse image 1 MiB region at a time: ~35 % holes, allocated zeros, half-filled regions and
+    varied data; the first and last MiB always hold data."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for offset in range(0, size, MIB):
+            n = min(MIB, size - offset)
+            roll = rng.random()
+            last = offset + n >= size
+            if offset == 0 or last:
+                os.pwrite(fd, _varied_bytes(rng, n), offset)
+            elif roll < 0.35:
+                continue  # hole
+            elif roll < 0.45:
+                os.pwrite(fd, bytes(n), offset)  # allocated, all zeros
+            elif roll < 0.60:
+                half = (n // 2) - (n // 2) % BLOCK
+                os.pwrite(fd, _varied_bytes(rng, half), offset + rng.choice((0, n - half)))
+            else:
+                os.pwrite(fd, _varied_bytes(rng, n, zero_share=0.05), offset)
+    finally:
+        os.close(fd)
