@@ -1,0 +1,88 @@
+"""A real NBD handshake against nbd-server, in asyncio (no subprocess, no blocking).
+
+Fixed-newstyle negotiation (NBD protocol doc, "Newstyle negotiation"): read the greeting
+(`NBDMAGIC`, `IHAVEOPT`, handshake flags), send client flags, ask NBD_OPT_LIST and collect the
+NBD_REP_SERVER replies until NBD_REP_ACK, then NBD_OPT_ABORT. The export list tells the supervisor both that
+the server answers and that it serves exactly the exports the manager configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+
+NBD_MAGIC = b"NBDMAGIC"
+IHAVEOPT = 0x49484156454F5054
+REPLY_MAGIC = 0x0003E889045565A9
+FLAG_FIXED_NEWSTYLE = 1 << 0
+FLAG_NO_ZEROES = 1 << 1
+OPT_ABORT = 2
+OPT_LIST = 3
+REP_ACK = 1
+REP_SERVER = 2
+REP_ERR_BIT = 1 << 31
+
+
+class ProbeError(Exception):
+    """The peer did not complete an NBD handshake; the message says at which step."""
+
+
+async def list_exports(host: str, port: int, *, timeout: float = 2.0) -> list[str]:
+    """Connect, negotiate fixed newstyle and return the export names the server lists."""
+    try:
+        return await asyncio.wait_for(_list_exports(host, port), timeout)
+    except TimeoutError:
+        raise ProbeError(f"NBD handshake with {host}:{port} timed out after {timeout:.1f}s") from None
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        raise ProbeError(f"NBD handshake with {host}:{port} failed: {exc!r}") from None
+
+
+async def _list_exports(host: str, port: int) -> list[str]:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        greeting = await reader.readexactly(18)
+        if greeting[:8] != NBD_MAGIC:
+            raise ProbeError(f"{host}:{port} is not an NBD server (greeting {greeting[:8]!r})")
+        (opt_magic,) = struct.unpack(">Q", greeting[8:16])
+        if opt_magic != IHAVEOPT:
+            raise ProbeError(f"{host}:{port} speaks oldstyle NBD, not newstyle")
+        (hflags,) = struct.unpack(">H", greeting[16:18])
+        if not hflags & FLAG_FIXED_NEWSTYLE:
+            raise ProbeError(f"{host}:{port} does not offer fixed newstyle negotiation")
+        writer.write(struct.pack(">I", FLAG_FIXED_NEWSTYLE | (hflags & FLAG_NO_ZEROES)))
+        writer.write(struct.pack(">QII", IHAVEOPT, OPT_LIST, 0))
+        await writer.drain()
+        names: list[str] = []
+        while True:
+            magic, opt, rtype, length = struct.unpack(">QIII", await reader.readexactly(20))
+            if magic != REPLY_MAGIC or opt != OPT_LIST:
+                raise ProbeError(f"{host}:{port} sent a malformed option reply")
+            data = await reader.readexactly(length) if length else b""
+            if rtype == REP_ACK:
+                break
+            if rtype & REP_ERR_BIT:
+                raise ProbeError(f"{host}:{port} refused NBD_OPT_LIST (error reply {rtype & ~REP_ERR_BIT})")
+            if rtype == REP_SERVER and len(data) >= 4:
+                (nlen,) = struct.unpack(">I", data[:4])
+                names.append(data[4 : 4 + nlen].decode("utf-8", "replace"))
+        writer.write(struct.pack(">QII", IHAVEOPT, OPT_ABORT, 0))
+        with contextlib.suppress(OSError):
+            await writer.drain()
+        return names
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            await writer.wait_closed()
+
+
+async def port_accepts(host: str, port: int, *, timeout: float = 0.5) -> bool:
+    """True if a TCP connection to host:port succeeds (something listens there)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

@@ -1,0 +1,114 @@
+"""Process helpers for supervising a daemonising nbd-server: /proc inspection and pidfds (Linux only).
+
+nbd-server 3.24 always daemonises (its `-d` also disables the fork per client, see manager.py), so its master
+is not our child: we cannot waitpid() it. A pidfd (os.pidfd_open) becomes readable when the process exits,
+which asyncio can watch without polling. All functions here are blocking but fast (a few /proc reads); the
+manager calls the scanning ones through asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    state: str
+    cmdline: tuple[str, ...]
+
+
+def read_proc(pid: int) -> ProcInfo | None:
+    """Return what /proc says about `pid`, or None if it does not exist."""
+    try:
+        stat_text = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # comm may contain spaces/parens: fields after the last ')' are fixed.
+    rest = stat_text[stat_text.rfind(")") + 2 :].split()
+    state, ppid = rest[0], int(rest[1])
+    cmdline = tuple(a.decode("utf-8", "replace") for a in raw.split(b"\0") if a)
+    return ProcInfo(pid=pid, ppid=ppid, state=state, cmdline=cmdline)
+
+
+def is_running(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie (a dead daemon may linger as a zombie under PID 1)."""
+    info = read_proc(pid)
+    return info is not None and info.state not in ("Z", "X")
+
+
+def is_nbd_server_for(info: ProcInfo, config_path: Path) -> bool:
+    """True if the process is an nbd-server started with `-C config_path`."""
+    if not info.cmdline or os.path.basename(info.cmdline[0]) != "nbd-server":
+        return False
+    args = info.cmdline
+    return any(a == "-C" and i + 1 < len(args) and args[i + 1] == str(config_path) for i, a in enumerate(args))
+
+
+def nbd_server_processes(config_path: Path) -> list[ProcInfo]:
+    """All live nbd-server processes (masters and per-client children) that use `config_path`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        info = read_proc(int(entry.name))
+        if info and info.state not in ("Z", "X") and is_nbd_server_for(info, config_path):
+            found.append(info)
+    return found
+
+
+def open_files(pid: int) -> set[str]:
+    """Targets of the open file descriptors of `pid` (empty if it vanished or is not ours to read)."""
+    targets: set[str] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
+        return targets
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            targets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return targets
+
+
+def kill(pid: int, sig: signal.Signals) -> bool:
+    """Send `sig`; False if the process is already gone."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def read_pidfile(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def listening_pids(port: int) -> list[int]:
+    """PIDs of processes that hold a TCP socket LISTENing on `port` (any address, IPv4 or IPv6)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return []
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and open_files(int(entry.name)) & inodes:
+            pids.append(int(entry.name))
+    return pids
