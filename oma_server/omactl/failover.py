@@ -1,0 +1,267 @@
+"""omactl preflight, failover test|live|cleanup|list, rollback and network-map list|create|update|delete."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from typing import TYPE_CHECKING
+
+from oma.v1 import failover_pb2
+from oma_server.omactl import render
+from oma_server.omactl.client import CliError
+from oma_server.omactl.jobs import error_text, failover_kind, failover_status, show_failover_job
+from oma_server.omactl.render import field_time, status_text
+
+if TYPE_CHECKING:
+    from oma_server.omactl.app import Commands, Context
+
+KINDS = {
+    "test": failover_pb2.FAILOVER_JOB_KIND_TEST,
+    "live": failover_pb2.FAILOVER_JOB_KIND_LIVE,
+}
+
+
+# ---- preflight ----------------------------------------------------------------------------------------------------
+def cmd_preflight(ctx: Context, args: argparse.Namespace) -> int:
+    request = failover_pb2.CheckFailoverReadinessRequest(vm_context_id=args.vm_id, kind=KINDS[args.kind])
+    reply = ctx.client.call(ctx.client.failover, "CheckFailoverReadiness", request)
+    if ctx.out.as_json:
+        ctx.out.message(reply)
+    else:
+        ctx.out.table(
+            ["CHECK", "RESULT", "REASON"],
+            ([c.name, status_text("pass" if c.passed else "FAIL"), c.reason] for c in reply.checks),
+            title=f"Readiness of VM {args.vm_id} for {args.kind} failover",
+        )
+        failed = sum(1 for c in reply.checks if not c.passed)
+        if reply.ready:
+            ctx.out.line(f"Ready for {args.kind} failover.")
+        else:
+            ctx.out.line(f"Not ready for {args.kind} failover: {failed} of {len(reply.checks)} checks failed.")
+    return 0 if reply.ready else 1
+
+
+# ---- failover jobs ------------------------------------------------------------------------------------------------
+def _started(ctx: Context, args: argparse.Namespace, job: failover_pb2.FailoverJob, what: str) -> int:
+    if args.watch:
+        from oma_server.omactl.watch import follow_job
+
+        if not ctx.out.as_json:
+            ctx.out.line(f"Started {what} job {job.id} for VM {job.vm_context_id}")
+        return follow_job(ctx, job.id)
+    if ctx.out.as_json:
+        ctx.out.message(job)
+    else:
+        ctx.out.line(f"Started {what} job {job.id} for VM {job.vm_context_id} ({failover_status(job)})")
+        ctx.out.line(f"Follow it with: omactl watch {job.id}")
+    return 0
+
+
+def cmd_failover(ctx: Context, args: argparse.Namespace) -> int:
+    kind = args.failover_command
+    request = failover_pb2.StartFailoverRequest(
+        vm_context_id=args.vm_id,
+        kind=KINDS[kind],
+        service_offering_id=args.offering or "",
+        request_id=args.request_id or "",
+    )
+    job = ctx.client.call(ctx.client.failover, "StartFailover", request).job
+    return _started(ctx, args, job, f"{kind} failover")
+
+
+def cmd_cleanup(ctx: Context, args: argparse.Namespace) -> int:
+    request = failover_pb2.CleanupFailoverRequest(vm_context_id=args.vm_id)
+    job = ctx.client.call(ctx.client.failover, "CleanupFailover", request).job
+    return _started(ctx, args, job, "cleanup")
+
+
+def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
+    request = failover_pb2.RollbackFailoverRequest(vm_context_id=args.vm_id, power_on_source=args.power_on_source)
+    job = ctx.client.call(ctx.client.failover, "RollbackFailover", request).job
+    return _started(ctx, args, job, "rollback")
+
+
+def cmd_failover_list(ctx: Context, args: argparse.Namespace) -> int:
+    request = failover_pb2.ListFailoverJobsRequest(vm_context_id=args.vm or "")
+    items = list(ctx.client.paged(ctx.client.failover, "ListFailoverJobs", request, lambda r: list(r.jobs)))
+    if ctx.out.as_json:
+        ctx.out.messages(items)
+        return 0
+    ctx.out.table(
+        ["ID", "VM", "KIND", "STATUS", "STEP", "TARGET VM", "CREATED", "FINISHED", "ERROR"],
+        (
+            [
+                j.id,
+                j.vm_context_id,
+                failover_kind(j),
+                status_text(failover_status(j)),
+                j.current_step or render.NONE,
+                j.target_vm_name or render.NONE,
+                field_time(j, "created_at"),
+                field_time(j, "finished_at"),
+                error_text(j.error),
+            ]
+            for j in items
+        ),
+        title="Failover jobs",
+    )
+    return 0
+
+
+def cmd_failover_show(ctx: Context, args: argparse.Namespace) -> int:
+    job = ctx.client.call(ctx.client.failover, "GetFailoverJob", failover_pb2.GetFailoverJobRequest(id=args.job_id))
+    if ctx.out.as_json:
+        ctx.out.message(job.job)
+    else:
+        show_failover_job(ctx, job.job)
+    return 0
+
+
+# ---- network mappings ---------------------------------------------------------------------------------------------
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid IP address {text!r}") from None
+
+
+def _mapping_rows(mappings: list[failover_pb2.NetworkMapping]) -> list[list[object]]:
+    return [
+        [
+            m.id,
+            m.vm_context_id or "(every VM)",
+            m.source_network,
+            m.target_network_id,
+            m.static_ip or "dhcp",
+            "yes" if m.keep_mac else "no",
+            field_time(m, "created_at"),
+        ]
+        for m in mappings
+    ]
+
+
+_MAPPING_HEADERS = ["ID", "VM", "VMWARE NETWORK", "CLOUDSTACK NETWORK", "IP", "KEEP MAC", "CREATED"]
+
+
+def _show_mapping(ctx: Context, mapping: failover_pb2.NetworkMapping, verb: str) -> None:
+    if ctx.out.as_json:
+        ctx.out.message(mapping)
+        return
+    ctx.out.line(f"{verb} network mapping {mapping.id}:")
+    ctx.out.table(_MAPPING_HEADERS, _mapping_rows([mapping]))
+
+
+def cmd_map_list(ctx: Context, args: argparse.Namespace) -> int:
+    request = failover_pb2.ListNetworkMappingsRequest(vm_context_id=args.vm or "")
+    mappings = list(ctx.client.call(ctx.client.network_maps, "ListNetworkMappings", request).mappings)
+    if ctx.out.as_json:
+        ctx.out.messages(mappings)
+        return 0
+    ctx.out.table(_MAPPING_HEADERS, _mapping_rows(mappings), title="Network mappings")
+    return 0
+
+
+def cmd_map_create(ctx: Context, args: argparse.Namespace) -> int:
+    mapping = failover_pb2.NetworkMapping(
+        vm_context_id=args.vm or "",
+        source_network=args.source,
+        target_network_id=args.target,
+        static_ip=args.ip or "",
+        keep_mac=args.keep_mac,
+    )
+    request = failover_pb2.CreateNetworkMappingRequest(mapping=mapping)
+    created = ctx.client.call(ctx.client.network_maps, "CreateNetworkMapping", request).mapping
+    _show_mapping(ctx, created, "Created")
+    return 0
+
+
+def cmd_map_update(ctx: Context, args: argparse.Namespace) -> int:
+    if args.target is None and args.ip is None and args.keep_mac is None:
+        raise CliError("nothing to change: give --target, --ip/--dhcp or --keep-mac/--no-keep-mac", exit_code=2)
+    # The update replaces target, IP and keep_mac together: start from the stored mapping so unnamed fields stay.
+    listed = ctx.client.call(
+        ctx.client.network_maps, "ListNetworkMappings", failover_pb2.ListNetworkMappingsRequest()
+    ).mappings
+    current = next((m for m in listed if m.id == args.id), None)
+    if current is None:
+        raise CliError(f"NOT_FOUND: network mapping {args.id} does not exist; list them with 'omactl network-map list'")
+    mapping = failover_pb2.NetworkMapping()
+    mapping.CopyFrom(current)
+    if args.target is not None:
+        mapping.target_network_id = args.target
+    if args.ip is not None:
+        mapping.static_ip = args.ip
+    if args.keep_mac is not None:
+        mapping.keep_mac = args.keep_mac
+    request = failover_pb2.UpdateNetworkMappingRequest(mapping=mapping)
+    updated = ctx.client.call(ctx.client.network_maps, "UpdateNetworkMapping", request).mapping
+    _show_mapping(ctx, updated, "Updated")
+    return 0
+
+
+def cmd_map_delete(ctx: Context, args: argparse.Namespace) -> int:
+    request = failover_pb2.DeleteNetworkMappingRequest(id=args.id)
+    ctx.client.call(ctx.client.network_maps, "DeleteNetworkMapping", request)
+    if ctx.out.as_json:
+        ctx.out.json({"id": args.id, "deleted": True})
+    else:
+        ctx.out.line(f"Deleted network mapping {args.id}.")
+    return 0
+
+
+def register(commands: Commands) -> None:
+    preflight = commands.leaf(
+        commands.root, "preflight", "readiness checks of a VM for failover (exit 1 when not ready)", cmd_preflight
+    )
+    preflight.add_argument("vm_id", metavar="VM_ID", help="VM context id")
+    preflight.add_argument("--kind", choices=sorted(KINDS), default="test", help="failover to check for (default test)")
+
+    group = commands.group("failover", "test and live failover into CloudStack, and their cleanup")
+    for kind, text in (
+        ("test", "start a test failover: a test VM from snapshots, the source keeps running"),
+        ("live", "start a live failover: power the source off, final sync, the VM runs in CloudStack"),
+    ):
+        start = commands.leaf(group, kind, text, cmd_failover)
+        start.add_argument("vm_id", metavar="VM_ID", help="VM context id")
+        start.add_argument("--offering", metavar="ID", help="CloudStack service offering (default: smallest that fits)")
+        start.add_argument("--request-id", metavar="X", help="idempotency key: the same key returns the same job")
+        start.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    cleanup = commands.leaf(
+        group, "cleanup", "remove a test (or failed) failover; back to ready_for_failover", cmd_cleanup
+    )
+    cleanup.add_argument("vm_id", metavar="VM_ID", help="VM context id")
+    cleanup.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    listing = commands.leaf(group, "list", "list failover, cleanup and rollback jobs", cmd_failover_list)
+    listing.add_argument("--vm", metavar="ID", help="only jobs of this VM context")
+    show = commands.leaf(group, "show", "show one failover job with its steps", cmd_failover_show)
+    show.add_argument("job_id", metavar="JOB_ID")
+
+    rollback = commands.leaf(
+        commands.root, "rollback", "roll back a live failover: destroy the target VM, reattach volumes", cmd_rollback
+    )
+    rollback.add_argument("vm_id", metavar="VM_ID", help="VM context id")
+    rollback.add_argument("--power-on-source", action="store_true", help="power the source VM back on via the VMA")
+    rollback.add_argument("--watch", action="store_true", help="follow the job until it ends")
+
+    group = commands.group("network-map", "mappings from VMware networks to CloudStack networks")
+    listing = commands.leaf(group, "list", "list mappings (defaults for every VM included)", cmd_map_list)
+    listing.add_argument("--vm", metavar="ID", help="only mappings of this VM context")
+    create = commands.leaf(group, "create", "map a VMware network to a CloudStack network", cmd_map_create)
+    create.add_argument("--source", metavar="NET", required=True, help="VMware network (port group) name")
+    create.add_argument("--target", metavar="NETWORK_ID", required=True, help="CloudStack network id")
+    create.add_argument("--vm", metavar="ID", help="only for this VM context (default: every VM)")
+    create.add_argument("--ip", metavar="IP", type=_ip, help="static IP for the NIC (default DHCP)")
+    create.add_argument("--keep-mac", action="store_true", help="keep the VMware MAC address")
+    update = commands.leaf(group, "update", "change a mapping's target, IP or MAC handling", cmd_map_update)
+    update.add_argument("id", metavar="ID", help="mapping id")
+    update.add_argument("--target", metavar="NETWORK_ID", help="new CloudStack network id")
+    ip = update.add_mutually_exclusive_group()
+    ip.add_argument("--ip", metavar="IP", type=_ip, help="new static IP")
+    ip.add_argument("--dhcp", dest="ip", action="store_const", const="", help="drop the static IP (use DHCP)")
+    mac = update.add_mutually_exclusive_group()
+    mac.add_argument("--keep-mac", dest="keep_mac", action="store_true", default=None, help="keep the VMware MAC")
+    mac.add_argument(
+        "--no-keep-mac", dest="keep_mac", action="store_false", default=None, help="let CloudStack assign a MAC"
+    )
+    delete = commands.leaf(group, "delete", "delete a mapping", cmd_map_delete)
+    delete.add_argument("id", metavar="ID", help="mapping id")

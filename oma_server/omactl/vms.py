@@ -1,0 +1,169 @@
+"""omactl vms list|show|discover (VM contexts: the VMware VMs under migration)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from oma.v1 import vm_context_pb2
+from oma_server.omactl import render
+from oma_server.omactl.render import enum_choices, enum_label, enum_parse, field_time, size, status_text
+from vma.v1 import inventory_pb2
+
+if TYPE_CHECKING:
+    from oma_server.omactl.app import Commands, Context
+
+STATUS_PREFIX = "VM_CONTEXT_STATUS"
+
+
+def vm_status(vm: vm_context_pb2.VmContext) -> str:
+    return enum_label(vm_context_pb2.VmContextStatus, vm.status, STATUS_PREFIX)
+
+
+def _memory(mib: int) -> str:
+    return size(mib * 1024 * 1024) if mib else render.NONE
+
+
+def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
+    request = vm_context_pb2.ListVmContextsRequest(appliance_id=args.appliance or "")
+    if args.status:
+        request.status = enum_parse(vm_context_pb2.VmContextStatus, STATUS_PREFIX, args.status)  # type: ignore[assignment]
+    items = list(ctx.client.paged(ctx.client.vms, "ListVmContexts", request, lambda r: list(r.vm_contexts)))
+    if ctx.out.as_json:
+        ctx.out.messages(items)
+        return 0
+    ctx.out.table(
+        ["ID", "NAME", "APPLIANCE", "STATUS", "CPUS", "MEMORY", "DISKS", "ACTIVE JOB", "UPDATED"],
+        (
+            [
+                vm.id,
+                vm.name,
+                vm.appliance_id,
+                status_text(vm_status(vm)),
+                vm.num_cpus or render.NONE,
+                _memory(vm.memory_mib),
+                f"{len(vm.disks)} ({size(sum(d.capacity_bytes for d in vm.disks))})" if vm.disks else "0",
+                vm.active_job_id or render.NONE,
+                field_time(vm, "updated_at"),
+            ]
+            for vm in items
+        ),
+        title="VM contexts",
+    )
+    return 0
+
+
+def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
+    reply = ctx.client.call(ctx.client.vms, "GetVmContext", vm_context_pb2.GetVmContextRequest(id=args.id))
+    vm = reply.vm_context
+    if ctx.out.as_json:
+        ctx.out.message(vm)
+        return 0
+    ctx.out.fields(
+        [
+            ("id", vm.id),
+            ("name", vm.name),
+            ("status", status_text(vm_status(vm))),
+            ("appliance", vm.appliance_id),
+            ("vcenter", vm.vcenter or render.NONE),
+            ("datacenter", vm.datacenter or render.NONE),
+            ("vm uuid", vm.vm_uuid or render.NONE),
+            ("moref", vm.moref or render.NONE),
+            ("cpus", vm.num_cpus or render.NONE),
+            ("memory", _memory(vm.memory_mib)),
+            ("guest os", vm.guest_os or render.NONE),
+            ("firmware", enum_label(inventory_pb2.Firmware, vm.firmware, "FIRMWARE")),
+            ("active job", vm.active_job_id or render.NONE),
+            ("last completed job", vm.last_completed_job_id or render.NONE),
+            ("created", field_time(vm, "created_at")),
+            ("updated", field_time(vm, "updated_at")),
+        ]
+    )
+    ctx.out.line()
+    ctx.out.table(
+        ["DISK ID", "KEY", "UNIT", "LABEL", "CAPACITY", "CBT", "LAST CHANGE ID", "VOLUME", "EXPORT"],
+        (
+            [
+                d.id,
+                d.key,
+                d.unit_number,
+                d.label or render.NONE,
+                size(d.capacity_bytes),
+                "on" if d.cbt_enabled else "off",
+                d.last_change_id or render.NONE,
+                d.volume_id or render.NONE,
+                d.export_name or render.NONE,
+            ]
+            for d in vm.disks
+        ),
+        title="Disks",
+    )
+    ctx.out.line()
+    ctx.out.table(
+        ["NIC", "NETWORK", "MAC", "ADAPTER"],
+        ([n.label, n.network_name, n.mac_address, n.adapter_type or render.NONE] for n in vm.nics),
+        title="NICs",
+    )
+    return 0
+
+
+def cmd_discover(ctx: Context, args: argparse.Namespace) -> int:
+    request = vm_context_pb2.DiscoverVmsRequest(
+        appliance_id=args.appliance, name_filter=args.filter or "", register=args.register
+    )
+    if args.wait is not None:
+        request.timeout_seconds = args.wait
+    wait = request.timeout_seconds or 30
+    timeout = max(ctx.client.timeout or 0.0, wait + 5.0)
+    reply = ctx.client.call(ctx.client.vms, "DiscoverVms", request, timeout=timeout)
+    if ctx.out.as_json:
+        ctx.out.message(reply)
+        return 0
+    ctx.out.table(
+        ["NAME", "UUID", "POWER", "CPUS", "MEMORY", "DISKS", "NICS", "GUEST OS"],
+        (
+            [
+                vm.name,
+                vm.uuid,
+                enum_label(inventory_pb2.PowerState, vm.power_state, "POWER_STATE"),
+                vm.num_cpus,
+                _memory(vm.memory_mib),
+                f"{len(vm.disks)} ({size(sum(d.capacity_bytes for d in vm.disks))})",
+                len(vm.nics),
+                vm.guest_os or render.NONE,
+            ]
+            for vm in reply.virtual_machines
+        ),
+        title="Discovered VMs",
+    )
+    if args.register:
+        ctx.out.line()
+        ctx.out.table(
+            ["ID", "NAME", "STATUS"],
+            ([vm.id, vm.name, status_text(vm_status(vm))] for vm in reply.vm_contexts),
+            title="Registered VM contexts",
+        )
+    return 0
+
+
+def register(commands: Commands) -> None:
+    group = commands.group("vms", "VM contexts: the VMware VMs under migration")
+    listing = commands.leaf(group, "list", "list VM contexts", cmd_list)
+    listing.add_argument("--appliance", metavar="ID", help="only VMs of this appliance")
+    listing.add_argument(
+        "--status",
+        metavar="S",
+        choices=enum_choices(vm_context_pb2.VmContextStatus, STATUS_PREFIX),
+        help="only VMs in this status: %(choices)s",
+    )
+    show = commands.leaf(group, "show", "show one VM context with its disks and NICs", cmd_show)
+    show.add_argument("id", metavar="ID", help="VM context id")
+    discover = commands.leaf(
+        group, "discover", "ask an appliance which VMs it sees (optionally register them)", cmd_discover
+    )
+    discover.add_argument("--appliance", metavar="ID", required=True, help="appliance to ask (must be connected)")
+    discover.add_argument("--filter", metavar="TEXT", help="only VMs whose name contains TEXT")
+    discover.add_argument("--register", action="store_true", help="register every VM found as a VM context")
+    discover.add_argument(
+        "--wait", metavar="SECONDS", type=int, help="how long the OMA waits for the appliance (default 30, max 300)"
+    )
