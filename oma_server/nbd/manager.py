@@ -93,7 +93,7 @@ from oma_server.nbd.names import (
     validate_device_path,
     validate_export_name,
 )
-from oma_server.nbd.probe import ProbeError, list_exports, port_accepts
+from oma_server.nbd.probe import ProbeError, list_exports
 
 log = logger.bind(component="nbd")
 
@@ -597,8 +597,7 @@ class NbdExportManager:
         self._probe_ok = False
         with contextlib.suppress(FileNotFoundError):
             self.pid_path.unlink()
-        if await port_accepts(self.host, self.port, timeout=0.2):
-            raise await self._port_holder_error()
+        await self._free_port()
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.binary,
@@ -645,6 +644,33 @@ class NbdExportManager:
             self._readiness.cancel()
         self._readiness = asyncio.create_task(self._track_readiness(self._generation), name="nbd-readiness")
 
+    async def _free_port(self) -> None:
+        """Make sure nothing listens on our port before a new master binds it.
+
+        A per-client child keeps the master's listening socket until its negotiation succeeds (nbd-server
+        3.24 closes it only then), so a child caught mid-handshake when the master was killed would keep the
+        port bound with nobody accepting. Such children cannot finish anyway (they ask the dead master about
+        the export), so they are killed; established transfers have closed the socket and are untouched.
+        Anything else on the port is reported as NBD_PORT_IN_USE.
+        """
+        for _ in range(3):
+            holders = await asyncio.to_thread(procs.listening_pids, self.port)
+            if not holders:
+                return
+            ours = []
+            for pid in holders:
+                info = await asyncio.to_thread(procs.read_proc, pid)
+                if info is not None and procs.is_nbd_server_for(info, self.config_path):
+                    ours.append(pid)
+            if len(ours) < len(holders):
+                raise await self._port_holder_error()
+            for pid in ours:
+                log.debug("Killing nbd-server pid {} still holding port {} (mid-handshake)", pid, self.port)
+                procs.kill(pid, signal.SIGKILL)
+            for pid in ours:
+                await self._wait_exit(pid, 2.0)
+        raise await self._port_holder_error()
+
     async def _wait_for_master(self) -> int:
         deadline = time.monotonic() + _START_TIMEOUT_S
         pid: int | None = None
@@ -654,12 +680,12 @@ class NbdExportManager:
             if pid is not None:
                 if not procs.is_running(pid):
                     break
-                if await port_accepts(self.host, self.port, timeout=0.2):
+                if await asyncio.to_thread(procs.listens_on, pid, self.port):
                     return pid
             await asyncio.sleep(0.002)
         if pid is not None and procs.is_running(pid):
             procs.kill(pid, signal.SIGKILL)
-        if await port_accepts(self.host, self.port, timeout=0.2):
+        if await asyncio.to_thread(procs.listening_pids, self.port):
             raise await self._port_holder_error()
         raise NbdServerUnavailable(
             f"nbd-server exited right after start or never listened on {self.host}:{self.port} (pid {pid}). "
@@ -759,6 +785,8 @@ class NbdExportManager:
                     self._ready_changed.set()
                     log.warning("NBD probe failed ({}/{}): {}", failures, _PROBE_FAILURES_BEFORE_RESTART, exc)
                 else:
+                    if generation != self._generation:
+                        continue  # a restart happened meanwhile; its readiness tracker takes over
                     self._note_probe(generation, names)
                     missing = set(self._exports) - self._served
                     failures = failures + 1 if missing else 0

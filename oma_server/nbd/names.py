@@ -29,8 +29,8 @@ MAX_DEVICE_PATH_LEN = 1024
 #: without any export).
 PROBE_EXPORT_NAME = "oma-probe"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_VOLUME_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_VOLUME_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9-]*\Z")
 # Characters the config format cannot carry safely in a value: GKeyFile escapes (\), section delimiters,
 # key separator, nbd-server's %s substitution, and every control character (newline, NUL, ...).
 _FORBIDDEN_PATH_CHARS = set("\\[]=%") | {chr(c) for c in range(0x20)} | {"\x7f"}

@@ -93,8 +93,8 @@ def read_pidfile(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def listening_pids(port: int) -> list[int]:
-    """PIDs of processes that hold a TCP socket LISTENing on `port` (any address, IPv4 or IPv6)."""
+def listening_inodes(port: int) -> set[str]:
+    """`socket:[inode]` names of the TCP sockets LISTENing on `port` (any address, IPv4 or IPv6)."""
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -105,6 +105,18 @@ def listening_pids(port: int) -> list[int]:
             fields = line.split()
             if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """True if process `pid` holds a socket listening on `port`."""
+    inodes = listening_inodes(port)
+    return bool(inodes) and bool(open_files(pid) & inodes)
+
+
+def listening_pids(port: int) -> list[int]:
+    """PIDs of processes that hold a TCP socket LISTENing on `port`."""
+    inodes = listening_inodes(port)
     if not inodes:
         return []
     pids = []
