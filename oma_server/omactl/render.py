@@ -160,7 +160,18 @@ class Output:
         if count == 0:
             self.line(f"(no {title.lower() if title else 'rows'})")
             return
-        self.console.print(table)
+        self._print(table)
+
+    def _print(self, renderable: Table) -> None:
+        """Print a table; off a terminal without the padding rich adds at line ends (friendlier to grep/diff)."""
+        if self.is_tty:
+            self.console.print(renderable)
+            return
+        with self.console.capture() as captured:
+            self.console.print(renderable)
+        text = "\n".join(line.rstrip() for line in captured.get().splitlines())
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
     def fields(self, pairs: Sequence[tuple[str, object]], title: str | None = None) -> None:
         """Key/value lines of one resource."""
@@ -169,7 +180,7 @@ class Output:
         table.add_column(overflow="fold")
         for key, value in pairs:
             table.add_row(key, value if isinstance(value, Text) else Text(str(value)))
-        self.console.print(table)
+        self._print(table)
 
 
 def status_text(label: str) -> Text:

@@ -1,0 +1,1 @@
+"""omactl against a real OMA."""

@@ -1,0 +1,98 @@
+"""omactl as a real process against a real in-process OMA (SQLite), run without blocking the server's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from oma_server.app import App
+from oma_server.server import OmaServer
+from tests.conftest import VENV_BIN, make_settings
+
+_SCRIPT = VENV_BIN / "omactl"
+OMACTL: list[str] = (
+    [str(_SCRIPT)]
+    if _SCRIPT.exists()
+    else [sys.executable, "-c", "from oma_server.omactl import main; raise SystemExit(main())"]
+)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return self.err.splitlines()
+
+
+def omactl_env(server: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "OMA_SERVER")}
+    env["OMA_SERVER"] = server
+    return env
+
+
+async def run_omactl(server: str, *args: str, timeout: float = 20.0) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        *OMACTL,
+        *args,
+        env=omactl_env(server),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+async def spawn_omactl(server: str, *args: str) -> asyncio.subprocess.Process:
+    """omactl running in the background (watch), stdout a pipe (so not a TTY)."""
+    return await asyncio.create_subprocess_exec(
+        *OMACTL,
+        *args,
+        env=omactl_env(server),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def assert_one_error_line(result: Result, *fragments: str, code: int = 1) -> str:
+    """Exactly one line on stderr, starting 'omactl: ', containing every fragment; no traceback."""
+    assert result.code == code, result
+    assert "Traceback" not in result.err, result.err
+    assert len(result.err_lines) == 1, result.err
+    line = result.err_lines[0]
+    assert line.startswith("omactl: "), line
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+@pytest.fixture
+async def oma(tmp_path: Path) -> AsyncIterator[OmaServer]:
+    server = OmaServer(App(make_settings(tmp_path)))
+    await server.start()
+    yield server
+    await server.stop(grace=0.5)
+
+
+@pytest.fixture
+def address(oma: OmaServer) -> str:
+    return f"127.0.0.1:{oma.port}"
+
+
+@pytest.fixture
+async def channel(oma: OmaServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as ch:
+        yield ch
