@@ -56,6 +56,10 @@ class TargetWriteFailed(CopyError):
     error_class = "TARGET_WRITE_FAILED"
 
 
+class TargetTooSmall(TargetWriteFailed):
+    """The export is smaller than the extents to write (the source disk grew and the volume did not)."""
+
+
 class SourceReadFailed(CopyError):
     error_class = "SOURCE_UNAVAILABLE"
 
@@ -205,6 +209,7 @@ class DiskCopier:
         on_progress: Callable[[CopyProgress], None] | None = None,
         progress_interval_s: float = 0.1,
         checkpoint_interval_s: float = 1.0,
+        max_bytes_per_second: float | None = None,
     ) -> None:
         if not (4096 <= chunk_size <= 32 * MIB) or chunk_size % 4096:
             raise ValueError("chunk_size must be a multiple of 4 KiB between 4 KiB and 32 MiB")
@@ -223,6 +228,7 @@ class DiskCopier:
         self.on_progress = on_progress
         self.progress_interval_s = progress_interval_s
         self.checkpoint_interval_s = checkpoint_interval_s
+        self.max_bytes_per_second = max_bytes_per_second
         self._lock = threading.Lock()
         self._progress = CopyProgress(
             bytes_total=plan.total_bytes,
@@ -271,7 +277,7 @@ class DiskCopier:
         try:
             size = handle.get_size()
             if size < self.plan.end:
-                raise TargetWriteFailed(
+                raise TargetTooSmall(
                     f"export {_redact(self.nbd_uri)} is {size} bytes, smaller than the {self.plan.end} bytes to write"
                 )
             can_zero = handle.can_zero()
@@ -394,6 +400,7 @@ class DiskCopier:
                 raise TargetWriteFailed(f"flush failed: {os.strerror(flush_state['error'])}")
 
         cancelled = False
+        issued = 0
         try:
             for chunk in self._chunks():
                 if self.cancel.is_set():
@@ -430,10 +437,19 @@ class DiskCopier:
                         self._requests += 1
                         with self._lock:
                             self._progress.bytes_written += chunk.length
+                issued += chunk.length
                 retire()
                 check_failure()
                 checkpoint()
                 report()
+                if self.max_bytes_per_second:
+                    ahead = issued / self.max_bytes_per_second - (time.monotonic() - started)
+                    while ahead > 0 and not self.cancel.is_set():
+                        time.sleep(min(ahead, 0.05))
+                        wait_some(0)
+                        checkpoint()
+                        report()
+                        ahead = issued / self.max_bytes_per_second - (time.monotonic() - started)
             # Drain (after a cancel too: what is in flight completes, so the resume point is exact).
             deadline = time.monotonic() + 30.0
             while handle.aio_in_flight() > 0:
@@ -469,7 +485,7 @@ class DiskCopier:
         if can_zero:
             handle.aio_zero(chunk.length, offset, completion=completion(chunk))
         else:  # no WRITE_ZEROES: write zero bytes
-            data = bytearray(zero_buffer[: chunk.length]) if chunk.length <= len(zero_buffer) else bytearray(chunk.length)
+            data = bytearray(chunk.length)
             chunk.keep = data
             handle.aio_pwrite(nbd.Buffer.from_buffer(data), offset, completion=completion(chunk))
         self._requests += 1

@@ -498,7 +498,7 @@ class FakeVCenter:
         seed: int | None = None,
         disk_keys: Sequence[int] | None = None,
     ) -> dict[int, list[Extent]]:
-        """Simulate the guest rewriting about `percent` % of each disk: random 4 KiB-aligned extents of 4 KiB–1 MiB
+        """Simulate the guest rewriting about `percent` % of each disk: random 4 KiB-aligned extents of 4 KiB to 1 MiB
         with random data, text, and some all-zero blocks. Returns (and records for CBT) the extents per disk."""
         rng = random.Random(seed)
         written: dict[int, list[Extent]] = {}

@@ -1,0 +1,66 @@
+"""The agent against the real in-process OMA and a real nbd-server: initial and incremental replication."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from oma_server.db.models import ChangeIdRecord, Disk, JobDisk
+from oma_server.server import OmaServer
+from tests.agent.helpers import add_exports, register_vm, same_bytes, start_job, wait_status
+from tests.agent.nbd import NbdServer
+from tests.factories import enroll
+from vma_client_stubs.agent.agent import Agent
+from vma_client_stubs.agent.extents import total
+from vma_client_stubs.agent.vcenter import FakeVCenter
+
+MIB = 1 << 20
+
+
+async def test_initial_then_incremental(
+    oma_server: OmaServer, channel: grpc.aio.Channel, nbd_server: NbdServer, vcenter: FakeVCenter, tmp_path: Path
+) -> None:
+    app = oma_server.app
+    enrolled = await enroll(channel)
+    vm = vcenter.create_vm("web01", [24 * MIB, 16 * MIB], seed=7)
+    disks = await register_vm(app, enrolled.appliance_id, vm)
+    add_exports(nbd_server, disks)
+    nbd_server.start()
+    agent = Agent(
+        oma=f"127.0.0.1:{oma_server.port}",
+        appliance_id=enrolled.appliance_id,
+        credential=enrolled.credential,
+        vcenter=vcenter,
+        state_dir=tmp_path / "agent",
+        report_interval_s=0.1,
+        fsync=False,
+    )
+    async with agent:
+        job = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server)
+        row = await wait_status(app, job.id, {"completed", "failed"})
+        assert row.status == "completed", row.error_message
+        for disk in disks:
+            assert same_bytes(vcenter.disk_path(vm.uuid, disk.key), nbd_server.exports[disk.id])
+            change_id, _ = vcenter.current_change_id(vm.uuid, disk.key)
+            stored = await app.db.run(Disk.get_by_id, disk.id)
+            assert stored.last_change_id == change_id
+            records = await app.db.run(lambda d=disk: list(ChangeIdRecord.select().where(ChangeIdRecord.disk == d.id)))
+            assert [r.change_id for r in records] == [change_id]
+        assert vcenter.list_snapshots(vm.uuid) == []  # removed after the copy
+
+        written = vcenter.guest_write(vm.uuid, 5, seed=3)
+        job2 = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server, kind="incremental")
+        row = await wait_status(app, job2.id, {"completed", "failed"})
+        assert row.status == "completed", row.error_message
+        stats = agent.job_stats(job2.id)
+        for disk in disks:
+            assert same_bytes(vcenter.disk_path(vm.uuid, disk.key), nbd_server.exports[disk.id])
+            d = stats["disks"][disk.id]
+            assert d["mode"] == "incremental"
+            # Exactly the changed bytes were sent: written as data or zeroed (changed blocks that became zero).
+            assert d["bytes_written"] + d["bytes_zeroed"] == total(written[disk.key])
+            assert 0 < d["bytes_written"] < disk.capacity_bytes // 10
+            jd = await app.db.run(lambda d=disk: JobDisk.get((JobDisk.job == job2.id) & (JobDisk.disk == d.id)))
+            assert jd.mode == "incremental"
+            assert jd.new_change_id == vcenter.current_change_id(vm.uuid, disk.key)[0]
