@@ -125,6 +125,7 @@ class Output:
         width = None if self.is_tty or os.environ.get("COLUMNS") else 200
         self.console = Console(file=self.stream, width=width, highlight=False, soft_wrap=not self.is_tty)
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.live_console: Console | None = None  # set while live bars own the terminal
 
     # ---- JSON -------------------------------------------------------------------------------------------------
     def json(self, value: Any) -> None:
@@ -147,7 +148,7 @@ class Output:
 
     def note(self, text: str) -> None:
         """A remark for people on stderr (progress of a reconnect, hints); never part of machine output."""
-        self.err.print(text, markup=False, highlight=False)
+        (self.live_console or self.err).print(text, markup=False, highlight=False)
 
     def table(self, headers: Sequence[str], rows: Iterable[Sequence[object]], title: str | None = None) -> None:
         table = Table(title=title, show_edge=False, box=None, pad_edge=False, header_style="bold")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
+from rich.table import Column
 
 from oma.v1 import failover_pb2, job_pb2, replication_pb2
 from oma_server.api.status import error_info_of
@@ -70,7 +71,7 @@ def final_message(job: Job) -> str:
         if job.status == replication_pb2.REPLICATION_JOB_STATUS_COMPLETED:
             began = job.started_at if job.HasField("started_at") else job.created_at
             took = render.elapsed(began, job.finished_at)
-            return f"job {job.id} completed: {size(job.bytes_done)} copied in {took}"
+            return f"job {job.id} completed: {size(job.bytes_done)} copied" + (f" in {took}" if took != "-" else "")
         if job.status == replication_pb2.REPLICATION_JOB_STATUS_CANCELLED:
             return f"job {job.id} was cancelled" + (f": {error_text(job.error)}" if job.error.message else "")
         return f"job {job.id} {status}: {error_text(job.error)}"
@@ -160,27 +161,34 @@ class BarRenderer:
     """rich bars: one per job, one per disk of a replication job."""
 
     def __init__(self, out: Output) -> None:
+        def fixed(width: int) -> Column:
+            return Column(min_width=width, no_wrap=True)
+
+        self.out = out
         self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=28),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[amount]}"),
-            TextColumn("{task.fields[rate]}"),
-            TextColumn("eta {task.fields[eta]}"),
-            TextColumn("[cyan]{task.fields[phase]}"),
-            TextColumn("{task.fields[operation]}"),
+            TextColumn("{task.description}", table_column=fixed(20)),
+            TextColumn("{task.fields[state]}", style="cyan", table_column=fixed(11)),
+            BarColumn(bar_width=20, table_column=fixed(20)),
+            TaskProgressColumn(table_column=fixed(5)),
+            TextColumn("{task.fields[amount]}", table_column=fixed(19)),
+            TextColumn("{task.fields[rate]}", table_column=fixed(11)),
+            TextColumn("eta {task.fields[eta]}", table_column=fixed(8)),
+            TextColumn("{task.fields[operation]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
             console=out.console,
             refresh_per_second=8,
+            expand=True,
         )
         self.tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> BarRenderer:
         self.progress.start()
+        self.out.live_console = self.progress.console  # notes go above the bars instead of through them
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.out.live_console = None
         self.progress.stop()
 
     def _task(self, key: str, **fields: Any) -> None:
@@ -199,14 +207,15 @@ class BarRenderer:
     def _replication(self, job: replication_pb2.ReplicationJob) -> None:
         self._task(
             job.id,
-            description=f"[bold]job {job.id[:8]}[/] {job_kind(job)} {job_status(job)}",
+            description=f"[bold]job {job.id[:8]}[/] {job_kind(job)}",
             total=100.0,
             completed=job.percent,
+            state=job_status(job),
             amount=f"{size(job.bytes_done)}/{size(job.bytes_total)}",
             rate=rate(job.throughput_bytes_per_second),
             eta=render.field_duration(job, "eta"),
             phase=phase(job.phase),
-            operation=job.current_operation,
+            operation=" ".join(part for part in (phase(job.phase) + ":", job.current_operation) if part),
         )
         for d in job.disks:
             total = d.bytes_total or None
@@ -215,10 +224,11 @@ class BarRenderer:
                 description=f"  disk {d.disk_key}",
                 total=total,
                 completed=(d.bytes_total if d.completed else d.bytes_done) if total else 0,
+                state="done" if d.completed else phase(d.phase),
                 amount=f"{size(d.bytes_done)}/{size(d.bytes_total)}",
                 rate=rate(d.throughput_bytes_per_second),
                 eta=_disk_eta(d),
-                phase="done" if d.completed else phase(d.phase),
+                phase=phase(d.phase),
                 operation=d.full_copy_reason,
             )
 
@@ -226,14 +236,15 @@ class BarRenderer:
         done = sum(1 for s in job.steps if s.status in _STEP_DONE)
         self._task(
             job.id,
-            description=f"[bold]job {job.id[:8]}[/] {failover_kind(job)} {failover_status(job)}",
+            description=f"[bold]job {job.id[:8]}[/] {failover_kind(job)}",
             total=len(job.steps) or None,
             completed=done,
+            state=failover_status(job),
             amount=f"step {done}/{len(job.steps)}",
             rate="",
             eta=render.NONE,
             phase=job.current_step,
-            operation=job.target_vm_name,
+            operation=" ".join(part for part in (job.current_step, job.target_vm_name) if part),
         )
 
 

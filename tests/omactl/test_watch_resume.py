@@ -99,7 +99,8 @@ def test_bars_show_one_job_and_one_bar_per_disk() -> None:
     assert list(renderer.tasks) == ["job-1", "job-1/disk-0", "job-1/disk-1"]
     job_task = renderer.progress.tasks[0]
     assert job_task.completed == 75.0 and job_task.fields["amount"] == "3.0 MiB/4.0 MiB"
-    assert job_task.fields["rate"] == "1.0 MiB/s" and job_task.fields["phase"] == "copying"
+    assert job_task.fields["rate"] == "1.0 MiB/s" and job_task.fields["state"] == "replicating"
+    assert job_task.fields["operation"] == "copying: copying 3145728 of 4194304"
     disk_task = renderer.progress.tasks[1]
     assert disk_task.completed == 1.5 * MIB and disk_task.total == 2 * MIB and disk_task.fields["eta"] == "1s"
     with renderer:
