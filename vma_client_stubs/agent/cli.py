@@ -1,10 +1,244 @@
-"""`vma-agent`: the reference VMware Migration Appliance (lands with the replication issue)."""
+"""`vma-agent`: the reference VMware Migration Appliance and its fake vCenter.
+
+    vma-agent run --oma HOST:PORT --appliance-id ID --credential-file F --vcenter-dir DIR --state-dir DIR
+    vma-agent create-vm --vcenter-dir DIR --name NAME --disk-mib 256 --disk-mib 128 [--seed N]
+    vma-agent guest-write --vcenter-dir DIR --vm NAME --percent 5 [--seed N]
+    vma-agent list --vcenter-dir DIR [--json]
+
+The credential may come from the environment (VMA_CREDENTIAL) instead of a file. Bad flags: one line, exit 2.
+SIGTERM or SIGINT stops `run` cleanly: copies pause at their last acknowledged point and resume at the next start.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import os
+import signal
 import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from loguru import logger
+
+from vma_client_stubs.agent.agent import Agent, CopyOptions, agent_version
+from vma_client_stubs.agent.vcenter import FakeVCenter, VCenterError
+
+MIB = 1 << 20
+LOG_FORMAT = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+    "<cyan>{extra[appliance_id]}</cyan> {extra[job_id]} {extra[disk_id]} {message}"
+)
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vma-agent", description="Reference VMware Migration Appliance (fake vCenter).")
+    parser.add_argument("--version", action="version", version=f"vma-agent {agent_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="dial the OMA and obey its commands")
+    run.add_argument("--oma", required=True, type=_host_port, help="OMA gateway address HOST:PORT")
+    run.add_argument("--appliance-id", required=True)
+    run.add_argument("--credential-file", type=Path, help="file holding the enrollment secret (or VMA_CREDENTIAL)")
+    run.add_argument("--vcenter-dir", required=True, type=Path)
+    run.add_argument("--state-dir", required=True, type=Path)
+    run.add_argument("--listen", default="127.0.0.1:0", type=_host_port, help="local vma.v1 API (port 0: any)")
+    run.add_argument("--chunk-mib", type=_positive, default=2.0, help="copy request size in MiB (1-4)")
+    run.add_argument("--window", type=int, default=8, help="NBD requests in flight")
+    run.add_argument("--max-rate-mib", type=_positive, default=None, help="bandwidth limit per disk copy, MiB/s")
+    run.add_argument("--report-interval", type=_positive, default=0.5, help="seconds between progress reports")
+    run.add_argument("--log-json", action="store_true")
+    run.add_argument("--log-level", default="INFO")
+
+    create = sub.add_parser("create-vm", help="create a VM with varied data and holes in the fake vCenter")
+    create.add_argument("--vcenter-dir", required=True, type=Path)
+    create.add_argument("--name", required=True)
+    create.add_argument("--disk-mib", required=True, type=int, action="append", help="disk size in MiB (repeat)")
+    create.add_argument("--seed", type=int, default=None)
+    create.add_argument("--cpus", type=int, default=2)
+    create.add_argument("--memory-mib", type=int, default=2048)
+    create.add_argument("--firmware", choices=("bios", "efi"), default="bios")
+    create.add_argument("--powered-off", action="store_true")
+
+    write = sub.add_parser("guest-write", help="simulate guest writes (recorded by CBT)")
+    write.add_argument("--vcenter-dir", required=True, type=Path)
+    write.add_argument("--vm", required=True, help="VM name or uuid")
+    write.add_argument("--percent", required=True, type=_positive)
+    write.add_argument("--seed", type=int, default=None)
+
+    ls = sub.add_parser("list", help="list the fake vCenter's VMs")
+    ls.add_argument("--vcenter-dir", required=True, type=Path)
+    ls.add_argument("--json", action="store_true")
+    return parser
+
+
+def configure_logging(json_logs: bool, level: str) -> None:
+    logger.remove()
+    logger.configure(extra={"appliance_id": "-", "job_id": "", "disk_id": ""})
+    if json_logs:
+        logger.add(sys.stderr, level=level, serialize=True)
+    else:
+        logger.add(sys.stderr, level=level, format=LOG_FORMAT, colorize=sys.stderr.isatty())
+
+
+def _credential(args: argparse.Namespace) -> str:
+    if args.credential_file is not None:
+        try:
+            secret = args.credential_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read --credential-file: {exc.strerror}") from exc
+    else:
+        secret = os.environ.get("VMA_CREDENTIAL", "").strip()
+    if not secret:
+        raise UsageError("a credential is required: --credential-file FILE or VMA_CREDENTIAL")
+    return secret
+
+
+async def _run(args: argparse.Namespace, credential: str) -> int:
+    from vma_client_stubs.agent.service import AgentService
+    from vma_client_stubs.stream_client import AuthenticationError
+
+    chunk = int(args.chunk_mib * MIB)
+    chunk -= chunk % 4096
+    agent = Agent(
+        oma=args.oma,
+        appliance_id=args.appliance_id,
+        credential=credential,
+        vcenter=FakeVCenter(args.vcenter_dir),
+        state_dir=args.state_dir,
+        copy=CopyOptions(
+            chunk_size=chunk,
+            window=args.window,
+            max_bytes_per_second=args.max_rate_mib * MIB if args.max_rate_mib else None,
+        ),
+        report_interval_s=args.report_interval,
+    )
+    service = AgentService(agent, args.listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await agent.start()
+    port = await service.start()
+    host = args.listen.rpartition(":")[0]
+    logger.bind(appliance_id=args.appliance_id).info(
+        "vma-agent {v} dialing {oma}; local API on {host}:{port}", v=agent.version, oma=args.oma, host=host, port=port
+    )
+    print(f"listening {host}:{port}", flush=True)
+    closed = asyncio.ensure_future(agent.client.wait_closed())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if closed.done() and isinstance(closed.exception(), AuthenticationError):
+        print(f"vma-agent: the OMA refused the credential: {closed.exception()}", file=sys.stderr)
+        code = 1
+    stopped.cancel()
+    logger.bind(appliance_id=args.appliance_id).info("stopping")
+    await service.stop(0.5)
+    await agent.stop()
+    if not closed.done():
+        closed.cancel()
+    return code
+
+
+def _vm_row(vcenter: FakeVCenter, vm: Any) -> dict[str, Any]:
+    return {
+        "uuid": vm.uuid,
+        "name": vm.name,
+        "power_state": vm.power_state,
+        "disks": [
+            {
+                "key": d.key,
+                "capacity_bytes": d.capacity_bytes,
+                "path": str(vcenter.vm_dir(vm.uuid) / d.file),
+                "change_id": vcenter.current_change_id(vm.uuid, d.key)[0],
+            }
+            for d in vm.disks
+        ],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("vma-agent: not yet implemented", file=sys.stderr)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            if not 1 <= args.chunk_mib <= 4:
+                raise UsageError("--chunk-mib must be between 1 and 4")
+            if not 1 <= args.window <= 64:
+                raise UsageError("--window must be between 1 and 64")
+            credential = _credential(args)
+    except UsageError as exc:
+        print(f"vma-agent: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "run":
+            configure_logging(args.log_json, args.log_level.upper())
+            return asyncio.run(_run(args, credential))
+        vcenter = FakeVCenter(args.vcenter_dir)
+        if args.command == "create-vm":
+            if any(m <= 0 for m in args.disk_mib):
+                print("vma-agent: error: --disk-mib must be positive", file=sys.stderr)
+                return 2
+            vm = vcenter.create_vm(
+                args.name,
+                [m * MIB for m in args.disk_mib],
+                seed=args.seed,
+                num_cpus=args.cpus,
+                memory_mib=args.memory_mib,
+                firmware=args.firmware,
+                power_state="off" if args.powered_off else "on",
+            )
+            print(vm.uuid)
+            return 0
+        if args.command == "guest-write":
+            vm = vcenter.find_vm(args.vm)
+            written = vcenter.guest_write(vm.uuid, args.percent, seed=args.seed)
+            for key, extents in written.items():
+                print(f"disk {key}: {sum(n for _, n in extents)} bytes changed in {len(extents)} extents")
+            return 0
+        if args.command == "list":
+            rows = [_vm_row(vcenter, vm) for vm in vcenter.list_vms()]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                for row in rows:
+                    sizes = ", ".join(f"{d['key']}:{d['capacity_bytes'] // MIB} MiB" for d in row["disks"])
+                    print(f"{row['uuid']}  {row['name']:<20} {row['power_state']:<4} {sizes}")
+            return 0
+    except VCenterError as exc:
+        print(f"vma-agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
