@@ -1,0 +1,163 @@
+"""FailoverService and NetworkMappingService servicers, and the FailoverJob conversion (decode, call, encode)."""
+
+from __future__ import annotations
+
+import grpc
+
+from oma.v1 import failover_pb2, failover_pb2_grpc, replication_pb2
+from oma_server.api.convert import enum_name, enum_value, ts
+from oma_server.app import App
+from oma_server.db.models import NetworkMapping
+from oma_server.errors import InvalidArgument, Unavailable
+from oma_server.failover.network_mappings import MappingInput, NetworkMappingService
+from oma_server.failover.state_machine import FailoverJobState, FailoverKind
+from oma_server.failover.workflow import FailoverWorkflow
+
+
+def failover_job_to_proto(job: FailoverJobState) -> failover_pb2.FailoverJob:
+    error = None
+    if job.error_reason or job.error_message:
+        error = replication_pb2.JobError(reason=job.error_reason, message=job.error_message)
+    return failover_pb2.FailoverJob(
+        id=job.id,
+        vm_context_id=job.vm_context_id,
+        kind=enum_value(failover_pb2.FailoverJobKind, "FAILOVER_JOB_KIND", job.kind.value),  # type: ignore[arg-type]
+        status=enum_value(  # type: ignore[arg-type]
+            failover_pb2.FailoverJobStatus, "FAILOVER_JOB_STATUS", job.status.value
+        ),
+        steps=[
+            failover_pb2.FailoverStep(
+                name=s.name,
+                status=enum_value(failover_pb2.StepStatus, "STEP_STATUS", s.status.value),  # type: ignore[arg-type]
+                started_at=ts(s.started_at),
+                finished_at=ts(s.finished_at),
+                error=s.error,
+                attempts=s.attempts,
+            )
+            for s in job.steps
+        ],
+        target_vm_id=job.target_vm_id,
+        target_vm_name=job.target_vm_name,
+        snapshot_ids=[job.snapshot_ids[k] for k in sorted(job.snapshot_ids)],
+        error=error,
+        revision=job.revision,
+        created_at=ts(job.created_at),
+        finished_at=ts(job.finished_at),
+        current_step=job.current_step,
+    )
+
+
+def mapping_to_proto(row: NetworkMapping) -> failover_pb2.NetworkMapping:
+    return failover_pb2.NetworkMapping(
+        id=row.id,
+        vm_context_id=row.vm_context_id,
+        source_network=row.source_network,
+        target_network_id=row.target_network_id,
+        static_ip=row.static_ip,
+        keep_mac=row.keep_mac,
+        created_at=ts(row.created_at),
+    )
+
+
+def _kind(value: int) -> FailoverKind:
+    name = enum_name(failover_pb2.FailoverJobKind, "FAILOVER_JOB_KIND", value)
+    if name not in (FailoverKind.TEST.value, FailoverKind.LIVE.value):
+        raise InvalidArgument(
+            "kind must be FAILOVER_JOB_KIND_TEST or FAILOVER_JOB_KIND_LIVE", reason="FAILOVER_KIND_INVALID"
+        )
+    return FailoverKind(name)
+
+
+def _workflow(app: App) -> FailoverWorkflow:
+    if app.failover is None:
+        raise Unavailable("the failover service is starting; retry in a moment", reason="NOT_READY")
+    return app.failover
+
+
+def _mappings(app: App) -> NetworkMappingService:
+    if app.network_mappings is None:
+        raise Unavailable("the network mapping service is starting; retry in a moment", reason="NOT_READY")
+    return app.network_mappings
+
+
+class FailoverServicer(failover_pb2_grpc.FailoverServiceServicer):
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def CheckFailoverReadiness(
+        self, request: failover_pb2.CheckFailoverReadinessRequest, context: grpc.aio.ServicerContext
+    ) -> failover_pb2.CheckFailoverReadinessResponse:
+        readiness = await _workflow(self.app).check(request.vm_context_id, _kind(request.kind))
+        return failover_pb2.CheckFailoverReadinessResponse(
+            checks=[
+                failover_pb2.ReadinessCheck(name=c.name, passed=c.passed, reason=c.reason) for c in readiness.checks
+            ],
+            ready=readiness.ready,
+        )
+
+    async def StartFailover(
+        self, request: failover_pb2.StartFailoverRequest, context: grpc.aio.ServicerContext
+    ) -> failover_pb2.StartFailoverResponse:
+        job = await _workflow(self.app).start_failover(
+            request.vm_context_id, _kind(request.kind), request.service_offering_id, request.request_id
+        )
+        return failover_pb2.StartFailoverResponse(job=failover_job_to_proto(job))
+
+    async def CleanupFailover(
+        self, request: failover_pb2.CleanupFailoverRequest, context: grpc.aio.ServicerContext
+    ) -> failover_pb2.CleanupFailoverResponse:
+        job = await _workflow(self.app).cleanup(request.vm_context_id)
+        return failover_pb2.CleanupFailoverResponse(job=failover_job_to_proto(job))
+
+    async def RollbackFailover(
+        self, request: failover_pb2.RollbackFailoverRequest, context: grpc.aio.ServicerContext
+    ) -> failover_pb2.RollbackFailoverResponse:
+        job = await _workflow(self.app).rollback(request.vm_context_id, request.power_on_source)
+        return failover_pb2.RollbackFailoverResponse(job=failover_job_to_proto(job))
+
+    async def GetFailoverJob(
+        self, request: failover_pb2.GetFailoverJobRequest, context: grpc.aio.ServicerContext
+    ) -> failover_pb2.GetFailoverJobResponse:
+        job = await self.app.failover_jobs.get(request.id)
+        return failover_pb2.GetFailoverJobResponse(job=failover_job_to_proto(job))
+
+    async def ListFailoverJobs(
+        self, request: failover_pb2.ListFailoverJobsRequest, context: grpc.aio.ServicerContext
+    ) -> failover_pb2.ListFailoverJobsResponse:
+        page = await self.app.failover_jobs.list_jobs(request.page_size, request.page_token, request.vm_context_id)
+        return failover_pb2.ListFailoverJobsResponse(
+            jobs=[failover_job_to_proto(j) for j in page.jobs], next_page_token=page.next_page_token
+        )
+
+
+class NetworkMappingServicer(failover_pb2_grpc.NetworkMappingServiceServicer):
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def CreateNetworkMapping(
+        self, request: failover_pb2.CreateNetworkMappingRequest, context: grpc.aio.ServicerContext
+    ) -> failover_pb2.CreateNetworkMappingResponse:
+        m = request.mapping
+        row = await _mappings(self.app).create(
+            MappingInput(m.vm_context_id, m.source_network, m.target_network_id, m.static_ip, m.keep_mac)
+        )
+        return failover_pb2.CreateNetworkMappingResponse(mapping=mapping_to_proto(row))
+
+    async def ListNetworkMappings(
+        self, request: failover_pb2.ListNetworkMappingsRequest, context: grpc.aio.ServicerContext
+    ) -> failover_pb2.ListNetworkMappingsResponse:
+        rows = await _mappings(self.app).list(request.vm_context_id)
+        return failover_pb2.ListNetworkMappingsResponse(mappings=[mapping_to_proto(r) for r in rows])
+
+    async def UpdateNetworkMapping(
+        self, request: failover_pb2.UpdateNetworkMappingRequest, context: grpc.aio.ServicerContext
+    ) -> failover_pb2.UpdateNetworkMappingResponse:
+        m = request.mapping
+        row = await _mappings(self.app).update(m.id, m.target_network_id, m.static_ip, m.keep_mac)
+        return failover_pb2.UpdateNetworkMappingResponse(mapping=mapping_to_proto(row))
+
+    async def DeleteNetworkMapping(
+        self, request: failover_pb2.DeleteNetworkMappingRequest, context: grpc.aio.ServicerContext
+    ) -> failover_pb2.DeleteNetworkMappingResponse:
+        await _mappings(self.app).delete(request.id)
+        return failover_pb2.DeleteNetworkMappingResponse()

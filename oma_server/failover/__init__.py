@@ -1,0 +1,1 @@
+"""Failover of replicated VMs into CloudStack: preflight, network mappings, test/live failover, cleanup, rollback."""

@@ -1,0 +1,368 @@
+"""Preflight: every readiness check of a failover, each with pass/fail and a reason an operator can act on.
+
+Checks: the VM is ready for failover, its last replication completed, no job is active on it, every disk has a
+replica volume and a change id, the volumes exist in CloudStack, every VMware network is mapped to an existing
+CloudStack network, a service offering fits the CPUs and memory, the zone and template exist, the target VM name is
+free, and (live) the appliance is connected. When every check passes, the result also carries the plan the failover
+runs with (offering, template, zone, NICs, target name), stored in the job so a resumed job uses the same plan.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from oma_server.cloudstack.client import CloudStackClient
+from oma_server.cloudstack.errors import CloudStackError
+from oma_server.cloudstack.models import ServiceOffering
+from oma_server.db.database import Database
+from oma_server.db.models import Disk, ReplicationJob, VmContext, Volume
+from oma_server.errors import FailedPrecondition, NotFound
+from oma_server.failover.network_mappings import resolve_mappings
+from oma_server.failover.state_machine import FailoverKind
+from oma_server.failover.store import open_failover_of
+from oma_server.replication.store import ReplicationJobStore
+from oma_server.storage.volumes import current_volume
+from oma_server.vm_contexts.state_machine import VmStatus
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    reason: str
+
+
+@dataclass
+class FailoverPlan:
+    service_offering_id: str = ""
+    template_id: str = ""
+    zone_id: str = ""
+    # (network id, static ip or "", mac or "") per NIC, in VMware NIC order
+    nics: list[list[str]] = field(default_factory=list)
+    target_vm_name: str = ""
+
+    def to_params(self) -> dict[str, Any]:
+        return {
+            "service_offering_id": self.service_offering_id,
+            "template_id": self.template_id,
+            "zone_id": self.zone_id,
+            "nics": self.nics,
+        }
+
+
+@dataclass
+class Readiness:
+    checks: list[Check]
+    plan: FailoverPlan
+
+    @property
+    def ready(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def refuse(self, vm_name: str, vm_context_id: str) -> FailedPrecondition:
+        """FAILED_PRECONDITION naming each failed check (message and ErrorInfo metadata)."""
+        failed = self.failed
+        text = "; ".join(f"{c.name}: {c.reason}" for c in failed)
+        return FailedPrecondition(
+            f"VM {vm_name} is not ready for failover — {text}",
+            reason="FAILOVER_NOT_READY",
+            vm_context_id=vm_context_id,
+            failed_checks=",".join(c.name for c in failed),
+            **{f"check_{c.name}": c.reason for c in failed},
+        )
+
+
+_HOSTNAME_BAD = re.compile(r"[^a-z0-9-]+")
+
+
+def target_vm_name(vm_name: str, kind: FailoverKind, now: datetime) -> str:
+    """A CloudStack host name: `<name>` (live) or `<name>-test-<UTC timestamp>` (test); letters, digits, '-'."""
+    base = _HOSTNAME_BAD.sub("-", vm_name.lower()).strip("-") or "vm"
+    if kind == FailoverKind.TEST:
+        suffix = f"-test-{now.strftime('%Y%m%d%H%M%S')}"
+        return f"{base[: 63 - len(suffix)].rstrip('-')}{suffix}"
+    return base[:63].rstrip("-")
+
+
+@dataclass(frozen=True)
+class _DbFacts:
+    vm: VmContext
+    disks: list[tuple[Disk, Volume | None]]
+    latest_replication: ReplicationJob | None
+    open_failover_id: str
+    mappings: dict[str, Any]
+
+
+def _db_facts(vm_context_id: str) -> _DbFacts | None:
+    vm = VmContext.get_or_none(VmContext.id == vm_context_id)
+    if vm is None:
+        return None
+    disks = list(Disk.select().where(Disk.vm_context == vm_context_id).order_by(Disk.unit_number, Disk.key))
+    latest = (
+        ReplicationJob.select()
+        .where(ReplicationJob.vm_context == vm_context_id)
+        .order_by(ReplicationJob.created_at.desc(), ReplicationJob.id.desc())
+        .first()
+    )
+    open_failover = open_failover_of(vm_context_id)
+    return _DbFacts(
+        vm=vm,
+        disks=[(d, current_volume(d.id)) for d in disks],
+        latest_replication=latest,
+        open_failover_id=open_failover.id if open_failover else "",
+        mappings=resolve_mappings(vm_context_id),
+    )
+
+
+def pick_offering(offerings: list[ServiceOffering], cpus: int, memory_mib: int) -> ServiceOffering | None:
+    """The smallest fixed offering with at least the VM's CPUs and memory."""
+    fits = [
+        o
+        for o in offerings
+        if not o.is_customized and (o.cpu_number or 0) >= cpus and (o.memory_mib or 0) >= memory_mib
+    ]
+    return min(fits, key=lambda o: (o.cpu_number or 0, o.memory_mib or 0), default=None)
+
+
+class ReadinessChecker:
+    def __init__(
+        self,
+        db: Database,
+        cloudstack: CloudStackClient,
+        replication_jobs: ReplicationJobStore,
+        appliance_connected: Callable[[str], bool],
+        failover_template: str = "",
+    ) -> None:
+        self.db = db
+        self.cloudstack = cloudstack
+        self.replication_jobs = replication_jobs
+        self.appliance_connected = appliance_connected
+        self.failover_template = failover_template
+
+    async def check(
+        self,
+        vm_context_id: str,
+        kind: FailoverKind,
+        *,
+        service_offering_id: str = "",
+        own_job_id: str = "",
+        target_name: str = "",
+        now: datetime | None = None,
+    ) -> Readiness:
+        """Every check; `own_job_id` is the failover job running the check (not counted as another active job)."""
+        facts = await self.db.run(_db_facts, vm_context_id)
+        if facts is None:
+            raise NotFound(
+                f"VM context {vm_context_id} does not exist", reason="VM_CONTEXT_NOT_FOUND", vm_context_id=vm_context_id
+            )
+        vm = facts.vm
+        checks: list[Check] = []
+        plan = FailoverPlan(target_vm_name=target_name or target_vm_name(vm.name, kind, now or datetime.now()))
+
+        def add(name: str, passed: bool, reason: str) -> None:
+            checks.append(Check(name, passed, reason))
+
+        # --- the VM context and its replication
+        status = VmStatus(vm.status)
+        add(
+            "vm_ready",
+            status == VmStatus.READY_FOR_FAILOVER,
+            "VM context is ready_for_failover"
+            if status == VmStatus.READY_FOR_FAILOVER
+            else f"VM context is {status.value}; "
+            + {
+                VmStatus.FAILED_OVER_TEST: "clean up the test failover first (CleanupFailover)",
+                VmStatus.FAILED_OVER_LIVE: "it is already failed over (RollbackFailover to undo)",
+                VmStatus.CLEANUP_REQUIRED: "a failover failed; run CleanupFailover first",
+                VmStatus.REPLICATING: "wait for the replication to finish",
+            }.get(status, "complete a replication first"),
+        )
+        latest = facts.latest_replication
+        if latest is None or not vm.last_completed_job_id:
+            add("replication_completed", False, "no replication of this VM has completed; run StartReplication")
+        elif latest.status != "completed":
+            add(
+                "replication_completed",
+                False,
+                f"the last replication job {latest.id} is {latest.status}"
+                + (f" ({latest.error_message})" if latest.error_message else "")
+                + "; run an incremental replication and let it complete",
+            )
+        else:
+            add("replication_completed", True, f"last replication job {latest.id} ({latest.kind}) completed")
+
+        open_replication = [j.id for j in self.replication_jobs.open_jobs() if j.vm_context_id == vm_context_id]
+        active = [j for j in (*open_replication, facts.open_failover_id, vm.active_job_id) if j and j != own_job_id]
+        add(
+            "no_active_job",
+            not active,
+            f"job {active[0]} is active on this VM; wait for it or cancel it" if active else "no other job is active",
+        )
+
+        missing_volume = [d.key for d, v in facts.disks if v is None or not v.cloudstack_id]
+        missing_cid = [d.key for d, _ in facts.disks if not d.last_change_id]
+        if not facts.disks:
+            add("disks_replicated", False, "the VM has no disks")
+        elif missing_volume or missing_cid:
+            parts = []
+            if missing_volume:
+                parts.append(f"disk(s) {missing_volume} have no replica volume")
+            if missing_cid:
+                parts.append(f"disk(s) {missing_cid} have no change id")
+            add("disks_replicated", False, "; ".join(parts) + "; run a replication of this VM to completion")
+        else:
+            add("disks_replicated", True, f"{len(facts.disks)} disk(s), each with a volume and a change id")
+
+        # --- CloudStack
+        try:
+            await self._cloudstack_checks(facts, kind, service_offering_id, plan, add)
+        except CloudStackError as exc:
+            add("cloudstack_reachable", False, f"{exc.message}; check the CloudStack endpoint and retry")
+
+        if kind == FailoverKind.LIVE:
+            connected = self.appliance_connected(vm.appliance_id)
+            add(
+                "appliance_connected",
+                connected,
+                f"appliance {vm.appliance_id} is connected"
+                if connected
+                else f"appliance {vm.appliance_id} is not connected; the source VM cannot be powered off — "
+                "start or reconnect the VMA",
+            )
+        return Readiness(checks, plan)
+
+    async def _cloudstack_checks(
+        self,
+        facts: _DbFacts,
+        kind: FailoverKind,
+        service_offering_id: str,
+        plan: FailoverPlan,
+        add: Callable[[str, bool, str], None],
+    ) -> None:
+        vm = facts.vm
+        cs = self.cloudstack
+        zone_id = await cs.zone_id()
+        zones = [z for z in await cs.list_zones() if z.id == zone_id]
+        add("zone_exists", bool(zones), f"zone {zones[0].name} ({zone_id})" if zones else f"zone {zone_id} is gone")
+        plan.zone_id = zone_id
+
+        templates = [t for t in await cs.list_templates(zone_id=zone_id) if t.is_ready]
+        if self.failover_template:
+            chosen = [t for t in templates if self.failover_template in (t.id, t.name)]
+            if chosen:
+                add("template_exists", True, f"template {chosen[0].name} ({chosen[0].id})")
+                plan.template_id = chosen[0].id
+            else:
+                add(
+                    "template_exists",
+                    False,
+                    f"template {self.failover_template!r} (--failover-template) is not a ready template in zone "
+                    f"{zone_id}",
+                )
+        elif len(templates) == 1:
+            add("template_exists", True, f"template {templates[0].name} ({templates[0].id})")
+            plan.template_id = templates[0].id
+        else:
+            add(
+                "template_exists",
+                False,
+                f"zone {zone_id} has {len(templates)} ready templates; choose one with --failover-template "
+                "(its root disk is replaced by the VM's OS disk)",
+            )
+
+        offerings = await cs.list_service_offerings()
+        if service_offering_id:
+            match = [o for o in offerings if o.id == service_offering_id]
+            if not match:
+                add("service_offering", False, f"service offering {service_offering_id} does not exist")
+            else:
+                o = match[0]
+                fits = (o.cpu_number or 0) >= vm.num_cpus and (o.memory_mib or 0) >= vm.memory_mib
+                add(
+                    "service_offering",
+                    fits,
+                    f"offering {o.name}: {o.cpu_number} CPU(s), {o.memory_mib} MiB"
+                    + ("" if fits else f"; the VM needs {vm.num_cpus} CPU(s) and {vm.memory_mib} MiB"),
+                )
+                if fits:
+                    plan.service_offering_id = o.id
+        else:
+            picked = pick_offering(offerings, vm.num_cpus, vm.memory_mib)
+            if picked is None:
+                add(
+                    "service_offering",
+                    False,
+                    f"no service offering has {vm.num_cpus} CPU(s) and {vm.memory_mib} MiB; create one or pass "
+                    "service_offering_id",
+                )
+            else:
+                add(
+                    "service_offering",
+                    True,
+                    f"offering {picked.name} ({picked.cpu_number} CPU(s), {picked.memory_mib} MiB) fits "
+                    f"{vm.num_cpus} CPU(s), {vm.memory_mib} MiB",
+                )
+                plan.service_offering_id = picked.id
+
+        networks = {n.id: n for n in await cs.list_networks(zone_id=zone_id)}
+        nics = list(vm.nics or [])
+        problems: list[str] = []
+        used_ips: set[str] = set()
+        for nic in nics:
+            source = str(nic.get("network_name", ""))
+            mapping = facts.mappings.get(source)
+            if mapping is None:
+                problems.append(f"VMware network {source!r} is not mapped (CreateNetworkMapping)")
+                continue
+            if mapping.target_network_id not in networks:
+                problems.append(
+                    f"VMware network {source!r} is mapped to CloudStack network {mapping.target_network_id}, "
+                    "which does not exist"
+                )
+                continue
+            ip = mapping.static_ip if mapping.static_ip not in used_ips else ""
+            if mapping.static_ip and mapping.static_ip in used_ips:
+                problems.append(f"static IP {mapping.static_ip} of network {source!r} would be used by two NICs")
+            used_ips.add(ip)
+            mac = str(nic.get("mac_address", "")) if mapping.keep_mac else ""
+            plan.nics.append([mapping.target_network_id, ip, mac])
+        if not nics:
+            problems.append("the VM has no NICs; CloudStack needs at least one network")
+        add(
+            "networks_mapped",
+            not problems,
+            "; ".join(problems)
+            if problems
+            else ", ".join(
+                f"{n.get('network_name')} → {networks[p[0]].name}" for n, p in zip(nics, plan.nics, strict=False)
+            ),
+        )
+
+        wanted = {v.cloudstack_id for _, v in facts.disks if v is not None and v.cloudstack_id}
+        if wanted:
+            present = {v.id for v in await cs.list_volumes() if v.id in wanted}
+            missing = sorted(wanted - present)
+            add(
+                "volumes_exist",
+                not missing,
+                f"CloudStack volume(s) {missing} are gone; replicate the VM again"
+                if missing
+                else "replica volumes exist",
+            )
+
+        taken = [v for v in await cs.list_vms(name=plan.target_vm_name) if v.name == plan.target_vm_name]
+        add(
+            "target_name_available",
+            not taken,
+            f"CloudStack VM {taken[0].id} is already named {plan.target_vm_name}; rename or remove it"
+            if taken
+            else f"target VM name {plan.target_vm_name} is free",
+        )

@@ -1,0 +1,216 @@
+"""Failover jobs in the database: every change is one transaction with its steps, then published to watchers.
+
+`commit` reads the row, applies a mutation (state_machine.py functions), gives it the next watch revision, writes it
+and runs the caller's in-transaction hook (the VM context's transition, a job-log entry, a queued command) in the
+same transaction; then it publishes the new state to the watch hub so WatchJob/WatchJobs show it. Changes of one job
+are serialized in this process by a lock; the database row is the only state, so any OMA process can read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from oma_server.clock import Clock
+from oma_server.db.database import Database
+from oma_server.db.models import FailoverJob, utcnow
+from oma_server.errors import AlreadyExists, InvalidArgument, NotFound
+from oma_server.failover.state_machine import (
+    FailoverJobState,
+    FailoverKind,
+    FailoverStatus,
+    FailoverStep,
+    new_steps,
+)
+from oma_server.pagination import decode_token, next_token, page_size_of
+from oma_server.watch import Change, WatchHub
+
+InTx = Callable[[FailoverJobState], None]
+Mutate = Callable[[FailoverJobState], None]
+
+
+def row_to_state(row: FailoverJob) -> FailoverJobState:
+    return FailoverJobState(
+        id=row.id,
+        vm_context_id=row.vm_context_id,
+        kind=FailoverKind(row.kind),
+        status=FailoverStatus(row.status),
+        steps=[FailoverStep.from_json(s) for s in row.steps or []],
+        current_step=row.current_step,
+        target_vm_id=row.target_vm_id,
+        target_vm_name=row.target_vm_name,
+        snapshot_ids=dict(row.snapshot_ids or {}),
+        params=dict(row.params or {}),
+        error_reason=row.error_reason,
+        error_message=row.error_message,
+        revision=int(row.revision),
+        request_id=row.request_id or "",
+        claimed_by=row.claimed_by,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _fields(state: FailoverJobState) -> dict[str, object]:
+    return {
+        "status": state.status.value,
+        "steps": [s.to_json() for s in state.steps],
+        "current_step": state.current_step,
+        "target_vm_id": state.target_vm_id,
+        "target_vm_name": state.target_vm_name,
+        "snapshot_ids": state.snapshot_ids,
+        "params": state.params,
+        "error_reason": state.error_reason,
+        "error_message": state.error_message,
+        "revision": state.revision,
+        "claimed_by": state.claimed_by,
+        "finished_at": state.finished_at,
+        "updated_at": state.updated_at,
+    }
+
+
+def load(job_id: str) -> FailoverJobState | None:
+    row = FailoverJob.get_or_none(FailoverJob.id == job_id)
+    return None if row is None else row_to_state(row)
+
+
+def latest_failover_of(vm_context_id: str) -> FailoverJobState | None:
+    """The newest test or live failover of a VM (what a cleanup or rollback undoes)."""
+    row = (
+        FailoverJob.select()
+        .where((FailoverJob.vm_context == vm_context_id) & FailoverJob.kind.in_(["test", "live"]))
+        .order_by(FailoverJob.created_at.desc(), FailoverJob.id.desc())
+        .first()
+    )
+    return None if row is None else row_to_state(row)
+
+
+def open_failover_of(vm_context_id: str) -> FailoverJobState | None:
+    row = (
+        FailoverJob.select()
+        .where((FailoverJob.vm_context == vm_context_id) & FailoverJob.status.in_(["pending", "running"]))
+        .first()
+    )
+    return None if row is None else row_to_state(row)
+
+
+@dataclass(frozen=True)
+class FailoverJobPage:
+    jobs: list[FailoverJobState]
+    next_page_token: str
+
+
+class FailoverJobStore:
+    def __init__(self, db: Database, clock: Clock, watch: WatchHub) -> None:
+        self.db = db
+        self.clock = clock
+        self.watch = watch
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, job_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(job_id, asyncio.Lock())
+
+    async def get(self, job_id: str) -> FailoverJobState:
+        found = await self.lookup(job_id)
+        if found is None:
+            raise NotFound(
+                f"failover job {job_id} does not exist; list jobs with ListFailoverJobs",
+                reason="JOB_NOT_FOUND",
+                job_id=job_id,
+            )
+        return found
+
+    async def lookup(self, job_id: str) -> FailoverJobState | None:
+        if not job_id:
+            raise InvalidArgument("job id is required", reason="JOB_ID_MISSING")
+        return await self.db.run(load, job_id)
+
+    async def by_request_id(self, request_id: str) -> FailoverJobState | None:
+        row = await self.db.run(FailoverJob.get_or_none, FailoverJob.request_id == request_id)
+        return None if row is None else row_to_state(row)
+
+    async def list_jobs(self, page_size: int, page_token: str, vm_context_id: str = "") -> FailoverJobPage:
+        size = page_size_of(page_size)
+        offset = decode_token(page_token)
+
+        def query() -> list[FailoverJobState]:
+            q = FailoverJob.select().order_by(FailoverJob.created_at.desc(), FailoverJob.id.desc())
+            if vm_context_id:
+                q = q.where(FailoverJob.vm_context == vm_context_id)
+            return [row_to_state(r) for r in q.offset(offset).limit(size + 1)]
+
+        jobs = await self.db.run(query)
+        return FailoverJobPage(jobs[:size], next_token(offset, size, len(jobs)))
+
+    async def open_jobs(self) -> list[FailoverJobState]:
+        def query() -> list[FailoverJobState]:
+            rows = FailoverJob.select().where(FailoverJob.status.in_(["pending", "running"]))
+            return [row_to_state(r) for r in rows.order_by(FailoverJob.created_at)]
+
+        return await self.db.run(query)
+
+    async def create(
+        self,
+        vm_context_id: str,
+        kind: FailoverKind,
+        *,
+        target_vm_name: str = "",
+        params: dict[str, object] | None = None,
+        request_id: str = "",
+        in_tx: InTx | None = None,
+    ) -> FailoverJobState:
+        revision = self.watch.next_revision()
+        now = utcnow()
+
+        def insert() -> FailoverJobState:
+            if request_id and FailoverJob.get_or_none(FailoverJob.request_id == request_id) is not None:
+                raise AlreadyExists(f"request_id {request_id!r} was already used", reason="REQUEST_ID_REUSED")
+            row = FailoverJob.create(
+                vm_context=vm_context_id,
+                kind=kind.value,
+                status=FailoverStatus.PENDING.value,
+                steps=[s.to_json() for s in new_steps(kind)],
+                target_vm_name=target_vm_name,
+                snapshot_ids={},
+                params=dict(params or {}),
+                revision=revision,
+                request_id=request_id or None,
+                created_at=now,
+                updated_at=now,
+            )
+            state = row_to_state(row)
+            if in_tx is not None:
+                in_tx(state)
+            return state
+
+        state = await self.db.tx(insert)
+        self._publish(state)
+        return state
+
+    async def commit(self, job_id: str, mutate: Mutate, in_tx: InTx | None = None) -> FailoverJobState:
+        """Apply `mutate` to the job and write it with a new revision (+ `in_tx`) in one transaction; publish."""
+        async with self._lock(job_id):
+            revision = self.watch.next_revision()
+
+            def write() -> FailoverJobState:
+                row = FailoverJob.get_by_id(job_id)
+                state = row_to_state(row)
+                mutate(state)
+                state.revision = revision
+                state.updated_at = utcnow()
+                if in_tx is not None:  # may add to the state (a job-log id): the row is written after it
+                    in_tx(state)
+                FailoverJob.update(**_fields(state)).where(FailoverJob.id == job_id).execute()
+                return state
+
+            state = await self.db.tx(write)
+            self._publish(state)
+            return state
+
+    def change_of(self, state: FailoverJobState) -> Change:
+        return Change(state.revision, "failover", state.id, state.vm_context_id, state.copy(), state.final)
+
+    def _publish(self, state: FailoverJobState) -> None:
+        self.watch.publish(self.change_of(state))

@@ -1,0 +1,371 @@
+"""The failover runner: starts test/live failovers, cleanups and rollbacks, runs their step lists, resumes them.
+
+Each job is a step list (state_machine.STEPS). The runner takes the first step not done, marks it running (with a
+job-log entry) in one transaction, runs it (steps.py; idempotent), and marks it completed or skipped — together with
+what the step learned and, for the last step, the VM context's new status — in one transaction. A failure fails the
+step and the job and leaves the VM context `cleanup_required`, with a message naming what failed and what to do;
+CleanupFailover (or RollbackFailover after a live failover) undoes it in one call. After an OMA restart, `resume`
+continues every pending or running job from its current step.
+
+VM context while a job runs: it keeps its status (ready_for_failover, failed_over_test, ...) with active_job_id set
+to the job, so replication and other failovers are refused. A live failover hands the VM context to its final sync
+(replicating) and takes it back when the sync completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from loguru import logger
+
+from oma_server.clock import Clock
+from oma_server.db.database import Database
+from oma_server.db.models import VmContext
+from oma_server.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from oma_server.failover import state_machine as sm
+from oma_server.failover.readiness import Readiness, ReadinessChecker
+from oma_server.failover.state_machine import FailoverJobState, FailoverKind, StepStatus
+from oma_server.failover.steps import FailoverSteps, StepContext, StepResult
+from oma_server.failover.store import FailoverJobStore, InTx, Mutate, latest_failover_of, load, open_failover_of
+from oma_server.joblog import begin_step, end_step, note
+from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
+
+# What an operator does after a failed job, by kind.
+_NEXT_ACTION = {
+    FailoverKind.TEST: "Run CleanupFailover for this VM: it removes what the failover created and returns the VM to "
+    "ready_for_failover; then fix the cause and start the failover again.",
+    FailoverKind.LIVE: "Run CleanupFailover (or RollbackFailover with power_on_source to also power the source VM "
+    "back on): it removes what the failover created; then fix the cause and start the failover again.",
+    FailoverKind.CLEANUP: "Fix the cause, then run CleanupFailover again: its steps check CloudStack first and are "
+    "safe to repeat.",
+    FailoverKind.ROLLBACK: "Fix the cause, then run RollbackFailover again: its steps check CloudStack first and are "
+    "safe to repeat.",
+}
+# Where to look when a step fails.
+_HINTS = {
+    "validate": "the readiness checks (CheckFailoverReadiness) say what is missing",
+    "power_off_source": "check that the appliance is connected and can reach vCenter",
+    "final_sync": "see the replication job's error; the appliance must be connected",
+    "snapshot_volumes": "check the volumes' primary storage and snapshot limits in CloudStack",
+    "detach_from_oma": "check the volume in CloudStack (it must be attached to the OMA VM or to none)",
+    "deploy_vm": "check the service offering, the template, the networks' capacity and the static IPs in the "
+    "network mappings",
+    "remove_template_root": "check the template's root volume of the target VM in CloudStack",
+    "attach_volumes": "check that the volumes are not attached elsewhere and the target VM is stopped",
+    "inject_drivers": "see the command's output above; fix the command (--driver-injection-command)",
+    "start_vm": "check host capacity and the CloudStack events of the target VM",
+    "verify_running": "check the target VM in CloudStack",
+    "stop_vm": "check the target VM in CloudStack (it may be stuck Starting or Stopping)",
+    "detach_from_vm": "check the volumes' attachments in CloudStack",
+    "destroy_vm": "check the target VM in CloudStack",
+    "revert_volumes": "check the snapshot in CloudStack (it must be BackedUp and its volume detached)",
+    "delete_snapshots": "check the snapshots in CloudStack",
+    "reattach_to_oma": "check the OMA VM's free device slots and that the volumes are detached",
+    "power_on_source": "check that the appliance is connected; the source can also be powered on in vCenter",
+}
+
+
+def failure_message(kind: FailoverKind, step: str, error: str) -> str:
+    return f"step {step} failed: {error}. Hint: {_HINTS.get(step, 'see the job log')}. {_NEXT_ACTION[kind]}"
+
+
+class FailoverWorkflow:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        store: FailoverJobStore,
+        readiness: ReadinessChecker,
+        steps: FailoverSteps,
+        process_id: str,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.store = store
+        self.readiness = readiness
+        self.steps = steps
+        self.process_id = process_id
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        # test hook: called with (job id, step name) before a step runs
+        self.before_step: Callable[[str, str], None] | None = None
+
+    # ---- operator actions ---------------------------------------------------------------------------------------
+    async def check(self, vm_context_id: str, kind: FailoverKind, service_offering_id: str = "") -> Readiness:
+        if kind not in (FailoverKind.TEST, FailoverKind.LIVE):
+            raise InvalidArgument("kind must be TEST or LIVE", reason="FAILOVER_KIND_INVALID")
+        return await self.readiness.check(vm_context_id, kind, service_offering_id=service_offering_id)
+
+    async def start_failover(
+        self, vm_context_id: str, kind: FailoverKind, service_offering_id: str = "", request_id: str = ""
+    ) -> FailoverJobState:
+        if request_id:
+            existing = await self.store.by_request_id(request_id)
+            if existing is not None:
+                if existing.vm_context_id != vm_context_id:
+                    raise FailedPrecondition(
+                        f"request_id {request_id!r} was used for another VM context; use a new request_id",
+                        reason="REQUEST_ID_REUSED",
+                    )
+                return existing
+        readiness = await self.check(vm_context_id, kind, service_offering_id)
+        vm = await self._vm(vm_context_id)
+        if not readiness.ready:
+            raise readiness.refuse(vm.name, vm.id)
+        plan = readiness.plan
+
+        def claim_vm(job: FailoverJobState) -> None:
+            current = VmContext.get_by_id(vm_context_id)
+            if current.active_job_id:
+                raise FailedPrecondition(
+                    f"VM {current.name} has an active job {current.active_job_id}; wait for it",
+                    reason="JOB_ALREADY_ACTIVE",
+                    active_job_id=current.active_job_id,
+                )
+            transition_vm(vm_context_id, VmStatus.READY_FOR_FAILOVER, active_job_id=job.id)
+            note(job.id, "start", f"{kind.value} failover of {current.name} as {plan.target_vm_name} requested")
+
+        job = await self.store.create(
+            vm_context_id,
+            kind,
+            target_vm_name=plan.target_vm_name,
+            params=plan.to_params(),
+            request_id=request_id,
+            in_tx=claim_vm,
+        )
+        logger.bind(job_id=job.id, vm_context_id=vm_context_id).info("{kind} failover started", kind=kind.value)
+        self._spawn(job.id)
+        return job
+
+    async def cleanup(self, vm_context_id: str) -> FailoverJobState:
+        """Undo a test failover, or any failed failover (VM context failed_over_test or cleanup_required)."""
+        return await self._undo(vm_context_id, FailoverKind.CLEANUP, power_on_source=False)
+
+    async def rollback(self, vm_context_id: str, power_on_source: bool) -> FailoverJobState:
+        """Undo a live failover (VM context failed_over_live, or cleanup_required after a live failover)."""
+        return await self._undo(vm_context_id, FailoverKind.ROLLBACK, power_on_source=power_on_source)
+
+    async def _undo(self, vm_context_id: str, kind: FailoverKind, *, power_on_source: bool) -> FailoverJobState:
+        vm = await self._vm(vm_context_id)
+        source = await self.db.run(latest_failover_of, vm_context_id)
+        status = VmStatus(vm.status)
+        if kind == FailoverKind.CLEANUP:
+            allowed = status in (VmStatus.FAILED_OVER_TEST, VmStatus.CLEANUP_REQUIRED)
+            hint = "RollbackFailover undoes a live failover" if status == VmStatus.FAILED_OVER_LIVE else ""
+        else:
+            allowed = status == VmStatus.FAILED_OVER_LIVE or (
+                status == VmStatus.CLEANUP_REQUIRED and source is not None and source.kind == FailoverKind.LIVE
+            )
+            hint = "CleanupFailover undoes a test failover" if status == VmStatus.FAILED_OVER_TEST else ""
+        if not allowed:
+            raise FailedPrecondition(
+                f"VM {vm.name} is {status.value}; there is nothing for {kind.value} to undo"
+                + (f" ({hint})" if hint else ""),
+                reason="NOTHING_TO_UNDO",
+                vm_context_id=vm_context_id,
+                status=status.value,
+            )
+        source_id = source.id if source else ""
+
+        def claim_vm(job: FailoverJobState) -> None:
+            current = VmContext.get_by_id(vm_context_id)
+            running = open_failover_of(vm_context_id)
+            if current.active_job_id or (running is not None and running.id != job.id):
+                active = current.active_job_id or (running.id if running else "")
+                raise FailedPrecondition(
+                    f"VM {current.name} has an active job {active}; wait for it",
+                    reason="JOB_ALREADY_ACTIVE",
+                    active_job_id=active,
+                )
+            transition_vm(vm_context_id, VmStatus(current.status), active_job_id=job.id)
+            note(job.id, "start", f"{kind.value} of failover {source_id or '(none)'} of {current.name} requested")
+
+        job = await self.store.create(
+            vm_context_id,
+            kind,
+            target_vm_name=source.target_vm_name if source else "",
+            params={
+                "of_job_id": source_id,
+                "power_on_source": power_on_source,
+                "replicas_dirty": bool(source and source.params.get("replicas_dirty")),
+            },
+            in_tx=claim_vm,
+        )
+        logger.bind(job_id=job.id, vm_context_id=vm_context_id).info("{kind} started", kind=kind.value)
+        self._spawn(job.id)
+        return job
+
+    async def _vm(self, vm_context_id: str) -> VmContext:
+        if not vm_context_id:
+            raise InvalidArgument("vm_context_id is required", reason="VM_CONTEXT_ID_MISSING")
+        vm = await self.db.run(VmContext.get_or_none, VmContext.id == vm_context_id)
+        if vm is None:
+            raise NotFound(
+                f"VM context {vm_context_id} does not exist", reason="VM_CONTEXT_NOT_FOUND", vm_context_id=vm_context_id
+            )
+        return vm
+
+    # ---- running ------------------------------------------------------------------------------------------------
+    def _spawn(self, job_id: str) -> None:
+        if job_id in self._tasks:
+            return
+        task = asyncio.create_task(self._run(job_id), name=f"failover-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+
+    async def resume(self) -> list[str]:
+        """At start: every pending or running failover job continues from its current step."""
+        resumed = []
+        for job in await self.store.open_jobs():
+            logger.bind(job_id=job.id, vm_context_id=job.vm_context_id).info(
+                "resuming {kind} job at step {step} after a restart", kind=job.kind.value, step=job.current_step or "-"
+            )
+            await self.db.tx(
+                note, job.id, job.current_step or "resume", f"OMA restarted; resuming (was claimed by {job.claimed_by})"
+            )
+            self._spawn(job.id)
+            resumed.append(job.id)
+        return resumed
+
+    async def stop(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def wait(self, job_id: str, timeout_s: float = 60.0) -> FailoverJobState:
+        """Wait until the job's runner ends (tests and the demo); returns the job."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        return await self.store.get(job_id)
+
+    async def _commit(self, job_id: str, mutate: Mutate, in_tx: InTx | None = None) -> FailoverJobState:
+        return await self.store.commit(job_id, mutate, in_tx)
+
+    async def _run(self, job_id: str) -> None:
+        log = logger.bind(job_id=job_id)
+        job = await self.store.get(job_id)
+        log = log.bind(vm_context_id=job.vm_context_id)
+        if job.final:
+            return
+        job = await self._commit(job_id, lambda s: sm.start_job(s, self.process_id))
+        source = None
+        if job.kind in (FailoverKind.CLEANUP, FailoverKind.ROLLBACK) and job.params.get("of_job_id"):
+            source = await self.db.run(load, str(job.params["of_job_id"]))
+        step_name = ""
+        try:
+            while (step := job.next_step()) is not None:
+                step_name = step.name
+                if self.before_step is not None:
+                    self.before_step(job_id, step_name)
+                job = await self._begin(job, step_name)
+                log.info("step {step} (attempt {n})", step=step_name, n=job.step(step_name).attempts)
+
+                async def record(mutate: Mutate, in_tx: InTx | None = None) -> FailoverJobState:
+                    return await self._commit(job_id, mutate, in_tx)
+
+                ctx = StepContext(job=job, record=record, source=source, log=log.bind(step=step_name))
+                result = await self.steps.run(step_name, ctx)
+                job = await self._finish(ctx.job, step_name, result)
+                step_name = ""
+            await self._complete(job)
+            log.info("{kind} job completed", kind=job.kind.value)
+        except asyncio.CancelledError:
+            log.info(
+                "{kind} job interrupted at step {step}; it resumes at the next start",
+                kind=job.kind.value,
+                step=step_name or "-",
+            )
+            raise
+        except DomainError as exc:
+            await self._fail(job_id, step_name, exc.reason, exc.message)
+        except Exception as exc:
+            log.opt(exception=True).error("failover step {step} failed unexpectedly", step=step_name)
+            await self._fail(job_id, step_name, "INTERNAL", f"{type(exc).__name__}: {exc}")
+
+    async def _begin(self, job: FailoverJobState, name: str) -> FailoverJobState:
+        now = self.clock.now()
+
+        def mutate(state: FailoverJobState) -> None:
+            sm.start_step(state, name, now)
+
+        def log_entry(state: FailoverJobState) -> None:
+            step = state.step(name)
+            step.log_id = begin_step(state.id, name, f"attempt {step.attempts}")
+
+        return await self._commit(job.id, mutate, log_entry)
+
+    async def _finish(self, job: FailoverJobState, name: str, result: StepResult) -> FailoverJobState:
+        now = self.clock.now()
+
+        def mutate(state: FailoverJobState) -> None:
+            if result.mutate is not None:
+                result.mutate(state)
+            sm.finish_step(state, name, now, skipped=result.skipped, message=result.message)
+
+        def in_tx(state: FailoverJobState) -> None:
+            step = state.step(name)
+            end_step(step.log_id, "skipped" if step.status == StepStatus.SKIPPED else "completed", result.message)
+            if result.in_tx is not None:
+                result.in_tx(state)
+
+        return await self._commit(job.id, mutate, in_tx)
+
+    async def _complete(self, job: FailoverJobState) -> None:
+        now = self.clock.now()
+        done = {
+            FailoverKind.TEST: VmStatus.FAILED_OVER_TEST,
+            FailoverKind.LIVE: VmStatus.FAILED_OVER_LIVE,
+        }.get(job.kind)
+
+        def in_tx(state: FailoverJobState) -> None:
+            if done is not None:
+                transition_vm(state.vm_context_id, done, active_job_id="")
+                note(state.id, "complete", f"VM context is {done.value}; target VM {state.target_vm_name}")
+                return
+            # Cleanup/rollback: back to ready_for_failover, or failed when an interrupted final sync left the
+            # replicas between two change ids (the next incremental replication repairs them).
+            back = VmStatus.FAILED if state.params.get("replicas_dirty") else VmStatus.READY_FOR_FAILOVER
+            transition_vm(state.vm_context_id, back, active_job_id="")
+            extra = "" if back == VmStatus.READY_FOR_FAILOVER else "; the final sync was interrupted: replicate again"
+            note(state.id, "complete", f"VM context is {back.value}{extra}")
+
+        await self._commit(job.id, lambda s: sm.complete_job(s, now), in_tx)
+
+    async def _fail(self, job_id: str, step_name: str, reason: str, error: str) -> None:
+        now = self.clock.now()
+        current = await self.store.get(job_id)
+        if current.final:
+            return
+        message = failure_message(current.kind, step_name or "start", error)
+        if current.kind == FailoverKind.LIVE and current.params.get("source_powered_off"):
+            message += " The source VM is powered off."
+        step_reason = f"{step_name.upper()}_FAILED" if step_name else reason
+
+        def mutate(state: FailoverJobState) -> None:
+            sm.fail_job(state, now, step_name, step_reason, message)
+
+        def in_tx(state: FailoverJobState) -> None:
+            if step_name:
+                step = state.step(step_name)
+                if step.log_id:
+                    end_step(step.log_id, "failed", message)
+            vm = VmContext.get_by_id(state.vm_context_id)
+            src = VmStatus(vm.status)
+            if src == VmStatus.REPLICATING:
+                # the final sync still runs: the VM context is its; cleanup is possible once it ends
+                note(state.id, "fail", "VM context left replicating: its final sync is still running")
+                return
+            active = "" if vm.active_job_id in ("", state.id) else None
+            try:
+                transition_vm(state.vm_context_id, VmStatus.CLEANUP_REQUIRED, active_job_id=active)
+            except FailedPrecondition:
+                transition_vm(state.vm_context_id, src, active_job_id=active)
+                note(state.id, "fail", f"VM context left {src.value}")
+
+        await self._commit(job_id, mutate, in_tx)
+        logger.bind(job_id=job_id, reason=step_reason).warning("failover job failed: {m}", m=message)
