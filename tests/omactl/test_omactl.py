@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import grpc
+import pytest
 
 from oma_server.server import OmaServer
 from tests.factories import RawStream, completed, disk_done, enroll, progress, seed_job, started
@@ -199,3 +200,32 @@ async def test_usage_errors_exit_2_with_one_line() -> None:
     for result in cases:
         assert_one_error_line(result, code=2)
     assert "sleeping" in cases[2].err and "--target" in cases[5].err
+
+
+# ---- VM contexts and storage --------------------------------------------------------------------------------------
+async def test_vms_volumes_exports(address: str, oma: OmaServer, channel: grpc.aio.Channel) -> None:
+    vma = await enroll(channel)
+    job = await seed_job(oma.app, vma.appliance_id)
+    listed = await run_omactl(address, "vms", "list", "--json")
+    if listed.code != 0 and "UNIMPLEMENTED" in listed.err:
+        pytest.skip("VmContextService is not served by this oma-server yet")
+    assert listed.code == 0, listed
+    (vm,) = json.loads(listed.out)
+    assert vm["id"] == job.vm_context_id and len(vm["disks"]) == 2
+    shown, by_appliance, by_status, volumes, exports = await asyncio.gather(
+        run_omactl(address, "vms", "show", job.vm_context_id),
+        run_omactl(address, "vms", "list", "--appliance", vma.appliance_id),
+        run_omactl(address, "--json", "vms", "list", "--status", "completed"),
+        run_omactl(address, "volumes", "list", "--vm", job.vm_context_id, "--json"),
+        run_omactl(address, "exports", "list", "--json"),
+    )
+    assert shown.code == 0 and job.vm_context_id in shown.out and "1.0 MiB" in shown.out
+    for disk in job.disks:
+        assert disk.disk_id in shown.out
+    assert by_appliance.code == 0 and job.vm_context_id in by_appliance.out
+    assert json.loads(by_status.out) == []
+    for result in (volumes, exports):
+        if result.code == 0:
+            assert isinstance(json.loads(result.out), list)
+        else:
+            assert_one_error_line(result, "UNIMPLEMENTED")
