@@ -518,7 +518,7 @@ class FakeVCenter:
                         length -= length % BLOCK
                         length = min(length, disk.capacity_bytes)
                         offset = rng.randrange(0, disk.capacity_bytes - length + 1, BLOCK)
-                        os.pwrite(fd, _varied_bytes(rng, length, zero_share=0.2), offset)
+                        os.pwrite(fd, _varied_bytes(rng, length, zero_share=0.2, part_blocks=(1, 2, 4)), offset)
                         extents.append((offset, length))
                         budget -= length
                 finally:
@@ -590,12 +590,14 @@ def power_state_proto(state: str) -> inventory_pb2.PowerState:
 _TEXT = b"The quick brown fox jumps over the lazy dog. 0123456789 OMA/VMA replication test data.\n"
 
 
-def _varied_bytes(rng: random.Random, length: int, zero_share: float = 0.0) -> bytes:
+def _varied_bytes(
+    rng: random.Random, length: int, zero_share: float = 0.0, part_blocks: Sequence[int] = (1, 4, 16, 64)
+) -> bytes:
     """`length` bytes of mixed content: random, text, repeated byte, and (with `zero_share`) all-zero blocks."""
     parts = []
     done = 0
     while done < length:
-        n = min(length - done, rng.choice((1, 4, 16, 64)) * BLOCK)
+        n = min(length - done, rng.choice(part_blocks) * BLOCK)
         roll = rng.random()
         if roll < zero_share:
             parts.append(bytes(n))
