@@ -67,6 +67,17 @@ def _common_flags() -> _OneLineParser:
         default=int(env_default("max_concurrent_rpcs", "20000")),
         help="cap on concurrent RPCs incl. streams; more get RESOURCE_EXHAUSTED",
     )
+    g.add_argument(
+        "--driver-injection-command",
+        default=env_default("driver_injection_command", ""),
+        help="shell command run during failover before the VM starts, with OMA_FAILOVER_VOLUMES (JSON) etc. in its "
+        "environment; empty skips the step",
+    )
+    g.add_argument(
+        "--failover-template",
+        default=env_default("failover_template", ""),
+        help="CloudStack template (id or name) failed-over VMs are deployed from; empty: the zone's only template",
+    )
     g.add_argument("--log-json", action="store_true", default=env_flag("log_json"), help="JSON log lines")
     g.add_argument("--log-level", default=env_default("log_level", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
     return p
@@ -98,6 +109,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         heartbeat_interval_s=args.heartbeat_interval,
         progress_flush_interval_s=args.progress_flush_interval,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        driver_injection_command=args.driver_injection_command,
+        failover_template=args.failover_template,
     )
 
 

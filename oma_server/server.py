@@ -36,6 +36,7 @@ from oma.v1 import (
     vm_context_pb2_grpc,
 )
 from oma_server.api.appliances import ApplianceServicer
+from oma_server.api.failover import FailoverServicer, NetworkMappingServicer
 from oma_server.api.gateway import GatewayServicer
 from oma_server.api.replication import JobServicer, ReplicationServicer
 from oma_server.api.server_info import ServerInfoServicer
@@ -91,10 +92,8 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     job_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(app), server)
     storage_pb2_grpc.add_VolumeServiceServicer_to_server(storage_pb2_grpc.VolumeServiceServicer(), server)
     storage_pb2_grpc.add_NbdExportServiceServicer_to_server(storage_pb2_grpc.NbdExportServiceServicer(), server)
-    failover_pb2_grpc.add_FailoverServiceServicer_to_server(failover_pb2_grpc.FailoverServiceServicer(), server)
-    failover_pb2_grpc.add_NetworkMappingServiceServicer_to_server(
-        failover_pb2_grpc.NetworkMappingServiceServicer(), server
-    )
+    failover_pb2_grpc.add_FailoverServiceServicer_to_server(FailoverServicer(app), server)
+    failover_pb2_grpc.add_NetworkMappingServiceServicer_to_server(NetworkMappingServicer(app), server)
     gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(GatewayServicer(app), server)
 
 

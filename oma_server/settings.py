@@ -42,6 +42,10 @@ class Settings:
     max_concurrent_rpcs: int = 20_000
     max_message_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 10.0
+    # Failover: a command run before the failed-over VM starts (volume device info in its environment; empty skips
+    # the step), and the CloudStack template whose VM shell is deployed (id or name; empty: the zone's only one).
+    driver_injection_command: str = ""
+    failover_template: str = ""
 
     def validate(self) -> None:
         parse_host_port(self.listen, "--listen")
