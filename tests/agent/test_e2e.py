@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -11,8 +12,8 @@ from oma_server.server import OmaServer
 from tests.agent.helpers import add_exports, register_vm, same_bytes, start_job, wait_status
 from tests.agent.nbd import NbdServer
 from tests.factories import enroll
-from vma_client_stubs.agent.agent import Agent
-from vma_client_stubs.agent.extents import total
+from vma_client_stubs.agent.agent import Agent, CopyOptions
+from vma_client_stubs.agent.extents import allocated_extents, total
 from vma_client_stubs.agent.vcenter import FakeVCenter
 
 MIB = 1 << 20
@@ -64,3 +65,70 @@ async def test_initial_then_incremental(
             jd = await app.db.run(lambda d=disk: JobDisk.get((JobDisk.job == job2.id) & (JobDisk.disk == d.id)))
             assert jd.mode == "incremental"
             assert jd.new_change_id == vcenter.current_change_id(vm.uuid, disk.key)[0]
+
+
+def make_agent(oma_server: OmaServer, enrolled: object, vcenter: FakeVCenter, state: Path, **kw: object) -> Agent:
+    return Agent(
+        oma=f"127.0.0.1:{oma_server.port}",
+        appliance_id=enrolled.appliance_id,  # type: ignore[attr-defined]
+        credential=enrolled.credential,  # type: ignore[attr-defined]
+        vcenter=vcenter,
+        state_dir=state,
+        report_interval_s=0.1,
+        fsync=False,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_invalid_change_id_and_resize_fall_back_to_full_copy(
+    oma_server: OmaServer, channel: grpc.aio.Channel, nbd_server: NbdServer, vcenter: FakeVCenter, tmp_path: Path
+) -> None:
+    app = oma_server.app
+    enrolled = await enroll(channel)
+    vm = vcenter.create_vm("app02", [8 * MIB, 8 * MIB], seed=8)
+    disks = await register_vm(app, enrolled.appliance_id, vm)
+    add_exports(nbd_server, disks)
+    # The second disk's volume is already big enough for its later growth.
+    with open(nbd_server.exports[disks[1].id], "r+b") as fh:
+        fh.truncate(12 * MIB)
+    nbd_server.start()
+    async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent") as agent:
+        job = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server)
+        assert (await wait_status(app, job.id, {"completed", "failed"})).status == "completed"
+        vcenter.reset_cbt(vm.uuid, 2000)  # every earlier change id of disk 2000 is now invalid
+        vcenter.resize_disk(vm.uuid, 2001, 12 * MIB)
+        vcenter.write(vm.uuid, 2001, 10 * MIB, b"grown" * 1000)
+        vcenter.guest_write(vm.uuid, 3, seed=5)
+        job2 = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server, kind="incremental")
+        row = await wait_status(app, job2.id, {"completed", "failed"})
+        assert row.status == "completed", row.error_message
+        stats = agent.job_stats(job2.id)["disks"]
+    assert stats[disks[0].id]["mode"] == "full" and "change id invalid" in stats[disks[0].id]["full_copy_reason"]
+    assert stats[disks[1].id]["mode"] == "full" and "resized" in stats[disks[1].id]["full_copy_reason"]
+    for disk in disks:
+        assert same_bytes(vcenter.disk_path(vm.uuid, disk.key), nbd_server.exports[disk.id])
+        jd = await app.db.run(lambda d=disk: JobDisk.get((JobDisk.job == job2.id) & (JobDisk.disk == d.id)))
+        assert jd.mode == "full" and jd.new_change_id == vcenter.current_change_id(vm.uuid, disk.key)[0]
+
+
+async def test_cancel_stops_the_copy(
+    oma_server: OmaServer, channel: grpc.aio.Channel, nbd_server: NbdServer, vcenter: FakeVCenter, tmp_path: Path
+) -> None:
+    app = oma_server.app
+    enrolled = await enroll(channel)
+    vm = vcenter.create_vm("slow", [32 * MIB], seed=9)
+    disks = await register_vm(app, enrolled.appliance_id, vm)
+    add_exports(nbd_server, disks)
+    nbd_server.start()
+    opts = CopyOptions(max_bytes_per_second=4 * MIB)
+    async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent", copy=opts) as agent:
+        job = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server)
+        while (await wait_status(app, job.id, {"replicating"})).bytes_done < 2 * MIB:
+            await asyncio.sleep(0.05)
+        await app.replication.cancel(job.id)
+        row = await wait_status(app, job.id, {"cancelled", "completed", "failed"}, timeout=10)
+        assert row.status == "cancelled"
+        record = await agent.wait_job(job.id, timeout=5)
+        assert record.status == "cancelled"
+        assert 0 < record.bytes_written < total(allocated_extents(vcenter.disk_path(vm.uuid, 2000)))
+    assert vcenter.list_snapshots(vm.uuid) == []
