@@ -64,12 +64,15 @@ async def start_job(
     return await app.replication.dispatch(job.id, vm.uuid, {d.id: d.capacity_bytes for d in disks})
 
 
-async def wait_status(app: App, job_id: str, statuses: set[str], timeout: float = 20.0) -> ReplicationJob:
+async def wait_status(
+    app: App, job_id: str, statuses: set[str], timeout: float = 20.0, min_bytes: int = 0
+) -> ReplicationJob:
+    """Wait until the job's stored status is one of `statuses` (and at least `min_bytes` are done)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         row = await app.db.run(ReplicationJob.get_by_id, job_id)
-        if row.status in statuses:
+        if row.status in statuses and row.bytes_done >= min_bytes:
             return row
         if loop.time() > deadline:
             raise AssertionError(f"job {job_id} is {row.status} ({row.current_operation}), expected {statuses}")

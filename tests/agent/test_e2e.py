@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
 from pathlib import Path
 
 import grpc
@@ -89,8 +89,7 @@ async def test_invalid_change_id_and_resize_fall_back_to_full_copy(
     disks = await register_vm(app, enrolled.appliance_id, vm)
     add_exports(nbd_server, disks)
     # The second disk's volume is already big enough for its later growth.
-    with open(nbd_server.exports[disks[1].id], "r+b") as fh:
-        fh.truncate(12 * MIB)
+    os.truncate(nbd_server.exports[disks[1].id], 12 * MIB)
     nbd_server.start()
     async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent") as agent:
         job = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server)
@@ -123,8 +122,7 @@ async def test_cancel_stops_the_copy(
     opts = CopyOptions(max_bytes_per_second=4 * MIB)
     async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent", copy=opts) as agent:
         job = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server)
-        while (await wait_status(app, job.id, {"replicating"})).bytes_done < 2 * MIB:
-            await asyncio.sleep(0.05)
+        await wait_status(app, job.id, {"replicating"}, min_bytes=2 * MIB)
         await app.replication.cancel(job.id)
         row = await wait_status(app, job.id, {"cancelled", "completed", "failed"}, timeout=10)
         assert row.status == "cancelled"
