@@ -564,6 +564,27 @@ class Proc:
         self._log_file.close()
 
 
+def start_profiler(path: str, pid: int, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy (pip install py-spy) sampling the server over the send window, collapsed stacks for flame graphs."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    argv = [
+        spy,
+        "record",
+        "-p",
+        str(pid),
+        "-d",
+        str(int(seconds)),
+        "-r",
+        "200",
+        "-f",
+        "raw",
+        "-o",
+        path,
+        "--nonblocking",
+    ]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def stdout_says_ready(log: Path) -> Any:
     async def check() -> bool:
         return "ready" in await asyncio.to_thread(log.read_text, errors="replace")
@@ -665,6 +686,7 @@ class Args:
     skip_echo: bool
     skip_poll: bool
     keep: bool
+    profile: str = ""
 
 
 async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any]) -> None:
@@ -706,6 +728,7 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any]) -> No
         cpu_server0 = cpu_seconds(server.pid)
         cpu_bench0 = sum(cpu_seconds(p) for p in {os.getpid(), *fleet.pids()})
         run = asyncio.create_task(fleet.run(t0))
+        profiler = start_profiler(args.profile, server.pid, args.seconds) if args.profile else None
         rss_samples: list[int] = []
         while time.time() < t0 + args.seconds:
             await asyncio.sleep(0.5)
@@ -715,6 +738,9 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any]) -> No
         cpu_bench = sum(cpu_seconds(p) for p in {os.getpid(), *fleet.pids()}) - cpu_bench0
         rss_end = proc_status_kib(server.pid, "VmRSS")
         results, _ = await run
+        if profiler is not None:
+            await asyncio.to_thread(profiler.wait, 60)
+            print(f"  server profile (py-spy, collapsed stacks): {args.profile}", flush=True)
         watch_s, _ = watch_latencies(results, specs, watchers)
         commit_s = [x for r in results for x in r["commit_s"]]
         sent = sum(len(r["sent"]) for r in results)
@@ -943,6 +969,7 @@ def parse(argv: list[str] | None) -> Args:
     p.add_argument("--skip-echo", action="store_true", help="skip the echo ceiling")
     p.add_argument("--skip-poll", action="store_true", help="skip the old-design poll floor")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
+    p.add_argument("--profile", default="", metavar="FILE", help="py-spy the server over the run (collapsed stacks)")
     ns = p.parse_args(argv)
     if ns.quick:
         ns.streams, ns.seconds = min(ns.streams, 20), min(ns.seconds, 3.0)
