@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from oma_server.cloudstack.client import CloudStackClient
@@ -165,7 +165,7 @@ class ReadinessChecker:
             )
         vm = facts.vm
         checks: list[Check] = []
-        plan = FailoverPlan(target_vm_name=target_name or target_vm_name(vm.name, kind, now or datetime.now()))
+        plan = FailoverPlan(target_vm_name=target_name or target_vm_name(vm.name, kind, now or datetime.now(UTC)))
 
         def add(name: str, passed: bool, reason: str) -> None:
             checks.append(Check(name, passed, reason))

@@ -23,7 +23,7 @@ from loguru import logger
 from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import VmContext
-from oma_server.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from oma_server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from oma_server.failover import state_machine as sm
 from oma_server.failover.readiness import Readiness, ReadinessChecker
 from oma_server.failover.state_machine import FailoverJobState, FailoverKind, StepStatus
@@ -104,7 +104,7 @@ class FailoverWorkflow:
             existing = await self.store.by_request_id(request_id)
             if existing is not None:
                 if existing.vm_context_id != vm_context_id:
-                    raise FailedPrecondition(
+                    raise AlreadyExists(
                         f"request_id {request_id!r} was used for another VM context; use a new request_id",
                         reason="REQUEST_ID_REUSED",
                     )

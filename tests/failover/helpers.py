@@ -13,8 +13,14 @@ from pathlib import Path
 
 import grpc
 
-from oma.v1 import failover_pb2, failover_pb2_grpc, replication_pb2, replication_pb2_grpc
-from oma.v1 import vm_context_pb2, vm_context_pb2_grpc
+from oma.v1 import (
+    failover_pb2,
+    failover_pb2_grpc,
+    replication_pb2,
+    replication_pb2_grpc,
+    vm_context_pb2,
+    vm_context_pb2_grpc,
+)
 from oma_server.app import App
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.server import OmaServer
@@ -95,6 +101,11 @@ def world(sim: CloudStackSimulator) -> World:
         attached_to_oma={v for v, row in state.volumes.items() if row.get("virtualmachineid") == sim.oma_vm_id}
         - {v for v, row in state.volumes.items() if row.get("type") == "ROOT"},
     )
+
+
+def read_prefix(path: Path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
 
 
 async def nbdcopy(src: Path, uri: str) -> None:
@@ -193,7 +204,10 @@ async def map_network(channel: grpc.aio.Channel, sim: CloudStackSimulator, vm_id
     await failover_pb2_grpc.NetworkMappingServiceStub(channel).CreateNetworkMapping(
         failover_pb2.CreateNetworkMappingRequest(
             mapping=failover_pb2.NetworkMapping(
-                vm_context_id=vm_id, source_network="VM Network", target_network_id=net_id, **kw  # type: ignore[arg-type]
+                vm_context_id=vm_id,
+                source_network="VM Network",
+                target_network_id=net_id,
+                **kw,  # type: ignore[arg-type]
             )
         )
     )
@@ -215,7 +229,9 @@ async def get_job(channel: grpc.aio.Channel, job_id: str) -> failover_pb2.Failov
     return (await failover_stub(channel).GetFailoverJob(failover_pb2.GetFailoverJobRequest(id=job_id))).job
 
 
-async def wait_job(server: OmaServer, channel: grpc.aio.Channel, job_id: str, timeout: float = 30) -> failover_pb2.FailoverJob:
+async def wait_job(
+    server: OmaServer, channel: grpc.aio.Channel, job_id: str, timeout: float = 30
+) -> failover_pb2.FailoverJob:
     assert server.app.failover is not None
     await server.app.failover.wait(job_id, timeout)
     return await get_job(channel, job_id)

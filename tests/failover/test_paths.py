@@ -23,6 +23,7 @@ from tests.failover.helpers import (
     get_vm,
     map_network,
     play_replication,
+    read_prefix,
     replicate,
     sim_of,
     start_failover,
@@ -52,8 +53,11 @@ async def watch_until_final(channel: grpc.aio.Channel, job_id: str) -> list[job_
 
 async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path) -> None:
     hook_out = tmp_path / "hook.json"
-    oma = await start_oma(tmp_path, driver_injection_command=f"env | grep ^OMA_ > /dev/null && "
-                          f"python3 -c 'import os,json; json.dump(dict(os.environ), open(\"{hook_out}\", \"w\"))'")
+    oma = await start_oma(
+        tmp_path,
+        driver_injection_command=f"env | grep ^OMA_ > /dev/null && "
+        f'python3 -c \'import os,json; json.dump(dict(os.environ), open("{hook_out}", "w"))\'',
+    )
     sim = sim_of(oma)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
@@ -64,12 +68,20 @@ async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path) -> No
             net_id = await map_network(channel, sim, static_ip="10.1.1.50", keep_mac=True)
 
             ready = await failover_stub(channel).CheckFailoverReadiness(
-                failover_pb2.CheckFailoverReadinessRequest(vm_context_id=r.vm_id, kind=failover_pb2.FAILOVER_JOB_KIND_TEST)
+                failover_pb2.CheckFailoverReadinessRequest(
+                    vm_context_id=r.vm_id, kind=failover_pb2.FAILOVER_JOB_KIND_TEST
+                )
             )
             assert ready.ready, ready
             assert {c.name for c in ready.checks} >= {
-                "replication_completed", "no_active_job", "disks_replicated", "networks_mapped", "service_offering",
-                "template_exists", "zone_exists", "volumes_exist",
+                "replication_completed",
+                "no_active_job",
+                "disks_replicated",
+                "networks_mapped",
+                "service_offering",
+                "template_exists",
+                "zone_exists",
+                "volumes_exist",
             }
 
             job = await start_failover(channel, r.vm_id)
@@ -106,8 +118,8 @@ async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path) -> No
             # byte check: the test VM's volumes hold exactly what the appliance replicated
             for disk, volume in zip(vm_ctx.disks, volumes, strict=True):
                 src = r.sources[disk.id].read_bytes()
-                with open(sim.state.volume_file(volume.cloudstack_id), "rb") as f:
-                    assert f.read(len(src)) == src
+                backing = sim.state.volume_file(volume.cloudstack_id)
+                assert await asyncio.to_thread(read_prefix, backing, len(src)) == src
             # the driver-injection hook ran with the volumes' device info
             env = json.loads(hook_out.read_text())
             devices = json.loads(env["OMA_FAILOVER_VOLUMES"])
@@ -127,7 +139,12 @@ async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path) -> No
             undone = await wait_job(oma, channel, undo.id)
             assert undone.status == failover_pb2.FAILOVER_JOB_STATUS_COMPLETED, undone
             assert [s.name for s in undone.steps] == [
-                "stop_vm", "detach_from_vm", "destroy_vm", "revert_volumes", "delete_snapshots", "reattach_to_oma",
+                "stop_vm",
+                "detach_from_vm",
+                "destroy_vm",
+                "revert_volumes",
+                "delete_snapshots",
+                "reattach_to_oma",
             ]
             final = world(sim)
             assert final == before
@@ -183,8 +200,11 @@ async def test_live_failover_with_final_sync_then_rollback(oma: OmaServer, tmp_p
         done = await wait_job(oma, channel, job.id)
         assert done.status == failover_pb2.FAILOVER_JOB_STATUS_COMPLETED, done
         assert [s.name for s in done.steps][:3] == ["validate", "power_off_source", "final_sync"]
-        final_job = (await replication_pb2_grpc.ReplicationServiceStub(channel).GetReplicationJob(
-            replication_pb2.GetReplicationJobRequest(id=final_job_id))).job
+        final_job = (
+            await replication_pb2_grpc.ReplicationServiceStub(channel).GetReplicationJob(
+                replication_pb2.GetReplicationJobRequest(id=final_job_id)
+            )
+        ).job
         assert final_job.kind == replication_pb2.REPLICATION_JOB_KIND_FINAL
         vm = await get_vm(channel, r.vm_id)
         assert vm.status == VM_LIVE
@@ -192,12 +212,16 @@ async def test_live_failover_with_final_sync_then_rollback(oma: OmaServer, tmp_p
         target = sim.state.vms[done.target_vm_id]
         assert target["name"] == "web-01" and target["state"] == "Running"
         volume0 = await oma.app.db.run(Volume.get_by_id, vm.disks[0].volume_id)
-        with open(sim.state.volume_file(volume0.cloudstack_id), "rb") as f:
-            assert f.read(len(data)) == bytes(data)  # the final sync's bytes are what the VM boots from
+        backing = sim.state.volume_file(volume0.cloudstack_id)
+        # the final sync's bytes are what the VM boots from
+        assert await asyncio.to_thread(read_prefix, backing, len(data)) == bytes(data)
 
         # rollback with power-on of the source
-        rb = (await failover_stub(channel).RollbackFailover(
-            failover_pb2.RollbackFailoverRequest(vm_context_id=r.vm_id, power_on_source=True))).job
+        rb = (
+            await failover_stub(channel).RollbackFailover(
+                failover_pb2.RollbackFailoverRequest(vm_context_id=r.vm_id, power_on_source=True)
+            )
+        ).job
         await answer_power(r.stream, "power_on", vm.vm_uuid)
         undone = await wait_job(oma, channel, rb.id)
         assert undone.status == failover_pb2.FAILOVER_JOB_STATUS_COMPLETED, undone
@@ -206,7 +230,8 @@ async def test_live_failover_with_final_sync_then_rollback(oma: OmaServer, tmp_p
         assert world(sim) == before
         assert (await get_vm(channel, r.vm_id)).status == VM_READY
         assert len(oma.app.nbd.list_exports()) == 2
-        listed = (await failover_stub(channel).ListFailoverJobs(
-            failover_pb2.ListFailoverJobsRequest(vm_context_id=r.vm_id))).jobs
+        listed = (
+            await failover_stub(channel).ListFailoverJobs(failover_pb2.ListFailoverJobsRequest(vm_context_id=r.vm_id))
+        ).jobs
         assert [j.id for j in listed] == [rb.id, job.id]
         await r.stream.close()
