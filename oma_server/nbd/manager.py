@@ -450,6 +450,7 @@ class NbdExportManager:
             + f"exportname = {exp.device_path}\n"
             + f"readonly = {'true' if exp.readonly else 'false'}\n"
             + "flush = true\n"
+            + "splice = true\n"
         )
         _atomic_write(self.exports_dir / config_file_name(exp.name), text)
 
