@@ -986,6 +986,7 @@ def parse(argv: list[str] | None) -> Args:
         ns.skip_echo,
         ns.skip_poll,
         ns.keep,
+        ns.profile,
     )
 
 
