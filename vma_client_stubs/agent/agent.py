@@ -186,6 +186,8 @@ class Agent:
         self.records: dict[str, JobRecord] = {}
         self.connected_since: float | None = None
         self._message_locks: dict[str, asyncio.Lock] = {}
+        self._save_locks: dict[str, asyncio.Lock] = {}
+        self.resume_wait_s = 5.0  # how long a resumed job waits for the OMA's cursor before planning
         self._stopping = False
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
@@ -193,6 +195,11 @@ class Agent:
         """Load persisted jobs, start the stream, and resume every job that was running."""
         records = await asyncio.to_thread(self.store.load_all)
         await self.client.start()
+        if any(r.status == "running" for r in records):
+            self.records.update({r.job_id: r for r in records})
+            # The Welcome's cursors say what the OMA durably applied: wait for them before choosing resume points.
+            with contextlib.suppress(Exception):
+                await self.client.wait_connected(self.resume_wait_s)
         for record in records:
             self.records[record.job_id] = record
             if record.status == "running":
@@ -255,7 +262,7 @@ class Agent:
         if record is None or sequence <= 0:
             return
         if record.acked(sequence):
-            await asyncio.to_thread(self.store.save, record)
+            await self._save(record)
 
     async def _on_ack(self, job_id: str, sequence: int, _progress: stream_pb2.ProgressReport | None) -> None:
         await self._apply_ack(job_id, sequence)
@@ -306,7 +313,7 @@ class Agent:
                 disk.acked_token = target.resume_token
         record.status = "running"
         self.records[record.job_id] = record
-        await asyncio.to_thread(self.store.save, record)
+        await self._save(record)
         self._launch(record)
         log.info("accepted job {job}: {n} disk(s) of VM {vm}", job=start.job_id, n=len(start.disks), vm=vm.name)
         return stream_pb2.CommandResult(outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED, detail="replication started")
@@ -358,6 +365,12 @@ class Agent:
         )
 
     # ---- messages -------------------------------------------------------------------------------------------
+    async def _save(self, record: JobRecord) -> None:
+        """Persist a record: snapshot it here (the loop owns it), write in a thread, in call order."""
+        data = record.to_json()
+        async with self._save_locks.setdefault(record.job_id, asyncio.Lock()):
+            await asyncio.to_thread(self.store.write, record.job_id, data)
+
     def _lock(self, job_id: str) -> asyncio.Lock:
         return self._message_locks.setdefault(job_id, asyncio.Lock())
 
@@ -405,7 +418,7 @@ class Agent:
         async with self._lock(record.job_id):
             report.sequence = self.client.next_sequence(record.job_id)
             record.note_sent(report.sequence, tokens)
-            await asyncio.to_thread(self.store.save, record)
+            await self._save(record)
             await self.client.report_progress(report)
         runner.latest = report
 
@@ -434,7 +447,7 @@ class Agent:
                     record.job_id, stream_pb2.JobEvent(started=stream_pb2.JobStarted(source_snapshot=snapshot.id))
                 )
                 record.started_event = True
-                await asyncio.to_thread(self.store.save, record)
+                await self._save(record)
             runner.phase, runner.operation = stream_pb2.COPY_PHASE_QUERYING_CHANGES, "Querying changed areas"
             for disk in runner.disks:
                 await self._plan(disk, snapshot, log)
@@ -508,7 +521,7 @@ class Agent:
                 with contextlib.suppress(VCenterError):
                     await asyncio.to_thread(self.vcenter.remove_snapshot, record.vm_uuid, record.snapshot_id)
                     log.info("snapshot {snap} removed", snap=record.snapshot_id)
-            await asyncio.to_thread(self.store.save, record)
+            await self._save(record)
 
     def _check_stop(self, runner: JobRunner) -> None:
         if runner.cancel.is_set():
@@ -535,7 +548,7 @@ class Agent:
         except (OSError, VCenterError) as exc:
             raise JobFailure("SNAPSHOT_FAILED", f"snapshot of VM {record.vm_uuid} failed: {exc}") from exc
         record.snapshot_id = snapshot.id
-        await asyncio.to_thread(self.store.save, record)
+        await self._save(record)
         log.info("snapshot {snap} taken", snap=snapshot.id)
         return snapshot
 
@@ -691,7 +704,7 @@ class Agent:
         )
         disk.record.completed = True
         disk.record.change_id = change_id
-        await asyncio.to_thread(self.store.save, record)
+        await self._save(record)
 
     # ---- local views (the vma.v1 service) -------------------------------------------------------------------
     def local_jobs(self) -> list[agent_service_pb2.LocalJob]:

@@ -122,7 +122,11 @@ class JobStore:
         return self.dir / f"{job_id}.json"
 
     def save(self, record: JobRecord) -> None:
-        data = json.dumps(record.to_json(), separators=(",", ":"))
+        self.write(record.job_id, record.to_json())
+
+    def write(self, job_id: str, snapshot: dict[str, Any]) -> None:
+        """Write a snapshot taken with `JobRecord.to_json()` (take it on the thread that mutates the record)."""
+        data = json.dumps(snapshot, separators=(",", ":"))
         fd, tmp = tempfile.mkstemp(prefix=".job.", suffix=".tmp", dir=self.dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -130,7 +134,7 @@ class JobStore:
                 if self.fsync:
                     fh.flush()
                     os.fsync(fh.fileno())
-            os.replace(tmp, self.path(record.job_id))
+            os.replace(tmp, self.path(job_id))
         except BaseException:
             try:
                 os.unlink(tmp)
