@@ -293,8 +293,12 @@ class FailoverWorkflow:
         def mutate(state: FailoverJobState) -> None:
             sm.start_step(state, name, now)
 
+        interrupted = job.step(name).log_id if job.step(name).status == StepStatus.RUNNING else 0
+
         def log_entry(state: FailoverJobState) -> None:
             step = state.step(name)
+            if interrupted:  # the attempt an OMA restart cut short
+                end_step(interrupted, "failed", "interrupted by an OMA restart; the step runs again")
             step.log_id = begin_step(state.id, name, f"attempt {step.attempts}")
 
         return await self._commit(job.id, mutate, log_entry)

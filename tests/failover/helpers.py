@@ -60,8 +60,8 @@ def inventory(disk_mib: tuple[int, ...] = (4, 2), name: str = "web-01") -> inven
     )
 
 
-async def start_oma(tmp_path: Path, **overrides: object) -> OmaServer:
-    server = OmaServer(App(make_settings(tmp_path, **overrides)))
+async def start_oma(tmp_path: Path, database_url: str = "", **overrides: object) -> OmaServer:
+    server = OmaServer(App(make_settings(tmp_path, database_url, **overrides)))
     await server.start()
     return server
 

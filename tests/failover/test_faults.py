@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from oma.v1 import failover_pb2
+from oma.v1 import failover_pb2, job_pb2, job_pb2_grpc
 from oma_server.server import OmaServer
 from tests.failover.helpers import (
     COMPLETED,
@@ -71,8 +71,6 @@ async def test_failed_step_is_named_and_one_cleanup_restores(
         assert [s.name for s in failed_steps] == [step] and failed_steps[0].error == failed.error.message
         assert (await get_vm(channel, r.vm_id)).status == VM_CLEANUP
         # the job log names the CloudStack failure
-        from oma.v1 import job_pb2, job_pb2_grpc
-
         entries = (
             await job_pb2_grpc.JobServiceStub(channel).ListJobLogEntries(
                 job_pb2.ListJobLogEntriesRequest(job_id=job.id, page_size=1000)
@@ -135,6 +133,15 @@ async def test_oma_restart_mid_deploy_and_mid_cleanup_resumes(tmp_path: Path) ->
             assert done.status == COMPLETED, done
             deploy = next(s for s in done.steps if s.name == "deploy_vm")
             assert deploy.attempts == 2
+            entries = (
+                await job_pb2_grpc.JobServiceStub(channel).ListJobLogEntries(
+                    job_pb2.ListJobLogEntriesRequest(job_id=job.id, page_size=1000)
+                )
+            ).entries
+            deploy_entries = [e for e in entries if e.step == "deploy_vm"]
+            assert any("interrupted by an OMA restart" in e.message for e in deploy_entries), deploy_entries
+            assert deploy_entries[-1].status == job_pb2.JOB_LOG_STATUS_COMPLETED
+            assert not [e for e in entries if e.status == job_pb2.JOB_LOG_STATUS_RUNNING]
             assert world(sim).vms == {done.target_vm_id}  # adopted by name, not deployed twice
             assert (await get_vm(channel, r.vm_id)).status == VM_TEST
 

@@ -51,10 +51,12 @@ async def watch_until_final(channel: grpc.aio.Channel, job_id: str) -> list[job_
     return updates
 
 
-async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path) -> None:
+async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path, database_url: str) -> None:
+    """Runs on SQLite and on PostgreSQL."""
     hook_out = tmp_path / "hook.json"
     oma = await start_oma(
         tmp_path,
+        database_url,
         driver_injection_command=f"env | grep ^OMA_ > /dev/null && "
         f'python3 -c \'import os,json; json.dump(dict(os.environ), open("{hook_out}", "w"))\'',
     )
