@@ -201,6 +201,7 @@ class NbdExportManager:
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._readiness: asyncio.Task[None] | None = None
+        self._to_disconnect: list[tuple[_Export, list[int]]] = []
         self.restarts = 0
 
     # ------------------------------------------------------------------ public API
@@ -487,7 +488,7 @@ class NbdExportManager:
             except DomainError as exc:
                 report.failed[name] = exc.message
                 log.bind(export=name).warning("Reconcile cannot create NBD export {}: {}", name, exc.message)
-        self._to_disconnect: list[tuple[_Export, list[int]]] = []
+        self._to_disconnect = []
         for name in sorted(set(self._exports) - set(desired)):
             exp = self._exports.pop(name)
             await asyncio.to_thread(self._delete_export_file, name)
@@ -522,7 +523,7 @@ class NbdExportManager:
         return report
 
     async def _disconnect_pending(self) -> None:
-        pending, self._to_disconnect = getattr(self, "_to_disconnect", []), []
+        pending, self._to_disconnect = self._to_disconnect, []
         for exp, pids in pending:
             await self._disconnect(exp, pids)
 
