@@ -697,10 +697,11 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any]) -> No
     print(f"  seeded {len(specs)} appliances + jobs in {out['setup_s']} s", flush=True)
     port = free_port()
     target = f"127.0.0.1:{port}"
+    # BENCH_OMA_SERVER_SCRIPT: run a script (say, a patched server for an experiment) instead of oma_server.cli.
+    script = os.environ.get("BENCH_OMA_SERVER_SCRIPT", "")
     argv = [
         sys.executable,
-        "-m",
-        "oma_server.cli",
+        *([script] if script else ["-m", "oma_server.cli"]),
         "serve",
         "--listen",
         target,
