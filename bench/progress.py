@@ -687,6 +687,7 @@ class Args:
     skip_poll: bool
     keep: bool
     profile: str = ""
+    flush_interval: float = 1.0
 
 
 async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any]) -> None:
@@ -711,6 +712,8 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any]) -> No
         f"127.0.0.1:{free_port()}",
         "--log-level",
         "WARNING",
+        "--progress-flush-interval",
+        str(args.flush_interval),
     ]
     if args.database:
         argv += ["--database", args.database]
@@ -970,6 +973,7 @@ def parse(argv: list[str] | None) -> Args:
     p.add_argument("--skip-echo", action="store_true", help="skip the echo ceiling")
     p.add_argument("--skip-poll", action="store_true", help="skip the old-design poll floor")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
+    p.add_argument("--flush-interval", type=float, default=1.0, help="the server's --progress-flush-interval")
     p.add_argument("--profile", default="", metavar="FILE", help="py-spy the server over the run (collapsed stacks)")
     ns = p.parse_args(argv)
     if ns.quick:
@@ -988,6 +992,7 @@ def parse(argv: list[str] | None) -> Args:
         ns.skip_poll,
         ns.keep,
         ns.profile,
+        ns.flush_interval,
     )
 
 
