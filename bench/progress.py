@@ -906,7 +906,7 @@ def print_table(out: dict[str, Any]) -> None:
         (
             "DB commit latency p50 / p99 ms",
             f"{fmt(out.get('p50_commit_ms'))} / {fmt(out.get('p99_commit_ms'))}",
-            "batched every 1 s",
+            f"flush every {out['params']['flush_interval']} s",
         ),
         ("server RSS end / peak MiB", f"{fmt(out.get('rss_mib'))} / {fmt(out.get('rss_peak_mib'))}", ""),
         ("server CPU %", fmt(out.get("server_cpu_pct")), "of one core"),
