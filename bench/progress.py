@@ -29,11 +29,9 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +45,8 @@ from typing import Any
 
 import grpc
 
+from bench._common import free_port, write_json
+from bench._common import machine_info as common_machine_info
 from bench._progress_servers import DISK_BYTES, ECHO_METHOD
 from oma.v1 import gateway_pb2, gateway_pb2_grpc, job_pb2, job_pb2_grpc
 from vma.v1 import stream_pb2
@@ -60,12 +60,6 @@ CONNECT_CONCURRENCY = 64
 
 
 # ---- small helpers ---------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def pct(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100); NaN for no values."""
     if not values:
@@ -106,19 +100,7 @@ def proc_status_kib(pid: int, key: str) -> int:
 
 
 def machine_info() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "grpcio": grpc.__version__,
-        "platform": platform.platform(),
-    }
+    return {**common_machine_info(), "nproc": os.cpu_count(), "grpcio": grpc.__version__}
 
 
 def ms(seconds: float) -> float:
@@ -1008,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(out)
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.json, out)
         print(f"  wrote {args.json}")
     return 0
 
