@@ -23,7 +23,15 @@ $(BUF): .tools/package.json
 	cd .tools && npm install --no-audit --no-fund --silent
 	@touch $(BUF)
 
-tools: $(STAMP) $(BUF) system-deps
+# Debian's libnbd Python binding (python3-libnbd) made importable in the venv: the reference agent copies with it.
+LIBNBD := $(VENV)/.libnbd
+$(LIBNBD): $(STAMP) | system-deps
+	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	  ln -sf /usr/lib/python3/dist-packages/nbd.py /usr/lib/python3/dist-packages/libnbdmod*.so "$$site/"
+	$(PY) -c 'import nbd'
+	@touch $@
+
+tools: $(STAMP) $(BUF) system-deps $(LIBNBD)
 
 # ---- code generation ------------------------------------------------------------------------------------
 generate: $(STAMP)

@@ -14,16 +14,30 @@ from loguru import logger
 
 from oma_server.appliances import ApplianceService
 from oma_server.clock import Clock, SystemClock
+from oma_server.cloudstack.client import CloudStackClient
+from oma_server.cloudstack.config import CloudStackSettings
+from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.db.database import Database, redact_url
 from oma_server.db.migrations import apply_migrations, current_version
+from oma_server.failover.network_mappings import NetworkMappingService
+from oma_server.failover.readiness import ReadinessChecker
+from oma_server.failover.steps import FailoverSteps, StepSettings
+from oma_server.failover.store import FailoverJobStore
+from oma_server.failover.workflow import FailoverWorkflow
 from oma_server.job_watch import JobWatcher
 from oma_server.joblog import JobLogService
+from oma_server.nbd.manager import NbdExportManager
 from oma_server.replication.service import ReplicationService
 from oma_server.replication.store import ReplicationJobStore
+from oma_server.replication.workflow import ReplicationWorkflow
 from oma_server.settings import Settings
+from oma_server.storage.exports import ExportService
+from oma_server.storage.queries import VolumeQueries
+from oma_server.storage.volumes import VolumeProvisioner
 from oma_server.stream.hub import SessionHub
 from oma_server.stream.outbox import CommandOutbox
 from oma_server.version import __version__
+from oma_server.vm_contexts.service import VmContextService
 from oma_server.watch import Change, WatchHub
 
 
@@ -62,9 +76,29 @@ class App:
             heartbeat_interval_s=settings.heartbeat_interval_s,
         )
         self.replication = ReplicationService(self.db, self.clock, self.jobs, self.outbox)
+        self.vms = VmContextService(self.db, self.outbox)
+        self.volume_queries = VolumeQueries(self.db)
+        # CloudStack: the in-process simulator (default) or a real endpoint; the client is built at start, when
+        # the simulator's address is known.
+        self.simulator: CloudStackSimulator | None = (
+            CloudStackSimulator(settings.data_dir / "cloudstack") if settings.cloudstack == "sim" else None
+        )
+        self.device_root = self.simulator.device_root if self.simulator else settings.device_root
+        self.nbd = NbdExportManager(settings.data_dir / "nbd", listen=settings.nbd_listen)
+        self.exports = ExportService(self.db, self.nbd, self.joblog)
+        self.cloudstack: CloudStackClient | None = None
+        self.volumes: VolumeProvisioner | None = None
+        self.workflow: ReplicationWorkflow | None = None
         self.job_watch = JobWatcher(self.watch)
         self.job_watch.lookups.append(self._replication_change)
         self.job_watch.listers.append(self._replication_changes)
+        # Failover: jobs are readable (and watchable) at once; the workflow needs CloudStack, built at start.
+        self.failover_jobs = FailoverJobStore(self.db, self.clock, self.watch)
+        self.failover: FailoverWorkflow | None = None
+        self.network_mappings: NetworkMappingService | None = None
+        self.failover_step_settings = StepSettings(driver_injection_command=settings.driver_injection_command)
+        self.job_watch.lookups.append(self._failover_change)
+        self.job_watch.listers.append(self._failover_changes)
         self.schema_version = 0
 
     async def start(self) -> None:
@@ -81,15 +115,44 @@ class App:
         )
 
         await self.jobs.start()
+        await self._start_storage()
         await self.hub.start()
+        if self.workflow is not None:
+            await self.workflow.resume_in_flight()
+        if self.failover is not None:
+            await self.failover.resume()
+
+    async def _start_storage(self) -> None:
+        if self.simulator is not None:
+            await self.simulator.start()
+            cs_settings = self.simulator.settings()
+        else:
+            cs_settings = CloudStackSettings.from_env(self.settings.cloudstack)
+        self.cloudstack = CloudStackClient(cs_settings)
+        self.volumes = VolumeProvisioner(self.db, self.cloudstack, self.joblog, self.device_root)
+        self.workflow = ReplicationWorkflow(
+            self.db, self.clock, self.jobs, self.replication, self.vms, self.volumes, self.exports, self.joblog
+        )
+        self._build_failover(self.cloudstack, self.volumes, self.workflow)
+        await self.volumes.reconcile()
+        await self.exports.start()
 
     async def begin_shutdown(self) -> None:
         """Tell appliance streams to end; the server's grace period lets them drain."""
         await self.hub.stop()
 
     async def stop(self) -> None:
-        """Finish pending writes (batched progress), then close the database."""
+        """Finish pending writes (batched progress), stop the parts this process runs, close the database."""
+        if self.failover is not None:
+            await self.failover.stop()
+        if self.workflow is not None:
+            await self.workflow.stop()
         await self.jobs.stop()
+        await self.nbd.stop()
+        if self.cloudstack is not None:
+            await self.cloudstack.close()
+        if self.simulator is not None:
+            await self.simulator.stop()
         self.db.close()
 
     async def _replication_change(self, job_id: str) -> Change | None:
@@ -108,6 +171,38 @@ class App:
         else:
             jobs = self.jobs.open_jobs()
         return [Change(j.revision, "replication", j.id, j.vm_context_id, j, j.final) for j in jobs]
+
+    def _build_failover(
+        self, cloudstack: CloudStackClient, volumes: VolumeProvisioner, workflow: ReplicationWorkflow
+    ) -> None:
+        readiness = ReadinessChecker(
+            self.db, cloudstack, self.jobs, self.hub.connected, failover_template=self.settings.failover_template
+        )
+        steps = FailoverSteps(
+            self.db,
+            cloudstack,
+            volumes,
+            self.exports,
+            self.joblog,
+            self.outbox,
+            self.jobs,
+            workflow.start_job,
+            readiness,
+            self.failover_step_settings,
+        )
+        self.failover = FailoverWorkflow(self.db, self.clock, self.failover_jobs, readiness, steps, self.process_id)
+        self.network_mappings = NetworkMappingService(self.db, cloudstack)
+
+    async def _failover_change(self, job_id: str) -> Change | None:
+        job = await self.failover_jobs.lookup(job_id)
+        return None if job is None else self.failover_jobs.change_of(job)
+
+    async def _failover_changes(self, include_finished: bool) -> list[Change]:
+        if include_finished:
+            jobs = (await self.failover_jobs.list_jobs(1000, "")).jobs
+        else:
+            jobs = await self.failover_jobs.open_jobs()
+        return [self.failover_jobs.change_of(j) for j in jobs]
 
     def info(self) -> ServerInfo:
         return ServerInfo(

@@ -6,7 +6,8 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import peewee as pw
 
@@ -45,9 +46,11 @@ class AppliancePage:
     next_page_token: str
 
 
+@dataclass
 class ApplianceService:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    db: Database
+    # Called with the appliance id after a revocation is committed (the session hub closes its stream).
+    on_revoked: list[Callable[[str], None]] = field(default_factory=list)
 
     async def enroll(self, name: str) -> Enrollment:
         name = name.strip()
@@ -107,7 +110,10 @@ class ApplianceService:
             Appliance.update(status="revoked").where(Appliance.id == appliance_id).execute()
             return Appliance.get_by_id(appliance_id)
 
-        return await self.db.tx(revoke)
+        revoked = await self.db.tx(revoke)
+        for callback in self.on_revoked:
+            callback(appliance_id)
+        return revoked
 
     async def authenticate(self, appliance_id: str, credential: str) -> Appliance:
         """The appliance a hello names, if its credential is right and not revoked; UNAUTHENTICATED otherwise."""

@@ -5,6 +5,8 @@ Functions here run inside a database transaction (on a DB thread); `JobLogServic
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from oma_server.db.database import Database
@@ -46,6 +48,19 @@ class JobLogService:
 
     async def note(self, job_id: str, step: str, message: str, status: str = "info") -> None:
         await self.db.tx(note, job_id, step, message, status)
+
+    @contextlib.asynccontextmanager
+    async def step(self, job_id: str, step: str, message: str = "") -> AsyncIterator[None]:
+        """Record a step before it is taken; close it as completed, or failed with the error's message."""
+        entry = await self.begin(job_id, step, message)
+        try:
+            yield
+        except BaseException as exc:
+            detail = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):
+                await self.end(entry, "failed", f"{message}: {detail}" if message else detail)
+            raise
+        await self.end(entry, "completed")
 
     async def list(self, job_id: str, page_size: int, page_token: str) -> JobLogPage:
         size = page_size_of(page_size)

@@ -41,6 +41,8 @@ from oma_server.api.gateway import GatewayServicer
 from oma_server.api.replication import JobServicer, ReplicationServicer
 from oma_server.api.server_info import ServerInfoServicer
 from oma_server.api.status import ErrorMappingInterceptor
+from oma_server.api.storage import NbdExportServicer, VolumeServicer
+from oma_server.api.vm_contexts import VmContextServicer
 from oma_server.app import App
 from oma_server.version import __version__
 from vma.v1 import agent_service_pb2
@@ -87,11 +89,11 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(ServerInfoServicer(app), server)
     appliance_pb2_grpc.add_ApplianceServiceServicer_to_server(ApplianceServicer(app), server)
     # Services whose handlers land with later issues answer UNIMPLEMENTED through their generated bases.
-    vm_context_pb2_grpc.add_VmContextServiceServicer_to_server(vm_context_pb2_grpc.VmContextServiceServicer(), server)
+    vm_context_pb2_grpc.add_VmContextServiceServicer_to_server(VmContextServicer(app), server)
     replication_pb2_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(app), server)
     job_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(app), server)
-    storage_pb2_grpc.add_VolumeServiceServicer_to_server(storage_pb2_grpc.VolumeServiceServicer(), server)
-    storage_pb2_grpc.add_NbdExportServiceServicer_to_server(storage_pb2_grpc.NbdExportServiceServicer(), server)
+    storage_pb2_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(app), server)
+    storage_pb2_grpc.add_NbdExportServiceServicer_to_server(NbdExportServicer(app), server)
     failover_pb2_grpc.add_FailoverServiceServicer_to_server(FailoverServicer(app), server)
     failover_pb2_grpc.add_NetworkMappingServiceServicer_to_server(NetworkMappingServicer(app), server)
     gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(GatewayServicer(app), server)

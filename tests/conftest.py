@@ -14,7 +14,7 @@ from oma_server.app import App
 from oma_server.logging import configure_logging
 from oma_server.server import OmaServer
 from oma_server.settings import Settings
-from tests.pg import PostgresServer
+from tests.pg import PostgresServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -43,7 +43,7 @@ def make_settings(tmp_path: Path, database_url: str = "", **overrides: object) -
         listen="127.0.0.1:0",
         data_dir=tmp_path / "oma",
         database=database_url,
-        nbd_listen="127.0.0.1:0",
+        nbd_listen=f"127.0.0.1:{free_port()}",
         shutdown_grace_s=1.0,
         progress_flush_interval_s=0.05,
     )

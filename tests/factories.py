@@ -13,6 +13,7 @@ from oma.v1 import appliance_pb2, appliance_pb2_grpc, gateway_pb2, gateway_pb2_g
 from oma_server.app import App
 from oma_server.db.models import Disk, VmContext
 from oma_server.replication.state_machine import DiskState, JobState
+from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
 from vma.v1 import stream_pb2
 
 
@@ -41,6 +42,10 @@ async def seed_job(app: App, appliance_id: str, n_disks: int = 2, disk_bytes: in
         ]
 
     disks = await app.db.tx(make_vm)
+
+    def bind_vm(job: JobState) -> None:  # as the replication workflow does
+        transition_vm(job.vm_context_id, VmStatus.REPLICATING, active_job_id=job.id)
+
     job = await app.jobs.create(
         vm_context_id=disks[0].vm_context_id,
         appliance_id=appliance_id,
@@ -49,6 +54,7 @@ async def seed_job(app: App, appliance_id: str, n_disks: int = 2, disk_bytes: in
             DiskState(disk_id=d.id, disk_key=d.key, bytes_total=disk_bytes, mode="full", nbd_uri=f"nbd://x/{d.id}")
             for d in disks
         ],
+        in_tx=bind_vm,
     )
     return await app.replication.dispatch(job.id, "vm-uuid", {d.id: disk_bytes for d in disks})
 

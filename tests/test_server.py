@@ -10,14 +10,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from oma.v1 import (
     appliance_pb2,
     appliance_pb2_grpc,
-    failover_pb2,
-    failover_pb2_grpc,
     server_info_pb2,
     server_info_pb2_grpc,
 )
-from oma_server.api.status import ERROR_DOMAIN, error_info_of
+from oma_server.api.status import ERROR_DOMAIN, ErrorMappingInterceptor, error_info_of
 from oma_server.server import SERVICE_NAMES, OmaServer
 from tests.conftest import REPO
+from vma.v1 import agent_service_pb2, agent_service_pb2_grpc
 
 
 async def test_health_serving_for_every_service(channel: grpc.aio.Channel) -> None:
@@ -85,10 +84,21 @@ async def test_bad_input_gets_status_and_error_info(channel: grpc.aio.Channel) -
     assert dup.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
-async def test_unbuilt_handler_is_a_clean_unimplemented(channel: grpc.aio.Channel) -> None:
-    stub = failover_pb2_grpc.FailoverServiceStub(channel)
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.RollbackFailover(failover_pb2.RollbackFailoverRequest(vm_context_id="x"))
+async def test_unbuilt_handler_is_a_clean_unimplemented() -> None:
+    """A handler left to its generated base class answers UNIMPLEMENTED with ErrorInfo, through the one interceptor."""
+    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+    agent_service_pb2_grpc.add_VmaAgentServiceServicer_to_server(
+        agent_service_pb2_grpc.VmaAgentServiceServicer(), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = agent_service_pb2_grpc.VmaAgentServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ListLocalJobs(agent_service_pb2.ListLocalJobsRequest())
+    finally:
+        await server.stop(0)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     info = error_info_of(err.value)
     assert info is not None and info.reason == "NOT_IMPLEMENTED"

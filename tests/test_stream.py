@@ -425,3 +425,15 @@ async def test_progress_and_commands_survive_an_oma_restart(tmp_path: Path, data
     finally:
         await restarted.stop(grace=0.2)
     assert JobStatus(stored.status) == JobStatus.REPLICATING
+
+
+async def test_revoking_an_appliance_closes_its_stream(channel: grpc.aio.Channel, oma_server: OmaServer) -> None:
+    enrolled = await enroll(channel)
+    stream = RawStream(channel)
+    await stream.hello(enrolled)
+    await oma_server.app.appliances.revoke(enrolled.appliance_id)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        while await stream.recv() != grpc.aio.EOF:
+            pass
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info_of(err.value).reason == "APPLIANCE_REVOKED"  # type: ignore[union-attr]

@@ -6,11 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from oma.v1 import appliance_pb2, job_pb2, replication_pb2
-from oma_server.db.models import Appliance, JobLog
+from oma.v1 import appliance_pb2, job_pb2, replication_pb2, storage_pb2, vm_context_pb2
+from oma_server.db.models import Appliance, JobLog, Volume
 from oma_server.job_watch import Update
 from oma_server.replication.state_machine import JobState
-from vma.v1 import stream_pb2
+from oma_server.storage.exports import ExportView
+from oma_server.vm_contexts.service import VmView
+from vma.v1 import inventory_pb2, stream_pb2
 
 
 def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -144,4 +146,77 @@ def job_log_entry_to_proto(entry: JobLog) -> job_pb2.JobLogEntry:
         message=entry.message,
         started_at=ts(entry.started_at),
         finished_at=ts(entry.finished_at),
+    )
+
+
+def vm_context_to_proto(view: VmView) -> vm_context_pb2.VmContext:
+    vm = view.vm
+    return vm_context_pb2.VmContext(
+        id=vm.id,
+        appliance_id=vm.appliance_id,
+        vcenter=vm.vcenter,
+        datacenter=vm.datacenter,
+        vm_uuid=vm.vm_uuid,
+        moref=vm.moref,
+        name=vm.name,
+        num_cpus=vm.num_cpus,
+        memory_mib=vm.memory_mib,
+        guest_os=vm.guest_os,
+        firmware=enum_value(inventory_pb2.Firmware, "FIRMWARE", vm.firmware),  # type: ignore[arg-type]
+        nics=[inventory_pb2.Nic(**nic) for nic in vm.nics or []],
+        disks=[
+            vm_context_pb2.Disk(
+                id=d.disk.id,
+                vm_context_id=vm.id,
+                key=d.disk.key,
+                label=d.disk.label,
+                capacity_bytes=d.disk.capacity_bytes,
+                datastore_path=d.disk.datastore_path,
+                cbt_enabled=d.disk.cbt_enabled,
+                unit_number=d.disk.unit_number,
+                last_change_id=d.disk.last_change_id,
+                change_id_history=[
+                    vm_context_pb2.ChangeIdRecord(change_id=r.change_id, job_id=r.job_id, recorded_at=ts(r.recorded_at))
+                    for r in d.change_ids
+                ],
+                volume_id=d.volume.id if d.volume else "",
+                export_name=d.export_name,
+            )
+            for d in view.disks
+        ],
+        status=enum_value(vm_context_pb2.VmContextStatus, "VM_CONTEXT_STATUS", vm.status),  # type: ignore[arg-type]
+        active_job_id=vm.active_job_id,
+        last_completed_job_id=vm.last_completed_job_id,
+        created_at=ts(vm.created_at),
+        updated_at=ts(vm.updated_at),
+    )
+
+
+def volume_to_proto(row: Volume) -> storage_pb2.Volume:
+    return storage_pb2.Volume(
+        id=row.id,
+        cloudstack_id=row.cloudstack_id,
+        disk_id=row.disk_id,
+        name=row.name,
+        size_bytes=row.size_bytes,
+        state=enum_value(storage_pb2.VolumeState, "VOLUME_STATE", row.state),  # type: ignore[arg-type]
+        attached_vm_id=row.attached_vm_id,
+        device_id=row.device_id or 0,
+        device_path=row.device_path,
+        created_at=ts(row.created_at),
+        updated_at=ts(row.updated_at),
+    )
+
+
+def export_to_proto(view: ExportView) -> storage_pb2.NbdExport:
+    row = view.row
+    return storage_pb2.NbdExport(
+        name=row.name,
+        volume_id=row.volume_id,
+        disk_id=view.disk_id,
+        device_path=row.device_path,
+        address=row.address,
+        uri=view.uri,
+        state=enum_value(storage_pb2.NbdExportState, "NBD_EXPORT_STATE", view.state),  # type: ignore[arg-type]
+        created_at=ts(row.created_at),
     )

@@ -15,7 +15,7 @@ import grpc
 from oma.v1 import gateway_pb2, gateway_pb2_grpc
 from oma_server.app import App
 from oma_server.errors import Aborted, Unauthenticated, Unavailable
-from oma_server.stream.hub import Outgoing, Session
+from oma_server.stream.hub import REVOKED, Outgoing, Session
 from vma.v1 import stream_pb2
 
 HELLO_TIMEOUT_S = 30.0
@@ -67,6 +67,8 @@ class GatewayServicer(gateway_pb2_grpc.VmaGatewayServiceServicer):
             await self.hub.close(session, session.close_reason or "the stream ended")
         if session.close_reason.startswith("replaced"):
             raise Aborted(session.close_reason, reason="SESSION_REPLACED", session_id=session.session_id)
+        if session.close_reason == REVOKED:
+            raise Unauthenticated(REVOKED, reason="APPLIANCE_REVOKED")
         if session.close_reason.startswith("the OMA is shutting down"):
             raise Unavailable(session.close_reason, reason="SERVER_SHUTTING_DOWN")
 

@@ -10,16 +10,26 @@ from collections.abc import Callable
 
 import peewee as pw
 from loguru import logger
+from playhouse.migrate import SchemaMigrator, migrate
 
-from oma_server.db.models import ALL_MODELS, SchemaMigration
+from oma_server.db.models import ALL_MODELS, Disk, SchemaMigration
 
 
 def _m001_initial(db: pw.Database) -> None:
+    # The models as they were at version 1; later columns are added by later migrations.
     db.create_tables(ALL_MODELS, safe=True)
+
+
+def _m002_disk_replicated_capacity(db: pw.Database) -> None:
+    columns = {c.name for c in db.get_columns(Disk._meta.table_name)}  # type: ignore[attr-defined]
+    if "replicated_capacity_bytes" not in columns:  # a database created at version 2 already has it
+        migrator = SchemaMigrator.from_database(db)
+        migrate(migrator.add_column("disk", "replicated_capacity_bytes", pw.BigIntegerField(default=0)))
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "initial schema", _m001_initial),
+    (2, "disk.replicated_capacity_bytes (resize detection)", _m002_disk_replicated_capacity),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
@@ -36,11 +46,11 @@ def apply_migrations(db: pw.Database) -> list[int]:
     """Apply every pending migration, each in its own transaction; returns the versions applied."""
     db.create_tables([SchemaMigration], safe=True)
     applied: list[int] = []
-    for version, name, migrate in MIGRATIONS:
+    for version, name, step in MIGRATIONS:
         with db.atomic():
             if SchemaMigration.get_or_none(SchemaMigration.version == version) is not None:
                 continue
-            migrate(db)
+            step(db)
             SchemaMigration.create(version=version, name=name)
         logger.info("applied migration {version}: {name}", version=version, name=name)
         applied.append(version)

@@ -89,6 +89,8 @@ class Disk(BaseModel):
     cbt_enabled = pw.BooleanField(default=True)
     unit_number = pw.IntegerField(default=0)
     last_change_id = pw.CharField(max_length=255, default="")
+    # Capacity when last_change_id was recorded: a different capacity now means the disk was resized.
+    replicated_capacity_bytes = pw.BigIntegerField(default=0)
     created_at = pw.DateTimeField(default=utcnow)
 
     class Meta:

@@ -621,7 +621,9 @@ class ReplicationJobStore:
                 disk.mode = mode_name(done.mode)
 
             def record_change_id(state: JobState) -> None:
-                Disk.update(last_change_id=done.change_id).where(Disk.id == done.disk_id).execute()
+                Disk.update(last_change_id=done.change_id, replicated_capacity_bytes=Disk.capacity_bytes).where(
+                    Disk.id == done.disk_id
+                ).execute()
                 ChangeIdRecord.create(disk=done.disk_id, change_id=done.change_id, job_id=job.id)
                 note(job.id, "disk_completed", f"disk {done.disk_id}: change id {done.change_id} recorded")
 

@@ -36,6 +36,7 @@ Outgoing = (
 )
 
 MISSED_HEARTBEATS = 3
+REVOKED = "the appliance's credential was revoked; enroll it again to reconnect"
 LAST_SEEN_WRITE_INTERVAL_S = 30.0
 
 
@@ -102,6 +103,7 @@ class SessionHub:
         self.on_session_change: list[Callable[[str, bool], None]] = []
         jobs.ack_sink = self._ack
         outbox.deliver = self._deliver
+        appliances.on_revoked.append(self._revoked)
 
     @property
     def deadline_s(self) -> float:
@@ -287,6 +289,11 @@ class SessionHub:
     def _deliver(self, appliance_id: str, command: stream_pb2.Command) -> bool:
         session = self.sessions.get(appliance_id)
         return session is not None and session.send(command)
+
+    def _revoked(self, appliance_id: str) -> None:
+        session = self.sessions.get(appliance_id)
+        if session is not None:
+            session.close(REVOKED)
 
     def connected(self, appliance_id: str) -> bool:
         return appliance_id in self.sessions

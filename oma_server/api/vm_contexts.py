@@ -1,0 +1,58 @@
+"""VmContextService servicer."""
+
+from __future__ import annotations
+
+import grpc
+
+from oma.v1 import vm_context_pb2, vm_context_pb2_grpc
+from oma_server.api.convert import enum_name, vm_context_to_proto
+from oma_server.app import App
+from oma_server.errors import InvalidArgument
+
+MAX_DISCOVERY_TIMEOUT_S = 300
+
+
+class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def RegisterVmContext(
+        self, request: vm_context_pb2.RegisterVmContextRequest, context: grpc.aio.ServicerContext
+    ) -> vm_context_pb2.RegisterVmContextResponse:
+        if not request.HasField("virtual_machine"):
+            raise InvalidArgument("virtual_machine is required", reason="VM_INVENTORY_MISSING")
+        view, created = await self.app.vms.register(request.appliance_id, request.virtual_machine)
+        return vm_context_pb2.RegisterVmContextResponse(vm_context=vm_context_to_proto(view), created=created)
+
+    async def DiscoverVms(
+        self, request: vm_context_pb2.DiscoverVmsRequest, context: grpc.aio.ServicerContext
+    ) -> vm_context_pb2.DiscoverVmsResponse:
+        if request.timeout_seconds > MAX_DISCOVERY_TIMEOUT_S:
+            raise InvalidArgument(
+                f"timeout_seconds must be at most {MAX_DISCOVERY_TIMEOUT_S}", reason="TIMEOUT_INVALID"
+            )
+        await self.app.appliances.get(request.appliance_id)
+        found, views = await self.app.vms.discover(
+            request.appliance_id,
+            request.name_filter,
+            request.register,
+            float(request.timeout_seconds or 30),
+            self.app.hub.connected(request.appliance_id),
+        )
+        return vm_context_pb2.DiscoverVmsResponse(
+            virtual_machines=found, vm_contexts=[vm_context_to_proto(v) for v in views]
+        )
+
+    async def GetVmContext(
+        self, request: vm_context_pb2.GetVmContextRequest, context: grpc.aio.ServicerContext
+    ) -> vm_context_pb2.GetVmContextResponse:
+        return vm_context_pb2.GetVmContextResponse(vm_context=vm_context_to_proto(await self.app.vms.get(request.id)))
+
+    async def ListVmContexts(
+        self, request: vm_context_pb2.ListVmContextsRequest, context: grpc.aio.ServicerContext
+    ) -> vm_context_pb2.ListVmContextsResponse:
+        status = enum_name(vm_context_pb2.VmContextStatus, "VM_CONTEXT_STATUS", request.status)
+        page = await self.app.vms.list_vms(request.page_size, request.page_token, request.appliance_id, status)
+        return vm_context_pb2.ListVmContextsResponse(
+            vm_contexts=[vm_context_to_proto(v) for v in page.vms], next_page_token=page.next_page_token
+        )

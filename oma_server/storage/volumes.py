@@ -1,0 +1,202 @@
+"""One CloudStack volume per VMware disk, attached to the OMA VM and found by its /dev/disk/by-id path.
+
+Every external step is recorded before it is taken: the Volume row exists (state `creating`, with the name the
+CloudStack volume will get) before createVolume is sent, so a crash between the call and its answer leaves a row
+the reconciler can match by name — adopting the volume or deleting it, never leaving an orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loguru import logger
+
+from oma_server.cloudstack.client import CloudStackClient
+from oma_server.cloudstack.devices import device_path
+from oma_server.cloudstack.errors import CloudStackError, CloudStackNotFound
+from oma_server.db.database import Database
+from oma_server.db.models import Disk, Volume, utcnow
+from oma_server.errors import FailedPrecondition
+from oma_server.joblog import JobLogService
+
+VOLUME_NAME_PREFIX = "oma-replica-"
+LIVE_STATES = ("creating", "detached", "attached_to_oma", "attached_to_target", "error")
+
+
+def volume_name(volume_row_id: str) -> str:
+    """The CloudStack name of a replica volume; derived from our row id so a lost answer can be matched later."""
+    return f"{VOLUME_NAME_PREFIX}{volume_row_id}"
+
+
+@dataclass
+class Provisioned:
+    volume: Volume
+    resized: bool = False
+
+
+@dataclass
+class VolumeReconcileReport:
+    adopted: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    orphans_deleted: list[str] = field(default_factory=list)
+    reattached: list[str] = field(default_factory=list)
+
+
+def current_volume(disk_id: str) -> Volume | None:
+    return (
+        Volume.select()
+        .where((Volume.disk == disk_id) & Volume.state.in_(LIVE_STATES))
+        .order_by(Volume.created_at.desc())
+        .first()
+    )
+
+
+class VolumeProvisioner:
+    def __init__(
+        self,
+        db: Database,
+        cloudstack: CloudStackClient,
+        joblog: JobLogService,
+        device_root: Path,
+        *,
+        device_wait_s: float = 30.0,
+    ) -> None:
+        self.db = db
+        self.cloudstack = cloudstack
+        self.joblog = joblog
+        self.device_root = device_root
+        self.device_wait_s = device_wait_s
+
+    async def _save(self, volume_id: str, **fields: object) -> Volume:
+        def update() -> Volume:
+            Volume.update(updated_at=utcnow(), **fields).where(Volume.id == volume_id).execute()
+            return Volume.get_by_id(volume_id)
+
+        return await self.db.tx(update)
+
+    async def ensure_attached(self, disk_id: str, job_id: str) -> Provisioned:
+        """The disk's replica volume, created if needed, grown if the disk grew, attached to the OMA, device found."""
+        disk: Disk = await self.db.run(Disk.get_by_id, disk_id)
+        log = logger.bind(job_id=job_id, disk_id=disk_id)
+        volume = await self.db.run(current_volume, disk_id)
+        if volume is None or not volume.cloudstack_id:
+            volume = await self._create(disk, volume, job_id)
+        resized = False
+        if disk.capacity_bytes > volume.size_bytes:
+            async with self.joblog.step(
+                job_id, "resize_volume", f"volume {volume.cloudstack_id}: {volume.size_bytes} → {disk.capacity_bytes}"
+            ):
+                cs_volume = await self.cloudstack.resize_volume(volume.cloudstack_id, disk.capacity_bytes)
+            volume = await self._save(volume.id, size_bytes=cs_volume.size_bytes)
+            resized = True
+            log.info(
+                "volume {v} grown to {n} bytes; this disk gets a full copy", v=volume.cloudstack_id, n=volume.size_bytes
+            )
+        volume = await self._attach(volume, job_id)
+        return Provisioned(volume, resized)
+
+    async def _create(self, disk: Disk, pending: Volume | None, job_id: str) -> Volume:
+        if pending is None:
+            pending = await self.db.tx(
+                lambda: Volume.create(disk=disk.id, name="", size_bytes=disk.capacity_bytes, state="creating")
+            )
+            pending = await self._save(pending.id, name=volume_name(pending.id))
+        # A row left in `creating` by a crash: CloudStack may hold the volume already — adopt it by name.
+        existing = [v for v in await self.cloudstack.list_volumes(name=pending.name) if v.name == pending.name]
+        if existing:
+            cs_volume = existing[0]
+            await self.joblog.note(job_id, "create_volume", f"adopted volume {cs_volume.id} left by an earlier run")
+        else:
+            async with self.joblog.step(
+                job_id, "create_volume", f"disk {disk.key}: {pending.name}, {disk.capacity_bytes} bytes"
+            ):
+                cs_volume = await self.cloudstack.create_volume(pending.name, disk.capacity_bytes)
+        return await self._save(
+            pending.id, cloudstack_id=cs_volume.id, size_bytes=cs_volume.size_bytes, state="detached"
+        )
+
+    async def _attach(self, volume: Volume, job_id: str) -> Volume:
+        oma_vm = self.cloudstack.oma_vm_id
+        cs_volume = await self.cloudstack.get_volume(volume.cloudstack_id)
+        if cs_volume.virtual_machine_id and cs_volume.virtual_machine_id != oma_vm:
+            raise FailedPrecondition(
+                f"volume {volume.cloudstack_id} is attached to VM {cs_volume.virtual_machine_id}, not to the OMA; "
+                "clean up the failover first",
+                reason="VOLUME_ATTACHED_ELSEWHERE",
+                volume_id=volume.cloudstack_id,
+            )
+        if not cs_volume.virtual_machine_id:
+            async with self.joblog.step(job_id, "attach_volume", f"volume {volume.cloudstack_id} to the OMA VM"):
+                cs_volume = await self.cloudstack.attach_volume(volume.cloudstack_id, oma_vm)
+        path = device_path(self.device_root, volume.cloudstack_id)
+        async with self.joblog.step(job_id, "find_device", str(path)):
+            await self._wait_for_device(path, volume.cloudstack_id, cs_volume.device_id)
+        return await self._save(
+            volume.id,
+            state="attached_to_oma",
+            attached_vm_id=oma_vm,
+            device_id=cs_volume.device_id,
+            device_path=str(path),
+        )
+
+    async def _wait_for_device(self, path: Path, cs_volume_id: str, device_id: int | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.device_wait_s
+        while not await asyncio.to_thread(path.exists):
+            if loop.time() > deadline:
+                raise FailedPrecondition(
+                    f"volume {cs_volume_id} is attached to the OMA as device {device_id} but {path} did not appear "
+                    f"within {self.device_wait_s:.0f}s; check the OMA VM's disks (lsblk) and retry the job",
+                    reason="DEVICE_NOT_FOUND",
+                    volume_id=cs_volume_id,
+                    device_path=str(path),
+                )
+            await asyncio.sleep(0.1)
+
+    async def detach(self, volume: Volume, job_id: str) -> Volume:
+        cs_volume = await self.cloudstack.get_volume(volume.cloudstack_id)
+        if cs_volume.virtual_machine_id:
+            async with self.joblog.step(job_id, "detach_volume", f"volume {volume.cloudstack_id}"):
+                await self.cloudstack.detach_volume(volume.cloudstack_id)
+        return await self._save(volume.id, state="detached", attached_vm_id="", device_id=None, device_path="")
+
+    async def reconcile(self) -> VolumeReconcileReport:
+        """At start: match `creating` rows to CloudStack volumes by name (adopt, or forget when none exists), and
+        delete CloudStack volumes that carry our name prefix but no row (a crash between create and record)."""
+        report = VolumeReconcileReport()
+        rows: list[Volume] = await self.db.run(lambda: list(Volume.select().where(Volume.state != "deleted")))
+        by_name = {v.name: v for v in rows}
+        try:
+            cs_volumes = await self.cloudstack.list_volumes()
+        except CloudStackError as exc:
+            logger.warning("volume reconcile skipped: CloudStack unreachable ({err})", err=exc.message)
+            return report
+        cs_by_name = {v.name: v for v in cs_volumes}
+        for row in rows:
+            if row.state == "creating" and not row.cloudstack_id:
+                found = cs_by_name.get(row.name)
+                if found is not None:
+                    await self._save(row.id, cloudstack_id=found.id, size_bytes=found.size_bytes, state="detached")
+                    report.adopted.append(found.id)
+                else:
+                    await self._save(row.id, state="deleted")
+                    report.forgotten.append(row.id)
+        for cs_volume in cs_volumes:
+            if cs_volume.name.startswith(VOLUME_NAME_PREFIX) and cs_volume.name not in by_name:
+                try:
+                    if cs_volume.virtual_machine_id:
+                        await self.cloudstack.detach_volume(cs_volume.id)
+                    await self.cloudstack.delete_volume(cs_volume.id)
+                    report.orphans_deleted.append(cs_volume.id)
+                except CloudStackNotFound:
+                    pass
+        if report.adopted or report.forgotten or report.orphans_deleted:
+            logger.info(
+                "volume reconcile: adopted {a}, forgot {f}, deleted orphans {o}",
+                a=report.adopted,
+                f=report.forgotten,
+                o=report.orphans_deleted,
+            )
+        return report
