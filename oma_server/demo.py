@@ -1,11 +1,20 @@
-"""`make demo`: the main job on the embedded defaults.
+"""`make demo`: the product's main job on the embedded defaults, end to end, with real parts.
 
-Until replication lands this starts `oma-server` on SQLite, shows its health and service list through the real
-grpcurl binary, and stops it with SIGTERM. Exit status is non-zero if any step fails.
+oma-server (SQLite, in-process CloudStack simulator, real nbd-server) + the reference VMA agent (its "vCenter" is a
+directory of raw images with change tracking) + omactl for live progress:
+
+1. one VM with two disks of varied data and holes; the agent connects and the OMA discovers and registers the VM
+2. initial replication, then a byte-for-byte check of every CloudStack volume against its source disk
+3. simulated guest writes, an incremental replication (changed blocks only), the byte check again
+4. a test failover (the test VM's volumes checked against the source disks), then its cleanup
+5. a summary table per disk: bytes copied, time, throughput, change ids
+
+Exit status 0 only if every step succeeded and every byte matched.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,61 +22,294 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from oma.v1 import (
+    appliance_pb2,
+    appliance_pb2_grpc,
+    replication_pb2,
+    replication_pb2_grpc,
+    storage_pb2,
+    storage_pb2_grpc,
+    vm_context_pb2,
+    vm_context_pb2_grpc,
+)
+
 BIN = Path(sys.executable).parent
+DISKS_MIB = (256, 128)
+GUEST_WRITE_PERCENT = 5
+CHUNK = 4 << 20
+console = Console()
 
 
-def _free_port() -> int:
+class DemoFailed(Exception):
+    pass
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"demo: oma-server exited with {proc.returncode} before listening")
+            raise DemoFailed(f"{what} exited with {proc.returncode} before listening")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise SystemExit("demo: oma-server did not start listening in time")
+    raise DemoFailed(f"{what} did not start listening in time")
 
 
-def _step(title: str, *cmd: str) -> str:
-    print(f"\n$ {' '.join(cmd)}", flush=True)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    sys.stdout.write(out.stdout)
+def step(title: str) -> None:
+    console.rule(f"[bold cyan]{title}")
+
+
+def run(*cmd: str | Path, live: bool = False) -> str:
+    """Run a command; with `live` its output goes straight to the terminal (progress bars)."""
+    args = [str(c) for c in cmd]
+    console.print(f"[dim]$ {' '.join(Path(args[0]).name if i == 0 else a for i, a in enumerate(args))}")
+    if live:
+        code = subprocess.run(args, timeout=300).returncode
+        if code != 0:
+            raise DemoFailed(f"{Path(args[0]).name} {' '.join(args[1:3])} failed (exit {code})")
+        return ""
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        raise SystemExit(f"demo: {title} failed (exit {out.returncode})")
+        raise DemoFailed(f"{' '.join(args[:3])} failed (exit {out.returncode}): {out.stderr.strip()}")
     return out.stdout
 
 
+def same_bytes(source: Path, replica: Path) -> bool:
+    """The replica holds the source's bytes, then only zeros (CloudStack rounds volume sizes up to whole GiB)."""
+    size = source.stat().st_size
+    with open(source, "rb") as a, open(replica, "rb") as b:
+        done = 0
+        while done < size:
+            chunk = a.read(min(CHUNK, size - done))
+            if b.read(len(chunk)) != chunk:
+                return False
+            done += len(chunk)
+        while chunk := b.read(CHUNK):
+            if chunk.count(0) != len(chunk):
+                return False
+    return True
+
+
+class Demo:
+    def __init__(self, root: Path, stack: ExitStack) -> None:
+        self.root = root
+        self.stack = stack
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.vcenter = root / "vcenter"
+        self.data_dir = root / "oma"
+        self.channel = grpc.insecure_channel(self.address)
+        stack.callback(self.channel.close)
+        self.vms = vm_context_pb2_grpc.VmContextServiceStub(self.channel)
+        self.jobs = replication_pb2_grpc.ReplicationServiceStub(self.channel)
+        self.volumes = storage_pb2_grpc.VolumeServiceStub(self.channel)
+        self.failures: list[str] = []
+
+    def spawn(self, name: str, *cmd: str | Path) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed by the exit stack
+        self.stack.callback(log.close)
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT)
+
+        def stop() -> None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+        self.stack.callback(stop)
+        return proc
+
+    def omactl(self, *args: str, live: bool = False) -> str:
+        return run(BIN / "omactl", "--server", self.address, *args, live=live)
+
+    # ---- the steps ---------------------------------------------------------------------------------------------
+    def start_oma(self) -> None:
+        step("Start oma-server (SQLite, in-process CloudStack simulator, real nbd-server)")
+        server = self.spawn(
+            "oma-server",
+            BIN / "oma-server",
+            "--listen",
+            self.address,
+            "--data-dir",
+            self.data_dir,
+            "--nbd-listen",
+            f"127.0.0.1:{free_port()}",
+        )
+        wait_listening(self.port, server, "oma-server")
+        console.print(f"oma-server serving on {self.address}; logs in {self.root / 'oma-server.log'}")
+
+    def start_agent(self) -> tuple[str, str]:
+        step(f"Reference VMA agent with one VM of {len(DISKS_MIB)} disks ({' + '.join(map(str, DISKS_MIB))} MiB)")
+        enrolled = appliance_pb2_grpc.ApplianceServiceStub(self.channel).EnrollAppliance(
+            appliance_pb2.EnrollApplianceRequest(name="demo-vma")
+        )
+        appliance_id = enrolled.appliance.id
+        credential = self.root / "vma-credential"
+        credential.write_text(enrolled.credential)
+        credential.chmod(0o600)
+        sizes = [a for mib in DISKS_MIB for a in ("--disk-mib", str(mib))]
+        run(BIN / "vma-agent", "create-vm", "--vcenter-dir", self.vcenter, "--name", "demo-web", *sizes)
+        agent = self.spawn(
+            "vma-agent",
+            BIN / "vma-agent",
+            "run",
+            "--oma",
+            self.address,
+            "--appliance-id",
+            appliance_id,
+            "--credential-file",
+            credential,
+            "--vcenter-dir",
+            self.vcenter,
+            "--state-dir",
+            self.root / "agent",
+        )
+        stub = appliance_pb2_grpc.ApplianceServiceStub(self.channel)
+        deadline = time.monotonic() + 30
+        while stub.GetAppliance(appliance_pb2.GetApplianceRequest(id=appliance_id)).appliance.connection_state != (
+            appliance_pb2.CONNECTION_STATE_CONNECTED
+        ):
+            if agent.poll() is not None or time.monotonic() > deadline:
+                raise DemoFailed("the agent did not connect; see vma-agent.log")
+            time.sleep(0.1)
+        console.print(f"appliance {appliance_id} connected")
+        found = self.vms.DiscoverVms(
+            vm_context_pb2.DiscoverVmsRequest(appliance_id=appliance_id, name_filter="demo-web", register=True)
+        )
+        vm = found.vm_contexts[0]
+        console.print(f"discovered and registered VM {vm.name} as VM context {vm.id}")
+        return appliance_id, vm.id
+
+    def replicate(self, vm_id: str, kind: str) -> replication_pb2.ReplicationJob:
+        self.omactl("replicate", "start", vm_id, "--kind", kind, "--watch", live=True)
+        jobs = self.jobs.ListReplicationJobs(replication_pb2.ListReplicationJobsRequest(vm_context_id=vm_id)).jobs
+        job = jobs[0]
+        if job.status != replication_pb2.REPLICATION_JOB_STATUS_COMPLETED:
+            raise DemoFailed(f"{kind} replication ended {replication_pb2.ReplicationJobStatus.Name(job.status)}")
+        return job
+
+    def source_disks(self, vm: vm_context_pb2.VmContext) -> dict[str, Path]:
+        return {d.id: self.vcenter / vm.vm_uuid / f"disk-{d.key}.img" for d in vm.disks}
+
+    def verify(self, vm_id: str, where: str, replica_of: dict[str, Path]) -> None:
+        vm = self.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
+        sources = self.source_disks(vm)
+        for disk in vm.disks:
+            ok = same_bytes(sources[disk.id], replica_of[disk.id])
+            mark = "[green]identical" if ok else "[red]MISMATCH"
+            console.print(f"  disk {disk.key} ({disk.capacity_bytes >> 20} MiB) vs {where}: {mark}")
+            if not ok:
+                self.failures.append(f"disk {disk.key} differs from its {where}")
+
+    def replicas_on_oma(self, vm_id: str) -> dict[str, Path]:
+        volumes = self.volumes.ListVolumes(storage_pb2.ListVolumesRequest(vm_context_id=vm_id)).volumes
+        return {v.disk_id: Path(v.device_path) for v in volumes}
+
+    def replicas_in_cloudstack(self, vm_id: str) -> dict[str, Path]:
+        volumes = self.volumes.ListVolumes(storage_pb2.ListVolumesRequest(vm_context_id=vm_id)).volumes
+        return {v.disk_id: self.data_dir / "cloudstack" / "volumes" / f"{v.cloudstack_id}.img" for v in volumes}
+
+    def guest_network_id(self) -> str:
+        state = json.loads((self.data_dir / "cloudstack" / "cloudstack-sim.json").read_text())
+        networks = state["networks"]
+        for net in networks.values() if isinstance(networks, dict) else networks:
+            if net["name"] == "guest-net-1":
+                return str(net["id"])
+        raise DemoFailed("the CloudStack simulator has no network guest-net-1")
+
+    def summary(self, vm_id: str, jobs: list[replication_pb2.ReplicationJob]) -> None:
+        vm = self.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
+        keys = {d.id: d.key for d in vm.disks}
+        table = Table(title="Replication summary", show_lines=False)
+        for column in ("job", "disk", "mode", "copied", "job time", "throughput", "from change id", "new change id"):
+            table.add_column(column)
+        for job in jobs:
+            seconds = max(1e-3, job.finished_at.ToDatetime().timestamp() - job.started_at.ToDatetime().timestamp())
+            for d in job.disks:
+                kind = replication_pb2.ReplicationJobKind.Name(job.kind).removeprefix("REPLICATION_JOB_KIND_")
+                mode = "full" if d.mode == 1 else "incremental"
+                table.add_row(
+                    kind.lower(),
+                    str(keys[d.disk_id]),
+                    mode,
+                    f"{d.bytes_done / (1 << 20):.1f} MiB",
+                    f"{seconds:.2f} s",
+                    f"{d.bytes_done / (1 << 20) / seconds:.0f} MiB/s",
+                    d.previous_change_id or "-",
+                    d.new_change_id,
+                )
+        console.print(table)
+
+
 def main() -> int:
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="oma-demo-") as data_dir:
-        env = {**os.environ, "OMA_NBD_LISTEN": f"127.0.0.1:{_free_port()}"}
-        print(f"demo: starting oma-server on {address} (SQLite in {data_dir})", flush=True)
-        proc = subprocess.Popen([str(BIN / "oma-server"), "--listen", address, "--data-dir", data_dir], env=env)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="oma-demo-") as tmp, ExitStack() as stack:
+        demo = Demo(Path(tmp), stack)
         try:
-            _wait_listening(port, proc)
-            health = _step("health check", str(BIN / "grpcurl"), "-plaintext", address, "grpc.health.v1.Health/Check")
-            services = _step("service list", str(BIN / "grpcurl"), "-plaintext", address, "list")
-            if "SERVING" not in health or "oma.v1" not in services or "vma.v1" not in services:
-                raise SystemExit("demo: the server is not serving the oma.v1 and vma.v1 services")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=30)
-        if code != 0:
-            raise SystemExit(f"demo: oma-server exited with {code} on SIGTERM")
-    print("\ndemo: OK — server served, answered health and reflection, and stopped cleanly")
+            demo.start_oma()
+            _, vm_id = demo.start_agent()
+
+            step("Initial replication (full copy of every disk)")
+            initial = demo.replicate(vm_id, "initial")
+            demo.verify(vm_id, "CloudStack volume", demo.replicas_on_oma(vm_id))
+
+            step(f"Guest writes {GUEST_WRITE_PERCENT}% of each disk, then incremental replication (changed blocks)")
+            run(BIN / "vma-agent", "guest-write", "--vcenter-dir", demo.vcenter, "--vm", "demo-web",
+                "--percent", str(GUEST_WRITE_PERCENT), "--seed", "7")  # fmt: skip
+            incremental = demo.replicate(vm_id, "incremental")
+            demo.verify(vm_id, "CloudStack volume", demo.replicas_on_oma(vm_id))
+            if incremental.bytes_done >= initial.bytes_done:
+                demo.failures.append("the incremental run copied as much as the full one")
+
+            step("Test failover: snapshot, deploy the test VM on the replicas, boot it")
+            demo.omactl("network-map", "create", "--source", "VM Network", "--target", demo.guest_network_id(),
+                        "--vm", vm_id)  # fmt: skip
+            demo.omactl("preflight", vm_id, "--kind", "test", live=True)
+            demo.omactl("failover", "test", vm_id, "--watch", live=True)
+            demo.verify(vm_id, "test VM's volume", demo.replicas_in_cloudstack(vm_id))
+
+            step("Test failover cleanup: destroy the test VM, revert, reattach the volumes to the OMA")
+            demo.omactl("failover", "cleanup", vm_id, "--watch", live=True)
+            vm = demo.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
+            if vm.status != vm_context_pb2.VM_CONTEXT_STATUS_READY_FOR_FAILOVER:
+                demo.failures.append(f"after cleanup the VM is {vm_context_pb2.VmContextStatus.Name(vm.status)}")
+            demo.verify(vm_id, "CloudStack volume", demo.replicas_on_oma(vm_id))
+
+            step("Summary")
+            demo.summary(vm_id, [initial, incremental])
+        except (DemoFailed, grpc.RpcError) as exc:
+            detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)  # type: ignore[union-attr]
+            demo.failures.append(detail or type(exc).__name__)
+            for name in ("oma-server", "vma-agent"):
+                log = Path(tmp) / f"{name}.log"
+                if log.exists():
+                    console.print(f"[dim]--- last lines of {name}.log ---")
+                    console.print("\n".join(log.read_text(errors="replace").splitlines()[-15:]), markup=False)
+    elapsed = time.monotonic() - started
+    if demo.failures:
+        console.print(f"[bold red]demo FAILED after {elapsed:.0f}s:[/] " + "; ".join(demo.failures))
+        return 1
+    console.print(f"[bold green]demo OK[/] in {elapsed:.0f}s: every replica is byte-identical to its source disk")
     return 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("COLUMNS", "120")
     sys.exit(main())
