@@ -263,8 +263,11 @@ async def test_cancel_tells_the_appliance_and_waits_for_it(channel: grpc.aio.Cha
     assert reply.job.status == replication_pb2.REPLICATION_JOB_STATUS_CANCELLING
     cancel = (await stream.recv_until("command")).command
     assert cancel.cancel_job.job_id == job.id
-    await stream.send(event=stream_pb2.JobEvent(job_id=job.id, sequence=1, cancelled=stream_pb2.JobCancelled()))
+    await stream.send(event=started(job, 1))  # the cancel overtook the start: accepted, still cancelling
     await stream.recv_until("ack", job_id=job.id, sequence=1)
+    assert (await row(app, job.id)).status == "cancelling"
+    await stream.send(event=stream_pb2.JobEvent(job_id=job.id, sequence=2, cancelled=stream_pb2.JobCancelled()))
+    await stream.recv_until("ack", job_id=job.id, sequence=2)
     assert (await row(app, job.id)).status == "cancelled"
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await replication_pb2_grpc.ReplicationServiceStub(channel).CancelReplicationJob(

@@ -120,40 +120,77 @@ def _load(job_id: str) -> JobState | None:
     return _row_to_state(row, disks)
 
 
+_JOB_COLUMNS = (
+    "status",
+    "phase",
+    "current_operation",
+    "bytes_done",
+    "bytes_total",
+    "percent",
+    "throughput_bytes_per_second",
+    "eta_seconds",
+    "error_reason",
+    "error_message",
+    "error_class",
+    "last_sequence",
+    "revision",
+    "started_at",
+    "finished_at",
+    "updated_at",
+)
+_DISK_COLUMNS = (
+    "bytes_done",
+    "bytes_total",
+    "throughput_bytes_per_second",
+    "phase",
+    "mode",
+    "previous_change_id",
+    "new_change_id",
+    "completed",
+    "nbd_uri",
+    "full_copy_reason",
+    "resume_token",
+)
+
+
+def _update_sql(model: type[pw.Model], columns: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    meta = model._meta  # type: ignore[attr-defined]
+    param = meta.database.param
+    sets = ", ".join(f"{meta.fields[c].column_name} = {param}" for c in columns)
+    where = " AND ".join(f"{meta.fields[k].column_name} = {param}" for k in keys)
+    return f"UPDATE {meta.table_name} SET {sets} WHERE {where}"
+
+
+def _row_values(model: type[pw.Model], columns: tuple[str, ...], obj: object) -> list[object]:
+    fields = model._meta.fields  # type: ignore[attr-defined]
+    values = []
+    for column in columns:
+        value = getattr(obj, column)
+        if column == "current_operation":
+            value = value[:512]
+        values.append(fields[column].db_value(value.value if isinstance(value, JobStatus) else value))
+    return values
+
+
+def _write_batch(states: list[JobState]) -> None:
+    """Write jobs and their disks as they are in `states` (inside the caller's transaction).
+
+    Two prepared UPDATEs run with executemany: building Peewee queries per row cost ~0.4 ms a job, which at a
+    thousand jobs a second held the GIL long enough to delay every watcher (measured in bench.progress).
+    """
+    if not states:
+        return
+    db = ReplicationJob._meta.database  # type: ignore[attr-defined]
+    job_rows = [[*_row_values(ReplicationJob, _JOB_COLUMNS, s), s.id] for s in states]
+    disk_rows = [[*_row_values(JobDisk, _DISK_COLUMNS, d), s.id, d.disk_id] for s in states for d in s.disks]
+    cursor = db.cursor()
+    cursor.executemany(_update_sql(ReplicationJob, _JOB_COLUMNS, ("id",)), job_rows)
+    if disk_rows:
+        cursor.executemany(_update_sql(JobDisk, _DISK_COLUMNS, ("job", "disk")), disk_rows)
+
+
 def _write(state: JobState) -> None:
-    """Write a job and its disks as they are in `state` (inside the caller's transaction)."""
-    ReplicationJob.update(
-        status=state.status.value,
-        phase=state.phase,
-        current_operation=state.current_operation[:512],
-        bytes_done=state.bytes_done,
-        bytes_total=state.bytes_total,
-        percent=state.percent,
-        throughput_bytes_per_second=state.throughput_bytes_per_second,
-        eta_seconds=state.eta_seconds,
-        error_reason=state.error_reason,
-        error_message=state.error_message,
-        error_class=state.error_class,
-        last_sequence=state.last_sequence,
-        revision=state.revision,
-        started_at=state.started_at,
-        finished_at=state.finished_at,
-        updated_at=state.updated_at,
-    ).where(ReplicationJob.id == state.id).execute()
-    for disk in state.disks:
-        JobDisk.update(
-            bytes_done=disk.bytes_done,
-            bytes_total=disk.bytes_total,
-            throughput_bytes_per_second=disk.throughput_bytes_per_second,
-            phase=disk.phase,
-            mode=disk.mode,
-            previous_change_id=disk.previous_change_id,
-            new_change_id=disk.new_change_id,
-            completed=disk.completed,
-            nbd_uri=disk.nbd_uri,
-            full_copy_reason=disk.full_copy_reason,
-            resume_token=disk.resume_token,
-        ).where((JobDisk.job == state.id) & (JobDisk.disk == disk.disk_id)).execute()
+    _write_batch([state])
 
 
 @dataclass(frozen=True)
@@ -532,7 +569,8 @@ class ReplicationJobStore:
             "failed": JobStatus.FAILED,
             "cancelled": JobStatus.CANCELLED,
         }[kind]
-        if kind == "started" and job.status == JobStatus.REPLICATING:
+        if kind == "started" and job.status in (JobStatus.REPLICATING, JobStatus.CANCELLING):
+            # Already copying, or a cancel overtook the start: record the sequence, keep the status.
             await self._advance_sequence(job.id, event.sequence)
             return event.sequence
         if kind == "completed":
@@ -684,8 +722,7 @@ class ReplicationJobStore:
             self._dirty.clear()
 
             def write_all() -> None:
-                for state in batch:
-                    _write(state)
+                _write_batch(batch)
 
             try:
                 await self.db.tx(write_all)
