@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -14,14 +15,18 @@ from oma_server.storage.exports import ExportView
 from oma_server.vm_contexts.service import VmView
 from vma.v1 import inventory_pb2, stream_pb2
 
+_EPOCH = datetime(1970, 1, 1)
+
 
 def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    """A naive-UTC datetime as a Timestamp (None stays unset)."""
+    """A naive-UTC datetime as a Timestamp (None stays unset). Plain arithmetic: FromDatetime is slow and this runs
+    for every watched change."""
     if value is None:
         return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value.replace(tzinfo=UTC) if value.tzinfo is None else value)
-    return out
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    delta = value - _EPOCH
+    return timestamp_pb2.Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def enum_value(enum_type: object, prefix: str, name: str) -> int:
@@ -121,7 +126,22 @@ def replication_job_to_proto(job: JobState) -> replication_pb2.ReplicationJob:
     )
 
 
+# Every watcher of a change gets the same message: convert each (revision, job) once, not once per watcher.
+_UPDATE_CACHE: OrderedDict[tuple[str, int, str], job_pb2.JobUpdate] = OrderedDict()
+_UPDATE_CACHE_SIZE = 4096
+
+
 def job_update_to_proto(update: Update) -> job_pb2.JobUpdate:
+    key = (update.kind, update.revision, update.change.job_id if update.change else "")
+    cached = _UPDATE_CACHE.get(key)
+    if cached is None:
+        cached = _UPDATE_CACHE[key] = _job_update_to_proto(update)
+        if len(_UPDATE_CACHE) > _UPDATE_CACHE_SIZE:
+            _UPDATE_CACHE.popitem(last=False)
+    return cached
+
+
+def _job_update_to_proto(update: Update) -> job_pb2.JobUpdate:
     out = job_pb2.JobUpdate(
         kind=enum_value(job_pb2.UpdateKind, "UPDATE_KIND", update.kind),  # type: ignore[arg-type]
         revision=update.revision,
