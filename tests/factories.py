@@ -14,7 +14,7 @@ from oma_server.app import App
 from oma_server.db.models import Disk, VmContext
 from oma_server.replication.state_machine import DiskState, JobState
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
-from vma.v1 import stream_pb2
+from vma.v1 import inventory_pb2, stream_pb2
 
 
 @dataclass
@@ -141,3 +141,27 @@ def completed(job: JobState, seq: int) -> stream_pb2.JobEvent:
 
 def started(job: JobState, seq: int) -> stream_pb2.JobEvent:
     return stream_pb2.JobEvent(job_id=job.id, sequence=seq, started=stream_pb2.JobStarted())
+
+
+MIB = 1 << 20
+
+
+def inventory(disk_mib: tuple[int, ...] = (4, 2), name: str = "web-01") -> inventory_pb2.VirtualMachine:
+    return inventory_pb2.VirtualMachine(
+        vcenter="vc.lab",
+        datacenter="dc1",
+        uuid=str(uuid.uuid4()),
+        moref="vm-42",
+        name=name,
+        num_cpus=2,
+        memory_mib=2048,
+        guest_os="ubuntu64Guest",
+        firmware=inventory_pb2.FIRMWARE_BIOS,
+        nics=[inventory_pb2.Nic(label="nic1", network_name="VM Network", mac_address="00:50:56:aa:bb:cc")],
+        disks=[
+            inventory_pb2.VirtualDisk(
+                key=2000 + i, label=f"Hard disk {i + 1}", capacity_bytes=mib * MIB, unit_number=i, cbt_enabled=True
+            )
+            for i, mib in enumerate(disk_mib)
+        ],
+    )

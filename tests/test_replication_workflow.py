@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import uuid
 from pathlib import Path
 
 import grpc
@@ -29,32 +28,11 @@ from oma_server.db.models import Volume
 from oma_server.server import OmaServer
 from oma_server.storage.volumes import VOLUME_NAME_PREFIX
 from tests.conftest import make_settings
-from tests.factories import Enrolled, RawStream, enroll
+from tests.factories import Enrolled, RawStream, enroll, inventory
 from vma.v1 import inventory_pb2, stream_pb2
 
 pytestmark = pytest.mark.nbd
 MIB = 1 << 20
-
-
-def inventory(disk_mib: tuple[int, ...] = (4, 2), name: str = "web-01") -> inventory_pb2.VirtualMachine:
-    return inventory_pb2.VirtualMachine(
-        vcenter="vc.lab",
-        datacenter="dc1",
-        uuid=str(uuid.uuid4()),
-        moref="vm-42",
-        name=name,
-        num_cpus=2,
-        memory_mib=2048,
-        guest_os="ubuntu64Guest",
-        firmware=inventory_pb2.FIRMWARE_BIOS,
-        nics=[inventory_pb2.Nic(label="nic1", network_name="VM Network", mac_address="00:50:56:aa:bb:cc")],
-        disks=[
-            inventory_pb2.VirtualDisk(
-                key=2000 + i, label=f"Hard disk {i + 1}", capacity_bytes=mib * MIB, unit_number=i, cbt_enabled=True
-            )
-            for i, mib in enumerate(disk_mib)
-        ],
-    )
 
 
 async def register(channel: grpc.aio.Channel, enrolled: Enrolled, vm: inventory_pb2.VirtualMachine) -> str:

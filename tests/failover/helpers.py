@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from oma_server.app import App
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.server import OmaServer
 from tests.conftest import make_settings
-from tests.factories import Enrolled, RawStream, enroll
+from tests.factories import Enrolled, RawStream, enroll, inventory
 from vma.v1 import inventory_pb2, stream_pb2
 
 MIB = 1 << 20
@@ -37,27 +36,6 @@ VM_READY = vm_context_pb2.VM_CONTEXT_STATUS_READY_FOR_FAILOVER
 VM_TEST = vm_context_pb2.VM_CONTEXT_STATUS_FAILED_OVER_TEST
 VM_LIVE = vm_context_pb2.VM_CONTEXT_STATUS_FAILED_OVER_LIVE
 VM_CLEANUP = vm_context_pb2.VM_CONTEXT_STATUS_CLEANUP_REQUIRED
-
-
-def inventory(disk_mib: tuple[int, ...] = (4, 2), name: str = "web-01") -> inventory_pb2.VirtualMachine:
-    return inventory_pb2.VirtualMachine(
-        vcenter="vc.lab",
-        datacenter="dc1",
-        uuid=str(uuid.uuid4()),
-        moref="vm-42",
-        name=name,
-        num_cpus=2,
-        memory_mib=2048,
-        guest_os="ubuntu64Guest",
-        firmware=inventory_pb2.FIRMWARE_BIOS,
-        nics=[inventory_pb2.Nic(label="nic1", network_name="VM Network", mac_address="00:50:56:aa:bb:cc")],
-        disks=[
-            inventory_pb2.VirtualDisk(
-                key=2000 + i, label=f"Hard disk {i + 1}", capacity_bytes=mib * MIB, unit_number=i, cbt_enabled=True
-            )
-            for i, mib in enumerate(disk_mib)
-        ],
-    )
 
 
 async def start_oma(tmp_path: Path, database_url: str = "", **overrides: object) -> OmaServer:
