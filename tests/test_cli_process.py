@@ -50,9 +50,13 @@ def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[i
     )
     wait_for_port(port, proc)
     yield port, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:  # SIGTERM: the server stops its nbd-server too (SIGKILL would orphan the daemon)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def grpcurl(port: int, *args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
