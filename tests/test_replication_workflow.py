@@ -147,6 +147,11 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
             src = sources[disk.id].read_bytes()
             assert read_prefix(backing, len(src)) == src
 
+        # an export that vanished (nbd-server lost it) is recreated by the next run
+        vanished = app.nbd.list_exports()[0].name
+        await app.nbd.remove_export(vanished, force=True)
+        assert vanished not in {e.name for e in app.nbd.list_exports()}
+
         # incremental: same volumes and exports, previous change ids sent
         job2 = await start(channel, vm_id, request_id="inc-1")
         assert job2.kind == replication_pb2.REPLICATION_JOB_KIND_INCREMENTAL
@@ -156,6 +161,7 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
         assert command2.job_id == job2.id
         assert [d.previous_change_id for d in command2.disks] == ["cid-0-1", "cid-1-1"]
         assert sorted(d.nbd_uri for d in command2.disks) == sorted(d.nbd_uri for d in command.disks)
+        assert vanished in {e.name for e in app.nbd.list_exports()}
         assert len(replicas(sim)) == 2  # no new volumes
         assert len([v for v in replicas(sim).values() if v.get("virtualmachineid") == sim.oma_vm_id]) == 2
 
@@ -291,3 +297,25 @@ async def test_register_validates_inventory(oma: OmaServer) -> None:
         vm = inventory()
         first = await register(channel, enrolled, vm)
         assert await register(channel, enrolled, vm) == first  # idempotent by vCenter + uuid
+
+
+async def test_two_vms_replicate_at_once_through_one_appliance(oma: OmaServer, tmp_path: Path) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+        enrolled = await enroll(channel)
+        vm_ids = [await register(channel, enrolled, inventory(disk_mib=(2,), name=f"vm-{i}")) for i in range(2)]
+        jobs = {(await start(channel, vm_id)).id for vm_id in vm_ids}
+        stream = RawStream(channel)
+        await stream.hello(enrolled)
+        commands = [(await stream.recv_until("command", timeout=20)).command.start_replication for _ in jobs]
+        assert {c.job_id for c in commands} == jobs
+        for n, command in enumerate(commands):
+            (target,) = command.disks
+            source = make_source(tmp_path / f"two-{n}.raw", 2 * MIB, seed=n)
+            await nbdcopy(source, target.nbd_uri)
+            await stream.send(event=started_for(command.job_id, 1))
+            await stream.send(event=disk_done_for(command.job_id, 2, target.disk_id, f"cid-{n}"))
+            await stream.send(event=completed_for(command.job_id, 3))
+        for command in commands:
+            await stream.recv_until("ack", job_id=command.job_id, sequence=3)
+            assert (await get_job(channel, command.job_id)).status == replication_pb2.REPLICATION_JOB_STATUS_COMPLETED
+        await stream.close()
