@@ -34,7 +34,10 @@ $(LIBNBD): $(STAMP) | system-deps
 tools: $(STAMP) $(BUF) system-deps $(LIBNBD)
 
 # ---- code generation ------------------------------------------------------------------------------------
-generate: $(STAMP)
+# Only needs grpcio-tools in the venv; does not reinstall the package (a checkout elsewhere sharing this venv
+# must not repoint the editable install at itself).
+generate:
+	@test -x $(PY) || $(MAKE) $(STAMP)
 	scripts/generate.sh
 
 # ---- checks -------------------------------------------------------------------------------------------

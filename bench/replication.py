@@ -36,8 +36,6 @@ import grpc
 
 from bench._common import machine_info, print_table, write_json
 from oma.v1 import (
-    appliance_pb2,
-    appliance_pb2_grpc,
     job_pb2,
     job_pb2_grpc,
     replication_pb2,
@@ -67,44 +65,6 @@ class Bench(Demo):
         super().__init__(root, stack)
         self.size_mib = size_mib
         self.watch = job_pb2_grpc.JobServiceStub(self.channel)
-
-    def start_agent(self) -> tuple[str, str]:
-        stub = appliance_pb2_grpc.ApplianceServiceStub(self.channel)
-        enrolled = stub.EnrollAppliance(appliance_pb2.EnrollApplianceRequest(name="bench-vma"))
-        appliance_id = enrolled.appliance.id
-        credential = self.root / "vma-credential"
-        credential.write_text(enrolled.credential)
-        credential.chmod(0o600)
-        run(BIN / "vma-agent", "create-vm", "--vcenter-dir", self.vcenter, "--name", VM_NAME,
-            "--disk-mib", str(self.size_mib))  # fmt: skip
-        agent = self.spawn(
-            "vma-agent",
-            BIN / "vma-agent",
-            "run",
-            "--oma",
-            self.address,
-            "--appliance-id",
-            appliance_id,
-            "--credential-file",
-            credential,
-            "--vcenter-dir",
-            self.vcenter,
-            "--state-dir",
-            self.root / "agent",
-            "--report-interval",
-            str(REPORT_INTERVAL_S),
-        )
-        deadline = time.monotonic() + 30
-        while stub.GetAppliance(appliance_pb2.GetApplianceRequest(id=appliance_id)).appliance.connection_state != (
-            appliance_pb2.CONNECTION_STATE_CONNECTED
-        ):
-            if agent.poll() is not None or time.monotonic() > deadline:
-                raise DemoFailed("the agent did not connect; see vma-agent.log")
-            time.sleep(0.05)
-        found = self.vms.DiscoverVms(
-            vm_context_pb2.DiscoverVmsRequest(appliance_id=appliance_id, name_filter=VM_NAME, register=True)
-        )
-        return appliance_id, found.vm_contexts[0].id
 
     def timed_replication(self, vm_id: str, kind: int) -> tuple[replication_pb2.ReplicationJob, float | None]:
         """Start a replication over gRPC; return the final job and ms from StartReplication's return to first byte."""
@@ -188,7 +148,7 @@ def measure(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[str,
     }
     try:
         bench.start_oma()
-        _, vm_id = bench.start_agent()
+        _, vm_id = bench.start_agent(VM_NAME, (bench.size_mib,), ("--report-interval", str(REPORT_INTERVAL_S)))
         vm = bench.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
         disk = vm.disks[0]
         source = bench.source_disks(vm)[disk.id]

@@ -155,17 +155,22 @@ class Demo:
         wait_listening(self.port, server, "oma-server")
         console.print(f"oma-server serving on {self.address}; logs in {self.root / 'oma-server.log'}")
 
-    def start_agent(self) -> tuple[str, str]:
-        step(f"Reference VMA agent with one VM of {len(DISKS_MIB)} disks ({' + '.join(map(str, DISKS_MIB))} MiB)")
-        enrolled = appliance_pb2_grpc.ApplianceServiceStub(self.channel).EnrollAppliance(
-            appliance_pb2.EnrollApplianceRequest(name="demo-vma")
-        )
+    def start_agent(
+        self,
+        vm_name: str = "demo-web",
+        disks_mib: tuple[int, ...] = DISKS_MIB,
+        agent_flags: tuple[str, ...] = (),
+    ) -> tuple[str, str]:
+        """Enroll an appliance, create the VM in the agent's vCenter, run the agent, discover and register the VM."""
+        step(f"Reference VMA agent with one VM of {len(disks_mib)} disk(s) ({' + '.join(map(str, disks_mib))} MiB)")
+        stub = appliance_pb2_grpc.ApplianceServiceStub(self.channel)
+        enrolled = stub.EnrollAppliance(appliance_pb2.EnrollApplianceRequest(name="demo-vma"))
         appliance_id = enrolled.appliance.id
         credential = self.root / "vma-credential"
         credential.write_text(enrolled.credential)
         credential.chmod(0o600)
-        sizes = [a for mib in DISKS_MIB for a in ("--disk-mib", str(mib))]
-        run(BIN / "vma-agent", "create-vm", "--vcenter-dir", self.vcenter, "--name", "demo-web", *sizes)
+        sizes = [a for mib in disks_mib for a in ("--disk-mib", str(mib))]
+        run(BIN / "vma-agent", "create-vm", "--vcenter-dir", self.vcenter, "--name", vm_name, *sizes)
         agent = self.spawn(
             "vma-agent",
             BIN / "vma-agent",
@@ -180,18 +185,18 @@ class Demo:
             self.vcenter,
             "--state-dir",
             self.root / "agent",
+            *agent_flags,
         )
-        stub = appliance_pb2_grpc.ApplianceServiceStub(self.channel)
         deadline = time.monotonic() + 30
         while stub.GetAppliance(appliance_pb2.GetApplianceRequest(id=appliance_id)).appliance.connection_state != (
             appliance_pb2.CONNECTION_STATE_CONNECTED
         ):
             if agent.poll() is not None or time.monotonic() > deadline:
                 raise DemoFailed("the agent did not connect; see vma-agent.log")
-            time.sleep(0.1)
+            time.sleep(0.05)
         console.print(f"appliance {appliance_id} connected")
         found = self.vms.DiscoverVms(
-            vm_context_pb2.DiscoverVmsRequest(appliance_id=appliance_id, name_filter="demo-web", register=True)
+            vm_context_pb2.DiscoverVmsRequest(appliance_id=appliance_id, name_filter=vm_name, register=True)
         )
         vm = found.vm_contexts[0]
         console.print(f"discovered and registered VM {vm.name} as VM context {vm.id}")
