@@ -359,6 +359,7 @@ class FakeVCenter:
         with self._locked(vm_uuid):
             vm = self.get_vm(vm_uuid)
             disk = vm.disk(key)
+            self._unshare(self.vm_dir(vm_uuid) / disk.file)
             with open(self.vm_dir(vm_uuid) / disk.file, "r+b") as fh:
                 fh.truncate(capacity_bytes)
             disk.capacity_bytes = capacity_bytes
@@ -403,7 +404,7 @@ class FakeVCenter:
         return self.vm_dir(vm_uuid) / "snapshots"
 
     def create_snapshot(self, vm_uuid: str, description: str = "") -> Snapshot:
-        """Freeze every disk of the VM (sparse copy) and issue one change id per disk."""
+        """Freeze every disk of the VM (copy-on-write) and issue one change id per disk."""
         with self._locked(vm_uuid):
             vm = self.get_vm(vm_uuid)
             snap_id = f"snapshot-{uuid.uuid4().hex[:10]}"
@@ -414,7 +415,9 @@ class FakeVCenter:
             try:
                 for disk in vm.disks:
                     target = snap_dir / disk.file
-                    sparse_copy(self.vm_dir(vm_uuid) / disk.file, target)
+                    # Copy-on-write, as VMware's delta disks: the snapshot is a hard link (instant); the first write
+                    # to the live disk afterwards gives the live disk its own copy (`_unshare`).
+                    os.link(self.vm_dir(vm_uuid) / disk.file, target)
                     state = self.cbt(vm_uuid, disk.key)
                     epoch = state.epoch
                     state.issued[epoch] = now
@@ -476,12 +479,21 @@ class FakeVCenter:
             disk = vm.disk(key)
             if offset < 0 or offset + len(data) > disk.capacity_bytes:
                 raise VCenterError(f"write of {len(data)} bytes at {offset} is outside disk {key}")
+            self._unshare(self.vm_dir(vm_uuid) / disk.file)
             fd = os.open(self.vm_dir(vm_uuid) / disk.file, os.O_WRONLY)
             try:
                 os.pwrite(fd, data, offset)
             finally:
                 os.close(fd)
             self._record(vm_uuid, key, [(offset, len(data))])
+
+    @staticmethod
+    def _unshare(live: Path) -> None:
+        """Give a live disk still shared with a snapshot (hard link) its own copy before it is written."""
+        if os.stat(live).st_nlink > 1:
+            private = live.with_name(live.name + ".cow")
+            sparse_copy(live, private)
+            os.replace(private, live)
 
     def _record(self, vm_uuid: str, key: int, extents: list[Extent]) -> None:
         state = self.cbt(vm_uuid, key)
@@ -511,6 +523,7 @@ class FakeVCenter:
                     continue
                 budget = int(disk.capacity_bytes * percent / 100)
                 extents: list[Extent] = []
+                self._unshare(self.vm_dir(vm_uuid) / disk.file)
                 fd = os.open(self.vm_dir(vm_uuid) / disk.file, os.O_WRONLY)
                 try:
                     while budget > 0:
