@@ -20,6 +20,7 @@ def start_replication_command(job: JobState, vm_uuid: str, capacities: dict[str,
                     previous_change_id="" if d.mode == "full" else d.previous_change_id,
                     capacity_bytes=capacities.get(d.disk_id, 0),
                     resume_token=d.resume_token,
+                    target_is_new=d.target_is_new,
                 )
                 for d in job.disks
                 if not d.completed

@@ -198,12 +198,13 @@ class ReplicationWorkflow:
             failures = [r for r in results if isinstance(r, BaseException)]
             if failures:
                 raise failures[0]
-            targets = {disk_id: (uri, resized) for disk_id, uri, resized in results}  # type: ignore[misc]
+            targets = {disk_id: (uri, resized, new) for disk_id, uri, resized, new in results}  # type: ignore[misc]
 
             def set_targets(state: JobState) -> None:
                 for disk in state.disks:
-                    uri, resized = targets[disk.disk_id]
+                    uri, resized, new = targets[disk.disk_id]
                     disk.nbd_uri = uri
+                    disk.target_is_new = new
                     if resized and disk.mode != "full":
                         disk.mode = "full"
                         disk.previous_change_id = ""
@@ -223,10 +224,10 @@ class ReplicationWorkflow:
             log.opt(exception=True).error("provisioning failed unexpectedly")
             await self._fail(job_id, exc)
 
-    async def _provision_disk(self, job_id: str, disk_id: str) -> tuple[str, str, bool]:
+    async def _provision_disk(self, job_id: str, disk_id: str) -> tuple[str, str, bool, bool]:
         provisioned = await self.volumes.ensure_attached(disk_id, job_id)
         export = await self.exports.ensure(provisioned.volume, job_id)
-        return disk_id, export.uri, provisioned.resized
+        return disk_id, export.uri, provisioned.resized, provisioned.created
 
     async def _fail(self, job_id: str, exc: BaseException) -> None:
         current = self.jobs.cached(job_id)

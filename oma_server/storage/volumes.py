@@ -34,6 +34,7 @@ def volume_name(volume_row_id: str) -> str:
 class Provisioned:
     volume: Volume
     resized: bool = False
+    created: bool = False  # created by this call: never written, so a full copy may skip zero blocks
 
 
 @dataclass
@@ -81,8 +82,9 @@ class VolumeProvisioner:
         disk: Disk = await self.db.run(Disk.get_by_id, disk_id)
         log = logger.bind(job_id=job_id, disk_id=disk_id)
         volume = await self.db.run(current_volume, disk_id)
+        created = False
         if volume is None or not volume.cloudstack_id:
-            volume = await self._create(disk, volume, job_id)
+            volume, created = await self._create(disk, volume, job_id)
         resized = False
         if disk.capacity_bytes > volume.size_bytes:
             async with self.joblog.step(
@@ -95,9 +97,10 @@ class VolumeProvisioner:
                 "volume {v} grown to {n} bytes; this disk gets a full copy", v=volume.cloudstack_id, n=volume.size_bytes
             )
         volume = await self._attach(volume, job_id)
-        return Provisioned(volume, resized)
+        return Provisioned(volume, resized, created)
 
-    async def _create(self, disk: Disk, pending: Volume | None, job_id: str) -> Volume:
+    async def _create(self, disk: Disk, pending: Volume | None, job_id: str) -> tuple[Volume, bool]:
+        """The disk's volume, created now (True) or adopted from an earlier run (False)."""
         if pending is None:
             pending = await self.db.tx(
                 lambda: Volume.create(disk=disk.id, name="", size_bytes=disk.capacity_bytes, state="creating")
@@ -105,6 +108,7 @@ class VolumeProvisioner:
             pending = await self._save(pending.id, name=volume_name(pending.id))
         # A row left in `creating` by a crash: CloudStack may hold the volume already — adopt it by name.
         existing = [v for v in await self.cloudstack.list_volumes(name=pending.name) if v.name == pending.name]
+        created = not existing
         if existing:
             cs_volume = existing[0]
             await self.joblog.note(job_id, "create_volume", f"adopted volume {cs_volume.id} left by an earlier run")
@@ -113,9 +117,10 @@ class VolumeProvisioner:
                 job_id, "create_volume", f"disk {disk.key}: {pending.name}, {disk.capacity_bytes} bytes"
             ):
                 cs_volume = await self.cloudstack.create_volume(pending.name, disk.capacity_bytes)
-        return await self._save(
+        saved = await self._save(
             pending.id, cloudstack_id=cs_volume.id, size_bytes=cs_volume.size_bytes, state="detached"
         )
+        return saved, created
 
     async def _attach(self, volume: Volume, job_id: str) -> Volume:
         oma_vm = self.cloudstack.oma_vm_id

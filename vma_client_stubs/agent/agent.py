@@ -580,7 +580,8 @@ class Agent:
             disk.fresh_target = False
         else:
             allocated = await asyncio.to_thread(allocated_extents, sdisk.path)
-            disk.fresh_target = not target.previous_change_id
+            # Only a volume the OMA created for this job is known to be all zeros; anything else gets zeros written.
+            disk.fresh_target = target.target_is_new
             disk.plan = Plan.full(allocated, sdisk.capacity_bytes, fresh_target=disk.fresh_target)
             disk.mode = stream_pb2.COPY_MODE_FULL
             if target.previous_change_id:

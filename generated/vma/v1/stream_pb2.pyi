@@ -255,20 +255,22 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., running_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DiskTarget(_message.Message):
-    __slots__ = ("disk_id", "disk_key", "nbd_uri", "previous_change_id", "capacity_bytes", "resume_token")
+    __slots__ = ("disk_id", "disk_key", "nbd_uri", "previous_change_id", "capacity_bytes", "resume_token", "target_is_new")
     DISK_ID_FIELD_NUMBER: _ClassVar[int]
     DISK_KEY_FIELD_NUMBER: _ClassVar[int]
     NBD_URI_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_CHANGE_ID_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TARGET_IS_NEW_FIELD_NUMBER: _ClassVar[int]
     disk_id: str
     disk_key: int
     nbd_uri: str
     previous_change_id: str
     capacity_bytes: int
     resume_token: str
-    def __init__(self, disk_id: _Optional[str] = ..., disk_key: _Optional[int] = ..., nbd_uri: _Optional[str] = ..., previous_change_id: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., resume_token: _Optional[str] = ...) -> None: ...
+    target_is_new: bool
+    def __init__(self, disk_id: _Optional[str] = ..., disk_key: _Optional[int] = ..., nbd_uri: _Optional[str] = ..., previous_change_id: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., resume_token: _Optional[str] = ..., target_is_new: bool = ...) -> None: ...
 
 class StartReplicationCommand(_message.Message):
     __slots__ = ("job_id", "vm_uuid", "disks", "last_applied_sequence")
