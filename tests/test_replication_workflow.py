@@ -102,6 +102,7 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
         command = (await stream.recv_until("command", timeout=20)).command.start_replication
         assert command.job_id == job.id and len(command.disks) == 2
         assert all(d.nbd_uri.startswith("nbd://") and not d.previous_change_id for d in command.disks)
+        assert all(d.target_is_new for d in command.disks)  # fresh volumes: zero blocks may be skipped
 
         # the OMA provisioned one CloudStack volume per disk, attached to itself, and exported it
         vm = (
@@ -160,6 +161,7 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
         command2 = (await stream.recv_until("command", timeout=20)).command.start_replication
         assert command2.job_id == job2.id
         assert [d.previous_change_id for d in command2.disks] == ["cid-0-1", "cid-1-1"]
+        assert not any(d.target_is_new for d in command2.disks)
         assert sorted(d.nbd_uri for d in command2.disks) == sorted(d.nbd_uri for d in command.disks)
         assert vanished in {e.name for e in app.nbd.list_exports()}
         assert len(replicas(sim)) == 2  # no new volumes
@@ -236,6 +238,9 @@ async def test_attach_failure_fails_cleanly_and_leaks_nothing(oma: OmaServer) ->
         await app.workflow.wait(retry.id)  # type: ignore[union-attr]
         assert (await get_job(channel, retry.id)).status == replication_pb2.REPLICATION_JOB_STATUS_WAITING_FOR_VMA
         assert len(replicas(sim)) == 2
+        (queued,) = await app.outbox.open_commands(enrolled.appliance_id)
+        # the volumes were created by the failed run: they may hold data, so the copy must not skip zero blocks
+        assert queued.start_replication.disks and not any(d.target_is_new for d in queued.start_replication.disks)
 
 
 async def test_device_that_never_appears_is_a_clear_failure(oma: OmaServer) -> None:
