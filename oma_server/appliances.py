@@ -14,7 +14,7 @@ import peewee as pw
 from oma_server.db.database import Database
 from oma_server.db.models import Appliance
 from oma_server.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
-from oma_server.pagination import decode_token, next_token, page_size_of
+from oma_server.pagination import fetch_page
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -91,17 +91,10 @@ class ApplianceService:
         return appliance
 
     async def list(self, page_size: int, page_token: str, connection_state: str | None) -> AppliancePage:
-        size = page_size_of(page_size)
-        offset = decode_token(page_token)
-
-        def query() -> list[Appliance]:
-            q = Appliance.select().order_by(Appliance.created_at, Appliance.id)
-            if connection_state:
-                q = q.where(Appliance.connection_state == connection_state)
-            return list(q.offset(offset).limit(size + 1))
-
-        rows = await self.db.run(query)
-        return AppliancePage(rows[:size], next_token(offset, size, len(rows)))
+        q = Appliance.select().order_by(Appliance.created_at, Appliance.id)
+        if connection_state:
+            q = q.where(Appliance.connection_state == connection_state)
+        return AppliancePage(*await self.db.run(fetch_page, q, page_size, page_token))
 
     async def revoke(self, appliance_id: str) -> Appliance:
         await self.get(appliance_id)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from oma_server.db.database import Database
 from oma_server.db.models import JobLog, utcnow
-from oma_server.pagination import decode_token, next_token, page_size_of
+from oma_server.pagination import fetch_page
 
 
 def begin_step(job_id: str, step: str, message: str = "") -> int:
@@ -63,12 +63,5 @@ class JobLogService:
         await self.end(entry, "completed")
 
     async def list(self, job_id: str, page_size: int, page_token: str) -> JobLogPage:
-        size = page_size_of(page_size)
-        offset = decode_token(page_token)
-
-        def query() -> list[JobLog]:
-            q = JobLog.select().where(JobLog.job_id == job_id).order_by(JobLog.id)
-            return list(q.offset(offset).limit(size + 1))
-
-        rows = await self.db.run(query)
-        return JobLogPage(rows[:size], next_token(offset, size, len(rows)))
+        q = JobLog.select().where(JobLog.job_id == job_id).order_by(JobLog.id)
+        return JobLogPage(*await self.db.run(fetch_page, q, page_size, page_token))

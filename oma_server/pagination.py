@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from typing import Any
 
 from oma_server.errors import InvalidArgument
 
@@ -41,3 +42,11 @@ def decode_token(token: str) -> int:
 def next_token(offset: int, page_size: int, fetched: int) -> str:
     """Fetch page_size + 1 rows; a token is issued only when that extra row exists."""
     return encode_token(offset + page_size) if fetched > page_size else ""
+
+
+def fetch_page(query: Any, page_size: int, page_token: str) -> tuple[list[Any], str]:
+    """One page of a Peewee query (call it on a database thread): the rows and the next page's token."""
+    size = page_size_of(page_size)
+    offset = decode_token(page_token)
+    rows = list(query.offset(offset).limit(size + 1))
+    return rows[:size], next_token(offset, size, len(rows))

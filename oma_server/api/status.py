@@ -88,16 +88,19 @@ def _unexpected(exc: BaseException, method: str) -> DomainError:
     )
 
 
+async def _fail(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
+    """End the call for an exception a handler raised: a DomainError as itself, anything else as INTERNAL."""
+    if isinstance(exc, grpc.aio.AbortError | grpc.aio.UsageError):
+        raise exc  # the handler already ended the call
+    await _abort(context, exc if isinstance(exc, DomainError) else _unexpected(exc, method), method)
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await behavior(request_or_iterator, context)
-        except DomainError as error:
-            await _abort(context, error, method)
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
         except Exception as exc:
-            await _abort(context, _unexpected(exc, method), method)
+            await _fail(context, exc, method)
 
     return wrapper
 
@@ -107,14 +110,19 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Ca
         try:
             async for response in behavior(request_or_iterator, context):
                 yield response
-        except DomainError as error:
-            await _abort(context, error, method)
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
         except Exception as exc:
-            await _abort(context, _unexpected(exc, method), method)
+            await _fail(context, exc, method)
 
     return wrapper
+
+
+# (handler attribute, handler factory, wrapper) for the four kinds of RPC.
+_KINDS = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, _wrap_unary),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, _wrap_unary),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, _wrap_stream),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, _wrap_stream),
+)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -126,29 +134,12 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        for attribute, factory, wrap in _KINDS:
+            behavior = getattr(handler, attribute)
+            if behavior:
+                return factory(
+                    wrap(behavior, handler_call_details.method),  # type: ignore[operator]
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
         return handler

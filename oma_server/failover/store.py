@@ -23,7 +23,7 @@ from oma_server.failover.state_machine import (
     FailoverStep,
     new_steps,
 )
-from oma_server.pagination import decode_token, next_token, page_size_of
+from oma_server.pagination import fetch_page
 from oma_server.watch import Change, WatchHub
 
 InTx = Callable[[FailoverJobState], None]
@@ -132,17 +132,14 @@ class FailoverJobStore:
         return None if row is None else row_to_state(row)
 
     async def list_jobs(self, page_size: int, page_token: str, vm_context_id: str = "") -> FailoverJobPage:
-        size = page_size_of(page_size)
-        offset = decode_token(page_token)
-
-        def query() -> list[FailoverJobState]:
+        def query() -> FailoverJobPage:
             q = FailoverJob.select().order_by(FailoverJob.created_at.desc(), FailoverJob.id.desc())
             if vm_context_id:
                 q = q.where(FailoverJob.vm_context == vm_context_id)
-            return [row_to_state(r) for r in q.offset(offset).limit(size + 1)]
+            rows, token = fetch_page(q, page_size, page_token)
+            return FailoverJobPage([row_to_state(r) for r in rows], token)
 
-        jobs = await self.db.run(query)
-        return FailoverJobPage(jobs[:size], next_token(offset, size, len(jobs)))
+        return await self.db.run(query)
 
     async def open_jobs(self) -> list[FailoverJobState]:
         def query() -> list[FailoverJobState]:

@@ -28,7 +28,7 @@ from oma_server.db.database import Database
 from oma_server.db.models import ChangeIdRecord, Disk, FailoverJob, JobDisk, ReplicationJob
 from oma_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oma_server.joblog import note
-from oma_server.pagination import decode_token, next_token, page_size_of
+from oma_server.pagination import fetch_page
 from oma_server.replication.state_machine import (
     COPYING,
     DiskState,
@@ -296,23 +296,17 @@ class ReplicationJobStore:
         appliance_id: str = "",
         statuses: Iterable[str] = (),
     ) -> JobPage:
-        size = page_size_of(page_size)
-        offset = decode_token(page_token)
         wanted = list(statuses)
-
-        def query() -> list[str]:
-            q = ReplicationJob.select(ReplicationJob.id).order_by(ReplicationJob.created_at.desc(), ReplicationJob.id)
-            if vm_context_id:
-                q = q.where(ReplicationJob.vm_context == vm_context_id)
-            if appliance_id:
-                q = q.where(ReplicationJob.appliance == appliance_id)
-            if wanted:
-                q = q.where(ReplicationJob.status.in_(wanted))
-            return [r.id for r in q.offset(offset).limit(size + 1)]
-
-        ids = await self.db.run(query)
-        jobs = [await self.get(i) for i in ids[:size]]
-        return JobPage(jobs, next_token(offset, size, len(ids)))
+        q = ReplicationJob.select(ReplicationJob.id).order_by(ReplicationJob.created_at.desc(), ReplicationJob.id)
+        if vm_context_id:
+            q = q.where(ReplicationJob.vm_context == vm_context_id)
+        if appliance_id:
+            q = q.where(ReplicationJob.appliance == appliance_id)
+        if wanted:
+            q = q.where(ReplicationJob.status.in_(wanted))
+        rows, token = await self.db.run(fetch_page, q, page_size, page_token)
+        # Open jobs come from memory (their latest progress may not be written yet), the rest from the database.
+        return JobPage([await self.get(r.id) for r in rows], token)
 
     def open_jobs(self, appliance_id: str | None = None) -> list[JobState]:
         return [

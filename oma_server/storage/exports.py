@@ -16,7 +16,7 @@ from oma_server.errors import InvalidArgument, NotFound
 from oma_server.joblog import JobLogService
 from oma_server.nbd.manager import NbdExportManager
 from oma_server.nbd.names import export_name_for
-from oma_server.pagination import decode_token, next_token, page_size_of
+from oma_server.pagination import fetch_page
 
 
 @dataclass(frozen=True)
@@ -123,15 +123,8 @@ class ExportService:
         return self._view(*found)
 
     async def list_exports(self, page_size: int, page_token: str, state: str = "") -> ExportPage:
-        size = page_size_of(page_size)
-        offset = decode_token(page_token)
-
-        def query() -> list[tuple[NbdExport, str]]:
-            q = NbdExport.select(NbdExport, Volume).join(Volume).order_by(NbdExport.created_at, NbdExport.name)
-            if state:
-                q = q.where(NbdExport.state == state)
-            return [(r, r.volume.disk_id) for r in q.offset(offset).limit(size + 1)]
-
-        rows = await self.db.run(query)
-        views = [self._view(r, d) for r, d in rows[:size]]
-        return ExportPage(views, next_token(offset, size, len(rows)))
+        q = NbdExport.select(NbdExport, Volume).join(Volume).order_by(NbdExport.created_at, NbdExport.name)
+        if state:
+            q = q.where(NbdExport.state == state)
+        rows, token = await self.db.run(fetch_page, q, page_size, page_token)
+        return ExportPage([self._view(r, r.volume.disk_id) for r in rows], token)

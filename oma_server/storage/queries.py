@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from oma_server.db.database import Database
 from oma_server.db.models import Disk, Volume
 from oma_server.errors import InvalidArgument, NotFound
-from oma_server.pagination import decode_token, next_token, page_size_of
+from oma_server.pagination import fetch_page
 
 
 @dataclass(frozen=True)
@@ -35,16 +35,9 @@ class VolumeQueries:
     async def list_volumes(
         self, page_size: int, page_token: str, vm_context_id: str = "", state: str = ""
     ) -> VolumePage:
-        size = page_size_of(page_size)
-        offset = decode_token(page_token)
-
-        def query() -> list[Volume]:
-            q = Volume.select().join(Disk).order_by(Volume.created_at, Volume.id)
-            if vm_context_id:
-                q = q.where(Disk.vm_context == vm_context_id)
-            if state:
-                q = q.where(Volume.state == state)
-            return list(q.offset(offset).limit(size + 1))
-
-        rows = await self.db.run(query)
-        return VolumePage(rows[:size], next_token(offset, size, len(rows)))
+        q = Volume.select().join(Disk).order_by(Volume.created_at, Volume.id)
+        if vm_context_id:
+            q = q.where(Disk.vm_context == vm_context_id)
+        if state:
+            q = q.where(Volume.state == state)
+        return VolumePage(*await self.db.run(fetch_page, q, page_size, page_token))

@@ -9,7 +9,7 @@ from loguru import logger
 from oma_server.db.database import Database
 from oma_server.db.models import ChangeIdRecord, Disk, VmContext, Volume, utcnow
 from oma_server.errors import InvalidArgument, NotFound, Unavailable
-from oma_server.pagination import decode_token, next_token, page_size_of
+from oma_server.pagination import fetch_page
 from oma_server.stream.outbox import CommandOutbox
 from vma.v1 import inventory_pb2, stream_pb2
 
@@ -190,17 +190,13 @@ class VmContextService:
         return view
 
     async def list_vms(self, page_size: int, page_token: str, appliance_id: str = "", status: str = "") -> VmPage:
-        size = page_size_of(page_size)
-        offset = decode_token(page_token)
-
-        def query() -> list[VmView]:
+        def query() -> VmPage:
             q = VmContext.select(VmContext.id).order_by(VmContext.created_at, VmContext.id)
             if appliance_id:
                 q = q.where(VmContext.appliance == appliance_id)
             if status:
                 q = q.where(VmContext.status == status)
-            ids = [r.id for r in q.offset(offset).limit(size + 1)]
-            return [v for v in (load_view(i) for i in ids) if v is not None]
+            rows, token = fetch_page(q, page_size, page_token)
+            return VmPage([v for v in (load_view(r.id) for r in rows) if v is not None], token)
 
-        views = await self.db.run(query)
-        return VmPage(views[:size], next_token(offset, size, len(views)))
+        return await self.db.run(query)
