@@ -24,9 +24,11 @@ from oma_server.failover.readiness import ReadinessChecker
 from oma_server.failover.steps import FailoverSteps, StepSettings
 from oma_server.failover.store import FailoverJobStore
 from oma_server.failover.workflow import FailoverWorkflow
+from oma_server.janitor import Janitor
 from oma_server.job_watch import JobWatcher
 from oma_server.joblog import JobLogService
 from oma_server.nbd.manager import NbdExportManager
+from oma_server.replication.applier import VmaMessageApplier
 from oma_server.replication.service import ReplicationService
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.replication.workflow import ReplicationWorkflow
@@ -71,6 +73,7 @@ class App:
             self.clock,
             self.appliances,
             self.jobs,
+            VmaMessageApplier(self.jobs, self.clock),
             self.outbox,
             process_id=self.process_id,
             heartbeat_interval_s=settings.heartbeat_interval_s,
@@ -99,6 +102,7 @@ class App:
         self.failover_step_settings = StepSettings(driver_injection_command=settings.driver_injection_command)
         self.job_watch.lookups.append(self._failover_change)
         self.job_watch.listers.append(self._failover_changes)
+        self.janitor: Janitor | None = None
         self.schema_version = 0
 
     async def start(self) -> None:
@@ -121,6 +125,8 @@ class App:
             await self.workflow.resume_in_flight()
         if self.failover is not None:
             await self.failover.resume()
+        if self.janitor is not None:
+            await self.janitor.start()
 
     async def _start_storage(self) -> None:
         if self.simulator is not None:
@@ -134,6 +140,16 @@ class App:
             self.db, self.clock, self.jobs, self.replication, self.vms, self.volumes, self.exports, self.joblog
         )
         self._build_failover(self.cloudstack, self.volumes, self.workflow)
+        assert self.failover is not None
+        self.janitor = Janitor(
+            self.db,
+            self.clock,
+            self.jobs,
+            self.workflow,
+            self.failover,
+            self.outbox,
+            interval_s=self.settings.janitor_interval_s,
+        )
         await self.volumes.reconcile()
         await self.exports.start()
 
@@ -143,6 +159,8 @@ class App:
 
     async def stop(self) -> None:
         """Finish pending writes (batched progress), stop the parts this process runs, close the database."""
+        if self.janitor is not None:
+            await self.janitor.stop()
         if self.failover is not None:
             await self.failover.stop()
         if self.workflow is not None:

@@ -112,3 +112,16 @@ class Unimplemented(DomainError):
 class Internal(DomainError):
     category = Category.INTERNAL
     default_reason = "INTERNAL"
+
+
+class MessageRejected(Exception):
+    """One message on an appliance's stream cannot be applied; nothing of it was. Answered with a StreamError, the
+    stream stays up. `code` is a StreamErrorCode name suffix (INVALID_MESSAGE, UNKNOWN_JOB, ...)."""
+
+    def __init__(self, code: str, message: str, job_id: str = "", sequence: int = 0, command_id: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.job_id = job_id
+        self.sequence = sequence
+        self.command_id = command_id

@@ -56,21 +56,21 @@ class JobWatcher:
         )
 
     async def watch_job(self, job_id: str, from_revision: int = 0) -> AsyncIterator[Update]:
-        current = await self._current(job_id)
-
         def accept(change: Change) -> bool:
             return change.job_id == job_id
 
+        # Subscribe before reading the current state: a change committed meanwhile is in the subscription.
         with self.hub.subscribe(accept) as subscription:
-            last = from_revision
+            current = await self._current(job_id)
+            sent: dict[str, int] = {}
             if from_revision == 0:
                 yield Update(SNAPSHOT, current.revision, current)
-                last = current.revision
+                sent[job_id] = current.revision
             else:
                 for change in self.hub.since(from_revision, accept, latest_known=current.revision):
                     yield Update(CHANGE, change.revision, change)
-                    last = change.revision
-            async for update in self._follow(subscription, last):
+                    sent[job_id] = change.revision
+            async for update in self._follow(subscription, sent, max(from_revision, sent.get(job_id, 0))):
                 yield update
 
     async def watch_jobs(
@@ -79,30 +79,42 @@ class JobWatcher:
         def accept(change: Change) -> bool:
             return not vm_context_id or change.vm_context_id == vm_context_id
 
+        # Subscribe first, then note how far delivery has come: every change up to `synced` is reflected in the
+        # snapshot read below, every later one comes through the subscription (once: `sent` drops what the snapshot
+        # already showed). A job's snapshot may be newer than `synced` (its change is still on its way); SYNCED still
+        # says only what is true — everything up to `synced` has been seen.
         with self.hub.subscribe(accept) as subscription:
-            last = from_revision
+            sent: dict[str, int] = {}
             if from_revision == 0:
+                synced = self.hub.published
                 snapshot: list[Change] = []
                 for lister in self.listers:
                     snapshot += [c for c in await lister(include_finished) if accept(c)]
                 for change in sorted(snapshot, key=lambda c: c.revision):
                     yield Update(SNAPSHOT, change.revision, change)
-                last = max([self.hub.revision, *(c.revision for c in snapshot)])
-                yield Update(SYNCED, last, None)
+                    sent[change.job_id] = change.revision
+                yield Update(SYNCED, synced, None)
+                last = synced
             else:
+                last = from_revision
                 for change in self.hub.since(from_revision, accept):
                     yield Update(CHANGE, change.revision, change)
+                    sent[change.job_id] = change.revision
                     last = change.revision
-            async for update in self._follow(subscription, last):
+            async for update in self._follow(subscription, sent, last):
                 yield update
 
-    async def _follow(self, subscription: Any, last: int) -> AsyncIterator[Update]:
+    async def _follow(self, subscription: Any, sent: dict[str, int], last: int) -> AsyncIterator[Update]:
+        """Changes from the subscription, in revision order; one a job's snapshot or replay already showed is
+        skipped. `last` is the resume point a PROGRESS_NOTIFY reports."""
         while True:
             change = await subscription.next(self.notify_interval_s)
             if change is None:
-                yield Update(PROGRESS_NOTIFY, max(last, self.hub.revision), None)
+                last = max(last, self.hub.published)
+                yield Update(PROGRESS_NOTIFY, last, None)
                 continue
-            if change.revision <= last:
-                continue  # already sent from the history replay
-            last = change.revision
+            last = max(last, change.revision)
+            if change.revision <= sent.get(change.job_id, 0):
+                continue  # already shown by the snapshot or the history replay
+            sent[change.job_id] = change.revision
             yield Update(CHANGE, change.revision, change)

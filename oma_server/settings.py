@@ -38,6 +38,8 @@ class Settings:
     # Stream and progress tuning (DESIGN.md §4).
     heartbeat_interval_s: float = 10.0
     progress_flush_interval_s: float = 1.0
+    # How often the janitor looks for jobs left in a transient status after its cause passed (also at start-up).
+    janitor_interval_s: float = 30.0
     # gRPC server limits.
     max_concurrent_rpcs: int = 20_000
     max_message_bytes: int = 16 * 1024 * 1024

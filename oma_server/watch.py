@@ -1,9 +1,15 @@
 """Fan-out of job changes to watchers, with revisions for resuming (etcd/Kubernetes watch semantics).
 
-Every change of any job gets the next revision. Watchers subscribe with a filter; each subscription keeps at most
-the latest pending change per job, so a slow watcher coalesces progress it has not read yet instead of slowing the
-publisher or growing without bound (final states are states too: the latest state always reaches it). A bounded
-history lets a watcher resume from a revision; older than the history → `RevisionCompacted` and the client re-lists.
+Every change of any job gets the next revision, and changes reach watchers **in revision order**, with no gaps: a
+revision is reserved before the change is committed (it is written with it) and delivered when the commit is done;
+a change whose revision follows one still committing is held until that one is delivered or abandoned (its commit
+failed). So `published` — the revision up to which every change has been delivered — is a safe resume point and
+the honest revision of a SYNCED marker: a watcher told SYNCED at N has been given every change up to N.
+
+Watchers subscribe with a filter; each subscription keeps at most the latest pending change per job, so a slow
+watcher coalesces progress it has not read yet instead of slowing the publisher or growing without bound (final
+states are states too: the latest state always reaches it). A bounded history lets a watcher resume from a
+revision; older than the history → `RevisionCompacted` and the client re-lists.
 """
 
 from __future__ import annotations
@@ -70,21 +76,44 @@ class Subscription:
 
 class WatchHub:
     def __init__(self, start_revision: int = 0, history: int = 50_000) -> None:
-        self.revision = start_revision
+        self.revision = start_revision  # the last reserved
+        self.published = start_revision  # every revision up to here has been delivered (or abandoned)
+        self._held: dict[int, Change | None] = {}  # arrived ahead of an earlier revision still committing
         self._history: deque[Change] = deque()
         self._history_max = history
         self._floor = start_revision  # every change above the floor is in the history
         self._subscriptions: set[Subscription] = set()
 
     def reset(self, start_revision: int) -> None:
-        self.revision = max(self.revision, start_revision)
+        """At start: revisions continue above the highest one stored."""
+        if self.revision == self.published and not self._held:
+            self.revision = self.published = max(self.revision, start_revision)
         self._floor = max(self._floor, start_revision)
 
     def next_revision(self) -> int:
+        """Reserve the next revision. The caller must `publish` a change with it or `abandon` it, whatever
+        happens: until then every later change waits (see the module docstring)."""
         self.revision += 1
         return self.revision
 
     def publish(self, change: Change) -> None:
+        self._settle(change.revision, change)
+
+    def abandon(self, revision: int) -> None:
+        """A reserved revision whose change never happened (its commit failed): later changes need not wait."""
+        self._settle(revision, None)
+
+    def _settle(self, revision: int, change: Change | None) -> None:
+        if revision <= self.published or revision > self.revision:
+            raise ValueError(f"revision {revision} was not reserved or is settled already")
+        self._held[revision] = change
+        while (nxt := self.published + 1) in self._held:
+            ready = self._held.pop(nxt)
+            self.published = nxt
+            if ready is not None:
+                self._deliver(ready)
+
+    def _deliver(self, change: Change) -> None:
         self._history.append(change)
         if len(self._history) > self._history_max:
             self._floor = self._history.popleft().revision

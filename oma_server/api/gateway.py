@@ -13,8 +13,15 @@ from collections.abc import AsyncIterator
 import grpc
 
 from oma.v1 import gateway_pb2, gateway_pb2_grpc
+from oma_server.api.stream_codec import (
+    decode_command_result,
+    decode_event,
+    decode_heartbeat,
+    decode_hello,
+    decode_progress,
+)
 from oma_server.app import App
-from oma_server.errors import Aborted, Unauthenticated, Unavailable
+from oma_server.errors import Aborted, MessageRejected, Unauthenticated, Unavailable
 from oma_server.stream.hub import REVOKED, Outgoing, Session
 from vma.v1 import stream_pb2
 
@@ -53,7 +60,7 @@ class GatewayServicer(gateway_pb2_grpc.VmaGatewayServiceServicer):
                 "the first message on the stream must be a Hello with the appliance id and credential",
                 reason="HELLO_MISSING",
             )
-        session, welcome = await self.hub.open(first.hello, context.peer())
+        session, welcome = await self.hub.open(decode_hello(first.hello), context.peer())
         reader = asyncio.create_task(self._read(session, request_iterator), name=f"vma-reader-{session.session_id}")
         try:
             yield wrap(welcome)
@@ -73,23 +80,28 @@ class GatewayServicer(gateway_pb2_grpc.VmaGatewayServiceServicer):
             raise Unavailable(session.close_reason, reason="SERVER_SHUTTING_DOWN")
 
     async def _read(self, session: Session, request_iterator: AsyncIterator[gateway_pb2.ConnectRequest]) -> None:
+        """Apply the appliance's messages in order, each decoded whole first: one that cannot be decoded is answered
+        with a StreamError and changes nothing."""
         hub = self.hub
         try:
             async for request in request_iterator:
                 hub.touch(session)
                 kind = request.WhichOneof("message")
-                if kind == "progress":
-                    await hub.on_progress(session, request.progress)
-                elif kind == "event":
-                    await hub.on_event(session, request.event)
-                elif kind == "command_result":
-                    await hub.on_command_result(session, request.command_result)
-                elif kind == "heartbeat":
-                    await hub.on_heartbeat(session, request.heartbeat)
-                elif kind == "hello":
-                    await hub.reject_unknown(session, "a second Hello on an open stream is not allowed")
-                else:
-                    await hub.reject_unknown(session, "an empty message")
+                try:
+                    if kind == "progress":
+                        await hub.on_progress(session, decode_progress(request.progress))
+                    elif kind == "event":
+                        await hub.on_event(session, decode_event(request.event))
+                    elif kind == "command_result":
+                        await hub.on_command_result(session, decode_command_result(request.command_result))
+                    elif kind == "heartbeat":
+                        await hub.on_heartbeat(session, decode_heartbeat(request.heartbeat))
+                    elif kind == "hello":
+                        raise MessageRejected("INVALID_MESSAGE", "a second Hello on an open stream is not allowed")
+                    else:
+                        raise MessageRejected("INVALID_MESSAGE", "an empty message; nothing was applied")
+                except MessageRejected as rejected:
+                    hub.reject(session, rejected)
             session.close("the appliance closed the stream")
         except asyncio.CancelledError:
             raise

@@ -23,6 +23,7 @@ from loguru import logger
 
 from oma_server.db.models import database_proxy
 from oma_server.errors import InvalidArgument, Unavailable
+from oma_server.uninterruptible import finish
 
 T = TypeVar("T")
 
@@ -130,7 +131,9 @@ class Database:
             raise Unavailable("the database is closed (the server is shutting down)", reason="DATABASE_CLOSED")
         loop = asyncio.get_running_loop()
         call = functools.partial(self._call, fn, args, kwargs, atomic)
-        return await loop.run_in_executor(self._executor, call)
+        # A thread cannot be interrupted: a cancelled caller still waits for its transaction to end, so nothing it
+        # does next (release a lock, close the database) overtakes work that is still committing.
+        return await finish(loop.run_in_executor(self._executor, call))
 
     def close(self) -> None:
         """Wait for queued work to finish, then close every connection."""

@@ -24,6 +24,7 @@ from oma_server.failover.state_machine import (
     new_steps,
 )
 from oma_server.pagination import fetch_page
+from oma_server.uninterruptible import finish
 from oma_server.watch import Change, WatchHub
 
 InTx = Callable[[FailoverJobState], None]
@@ -158,10 +159,9 @@ class FailoverJobStore:
         request_id: str = "",
         in_tx: InTx | None = None,
     ) -> FailoverJobState:
-        revision = self.watch.next_revision()
         now = utcnow()
 
-        def insert() -> FailoverJobState:
+        def insert(revision: int) -> FailoverJobState:
             if request_id and FailoverJob.get_or_none(FailoverJob.request_id == request_id) is not None:
                 raise AlreadyExists(f"request_id {request_id!r} was already used", reason="REQUEST_ID_REUSED")
             row = FailoverJob.create(
@@ -182,16 +182,14 @@ class FailoverJobStore:
                 in_tx(state)
             return state
 
-        state = await self.db.tx(insert)
-        self._publish(state)
-        return state
+        return await finish(self._write(insert))
 
     async def commit(self, job_id: str, mutate: Mutate, in_tx: InTx | None = None) -> FailoverJobState:
-        """Apply `mutate` to the job and write it with a new revision (+ `in_tx`) in one transaction; publish."""
+        """Apply `mutate` to the job and write it with a new revision (+ `in_tx`) in one transaction; publish.
+        Whole, whatever happens to the caller meanwhile (uninterruptible.finish)."""
         async with self._lock(job_id):
-            revision = self.watch.next_revision()
 
-            def write() -> FailoverJobState:
+            def write(revision: int) -> FailoverJobState:
                 row = FailoverJob.get_by_id(job_id)
                 state = row_to_state(row)
                 mutate(state)
@@ -202,9 +200,19 @@ class FailoverJobStore:
                 FailoverJob.update(**_fields(state)).where(FailoverJob.id == job_id).execute()
                 return state
 
-            state = await self.db.tx(write)
-            self._publish(state)
-            return state
+            return await finish(self._write(write))
+
+    async def _write(self, write: Callable[[int], FailoverJobState]) -> FailoverJobState:
+        """Reserve a watch revision, run `write` with it in one transaction, publish the result (or abandon the
+        revision when the transaction failed, so later changes do not wait for it)."""
+        revision = self.watch.next_revision()
+        try:
+            state = await self.db.tx(write, revision)
+        except BaseException:
+            self.watch.abandon(revision)
+            raise
+        self._publish(state)
+        return state
 
     def change_of(self, state: FailoverJobState) -> Change:
         return Change(state.revision, "failover", state.id, state.vm_context_id, state.copy(), state.final)

@@ -214,6 +214,14 @@ class FailoverWorkflow:
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
+    def running(self, job_id: str) -> bool:
+        """Whether this process runs the job's steps right now."""
+        return job_id in self._tasks
+
+    def resume_job(self, job_id: str) -> None:
+        """Continue a pending or running job from its current step."""
+        self._spawn(job_id)
+
     async def resume(self) -> list[str]:
         """At start: every pending or running failover job continues from its current step."""
         resumed = []

@@ -184,3 +184,22 @@ def percent_of(done: int, total: int) -> float:
     if total <= 0:
         return 0.0
     return min(100.0, 100.0 * done / total)
+
+
+def complete(job: JobState, now: datetime) -> JobState:
+    """The appliance finished: through `completing` to `completed` — or to `failed` when a disk has no change id
+    (its next run could not be incremental). One pure step, so the store commits completion whole: a job is never
+    left in `completing` by a cut between two commits. A job found in `completing` (an older OMA) ends the same way."""
+    done = job if job.status == JobStatus.COMPLETING else transition(job, JobStatus.COMPLETING, now)
+    missing = [d.disk_id for d in done.disks if not d.new_change_id]
+    if missing:
+        return transition(
+            done,
+            JobStatus.FAILED,
+            now,
+            error_reason="CHANGE_ID_MISSING",
+            error_message=(
+                f"the appliance reported completion but no change id for disk(s) {', '.join(missing)}; retry the job"
+            ),
+        )
+    return transition(done, JobStatus.COMPLETED, now)

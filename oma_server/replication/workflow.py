@@ -161,6 +161,15 @@ class ReplicationWorkflow:
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
+    def running(self, job_id: str) -> bool:
+        """Whether this process runs the job's provisioning task right now."""
+        return job_id in self._tasks
+
+    def resume_job(self, job_id: str) -> None:
+        """Run a pending or provisioning job's (idempotent) provisioning steps again."""
+        if job_id not in self._tasks:
+            self._spawn(job_id)
+
     async def resume_in_flight(self) -> list[str]:
         """After a restart: jobs that had not reached the appliance run their provisioning steps again."""
         resumed = [j.id for j in self.jobs.open_jobs() if j.status in (JobStatus.PENDING, JobStatus.PROVISIONING)]

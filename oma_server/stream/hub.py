@@ -25,9 +25,13 @@ from loguru import logger
 from oma_server.appliances import ApplianceService
 from oma_server.clock import Clock
 from oma_server.db.database import Database
-from oma_server.db.models import Appliance
-from oma_server.replication.store import MessageRejected, ReplicationJobStore
+from oma_server.db.models import Appliance, new_id
+from oma_server.errors import MessageRejected
+from oma_server.replication.applier import VmaMessageApplier
+from oma_server.replication.store import ReplicationJobStore
+from oma_server.stream.messages import CommandResult, Heartbeat, Hello, JobEvent, ProgressReport
 from oma_server.stream.outbox import CommandOutbox
+from oma_server.uninterruptible import finish, uninterruptible
 from oma_server.version import __version__
 from vma.v1 import stream_pb2
 
@@ -83,6 +87,7 @@ class SessionHub:
         clock: Clock,
         appliances: ApplianceService,
         jobs: ReplicationJobStore,
+        applier: VmaMessageApplier,
         outbox: CommandOutbox,
         *,
         process_id: str,
@@ -93,6 +98,7 @@ class SessionHub:
         self.clock = clock
         self.appliances = appliances
         self.jobs = jobs
+        self.applier = applier
         self.outbox = outbox
         self.process_id = process_id
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -132,7 +138,20 @@ class SessionHub:
             session.close("the OMA is shutting down; reconnect")
 
     # ---- opening and closing ------------------------------------------------------------------------------------
-    async def open(self, hello: stream_pb2.Hello, peer: str) -> tuple[Session, stream_pb2.Welcome]:
+    async def open(self, hello: Hello, peer: str) -> tuple[Session, stream_pb2.Welcome]:
+        """Authenticate, replace any older session of the appliance, record it connected, resume its stalled jobs
+        and build the Welcome — whole, even if the caller goes away meanwhile; then the new session is closed
+        again at once, so nothing stays "connected" for a stream that is gone."""
+        opening = asyncio.ensure_future(self._open(hello, peer))
+        try:
+            return await finish(opening)
+        except asyncio.CancelledError:
+            if not opening.cancelled() and opening.exception() is None:
+                session, _ = opening.result()
+                await finish(self.close(session, "the stream ended during its hello"))
+            raise
+
+    async def _open(self, hello: Hello, peer: str) -> tuple[Session, stream_pb2.Welcome]:
         appliance = await self.appliances.authenticate(hello.appliance_id, hello.credential)
         session = Session(
             appliance_id=appliance.id,
@@ -192,6 +211,7 @@ class SessionHub:
         """Send every command the appliance has not answered yet (again, after a reconnect or an OMA restart)."""
         await self.outbox.kick(session.appliance_id, resend=True)
 
+    @uninterruptible
     async def close(self, session: Session, reason: str) -> None:
         session.close(reason)
         if self.sessions.get(session.appliance_id) is not session:
@@ -217,24 +237,24 @@ class SessionHub:
     def touch(self, session: Session) -> None:
         session.last_seen = self.clock.monotonic()
 
-    async def on_progress(self, session: Session, report: stream_pb2.ProgressReport) -> None:
+    async def on_progress(self, session: Session, report: ProgressReport) -> None:
         session.stats["progress"] += 1
-        ack = await self._guard(session, self.jobs.apply_progress(session.appliance_id, report))
+        ack = await self._guard(session, self.applier.apply_progress(session.appliance_id, report))
         if ack:
             session.send(stream_pb2.JobAck(job_id=report.job_id, sequence=ack))
 
-    async def on_event(self, session: Session, event: stream_pb2.JobEvent) -> None:
+    async def on_event(self, session: Session, event: JobEvent) -> None:
         session.stats["events"] += 1
-        ack = await self._guard(session, self.jobs.apply_event(session.appliance_id, event))
+        ack = await self._guard(session, self.applier.apply_event(session.appliance_id, event))
         if ack:
             session.send(stream_pb2.JobAck(job_id=event.job_id, sequence=ack))
 
-    async def on_command_result(self, session: Session, result: stream_pb2.CommandResult) -> None:
+    async def on_command_result(self, session: Session, result: CommandResult) -> None:
         stored = await self._guard(session, self.outbox.record_result(session.appliance_id, result))
         if stored is not None:
             session.send(stream_pb2.CommandResultAck(command_id=result.command_id))
 
-    async def on_heartbeat(self, session: Session, heartbeat: stream_pb2.Heartbeat) -> None:
+    async def on_heartbeat(self, session: Session, heartbeat: Heartbeat) -> None:
         now = self.clock.monotonic()
         if now - session.last_seen_written >= LAST_SEEN_WRITE_INTERVAL_S:
             session.last_seen_written = now
@@ -243,39 +263,40 @@ class SessionHub:
                 lambda: Appliance.update(last_seen_at=seen_at).where(Appliance.id == session.appliance_id).execute()
             )
 
-    async def reject_unknown(self, session: Session, what: str) -> None:
+    def reject(self, session: Session, rejected: MessageRejected) -> None:
+        """Answer a message that cannot be applied with a StreamError naming it; nothing of it was applied."""
         session.stats["rejected"] += 1
+        logger.bind(appliance_id=session.appliance_id, job_id=rejected.job_id or None).info(
+            "rejected message: {message}", message=rejected.message
+        )
         session.send(
             stream_pb2.StreamError(
-                code=stream_pb2.STREAM_ERROR_CODE_INVALID_MESSAGE, message=f"{what}; nothing was applied"
+                code=stream_pb2.StreamErrorCode.Value(f"STREAM_ERROR_CODE_{rejected.code}"),  # type: ignore[arg-type]
+                job_id=rejected.job_id,
+                sequence=rejected.sequence,
+                command_id=rejected.command_id,
+                message=rejected.message,
             )
         )
 
     async def _guard(self, session: Session, work):  # type: ignore[no-untyped-def]
         """Run one message's work; a rejection or an unexpected error becomes a StreamError reply, never a dead
-        stream."""
+        stream. An unexpected error's text stays in the log, under an error id the reply names."""
         try:
             return await work
         except MessageRejected as rejected:
+            self.reject(session, rejected)
+        except Exception:
+            error_id = new_id()
             session.stats["rejected"] += 1
-            logger.bind(appliance_id=session.appliance_id, job_id=rejected.job_id or None).info(
-                "rejected message: {message}", message=rejected.message
+            logger.opt(exception=True).bind(appliance_id=session.appliance_id, error_id=error_id).error(
+                "stream message failed (error id {error_id})", error_id=error_id
             )
-            session.send(
-                stream_pb2.StreamError(
-                    code=stream_pb2.StreamErrorCode.Value(f"STREAM_ERROR_CODE_{rejected.code}"),  # type: ignore[arg-type]
-                    job_id=rejected.job_id,
-                    sequence=rejected.sequence,
-                    message=rejected.message,
-                )
-            )
-        except Exception as exc:
-            session.stats["rejected"] += 1
-            logger.opt(exception=True).bind(appliance_id=session.appliance_id).error("stream message failed")
             session.send(
                 stream_pb2.StreamError(
                     code=stream_pb2.STREAM_ERROR_CODE_INVALID_STATE,
-                    message=f"the OMA could not apply this message ({type(exc).__name__}: {exc}); send it again",
+                    message=f"the OMA failed to apply this message (error id {error_id}); nothing of it was applied, "
+                    "send it again — if this persists, give the error id to the OMA's operator",
                 )
             )
         return None

@@ -17,13 +17,14 @@ from loguru import logger
 from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import Command, new_id, utcnow
-from oma_server.errors import DeadlineExceeded, NotFound
-from oma_server.replication.store import MessageRejected
+from oma_server.errors import DeadlineExceeded, MessageRejected, NotFound
+from oma_server.stream.messages import CommandResult
+from oma_server.uninterruptible import uninterruptible
 from vma.v1 import stream_pb2
 
 OPEN_STATUSES = ("pending", "sent")
 Deliver = Callable[[str, stream_pb2.Command], bool]  # (appliance_id, command) → handed to a live session?
-ResultHandler = Callable[[Command, stream_pb2.CommandResult], Awaitable[None]]
+ResultHandler = Callable[[Command, CommandResult], Awaitable[None]]  # (the command's row, its stored result)
 
 
 def insert_command(appliance_id: str, command: stream_pb2.Command, job_id: str = "") -> stream_pb2.Command:
@@ -48,12 +49,6 @@ def insert_command(appliance_id: str, command: stream_pb2.Command, job_id: str =
         created_at=now,
     )
     return out
-
-
-def outcome_name(value: int) -> str:
-    if not value:
-        return ""
-    return stream_pb2.CommandOutcome.Name(value).removeprefix("COMMAND_OUTCOME_").lower()  # type: ignore[arg-type]
 
 
 class CommandOutbox:
@@ -105,12 +100,9 @@ class CommandOutbox:
 
         return [stream_pb2.Command.FromString(p) for p in await self.db.run(query)]
 
-    async def record_result(self, appliance_id: str, result: stream_pb2.CommandResult) -> bool:
+    @uninterruptible
+    async def record_result(self, appliance_id: str, result: CommandResult) -> bool:
         """Store an appliance's answer (idempotent). True when it was new. Raises MessageRejected."""
-        if not result.command_id:
-            raise MessageRejected("INVALID_MESSAGE", "command result names no command_id")
-        if not result.outcome:
-            raise MessageRejected("INVALID_MESSAGE", f"command result {result.command_id} has no outcome")
 
         def store() -> tuple[Command | None, bool]:
             row = Command.get_or_none(Command.id == result.command_id)
@@ -120,17 +112,23 @@ class CommandOutbox:
                 return row, False
             row.status = "done"
             row.completed_at = utcnow()
-            row.result_outcome = outcome_name(result.outcome)
+            row.result_outcome = result.outcome
             row.result_detail = result.detail
-            row.result_payload = result.SerializeToString()
+            row.result_payload = result.encoded
             row.save()
             return row, True
 
         row, new = await self.db.tx(store)
         if row is None:
-            raise MessageRejected("UNKNOWN_COMMAND", f"command {result.command_id} is not known to this OMA")
+            raise MessageRejected(
+                "UNKNOWN_COMMAND", f"command {result.command_id} is not known to this OMA", command_id=result.command_id
+            )
         if row.appliance_id != appliance_id:
-            raise MessageRejected("UNKNOWN_COMMAND", f"command {result.command_id} was not sent to this appliance")
+            raise MessageRejected(
+                "UNKNOWN_COMMAND",
+                f"command {result.command_id} was not sent to this appliance",
+                command_id=result.command_id,
+            )
         if new:
             logger.bind(appliance_id=appliance_id, command_id=row.id, job_id=row.job_id or None).info(
                 "{kind} command answered: {outcome} {detail}",
@@ -138,9 +136,10 @@ class CommandOutbox:
                 outcome=row.result_outcome,
                 detail=result.detail,
             )
+            answer = stream_pb2.CommandResult.FromString(result.encoded)
             for waiter in self._waiters.pop(row.id, []):
                 if not waiter.done():
-                    waiter.set_result(result)
+                    waiter.set_result(answer)
             handler = self.result_handlers.get(row.kind)
             if handler is not None:
                 try:

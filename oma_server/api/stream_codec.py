@@ -1,0 +1,211 @@
+"""The wire boundary of the VMA stream: `vma.v1` messages in, domain values (`oma_server.stream.messages`) out.
+
+Every decoder checks its message whole before returning anything, and raises MessageRejected (INVALID_MESSAGE)
+naming the field and what is wrong. proto3 enums are open — an unknown number arrives as a plain int — so every
+enum value is checked against the enum's own descriptor here, once, instead of failing later in the middle of
+applying a message.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.descriptor import EnumDescriptor
+
+from oma_server.errors import InvalidArgument, MessageRejected
+from oma_server.stream import messages as m
+from vma.v1 import stream_pb2
+
+
+class _Checker:
+    """Collects the context of one message (job, sequence) so every refusal names it."""
+
+    def __init__(self, what: str, job_id: str = "", sequence: int = 0, command_id: str = "") -> None:
+        self.what = what
+        self.job_id = job_id
+        self.sequence = sequence
+        self.command_id = command_id
+
+    def refuse(self, problem: str) -> MessageRejected:
+        where = f" (job {self.job_id}, sequence {self.sequence})" if self.job_id else ""
+        return MessageRejected(
+            "INVALID_MESSAGE",
+            f"{self.what}{where}: {problem}; nothing was applied — correct it and send it again",
+            self.job_id,
+            self.sequence,
+            self.command_id,
+        )
+
+    def text(self, field: str, value: str, limit: int, *, required: bool = False) -> str:
+        if required and not value:
+            raise self.refuse(f"{field} is required")
+        if len(value) > limit:
+            raise self.refuse(f"{field} is {len(value)} characters; at most {limit}")
+        return value
+
+    def count(self, field: str, value: int) -> int:
+        if value > m.MAX_INT64:
+            raise self.refuse(f"{field} {value} is out of range (at most {m.MAX_INT64})")
+        return value
+
+    def enum(self, field: str, descriptor: EnumDescriptor, value: int, prefix: str) -> str:
+        """The enum value's short lower-case name ("" for the zero value); refused when the number is unknown."""
+        if value == 0:
+            return ""
+        known = descriptor.values_by_number.get(value)
+        if known is None:
+            names = ", ".join(v.name for v in descriptor.values if v.number)
+            raise self.refuse(f"{field} {value} is not a {descriptor.name} value (known: {names})")
+        return known.name.removeprefix(prefix).lower()
+
+
+def _eta_seconds(check: _Checker, report: stream_pb2.ProgressReport) -> float | None:
+    if not report.HasField("eta"):
+        return None
+    seconds, nanos = report.eta.seconds, report.eta.nanos
+    if seconds < 0 or nanos < 0 or nanos >= 1_000_000_000:
+        raise check.refuse(f"eta {seconds}s {nanos}ns is not a duration of zero or more")
+    if seconds > m.MAX_ETA_SECONDS:
+        raise check.refuse(f"eta {seconds}s is beyond {m.MAX_ETA_SECONDS}s (ten years); leave it unset if unknown")
+    return seconds + nanos / 1e9
+
+
+def _within(check: _Checker, field: str, done: int, total: int) -> None:
+    if total and done > total:
+        raise check.refuse(f"{field}: bytes_done {done} exceeds bytes_total {total}")
+
+
+def _disk_progress(check: _Checker, disk: stream_pb2.DiskProgress) -> m.DiskProgress:
+    field = f"disk {disk.disk_id!r}" if disk.disk_id else "a disk entry"
+    check.text(f"{field} disk_id", disk.disk_id, m.MAX_ID_CHARS, required=True)
+    decoded = m.DiskProgress(
+        disk_id=disk.disk_id,
+        bytes_done=check.count(f"{field} bytes_done", disk.bytes_done),
+        bytes_total=check.count(f"{field} bytes_total", disk.bytes_total),
+        throughput_bytes_per_second=check.count(f"{field} throughput", disk.throughput_bytes_per_second),
+        phase=check.enum(f"{field} phase", stream_pb2.CopyPhase.DESCRIPTOR, disk.phase, "COPY_PHASE_"),
+        mode=check.enum(f"{field} mode", stream_pb2.CopyMode.DESCRIPTOR, disk.mode, "COPY_MODE_"),
+        resume_token=check.text(f"{field} resume_token", disk.resume_token, m.MAX_RESUME_TOKEN_CHARS),
+    )
+    _within(check, field, decoded.bytes_done, decoded.bytes_total)
+    return decoded
+
+
+def _job_and_sequence(check: _Checker, job_id: str, sequence: int) -> None:
+    check.text("job_id", job_id, m.MAX_ID_CHARS, required=True)
+    if sequence <= 0:
+        raise check.refuse("sequence must be 1 or more")
+    check.count("sequence", sequence)
+
+
+def decode_progress(report: stream_pb2.ProgressReport) -> m.ProgressReport:
+    check = _Checker("progress report", report.job_id, report.sequence)
+    _job_and_sequence(check, report.job_id, report.sequence)
+    if len(report.disks) > m.MAX_DISKS_PER_REPORT:
+        raise check.refuse(f"{len(report.disks)} disk entries; at most {m.MAX_DISKS_PER_REPORT}")
+    disks = tuple(_disk_progress(check, d) for d in report.disks)
+    seen: set[str] = set()
+    for disk in disks:
+        if disk.disk_id in seen:
+            raise check.refuse(f"disk {disk.disk_id!r} appears twice")
+        seen.add(disk.disk_id)
+    decoded = m.ProgressReport(
+        job_id=report.job_id,
+        sequence=report.sequence,
+        phase=check.enum("phase", stream_pb2.CopyPhase.DESCRIPTOR, report.phase, "COPY_PHASE_"),
+        current_operation=check.text("current_operation", report.current_operation, m.MAX_OPERATION_CHARS),
+        bytes_done=check.count("bytes_done", report.bytes_done),
+        bytes_total=check.count("bytes_total", report.bytes_total),
+        throughput_bytes_per_second=check.count("throughput", report.throughput_bytes_per_second),
+        eta_seconds=_eta_seconds(check, report),
+        disks=disks,
+    )
+    _within(check, "job", decoded.bytes_done, decoded.bytes_total)
+    return decoded
+
+
+def decode_event(event: stream_pb2.JobEvent) -> m.JobEvent:
+    check = _Checker("job event", event.job_id, event.sequence)
+    _job_and_sequence(check, event.job_id, event.sequence)
+    kind = event.WhichOneof("event")
+    if kind is None:
+        raise check.refuse("the event carries nothing (set started, disk_completed, completed, failed or cancelled)")
+    if kind == "disk_completed":
+        done = event.disk_completed
+        check.text("disk_completed.disk_id", done.disk_id, m.MAX_ID_CHARS, required=True)
+        if not done.change_id:
+            raise check.refuse(f"disk {done.disk_id} completed without a change id")
+        return m.JobEvent(
+            job_id=event.job_id,
+            sequence=event.sequence,
+            kind=m.EventKind.DISK_COMPLETED,
+            disk_id=done.disk_id,
+            change_id=check.text("disk_completed.change_id", done.change_id, m.MAX_CHANGE_ID_CHARS),
+            mode=check.enum("disk_completed.mode", stream_pb2.CopyMode.DESCRIPTOR, done.mode, "COPY_MODE_"),
+        )
+    if kind == "failed":
+        failed = event.failed
+        return m.JobEvent(
+            job_id=event.job_id,
+            sequence=event.sequence,
+            kind=m.EventKind.FAILED,
+            disk_id=check.text("failed.disk_id", failed.disk_id, m.MAX_ID_CHARS),
+            error_class=check.enum(
+                "failed.error_class", stream_pb2.ErrorClass.DESCRIPTOR, failed.error_class, "ERROR_CLASS_"
+            ),
+            detail=check.text("failed.detail", failed.detail, m.MAX_DETAIL_CHARS),
+        )
+    if kind == "cancelled":
+        return m.JobEvent(
+            job_id=event.job_id,
+            sequence=event.sequence,
+            kind=m.EventKind.CANCELLED,
+            detail=check.text("cancelled.detail", event.cancelled.detail, m.MAX_DETAIL_CHARS),
+        )
+    return m.JobEvent(job_id=event.job_id, sequence=event.sequence, kind=m.EventKind(kind))
+
+
+def decode_command_result(result: stream_pb2.CommandResult) -> m.CommandResult:
+    check = _Checker(f"command result {result.command_id}".rstrip(), command_id=result.command_id)
+    check.text("command_id", result.command_id, m.MAX_ID_CHARS, required=True)
+    outcome = check.enum("outcome", stream_pb2.CommandOutcome.DESCRIPTOR, result.outcome, "COMMAND_OUTCOME_")
+    if not outcome:
+        raise check.refuse("outcome is required (SUCCEEDED, FAILED or REJECTED)")
+    return m.CommandResult(
+        command_id=result.command_id,
+        outcome=outcome,
+        detail=check.text("detail", result.detail, m.MAX_DETAIL_CHARS),
+        error_class=check.enum("error_class", stream_pb2.ErrorClass.DESCRIPTOR, result.error_class, "ERROR_CLASS_"),
+        encoded=result.SerializeToString(),
+    )
+
+
+def decode_heartbeat(heartbeat: stream_pb2.Heartbeat) -> m.Heartbeat:
+    check = _Checker("heartbeat")
+    if len(heartbeat.running_job_ids) > m.MAX_RUNNING_JOBS:
+        raise check.refuse(f"{len(heartbeat.running_job_ids)} running job ids; at most {m.MAX_RUNNING_JOBS}")
+    for job_id in heartbeat.running_job_ids:
+        check.text("running_job_ids", job_id, m.MAX_ID_CHARS)
+    return m.Heartbeat(running_job_ids=tuple(heartbeat.running_job_ids))
+
+
+def decode_hello(hello: stream_pb2.Hello) -> m.Hello:
+    """A Hello that cannot be decoded ends the stream (INVALID_ARGUMENT); nothing is recorded of it."""
+    limits = (
+        ("appliance_id", hello.appliance_id, m.MAX_ID_CHARS),
+        ("credential", hello.credential, m.MAX_DETAIL_CHARS),
+        ("agent_version", hello.agent_version, 64),
+        ("last_command_id", hello.last_command_id, m.MAX_ID_CHARS),
+    )
+    for field, value, limit in limits:
+        if len(value) > limit:
+            raise InvalidArgument(
+                f"Hello.{field} is {len(value)} characters; at most {limit}", reason="HELLO_INVALID", field=field
+            )
+    if len(hello.capabilities) > 64 or any(len(c) > 64 for c in hello.capabilities):
+        raise InvalidArgument("Hello.capabilities: at most 64 entries of at most 64 characters", reason="HELLO_INVALID")
+    return m.Hello(
+        appliance_id=hello.appliance_id,
+        credential=hello.credential,
+        agent_version=hello.agent_version,
+        capabilities=tuple(hello.capabilities),
+        last_command_id=hello.last_command_id,
+    )

@@ -1,0 +1,95 @@
+"""What an appliance tells the OMA on its stream, as domain values (no wire types here).
+
+`oma_server.api.stream_codec` decodes each wire message into one of these, checked whole (known enum values, ids
+and texts within their limits, numbers in range, durations sane) before anything of it is applied; a message that
+fails is answered with a StreamError and changes nothing. What can only be checked against state (the job exists
+and is the appliance's, the disks belong to it, bytes within the stored totals) is checked by the job store, also
+before it applies anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+# Limits of what a message may carry: the widths of the columns the values are stored in (PostgreSQL refuses a longer
+# value, and a refused batch write would hold back every job's acks). A message over a limit is refused, never cut:
+# the appliance hears which field to fix.
+MAX_ID_CHARS = 64
+MAX_CHANGE_ID_CHARS = 255
+MAX_OPERATION_CHARS = 512
+MAX_DETAIL_CHARS = 4096
+MAX_RESUME_TOKEN_CHARS = 1024
+MAX_DISKS_PER_REPORT = 256
+MAX_RUNNING_JOBS = 4096
+# Byte counts and sequences are stored in signed 64-bit columns.
+MAX_INT64 = 2**63 - 1
+# An ETA beyond ten years is not an estimate.
+MAX_ETA_SECONDS = 10 * 365 * 24 * 3600
+
+
+class EventKind(StrEnum):
+    STARTED = "started"
+    DISK_COMPLETED = "disk_completed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class DiskProgress:
+    disk_id: str
+    bytes_done: int
+    bytes_total: int  # 0: not reported (the stored total stands)
+    throughput_bytes_per_second: int
+    phase: str  # "" when not reported
+    mode: str  # "" when not reported
+    resume_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressReport:
+    job_id: str
+    sequence: int
+    phase: str
+    current_operation: str
+    bytes_done: int
+    bytes_total: int  # 0: not reported (the stored total stands)
+    throughput_bytes_per_second: int
+    eta_seconds: float | None
+    disks: tuple[DiskProgress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    job_id: str
+    sequence: int
+    kind: EventKind
+    disk_id: str = ""  # disk_completed; failed (optional: the disk that failed)
+    change_id: str = ""  # disk_completed
+    mode: str = ""  # disk_completed
+    error_class: str = ""  # failed
+    detail: str = ""  # failed, cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    command_id: str
+    outcome: str  # succeeded | failed | rejected
+    detail: str
+    error_class: str
+    encoded: bytes  # the message as received, kept with the command for whoever waits on its payload
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    appliance_id: str
+    credential: str
+    agent_version: str
+    capabilities: tuple[str, ...]
+    last_command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    running_job_ids: tuple[str, ...]
