@@ -11,6 +11,8 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -84,3 +86,47 @@ class PostgresServer:
             cur.execute(f'CREATE DATABASE "{name}"')
         conn.close()
         return self.url(name)
+
+
+@contextmanager
+def row_locked(url: str, table: str, row_id: str) -> Iterator[None]:
+    """Hold a lock on one row from outside the OMA until the block ends (then roll back: nothing changes). An OMA
+    transaction that writes the row waits inside the database meanwhile — an in-flight unit of work, made real."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE", (row_id,))
+        yield
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+async def wait_until_blocked(url: str, timeout: float = 10.0) -> None:
+    """Until a backend of the database waits for a lock (the OMA's unit of work has started and waits for ours).
+
+    Polled on a connection of its own in autocommit: inside a transaction pg_stat_activity is a frozen snapshot."""
+    import asyncio
+
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+                (waiting,) = cur.fetchone()
+            if waiting:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("no transaction of the OMA started to wait for the held lock")
+    finally:
+        conn.close()

@@ -13,21 +13,26 @@ the watch; then the outside transaction ends and the OMA's commit goes through.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-import psycopg2
 import pytest
 
-from oma.v1 import job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc
+from oma.v1 import (
+    job_pb2,
+    job_pb2_grpc,
+    replication_pb2,
+    replication_pb2_grpc,
+    vm_context_pb2,
+    vm_context_pb2_grpc,
+)
 from oma_server.app import App
 from oma_server.db.models import ReplicationJob
 from oma_server.server import OmaServer
 from tests.conftest import make_settings
-from tests.factories import RawStream, completed, disk_done, enroll, progress, seed_job, started
-from tests.pg import PostgresServer
+from tests.factories import RawStream, completed, disk_done, enroll, inventory, progress, seed_job, started
+from tests.pg import PostgresServer, row_locked, wait_until_blocked
 from vma.v1 import stream_pb2
 
 pytestmark = pytest.mark.postgres
@@ -40,43 +45,6 @@ async def pg_server(tmp_path: Path, postgres: PostgresServer) -> AsyncIterator[t
     await server.start()
     yield server, url
     await server.stop(grace=0.5)
-
-
-@contextmanager
-def row_locked(url: str, job_id: str) -> Iterator[psycopg2.extensions.connection]:
-    """Hold a lock on one job's row from outside the OMA until the block ends (then roll back: nothing changes)."""
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT id FROM replication_job WHERE id = %s FOR UPDATE", (job_id,))
-        yield conn
-    finally:
-        conn.rollback()
-        conn.close()
-
-
-async def wait_until_oma_blocks(url: str) -> None:
-    """Until a backend of the OMA waits for our lock with an UPDATE of the job table (the unit of work started).
-
-    Polled on a connection of its own in autocommit: inside a transaction pg_stat_activity is a frozen snapshot."""
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while loop.time() < deadline:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query ILIKE 'UPDATE replication_job %'"
-                )
-                (waiting,) = cur.fetchone()
-            if waiting:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("the OMA never started its update of the job")
-    finally:
-        conn.close()
 
 
 async def db_row(app: App, job_id: str) -> ReplicationJob:
@@ -105,9 +73,9 @@ async def test_cut_during_the_completed_commit_never_leaves_the_job_short_of_com
         for message in (started(job, 1), disk_done(job, 2, 0, "cid-a"), disk_done(job, 3, 1, "cid-b")):
             await stream.send(event=message)
         await stream.recv_until("ack", job_id=job.id, sequence=3)
-        with row_locked(url, job.id):
+        with row_locked(url, "replication_job", job.id):
             await stream.send(event=completed(job, 4))
-            await wait_until_oma_blocks(url)
+            await wait_until_blocked(url)
             await stream.close()  # the cut: the OMA's reader is cancelled while its commit waits in the database
             await until(lambda: _reader_cancelled(welcome.session_id))
         # The outside lock is gone, the OMA's unit of work goes through — whole, memory included.
@@ -146,9 +114,9 @@ async def test_cut_during_a_commit_keeps_the_cursor_equal_to_the_database(pg_ser
         job = await seed_job(app, enrolled.appliance_id)
         stream = RawStream(channel)
         welcome = await stream.hello(enrolled)
-        with row_locked(url, job.id):
+        with row_locked(url, "replication_job", job.id):
             await stream.send(event=started(job, 1))
-            await wait_until_oma_blocks(url)
+            await wait_until_blocked(url)
             await stream.close()
             await until(lambda: _reader_cancelled(welcome.session_id))
         await until(lambda: _disconnected(app, enrolled.appliance_id))
@@ -275,9 +243,9 @@ async def test_watch_jobs_opened_while_a_change_is_in_flight_sees_that_change(
         stream = RawStream(channel)
         await stream.hello(enrolled)
         watch = job_pb2_grpc.JobServiceStub(channel).WatchJobs(job_pb2.WatchJobsRequest())
-        with row_locked(url, job.id):
+        with row_locked(url, "replication_job", job.id):
             await stream.send(event=started(job, 1))  # waiting_for_vma → replicating: a commit, now in flight
-            await wait_until_oma_blocks(url)
+            await wait_until_blocked(url)
             synced_at = 0
             views: dict[str, int] = {}
             while True:
@@ -296,3 +264,31 @@ async def test_watch_jobs_opened_while_a_change_is_in_flight_sees_that_change(
         assert stored.status == "replicating" and stored.revision > synced_at
         watch.cancel()
         await stream.close()
+
+
+async def test_a_start_replication_whose_caller_goes_away_mid_commit_still_runs(
+    pg_server: tuple[OmaServer, str],
+) -> None:
+    """Not only stream handlers: an operator RPC cancelled by its client (a dropped connection, a deadline) while its
+    transaction waits still finishes its unit — the job it created is provisioned, not left pending."""
+    server, url = pg_server
+    app = server.app
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        enrolled = await enroll(channel)
+        registered = await vm_context_pb2_grpc.VmContextServiceStub(channel).RegisterVmContext(
+            vm_context_pb2.RegisterVmContextRequest(appliance_id=enrolled.appliance_id, virtual_machine=inventory((2,)))
+        )
+        vm_id = registered.vm_context.id
+        api = replication_pb2_grpc.ReplicationServiceStub(channel)
+        with row_locked(url, "vm_context", vm_id):
+            call = api.StartReplication(replication_pb2.StartReplicationRequest(vm_context_id=vm_id))
+            await wait_until_blocked(url)
+            call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+        async def handed_to_the_appliance() -> bool:
+            jobs = await app.db.run(lambda: list(ReplicationJob.select().where(ReplicationJob.vm_context == vm_id)))
+            return len(jobs) == 1 and jobs[0].status == "waiting_for_vma"
+
+        await until(handed_to_the_appliance)

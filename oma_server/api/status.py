@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 from loguru import logger
 
 from oma_server.errors import Category, DomainError, Internal, Unimplemented
+from oma_server.uninterruptible import finish
 from oma_server.version import __version__
 
 ERROR_DOMAIN = "oma.control-plane"
@@ -98,7 +99,9 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception, method: str) 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await behavior(request_or_iterator, context)
+            # A call its client abandons (a dropped connection, a deadline) still carries its work to the end: the
+            # handler's units of work and what follows them (spawning the job's task) are not cut in the middle.
+            return await finish(behavior(request_or_iterator, context))
         except Exception as exc:
             await _fail(context, exc, method)
 
