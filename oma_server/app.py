@@ -29,9 +29,11 @@ from oma_server.job_watch import JobWatcher
 from oma_server.joblog import JobLogService
 from oma_server.nbd.manager import NbdExportManager
 from oma_server.replication.applier import VmaMessageApplier
+from oma_server.replication.repository import highest_revision
 from oma_server.replication.service import ReplicationService
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.replication.workflow import ReplicationWorkflow
+from oma_server.revisions import RevisionReservations
 from oma_server.settings import Settings
 from oma_server.storage.exports import ExportService
 from oma_server.storage.queries import VolumeQueries
@@ -64,6 +66,7 @@ class App:
         self.appliances = ApplianceService(self.db)
         self.joblog = JobLogService(self.db)
         self.watch = WatchHub()
+        self.revisions = RevisionReservations(self.db, self.watch)
         self.jobs = ReplicationJobStore(
             self.db, self.clock, self.watch, flush_interval_s=settings.progress_flush_interval_s
         )
@@ -118,6 +121,7 @@ class App:
             n=len(applied),
         )
 
+        await self.revisions.start(await self.db.run(highest_revision))
         await self.jobs.start()
         await self._start_storage()
         await self.hub.start()
@@ -166,6 +170,7 @@ class App:
         if self.workflow is not None:
             await self.workflow.stop()
         await self.jobs.stop()
+        await self.revisions.stop()
         await self.nbd.stop()
         if self.cloudstack is not None:
             await self.cloudstack.close()

@@ -10,6 +10,11 @@ Watchers subscribe with a filter; each subscription keeps at most the latest pen
 watcher coalesces progress it has not read yet instead of slowing the publisher or growing without bound (final
 states are states too: the latest state always reaches it). A bounded history lets a watcher resume from a
 revision; older than the history → `RevisionCompacted` and the client re-lists.
+
+Revisions also only grow across restarts, though progress revisions live in memory until a batched write: they are
+handed out from a durably reserved range (`revisions.RevisionReservations`), and a change above the reserved range
+is held, like one behind a commit, until the range is extended. So a watcher resuming after an OMA crash never
+finds its revision reused for a different change.
 """
 
 from __future__ import annotations
@@ -83,17 +88,31 @@ class WatchHub:
         self._history_max = history
         self._floor = start_revision  # every change above the floor is in the history
         self._subscriptions: set[Subscription] = set()
+        # Changes above `bound` wait until it is raised (None: no bound, as in tests of the hub alone).
+        self.bound: int | None = None
+        self.headroom_low: Callable[[], None] | None = None  # called when the bound comes near
+        self._low_mark: int | None = None
 
     def reset(self, start_revision: int) -> None:
-        """At start: revisions continue above the highest one stored."""
+        """At start: revisions continue above `start_revision` (the highest one ever handed out, or above)."""
         if self.revision == self.published and not self._held:
             self.revision = self.published = max(self.revision, start_revision)
         self._floor = max(self._floor, start_revision)
+
+    def raise_bound(self, bound: int, low_mark: int) -> None:
+        """Revisions up to `bound` are durably reserved; `headroom_low` is called once the revision passes
+        `low_mark`. Changes held above the old bound are delivered now."""
+        self.bound = bound
+        self._low_mark = low_mark
+        self._drain()
 
     def next_revision(self) -> int:
         """Reserve the next revision. The caller must `publish` a change with it or `abandon` it, whatever
         happens: until then every later change waits (see the module docstring)."""
         self.revision += 1
+        if self._low_mark is not None and self.revision > self._low_mark and self.headroom_low is not None:
+            self._low_mark = None  # once per range
+            self.headroom_low()
         return self.revision
 
     def publish(self, change: Change) -> None:
@@ -107,7 +126,10 @@ class WatchHub:
         if revision <= self.published or revision > self.revision:
             raise ValueError(f"revision {revision} was not reserved or is settled already")
         self._held[revision] = change
-        while (nxt := self.published + 1) in self._held:
+        self._drain()
+
+    def _drain(self) -> None:
+        while (nxt := self.published + 1) in self._held and (self.bound is None or nxt <= self.bound):
             ready = self._held.pop(nxt)
             self.published = nxt
             if ready is not None:

@@ -12,7 +12,7 @@ import peewee as pw
 from loguru import logger
 from playhouse.migrate import SchemaMigrator, migrate
 
-from oma_server.db.models import ALL_MODELS, Disk, SchemaMigration
+from oma_server.db.models import ALL_MODELS, Disk, SchemaMigration, WatchRevision
 
 
 def _m001_initial(db: pw.Database) -> None:
@@ -27,9 +27,14 @@ def _m002_disk_replicated_capacity(db: pw.Database) -> None:
         migrate(migrator.add_column("disk", "replicated_capacity_bytes", pw.BigIntegerField(default=0)))
 
 
+def _m003_watch_revision(db: pw.Database) -> None:
+    db.create_tables([WatchRevision], safe=True)  # a database created at version 3 already has it
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "initial schema", _m001_initial),
     (2, "disk.replicated_capacity_bytes (resize detection)", _m002_disk_replicated_capacity),
+    (3, "watch_revision (revisions that survive a crash)", _m003_watch_revision),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -247,6 +247,13 @@ class NetworkMapping(BaseModel):
         indexes = ((("vm_context_id", "source_network"), True),)
 
 
+class WatchRevision(BaseModel):
+    """One row: watch revisions up to `reserved_up_to` may have been handed out (revisions.RevisionReservations)."""
+
+    id = pw.IntegerField(primary_key=True)
+    reserved_up_to = pw.BigIntegerField(default=0)
+
+
 class SchemaMigration(BaseModel):
     version = pw.IntegerField(primary_key=True)
     name = pw.CharField(max_length=128)
@@ -266,4 +273,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     JobLog,
     Command,
     NetworkMapping,
+    WatchRevision,
 ]

@@ -139,17 +139,20 @@ def write(state: JobState) -> None:
     write_batch([state])
 
 
-def load_open() -> tuple[list[JobState], int]:
-    """Every job not final, and the highest revision stored (watch revisions continue above it)."""
-    open_ids = [
-        r.id
-        for r in ReplicationJob.select(ReplicationJob.id).where(ReplicationJob.status.not_in([s.value for s in FINAL]))
-    ]
-    latest = max(
-        ReplicationJob.select(pw.fn.MAX(ReplicationJob.revision)).scalar() or 0,
-        FailoverJob.select(pw.fn.MAX(FailoverJob.revision)).scalar() or 0,
+def load_open() -> list[JobState]:
+    """Every job not final."""
+    query = ReplicationJob.select(ReplicationJob.id).where(ReplicationJob.status.not_in([s.value for s in FINAL]))
+    return [s for s in (load(r.id) for r in query) if s is not None]
+
+
+def highest_revision() -> int:
+    """The highest watch revision stored with any job."""
+    return int(
+        max(
+            ReplicationJob.select(pw.fn.MAX(ReplicationJob.revision)).scalar() or 0,
+            FailoverJob.select(pw.fn.MAX(FailoverJob.revision)).scalar() or 0,
+        )
     )
-    return [s for s in (load(i) for i in open_ids) if s is not None], int(latest)
 
 
 def insert(state: JobState, request_id: str | None, disks: list[DiskState]) -> JobState:

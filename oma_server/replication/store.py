@@ -71,12 +71,11 @@ class ReplicationJobStore:
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        jobs, latest = await self.db.run(repository.load_open)
-        self.watch.reset(latest)
+        jobs = await self.db.run(repository.load_open)
         for job in jobs:
             self._remember(job)
         self._flusher = asyncio.create_task(self._flush_loop(), name="progress-flusher")
-        logger.info("replication job store ready: {n} open jobs, revision {rev}", n=len(jobs), rev=latest)
+        logger.info("replication job store ready: {n} open jobs", n=len(jobs))
 
     async def stop(self) -> None:
         if self._flusher is not None:

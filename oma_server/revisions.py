@@ -1,0 +1,78 @@
+"""Watch revisions that only grow, across restarts and crashes too.
+
+Progress revisions are handed out and published from memory, and written with the batched progress a second
+later; an OMA killed in between would, on restart, count on from the highest revision *stored* and hand a revision a
+watcher has already seen to a different change — and a watcher resuming from it would miss that change. So
+revisions come from a range reserved in the database first (the hi/lo way of sequence caches): at start the next
+range begins above both the highest stored revision and the last reservation; when half of the range is used, the
+next one is reserved in the background; a change above the reserved range waits in the watch hub until it is (it
+never has to: a range of 100,000 lasts ~50 s at 2,000 reports/s and its extension commits in milliseconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from loguru import logger
+
+from oma_server.db.database import Database
+from oma_server.db.models import WatchRevision
+from oma_server.watch import WatchHub
+
+RANGE = 100_000
+
+
+def _reserve_up_to(upper: int) -> int:
+    """Record that revisions up to `upper` may be handed out (never lowers the record); returns the record."""
+    row = WatchRevision.get_or_none(WatchRevision.id == 1)
+    if row is None:
+        WatchRevision.create(id=1, reserved_up_to=upper)
+        return upper
+    if row.reserved_up_to < upper:
+        WatchRevision.update(reserved_up_to=upper).where(WatchRevision.id == 1).execute()
+        return upper
+    return int(row.reserved_up_to)
+
+
+def _reserved() -> int:
+    row = WatchRevision.get_or_none(WatchRevision.id == 1)
+    return 0 if row is None else int(row.reserved_up_to)
+
+
+class RevisionReservations:
+    def __init__(self, db: Database, hub: WatchHub, range_size: int = RANGE) -> None:
+        self.db = db
+        self.hub = hub
+        self.range_size = range_size
+        self._extending: asyncio.Task[None] | None = None
+
+    async def start(self, highest_stored: int) -> None:
+        """Continue above every revision ever handed out; reserve the first range before anything is served."""
+        start = max(highest_stored, await self.db.run(_reserved))
+        self.hub.reset(start)
+        await self._reserve(start)
+        self.hub.headroom_low = self._extend_soon
+        logger.info("watch revisions continue above {start}", start=start)
+
+    async def stop(self) -> None:
+        if self._extending is not None:
+            with contextlib.suppress(Exception):
+                await self._extending
+
+    async def _reserve(self, base: int) -> None:
+        upper = await self.db.tx(_reserve_up_to, base + self.range_size)
+        self.hub.raise_bound(upper, low_mark=upper - self.range_size // 2)
+
+    def _extend_soon(self) -> None:
+        if self._extending is None or self._extending.done():
+            self._extending = asyncio.create_task(self._extend(), name="watch-revision-range")
+
+    async def _extend(self) -> None:
+        while True:
+            try:
+                await self._reserve(max(self.hub.revision, self.hub.bound or 0))
+                return
+            except Exception:
+                logger.opt(exception=True).error("could not reserve watch revisions; retrying in 1 s")
+                await asyncio.sleep(1)

@@ -1,0 +1,74 @@
+"""Watch revisions only grow, across a crash too, and changes reach watchers in revision order (issue #10)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from oma_server.db.database import Database
+from oma_server.db.migrations import apply_migrations
+from oma_server.revisions import RevisionReservations
+from oma_server.watch import Change, WatchHub
+
+
+def change(revision: int, job_id: str = "j") -> Change:
+    return Change(revision, "replication", job_id, "vm", None, False)
+
+
+@pytest.fixture
+async def db(database_url: str) -> Database:  # type: ignore[misc]
+    database = Database(database_url)
+    await database.run(apply_migrations, database.peewee)
+    yield database
+    database.close()
+
+
+async def test_after_a_crash_revisions_continue_above_everything_handed_out(db: Database) -> None:
+    hub = WatchHub()
+    await RevisionReservations(db, hub, range_size=1000).start(highest_stored=0)
+    seen = [hub.next_revision() for _ in range(10)]  # published from memory, never written with a job
+    for revision in seen:
+        hub.publish(change(revision))
+    # The process dies here. The next one starts from the same database, where no job row holds those revisions.
+    reborn = WatchHub()
+    await RevisionReservations(db, reborn, range_size=1000).start(highest_stored=0)
+    assert reborn.next_revision() > max(seen)
+
+
+async def test_changes_above_the_reserved_range_wait_for_its_extension(db: Database) -> None:
+    hub = WatchHub()
+    reservations = RevisionReservations(db, hub, range_size=4)
+    await reservations.start(highest_stored=0)
+    assert hub.bound == 4
+    with hub.subscribe(lambda c: True) as subscription:
+        for n in range(1, 7):
+            hub.publish(change(hub.next_revision(), job_id=f"j{n}"))
+        # Revisions past half the range asked for the next one; 5 and 6 are held until it is reserved.
+        assert hub.published == 4
+        await reservations.stop()
+        assert hub.bound is not None and hub.bound >= 6 and hub.published == 6
+        delivered = [(await subscription.next(1)) for _ in range(6)]
+    assert [c.revision for c in delivered if c is not None] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_change_behind_a_commit_in_flight_waits_and_order_holds() -> None:
+    hub = WatchHub()
+    with hub.subscribe(lambda c: True) as subscription:
+        committing = hub.next_revision()  # a unit of work reserved 1 and is still in its transaction
+        progress = hub.next_revision()
+        hub.publish(change(progress, "b"))
+        assert hub.published == 0  # 2 waits for 1
+        hub.publish(change(committing, "a"))
+        assert hub.published == 2
+        failed = hub.next_revision()
+        later = hub.next_revision()
+        hub.publish(change(later, "c"))
+        hub.abandon(failed)  # its commit failed: nothing to deliver, nothing to wait for
+        assert hub.published == 4
+        order = []
+        while (c := asyncio.run(subscription.next(0))) is not None:
+            order.append(c.revision)
+    assert order == [1, 2, 4]
+    with pytest.raises(ValueError):
+        hub.publish(change(2))  # settled already
