@@ -1,0 +1,122 @@
+"""A real `oma-server` process for fault harnesses: started on free ports, killed with SIGKILL, started again.
+
+A kill takes the whole OMA down as a host crash would: the server process and every process it started (the NBD
+server daemonises out of its process group, so the processes are found by the data directory in their command
+line). What the restarted server finds is exactly what a crash leaves on disk and in the database.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import VENV_BIN
+from tests.pg import free_port
+
+# The server command; OMA_HARNESS_SERVER replaces it (e.g. to run the harness against another checkout).
+OMA_SERVER = shlex.split(os.environ.get("OMA_HARNESS_SERVER", "")) or [str(VENV_BIN / "oma-server")]
+
+
+def processes_using(path: Path) -> list[int]:
+    """Pids whose command line mentions `path` (this process excluded)."""
+    needle = str(path).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+class OmaProcess:
+    def __init__(self, data_dir: Path, database_url: str = "", *extra: str) -> None:
+        self.data_dir = data_dir
+        self.database_url = database_url
+        self.port = free_port()
+        self.nbd_port = free_port()
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"{data_dir.name}.log"
+        self.starts = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        args = [
+            *OMA_SERVER,
+            "serve",
+            "--listen",
+            self.address,
+            "--data-dir",
+            str(self.data_dir),
+            "--nbd-listen",
+            f"127.0.0.1:{self.nbd_port}",
+            "--log-json",
+            *self.extra,
+        ]
+        if self.database_url:
+            args += ["--database", self.database_url]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log)
+        self.starts += 1
+        self._wait_serving(timeout)
+
+    def _wait_serving(self, timeout: float) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"oma-server exited with {self.proc.returncode}; see {self.log}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    pass
+                with grpc.insecure_channel(self.address) as channel:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except (OSError, grpc.RpcError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"oma-server did not become SERVING within {timeout:.0f}s; see {self.log}")
+
+    def kill(self) -> None:
+        """SIGKILL the server and everything it started: a host crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in processes_using(self.data_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while processes_using(self.data_dir) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def restart_after_kill(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        """SIGTERM (a graceful stop); a server that does not stop in time is killed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
