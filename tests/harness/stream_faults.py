@@ -36,6 +36,8 @@ import grpc
 from oma.v1 import (
     appliance_pb2,
     appliance_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
     job_pb2,
     job_pb2_grpc,
     replication_pb2,
@@ -45,7 +47,7 @@ from oma.v1 import (
 )
 from oma_server.db.database import Database
 from oma_server.db.models import ChangeIdRecord, Disk, JobDisk, ReplicationJob, VmContext
-from tests.factories import RawStream, inventory
+from tests.factories import inventory
 from tests.harness.oma_process import OmaProcess
 from vma.v1 import stream_pb2
 
@@ -155,7 +157,9 @@ class Connection:
     """One stream of the harness's VMA: a reader records acks and errors and answers every command."""
 
     def __init__(self, channel: grpc.aio.Channel, appliance_id: str, credential: str) -> None:
-        self.stream = RawStream(channel)
+        # The call's write API (not a request iterator): a cut is call.cancel(), with no generator left to close.
+        self.call = gateway_pb2_grpc.VmaGatewayServiceStub(channel).Connect()
+        self._writing = asyncio.Lock()
         self.appliance_id = appliance_id
         self.credential = credential
         self.acked: dict[str, int] = {}
@@ -165,8 +169,8 @@ class Connection:
         self._reader: asyncio.Task[None] | None = None
 
     async def open(self) -> stream_pb2.Welcome:
-        await self.stream.send(hello=stream_pb2.Hello(appliance_id=self.appliance_id, credential=self.credential))
-        first = await self.stream.recv(10)
+        await self.send("hello", stream_pb2.Hello(appliance_id=self.appliance_id, credential=self.credential))
+        first = await asyncio.wait_for(self.call.read(), 10)
         if first == grpc.aio.EOF or first.WhichOneof("message") != "welcome":
             raise ConnectionError(f"no welcome: {first}")
         self._reader = asyncio.create_task(self._read())
@@ -175,7 +179,7 @@ class Connection:
     async def _read(self) -> None:
         try:
             while True:
-                msg = await self.stream.call.read()
+                msg = await self.call.read()
                 if msg == grpc.aio.EOF:
                     break
                 kind = msg.WhichOneof("message")
@@ -184,10 +188,11 @@ class Connection:
                 elif kind == "error":
                     self.errors.append(msg.error)
                 elif kind == "command":
-                    await self.stream.send(
-                        command_result=stream_pb2.CommandResult(
+                    await self.send(
+                        "command_result",
+                        stream_pb2.CommandResult(
                             command_id=msg.command.command_id, outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED
-                        )
+                        ),
                     )
                 self.changed.set()
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
@@ -197,7 +202,10 @@ class Connection:
             self.changed.set()
 
     async def send(self, kind: str, message: Any) -> None:
-        await self.stream.send(**{kind: message})
+        """Write one message; on a broken stream nothing happens (the caller notices by missing acks)."""
+        async with self._writing:  # one write at a time: the reader answers commands meanwhile
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                await self.call.write(gateway_pb2.ConnectRequest(**{kind: message}))
 
     async def wait_ack(self, job_id: str, sequence: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -222,7 +230,7 @@ class Connection:
                 await asyncio.wait_for(self.changed.wait(), max(0.01, deadline - time.monotonic()))
 
     async def close(self) -> None:
-        await self.stream.close()
+        self.call.cancel()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -321,9 +329,13 @@ class Faults:
     watchers: int = 0
 
 
+FAULT_KINDS = ("cut", "kill", "spoil", "duplicate", "stale", "swap", "watch")
+
+
 @dataclass
 class Harness:
     oma: OmaProcess
+    enabled: frozenset[str] = frozenset(FAULT_KINDS)
     appliance_id: str = ""
     credential: str = ""
     lanes: tuple[Lane, Lane] | None = None
@@ -422,7 +434,7 @@ class Harness:
         deadline = time.monotonic() + RUN_DEADLINE_S
         messages = [(kind, build(job_id, lane.disk_ids, seq)) for seq, (kind, build) in enumerate(steps, start=1)]
         last = len(messages)
-        kills_left = 1 if rng.random() < 0.35 else 0
+        kills_left = 1 if rng.random() < 0.35 and "kill" in self.enabled else 0
         watchers: list[Watcher] = []
         watcher_tasks: list[asyncio.Task[None]] = []
 
@@ -433,7 +445,7 @@ class Harness:
             watcher_tasks.append(asyncio.create_task(w.run(deadline)))
             self.totals.watchers += 1
 
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and "watch" in self.enabled:
             spawn_watcher()
         while True:
             if time.monotonic() > deadline:
@@ -461,7 +473,7 @@ class Harness:
                     self.totals.cuts += 1
             except (grpc.aio.AioRpcError, ConnectionError, TimeoutError):
                 await asyncio.sleep(0.05)
-        if not watchers or rng.random() < 0.3:
+        if "watch" in self.enabled and (not watchers or rng.random() < 0.3):
             spawn_watcher()  # one opened after the end sees the final state from its snapshot
         await asyncio.gather(*watcher_tasks)
         return watchers
@@ -476,10 +488,11 @@ class Harness:
         spawn_watcher: Any,
     ) -> str:
         """Send what is pending with faults; "cut" or "kill" when the stream should break here, "done" otherwise."""
+        on = self.enabled
         i = 0
         while i < len(pending):
             kind, message = pending[i]
-            if rng.random() < 0.15 and (bad := spoiled(rng, message)) is not None:
+            if rng.random() < 0.15 and "spoil" in on and (bad := spoiled(rng, message)) is not None:
                 # Everything before it applied (acked), so the view cannot move but by the refused message itself.
                 if not await conn.wait_ack(job_id, message.sequence - 1, 10):
                     return "cut"
@@ -503,28 +516,32 @@ class Harness:
                         f"  after  {_observable(after)}"
                     )
             swap = (
-                kind == "progress" and i + 1 < len(pending) and pending[i + 1][0] == "progress" and rng.random() < 0.15
+                kind == "progress"
+                and i + 1 < len(pending)
+                and pending[i + 1][0] == "progress"
+                and rng.random() < 0.15
+                and "swap" in on
             )
             if swap:
                 await conn.send(*pending[i + 1])  # the later report first: the earlier one is then stale
                 self.totals.swapped += 1
             await conn.send(kind, message)
-            if rng.random() < 0.1:
+            if rng.random() < 0.1 and "duplicate" in on:
                 await conn.send(kind, message)
                 self.totals.duplicates += 1
-            if kind == "progress" and rng.random() < 0.1:
+            if kind == "progress" and rng.random() < 0.1 and "stale" in on:
                 older = [m for m in messages if m[0] == "progress" and m[1].sequence < message.sequence]
                 if older:
                     await conn.send(*rng.choice(older))
                     self.totals.stale += 1
-            if rng.random() < (0.25 if kind == "event" else 0.05):
+            if rng.random() < (0.25 if kind == "event" else 0.05) and "watch" in on:
                 await asyncio.sleep(rng.uniform(0, 0.003))
                 spawn_watcher()  # right after an event: while its commit is in flight
             i += 2 if swap else 1
-            if rng.random() < (0.3 if kind == "event" else 0.05):
+            if rng.random() < (0.3 if kind == "event" else 0.05) and ("cut" in on or "kill" in on):
                 # A cut 0-4 ms after the send lands while the OMA applies (and commits) the message.
                 await asyncio.sleep(rng.uniform(0, 0.004))
-                return "kill" if rng.random() < 0.3 else "cut"
+                return "kill" if rng.random() < 0.3 or "cut" not in on else "cut"
         return "done"
 
     async def _view(self, job_id: str) -> replication_pb2.ReplicationJob | None:
@@ -605,10 +622,12 @@ def _normalize_view(job: replication_pb2.ReplicationJob, lane: Lane) -> tuple[An
     )
 
 
-async def run_harness(root: Path, seeds: range, database_url: str = "") -> Harness:
+async def run_harness(
+    root: Path, seeds: range, database_url: str = "", enabled: frozenset[str] = frozenset(FAULT_KINDS)
+) -> Harness:
     oma = OmaProcess(root / "oma", database_url, "--progress-flush-interval", "0.05")
     oma.start()
-    harness = Harness(oma)
+    harness = Harness(oma, enabled)
     try:
         await harness.setup()
         for seed in seeds:
@@ -629,11 +648,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--database", default="", help="postgresql://... (default: SQLite in a temp dir)")
+    parser.add_argument("--only", default=",".join(FAULT_KINDS), help="faults to inject (default: all)")
     args = parser.parse_args(argv)
+    enabled = frozenset(args.only.split(","))
+    if unknown := enabled - set(FAULT_KINDS):
+        parser.error(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULT_KINDS)}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="oma-stream-faults-") as tmp:
         harness = asyncio.run(
-            run_harness(Path(tmp), range(args.first_seed, args.first_seed + args.runs), args.database)
+            run_harness(Path(tmp), range(args.first_seed, args.first_seed + args.runs), args.database, enabled)
         )
     elapsed = time.monotonic() - started
     t = harness.totals
