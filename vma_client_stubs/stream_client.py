@@ -67,6 +67,15 @@ KEEPALIVE_TIME_MS = 60_000  # the OMA permits client pings every ≥ 30 s
 KEEPALIVE_TIMEOUT_MS = 20_000
 DEFAULT_HEARTBEAT_S = 10.0
 COMMAND_QUEUE_SIZE = 1_000
+# The OMA refuses a message with a longer text (it names the field); human texts are shortened here instead, so an
+# appliance's long error message never costs it its report.
+MAX_OPERATION_CHARS = 512
+MAX_DETAIL_CHARS = 4096
+
+
+def fit_text(text: str, limit: int) -> str:
+    """`text`, shortened to `limit` characters with an ellipsis when longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def default_channel_options(max_message_bytes: int = 16 * 1024 * 1024) -> list[tuple[str, int]]:
@@ -331,6 +340,7 @@ class StreamClient:
             raise ValueError("ProgressReport.job_id is required")
         message = stream_pb2.ProgressReport()
         message.CopyFrom(report)
+        message.current_operation = fit_text(message.current_operation, MAX_OPERATION_CHARS)
         if not message.HasField("sent_at"):
             message.sent_at.GetCurrentTime()
         self._outbox.add_progress(message)
@@ -351,6 +361,10 @@ class StreamClient:
             raise ValueError("JobEvent needs one of started, disk_completed, completed, failed, cancelled")
         message = stream_pb2.JobEvent()
         message.CopyFrom(event)
+        kind = message.WhichOneof("event")
+        if kind in ("failed", "cancelled"):  # touching the other member would switch the oneof
+            part = getattr(message, kind)
+            part.detail = fit_text(part.detail, MAX_DETAIL_CHARS)
         if not message.HasField("occurred_at"):
             message.occurred_at.GetCurrentTime()
         self._outbox.add_event(message)
@@ -366,6 +380,7 @@ class StreamClient:
             raise ValueError("CommandResult.command_id is required")
         message = stream_pb2.CommandResult()
         message.CopyFrom(result)
+        message.detail = fit_text(message.detail, MAX_DETAIL_CHARS)
         self._outbox.add_result(message)
         self._inflight.discard(message.command_id)
         self._wake()
@@ -648,6 +663,7 @@ class StreamClient:
             command = await self._commands.get()
             result = await self._run_handler(command)
             result.command_id = command.command_id
+            result.detail = fit_text(result.detail, MAX_DETAIL_CHARS)
             if command.command_id in self._inflight:
                 self._inflight.discard(command.command_id)
                 self._outbox.add_result(result)

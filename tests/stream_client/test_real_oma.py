@@ -273,3 +273,39 @@ async def test_a_report_about_another_appliances_job_is_rejected_and_dropped(
         assert job.status == replication_pb2.REPLICATION_JOB_STATUS_WAITING_FOR_VMA and job.last_sequence == 0
     finally:
         await client.stop()
+
+
+async def test_long_texts_are_shortened_by_the_client_not_refused_by_the_oma(
+    oma: Oma, operator: OperatorClient
+) -> None:
+    enrollment = await operator.enroll_appliance("vma-long-texts")
+    job = await seed_job(oma.app, enrollment.appliance_id)
+    client = stream_client(oma, enrollment)
+
+    async def accept(command: stream_pb2.Command) -> stream_pb2.CommandResult:
+        return stream_pb2.CommandResult(outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED)
+
+    client.on_command("start_replication", accept)
+    await client.start(wait_connected=5)
+    try:
+        report = MiniAgent.report(
+            stream_pb2.StartReplicationCommand(
+                job_id=job.id,
+                disks=[stream_pb2.DiskTarget(disk_id=d.disk_id, capacity_bytes=d.bytes_total) for d in job.disks],
+            ),
+            1000,
+        )
+        report.current_operation = "x" * 5000
+        await client.report_progress(report)
+        await client.emit_event(
+            stream_pb2.JobEvent(
+                job_id=job.id,
+                failed=stream_pb2.JobFailed(error_class=stream_pb2.ERROR_CLASS_INTERNAL, detail="why " * 3000),
+            )
+        )
+        failed = await wait_status(operator, job.id, replication_pb2.REPLICATION_JOB_STATUS_FAILED)
+        await client.wait_acked(5)
+        assert len(failed.error.message) == 4096 and failed.error.message.endswith("…")
+        assert failed.last_sequence == 2  # both messages applied, neither refused
+    finally:
+        await client.stop()
