@@ -90,6 +90,7 @@ class App:
             CloudStackSimulator(settings.data_dir / "cloudstack") if settings.cloudstack == "sim" else None
         )
         self.device_root = self.simulator.device_root if self.simulator else settings.device_root
+        self.sys_root = self.simulator.sys_root if self.simulator else settings.sys_root
         self.nbd = NbdExportManager(settings.data_dir / "nbd", listen=settings.nbd_listen)
         self.exports = ExportService(self.db, self.nbd, self.joblog)
         self.cloudstack: CloudStackClient | None = None
@@ -139,7 +140,9 @@ class App:
         else:
             cs_settings = CloudStackSettings.from_env(self.settings.cloudstack)
         self.cloudstack = CloudStackClient(cs_settings)
-        self.volumes = VolumeProvisioner(self.db, self.cloudstack, self.joblog, self.device_root)
+        self.volumes = VolumeProvisioner(
+            self.db, self.cloudstack, self.joblog, self.device_root, sys_root=self.sys_root
+        )
         self.workflow = ReplicationWorkflow(
             self.db, self.clock, self.jobs, self.replication, self.vms, self.volumes, self.exports, self.joblog
         )

@@ -50,6 +50,12 @@ def _common_flags() -> _OneLineParser:
         help="where attached volumes appear (with --cloudstack sim: the simulator's dev/disk/by-id)",
     )
     g.add_argument(
+        "--sys-root",
+        type=Path,
+        default=Path(env_default("sys_root", "/sys")),
+        help="sysfs, to confirm a found device's serial (with --cloudstack sim: the simulator's guest sys)",
+    )
+    g.add_argument(
         "--progress-flush-interval",
         type=float,
         default=float(env_default("progress_flush_interval", "1.0")),
@@ -104,6 +110,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         cloudstack=args.cloudstack,
         nbd_listen=args.nbd_listen,
         device_root=args.device_root,
+        sys_root=args.sys_root,
         log_json=args.log_json,
         log_level=args.log_level.upper(),
         heartbeat_interval_s=args.heartbeat_interval,

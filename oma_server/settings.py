@@ -33,6 +33,7 @@ class Settings:
     cloudstack: str = "sim"
     nbd_listen: str = "127.0.0.1:10809"
     device_root: Path = field(default_factory=lambda: Path("/dev/disk/by-id"))
+    sys_root: Path = field(default_factory=lambda: Path("/sys"))
     log_json: bool = False
     log_level: str = "INFO"
     # Stream and progress tuning (DESIGN.md §4).

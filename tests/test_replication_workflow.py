@@ -255,7 +255,13 @@ async def test_device_that_never_appears_is_a_clear_failure(oma: OmaServer) -> N
         await app.workflow.wait(job.id)  # type: ignore[union-attr]
         failed = await get_job(channel, job.id)
         assert failed.status == replication_pb2.REPLICATION_JOB_STATUS_FAILED
-        assert failed.error.reason == "DEVICE_NOT_FOUND" and "did not appear" in failed.error.message
+        assert failed.error.reason == "DEVICE_NOT_FOUND"
+        # the message names what was looked for (CloudStack's serial under each bus prefix) and what was found
+        (volume,) = [v for v in replicas(app.simulator).values()]
+        serial = volume["id"].replace("-", "")[:20]
+        message = failed.error.message
+        assert f"virtio-{serial}" in message and f"scsi-0QEMU_QEMU_HARDDISK_{serial}" in message
+        assert f"scsi-{serial}" in message and "no disk link is there at all" in message
 
 
 async def test_oma_restart_during_provisioning_continues(tmp_path: Path) -> None:
