@@ -16,6 +16,7 @@ from oma_server.appliances import ApplianceService
 from oma_server.clock import Clock, SystemClock
 from oma_server.cloudstack.client import CloudStackClient
 from oma_server.cloudstack.config import CloudStackSettings
+from oma_server.cloudstack.limits import CloudLimits
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.db.database import Database, redact_url
 from oma_server.db.migrations import apply_migrations, current_version
@@ -35,6 +36,7 @@ from oma_server.replication.store import ReplicationJobStore
 from oma_server.replication.workflow import ReplicationWorkflow
 from oma_server.revisions import RevisionReservations
 from oma_server.settings import Settings
+from oma_server.storage.attachments import OmaAttachments
 from oma_server.storage.exports import ExportService
 from oma_server.storage.queries import VolumeQueries
 from oma_server.storage.volumes import VolumeProvisioner
@@ -95,6 +97,7 @@ class App:
         self.exports = ExportService(self.db, self.nbd, self.joblog)
         self.cloudstack: CloudStackClient | None = None
         self.volumes: VolumeProvisioner | None = None
+        self.attachments: OmaAttachments | None = None
         self.workflow: ReplicationWorkflow | None = None
         self.job_watch = JobWatcher(self.watch)
         self.job_watch.lookups.append(self._replication_change)
@@ -140,13 +143,15 @@ class App:
         else:
             cs_settings = CloudStackSettings.from_env(self.settings.cloudstack)
         self.cloudstack = CloudStackClient(cs_settings)
+        limits = CloudLimits(self.cloudstack)
         self.volumes = VolumeProvisioner(
-            self.db, self.cloudstack, self.joblog, self.device_root, sys_root=self.sys_root
+            self.db, self.cloudstack, self.joblog, self.device_root, sys_root=self.sys_root, limits=limits
         )
+        self.attachments = OmaAttachments(self.db, self.cloudstack, limits, self.volumes, self.exports, self.joblog)
         self.workflow = ReplicationWorkflow(
-            self.db, self.clock, self.jobs, self.replication, self.vms, self.volumes, self.exports, self.joblog
+            self.db, self.clock, self.jobs, self.replication, self.vms, self.attachments, self.joblog
         )
-        self._build_failover(self.cloudstack, self.volumes, self.workflow)
+        self._build_failover(self.cloudstack, self.volumes, self.attachments, self.workflow)
         assert self.failover is not None
         self.janitor = Janitor(
             self.db,
@@ -158,6 +163,8 @@ class App:
             interval_s=self.settings.janitor_interval_s,
         )
         await self.volumes.reconcile()
+        # before nbd-server serves the recorded exports: replicas of finished jobs leave the OMA VM
+        await self.attachments.reconcile([(j.id, [d.disk_id for d in j.disks]) for j in self.jobs.open_jobs()])
         await self.exports.start()
 
     async def begin_shutdown(self) -> None:
@@ -199,16 +206,25 @@ class App:
         return [Change(j.revision, "replication", j.id, j.vm_context_id, j, j.final) for j in jobs]
 
     def _build_failover(
-        self, cloudstack: CloudStackClient, volumes: VolumeProvisioner, workflow: ReplicationWorkflow
+        self,
+        cloudstack: CloudStackClient,
+        volumes: VolumeProvisioner,
+        attachments: OmaAttachments,
+        workflow: ReplicationWorkflow,
     ) -> None:
         readiness = ReadinessChecker(
-            self.db, cloudstack, self.jobs, self.hub.connected, failover_template=self.settings.failover_template
+            self.db,
+            cloudstack,
+            self.jobs,
+            self.hub.connected,
+            failover_template=self.settings.failover_template,
+            limits=attachments.limits,
         )
         steps = FailoverSteps(
             self.db,
             cloudstack,
             volumes,
-            self.exports,
+            attachments,
             self.joblog,
             self.outbox,
             self.jobs,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -165,3 +167,19 @@ def inventory(disk_mib: tuple[int, ...] = (4, 2), name: str = "web-01") -> inven
             for i, mib in enumerate(disk_mib)
         ],
     )
+
+
+async def nbdcopy(src: Path, uri: str, attempts: int = 6) -> None:
+    """Copy `src` into an NBD export with the real nbdcopy, as an appliance does: a connection refused or reset while
+    the OMA changes its exports (nbd-server restarts to apply each change) is tried again, like the reference
+    agent's copier does (vma_client_stubs/agent/copier.py)."""
+    pause = 0.1
+    for attempt in range(1, attempts + 1):
+        proc = await asyncio.create_subprocess_exec("nbdcopy", str(src), uri, stderr=subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode == 0:
+            return
+        text = err.decode()
+        assert "nbd_connect_uri" in text and attempt < attempts, f"nbdcopy into {uri} failed: {text}"
+        await asyncio.sleep(pause)  # a backoff between real attempts, not a synchronisation
+        pause *= 2

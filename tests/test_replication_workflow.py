@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
 
 from oma.v1 import (
+    job_pb2,
+    job_pb2_grpc,
     replication_pb2,
     replication_pb2_grpc,
     storage_pb2,
@@ -28,7 +29,7 @@ from oma_server.db.models import Volume
 from oma_server.server import OmaServer
 from oma_server.storage.volumes import VOLUME_NAME_PREFIX
 from tests.conftest import make_settings
-from tests.factories import Enrolled, RawStream, enroll, inventory
+from tests.factories import Enrolled, RawStream, enroll, inventory, nbdcopy
 from vma.v1 import inventory_pb2, stream_pb2
 
 pytestmark = pytest.mark.nbd
@@ -55,12 +56,6 @@ async def get_job(channel: grpc.aio.Channel, job_id: str) -> replication_pb2.Rep
             replication_pb2.GetReplicationJobRequest(id=job_id)
         )
     ).job
-
-
-async def nbdcopy(src: Path, uri: str) -> None:
-    proc = await asyncio.create_subprocess_exec("nbdcopy", str(src), uri, stderr=subprocess.PIPE)
-    _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
 
 
 def replicas(sim) -> dict[str, dict]:  # type: ignore[no-untyped-def]
@@ -148,10 +143,19 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
             src = sources[disk.id].read_bytes()
             assert read_prefix(backing, len(src)) == src
 
-        # an export that vanished (nbd-server lost it) is recreated by the next run
-        vanished = app.nbd.list_exports()[0].name
-        await app.nbd.remove_export(vanished, force=True)
-        assert vanished not in {e.name for e in app.nbd.list_exports()}
+        # the replicas leave the OMA VM once the job is over: exports removed, volumes detached (kept for next time)
+        await app.workflow.settled(job.id)  # type: ignore[union-attr]
+        assert not [v for v in replicas(sim).values() if v.get("virtualmachineid")]
+        assert app.nbd.list_exports() == []
+        rows = await app.db.run(lambda: list(Volume.select()))
+        assert len(rows) == 2 and all(r.state == "detached" and not r.device_path for r in rows)
+        assert app.attachments is not None and app.attachments.pool.in_use == 0
+        log = (
+            await job_pb2_grpc.JobServiceStub(channel).ListJobLogEntries(
+                job_pb2.ListJobLogEntriesRequest(job_id=job.id, page_size=1000)
+            )
+        ).entries
+        assert any(e.step == "release_volumes" and "2 replica(s) detached" in e.message for e in log)
 
         # incremental: same volumes and exports, previous change ids sent
         job2 = await start(channel, vm_id, request_id="inc-1")
@@ -162,8 +166,9 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
         assert command2.job_id == job2.id
         assert [d.previous_change_id for d in command2.disks] == ["cid-0-1", "cid-1-1"]
         assert not any(d.target_is_new for d in command2.disks)
+        # the export names derive from the volume ids: the same targets as the first run, attached and served again
         assert sorted(d.nbd_uri for d in command2.disks) == sorted(d.nbd_uri for d in command.disks)
-        assert vanished in {e.name for e in app.nbd.list_exports()}
+        assert len(app.nbd.list_exports()) == 2
         assert len(replicas(sim)) == 2  # no new volumes
         assert len([v for v in replicas(sim).values() if v.get("virtualmachineid") == sim.oma_vm_id]) == 2
 
@@ -174,7 +179,7 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
         assert job2.id in (err.value.details() or "")
         assert error_info_of(err.value).reason == "JOB_ALREADY_ACTIVE"  # type: ignore[union-attr]
 
-        # cancel: the appliance is told; exports and volumes stay
+        # cancel: the appliance is told; the volumes stay (detached, for the next run), the exports go
         await replication_pb2_grpc.ReplicationServiceStub(channel).CancelReplicationJob(
             replication_pb2.CancelReplicationJobRequest(id=job2.id)
         )
@@ -183,10 +188,13 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
         await stream.send(event=stream_pb2.JobEvent(job_id=job2.id, sequence=1, cancelled=stream_pb2.JobCancelled()))
         await stream.recv_until("ack", job_id=job2.id, sequence=1)
         assert (await get_job(channel, job2.id)).status == replication_pb2.REPLICATION_JOB_STATUS_CANCELLED
+        await app.workflow.settled(job2.id)  # type: ignore[union-attr]
         exports_after = (
             await storage_pb2_grpc.NbdExportServiceStub(channel).ListNbdExports(storage_pb2.ListNbdExportsRequest())
         ).nbd_exports
-        assert len(exports_after) == 2
+        assert len(exports_after) == 2 and all(e.state == storage_pb2.NBD_EXPORT_STATE_REMOVED for e in exports_after)
+        assert app.nbd.list_exports() == [] and len(replicas(sim)) == 2
+        assert not [v for v in replicas(sim).values() if v.get("virtualmachineid")]
         await stream.close()
 
 

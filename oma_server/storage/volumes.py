@@ -20,6 +20,7 @@ from loguru import logger
 from oma_server.cloudstack.client import CloudStackClient
 from oma_server.cloudstack.devices import DEFAULT_SYS_ROOT, DeviceLookup, FoundDevice, lookup_device
 from oma_server.cloudstack.errors import CloudStackError, CloudStackNotFound
+from oma_server.cloudstack.limits import CloudLimits, VolumeSizeLimits
 from oma_server.db.database import Database
 from oma_server.db.models import Disk, Volume, utcnow
 from oma_server.errors import FailedPrecondition
@@ -49,6 +50,27 @@ class VolumeReconcileReport:
     reattached: list[str] = field(default_factory=list)
 
 
+def disk_too_large(disk: Disk, problem: str) -> FailedPrecondition:
+    """The refusal for a disk whose replica this CloudStack will not create (`problem` from VolumeSizeLimits)."""
+    return FailedPrecondition(
+        f"disk {disk.key} ({disk.label or 'no label'}, {disk.capacity_bytes} bytes) cannot be replicated to this "
+        f"CloudStack: {problem}; then start the replication again",
+        reason="DISK_TOO_LARGE",
+        disk_id=disk.id,
+        disk_key=disk.key,
+        capacity_bytes=disk.capacity_bytes,
+    )
+
+
+async def size_limits(limits: CloudLimits) -> VolumeSizeLimits | None:
+    """The cloud's volume-size limits; None (and a warning) when CloudStack cannot tell now: createVolume will."""
+    try:
+        return await limits.volume_sizes()
+    except CloudStackError as exc:
+        logger.warning("CloudStack volume-size limits not read ({e}); createVolume will check", e=exc.message)
+        return None
+
+
 def current_volume(disk_id: str) -> Volume | None:
     return (
         Volume.select()
@@ -68,9 +90,11 @@ class VolumeProvisioner:
         *,
         sys_root: Path = DEFAULT_SYS_ROOT,
         device_wait_s: float = 30.0,
+        limits: CloudLimits | None = None,
     ) -> None:
         self.db = db
         self.cloudstack = cloudstack
+        self.limits = limits or CloudLimits(cloudstack)
         self.joblog = joblog
         self.device_root = device_root
         self.sys_root = sys_root
@@ -89,6 +113,11 @@ class VolumeProvisioner:
         log = logger.bind(job_id=job_id, disk_id=disk_id)
         volume = await self.db.run(current_volume, disk_id)
         created = False
+        if volume is None or not volume.cloudstack_id or disk.capacity_bytes > volume.size_bytes:
+            sizes = await size_limits(self.limits)
+            problem = sizes.problem(disk.capacity_bytes) if sizes else ""
+            if problem:
+                raise disk_too_large(disk, problem)
         if volume is None or not volume.cloudstack_id:
             volume, created = await self._create(disk, volume, job_id)
         resized = False

@@ -38,6 +38,10 @@ MIB = 1 << 20
 DEFAULT_CHUNK = 2 * MIB
 DEFAULT_WINDOW = 8
 ZERO_CHUNK = 16 * MIB  # largest single WRITE_ZEROES request
+#: connection attempts before the target counts as unreachable, the first pause between them (doubling): the OMA
+#: restarts nbd-server to apply every export change (oma_server/nbd), and a connection caught in that moment is reset
+CONNECT_ATTEMPTS = 6
+CONNECT_RETRY_S = 0.1
 
 SegmentKind = Literal["data", "zero"]
 
@@ -264,16 +268,28 @@ class DiskCopier:
                 yield _Chunk(index, pos, n, end)
                 pos += n
 
+    def _connect(self, nbd: Any) -> Any:
+        """A connected handle; a refused or reset connection is tried again (nothing was written yet)."""
+        pause = CONNECT_RETRY_S
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            handle = nbd.NBD()
+            try:
+                handle.connect_uri(self.nbd_uri)
+                return handle
+            except nbd.Error as exc:
+                if attempt == CONNECT_ATTEMPTS or self.cancel.wait(pause):
+                    raise TargetUnreachable(
+                        f"cannot connect to {_redact(self.nbd_uri)} ({attempt} attempt(s)): {exc}"
+                    ) from exc
+                pause *= 2
+        raise AssertionError("unreachable")
+
     def run(self) -> CopyResult:
         """Copy (blocking). Raises CopyCancelled, TargetUnreachable, TargetWriteFailed or SourceReadFailed."""
         import nbd  # Debian python3-libnbd
 
         started = time.monotonic()
-        handle = nbd.NBD()
-        try:
-            handle.connect_uri(self.nbd_uri)
-        except nbd.Error as exc:
-            raise TargetUnreachable(f"cannot connect to {_redact(self.nbd_uri)}: {exc}") from exc
+        handle = self._connect(nbd)
         try:
             size = handle.get_size()
             if size < self.plan.end:
