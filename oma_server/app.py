@@ -89,7 +89,9 @@ class App:
         # CloudStack: the in-process simulator (default) or a real endpoint; the client is built at start, when
         # the simulator's address is known.
         self.simulator: CloudStackSimulator | None = (
-            CloudStackSimulator(settings.data_dir / "cloudstack") if settings.cloudstack == "sim" else None
+            CloudStackSimulator(settings.data_dir / "cloudstack", seed_config=settings.cloudstack_sim_seed)
+            if settings.cloudstack == "sim"
+            else None
         )
         self.device_root = self.simulator.device_root if self.simulator else settings.device_root
         self.sys_root = self.simulator.sys_root if self.simulator else settings.sys_root

@@ -244,15 +244,30 @@ class OmaAttachments:
 
     async def release_job(self, job_id: str, disk_ids: Iterable[str]) -> int:
         """After a job: its replicas leave the OMA VM (unless another job took them) and its slots are free.
-        Returns how many volumes were detached."""
+        Returns how many volumes were detached. A replica CloudStack would not detach keeps its slot (held as
+        `unreleased:<disk>`) until the next start's reconcile takes it off, and the error is raised after the rest."""
         detached = 0
+        stuck: list[tuple[str, CloudStackError]] = []
         for disk_id in disk_ids:
             async with self._lock(disk_id):
                 if self._owner.get(disk_id, job_id) != job_id:
                     continue  # the next job of this VM has it now
-                detached += await self._take_off(disk_id, job_id)
+                try:
+                    detached += await self._take_off(disk_id, job_id)
+                except CloudStackError as exc:
+                    stuck.append((disk_id, exc))
+                    continue
                 self._owner.pop(disk_id, None)
         self.pool.release(job_id)
+        for disk_id, _ in stuck:
+            self.pool.hold(f"unreleased:{disk_id}", 1)
+        if stuck:
+            raise FailedPrecondition(
+                f"{len(stuck)} replica(s) could not be detached from the OMA VM ({stuck[0][1].message}); they keep "
+                "their slots until the OMA's next start detaches them",
+                reason="REPLICA_NOT_RELEASED",
+                disk_ids=",".join(d for d, _ in stuck),
+            )
         return detached
 
     async def release_disk(self, disk_id: str, job_id: str) -> bool:
