@@ -90,7 +90,8 @@ def run(*cmd: str | Path, live: bool = False) -> str:
 
 
 def same_bytes(source: Path, replica: Path) -> bool:
-    """The replica holds the source's bytes, then only zeros (CloudStack rounds volume sizes up to whole GiB)."""
+    """The replica holds the source's bytes, then only zeros (CloudStack rounds volume sizes up to whole GiB). The
+    tail is read only where the replica's file has data: its holes are zeros (SEEK_DATA/SEEK_HOLE)."""
     size = source.stat().st_size
     with open(source, "rb") as a, open(replica, "rb") as b:
         done = 0
@@ -99,9 +100,20 @@ def same_bytes(source: Path, replica: Path) -> bool:
             if b.read(len(chunk)) != chunk:
                 return False
             done += len(chunk)
-        while chunk := b.read(CHUNK):
-            if chunk.count(0) != len(chunk):
-                return False
+        end = os.fstat(b.fileno()).st_size
+        offset = size
+        while offset < end:
+            try:
+                offset = os.lseek(b.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: nothing but holes up to the end
+                return True
+            hole = os.lseek(b.fileno(), offset, os.SEEK_HOLE)
+            b.seek(offset)
+            while offset < hole:
+                chunk = b.read(min(CHUNK, hole - offset))
+                if chunk.count(0) != len(chunk):
+                    return False
+                offset += len(chunk)
     return True
 
 

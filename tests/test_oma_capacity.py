@@ -33,7 +33,7 @@ from oma_server.server import OmaServer
 from oma_server.storage.attachments import SlotPool
 from oma_server.storage.volumes import VOLUME_NAME_PREFIX
 from tests.conftest import make_settings
-from tests.factories import Enrolled, RawStream, enroll, inventory
+from tests.factories import Enrolled, RawStream, enroll, inventory, live_exports
 from tests.failover.helpers import play_replication, replicas_released, restart_oma
 
 pytestmark = pytest.mark.nbd
@@ -150,7 +150,7 @@ async def test_a_full_oma_vm_queues_the_next_job_and_says_where_it_stands(
         entries = await log_of(channel, job_b.id)
         assert any(e.step == "queue" and e.message.startswith("2 data-volume slot(s) free after") for e in entries)
         assert app.attachments.pool.peak == 2 and app.attachments.pool.in_use == 0
-        assert on_oma(oma) == set() and app.nbd.list_exports() == []
+        assert on_oma(oma) == set() and live_exports(app) == []
         await stream.close()
 
 
@@ -277,7 +277,7 @@ async def test_replicas_left_attached_by_a_failed_release_are_taken_off_at_the_n
         await stream.close()
     oma = await restart_oma(oma)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
-        assert on_oma(oma) == set() and oma.app.nbd.list_exports() == []
+        assert on_oma(oma) == set() and live_exports(oma.app) == []
         await replicas_released(channel, vm)
         assert oma.app.attachments is not None and oma.app.attachments.pool.in_use == 0
         volumes = (

@@ -29,7 +29,7 @@ from oma_server.db.models import Volume
 from oma_server.server import OmaServer
 from oma_server.storage.volumes import VOLUME_NAME_PREFIX
 from tests.conftest import make_settings
-from tests.factories import Enrolled, RawStream, enroll, inventory, nbdcopy
+from tests.factories import Enrolled, RawStream, enroll, inventory, live_exports, nbdcopy
 from vma.v1 import inventory_pb2, stream_pb2
 
 pytestmark = pytest.mark.nbd
@@ -146,7 +146,7 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
         # the replicas leave the OMA VM once the job is over: exports removed, volumes detached (kept for next time)
         await app.workflow.settled(job.id)  # type: ignore[union-attr]
         assert not [v for v in replicas(sim).values() if v.get("virtualmachineid")]
-        assert app.nbd.list_exports() == []
+        assert live_exports(app) == []
         rows = await app.db.run(lambda: list(Volume.select()))
         assert len(rows) == 2 and all(r.state == "detached" and not r.device_path for r in rows)
         assert app.attachments is not None and app.attachments.pool.in_use == 0
@@ -158,6 +158,7 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
         assert any(e.step == "release_volumes" and "2 replica(s) detached" in e.message for e in log)
 
         # incremental: same volumes and exports, previous change ids sent
+        restarts = app.nbd.restarts
         job2 = await start(channel, vm_id, request_id="inc-1")
         assert job2.kind == replication_pb2.REPLICATION_JOB_KIND_INCREMENTAL
         again = await start(channel, vm_id, request_id="inc-1")
@@ -168,7 +169,8 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
         assert not any(d.target_is_new for d in command2.disks)
         # the export names derive from the volume ids: the same targets as the first run, attached and served again
         assert sorted(d.nbd_uri for d in command2.disks) == sorted(d.nbd_uri for d in command.disks)
-        assert len(app.nbd.list_exports()) == 2
+        assert len(live_exports(app)) == 2
+        assert app.nbd.restarts == restarts  # the dormant exports serve again: nbd-server was not restarted
         assert len(replicas(sim)) == 2  # no new volumes
         assert len([v for v in replicas(sim).values() if v.get("virtualmachineid") == sim.oma_vm_id]) == 2
 
@@ -193,7 +195,7 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
             await storage_pb2_grpc.NbdExportServiceStub(channel).ListNbdExports(storage_pb2.ListNbdExportsRequest())
         ).nbd_exports
         assert len(exports_after) == 2 and all(e.state == storage_pb2.NBD_EXPORT_STATE_REMOVED for e in exports_after)
-        assert app.nbd.list_exports() == [] and len(replicas(sim)) == 2
+        assert live_exports(app) == [] and len(replicas(sim)) == 2
         assert not [v for v in replicas(sim).values() if v.get("virtualmachineid")]
         await stream.close()
 
@@ -229,7 +231,7 @@ async def test_attach_failure_fails_cleanly_and_leaks_nothing(oma: OmaServer) ->
         rows = await app.db.run(lambda: list(Volume.select()))
         assert sorted(r.cloudstack_id for r in rows) == sorted(replicas(sim))
         assert not [v for v in replicas(sim).values() if v.get("virtualmachineid")]
-        assert app.nbd.list_exports() == []
+        assert live_exports(app) == []
         vm = (
             await vm_context_pb2_grpc.VmContextServiceStub(channel).GetVmContext(
                 vm_context_pb2.GetVmContextRequest(id=vm_id)
@@ -299,7 +301,7 @@ async def test_oma_restart_during_provisioning_continues(tmp_path: Path) -> None
             rows = await restarted.app.db.run(lambda: list(Volume.select().where(Volume.state != "deleted")))
             assert sorted(r.cloudstack_id for r in rows) == sorted(replicas(sim2))  # nothing orphaned
             assert len(rows) == 2 and all(r.state == "attached_to_oma" for r in rows)
-            assert len(restarted.app.nbd.list_exports()) == 2
+            assert len(live_exports(restarted.app)) == 2
     finally:
         await restarted.stop(grace=0.2)
 

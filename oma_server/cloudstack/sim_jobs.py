@@ -42,7 +42,7 @@ def submit(state: SimulatorState, job: Job) -> dict[str, Any]:
     if job.instance_id:
         record["jobinstanceid"] = job.instance_id
     state.jobs[job_id] = record
-    state.save()
+    state.changed()
     delay = state.faults.job_delay(job.command, state.job_delay_s)
     task = asyncio.get_running_loop().create_task(run_job(state, job, record, delay))
     state.job_tasks.add(task)
@@ -85,7 +85,7 @@ async def run_job(state: SimulatorState, job: Job, record: dict[str, Any], delay
     else:
         record.update(jobstatus=1, jobresultcode=0, jobresulttype="object", completed=now_iso(), jobresult=result)
         log.debug("simulator job succeeded")
-    state.save()
+    state.changed()
 
 
 @command("queryAsyncJobResult")

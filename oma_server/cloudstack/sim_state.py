@@ -7,9 +7,11 @@ sim_vms, ...) and what the OMA VM's guest sees of it (sim_guest) live in their o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import os
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +22,8 @@ from oma_server.cloudstack.sim_faults import Faults
 
 STATE_FILE = "cloudstack-sim.json"
 STATE_VERSION = 2
+#: how long a change waits before it is written: changes in between go into the same write
+SAVE_DELAY_S = 0.2
 
 #: the tables persisted as they are (id → row)
 TABLES = (
@@ -99,6 +103,9 @@ class SimulatorState:
         self.requests: list[RequestRecord] = []
         #: running async jobs of this process (not persisted; a restart fails pending jobs)
         self.job_tasks: set[asyncio.Task[None]] = set()
+        self._writer: asyncio.Task[None] | None = None
+        self._dirty = asyncio.Event()
+        self._write_lock = threading.Lock()  # a cancelled writer's thread may still be writing
 
     # ---- persistence -------------------------------------------------------------------------------
     @property
@@ -145,16 +152,48 @@ class SimulatorState:
             setattr(self, name, data[name])
         return True
 
-    def save(self) -> None:
+    def _snapshot(self) -> str:
         data: dict[str, Any] = {"version": STATE_VERSION, "api_key": self.api_key, "secret_key": self.secret_key}
         data.update({name: getattr(self, name) for name in (*TABLES, *SCALARS)})
+        return json.dumps(data)  # compact: the C encoder (an indent would select the pure-Python one)
+
+    def _write(self, text: str) -> None:
         tmp = self.state_file.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+        with self._write_lock, open(tmp, "w") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)  # it holds the secret key
-        os.replace(tmp, self.state_file)
+            os.chmod(tmp, 0o600)  # it holds the secret key
+            os.replace(tmp, self.state_file)
+
+    def save(self) -> None:
+        """Write the world now (start, stop, and tests that look at the file)."""
+        self._dirty.clear()
+        self._write(self._snapshot())
+
+    def changed(self) -> None:
+        """The world changed: written within SAVE_DELAY_S, with whatever else changes meanwhile, off the event loop.
+        Writing the whole world on every request cost the simulator most of its time at 50 VMs (the JSON grows
+        with every job it keeps, as CloudStack keeps async jobs)."""
+        self._dirty.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_behind(), name="sim-state-writer")
+
+    async def _write_behind(self) -> None:
+        while self._dirty.is_set():
+            await asyncio.sleep(SAVE_DELAY_S)
+            self._dirty.clear()
+            text = self._snapshot()  # on the loop: handlers mutate the world there
+            await asyncio.to_thread(self._write, text)
+
+    async def flush(self) -> None:
+        """Stop the writer and write what is left."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        self.save()
 
     def recover_after_restart(self) -> None:
         """What a management server restart does to work in flight: pending jobs fail, VMs settle."""

@@ -103,7 +103,7 @@ async def _handle_api(request: web.Request) -> web.StreamResponse:
         return _json(envelope, e.body(), e.errorcode)
     state.requests.append(RequestRecord(command_name, 200))
     if not command_name.lower().startswith(("list", "query")):
-        state.save()
+        state.changed()
     return _json(envelope, body)
 
 
@@ -222,7 +222,7 @@ class CloudStackSimulator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        self.state.save()
+        await self.state.flush()
         logger.info("CloudStack simulator stopped")
 
     async def __aenter__(self) -> CloudStackSimulator:

@@ -348,7 +348,7 @@ class FailoverSteps:
             # replicas leave the OMA VM when their replication ends; one may still be on its way off
             if await self.attachments.release_disk(replica.disk.id, ctx.job.id):
                 detached += 1
-        return StepResult(message=f"{detached} volume(s) detached from the OMA, exports removed")
+        return StepResult(message=f"{detached} volume(s) detached from the OMA, exports retired")
 
     async def deploy_vm(self, ctx: StepContext) -> StepResult:
         job = ctx.job

@@ -277,7 +277,7 @@ class ReplicationWorkflow:
         pool = self.attachments.pool
         free = "" if pool.capacity is None else f"; {pool.capacity - pool.in_use} of {pool.capacity} slots free"
         await self.joblog.note(
-            job.id, "release_volumes", f"{detached} replica(s) detached from the OMA VM, exports removed{free}"
+            job.id, "release_volumes", f"{detached} replica(s) detached from the OMA VM, exports retired{free}"
         )
 
     async def _wait_for_slots(self, job: JobState) -> None:

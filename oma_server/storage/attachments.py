@@ -281,7 +281,7 @@ class OmaAttachments:
         volume = await self.db.run(current_volume, disk_id)
         if volume is None or not volume.cloudstack_id:
             return False
-        await self.exports.remove(volume, job_id)
+        await self.exports.retire(volume, job_id)
         try:
             cs_volume = await self.cs.get_volume(volume.cloudstack_id)
         except CloudStackNotFound:
