@@ -11,28 +11,21 @@ from oma_server.cloudstack.sim_seed import config_category
 from oma_server.cloudstack.sim_state import SimulatorState
 
 
-@command("listZones")
-def _list_zones(state: SimulatorState, p: Params) -> dict[str, Any]:
-    rows = filter_rows(list(state.zones.values()), p, id="id", name="name")
-    return list_response(p, "zone", rows)
+def _table_list(name: str, table: str, key: str, *filters: str) -> None:
+    """Register a list command that answers the rows of one table, filtered by the named fields."""
+
+    def handler(state: SimulatorState, p: Params) -> dict[str, Any]:
+        rows = filter_rows(list(getattr(state, table).values()), p, id="id", name="name", **{f: f for f in filters})
+        return list_response(p, key, rows)
+
+    command(name)(handler)
 
 
-@command("listServiceOfferings")
-def _list_service_offerings(state: SimulatorState, p: Params) -> dict[str, Any]:
-    rows = filter_rows(list(state.service_offerings.values()), p, id="id", name="name")
-    return list_response(p, "serviceoffering", rows)
-
-
-@command("listDiskOfferings")
-def _list_disk_offerings(state: SimulatorState, p: Params) -> dict[str, Any]:
-    rows = filter_rows(list(state.disk_offerings.values()), p, id="id", name="name")
-    return list_response(p, "diskoffering", rows)
-
-
-@command("listNetworks")
-def _list_networks(state: SimulatorState, p: Params) -> dict[str, Any]:
-    rows = filter_rows(list(state.networks.values()), p, id="id", name="name", zoneid="zoneid", type="type")
-    return list_response(p, "network", rows)
+_table_list("listZones", "zones", "zone")
+_table_list("listServiceOfferings", "service_offerings", "serviceoffering")
+_table_list("listDiskOfferings", "disk_offerings", "diskoffering")
+_table_list("listNetworks", "networks", "network", "zoneid", "type")
+_table_list("listHosts", "hosts", "host", "zoneid", "type")
 
 
 @command("listTemplates")
@@ -47,12 +40,6 @@ def _list_templates(state: SimulatorState, p: Params) -> dict[str, Any]:
         )
     rows = filter_rows(list(state.templates.values()), p, id="id", name="name", zoneid="zoneid")
     return list_response(p, "template", rows)
-
-
-@command("listHosts")
-def _list_hosts(state: SimulatorState, p: Params) -> dict[str, Any]:
-    rows = filter_rows(list(state.hosts.values()), p, id="id", name="name", zoneid="zoneid", type="type")
-    return list_response(p, "host", rows)
 
 
 @command("listCapabilities")

@@ -50,6 +50,15 @@ def place_on_host(state: SimulatorState, vm: dict[str, Any]) -> None:
     vm.update(hostid=host["id"], hostname=host["name"])
 
 
+def run_vm(state: SimulatorState, vm: dict[str, Any]) -> dict[str, Any]:
+    """The VM comes up on a host, its volumes Ready; the job result of deploy (startvm) and start."""
+    vm["state"] = "Running"
+    place_on_host(state, vm)
+    for vol in state.volumes_of(vm["id"]):
+        make_ready(vol)
+    return {"virtualmachine": render_vm(state, vm)}
+
+
 def leave_host(vm: dict[str, Any]) -> None:
     vm.pop("hostid", None)
     vm.pop("hostname", None)
@@ -237,12 +246,7 @@ def _deploy_vm(state: SimulatorState, p: Params) -> dict[str, Any]:
         vm["state"] = "Starting"
 
     async def work() -> dict[str, Any]:
-        if start:
-            vm["state"] = "Running"
-            place_on_host(state, vm)
-            for vol in state.volumes_of(vm["id"]):
-                make_ready(vol)
-        return {"virtualmachine": render_vm(state, vm)}
+        return run_vm(state, vm) if start else {"virtualmachine": render_vm(state, vm)}
 
     def on_error() -> None:
         vm["state"] = "Error"
@@ -273,11 +277,7 @@ def _start_vm(state: SimulatorState, p: Params) -> dict[str, Any]:
     vm["state"] = "Starting"
 
     async def work() -> dict[str, Any]:
-        vm["state"] = "Running"
-        place_on_host(state, vm)
-        for vol in state.volumes_of(vm["id"]):
-            make_ready(vol)
-        return {"virtualmachine": render_vm(state, vm)}
+        return run_vm(state, vm)
 
     def on_error() -> None:
         vm["state"] = "Stopped"
