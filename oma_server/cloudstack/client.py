@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -502,13 +502,3 @@ class _Failed(Exception):
         super().__init__(error.message)
         self.error = error
         self.retry_safe = retry_safe
-
-
-async def open_client(settings: CloudStackSettings) -> CloudStackClient:
-    """A client ready to use (`async with await open_client(s) as cs:` closes it)."""
-    return CloudStackClient(settings)
-
-
-def ids(items: Iterable[Any]) -> list[str]:
-    """The ids of a list of models (handy in logs and assertions)."""
-    return [item.id for item in items]
