@@ -333,3 +333,21 @@ async def test_pool_order_priority_and_capacity_changes() -> None:
     with pytest.raises(asyncio.CancelledError):
         await blocked
     assert pool.waiting() == []
+
+
+async def test_a_cloudstack_url_without_the_oma_vm_id_still_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The capacity is read at start; without OMA_CLOUDSTACK_OMA_VM_ID it stays unknown instead of stopping the OMA
+    (provisioning says what to set)."""
+    from oma_server.cloudstack.simulator import CloudStackSimulator
+
+    async with CloudStackSimulator(tmp_path / "cs") as sim:
+        monkeypatch.setenv("OMA_CLOUDSTACK_API_KEY", sim.api_key)
+        monkeypatch.setenv("OMA_CLOUDSTACK_SECRET_KEY", sim.secret_key)
+        server = OmaServer(App(make_settings(tmp_path, cloudstack=sim.url)))
+        await server.start()
+        try:
+            assert server.app.attachments is not None and server.app.attachments.pool.capacity is None
+        finally:
+            await server.stop(grace=0.2)

@@ -198,11 +198,11 @@ class OmaAttachments:
     # ---- capacity -------------------------------------------------------------------------------------------
     async def refresh(self) -> None:
         """The capacity from the cloud: the OMA VM's data-volume limit minus its data volumes that are not ours."""
-        oma = self.cs.oma_vm_id
         try:
+            oma = self.cs.oma_vm_id
             self.limit = await self.limits.data_volumes(oma)
             on_oma = await self.cs.list_volumes(vm_id=oma)
-        except CloudStackError as exc:
+        except (CloudStackError, FailedPrecondition) as exc:  # unreachable, or the OMA VM id is not configured
             logger.warning("OMA VM capacity not read ({e}); keeping {c}", e=exc.message, c=self.pool.capacity)
             return
         foreign = [v for v in on_oma if v.type is VolumeType.DATADISK and not v.name.startswith(VOLUME_NAME_PREFIX)]
