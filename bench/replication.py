@@ -164,7 +164,7 @@ def measure(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[str,
         print("[2/3] full copy (StartReplication kind=INITIAL)", flush=True)
         full, full_fb = bench.timed_replication(vm_id, replication_pb2.REPLICATION_JOB_KIND_INITIAL)
         full_s = job_seconds(full)
-        replicas = bench.replicas_on_oma(vm_id)
+        replicas = bench.replicas_in_cloudstack(vm_id)
         out["full_s"] = round(full_s, 3)
         out["full_bytes_done"] = full.bytes_done
         out["full_mib_s"] = round(full.bytes_done / MIB / full_s, 1)
@@ -182,7 +182,7 @@ def measure(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[str,
         out["incremental_bytes_done"] = incr.bytes_done
         out["incremental_mode"] = "full" if any(d.mode == 1 for d in incr.disks) else "incremental"
         out["incremental_ratio"] = round(incremental_s / full_s, 3)
-        out["incremental_verified"] = same_bytes(source, bench.replicas_on_oma(vm_id)[disk.id])
+        out["incremental_verified"] = same_bytes(source, bench.replicas_in_cloudstack(vm_id)[disk.id])
 
         phases = agent_phases(root / "vma-agent.log")
         for name, phase in zip(("full", "incremental"), phases, strict=False):

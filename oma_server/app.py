@@ -16,6 +16,7 @@ from oma_server.appliances import ApplianceService
 from oma_server.clock import Clock, SystemClock
 from oma_server.cloudstack.client import CloudStackClient
 from oma_server.cloudstack.config import CloudStackSettings
+from oma_server.cloudstack.limits import CloudLimits
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.db.database import Database, redact_url
 from oma_server.db.migrations import apply_migrations, current_version
@@ -35,6 +36,7 @@ from oma_server.replication.store import ReplicationJobStore
 from oma_server.replication.workflow import ReplicationWorkflow
 from oma_server.revisions import RevisionReservations
 from oma_server.settings import Settings
+from oma_server.storage.attachments import OmaAttachments
 from oma_server.storage.exports import ExportService
 from oma_server.storage.queries import VolumeQueries
 from oma_server.storage.volumes import VolumeProvisioner
@@ -87,13 +89,17 @@ class App:
         # CloudStack: the in-process simulator (default) or a real endpoint; the client is built at start, when
         # the simulator's address is known.
         self.simulator: CloudStackSimulator | None = (
-            CloudStackSimulator(settings.data_dir / "cloudstack") if settings.cloudstack == "sim" else None
+            CloudStackSimulator(settings.data_dir / "cloudstack", seed_config=settings.cloudstack_sim_seed)
+            if settings.cloudstack == "sim"
+            else None
         )
         self.device_root = self.simulator.device_root if self.simulator else settings.device_root
+        self.sys_root = self.simulator.sys_root if self.simulator else settings.sys_root
         self.nbd = NbdExportManager(settings.data_dir / "nbd", listen=settings.nbd_listen)
         self.exports = ExportService(self.db, self.nbd, self.joblog)
         self.cloudstack: CloudStackClient | None = None
         self.volumes: VolumeProvisioner | None = None
+        self.attachments: OmaAttachments | None = None
         self.workflow: ReplicationWorkflow | None = None
         self.job_watch = JobWatcher(self.watch)
         self.job_watch.lookups.append(self._replication_change)
@@ -139,11 +145,15 @@ class App:
         else:
             cs_settings = CloudStackSettings.from_env(self.settings.cloudstack)
         self.cloudstack = CloudStackClient(cs_settings)
-        self.volumes = VolumeProvisioner(self.db, self.cloudstack, self.joblog, self.device_root)
-        self.workflow = ReplicationWorkflow(
-            self.db, self.clock, self.jobs, self.replication, self.vms, self.volumes, self.exports, self.joblog
+        limits = CloudLimits(self.cloudstack)
+        self.volumes = VolumeProvisioner(
+            self.db, self.cloudstack, self.joblog, self.device_root, sys_root=self.sys_root, limits=limits
         )
-        self._build_failover(self.cloudstack, self.volumes, self.workflow)
+        self.attachments = OmaAttachments(self.db, self.cloudstack, limits, self.volumes, self.exports, self.joblog)
+        self.workflow = ReplicationWorkflow(
+            self.db, self.clock, self.jobs, self.replication, self.vms, self.attachments, self.joblog
+        )
+        self._build_failover(self.cloudstack, self.volumes, self.attachments, self.workflow)
         assert self.failover is not None
         self.janitor = Janitor(
             self.db,
@@ -155,6 +165,8 @@ class App:
             interval_s=self.settings.janitor_interval_s,
         )
         await self.volumes.reconcile()
+        # before nbd-server serves the recorded exports: replicas of finished jobs leave the OMA VM
+        await self.attachments.reconcile([(j.id, [d.disk_id for d in j.disks]) for j in self.jobs.open_jobs()])
         await self.exports.start()
 
     async def begin_shutdown(self) -> None:
@@ -196,16 +208,25 @@ class App:
         return [Change(j.revision, "replication", j.id, j.vm_context_id, j, j.final) for j in jobs]
 
     def _build_failover(
-        self, cloudstack: CloudStackClient, volumes: VolumeProvisioner, workflow: ReplicationWorkflow
+        self,
+        cloudstack: CloudStackClient,
+        volumes: VolumeProvisioner,
+        attachments: OmaAttachments,
+        workflow: ReplicationWorkflow,
     ) -> None:
         readiness = ReadinessChecker(
-            self.db, cloudstack, self.jobs, self.hub.connected, failover_template=self.settings.failover_template
+            self.db,
+            cloudstack,
+            self.jobs,
+            self.hub.connected,
+            failover_template=self.settings.failover_template,
+            limits=attachments.limits,
         )
         steps = FailoverSteps(
             self.db,
             cloudstack,
             volumes,
-            self.exports,
+            attachments,
             self.joblog,
             self.outbox,
             self.jobs,

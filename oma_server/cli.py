@@ -42,12 +42,24 @@ def _common_flags() -> _OneLineParser:
         default=env_default("cloudstack", "sim"),
         help="'sim' (in-process simulator) or a CloudStack API URL; keys in OMA_CLOUDSTACK_API_KEY/SECRET_KEY",
     )
+    g.add_argument(
+        "--cloudstack-sim-seed",
+        type=Path,
+        default=Path(env_default("cloudstack_sim_seed", "")) if env_default("cloudstack_sim_seed", "") else None,
+        help="with --cloudstack sim: a JSON file of the simulator's initial world (limits, offerings, ...)",
+    )
     g.add_argument("--nbd-listen", default=env_default("nbd_listen", "127.0.0.1:10809"), help="nbd-server HOST:PORT")
     g.add_argument(
         "--device-root",
         type=Path,
         default=Path(env_default("device_root", "/dev/disk/by-id")),
         help="where attached volumes appear (with --cloudstack sim: the simulator's dev/disk/by-id)",
+    )
+    g.add_argument(
+        "--sys-root",
+        type=Path,
+        default=Path(env_default("sys_root", "/sys")),
+        help="sysfs, to confirm a found device's serial (with --cloudstack sim: the simulator's guest sys)",
     )
     g.add_argument(
         "--progress-flush-interval",
@@ -102,8 +114,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         data_dir=args.data_dir,
         database=args.database,
         cloudstack=args.cloudstack,
+        cloudstack_sim_seed=args.cloudstack_sim_seed,
         nbd_listen=args.nbd_listen,
         device_root=args.device_root,
+        sys_root=args.sys_root,
         log_json=args.log_json,
         log_level=args.log_level.upper(),
         heartbeat_interval_s=args.heartbeat_interval,

@@ -90,7 +90,8 @@ def run(*cmd: str | Path, live: bool = False) -> str:
 
 
 def same_bytes(source: Path, replica: Path) -> bool:
-    """The replica holds the source's bytes, then only zeros (CloudStack rounds volume sizes up to whole GiB)."""
+    """The replica holds the source's bytes, then only zeros (CloudStack rounds volume sizes up to whole GiB). The
+    tail is read only where the replica's file has data: its holes are zeros (SEEK_DATA/SEEK_HOLE)."""
     size = source.stat().st_size
     with open(source, "rb") as a, open(replica, "rb") as b:
         done = 0
@@ -99,9 +100,20 @@ def same_bytes(source: Path, replica: Path) -> bool:
             if b.read(len(chunk)) != chunk:
                 return False
             done += len(chunk)
-        while chunk := b.read(CHUNK):
-            if chunk.count(0) != len(chunk):
-                return False
+        end = os.fstat(b.fileno()).st_size
+        offset = size
+        while offset < end:
+            try:
+                offset = os.lseek(b.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: nothing but holes up to the end
+                return True
+            hole = os.lseek(b.fileno(), offset, os.SEEK_HOLE)
+            b.seek(offset)
+            while offset < hole:
+                chunk = b.read(min(CHUNK, hole - offset))
+                if chunk.count(0) != len(chunk):
+                    return False
+                offset += len(chunk)
     return True
 
 
@@ -223,10 +235,6 @@ class Demo:
             if not ok:
                 self.failures.append(f"disk {disk.key} differs from its {where}")
 
-    def replicas_on_oma(self, vm_id: str) -> dict[str, Path]:
-        volumes = self.volumes.ListVolumes(storage_pb2.ListVolumesRequest(vm_context_id=vm_id)).volumes
-        return {v.disk_id: Path(v.device_path) for v in volumes}
-
     def replicas_in_cloudstack(self, vm_id: str) -> dict[str, Path]:
         volumes = self.volumes.ListVolumes(storage_pb2.ListVolumesRequest(vm_context_id=vm_id)).volumes
         return {v.disk_id: self.data_dir / "cloudstack" / "volumes" / f"{v.cloudstack_id}.img" for v in volumes}
@@ -273,13 +281,13 @@ def main() -> int:
 
             step("Initial replication (full copy of every disk)")
             initial = demo.replicate(vm_id, "initial")
-            demo.verify(vm_id, "CloudStack volume", demo.replicas_on_oma(vm_id))
+            demo.verify(vm_id, "CloudStack volume", demo.replicas_in_cloudstack(vm_id))
 
             step(f"Guest writes {GUEST_WRITE_PERCENT}% of each disk, then incremental replication (changed blocks)")
             run(BIN / "vma-agent", "guest-write", "--vcenter-dir", demo.vcenter, "--vm", "demo-web",
                 "--percent", str(GUEST_WRITE_PERCENT), "--seed", "7")  # fmt: skip
             incremental = demo.replicate(vm_id, "incremental")
-            demo.verify(vm_id, "CloudStack volume", demo.replicas_on_oma(vm_id))
+            demo.verify(vm_id, "CloudStack volume", demo.replicas_in_cloudstack(vm_id))
             if incremental.bytes_done >= initial.bytes_done:
                 demo.failures.append("the incremental run copied as much as the full one")
 
@@ -290,12 +298,12 @@ def main() -> int:
             demo.omactl("failover", "test", vm_id, "--watch", live=True)
             demo.verify(vm_id, "test VM's volume", demo.replicas_in_cloudstack(vm_id))
 
-            step("Test failover cleanup: destroy the test VM, revert, reattach the volumes to the OMA")
+            step("Test failover cleanup: destroy the test VM, revert the volumes, leave them detached for the next run")
             demo.omactl("failover", "cleanup", vm_id, "--watch", live=True)
             vm = demo.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
             if vm.status != vm_context_pb2.VM_CONTEXT_STATUS_READY_FOR_FAILOVER:
                 demo.failures.append(f"after cleanup the VM is {vm_context_pb2.VmContextStatus.Name(vm.status)}")
-            demo.verify(vm_id, "CloudStack volume", demo.replicas_on_oma(vm_id))
+            demo.verify(vm_id, "CloudStack volume", demo.replicas_in_cloudstack(vm_id))
 
             step("Summary")
             demo.summary(vm_id, [initial, incremental])

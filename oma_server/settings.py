@@ -31,8 +31,11 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(".oma"))
     database: str = ""  # empty: SQLite file in the data dir
     cloudstack: str = "sim"
+    #: with cloudstack=sim: a JSON file describing the simulator's initial world (cloudstack/sim_seed.py)
+    cloudstack_sim_seed: Path | None = None
     nbd_listen: str = "127.0.0.1:10809"
     device_root: Path = field(default_factory=lambda: Path("/dev/disk/by-id"))
+    sys_root: Path = field(default_factory=lambda: Path("/sys"))
     log_json: bool = False
     log_level: str = "INFO"
     # Stream and progress tuning (DESIGN.md §4).
@@ -56,6 +59,10 @@ class Settings:
             raise InvalidArgument("--heartbeat-interval and --progress-flush-interval must be positive")
         if self.max_concurrent_rpcs < 1:
             raise InvalidArgument("--max-concurrent-rpcs must be at least 1")
+        if self.cloudstack_sim_seed is not None and not self.cloudstack_sim_seed.is_file():
+            raise InvalidArgument(
+                f"--cloudstack-sim-seed {self.cloudstack_sim_seed} is not a file; give the simulator's seed JSON"
+            )
 
     @property
     def database_url(self) -> str:

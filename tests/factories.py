@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -165,3 +167,27 @@ def inventory(disk_mib: tuple[int, ...] = (4, 2), name: str = "web-01") -> inven
             for i, mib in enumerate(disk_mib)
         ],
     )
+
+
+async def nbdcopy(src: Path, uri: str, deadline_s: float = 30.0) -> None:
+    """Copy `src` into an NBD export with the real nbdcopy, as an appliance does: a connection refused or reset while
+    the OMA changes its exports (nbd-server restarts to apply each change) is tried again until `deadline_s`, like
+    the reference agent's copier (vma_client_stubs/agent/copier.py)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    pause = 0.1
+    while True:
+        proc = await asyncio.create_subprocess_exec("nbdcopy", str(src), uri, stderr=subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode == 0:
+            return
+        text = err.decode()
+        assert "nbd_connect_uri" in text and loop.time() < deadline, f"nbdcopy into {uri} failed: {text}"
+        await asyncio.sleep(pause)  # a backoff between real attempts, not a synchronisation
+        pause = min(pause * 2, 2.0)
+
+
+def live_exports(app: App) -> list[str]:
+    """Exports nbd-server can serve now: the ones whose device exists. A retired export stays in nbd-server's
+    configuration, dormant, while its replica is detached (oma_server/storage/exports.py)."""
+    return sorted(e.name for e in app.nbd.list_exports() if Path(e.device_path).exists())

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
 
 from oma.v1 import (
+    job_pb2,
+    job_pb2_grpc,
     replication_pb2,
     replication_pb2_grpc,
     storage_pb2,
@@ -28,7 +29,7 @@ from oma_server.db.models import Volume
 from oma_server.server import OmaServer
 from oma_server.storage.volumes import VOLUME_NAME_PREFIX
 from tests.conftest import make_settings
-from tests.factories import Enrolled, RawStream, enroll, inventory
+from tests.factories import Enrolled, RawStream, enroll, inventory, live_exports, nbdcopy
 from vma.v1 import inventory_pb2, stream_pb2
 
 pytestmark = pytest.mark.nbd
@@ -55,12 +56,6 @@ async def get_job(channel: grpc.aio.Channel, job_id: str) -> replication_pb2.Rep
             replication_pb2.GetReplicationJobRequest(id=job_id)
         )
     ).job
-
-
-async def nbdcopy(src: Path, uri: str) -> None:
-    proc = await asyncio.create_subprocess_exec("nbdcopy", str(src), uri, stderr=subprocess.PIPE)
-    _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
 
 
 def replicas(sim) -> dict[str, dict]:  # type: ignore[no-untyped-def]
@@ -148,12 +143,22 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
             src = sources[disk.id].read_bytes()
             assert read_prefix(backing, len(src)) == src
 
-        # an export that vanished (nbd-server lost it) is recreated by the next run
-        vanished = app.nbd.list_exports()[0].name
-        await app.nbd.remove_export(vanished, force=True)
-        assert vanished not in {e.name for e in app.nbd.list_exports()}
+        # the replicas leave the OMA VM once the job is over: exports removed, volumes detached (kept for next time)
+        await app.workflow.settled(job.id)  # type: ignore[union-attr]
+        assert not [v for v in replicas(sim).values() if v.get("virtualmachineid")]
+        assert live_exports(app) == []
+        rows = await app.db.run(lambda: list(Volume.select()))
+        assert len(rows) == 2 and all(r.state == "detached" and not r.device_path for r in rows)
+        assert app.attachments is not None and app.attachments.pool.in_use == 0
+        log = (
+            await job_pb2_grpc.JobServiceStub(channel).ListJobLogEntries(
+                job_pb2.ListJobLogEntriesRequest(job_id=job.id, page_size=1000)
+            )
+        ).entries
+        assert any(e.step == "release_volumes" and "2 replica(s) detached" in e.message for e in log)
 
         # incremental: same volumes and exports, previous change ids sent
+        restarts = app.nbd.restarts
         job2 = await start(channel, vm_id, request_id="inc-1")
         assert job2.kind == replication_pb2.REPLICATION_JOB_KIND_INCREMENTAL
         again = await start(channel, vm_id, request_id="inc-1")
@@ -162,8 +167,10 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
         assert command2.job_id == job2.id
         assert [d.previous_change_id for d in command2.disks] == ["cid-0-1", "cid-1-1"]
         assert not any(d.target_is_new for d in command2.disks)
+        # the export names derive from the volume ids: the same targets as the first run, attached and served again
         assert sorted(d.nbd_uri for d in command2.disks) == sorted(d.nbd_uri for d in command.disks)
-        assert vanished in {e.name for e in app.nbd.list_exports()}
+        assert len(live_exports(app)) == 2
+        assert app.nbd.restarts == restarts  # the dormant exports serve again: nbd-server was not restarted
         assert len(replicas(sim)) == 2  # no new volumes
         assert len([v for v in replicas(sim).values() if v.get("virtualmachineid") == sim.oma_vm_id]) == 2
 
@@ -174,7 +181,7 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
         assert job2.id in (err.value.details() or "")
         assert error_info_of(err.value).reason == "JOB_ALREADY_ACTIVE"  # type: ignore[union-attr]
 
-        # cancel: the appliance is told; exports and volumes stay
+        # cancel: the appliance is told; the volumes stay (detached, for the next run), the exports go
         await replication_pb2_grpc.ReplicationServiceStub(channel).CancelReplicationJob(
             replication_pb2.CancelReplicationJobRequest(id=job2.id)
         )
@@ -183,10 +190,13 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
         await stream.send(event=stream_pb2.JobEvent(job_id=job2.id, sequence=1, cancelled=stream_pb2.JobCancelled()))
         await stream.recv_until("ack", job_id=job2.id, sequence=1)
         assert (await get_job(channel, job2.id)).status == replication_pb2.REPLICATION_JOB_STATUS_CANCELLED
+        await app.workflow.settled(job2.id)  # type: ignore[union-attr]
         exports_after = (
             await storage_pb2_grpc.NbdExportServiceStub(channel).ListNbdExports(storage_pb2.ListNbdExportsRequest())
         ).nbd_exports
-        assert len(exports_after) == 2
+        assert len(exports_after) == 2 and all(e.state == storage_pb2.NBD_EXPORT_STATE_REMOVED for e in exports_after)
+        assert live_exports(app) == [] and len(replicas(sim)) == 2
+        assert not [v for v in replicas(sim).values() if v.get("virtualmachineid")]
         await stream.close()
 
 
@@ -221,7 +231,7 @@ async def test_attach_failure_fails_cleanly_and_leaks_nothing(oma: OmaServer) ->
         rows = await app.db.run(lambda: list(Volume.select()))
         assert sorted(r.cloudstack_id for r in rows) == sorted(replicas(sim))
         assert not [v for v in replicas(sim).values() if v.get("virtualmachineid")]
-        assert app.nbd.list_exports() == []
+        assert live_exports(app) == []
         vm = (
             await vm_context_pb2_grpc.VmContextServiceStub(channel).GetVmContext(
                 vm_context_pb2.GetVmContextRequest(id=vm_id)
@@ -255,7 +265,13 @@ async def test_device_that_never_appears_is_a_clear_failure(oma: OmaServer) -> N
         await app.workflow.wait(job.id)  # type: ignore[union-attr]
         failed = await get_job(channel, job.id)
         assert failed.status == replication_pb2.REPLICATION_JOB_STATUS_FAILED
-        assert failed.error.reason == "DEVICE_NOT_FOUND" and "did not appear" in failed.error.message
+        assert failed.error.reason == "DEVICE_NOT_FOUND"
+        # the message names what was looked for (CloudStack's serial under each bus prefix) and what was found
+        (volume,) = [v for v in replicas(app.simulator).values()]
+        serial = volume["id"].replace("-", "")[:20]
+        message = failed.error.message
+        assert f"virtio-{serial}" in message and f"scsi-0QEMU_QEMU_HARDDISK_{serial}" in message
+        assert f"scsi-{serial}" in message and "no disk link is there at all" in message
 
 
 async def test_oma_restart_during_provisioning_continues(tmp_path: Path) -> None:
@@ -285,7 +301,7 @@ async def test_oma_restart_during_provisioning_continues(tmp_path: Path) -> None
             rows = await restarted.app.db.run(lambda: list(Volume.select().where(Volume.state != "deleted")))
             assert sorted(r.cloudstack_id for r in rows) == sorted(replicas(sim2))  # nothing orphaned
             assert len(rows) == 2 and all(r.state == "attached_to_oma" for r in rows)
-            assert len(restarted.app.nbd.list_exports()) == 2
+            assert len(live_exports(restarted.app)) == 2
     finally:
         await restarted.stop(grace=0.2)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -27,6 +27,7 @@ from loguru import logger
 
 from oma_server.cloudstack.config import CloudStackSettings
 from oma_server.cloudstack.errors import (
+    CloudStackAuthError,
     CloudStackBadResponse,
     CloudStackError,
     CloudStackJobTimeout,
@@ -34,6 +35,7 @@ from oma_server.cloudstack.errors import (
     CloudStackUnavailable,
     from_cloudstack_error,
     from_transport_error,
+    unknown_command,
 )
 from oma_server.cloudstack.models import (
     AsyncJob,
@@ -52,6 +54,9 @@ from oma_server.cloudstack.models import (
 from oma_server.errors import FailedPrecondition, InvalidArgument
 
 _READ_ONLY_PREFIXES = ("list", "query", "get")
+#: a command every account may call: when it works with our keys, a 401 for another command means that command
+#: is not offered to us, not that the keys are wrong (ApiServer.verifyRequest answers both with 401)
+KEYS_PROBE_COMMAND = "listCapabilities"
 
 #: friendly filter names accepted by list_volumes / list_vms, mapped to CloudStack parameter names
 _FILTER_ALIASES = {
@@ -172,6 +177,8 @@ class CloudStackClient:
                 return answer
             except _Failed as failed:
                 err = failed.error
+                if isinstance(err, CloudStackAuthError) and command != KEYS_PROBE_COMMAND and await self._keys_work():
+                    err = unknown_command(command, err.errortext, errorcode=err.errorcode)
                 if not (err.transient and failed.retry_safe) or attempt == attempts:
                     log.bind(reason=err.reason).warning("CloudStack {} failed: {}", command, err.message)
                     raise err from failed.__cause__
@@ -186,6 +193,13 @@ class CloudStackClient:
                 )
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    async def _keys_work(self) -> bool:
+        try:
+            await self._once(KEYS_PROBE_COMMAND, False, {})
+        except _Failed:
+            return False
+        return True
 
     async def _list(self, command: str, **params: Any) -> list[dict[str, Any]]:
         answer = await self.request(command, fetch_list=True, **_filters(params))
@@ -450,10 +464,17 @@ class CloudStackClient:
         result = await self._run_async("stopVirtualMachine", id=vm_id, forced=forced or None)
         return await self._vm_with_volumes(self._item(result, "virtualmachine", "stopVirtualMachine"))
 
-    async def destroy_vm(self, vm_id: str, expunge: bool = True) -> VirtualMachine:
-        """Destroy (and by default expunge: the ROOT volume goes, data disks are detached and kept)."""
-        result = await self._run_async("destroyVirtualMachine", id=vm_id, expunge=expunge)
-        return VirtualMachine.from_api(self._item(result, "virtualmachine", "destroyVirtualMachine"))
+    async def destroy_vm(self, vm_id: str, expunge: bool = True) -> None:
+        """Destroy (and by default expunge: the ROOT volume goes, data disks are detached and kept). A VM that is
+        already gone counts as destroyed.
+
+        The job result is not read: with expunge, 4.18.1 to 4.20.1 answer `{"null": {...}}` and later releases
+        `{"virtualmachine": {...}}`, both without id, name or state (docs/cloudstack.md); the job's success is
+        the answer."""
+        try:
+            await self._run_async("destroyVirtualMachine", id=vm_id, expunge=expunge)
+        except CloudStackNotFound:
+            self._log.bind(vm_id=vm_id).info("CloudStack VM {} is already gone; counted as destroyed", vm_id)
 
     async def _vm_with_volumes(self, raw: dict[str, Any]) -> VirtualMachine:
         volumes = tuple(await self.list_volumes(virtualmachineid=raw["id"]))
@@ -481,13 +502,3 @@ class _Failed(Exception):
         super().__init__(error.message)
         self.error = error
         self.retry_safe = retry_safe
-
-
-async def open_client(settings: CloudStackSettings) -> CloudStackClient:
-    """A client ready to use (`async with await open_client(s) as cs:` closes it)."""
-    return CloudStackClient(settings)
-
-
-def ids(items: Iterable[Any]) -> list[str]:
-    """The ids of a list of models (handy in logs and assertions)."""
-    return [item.id for item in items]

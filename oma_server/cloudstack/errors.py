@@ -1,9 +1,16 @@
 """CloudStack failures as DomainErrors.
 
 CloudStack reports an error with an HTTP status equal to its `errorcode` (ApiErrorCode) and a body
-`{"<command>response": {"errorcode": 431, "cserrorcode": 4350, "errortext": "..."}}`; a failed async job
-reports `jobstatus: 2` with the same three fields in `jobresult`. `from_cloudstack_error` turns either into
-one typed exception whose metadata keeps CloudStack's own words (they end up in the gRPC ErrorInfo).
+`{"<command>response": {"uuidList": [], "errorcode": 431, "cserrorcode": 4350, "errortext": "..."}}`; a failed
+async job reports `jobstatus: 2`, `jobresultcode` (the error code in current releases, 530 in older ones) and a
+`jobresult` holding only `errorcode` and `errortext` (ApiAsyncJobDispatcher). `from_cloudstack_error` turns either
+into one typed exception whose metadata keeps CloudStack's own words (they end up in the gRPC ErrorInfo).
+
+A command the server does not offer fails API verification (ApiServer.verifyRequest): current releases answer
+HTTP 401 — with the generic "unable to verify user credentials and/or request signature" when the command does
+not exist, with "The given command 'X' either does not exist, is not available for user." when the account's role
+does not allow it — and older releases answered 432. The client tells a 401 for an unknown command from a 401 for
+bad keys by asking listCapabilities, which every account may call (client.py).
 
 CloudStack's ApiErrorCode values (api/src/main/java/org/apache/cloudstack/api/ApiErrorCode.java):
 401 UNAUTHORIZED, 405 METHOD_NOT_ALLOWED, 429 API_LIMIT_EXCEED, 430 MALFORMED_PARAMETER_ERROR,
@@ -32,6 +39,8 @@ _RETRYABLE_TEXT = re.compile(
     re.IGNORECASE,
 )
 _NOT_FOUND_TEXT = re.compile(r"entity does not exist|unable to find|does not exist|not found|no such", re.IGNORECASE)
+#: ApiServer.commandAvailable's text for a command the account's role does not allow (HTTP 401)
+_NOT_AVAILABLE_TEXT = re.compile(r"either does not exist, is not available for user", re.IGNORECASE)
 
 
 class CloudStackError(errors.DomainError):
@@ -101,7 +110,8 @@ class CloudStackUnsupportedAction(CloudStackError, errors.FailedPrecondition):
 
 
 class CloudStackUnknownCommand(CloudStackError, errors.Unimplemented):
-    """432 for an API command the endpoint does not know (or the account may not call)."""
+    """An API command this CloudStack does not offer to the account: unknown in its version, or not allowed by the
+    account's role (401 with working keys in current releases, 432 in older ones)."""
 
     default_reason = "CLOUDSTACK_UNKNOWN_COMMAND"
 
@@ -195,6 +205,8 @@ def from_cloudstack_error(
     }
     cls: type[CloudStackError]
     transient: bool | None = None
+    if errorcode == 401 and _NOT_AVAILABLE_TEXT.search(errortext or ""):
+        return unknown_command(command, errortext, http_status=http_status, errorcode=errorcode)
     if errorcode == 401:
         cls = CloudStackAuthError
         message = (
@@ -229,6 +241,22 @@ def from_cloudstack_error(
     else:
         cls = CloudStackInternalError
     return cls(message, transient=transient, **kwargs)
+
+
+def unknown_command(
+    command: str, errortext: str | None, *, http_status: int | None = 401, errorcode: int | None = 401
+) -> CloudStackUnknownCommand:
+    """The command is not offered to this account (the keys work: another command succeeds with them)."""
+    return CloudStackUnknownCommand(
+        f"CloudStack does not offer {command} to this account: the command does not exist in this CloudStack "
+        "version or the account's role does not allow it (CloudStack answered "
+        f"{errorcode}: {errortext or 'no error text'}); use an account whose role allows {command}, or a "
+        "CloudStack release that has it",
+        command=command,
+        errorcode=errorcode,
+        errortext=errortext,
+        http_status=http_status,
+    )
 
 
 def from_transport_error(exc: BaseException, *, command: str) -> CloudStackError:

@@ -1,10 +1,12 @@
 """Preflight: every readiness check of a failover, each with pass/fail and a reason an operator can act on.
 
 Checks: the VM is ready for failover, its last replication completed, no job is active on it, every disk has a
-replica volume and a change id, the volumes exist in CloudStack, every VMware network is mapped to an existing
-CloudStack network, a service offering fits the CPUs and memory, the zone and template exist, the target VM name is
-free, and (live) the appliance is connected. When every check passes, the result also carries the plan the failover
-runs with (offering, template, zone, NICs, target name), stored in the job so a resumed job uses the same plan.
+replica volume and a change id, the volumes exist in CloudStack, every disk fits the volume-size limits the cloud
+sets (custom.diskoffering.size.max, storage.max.volume.size: a disk grown since its last replication is resized by
+the final sync), every VMware network is mapped to an existing CloudStack network, a service offering fits the CPUs
+and memory, the zone and template exist, the target VM name is free, and (live) the appliance is connected. When
+every check passes, the result also carries the plan the failover runs with (offering, template, zone, NICs, target
+name), stored in the job so a resumed job uses the same plan.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from oma_server.cloudstack.client import CloudStackClient
 from oma_server.cloudstack.errors import CloudStackError
+from oma_server.cloudstack.limits import CloudLimits
 from oma_server.cloudstack.models import ServiceOffering
 from oma_server.db.database import Database
 from oma_server.db.models import Disk, ReplicationJob, VmContext, Volume
@@ -122,6 +125,10 @@ def _db_facts(vm_context_id: str) -> _DbFacts | None:
     )
 
 
+def _gib(size_bytes: int) -> str:
+    return f"{size_bytes / 1024**3:.1f} GiB"
+
+
 def pick_offering(offerings: list[ServiceOffering], cpus: int, memory_mib: int) -> ServiceOffering | None:
     """The smallest fixed offering with at least the VM's CPUs and memory."""
     fits = [
@@ -140,9 +147,11 @@ class ReadinessChecker:
         replication_jobs: ReplicationJobStore,
         appliance_connected: Callable[[str], bool],
         failover_template: str = "",
+        limits: CloudLimits | None = None,
     ) -> None:
         self.db = db
         self.cloudstack = cloudstack
+        self.limits = limits or CloudLimits(cloudstack)
         self.replication_jobs = replication_jobs
         self.appliance_connected = appliance_connected
         self.failover_template = failover_template
@@ -358,6 +367,8 @@ class ReadinessChecker:
                 else "replica volumes exist",
             )
 
+        await self._size_check(facts, add)
+
         taken = [v for v in await cs.list_vms(name=plan.target_vm_name) if v.name == plan.target_vm_name]
         add(
             "target_name_available",
@@ -365,4 +376,17 @@ class ReadinessChecker:
             f"CloudStack VM {taken[0].id} is already named {plan.target_vm_name}; rename or remove it"
             if taken
             else f"target VM name {plan.target_vm_name} is free",
+        )
+
+    async def _size_check(self, facts: _DbFacts, add: Callable[[str, bool, str], None]) -> None:
+        sizes = await self.limits.volume_sizes()
+        problems = [f"disk {d.key}: {p}" for d, _ in facts.disks if (p := sizes.problem(d.capacity_bytes))]
+        largest = max((d.capacity_bytes for d, _ in facts.disks), default=0)
+        add(
+            "disk_sizes",
+            not problems,
+            "; ".join(problems)
+            if problems
+            else f"every disk fits this CloudStack's volume limits (largest {_gib(largest)}, volumes up to "
+            f"{sizes.max_gib} GB)",
         )

@@ -62,7 +62,7 @@ CLEANUP_STEPS: tuple[str, ...] = (
     "destroy_vm",
     "revert_volumes",
     "delete_snapshots",
-    "reattach_to_oma",
+    "release_volumes",
 )
 ROLLBACK_STEPS: tuple[str, ...] = (*CLEANUP_STEPS, "power_on_source")
 

@@ -33,7 +33,7 @@ from oma_server.failover.store import InTx, Mutate
 from oma_server.joblog import JobLogService
 from oma_server.replication.state_machine import JobStatus
 from oma_server.replication.store import ReplicationJobStore
-from oma_server.storage.exports import ExportService
+from oma_server.storage.attachments import OmaAttachments
 from oma_server.storage.volumes import VolumeProvisioner, current_volume
 from oma_server.stream.outbox import CommandOutbox, insert_command
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
@@ -114,7 +114,7 @@ class FailoverSteps:
         db: Database,
         cloudstack: CloudStackClient,
         volumes: VolumeProvisioner,
-        exports: ExportService,
+        attachments: OmaAttachments,
         joblog: JobLogService,
         outbox: CommandOutbox,
         replication_jobs: ReplicationJobStore,
@@ -125,7 +125,7 @@ class FailoverSteps:
         self.db = db
         self.cs = cloudstack
         self.volumes = volumes
-        self.exports = exports
+        self.attachments = attachments
         self.joblog = joblog
         self.outbox = outbox
         self.replication_jobs = replication_jobs
@@ -149,7 +149,9 @@ class FailoverSteps:
             "destroy_vm": self.destroy_vm,
             "revert_volumes": self.revert_volumes,
             "delete_snapshots": self.delete_snapshots,
-            "reattach_to_oma": self.reattach_to_oma,
+            "release_volumes": self.release_volumes,
+            # the step's name before replicas left the OMA VM between jobs: cleanup jobs recorded with it resume
+            "reattach_to_oma": self.release_volumes,
             "power_on_source": self.power_on_source,
         }
 
@@ -336,7 +338,6 @@ class FailoverSteps:
         oma = self.cs.oma_vm_id
         detached = 0
         for replica in await self._replicas(ctx.job.vm_context_id):
-            await self.exports.remove(replica.volume, ctx.job.id)
             cs_volume = await self.cs.get_volume(replica.cs_id)
             if cs_volume.virtual_machine_id and cs_volume.virtual_machine_id != oma:
                 raise FailedPrecondition(
@@ -344,10 +345,10 @@ class FailoverSteps:
                     reason="VOLUME_ATTACHED_ELSEWHERE",
                     volume_id=replica.cs_id,
                 )
-            if cs_volume.virtual_machine_id:
+            # replicas leave the OMA VM when their replication ends; one may still be on its way off
+            if await self.attachments.release_disk(replica.disk.id, ctx.job.id):
                 detached += 1
-            await self.volumes.detach(replica.volume, ctx.job.id)
-        return StepResult(message=f"{detached} volume(s) detached from the OMA, exports removed")
+        return StepResult(message=f"{detached} volume(s) detached from the OMA, exports retired")
 
     async def deploy_vm(self, ctx: StepContext) -> StepResult:
         job = ctx.job
@@ -552,8 +553,10 @@ class FailoverSteps:
             vm_id = cs_volume.virtual_machine_id
             if vm_id == oma:
                 if replica.cs_id not in snapshot_ids:
-                    continue  # never left the OMA and nothing to revert
-                await self.exports.remove(replica.volume, ctx.job.id)
+                    continue  # nothing to revert: release_volumes takes it off
+                if await self.attachments.release_disk(replica.disk.id, ctx.job.id):
+                    detached += 1
+                continue
             if vm_id:
                 detached += 1
             await self.volumes.detach(replica.volume, ctx.job.id)
@@ -619,13 +622,14 @@ class FailoverSteps:
             return StepResult(skipped=True, message="no snapshots to delete")
         return StepResult(message=f"{deleted} snapshot(s) deleted")
 
-    async def reattach_to_oma(self, ctx: StepContext) -> StepResult:
+    async def release_volumes(self, ctx: StepContext) -> StepResult:
+        """Every replica detached from every VM and exported nowhere: the state the next replication attaches from
+        (replicas stay on the OMA VM only while a job writes them)."""
         count = 0
         for replica in await self._replicas(ctx.job.vm_context_id):
-            provisioned = await self.volumes.ensure_attached(replica.disk.id, ctx.job.id)
-            await self.exports.ensure(provisioned.volume, ctx.job.id)
-            count += 1
-        return StepResult(message=f"{count} volume(s) attached to the OMA and exported")
+            if await self.attachments.release_disk(replica.disk.id, ctx.job.id):
+                count += 1
+        return StepResult(message=f"{count} volume(s) taken off the OMA VM; every replica is detached")
 
     async def power_on_source(self, ctx: StepContext) -> StepResult:
         if not ctx.job.params.get("power_on_source"):

@@ -62,9 +62,10 @@ _HINTS = {
     "destroy_vm": "check the target VM in CloudStack",
     "revert_volumes": "check the snapshot in CloudStack (it must be BackedUp and its volume detached)",
     "delete_snapshots": "check the snapshots in CloudStack",
-    "reattach_to_oma": "check the OMA VM's free device slots and that the volumes are detached",
+    "release_volumes": "check the volumes in CloudStack: they must be detached, or attached to the OMA VM",
     "power_on_source": "check that the appliance is connected; the source can also be powered on in vCenter",
 }
+_HINTS["reattach_to_oma"] = _HINTS["release_volumes"]  # the step's former name (cleanup jobs recorded with it)
 
 
 def failure_message(kind: FailoverKind, step: str, error: str) -> str:

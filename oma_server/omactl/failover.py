@@ -237,7 +237,7 @@ def register(commands: Commands) -> None:
     show.add_argument("job_id", metavar="JOB_ID")
 
     rollback = commands.leaf(
-        commands.root, "rollback", "roll back a live failover: destroy the target VM, reattach volumes", cmd_rollback
+        commands.root, "rollback", "roll back a live failover: destroy the target VM, revert the volumes", cmd_rollback
     )
     rollback.add_argument("vm_id", metavar="VM_ID", help="VM context id")
     rollback.add_argument("--power-on-source", action="store_true", help="power the source VM back on via the VMA")

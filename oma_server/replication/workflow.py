@@ -1,9 +1,14 @@
 """The replication workflow: from StartReplication to a job the appliance copies into NBD exports.
 
-start → (VM context → replicating, job pending, in one transaction) → provisioning: for every disk in parallel,
-ensure its CloudStack volume (create, grow, attach to the OMA VM, find its device) and its NBD export → the copy
-command is queued for the appliance with each disk's target and previous change id → the stream takes over.
-When the job ends, the VM context follows in the same transaction (ready_for_failover, or failed).
+start (refused at once when a disk is larger than the cloud creates volumes, or the job needs more data-volume slots
+than the OMA VM has) → (VM context → replicating, job pending, in one transaction) → provisioning: the job waits for
+a free data-volume slot on the OMA VM per disk (storage/attachments.py: its place shown in current_operation and the
+job log), then for every disk in parallel ensures its CloudStack volume (create, grow, attach to the OMA VM, find its
+device) and its NBD export → the copy command is queued for the appliance with each disk's target and previous
+change id → the stream takes over. When the job ends, the VM context follows in the same transaction
+(ready_for_failover, or failed), and then its replicas leave the OMA VM (export removed, volume detached) and its
+slots go to the next job in the queue. A job whose attach CloudStack refuses because the OMA VM is full goes back to
+the queue (the refusal tells the limit to an account that could not read it).
 
 Incremental runs reuse volumes and exports and send each disk's last change id; a disk without one, or whose
 capacity changed since it was recorded (resized), gets a full copy — that disk only, with the reason logged.
@@ -14,24 +19,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from collections import OrderedDict
 
 from loguru import logger
 
 from oma_server.clock import Clock
+from oma_server.cloudstack.errors import CloudStackError
 from oma_server.db.database import Database
 from oma_server.db.models import ReplicationJob, VmContext
 from oma_server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument
 from oma_server.joblog import JobLogService, note
 from oma_server.replication.service import ReplicationService
-from oma_server.replication.state_machine import DiskState, JobState, JobStatus
+from oma_server.replication.state_machine import DEFAULT_OPERATION, DiskState, JobState, JobStatus
 from oma_server.replication.store import ReplicationJobStore
-from oma_server.storage.exports import ExportService
-from oma_server.storage.volumes import VolumeProvisioner
+from oma_server.storage.attachments import OmaAttachments, QueuePlace
+from oma_server.storage.volumes import disk_too_large, size_limits
 from oma_server.vm_contexts.service import VmContextService, VmView
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
 
 KINDS = ("initial", "incremental", "final")
 STARTABLE = (VmStatus.DISCOVERED, VmStatus.READY_FOR_FAILOVER, VmStatus.FAILED)
+#: how often a job goes back to the queue after CloudStack refused an attach because the OMA VM was full
+MAX_REQUEUES = 3
+#: finished jobs whose release is remembered (settled() of a job that ended long ago returns at once)
+RELEASES_REMEMBERED = 10_000
+
+
+class OmaFull(Exception):
+    """CloudStack refused an attach: the OMA VM holds its maximum of data volumes."""
 
 
 def plan_disks(view: VmView, kind: str) -> list[DiskState]:
@@ -84,8 +100,7 @@ class ReplicationWorkflow:
         jobs: ReplicationJobStore,
         service: ReplicationService,
         vms: VmContextService,
-        volumes: VolumeProvisioner,
-        exports: ExportService,
+        attachments: OmaAttachments,
         joblog: JobLogService,
     ) -> None:
         self.db = db
@@ -93,10 +108,15 @@ class ReplicationWorkflow:
         self.jobs = jobs
         self.service = service
         self.vms = vms
-        self.volumes = volumes
-        self.exports = exports
+        self.attachments = attachments
         self.joblog = joblog
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._releases: dict[str, asyncio.Task[None]] = {}
+        # Jobs that end are seen on the watch hub, after their commit, whoever ended them (the appliance's events,
+        # a cancel, a failure here); each gets its replicas released once.
+        self._finished = jobs.watch.subscribe(lambda c: c.job_kind == "replication" and c.final)
+        self._releaser: asyncio.Task[None] | None = None
+        self._released: OrderedDict[str, asyncio.Event] = OrderedDict()
         jobs.final_hooks.append(vm_after_job)
         service.start_job = self.start_job
 
@@ -134,6 +154,7 @@ class ReplicationWorkflow:
             )
         if not kind:
             kind = "incremental" if any(d.disk.last_change_id for d in view.disks) else "initial"
+        await self._check_fits_cloud(view)
         disks = plan_disks(view, kind)
 
         def mark_vm(job: JobState) -> None:
@@ -156,7 +177,18 @@ class ReplicationWorkflow:
         self._spawn(job.id)
         return job
 
+    async def _check_fits_cloud(self, view: VmView) -> None:
+        """Refuse now what CloudStack would refuse later: a disk over its volume-size limits, more disks than the
+        OMA VM can hold at once."""
+        self.attachments.pool.check_fits(len(view.disks))
+        sizes = await size_limits(self.attachments.limits)
+        for d in view.disks if sizes else ():
+            problem = sizes.problem(d.disk.capacity_bytes) if sizes else ""
+            if problem:
+                raise disk_too_large(d.disk, problem)
+
     def _spawn(self, job_id: str) -> None:
+        self._start_releaser()
         task = asyncio.create_task(self._run(job_id), name=f"replication-{job_id}")
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
@@ -172,6 +204,7 @@ class ReplicationWorkflow:
 
     async def resume_in_flight(self) -> list[str]:
         """After a restart: jobs that had not reached the appliance run their provisioning steps again."""
+        self._start_releaser()
         resumed = [j.id for j in self.jobs.open_jobs() if j.status in (JobStatus.PENDING, JobStatus.PROVISIONING)]
         for job_id in resumed:
             logger.bind(job_id=job_id).info("resuming provisioning after a restart")
@@ -179,9 +212,11 @@ class ReplicationWorkflow:
         return resumed
 
     async def stop(self) -> None:
-        for task in list(self._tasks.values()):
+        self._finished.close()
+        tasks = [*self._tasks.values(), *self._releases.values(), *([self._releaser] if self._releaser else [])]
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks.values()):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
@@ -192,6 +227,75 @@ class ReplicationWorkflow:
             with contextlib.suppress(Exception):
                 await task
 
+    async def settled(self, job_id: str) -> None:
+        """Wait until a finished job's replicas have left the OMA VM (tests, the demo, benchmarks)."""
+        await self.wait(job_id)
+        if (await self.jobs.get(job_id)).final and (self.attachments.holds(job_id) or job_id in self._releases):
+            await self._release_event(job_id).wait()
+
+    # ---- the OMA VM's slots ---------------------------------------------------------------------------------
+    def _release_event(self, job_id: str) -> asyncio.Event:
+        event = self._released.get(job_id)
+        if event is None:
+            event = self._released[job_id] = asyncio.Event()
+            while len(self._released) > RELEASES_REMEMBERED:
+                self._released.popitem(last=False)
+        return event
+
+    def _forget_release(self, job_id: str, _task: object) -> None:
+        self._releases.pop(job_id, None)
+
+    def _start_releaser(self) -> None:
+        if self._releaser is None or self._releaser.done():
+            self._releaser = asyncio.create_task(self._release_finished(), name="replication-releaser")
+
+    async def _release_finished(self) -> None:
+        while True:
+            change = await self._finished.next()
+            job: JobState | None = change.state if change is not None else None
+            if job is None or job.id in self._releases or self._release_event(job.id).is_set():
+                continue
+            self._releases[job.id] = task = asyncio.create_task(self._release(job), name=f"release-{job.id}")
+            task.add_done_callback(functools.partial(self._forget_release, job.id))
+
+    async def _release(self, job: JobState) -> None:
+        """A finished job's replicas off the OMA VM, its slots to the next job."""
+        provisioning = self._tasks.get(job.id)
+        if provisioning is not None and provisioning is not asyncio.current_task():
+            if job.status == JobStatus.CANCELLED:
+                provisioning.cancel()  # cancelled while queued or provisioning: stop it where it is
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await provisioning
+        try:
+            detached = await self.attachments.release_job(job.id, [d.disk_id for d in job.disks])
+        except Exception as exc:  # the next start's reconcile takes them off
+            logger.bind(job_id=job.id).opt(exception=True).warning("replicas not released: {e}", e=exc)
+            await self.joblog.note(job.id, "release_volumes", f"replicas not released yet: {exc}", "failed")
+            return
+        finally:
+            self._release_event(job.id).set()
+        pool = self.attachments.pool
+        free = "" if pool.capacity is None else f"; {pool.capacity - pool.in_use} of {pool.capacity} slots free"
+        await self.joblog.note(
+            job.id, "release_volumes", f"{detached} replica(s) detached from the OMA VM, exports retired{free}"
+        )
+
+    async def _wait_for_slots(self, job: JobState) -> None:
+        """Hold a slot per disk; while the OMA VM is full, the job's current_operation says where it stands."""
+        started = asyncio.get_running_loop().time()
+        queued: list[QueuePlace] = []
+
+        async def show(place: QueuePlace) -> None:
+            if not queued:
+                await self.joblog.note(job.id, "queue", place.describe())
+            queued.append(place)
+            await self.jobs.update(job.id, lambda _: None, operation=place.describe())
+
+        if await self.attachments.admit(job.id, len(job.disks), final_sync=job.kind == "final", on_wait=show):
+            seconds = asyncio.get_running_loop().time() - started
+            await self.joblog.note(job.id, "queue", f"{len(job.disks)} data-volume slot(s) free after {seconds:.1f}s")
+            await self.jobs.update(job.id, lambda _: None, operation=DEFAULT_OPERATION[JobStatus.PROVISIONING])
+
     async def _run(self, job_id: str) -> None:
         log = logger.bind(job_id=job_id)
         try:
@@ -201,12 +305,7 @@ class ReplicationWorkflow:
             if job.status != JobStatus.PROVISIONING:
                 return
             view = await self.vms.get(job.vm_context_id)
-            results = await asyncio.gather(
-                *(self._provision_disk(job_id, d.disk_id) for d in job.disks), return_exceptions=True
-            )
-            failures = [r for r in results if isinstance(r, BaseException)]
-            if failures:
-                raise failures[0]
+            results = await self._provision_all(job)
             targets = {disk_id: (uri, resized, new) for disk_id, uri, resized, new in results}  # type: ignore[misc]
 
             def set_targets(state: JobState) -> None:
@@ -233,9 +332,32 @@ class ReplicationWorkflow:
             log.opt(exception=True).error("provisioning failed unexpectedly")
             await self._fail(job_id, exc)
 
+    async def _provision_all(self, job: JobState) -> list[tuple[str, str, bool, bool]]:
+        """Slots first, then every disk in parallel; back to the queue when CloudStack says the OMA VM is full."""
+        for attempt in range(MAX_REQUEUES + 1):
+            await self._wait_for_slots(job)
+            results = await asyncio.gather(
+                *(self._provision_disk(job.id, d.disk_id) for d in job.disks), return_exceptions=True
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if not failures:
+                return results  # type: ignore[return-value]
+            other = [f for f in failures if not isinstance(f, OmaFull)]
+            if other or attempt == MAX_REQUEUES:
+                raise (other or failures)[0]
+            await self.attachments.release_job(job.id, [d.disk_id for d in job.disks])
+            await self.joblog.note(
+                job.id, "queue", f"CloudStack refused an attach: {failures[0]}; back in the queue for the OMA VM"
+            )
+        raise AssertionError("unreachable")
+
     async def _provision_disk(self, job_id: str, disk_id: str) -> tuple[str, str, bool, bool]:
-        provisioned = await self.volumes.ensure_attached(disk_id, job_id)
-        export = await self.exports.ensure(provisioned.volume, job_id)
+        try:
+            provisioned, export = await self.attachments.attach(job_id, disk_id)
+        except CloudStackError as exc:
+            if await self.attachments.learn_from(exc):
+                raise OmaFull(exc.message) from exc
+            raise
         return disk_id, export.uri, provisioned.resized, provisioned.created
 
     async def _fail(self, job_id: str, exc: BaseException) -> None:

@@ -2,6 +2,15 @@
 
 The export name derives from the volume id by `export_name_for` (the one function). At start, `reconcile` makes
 nbd-server serve exactly the exports recorded as active: missing ones are recreated, stray ones removed.
+
+A replica is exported while a job writes it. When the job ends its export is *retired*: recorded `removed`, while
+nbd-server keeps its entry, dormant — the replica is detached, so the by-id path behind it is gone and nothing can
+be read or written through it. The next job of that replica attaches it again under the same by-id path, and the
+entry serves again without touching nbd-server. This matters because nbd-server applies every change of its export
+set by restarting (oma_server/nbd/manager.py): restarting for every job start and end would drop the handshakes of
+the appliances connecting meanwhile, and at 50 VMs through a 14-slot OMA VM it did (see docs/cloudstack.md). So
+nbd-server restarts only for a replica's first export in this process; dormant entries are dropped at the OMA's
+next start, or replaced when a replica's device path changes.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from oma_server.db.database import Database
 from oma_server.db.models import NbdExport, Volume
 from oma_server.errors import InvalidArgument, NotFound
 from oma_server.joblog import JobLogService
+from oma_server.nbd.errors import DeviceAlreadyExported
 from oma_server.nbd.manager import NbdExportManager
 from oma_server.nbd.names import export_name_for
 from oma_server.pagination import fetch_page
@@ -56,7 +66,7 @@ class ExportService:
             current = None
         if current is None:
             async with self.joblog.step(job_id, "create_export", f"{name} → {volume.device_path}"):
-                await self.manager.add_export(name, volume.device_path)
+                await self._add(name, volume.device_path)
 
         def record() -> NbdExport:
             row = NbdExport.get_or_none(NbdExport.name == name)
@@ -76,13 +86,31 @@ class ExportService:
         row = await self.db.tx(record)
         return self._view(row, volume.disk_id)
 
-    async def remove(self, volume: Volume, job_id: str) -> None:
+    async def _add(self, name: str, device_path: str) -> None:
+        try:
+            await self.manager.add_export(name, device_path)
+        except DeviceAlreadyExported as exc:
+            # The kernel gives a newly attached disk the lowest free name, so a dormant entry of a replica detached
+            # earlier may still point at this device node: it goes, then the export is added.
+            other = exc.metadata.get("other_export", "")
+            if not other or await self.db.run(_is_active, other):
+                raise
+            await self.manager.remove_export(other, force=True)
+            await self.manager.add_export(name, device_path)
+
+    async def retire(self, volume: Volume, job_id: str) -> None:
+        """The volume's export is no longer offered (its job ended, its volume leaves the OMA VM): recorded
+        `removed`; nbd-server keeps the entry dormant (see the module docstring)."""
         name = export_name_for(volume.id)
-        if name in {e.name for e in self.manager.list_exports()}:
-            async with self.joblog.step(job_id, "remove_export", name):
-                # The volume leaves the OMA: a client still attached would write into nothing, so it goes too.
-                await self.manager.remove_export(name, force=True)
-        await self.db.tx(lambda: NbdExport.update(state="removed").where(NbdExport.name == name).execute())
+        changed = await self.db.tx(
+            lambda: (
+                NbdExport.update(state="removed")
+                .where((NbdExport.name == name) & (NbdExport.state != "removed"))
+                .execute()
+            )
+        )
+        if changed:
+            await self.joblog.note(job_id, "retire_export", f"{name} (dormant until its volume is attached again)")
 
     @property
     def address(self) -> str:
@@ -128,3 +156,7 @@ class ExportService:
             q = q.where(NbdExport.state == state)
         rows, token = await self.db.run(fetch_page, q, page_size, page_token)
         return ExportPage([self._view(r, r.volume.disk_id) for r in rows], token)
+
+
+def _is_active(name: str) -> bool:
+    return NbdExport.get_or_none((NbdExport.name == name) & (NbdExport.state == "active")) is not None

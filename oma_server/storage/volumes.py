@@ -1,5 +1,9 @@
 """One CloudStack volume per VMware disk, attached to the OMA VM and found by its /dev/disk/by-id path.
 
+The device is found the way a KVM guest names it (cloudstack/devices.py): the by-id link of CloudStack's disk serial
+under each bus prefix, accepted only when the disk behind it has the volume's size (and serial, where sysfs shows
+it) — before anything is written to it.
+
 Every external step is recorded before it is taken: the Volume row exists (state `creating`, with the name the
 CloudStack volume will get) before createVolume is sent, so a crash between the call and its answer leaves a row
 the reconciler can match by name — adopting the volume or deleting it, never leaving an orphan.
@@ -14,8 +18,9 @@ from pathlib import Path
 from loguru import logger
 
 from oma_server.cloudstack.client import CloudStackClient
-from oma_server.cloudstack.devices import device_path
+from oma_server.cloudstack.devices import DEFAULT_SYS_ROOT, DeviceLookup, FoundDevice, lookup_device
 from oma_server.cloudstack.errors import CloudStackError, CloudStackNotFound
+from oma_server.cloudstack.limits import CloudLimits, VolumeSizeLimits
 from oma_server.db.database import Database
 from oma_server.db.models import Disk, Volume, utcnow
 from oma_server.errors import FailedPrecondition
@@ -45,6 +50,27 @@ class VolumeReconcileReport:
     reattached: list[str] = field(default_factory=list)
 
 
+def disk_too_large(disk: Disk, problem: str) -> FailedPrecondition:
+    """The refusal for a disk whose replica this CloudStack will not create (`problem` from VolumeSizeLimits)."""
+    return FailedPrecondition(
+        f"disk {disk.key} ({disk.label or 'no label'}, {disk.capacity_bytes} bytes) cannot be replicated to this "
+        f"CloudStack: {problem}; then start the replication again",
+        reason="DISK_TOO_LARGE",
+        disk_id=disk.id,
+        disk_key=disk.key,
+        capacity_bytes=disk.capacity_bytes,
+    )
+
+
+async def size_limits(limits: CloudLimits) -> VolumeSizeLimits | None:
+    """The cloud's volume-size limits; None (and a warning) when CloudStack cannot tell now: createVolume will."""
+    try:
+        return await limits.volume_sizes()
+    except CloudStackError as exc:
+        logger.warning("CloudStack volume-size limits not read ({e}); createVolume will check", e=exc.message)
+        return None
+
+
 def current_volume(disk_id: str) -> Volume | None:
     return (
         Volume.select()
@@ -62,12 +88,16 @@ class VolumeProvisioner:
         joblog: JobLogService,
         device_root: Path,
         *,
+        sys_root: Path = DEFAULT_SYS_ROOT,
         device_wait_s: float = 30.0,
+        limits: CloudLimits | None = None,
     ) -> None:
         self.db = db
         self.cloudstack = cloudstack
+        self.limits = limits or CloudLimits(cloudstack)
         self.joblog = joblog
         self.device_root = device_root
+        self.sys_root = sys_root
         self.device_wait_s = device_wait_s
 
     async def _save(self, volume_id: str, **fields: object) -> Volume:
@@ -83,6 +113,11 @@ class VolumeProvisioner:
         log = logger.bind(job_id=job_id, disk_id=disk_id)
         volume = await self.db.run(current_volume, disk_id)
         created = False
+        if volume is None or not volume.cloudstack_id or disk.capacity_bytes > volume.size_bytes:
+            sizes = await size_limits(self.limits)
+            problem = sizes.problem(disk.capacity_bytes) if sizes else ""
+            if problem:
+                raise disk_too_large(disk, problem)
         if volume is None or not volume.cloudstack_id:
             volume, created = await self._create(disk, volume, job_id)
         resized = False
@@ -135,30 +170,49 @@ class VolumeProvisioner:
         if not cs_volume.virtual_machine_id:
             async with self.joblog.step(job_id, "attach_volume", f"volume {volume.cloudstack_id} to the OMA VM"):
                 cs_volume = await self.cloudstack.attach_volume(volume.cloudstack_id, oma_vm)
-        path = device_path(self.device_root, volume.cloudstack_id)
-        async with self.joblog.step(job_id, "find_device", str(path)):
-            await self._wait_for_device(path, volume.cloudstack_id, cs_volume.device_id)
+        async with self.joblog.step(job_id, "find_device", f"volume {volume.cloudstack_id} under {self.device_root}"):
+            found = await self._wait_for_device(volume.cloudstack_id, cs_volume.size_bytes, cs_volume.device_id)
+        log = logger.bind(job_id=job_id, volume_id=volume.cloudstack_id)
+        log.info(
+            "volume {v} is {p} ({n}, {b} bytes)",
+            v=volume.cloudstack_id,
+            p=found.path,
+            n=found.kernel_name,
+            b=found.size_bytes,
+        )
         return await self._save(
             volume.id,
             state="attached_to_oma",
             attached_vm_id=oma_vm,
             device_id=cs_volume.device_id,
-            device_path=str(path),
+            device_path=str(found.path),
         )
 
-    async def _wait_for_device(self, path: Path, cs_volume_id: str, device_id: int | None) -> None:
+    async def _wait_for_device(self, cs_volume_id: str, size_bytes: int, device_id: int | None) -> FoundDevice:
+        """The attached volume's device, once the guest shows it; a clear error naming what was looked for and what
+        was found when it does not within device_wait_s."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.device_wait_s
-        while not await asyncio.to_thread(path.exists):
+        while True:
+            lookup: DeviceLookup = await asyncio.to_thread(
+                lookup_device, self.device_root, cs_volume_id, size_bytes, self.sys_root
+            )
+            if lookup.found is not None:
+                return lookup.found
             if loop.time() > deadline:
-                raise FailedPrecondition(
-                    f"volume {cs_volume_id} is attached to the OMA as device {device_id} but {path} did not appear "
-                    f"within {self.device_wait_s:.0f}s; check the OMA VM's disks (lsblk) and retry the job",
-                    reason="DEVICE_NOT_FOUND",
-                    volume_id=cs_volume_id,
-                    device_path=str(path),
-                )
+                break
             await asyncio.sleep(0.1)
+        reason = "DEVICE_MISMATCH" if lookup.refused else "DEVICE_NOT_FOUND"
+        raise FailedPrecondition(
+            f"volume {cs_volume_id} (serial {lookup.serial}, {size_bytes} bytes) is attached to the OMA VM as device "
+            f"{device_id}, but no matching disk appeared within {self.device_wait_s:.0f}s: {lookup.describe()}. "
+            "Check the OMA VM's disks (lsblk -o NAME,SERIAL,SIZE) and retry the job",
+            reason=reason,
+            volume_id=cs_volume_id,
+            serial=lookup.serial,
+            looked_for=",".join(str(p) for p in lookup.looked_for),
+            found=lookup.refused or ",".join(lookup.seen),
+        )
 
     async def detach(self, volume: Volume, job_id: str) -> Volume:
         cs_volume = await self.cloudstack.get_volume(volume.cloudstack_id)

@@ -118,5 +118,6 @@ def test_resume_token_of_another_plan_is_refused(source: tuple[FakeVCenter, str]
 def test_unreachable_target(source: tuple[FakeVCenter, str], nbd_server: NbdServer) -> None:
     vcenter, uuid = source
     path = vcenter.create_snapshot(uuid).disk(2000).path
-    with pytest.raises(TargetUnreachable):
-        DiskCopier(path, nbd_server.uri("nothing"), full_plan(path), fresh_target=True).run()
+    copier = DiskCopier(path, nbd_server.uri("nothing"), full_plan(path), fresh_target=True, connect_deadline_s=0.5)
+    with pytest.raises(TargetUnreachable, match=r"attempt\(s\) in 0.5s"):  # tried again until the deadline
+        copier.run()

@@ -96,11 +96,40 @@ async def test_expired_requests_reach_the_client_as_unauthenticated(sim: CloudSt
             await client.list_zones()
 
 
-async def test_unknown_command_is_432(client: CloudStackClient) -> None:
+async def test_unknown_command_is_told_apart_from_bad_keys(client: CloudStackClient, sim: CloudStackSimulator) -> None:
+    """Current CloudStack answers 401 for a command it does not know (ApiServer.verifyRequest), exactly as for bad
+    keys: the client asks listCapabilities with the same keys to tell the two apart."""
     with pytest.raises(CloudStackUnknownCommand) as info:
         await client.request("listKubernetesClusters")
-    assert info.value.category is Category.UNIMPLEMENTED
-    assert info.value.metadata["cloudstack_errorcode"] == "432"
+    err = info.value
+    assert err.category is Category.UNIMPLEMENTED and err.reason == "CLOUDSTACK_UNKNOWN_COMMAND"
+    assert err.metadata["cloudstack_errorcode"] == "401" and err.http_status == 401
+    assert "does not offer listKubernetesClusters" in err.message and "keys" not in err.message
+    assert sim.state.request_count("listKubernetesClusters") == 1  # not retried
+    assert sim.state.request_count("listCapabilities") == 1  # the probe
+    # with wrong keys the probe fails too: the operator is told to check the keys
+    async with CloudStackClient(sim.settings(secret_key="wrong")) as bad:
+        with pytest.raises(CloudStackAuthError, match="check the API key"):
+            await bad.request("listKubernetesClusters")
+
+
+async def test_older_releases_432_for_an_unknown_command_is_understood() -> None:
+    err = from_cloudstack_error(
+        {"errorcode": 432, "errortext": "The given command:listFoos does not exist or it is not available for user"},
+        command="listFoos",
+        http_status=432,
+    )
+    assert isinstance(err, CloudStackUnknownCommand) and err.category is Category.UNIMPLEMENTED
+
+
+async def test_admin_command_for_a_user_account_is_not_a_key_problem(tmp_path: Path) -> None:
+    sim = CloudStackSimulator(tmp_path / "s", seed_config={"roletype": "User"})
+    async with sim, CloudStackClient(sim.settings()) as client:
+        with pytest.raises(CloudStackUnknownCommand) as info:
+            await client.request("listConfigurations", fetch_list=True)
+        assert "either does not exist, is not available for user" in info.value.metadata["cloudstack_errortext"]
+        assert sim.state.request_count("listCapabilities") == 0  # the text alone says it
+        assert await client.list_zones()  # the keys work
 
 
 async def test_retryable_530_is_retried(client: CloudStackClient, sim: CloudStackSimulator) -> None:

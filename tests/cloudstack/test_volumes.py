@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from oma_server.cloudstack import device_path
+from oma_server.cloudstack import device_path, disk_serial
 from oma_server.cloudstack.client import CloudStackClient
 from oma_server.cloudstack.errors import CloudStackNotFound, CloudStackParamError
 from oma_server.cloudstack.models import GIB, VolumeType
@@ -68,21 +70,37 @@ async def test_attach_to_oma_publishes_device_and_detach_removes_it(
     assert attached.virtual_machine_id == sim.oma_vm_id
     assert attached.device_id == 1  # the OMA's root is 0
     assert attached.state == "Ready"
+    # the guest sees it as a KVM guest does: by-id name from CloudStack's diskUuidToSerial (uuid without hyphens,
+    # first 20 characters), a udev-style relative link to the kernel name, the serial and size in sysfs
     link = device_path(sim.device_root, vol.id)
-    assert link.name == "virtio-" + vol.id[:20]
+    assert link.name == "virtio-" + vol.id.replace("-", "")[:20] == "virtio-" + disk_serial(vol.id)
+    assert "-" not in link.name.removeprefix("virtio-") and len(disk_serial(vol.id)) == 20
+    assert os.readlink(link) == "../../vdb"  # the OMA's own root disk is vda
     assert link.is_symlink() and real_path(link) == str(sim.state.volume_file(vol.id).resolve())
+    vdb = sim.sys_root / "block" / "vdb"
+    assert (vdb / "serial").read_text().strip() == disk_serial(vol.id)
+    assert int((vdb / "size").read_text()) * 512 == 3 * GIB
     # writes through the device reach the backing file
     write_at(link, GIB, b"hello")
     assert read_at(sim.state.volume_file(vol.id), GIB, 5) == b"hello"
 
     second = await client.create_volume("replica-disk-1", GIB)
     assert (await client.attach_volume_to_oma(second.id)).device_id == 2
+    assert os.readlink(device_path(sim.device_root, second.id)) == "../../vdc"
 
     detached = await client.detach_volume(vol.id)
     assert detached.virtual_machine_id is None and detached.device_id is None
     assert detached.state == "Ready"
     assert not link.exists() and not link.is_symlink()
+    assert not vdb.exists() and not (sim.state.guest_root / "dev" / "vdb").exists()
     assert device_path(sim.device_root, second.id).is_symlink()
+    # like the kernel, the guest gives a newly plugged disk the lowest free name: the by-id name stays the key
+    third = await client.create_volume("replica-disk-2", GIB)
+    await client.attach_volume_to_oma(third.id)
+    assert os.readlink(device_path(sim.device_root, third.id)) == "../../vdb"
+    # grown while attached: the guest sees the new size
+    await client.resize_volume(third.id, 2 * GIB)
+    assert int((vdb / "size").read_text()) * 512 == 2 * GIB
 
 
 async def test_attach_to_other_vm_publishes_nothing(client: CloudStackClient, sim: CloudStackSimulator) -> None:

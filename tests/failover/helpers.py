@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from oma.v1 import (
     failover_pb2_grpc,
     replication_pb2,
     replication_pb2_grpc,
+    storage_pb2,
+    storage_pb2_grpc,
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
@@ -24,7 +25,7 @@ from oma_server.app import App
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.server import OmaServer
 from tests.conftest import make_settings
-from tests.factories import Enrolled, RawStream, enroll, inventory
+from tests.factories import Enrolled, RawStream, enroll, inventory, nbdcopy
 from vma.v1 import inventory_pb2, stream_pb2
 
 MIB = 1 << 20
@@ -84,12 +85,6 @@ def world(sim: CloudStackSimulator) -> World:
 def read_prefix(path: Path, size: int) -> bytes:
     with open(path, "rb") as f:
         return f.read(size)
-
-
-async def nbdcopy(src: Path, uri: str) -> None:
-    proc = await asyncio.create_subprocess_exec("nbdcopy", str(src), uri, stderr=subprocess.PIPE)
-    _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
 
 
 @dataclass
@@ -164,7 +159,21 @@ async def replicate(
     sources: dict[str, Path] = {}
     _, change_ids = await play_replication(stream, tmp_path, "1", sources)
     assert (await get_vm(channel, vm_id)).status == VM_READY
+    await replicas_released(channel, vm_id)
     return Replicated(vm_id, enrolled, stream, sources, change_ids)
+
+
+async def replicas_released(channel: grpc.aio.Channel, vm_id: str, timeout: float = 20) -> None:
+    """Wait until the VM's replicas have left the OMA VM (they do once their replication job is over)."""
+    stub = storage_pb2_grpc.VolumeServiceStub(channel)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        volumes = (await stub.ListVolumes(storage_pb2.ListVolumesRequest(vm_context_id=vm_id))).volumes
+        if volumes and all(v.state == storage_pb2.VOLUME_STATE_DETACHED for v in volumes):
+            return
+        assert loop.time() < deadline, f"replicas still attached: {[v.state for v in volumes]}"
+        await asyncio.sleep(0.05)
 
 
 async def get_vm(channel: grpc.aio.Channel, vm_id: str) -> vm_context_pb2.VmContext:

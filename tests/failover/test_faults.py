@@ -11,6 +11,7 @@ import pytest
 
 from oma.v1 import failover_pb2, job_pb2, job_pb2_grpc
 from oma_server.server import OmaServer
+from tests.factories import live_exports
 from tests.failover.helpers import (
     COMPLETED,
     FAILED,
@@ -40,7 +41,7 @@ async def cleanup_restores(oma: OmaServer, channel: grpc.aio.Channel, vm_id: str
     assert undone.status == COMPLETED, undone
     assert world(sim_of(oma)) == before
     assert (await get_vm(channel, vm_id)).status == VM_READY
-    assert len(oma.app.nbd.list_exports()) == len(before.attached_to_oma)
+    assert len(live_exports(oma.app)) == len(before.attached_to_oma)
 
 
 @pytest.mark.parametrize(
@@ -155,6 +156,6 @@ async def test_oma_restart_mid_deploy_and_mid_cleanup_resumes(tmp_path: Path) ->
             assert undone.status == COMPLETED, undone
             assert world(sim_of(oma)) == before
             assert (await get_vm(channel, r.vm_id)).status == VM_READY
-            assert len(oma.app.nbd.list_exports()) == 2
+            assert live_exports(oma.app) == [] and not before.attached_to_oma
     finally:
         await oma.stop(grace=0.2)

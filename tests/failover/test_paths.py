@@ -13,6 +13,7 @@ import pytest
 from oma.v1 import failover_pb2, job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc
 from oma_server.db.models import Volume
 from oma_server.server import OmaServer
+from tests.factories import live_exports
 from tests.failover.helpers import (
     LIVE,
     VM_LIVE,
@@ -66,7 +67,9 @@ async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path, datab
             r = await replicate(channel, tmp_path)
             await r.stream.close()
             before = world(sim)
-            assert len(before.attached_to_oma) == 2 and not before.snapshots and not before.vms
+            # replicated and idle: the replicas are off the OMA VM, nothing is exported
+            assert not before.attached_to_oma and not before.snapshots and not before.vms
+            assert len(before.volumes) == 3 and live_exports(oma.app) == []  # 2 replicas and the OMA's root
             net_id = await map_network(channel, sim, static_ip="10.1.1.50", keep_mac=True)
 
             ready = await failover_stub(channel).CheckFailoverReadiness(
@@ -116,7 +119,7 @@ async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path, datab
             attached = sim.state.volumes_of(done.target_vm_id)
             assert [v["id"] for v in attached] == [v.cloudstack_id for v in volumes]
             assert attached[0]["type"] == "ROOT" and attached[0]["deviceid"] == 0
-            assert oma.app.nbd.list_exports() == []
+            assert live_exports(oma.app) == []
             # byte check: the test VM's volumes hold exactly what the appliance replicated
             for disk, volume in zip(vm_ctx.disks, volumes, strict=True):
                 src = r.sources[disk.id].read_bytes()
@@ -146,11 +149,11 @@ async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path, datab
                 "destroy_vm",
                 "revert_volumes",
                 "delete_snapshots",
-                "reattach_to_oma",
+                "release_volumes",
             ]
             final = world(sim)
             assert final == before
-            assert len(oma.app.nbd.list_exports()) == 2
+            assert live_exports(oma.app) == []  # the next replication attaches and exports again
             assert (await get_vm(channel, r.vm_id)).status == VM_READY
 
             # the next incremental starts from the stored change ids
@@ -231,7 +234,7 @@ async def test_live_failover_with_final_sync_then_rollback(oma: OmaServer, tmp_p
         assert undone.steps[-1].status == failover_pb2.STEP_STATUS_COMPLETED
         assert world(sim) == before
         assert (await get_vm(channel, r.vm_id)).status == VM_READY
-        assert len(oma.app.nbd.list_exports()) == 2
+        assert live_exports(oma.app) == []
         listed = (
             await failover_stub(channel).ListFailoverJobs(failover_pb2.ListFailoverJobsRequest(vm_context_id=r.vm_id))
         ).jobs

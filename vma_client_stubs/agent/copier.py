@@ -38,6 +38,12 @@ MIB = 1 << 20
 DEFAULT_CHUNK = 2 * MIB
 DEFAULT_WINDOW = 8
 ZERO_CHUNK = 16 * MIB  # largest single WRITE_ZEROES request
+#: how long a refused or reset connection is tried again, the first pause (doubling up to CONNECT_RETRY_MAX_S): the
+#: OMA restarts nbd-server to apply every export change (oma_server/nbd), and a connection caught in that moment is
+#: refused or reset; at 50 VMs through one OMA such moments follow each other for seconds
+CONNECT_DEADLINE_S = 30.0
+CONNECT_RETRY_S = 0.1
+CONNECT_RETRY_MAX_S = 2.0
 
 SegmentKind = Literal["data", "zero"]
 
@@ -206,6 +212,7 @@ class DiskCopier:
         chunk_size: int = DEFAULT_CHUNK,
         window: int = DEFAULT_WINDOW,
         cancel: threading.Event | None = None,
+        connect_deadline_s: float = CONNECT_DEADLINE_S,
         on_progress: Callable[[CopyProgress], None] | None = None,
         progress_interval_s: float = 0.1,
         checkpoint_interval_s: float = 1.0,
@@ -225,6 +232,7 @@ class DiskCopier:
         self.chunk_size = chunk_size
         self.window = window
         self.cancel = cancel or threading.Event()
+        self.connect_deadline_s = connect_deadline_s
         self.on_progress = on_progress
         self.progress_interval_s = progress_interval_s
         self.checkpoint_interval_s = checkpoint_interval_s
@@ -264,16 +272,33 @@ class DiskCopier:
                 yield _Chunk(index, pos, n, end)
                 pos += n
 
+    def _connect(self, nbd: Any) -> Any:
+        """A connected handle; a refused or reset connection is tried again until CONNECT_DEADLINE_S (nothing was
+        written yet)."""
+        deadline = time.monotonic() + self.connect_deadline_s
+        pause = CONNECT_RETRY_S
+        attempt = 0
+        while True:
+            attempt += 1
+            handle = nbd.NBD()
+            try:
+                handle.connect_uri(self.nbd_uri)
+                return handle
+            except nbd.Error as exc:
+                wait = min(pause, deadline - time.monotonic())
+                if wait <= 0 or self.cancel.wait(wait):
+                    raise TargetUnreachable(
+                        f"cannot connect to {_redact(self.nbd_uri)} ({attempt} attempt(s) in "
+                        f"{self.connect_deadline_s:g}s): {exc}"
+                    ) from exc
+                pause = min(pause * 2, CONNECT_RETRY_MAX_S)
+
     def run(self) -> CopyResult:
         """Copy (blocking). Raises CopyCancelled, TargetUnreachable, TargetWriteFailed or SourceReadFailed."""
         import nbd  # Debian python3-libnbd
 
         started = time.monotonic()
-        handle = nbd.NBD()
-        try:
-            handle.connect_uri(self.nbd_uri)
-        except nbd.Error as exc:
-            raise TargetUnreachable(f"cannot connect to {_redact(self.nbd_uri)}: {exc}") from exc
+        handle = self._connect(nbd)
         try:
             size = handle.get_size()
             if size < self.plan.end:
