@@ -253,6 +253,7 @@ class Watcher:
     all_jobs: bool
     last_view: replication_pb2.ReplicationJob | None = None
     resume: int = 0  # the revision to resume from after a cut
+    last_view_revision: int = 0
     violations: list[str] = field(default_factory=list)
     reconnects: int = 0
 
@@ -270,6 +271,17 @@ class Watcher:
                 self.reconnects += 1
                 await asyncio.sleep(0.05)
         self.violations.append("the watcher never saw the job final")
+
+    async def _check_synced(self, synced: int) -> None:
+        """SYNCED at N promises every change up to N was sent: if the job is now at a revision R <= N, this watcher
+        must hold the job at R already."""
+        api = replication_pb2_grpc.ReplicationServiceStub(self.channel)
+        job = (await api.GetReplicationJob(replication_pb2.GetReplicationJobRequest(id=self.job_id), timeout=5)).job
+        if job.revision <= synced and self.last_view_revision != job.revision:
+            self.violations.append(
+                f"SYNCED at {synced}, the job is at revision {job.revision}, the watcher holds revision "
+                f"{self.last_view_revision}"
+            )
 
     def _final(self) -> bool:
         return self.last_view is not None and self.last_view.status == COMPLETED_STATUS
@@ -290,7 +302,9 @@ class Watcher:
             async for response in call:
                 update = response.update
                 if update.kind in (job_pb2.UPDATE_KIND_SYNCED, job_pb2.UPDATE_KIND_PROGRESS_NOTIFY):
-                    synced = update.revision if update.kind == job_pb2.UPDATE_KIND_SYNCED else synced
+                    if update.kind == job_pb2.UPDATE_KIND_SYNCED:
+                        synced = update.revision
+                        await self._check_synced(synced)
                     self.resume = max(self.resume, update.revision)
                     continue
                 job = update.replication_job
@@ -305,6 +319,7 @@ class Watcher:
                     self.resume = max(self.resume, update.revision)  # one job's snapshot revision is its resume point
                 if job.id == self.job_id:
                     self.last_view = job
+                    self.last_view_revision = update.revision
                     if job.status == COMPLETED_STATUS:
                         return
         finally:
