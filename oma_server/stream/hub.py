@@ -161,12 +161,6 @@ class SessionHub:
             last_seen=self.clock.monotonic(),
         )
         log = logger.bind(appliance_id=appliance.id, session_id=session.session_id)
-        previous = self.sessions.get(appliance.id)
-        if previous is not None:
-            previous.close("replaced by a newer connection from the same appliance")
-            log.info("new stream replaces session {old}", old=previous.session_id)
-        self.sessions[appliance.id] = session
-        self._disconnected_since.pop(appliance.id, None)
         now = self.clock.now()
 
         def mark_connected() -> None:
@@ -175,16 +169,27 @@ class SessionHub:
                 connected_to=self.process_id,
                 session_id=session.session_id,
                 last_seen_at=now,
-                agent_version=hello.agent_version[:64],
+                agent_version=hello.agent_version,
                 capabilities=list(hello.capabilities),
-                last_command_id=hello.last_command_id[:64],
+                last_command_id=hello.last_command_id,
             ).where(Appliance.id == appliance.id).execute()
 
+        # The database first, then memory: a session this process routes to is one the database names.
         await self.db.tx(mark_connected)
+        previous = self.sessions.get(appliance.id)
+        if previous is not None:
+            previous.close("replaced by a newer connection from the same appliance")
+            log.info("new stream replaces session {old}", old=previous.session_id)
+        self.sessions[appliance.id] = session
+        self._disconnected_since.pop(appliance.id, None)
         session.last_seen_written = self.clock.monotonic()
-        resumed = await self.jobs.resume_jobs_of(appliance.id)
-        # Make everything applied so far durable, so the cursors below are exact.
-        await self.jobs.flush()
+        try:
+            resumed = await self.jobs.resume_jobs_of(appliance.id)
+            # Make everything applied so far durable, so the cursors below are exact.
+            await self.jobs.flush()
+        except BaseException:
+            await finish(self.close(session, "the hello could not be completed"))
+            raise
         welcome = stream_pb2.Welcome(
             session_id=session.session_id,
             heartbeat_interval=duration_pb2.Duration(
@@ -213,11 +218,9 @@ class SessionHub:
 
     @uninterruptible
     async def close(self, session: Session, reason: str) -> None:
-        session.close(reason)
+        session.close(reason)  # the stream's own state: nothing more is sent on it
         if self.sessions.get(session.appliance_id) is not session:
             return  # replaced: the newer session owns the appliance's state
-        del self.sessions[session.appliance_id]
-        self._disconnected_since[session.appliance_id] = session.last_seen
         now = self.clock.now()
 
         def mark_disconnected() -> None:
@@ -225,8 +228,11 @@ class SessionHub:
                 (Appliance.id == session.appliance_id) & (Appliance.session_id == session.session_id)
             ).execute()
 
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # the row names the session: a newer one's record is left alone
             await self.db.tx(mark_disconnected)
+        if self.sessions.get(session.appliance_id) is session:
+            del self.sessions[session.appliance_id]
+            self._disconnected_since[session.appliance_id] = session.last_seen
         logger.bind(appliance_id=session.appliance_id, session_id=session.session_id).info(
             "appliance disconnected: {reason}", reason=reason
         )
