@@ -141,6 +141,7 @@ out="${out:-$(mktemp -d /tmp/fresh-root-check.XXXXXX)}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 root="$(mktemp -d /var/tmp/oma-fresh-root.XXXXXX)"
+chmod 755 "$root" # it becomes the root's /, which every user must be able to traverse (mktemp makes it 0700)
 log "commit $commit; root $root; logs in $out"
 
 cleanup() {
