@@ -9,6 +9,7 @@ the exception's text), never a crashed server or stream.
 from __future__ import annotations
 
 import functools
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -188,13 +189,21 @@ def _wrap_stream(
     return wrapper
 
 
-# (handler attribute, handler factory, wrapper, streaming requests) for the four kinds of RPC.
+# (handler attribute, handler factory, streaming requests) for the four kinds of RPC.
 _KINDS = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler, _wrap_unary, False),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler, _wrap_unary, True),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler, _wrap_stream, False),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler, _wrap_stream, True),
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, True),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, False),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
 )
+
+
+def _wrap(behavior: Callable[..., Any], method: str, prepare: Callable[[Any], Any]) -> Callable[..., Any]:
+    """A handler that answers with `yield` stays a generator; one that awaits (a unary one, or a streaming one that
+    writes with `context.write`, as grpc's own health Watch does) stays a coroutine."""
+    if inspect.isasyncgenfunction(behavior):
+        return _wrap_stream(behavior, method, prepare)
+    return _wrap_unary(behavior, method, prepare)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -207,11 +216,11 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        for attribute, factory, wrap, request_streaming in _KINDS:
+        for attribute, factory, request_streaming in _KINDS:
             behavior = getattr(handler, attribute)
             if behavior:
-                return factory(
-                    wrap(behavior, method, _prepare(request_streaming)),  # type: ignore[operator]
+                return factory(  # type: ignore[operator]
+                    _wrap(behavior, method, _prepare(request_streaming)),
                     request_deserializer=_tolerant(handler.request_deserializer, method),
                     response_serializer=handler.response_serializer,
                 )
