@@ -102,3 +102,11 @@ async def test_unbuilt_handler_is_a_clean_unimplemented() -> None:
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     info = error_info_of(err.value)
     assert info is not None and info.reason == "NOT_IMPLEMENTED"
+
+
+async def test_health_watch_streams_serving(channel: grpc.aio.Channel) -> None:
+    """grpc's health Watch writes with context.write (a coroutine, not a generator): the interceptor keeps it so."""
+    call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+    first = await call.read()
+    call.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
