@@ -163,13 +163,14 @@ def _prepare(request_streaming: bool) -> Callable[[Any], Any]:
 
 
 def _wrap_unary(
-    behavior: Callable[..., Awaitable[Any]], method: str, prepare: Callable[[Any], Any]
+    behavior: Callable[..., Awaitable[Any]], method: str, prepare: Callable[[Any], Any], carry_to_end: bool = True
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            work = behavior(prepare(request_or_iterator), context)
             # A call its client abandons (a dropped connection, a deadline) still carries its work to the end: the
             # handler's units of work and what follows them (spawning the job's task) are not cut in the middle.
-            return await finish(behavior(prepare(request_or_iterator), context))
+            return await (finish(work) if carry_to_end else work)
         except Exception as exc:
             await _fail(context, exc, method)
 
@@ -189,21 +190,24 @@ def _wrap_stream(
     return wrapper
 
 
-# (handler attribute, handler factory, streaming requests) for the four kinds of RPC.
+# (handler attribute, handler factory, streaming requests, streaming responses) for the four kinds of RPC.
 _KINDS = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler, True),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler, False),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False, False),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, True, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, False, True),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True, True),
 )
 
 
-def _wrap(behavior: Callable[..., Any], method: str, prepare: Callable[[Any], Any]) -> Callable[..., Any]:
+def _wrap(
+    behavior: Callable[..., Any], method: str, prepare: Callable[[Any], Any], response_streaming: bool
+) -> Callable[..., Any]:
     """A handler that answers with `yield` stays a generator; one that awaits (a unary one, or a streaming one that
-    writes with `context.write`, as grpc's own health Watch does) stays a coroutine."""
+    writes with `context.write`, as grpc's own health Watch does) stays a coroutine. A streaming call lasts as long as
+    its client wants it (a watch), so its cancellation ends it instead of waiting for an end that never comes."""
     if inspect.isasyncgenfunction(behavior):
         return _wrap_stream(behavior, method, prepare)
-    return _wrap_unary(behavior, method, prepare)
+    return _wrap_unary(behavior, method, prepare, carry_to_end=not response_streaming)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -216,11 +220,11 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        for attribute, factory, request_streaming in _KINDS:
+        for attribute, factory, request_streaming, response_streaming in _KINDS:
             behavior = getattr(handler, attribute)
             if behavior:
                 return factory(  # type: ignore[operator]
-                    _wrap(behavior, method, _prepare(request_streaming)),
+                    _wrap(behavior, method, _prepare(request_streaming), response_streaming),
                     request_deserializer=_tolerant(handler.request_deserializer, method),
                     response_serializer=handler.response_serializer,
                 )
