@@ -5,6 +5,7 @@ Servicers receive the App and call its services; nothing here imports grpc.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -42,9 +43,24 @@ from oma_server.storage.queries import VolumeQueries
 from oma_server.storage.volumes import VolumeProvisioner
 from oma_server.stream.hub import SessionHub
 from oma_server.stream.outbox import CommandOutbox
+from oma_server.uninterruptible import finish
 from oma_server.version import __version__
 from oma_server.vm_contexts.service import VmContextService
 from oma_server.watch import Change, WatchHub
+
+
+async def prepare_database(db: Database) -> int:
+    """Connect, apply the pending migrations; the schema version. All `oma-server migrate` does."""
+    await db.run(db.check_connection)
+    applied = await db.run(apply_migrations, db.peewee)
+    version = await db.run(current_version, db.peewee)
+    logger.info(
+        "database ready: {url} (schema {schema}, {n} migrations applied now)",
+        url=redact_url(db.url),
+        schema=version,
+        n=len(applied),
+    )
+    return int(version)
 
 
 @dataclass(frozen=True)
@@ -113,38 +129,42 @@ class App:
         self.job_watch.listers.append(self._failover_changes)
         self.janitor: Janitor | None = None
         self.schema_version = 0
+        self._teardown = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
+        """Start every part in order; each part that started is stopped by `stop()`, also after a failed or
+        cancelled start. Parts that own a process or a port (the simulator, nbd-server) finish their own start even
+        when cancelled, so that `stop()` knows what to stop."""
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        await self.db.run(self.db.check_connection)
-        applied = await self.db.run(apply_migrations, self.db.peewee)
-        self.schema_version = await self.db.run(current_version, self.db.peewee)
-        logger.info(
-            "database ready: {url} (schema {schema}, {n} migrations applied now)",
-            url=redact_url(self.db.url),
-            schema=self.schema_version,
-            n=len(applied),
-        )
-
+        self.schema_version = await prepare_database(self.db)
         await self.revisions.start(await self.db.run(highest_revision))
+        self._teardown.push_async_callback(self.revisions.stop)
         await self.jobs.start()
+        self._teardown.push_async_callback(self.jobs.stop)
         await self._start_storage()
         await self.hub.start()
+        self._teardown.push_async_callback(self.hub.stop)
+        # Workflow tasks run only from here on, and stop before anything they use (nbd-server, CloudStack).
         if self.workflow is not None:
+            self._teardown.push_async_callback(self.workflow.stop)
             await self.workflow.resume_in_flight()
         if self.failover is not None:
+            self._teardown.push_async_callback(self.failover.stop)
             await self.failover.resume()
         if self.janitor is not None:
             await self.janitor.start()
+            self._teardown.push_async_callback(self.janitor.stop)
 
     async def _start_storage(self) -> None:
         if self.simulator is not None:
-            await self.simulator.start()
+            await finish(self.simulator.start())
+            self._teardown.push_async_callback(self.simulator.stop)
             cs_settings = self.simulator.settings()
         else:
             cs_settings = CloudStackSettings.from_env(self.settings.cloudstack)
         self.cloudstack = CloudStackClient(cs_settings)
+        self._teardown.push_async_callback(self.cloudstack.close)
         limits = CloudLimits(self.cloudstack)
         self.volumes = VolumeProvisioner(
             self.db, self.cloudstack, self.joblog, self.device_root, sys_root=self.sys_root, limits=limits
@@ -167,28 +187,20 @@ class App:
         await self.volumes.reconcile()
         # before nbd-server serves the recorded exports: replicas of finished jobs leave the OMA VM
         await self.attachments.reconcile([(j.id, [d.disk_id for d in j.disks]) for j in self.jobs.open_jobs()])
-        await self.exports.start()
+        self._teardown.push_async_callback(self.nbd.stop)  # safe before or after a failed start
+        await finish(self.exports.start())
 
     async def begin_shutdown(self) -> None:
         """Tell appliance streams to end; the server's grace period lets them drain."""
         await self.hub.stop()
 
     async def stop(self) -> None:
-        """Finish pending writes (batched progress), stop the parts this process runs, close the database."""
-        if self.janitor is not None:
-            await self.janitor.stop()
-        if self.failover is not None:
-            await self.failover.stop()
-        if self.workflow is not None:
-            await self.workflow.stop()
-        await self.jobs.stop()
-        await self.revisions.stop()
-        await self.nbd.stop()
-        if self.cloudstack is not None:
-            await self.cloudstack.close()
-        if self.simulator is not None:
-            await self.simulator.stop()
-        self.db.close()
+        """Stop what started, in reverse order (janitor, workflows, streams, nbd-server, CloudStack, the simulator,
+        the pending batched progress writes, revision reservations), and close the database."""
+        try:
+            await self._teardown.aclose()
+        finally:
+            self.db.close()
 
     async def _replication_change(self, job_id: str) -> Change | None:
         from oma_server.errors import NotFound

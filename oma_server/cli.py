@@ -16,6 +16,7 @@ from loguru import logger
 from oma_server.errors import DomainError
 from oma_server.logging import configure_logging
 from oma_server.settings import Settings, env_default, env_flag
+from oma_server.stop_signals import StopSignals
 from oma_server.version import __version__
 
 SUBCOMMANDS = ("serve", "migrate")
@@ -135,30 +136,34 @@ def _with_default_subcommand(argv: list[str]) -> list[str]:
 
 
 async def _migrate(settings: Settings) -> None:
-    from oma_server.app import App
+    """Open the database and apply the migrations: nothing else starts (no simulator, no nbd-server)."""
+    from oma_server.app import prepare_database
+    from oma_server.db.database import Database
 
-    app = App(settings)
+    db = Database(settings.database_url)
     try:
-        await app.start()
-        print(f"database at schema version {app.schema_version}")
+        print(f"database at schema version {await prepare_database(db)}")
     finally:
-        await app.stop()
+        db.close()
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, signals: StopSignals) -> None:
     from oma_server.app import App
     from oma_server.server import serve
 
-    await serve(App(settings))
+    await serve(App(settings), signals)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First of all: from here to the process's exit, SIGTERM/SIGINT are a stop request, never a kill.
+    signals = StopSignals()
+    signals.install()
     args = build_parser().parse_args(_with_default_subcommand(list(sys.argv[1:] if argv is None else argv)))
     settings = settings_from(args)
     configure_logging(json=settings.log_json, level=settings.log_level)
     try:
         settings.validate()
-        asyncio.run(_migrate(settings) if args.command == "migrate" else _serve(settings))
+        asyncio.run(_migrate(settings) if args.command == "migrate" else _serve(settings, signals))
     except DomainError as error:
         print(f"oma-server: error: {error.message}", file=sys.stderr)
         return EXIT_USAGE

@@ -25,6 +25,7 @@ CONTEXT_KEYS = (
     "command_id",
     "rpc",
     "reason",
+    "error_id",
 )
 
 

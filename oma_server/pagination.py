@@ -11,11 +11,16 @@ from oma_server.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MAX_OFFSET = 2**62
 
 
 def page_size_of(requested: int) -> int:
     if requested < 0:
-        raise InvalidArgument(f"page_size must not be negative (got {requested})", reason="PAGE_SIZE_INVALID")
+        raise InvalidArgument(
+            f"page_size must not be negative (got {requested}); 0 means the default of {DEFAULT_PAGE_SIZE}",
+            reason="PAGE_SIZE_INVALID",
+            field="page_size",
+        )
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
@@ -29,13 +34,14 @@ def decode_token(token: str) -> int:
     try:
         padded = token + "=" * (-len(token) % 4)
         offset = json.loads(base64.urlsafe_b64decode(padded.encode()))["o"]
-        if not isinstance(offset, int) or offset < 0:
+        if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:  # beyond a database integer: not ours
             raise ValueError(offset)
         return offset
     except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
         raise InvalidArgument(
             "page_token is not one this server issued; pass next_page_token from the previous response",
             reason="PAGE_TOKEN_INVALID",
+            field="page_token",
         ) from exc
 
 

@@ -9,9 +9,9 @@ period, then pending database writes finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
-import signal
-from collections.abc import Callable
+import os
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -45,6 +45,7 @@ from oma_server.api.status import ErrorMappingInterceptor
 from oma_server.api.storage import NbdExportServicer, VolumeServicer
 from oma_server.api.vm_contexts import VmContextServicer
 from oma_server.app import App
+from oma_server.stop_signals import StopSignals
 from oma_server.version import __version__
 from vma.v1 import agent_service_pb2
 
@@ -118,13 +119,21 @@ class OmaServer:
             [*SERVICE_NAMES, *REFLECTION_ONLY, reflection.SERVICE_NAME, health.SERVICE_NAME], self.server
         )
         self.port = 0
+        self._stopping = False
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
-        await self.app.start()
-        self.port = self.server.add_insecure_port(self.app.settings.listen)
+        """Bind the port (a busy one fails before anything else starts), start the App, then serve.
+
+        On failure or cancellation the caller still calls `stop()`, which stops whatever had started.
+        """
+        try:
+            self.port = self.server.add_insecure_port(self.app.settings.listen)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
             raise OSError(f"cannot listen on {self.app.settings.listen}: address in use or not available")
+        await self.app.start()
         await self.server.start()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         logger.info(
@@ -141,36 +150,66 @@ class OmaServer:
             await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
-        if self._stopped.is_set():
+        """Health NOT_SERVING, streams told to drain, the server stopped with a grace period, then the App.
+
+        Safe after a start that failed or was cancelled part-way; a second call waits for the first.
+        """
+        if self._stopping:
+            await self._stopped.wait()
             return
+        self._stopping = True
         grace = self.app.settings.shutdown_grace_s if grace is None else grace
         logger.info("shutting down: health NOT_SERVING, draining streams, grace {grace}s", grace=grace)
-        await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.health.enter_graceful_shutdown()
-        await self.app.begin_shutdown()
-        await self.server.stop(grace)
-        await self.app.stop()
-        self._stopped.set()
+        try:
+            await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.health.enter_graceful_shutdown()
+            await self.app.begin_shutdown()
+            await self.server.stop(grace)
+        finally:
+            await self.app.stop()
+            self._stopped.set()
         logger.info("stopped")
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
 
-async def serve(app: App, on_started: Callable[[int], None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(app: App, signals: StopSignals) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully.
+
+    A signal during start-up cancels it (the parts that own processes or ports finish their own start first, see
+    `App.start`) and stops whatever had started; a signal during shutdown changes nothing. Either way the process
+    ends normally with nothing of its own left running.
+    """
+    stop_requested = signals.requested()
     oma = OmaServer(app)
-    await oma.start()
-    # Everything built at start lives for the whole process: keep it out of the cyclic collector's full passes,
-    # and collect the young generation less often (thousands of short-lived messages a second).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-    if on_started:
-        on_started(oma.port)
-    stop_requested = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop_requested.set)
-    await stop_requested.wait()
-    await oma.stop()
+    logger.info("oma-server {version} starting (pid {pid})", version=__version__, pid=os.getpid())
+    try:
+        if not await _start_unless_stopped(oma, stop_requested):
+            logger.info("stop requested during start-up; stopping what had started")
+            return
+        # Everything built at start lives for the whole process: keep it out of the cyclic collector's full passes,
+        # and collect the young generation less often (thousands of short-lived messages a second).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
+        await stop_requested.wait()
+    finally:
+        await oma.stop()
+
+
+async def _start_unless_stopped(oma: OmaServer, stop_requested: asyncio.Event) -> bool:
+    """Start the server; False (start-up cancelled) if a stop is requested first. Start-up errors propagate."""
+    start = asyncio.create_task(oma.start(), name="oma-start")
+    stop = asyncio.create_task(stop_requested.wait(), name="oma-stop-requested")
+    try:
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if start.done():
+        start.result()
+        return True
+    start.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await start
+    return False

@@ -1,15 +1,34 @@
 #!/usr/bin/env bash
-# Install the Debian packages the OMA and its tests drive for real, only when missing (idempotent, fast).
+# Install the Debian/Ubuntu packages a target needs, only those missing (idempotent; a few checks when set up).
+#
+# Usage: scripts/system-deps.sh demo|test
+#   demo  what `make demo` drives for real: Python's venv module, nbd-server, libnbd's Python binding
+#   test  everything the suite drives too: libnbd-bin (nbdcopy/nbdinfo), PostgreSQL, Node.js and npm (buf)
 set -euo pipefail
+profile="${1:-test}"
+case "$profile" in demo | test) ;; *)
+    echo "usage: $0 demo|test" >&2
+    exit 2
+    ;;
+esac
+
+python="$(command -v python3.11 || command -v python3 || true)"
 need=()
+[ -n "$python" ] || need+=(python3)
+# `python3 -m venv` needs ensurepip, which Debian ships apart as python3-venv.
+[ -n "$python" ] && ! "$python" -c 'import ensurepip' >/dev/null 2>&1 && need+=(python3-venv)
 command -v nbd-server >/dev/null 2>&1 || need+=(nbd-server)
-command -v nbdcopy >/dev/null 2>&1 || need+=(libnbd-bin)
-command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 [ -e /usr/lib/python3/dist-packages/nbd.py ] || need+=(python3-libnbd)
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if [ "$profile" = test ]; then
+    command -v nbdcopy >/dev/null 2>&1 || need+=(libnbd-bin)
+    command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+    command -v node >/dev/null 2>&1 || need+=(nodejs)
+    command -v npm >/dev/null 2>&1 || need+=(npm)
+fi
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
-echo "installing Debian packages: ${need[*]}"
+echo "installing packages for make $profile: ${need[*]}"
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 export DEBIAN_FRONTEND=noninteractive

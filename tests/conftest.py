@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +21,28 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 configure_logging(level=os.environ.get("OMA_TEST_LOG_LEVEL", "WARNING"))
+
+
+# oma-server --listen and --nbd-listen, oma-cloudstack-sim --listen, PostgreSQL: the defaults of a real set-up.
+DEFAULT_PORTS = (50051, 10809, 8080, 5432)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_ports_taken() -> Iterator[None]:
+    """Bind the default ports (without listening) for the whole run, so a test or a server under test that falls
+    back to a default fails at once with "address in use" instead of colliding with another run or a real server.
+    A port something else already holds is left to it."""
+    held = []
+    for port in DEFAULT_PORTS:
+        sock = socket.socket()
+        try:
+            sock.bind(("127.0.0.1", port))
+            held.append(sock)
+        except OSError:
+            sock.close()
+    yield
+    for sock in held:
+        sock.close()
 
 
 @pytest.fixture(scope="session")

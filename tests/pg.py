@@ -48,7 +48,9 @@ class PostgresServer:
         cmd = [str(self.bindir / args[0]), *args[1:]]
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {(done.stderr or done.stdout).strip()}")
 
     def start(self) -> None:
         pwfile = self.root / "pw"

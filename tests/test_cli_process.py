@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oma_server.db.migrations import LATEST_VERSION
 from tests.conftest import REPO, VENV_BIN
@@ -21,34 +27,40 @@ BUF = str(REPO / ".tools" / "node_modules" / ".bin" / "buf")
 OMA_SERVER = str(VENV_BIN / "oma-server")
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
-    import socket
+def wait_serving(port: int, proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    """Until the server's health answers SERVING (a bound port alone is not a started server)."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"oma-server exited early: {proc.stderr.read() if proc.stderr else ''}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0, wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass  # not serving yet (the call itself waited up to a second for the server)
+    raise AssertionError("oma-server did not become SERVING")
 
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"oma-server exited early: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("oma-server did not start listening")
+
+def server_env(data_dir: Path) -> dict[str, str]:
+    """The environment of a test's oma-server: its own data dir and free ports for everything it listens on."""
+    return {**os.environ, "OMA_DATA_DIR": str(data_dir), "OMA_NBD_LISTEN": f"127.0.0.1:{free_port()}"}
 
 
 @pytest.fixture(scope="module")
 def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, subprocess.Popen[str]]]:
     port = free_port()
     data_dir = tmp_path_factory.mktemp("oma-proc")
-    env = {**os.environ, "OMA_DATA_DIR": str(data_dir), "OMA_NBD_LISTEN": f"127.0.0.1:{free_port()}"}
     proc = subprocess.Popen(
         [OMA_SERVER, "--listen", f"127.0.0.1:{port}", "--log-json"],
-        env=env,
+        env=server_env(data_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for_port(port, proc)
+    wait_serving(port, proc)
     yield port, proc
     if proc.poll() is None:  # SIGTERM: the server stops its nbd-server too (SIGKILL would orphan the daemon)
         proc.send_signal(signal.SIGTERM)
@@ -132,21 +144,157 @@ def test_buf_curl_through_reflection(running_server: tuple[int, subprocess.Popen
 def test_sigterm_shuts_down_gracefully(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [OMA_SERVER, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)],
+        [OMA_SERVER, "serve", "--listen", f"127.0.0.1:{port}"],
+        env=server_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for_port(port, proc)
+    wait_serving(port, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "NOT_SERVING" in err and "stopped" in err
+    assert processes_of(tmp_path) == []
+
+
+def processes_of(data_dir: Path) -> list[str]:
+    """Processes (say, an nbd-server) whose command line names something in this data dir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # it ended meanwhile
+        if str(data_dir) in cmdline:
+            found.append(f"{entry.name}: {cmdline.strip()}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _end_leftovers(tmp_path: Path) -> Iterator[None]:
+    """A failing test must not leave its server's processes behind for the next tests (they would hold ports)."""
+    yield
+    for entry in processes_of(tmp_path):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(entry.split(":", 1)[0]), signal.SIGKILL)
+
+
+class ServerProcess:
+    """An oma-server process whose log lines (text format, stderr) are read as they come."""
+
+    def __init__(self, data_dir: Path, *args: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.env = server_env(data_dir)
+        self.proc = subprocess.Popen(
+            [OMA_SERVER, "serve", "--listen", f"127.0.0.1:{self.port}", *args],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for_line(self, marker: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"oma-server ended before logging {marker!r}:\n{''.join(self.log)}")
+            self.log.append(line)
+            if marker in line:
+                return
+        raise AssertionError(f"oma-server did not log {marker!r}:\n{''.join(self.log)}")
+
+    def finish(self, timeout: float = 60.0) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        while (line := self.lines.get(timeout=timeout)) is not None:
+            self.log.append(line)
+        return rc
+
+
+# Moments of start-up, each marked by the line the server logs when it is reached.
+START_UP_MOMENTS = [
+    "starting (pid",  # first line of serve: nothing started yet
+    "database ready",  # migrations applied; the simulator starts next
+    "CloudStack simulator listening",  # the simulator runs; volumes reconcile, then nbd-server starts
+    "nbd-server started",  # the child process runs; streams and workflows start next
+    "serving on",  # started
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("moment", START_UP_MOMENTS)
+def test_stop_signal_at_any_moment_of_start_up(tmp_path: Path, moment: str, sig: signal.Signals) -> None:
+    """Exit 0, nothing of the server left running (its nbd-server included), the ports free again."""
+    server = ServerProcess(tmp_path)
+    server.wait_for_line(moment)
+    server.proc.send_signal(sig)
+    rc = server.finish()
+    log = "".join(server.log)
+    assert rc == 0, log
+    assert "Traceback" not in log
+    assert processes_of(tmp_path) == [], log
+    nbd_port = int(server.env["OMA_NBD_LISTEN"].rsplit(":", 1)[1])
+    for port in (server.port, nbd_port):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # nothing holds it any more
+
+
+@pytest.mark.slow
+def test_signals_during_shutdown_change_nothing(tmp_path: Path) -> None:
+    """A second and third signal while the server shuts down: still exit 0, still nothing left."""
+    server = ServerProcess(tmp_path)
+    server.wait_for_line("serving on")
+    server.proc.send_signal(signal.SIGTERM)
+    server.wait_for_line("shutting down")
+    server.proc.send_signal(signal.SIGINT)
+    server.proc.send_signal(signal.SIGTERM)
+    rc = server.finish()
+    assert rc == 0, "".join(server.log)
+    assert "stopped" in "".join(server.log)
+    assert processes_of(tmp_path) == []
+
+
+def test_busy_port_fails_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        out = subprocess.run(
+            [OMA_SERVER, "serve", "--listen", f"127.0.0.1:{port}"],
+            env=server_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"cannot listen on 127.0.0.1:{port}" in errors[0], out.stderr
+    assert "nbd-server started" not in out.stderr and "simulator listening" not in out.stderr
+    assert processes_of(tmp_path) == []
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """oma-server with these arguments, on free ports unless `env` or the arguments say otherwise."""
+    free = {"OMA_LISTEN": f"127.0.0.1:{free_port()}", "OMA_NBD_LISTEN": f"127.0.0.1:{free_port()}"}
     return subprocess.run(
-        [OMA_SERVER, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+        [OMA_SERVER, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **free, **(env or {})}
     )
 
 
@@ -189,7 +337,22 @@ def test_unreachable_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_migrate_subcommand(tmp_path: Path) -> None:
-    out = run_cli("migrate", "--data-dir", str(tmp_path))
+    """`migrate` opens the database and nothing else: it neither needs nor touches the NBD port or CloudStack."""
+    with socket.socket() as nbd_port_taken:
+        nbd_port_taken.bind(("127.0.0.1", 0))
+        nbd_port_taken.listen()
+        nbd_listen = f"127.0.0.1:{nbd_port_taken.getsockname()[1]}"
+        out = run_cli(
+            "migrate",
+            "--data-dir",
+            str(tmp_path),
+            "--nbd-listen",
+            nbd_listen,
+            "--cloudstack",
+            f"http://127.0.0.1:{free_port()}/client/api",  # no keys, nothing listening: fatal to a server start
+        )
     assert out.returncode == 0, out.stderr
     assert f"schema version {LATEST_VERSION}" in out.stdout
     assert (tmp_path / "oma.db").exists()
+    assert "nbd" not in out.stderr.lower() and "cloudstack" not in out.stderr.lower(), out.stderr
+    assert processes_of(tmp_path) == []

@@ -6,7 +6,6 @@ the OMA does; the reference agent's own end-to-end tests live in tests/agent.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -28,8 +27,10 @@ from oma_server.app import App
 from oma_server.db.models import Volume
 from oma_server.server import OmaServer
 from oma_server.storage.volumes import VOLUME_NAME_PREFIX
+from tests.cloudstack.helpers import job_pending
 from tests.conftest import make_settings
 from tests.factories import Enrolled, RawStream, enroll, inventory, live_exports, nbdcopy
+from tests.waiting import until
 from vma.v1 import inventory_pb2, stream_pb2
 
 pytestmark = pytest.mark.nbd
@@ -280,12 +281,12 @@ async def test_oma_restart_during_provisioning_continues(tmp_path: Path) -> None
     await server.start()
     sim = server.app.simulator
     assert sim is not None
-    sim.faults.slow_job("attachVolume", 2.0)
+    sim.faults.slow_job("attachVolume", 30.0)  # slower than any restart takes: the restart lands inside it
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         enrolled = await enroll(channel)
         vm_id = await register(channel, enrolled, inventory())
         job = await start(channel, vm_id)
-        await asyncio.sleep(0.5)  # inside the slow attach
+        await until(lambda: job_pending(sim, "AttachVolumeCmd"), "the simulator's attach job")
     await server.stop(grace=0.2)
 
     settings.listen = "127.0.0.1:0"

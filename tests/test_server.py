@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,6 +18,7 @@ from oma.v1 import (
 from oma_server.api.status import ERROR_DOMAIN, ErrorMappingInterceptor, error_info_of
 from oma_server.server import SERVICE_NAMES, OmaServer
 from tests.conftest import REPO
+from tests.waiting import until
 from vma.v1 import agent_service_pb2, agent_service_pb2_grpc
 
 
@@ -102,3 +105,17 @@ async def test_unbuilt_handler_is_a_clean_unimplemented() -> None:
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     info = error_info_of(err.value)
     assert info is not None and info.reason == "NOT_IMPLEMENTED"
+
+
+async def test_health_watch_streams_serving_and_ends_when_cancelled(channel: grpc.aio.Channel) -> None:
+    """grpc's health Watch writes with context.write (a coroutine, not a generator): the interceptor keeps it so, and
+    a client's cancel ends the handler (a watch has no end of its own to wait for)."""
+    call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+    first = await call.read()
+    call.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+    def watch_tasks() -> list[asyncio.Task[object]]:  # the handler run as a task of its own (how a leak would look)
+        return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "").endswith(".Watch")]
+
+    await until(lambda: not watch_tasks(), "the server's Watch handler to end")

@@ -1,20 +1,28 @@
 """The one place that turns domain errors into gRPC status with google.rpc.ErrorInfo details (AIP-193).
 
-`ErrorMappingInterceptor` wraps every handler: a DomainError becomes its status code, message and ErrorInfo; any
-other exception becomes INTERNAL with a log line, never a crashed server or stream.
+`ErrorMappingInterceptor` wraps every handler: a request that does not decode, or whose fields break a rule of
+`oma_server.api.validation`, is INVALID_ARGUMENT before the handler runs; a DomainError becomes its status code,
+message and ErrorInfo; any other exception becomes INTERNAL with an error id that the log line carries too (never
+the exception's text), never a crashed server or stream.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, descriptor_pool
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from loguru import logger
 
+from oma_server.api.validation import RequestCheck, undecodable
 from oma_server.errors import Category, DomainError, Internal, Unimplemented
 from oma_server.uninterruptible import finish
 from oma_server.version import __version__
@@ -81,11 +89,16 @@ def _unexpected(exc: BaseException, method: str) -> DomainError:
             reason="NOT_IMPLEMENTED",
             method=method,
         )
-    logger.opt(exception=exc).error("unexpected error in {method}", method=method)
+    # The caller gets an id to quote, never the exception's text (it can name paths, queries or secrets).
+    error_id = uuid.uuid4().hex[:16]
+    logger.opt(exception=exc).bind(rpc=method, error_id=error_id).error(
+        "unexpected error in {method} (error id {error_id})", method=method, error_id=error_id
+    )
     return Internal(
-        f"internal error in {method}: {type(exc).__name__}: {exc}; the server log has the traceback",
+        f"internal error in {method} (error id {error_id}); the server log has the details under this id",
         reason="INTERNAL",
         method=method,
+        error_id=error_id,
     )
 
 
@@ -96,22 +109,80 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception, method: str) 
     await _abort(context, exc if isinstance(exc, DomainError) else _unexpected(exc, method), method)
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+# ---- requests: decoded and checked before a handler sees them ----------------------------------------------------
+_REQUESTS = RequestCheck()
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """What the tolerant deserializer returns for bytes that are not the request type (grpc would answer INTERNAL
+    for a deserializer that raises)."""
+
+    error: DomainError
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_type_name(method: str) -> str:
+    try:
+        return str(descriptor_pool.Default().FindMethodByName(method.strip("/").replace("/", ".")).input_type.full_name)
+    except KeyError:
+        return method
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # a protobuf DecodeError, or a string field that is not UTF-8
+            return _Undecodable(undecodable(_request_type_name(method), exc))
+
+    return decode
+
+
+def _checked_request(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise request.error
+    if isinstance(request, Message):
+        _REQUESTS.check(request)
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A request stream's messages, each decoded whole; what is in them is the handler's to check."""
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error
+        yield request
+
+
+def _prepare(request_streaming: bool) -> Callable[[Any], Any]:
+    return _checked_stream if request_streaming else _checked_request
+
+
+def _wrap_unary(
+    behavior: Callable[..., Awaitable[Any]], method: str, prepare: Callable[[Any], Any], carry_to_end: bool = True
+) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            work = behavior(prepare(request_or_iterator), context)
             # A call its client abandons (a dropped connection, a deadline) still carries its work to the end: the
             # handler's units of work and what follows them (spawning the job's task) are not cut in the middle.
-            return await finish(behavior(request_or_iterator, context))
+            return await (finish(work) if carry_to_end else work)
         except Exception as exc:
             await _fail(context, exc, method)
 
     return wrapper
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    behavior: Callable[..., AsyncIterator[Any]], method: str, prepare: Callable[[Any], Any]
+) -> Callable[..., AsyncIterator[Any]]:
     async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for response in behavior(request_or_iterator, context):
+            async for response in behavior(prepare(request_or_iterator), context):
                 yield response
         except Exception as exc:
             await _fail(context, exc, method)
@@ -119,13 +190,24 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Ca
     return wrapper
 
 
-# (handler attribute, handler factory, wrapper) for the four kinds of RPC.
+# (handler attribute, handler factory, streaming requests, streaming responses) for the four kinds of RPC.
 _KINDS = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler, _wrap_unary),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler, _wrap_unary),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler, _wrap_stream),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler, _wrap_stream),
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False, False),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, True, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, False, True),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True, True),
 )
+
+
+def _wrap(
+    behavior: Callable[..., Any], method: str, prepare: Callable[[Any], Any], response_streaming: bool
+) -> Callable[..., Any]:
+    """A handler that answers with `yield` stays a generator; one that awaits (a unary one, or a streaming one that
+    writes with `context.write`, as grpc's own health Watch does) stays a coroutine. A streaming call lasts as long as
+    its client wants it (a watch), so its cancellation ends it instead of waiting for an end that never comes."""
+    if inspect.isasyncgenfunction(behavior):
+        return _wrap_stream(behavior, method, prepare)
+    return _wrap_unary(behavior, method, prepare, carry_to_end=not response_streaming)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -137,12 +219,13 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        for attribute, factory, wrap in _KINDS:
+        method = handler_call_details.method
+        for attribute, factory, request_streaming, response_streaming in _KINDS:
             behavior = getattr(handler, attribute)
             if behavior:
-                return factory(
-                    wrap(behavior, handler_call_details.method),  # type: ignore[operator]
-                    request_deserializer=handler.request_deserializer,
+                return factory(  # type: ignore[operator]
+                    _wrap(behavior, method, _prepare(request_streaming), response_streaming),
+                    request_deserializer=_tolerant(handler.request_deserializer, method),
                     response_serializer=handler.response_serializer,
                 )
         return handler

@@ -7,9 +7,6 @@ import grpc
 from oma.v1 import vm_context_pb2, vm_context_pb2_grpc
 from oma_server.api.convert import enum_name, vm_context_to_proto
 from oma_server.app import App
-from oma_server.errors import InvalidArgument
-
-MAX_DISCOVERY_TIMEOUT_S = 300
 
 
 class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
@@ -19,18 +16,12 @@ class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
     async def RegisterVmContext(
         self, request: vm_context_pb2.RegisterVmContextRequest, context: grpc.aio.ServicerContext
     ) -> vm_context_pb2.RegisterVmContextResponse:
-        if not request.HasField("virtual_machine"):
-            raise InvalidArgument("virtual_machine is required", reason="VM_INVENTORY_MISSING")
         view, created = await self.app.vms.register(request.appliance_id, request.virtual_machine)
         return vm_context_pb2.RegisterVmContextResponse(vm_context=vm_context_to_proto(view), created=created)
 
     async def DiscoverVms(
         self, request: vm_context_pb2.DiscoverVmsRequest, context: grpc.aio.ServicerContext
     ) -> vm_context_pb2.DiscoverVmsResponse:
-        if request.timeout_seconds > MAX_DISCOVERY_TIMEOUT_S:
-            raise InvalidArgument(
-                f"timeout_seconds must be at most {MAX_DISCOVERY_TIMEOUT_S}", reason="TIMEOUT_INVALID"
-            )
         await self.app.appliances.get(request.appliance_id)
         found, views = await self.app.vms.discover(
             request.appliance_id,

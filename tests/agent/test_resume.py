@@ -16,6 +16,7 @@ from oma_server.server import OmaServer
 from tests.agent.helpers import add_exports, register_vm, same_bytes, start_job, wait_status
 from tests.agent.nbd import NbdServer
 from tests.factories import enroll
+from tests.waiting import until
 from vma_client_stubs.agent.agent import Agent
 from vma_client_stubs.agent.copier import ResumePoint
 from vma_client_stubs.agent.vcenter import FakeVCenter
@@ -69,7 +70,9 @@ async def test_killed_agent_resumes_from_the_acknowledged_point(
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
-    await asyncio.sleep(0.3)  # whatever the dead agent had sent is applied and flushed by now
+    # Its stream ends once the OMA has read (and applied) everything the dead agent sent; then make it durable.
+    await until(lambda: not app.hub.connected(enrolled.appliance_id), "the OMA to see the killed agent's stream end")
+    await app.jobs.flush()
     acknowledged = await acked_done(oma_server, job.id, big.id)
     row = await wait_status(app, job.id, {"replicating"})
     assert acknowledged >= 6 * MIB

@@ -11,6 +11,7 @@ import pytest
 
 from oma.v1 import failover_pb2, job_pb2, job_pb2_grpc
 from oma_server.server import OmaServer
+from tests.cloudstack.helpers import job_pending
 from tests.factories import live_exports
 from tests.failover.helpers import (
     COMPLETED,
@@ -31,6 +32,7 @@ from tests.failover.helpers import (
     wait_job,
     world,
 )
+from tests.waiting import until
 
 pytestmark = pytest.mark.nbd
 
@@ -123,10 +125,11 @@ async def test_oma_restart_mid_deploy_and_mid_cleanup_resumes(tmp_path: Path) ->
             before = world(sim)
             await map_network(channel, sim)
             await r.stream.close()
-            sim.faults.slow_job("deployVirtualMachine", 2.0)
+            # Slower than any restart takes: the restart lands inside the deploy, whose answer is lost.
+            sim.faults.slow_job("deployVirtualMachine", 30.0)
             job = await start_failover(channel, r.vm_id)
             await wait_step(channel, job.id, "deploy_vm")
-            await asyncio.sleep(0.5)  # inside the slow deploy: the VM exists, its answer is lost
+            await until(lambda: job_pending(sim, "DeployVMCmdByAdmin"), "the simulator's deploy job")
         oma = await restart_oma(oma)
         sim = sim_of(oma)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
@@ -146,10 +149,10 @@ async def test_oma_restart_mid_deploy_and_mid_cleanup_resumes(tmp_path: Path) ->
             assert world(sim).vms == {done.target_vm_id}  # adopted by name, not deployed twice
             assert (await get_vm(channel, r.vm_id)).status == VM_TEST
 
-            sim.faults.slow_job("revertSnapshot", 2.0)
+            sim.faults.slow_job("revertSnapshot", 30.0)
             undo = await cleanup(channel, r.vm_id)
             await wait_step(channel, undo.id, "revert_volumes")
-            await asyncio.sleep(0.3)
+            await until(lambda: job_pending(sim, "RevertSnapshotCmd"), "the simulator's revert job")
         oma = await restart_oma(oma)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
             undone = await wait_job(oma, channel, undo.id)
