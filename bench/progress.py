@@ -48,6 +48,7 @@ import grpc
 from bench._common import free_port, write_json
 from bench._common import machine_info as common_machine_info
 from bench._progress_servers import DISK_BYTES, ECHO_METHOD
+from oma.common.v1 import jobs_pb2
 from oma.v1 import gateway_pb2, gateway_pb2_grpc, job_pb2, job_pb2_grpc
 from vma.v1 import stream_pb2
 
@@ -123,7 +124,7 @@ def progress_request(spec: VmaSpec, seq: int) -> gateway_pb2.ConnectRequest:
     report = stream_pb2.ProgressReport(
         job_id=spec.job_id,
         sequence=seq,
-        phase=stream_pb2.COPY_PHASE_COPYING,
+        phase=jobs_pb2.COPY_PHASE_COPYING,
         current_operation="Copying disk 1 of 2",
         bytes_done=done * len(spec.disk_ids),
         bytes_total=DISK_BYTES * len(spec.disk_ids),
@@ -134,8 +135,8 @@ def progress_request(spec: VmaSpec, seq: int) -> gateway_pb2.ConnectRequest:
                 bytes_done=done,
                 bytes_total=DISK_BYTES,
                 throughput_bytes_per_second=64 << 20,
-                phase=stream_pb2.COPY_PHASE_COPYING,
-                mode=stream_pb2.COPY_MODE_FULL,
+                phase=jobs_pb2.COPY_PHASE_COPYING,
+                mode=jobs_pb2.COPY_MODE_FULL,
                 resume_token=str(seq),
             )
             for disk_id in spec.disk_ids

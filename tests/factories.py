@@ -11,12 +11,13 @@ from pathlib import Path
 
 import grpc
 
+from oma.common.v1 import inventory_pb2, jobs_pb2
 from oma.v1 import appliance_pb2, appliance_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from oma_server.app import App
 from oma_server.db.models import Disk, VmContext
 from oma_server.replication.state_machine import DiskState, JobState
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
-from vma.v1 import inventory_pb2, stream_pb2
+from vma.v1 import stream_pb2
 
 
 @dataclass
@@ -111,7 +112,7 @@ def progress(
 ) -> stream_pb2.ProgressReport:
     total = total if total is not None else sum(d.bytes_total for d in job.disks)
     per_disk = done // max(1, len(job.disks))
-    fields: dict[str, object] = {"phase": stream_pb2.COPY_PHASE_COPYING, "current_operation": f"copying {done}/{total}"}
+    fields: dict[str, object] = {"phase": jobs_pb2.COPY_PHASE_COPYING, "current_operation": f"copying {done}/{total}"}
     fields.update(extra)
     return stream_pb2.ProgressReport(
         job_id=job.id,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from oma.common.v1 import jobs_pb2
 from oma.v1 import replication_pb2, replication_pb2_grpc
 from oma_server.app import App
 from oma_server.db.database import Database
@@ -82,7 +83,7 @@ async def test_a_start_command_the_appliance_rejects_fails_the_job(
         command_result=stream_pb2.CommandResult(
             command_id=command.command_id,
             outcome=stream_pb2.COMMAND_OUTCOME_REJECTED,
-            error_class=stream_pb2.ERROR_CLASS_INVALID_COMMAND,
+            error_class=jobs_pb2.ERROR_CLASS_INVALID_COMMAND,
             detail="VM vm-uuid is not in this vCenter",
         )
     )

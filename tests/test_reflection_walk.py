@@ -17,10 +17,10 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from oma.common.v1 import inventory_pb2
 from oma.v1 import appliance_pb2, appliance_pb2_grpc, vm_context_pb2, vm_context_pb2_grpc
 from oma_server.server import SERVICE_NAMES, OmaServer
 from tests.reflection_walk import Walk, summary
-from vma.v1 import inventory_pb2
 
 CALLS = int(os.environ.get("OMA_WALK_CALLS", "600"))
 SEED = int(os.environ.get("OMA_WALK_SEED", "11"))

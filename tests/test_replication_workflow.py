@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from oma.common.v1 import inventory_pb2
 from oma.v1 import (
     job_pb2,
     job_pb2_grpc,
@@ -31,7 +32,7 @@ from tests.cloudstack.helpers import job_pending
 from tests.conftest import make_settings
 from tests.factories import Enrolled, RawStream, enroll, inventory, live_exports, nbdcopy
 from tests.waiting import until
-from vma.v1 import inventory_pb2, stream_pb2
+from vma.v1 import stream_pb2
 
 pytestmark = pytest.mark.nbd
 MIB = 1 << 20

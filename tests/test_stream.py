@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from oma.common.v1 import jobs_pb2
 from oma.v1 import job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc
 from oma_server.api.status import error_info_of
 from oma_server.app import App
@@ -174,7 +175,7 @@ async def test_completion_is_exactly_once_whatever_the_order(
     await stream.send(event=started(job, 1))
     await stream.send(event=disk_done(job, 2, 0, "cid-a"))
     await stream.send(event=disk_done(job, 3, 1, "cid-b"))
-    last_progress = progress(job, 4, total, phase=stream_pb2.COPY_PHASE_DONE, current_operation="Completed")
+    last_progress = progress(job, 4, total, phase=jobs_pb2.COPY_PHASE_DONE, current_operation="Completed")
     if order == "progress-then-event":
         await stream.send(progress=last_progress)
         await stream.send(event=completed(job, 5))
@@ -206,7 +207,7 @@ async def test_failed_event_records_the_error_class(channel: grpc.aio.Channel, o
         event=stream_pb2.JobEvent(
             job_id=job.id,
             sequence=1,
-            failed=stream_pb2.JobFailed(error_class=stream_pb2.ERROR_CLASS_SNAPSHOT_FAILED, detail="vCenter said no"),
+            failed=stream_pb2.JobFailed(error_class=jobs_pb2.ERROR_CLASS_SNAPSHOT_FAILED, detail="vCenter said no"),
         )
     )
     await stream.recv_until("ack", job_id=job.id, sequence=1)

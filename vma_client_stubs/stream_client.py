@@ -30,6 +30,7 @@ from typing import Any, TypeAlias
 import grpc
 from loguru import logger
 
+from oma.common.v1 import jobs_pb2
 from oma.v1 import gateway_pb2, gateway_pb2_grpc
 from vma.v1 import stream_pb2
 from vma_client_stubs.outbox import (
@@ -682,7 +683,7 @@ class StreamClient:
             log.warning("rejecting command {kind}: no handler registered", kind=kind)
             return stream_pb2.CommandResult(
                 outcome=stream_pb2.COMMAND_OUTCOME_REJECTED,
-                error_class=stream_pb2.ERROR_CLASS_INVALID_COMMAND,
+                error_class=jobs_pb2.ERROR_CLASS_INVALID_COMMAND,
                 detail=f"this appliance does not handle {kind or 'an empty'} command",
             )
         log.info("running command {kind}", kind=kind)
@@ -692,7 +693,7 @@ class StreamClient:
             log.exception("handler of {kind} failed", kind=kind)
             return stream_pb2.CommandResult(
                 outcome=stream_pb2.COMMAND_OUTCOME_FAILED,
-                error_class=stream_pb2.ERROR_CLASS_INTERNAL,
+                error_class=jobs_pb2.ERROR_CLASS_INTERNAL,
                 detail=f"{kind} failed on the appliance: {type(exc).__name__}: {exc}",
             )
         if result is None:

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from oma.common.v1 import inventory_pb2, jobs_pb2
 from oma.v1 import appliance_pb2, job_pb2, replication_pb2, storage_pb2, vm_context_pb2
 from oma_server.db.models import Appliance, JobLog, Volume
 from oma_server.job_watch import Update
 from oma_server.replication.state_machine import JobState
 from oma_server.storage.exports import ExportView
 from oma_server.vm_contexts.service import VmView
-from vma.v1 import inventory_pb2, stream_pb2
 
 _EPOCH = datetime(1970, 1, 1)
 
@@ -72,16 +72,16 @@ def _duration(seconds: float | None) -> duration_pb2.Duration | None:
 
 
 def _phase(name: str) -> int:
-    return enum_value(stream_pb2.CopyPhase, "COPY_PHASE", name)
+    return enum_value(jobs_pb2.CopyPhase, "COPY_PHASE", name)
 
 
 def replication_job_to_proto(job: JobState) -> replication_pb2.ReplicationJob:
     error = None
     if job.error_reason or job.error_message:
-        error = replication_pb2.JobError(
+        error = jobs_pb2.JobError(
             reason=job.error_reason,
             message=job.error_message,
-            error_class=enum_value(stream_pb2.ErrorClass, "ERROR_CLASS", job.error_class),  # type: ignore[arg-type]
+            error_class=enum_value(jobs_pb2.ErrorClass, "ERROR_CLASS", job.error_class),  # type: ignore[arg-type]
         )
     return replication_pb2.ReplicationJob(
         id=job.id,
@@ -106,7 +106,7 @@ def replication_job_to_proto(job: JobState) -> replication_pb2.ReplicationJob:
                 bytes_total=d.bytes_total,
                 throughput_bytes_per_second=d.throughput_bytes_per_second,
                 phase=_phase(d.phase),  # type: ignore[arg-type]
-                mode=enum_value(stream_pb2.CopyMode, "COPY_MODE", d.mode),  # type: ignore[arg-type]
+                mode=enum_value(jobs_pb2.CopyMode, "COPY_MODE", d.mode),  # type: ignore[arg-type]
                 previous_change_id=d.previous_change_id,
                 new_change_id=d.new_change_id,
                 completed=d.completed,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from oma.v1 import failover_pb2, failover_pb2_grpc, replication_pb2
+from oma.common.v1 import jobs_pb2
+from oma.v1 import failover_pb2, failover_pb2_grpc
 from oma_server.api.convert import enum_name, enum_value, ts
 from oma_server.app import App
 from oma_server.db.models import NetworkMapping
@@ -17,7 +18,7 @@ from oma_server.failover.workflow import FailoverWorkflow
 def failover_job_to_proto(job: FailoverJobState) -> failover_pb2.FailoverJob:
     error = None
     if job.error_reason or job.error_message:
-        error = replication_pb2.JobError(reason=job.error_reason, message=job.error_message)
+        error = jobs_pb2.JobError(reason=job.error_reason, message=job.error_message)
     return failover_pb2.FailoverJob(
         id=job.id,
         vm_context_id=job.vm_context_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import EnumDescriptor
 
+from oma.common.v1 import jobs_pb2
 from oma_server.errors import InvalidArgument, MessageRejected
 from oma_server.stream import messages as m
 from vma.v1 import stream_pb2
@@ -81,8 +82,8 @@ def _disk_progress(check: _Checker, disk: stream_pb2.DiskProgress) -> m.DiskProg
         bytes_done=check.count(f"{field} bytes_done", disk.bytes_done),
         bytes_total=check.count(f"{field} bytes_total", disk.bytes_total),
         throughput_bytes_per_second=check.count(f"{field} throughput", disk.throughput_bytes_per_second),
-        phase=check.enum(f"{field} phase", stream_pb2.CopyPhase.DESCRIPTOR, disk.phase, "COPY_PHASE_"),
-        mode=check.enum(f"{field} mode", stream_pb2.CopyMode.DESCRIPTOR, disk.mode, "COPY_MODE_"),
+        phase=check.enum(f"{field} phase", jobs_pb2.CopyPhase.DESCRIPTOR, disk.phase, "COPY_PHASE_"),
+        mode=check.enum(f"{field} mode", jobs_pb2.CopyMode.DESCRIPTOR, disk.mode, "COPY_MODE_"),
         resume_token=check.text(f"{field} resume_token", disk.resume_token, m.MAX_RESUME_TOKEN_CHARS),
     )
     _within(check, field, decoded.bytes_done, decoded.bytes_total)
@@ -110,7 +111,7 @@ def decode_progress(report: stream_pb2.ProgressReport) -> m.ProgressReport:
     decoded = m.ProgressReport(
         job_id=report.job_id,
         sequence=report.sequence,
-        phase=check.enum("phase", stream_pb2.CopyPhase.DESCRIPTOR, report.phase, "COPY_PHASE_"),
+        phase=check.enum("phase", jobs_pb2.CopyPhase.DESCRIPTOR, report.phase, "COPY_PHASE_"),
         current_operation=check.text("current_operation", report.current_operation, m.MAX_OPERATION_CHARS),
         bytes_done=check.count("bytes_done", report.bytes_done),
         bytes_total=check.count("bytes_total", report.bytes_total),
@@ -139,7 +140,7 @@ def decode_event(event: stream_pb2.JobEvent) -> m.JobEvent:
             kind=m.EventKind.DISK_COMPLETED,
             disk_id=done.disk_id,
             change_id=check.text("disk_completed.change_id", done.change_id, m.MAX_CHANGE_ID_CHARS),
-            mode=check.enum("disk_completed.mode", stream_pb2.CopyMode.DESCRIPTOR, done.mode, "COPY_MODE_"),
+            mode=check.enum("disk_completed.mode", jobs_pb2.CopyMode.DESCRIPTOR, done.mode, "COPY_MODE_"),
         )
     if kind == "failed":
         failed = event.failed
@@ -149,7 +150,7 @@ def decode_event(event: stream_pb2.JobEvent) -> m.JobEvent:
             kind=m.EventKind.FAILED,
             disk_id=check.text("failed.disk_id", failed.disk_id, m.MAX_ID_CHARS),
             error_class=check.enum(
-                "failed.error_class", stream_pb2.ErrorClass.DESCRIPTOR, failed.error_class, "ERROR_CLASS_"
+                "failed.error_class", jobs_pb2.ErrorClass.DESCRIPTOR, failed.error_class, "ERROR_CLASS_"
             ),
             detail=check.text("failed.detail", failed.detail, m.MAX_DETAIL_CHARS),
         )
@@ -173,7 +174,7 @@ def decode_command_result(result: stream_pb2.CommandResult) -> m.CommandResult:
         command_id=result.command_id,
         outcome=outcome,
         detail=check.text("detail", result.detail, m.MAX_DETAIL_CHARS),
-        error_class=check.enum("error_class", stream_pb2.ErrorClass.DESCRIPTOR, result.error_class, "ERROR_CLASS_"),
+        error_class=check.enum("error_class", jobs_pb2.ErrorClass.DESCRIPTOR, result.error_class, "ERROR_CLASS_"),
         encoded=result.SerializeToString(),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from oma.common.v1 import jobs_pb2
 from oma.v1 import failover_pb2, job_pb2, replication_pb2
 from oma_server.omactl import render
 from oma_server.omactl.client import CliError
@@ -19,7 +20,6 @@ from oma_server.omactl.render import (
     size,
     status_text,
 )
-from vma.v1 import stream_pb2
 
 if TYPE_CHECKING:
     from oma_server.omactl.app import Commands, Context
@@ -38,7 +38,7 @@ def job_kind(job: replication_pb2.ReplicationJob) -> str:
 
 
 def phase(value: int) -> str:
-    return enum_label(stream_pb2.CopyPhase, value, "COPY_PHASE")
+    return enum_label(jobs_pb2.CopyPhase, value, "COPY_PHASE")
 
 
 def failover_status(job: failover_pb2.FailoverJob) -> str:
@@ -53,13 +53,13 @@ def step_status(step: failover_pb2.FailoverStep) -> str:
     return enum_label(failover_pb2.StepStatus, step.status, "STEP_STATUS")
 
 
-def error_text(error: replication_pb2.JobError) -> str:
+def error_text(error: jobs_pb2.JobError) -> str:
     if not (error.reason or error.message):
         return render.NONE
     text = error.message or "no detail"
     extra = [error.reason] if error.reason else []
     if error.error_class:
-        extra.append(enum_label(stream_pb2.ErrorClass, error.error_class, "ERROR_CLASS"))
+        extra.append(enum_label(jobs_pb2.ErrorClass, error.error_class, "ERROR_CLASS"))
     return f"{text} ({', '.join(extra)})" if extra else text
 
 
@@ -97,7 +97,7 @@ def show_replication_job(ctx: Context, job: replication_pb2.ReplicationJob) -> N
             [
                 d.disk_id,
                 d.disk_key,
-                enum_label(stream_pb2.CopyMode, d.mode, "COPY_MODE"),
+                enum_label(jobs_pb2.CopyMode, d.mode, "COPY_MODE"),
                 phase(d.phase),
                 progress_text(d.bytes_done, d.bytes_total),
                 rate(d.throughput_bytes_per_second),

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from oma.common.v1 import inventory_pb2
 from oma_server.db.database import Database
 from oma_server.db.models import ChangeIdRecord, Disk, VmContext, Volume, utcnow
 from oma_server.errors import InvalidArgument, NotFound, Unavailable
 from oma_server.pagination import fetch_page
 from oma_server.stream.outbox import CommandOutbox
-from vma.v1 import inventory_pb2, stream_pb2
+from vma.v1 import stream_pb2
 
 FIRMWARE = {inventory_pb2.FIRMWARE_BIOS: "bios", inventory_pb2.FIRMWARE_EFI: "efi"}
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from oma.common.v1 import inventory_pb2
 from oma.v1 import (
     failover_pb2,
     failover_pb2_grpc,
@@ -26,7 +27,7 @@ from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.server import OmaServer
 from tests.conftest import make_settings
 from tests.factories import Enrolled, RawStream, enroll, inventory, nbdcopy
-from vma.v1 import inventory_pb2, stream_pb2
+from vma.v1 import stream_pb2
 
 MIB = 1 << 20
 TEST = failover_pb2.FAILOVER_JOB_KIND_TEST

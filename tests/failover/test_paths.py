@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from oma.common.v1 import inventory_pb2
 from oma.v1 import failover_pb2, job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc
 from oma_server.db.models import Volume
 from oma_server.server import OmaServer
@@ -32,7 +33,7 @@ from tests.failover.helpers import (
     wait_job,
     world,
 )
-from vma.v1 import inventory_pb2, stream_pb2
+from vma.v1 import stream_pb2
 
 pytestmark = pytest.mark.nbd
 STEP_DONE = (failover_pb2.STEP_STATUS_COMPLETED, failover_pb2.STEP_STATUS_SKIPPED)

@@ -33,6 +33,7 @@ from typing import Any
 
 import grpc
 
+from oma.common.v1 import jobs_pb2
 from oma.v1 import (
     appliance_pb2,
     appliance_pb2_grpc,
@@ -91,7 +92,7 @@ def _disk_done(job: str, disk: str, seq: int, change_id: str) -> stream_pb2.JobE
     return stream_pb2.JobEvent(
         job_id=job,
         sequence=seq,
-        disk_completed=stream_pb2.DiskCompleted(disk_id=disk, change_id=change_id, mode=stream_pb2.COPY_MODE_FULL),
+        disk_completed=stream_pb2.DiskCompleted(disk_id=disk, change_id=change_id, mode=jobs_pb2.COPY_MODE_FULL),
     )
 
 
@@ -102,7 +103,7 @@ def _progress(
     return stream_pb2.ProgressReport(
         job_id=job,
         sequence=seq,
-        phase=stream_pb2.COPY_PHASE_COPYING,
+        phase=jobs_pb2.COPY_PHASE_COPYING,
         current_operation=f"copied {done} of {total} bytes",
         bytes_done=done,
         bytes_total=total,
@@ -112,8 +113,8 @@ def _progress(
                 disk_id=d,
                 bytes_done=c,
                 bytes_total=s,
-                phase=stream_pb2.COPY_PHASE_DONE if c == s else stream_pb2.COPY_PHASE_COPYING,
-                mode=stream_pb2.COPY_MODE_FULL,
+                phase=jobs_pb2.COPY_PHASE_DONE if c == s else jobs_pb2.COPY_PHASE_COPYING,
+                mode=jobs_pb2.COPY_MODE_FULL,
                 resume_token=f"{d}:{c}",
             )
             for d, c, s in zip(disks, copied, sizes, strict=True)

@@ -8,6 +8,7 @@ import json
 import grpc
 import pytest
 
+from oma.common.v1 import jobs_pb2
 from oma_server.server import OmaServer
 from tests.factories import RawStream, completed, disk_done, enroll, progress, seed_job, started
 from tests.omactl.conftest import assert_one_error_line, run_omactl, spawn_omactl
@@ -117,7 +118,7 @@ async def test_watch_prints_progress_lines_and_exits_0_on_completed(
     lines += await _read_line_with(watch.stdout, "50.0%")
     await stream.send(event=disk_done(job, 3, 0, "cid-a"))
     await stream.send(event=disk_done(job, 4, 1, "cid-b"))
-    await stream.send(progress=progress(job, 5, total, phase=stream_pb2.COPY_PHASE_DONE, current_operation="Done"))
+    await stream.send(progress=progress(job, 5, total, phase=jobs_pb2.COPY_PHASE_DONE, current_operation="Done"))
     await stream.send(event=completed(job, 6))
     code = await asyncio.wait_for(watch.wait(), 10)
     rest = (await watch.stdout.read()).decode().splitlines()
@@ -146,7 +147,7 @@ async def test_watch_json_lines_and_exit_1_on_failed(address: str, oma: OmaServe
         event=stream_pb2.JobEvent(
             job_id=job.id,
             sequence=2,
-            failed=stream_pb2.JobFailed(error_class=stream_pb2.ERROR_CLASS_SNAPSHOT_FAILED, detail="vCenter said no"),
+            failed=stream_pb2.JobFailed(error_class=jobs_pb2.ERROR_CLASS_SNAPSHOT_FAILED, detail="vCenter said no"),
         )
     )
     code = await asyncio.wait_for(watch.wait(), 10)

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import grpc
 from rich.console import Console
 
+from oma.common.v1 import jobs_pb2
 from oma.v1 import job_pb2, job_pb2_grpc, replication_pb2
 from oma_server.omactl.render import Output
 from oma_server.omactl.watch import BarRenderer
 from tests.omactl.conftest import run_omactl
-from vma.v1 import stream_pb2
 
 MIB = 1 << 20
 
@@ -25,7 +25,7 @@ def job_update(revision: int, status: int, done: int, kind: int = job_pb2.UPDATE
         vm_context_id="vm-1",
         kind=replication_pb2.REPLICATION_JOB_KIND_INITIAL,
         status=status,  # type: ignore[arg-type]
-        phase=stream_pb2.COPY_PHASE_COPYING,
+        phase=jobs_pb2.COPY_PHASE_COPYING,
         current_operation=f"copying {done} of {total}",
         bytes_done=done,
         bytes_total=total,

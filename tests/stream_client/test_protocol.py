@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from oma.common.v1 import jobs_pb2
 from oma.v1 import gateway_pb2
 from tests.stream_client.conftest import APPLIANCE_ID, CREDENTIAL, ClientFactory, free_port
 from tests.stream_client.fake_gateway import FakeGateway, FakeOma
@@ -19,7 +20,7 @@ from vma_client_stubs.stream_client import AuthenticationError, ClientStoppedErr
 
 def progress(job: str, done: int) -> stream_pb2.ProgressReport:
     return stream_pb2.ProgressReport(
-        job_id=job, bytes_done=done, bytes_total=1000, phase=stream_pb2.COPY_PHASE_COPYING, current_operation="copy"
+        job_id=job, bytes_done=done, bytes_total=1000, phase=jobs_pb2.COPY_PHASE_COPYING, current_operation="copy"
     )
 
 
@@ -270,7 +271,7 @@ async def test_commands_are_dispatched_by_kind_and_deduplicated(
     assert gateway.results["c1"].outcome == stream_pb2.COMMAND_OUTCOME_SUCCEEDED
     assert gateway.results["c1"].HasField("discovery")
     assert gateway.results["c2"].outcome == stream_pb2.COMMAND_OUTCOME_FAILED
-    assert gateway.results["c2"].error_class == stream_pb2.ERROR_CLASS_INTERNAL
+    assert gateway.results["c2"].error_class == jobs_pb2.ERROR_CLASS_INTERNAL
     assert "vCenter said no" in gateway.results["c2"].detail
     assert gateway.results["c3"].outcome == stream_pb2.COMMAND_OUTCOME_REJECTED
     await client.wait_acked(5)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from oma.common.v1 import jobs_pb2
 from oma.v1 import replication_pb2
 from oma_server.app import App
 from oma_server.db.models import ChangeIdRecord
@@ -99,18 +100,18 @@ class MiniAgent:
                         disk_id=disk.disk_id,
                         change_id=f"cid-{disk.disk_id}",
                         bytes_copied=disk.capacity_bytes,
-                        mode=stream_pb2.COPY_MODE_FULL,
+                        mode=jobs_pb2.COPY_MODE_FULL,
                     ),
                 )
             )
-        await self.client.report_progress(self.report(start, total, phase=stream_pb2.COPY_PHASE_DONE))
+        await self.client.report_progress(self.report(start, total, phase=jobs_pb2.COPY_PHASE_DONE))
         await self.client.emit_event(
             stream_pb2.JobEvent(job_id=job_id, completed=stream_pb2.JobCompleted(bytes_copied=total))
         )
 
     @staticmethod
     def report(
-        start: stream_pb2.StartReplicationCommand, done: int, phase: int = stream_pb2.COPY_PHASE_COPYING
+        start: stream_pb2.StartReplicationCommand, done: int, phase: int = jobs_pb2.COPY_PHASE_COPYING
     ) -> stream_pb2.ProgressReport:
         total = sum(d.capacity_bytes for d in start.disks)
         return stream_pb2.ProgressReport(
@@ -126,7 +127,7 @@ class MiniAgent:
                     bytes_done=done * d.capacity_bytes // max(total, 1),
                     bytes_total=d.capacity_bytes,
                     phase=phase,  # type: ignore[arg-type]
-                    mode=stream_pb2.COPY_MODE_FULL,
+                    mode=jobs_pb2.COPY_MODE_FULL,
                 )
                 for d in start.disks
             ],
@@ -300,7 +301,7 @@ async def test_long_texts_are_shortened_by_the_client_not_refused_by_the_oma(
         await client.emit_event(
             stream_pb2.JobEvent(
                 job_id=job.id,
-                failed=stream_pb2.JobFailed(error_class=stream_pb2.ERROR_CLASS_INTERNAL, detail="why " * 3000),
+                failed=stream_pb2.JobFailed(error_class=jobs_pb2.ERROR_CLASS_INTERNAL, detail="why " * 3000),
             )
         )
         failed = await wait_status(operator, job.id, replication_pb2.REPLICATION_JOB_STATUS_FAILED)

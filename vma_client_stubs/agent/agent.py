@@ -34,6 +34,7 @@ from typing import Any
 from google.protobuf import duration_pb2
 from loguru import logger
 
+from oma.common.v1 import jobs_pb2
 from vma.v1 import agent_service_pb2, stream_pb2
 from vma_client_stubs.agent.copier import (
     CopyCancelled,
@@ -97,8 +98,8 @@ class DiskRun:
     snapshot_path: Path | None = None
     plan: Plan | None = None
     fresh_target: bool = True
-    mode: int = stream_pb2.COPY_MODE_UNSPECIFIED
-    phase: int = stream_pb2.COPY_PHASE_PREPARING
+    mode: int = jobs_pb2.COPY_MODE_UNSPECIFIED
+    phase: int = jobs_pb2.COPY_PHASE_PREPARING
     resume_from: int = 0
     progress: CopyProgress | None = None
     throughput: float = 0.0
@@ -130,7 +131,7 @@ class JobRunner:
     task: asyncio.Task[None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     stop_reason: str = ""  # "cancel" (the OMA asked) or "shutdown" (the agent stops; the job resumes later)
-    phase: int = stream_pb2.COPY_PHASE_PREPARING
+    phase: int = jobs_pb2.COPY_PHASE_PREPARING
     operation: str = "Preparing"
     latest: stream_pb2.ProgressReport | None = None
     started_at: float = field(default_factory=time.monotonic)
@@ -407,7 +408,7 @@ class Agent:
                     disk_id=disk.record.disk_id,
                     bytes_done=min(disk.done, disk.total),
                     bytes_total=disk.total,
-                    throughput_bytes_per_second=int(throughput) if disk.phase == stream_pb2.COPY_PHASE_COPYING else 0,
+                    throughput_bytes_per_second=int(throughput) if disk.phase == jobs_pb2.COPY_PHASE_COPYING else 0,
                     phase=disk.phase,  # type: ignore[arg-type]
                     mode=disk.mode,  # type: ignore[arg-type]
                     resume_token=disk.token,
@@ -438,9 +439,9 @@ class Agent:
         reporter: asyncio.Task[None] | None = None
         try:
             runner.disks = [DiskRun(target=t, record=record.disks[t.disk_id]) for t in record.command.disks]
-            runner.phase, runner.operation = stream_pb2.COPY_PHASE_SNAPSHOTTING, "Taking the VM snapshot"
+            runner.phase, runner.operation = jobs_pb2.COPY_PHASE_SNAPSHOTTING, "Taking the VM snapshot"
             for disk in runner.disks:
-                disk.phase = stream_pb2.COPY_PHASE_SNAPSHOTTING if not disk.record.completed else disk.phase
+                disk.phase = jobs_pb2.COPY_PHASE_SNAPSHOTTING if not disk.record.completed else disk.phase
             snapshot = await self._snapshot(runner, log)
             if not record.started_event:
                 await self._emit(
@@ -448,7 +449,7 @@ class Agent:
                 )
                 record.started_event = True
                 await self._save(record)
-            runner.phase, runner.operation = stream_pb2.COPY_PHASE_QUERYING_CHANGES, "Querying changed areas"
+            runner.phase, runner.operation = jobs_pb2.COPY_PHASE_QUERYING_CHANGES, "Querying changed areas"
             for disk in runner.disks:
                 await self._plan(disk, snapshot, log)
             reporter = asyncio.create_task(self._report_loop(runner))
@@ -456,7 +457,7 @@ class Agent:
                 if disk.record.completed:
                     continue
                 await self._copy_disk(runner, disk, snapshot, log)
-            runner.phase, runner.operation = stream_pb2.COPY_PHASE_DONE, "Completed"
+            runner.phase, runner.operation = jobs_pb2.COPY_PHASE_DONE, "Completed"
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
@@ -494,7 +495,7 @@ class Agent:
                 record.job_id,
                 stream_pb2.JobEvent(
                     failed=stream_pb2.JobFailed(
-                        error_class=stream_pb2.ErrorClass.Value(f"ERROR_CLASS_{failure.error_class}"),  # type: ignore[arg-type]
+                        error_class=jobs_pb2.ErrorClass.Value(f"ERROR_CLASS_{failure.error_class}"),  # type: ignore[arg-type]
                         detail=failure.detail,
                         disk_id=failure.disk_id,
                     )
@@ -508,7 +509,7 @@ class Agent:
                 record.job_id,
                 stream_pb2.JobEvent(
                     failed=stream_pb2.JobFailed(
-                        error_class=stream_pb2.ERROR_CLASS_INTERNAL, detail=f"appliance error: {record.detail}"
+                        error_class=jobs_pb2.ERROR_CLASS_INTERNAL, detail=f"appliance error: {record.detail}"
                     )
                 ),
             )
@@ -576,14 +577,14 @@ class Agent:
                 reason = f"previous change id invalid: {exc}"
         if changed is not None:
             disk.plan = Plan.incremental(changed)
-            disk.mode = stream_pb2.COPY_MODE_INCREMENTAL
+            disk.mode = jobs_pb2.COPY_MODE_INCREMENTAL
             disk.fresh_target = False
         else:
             allocated = await asyncio.to_thread(allocated_extents, sdisk.path)
             # Only a volume the OMA created for this job is known to be all zeros; anything else gets zeros written.
             disk.fresh_target = target.target_is_new
             disk.plan = Plan.full(allocated, sdisk.capacity_bytes, fresh_target=disk.fresh_target)
-            disk.mode = stream_pb2.COPY_MODE_FULL
+            disk.mode = jobs_pb2.COPY_MODE_FULL
             if target.previous_change_id:
                 log.warning("disk {disk}: full copy: {reason}", disk=target.disk_id, reason=reason)
             else:
@@ -592,9 +593,9 @@ class Agent:
         disk.record.full_copy_reason = reason
         disk.record.bytes_total = disk.plan.total_bytes
         if disk.record.completed:
-            disk.phase = stream_pb2.COPY_PHASE_DONE
+            disk.phase = jobs_pb2.COPY_PHASE_DONE
             return
-        disk.phase = stream_pb2.COPY_PHASE_QUERYING_CHANGES
+        disk.phase = jobs_pb2.COPY_PHASE_QUERYING_CHANGES
         if disk.record.acked_token:
             try:
                 point = ResumePoint.decode(disk.record.acked_token)
@@ -640,8 +641,8 @@ class Agent:
             checkpoint_interval_s=opts.checkpoint_interval_s,
             max_bytes_per_second=opts.max_bytes_per_second,
         )
-        disk.phase = runner.phase = stream_pb2.COPY_PHASE_COPYING
-        mode = "incremental" if disk.mode == stream_pb2.COPY_MODE_INCREMENTAL else "full"
+        disk.phase = runner.phase = jobs_pb2.COPY_PHASE_COPYING
+        mode = "incremental" if disk.mode == jobs_pb2.COPY_MODE_INCREMENTAL else "full"
         runner.operation = f"Copying disk {target.disk_key} ({mode})"
         disk.progress = copier.progress()
         written_before = disk.record.bytes_written
@@ -675,7 +676,7 @@ class Agent:
         disk.bytes_written_run = result.bytes_written
         disk.record.bytes_written = written_before + result.bytes_written
         disk.record.bytes_zeroed = zeroed_before + result.bytes_zeroed
-        disk.phase = stream_pb2.COPY_PHASE_FINALIZING
+        disk.phase = jobs_pb2.COPY_PHASE_FINALIZING
         change_id = snapshot.disk(target.disk_key).change_id
         log.info(
             "disk {disk} copied ({mode}): {done} bytes in {s:.2f} s ({mibs:.0f} MiB/s), {w} written, {z} zeroed, "
@@ -690,7 +691,7 @@ class Agent:
             sk=result.bytes_skipped,
             r=result.resume_from,
         )
-        disk.phase = stream_pb2.COPY_PHASE_DONE
+        disk.phase = jobs_pb2.COPY_PHASE_DONE
         await self._report(runner)
         await self._emit(
             record.job_id,
@@ -731,5 +732,5 @@ class _Stopped(Exception):
 
 def _rejected(detail: str) -> stream_pb2.CommandResult:
     return stream_pb2.CommandResult(
-        outcome=stream_pb2.COMMAND_OUTCOME_REJECTED, error_class=stream_pb2.ERROR_CLASS_INVALID_COMMAND, detail=detail
+        outcome=stream_pb2.COMMAND_OUTCOME_REJECTED, error_class=jobs_pb2.ERROR_CLASS_INVALID_COMMAND, detail=detail
     )

@@ -41,7 +41,7 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from vma.v1 import inventory_pb2
+from oma.common.v1 import inventory_pb2
 from vma_client_stubs.agent.extents import Extent, allocated_extents, clip, merge
 
 MIB = 1 << 20

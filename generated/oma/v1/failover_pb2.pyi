@@ -1,5 +1,5 @@
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
-from oma.v1 import replication_pb2 as _replication_pb2
+from oma.common.v1 import jobs_pb2 as _jobs_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -88,12 +88,12 @@ class FailoverJob(_message.Message):
     target_vm_id: str
     target_vm_name: str
     snapshot_ids: _containers.RepeatedScalarFieldContainer[str]
-    error: _replication_pb2.JobError
+    error: _jobs_pb2.JobError
     revision: int
     created_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
     current_step: str
-    def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., kind: _Optional[_Union[FailoverJobKind, str]] = ..., status: _Optional[_Union[FailoverJobStatus, str]] = ..., steps: _Optional[_Iterable[_Union[FailoverStep, _Mapping]]] = ..., target_vm_id: _Optional[str] = ..., target_vm_name: _Optional[str] = ..., snapshot_ids: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[_replication_pb2.JobError, _Mapping]] = ..., revision: _Optional[int] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., current_step: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., kind: _Optional[_Union[FailoverJobKind, str]] = ..., status: _Optional[_Union[FailoverJobStatus, str]] = ..., steps: _Optional[_Iterable[_Union[FailoverStep, _Mapping]]] = ..., target_vm_id: _Optional[str] = ..., target_vm_name: _Optional[str] = ..., snapshot_ids: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[_jobs_pb2.JobError, _Mapping]] = ..., revision: _Optional[int] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., current_step: _Optional[str] = ...) -> None: ...
 
 class ReadinessCheck(_message.Message):
     __slots__ = ("name", "passed", "reason")

@@ -24,46 +24,44 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from vma.v1 import stream_pb2 as vma_dot_v1_dot_stream__pb2
+from oma.common.v1 import jobs_pb2 as oma_dot_common_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18oma/v1/replication.proto\x12\x06oma.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13vma/v1/stream.proto\"\xbd\x02\n\x17\x44iskReplicationProgress\x12\x0f\n\x07\x64isk_id\x18\x01 \x01(\t\x12\x10\n\x08\x64isk_key\x18\x02 \x01(\x05\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\x12#\n\x1bthroughput_bytes_per_second\x18\x05 \x01(\x04\x12 \n\x05phase\x18\x06 \x01(\x0e\x32\x11.vma.v1.CopyPhase\x12\x1e\n\x04mode\x18\x07 \x01(\x0e\x32\x10.vma.v1.CopyMode\x12\x1a\n\x12previous_change_id\x18\x08 \x01(\t\x12\x15\n\rnew_change_id\x18\t \x01(\t\x12\x11\n\tcompleted\x18\n \x01(\x08\x12\x0f\n\x07nbd_uri\x18\x0b \x01(\t\x12\x18\n\x10\x66ull_copy_reason\x18\x0c \x01(\t\"T\n\x08JobError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x0b\x65rror_class\x18\x03 \x01(\x0e\x32\x12.vma.v1.ErrorClass\"\xb2\x05\n\x0eReplicationJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rvm_context_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61ppliance_id\x18\x03 \x01(\t\x12(\n\x04kind\x18\x04 \x01(\x0e\x32\x1a.oma.v1.ReplicationJobKind\x12,\n\x06status\x18\x05 \x01(\x0e\x32\x1c.oma.v1.ReplicationJobStatus\x12 \n\x05phase\x18\x06 \x01(\x0e\x32\x11.vma.v1.CopyPhase\x12\x19\n\x11\x63urrent_operation\x18\x07 \x01(\t\x12\x12\n\nbytes_done\x18\x08 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\t \x01(\x04\x12\x0f\n\x07percent\x18\n \x01(\x01\x12#\n\x1bthroughput_bytes_per_second\x18\x0b \x01(\x04\x12&\n\x03\x65ta\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x05\x64isks\x18\r \x03(\x0b\x32\x1f.oma.v1.DiskReplicationProgress\x12\x1f\n\x05\x65rror\x18\x0e \x01(\x0b\x32\x10.oma.v1.JobError\x12\x15\n\rlast_sequence\x18\x0f \x01(\x04\x12\x10\n\x08revision\x18\x10 \x01(\x04\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08retry_of\x18\x15 \x01(\t\"n\n\x17StartReplicationRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.oma.v1.ReplicationJobKind\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"?\n\x18StartReplicationResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.oma.v1.ReplicationJob\"&\n\x18GetReplicationJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x19GetReplicationJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.oma.v1.ReplicationJob\"\xa0\x01\n\x1aListReplicationJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rvm_context_id\x18\x03 \x01(\t\x12.\n\x08statuses\x18\x04 \x03(\x0e\x32\x1c.oma.v1.ReplicationJobStatus\x12\x14\n\x0c\x61ppliance_id\x18\x05 \x01(\t\"\\\n\x1bListReplicationJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.oma.v1.ReplicationJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x1b\x43\x61ncelReplicationJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"C\n\x1c\x43\x61ncelReplicationJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.oma.v1.ReplicationJob\"(\n\x1aRetryReplicationJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"B\n\x1bRetryReplicationJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.oma.v1.ReplicationJob*\xa2\x01\n\x12ReplicationJobKind\x12$\n REPLICATION_JOB_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cREPLICATION_JOB_KIND_INITIAL\x10\x01\x12$\n REPLICATION_JOB_KIND_INCREMENTAL\x10\x02\x12\x1e\n\x1aREPLICATION_JOB_KIND_FINAL\x10\x03*\xc0\x03\n\x14ReplicationJobStatus\x12&\n\"REPLICATION_JOB_STATUS_UNSPECIFIED\x10\x00\x12\"\n\x1eREPLICATION_JOB_STATUS_PENDING\x10\x01\x12\'\n#REPLICATION_JOB_STATUS_PROVISIONING\x10\x02\x12*\n&REPLICATION_JOB_STATUS_WAITING_FOR_VMA\x10\x03\x12&\n\"REPLICATION_JOB_STATUS_REPLICATING\x10\x04\x12\"\n\x1eREPLICATION_JOB_STATUS_STALLED\x10\x05\x12%\n!REPLICATION_JOB_STATUS_COMPLETING\x10\x06\x12$\n REPLICATION_JOB_STATUS_COMPLETED\x10\x07\x12!\n\x1dREPLICATION_JOB_STATUS_FAILED\x10\x08\x12%\n!REPLICATION_JOB_STATUS_CANCELLING\x10\t\x12$\n REPLICATION_JOB_STATUS_CANCELLED\x10\n2\xe8\x03\n\x12ReplicationService\x12U\n\x10StartReplication\x12\x1f.oma.v1.StartReplicationRequest\x1a .oma.v1.StartReplicationResponse\x12X\n\x11GetReplicationJob\x12 .oma.v1.GetReplicationJobRequest\x1a!.oma.v1.GetReplicationJobResponse\x12^\n\x13ListReplicationJobs\x12\".oma.v1.ListReplicationJobsRequest\x1a#.oma.v1.ListReplicationJobsResponse\x12\x61\n\x14\x43\x61ncelReplicationJob\x12#.oma.v1.CancelReplicationJobRequest\x1a$.oma.v1.CancelReplicationJobResponse\x12^\n\x13RetryReplicationJob\x12\".oma.v1.RetryReplicationJobRequest\x1a#.oma.v1.RetryReplicationJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18oma/v1/replication.proto\x12\x06oma.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18oma/common/v1/jobs.proto\"\xcb\x02\n\x17\x44iskReplicationProgress\x12\x0f\n\x07\x64isk_id\x18\x01 \x01(\t\x12\x10\n\x08\x64isk_key\x18\x02 \x01(\x05\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\x12#\n\x1bthroughput_bytes_per_second\x18\x05 \x01(\x04\x12\'\n\x05phase\x18\x06 \x01(\x0e\x32\x18.oma.common.v1.CopyPhase\x12%\n\x04mode\x18\x07 \x01(\x0e\x32\x17.oma.common.v1.CopyMode\x12\x1a\n\x12previous_change_id\x18\x08 \x01(\t\x12\x15\n\rnew_change_id\x18\t \x01(\t\x12\x11\n\tcompleted\x18\n \x01(\x08\x12\x0f\n\x07nbd_uri\x18\x0b \x01(\t\x12\x18\n\x10\x66ull_copy_reason\x18\x0c \x01(\t\"\xc0\x05\n\x0eReplicationJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rvm_context_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61ppliance_id\x18\x03 \x01(\t\x12(\n\x04kind\x18\x04 \x01(\x0e\x32\x1a.oma.v1.ReplicationJobKind\x12,\n\x06status\x18\x05 \x01(\x0e\x32\x1c.oma.v1.ReplicationJobStatus\x12\'\n\x05phase\x18\x06 \x01(\x0e\x32\x18.oma.common.v1.CopyPhase\x12\x19\n\x11\x63urrent_operation\x18\x07 \x01(\t\x12\x12\n\nbytes_done\x18\x08 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\t \x01(\x04\x12\x0f\n\x07percent\x18\n \x01(\x01\x12#\n\x1bthroughput_bytes_per_second\x18\x0b \x01(\x04\x12&\n\x03\x65ta\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x05\x64isks\x18\r \x03(\x0b\x32\x1f.oma.v1.DiskReplicationProgress\x12&\n\x05\x65rror\x18\x0e \x01(\x0b\x32\x17.oma.common.v1.JobError\x12\x15\n\rlast_sequence\x18\x0f \x01(\x04\x12\x10\n\x08revision\x18\x10 \x01(\x04\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08retry_of\x18\x15 \x01(\t\"n\n\x17StartReplicationRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.oma.v1.ReplicationJobKind\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"?\n\x18StartReplicationResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.oma.v1.ReplicationJob\"&\n\x18GetReplicationJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x19GetReplicationJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.oma.v1.ReplicationJob\"\xa0\x01\n\x1aListReplicationJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rvm_context_id\x18\x03 \x01(\t\x12.\n\x08statuses\x18\x04 \x03(\x0e\x32\x1c.oma.v1.ReplicationJobStatus\x12\x14\n\x0c\x61ppliance_id\x18\x05 \x01(\t\"\\\n\x1bListReplicationJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.oma.v1.ReplicationJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x1b\x43\x61ncelReplicationJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"C\n\x1c\x43\x61ncelReplicationJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.oma.v1.ReplicationJob\"(\n\x1aRetryReplicationJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"B\n\x1bRetryReplicationJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.oma.v1.ReplicationJob*\xa2\x01\n\x12ReplicationJobKind\x12$\n REPLICATION_JOB_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cREPLICATION_JOB_KIND_INITIAL\x10\x01\x12$\n REPLICATION_JOB_KIND_INCREMENTAL\x10\x02\x12\x1e\n\x1aREPLICATION_JOB_KIND_FINAL\x10\x03*\xc0\x03\n\x14ReplicationJobStatus\x12&\n\"REPLICATION_JOB_STATUS_UNSPECIFIED\x10\x00\x12\"\n\x1eREPLICATION_JOB_STATUS_PENDING\x10\x01\x12\'\n#REPLICATION_JOB_STATUS_PROVISIONING\x10\x02\x12*\n&REPLICATION_JOB_STATUS_WAITING_FOR_VMA\x10\x03\x12&\n\"REPLICATION_JOB_STATUS_REPLICATING\x10\x04\x12\"\n\x1eREPLICATION_JOB_STATUS_STALLED\x10\x05\x12%\n!REPLICATION_JOB_STATUS_COMPLETING\x10\x06\x12$\n REPLICATION_JOB_STATUS_COMPLETED\x10\x07\x12!\n\x1dREPLICATION_JOB_STATUS_FAILED\x10\x08\x12%\n!REPLICATION_JOB_STATUS_CANCELLING\x10\t\x12$\n REPLICATION_JOB_STATUS_CANCELLED\x10\n2\xe8\x03\n\x12ReplicationService\x12U\n\x10StartReplication\x12\x1f.oma.v1.StartReplicationRequest\x1a .oma.v1.StartReplicationResponse\x12X\n\x11GetReplicationJob\x12 .oma.v1.GetReplicationJobRequest\x1a!.oma.v1.GetReplicationJobResponse\x12^\n\x13ListReplicationJobs\x12\".oma.v1.ListReplicationJobsRequest\x1a#.oma.v1.ListReplicationJobsResponse\x12\x61\n\x14\x43\x61ncelReplicationJob\x12#.oma.v1.CancelReplicationJobRequest\x1a$.oma.v1.CancelReplicationJobResponse\x12^\n\x13RetryReplicationJob\x12\".oma.v1.RetryReplicationJobRequest\x1a#.oma.v1.RetryReplicationJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oma.v1.replication_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICATIONJOBKIND']._serialized_start=1984
-  _globals['_REPLICATIONJOBKIND']._serialized_end=2146
-  _globals['_REPLICATIONJOBSTATUS']._serialized_start=2149
-  _globals['_REPLICATIONJOBSTATUS']._serialized_end=2597
-  _globals['_DISKREPLICATIONPROGRESS']._serialized_start=123
-  _globals['_DISKREPLICATIONPROGRESS']._serialized_end=440
-  _globals['_JOBERROR']._serialized_start=442
-  _globals['_JOBERROR']._serialized_end=526
-  _globals['_REPLICATIONJOB']._serialized_start=529
-  _globals['_REPLICATIONJOB']._serialized_end=1219
-  _globals['_STARTREPLICATIONREQUEST']._serialized_start=1221
-  _globals['_STARTREPLICATIONREQUEST']._serialized_end=1331
-  _globals['_STARTREPLICATIONRESPONSE']._serialized_start=1333
-  _globals['_STARTREPLICATIONRESPONSE']._serialized_end=1396
-  _globals['_GETREPLICATIONJOBREQUEST']._serialized_start=1398
-  _globals['_GETREPLICATIONJOBREQUEST']._serialized_end=1436
-  _globals['_GETREPLICATIONJOBRESPONSE']._serialized_start=1438
-  _globals['_GETREPLICATIONJOBRESPONSE']._serialized_end=1502
-  _globals['_LISTREPLICATIONJOBSREQUEST']._serialized_start=1505
-  _globals['_LISTREPLICATIONJOBSREQUEST']._serialized_end=1665
-  _globals['_LISTREPLICATIONJOBSRESPONSE']._serialized_start=1667
-  _globals['_LISTREPLICATIONJOBSRESPONSE']._serialized_end=1759
-  _globals['_CANCELREPLICATIONJOBREQUEST']._serialized_start=1761
-  _globals['_CANCELREPLICATIONJOBREQUEST']._serialized_end=1802
-  _globals['_CANCELREPLICATIONJOBRESPONSE']._serialized_start=1804
-  _globals['_CANCELREPLICATIONJOBRESPONSE']._serialized_end=1871
-  _globals['_RETRYREPLICATIONJOBREQUEST']._serialized_start=1873
-  _globals['_RETRYREPLICATIONJOBREQUEST']._serialized_end=1913
-  _globals['_RETRYREPLICATIONJOBRESPONSE']._serialized_start=1915
-  _globals['_RETRYREPLICATIONJOBRESPONSE']._serialized_end=1981
-  _globals['_REPLICATIONSERVICE']._serialized_start=2600
-  _globals['_REPLICATIONSERVICE']._serialized_end=3088
+  _globals['_REPLICATIONJOBKIND']._serialized_start=1931
+  _globals['_REPLICATIONJOBKIND']._serialized_end=2093
+  _globals['_REPLICATIONJOBSTATUS']._serialized_start=2096
+  _globals['_REPLICATIONJOBSTATUS']._serialized_end=2544
+  _globals['_DISKREPLICATIONPROGRESS']._serialized_start=128
+  _globals['_DISKREPLICATIONPROGRESS']._serialized_end=459
+  _globals['_REPLICATIONJOB']._serialized_start=462
+  _globals['_REPLICATIONJOB']._serialized_end=1166
+  _globals['_STARTREPLICATIONREQUEST']._serialized_start=1168
+  _globals['_STARTREPLICATIONREQUEST']._serialized_end=1278
+  _globals['_STARTREPLICATIONRESPONSE']._serialized_start=1280
+  _globals['_STARTREPLICATIONRESPONSE']._serialized_end=1343
+  _globals['_GETREPLICATIONJOBREQUEST']._serialized_start=1345
+  _globals['_GETREPLICATIONJOBREQUEST']._serialized_end=1383
+  _globals['_GETREPLICATIONJOBRESPONSE']._serialized_start=1385
+  _globals['_GETREPLICATIONJOBRESPONSE']._serialized_end=1449
+  _globals['_LISTREPLICATIONJOBSREQUEST']._serialized_start=1452
+  _globals['_LISTREPLICATIONJOBSREQUEST']._serialized_end=1612
+  _globals['_LISTREPLICATIONJOBSRESPONSE']._serialized_start=1614
+  _globals['_LISTREPLICATIONJOBSRESPONSE']._serialized_end=1706
+  _globals['_CANCELREPLICATIONJOBREQUEST']._serialized_start=1708
+  _globals['_CANCELREPLICATIONJOBREQUEST']._serialized_end=1749
+  _globals['_CANCELREPLICATIONJOBRESPONSE']._serialized_start=1751
+  _globals['_CANCELREPLICATIONJOBRESPONSE']._serialized_end=1818
+  _globals['_RETRYREPLICATIONJOBREQUEST']._serialized_start=1820
+  _globals['_RETRYREPLICATIONJOBREQUEST']._serialized_end=1860
+  _globals['_RETRYREPLICATIONJOBRESPONSE']._serialized_start=1862
+  _globals['_RETRYREPLICATIONJOBRESPONSE']._serialized_end=1928
+  _globals['_REPLICATIONSERVICE']._serialized_start=2547
+  _globals['_REPLICATIONSERVICE']._serialized_end=3035
 # @@protoc_insertion_point(module_scope)

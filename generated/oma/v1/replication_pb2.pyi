@@ -1,6 +1,6 @@
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
-from vma.v1 import stream_pb2 as _stream_pb2
+from oma.common.v1 import jobs_pb2 as _jobs_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -64,24 +64,14 @@ class DiskReplicationProgress(_message.Message):
     bytes_done: int
     bytes_total: int
     throughput_bytes_per_second: int
-    phase: _stream_pb2.CopyPhase
-    mode: _stream_pb2.CopyMode
+    phase: _jobs_pb2.CopyPhase
+    mode: _jobs_pb2.CopyMode
     previous_change_id: str
     new_change_id: str
     completed: bool
     nbd_uri: str
     full_copy_reason: str
-    def __init__(self, disk_id: _Optional[str] = ..., disk_key: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., throughput_bytes_per_second: _Optional[int] = ..., phase: _Optional[_Union[_stream_pb2.CopyPhase, str]] = ..., mode: _Optional[_Union[_stream_pb2.CopyMode, str]] = ..., previous_change_id: _Optional[str] = ..., new_change_id: _Optional[str] = ..., completed: bool = ..., nbd_uri: _Optional[str] = ..., full_copy_reason: _Optional[str] = ...) -> None: ...
-
-class JobError(_message.Message):
-    __slots__ = ("reason", "message", "error_class")
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    ERROR_CLASS_FIELD_NUMBER: _ClassVar[int]
-    reason: str
-    message: str
-    error_class: _stream_pb2.ErrorClass
-    def __init__(self, reason: _Optional[str] = ..., message: _Optional[str] = ..., error_class: _Optional[_Union[_stream_pb2.ErrorClass, str]] = ...) -> None: ...
+    def __init__(self, disk_id: _Optional[str] = ..., disk_key: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., throughput_bytes_per_second: _Optional[int] = ..., phase: _Optional[_Union[_jobs_pb2.CopyPhase, str]] = ..., mode: _Optional[_Union[_jobs_pb2.CopyMode, str]] = ..., previous_change_id: _Optional[str] = ..., new_change_id: _Optional[str] = ..., completed: bool = ..., nbd_uri: _Optional[str] = ..., full_copy_reason: _Optional[str] = ...) -> None: ...
 
 class ReplicationJob(_message.Message):
     __slots__ = ("id", "vm_context_id", "appliance_id", "kind", "status", "phase", "current_operation", "bytes_done", "bytes_total", "percent", "throughput_bytes_per_second", "eta", "disks", "error", "last_sequence", "revision", "created_at", "started_at", "finished_at", "updated_at", "retry_of")
@@ -111,7 +101,7 @@ class ReplicationJob(_message.Message):
     appliance_id: str
     kind: ReplicationJobKind
     status: ReplicationJobStatus
-    phase: _stream_pb2.CopyPhase
+    phase: _jobs_pb2.CopyPhase
     current_operation: str
     bytes_done: int
     bytes_total: int
@@ -119,7 +109,7 @@ class ReplicationJob(_message.Message):
     throughput_bytes_per_second: int
     eta: _duration_pb2.Duration
     disks: _containers.RepeatedCompositeFieldContainer[DiskReplicationProgress]
-    error: JobError
+    error: _jobs_pb2.JobError
     last_sequence: int
     revision: int
     created_at: _timestamp_pb2.Timestamp
@@ -127,7 +117,7 @@ class ReplicationJob(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     retry_of: str
-    def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., appliance_id: _Optional[str] = ..., kind: _Optional[_Union[ReplicationJobKind, str]] = ..., status: _Optional[_Union[ReplicationJobStatus, str]] = ..., phase: _Optional[_Union[_stream_pb2.CopyPhase, str]] = ..., current_operation: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., percent: _Optional[float] = ..., throughput_bytes_per_second: _Optional[int] = ..., eta: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., disks: _Optional[_Iterable[_Union[DiskReplicationProgress, _Mapping]]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., last_sequence: _Optional[int] = ..., revision: _Optional[int] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., retry_of: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., appliance_id: _Optional[str] = ..., kind: _Optional[_Union[ReplicationJobKind, str]] = ..., status: _Optional[_Union[ReplicationJobStatus, str]] = ..., phase: _Optional[_Union[_jobs_pb2.CopyPhase, str]] = ..., current_operation: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., percent: _Optional[float] = ..., throughput_bytes_per_second: _Optional[int] = ..., eta: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., disks: _Optional[_Iterable[_Union[DiskReplicationProgress, _Mapping]]] = ..., error: _Optional[_Union[_jobs_pb2.JobError, _Mapping]] = ..., last_sequence: _Optional[int] = ..., revision: _Optional[int] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., retry_of: _Optional[str] = ...) -> None: ...
 
 class StartReplicationRequest(_message.Message):
     __slots__ = ("vm_context_id", "kind", "request_id")

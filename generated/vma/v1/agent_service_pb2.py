@@ -23,39 +23,39 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from vma.v1 import inventory_pb2 as vma_dot_v1_dot_inventory__pb2
+from oma.common.v1 import inventory_pb2 as oma_dot_common_dot_v1_dot_inventory__pb2
 from vma.v1 import stream_pb2 as vma_dot_v1_dot_stream__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avma/v1/agent_service.proto\x12\x06vma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16vma/v1/inventory.proto\x1a\x13vma/v1/stream.proto\"1\n\x1aListVirtualMachinesRequest\x12\x13\n\x0bname_filter\x18\x01 \x01(\t\"O\n\x1bListVirtualMachinesResponse\x12\x30\n\x10virtual_machines\x18\x01 \x03(\x0b\x32\x16.vma.v1.VirtualMachine\"(\n\x18GetVirtualMachineRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\"L\n\x19GetVirtualMachineResponse\x12/\n\x0fvirtual_machine\x18\x01 \x01(\x0b\x32\x16.vma.v1.VirtualMachine\"&\n\x13GetCbtStatusRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\"8\n\x14GetCbtStatusResponse\x12 \n\x05\x64isks\x18\x01 \x03(\x0b\x32\x11.vma.v1.CbtStatus\"|\n\x08LocalJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07vm_uuid\x18\x02 \x01(\t\x12&\n\x06latest\x18\x03 \x01(\x0b\x32\x16.vma.v1.ProgressReport\x12\x0f\n\x07running\x18\x04 \x01(\x08\x12\x16\n\x0e\x61\x63ked_sequence\x18\x05 \x01(\x04\"\x16\n\x14ListLocalJobsRequest\"7\n\x15ListLocalJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.vma.v1.LocalJob\"\x17\n\x15GetAgentStatusRequest\"\xd0\x01\n\x16GetAgentStatusResponse\x12\x14\n\x0c\x61ppliance_id\x18\x01 \x01(\t\x12\x13\n\x0boma_address\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x33\n\x0f\x63onnected_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10unacked_messages\x18\x06 \x01(\r\x12\x15\n\ragent_version\x18\x07 \x01(\t2\xb5\x03\n\x0fVmaAgentService\x12^\n\x13ListVirtualMachines\x12\".vma.v1.ListVirtualMachinesRequest\x1a#.vma.v1.ListVirtualMachinesResponse\x12X\n\x11GetVirtualMachine\x12 .vma.v1.GetVirtualMachineRequest\x1a!.vma.v1.GetVirtualMachineResponse\x12I\n\x0cGetCbtStatus\x12\x1b.vma.v1.GetCbtStatusRequest\x1a\x1c.vma.v1.GetCbtStatusResponse\x12L\n\rListLocalJobs\x12\x1c.vma.v1.ListLocalJobsRequest\x1a\x1d.vma.v1.ListLocalJobsResponse\x12O\n\x0eGetAgentStatus\x12\x1d.vma.v1.GetAgentStatusRequest\x1a\x1e.vma.v1.GetAgentStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avma/v1/agent_service.proto\x12\x06vma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1doma/common/v1/inventory.proto\x1a\x13vma/v1/stream.proto\"1\n\x1aListVirtualMachinesRequest\x12\x13\n\x0bname_filter\x18\x01 \x01(\t\"V\n\x1bListVirtualMachinesResponse\x12\x37\n\x10virtual_machines\x18\x01 \x03(\x0b\x32\x1d.oma.common.v1.VirtualMachine\"(\n\x18GetVirtualMachineRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\"S\n\x19GetVirtualMachineResponse\x12\x36\n\x0fvirtual_machine\x18\x01 \x01(\x0b\x32\x1d.oma.common.v1.VirtualMachine\"&\n\x13GetCbtStatusRequest\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\"?\n\x14GetCbtStatusResponse\x12\'\n\x05\x64isks\x18\x01 \x03(\x0b\x32\x18.oma.common.v1.CbtStatus\"|\n\x08LocalJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07vm_uuid\x18\x02 \x01(\t\x12&\n\x06latest\x18\x03 \x01(\x0b\x32\x16.vma.v1.ProgressReport\x12\x0f\n\x07running\x18\x04 \x01(\x08\x12\x16\n\x0e\x61\x63ked_sequence\x18\x05 \x01(\x04\"\x16\n\x14ListLocalJobsRequest\"7\n\x15ListLocalJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.vma.v1.LocalJob\"\x17\n\x15GetAgentStatusRequest\"\xd0\x01\n\x16GetAgentStatusResponse\x12\x14\n\x0c\x61ppliance_id\x18\x01 \x01(\t\x12\x13\n\x0boma_address\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x33\n\x0f\x63onnected_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10unacked_messages\x18\x06 \x01(\r\x12\x15\n\ragent_version\x18\x07 \x01(\t2\xb5\x03\n\x0fVmaAgentService\x12^\n\x13ListVirtualMachines\x12\".vma.v1.ListVirtualMachinesRequest\x1a#.vma.v1.ListVirtualMachinesResponse\x12X\n\x11GetVirtualMachine\x12 .vma.v1.GetVirtualMachineRequest\x1a!.vma.v1.GetVirtualMachineResponse\x12I\n\x0cGetCbtStatus\x12\x1b.vma.v1.GetCbtStatusRequest\x1a\x1c.vma.v1.GetCbtStatusResponse\x12L\n\rListLocalJobs\x12\x1c.vma.v1.ListLocalJobsRequest\x1a\x1d.vma.v1.ListLocalJobsResponse\x12O\n\x0eGetAgentStatus\x12\x1d.vma.v1.GetAgentStatusRequest\x1a\x1e.vma.v1.GetAgentStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vma.v1.agent_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTVIRTUALMACHINESREQUEST']._serialized_start=116
-  _globals['_LISTVIRTUALMACHINESREQUEST']._serialized_end=165
-  _globals['_LISTVIRTUALMACHINESRESPONSE']._serialized_start=167
-  _globals['_LISTVIRTUALMACHINESRESPONSE']._serialized_end=246
-  _globals['_GETVIRTUALMACHINEREQUEST']._serialized_start=248
-  _globals['_GETVIRTUALMACHINEREQUEST']._serialized_end=288
-  _globals['_GETVIRTUALMACHINERESPONSE']._serialized_start=290
-  _globals['_GETVIRTUALMACHINERESPONSE']._serialized_end=366
-  _globals['_GETCBTSTATUSREQUEST']._serialized_start=368
-  _globals['_GETCBTSTATUSREQUEST']._serialized_end=406
-  _globals['_GETCBTSTATUSRESPONSE']._serialized_start=408
-  _globals['_GETCBTSTATUSRESPONSE']._serialized_end=464
-  _globals['_LOCALJOB']._serialized_start=466
-  _globals['_LOCALJOB']._serialized_end=590
-  _globals['_LISTLOCALJOBSREQUEST']._serialized_start=592
-  _globals['_LISTLOCALJOBSREQUEST']._serialized_end=614
-  _globals['_LISTLOCALJOBSRESPONSE']._serialized_start=616
-  _globals['_LISTLOCALJOBSRESPONSE']._serialized_end=671
-  _globals['_GETAGENTSTATUSREQUEST']._serialized_start=673
-  _globals['_GETAGENTSTATUSREQUEST']._serialized_end=696
-  _globals['_GETAGENTSTATUSRESPONSE']._serialized_start=699
-  _globals['_GETAGENTSTATUSRESPONSE']._serialized_end=907
-  _globals['_VMAAGENTSERVICE']._serialized_start=910
-  _globals['_VMAAGENTSERVICE']._serialized_end=1347
+  _globals['_LISTVIRTUALMACHINESREQUEST']._serialized_start=123
+  _globals['_LISTVIRTUALMACHINESREQUEST']._serialized_end=172
+  _globals['_LISTVIRTUALMACHINESRESPONSE']._serialized_start=174
+  _globals['_LISTVIRTUALMACHINESRESPONSE']._serialized_end=260
+  _globals['_GETVIRTUALMACHINEREQUEST']._serialized_start=262
+  _globals['_GETVIRTUALMACHINEREQUEST']._serialized_end=302
+  _globals['_GETVIRTUALMACHINERESPONSE']._serialized_start=304
+  _globals['_GETVIRTUALMACHINERESPONSE']._serialized_end=387
+  _globals['_GETCBTSTATUSREQUEST']._serialized_start=389
+  _globals['_GETCBTSTATUSREQUEST']._serialized_end=427
+  _globals['_GETCBTSTATUSRESPONSE']._serialized_start=429
+  _globals['_GETCBTSTATUSRESPONSE']._serialized_end=492
+  _globals['_LOCALJOB']._serialized_start=494
+  _globals['_LOCALJOB']._serialized_end=618
+  _globals['_LISTLOCALJOBSREQUEST']._serialized_start=620
+  _globals['_LISTLOCALJOBSREQUEST']._serialized_end=642
+  _globals['_LISTLOCALJOBSRESPONSE']._serialized_start=644
+  _globals['_LISTLOCALJOBSRESPONSE']._serialized_end=699
+  _globals['_GETAGENTSTATUSREQUEST']._serialized_start=701
+  _globals['_GETAGENTSTATUSREQUEST']._serialized_end=724
+  _globals['_GETAGENTSTATUSRESPONSE']._serialized_start=727
+  _globals['_GETAGENTSTATUSRESPONSE']._serialized_end=935
+  _globals['_VMAAGENTSERVICE']._serialized_start=938
+  _globals['_VMAAGENTSERVICE']._serialized_end=1375
 # @@protoc_insertion_point(module_scope)

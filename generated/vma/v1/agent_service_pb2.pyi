@@ -1,5 +1,5 @@
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
-from vma.v1 import inventory_pb2 as _inventory_pb2
+from oma.common.v1 import inventory_pb2 as _inventory_pb2
 from vma.v1 import stream_pb2 as _stream_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

@@ -1,6 +1,7 @@
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
-from vma.v1 import inventory_pb2 as _inventory_pb2
+from oma.common.v1 import inventory_pb2 as _inventory_pb2
+from oma.common.v1 import jobs_pb2 as _jobs_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -8,34 +9,6 @@ from google.protobuf import message as _message
 from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class CopyPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    COPY_PHASE_UNSPECIFIED: _ClassVar[CopyPhase]
-    COPY_PHASE_PREPARING: _ClassVar[CopyPhase]
-    COPY_PHASE_SNAPSHOTTING: _ClassVar[CopyPhase]
-    COPY_PHASE_QUERYING_CHANGES: _ClassVar[CopyPhase]
-    COPY_PHASE_COPYING: _ClassVar[CopyPhase]
-    COPY_PHASE_FINALIZING: _ClassVar[CopyPhase]
-    COPY_PHASE_DONE: _ClassVar[CopyPhase]
-
-class CopyMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    COPY_MODE_UNSPECIFIED: _ClassVar[CopyMode]
-    COPY_MODE_FULL: _ClassVar[CopyMode]
-    COPY_MODE_INCREMENTAL: _ClassVar[CopyMode]
-
-class ErrorClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    ERROR_CLASS_UNSPECIFIED: _ClassVar[ErrorClass]
-    ERROR_CLASS_SOURCE_UNAVAILABLE: _ClassVar[ErrorClass]
-    ERROR_CLASS_SNAPSHOT_FAILED: _ClassVar[ErrorClass]
-    ERROR_CLASS_CHANGE_ID_INVALID: _ClassVar[ErrorClass]
-    ERROR_CLASS_TARGET_UNREACHABLE: _ClassVar[ErrorClass]
-    ERROR_CLASS_TARGET_WRITE_FAILED: _ClassVar[ErrorClass]
-    ERROR_CLASS_DISK_RESIZED: _ClassVar[ErrorClass]
-    ERROR_CLASS_INVALID_COMMAND: _ClassVar[ErrorClass]
-    ERROR_CLASS_INTERNAL: _ClassVar[ErrorClass]
 
 class CommandOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -52,25 +25,6 @@ class StreamErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STREAM_ERROR_CODE_INVALID_MESSAGE: _ClassVar[StreamErrorCode]
     STREAM_ERROR_CODE_INVALID_STATE: _ClassVar[StreamErrorCode]
     STREAM_ERROR_CODE_UNKNOWN_COMMAND: _ClassVar[StreamErrorCode]
-COPY_PHASE_UNSPECIFIED: CopyPhase
-COPY_PHASE_PREPARING: CopyPhase
-COPY_PHASE_SNAPSHOTTING: CopyPhase
-COPY_PHASE_QUERYING_CHANGES: CopyPhase
-COPY_PHASE_COPYING: CopyPhase
-COPY_PHASE_FINALIZING: CopyPhase
-COPY_PHASE_DONE: CopyPhase
-COPY_MODE_UNSPECIFIED: CopyMode
-COPY_MODE_FULL: CopyMode
-COPY_MODE_INCREMENTAL: CopyMode
-ERROR_CLASS_UNSPECIFIED: ErrorClass
-ERROR_CLASS_SOURCE_UNAVAILABLE: ErrorClass
-ERROR_CLASS_SNAPSHOT_FAILED: ErrorClass
-ERROR_CLASS_CHANGE_ID_INVALID: ErrorClass
-ERROR_CLASS_TARGET_UNREACHABLE: ErrorClass
-ERROR_CLASS_TARGET_WRITE_FAILED: ErrorClass
-ERROR_CLASS_DISK_RESIZED: ErrorClass
-ERROR_CLASS_INVALID_COMMAND: ErrorClass
-ERROR_CLASS_INTERNAL: ErrorClass
 COMMAND_OUTCOME_UNSPECIFIED: CommandOutcome
 COMMAND_OUTCOME_SUCCEEDED: CommandOutcome
 COMMAND_OUTCOME_FAILED: CommandOutcome
@@ -129,10 +83,10 @@ class DiskProgress(_message.Message):
     bytes_done: int
     bytes_total: int
     throughput_bytes_per_second: int
-    phase: CopyPhase
-    mode: CopyMode
+    phase: _jobs_pb2.CopyPhase
+    mode: _jobs_pb2.CopyMode
     resume_token: str
-    def __init__(self, disk_id: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., throughput_bytes_per_second: _Optional[int] = ..., phase: _Optional[_Union[CopyPhase, str]] = ..., mode: _Optional[_Union[CopyMode, str]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, disk_id: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., throughput_bytes_per_second: _Optional[int] = ..., phase: _Optional[_Union[_jobs_pb2.CopyPhase, str]] = ..., mode: _Optional[_Union[_jobs_pb2.CopyMode, str]] = ..., resume_token: _Optional[str] = ...) -> None: ...
 
 class ProgressReport(_message.Message):
     __slots__ = ("job_id", "sequence", "phase", "current_operation", "bytes_done", "bytes_total", "throughput_bytes_per_second", "eta", "disks", "sent_at")
@@ -148,7 +102,7 @@ class ProgressReport(_message.Message):
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     sequence: int
-    phase: CopyPhase
+    phase: _jobs_pb2.CopyPhase
     current_operation: str
     bytes_done: int
     bytes_total: int
@@ -156,7 +110,7 @@ class ProgressReport(_message.Message):
     eta: _duration_pb2.Duration
     disks: _containers.RepeatedCompositeFieldContainer[DiskProgress]
     sent_at: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., phase: _Optional[_Union[CopyPhase, str]] = ..., current_operation: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., throughput_bytes_per_second: _Optional[int] = ..., eta: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., disks: _Optional[_Iterable[_Union[DiskProgress, _Mapping]]] = ..., sent_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., phase: _Optional[_Union[_jobs_pb2.CopyPhase, str]] = ..., current_operation: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., throughput_bytes_per_second: _Optional[int] = ..., eta: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., disks: _Optional[_Iterable[_Union[DiskProgress, _Mapping]]] = ..., sent_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobStarted(_message.Message):
     __slots__ = ("source_snapshot",)
@@ -173,8 +127,8 @@ class DiskCompleted(_message.Message):
     disk_id: str
     change_id: str
     bytes_copied: int
-    mode: CopyMode
-    def __init__(self, disk_id: _Optional[str] = ..., change_id: _Optional[str] = ..., bytes_copied: _Optional[int] = ..., mode: _Optional[_Union[CopyMode, str]] = ...) -> None: ...
+    mode: _jobs_pb2.CopyMode
+    def __init__(self, disk_id: _Optional[str] = ..., change_id: _Optional[str] = ..., bytes_copied: _Optional[int] = ..., mode: _Optional[_Union[_jobs_pb2.CopyMode, str]] = ...) -> None: ...
 
 class JobCompleted(_message.Message):
     __slots__ = ("bytes_copied",)
@@ -187,10 +141,10 @@ class JobFailed(_message.Message):
     ERROR_CLASS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     DISK_ID_FIELD_NUMBER: _ClassVar[int]
-    error_class: ErrorClass
+    error_class: _jobs_pb2.ErrorClass
     detail: str
     disk_id: str
-    def __init__(self, error_class: _Optional[_Union[ErrorClass, str]] = ..., detail: _Optional[str] = ..., disk_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, error_class: _Optional[_Union[_jobs_pb2.ErrorClass, str]] = ..., detail: _Optional[str] = ..., disk_id: _Optional[str] = ...) -> None: ...
 
 class JobCancelled(_message.Message):
     __slots__ = ("detail",)
@@ -241,10 +195,10 @@ class CommandResult(_message.Message):
     command_id: str
     outcome: CommandOutcome
     detail: str
-    error_class: ErrorClass
+    error_class: _jobs_pb2.ErrorClass
     discovery: DiscoveryResult
     power: PowerResult
-    def __init__(self, command_id: _Optional[str] = ..., outcome: _Optional[_Union[CommandOutcome, str]] = ..., detail: _Optional[str] = ..., error_class: _Optional[_Union[ErrorClass, str]] = ..., discovery: _Optional[_Union[DiscoveryResult, _Mapping]] = ..., power: _Optional[_Union[PowerResult, _Mapping]] = ...) -> None: ...
+    def __init__(self, command_id: _Optional[str] = ..., outcome: _Optional[_Union[CommandOutcome, str]] = ..., detail: _Optional[str] = ..., error_class: _Optional[_Union[_jobs_pb2.ErrorClass, str]] = ..., discovery: _Optional[_Union[DiscoveryResult, _Mapping]] = ..., power: _Optional[_Union[PowerResult, _Mapping]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sent_at", "running_job_ids")

@@ -1,0 +1,1 @@
+"""Generated from protos/oma/common by scripts/generate.sh; do not edit."""

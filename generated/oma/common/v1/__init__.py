@@ -1,0 +1,1 @@
+"""Generated from protos/oma/common/v1 by scripts/generate.sh; do not edit."""
