@@ -30,6 +30,7 @@ from oma_server.janitor import Janitor
 from oma_server.job_watch import JobWatcher
 from oma_server.joblog import JobLogService
 from oma_server.nbd.manager import NbdExportManager
+from oma_server.outbox import CommandOutbox
 from oma_server.replication.applier import VmaMessageApplier
 from oma_server.replication.repository import highest_revision
 from oma_server.replication.service import ReplicationService
@@ -42,7 +43,6 @@ from oma_server.storage.exports import ExportService
 from oma_server.storage.queries import VolumeQueries
 from oma_server.storage.volumes import VolumeProvisioner
 from oma_server.stream.hub import SessionHub
-from oma_server.stream.outbox import CommandOutbox
 from oma_server.uninterruptible import finish
 from oma_server.version import __version__
 from oma_server.vm_contexts.service import VmContextService

@@ -24,11 +24,11 @@ from oma_server.db.models import Command
 from oma_server.errors import DomainError
 from oma_server.failover.workflow import FailoverWorkflow
 from oma_server.joblog import note
+from oma_server.outbox import CommandOutbox
+from oma_server.protocol.commands import CommandResult
 from oma_server.replication.state_machine import JobState, JobStatus, complete, transition
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.replication.workflow import ReplicationWorkflow
-from oma_server.stream.messages import CommandResult
-from oma_server.stream.outbox import CommandOutbox
 
 
 @dataclass(frozen=True)

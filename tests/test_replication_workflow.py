@@ -251,8 +251,9 @@ async def test_attach_failure_fails_cleanly_and_leaks_nothing(oma: OmaServer) ->
         assert (await get_job(channel, retry.id)).status == replication_pb2.REPLICATION_JOB_STATUS_WAITING_FOR_VMA
         assert len(replicas(sim)) == 2
         (queued,) = await app.outbox.open_commands(enrolled.appliance_id)
+        sent = stream_pb2.Command.FromString(queued.encoded).start_replication  # exactly what the appliance gets
         # the volumes were created by the failed run: they may hold data, so the copy must not skip zero blocks
-        assert queued.start_replication.disks and not any(d.target_is_new for d in queued.start_replication.disks)
+        assert sent.disks and not any(d.target_is_new for d in sent.disks)
 
 
 async def test_device_that_never_appears_is_a_clear_failure(oma: OmaServer) -> None:

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from oma.common.v1 import inventory_pb2, jobs_pb2
-from oma.v1 import appliance_pb2, job_pb2, replication_pb2, storage_pb2, vm_context_pb2
-from oma_server.db.models import Appliance, JobLog, Volume
+from oma.v1 import appliance_pb2, failover_pb2, job_pb2, replication_pb2, storage_pb2, vm_context_pb2
+from oma_server.db.models import Appliance, JobLog, NetworkMapping, Volume
+from oma_server.failover.state_machine import FailoverJobState
 from oma_server.job_watch import Update
 from oma_server.replication.state_machine import JobState
 from oma_server.storage.exports import ExportView
@@ -151,8 +152,6 @@ def _job_update_to_proto(update: Update) -> job_pb2.JobUpdate:
         if change.job_kind == "replication":
             out.replication_job.CopyFrom(replication_job_to_proto(change.state))
         else:
-            from oma_server.api.failover import failover_job_to_proto
-
             out.failover_job.CopyFrom(failover_job_to_proto(change.state))
     return out
 
@@ -238,5 +237,50 @@ def export_to_proto(view: ExportView) -> storage_pb2.NbdExport:
         address=row.address,
         uri=view.uri,
         state=enum_value(storage_pb2.NbdExportState, "NBD_EXPORT_STATE", view.state),  # type: ignore[arg-type]
+        created_at=ts(row.created_at),
+    )
+
+
+def failover_job_to_proto(job: FailoverJobState) -> failover_pb2.FailoverJob:
+    error = None
+    if job.error_reason or job.error_message:
+        error = jobs_pb2.JobError(reason=job.error_reason, message=job.error_message)
+    return failover_pb2.FailoverJob(
+        id=job.id,
+        vm_context_id=job.vm_context_id,
+        kind=enum_value(failover_pb2.FailoverJobKind, "FAILOVER_JOB_KIND", job.kind.value),  # type: ignore[arg-type]
+        status=enum_value(  # type: ignore[arg-type]
+            failover_pb2.FailoverJobStatus, "FAILOVER_JOB_STATUS", job.status.value
+        ),
+        steps=[
+            failover_pb2.FailoverStep(
+                name=s.name,
+                status=enum_value(failover_pb2.StepStatus, "STEP_STATUS", s.status.value),  # type: ignore[arg-type]
+                started_at=ts(s.started_at),
+                finished_at=ts(s.finished_at),
+                error=s.error,
+                attempts=s.attempts,
+            )
+            for s in job.steps
+        ],
+        target_vm_id=job.target_vm_id,
+        target_vm_name=job.target_vm_name,
+        snapshot_ids=[job.snapshot_ids[k] for k in sorted(job.snapshot_ids)],
+        error=error,
+        revision=job.revision,
+        created_at=ts(job.created_at),
+        finished_at=ts(job.finished_at),
+        current_step=job.current_step,
+    )
+
+
+def mapping_to_proto(row: NetworkMapping) -> failover_pb2.NetworkMapping:
+    return failover_pb2.NetworkMapping(
+        id=row.id,
+        vm_context_id=row.vm_context_id,
+        source_network=row.source_network,
+        target_network_id=row.target_network_id,
+        static_ip=row.static_ip,
+        keep_mac=row.keep_mac,
         created_at=ts(row.created_at),
     )

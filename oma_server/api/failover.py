@@ -1,63 +1,16 @@
-"""FailoverService and NetworkMappingService servicers, and the FailoverJob conversion (decode, call, encode)."""
+"""FailoverService and NetworkMappingService servicers (decode, call, encode)."""
 
 from __future__ import annotations
 
 import grpc
 
-from oma.common.v1 import jobs_pb2
 from oma.v1 import failover_pb2, failover_pb2_grpc
-from oma_server.api.convert import enum_name, enum_value, ts
+from oma_server.api.convert import enum_name, failover_job_to_proto, mapping_to_proto
 from oma_server.app import App
-from oma_server.db.models import NetworkMapping
 from oma_server.errors import InvalidArgument, Unavailable
 from oma_server.failover.network_mappings import MappingInput, NetworkMappingService
-from oma_server.failover.state_machine import FailoverJobState, FailoverKind
+from oma_server.failover.state_machine import FailoverKind
 from oma_server.failover.workflow import FailoverWorkflow
-
-
-def failover_job_to_proto(job: FailoverJobState) -> failover_pb2.FailoverJob:
-    error = None
-    if job.error_reason or job.error_message:
-        error = jobs_pb2.JobError(reason=job.error_reason, message=job.error_message)
-    return failover_pb2.FailoverJob(
-        id=job.id,
-        vm_context_id=job.vm_context_id,
-        kind=enum_value(failover_pb2.FailoverJobKind, "FAILOVER_JOB_KIND", job.kind.value),  # type: ignore[arg-type]
-        status=enum_value(  # type: ignore[arg-type]
-            failover_pb2.FailoverJobStatus, "FAILOVER_JOB_STATUS", job.status.value
-        ),
-        steps=[
-            failover_pb2.FailoverStep(
-                name=s.name,
-                status=enum_value(failover_pb2.StepStatus, "STEP_STATUS", s.status.value),  # type: ignore[arg-type]
-                started_at=ts(s.started_at),
-                finished_at=ts(s.finished_at),
-                error=s.error,
-                attempts=s.attempts,
-            )
-            for s in job.steps
-        ],
-        target_vm_id=job.target_vm_id,
-        target_vm_name=job.target_vm_name,
-        snapshot_ids=[job.snapshot_ids[k] for k in sorted(job.snapshot_ids)],
-        error=error,
-        revision=job.revision,
-        created_at=ts(job.created_at),
-        finished_at=ts(job.finished_at),
-        current_step=job.current_step,
-    )
-
-
-def mapping_to_proto(row: NetworkMapping) -> failover_pb2.NetworkMapping:
-    return failover_pb2.NetworkMapping(
-        id=row.id,
-        vm_context_id=row.vm_context_id,
-        source_network=row.source_network,
-        target_network_id=row.target_network_id,
-        static_ip=row.static_ip,
-        keep_mac=row.keep_mac,
-        created_at=ts(row.created_at),
-    )
 
 
 def _kind(value: int) -> FailoverKind:

@@ -13,33 +13,19 @@ from collections.abc import AsyncIterator
 import grpc
 
 from oma.v1 import gateway_pb2, gateway_pb2_grpc
-from oma_server.api.stream_codec import (
+from oma_server.app import App
+from oma_server.errors import Aborted, MessageRejected, Unauthenticated, Unavailable
+from oma_server.stream.hub import REVOKED, Session
+from oma_server.wire.stream_codec import (
     decode_command_result,
     decode_event,
     decode_heartbeat,
     decode_hello,
     decode_progress,
+    encode_outgoing,
 )
-from oma_server.app import App
-from oma_server.errors import Aborted, MessageRejected, Unauthenticated, Unavailable
-from oma_server.stream.hub import REVOKED, Outgoing, Session
-from vma.v1 import stream_pb2
 
 HELLO_TIMEOUT_S = 30.0
-
-_FIELD_OF: dict[type, str] = {
-    stream_pb2.Welcome: "welcome",
-    stream_pb2.JobAck: "ack",
-    stream_pb2.Command: "command",
-    stream_pb2.CommandResultAck: "command_result_ack",
-    stream_pb2.StreamError: "error",
-}
-
-
-def wrap(message: Outgoing) -> gateway_pb2.ConnectResponse:
-    response = gateway_pb2.ConnectResponse()
-    getattr(response, _FIELD_OF[type(message)]).CopyFrom(message)
-    return response
 
 
 class GatewayServicer(gateway_pb2_grpc.VmaGatewayServiceServicer):
@@ -63,10 +49,10 @@ class GatewayServicer(gateway_pb2_grpc.VmaGatewayServiceServicer):
         session, welcome = await self.hub.open(decode_hello(first.hello), context.peer())
         reader = asyncio.create_task(self._read(session, request_iterator), name=f"vma-reader-{session.session_id}")
         try:
-            yield wrap(welcome)
+            yield encode_outgoing(welcome)
             await self.hub.after_welcome(session)
             while (message := await session.queue.get()) is not None:
-                yield wrap(message)
+                yield encode_outgoing(message)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,6 +7,7 @@ import grpc
 from oma.v1 import vm_context_pb2, vm_context_pb2_grpc
 from oma_server.api.convert import enum_name, vm_context_to_proto
 from oma_server.app import App
+from oma_server.wire.stream_codec import decode_vm, encode_vm
 
 
 class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
@@ -16,7 +17,7 @@ class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
     async def RegisterVmContext(
         self, request: vm_context_pb2.RegisterVmContextRequest, context: grpc.aio.ServicerContext
     ) -> vm_context_pb2.RegisterVmContextResponse:
-        view, created = await self.app.vms.register(request.appliance_id, request.virtual_machine)
+        view, created = await self.app.vms.register(request.appliance_id, decode_vm(request.virtual_machine))
         return vm_context_pb2.RegisterVmContextResponse(vm_context=vm_context_to_proto(view), created=created)
 
     async def DiscoverVms(
@@ -31,7 +32,7 @@ class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
             self.app.hub.connected(request.appliance_id),
         )
         return vm_context_pb2.DiscoverVmsResponse(
-            virtual_machines=found, vm_contexts=[vm_context_to_proto(v) for v in views]
+            virtual_machines=[encode_vm(vm) for vm in found], vm_contexts=[vm_context_to_proto(v) for v in views]
         )
 
     async def GetVmContext(

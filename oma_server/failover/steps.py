@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import duration_pb2
 from loguru import logger
 
 from oma_server.cloudstack.client import CloudStackClient
@@ -31,13 +30,13 @@ from oma_server.failover.readiness import ReadinessChecker
 from oma_server.failover.state_machine import FailoverJobState
 from oma_server.failover.store import InTx, Mutate
 from oma_server.joblog import JobLogService
+from oma_server.outbox import CommandOutbox, insert_command
+from oma_server.protocol.commands import PowerOff, PowerOn
 from oma_server.replication.state_machine import JobStatus
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.storage.attachments import OmaAttachments
 from oma_server.storage.volumes import VolumeProvisioner, current_volume
-from oma_server.stream.outbox import CommandOutbox, insert_command
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
-from vma.v1 import stream_pb2
 
 SNAPSHOT_PREFIX = "oma-fo-"
 # Names and ids the OMA treats as "ours" when it sweeps leftovers.
@@ -192,25 +191,26 @@ class FailoverSteps:
                 return found[0]
             await asyncio.sleep(self.settings.poll_interval_s)
 
-    async def _power_command(self, ctx: StepContext, key: str, command: stream_pb2.Command, what: str) -> str:
+    async def _power_command(self, ctx: StepContext, key: str, command: PowerOff | PowerOn, what: str) -> str:
         """Queue a power command once (its id recorded on the job in the same transaction), wait for the answer."""
         vm = await self._vm(ctx.job.vm_context_id)
         command_id = str(ctx.job.params.get(key, ""))
         if not command_id:
-            command.command_id = new_id()
+            command_id = new_id()
 
             def remember(state: FailoverJobState) -> None:
-                state.params[key] = command.command_id
+                state.params[key] = command_id
 
-            await ctx.save(remember, lambda state: _queue(vm.appliance_id, command, state.id))
-            command_id = command.command_id
+            def queue(state: FailoverJobState) -> None:
+                insert_command(vm.appliance_id, command, job_id=state.id, command_id=command_id)
+
+            await ctx.save(remember, queue)
             await self.outbox.kick(vm.appliance_id)
         async with self.joblog.step(ctx.job.id, what, f"VM {vm.name} ({vm.vm_uuid}) via appliance {vm.appliance_id}"):
             result = await self.outbox.wait_result(command_id, self.settings.command_timeout_s)
-            if result.outcome != stream_pb2.COMMAND_OUTCOME_SUCCEEDED:
+            if not result.succeeded:
                 raise FailedPrecondition(
-                    f"the appliance could not {what.replace('_', ' ')} VM {vm.name}: "
-                    f"{result.detail or stream_pb2.CommandOutcome.Name(result.outcome)}",
+                    f"the appliance could not {what.replace('_', ' ')} VM {vm.name}: {result.detail or result.outcome}",
                     reason=f"{what.upper()}_FAILED",
                     command_id=command_id,
                 )
@@ -233,10 +233,7 @@ class FailoverSteps:
 
     async def power_off_source(self, ctx: StepContext) -> StepResult:
         vm = await self._vm(ctx.job.vm_context_id)
-        graceful = duration_pb2.Duration(seconds=self.settings.power_off_graceful_s)
-        command = stream_pb2.Command(
-            power_off=stream_pb2.PowerOffCommand(vm_uuid=vm.vm_uuid, graceful_timeout=graceful)
-        )
+        command = PowerOff(vm_uuid=vm.vm_uuid, graceful_timeout_s=int(self.settings.power_off_graceful_s))
         command_id = await self._power_command(ctx, "power_off_command_id", command, "power_off")
 
         def powered_off(state: FailoverJobState) -> None:
@@ -635,13 +632,8 @@ class FailoverSteps:
         if not ctx.job.params.get("power_on_source"):
             return StepResult(skipped=True, message="powering the source on was not requested")
         vm = await self._vm(ctx.job.vm_context_id)
-        command = stream_pb2.Command(power_on=stream_pb2.PowerOnCommand(vm_uuid=vm.vm_uuid))
-        command_id = await self._power_command(ctx, "power_on_command_id", command, "power_on")
+        command_id = await self._power_command(ctx, "power_on_command_id", PowerOn(vm_uuid=vm.vm_uuid), "power_on")
         return StepResult(message=f"source powered on (command {command_id})")
-
-
-def _queue(appliance_id: str, command: stream_pb2.Command, job_id: str) -> None:
-    insert_command(appliance_id, command, job_id=job_id)
 
 
 def _set_snapshot(cs_volume_id: str, snapshot_id: str) -> Mutate:

@@ -1,12 +1,6 @@
 """`omactl`: the operator CLI on the oma.v1 API.
 
 One module per command group: appliances, vms, jobs (jobs + replicate), watch, storage (exports, volumes),
-failover (preflight, failover, rollback, network-map); app holds the parser and main, client the connection and
-error lines, render the output.
+failover (preflight, failover, rollback, network-map); `app` holds the parser and `main` (the console script),
+`context` what the command modules share, `client` the connection and error lines, `render` the output.
 """
-
-from __future__ import annotations
-
-from oma_server.omactl.app import main
-
-__all__ = ["main"]

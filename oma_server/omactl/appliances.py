@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from oma.v1 import appliance_pb2
 from oma_server.omactl import render
+from oma_server.omactl.context import Commands, Context
 from oma_server.omactl.render import enum_label, field_time, status_text
-
-if TYPE_CHECKING:
-    from oma_server.omactl.app import Commands, Context
 
 
 def _status(appliance: appliance_pb2.Appliance) -> str:

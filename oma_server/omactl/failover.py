@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-from typing import TYPE_CHECKING
 
 from oma.v1 import failover_pb2
 from oma_server.omactl import render
 from oma_server.omactl.client import CliError
-from oma_server.omactl.jobs import error_text, failover_kind, failover_status, show_failover_job
+from oma_server.omactl.context import Commands, Context
+from oma_server.omactl.jobs import show_failover_job
+from oma_server.omactl.labels import error_text, failover_kind, failover_status
 from oma_server.omactl.render import field_time, status_text
-
-if TYPE_CHECKING:
-    from oma_server.omactl.app import Commands, Context
 
 KINDS = {
     "test": failover_pb2.FAILOVER_JOB_KIND_TEST,

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from oma.common.v1 import jobs_pb2
 from oma.v1 import failover_pb2, job_pb2, replication_pb2
 from oma_server.omactl import render
 from oma_server.omactl.client import CliError
+from oma_server.omactl.context import Commands, Context
+from oma_server.omactl.labels import (
+    KIND_PREFIX,
+    STATUS_PREFIX,
+    error_text,
+    failover_kind,
+    failover_status,
+    job_kind,
+    job_status,
+    phase,
+    step_status,
+)
 from oma_server.omactl.render import (
     elapsed,
     enum_choices,
@@ -20,47 +31,7 @@ from oma_server.omactl.render import (
     size,
     status_text,
 )
-
-if TYPE_CHECKING:
-    from oma_server.omactl.app import Commands, Context
-
-STATUS_PREFIX = "REPLICATION_JOB_STATUS"
-KIND_PREFIX = "REPLICATION_JOB_KIND"
-
-
-# ---- labels shared with watch and failover --------------------------------------------------------------------------
-def job_status(job: replication_pb2.ReplicationJob) -> str:
-    return enum_label(replication_pb2.ReplicationJobStatus, job.status, STATUS_PREFIX)
-
-
-def job_kind(job: replication_pb2.ReplicationJob) -> str:
-    return enum_label(replication_pb2.ReplicationJobKind, job.kind, KIND_PREFIX)
-
-
-def phase(value: int) -> str:
-    return enum_label(jobs_pb2.CopyPhase, value, "COPY_PHASE")
-
-
-def failover_status(job: failover_pb2.FailoverJob) -> str:
-    return enum_label(failover_pb2.FailoverJobStatus, job.status, "FAILOVER_JOB_STATUS")
-
-
-def failover_kind(job: failover_pb2.FailoverJob) -> str:
-    return enum_label(failover_pb2.FailoverJobKind, job.kind, "FAILOVER_JOB_KIND")
-
-
-def step_status(step: failover_pb2.FailoverStep) -> str:
-    return enum_label(failover_pb2.StepStatus, step.status, "STEP_STATUS")
-
-
-def error_text(error: jobs_pb2.JobError) -> str:
-    if not (error.reason or error.message):
-        return render.NONE
-    text = error.message or "no detail"
-    extra = [error.reason] if error.reason else []
-    if error.error_class:
-        extra.append(enum_label(jobs_pb2.ErrorClass, error.error_class, "ERROR_CLASS"))
-    return f"{text} ({', '.join(extra)})" if extra else text
+from oma_server.omactl.watch import follow_job
 
 
 def progress_text(done: int, total: int) -> str:
@@ -239,8 +210,6 @@ def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
         request.kind = enum_parse(replication_pb2.ReplicationJobKind, KIND_PREFIX, args.kind)  # type: ignore[assignment]
     reply = ctx.client.call(ctx.client.replication, "StartReplication", request)
     if args.watch:
-        from oma_server.omactl.watch import follow_job
-
         if not ctx.out.as_json:
             started_line(ctx, "Started", reply.job)
         return follow_job(ctx, reply.job.id)
@@ -262,8 +231,6 @@ def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
     request = replication_pb2.RetryReplicationJobRequest(id=args.job_id)
     job = ctx.client.call(ctx.client.replication, "RetryReplicationJob", request).job
     if args.watch:
-        from oma_server.omactl.watch import follow_job
-
         if not ctx.out.as_json:
             started_line(ctx, f"Retrying {args.job_id} as", job)
         return follow_job(ctx, job.id)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from oma.v1 import storage_pb2
 from oma_server.omactl import render
+from oma_server.omactl.context import Commands, Context
 from oma_server.omactl.render import enum_choices, enum_label, enum_parse, field_time, size, status_text
-
-if TYPE_CHECKING:
-    from oma_server.omactl.app import Commands, Context
 
 EXPORT_PREFIX = "NBD_EXPORT_STATE"
 VOLUME_PREFIX = "VOLUME_STATE"

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from oma.common.v1 import inventory_pb2
 from oma.v1 import vm_context_pb2
 from oma_server.omactl import render
+from oma_server.omactl.context import Commands, Context
 from oma_server.omactl.render import enum_choices, enum_label, enum_parse, field_time, size, status_text
-
-if TYPE_CHECKING:
-    from oma_server.omactl.app import Commands, Context
 
 STATUS_PREFIX = "VM_CONTEXT_STATUS"
 

@@ -19,9 +19,9 @@ from oma_server.clock import Clock
 from oma_server.db.models import ChangeIdRecord, Disk
 from oma_server.errors import FailedPrecondition, MessageRejected
 from oma_server.joblog import note
+from oma_server.protocol.stream import EventKind, JobEvent, ProgressReport
 from oma_server.replication.state_machine import COPYING, JobState, JobStatus, complete, percent_of, transition
 from oma_server.replication.store import InTxHook, Make, ReplicationJobStore
-from oma_server.stream.messages import EventKind, JobEvent, ProgressReport
 
 
 class VmaMessageApplier:

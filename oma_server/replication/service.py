@@ -8,10 +8,10 @@ from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.errors import FailedPrecondition, Unimplemented
 from oma_server.joblog import note
+from oma_server.outbox import CommandOutbox, insert_command
 from oma_server.replication.commands import cancel_command, start_replication_command
 from oma_server.replication.state_machine import CANCELLABLE, JobState, JobStatus
 from oma_server.replication.store import ReplicationJobStore
-from oma_server.stream.outbox import CommandOutbox, insert_command
 
 # Set by the replication workflow: (vm_context_id, kind, request_id, retry_of) → the new job.
 StartJob = Callable[[str, str, str, str], Awaitable[JobState]]
@@ -50,7 +50,7 @@ class ReplicationService:
 
         def queue(state: JobState) -> None:
             insert_command(state.appliance_id, command, job_id=state.id)
-            note(state.id, "command_vma", f"start command for {len(command.start_replication.disks)} disk(s) queued")
+            note(state.id, "command_vma", f"start command for {len(command.disks)} disk(s) queued")
 
         after = await self.jobs.transition(job_id, JobStatus.WAITING_FOR_VMA, in_tx=queue)
         await self.outbox.kick(after.appliance_id)

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from google.protobuf import duration_pb2
 from loguru import logger
 
 from oma_server.appliances import ApplianceService
@@ -27,17 +26,23 @@ from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import Appliance, new_id
 from oma_server.errors import MessageRejected
+from oma_server.outbox import CommandOutbox
+from oma_server.protocol.commands import CommandResult, QueuedCommand
+from oma_server.protocol.stream import (
+    CommandResultAck,
+    Heartbeat,
+    Hello,
+    JobAck,
+    JobEvent,
+    Outgoing,
+    ProgressReport,
+    StreamError,
+    Welcome,
+)
 from oma_server.replication.applier import VmaMessageApplier
 from oma_server.replication.store import ReplicationJobStore
-from oma_server.stream.messages import CommandResult, Heartbeat, Hello, JobEvent, ProgressReport
-from oma_server.stream.outbox import CommandOutbox
 from oma_server.uninterruptible import finish, uninterruptible
 from oma_server.version import __version__
-from vma.v1 import stream_pb2
-
-Outgoing = (
-    stream_pb2.Welcome | stream_pb2.JobAck | stream_pb2.Command | stream_pb2.CommandResultAck | stream_pb2.StreamError
-)
 
 MISSED_HEARTBEATS = 3
 REVOKED = "the appliance's credential was revoked; enroll it again to reconnect"
@@ -138,7 +143,7 @@ class SessionHub:
             session.close("the OMA is shutting down; reconnect")
 
     # ---- opening and closing ------------------------------------------------------------------------------------
-    async def open(self, hello: Hello, peer: str) -> tuple[Session, stream_pb2.Welcome]:
+    async def open(self, hello: Hello, peer: str) -> tuple[Session, Welcome]:
         """Authenticate, replace any older session of the appliance, record it connected, resume its stalled jobs
         and build the Welcome — whole, even if the caller goes away meanwhile; then the new session is closed
         again at once, so nothing stays "connected" for a stream that is gone."""
@@ -151,7 +156,7 @@ class SessionHub:
                 await finish(self.close(session, "the stream ended during its hello"))
             raise
 
-    async def _open(self, hello: Hello, peer: str) -> tuple[Session, stream_pb2.Welcome]:
+    async def _open(self, hello: Hello, peer: str) -> tuple[Session, Welcome]:
         appliance = await self.appliances.authenticate(hello.appliance_id, hello.credential)
         session = Session(
             appliance_id=appliance.id,
@@ -190,22 +195,17 @@ class SessionHub:
         except BaseException:
             await finish(self.close(session, "the hello could not be completed"))
             raise
-        welcome = stream_pb2.Welcome(
+        welcome = Welcome(
             session_id=session.session_id,
-            heartbeat_interval=duration_pb2.Duration(
-                seconds=int(self.heartbeat_interval_s), nanos=int((self.heartbeat_interval_s % 1) * 1e9)
-            ),
+            heartbeat_interval_s=self.heartbeat_interval_s,
             server_version=__version__,
-            open_jobs=[
-                stream_pb2.JobCursor(job_id=job_id, last_applied_sequence=seq)
-                for job_id, seq in self.jobs.durable_cursors(appliance.id)
-            ],
+            cursors=tuple(self.jobs.durable_cursors(appliance.id)),
         )
         log.info(
             "appliance connected from {peer} (agent {version}); {n} open jobs, {r} resumed",
             peer=peer,
             version=hello.agent_version,
-            n=len(welcome.open_jobs),
+            n=len(welcome.cursors),
             r=len(resumed),
         )
         for callback in self.on_session_change:
@@ -247,18 +247,18 @@ class SessionHub:
         session.stats["progress"] += 1
         ack = await self._guard(session, self.applier.apply_progress(session.appliance_id, report))
         if ack:
-            session.send(stream_pb2.JobAck(job_id=report.job_id, sequence=ack))
+            session.send(JobAck(job_id=report.job_id, sequence=ack))
 
     async def on_event(self, session: Session, event: JobEvent) -> None:
         session.stats["events"] += 1
         ack = await self._guard(session, self.applier.apply_event(session.appliance_id, event))
         if ack:
-            session.send(stream_pb2.JobAck(job_id=event.job_id, sequence=ack))
+            session.send(JobAck(job_id=event.job_id, sequence=ack))
 
     async def on_command_result(self, session: Session, result: CommandResult) -> None:
         stored = await self._guard(session, self.outbox.record_result(session.appliance_id, result))
         if stored is not None:
-            session.send(stream_pb2.CommandResultAck(command_id=result.command_id))
+            session.send(CommandResultAck(command_id=result.command_id))
 
     async def on_heartbeat(self, session: Session, heartbeat: Heartbeat) -> None:
         now = self.clock.monotonic()
@@ -276,8 +276,8 @@ class SessionHub:
             "rejected message: {message}", message=rejected.message
         )
         session.send(
-            stream_pb2.StreamError(
-                code=stream_pb2.StreamErrorCode.Value(f"STREAM_ERROR_CODE_{rejected.code}"),  # type: ignore[arg-type]
+            StreamError(
+                code=rejected.code,
                 job_id=rejected.job_id,
                 sequence=rejected.sequence,
                 command_id=rejected.command_id,
@@ -299,8 +299,8 @@ class SessionHub:
                 "stream message failed (error id {error_id})", error_id=error_id
             )
             session.send(
-                stream_pb2.StreamError(
-                    code=stream_pb2.STREAM_ERROR_CODE_INVALID_STATE,
+                StreamError(
+                    code="INVALID_STATE",
                     message=f"the OMA failed to apply this message (error id {error_id}); nothing of it was applied, "
                     "send it again — if this persists, give the error id to the OMA's operator",
                 )
@@ -311,9 +311,9 @@ class SessionHub:
     def _ack(self, appliance_id: str, job_id: str, sequence: int) -> None:
         session = self.sessions.get(appliance_id)
         if session is not None and sequence:
-            session.send(stream_pb2.JobAck(job_id=job_id, sequence=sequence))
+            session.send(JobAck(job_id=job_id, sequence=sequence))
 
-    def _deliver(self, appliance_id: str, command: stream_pb2.Command) -> bool:
+    def _deliver(self, appliance_id: str, command: QueuedCommand) -> bool:
         session = self.sessions.get(appliance_id)
         return session is not None and session.send(command)
 

@@ -6,15 +6,13 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from oma.common.v1 import inventory_pb2
 from oma_server.db.database import Database
 from oma_server.db.models import ChangeIdRecord, Disk, VmContext, Volume, utcnow
 from oma_server.errors import InvalidArgument, NotFound, Unavailable
+from oma_server.outbox import CommandOutbox
 from oma_server.pagination import fetch_page
-from oma_server.stream.outbox import CommandOutbox
-from vma.v1 import stream_pb2
-
-FIRMWARE = {inventory_pb2.FIRMWARE_BIOS: "bios", inventory_pb2.FIRMWARE_EFI: "efi"}
+from oma_server.protocol.commands import Discover
+from oma_server.protocol.inventory import DiscoveredVm
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,7 @@ class VmPage:
     next_page_token: str
 
 
-def validate_discovered(vm: inventory_pb2.VirtualMachine) -> None:
+def validate_discovered(vm: DiscoveredVm) -> None:
     problems = []
     if not vm.uuid:
         problems.append("uuid is empty")
@@ -90,7 +88,7 @@ class VmContextService:
         self.db = db
         self.outbox = outbox
 
-    async def register(self, appliance_id: str, discovered: inventory_pb2.VirtualMachine) -> tuple[VmView, bool]:
+    async def register(self, appliance_id: str, discovered: DiscoveredVm) -> tuple[VmView, bool]:
         """Create or refresh the VM context of a discovered VM (idempotent by vCenter + VM uuid)."""
         if not appliance_id:
             raise InvalidArgument("appliance_id is required", reason="APPLIANCE_ID_MISSING")
@@ -109,7 +107,7 @@ class VmContextService:
                 "num_cpus": max(1, discovered.num_cpus),
                 "memory_mib": max(1, discovered.memory_mib),
                 "guest_os": discovered.guest_os,
-                "firmware": FIRMWARE.get(discovered.firmware, "bios"),
+                "firmware": discovered.firmware or "bios",
                 "nics": [
                     {
                         "label": n.label,
@@ -158,23 +156,21 @@ class VmContextService:
 
     async def discover(
         self, appliance_id: str, name_filter: str, register: bool, timeout_s: float, connected: bool
-    ) -> tuple[list[inventory_pb2.VirtualMachine], list[VmView]]:
+    ) -> tuple[list[DiscoveredVm], list[VmView]]:
         if not connected:
             raise Unavailable(
                 f"appliance {appliance_id} is not connected; discovery needs its stream up",
                 reason="APPLIANCE_DISCONNECTED",
                 appliance_id=appliance_id,
             )
-        command = await self.outbox.enqueue(
-            appliance_id, stream_pb2.Command(discover=stream_pb2.DiscoverCommand(name_filter=name_filter))
-        )
+        command = await self.outbox.enqueue(appliance_id, Discover(name_filter=name_filter))
         result = await self.outbox.wait_result(command.command_id, timeout_s)
-        if result.outcome != stream_pb2.COMMAND_OUTCOME_SUCCEEDED:
+        if not result.succeeded:
             raise Unavailable(
                 f"appliance {appliance_id} could not discover VMs: {result.detail or 'no detail'}",
                 reason="DISCOVERY_FAILED",
             )
-        found = list(result.discovery.virtual_machines)
+        found = list(result.discovered)
         views = [(await self.register(appliance_id, vm))[0] for vm in found] if register else []
         return found, views
 

@@ -80,7 +80,7 @@ class OmaProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"oma-server exited with {self.proc.returncode}; see {self.log}")
+                raise AssertionError(f"oma-server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     pass
@@ -91,7 +91,14 @@ class OmaProcess:
             except (OSError, grpc.RpcError):
                 pass
             time.sleep(0.05)
-        raise AssertionError(f"oma-server did not become SERVING within {timeout:.0f}s; see {self.log}")
+        raise AssertionError(f"oma-server did not become SERVING within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The end of the server's log, for a failure message that explains itself."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return f"(no log at {self.log})"
 
     def kill(self) -> None:
         """SIGKILL the server and everything it started: a host crash."""

@@ -20,7 +20,7 @@ _SCRIPT = VENV_BIN / "omactl"
 OMACTL: list[str] = (
     [str(_SCRIPT)]
     if _SCRIPT.exists()
-    else [sys.executable, "-c", "from oma_server.omactl import main; raise SystemExit(main())"]
+    else [sys.executable, "-c", "from oma_server.omactl.app import main; raise SystemExit(main())"]
 )
 
 

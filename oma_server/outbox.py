@@ -11,44 +11,31 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from google.protobuf import timestamp_pb2
 from loguru import logger
 
 from oma_server.clock import Clock
 from oma_server.db.database import Database
-from oma_server.db.models import Command, new_id, utcnow
+from oma_server.db.models import Command as CommandRow
+from oma_server.db.models import new_id, utcnow
 from oma_server.errors import DeadlineExceeded, MessageRejected, NotFound
-from oma_server.stream.messages import CommandResult
+from oma_server.protocol.commands import Command, CommandResult, QueuedCommand
 from oma_server.uninterruptible import uninterruptible
-from vma.v1 import stream_pb2
+from oma_server.wire.stream_codec import decode_stored_result, encode_command
 
 OPEN_STATUSES = ("pending", "sent")
-Deliver = Callable[[str, stream_pb2.Command], bool]  # (appliance_id, command) → handed to a live session?
-ResultHandler = Callable[[Command, CommandResult], Awaitable[None]]  # (the command's row, its stored result)
+Deliver = Callable[[str, QueuedCommand], bool]  # (appliance_id, command) → handed to a live session?
+ResultHandler = Callable[[CommandRow, CommandResult], Awaitable[None]]  # (the command's row, its stored result)
 
 
-def insert_command(appliance_id: str, command: stream_pb2.Command, job_id: str = "") -> stream_pb2.Command:
-    """Queue a command inside the current transaction; returns it with its id and issue time filled in."""
-    out = stream_pb2.Command()
-    out.CopyFrom(command)
-    if not out.command_id:
-        out.command_id = new_id()
+def insert_command(appliance_id: str, command: Command, job_id: str = "", command_id: str = "") -> QueuedCommand:
+    """Queue a command inside the current transaction, encoded once: a resend is the same bytes."""
+    command_id = command_id or new_id()
     now = utcnow()
-    issued = timestamp_pb2.Timestamp()
-    issued.FromDatetime(now)
-    out.issued_at.CopyFrom(issued)
-    kind = out.WhichOneof("kind")
-    if kind is None:
-        raise ValueError("a command needs a kind")
-    Command.create(
-        id=out.command_id,
-        appliance=appliance_id,
-        kind=kind,
-        payload=out.SerializeToString(),
-        job_id=job_id,
-        created_at=now,
+    queued = QueuedCommand(command_id, command.kind, encode_command(command, command_id, now))
+    CommandRow.create(
+        id=command_id, appliance=appliance_id, kind=command.kind, payload=queued.encoded, job_id=job_id, created_at=now
     )
-    return out
+    return queued
 
 
 class CommandOutbox:
@@ -57,18 +44,18 @@ class CommandOutbox:
         self.clock = clock
         self.deliver: Deliver | None = None
         self.result_handlers: dict[str, ResultHandler] = {}
-        self._waiters: dict[str, list[asyncio.Future[stream_pb2.CommandResult]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[CommandResult]]] = {}
 
-    async def enqueue(self, appliance_id: str, command: stream_pb2.Command, job_id: str = "") -> stream_pb2.Command:
+    async def enqueue(self, appliance_id: str, command: Command, job_id: str = "") -> QueuedCommand:
         queued = await self.db.tx(insert_command, appliance_id, command, job_id)
         logger.bind(appliance_id=appliance_id, command_id=queued.command_id, job_id=job_id or None).info(
-            "queued {kind} command", kind=queued.WhichOneof("kind")
+            "queued {kind} command", kind=queued.kind
         )
         await self.kick(appliance_id, [queued])
         return queued
 
     async def kick(
-        self, appliance_id: str, commands: list[stream_pb2.Command] | None = None, *, resend: bool = False
+        self, appliance_id: str, commands: list[QueuedCommand] | None = None, *, resend: bool = False
     ) -> int:
         """Deliver queued commands to the appliance if it is connected here: the given ones, else those never sent
         (or, with `resend`, every unanswered one — after a new session)."""
@@ -80,32 +67,30 @@ class CommandOutbox:
         if delivered:
 
             def mark_sent() -> None:
-                Command.update(status="sent", sent_at=utcnow(), attempts=Command.attempts + 1).where(
-                    Command.id.in_(delivered) & (Command.status.in_(OPEN_STATUSES))
+                CommandRow.update(status="sent", sent_at=utcnow(), attempts=CommandRow.attempts + 1).where(
+                    CommandRow.id.in_(delivered) & (CommandRow.status.in_(OPEN_STATUSES))
                 ).execute()
 
             await self.db.tx(mark_sent)
         return len(delivered)
 
-    async def open_commands(
-        self, appliance_id: str, statuses: tuple[str, ...] = OPEN_STATUSES
-    ) -> list[stream_pb2.Command]:
-        def query() -> list[bytes]:
+    async def open_commands(self, appliance_id: str, statuses: tuple[str, ...] = OPEN_STATUSES) -> list[QueuedCommand]:
+        def query() -> list[QueuedCommand]:
             rows = (
-                Command.select(Command.payload)
-                .where((Command.appliance == appliance_id) & Command.status.in_(statuses))
-                .order_by(Command.created_at, Command.id)
+                CommandRow.select(CommandRow.id, CommandRow.kind, CommandRow.payload)
+                .where((CommandRow.appliance == appliance_id) & CommandRow.status.in_(statuses))
+                .order_by(CommandRow.created_at, CommandRow.id)
             )
-            return [bytes(r.payload) for r in rows]
+            return [QueuedCommand(r.id, r.kind, bytes(r.payload)) for r in rows]
 
-        return [stream_pb2.Command.FromString(p) for p in await self.db.run(query)]
+        return await self.db.run(query)
 
     @uninterruptible
     async def record_result(self, appliance_id: str, result: CommandResult) -> bool:
         """Store an appliance's answer (idempotent). True when it was new. Raises MessageRejected."""
 
-        def store() -> tuple[Command | None, bool]:
-            row = Command.get_or_none(Command.id == result.command_id)
+        def store() -> tuple[CommandRow | None, bool]:
+            row = CommandRow.get_or_none(CommandRow.id == result.command_id)
             if row is None or row.appliance_id != appliance_id:
                 return row, False
             if row.status == "done":
@@ -136,10 +121,9 @@ class CommandOutbox:
                 outcome=row.result_outcome,
                 detail=result.detail,
             )
-            answer = stream_pb2.CommandResult.FromString(result.encoded)
             for waiter in self._waiters.pop(row.id, []):
                 if not waiter.done():
-                    waiter.set_result(answer)
+                    waiter.set_result(result)
             handler = self.result_handlers.get(row.kind)
             if handler is not None:
                 try:
@@ -148,14 +132,14 @@ class CommandOutbox:
                     logger.opt(exception=True).bind(command_id=row.id).error("command result handler failed")
         return new
 
-    async def wait_result(self, command_id: str, timeout_s: float) -> stream_pb2.CommandResult:
+    async def wait_result(self, command_id: str, timeout_s: float) -> CommandResult:
         """The appliance's answer to a command, waiting up to `timeout_s` (DeadlineExceeded after)."""
-        row = await self.db.run(Command.get_or_none, Command.id == command_id)
+        row = await self.db.run(CommandRow.get_or_none, CommandRow.id == command_id)
         if row is None:
             raise NotFound(f"command {command_id} does not exist", reason="COMMAND_NOT_FOUND")
         if row.status == "done" and row.result_payload:
-            return stream_pb2.CommandResult.FromString(bytes(row.result_payload))
-        future: asyncio.Future[stream_pb2.CommandResult] = asyncio.get_running_loop().create_future()
+            return decode_stored_result(bytes(row.result_payload))
+        future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(command_id, []).append(future)
         try:
             return await asyncio.wait_for(future, timeout_s)

@@ -1,6 +1,6 @@
-"""What an appliance tells the OMA on its stream, as domain values (no wire types here).
+"""What an appliance and the OMA tell each other on the stream, as domain values (no wire types here).
 
-`oma_server.api.stream_codec` decodes each wire message into one of these, checked whole (known enum values, ids
+`oma_server.wire.stream_codec` decodes each wire message into one of these, checked whole (known enum values, ids
 and texts within their limits, numbers in range, durations sane) before anything of it is applied; a message that
 fails is answered with a StreamError and changes nothing. What can only be checked against state (the job exists
 and is the appliance's, the disks belong to it, bytes within the stored totals) is checked by the job store, also
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+
+from oma_server.protocol.commands import QueuedCommand
 
 # Limits of what a message may carry: the widths of the columns the values are stored in (PostgreSQL refuses a longer
 # value, and a refused batch write would hold back every job's acks). A message over a limit is refused, never cut:
@@ -73,15 +75,6 @@ class JobEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class CommandResult:
-    command_id: str
-    outcome: str  # succeeded | failed | rejected
-    detail: str
-    error_class: str
-    encoded: bytes  # the message as received, kept with the command for whoever waits on its payload
-
-
-@dataclass(frozen=True, slots=True)
 class Hello:
     appliance_id: str
     credential: str
@@ -93,3 +86,35 @@ class Hello:
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     running_job_ids: tuple[str, ...]
+
+
+# ---- from the OMA -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    session_id: str
+    heartbeat_interval_s: float
+    server_version: str
+    cursors: tuple[tuple[str, int], ...]  # (job id, last durably applied sequence) of every open job
+
+
+@dataclass(frozen=True, slots=True)
+class JobAck:
+    job_id: str
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResultAck:
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamError:
+    code: str  # INVALID_MESSAGE, UNKNOWN_JOB, FOREIGN_JOB, INVALID_STATE, UNKNOWN_COMMAND
+    message: str
+    job_id: str = ""
+    sequence: int = 0
+    command_id: str = ""
+
+
+Outgoing = Welcome | JobAck | QueuedCommand | CommandResultAck | StreamError

@@ -1,18 +1,24 @@
-"""The wire boundary of the VMA stream: `vma.v1` messages in, domain values (`oma_server.stream.messages`) out.
+"""The wire boundary of the appliance protocol: `vma.v1` messages in and out, domain values inside.
 
-Every decoder checks its message whole before returning anything, and raises MessageRejected (INVALID_MESSAGE)
-naming the field and what is wrong. proto3 enums are open — an unknown number arrives as a plain int — so every
-enum value is checked against the enum's own descriptor here, once, instead of failing later in the middle of
-applying a message.
+Inbound, every decoder checks its message whole before returning anything, and raises MessageRejected
+(INVALID_MESSAGE) naming the field and what is wrong. proto3 enums are open — an unknown number arrives as a plain
+int — so every enum value is checked against the enum's own descriptor here, once, instead of failing later in the
+middle of applying a message. Outbound, commands are encoded once, when the outbox stores them (a resend is the
+same bytes), and the stream's other messages when the gateway writes them.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from google.protobuf.descriptor import EnumDescriptor
 
-from oma.common.v1 import jobs_pb2
+from oma.common.v1 import inventory_pb2, jobs_pb2
+from oma.v1 import gateway_pb2
 from oma_server.errors import InvalidArgument, MessageRejected
-from oma_server.stream import messages as m
+from oma_server.protocol import commands as c
+from oma_server.protocol import stream as m
+from oma_server.protocol.inventory import DiscoveredDisk, DiscoveredNic, DiscoveredVm
 from vma.v1 import stream_pb2
 
 
@@ -164,19 +170,176 @@ def decode_event(event: stream_pb2.JobEvent) -> m.JobEvent:
     return m.JobEvent(job_id=event.job_id, sequence=event.sequence, kind=m.EventKind(kind))
 
 
-def decode_command_result(result: stream_pb2.CommandResult) -> m.CommandResult:
+def decode_command_result(result: stream_pb2.CommandResult) -> c.CommandResult:
     check = _Checker(f"command result {result.command_id}".rstrip(), command_id=result.command_id)
     check.text("command_id", result.command_id, m.MAX_ID_CHARS, required=True)
     outcome = check.enum("outcome", stream_pb2.CommandOutcome.DESCRIPTOR, result.outcome, "COMMAND_OUTCOME_")
     if not outcome:
         raise check.refuse("outcome is required (SUCCEEDED, FAILED or REJECTED)")
-    return m.CommandResult(
+    try:
+        discovered = tuple(decode_vm(vm) for vm in result.discovery.virtual_machines)
+    except InvalidArgument as exc:
+        raise check.refuse(exc.message) from None
+    return c.CommandResult(
         command_id=result.command_id,
         outcome=outcome,
         detail=check.text("detail", result.detail, m.MAX_DETAIL_CHARS),
         error_class=check.enum("error_class", jobs_pb2.ErrorClass.DESCRIPTOR, result.error_class, "ERROR_CLASS_"),
+        discovered=discovered,
+        power_state=check.enum(
+            "power.power_state", inventory_pb2.PowerState.DESCRIPTOR, result.power.power_state, "POWER_STATE_"
+        ),
         encoded=result.SerializeToString(),
     )
+
+
+def decode_stored_result(encoded: bytes) -> c.CommandResult:
+    """A result the outbox stored (it was checked when it arrived)."""
+    return decode_command_result(stream_pb2.CommandResult.FromString(encoded))
+
+
+def decode_vm(vm: inventory_pb2.VirtualMachine) -> DiscoveredVm:
+    """A discovered VM, from an appliance's answer or an operator's RegisterVmContext (INVALID_ARGUMENT naming the
+    field when an enum value is unknown)."""
+
+    def name_of(field: str, descriptor: EnumDescriptor, value: int, prefix: str) -> str:
+        if value and value not in descriptor.values_by_number:
+            raise InvalidArgument(
+                f"virtual_machine.{field} {value} is not a {descriptor.name} value",
+                reason="VM_INVENTORY_INVALID",
+                field=f"virtual_machine.{field}",
+            )
+        return descriptor.values_by_number[value].name.removeprefix(prefix).lower() if value else ""
+
+    return DiscoveredVm(
+        vcenter=vm.vcenter,
+        datacenter=vm.datacenter,
+        uuid=vm.uuid,
+        moref=vm.moref,
+        name=vm.name,
+        num_cpus=vm.num_cpus,
+        memory_mib=vm.memory_mib,
+        guest_os=vm.guest_os,
+        firmware=name_of("firmware", inventory_pb2.Firmware.DESCRIPTOR, vm.firmware, "FIRMWARE_"),
+        power_state=name_of("power_state", inventory_pb2.PowerState.DESCRIPTOR, vm.power_state, "POWER_STATE_"),
+        nics=tuple(DiscoveredNic(n.label, n.network_name, n.mac_address, n.adapter_type) for n in vm.nics),
+        disks=tuple(
+            DiscoveredDisk(
+                key=d.key,
+                label=d.label,
+                capacity_bytes=d.capacity_bytes,
+                datastore_path=d.datastore_path,
+                cbt_enabled=d.cbt_enabled,
+                current_change_id=d.current_change_id,
+                unit_number=d.unit_number,
+            )
+            for d in vm.disks
+        ),
+    )
+
+
+def encode_vm(vm: DiscoveredVm) -> inventory_pb2.VirtualMachine:
+    return inventory_pb2.VirtualMachine(
+        vcenter=vm.vcenter,
+        datacenter=vm.datacenter,
+        uuid=vm.uuid,
+        moref=vm.moref,
+        name=vm.name,
+        num_cpus=vm.num_cpus,
+        memory_mib=vm.memory_mib,
+        guest_os=vm.guest_os,
+        firmware=_enum_value(inventory_pb2.Firmware.DESCRIPTOR, "FIRMWARE_", vm.firmware),  # type: ignore[arg-type]
+        power_state=_enum_value(inventory_pb2.PowerState.DESCRIPTOR, "POWER_STATE_", vm.power_state),  # type: ignore[arg-type]
+        nics=[
+            inventory_pb2.Nic(
+                label=n.label, network_name=n.network_name, mac_address=n.mac_address, adapter_type=n.adapter_type
+            )
+            for n in vm.nics
+        ],
+        disks=[
+            inventory_pb2.VirtualDisk(
+                key=d.key,
+                label=d.label,
+                capacity_bytes=d.capacity_bytes,
+                datastore_path=d.datastore_path,
+                cbt_enabled=d.cbt_enabled,
+                current_change_id=d.current_change_id,
+                unit_number=d.unit_number,
+            )
+            for d in vm.disks
+        ],
+    )
+
+
+def _enum_value(descriptor: EnumDescriptor, prefix: str, name: str) -> int:
+    return descriptor.values_by_name[prefix + name.upper()].number if name else 0
+
+
+# ---- outbound ------------------------------------------------------------------------------------------------------
+def encode_command(command: c.Command, command_id: str, issued_at: datetime) -> bytes:
+    """A command as it is stored in the outbox and sent (and re-sent) to the appliance."""
+    wire = stream_pb2.Command(command_id=command_id)
+    wire.issued_at.FromDatetime(issued_at)
+    match command:
+        case c.StartReplication():
+            wire.start_replication.CopyFrom(
+                stream_pb2.StartReplicationCommand(
+                    job_id=command.job_id,
+                    vm_uuid=command.vm_uuid,
+                    last_applied_sequence=command.last_applied_sequence,
+                    disks=[
+                        stream_pb2.DiskTarget(
+                            disk_id=d.disk_id,
+                            disk_key=d.disk_key,
+                            nbd_uri=d.nbd_uri,
+                            previous_change_id=d.previous_change_id,
+                            capacity_bytes=d.capacity_bytes,
+                            resume_token=d.resume_token,
+                            target_is_new=d.target_is_new,
+                        )
+                        for d in command.disks
+                    ],
+                )
+            )
+        case c.CancelJob():
+            wire.cancel_job.job_id = command.job_id
+        case c.PowerOff():
+            wire.power_off.vm_uuid = command.vm_uuid
+            wire.power_off.graceful_timeout.seconds = command.graceful_timeout_s
+        case c.PowerOn():
+            wire.power_on.vm_uuid = command.vm_uuid
+        case c.Discover():
+            wire.discover.name_filter = command.name_filter
+    return wire.SerializeToString()
+
+
+def encode_outgoing(message: m.Outgoing) -> gateway_pb2.ConnectResponse:
+    """One message of the OMA's side of the stream."""
+    response = gateway_pb2.ConnectResponse()
+    match message:
+        case m.Welcome():
+            response.welcome.session_id = message.session_id
+            interval = message.heartbeat_interval_s
+            response.welcome.heartbeat_interval.seconds = int(interval)
+            response.welcome.heartbeat_interval.nanos = round((interval % 1) * 1e9)
+            response.welcome.server_version = message.server_version
+            response.welcome.open_jobs.extend(
+                stream_pb2.JobCursor(job_id=job_id, last_applied_sequence=seq) for job_id, seq in message.cursors
+            )
+        case m.JobAck():
+            response.ack.job_id = message.job_id
+            response.ack.sequence = message.sequence
+        case c.QueuedCommand():
+            response.command.MergeFromString(message.encoded)
+        case m.CommandResultAck():
+            response.command_result_ack.command_id = message.command_id
+        case m.StreamError():
+            response.error.code = stream_pb2.StreamErrorCode.Value(f"STREAM_ERROR_CODE_{message.code}")  # type: ignore[assignment]
+            response.error.job_id = message.job_id
+            response.error.sequence = message.sequence
+            response.error.command_id = message.command_id
+            response.error.message = message.message
+    return response
 
 
 def decode_heartbeat(heartbeat: stream_pb2.Heartbeat) -> m.Heartbeat:

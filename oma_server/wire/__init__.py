@@ -1,0 +1,1 @@
+"""Wire formats: the appliance protocol (`vma.v1`) turned into domain values and back, in one place."""
