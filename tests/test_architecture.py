@@ -137,3 +137,15 @@ def test_arrows_point_inward() -> None:
 
 def test_the_checks_see_a_circle_when_there_is_one() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_omactl_is_only_a_client_of_the_api() -> None:
+    """omactl talks to the server through the API alone: it imports no server module (errors are read with
+    vma_client_stubs.errors)."""
+    internal, _ = imports()
+    reaching_in = {
+        source: sorted(t for t in targets if not under(t, ("oma_server.omactl", "oma_server.version")))
+        for source, targets in internal.items()
+        if under(source, ("oma_server.omactl",))
+    }
+    assert {s: t for s, t in reaching_in.items() if t} == {}

@@ -27,7 +27,6 @@ from oma.v1 import (
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
-from oma_server.api.status import error_info_of
 from oma_server.app import App
 from oma_server.server import OmaServer
 from oma_server.storage.attachments import SlotPool
@@ -35,6 +34,7 @@ from oma_server.storage.volumes import VOLUME_NAME_PREFIX
 from tests.conftest import make_settings
 from tests.factories import Enrolled, RawStream, enroll, inventory, live_exports
 from tests.failover.helpers import play_replication, replicas_released, restart_oma
+from vma_client_stubs.errors import error_info_of
 
 pytestmark = pytest.mark.nbd
 PROVISIONING = replication_pb2.REPLICATION_JOB_STATUS_PROVISIONING

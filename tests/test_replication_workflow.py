@@ -23,7 +23,6 @@ from oma.v1 import (
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
-from oma_server.api.status import error_info_of
 from oma_server.app import App
 from oma_server.db.models import Volume
 from oma_server.server import OmaServer
@@ -33,6 +32,7 @@ from tests.conftest import make_settings
 from tests.factories import Enrolled, RawStream, enroll, inventory, live_exports, nbdcopy
 from tests.waiting import until
 from vma.v1 import stream_pb2
+from vma_client_stubs.errors import error_info_of
 
 pytestmark = pytest.mark.nbd
 MIB = 1 << 20

@@ -15,11 +15,12 @@ from oma.v1 import (
     server_info_pb2,
     server_info_pb2_grpc,
 )
-from oma_server.api.status import ERROR_DOMAIN, ErrorMappingInterceptor, error_info_of
+from oma_server.api.status import ERROR_DOMAIN, ErrorMappingInterceptor
 from oma_server.server import SERVICE_NAMES, OmaServer
 from tests.conftest import REPO
 from tests.waiting import until
 from vma.v1 import agent_service_pb2, agent_service_pb2_grpc
+from vma_client_stubs.errors import error_info_of
 
 
 async def test_health_serving_for_every_service(channel: grpc.aio.Channel) -> None:

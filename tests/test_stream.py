@@ -10,7 +10,6 @@ import pytest
 
 from oma.common.v1 import jobs_pb2
 from oma.v1 import job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc
-from oma_server.api.status import error_info_of
 from oma_server.app import App
 from oma_server.db.models import Appliance, ChangeIdRecord, Command, Disk, ReplicationJob
 from oma_server.replication.state_machine import JobStatus
@@ -18,6 +17,7 @@ from oma_server.server import OmaServer
 from tests.conftest import make_settings
 from tests.factories import RawStream, completed, disk_done, enroll, progress, seed_job, started
 from vma.v1 import stream_pb2
+from vma_client_stubs.errors import error_info_of
 
 
 async def row(app: App, job_id: str) -> ReplicationJob:

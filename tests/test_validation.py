@@ -23,11 +23,12 @@ from oma.v1 import (
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
-from oma_server.api.status import ErrorMappingInterceptor, error_info_of
+from oma_server.api.status import ErrorMappingInterceptor
 from oma_server.api.validation import RULES, RequestCheck
 from oma_server.errors import InvalidArgument
 from oma_server.pagination import encode_token
 from oma_server.server import SERVICE_NAMES
+from vma_client_stubs.errors import error_info_of
 
 
 async def refused(call: Any) -> tuple[grpc.StatusCode, str, dict[str, str], str]:

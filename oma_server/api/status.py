@@ -60,19 +60,6 @@ def to_status(error: DomainError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def error_info_of(call_error: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    """Client side: the ErrorInfo in a failed call's status details, if any."""
-    trailing = call_error.trailing_metadata() or ()
-    for key, value in trailing:  # type: ignore[misc]
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info
-    return None
-
-
 async def _abort(context: grpc.aio.ServicerContext, error: DomainError, method: str) -> None:
     log = logger.bind(rpc=method, reason=error.reason)
     if error.category in (Category.INTERNAL, Category.UNAVAILABLE):

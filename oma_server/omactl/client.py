@@ -16,7 +16,7 @@ from oma.v1 import (
     storage_pb2_grpc,
     vm_context_pb2_grpc,
 )
-from oma_server.api.status import error_info_of
+from vma_client_stubs.errors import error_info_of
 
 T = TypeVar("T", bound=Message)
 LIST_PAGE_SIZE = 1000

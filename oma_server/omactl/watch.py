@@ -21,12 +21,12 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 from rich.table import Column
 
 from oma.v1 import failover_pb2, job_pb2, replication_pb2
-from oma_server.api.status import error_info_of
 from oma_server.omactl import render
 from oma_server.omactl.client import CliError, describe_rpc_error
 from oma_server.omactl.context import Commands, Context
 from oma_server.omactl.labels import error_text, failover_kind, failover_status, job_kind, job_status, phase
 from oma_server.omactl.render import Output, rate, size, to_dict
+from vma_client_stubs.errors import error_info_of
 
 RECONNECT_FOR_S = 300.0
 _BACKOFF_FIRST_S = 0.2

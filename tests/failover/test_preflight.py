@@ -8,10 +8,10 @@ import grpc
 import pytest
 
 from oma.v1 import failover_pb2, failover_pb2_grpc, vm_context_pb2, vm_context_pb2_grpc
-from oma_server.api.status import error_info_of
 from oma_server.server import OmaServer
 from tests.factories import enroll
 from tests.failover.helpers import LIVE, TEST, failover_stub, inventory, map_network, replicate, sim_of, start_failover
+from vma_client_stubs.errors import error_info_of
 
 
 async def check(channel: grpc.aio.Channel, vm_id: str, kind: int = TEST) -> dict[str, failover_pb2.ReadinessCheck]:
