@@ -9,9 +9,12 @@ same bytes), and the stream's other messages when the gateway writes them.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
+from typing import TypeVar
 
 from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.message import Message
 
 from oma.common.v1 import inventory_pb2, jobs_pb2
 from oma.v1 import gateway_pb2
@@ -20,6 +23,8 @@ from oma_server.protocol import commands as c
 from oma_server.protocol import stream as m
 from oma_server.protocol.inventory import DiscoveredDisk, DiscoveredNic, DiscoveredVm
 from vma.v1 import stream_pb2
+
+T = TypeVar("T")
 
 
 class _Checker:
@@ -222,20 +227,14 @@ def decode_vm(vm: inventory_pb2.VirtualMachine) -> DiscoveredVm:
         guest_os=vm.guest_os,
         firmware=name_of("firmware", inventory_pb2.Firmware.DESCRIPTOR, vm.firmware, "FIRMWARE_"),
         power_state=name_of("power_state", inventory_pb2.PowerState.DESCRIPTOR, vm.power_state, "POWER_STATE_"),
-        nics=tuple(DiscoveredNic(n.label, n.network_name, n.mac_address, n.adapter_type) for n in vm.nics),
-        disks=tuple(
-            DiscoveredDisk(
-                key=d.key,
-                label=d.label,
-                capacity_bytes=d.capacity_bytes,
-                datastore_path=d.datastore_path,
-                cbt_enabled=d.cbt_enabled,
-                current_change_id=d.current_change_id,
-                unit_number=d.unit_number,
-            )
-            for d in vm.disks
-        ),
+        nics=tuple(_same_fields(DiscoveredNic, n) for n in vm.nics),
+        disks=tuple(_same_fields(DiscoveredDisk, d) for d in vm.disks),
     )
+
+
+def _same_fields(cls: type[T], message: Message) -> T:
+    """A domain value whose fields are named and typed as the message's (NIC and disk inventory)."""
+    return cls(**{f.name: getattr(message, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
 
 def encode_vm(vm: DiscoveredVm) -> inventory_pb2.VirtualMachine:
@@ -250,24 +249,8 @@ def encode_vm(vm: DiscoveredVm) -> inventory_pb2.VirtualMachine:
         guest_os=vm.guest_os,
         firmware=_enum_value(inventory_pb2.Firmware.DESCRIPTOR, "FIRMWARE_", vm.firmware),  # type: ignore[arg-type]
         power_state=_enum_value(inventory_pb2.PowerState.DESCRIPTOR, "POWER_STATE_", vm.power_state),  # type: ignore[arg-type]
-        nics=[
-            inventory_pb2.Nic(
-                label=n.label, network_name=n.network_name, mac_address=n.mac_address, adapter_type=n.adapter_type
-            )
-            for n in vm.nics
-        ],
-        disks=[
-            inventory_pb2.VirtualDisk(
-                key=d.key,
-                label=d.label,
-                capacity_bytes=d.capacity_bytes,
-                datastore_path=d.datastore_path,
-                cbt_enabled=d.cbt_enabled,
-                current_change_id=d.current_change_id,
-                unit_number=d.unit_number,
-            )
-            for d in vm.disks
-        ],
+        nics=[inventory_pb2.Nic(**dataclasses.asdict(n)) for n in vm.nics],
+        disks=[inventory_pb2.VirtualDisk(**dataclasses.asdict(d)) for d in vm.disks],
     )
 
 
