@@ -192,3 +192,12 @@ def live_exports(app: App) -> list[str]:
     """Exports nbd-server can serve now: the ones whose device exists. A retired export stays in nbd-server's
     configuration, dormant, while its replica is detached (oma_server/storage/exports.py)."""
     return sorted(e.name for e in app.nbd.list_exports() if Path(e.device_path).exists())
+
+
+async def job_on_stream(channel: grpc.aio.Channel, app: App) -> tuple[Enrolled, JobState, RawStream]:
+    """An enrolled appliance, a job handed to it (waiting for the appliance) and its stream, past the Welcome."""
+    enrolled = await enroll(channel)
+    job = await seed_job(app, enrolled.appliance_id)
+    stream = RawStream(channel)
+    await stream.hello(enrolled)
+    return enrolled, job, stream

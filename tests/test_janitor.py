@@ -17,7 +17,7 @@ from oma_server.db.database import Database
 from oma_server.db.models import JobLog, ReplicationJob, VmContext
 from oma_server.server import OmaServer
 from tests.conftest import make_settings
-from tests.factories import RawStream, disk_done, enroll, seed_job, started
+from tests.factories import RawStream, disk_done, enroll, job_on_stream, seed_job, started
 from vma.v1 import stream_pb2
 
 
@@ -74,10 +74,7 @@ async def test_a_start_command_the_appliance_rejects_fails_the_job(
     channel: grpc.aio.Channel, oma_server: OmaServer
 ) -> None:
     app = oma_server.app
-    enrolled = await enroll(channel)
-    job = await seed_job(app, enrolled.appliance_id)
-    stream = RawStream(channel)
-    await stream.hello(enrolled)
+    _, job, stream = await job_on_stream(channel, app)
     command = (await stream.recv_until("command")).command
     await stream.send(
         command_result=stream_pb2.CommandResult(
@@ -101,10 +98,7 @@ async def test_a_cancel_for_a_job_the_appliance_does_not_run_ends_cancelled(
     channel: grpc.aio.Channel, oma_server: OmaServer
 ) -> None:
     app = oma_server.app
-    enrolled = await enroll(channel)
-    job = await seed_job(app, enrolled.appliance_id)
-    stream = RawStream(channel)
-    await stream.hello(enrolled)
+    _, job, stream = await job_on_stream(channel, app)
     await stream.recv_until("command")
     api = replication_pb2_grpc.ReplicationServiceStub(channel)
     await api.CancelReplicationJob(replication_pb2.CancelReplicationJobRequest(id=job.id))

@@ -31,7 +31,17 @@ from oma_server.app import App
 from oma_server.db.models import ReplicationJob
 from oma_server.server import OmaServer
 from tests.conftest import make_settings
-from tests.factories import RawStream, completed, disk_done, enroll, inventory, progress, seed_job, started
+from tests.factories import (
+    RawStream,
+    completed,
+    disk_done,
+    enroll,
+    inventory,
+    job_on_stream,
+    progress,
+    seed_job,
+    started,
+)
 from tests.pg import PostgresServer, row_locked, wait_until_blocked
 from vma.v1 import stream_pb2
 
@@ -137,11 +147,8 @@ async def test_an_undecodable_report_changes_nothing_and_its_corrected_resend_is
     channel: grpc.aio.Channel, oma_server: OmaServer, spoil: str
 ) -> None:
     app = oma_server.app
-    enrolled = await enroll(channel)
-    job = await seed_job(app, enrolled.appliance_id)
+    _, job, stream = await job_on_stream(channel, app)
     total = sum(d.bytes_total for d in job.disks)
-    stream = RawStream(channel)
-    await stream.hello(enrolled)
     await stream.send(progress=progress(job, 1, total // 4))
     await stream.recv_until("ack", job_id=job.id, sequence=1)
     before = await db_row(app, job.id)
@@ -187,11 +194,8 @@ async def test_bytes_over_the_known_total_are_refused_when_the_report_omits_the_
     channel: grpc.aio.Channel, oma_server: OmaServer, level: str
 ) -> None:
     app = oma_server.app
-    enrolled = await enroll(channel)
-    job = await seed_job(app, enrolled.appliance_id)
+    _, job, stream = await job_on_stream(channel, app)
     total = sum(d.bytes_total for d in job.disks)
-    stream = RawStream(channel)
-    await stream.hello(enrolled)
     await stream.send(progress=progress(job, 1, total // 10))  # the job's total is now known
     await stream.recv_until("ack", job_id=job.id, sequence=1)
     bad = progress(job, 2, total // 5)
@@ -218,11 +222,8 @@ async def test_a_first_report_cannot_exceed_the_sum_of_the_disks(
     channel: grpc.aio.Channel, oma_server: OmaServer
 ) -> None:
     app = oma_server.app
-    enrolled = await enroll(channel)
-    job = await seed_job(app, enrolled.appliance_id)
+    _, job, stream = await job_on_stream(channel, app)
     total = sum(d.bytes_total for d in job.disks)
-    stream = RawStream(channel)
-    await stream.hello(enrolled)
     bad = progress(job, 1, total * 10)
     bad.bytes_total = 0
     await stream.send(progress=bad)
@@ -238,10 +239,7 @@ async def test_watch_jobs_opened_while_a_change_is_in_flight_sees_that_change(
     server, url = pg_server
     app = server.app
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        enrolled = await enroll(channel)
-        job = await seed_job(app, enrolled.appliance_id)
-        stream = RawStream(channel)
-        await stream.hello(enrolled)
+        _, job, stream = await job_on_stream(channel, app)
         watch = job_pb2_grpc.JobServiceStub(channel).WatchJobs(job_pb2.WatchJobsRequest())
         with row_locked(url, "replication_job", job.id):
             await stream.send(event=started(job, 1))  # waiting_for_vma → replicating: a commit, now in flight
