@@ -192,6 +192,15 @@ class CopyResult(CopyProgress):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TlsSettings:
+    """The appliance's own TLS credentials for the NBD connection (set on the handle, never taken from a URI)."""
+
+    certificates_dir: Path | None = None  # ca-cert.pem, client-cert.pem, client-key.pem (libnbd's layout)
+    psk_file: Path | None = None  # username:hexkey lines
+    username: str = ""  # the PSK identity
+
+
 @dataclass
 class _Chunk:
     seq: int  # position in the plan's chunk order: the prefix of completed chunks is the resume point
@@ -251,6 +260,7 @@ class DiskCopier:
         progress_interval_s: float = 0.1,
         checkpoint_interval_s: float = 1.0,
         max_bytes_per_second: float | None = None,
+        tls: TlsSettings | None = None,
     ) -> None:
         if not (4096 <= chunk_size <= 32 * MIB) or chunk_size % 4096:
             raise ValueError("chunk_size must be a multiple of 4 KiB between 4 KiB and 32 MiB")
@@ -274,6 +284,7 @@ class DiskCopier:
         self.progress_interval_s = progress_interval_s
         self.checkpoint_interval_s = checkpoint_interval_s
         self.max_bytes_per_second = max_bytes_per_second
+        self.tls = tls
         self._lock = threading.Lock()
         self._progress = CopyProgress(
             bytes_total=plan.total_bytes,
@@ -341,6 +352,14 @@ class DiskCopier:
             attempt += 1
             handle = nbd.NBD()
             try:
+                if self.tls is not None:
+                    handle.set_tls(nbd.TLS_REQUIRE)
+                    if self.tls.certificates_dir is not None:
+                        handle.set_tls_certificates(str(self.tls.certificates_dir))
+                    if self.tls.psk_file is not None:
+                        handle.set_tls_psk_file(str(self.tls.psk_file))
+                    if self.tls.username:
+                        handle.set_tls_username(self.tls.username)
                 handle.connect_uri(self.nbd_uri)
                 return handle
             except nbd.Error as exc:
