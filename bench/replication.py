@@ -175,12 +175,12 @@ def peer_nbdcopy_seconds(config_dir: Path, source: Path, replica: Path) -> tuple
     return asyncio.run(peer())
 
 
-def one_run(bench: Bench, appliance_id: str, first_vm: str | None, index: int, args: argparse.Namespace) -> dict:
+def one_run(bench: Bench, appliance_id: str, vm_id: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     dropped = True
-    vm1 = bench.get_vm(first_vm) if first_vm else bench.add_vm(appliance_id, f"bench-1x-{index}", (args.size_mib,))
+    vm1 = bench.get_vm(vm_id)
     quarter = args.size_mib // 4
-    vm4 = bench.add_vm(appliance_id, f"bench-4x-{index}", (quarter,) * 4)
+    vm4 = bench.add_vm(appliance_id, "bench-4x", (quarter,) * 4)
     disk = vm1.disks[0]
     source = bench.source_disks(vm1)[disk.id]
     out["capacity_bytes"] = disk.capacity_bytes
@@ -235,8 +235,7 @@ def one_run(bench: Bench, appliance_id: str, first_vm: str | None, index: int, a
     return out
 
 
-def measure(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[str, Any]:
-    bench = Bench(root, stack)
+def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         "benchmark": "replication",
         "size_mib": args.size_mib,
@@ -246,12 +245,20 @@ def measure(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[str,
         "nbd_server": f"{SERVER_NAME} ({_version()})",
         "machine": machine_info(),
     }
+    runs: list[dict[str, Any]] = []
+    run_root = root
     try:
-        bench.start_oma()
-        appliance_id, first_vm = bench.start_agent(
-            "bench-1x-0", (args.size_mib,), ("--report-interval", str(REPORT_INTERVAL_S))
-        )
-        runs = [one_run(bench, appliance_id, first_vm if i == 0 else None, i, args) for i in range(args.runs)]
+        for i in range(args.runs):
+            # A fresh OMA and appliance per run: five volumes a run, and one OMA VM takes at most 14 data disks.
+            run_root = root / f"run-{i + 1}"
+            run_root.mkdir()
+            with ExitStack() as stack:
+                bench = Bench(run_root, stack)
+                bench.start_oma()
+                appliance_id, vm_id = bench.start_agent(
+                    "bench-1x", (args.size_mib,), ("--report-interval", str(REPORT_INTERVAL_S))
+                )
+                runs.append(one_run(bench, appliance_id, vm_id, i, args))
         out["runs_all"] = runs
         for key in runs[0]:
             values = [r[key] for r in runs if isinstance(r.get(key), int | float) and not isinstance(r[key], bool)]
@@ -263,8 +270,9 @@ def measure(args: argparse.Namespace, root: Path, stack: ExitStack) -> dict[str,
     except (DemoFailed, grpc.RpcError, subprocess.CalledProcessError) as exc:
         detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)  # type: ignore[union-attr]
         out["error"] = detail or type(exc).__name__
+        out["runs_all"] = runs
         for name in ("oma-server", "vma-agent"):
-            log = root / f"{name}.log"
+            log = run_root / f"{name}.log"
             if log.exists():
                 print(f"--- last lines of {name}.log ---", file=sys.stderr)
                 print("\n".join(log.read_text(errors="replace").splitlines()[-15:]), file=sys.stderr)
@@ -340,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="bench-replication-"))
     try:
-        with ExitStack() as stack:
-            out = measure(args, root, stack)
+        out = measure(args, root)
     finally:
         if args.keep:
             print(f"kept {root}")

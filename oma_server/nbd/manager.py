@@ -12,8 +12,10 @@ noise of this machine, both with nbdcopy and with the reference agent's copier.
 
 What nbdkit 1.32 does, as used here:
 
-* `--foreground` keeps it our child: its exit is seen by a pidfd, and asyncio's child watcher reaps it (no zombie).
-  Its stderr goes to `nbdkit.log` in the config directory (a file, not a pipe: it must outlive a crashed OMA).
+* nbdkit runs as a daemon (`--foreground` is unusable: a foreground nbdkit exits when its parent dies, which would
+  cut every transfer when the OMA crashes). The OMA process makes itself a child subreaper (prctl), so the daemon
+  is re-parented to it and reaped by it (no zombie); its exit is seen by a pidfd. Its stderr goes to `nbdkit.log`
+  in the config directory (argument and bind errors come before it daemonises, with a non-zero exit).
 * **A killed OMA** leaves nbdkit running with its connections. At the next start the manager finds it by the pid
   file and its command line: started with exactly the arguments this manager would use, it is **taken over**
   (watched by pidfd, never restarted: live transfers continue across the OMA restart); anything else of this
@@ -165,7 +167,6 @@ class NbdExportManager:
         self._exports: dict[str, _Export] = {}
         self._lock = asyncio.Lock()
         self._pid: int | None = None
-        self._child: asyncio.subprocess.Process | None = None
         self._pidfd: int | None = None
         self._exited = asyncio.Event()
         self._served: set[str] = set()
@@ -489,7 +490,6 @@ class NbdExportManager:
         """The one command line of our nbdkit; a leftover server is taken over only if it has exactly this."""
         return [
             self.binary,
-            "--foreground",
             "--ipaddr",
             self.host,
             "--port",
@@ -511,7 +511,7 @@ class NbdExportManager:
         wanted = tuple(self._argv())
         for info in await asyncio.to_thread(procs.server_processes, SERVER_NAME, str(self.exports_dir)):
             if info.cmdline == wanted and await asyncio.to_thread(procs.listens_on, info.pid, self.port):
-                self._pid, self._child, self.adopted = info.pid, None, True
+                self._pid, self.adopted = info.pid, True
                 self._watch(info.pid)
                 log.warning(
                     "Took over nbdkit pid {} left by an earlier OMA process on this data dir (its connections "
@@ -544,11 +544,13 @@ class NbdExportManager:
             self.pid_path.unlink()
         if await asyncio.to_thread(procs.listening_pids, self.port):
             raise await self._port_holder_error()
+        # nbdkit daemonises; as a subreaper this process becomes its parent, so it can reap it (no zombie).
+        procs.become_subreaper()
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         stderr = await asyncio.to_thread(open, self.log_path, "ab")
         with stderr:
             try:
-                child = await asyncio.create_subprocess_exec(
+                launcher = await asyncio.create_subprocess_exec(
                     *self._argv(),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=stderr,
@@ -561,30 +563,48 @@ class NbdExportManager:
                     "(`apt-get install nbdkit`).",
                     binary=self.binary,
                 ) from None
-        self._child, self._pid, self.adopted = child, child.pid, False
-        self._watch(child.pid)
+        try:
+            code = await asyncio.wait_for(launcher.wait(), _START_TIMEOUT_S)  # it returns once the daemon runs
+        except TimeoutError:
+            launcher.kill()
+            await launcher.wait()
+            code = -1
+        if code != 0:  # bad arguments, bind errors: nbdkit checks them before it daemonises
+            text = await asyncio.to_thread(_log_tail, self.log_path, offset)
+            holders = await asyncio.to_thread(procs.listening_pids, self.port)
+            if "Address already in use" in text or holders:
+                raise await self._port_holder_error()
+            raise NbdServerUnavailable(
+                f"nbdkit refused to start (exit {code}) on {self.host}:{self.port}: {text or 'no message'}. Check "
+                f"that the address is local and the port free ({self.log_path}).",
+                listen=f"{self.host}:{self.port}",
+                exit_code=code,
+            )
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while not await asyncio.to_thread(procs.listens_on, child.pid, self.port):
-            if child.returncode is not None or not procs.is_running(child.pid) or time.monotonic() > deadline:
-                await self._terminate_locked()
-                text = await asyncio.to_thread(_log_tail, self.log_path, offset)
-                holders = await asyncio.to_thread(procs.listening_pids, self.port)
-                if "Address already in use" in text or holders:
-                    raise await self._port_holder_error()
+        pid: int | None = None
+        while pid is None or not await asyncio.to_thread(procs.listens_on, pid, self.port):
+            if pid is None:
+                pid = await asyncio.to_thread(_read_pid, self.pid_path)
+            if (pid is not None and not procs.is_running(pid)) or time.monotonic() > deadline:
+                if pid is not None:
+                    self._pid = pid
+                    await self._terminate_locked()
                 raise NbdServerUnavailable(
-                    f"nbdkit did not start listening on {self.host}:{self.port}: {text or 'no message'}. Check "
-                    f"that the address is local and the port free ({self.log_path}).",
+                    f"nbdkit daemonised but did not listen on {self.host}:{self.port} (pid {pid}); see "
+                    f"{self.log_path}.",
                     listen=f"{self.host}:{self.port}",
                 )
             await asyncio.sleep(0.002)
+        self._pid, self.adopted = pid, False
+        self._watch(pid)
         self.restarts += 1
-        log.debug("nbdkit launched for {} in {:.1f} ms (pid {})", reason, (time.perf_counter() - t0) * 1000, child.pid)
+        log.debug("nbdkit launched for {} in {:.1f} ms (pid {})", reason, (time.perf_counter() - t0) * 1000, pid)
 
     async def _terminate_locked(self) -> None:
         """End our nbdkit (SIGTERM, then SIGKILL) and reap it. Lock held."""
         self._unwatch()
-        pid, child = self._pid, self._child
-        self._pid = self._child = None
+        pid = self._pid
+        self._pid = None
         self._served = set()
         self._probe_ok = False
         self._ready_changed.set()
@@ -592,13 +612,11 @@ class NbdExportManager:
             return
         if procs.is_running(pid):
             procs.kill(pid, signal.SIGTERM)
-            await self._wait_exit(pid, _STOP_TIMEOUT_S, child)
+            await self._wait_exit(pid, _STOP_TIMEOUT_S)
         if procs.is_running(pid):
             procs.kill(pid, signal.SIGKILL)
-            await self._wait_exit(pid, _STOP_TIMEOUT_S, child)
-        if child is not None:
-            with contextlib.suppress(TimeoutError, ProcessLookupError):
-                await asyncio.wait_for(child.wait(), _STOP_TIMEOUT_S)  # reaped: no zombie stays behind
+            await self._wait_exit(pid, _STOP_TIMEOUT_S)
+        procs.reap(pid)
 
     async def _cut_connections_locked(self, reason: str, clients: int) -> None:
         """Restart nbdkit: the only way to end connections to exports that were removed or re-pointed."""
@@ -608,11 +626,7 @@ class NbdExportManager:
         await self._launch_locked(reason)
         await self._probe_until_served()
 
-    async def _wait_exit(self, pid: int, timeout: float, child: asyncio.subprocess.Process | None = None) -> None:
-        if child is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(child.wait(), timeout)
-            return
+    async def _wait_exit(self, pid: int, timeout: float) -> None:
         try:
             fd = os.pidfd_open(pid)  # readable once the process has exited
         except ProcessLookupError:
@@ -706,7 +720,7 @@ class NbdExportManager:
                             len(self._exports),
                         )
                         self._exited.clear()
-                        await self._terminate_locked()  # reaps our child
+                        await self._terminate_locked()  # reaps it
                         await self._launch_locked("crash recovery")
                         await self._probe_until_served()
                     backoff = 0.1
@@ -771,6 +785,14 @@ def _read_link(path: Path) -> str | None:
     except (OSError, DomainError):
         return None
     return target
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _log_tail(path: Path, offset: int) -> str:

@@ -8,6 +8,7 @@ manager calls the scanning ones through asyncio.to_thread.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 from dataclasses import dataclass
@@ -127,3 +128,22 @@ def listening_pids(port: int) -> list[int]:
         if entry.name.isdigit() and open_files(int(entry.name)) & inodes:
             pids.append(int(entry.name))
     return pids
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (a daemon it starts is re-parented to it, not to
+    PID 1), so it can reap them. False where the kernel refuses (not Linux, or no libc)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap(pid: int) -> None:
+    """Collect `pid`'s exit status if it is a (re-parented) child of ours that exited; nothing otherwise."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)

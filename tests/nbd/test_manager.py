@@ -160,7 +160,6 @@ async def _abandon(manager: NbdExportManager) -> None:
     manager._unwatch()
     manager._started = False
     manager._pid = None
-    manager._child = None
 
 
 async def test_killed_server_comes_back_with_all_exports(manager: NbdExportManager, tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ DEFAULT_CHUNK = 2 * MIB
 DEFAULT_WINDOW = 8  # requests in flight per connection
 DEFAULT_CONNECTIONS = 4  # like nbdcopy's default; used only when the export advertises multi-conn
 ZERO_CHUNK = 16 * MIB  # largest single WRITE_ZEROES request
-READ_AHEAD = 64 * MIB  # how far ahead of the copy the source is read into the page cache
+READ_AHEAD = 64 * MIB  # how many plan bytes ahead of the copy the source is read into the page cache
 #: how long a refused or reset connection is tried again, the first pause (doubling up to CONNECT_RETRY_MAX_S): the
 #: OMA's NBD server can be restarting (after a crash, or a forced removal: oma_server/nbd), and a connection caught
 #: in that moment is refused or reset (nbd-server, before nbdkit, restarted at every export change)
@@ -295,7 +295,8 @@ class DiskCopier:
         )
         self._requests = 0
         self._issued = 0  # plan bytes handed to workers (for the rate limit)
-        self._read_ahead_to = 0  # source offset up to which the kernel was asked to read ahead
+        # Read-ahead cursor (segment index, offset in it, plan bytes before it): how far the kernel was asked to read.
+        self._ra_index, self._ra_offset, self._ra_done = self.resume.index, self.resume.offset, self.resume.done
         self._cursor: Iterator[_Chunk] = iter(())
         self._failure: CopyError | None = None
         self._stop = threading.Event()  # a worker failed: the others stop taking chunks
@@ -330,24 +331,37 @@ class DiskCopier:
                 pos += n
 
     def _next_chunk(self, fd: int) -> _Chunk | None:
-        """The next chunk in plan order; also asks the kernel to start reading the source `READ_AHEAD` further on."""
+        """The next chunk in plan order; also asks the kernel to start reading the plan's data up to `READ_AHEAD`
+        plan bytes further on (only the plan's own data: an incremental's scattered extents, never the disk between)."""
         with self._lock:
             chunk = next(self._cursor, None)
             if chunk is None:
                 return None
             self._issued += chunk.length
-            seg = self.plan.segments[chunk.index]
-            start = max(self._read_ahead_to, seg.offset + chunk.offset)
-            end = seg.offset + chunk.offset + READ_AHEAD
-            if seg.kind == "data" and end > start:
-                self._read_ahead_to = end
-            else:
-                start = end = 0
-        if end > start:
+            start = chunk.end_point.done - chunk.length
+            # The distance grows with the copy (4 MiB, then up to READ_AHEAD): a deep queue at once would delay the
+            # first write behind 64 MiB of reads.
+            ranges = self._read_ahead_ranges(start + min(READ_AHEAD, 4 * MIB + start - self.resume.done))
+        for offset, length in ranges:
             # Asynchronous readahead: the disk works on the next reads while this worker sends (measured: cold-cache
             # copies went from well behind nbdcopy to its level; see the README's data-path section).
-            os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
         return chunk
+
+    def _read_ahead_ranges(self, until: int) -> list[Extent]:
+        """Source ranges of the plan data from the read-ahead cursor up to plan position `until`. Lock held."""
+        ranges: list[Extent] = []
+        segments = self.plan.segments
+        while self._ra_done < until and self._ra_index < len(segments):
+            seg = segments[self._ra_index]
+            n = min(seg.length - self._ra_offset, until - self._ra_done)
+            if seg.kind == "data":
+                ranges.append((seg.offset + self._ra_offset, n))
+            self._ra_offset += n
+            self._ra_done += n
+            if self._ra_offset == seg.length:
+                self._ra_index, self._ra_offset = self._ra_index + 1, 0
+        return ranges
 
     def _fail(self, error: CopyError) -> None:
         with self._lock:
