@@ -11,6 +11,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,6 +136,28 @@ def make_source(path: Path, size: int, allocated: float, seed: int) -> None:
                         chunk = b" ".join(rng.choice(words) for _ in range(n // 6 + 1))[:n]
                     f.write(chunk)
             pos += run
+
+
+def raw_read_seconds(path: Path) -> float:
+    """Seconds to read `path` start to end (4 MiB reads, no Python buffering): the local read ceiling."""
+    started = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(4 * MIB)
+        while f.readinto(buf):
+            pass
+    return time.perf_counter() - started
+
+
+def nbdcopy_seconds(source: Path, uri: str) -> float:
+    """Seconds for `nbdcopy --flush --target-is-zero source uri`: libnbd's C copier, the peer every copy figure is
+    measured against. `--target-is-zero` gives it what our copier knows of a new volume (it reads as zeros), so both
+    skip the holes instead of zeroing them: the same work on both sides."""
+    started = time.perf_counter()
+    argv = ["nbdcopy", "--flush", "--target-is-zero", str(source), uri]
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"nbdcopy {source} -> {uri} failed: {out.stderr.strip()}")
+    return time.perf_counter() - started
 
 
 def drop_caches() -> bool:

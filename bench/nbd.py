@@ -7,8 +7,9 @@ For each server, on the same source image (a sparse disk of --size-mib with --al
 text-like runs with some all-zero blocks) and into a fresh sparse target per copy:
 
 1. **Throughput** (median of --runs; the page cache is dropped before every copy when the machine allows it):
-   `nbdcopy --flush` (the peer: libnbd's C copier) and the reference agent's copier (`DiskCopier`, full plan, fresh
-   target) into the same export; plaintext, x509 TLS with peer verification (both servers) and PSK (nbdkit only).
+   `nbdcopy --flush --target-is-zero` (the peer: libnbd's C copier, told the target is new as our copier is) and the
+   reference agent's copier (`DiskCopier`, full plan, fresh target) into the same export; plaintext, x509 TLS with
+   peer verification (both servers) and PSK (nbdkit only).
    `ratio_to_nbdcopy` = ours / nbdcopy on the same server and transport. For context, a raw local read of the
    source. The copier is also run with a progress callback that builds the agent's ProgressReport every 0.1 s
    (`progress_cost`: throughput with it / without it). Every replica is compared with its source byte for byte.
@@ -48,8 +49,10 @@ from bench._common import (
     machine_info,
     make_pki,
     make_source,
+    nbdcopy_seconds,
     percentile,
     print_table,
+    raw_read_seconds,
     same_file_bytes,
     write_json,
 )
@@ -245,14 +248,6 @@ def server_version(kind: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- 1. throughput
-def nbdcopy(src: Path, uri: str) -> float:
-    t0 = time.perf_counter()
-    out = subprocess.run(["nbdcopy", "--flush", str(src), uri], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"nbdcopy {src} -> {uri} failed: {out.stderr.strip()}")
-    return time.perf_counter() - t0
-
-
 def ours(src: Path, uri: str, *, transport: Transport, pki: Path, progress: bool = False, **options: Any) -> float:
     """The reference agent's copier, full plan into a fresh target; with `progress`, the agent's report cost."""
     from vma.v1 import stream_pb2
@@ -278,15 +273,6 @@ def ours(src: Path, uri: str, *, transport: Transport, pki: Path, progress: bool
     if progress and not reports:
         raise RuntimeError("the progress callback was never called")
     return elapsed
-
-
-def raw_read(src: Path) -> float:
-    t0 = time.perf_counter()
-    with open(src, "rb", buffering=0) as f:
-        buf = bytearray(4 * MiB)
-        while f.readinto(buf):
-            pass
-    return time.perf_counter() - t0
 
 
 @dataclass
@@ -318,7 +304,7 @@ def bench_throughput(
     dropped = True
     for run in range(runs):
         dropped &= drop_caches()
-        raw.append(raw_read(src))
+        raw.append(raw_read_seconds(src))
         # One server at a time; the cases of a run in a rotating order so no tool always goes first.
         for kind in servers:
             for tname in transports:
@@ -341,7 +327,7 @@ def bench_throughput(
                         uri = transport.uri(server.port, name)
                         dropped &= drop_caches()
                         if case.tool == "nbdcopy":
-                            seconds = nbdcopy(src, uri)
+                            seconds = nbdcopy_seconds(src, uri)
                         else:
                             seconds = ours(
                                 src, uri, transport=transport, pki=pki, progress=case.tool == "ours+progress", **copier

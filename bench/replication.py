@@ -8,7 +8,8 @@ copy options) whose "vCenter" is a directory of raw images (`vma-agent create-vm
 1. **full copy** of the one-disk VM: `StartReplication(kind=INITIAL)`, polled until final. `full_s` = the job's
    finished_at - started_at; `copy_s` = the agent's own copy time of the disk (its log); `start_to_first_byte_ms`
    from StartReplication's return to the first WatchJob update with bytes_done > 0.
-2. **the peer**: `nbdcopy --flush <source image> <the job's NBD URI>` into the very export the job wrote.
+2. **the peer**: `nbdcopy --flush --target-is-zero <source image> <the job's NBD URI>` into the very export the job
+   wrote (`--target-is-zero`: it skips the holes as the agent does on a new volume).
    `ratio_to_nbdcopy` = nbdcopy_s / copy_s (the same bytes of the same disk into the same export; the headline);
    `ratio_to_nbdcopy_job` = nbdcopy_s / full_s (the whole job: snapshot, planning and reports included).
    For context, a raw local read of the source image.
@@ -40,7 +41,15 @@ from typing import Any
 
 import grpc
 
-from bench._common import drop_caches, free_port, machine_info, print_table, write_json
+from bench._common import (
+    drop_caches,
+    free_port,
+    machine_info,
+    nbdcopy_seconds,
+    print_table,
+    raw_read_seconds,
+    write_json,
+)
 from oma.v1 import job_pb2, job_pb2_grpc, replication_pb2, vm_context_pb2
 from oma_server.demo import BIN, Demo, DemoFailed, run, same_bytes
 from oma_server.nbd import NbdExportManager
@@ -140,21 +149,6 @@ def copy_seconds(log: Path, disk_id: str, mode: str) -> float | None:
         if m and m.group(1) == disk_id and m.group(2) == mode:
             found = float(m.group(4))
     return found
-
-
-def nbdcopy_seconds(source: Path, uri: str) -> float:
-    started = time.monotonic()
-    subprocess.run(["nbdcopy", "--flush", str(source), uri], check=True, timeout=3600)
-    return time.monotonic() - started
-
-
-def raw_read_seconds(path: Path) -> float:
-    started = time.monotonic()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(4 * MIB)
-        while f.readinto(buf):
-            pass
-    return time.monotonic() - started
 
 
 def peer_nbdcopy_seconds(config_dir: Path, source: Path, replica: Path) -> tuple[float, bool]:

@@ -61,31 +61,27 @@ def server_processes(binary_name: str, marker: str) -> list[ProcInfo]:
     return found
 
 
-def open_files(pid: int) -> set[str]:
-    """Targets of the open file descriptors of `pid` (empty if it vanished or is not ours to read)."""
-    targets: set[str] = set()
+def fd_targets(pid: int) -> dict[int, str]:
+    """Open file descriptors of `pid` and what they point at (empty if it vanished or is not ours to read)."""
+    targets: dict[int, str] = {}
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except (FileNotFoundError, PermissionError, ProcessLookupError):
         return targets
     for fd in fds:
         with contextlib.suppress(OSError):
-            targets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            targets[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
     return targets
+
+
+def open_files(pid: int) -> set[str]:
+    """Targets of the open file descriptors of `pid`."""
+    return set(fd_targets(pid).values())
 
 
 def fds_open_on(pid: int, path: str) -> list[int]:
     """File descriptors of `pid` open on `path` (its real path), in ascending order."""
-    fds: list[int] = []
-    try:
-        entries = os.listdir(f"/proc/{pid}/fd")
-    except (FileNotFoundError, PermissionError, ProcessLookupError):
-        return fds
-    for fd in entries:
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
-                fds.append(int(fd))
-    return sorted(fds)
+    return sorted(fd for fd, target in fd_targets(pid).items() if target == path)
 
 
 def kill(pid: int, sig: signal.Signals) -> bool:
