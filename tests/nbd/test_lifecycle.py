@@ -38,18 +38,28 @@ class OmaProcess:
         )  # fmt: skip
 
     def wait_serving(self, timeout: float = 60.0) -> None:
-        """Until the gRPC port accepts (the OMA listens only after its NBD server is up)."""
+        """Until the gRPC port accepts (the OMA listens only after its NBD server is up) and the process catches
+        SIGTERM (its shutdown handler is installed: a SIGTERM from then on is a clean stop)."""
         deadline = time.monotonic() + timeout
-        while True:
+        while not (self._accepts() and self._catches_sigterm()):
             if self.proc.poll() is not None:
                 raise AssertionError(f"oma-server exited {self.proc.returncode}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("oma-server did not start listening") from None
-                time.sleep(0.02)  # polling the real condition: the port accepting
+            if time.monotonic() > deadline:
+                raise AssertionError("oma-server did not start serving") from None
+            time.sleep(0.02)  # polling the real conditions
+
+    def _accepts(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _catches_sigterm(self) -> bool:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+        return False
 
     def nbdkits(self) -> list[int]:
         return [p.pid for p in procs.server_processes("nbdkit", str(self.data_dir / "nbd" / "exports"))]
