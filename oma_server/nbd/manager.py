@@ -243,11 +243,11 @@ class NbdExportManager:
         self._started = True
         self._supervisor = asyncio.create_task(self._supervise(), name="nbd-supervisor")
         log.info(
-            "nbdkit {} on {}:{} (pid {}) with {} export(s)",
-            "taken over" if self.adopted else "started",
+            "NBD server started: nbdkit on {}:{} (pid {}{}) with {} export(s)",
             self.host,
             self.port,
             self._pid,
+            ", taken over from an earlier OMA process" if self.adopted else "",
             len(self._exports),
         )
         return report
