@@ -58,7 +58,7 @@ from bench._common import (
 )
 from oma_server.nbd import NbdExportManager
 from oma_server.nbd.manager import SERVER_NAME
-from oma_server.nbd.probe import list_exports
+from oma_server.nbd.probe import ProbeError, list_exports
 
 MiB = 1 << 20
 TARGETS = {"ratio_to_nbdcopy": 1.0, "add_ms_p50": 200.0, "remove_ms_p50": 200.0}
@@ -412,10 +412,7 @@ async def bench_changes(work: Path, kind: str, live: int, iterations: int, src: 
                 assert server is not None
                 await asyncio.to_thread(server.remove, name)
             remove.append((time.perf_counter() - t0) * 1000)
-            deadline = time.monotonic() + 30
-            while name in await list_exports("127.0.0.1", port, timeout=5.0):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{kind}: {name} still listed 30 s after removal")
+            await _until_unlisted(kind, port, name)
             remove_served.append((time.perf_counter() - t0) * 1000)
         stop_streaming.set()
         await streamer
@@ -446,6 +443,20 @@ async def bench_changes(work: Path, kind: str, live: int, iterations: int, src: 
         out[f"{key}_p50"] = round(percentile(values, 50), 2)
         out[f"{key}_p99"] = round(percentile(values, 99), 2)
     return out
+
+
+async def _until_unlisted(kind: str, port: int, name: str) -> None:
+    """Until a handshake answers without `name` (nbd-server refuses connections between its restarts: retried)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if name not in await list_exports("127.0.0.1", port, timeout=5.0):
+                return
+        except ProbeError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{kind}: {name} still listed (or nothing answers) 30 s after removal")
+        await asyncio.sleep(0.002)
 
 
 # ---------------------------------------------------------------------------------------------- 4. isolation
