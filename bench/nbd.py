@@ -235,7 +235,7 @@ async def _nbdinfo_ok(uri: str, *, list_only: bool = False, tls_dir: Path | None
         _, err = await proc.communicate()
         if proc.returncode == 0:
             return
-        if not list_only or time.monotonic() > deadline:
+        if time.monotonic() > deadline:  # retried: nbd-server refuses connections between its restarts
             raise RuntimeError(f"nbdinfo {uri} failed: {err.decode().strip()}")
         await asyncio.sleep(0.01)
 
