@@ -7,13 +7,14 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oma_server.nbd import procs
 from tests.conftest import VENV_BIN
@@ -38,22 +39,23 @@ class OmaProcess:
         )  # fmt: skip
 
     def wait_serving(self, timeout: float = 60.0) -> None:
-        """Until the gRPC port accepts (the OMA listens only after its NBD server is up) and the process catches
-        SIGTERM (its shutdown handler is installed: a SIGTERM from then on is a clean stop)."""
+        """Until the server's health check answers SERVING (set once the App, its NBD server included, has started)
+        and the process catches SIGTERM (a SIGTERM from then on is a clean stop)."""
         deadline = time.monotonic() + timeout
-        while not (self._accepts() and self._catches_sigterm()):
+        while not (self._serving() and self._catches_sigterm()):
             if self.proc.poll() is not None:
                 raise AssertionError(f"oma-server exited {self.proc.returncode}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
             if time.monotonic() > deadline:
                 raise AssertionError("oma-server did not start serving") from None
             time.sleep(0.02)  # polling the real conditions
 
-    def _accepts(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+    def _serving(self) -> bool:
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _catches_sigterm(self) -> bool:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
