@@ -1,12 +1,17 @@
-"""Helpers shared by the benchmarks: machine info, percentiles, a printed table, the JSON result file."""
+"""Helpers shared by the benchmarks: machine info, percentiles, a printed table, the JSON result file, and for the
+data-path benchmarks a sparse source image, dropping the page cache, a byte comparison and TLS material."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import random
+import secrets
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,3 +108,93 @@ def write_json(path: str | os.PathLike[str], result: Mapping[str, Any]) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, target)
+
+
+MIB = 1 << 20
+
+
+def make_source(path: Path, size: int, allocated: float, seed: int) -> None:
+    """A sparse disk image: runs of 1-16 MiB data (random, text-like, and 1 in 10 all-zero blocks inside data)
+    covering about `allocated` of `size`, holes between them (blocking)."""
+    rng = random.Random(seed)
+    words = [b"vmware", b"cloudstack", b"volume", b"block", b"sector", b"ext4", b"ntfs", b"journal"]
+    with open(path, "wb") as f:
+        f.truncate(size)
+        pos = 0
+        while pos < size:
+            run = min(rng.randint(1, 16) * MIB, size - pos)
+            if rng.random() < allocated:
+                f.seek(pos)
+                for off in range(0, run, MIB):
+                    n = min(MIB, run - off)
+                    kind = rng.random()
+                    if kind < 0.1:
+                        chunk = bytes(n)
+                    elif kind < 0.75:
+                        chunk = rng.randbytes(n)
+                    else:
+                        chunk = b" ".join(rng.choice(words) for _ in range(n // 6 + 1))[:n]
+                    f.write(chunk)
+            pos += run
+
+
+def raw_read_seconds(path: Path) -> float:
+    """Seconds to read `path` start to end (4 MiB reads, no Python buffering): the local read ceiling."""
+    started = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(4 * MIB)
+        while f.readinto(buf):
+            pass
+    return time.perf_counter() - started
+
+
+def nbdcopy_seconds(source: Path, uri: str) -> float:
+    """Seconds for `nbdcopy --flush --target-is-zero source uri`: libnbd's C copier, the peer every copy figure is
+    measured against. `--target-is-zero` gives it what our copier knows of a new volume (it reads as zeros), so both
+    skip the holes instead of zeroing them: the same work on both sides."""
+    started = time.perf_counter()
+    argv = ["nbdcopy", "--flush", "--target-is-zero", str(source), uri]
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"nbdcopy {source} -> {uri} failed: {out.stderr.strip()}")
+    return time.perf_counter() - started
+
+
+def drop_caches() -> bool:
+    """Write back and drop the page cache (root only); False where the machine does not allow it."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def same_file_bytes(a: Path, b: Path) -> bool:
+    """Byte-for-byte equality of two files (`cmp`, so a mismatch costs no Python loop)."""
+    return subprocess.run(["cmp", "-s", str(a), str(b)], check=False).returncode == 0
+
+
+def make_pki(directory: Path, psk_users: tuple[str, ...] = ()) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (openssl), in the file names both nbdkit
+    (`--tls-certificates=DIR`) and libnbd (`tls-certificates=DIR`) read; `keys.psk` with a key per user."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    ssl("req", "-x509", *ec, "-keyout", "ca-key.pem", "-out", "ca-cert.pem", "-days", "2", "-subj", "/CN=bench-ca")
+    for role, subject, ext in (
+        ("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
+        ("client", "/CN=vma-bench", "extendedKeyUsage=clientAuth\n"),
+    ):
+        (directory / f"{role}.ext").write_text(ext)
+        ssl("req", *ec, "-keyout", f"{role}-key.pem", "-out", f"{role}.csr", "-subj", subject)
+        ssl("x509", "-req", "-in", f"{role}.csr", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+            "-out", f"{role}-cert.pem", "-days", "2", "-extfile", f"{role}.ext")  # fmt: skip
+    psk = directory / "keys.psk"
+    psk.write_text("".join(f"{user}:{secrets.token_hex(32)}\n" for user in psk_users))
+    for key in (*directory.glob("*-key.pem"), psk):
+        key.chmod(0o600)
+    return directory

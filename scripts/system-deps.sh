@@ -2,7 +2,7 @@
 # Install the Debian/Ubuntu packages a target needs, only those missing (idempotent; a few checks when set up).
 #
 # Usage: scripts/system-deps.sh demo|test
-#   demo  what `make demo` drives for real: Python's venv module, nbd-server, libnbd's Python binding
+#   demo  what `make demo` drives for real: Python's venv module, nbdkit, libnbd's Python binding
 #   test  everything the suite drives too: libnbd-bin (nbdcopy/nbdinfo), PostgreSQL, Node.js and npm (buf)
 set -euo pipefail
 profile="${1:-test}"
@@ -17,7 +17,7 @@ need=()
 [ -n "$python" ] || need+=(python3)
 # `python3 -m venv` needs ensurepip, which Debian ships apart as python3-venv.
 [ -n "$python" ] && ! "$python" -c 'import ensurepip' >/dev/null 2>&1 && need+=(python3-venv)
-command -v nbd-server >/dev/null 2>&1 || need+=(nbd-server)
+command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
 [ -e /usr/lib/python3/dist-packages/nbd.py ] || need+=(python3-libnbd)
 if [ "$profile" = test ]; then
     command -v nbdcopy >/dev/null 2>&1 || need+=(libnbd-bin)

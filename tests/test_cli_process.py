@@ -232,7 +232,7 @@ START_UP_MOMENTS = [
     "starting (pid",  # first line of serve: nothing started yet
     "database ready",  # migrations applied; the simulator starts next
     "CloudStack simulator listening",  # the simulator runs; volumes reconcile, then nbd-server starts
-    "nbd-server started",  # the child process runs; streams and workflows start next
+    "NBD server started",  # nbdkit runs; streams and workflows start next
     "serving on",  # started
 ]
 
@@ -286,7 +286,7 @@ def test_busy_port_fails_before_anything_starts(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stderr
     errors = [line for line in out.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and f"cannot listen on 127.0.0.1:{port}" in errors[0], out.stderr
-    assert "nbd-server started" not in out.stderr and "simulator listening" not in out.stderr
+    assert "NBD server started" not in out.stderr and "simulator listening" not in out.stderr
     assert processes_of(tmp_path) == []
 
 

@@ -1,4 +1,4 @@
-"""NBD exports on a real nbd-server: names, validation, the supervised export manager.
+"""NBD exports on a real nbdkit (file plugin, dir= mode): names, validation, the supervised export manager.
 
 Public API (business logic; no grpc here):
 - `export_name_for(volume_id)` — the one function deriving export names from ids.

@@ -6,13 +6,13 @@ from oma_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 
 
 class ExportNameInvalid(InvalidArgument):
-    """An export name that could inject into the nbd-server config or a file path."""
+    """An export name that could escape the export directory or mislead an NBD client."""
 
     default_reason = "NBD_EXPORT_NAME_INVALID"
 
 
 class DevicePathInvalid(InvalidArgument):
-    """A device path that is not absolute or contains characters the nbd-server config cannot carry."""
+    """A device path that is not absolute or contains characters an export link cannot carry."""
 
     default_reason = "NBD_DEVICE_PATH_INVALID"
 
@@ -50,12 +50,12 @@ class ExportInUse(FailedPrecondition):
 
 
 class NbdServerUnavailable(Unavailable):
-    """nbd-server cannot be started or does not answer the NBD handshake."""
+    """nbdkit cannot be started or does not answer the NBD handshake."""
 
     default_reason = "NBD_SERVER_UNAVAILABLE"
 
 
 class NbdPortInUse(Unavailable):
-    """Another program (not an nbd-server of this manager) listens on the NBD port."""
+    """Another program (not the nbdkit of this manager) listens on the NBD port."""
 
     default_reason = "NBD_PORT_IN_USE"

@@ -1,61 +1,40 @@
-"""NBD export manager: one supervised nbd-server on one port, one include file per export.
+"""NBD export manager: one supervised nbdkit (file plugin, `dir=` mode) on one port, one symlink per export.
 
-What nbd-server 3.24 (Debian bookworm, `nbd-server -V` = 3.24) actually does — measured on this machine with
-the real binary (experiment scripts and numbers summarised here; see also the README section on NBD):
+Why nbdkit and not nbd-server (measured on this machine, `python -m bench.nbd`; figures in the README's NBD
+section): nbdkit's file plugin in `dir=` mode serves every regular file or block device in one directory — symlinks
+followed — under its file name, so **adding or removing an export is creating or deleting a symlink**: no restart,
+no handover, nothing for live transfers to survive. nbd-server 3.24 could only change its export set by a restart
+(its SIGHUP reload aborts in `free()` and never removes exports), paid 80-450 ms of GnuTLS DH-parameter generation
+before serving after each one, and offers x509 TLS only; nbdkit 1.32 has x509 with peer verification and PSK, both
+usable per instance, so the next step (issue 14: TLS, each appliance limited to its own jobs' exports) can run one
+instance per appliance with its own directory and credentials. Copy throughput into the two is the same within the
+noise of this machine, both with nbdcopy and with the reference agent's copier.
 
-* **Process model.** The master accepts connections and forks **one child process per client connection**;
-  the child negotiates and serves that connection to its end. `-d` (`--dont-fork`) is *not* a foreground
-  mode: it also disables the per-client fork, so the server handles exactly one connection inline and
-  **exits when that client disconnects** (a multi-connection `nbdcopy` hangs on its 2nd connection). The only
-  usable mode is the daemonising one: the launcher exits 0 at once after `daemon()`, the master writes the
-  `-p` PID file and logs to syslog only. So the master is never our child; we watch it with a pidfd
-  (readable when it exits) plus a periodic NBD handshake probe. Config syntax errors are printed by the
-  launcher on stderr (exit 1); bind errors happen after daemonising (the master just exits).
-* **includedir** in `[generic]` is honoured: every `*.conf` in it is read at start. With no export at all
-  nbd-server refuses to start ("No configured exports; quitting"), so the base config always carries a small
-  read-only probe export.
-* **SIGHUP (a) added include file:** the new export is served — when the master survives. The reload path
-  is broken in 3.24: after `parse_cfile` it aborts with glibc `free(): invalid pointer` (SIGABRT) in 2-7 of
-  15 runs of three reloads each (uninitialised generic-config pointers freed), with or without `listenaddr`
-  / `allowlist`, even for a reload that changes nothing. A heap bug like that may also corrupt silently.
-* **SIGHUP (b) removed export, client connected to it:** the removal is ignored — reload only *appends*
-  sections whose name is new ("Reconfiguration does not modify any existing export, it only appends new
-  ones", nbd-server(1)); the export stays listed and connectable, its client is untouched. Changing an
-  existing export's device path and reloading is ignored as well: the old path keeps being served (the
-  "stale device mapping" the replaced system suffered from).
-* **SIGHUP (c) removed export while a client streams into another export:** that stream is unaffected (it
-  lives in its own child process); the removed export is still served.
-* **SIGKILL of the master** leaves every per-client child running: an `nbdcopy` of 256 MiB into export A
-  continued and finished byte-identical while the master was killed and a new master with a different config
-  was started; the children do not hold the listening socket, so the new master binds at once. SIGTERM, by
-  contrast, makes the master kill all its children (every live transfer dies).
-* **Start-up cost:** the launcher returns in ~4 ms and the port is bound almost at once, but the master
-  generates GnuTLS DH parameters before entering its accept loop: the first greeting comes 80-450 ms after
-  start. Connections made meanwhile wait in the listen backlog (10) and are then served.
+What nbdkit 1.32 does, as used here:
 
-Design chosen from this:
+* nbdkit runs as a daemon (`--foreground` is unusable: a foreground nbdkit exits when its parent dies, which would
+  cut every transfer when the OMA crashes). The OMA process makes itself a child subreaper (prctl), so the daemon
+  is re-parented to it and reaped by it (no zombie); its exit is seen by a pidfd. Its stderr goes to `nbdkit.log`
+  in the config directory (argument and bind errors come before it daemonises, with a non-zero exit).
+* **A killed OMA** leaves nbdkit running with its connections. At the next start the manager finds it by the pid
+  file and its command line: started with exactly the arguments this manager would use, it is **taken over**
+  (watched by pidfd, never restarted: live transfers continue across the OMA restart); anything else of this
+  config directory (other port, other binary, older layout) is replaced. Another program on the port is reported
+  as NBD_PORT_IN_USE with its pid, as before.
+* One process serves every connection (a thread each); the file plugin opens the export's file per connection and
+  keeps it open, so `/proc/<pid>/fd` tells which exports have clients. Removing a symlink stops new connections to
+  that name at once; a connected client keeps writing to its device. Removal with clients is refused unless forced;
+  a forced removal (or a reconcile replacing a device that has clients) **restarts** the server, which cuts every
+  connection — nbdkit has no way to drop one — and logs how many. The reference agent resumes a cut copy from its
+  last acknowledged point.
+* Supervision: the pidfd wakes the supervisor when nbdkit dies (crash, OOM, SIGKILL): it is restarted with
+  back-off. Every `probe_interval_s` a real handshake (NBD_OPT_LIST) must answer, else nbdkit is restarted after
+  repeated failures. Each export's device is re-checked; a vanished device puts the export in state "error"
+  (nbdkit stops listing a dangling link by itself).
+* `stop()` ends nbdkit (SIGTERM, then SIGKILL): a stopped OMA leaves no process behind.
 
-* **Never SIGHUP.** Every change of the export set (add, remove, replace, reconcile batch) is applied by a
-  *handover restart*: write the include files atomically, SIGKILL the master (never SIGTERM), wait for it to
-  exit, start a new master on the same port. Live transfers into other exports continue in their children;
-  the new master serves exactly the files on disk, so removals are real and a re-used name can never keep
-  serving a stale device. New connections see the port closed only for the few milliseconds between the
-  old master's exit and the new bind, and wait in the backlog while the new master initialises. Exports are
-  "pending" from the write until the probe sees them listed, then "active".
-* **Removal with connected clients** is refused (NBD_EXPORT_IN_USE) unless forced; forced removal (and
-  reconcile removing strays) disconnects exactly the children that hold the export's device open.
-* One nbd-server per export (one port each) was rejected: the VMA side and firewalls expect one NBD port,
-  each server would still pay the DH start-up cost, and it would not be faster for add.
-* **Supervision:** the master's pidfd wakes the supervisor when it dies (crash, OOM, SIGKILL) and it is
-  restarted with back-off; every `probe_interval_s` a real handshake (NBD_OPT_LIST) must list every
-  configured export, else the master is restarted after repeated failures. Each export's device is re-checked
-  too; a vanished device puts the export in state "error".
-* **PID tracking:** the master writes `config_dir/nbd-server.pid`; at start, a live nbd-server using this
-  config (left by a crashed OMA) is replaced (SIGKILL: its client connections keep running), and any other
-  process holding the port is reported as NBD_PORT_IN_USE with its pid.
-
-Layout under `config_dir`: `config` (base: [generic] + probe export), `exports.d/<name>.conf` (one per
-export, written by us only), `probe.img`, `nbd-server.pid`.
+Layout under `config_dir`: `exports/<name>` (symlink -> device path; the directory nbdkit serves, written by us
+only), `nbdkit.pid`, `nbdkit.log`.
 """
 
 from __future__ import annotations
@@ -63,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import time
@@ -85,11 +65,9 @@ from oma_server.nbd.errors import (
     NbdServerUnavailable,
 )
 from oma_server.nbd.names import (
-    PROBE_EXPORT_NAME,
     DevicePath,
     check_device_path_syntax,
-    config_file_name,
-    is_export_file,
+    is_export_link,
     validate_device_path,
     validate_export_name,
 )
@@ -101,9 +79,11 @@ STATE_PENDING = "pending"
 STATE_ACTIVE = "active"
 STATE_ERROR = "error"
 
-_FILE_HEADER = "# Written by the OMA NBD export manager. Do not edit: the manager rewrites or removes it.\n"
+SERVER_NAME = "nbdkit"
 _START_TIMEOUT_S = 10.0
+_STOP_TIMEOUT_S = 3.0
 _PROBE_FAILURES_BEFORE_RESTART = 3
+_THREADS = 16  # nbdkit's default; several connections of several copies each keep many requests in flight
 
 
 @dataclass(frozen=True)
@@ -115,7 +95,6 @@ class ExportInfo:
     uri: str
     state: str
     created_at: datetime
-    readonly: bool = False
     resolved_path: str = ""
     error: str | None = None
 
@@ -141,7 +120,6 @@ class _Export:
     name: str
     device_path: str
     resolved_path: str
-    readonly: bool
     created_at: datetime
     error: str | None = None
 
@@ -165,62 +143,62 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class NbdExportManager:
-    """Drives one real nbd-server serving named exports; see the module docstring for the design."""
+    """Drives one real nbdkit serving named exports; see the module docstring for the design."""
 
     def __init__(
         self,
         config_dir: Path,
         listen: str = "127.0.0.1:10809",
-        nbd_server_binary: str = "nbd-server",
+        nbdkit_binary: str = SERVER_NAME,
         probe_interval_s: float = 2.0,
         *,
         advertise_host: str | None = None,
     ) -> None:
         self.config_dir = Path(config_dir).absolute()
         self.host, self.port = parse_listen(listen)
-        self.binary = nbd_server_binary
+        self.binary = nbdkit_binary
         self.probe_interval_s = probe_interval_s
         if advertise_host is None:
             advertise_host = socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host
         self.advertise_host = advertise_host
-        self.config_path = self.config_dir / "config"
-        self.exports_dir = self.config_dir / "exports.d"
-        self.pid_path = self.config_dir / "nbd-server.pid"
-        self.probe_image = self.config_dir / "probe.img"
+        self.exports_dir = self.config_dir / "exports"
+        self.pid_path = self.config_dir / "nbdkit.pid"
+        self.log_path = self.config_dir / "nbdkit.log"
         self._exports: dict[str, _Export] = {}
         self._lock = asyncio.Lock()
-        self._master_pid: int | None = None
+        self._pid: int | None = None
         self._pidfd: int | None = None
-        self._master_exited = asyncio.Event()
-        self._generation = 0
+        self._exited = asyncio.Event()
         self._served: set[str] = set()
-        self._served_generation = -1
+        self._changes = 0  # bumped at every link change: a probe that overlapped one is not trusted
         self._ready_changed = asyncio.Event()
         self._probe_ok = False
         self._started = False
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
-        self._readiness: asyncio.Task[None] | None = None
-        self._to_disconnect: list[tuple[_Export, list[int]]] = []
         self.restarts = 0
+        self.adopted = False  # the running server was taken over from an earlier OMA process
 
     # ------------------------------------------------------------------ public API
 
     @property
+    def server_name(self) -> str:
+        return SERVER_NAME
+
+    @property
     def healthy(self) -> bool:
-        """True if the master runs, the last probe succeeded and every configured export is served."""
+        """True if the server runs, the last probe succeeded and every export without a device error is served."""
         return (
             self._started
-            and self._master_pid is not None
-            and procs.is_running(self._master_pid)
+            and self._server_running()
             and self._probe_ok
-            and self._served_generation == self._generation
-            and set(self._exports) <= self._served
+            and {n for n, e in self._exports.items() if not e.error} <= self._served
         )
 
     @property
     def master_pid(self) -> int | None:
-        return self._master_pid
+        """PID of the nbdkit process serving the exports."""
+        return self._pid
 
     def uri_for(self, name: str) -> str:
         host = f"[{self.advertise_host}]" if ":" in self.advertise_host else self.advertise_host
@@ -239,134 +217,125 @@ class NbdExportManager:
         return self._info(exp)
 
     async def start(self, desired: Mapping[str, str] | None = None) -> ReconcileReport | None:
-        """Write the base config, take over a leftover server, start nbd-server and the supervisor.
+        """Load the export links, take over (or replace) a leftover nbdkit, start it if needed, supervise it.
 
-        Existing include files are loaded; with `desired` (name -> device path, e.g. from the database) they
-        are reconciled before the first launch. Raises NbdServerUnavailable / NbdPortInUse.
+        With `desired` (name -> device path, e.g. from the database) the links are reconciled first. Raises
+        NbdServerUnavailable / NbdPortInUse.
         """
         if self._started:
             return None
         self._stopping = False
         await asyncio.to_thread(self._prepare_dirs)
-        await self._take_over_leftover()
         await asyncio.to_thread(self._load_existing)
         report = None
         async with self._lock:
+            adopted = await self._take_over_leftover()
+            cut = 0
             if desired is not None:
-                report = await self._reconcile_files_locked(desired)
-            await self._restart_locked("start")
+                report, cut = await self._reconcile_links_locked(desired)
+            if not adopted:
+                await self._launch_locked("start")
+            elif cut:  # the server we took over still serves clients of exports that are gone
+                await self._cut_connections_locked("start", cut)
+                if report is not None:
+                    report.restarted = True
+            await self._probe_until_served()
         self._started = True
         self._supervisor = asyncio.create_task(self._supervise(), name="nbd-supervisor")
         log.info(
-            "nbd-server started on {}:{} (pid {}) with {} export(s)",
+            "NBD server started: nbdkit on {}:{} (pid {}{}) with {} export(s)",
             self.host,
             self.port,
-            self._master_pid,
+            self._pid,
+            ", taken over from an earlier OMA process" if self.adopted else "",
             len(self._exports),
         )
         return report
 
-    async def stop(self, *, disconnect_clients: bool = False) -> None:
-        """Stop supervising and stop the master.
+    async def stop(self, *, disconnect_clients: bool = True) -> None:
+        """Stop supervising and end nbdkit and its connections (a stopped OMA leaves no process behind).
 
-        By default live client connections keep running to their end (the master is SIGKILLed, its
-        children are not); `disconnect_clients=True` ends them as well (SIGTERM to the master, which kills
-        its children, then any child of an earlier master still using this config).
+        `disconnect_clients` is accepted for callers of the nbd-server manager; nbdkit serves every connection
+        in its one process, so its connections always end with it.
         """
         self._stopping = True
-        for task in (self._supervisor, self._readiness):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._supervisor = self._readiness = None
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        self._supervisor = None
         async with self._lock:
-            self._unwatch_master()
-            pid = self._master_pid
-            if pid is not None and procs.is_running(pid):
-                procs.kill(pid, signal.SIGTERM if disconnect_clients else signal.SIGKILL)
-                await self._wait_exit(pid, 3.0)
-                if procs.is_running(pid):
-                    procs.kill(pid, signal.SIGKILL)
-                    await self._wait_exit(pid, 2.0)
-            if disconnect_clients:
-                for info in await asyncio.to_thread(procs.nbd_server_processes, self.config_path):
-                    procs.kill(info.pid, signal.SIGKILL)
-            self._master_pid = None
-            self._served = set()
-            self._probe_ok = False
+            await self._terminate_locked()
             with contextlib.suppress(FileNotFoundError):
                 self.pid_path.unlink()
         self._started = False
-        log.info("nbd-server on {}:{} stopped (disconnect_clients={})", self.host, self.port, disconnect_clients)
+        log.info("nbdkit on {}:{} stopped", self.host, self.port)
 
-    async def add_export(self, name: str, device_path: str, *, readonly: bool = False) -> ExportInfo:
-        """Export `device_path` as `name`; returns once nbd-server has been restarted with it (state pending
-        until the probe sees it served; `wait_ready()` waits for that)."""
+    async def add_export(self, name: str, device_path: str) -> ExportInfo:
+        """Export `device_path` as `name` (a symlink in the served directory); returns once a handshake lists it."""
         validate_export_name(name)
         dev = await asyncio.to_thread(validate_device_path, device_path)
         async with self._lock:
             self._check_conflicts(name, dev)
-            exp = _Export(name, dev.path, dev.resolved, readonly, datetime.now(UTC))
-            await asyncio.to_thread(self._write_export_file, exp)
+            exp = _Export(name, dev.path, dev.resolved, datetime.now(UTC))
+            await asyncio.to_thread(self._write_link, exp)
             self._exports[name] = exp
-            try:
-                await self._restart_locked(f"add {name}")
-            except DomainError:
-                self._exports.pop(name, None)
-                await asyncio.to_thread(self._delete_export_file, name)
-                raise
-        log.bind(export=name).info("NBD export added: {} -> {} (readonly={})", name, dev.path, readonly)
+            if self._started:
+                await self._probe_until_served(timeout=2.0)
+        log.bind(export=name).info("NBD export added: {} -> {}", name, dev.path)
         return self._info(exp)
 
     async def remove_export(self, name: str, *, force: bool = False) -> None:
-        """Stop serving `name`. Refused while clients are connected unless `force` (which disconnects them)."""
+        """Stop serving `name`. Refused while clients are connected unless `force` (which restarts the server,
+        cutting every connection: nbdkit cannot drop one)."""
         validate_export_name(name)
         async with self._lock:
             exp = self._exports.get(name)
             if exp is None:
                 raise ExportNotFound(f"NBD export {name!r} does not exist; nothing to remove.", export=name)
-            clients = await asyncio.to_thread(self._client_pids, exp)
+            clients = await asyncio.to_thread(self._client_fds, exp)
             if clients and not force:
                 raise ExportInUse(
-                    f"NBD export {name!r} still has {len(clients)} connected client(s) (nbd-server pids "
-                    f"{', '.join(map(str, clients))}). Cancel the transfer first, or remove with force to "
-                    "disconnect them.",
+                    f"NBD export {name!r} still has {len(clients)} connected client(s). Cancel the transfer "
+                    "first, or remove with force to disconnect them.",
                     export=name,
                     clients=len(clients),
                 )
-            await asyncio.to_thread(self._delete_export_file, name)
+            await asyncio.to_thread(self._delete_link, name)
             del self._exports[name]
-            await self._restart_locked(f"remove {name}")
-            await self._disconnect(exp, clients)
+            if clients and self._started:
+                await self._cut_connections_locked(f"forced removal of {name}", len(clients))
+            elif self._started:
+                await self._probe_until_served(timeout=2.0)
         log.bind(export=name).info("NBD export removed: {} (disconnected {} client(s))", name, len(clients))
 
     async def reconcile(self, desired: Mapping[str, str]) -> ReconcileReport:
-        """Make the served exports equal `desired` (name -> device path) with one restart at most.
+        """Make the served exports equal `desired` (name -> device path).
 
-        Missing exports are created, strays removed (their clients disconnected), exports whose device path
-        changed are replaced. Exports that cannot be created (bad name, missing device) are reported in
-        `failed` and do not stop the rest.
+        Missing exports are created, strays removed, exports whose device path changed are replaced. Exports that
+        cannot be created (bad name, missing device) are reported in `failed` and do not stop the rest. Only when
+        a removed or replaced export has connected clients is the server restarted (`restarted`).
         """
         async with self._lock:
-            report = await self._reconcile_files_locked(desired)
-            if report.changed or not self._master_running():
-                await self._restart_locked("reconcile")
+            report, cut = await self._reconcile_links_locked(desired)
+            if cut or not self._server_running():
+                await self._cut_connections_locked("reconcile", cut)
                 report.restarted = True
-                await self._disconnect_pending()
+            elif report.changed:
+                await self._probe_until_served(timeout=2.0)
         return report
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait until the current nbd-server answers the handshake and lists every configured export."""
+        """Wait until nbdkit answers the handshake and lists every configured export."""
         deadline = time.monotonic() + timeout
         while not self.healthy:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 missing = sorted(set(self._exports) - self._served)
                 raise NbdServerUnavailable(
-                    f"nbd-server on {self.host}:{self.port} did not become ready within {timeout:.1f}s "
-                    f"(missing exports: {missing or 'none'}; master pid {self._master_pid}). Check that "
-                    "nbd-server is installed and the port is free; the supervisor keeps retrying.",
+                    f"nbdkit on {self.host}:{self.port} did not become ready within {timeout:.1f}s "
+                    f"(missing exports: {missing or 'none'}; pid {self._pid}). Check that nbdkit is installed "
+                    f"and the port free, and {self.log_path}; the supervisor keeps retrying.",
                     listen=f"{self.host}:{self.port}",
                 )
             self._ready_changed.clear()
@@ -374,18 +343,18 @@ class NbdExportManager:
                 await asyncio.wait_for(self._ready_changed.wait(), min(remaining, 0.05))
 
     async def connected_clients(self, name: str) -> list[int]:
-        """PIDs of the nbd-server children currently serving export `name`."""
+        """One entry per client connected to export `name` (nbdkit's file descriptors open on its device)."""
         exp = self._exports.get(validate_export_name(name))
         if exp is None:
             raise ExportNotFound(f"NBD export {name!r} does not exist.", export=name)
-        return await asyncio.to_thread(self._client_pids, exp)
+        return await asyncio.to_thread(self._client_fds, exp)
 
     # ------------------------------------------------------------------ internals: state
 
     def _info(self, exp: _Export) -> ExportInfo:
         if exp.error:
             state = STATE_ERROR
-        elif self._served_generation == self._generation and exp.name in self._served:
+        elif self._probe_ok and exp.name in self._served:
             state = STATE_ACTIVE
         else:
             state = STATE_PENDING
@@ -395,7 +364,6 @@ class NbdExportManager:
             uri=self.uri_for(exp.name),
             state=state,
             created_at=exp.created_at,
-            readonly=exp.readonly,
             resolved_path=exp.resolved_path,
             error=exp.error,
         )
@@ -421,65 +389,56 @@ class NbdExportManager:
                     device_path=dev.path,
                 )
 
-    # ------------------------------------------------------------------ internals: files (blocking)
+    # ------------------------------------------------------------------ internals: links (blocking)
 
     def _prepare_dirs(self) -> None:
         self.exports_dir.mkdir(parents=True, exist_ok=True)
-        if not self.probe_image.exists() or self.probe_image.stat().st_size != 4096:
-            self.probe_image.write_bytes(b"\0" * 4096)
-        host = self.host
-        text = (
-            _FILE_HEADER
-            + "[generic]\n"
-            + f"port = {self.port}\n"
-            + f"listenaddr = {host}\n"
-            + "allowlist = true\n"
-            + f"includedir = {self.exports_dir}\n"
-            + f"[{PROBE_EXPORT_NAME}]\n"
-            + f"exportname = {self.probe_image}\n"
-            + "readonly = true\n"
-        )
         check_device_path_syntax(str(self.exports_dir))
-        check_device_path_syntax(str(self.probe_image))
-        _atomic_write(self.config_path, text)
+        # Files of the nbd-server layout (before 0.3): nothing reads them any more.
+        for stale in ("config", "probe.img", "nbd-server.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.config_dir / stale).unlink()
+        shutil.rmtree(self.config_dir / "exports.d", ignore_errors=True)
 
-    def _write_export_file(self, exp: _Export) -> None:
-        text = (
-            _FILE_HEADER
-            + f"# created_at = {exp.created_at.isoformat()}\n"
-            + f"[{exp.name}]\n"
-            + f"exportname = {exp.device_path}\n"
-            + f"readonly = {'true' if exp.readonly else 'false'}\n"
-            + "flush = true\n"
-            + "splice = true\n"
-        )
-        _atomic_write(self.exports_dir / config_file_name(exp.name), text)
-
-    def _delete_export_file(self, name: str) -> None:
+    def _write_link(self, exp: _Export) -> None:
+        """Create (or atomically replace) the export's symlink: made beside the directory, renamed into it."""
+        self._changes += 1
+        tmp = self.config_dir / f".{exp.name}.link"
         with contextlib.suppress(FileNotFoundError):
-            (self.exports_dir / config_file_name(name)).unlink()
+            tmp.unlink()
+        tmp.symlink_to(exp.device_path)
+        os.replace(tmp, self.exports_dir / exp.name)
+
+    def _delete_link(self, name: str) -> None:
+        self._changes += 1
+        with contextlib.suppress(FileNotFoundError):
+            (self.exports_dir / validate_export_name(name)).unlink()
 
     def _load_existing(self) -> None:
-        """Rebuild the in-memory table from exports.d; unreadable or foreign files are removed as strays."""
+        """Rebuild the in-memory table from the export links; anything else in the directory is removed."""
         self._exports.clear()
         for path in sorted(self.exports_dir.iterdir()):
-            exp = _parse_export_file(path) if path.is_file() and is_export_file(path) else None
-            if exp is None:
-                log.warning("Removing stray file {} from the NBD include directory", path)
+            target = _read_link(path) if is_export_link(path) else None
+            if target is None:
+                log.warning("Removing stray entry {} from the NBD export directory", path)
                 if path.is_dir() and not path.is_symlink():
-                    continue
-                path.unlink(missing_ok=True)
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
                 continue
+            created = datetime.fromtimestamp(path.lstat().st_mtime, UTC)
+            exp = _Export(path.name, target, "", created)
             try:
-                dev = validate_device_path(exp.device_path)
-                exp.resolved_path = dev.resolved
+                exp.resolved_path = validate_device_path(target).resolved
             except DomainError as exc:
                 exp.error = exc.message
             self._exports[exp.name] = exp
-            log.bind(export=exp.name).info("Loaded NBD export {} -> {}", exp.name, exp.device_path)
+            log.bind(export=exp.name).info("Loaded NBD export {} -> {}", exp.name, target)
 
-    async def _reconcile_files_locked(self, desired: Mapping[str, str]) -> ReconcileReport:
+    async def _reconcile_links_locked(self, desired: Mapping[str, str]) -> tuple[ReconcileReport, int]:
+        """Rewrite the links to match `desired`; returns the report and how many clients lost their export."""
         report = ReconcileReport()
+        cut = 0
         valid: dict[str, DevicePath] = {}
         for name, device in desired.items():
             try:
@@ -488,11 +447,10 @@ class NbdExportManager:
             except DomainError as exc:
                 report.failed[name] = exc.message
                 log.bind(export=name).warning("Reconcile cannot create NBD export {}: {}", name, exc.message)
-        self._to_disconnect = []
         for name in sorted(set(self._exports) - set(desired)):
             exp = self._exports.pop(name)
-            await asyncio.to_thread(self._delete_export_file, name)
-            self._to_disconnect.append((exp, await asyncio.to_thread(self._client_pids, exp)))
+            await asyncio.to_thread(self._delete_link, name)
+            cut += len(await asyncio.to_thread(self._client_fds, exp))
             report.removed.append(name)
             log.bind(export=name).warning("Reconcile removed stray NBD export {} ({})", name, exp.device_path)
         for name, dev in sorted(valid.items()):
@@ -507,72 +465,64 @@ class NbdExportManager:
                 report.failed[name] = exc.message
                 continue
             if current is not None:
-                self._to_disconnect.append((current, await asyncio.to_thread(self._client_pids, current)))
+                if current.device_path != dev.path:
+                    cut += len(await asyncio.to_thread(self._client_fds, current))
                 report.replaced.append(name)
                 log.bind(export=name).warning(
                     "Reconcile replaced NBD export {}: {} -> {}", name, current.device_path, dev.path
                 )
             else:
                 report.created.append(name)
-                log.bind(export=name).warning("Reconcile recreated missing NBD export {} -> {}", name, dev.path)
-            exp = _Export(name, dev.path, dev.resolved, False, datetime.now(UTC))
-            if current is not None:
-                exp.readonly = current.readonly
-            await asyncio.to_thread(self._write_export_file, exp)
+            exp = _Export(name, dev.path, dev.resolved, datetime.now(UTC))
+            await asyncio.to_thread(self._write_link, exp)
             self._exports[name] = exp
-        return report
+        return report, cut
 
-    async def _disconnect_pending(self) -> None:
-        pending, self._to_disconnect = self._to_disconnect, []
-        for exp, pids in pending:
-            await self._disconnect(exp, pids)
-
-    def _client_pids(self, exp: _Export) -> list[int]:
-        """Children (of any master using our config) that hold this export's device open."""
-        targets = {exp.resolved_path} if exp.resolved_path else set()
-        with contextlib.suppress(OSError):
-            targets.add(os.path.realpath(exp.device_path))
-        pids = []
-        for info in procs.nbd_server_processes(self.config_path):
-            if info.pid != self._master_pid and procs.open_files(info.pid) & targets:
-                pids.append(info.pid)
-        return pids
-
-    async def _disconnect(self, exp: _Export, pids: list[int]) -> None:
-        if not pids:
-            return
-        # Children of the new master may have opened the device meanwhile only if the export still exists.
-        for pid in pids:
-            procs.kill(pid, signal.SIGKILL)
-        log.bind(export=exp.name).warning(
-            "Disconnected {} NBD client(s) of removed export {} (pids {})", len(pids), exp.name, pids
-        )
+    def _client_fds(self, exp: _Export) -> list[int]:
+        """nbdkit's file descriptors open on the export's device: one per connected client."""
+        if self._pid is None or not exp.resolved_path:
+            return []
+        return procs.fds_open_on(self._pid, exp.resolved_path)
 
     # ------------------------------------------------------------------ internals: process
 
-    def _master_running(self) -> bool:
-        return self._master_pid is not None and procs.is_running(self._master_pid)
+    def _argv(self) -> list[str]:
+        """The one command line of our nbdkit; a leftover server is taken over only if it has exactly this."""
+        return [
+            self.binary,
+            "--ipaddr",
+            self.host,
+            "--port",
+            str(self.port),
+            "--pidfile",
+            str(self.pid_path),
+            "--threads",
+            str(_THREADS),
+            "--log=stderr",
+            "file",
+            f"dir={self.exports_dir}",
+        ]
 
-    async def _take_over_leftover(self) -> None:
-        pid = await asyncio.to_thread(procs.read_pidfile, self.pid_path)
-        if pid is not None:
-            info = await asyncio.to_thread(procs.read_proc, pid)
-            if info and info.state not in ("Z", "X") and procs.is_nbd_server_for(info, self.config_path):
+    def _server_running(self) -> bool:
+        return self._pid is not None and procs.is_running(self._pid)
+
+    async def _take_over_leftover(self) -> bool:
+        """Adopt an nbdkit left by an earlier OMA of this config dir; replace one that differs. True if adopted."""
+        wanted = tuple(self._argv())
+        for info in await asyncio.to_thread(procs.server_processes, SERVER_NAME, str(self.exports_dir)):
+            if info.cmdline == wanted and await asyncio.to_thread(procs.listens_on, info.pid, self.port):
+                self._pid, self.adopted = info.pid, True
+                self._watch(info.pid)
                 log.warning(
-                    "Found nbd-server pid {} left by a previous OMA run on this config; replacing it "
-                    "(its client connections keep running)",
-                    pid,
+                    "Took over nbdkit pid {} left by an earlier OMA process on this data dir (its connections "
+                    "keep running)",
+                    info.pid,
                 )
-                procs.kill(pid, signal.SIGKILL)
-                await self._wait_exit(pid, 3.0)
-        for holder in await asyncio.to_thread(procs.listening_pids, self.port):
-            info = await asyncio.to_thread(procs.read_proc, holder)
-            if info and procs.is_nbd_server_for(info, self.config_path):
-                log.warning(
-                    "nbd-server pid {} (our config, no pid file) holds port {}; replacing it", holder, self.port
-                )
-                procs.kill(holder, signal.SIGKILL)
-                await self._wait_exit(holder, 3.0)
+                return True
+            log.warning("Replacing nbdkit pid {} of this data dir started differently: {}", info.pid, info.cmdline)
+            procs.kill(info.pid, signal.SIGKILL)
+            await self._wait_exit(info.pid, _STOP_TIMEOUT_S)
+        return False
 
     async def _port_holder_error(self) -> NbdPortInUse:
         holders = await asyncio.to_thread(procs.listening_pids, self.port)
@@ -582,169 +532,170 @@ class NbdExportManager:
             desc.append(f"pid {pid} ({' '.join(info.cmdline) if info else '?'})")
         return NbdPortInUse(
             f"Port {self.port} on {self.host} is already in use by {', '.join(desc) or 'another program'}; "
-            "nbd-server cannot listen there. Stop that program or configure another --nbd-listen port.",
+            "nbdkit cannot listen there. Stop that program or configure another --nbd-listen port.",
             listen=f"{self.host}:{self.port}",
         )
 
-    async def _restart_locked(self, reason: str) -> None:
-        """Handover restart: SIGKILL the master (children keep serving), start a new one. Lock held."""
+    async def _launch_locked(self, reason: str) -> None:
+        """Start nbdkit and wait until it listens. Lock held; no server of ours may be running."""
         t0 = time.perf_counter()
-        old = self._master_pid
-        self._unwatch_master()
-        if old is not None and procs.is_running(old):
-            procs.kill(old, signal.SIGKILL)
-            await self._wait_exit(old, 3.0)
-        self._master_pid = None
-        self._generation += 1
         self._probe_ok = False
         with contextlib.suppress(FileNotFoundError):
             self.pid_path.unlink()
-        await self._free_port()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                self.binary,
-                "-C",
-                str(self.config_path),
-                "-p",
-                str(self.pid_path),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except FileNotFoundError:
-            raise NbdServerUnavailable(
-                f"nbd-server binary {self.binary!r} not found. Install the Debian package nbd-server "
-                "(`apt-get install nbd-server`).",
-                binary=self.binary,
-            ) from None
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), _START_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            raise NbdServerUnavailable(
-                f"nbd-server did not daemonise within {_START_TIMEOUT_S:.0f}s; check {self.config_path}.",
-            ) from None
-        if proc.returncode != 0:
-            text = (err or out).decode("utf-8", "replace").strip()
-            raise NbdServerUnavailable(
-                f"nbd-server refused to start (exit {proc.returncode}): {text[-500:]}. Check "
-                f"{self.config_path} and the files in {self.exports_dir}.",
-                exit_code=proc.returncode,
-            )
-        pid = await self._wait_for_master()
-        self._master_pid = pid
-        self._watch_master(pid)
-        self.restarts += 1
-        log.debug(
-            "nbd-server restarted for {} in {:.1f} ms (pid {}, {} exports)",
-            reason,
-            (time.perf_counter() - t0) * 1000,
-            pid,
-            len(self._exports),
-        )
-        if self._readiness is not None:
-            self._readiness.cancel()
-        self._readiness = asyncio.create_task(self._track_readiness(self._generation), name="nbd-readiness")
-
-    async def _free_port(self) -> None:
-        """Make sure nothing listens on our port before a new master binds it.
-
-        A per-client child keeps the master's listening socket until its negotiation succeeds (nbd-server
-        3.24 closes it only then), so a child caught mid-handshake when the master was killed would keep the
-        port bound with nobody accepting. Such children cannot finish anyway (they ask the dead master about
-        the export), so they are killed; established transfers have closed the socket and are untouched.
-        Anything else on the port is reported as NBD_PORT_IN_USE.
-        """
-        for _ in range(3):
-            holders = await asyncio.to_thread(procs.listening_pids, self.port)
-            if not holders:
-                return
-            ours = []
-            for pid in holders:
-                info = await asyncio.to_thread(procs.read_proc, pid)
-                if info is not None and procs.is_nbd_server_for(info, self.config_path):
-                    ours.append(pid)
-            if len(ours) < len(holders):
-                raise await self._port_holder_error()
-            for pid in ours:
-                log.debug("Killing nbd-server pid {} still holding port {} (mid-handshake)", pid, self.port)
-                procs.kill(pid, signal.SIGKILL)
-            for pid in ours:
-                await self._wait_exit(pid, 2.0)
-        raise await self._port_holder_error()
-
-    async def _wait_for_master(self) -> int:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        pid: int | None = None
-        while time.monotonic() < deadline:
-            if pid is None:
-                pid = procs.read_pidfile(self.pid_path)
-            if pid is not None:
-                if not procs.is_running(pid):
-                    break
-                if await asyncio.to_thread(procs.listens_on, pid, self.port):
-                    return pid
-            await asyncio.sleep(0.002)
-        if pid is not None and procs.is_running(pid):
-            procs.kill(pid, signal.SIGKILL)
         if await asyncio.to_thread(procs.listening_pids, self.port):
             raise await self._port_holder_error()
-        raise NbdServerUnavailable(
-            f"nbd-server exited right after start or never listened on {self.host}:{self.port} (pid {pid}). "
-            "It logs to syslog only: check that the address is local and the port free, and the syslog.",
-            listen=f"{self.host}:{self.port}",
-        )
+        # nbdkit daemonises; as a subreaper this process becomes its parent, so it can reap it (no zombie).
+        procs.become_subreaper()
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        stderr = await asyncio.to_thread(open, self.log_path, "ab")
+        with stderr:
+            try:
+                launcher = await asyncio.create_subprocess_exec(
+                    *self._argv(),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=stderr,
+                    stderr=stderr,
+                    start_new_session=True,  # a Ctrl-C of the OMA's terminal is the OMA's to handle, not nbdkit's
+                )
+            except FileNotFoundError:
+                raise NbdServerUnavailable(
+                    f"nbdkit binary {self.binary!r} not found. Install the Debian package nbdkit "
+                    "(`apt-get install nbdkit`).",
+                    binary=self.binary,
+                ) from None
+        try:
+            code = await asyncio.wait_for(launcher.wait(), _START_TIMEOUT_S)  # it returns once the daemon runs
+        except TimeoutError:
+            launcher.kill()
+            await launcher.wait()
+            code = -1
+        if code != 0:  # bad arguments, bind errors: nbdkit checks them before it daemonises
+            text = await asyncio.to_thread(_log_tail, self.log_path, offset)
+            holders = await asyncio.to_thread(procs.listening_pids, self.port)
+            if "Address already in use" in text or holders:
+                raise await self._port_holder_error()
+            raise NbdServerUnavailable(
+                f"nbdkit refused to start (exit {code}) on {self.host}:{self.port}: {text or 'no message'}. Check "
+                f"that the address is local and the port free ({self.log_path}).",
+                listen=f"{self.host}:{self.port}",
+                exit_code=code,
+            )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        pid: int | None = None
+        while pid is None or not await asyncio.to_thread(procs.listens_on, pid, self.port):
+            if pid is None:
+                pid = await asyncio.to_thread(_read_pid, self.pid_path)
+            if (pid is not None and not procs.is_running(pid)) or time.monotonic() > deadline:
+                if pid is not None:
+                    self._pid = pid
+                    await self._terminate_locked()
+                raise NbdServerUnavailable(
+                    f"nbdkit daemonised but did not listen on {self.host}:{self.port} (pid {pid}); see "
+                    f"{self.log_path}.",
+                    listen=f"{self.host}:{self.port}",
+                )
+            await asyncio.sleep(0.002)
+        self._pid, self.adopted = pid, False
+        self._watch(pid)
+        self.restarts += 1
+        log.debug("nbdkit launched for {} in {:.1f} ms (pid {})", reason, (time.perf_counter() - t0) * 1000, pid)
+
+    async def _terminate_locked(self) -> None:
+        """End our nbdkit (SIGTERM, then SIGKILL) and reap it. Lock held."""
+        self._unwatch()
+        pid = self._pid
+        self._pid = None
+        self._served = set()
+        self._probe_ok = False
+        self._ready_changed.set()
+        if pid is None:
+            return
+        if procs.is_running(pid):
+            procs.kill(pid, signal.SIGTERM)
+            await self._wait_exit(pid, _STOP_TIMEOUT_S)
+        if procs.is_running(pid):
+            procs.kill(pid, signal.SIGKILL)
+            await self._wait_exit(pid, _STOP_TIMEOUT_S)
+        procs.reap(pid)
+
+    async def _cut_connections_locked(self, reason: str, clients: int) -> None:
+        """Restart nbdkit: the only way to end connections to exports that were removed or re-pointed."""
+        if clients:
+            log.warning("Restarting nbdkit for {}: {} connection(s) to removed exports are cut", reason, clients)
+        await self._terminate_locked()
+        await self._launch_locked(reason)
+        await self._probe_until_served()
 
     async def _wait_exit(self, pid: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not procs.is_running(pid):
-                return
-            await asyncio.sleep(0.001)
+        try:
+            fd = os.pidfd_open(pid)  # readable once the process has exited
+        except ProcessLookupError:
+            return
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
 
-    def _watch_master(self, pid: int) -> None:
-        self._master_exited.clear()
+        def on_readable() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(fd, on_readable)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(exited, timeout)
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+    def _watch(self, pid: int) -> None:
+        self._exited.clear()
         try:
             fd = os.pidfd_open(pid)
         except (OSError, AttributeError):
             return  # the supervisor falls back to polling /proc
         self._pidfd = fd
-        asyncio.get_running_loop().add_reader(fd, self._on_master_exit, pid)
+        asyncio.get_running_loop().add_reader(fd, self._on_exit, pid)
 
-    def _unwatch_master(self) -> None:
+    def _unwatch(self) -> None:
         if self._pidfd is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
 
-    def _on_master_exit(self, pid: int) -> None:
-        if pid == self._master_pid:
-            self._unwatch_master()
-            self._master_exited.set()
+    def _on_exit(self, pid: int) -> None:
+        if pid == self._pid:
+            self._unwatch()
+            self._exited.set()
 
     # ------------------------------------------------------------------ internals: supervision
 
-    async def _track_readiness(self, generation: int) -> None:
-        """After a restart: probe quickly until the new master lists every configured export."""
-        while generation == self._generation and not self._stopping:
-            try:
-                names = await list_exports(self.host, self.port, timeout=2.0)
-            except ProbeError:
-                await asyncio.sleep(0.01)
-                continue
-            self._note_probe(generation, names)
-            if set(self._exports) <= self._served:
-                return
-            await asyncio.sleep(0.01)
-
-    def _note_probe(self, generation: int, names: list[str]) -> None:
-        if generation != self._generation:
-            return
-        self._served = set(names) - {PROBE_EXPORT_NAME}
-        self._served_generation = generation
+    async def _probe(self, timeout: float) -> bool | None:
+        """One handshake: True if it answered (the listing is kept), False if not, None if the export set changed
+        while it ran (its listing may predate the change and is dropped)."""
+        changes = self._changes
+        try:
+            names = await list_exports(self.host, self.port, timeout=timeout)
+        except ProbeError as exc:
+            self._probe_ok = False
+            self._ready_changed.set()
+            log.debug("NBD probe failed: {}", exc)
+            return False
+        if changes != self._changes:
+            return None
+        self._served = set(names)
         self._probe_ok = True
         self._ready_changed.set()
+        return True
+
+    async def _probe_until_served(self, timeout: float = _START_TIMEOUT_S) -> None:
+        """Probe until the listing equals the links (a link to a missing device is not listed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._server_running():
+            if await self._probe(timeout=2.0):
+                expected = {n for n, e in self._exports.items() if not e.error}
+                if expected <= self._served <= set(self._exports):
+                    return
+            await asyncio.sleep(0.005)
 
     async def _supervise(self) -> None:
         failures = 0
@@ -753,60 +704,55 @@ class NbdExportManager:
         while not self._stopping:
             timeout = max(0.0, min(next_probe - time.monotonic(), 0.25 if self._pidfd is None else 3600))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._master_exited.wait(), timeout)
+                await asyncio.wait_for(self._exited.wait(), timeout)
             if self._stopping:
                 return
             try:
-                if self._master_exited.is_set() or not self._master_running():
+                if self._exited.is_set() or not self._server_running():
                     async with self._lock:
-                        if self._stopping or self._master_running():
+                        if self._stopping or (self._server_running() and not self._exited.is_set()):
                             continue
                         log.error(
-                            "nbd-server (pid {}) on {}:{} exited unexpectedly; restarting it with {} export(s)",
-                            self._master_pid,
+                            "nbdkit (pid {}) on {}:{} exited unexpectedly; restarting it with {} export(s)",
+                            self._pid,
                             self.host,
                             self.port,
                             len(self._exports),
                         )
-                        self._master_exited.clear()
-                        self._probe_ok = False
-                        self._ready_changed.set()
-                        await self._restart_locked("crash recovery")
+                        self._exited.clear()
+                        await self._terminate_locked()  # reaps it
+                        await self._launch_locked("crash recovery")
+                        await self._probe_until_served()
                     backoff = 0.1
                     failures = 0
                     continue
                 if time.monotonic() < next_probe:
                     continue
                 next_probe = time.monotonic() + self.probe_interval_s
-                generation = self._generation
-                try:
-                    names = await list_exports(self.host, self.port, timeout=max(1.0, self.probe_interval_s))
-                except ProbeError as exc:
-                    failures += 1
-                    self._probe_ok = False
-                    self._ready_changed.set()
-                    log.warning("NBD probe failed ({}/{}): {}", failures, _PROBE_FAILURES_BEFORE_RESTART, exc)
-                else:
-                    if generation != self._generation:
-                        continue  # a restart happened meanwhile; its readiness tracker takes over
-                    self._note_probe(generation, names)
-                    missing = set(self._exports) - self._served
+                answered = await self._probe(timeout=max(1.0, self.probe_interval_s))
+                if answered is None:
+                    continue
+                if answered:
+                    missing = {n for n, e in self._exports.items() if not e.error} - self._served
                     failures = failures + 1 if missing else 0
                     if missing:
-                        log.warning("nbd-server does not list configured export(s) {}", sorted(missing))
+                        log.warning("nbdkit does not list configured export(s) {}", sorted(missing))
+                else:
+                    failures += 1
+                    log.warning("NBD probe failed ({}/{})", failures, _PROBE_FAILURES_BEFORE_RESTART)
                 await self._check_devices()
                 if failures >= _PROBE_FAILURES_BEFORE_RESTART:
                     async with self._lock:
-                        log.error("nbd-server failed {} probes in a row; restarting it", failures)
-                        await self._restart_locked("probe failures")
+                        log.error("nbdkit failed {} probes in a row; restarting it", failures)
+                        await self._cut_connections_locked("probe failures", 0)
                     failures = 0
             except asyncio.CancelledError:
                 raise
             except DomainError as exc:
-                log.error("nbd-server restart failed: {}; retrying in {:.1f}s", exc.message, backoff)
+                log.error("nbdkit restart failed: {}; retrying in {:.1f}s", exc.message, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                self._master_exited.set()
+                self._exited.set()
             except Exception:
                 log.exception("NBD supervisor error; retrying in {:.1f}s", backoff)
                 await asyncio.sleep(backoff)
@@ -829,39 +775,32 @@ class NbdExportManager:
                 exp.resolved_path = dev.resolved
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _parse_export_file(path: Path) -> _Export | None:
-    """Parse a file we wrote; None for anything else (foreign or damaged files are strays)."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    name = device = None
-    readonly = False
-    created = None
-    for line in lines:
-        line = line.strip()
-        if line.startswith("# created_at = "):
-            with contextlib.suppress(ValueError):
-                created = datetime.fromisoformat(line.removeprefix("# created_at = "))
-        elif line.startswith("[") and line.endswith("]"):
-            if name is not None:
-                return None
-            name = line[1:-1]
-        elif line.startswith("exportname = "):
-            device = line.removeprefix("exportname = ")
-        elif line == "readonly = true":
-            readonly = True
-    if not name or not device or path.stem != name:
+def _read_link(path: Path) -> str | None:
+    """The link's target if it is one we could have written, else None (a stray)."""
+    if not path.is_symlink():
         return None
     try:
-        validate_export_name(name)
-        check_device_path_syntax(device)
-    except DomainError:
+        target = os.readlink(path)
+        check_device_path_syntax(target)
+    except (OSError, DomainError):
         return None
-    return _Export(name, device, "", readonly, created or datetime.fromtimestamp(path.stat().st_mtime, UTC))
+    return target
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _log_tail(path: Path, offset: int) -> str:
+    """What nbdkit wrote to its log since `offset` (its last lines), for an error message."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return " | ".join(text.splitlines()[-3:])[-500:]

@@ -1,11 +1,11 @@
 """Export names and device paths: the one place that derives and validates them.
 
-Export names become an nbd-server config section header (`[name]`) and a file name
-(`exports.d/<name>.conf`); device paths become a config value (`exportname = <path>`). nbd-server parses its
-config with GLib's GKeyFile, which treats `[`/`]` as section delimiters, `=` as key separator, a leading `#`
-as comment, backslash sequences as escapes, strips leading whitespace and lets `%s` be replaced by the client
-address (virtstyle). Everything that could inject into that format or escape the config directory is
-refused here, before anything is written.
+Export names become file names in the directory nbdkit serves (`exports/<name>`, a symlink to the device) and
+the names NBD clients ask for; device paths become the symlinks' targets. Names are restricted to a safe file-name
+alphabet (no path separator, no leading dot or dash, no control character); device paths to absolute paths without
+control characters, backslashes, brackets, `=` or `%` (the alphabet of `/dev/disk/by-id` links), so that no name
+escapes the export directory and no path carries anything a log line, a URI or a config file could misread.
+Everything is refused here, before anything is written.
 """
 
 from __future__ import annotations
@@ -25,14 +25,13 @@ EXPORT_NAME_PREFIX = "oma-vol-"
 MAX_EXPORT_NAME_LEN = 128
 #: Longest accepted device path.
 MAX_DEVICE_PATH_LEN = 1024
-#: Export name reserved for the manager's own probe export (always present; nbd-server refuses to start
-#: without any export).
+#: Export name reserved for the probe export of the nbd-server layout (kept reserved: old data dirs may name it).
 PROBE_EXPORT_NAME = "oma-probe"
 
 _NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _VOLUME_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9-]*\Z")
-# Characters the config format cannot carry safely in a value: GKeyFile escapes (\), section delimiters,
-# key separator, nbd-server's %s substitution, and every control character (newline, NUL, ...).
+# Characters a device path may not carry: escapes (\), brackets, `=` and `%` (delimiters and placeholders of
+# server config formats: a path is also shown in logs and could be handed to other tools), every control character.
 _FORBIDDEN_PATH_CHARS = set("\\[]=%") | {chr(c) for c in range(0x20)} | {"\x7f"}
 
 
@@ -92,7 +91,7 @@ def validate_export_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class DevicePath:
-    """A validated device path: `path` as given (kept in the config) and `resolved` (its real target)."""
+    """A validated device path: `path` as given (the symlink's target) and `resolved` (its real target)."""
 
     path: str
     resolved: str
@@ -100,7 +99,7 @@ class DevicePath:
 
 
 def check_device_path_syntax(path: str) -> str:
-    """Return `path` if its text is acceptable for the config (absolute, no forbidden characters)."""
+    """Return `path` if its text is acceptable as a symlink target (absolute, no forbidden characters)."""
     if not isinstance(path, str) or not path:
         raise DevicePathInvalid("NBD device path is empty; pass the absolute path of the attached volume.")
     shown = repr(path if len(path) <= 200 else path[:200] + "...")
@@ -111,7 +110,7 @@ def check_device_path_syntax(path: str) -> str:
     bad = sorted({c for c in path if c in _FORBIDDEN_PATH_CHARS})
     if bad:
         raise DevicePathInvalid(
-            f"NBD device path {shown} contains characters the nbd-server config cannot carry safely "
+            f"NBD device path {shown} contains characters an export link cannot carry safely "
             f"({', '.join(repr(c) for c in bad)}); use the volume's /dev/disk/by-id path.",
             device_path=path[:200],
         )
@@ -133,7 +132,7 @@ def validate_device_path(path: str | os.PathLike[str]) -> DevicePath:
 
     The path must be absolute, carry no config-injection characters, exist (symlinks are followed — in
     production these are `/dev/disk/by-id/virtio-...` links) and resolve to a block device or a regular file.
-    The path as given is what goes into the config: a by-id link keeps pointing at the right volume even if
+    The path as given is what the export link points to: a by-id link keeps pointing at the right volume even if
     the kernel name (`/dev/vdb`) changes after a re-attach.
     """
     text = check_device_path_syntax(os.fspath(path))
@@ -184,10 +183,6 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def config_file_name(name: str) -> str:
-    """File name of an export's include file under exports.d."""
-    return f"{validate_export_name(name)}.conf"
-
-
-def is_export_file(path: Path) -> bool:
-    return path.suffix == ".conf" and bool(_NAME_RE.match(path.stem))
+def is_export_link(path: Path) -> bool:
+    """True if `path` is named like an export (the manager only ever writes such symlinks)."""
+    return path.is_symlink() and bool(_NAME_RE.match(path.name)) and path.name != PROBE_EXPORT_NAME

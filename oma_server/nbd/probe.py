@@ -1,4 +1,4 @@
-"""A real NBD handshake against nbd-server, in asyncio (no subprocess, no blocking).
+"""A real NBD handshake against the NBD server, in asyncio (no subprocess, no blocking).
 
 Fixed-newstyle negotiation (NBD protocol doc, "Newstyle negotiation"): read the greeting
 (`NBDMAGIC`, `IHAVEOPT`, handshake flags), send client flags, ask NBD_OPT_LIST and collect the

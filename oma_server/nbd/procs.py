@@ -1,14 +1,14 @@
-"""Process helpers for supervising a daemonising nbd-server: /proc inspection and pidfds (Linux only).
+"""Process helpers for supervising the NBD server: /proc inspection (Linux only).
 
-nbd-server 3.24 always daemonises (its `-d` also disables the fork per client, see manager.py), so its master
-is not our child: we cannot waitpid() it. A pidfd (os.pidfd_open) becomes readable when the process exits,
-which asyncio can watch without polling. All functions here are blocking but fast (a few /proc reads); the
+An nbdkit left by a crashed OMA is no longer our child, so it is found by its command line and watched with a pidfd
+(os.pidfd_open: readable when the process exits). All functions here are blocking but fast (a few /proc reads); the
 manager calls the scanning ones through asyncio.to_thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 from dataclasses import dataclass
@@ -43,37 +43,45 @@ def is_running(pid: int) -> bool:
     return info is not None and info.state not in ("Z", "X")
 
 
-def is_nbd_server_for(info: ProcInfo, config_path: Path) -> bool:
-    """True if the process is an nbd-server started with `-C config_path`."""
-    if not info.cmdline or os.path.basename(info.cmdline[0]) != "nbd-server":
-        return False
-    args = info.cmdline
-    return any(a == "-C" and i + 1 < len(args) and args[i + 1] == str(config_path) for i, a in enumerate(args))
-
-
-def nbd_server_processes(config_path: Path) -> list[ProcInfo]:
-    """All live nbd-server processes (masters and per-client children) that use `config_path`."""
+def server_processes(binary_name: str, marker: str) -> list[ProcInfo]:
+    """Live processes whose program is `binary_name` and whose arguments contain `marker` (e.g. `dir=<path>`)."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         info = read_proc(int(entry.name))
-        if info and info.state not in ("Z", "X") and is_nbd_server_for(info, config_path):
+        if (
+            info
+            and info.state not in ("Z", "X")
+            and info.cmdline
+            and os.path.basename(info.cmdline[0]) == binary_name
+            and any(marker in arg for arg in info.cmdline[1:])
+        ):
             found.append(info)
     return found
 
 
-def open_files(pid: int) -> set[str]:
-    """Targets of the open file descriptors of `pid` (empty if it vanished or is not ours to read)."""
-    targets: set[str] = set()
+def fd_targets(pid: int) -> dict[int, str]:
+    """Open file descriptors of `pid` and what they point at (empty if it vanished or is not ours to read)."""
+    targets: dict[int, str] = {}
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except (FileNotFoundError, PermissionError, ProcessLookupError):
         return targets
     for fd in fds:
         with contextlib.suppress(OSError):
-            targets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            targets[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
     return targets
+
+
+def open_files(pid: int) -> set[str]:
+    """Targets of the open file descriptors of `pid`."""
+    return set(fd_targets(pid).values())
+
+
+def fds_open_on(pid: int, path: str) -> list[int]:
+    """File descriptors of `pid` open on `path` (its real path), in ascending order."""
+    return sorted(fd for fd, target in fd_targets(pid).items() if target == path)
 
 
 def kill(pid: int, sig: signal.Signals) -> bool:
@@ -83,14 +91,6 @@ def kill(pid: int, sig: signal.Signals) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def read_pidfile(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return int(text) if text.isdigit() else None
 
 
 def listening_inodes(port: int) -> set[str]:
@@ -124,3 +124,22 @@ def listening_pids(port: int) -> list[int]:
         if entry.name.isdigit() and open_files(int(entry.name)) & inodes:
             pids.append(int(entry.name))
     return pids
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (a daemon it starts is re-parented to it, not to
+    PID 1), so it can reap them. False where the kernel refuses (not Linux, or no libc)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap(pid: int) -> None:
+    """Collect `pid`'s exit status if it is a (re-parented) child of ours that exited; nothing otherwise."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)

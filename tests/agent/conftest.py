@@ -1,5 +1,5 @@
 """Fixtures of the agent tests: SQLite only (the OMA's store is covered on both databases elsewhere), a real
-nbd-server, a fake vCenter."""
+nbdkit, a fake vCenter."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def database_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def nbd_server(tmp_path: Path) -> Iterator[NbdServer]:
-    if shutil.which("nbd-server") is None:
-        pytest.skip("nbd-server is not installed (make system-deps)")
+    if shutil.which("nbdkit") is None:
+        pytest.skip("nbdkit is not installed (make system-deps)")
     server = NbdServer(tmp_path / "nbd")
     yield server
     server.stop()

@@ -1,9 +1,7 @@
-"""A real `nbd-server` for tests: one config file, one or more sparse file exports on a free port."""
+"""A real `nbdkit` for tests (file plugin, dir= mode, as the OMA runs it): sparse file exports on a free port."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -17,50 +15,42 @@ def free_port() -> int:
 
 
 class NbdServer:
-    """`add()` exports, then `start()`; `stop()` kills the daemon by its pid file."""
+    """`add()` exports (before or after `start()`); `stop()` ends nbdkit and reaps it."""
 
     def __init__(self, workdir: Path) -> None:
         self.dir = workdir
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.exports_dir = workdir / "exports"
+        self.exports_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.exports: dict[str, Path] = {}
-        self.pid: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def add(self, name: str, size: int) -> str:
         path = self.dir / f"{name}.img"
         with open(path, "wb") as fh:
             fh.truncate(size)
         self.exports[name] = path
+        (self.exports_dir / name).symlink_to(path)
         return self.uri(name)
 
     def uri(self, name: str) -> str:
         return f"nbd://127.0.0.1:{self.port}/{name}"
 
     def start(self) -> None:
-        config = self.dir / "nbd-server.conf"
-        lines = ["[generic]", "    allowlist = true", "    listenaddr = 127.0.0.1", f"    port = {self.port}"]
-        for name, path in self.exports.items():
-            lines += [f"[{name}]", f"    exportname = {path}", "    flush = true"]
-        config.write_text("\n".join(lines) + "\n")
-        pidfile = self.dir / "nbd-server.pid"
-        subprocess.run(["nbd-server", "-C", str(config), "-p", str(pidfile)], check=True, capture_output=True)
-        deadline = time.monotonic() + 5
+        argv = ["nbdkit", "--foreground", "--ipaddr", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen([*argv, "file", f"dir={self.exports_dir}"], stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    break
+                    return
             except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"nbd-server did not listen on port {self.port}") from None
-                time.sleep(0.02)
-        while not pidfile.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self.pid = int(pidfile.read_text().strip())
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"nbdkit did not listen on port {self.port}") from None
+                time.sleep(0.01)
 
     def stop(self) -> None:
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            self.pid = None
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None

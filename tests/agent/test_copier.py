@@ -71,23 +71,29 @@ def test_full_copy_into_a_used_target_zeroes_holes(source: tuple[FakeVCenter, st
     assert result.bytes_zeroed >= SIZE - total(allocated_extents(path))
 
 
-def test_resume_writes_only_the_rest(source: tuple[FakeVCenter, str], nbd_server: NbdServer) -> None:
+@pytest.mark.parametrize("connections", [1, 4])
+def test_resume_writes_only_the_rest(source: tuple[FakeVCenter, str], nbd_server: NbdServer, connections: int) -> None:
     vcenter, uuid = source
     uri = nbd_server.add("disk", SIZE)
     nbd_server.start()
     path = vcenter.create_snapshot(uuid).disk(2000).path
     plan = full_plan(path)
-    cancel = threading.Event()
-    tokens: list[str] = []
+    copier: DiskCopier | None = None
 
-    def on_progress(p: CopyProgress) -> None:
-        tokens.append(p.resume_token)
-        if p.bytes_done >= 8 * MIB:
-            cancel.set()
+    class CancelPast8MiB(threading.Event):
+        """Sets itself the first time a worker asks for a chunk once 8 MiB of the plan were sent or skipped (no
+        timing involved: after the drain every chunk taken has completed, so the resume point is at least that)."""
+
+        def is_set(self) -> bool:
+            if copier is not None:
+                p = copier.progress()
+                if p.bytes_written + p.bytes_skipped >= 8 * MIB:
+                    self.set()
+            return super().is_set()
 
     copier = DiskCopier(
-        path, uri, plan, fresh_target=True, cancel=cancel, on_progress=on_progress, chunk_size=MIB,
-        window=2, progress_interval_s=0, checkpoint_interval_s=0,
+        path, uri, plan, fresh_target=True, cancel=CancelPast8MiB(), chunk_size=256 * 1024, window=2,
+        connections=connections,        checkpoint_interval_s=0,
     )  # fmt: skip
     with pytest.raises(CopyCancelled) as stopped:
         copier.run()
@@ -95,6 +101,7 @@ def test_resume_writes_only_the_rest(source: tuple[FakeVCenter, str], nbd_server
     point = ResumePoint.decode(first.resume_token)
     assert 8 * MIB <= point.done < plan.total_bytes
     assert point.done == first.bytes_done  # a cancelled copy's resume point is exact (drained and flushed)
+    assert first.extra["connections"] == connections  # nbd-server advertises multi-conn
 
     rest = DiskCopier(path, uri, plan, fresh_target=True, resume=point).run()
     assert same_bytes(path, nbd_server.exports["disk"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from oma_server.db.models import ChangeIdRecord, Disk, JobDisk
+from oma_server.db.models import ChangeIdRecord, Disk, JobDisk, ReplicationJob
 from oma_server.server import OmaServer
 from tests.agent.helpers import add_exports, register_vm, same_bytes, start_job, wait_status
 from tests.agent.nbd import NbdServer
@@ -130,3 +130,56 @@ async def test_cancel_stops_the_copy(
         assert record.status == "cancelled"
         assert 0 < record.bytes_written < total(allocated_extents(vcenter.disk_path(vm.uuid, 2000)))
     assert vcenter.list_snapshots(vm.uuid) == []
+
+
+async def test_disks_of_a_job_copy_in_parallel_within_the_bounds(
+    oma_server: OmaServer, channel: grpc.aio.Channel, nbd_server: NbdServer, vcenter: FakeVCenter, tmp_path: Path
+) -> None:
+    app = oma_server.app
+    enrolled = await enroll(channel)
+    vms = [vcenter.create_vm(f"par{i}", [8 * MIB, 8 * MIB, 8 * MIB], seed=20 + i) for i in range(2)]
+    disks = {vm.uuid: await register_vm(app, enrolled.appliance_id, vm) for vm in vms}
+    for vm_disks in disks.values():
+        add_exports(nbd_server, vm_disks)
+    nbd_server.start()
+    # Three disks per job, two jobs at once; at most 2 disks of a job and 3 copies of the appliance at once.
+    agent = make_agent(oma_server, enrolled, vcenter, tmp_path / "agent", copy=CopyOptions(disks_per_job=2,
+                       copies_per_appliance=3, connections=2))  # fmt: skip
+    async with agent:
+        jobs = [await start_job(app, enrolled.appliance_id, vm, disks[vm.uuid], nbd_server) for vm in vms]
+        for job in jobs:
+            row = await wait_status(app, job.id, {"completed", "failed"})
+            assert row.status == "completed", row.error_message
+        for vm in vms:
+            for disk in disks[vm.uuid]:
+                assert same_bytes(vcenter.disk_path(vm.uuid, disk.key), nbd_server.exports[disk.id])
+        for job in jobs:
+            stats = agent.job_stats(job.id)
+            assert stats["peak_parallel_disks"] == 2  # parallel, and never above the job's bound
+            row = await app.db.run(ReplicationJob.get_by_id, job.id)
+            assert row.bytes_done == row.bytes_total == sum(d["bytes_total"] for d in stats["disks"].values())
+            for disk_id, d in stats["disks"].items():  # progress stays exact per disk
+                jd = await app.db.run(lambda i=disk_id, j=job.id: JobDisk.get((JobDisk.job == j) & (JobDisk.disk == i)))
+                assert jd.bytes_done == jd.bytes_total == d["bytes_total"]
+        assert 2 <= agent.peak_copies <= 3  # the appliance's bound held across both jobs
+
+
+async def test_a_failing_disk_stops_its_siblings_and_fails_the_job(
+    oma_server: OmaServer, channel: grpc.aio.Channel, nbd_server: NbdServer, vcenter: FakeVCenter, tmp_path: Path
+) -> None:
+    app = oma_server.app
+    enrolled = await enroll(channel)
+    vm = vcenter.create_vm("halfbad", [16 * MIB, 16 * MIB], seed=9)
+    disks = await register_vm(app, enrolled.appliance_id, vm)
+    add_exports(nbd_server, disks)
+    os.truncate(nbd_server.exports[disks[0].id], 4 * MIB)  # the first target is too small: that disk fails
+    nbd_server.start()
+    agent = make_agent(oma_server, enrolled, vcenter, tmp_path / "agent", copy=CopyOptions(disks_per_job=2))
+    async with agent:
+        job = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server)
+        row = await wait_status(app, job.id, {"completed", "failed"})
+        assert row.status == "failed"
+        assert disks[0].id in row.error_message and row.error_class == "target_write_failed"
+        await agent.wait_job(job.id, timeout=10)
+        assert agent.records[job.id].status == "failed"
+        assert not agent.jobs[job.id].copying  # no copy of the job is left running

@@ -1,4 +1,4 @@
-"""Fixtures for the NBD tests: a real nbd-server per test (own port, own directory) and real NBD clients."""
+"""Fixtures for the NBD tests: a real nbdkit per test (own port, own directory) and real NBD clients."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import pytest
 
 from oma_server.nbd import NbdExportManager, procs
 
-NBD_SERVER = shutil.which("nbd-server") or shutil.which("/usr/sbin/nbd-server")
+NBDKIT = shutil.which("nbdkit")
 NBDCOPY = shutil.which("nbdcopy")
 NBDINFO = shutil.which("nbdinfo")
 
 requires_nbd = pytest.mark.skipif(
-    NBD_SERVER is None or NBDCOPY is None or NBDINFO is None,
-    reason="needs nbd-server (Debian package nbd-server) and nbdcopy/nbdinfo (libnbd-bin); `make test` installs them",
+    NBDKIT is None or NBDCOPY is None or NBDINFO is None,
+    reason="needs nbdkit (Debian package nbdkit) and nbdcopy/nbdinfo (libnbd-bin); `make test` installs them",
 )
 
 
@@ -44,10 +44,10 @@ async def run(*argv: str, input: bytes | None = None, timeout: float = 60) -> tu
 
 
 async def nbd_list(host: str, port: int) -> set[str]:
-    """Export names as the real nbdinfo client sees them (the probe export excluded)."""
+    """Export names as the real nbdinfo client sees them."""
     rc, out, err = await run("nbdinfo", "--list", "--json", f"nbd://{host}:{port}")
     assert rc == 0, err
-    return {e["export-name"] for e in json.loads(out)["exports"]} - {"oma-probe"}
+    return {e["export-name"] for e in json.loads(out)["exports"]}
 
 
 async def nbdcopy(src: str, dst: str, *extra: str) -> None:
@@ -87,9 +87,9 @@ async def manager_factory(tmp_path: Path) -> AsyncIterator[Callable[..., NbdExpo
 
     yield factory
     for m in made:
-        await m.stop(disconnect_clients=True)
-        # Belt and braces: no nbd-server of this test may outlive it.
-        for info in procs.nbd_server_processes(m.config_path):
+        await m.stop()
+        # Belt and braces: no nbdkit of this test may outlive it.
+        for info in procs.server_processes("nbdkit", str(m.exports_dir)):
             procs.kill(info.pid, signal.SIGKILL)
 
 

@@ -1,8 +1,9 @@
-"""NbdExportManager against the real nbd-server, checked with the real NBD clients nbdcopy and nbdinfo."""
+"""NbdExportManager against the real nbdkit, checked with the real NBD clients nbdcopy and nbdinfo."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -27,7 +28,7 @@ from oma_server.nbd import (
     export_name_for,
     procs,
 )
-from tests.nbd.conftest import make_disk, nbd_list, nbdcopy, pattern, requires_nbd, run
+from tests.nbd.conftest import free_port, make_disk, nbd_list, nbdcopy, pattern, requires_nbd, run
 from tests.waiting import until
 
 pytestmark = [pytest.mark.nbd, requires_nbd]
@@ -61,20 +62,6 @@ async def test_data_written_through_export_lands_byte_for_byte(manager: NbdExpor
     assert back.read_bytes() == src.read_bytes()
 
 
-async def test_readonly_export_refuses_writes(manager: NbdExportManager, tmp_path: Path) -> None:
-    disk = tmp_path / "ro.img"
-    disk.write_bytes(pattern(MiB, seed=2))
-    info = await manager.add_export("oma-vol-ro", str(disk), readonly=True)
-    await manager.wait_ready()
-    rc, out, _ = await run("nbdinfo", "--json", info.uri)
-    assert rc == 0 and '"is_read_only": true' in out
-    src = tmp_path / "src"
-    src.write_bytes(pattern(MiB, seed=3))
-    rc, _, _ = await run("nbdcopy", str(src), info.uri)
-    assert rc != 0
-    assert disk.read_bytes() == pattern(MiB, seed=2)
-
-
 async def _slow_stream(
     uri: str, data: bytes, chunk: int, delay: float, hold_last_until: asyncio.Event | None = None
 ) -> tuple[int, str]:
@@ -101,43 +88,78 @@ async def _slow_stream(
     return await proc.wait(), err.decode()
 
 
-async def test_add_remove_and_server_kill_leave_a_live_transfer_intact(
-    manager: NbdExportManager, tmp_path: Path
+async def test_add_remove_and_an_oma_restart_leave_a_live_transfer_intact(
+    manager_factory: Callable[..., NbdExportManager], tmp_path: Path, nbd_port: int
 ) -> None:
     size = 48 * MiB
     target = make_disk(tmp_path / "target.img", size)
     other = make_disk(tmp_path / "other.img", 4 * MiB)
     data = pattern(size, seed=4)
+    cfg = tmp_path / "nbd-cfg"
+    manager = manager_factory(cfg, nbd_port)
+    await manager.start()
     info = await manager.add_export("oma-vol-stream", str(target))
     await manager.add_export("oma-vol-other", str(other))
     await manager.wait_ready()
 
     done_changing = asyncio.Event()
     stream = asyncio.create_task(_slow_stream(info.uri, data, chunk=MiB, delay=0.03, hold_last_until=done_changing))
-    await until(lambda: manager.connected_clients("oma-vol-stream"), "the transfer to connect")
+    await until(lambda: stream.done() or manager.connected_clients("oma-vol-stream"), "the transfer to connect")
+    assert not stream.done(), await stream
     changes = 0
+    pid = manager.master_pid
     for i in range(4):
         extra = make_disk(tmp_path / f"extra{i}.img", MiB)
         await manager.add_export(f"oma-vol-extra{i}", str(extra))
-        await manager.wait_ready()
+        assert manager.get_export(f"oma-vol-extra{i}").state == STATE_ACTIVE  # served when add returns
         assert f"oma-vol-extra{i}" in await nbd_list("127.0.0.1", manager.port)
         await manager.remove_export(f"oma-vol-extra{i}")
         changes += 2
     await manager.remove_export("oma-vol-other")  # an idle export, removed for real
-    await manager.wait_ready()
     assert await nbd_list("127.0.0.1", manager.port) == {"oma-vol-stream"}
-    # A crashed master must not take the transfer down either.
-    master = manager.master_pid
-    assert master is not None
-    os.kill(master, signal.SIGKILL)
-    await until(lambda: not procs.is_running(master), "the killed master to be gone")
-    assert not stream.done(), "the transfer must still be running while exports change"
+    assert manager.master_pid == pid and manager.restarts == 1  # no change restarted the server
+
+    # An OMA killed outright leaves nbdkit running; the next OMA takes it over without cutting the transfer.
+    await _abandon(manager)
+    successor = manager_factory(cfg, nbd_port)
+    await successor.start()
+    assert successor.adopted and successor.master_pid == pid
+    assert [e.name for e in successor.list_exports()] == ["oma-vol-stream"]
+    assert await successor.connected_clients("oma-vol-stream")
+    assert not stream.done(), "the transfer must still be running while exports change and the OMA restarts"
     done_changing.set()
 
     rc, err = await asyncio.wait_for(stream, 60)
     assert rc == 0, err
     assert changes == 8
     assert target.read_bytes() == data
+
+
+async def _until_dead(pid: int) -> None:
+    """Wait until `pid` has exited (its pidfd becomes readable)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    dead = asyncio.Event()
+    loop.add_reader(fd, dead.set)
+    try:
+        await asyncio.wait_for(dead.wait(), 10)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def _abandon(manager: NbdExportManager) -> None:
+    """What a SIGKILLed OMA leaves: the manager object gone without stop(); nbdkit keeps running."""
+    assert manager._supervisor is not None
+    manager._supervisor.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await manager._supervisor
+    manager._unwatch()
+    manager._started = False
+    manager._pid = None
 
 
 async def test_killed_server_comes_back_with_all_exports(manager: NbdExportManager, tmp_path: Path) -> None:
@@ -148,12 +170,13 @@ async def test_killed_server_comes_back_with_all_exports(manager: NbdExportManag
     old = manager.master_pid
     assert old is not None
     os.kill(old, signal.SIGKILL)
-    await until(lambda: not procs.is_running(old), "the killed master to be gone")
-    # A dead master is never reported healthy (the supervisor may already have replaced it by now).
+    await _until_dead(old)
+    # A dead server is never reported healthy (the supervisor may already have replaced it by now).
     assert manager.master_pid != old or not manager.healthy
     await manager.wait_ready(timeout=10)
     assert manager.master_pid not in (None, old)
     assert procs.is_running(manager.master_pid or 0)
+    assert procs.read_proc(old) is None, "the killed nbdkit was reaped, not left a zombie"
     assert await nbd_list("127.0.0.1", manager.port) == names
     assert {e.state for e in manager.list_exports()} == {STATE_ACTIVE}
     src = tmp_path / "src"
@@ -168,7 +191,7 @@ async def test_hung_or_wrong_server_is_detected_by_probe(manager: NbdExportManag
     assert old is not None
     os.kill(old, signal.SIGSTOP)
     try:
-        await until(lambda: manager.master_pid != old, "the frozen master to be replaced")
+        await until(lambda: manager.master_pid != old, "the frozen server to be replaced")
     finally:
         os.kill(old, signal.SIGKILL)
     await manager.wait_ready()
@@ -186,8 +209,9 @@ async def test_reconcile_recreates_missing_and_removes_strays(
     await m1.add_export("oma-vol-b", disks["b"])
     await m1.stop()  # like an OMA restart: the config stays on disk
     # Things that happen while the OMA is down: a file goes missing, a stray appears.
-    (cfg / "exports.d" / "oma-vol-a.conf").unlink()
-    (cfg / "exports.d" / "junk.txt").write_text("not ours")
+    (cfg / "exports" / "oma-vol-a").unlink()
+    (cfg / "exports" / "junk.txt").write_text("not ours")
+    (cfg / "exports" / ".hidden").symlink_to(disks["d"])
 
     m2 = manager_factory(cfg, nbd_port)
     report = await m2.start(
@@ -197,7 +221,7 @@ async def test_reconcile_recreates_missing_and_removes_strays(
     assert report.created == ["oma-vol-a", "oma-vol-c"]
     assert report.removed == ["oma-vol-b"]
     assert "oma-vol-bad" in report.failed and "does not exist" in report.failed["oma-vol-bad"]
-    assert not (cfg / "exports.d" / "junk.txt").exists()
+    assert sorted(p.name for p in (cfg / "exports").iterdir()) == ["oma-vol-a", "oma-vol-c"]
     await m2.wait_ready()
     assert await nbd_list("127.0.0.1", nbd_port) == {"oma-vol-a", "oma-vol-c"}
 
@@ -217,7 +241,7 @@ async def test_reconcile_recreates_missing_and_removes_strays(
     assert sorted(again.unchanged) == ["oma-vol-a", "oma-vol-b"]
 
 
-async def test_leftover_server_of_crashed_oma_is_replaced(
+async def test_leftover_server_of_crashed_oma_is_taken_over(
     manager_factory: Callable[..., NbdExportManager], tmp_path: Path, nbd_port: int
 ) -> None:
     cfg = tmp_path / "nbd-cfg"
@@ -226,21 +250,55 @@ async def test_leftover_server_of_crashed_oma_is_replaced(
     await m1.start()
     await m1.add_export("oma-vol-x", disk)
     leftover = m1.master_pid
-    # Simulate an OMA crash: the manager object vanishes without stop(); nbd-server keeps running.
-    assert m1._supervisor is not None
-    m1._supervisor.cancel()
-    m1._unwatch_master()
-    m1._started = False
-    m1._master_pid = None
+    await _abandon(m1)
     assert leftover is not None and procs.is_running(leftover)
 
     m2 = manager_factory(cfg, nbd_port)
     await m2.start()
     await m2.wait_ready()
-    assert not procs.is_running(leftover)
-    assert m2.master_pid != leftover
+    assert m2.adopted and m2.master_pid == leftover and m2.restarts == 0
     assert [e.name for e in m2.list_exports()] == ["oma-vol-x"]
     assert await nbd_list("127.0.0.1", nbd_port) == {"oma-vol-x"}
+    # Taken over means supervised: its death is noticed and it is restarted (it is not our child any more).
+    os.kill(leftover, signal.SIGKILL)
+    await _until_dead(leftover)
+    await m2.wait_ready(timeout=10)
+    assert m2.master_pid not in (None, leftover) and not m2.adopted
+    assert await nbd_list("127.0.0.1", nbd_port) == {"oma-vol-x"}
+
+
+async def test_leftover_server_started_differently_is_replaced(
+    manager_factory: Callable[..., NbdExportManager], tmp_path: Path, nbd_port: int
+) -> None:
+    cfg = tmp_path / "nbd-cfg"
+    m1 = manager_factory(cfg, nbd_port)
+    await m1.start()
+    await m1.add_export("oma-vol-y", str(make_disk(tmp_path / "y.img", MiB)))
+    leftover = m1.master_pid
+    await _abandon(m1)
+    assert leftover is not None
+    # The same data dir, another port (the operator changed --nbd-listen): the old server must go.
+    other_port = free_port()
+    m2 = manager_factory(cfg, other_port)
+    await m2.start()
+    await m2.wait_ready()
+    assert not procs.is_running(leftover) and not m2.adopted
+    assert await nbd_list("127.0.0.1", other_port) == {"oma-vol-y"}
+    rc, _, _ = await run("nbdinfo", "--list", f"nbd://127.0.0.1:{nbd_port}")
+    assert rc != 0, "nothing serves the old port any more"
+
+
+async def test_another_data_dirs_server_on_the_port_is_reported(
+    manager_factory: Callable[..., NbdExportManager], tmp_path: Path, nbd_port: int
+) -> None:
+    other = manager_factory(tmp_path / "other-data-dir", nbd_port)
+    await other.start()
+    mine = manager_factory(tmp_path / "my-data-dir", nbd_port)
+    with pytest.raises(NbdPortInUse) as exc:
+        await mine.start()
+    assert exc.value.reason == "NBD_PORT_IN_USE"
+    assert f"pid {other.master_pid}" in exc.value.message and "nbdkit" in exc.value.message
+    assert other.healthy and procs.is_running(other.master_pid or 0), "the other OMA's server is left alone"
 
 
 async def test_port_taken_by_another_program_is_reported(
@@ -287,7 +345,7 @@ async def test_bad_requests_are_refused_with_domain_errors(manager: NbdExportMan
     # nothing of the refused requests reached the server or the config
     await manager.wait_ready()
     assert await nbd_list("127.0.0.1", manager.port) == {"oma-vol-dup"}
-    assert sorted(p.name for p in manager.exports_dir.iterdir()) == ["oma-vol-dup.conf"]
+    assert sorted(p.name for p in manager.exports_dir.iterdir()) == ["oma-vol-dup"]
 
 
 async def test_remove_with_connected_client_needs_force(manager: NbdExportManager, tmp_path: Path) -> None:
@@ -295,7 +353,8 @@ async def test_remove_with_connected_client_needs_force(manager: NbdExportManage
     info = await manager.add_export("oma-vol-busy", str(target))
     await manager.wait_ready()
     stream = asyncio.create_task(_slow_stream(info.uri, pattern(32 * MiB, seed=7), chunk=MiB, delay=0.1))
-    await until(lambda: manager.connected_clients("oma-vol-busy"), "the transfer to connect")
+    await until(lambda: stream.done() or manager.connected_clients("oma-vol-busy"), "the transfer to connect")
+    assert not stream.done(), await stream
     with pytest.raises(ExportInUse) as exc:
         await manager.remove_export("oma-vol-busy")
     assert "connected client" in exc.value.message and exc.value.reason == "NBD_EXPORT_IN_USE"

@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", required=True, type=Path)
     run.add_argument("--listen", default="127.0.0.1:0", type=_host_port, help="local vma.v1 API (port 0: any)")
     run.add_argument("--chunk-mib", type=_positive, default=2.0, help="copy request size in MiB (1-4)")
-    run.add_argument("--window", type=int, default=8, help="NBD requests in flight")
+    run.add_argument("--window", type=int, default=8, help="NBD requests in flight per connection (1-64)")
+    run.add_argument("--connections", type=int, default=4, help="NBD connections per disk, if multi-conn (1-16)")
+    run.add_argument("--disks-per-job", type=int, default=4, help="disks of one job copied at once (1-64)")
+    run.add_argument("--copies-per-appliance", type=int, default=8, help="disk copies of all jobs at once (1-256)")
     run.add_argument("--max-rate-mib", type=_positive, default=None, help="bandwidth limit per disk copy, MiB/s")
     run.add_argument("--report-interval", type=_positive, default=0.5, help="seconds between progress reports")
     run.add_argument("--log-json", action="store_true")
@@ -136,6 +139,9 @@ async def _run(args: argparse.Namespace, credential: str) -> int:
         copy=CopyOptions(
             chunk_size=chunk,
             window=args.window,
+            connections=args.connections,
+            disks_per_job=args.disks_per_job,
+            copies_per_appliance=args.copies_per_appliance,
             max_bytes_per_second=args.max_rate_mib * MIB if args.max_rate_mib else None,
         ),
         report_interval_s=args.report_interval,
@@ -191,8 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             if not 1 <= args.chunk_mib <= 4:
                 raise UsageError("--chunk-mib must be between 1 and 4")
-            if not 1 <= args.window <= 64:
-                raise UsageError("--window must be between 1 and 64")
+            for flag, value, top in (
+                ("--window", args.window, 64),
+                ("--connections", args.connections, 16),
+                ("--disks-per-job", args.disks_per_job, 64),
+                ("--copies-per-appliance", args.copies_per_appliance, 256),
+            ):
+                if not 1 <= value <= top:
+                    raise UsageError(f"{flag} must be between 1 and {top}")
             credential = _credential(args)
     except UsageError as exc:
         print(f"vma-agent: error: {exc}", file=sys.stderr)
