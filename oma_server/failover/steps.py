@@ -25,6 +25,7 @@ from oma_server.cloudstack.errors import CloudStackNotFound
 from oma_server.cloudstack.models import NicSpec, Snapshot, VirtualMachine
 from oma_server.db.database import Database
 from oma_server.db.models import Disk, VmContext, Volume, new_id, utcnow
+from oma_server.engine import OUTAGE, Step
 from oma_server.errors import DeadlineExceeded, FailedPrecondition
 from oma_server.failover.readiness import ReadinessChecker
 from oma_server.failover.state_machine import FailoverJobState
@@ -50,6 +51,9 @@ Record = Callable[[Mutate, InTx | None], Awaitable[FailoverJobState]]
 def snapshot_name(job_id: str, disk_key: int) -> str:
     """The CloudStack name of the snapshot a failover job takes of one disk's volume (found again by it)."""
     return f"{SNAPSHOT_PREFIX}{job_id}-{disk_key}"
+
+
+FailoverStep = Step["StepContext", "StepResult"]
 
 
 @dataclass
@@ -131,31 +135,88 @@ class FailoverSteps:
         self.start_final_sync = start_final_sync
         self.readiness = readiness
         self.settings = settings
-        self._steps: dict[str, Callable[[StepContext], Awaitable[StepResult]]] = {
-            "validate": self.validate,
-            "power_off_source": self.power_off_source,
-            "final_sync": self.final_sync,
-            "snapshot_volumes": self.snapshot_volumes,
-            "detach_from_oma": self.detach_from_oma,
-            "deploy_vm": self.deploy_vm,
-            "remove_template_root": self.remove_template_root,
-            "attach_volumes": self.attach_volumes,
-            "inject_drivers": self.inject_drivers,
-            "start_vm": self.start_vm,
-            "verify_running": self.verify_running,
-            "stop_vm": self.stop_vm,
-            "detach_from_vm": self.detach_from_vm,
-            "destroy_vm": self.destroy_vm,
-            "revert_volumes": self.revert_volumes,
-            "delete_snapshots": self.delete_snapshots,
-            "release_volumes": self.release_volumes,
-            # the step's name before replicas left the OMA VM between jobs: cleanup jobs recorded with it resume
-            "reattach_to_oma": self.release_volumes,
-            "power_on_source": self.power_on_source,
-        }
+        # Every step once: its function, where an operator looks when it fails, its retry rule. Steps that talk to
+        # CloudStack wait out an outage (engine.OUTAGE); the others fail at once. The order of the steps of each kind
+        # of job is the state machine's (state_machine.STEPS).
+        declared: list[FailoverStep] = [
+            Step(
+                "validate", self.validate, "the readiness checks (CheckFailoverReadiness) say what is missing", OUTAGE
+            ),
+            Step(
+                "power_off_source", self.power_off_source, "check that the appliance is connected and can reach vCenter"
+            ),
+            Step("final_sync", self.final_sync, "see the replication job's error; the appliance must be connected"),
+            Step(
+                "snapshot_volumes",
+                self.snapshot_volumes,
+                "check the volumes' primary storage and snapshot limits in CloudStack",
+                OUTAGE,
+            ),
+            Step(
+                "detach_from_oma",
+                self.detach_from_oma,
+                "check the volume in CloudStack (it must be attached to the OMA VM or to none)",
+                OUTAGE,
+            ),
+            Step(
+                "deploy_vm",
+                self.deploy_vm,
+                "check the service offering, the template, the networks' capacity and the static IPs in the network "
+                "mappings",
+                OUTAGE,
+            ),
+            Step(
+                "remove_template_root",
+                self.remove_template_root,
+                "check the template's root volume of the target VM in CloudStack",
+                OUTAGE,
+            ),
+            Step(
+                "attach_volumes",
+                self.attach_volumes,
+                "check that the volumes are not attached elsewhere and the target VM is stopped",
+                OUTAGE,
+            ),
+            Step(
+                "inject_drivers",
+                self.inject_drivers,
+                "see the command's output above; fix the command (--driver-injection-command)",
+            ),
+            Step("start_vm", self.start_vm, "check host capacity and the CloudStack events of the target VM", OUTAGE),
+            Step("verify_running", self.verify_running, "check the target VM in CloudStack", OUTAGE),
+            Step(
+                "stop_vm",
+                self.stop_vm,
+                "check the target VM in CloudStack (it may be stuck Starting or Stopping)",
+                OUTAGE,
+            ),
+            Step("detach_from_vm", self.detach_from_vm, "check the volumes' attachments in CloudStack", OUTAGE),
+            Step("destroy_vm", self.destroy_vm, "check the target VM in CloudStack", OUTAGE),
+            Step(
+                "revert_volumes",
+                self.revert_volumes,
+                "check the snapshot in CloudStack (it must be BackedUp and its volume detached)",
+                OUTAGE,
+            ),
+            Step("delete_snapshots", self.delete_snapshots, "check the snapshots in CloudStack", OUTAGE),
+            Step(
+                "release_volumes",
+                self.release_volumes,
+                "check the volumes' attachments in CloudStack and the NBD exports (ListNbdExports)",
+                OUTAGE,
+            ),
+            Step(
+                "power_on_source",
+                self.power_on_source,
+                "check that the appliance is connected; the source can also be powered on in vCenter",
+            ),
+        ]
+        self.declared: dict[str, FailoverStep] = {step.name: step for step in declared}
+        # the step's name before replicas left the OMA VM between jobs: cleanup jobs recorded with it resume
+        self.declared["reattach_to_oma"] = self.declared["release_volumes"]
 
-    async def run(self, name: str, ctx: StepContext) -> StepResult:
-        return await self._steps[name](ctx)
+    def step(self, name: str) -> FailoverStep:
+        return self.declared[name]
 
     # ---- helpers ------------------------------------------------------------------------------------------------
     async def _replicas(self, vm_context_id: str) -> list[Replica]:
