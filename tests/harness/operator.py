@@ -29,6 +29,7 @@ from oma.v1 import (
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
+from oma_server.api.status import error_info_of
 
 R = replication_pb2
 F = failover_pb2
@@ -96,6 +97,8 @@ class Operator:
     actions: list[str] = field(default_factory=list)  # what it did (seconds into the run), for the report
     _channel: grpc.aio.Channel | None = None
     _started: float = field(default_factory=time.monotonic)
+    # The readiness checks the OMA named when it last refused a failover (ErrorInfo metadata `failed_checks`).
+    refused_checks: set[str] = field(default_factory=set)
 
     def note(self, what: str) -> None:
         self.actions.append(f"{time.monotonic() - self._started:.1f}s {what}")
@@ -174,6 +177,8 @@ class Operator:
                 self.note(f"({err.code().name}: looking again)")
                 await asyncio.sleep(0.2)
             elif err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                info = error_info_of(err)
+                self.refused_checks = set(info.metadata.get("failed_checks", "").split(",")) if info else set()
                 refusal = f"(refused: {err.details()})"
                 if self.actions[-2:-1] and self.actions[-2].endswith(refusal):
                     self.actions.pop()  # the same refusal again: one entry is enough
@@ -249,6 +254,9 @@ class Operator:
             if phase == "initial":
                 return await self.start_replication(R.REPLICATION_JOB_KIND_INITIAL)
             if phase in ("incremental", "verify"):
+                return await self.start_replication(incremental)
+            if "replication_completed" in self.refused_checks:  # "run an incremental replication and let it complete"
+                self.refused_checks = set()
                 return await self.start_replication(incremental)
             if phase == "test_failover":
                 return await self.start_failover(F.FAILOVER_JOB_KIND_TEST)

@@ -36,6 +36,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -155,6 +156,27 @@ class Plan:
         if self.second is not None:
             text += f", then {self.second.describe()} {self.second_after_s}s after it was back"
         return text
+
+
+def seeds_covering(count: int, first: int = 0, victims: tuple[str, ...] = VICTIMS) -> list[int]:
+    """`count` seeds from `first` on whose plans kill first each of `victims` and, once, a second victim too (a
+    small run that still tries each kind of death)."""
+    chosen: list[int] = []
+    seen: set[str] = set()
+    doubled = False
+    seed = first
+    while len(chosen) < count:
+        plan = Plan.from_seed(seed)
+        assert plan.first is not None
+        if plan.first.victim in victims:
+            new_victim = plan.first.victim not in seen
+            new_double = plan.second is not None and not doubled
+            if new_victim or new_double or (seen >= set(victims) and doubled):
+                chosen.append(seed)
+                seen.add(plan.first.victim)
+                doubled = doubled or plan.second is not None
+        seed += 1
+    return chosen
 
 
 # ---- one world --------------------------------------------------------------------------------------------------
@@ -477,7 +499,7 @@ async def run_seed(seed: int, root: Path, database_url: str = "", *, kills: bool
     return Outcome(seed, plan, time.monotonic() - started, run.problems, run.kills, kept, run.actions)
 
 
-async def soak(seeds: range, root: Path, database_url: str = "", echo: bool = False) -> Soak:
+async def soak(seeds: Iterable[int], root: Path, database_url: str = "", echo: bool = False) -> Soak:
     result = Soak()
     for seed in seeds:
         outcome = await run_seed(seed, root, database_url)
