@@ -6,7 +6,8 @@ the files behind the simulator's volumes and the fake vCenter's disks.
 - every replica byte-identical to its source disk (the source is unchanged since the last completed sync)
 - CloudStack holds exactly what the OMA records: one volume per disk, attached where the OMA says, no other volume
   (the OMA VM's own ROOT excepted), no snapshot, no VM but the OMA VM
-- nbd-server serves exactly the exports the OMA records as active
+- nbd-server serves every export the OMA records as active and nothing else that reaches data (an entry it keeps
+  dormant for a detached replica, recorded removed, has no device behind it)
 - no VMware snapshot left on the source VM
 """
 
@@ -236,10 +237,15 @@ def _listed(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def _exports(world: World, exports: list[storage_pb2.NbdExport], live: list[storage_pb2.Volume]) -> list[str]:
+    """nbd-server serves every export the OMA records active, and nothing else that can reach data: a served name
+    recorded `removed` is a dormant entry (its replica is detached, so the device path behind it is gone)."""
     problems = []
-    active = {e.name: e for e in exports if e.state == storage_pb2.NBD_EXPORT_STATE_ACTIVE}
-    unsettled = [f"{e.name} ({storage_pb2.NbdExportState.Name(e.state)})" for e in exports if e.name not in active]
-    unsettled = [u for u in unsettled if "REMOVED" not in u]
+    recorded = {e.name: e for e in exports}
+    active = {n for n, e in recorded.items() if e.state == storage_pb2.NBD_EXPORT_STATE_ACTIVE}
+    removed = {n for n, e in recorded.items() if e.state == storage_pb2.NBD_EXPORT_STATE_REMOVED}
+    unsettled = sorted(
+        f"{n} ({storage_pb2.NbdExportState.Name(recorded[n].state)})" for n in set(recorded) - active - removed
+    )
     if unsettled:
         problems.append(f"export(s) neither active nor removed: {unsettled}")
     served = served_exports(world.nbd_port)
@@ -247,16 +253,23 @@ def _exports(world: World, exports: list[storage_pb2.NbdExport], live: list[stor
         if active:
             problems.append(f"the OMA records active exports {sorted(active)} but no NBD server listens")
         return problems
-    if served != set(active):
+    if active - served:
+        problems.append(f"export(s) the OMA records active but nbd-server does not serve: {sorted(active - served)}")
+    if served - active - removed:
         problems.append(
-            f"nbd-server serves {sorted(served)}, the OMA records {sorted(active)} "
-            f"(orphans {sorted(served - set(active))}, missing {sorted(set(active) - served)})"
+            f"orphan export(s) nbd-server serves and the OMA does not record: {sorted(served - active - removed)}"
         )
+    for name in sorted(served & removed):
+        if Path(recorded[name].device_path).exists():
+            problems.append(
+                f"export {name} is recorded removed but nbd-server serves it with its device "
+                f"{recorded[name].device_path} present"
+            )
     by_volume = {v.id: v for v in live}
-    for name, export in active.items():
-        volume = by_volume.get(export.volume_id)
+    for name in sorted(active):
+        volume = by_volume.get(recorded[name].volume_id)
         if volume is None:
-            problems.append(f"export {name} serves volume {export.volume_id}, which is not a live replica")
+            problems.append(f"export {name} serves volume {recorded[name].volume_id}, which is not a live replica")
         elif volume.attached_vm_id != world.oma_vm_id:
             problems.append(f"export {name} serves volume {volume.cloudstack_id}, which is not attached to the OMA")
     return problems

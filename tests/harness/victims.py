@@ -69,7 +69,13 @@ class CloudStackProcess:
 
     @property
     def device_root(self) -> Path:
+        """The OMA VM's /dev/disk/by-id and /sys, as the simulator keeps them for `oma-server --device-root` and
+        `--sys-root`."""
         return Path(self.announced["DEVICE_ROOT"])
+
+    @property
+    def sys_root(self) -> Path:
+        return Path(self.announced["SYS_ROOT"])
 
     @property
     def oma_vm_id(self) -> str:

@@ -230,6 +230,8 @@ class Run:
             self.cloudstack.url,
             "--device-root",
             str(self.cloudstack.device_root),
+            "--sys-root",
+            str(self.cloudstack.sys_root),
             *OMA_FLAGS,
             env=self.cloudstack.oma_environment(),
         )
