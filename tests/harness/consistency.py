@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,18 @@ class World:
     cloudstack_state_dir: Path
     oma_vm_id: str
     nbd_port: int
+
+
+async def settled(world: World, within_s: float = 20.0) -> list[str]:
+    """`check` until it finds nothing or `within_s` passes; what it found last. Work goes on after a job is final
+    (its replicas are detached and their exports retired afterwards), so the end is consistent when the world
+    gets there by itself within bounded time."""
+    deadline = time.monotonic() + within_s
+    while True:
+        problems = await check(world)
+        if not problems or time.monotonic() > deadline:
+            return problems
+        await asyncio.sleep(0.5)
 
 
 async def check(world: World) -> list[str]:

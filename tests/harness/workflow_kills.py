@@ -99,14 +99,14 @@ POINTS: dict[str, list[tuple[str, str | float]]] = {
     ],
     "rollback": [*[("step", s) for s in STEPS[FailoverKind.ROLLBACK]], ("log", "revert_snapshot")],
 }
-# How long each phase takes here when nothing dies, roughly: delays are drawn from [0, this).
+# How long each phase takes here when nothing dies (a fault-free run, 2 cores): delays are drawn from [0, this).
 PHASE_SPAN_S = {
-    "initial": 3.0,
-    "incremental": 1.5,
-    "test_failover": 3.0,
-    "cleanup": 2.5,
-    "live_failover": 4.0,
-    "rollback": 3.0,
+    "initial": 2.0,
+    "incremental": 0.6,
+    "test_failover": 1.0,
+    "cleanup": 0.9,
+    "live_failover": 2.3,
+    "rollback": 1.1,
 }
 _RANK = ("pending", "provisioning", "waiting_for_vma", "replicating", "stalled", "completing")
 
@@ -395,7 +395,7 @@ class Run:
                     oma_vm_id=self.cloudstack.oma_vm_id,
                     nbd_port=self.oma.nbd_port,
                 )
-                self.problems += await consistency.check(world)
+                self.problems += await consistency.settled(world)
             except Stuck as exc:
                 self.problems.append(f"stuck: {exc}")
             finally:
