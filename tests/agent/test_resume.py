@@ -13,11 +13,11 @@ import grpc
 
 from oma_server.db.models import JobDisk
 from oma_server.server import OmaServer
-from tests.agent.helpers import add_exports, register_vm, same_bytes, start_job, wait_status
+from tests.agent.helpers import add_exports, make_agent, register_vm, same_bytes, start_job, wait_status
 from tests.agent.nbd import NbdServer
 from tests.factories import enroll
 from tests.waiting import until
-from vma_client_stubs.agent.agent import Agent, snapshot_description
+from vma_client_stubs.agent.agent import snapshot_description
 from vma_client_stubs.agent.copier import ResumePoint
 from vma_client_stubs.agent.vcenter import FakeVCenter
 
@@ -86,16 +86,7 @@ async def test_killed_agent_resumes_from_the_acknowledged_point(
     row = await wait_status(app, job.id, {"replicating"})
     assert acknowledged >= 6 * MIB
 
-    agent = Agent(
-        oma=f"127.0.0.1:{oma_server.port}",
-        appliance_id=enrolled.appliance_id,
-        credential=enrolled.credential,
-        vcenter=vcenter,
-        state_dir=state,
-        report_interval_s=0.1,
-        fsync=False,
-    )
-    async with agent:
+    async with make_agent(oma_server, enrolled, vcenter, state) as agent:
         row = await wait_status(app, job.id, {"completed", "failed"})
         assert row.status == "completed", row.error_message
         stats = agent.job_stats(job.id)
@@ -126,16 +117,7 @@ async def test_a_snapshot_taken_but_not_recorded_before_a_crash_is_removed(
     job = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server)  # queued: no agent runs yet
     leftover = vcenter.create_snapshot(vm.uuid, snapshot_description(job.id))  # what the killed agent took
     unrelated = vcenter.create_snapshot(vm.uuid, "an operator's own snapshot")
-    agent = Agent(
-        oma=f"127.0.0.1:{oma_server.port}",
-        appliance_id=enrolled.appliance_id,
-        credential=enrolled.credential,
-        vcenter=vcenter,
-        state_dir=tmp_path / "agent",
-        report_interval_s=0.1,
-        fsync=False,
-    )
-    async with agent:
+    async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent"):
         row = await wait_status(app, job.id, {"completed", "failed"})
         assert row.status == "completed", row.error_message
     assert leftover.id not in vcenter.list_snapshots(vm.uuid)

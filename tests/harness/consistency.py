@@ -14,9 +14,7 @@ the files behind the simulator's volumes and the fake vCenter's disks.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterable
@@ -30,6 +28,7 @@ from oma.v1 import storage_pb2, storage_pb2_grpc
 from oma_server.nbd.names import EXPORT_NAME_PREFIX
 from tests.conftest import VENV_BIN
 from tests.harness.operator import Operator, View, failover_kind, failover_status, replication_status
+from vma_client_stubs.agent.extents import allocated_extents
 from vma_client_stubs.agent.vcenter import FakeVCenter
 
 CHUNK = 4 << 20
@@ -97,30 +96,15 @@ def first_difference(source: Path, replica: Path) -> str:
                 at = next((i for i, (x, y) in enumerate(zip(want, got, strict=False)) if x != y), len(got))
                 return f"differs from its source at byte {done + at} of {size}"
             done += len(want)
-        for start, end in _data_extents(b.fileno(), size):  # past the source's end, holes read as zeros
+        for offset, length in allocated_extents(replica):  # past the source's end; holes read as zeros
+            start, stop = max(offset, size), offset + length
             b.seek(start)
-            while start < end:
-                chunk = b.read(min(CHUNK, end - start))
+            while start < stop:
+                chunk = b.read(min(CHUNK, stop - start))
                 if chunk.count(0) != len(chunk):
                     return f"holds non-zero bytes after the source's end, in [{start}, {start + len(chunk)})"
                 start += len(chunk)
     return ""
-
-
-def _data_extents(fd: int, offset: int) -> list[tuple[int, int]]:
-    """The allocated ranges of a sparse file from `offset` on (SEEK_DATA/SEEK_HOLE)."""
-    extents = []
-    end = os.fstat(fd).st_size
-    while offset < end:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no data after offset
-                break
-            raise
-        offset = os.lseek(fd, start, os.SEEK_HOLE)
-        extents.append((start, offset))
-    return extents
 
 
 @dataclass
@@ -131,8 +115,7 @@ class World:
     vm_name: str
     vcenter_dir: Path
     cloudstack_url: str
-    cloudstack_key: str
-    cloudstack_secret: str
+    cloudstack_keys: tuple[str, str]
     cloudstack_state_dir: Path
     oma_vm_id: str
     nbd_port: int
@@ -166,8 +149,7 @@ async def check(world: World) -> list[str]:
     ).volumes
     live = [v for v in volumes if v.state != storage_pb2.VOLUME_STATE_DELETED]
     problems += await asyncio.to_thread(_replicas, world, view, source, live)
-    keys = (world.cloudstack_url, world.cloudstack_key, world.cloudstack_secret)
-    cloud = await asyncio.to_thread(cloudstack_view, *keys)
+    cloud = await asyncio.to_thread(cloudstack_view, world.cloudstack_url, *world.cloudstack_keys)
     problems += _cloudstack(world, cloud, live)
     exports_stub = storage_pb2_grpc.NbdExportServiceStub(world.operator.channel)
     exports = (

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -56,6 +55,11 @@ class CloudStackProcess:
     @property
     def url(self) -> str:
         return self.announced["CLOUDSTACK_ENDPOINT"]
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        """(API key, secret key)."""
+        return self.announced["CLOUDSTACK_KEY"], self.announced["CLOUDSTACK_SECRET"]
 
     def oma_environment(self, poll_interval_s: float = 0.05) -> dict[str, str]:
         """What `oma-server --cloudstack URL` needs in its environment to work against this simulator."""
@@ -152,14 +156,3 @@ class AgentProcess:
 
     def stop(self) -> None:
         _terminate(self.proc)
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")

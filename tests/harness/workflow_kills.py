@@ -83,7 +83,11 @@ POINTS: dict[str, list[tuple[str, str | float]]] = {
         *[("log", s) for s in ("create_volume", "attach_volume", "find_device", "create_export", "command_vma")],
         ("log", "disk_completed"),
     ],
-    "incremental": [*_COPY, ("log", "command_vma"), ("log", "disk_completed")],
+    # A replica is attached (and exported) for each job and released when it ends.
+    "incremental": [
+        *_COPY,
+        *[("log", s) for s in ("attach_volume", "find_device", "command_vma", "disk_completed", "release_volumes")],
+    ],
     "test_failover": [
         *[("step", s) for s in STEPS[FailoverKind.TEST]],
         *[("log", s) for s in ("create_snapshot", "deploy_vm", "attach_volume")],
@@ -187,7 +191,6 @@ class Tracker:
         self.phase = ""
         self.started = 0.0
         self.old_jobs: set[str] = set()
-        self.changed = asyncio.Event()
         self.finished: list[str] = []
 
     def enter(self, phase: str, view: View) -> None:
@@ -196,7 +199,6 @@ class Tracker:
         self.phase = phase
         self.started = time.monotonic()
         self.old_jobs = {j.id for j in view.replications} | {j.id for j in view.failovers}
-        self.changed.set()
 
 
 @dataclass
@@ -283,8 +285,7 @@ class Run:
                 vm_context_pb2.DiscoverVmsRequest(appliance_id=appliance_id, name_filter=self.vm_name, register=True)
             )
             self.vm_id = found.vm_contexts[0].id
-            keys = self.cloudstack.announced
-            api = consistency.cloudstack_api(self.cloudstack.url, keys["CLOUDSTACK_KEY"], keys["CLOUDSTACK_SECRET"])
+            api = consistency.cloudstack_api(self.cloudstack.url, *self.cloudstack.keys)
             networks = await asyncio.to_thread(api.listNetworks, fetch_list=True)
             network = next(n["id"] for n in networks if n["name"] == "guest-net-1")
             await failover_pb2_grpc.NetworkMappingServiceStub(channel).CreateNetworkMapping(
@@ -389,8 +390,7 @@ class Run:
                     vm_name=self.vm_name,
                     vcenter_dir=self.vcenter,
                     cloudstack_url=self.cloudstack.url,
-                    cloudstack_key=self.cloudstack.announced["CLOUDSTACK_KEY"],
-                    cloudstack_secret=self.cloudstack.announced["CLOUDSTACK_SECRET"],
+                    cloudstack_keys=self.cloudstack.keys,
                     cloudstack_state_dir=self.cloudstack.state_dir,
                     oma_vm_id=self.cloudstack.oma_vm_id,
                     nbd_port=self.oma.nbd_port,
