@@ -77,14 +77,21 @@ class View:
     def status(self) -> str:
         return vm_status(self.vm.status)
 
-    def open_jobs(self) -> list[str]:
-        out = [f"replication {j.id} {replication_status(j.status)}" for j in self.replications]
-        out = [o for o, j in zip(out, self.replications, strict=True) if j.status not in REPLICATION_FINAL]
-        return out + [
-            f"{failover_kind(j.kind)} {j.id} {failover_status(j.status)} at {j.current_step or '-'}"
-            for j in self.failovers
-            if j.status not in FAILOVER_FINAL
-        ]
+    def open_jobs(self) -> dict[str, str]:
+        """Job id → what it is doing, for every job not final."""
+        out = {
+            j.id: f"replication {j.id} {replication_status(j.status)}"
+            for j in self.replications
+            if j.status not in REPLICATION_FINAL
+        }
+        out.update(
+            {
+                j.id: f"{failover_kind(j.kind)} {j.id} {failover_status(j.status)} at {j.current_step or '-'}"
+                for j in self.failovers
+                if j.status not in FAILOVER_FINAL
+            }
+        )
+        return out
 
 
 @dataclass
@@ -159,11 +166,9 @@ class Operator:
             if not open_jobs:
                 return view
             now = time.monotonic()
-            for job in open_jobs:
-                since.setdefault(job.split()[1], now)
-            oldest = min(since[j.split()[1]] for j in open_jobs)
+            oldest = min(since.setdefault(job_id, now) for job_id in open_jobs)
             if now - oldest > self.job_timeout_s or now > self.deadline:
-                raise Stuck(f"job(s) still open after {now - oldest:.0f}s: {'; '.join(open_jobs)}")
+                raise Stuck(f"job(s) still open after {now - oldest:.0f}s: {'; '.join(open_jobs.values())}")
             await asyncio.sleep(0.1)
 
     async def _act(self, what: str, call: Callable[..., Awaitable[Any]], request: Any) -> bool:
