@@ -6,7 +6,7 @@ the files behind the simulator's volumes and the fake vCenter's disks.
 - every replica byte-identical to its source disk (the source is unchanged since the last completed sync)
 - CloudStack holds exactly what the OMA records: one volume per disk, attached where the OMA says, no other volume
   (the OMA VM's own ROOT excepted), no snapshot, no VM but the OMA VM
-- nbd-server serves every export the OMA records as active and nothing else that reaches data (an entry it keeps
+- the NBD server serves every export the OMA records as active and nothing else that reaches data (an entry it keeps
   dormant for a detached replica, recorded removed, has no device behind it)
 - no VMware snapshot left on the source VM
 """
@@ -232,7 +232,7 @@ def _listed(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def _exports(world: World, exports: list[storage_pb2.NbdExport], live: list[storage_pb2.Volume]) -> list[str]:
-    """nbd-server serves every export the OMA records active, and nothing else that can reach data: a served name
+    """The NBD server serves every export the OMA records active, and nothing else that can reach data: a served name
     recorded `removed` is a dormant entry (its replica is detached, so the device path behind it is gone)."""
     problems = []
     recorded = {e.name: e for e in exports}
@@ -249,15 +249,17 @@ def _exports(world: World, exports: list[storage_pb2.NbdExport], live: list[stor
             problems.append(f"the OMA records active exports {sorted(active)} but no NBD server listens")
         return problems
     if active - served:
-        problems.append(f"export(s) the OMA records active but nbd-server does not serve: {sorted(active - served)}")
+        problems.append(
+            f"export(s) the OMA records active but the NBD server does not serve: {sorted(active - served)}"
+        )
     if served - active - removed:
         problems.append(
-            f"orphan export(s) nbd-server serves and the OMA does not record: {sorted(served - active - removed)}"
+            f"orphan export(s) the NBD server serves and the OMA does not record: {sorted(served - active - removed)}"
         )
     for name in sorted(served & removed):
         if Path(recorded[name].device_path).exists():
             problems.append(
-                f"export {name} is recorded removed but nbd-server serves it with its device "
+                f"export {name} is recorded removed but the NBD server serves it with its device "
                 f"{recorded[name].device_path} present"
             )
     by_volume = {v.id: v for v in live}

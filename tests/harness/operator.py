@@ -29,7 +29,7 @@ from oma.v1 import (
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
-from oma_server.api.status import error_info_of
+from vma_client_stubs.errors import error_info_of
 
 R = replication_pb2
 F = failover_pb2

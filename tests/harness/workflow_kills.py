@@ -7,7 +7,7 @@ operator (tests/harness/operator.py) drives the VM through the public gRPC API:
     initial replication → guest writes → incremental → test failover → cleanup → guest writes
     → live failover (power-off, final sync, deploy) → rollback (power the source on)
 
-Chosen by the seed, one victim dies by SIGKILL at one point of one phase: `oma-server` (with the nbd-server it
+Chosen by the seed, one victim dies by SIGKILL at one point of one phase: `oma-server` (with the NBD server it
 runs: a host crash), `vma-agent`, or the CloudStack simulator (an outage of 0.5 to 5 s before it comes back on the same
 state). The point is a delay into the phase, or the moment the API shows a job status, a share of the bytes copied,
 a failover step begun, or a job-log entry (a CloudStack call, a device found, an export created). Sometimes a second
