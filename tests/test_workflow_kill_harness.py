@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.harness.workflow_kills import VICTIMS, Soak, seeds_covering, soak
+from tests.harness import consistency
+from tests.harness.operator import Operator
+from tests.harness.workflow_kills import VICTIMS, Plan, Run, Soak, seeds_covering, soak
 from tests.pg import PostgresServer
+from vma_client_stubs.agent.vcenter import FakeVCenter
 
 RUNS = int(os.environ.get("OMA_WORKFLOW_KILL_RUNS", "3"))
 
@@ -46,3 +50,47 @@ def test_seeded_kills_end_consistent_postgresql(tmp_path: Path, postgres: Postgr
     result = asyncio.run(soak(seeds, tmp_path, postgres.url()))
     assert result.failures == [], report(result)
     assert all(o.kills for o in result.outcomes)
+
+
+@pytest.mark.slow
+def test_the_consistency_check_names_what_a_kill_could_leave(tmp_path: Path) -> None:
+    """The end check can fail: after an initial replication it finds nothing, then it names an orphan CloudStack
+    volume, a replica that no longer matches its source and a VMware snapshot left on the source, each of them."""
+    root = tmp_path / "world"
+    root.mkdir()
+    asyncio.run(_tamper_and_check(Run(Plan.from_seed(0).without_kills(), root, "")))
+
+
+async def _tamper_and_check(run: Run) -> None:
+    await asyncio.to_thread(run.start_world)
+    try:
+        await run.enroll_and_discover()
+        assert run.oma is not None
+        async with Operator(run.oma.address, run.vm_id, time.monotonic() + 120) as operator:
+            await operator.run_phase("initial")
+            world = run.world(operator)
+            assert await consistency.settled(world) == []
+            stray, left = await asyncio.to_thread(_leave_leftovers, run)
+            problems = await consistency.check(world)
+        text = "\n".join(problems)
+        assert f"orphan CloudStack volume(s): {stray}" in text, text
+        assert "differs from its source at byte" in text, text
+        assert f"VMware snapshot(s) left on the source VM: ['{left}']" in text, text
+    finally:
+        await asyncio.to_thread(run.stop_world)
+
+
+def _leave_leftovers(run: Run) -> tuple[str, str]:
+    """A volume CloudStack has and the OMA does not record, a VMware snapshot left on the source, and a source
+    changed behind its replica's back; returns (the volume id, the snapshot id)."""
+    assert run.cloudstack is not None
+    api = consistency.cloudstack_api(run.cloudstack.url, *run.cloudstack.keys)
+    offering = next(o for o in api.listDiskOfferings(fetch_list=True) if o["iscustomized"])
+    zone = run.cloudstack.oma_environment()["OMA_CLOUDSTACK_ZONE"]
+    stray = api.createVolume(name="stray", zoneid=zone, diskofferingid=offering["id"], size=1)
+    vcenter = FakeVCenter(run.vcenter)
+    vm = vcenter.find_vm(run.vm_name)
+    left = vcenter.create_snapshot(vm.uuid, "left behind")
+    with open(vcenter.disk_path(vm.uuid, vm.disks[0].key), "r+b") as source:
+        source.write(b"\xa5" * 4096)
+    return str(stray["id"]), left.id

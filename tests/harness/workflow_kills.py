@@ -364,6 +364,20 @@ class Run:
         await asyncio.to_thread(self._kill_and_restart, kill)
 
     # ---- the run ------------------------------------------------------------------------------------------------
+    def world(self, operator: Operator) -> consistency.World:
+        """Where the consistency check looks."""
+        assert self.oma is not None and self.cloudstack is not None
+        return consistency.World(
+            operator=operator,
+            vm_name=self.vm_name,
+            vcenter_dir=self.vcenter,
+            cloudstack_url=self.cloudstack.url,
+            cloudstack_keys=self.cloudstack.keys,
+            cloudstack_state_dir=self.cloudstack.state_dir,
+            oma_vm_id=self.cloudstack.oma_vm_id,
+            nbd_port=self.oma.nbd_port,
+        )
+
     async def execute(self) -> None:
         assert self.oma is not None
         deadline = time.monotonic() + RUN_DEADLINE_S
@@ -384,18 +398,7 @@ class Run:
                 # No kills from here: the recorded change ids must still make a correct incremental.
                 await self.guest_write(GUEST_WRITE_PERCENT / 2, 3)
                 await operator.run_phase("verify")
-                assert self.cloudstack is not None
-                world = consistency.World(
-                    operator=operator,
-                    vm_name=self.vm_name,
-                    vcenter_dir=self.vcenter,
-                    cloudstack_url=self.cloudstack.url,
-                    cloudstack_keys=self.cloudstack.keys,
-                    cloudstack_state_dir=self.cloudstack.state_dir,
-                    oma_vm_id=self.cloudstack.oma_vm_id,
-                    nbd_port=self.oma.nbd_port,
-                )
-                self.problems += await consistency.settled(world)
+                self.problems += await consistency.settled(self.world(operator))
             except Stuck as exc:
                 self.problems.append(f"stuck: {exc}")
             finally:
