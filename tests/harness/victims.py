@@ -12,8 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from oma_server.ports import free_port
 from tests.conftest import VENV_BIN
-from tests.pg import free_port
 
 
 def _spawn(args: list[str], out: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
