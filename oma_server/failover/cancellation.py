@@ -19,21 +19,21 @@ class CancelRefused(FailedPrecondition):
 
 
 def check_cancellable(job: FailoverJobState) -> None:
-    """FAILED_PRECONDITION when the job cannot be cancelled at all (it ended, or it is an undo)."""
+    """FAILED_PRECONDITION when the job cannot be cancelled: an undo (whatever its state), or a job that ended."""
+    if job.kind in sm.UNDO:
+        raise CancelRefused(
+            f"{job.kind.value} job {job.id} is not cancelled: {job.kind.value} jobs bring back what a failover "
+            "changed, and stopping one half-way would leave volumes between VMs; let it finish (its steps are safe to "
+            "repeat, so run it again if it fails)",
+            job_id=job.id,
+            kind=job.kind.value,
+        )
     if job.final:
         raise FailedPrecondition(
             f"{job.kind.value} job {job.id} is {job.status.value}; only a job that has not ended can be cancelled",
             reason="JOB_NOT_CANCELLABLE",
             job_id=job.id,
             status=job.status.value,
-        )
-    if job.kind in sm.UNDO:
-        raise CancelRefused(
-            f"{job.kind.value} job {job.id} is not cancelled: it brings back what a failover changed, and stopping it "
-            "half-way would leave volumes between VMs; let it finish (its steps are safe to repeat, so run it again "
-            "if it fails)",
-            job_id=job.id,
-            kind=job.kind.value,
         )
 
 

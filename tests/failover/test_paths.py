@@ -10,7 +10,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from oma.common.v1 import inventory_pb2
 from oma.v1 import failover_pb2, job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc
 from oma_server.db.models import Volume
 from oma_server.server import OmaServer
@@ -20,6 +19,7 @@ from tests.failover.helpers import (
     VM_LIVE,
     VM_READY,
     VM_TEST,
+    answer_power,
     cleanup,
     failover_stub,
     get_vm,
@@ -33,7 +33,6 @@ from tests.failover.helpers import (
     wait_job,
     world,
 )
-from vma.v1 import stream_pb2
 
 pytestmark = pytest.mark.nbd
 STEP_DONE = (failover_pb2.STEP_STATUS_COMPLETED, failover_pb2.STEP_STATUS_SKIPPED)
@@ -170,20 +169,6 @@ async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path, datab
             await stream.close()
     finally:
         await oma.stop(grace=0.2)
-
-
-async def answer_power(stream: object, kind: str, vm_uuid: str) -> None:
-    command = (await stream.recv_until("command", timeout=20)).command  # type: ignore[attr-defined]
-    assert command.WhichOneof("kind") == kind, command
-    assert getattr(command, kind).vm_uuid == vm_uuid
-    state = inventory_pb2.POWER_STATE_POWERED_OFF if kind == "power_off" else inventory_pb2.POWER_STATE_POWERED_ON
-    await stream.send(  # type: ignore[attr-defined]
-        command_result=stream_pb2.CommandResult(
-            command_id=command.command_id,
-            outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED,
-            power=stream_pb2.PowerResult(power_state=state),
-        )
-    )
 
 
 async def test_live_failover_with_final_sync_then_rollback(oma: OmaServer, tmp_path: Path) -> None:
