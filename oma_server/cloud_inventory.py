@@ -54,14 +54,14 @@ class CloudInventory:
         self.cloudstack = cloudstack
         self.configured_template = failover_template
         self.ttl_s = ttl_s
-        self._now = now or (lambda: asyncio.get_running_loop().time())
+        self.now = now or (lambda: asyncio.get_running_loop().time())
         self._cache: dict[tuple[str, ...], tuple[float, Any]] = {}
         self._inflight: dict[tuple[str, ...], asyncio.Task[Any]] = {}
         self.fetches = 0  # CloudStack calls made (what the cache saves is measurable)
 
     async def _cached(self, key: tuple[str, ...], fetch: Callable[[], Awaitable[T]]) -> T:
         hit = self._cache.get(key)
-        if hit is not None and self._now() - hit[0] < self.ttl_s:
+        if hit is not None and self.now() - hit[0] < self.ttl_s:
             return hit[1]  # type: ignore[no-any-return]
         task = self._inflight.get(key)
         if task is None:
@@ -73,7 +73,7 @@ class CloudInventory:
     async def _fetch(self, key: tuple[str, ...], fetch: Callable[[], Awaitable[T]]) -> T:
         self.fetches += 1
         value = await fetch()
-        self._cache[key] = (self._now(), value)
+        self._cache[key] = (self.now(), value)
         return value
 
     async def _zone(self, zone_id: str) -> str:
