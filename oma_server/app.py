@@ -130,7 +130,7 @@ class App:
         self.network_mappings: NetworkMappingService | None = None
         self.power: SourcePower | None = None
         # Jobs of every kind by id, listed together, cancelled alike.
-        self.all_jobs = Jobs(self.db, self.jobs, self.failover_jobs, self.replication)
+        self.all_jobs = Jobs(self.db, self.jobs, self.failover_jobs, self.replication, self.vms)
         self.failover_step_settings = StepSettings(driver_injection_command=settings.driver_injection_command)
         self.job_watch.lookups.append(self._failover_change)
         self.job_watch.listers.append(self._failover_changes)

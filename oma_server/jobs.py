@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from oma_server.db.database import Database
-from oma_server.db.models import FailoverJob, ReplicationJob, VmContext
+from oma_server.db.models import FailoverJob, ReplicationJob
 from oma_server.errors import NotFound, Unavailable
 from oma_server.failover.state_machine import FailoverJobState
 from oma_server.failover.store import FailoverJobStore
@@ -21,6 +21,7 @@ from oma_server.pagination import decode_token, next_token, page_size_of
 from oma_server.replication.service import ReplicationService
 from oma_server.replication.state_machine import FINAL, JobState, JobStatus
 from oma_server.replication.store import ReplicationJobStore
+from oma_server.vm_contexts.service import VmContextService
 
 AnyJob = JobState | FailoverJobState
 _REPLICATION_OPEN = [s.value for s in JobStatus if s not in FINAL]
@@ -61,8 +62,10 @@ class Jobs:
         replication_jobs: ReplicationJobStore,
         failover_jobs: FailoverJobStore,
         replication: ReplicationService,
+        vms: VmContextService,
     ) -> None:
         self.db = db
+        self.vms = vms
         self.replication_jobs = replication_jobs
         self.failover_jobs = failover_jobs
         self.replication = replication
@@ -110,21 +113,12 @@ class Jobs:
             job_kind=kind,
         )
 
-    async def require_vm(self, vm_context_id: str) -> None:
-        """NOT_FOUND for a VM context filter that names no VM context (an empty list would hide the typo)."""
-        if vm_context_id and await self.db.run(VmContext.get_or_none, VmContext.id == vm_context_id) is None:
-            raise NotFound(
-                f"VM context {vm_context_id} does not exist; list them with ListVmContexts",
-                reason="VM_CONTEXT_NOT_FOUND",
-                vm_context_id=vm_context_id,
-            )
-
     async def list_jobs(
         self, page_size: int, page_token: str, vm_context_id: str = "", open_only: bool = False
     ) -> JobsPage:
         """Every kind, newest first. The page is cut from the merge of each table's newest offset+size+1 rows: the
         cost grows with the offset, which operator listings keep small."""
-        await self.require_vm(vm_context_id)
+        await self.vms.require(vm_context_id)
         size = page_size_of(page_size)
         offset = decode_token(page_token)
         rows = await self.db.run(_newest, vm_context_id, open_only, offset + size + 1)

@@ -41,7 +41,7 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServiceServicer):
         statuses = [
             enum_name(replication_pb2.ReplicationJobStatus, "REPLICATION_JOB_STATUS", s) for s in request.statuses
         ]
-        await self.app.all_jobs.require_vm(request.vm_context_id)
+        await self.app.vms.require(request.vm_context_id)
         page = await self.app.jobs.list_jobs(
             request.page_size,
             request.page_token,
@@ -96,7 +96,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
     async def WatchJobs(
         self, request: job_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[job_pb2.WatchJobsResponse]:
-        await self.app.all_jobs.require_vm(request.vm_context_id)
+        await self.app.vms.require(request.vm_context_id)
         updates = self.app.job_watch.watch_jobs(request.vm_context_id, request.from_revision, request.include_finished)
         async for update in updates:
             yield job_pb2.WatchJobsResponse(update=job_update_to_proto(update))

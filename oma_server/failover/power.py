@@ -15,10 +15,11 @@ from loguru import logger
 
 from oma_server.db.database import Database
 from oma_server.db.models import VmContext
-from oma_server.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from oma_server.errors import AlreadyExists, FailedPrecondition, Unavailable
 from oma_server.failover.state_machine import FailoverJobState, FailoverKind
 from oma_server.failover.store import FailoverJobStore, open_failover_of
 from oma_server.joblog import note
+from oma_server.vm_contexts.service import vm_not_found
 from oma_server.vm_contexts.state_machine import VmStatus
 
 
@@ -53,11 +54,7 @@ class SourcePower:
                 return existing
         vm = await self.db.run(VmContext.get_or_none, VmContext.id == vm_context_id)
         if vm is None:
-            raise NotFound(
-                f"VM context {vm_context_id} does not exist; list them with ListVmContexts",
-                reason="VM_CONTEXT_NOT_FOUND",
-                vm_context_id=vm_context_id,
-            )
+            raise vm_not_found(vm_context_id)
         on = kind == FailoverKind.POWER_ON_SOURCE
         if on and vm.status == VmStatus.FAILED_OVER_LIVE.value:
             raise FailedPrecondition(
