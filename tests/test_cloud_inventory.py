@@ -53,7 +53,10 @@ async def test_zones_networks_offerings_templates(cloud: cloud_pb2_grpc.CloudSer
         ("Large Instance", 8, 16384),
     ]
     disks = (await cloud.ListDiskOfferings(cloud_pb2.ListDiskOfferingsRequest())).disk_offerings
-    assert [(d.name, d.customized, d.disk_size_bytes) for d in disks] == [("Custom", True, 0), ("Small", False, 5 * GIB)]
+    assert [(d.name, d.customized, d.disk_size_bytes) for d in disks] == [
+        ("Custom", True, 0),
+        ("Small", False, 5 * GIB),
+    ]
 
     (template,) = (await cloud.ListTemplates(cloud_pb2.ListTemplatesRequest())).templates
     assert template.name == "Ubuntu 22.04" and template.ready and template.failover_default
