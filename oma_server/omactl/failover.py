@@ -9,6 +9,7 @@ from oma.v1 import failover_pb2
 from oma_server.omactl import render, resolve
 from oma_server.omactl.client import CliError
 from oma_server.omactl.context import Commands, Context
+from oma_server.omactl.hints import for_omactl
 from oma_server.omactl.jobs import show_failover_job
 from oma_server.omactl.labels import error_text, failover_kind, failover_status
 from oma_server.omactl.render import field_time, status_text
@@ -29,7 +30,14 @@ def cmd_preflight(ctx: Context, args: argparse.Namespace) -> int:
     else:
         ctx.out.table(
             ["CHECK", "RESULT", "REASON"],
-            ([c.name, status_text("pass" if c.passed else "FAIL"), c.reason] for c in reply.checks),
+            (
+                [
+                    c.name,
+                    status_text("pass" if c.passed else "FAIL"),
+                    for_omactl(c.reason, "", {"vm_context_id": args.vm}),
+                ]
+                for c in reply.checks
+            ),
             title=f"Readiness of VM {args.vm} for {args.kind} failover",
         )
         failed = sum(1 for c in reply.checks if not c.passed)
