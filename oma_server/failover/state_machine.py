@@ -233,6 +233,8 @@ def start_step(job: FailoverJobState, name: str, now: datetime) -> FailoverStep:
 
 
 def finish_step(job: FailoverJobState, name: str, now: datetime, *, skipped: bool = False, message: str = "") -> None:
+    if job.status != FailoverStatus.RUNNING:
+        raise _refuse(job, f"finish step {name}")
     step = job.step(name)
     if step.status != StepStatus.RUNNING:
         raise _refuse(job, f"finish step {name} (it is {step.status.value})")

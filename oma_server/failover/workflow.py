@@ -24,6 +24,7 @@ from loguru import logger
 from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import VmContext
+from oma_server.engine import JobRunner, OnRetry, run_step
 from oma_server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from oma_server.failover import state_machine as sm
 from oma_server.failover.cancellation import (
@@ -53,33 +54,10 @@ _NEXT_ACTION = {
     FailoverKind.POWER_ON_SOURCE: "Fix the cause, then ask again (PowerOnSourceVm), or power the VM on in vCenter.",
     FailoverKind.POWER_OFF_SOURCE: "Fix the cause, then ask again (PowerOffSourceVm), or power the VM off in vCenter.",
 }
-# Where to look when a step fails.
-_HINTS = {
-    "validate": "the readiness checks (CheckFailoverReadiness) say what is missing",
-    "power_off_source": "check that the appliance is connected and can reach vCenter",
-    "final_sync": "see the replication job's error; the appliance must be connected",
-    "snapshot_volumes": "check the volumes' primary storage and snapshot limits in CloudStack",
-    "detach_from_oma": "check the volume in CloudStack (it must be attached to the OMA VM or to none)",
-    "deploy_vm": "check the service offering, the template, the networks' capacity and the static IPs in the "
-    "network mappings",
-    "remove_template_root": "check the template's root volume of the target VM in CloudStack",
-    "attach_volumes": "check that the volumes are not attached elsewhere and the target VM is stopped",
-    "inject_drivers": "see the command's output above; fix the command (--driver-injection-command)",
-    "start_vm": "check host capacity and the CloudStack events of the target VM",
-    "verify_running": "check the target VM in CloudStack",
-    "stop_vm": "check the target VM in CloudStack (it may be stuck Starting or Stopping)",
-    "detach_from_vm": "check the volumes' attachments in CloudStack",
-    "destroy_vm": "check the target VM in CloudStack",
-    "revert_volumes": "check the snapshot in CloudStack (it must be BackedUp and its volume detached)",
-    "delete_snapshots": "check the snapshots in CloudStack",
-    "release_volumes": "check the volumes in CloudStack: they must be detached, or attached to the OMA VM",
-    "power_on_source": "check that the appliance is connected; the source can also be powered on in vCenter",
-}
-_HINTS["reattach_to_oma"] = _HINTS["release_volumes"]  # the step's former name (cleanup jobs recorded with it)
 
 
-def failure_message(kind: FailoverKind, step: str, error: str) -> str:
-    return f"step {step} failed: {error}. Hint: {_HINTS.get(step, 'see the job log')}. {_NEXT_ACTION[kind]}"
+def failure_message(kind: FailoverKind, step: str, error: str, hint: str) -> str:
+    return f"step {step} failed: {error}. Hint: {hint}. {_NEXT_ACTION[kind]}"
 
 
 class FailoverWorkflow:
@@ -98,7 +76,7 @@ class FailoverWorkflow:
         self.readiness = readiness
         self.steps = steps
         self.process_id = process_id
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.runner = JobRunner("failover")
         self._cancelling: set[str] = set()  # jobs whose task a cancel is stopping: not to be resumed meanwhile
         # test hook: called with (job id, step name) before a step runs
         self.before_step: Callable[[str, str], None] | None = None
@@ -248,11 +226,8 @@ class FailoverWorkflow:
             return job
         self._cancelling.add(job_id)
         try:
-            task = self._tasks.get(job_id)
-            if task is not None:
-                task.cancel()  # the unit of work it is in finishes first (uninterruptible)
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if self.runner.cancel(job_id):  # the unit of work it is in finishes first (uninterruptible)
+                await self.runner.wait(job_id)
             return await self._end_cancelled(job_id)
         finally:
             self._cancelling.discard(job_id)
@@ -288,15 +263,12 @@ class FailoverWorkflow:
 
     # ---- running ------------------------------------------------------------------------------------------------
     def _spawn(self, job_id: str) -> None:
-        if job_id in self._tasks or job_id in self._cancelling:
-            return
-        task = asyncio.create_task(self._run(job_id), name=f"failover-{job_id}")
-        self._tasks[job_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        if job_id not in self._cancelling:
+            self.runner.start(job_id, lambda: self._run(job_id))
 
     def running(self, job_id: str) -> bool:
         """Whether this process runs the job's steps right now."""
-        return job_id in self._tasks
+        return self.runner.running(job_id)
 
     def resume_job(self, job_id: str) -> None:
         """Continue a pending or running job from its current step."""
@@ -317,18 +289,11 @@ class FailoverWorkflow:
         return resumed
 
     async def stop(self) -> None:
-        for task in list(self._tasks.values()):
-            task.cancel()
-        for task in list(self._tasks.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.runner.stop()
 
     async def wait(self, job_id: str, timeout_s: float = 60.0) -> FailoverJobState:
         """Wait until the job's runner ends (tests and the demo); returns the job."""
-        task = self._tasks.get(job_id)
-        if task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        await self.runner.wait(job_id, timeout_s)
         return await self.store.get(job_id)
 
     async def _commit(self, job_id: str, mutate: Mutate, in_tx: InTx | None = None) -> FailoverJobState:
@@ -360,7 +325,7 @@ class FailoverWorkflow:
                     return await self._commit(job_id, mutate, in_tx)
 
                 ctx = StepContext(job=job, record=record, source=source, log=log.bind(step=step_name))
-                result = await self.steps.run(step_name, ctx)
+                result = await run_step(self.steps.step(step_name), ctx, self._retrying(job_id, step_name))
                 job = await self._finish(ctx.job, step_name, result)
                 step_name = ""
             await self._complete(job)
@@ -377,6 +342,16 @@ class FailoverWorkflow:
         except Exception as exc:
             log.opt(exception=True).error("failover step {step} failed unexpectedly", step=step_name)
             await self._fail(job_id, step_name, "INTERNAL", f"{type(exc).__name__}: {exc}")
+
+    def _retrying(self, job_id: str, step: str) -> OnRetry:
+        async def note_retry(attempt: int, error: BaseException, delay: float) -> None:
+            what = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+            logger.bind(job_id=job_id, step=step).warning(
+                "step {step} attempt {n} failed, retrying", step=step, n=attempt
+            )
+            await self.db.tx(note, job_id, step, f"attempt {attempt} failed ({what}); trying again in {delay:.0f}s")
+
+        return note_retry
 
     async def _begin(self, job: FailoverJobState, name: str) -> FailoverJobState:
         now = self.clock.now()
@@ -442,7 +417,8 @@ class FailoverWorkflow:
         current = await self.store.get(job_id)
         if current.final:
             return
-        message = failure_message(current.kind, step_name or "start", error)
+        hint = self.steps.step(step_name).hint if step_name else "see the job log"
+        message = failure_message(current.kind, step_name or "start", error, hint)
         if current.kind == FailoverKind.LIVE and current.params.get("source_powered_off"):
             message += " The source VM is powered off."
         step_reason = f"{step_name.upper()}_FAILED" if step_name else reason

@@ -28,6 +28,7 @@ from oma_server.clock import Clock
 from oma_server.cloudstack.errors import CloudStackError
 from oma_server.db.database import Database
 from oma_server.db.models import ReplicationJob, VmContext, utcnow
+from oma_server.engine import OUTAGE, JobRunner, OnRetry, Step, run_step
 from oma_server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument
 from oma_server.joblog import JobLogService, note
 from oma_server.replication.service import ReplicationService
@@ -116,15 +117,19 @@ class ReplicationWorkflow:
         self.vms = vms
         self.attachments = attachments
         self.joblog = joblog
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.runner = JobRunner("replication")
+        self._provision_step: Step[JobState, None] = Step(
+            "provision",
+            self._provision,
+            "check the replica volumes in CloudStack (ListVolumes) and the OMA VM's attachments",
+            OUTAGE,
+        )
         self._releases: dict[str, asyncio.Task[None]] = {}
         # Jobs that end are seen on the watch hub, after their commit, whoever ended them (the appliance's events,
         # a cancel, a failure here); each gets its replicas released once.
         self._finished = jobs.watch.subscribe(lambda c: c.job_kind == "replication" and c.final)
         self._releaser: asyncio.Task[None] | None = None
         self._released: OrderedDict[str, asyncio.Event] = OrderedDict()
-        jobs.final_hooks.append(vm_after_job)
-        service.start_job = self.start_job
 
     async def start_job(self, vm_context_id: str, kind: str, request_id: str, retry_of: str) -> JobState:
         if kind and kind not in KINDS:
@@ -195,18 +200,15 @@ class ReplicationWorkflow:
 
     def _spawn(self, job_id: str) -> None:
         self._start_releaser()
-        task = asyncio.create_task(self._run(job_id), name=f"replication-{job_id}")
-        self._tasks[job_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        self.runner.start(job_id, lambda: self._run(job_id))
 
     def running(self, job_id: str) -> bool:
         """Whether this process runs the job's provisioning task right now."""
-        return job_id in self._tasks
+        return self.runner.running(job_id)
 
     def resume_job(self, job_id: str) -> None:
         """Run a pending or provisioning job's (idempotent) provisioning steps again."""
-        if job_id not in self._tasks:
-            self._spawn(job_id)
+        self._spawn(job_id)
 
     async def resume_in_flight(self) -> list[str]:
         """After a restart: jobs that had not reached the appliance run their provisioning steps again."""
@@ -219,7 +221,8 @@ class ReplicationWorkflow:
 
     async def stop(self) -> None:
         self._finished.close()
-        tasks = [*self._tasks.values(), *self._releases.values(), *([self._releaser] if self._releaser else [])]
+        await self.runner.stop()
+        tasks = [*self._releases.values(), *([self._releaser] if self._releaser else [])]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -228,10 +231,7 @@ class ReplicationWorkflow:
 
     async def wait(self, job_id: str) -> None:
         """Wait until the job's provisioning task ends (tests and the demo)."""
-        task = self._tasks.get(job_id)
-        if task is not None:
-            with contextlib.suppress(Exception):
-                await task
+        await self.runner.wait(job_id)
 
     async def settled(self, job_id: str) -> None:
         """Wait until a finished job's replicas have left the OMA VM (tests, the demo, benchmarks)."""
@@ -266,7 +266,7 @@ class ReplicationWorkflow:
 
     async def _release(self, job: JobState) -> None:
         """A finished job's replicas off the OMA VM, its slots to the next job."""
-        provisioning = self._tasks.get(job.id)
+        provisioning = self.runner.task(job.id)
         if provisioning is not None and provisioning is not asyncio.current_task():
             if job.status == JobStatus.CANCELLED:
                 provisioning.cancel()  # cancelled while queued or provisioning: stop it where it is
@@ -310,33 +310,46 @@ class ReplicationWorkflow:
                 job = await self.jobs.transition(job_id, JobStatus.PROVISIONING)
             if job.status != JobStatus.PROVISIONING:
                 return
-            view = await self.vms.get(job.vm_context_id)
-            results = await self._provision_all(job)
-            targets = {disk_id: (uri, resized, new) for disk_id, uri, resized, new in results}  # type: ignore[misc]
-
-            def set_targets(state: JobState) -> None:
-                for disk in state.disks:
-                    uri, resized, new = targets[disk.disk_id]
-                    disk.nbd_uri = uri
-                    disk.target_is_new = new
-                    if resized and disk.mode != "full":
-                        disk.mode = "full"
-                        disk.previous_change_id = ""
-                        disk.full_copy_reason = "the replica volume was grown to the disk's new size"
-
-            await self.jobs.update(job_id, set_targets, operation="Volumes and exports ready")
-            capacities = {d.disk.id: d.disk.capacity_bytes for d in view.disks}
-            await self.service.dispatch(job_id, view.vm.vm_uuid, capacities)
+            await run_step(self._provision_step, job, self._retrying(job_id))
             log.info("job handed to appliance {a}", a=job.appliance_id)
         except asyncio.CancelledError:
             raise
-        except FailedPrecondition as exc:
-            await self._fail(job_id, exc)
         except DomainError as exc:
             await self._fail(job_id, exc)
         except Exception as exc:
             log.opt(exception=True).error("provisioning failed unexpectedly")
             await self._fail(job_id, exc)
+
+    async def _provision(self, job: JobState) -> None:
+        """Volumes attached, exports served, the copy command queued: idempotent, so an outage or a restart runs it
+        again from the top."""
+        view = await self.vms.get(job.vm_context_id)
+        results = await self._provision_all(job)
+        targets = {disk_id: (uri, resized, new) for disk_id, uri, resized, new in results}
+
+        def set_targets(state: JobState) -> None:
+            for disk in state.disks:
+                uri, resized, new = targets[disk.disk_id]
+                disk.nbd_uri = uri
+                disk.target_is_new = new
+                if resized and disk.mode != "full":
+                    disk.mode = "full"
+                    disk.previous_change_id = ""
+                    disk.full_copy_reason = "the replica volume was grown to the disk's new size"
+
+        await self.jobs.update(job.id, set_targets, operation="Volumes and exports ready")
+        capacities = {d.disk.id: d.disk.capacity_bytes for d in view.disks}
+        await self.service.dispatch(job.id, view.vm.vm_uuid, capacities)
+
+    def _retrying(self, job_id: str) -> OnRetry:
+        async def note_retry(attempt: int, error: BaseException, delay: float) -> None:
+            what = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+            logger.bind(job_id=job_id).warning("provisioning attempt {n} failed, retrying: {e}", n=attempt, e=what)
+            await self.joblog.note(
+                job_id, "provision", f"attempt {attempt} failed ({what}); trying again in {delay:.0f}s"
+            )
+
+        return note_retry
 
     async def _provision_all(self, job: JobState) -> list[tuple[str, str, bool, bool]]:
         """Slots first, then every disk in parallel; back to the queue when CloudStack says the OMA VM is full."""

@@ -27,6 +27,7 @@ from oma_server.nbd.errors import DeviceAlreadyExported
 from oma_server.nbd.manager import NbdExportManager
 from oma_server.nbd.names import export_name_for
 from oma_server.pagination import fetch_page
+from oma_server.uninterruptible import finish
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,14 @@ class ExportService:
         name = export_name_for(volume.id)
         served = {e.name: e for e in self.manager.list_exports()}
         current = served.get(name)
+        # A change of what nbd-server serves restarts it; cancelled half-way (a workflow stopped at shutdown) it
+        # could leave a new nbd-server that no stop knows of, so each change runs to its end.
         if current is not None and current.device_path != volume.device_path:
-            await self.manager.remove_export(name)
+            await finish(self.manager.remove_export(name))
             current = None
         if current is None:
             async with self.joblog.step(job_id, "create_export", f"{name} → {volume.device_path}"):
-                await self._add(name, volume.device_path)
+                await finish(self._add(name, volume.device_path))
 
         def record() -> NbdExport:
             row = NbdExport.get_or_none(NbdExport.name == name)

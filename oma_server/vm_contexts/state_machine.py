@@ -40,13 +40,18 @@ _ALLOWED: dict[VmStatus, frozenset[VmStatus]] = {
 }
 
 
+def allowed(src: VmStatus, dst: VmStatus) -> bool:
+    """Whether a VM context may move from `src` to `dst` (staying is always allowed: its job fields may change)."""
+    return src == dst or dst in _ALLOWED[src]
+
+
 def transition_vm(
     vm_id: str, dst: VmStatus, *, active_job_id: str | None = None, last_completed_job_id: str | None = None
 ) -> VmContext:
     """Move a VM context to `dst` (inside a transaction); FailedPrecondition when illegal."""
     vm = VmContext.get_by_id(vm_id)
     src = VmStatus(vm.status)
-    if src != dst and dst not in _ALLOWED[src]:
+    if not allowed(src, dst):
         logger.bind(vm_context_id=vm_id).warning("refused VM transition {src} → {dst}", src=src, dst=dst)
         raise FailedPrecondition(
             f"VM {vm.name} ({vm_id}) is {src.value}; it cannot become {dst.value}",

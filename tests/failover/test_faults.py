@@ -162,3 +162,36 @@ async def test_oma_restart_mid_deploy_and_mid_cleanup_resumes(tmp_path: Path) ->
             assert live_exports(oma.app) == [] and not before.attached_to_oma
     finally:
         await oma.stop(grace=0.2)
+
+
+async def test_a_cloudstack_outage_inside_a_step_is_waited_out(oma: OmaServer, tmp_path: Path) -> None:
+    """Connections to CloudStack drop twice while the test VM is deployed: the step (declared with the engine's
+    OUTAGE retry) tries again and the failover completes, with one test VM and the retries in the job log."""
+    sim = sim_of(oma)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+        r = await replicate(channel, tmp_path)
+        await map_network(channel, sim)
+        sim.faults.drop_connection("deployVirtualMachine", times=2)
+        job = await start_failover(channel, r.vm_id)
+        done = await wait_job(oma, channel, job.id, timeout=90)
+        assert done.status == COMPLETED, done
+        assert len(world(sim).vms) == 1
+        entries = (
+            await job_pb2_grpc.JobServiceStub(channel).ListJobLogEntries(
+                job_pb2.ListJobLogEntriesRequest(job_id=job.id, page_size=1000)
+            )
+        ).entries
+        retries = [e for e in entries if e.step == "deploy_vm" and "trying again" in e.message]
+        assert len(retries) == 2, [e.message for e in entries]
+        await r.stream.close()
+
+
+def test_every_step_of_every_kind_is_declared_once(oma: OmaServer) -> None:
+    from oma_server.failover.state_machine import STEPS
+
+    assert oma.app.failover is not None
+    declared = oma.app.failover.steps.declared
+    for kind, names in STEPS.items():
+        missing = [n for n in names if n not in declared]
+        assert missing == [], f"{kind}: steps without a declaration {missing}"
+        assert all(declared[n].hint for n in names)

@@ -13,10 +13,10 @@ from oma.common.v1 import jobs_pb2
 from oma.v1 import replication_pb2
 from oma_server.app import App
 from oma_server.db.models import ChangeIdRecord
+from oma_server.ports import free_port
 from oma_server.server import OmaServer
 from tests.conftest import make_settings
 from tests.factories import seed_job
-from tests.stream_client.conftest import free_port
 from vma.v1 import stream_pb2
 from vma_client_stubs.operator_client import Enrollment, OperatorClient
 from vma_client_stubs.stream_client import AuthenticationError, StreamClient
@@ -134,6 +134,11 @@ class MiniAgent:
         )
 
 
+async def accept(command: stream_pb2.Command) -> stream_pb2.CommandResult:
+    """A start command taken on (a refused one would have the janitor fail the job under the test's feet)."""
+    return stream_pb2.CommandResult(outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED)
+
+
 def stream_client(oma: Oma, enrollment: Enrollment, **kwargs: Any) -> StreamClient:
     kwargs.setdefault("initial_backoff_s", 0.02)
     kwargs.setdefault("max_backoff_s", 0.1)
@@ -223,12 +228,14 @@ async def test_lost_agent_state_continues_above_the_omas_cursor(oma: Oma, operat
     enrollment = await operator.enroll_appliance("vma-lost-state")
     job = await seed_job(oma.app, enrollment.appliance_id)
     first = stream_client(oma, enrollment)
+    first.on_command("start_replication", accept)
     await first.start(wait_connected=5)
     await first.emit_event(stream_pb2.JobEvent(job_id=job.id, started=stream_pb2.JobStarted()))
     await first.report_progress(stream_pb2.ProgressReport(job_id=job.id, bytes_done=10, bytes_total=1 << 21))
     await first.wait_acked(5)
     await first.stop()
     second = stream_client(oma, enrollment)  # no state dir: it remembers nothing
+    second.on_command("start_replication", accept)
     await second.start(wait_connected=5)
     try:
         assert await second.report_progress(stream_pb2.ProgressReport(job_id=job.id, bytes_done=20)) == 3
@@ -282,10 +289,6 @@ async def test_long_texts_are_shortened_by_the_client_not_refused_by_the_oma(
     enrollment = await operator.enroll_appliance("vma-long-texts")
     job = await seed_job(oma.app, enrollment.appliance_id)
     client = stream_client(oma, enrollment)
-
-    async def accept(command: stream_pb2.Command) -> stream_pb2.CommandResult:
-        return stream_pb2.CommandResult(outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED)
-
     client.on_command("start_replication", accept)
     await client.start(wait_connected=5)
     try:

@@ -1,0 +1,128 @@
+"""The one engine for long-running jobs: who runs a job's task, and how a step of it is declared and run.
+
+- `JobRunner` owns the tasks of one kind of job in this process: start (once — a second start of a running job is
+  a no-op), resume after a restart, cancel, wait, stop at shutdown. A job's units of work finish whole when its task
+  is cancelled (`uninterruptible`), so cancelling is always safe; what the job does next time is its own state's
+  business (failover steps resume at the step they were in, provisioning runs again — both idempotent).
+- `Step` declares a step once: its name, the function, what an operator should check when it fails, and its retry
+  rule. `run_step` runs it under that rule: a failure the rule names (by default `Unavailable`: a dependency that
+  cannot be reached now, e.g. a CloudStack outage) is retried with exponential backoff before it fails the job; any
+  other failure fails it at once.
+
+Replication provisioning and every failover, cleanup and rollback step run here; schedules and verification are to
+be declared the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from loguru import logger
+
+from oma_server.errors import Unavailable
+
+Ctx = TypeVar("Ctx")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How often a step is tried when it fails with one of `on` (1: no retry), and how long it waits between."""
+
+    attempts: int = 1
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    on: tuple[type[BaseException], ...] = (Unavailable,)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+
+
+NO_RETRY = Retry()
+# What a step that talks to CloudStack or an appliance does during an outage: waits it out for about a minute.
+OUTAGE = Retry(attempts=7, backoff_s=1.0, max_backoff_s=15.0)
+
+OnRetry = Callable[[int, BaseException, float], Awaitable[None]]  # (failed attempt, its error, seconds to wait)
+
+
+@dataclass(frozen=True)
+class Step(Generic[Ctx, Result]):
+    name: str
+    run: Callable[[Ctx], Awaitable[Result]]
+    hint: str = "see the job log"  # where to look when it fails
+    retry: Retry = field(default=NO_RETRY)
+
+
+async def run_step(step: Step[Ctx, Result], ctx: Ctx, on_retry: OnRetry | None = None) -> Result:
+    """Run `step` under its retry rule; the last failure propagates."""
+    attempt = 1
+    while True:
+        try:
+            return await step.run(ctx)
+        except step.retry.on as exc:
+            if attempt >= step.retry.attempts:
+                raise
+            delay = step.retry.delay(attempt)
+            if on_retry is not None:
+                await on_retry(attempt, exc, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+
+class JobRunner:
+    """The tasks of one kind of job in this process (see the module docstring)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, job_id: str, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run `work()` as the job's task unless one runs already; True when a task was started."""
+        if job_id in self._tasks:
+            return False
+        task = asyncio.create_task(self._guarded(job_id, work), name=f"{self.kind}-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        return True
+
+    async def _guarded(self, job_id: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the job's own code records its failures; this is the last line
+            logger.opt(exception=True).bind(job_id=job_id).error("{kind} task ended unexpectedly", kind=self.kind)
+
+    def running(self, job_id: str) -> bool:
+        return job_id in self._tasks
+
+    def task(self, job_id: str) -> asyncio.Task[None] | None:
+        return self._tasks.get(job_id)
+
+    def cancel(self, job_id: str) -> bool:
+        task = self._tasks.get(job_id)
+        if task is None or task is asyncio.current_task():
+            return False
+        task.cancel()
+        return True
+
+    async def wait(self, job_id: str, timeout_s: float | None = None) -> None:
+        """Until the job's task ends (tests, the demo); returns at once when none runs."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+
+    async def stop(self) -> None:
+        """Cancel every task and wait for them (each finishes the unit of work it is in)."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
