@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from oma.common.v1 import inventory_pb2, jobs_pb2
+from oma.common.v1 import jobs_pb2
 from oma.v1 import failover_pb2, job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc, vm_context_pb2
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.db.models import Volume
@@ -23,6 +23,7 @@ from tests.failover.helpers import (
     VM_TEST,
     Replicated,
     World,
+    answer_power,
     cleanup,
     failover_stub,
     get_vm,
@@ -173,20 +174,6 @@ async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path, datab
             await stream.close()
     finally:
         await oma.stop(grace=0.2)
-
-
-async def answer_power(stream: object, kind: str, vm_uuid: str) -> None:
-    command = (await stream.recv_until("command", timeout=20)).command  # type: ignore[attr-defined]
-    assert command.WhichOneof("kind") == kind, command
-    assert getattr(command, kind).vm_uuid == vm_uuid
-    state = inventory_pb2.POWER_STATE_POWERED_OFF if kind == "power_off" else inventory_pb2.POWER_STATE_POWERED_ON
-    await stream.send(  # type: ignore[attr-defined]
-        command_result=stream_pb2.CommandResult(
-            command_id=command.command_id,
-            outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED,
-            power=stream_pb2.PowerResult(power_state=state),
-        )
-    )
 
 
 async def live_failover_powered_off(
