@@ -47,6 +47,7 @@ from oma_server.api.vm_contexts import VmContextServicer
 from oma_server.app import App
 from oma_server.stop_signals import StopSignals
 from oma_server.version import __version__
+from oma_server.web.server import HttpServer
 from vma.v1 import agent_service_pb2
 
 KEEPALIVE_TIME_MS = 210_000
@@ -120,6 +121,7 @@ class OmaServer:
         )
         self.port = 0
         self._stopping = False
+        self.http: HttpServer | None = HttpServer(app) if app.settings.http_listen else None
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
@@ -135,6 +137,8 @@ class OmaServer:
             raise OSError(f"cannot listen on {self.app.settings.listen}: address in use or not available")
         await self.app.start()
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         logger.info(
             "oma-server {version} serving on {listen} (port {port})",
@@ -163,6 +167,8 @@ class OmaServer:
         try:
             await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
             await self.health.enter_graceful_shutdown()
+            if self.http is not None:
+                await self.http.stop()
             await self.app.begin_shutdown()
             await self.server.stop(grace)
         finally:
