@@ -5,9 +5,10 @@ Two kinds:
   from a report or event to its ack, database transaction time, bytes copied per appliance, CloudStack requests
   (time, errors by command and reason), failover step durations. They live in prometheus_client's default
   registry, next to its process and Python metrics.
-- **State**, read at scrape time (`render`) from the database and the process's live state, so a gauge can never
-  drift from what it counts: appliances and their connections, streams held, jobs by status, open jobs' last
-  change, NBD exports, each VM's recovery point (RPO = now - the finish of its last completed replication).
+- **State**, read at each scrape (a `ScrapeState`, read by `api/http/scrape.py`, then `render`) from the database
+  and the process's live state, so a gauge can never drift from what it counts: appliances and their connections,
+  streams held, jobs by status, open jobs' last change, NBD exports, each VM's recovery point (RPO = now - the
+  finish of its last completed replication).
 
 Alert rules on these: docs/prometheus-alerts.yml. Nothing here imports grpc.
 """
@@ -17,10 +18,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
 
-import peewee as pw
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -31,11 +31,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from oma_server.db.models import Appliance, FailoverJob, NbdExport, ReplicationJob, VmContext
-
-if TYPE_CHECKING:
-    from oma_server.app import App
 
 disable_created_metrics()  # no `_created` series: they double the exposition and no alert reads them
 
@@ -156,38 +151,25 @@ class _Snapshot(Collector):
         yield from self.families
 
 
-def _read_state() -> dict[str, Any]:
-    """Counts and rows the state gauges need, in one database read."""
-    completed = (
-        ReplicationJob.select(ReplicationJob.vm_context, pw.fn.MAX(ReplicationJob.finished_at))
-        .where(ReplicationJob.status == "completed")
-        .group_by(ReplicationJob.vm_context)
-        .tuples()
-    )
-    last_completed: dict[str, datetime] = dict(completed)  # type: ignore[arg-type]  # .tuples() rows are pairs
+@dataclass(frozen=True)
+class ScrapeState:
+    """What the state gauges show, read once per scrape (`oma_server/api/http/scrape.py` reads it)."""
 
-    def count_by(*columns: pw.Field) -> list[tuple[Any, ...]]:
-        model = columns[0].model
-        return list(model.select(*columns, pw.fn.COUNT(pw.SQL("*"))).group_by(*columns).tuples())
-
-    return {
-        "appliances": list(
-            Appliance.select(
-                Appliance.id, Appliance.name, Appliance.status, Appliance.connection_state, Appliance.last_seen_at
-            ).tuples()
-        ),
-        "replication_jobs": count_by(ReplicationJob.status),
-        "failover_jobs": count_by(FailoverJob.kind, FailoverJob.status),
-        "exports": count_by(NbdExport.state),
-        "vms": [(vm.id, vm.name, last_completed.get(vm.id)) for vm in VmContext.select(VmContext.id, VmContext.name)],
-    }
+    appliances: list[tuple[str, str, str, str, datetime | None]]  # id, name, status, connection state, last seen
+    replication_jobs: list[tuple[str, int]]  # status, how many
+    failover_jobs: list[tuple[str, str, int]]  # kind, status, how many
+    exports: list[tuple[str, int]]  # recorded state, how many
+    recovery_points: list[tuple[str, str, datetime]]  # VM context id, VM name, finish of its last completed job
+    open_jobs: list[tuple[str, str, str, datetime | None]]  # job id, VM context id, status, last change
+    sessions: int  # appliance streams held by this process
+    watchers: int  # watch streams open on this process
+    exports_served: int  # exports the NBD server serves now
 
 
-async def render(app: App) -> bytes:
+def render(state: ScrapeState) -> bytes:
     """The exposition of every metric: the event metrics (and process metrics) plus this scrape's state."""
-    state = await app.db.run(_read_state)
     snap = _Snapshot()
-    appliances = state["appliances"]
+    appliances = state.appliances
     by_state: dict[str, int] = {}
     for _, _, _, connection, _ in appliances:
         by_state[connection] = by_state.get(connection, 0) + 1
@@ -210,33 +192,33 @@ async def render(app: App) -> bytes:
         ["appliance_id", "appliance"],
         (([i, name], _epoch(seen)) for i, name, _, _, seen in active),
     )
-    snap.gauge("oma_stream_sessions", "Appliance streams held by this OMA process", [], [([], len(app.hub.sessions))])
-    snap.gauge("oma_watchers", "Job watch streams open on this OMA process", [], [([], app.watch.watchers)])
+    snap.gauge("oma_stream_sessions", "Appliance streams held by this OMA process", [], [([], state.sessions)])
+    snap.gauge("oma_watchers", "Job watch streams open on this OMA process", [], [([], state.watchers)])
     snap.gauge(
         "oma_replication_jobs",
         "Replication jobs by status",
         ["status"],
-        (([s], n) for s, n in state["replication_jobs"]),
+        (([s], n) for s, n in state.replication_jobs),
     )
     snap.gauge(
         "oma_failover_jobs",
         "Failover, cleanup and rollback jobs by kind and status",
         ["kind", "status"],
-        (([k, s], n) for k, s, n in state["failover_jobs"]),
+        (([k, s], n) for k, s, n in state.failover_jobs),
     )
     snap.gauge(
         "oma_replication_job_updated_timestamp_seconds",
         "When each open replication job last changed (a stuck job stops moving)",
         ["job_id", "vm_context_id", "status"],
-        (([j.id, j.vm_context_id, j.status.value], _epoch(j.updated_at)) for j in app.jobs.open_jobs()),
+        (([j, vm, status], _epoch(updated)) for j, vm, status, updated in state.open_jobs),
     )
-    snap.gauge("oma_nbd_exports", "NBD exports by recorded state", ["state"], (([s], n) for s, n in state["exports"]))
-    snap.gauge("oma_nbd_exports_served", "Exports nbd-server serves now", [], [([], len(app.nbd.list_exports()))])
+    snap.gauge("oma_nbd_exports", "NBD exports by recorded state", ["state"], (([s], n) for s, n in state.exports))
+    snap.gauge("oma_nbd_exports_served", "Exports the NBD server serves now", [], [([], state.exports_served)])
     snap.gauge(
         "oma_vm_recovery_point_timestamp_seconds",
         "Finish of each VM's last completed replication: its recovery point (RPO = time() - this)",
         ["vm_context_id", "vm"],
-        (([i, name], _epoch(last)) for i, name, last in state["vms"] if last is not None),
+        (([i, name], _epoch(last)) for i, name, last in state.recovery_points),
     )
     local = CollectorRegistry(auto_describe=False)
     local.register(snap)

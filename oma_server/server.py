@@ -39,6 +39,7 @@ from oma.v1 import (
 from oma_server.api.appliances import ApplianceServicer
 from oma_server.api.failover import FailoverServicer, NetworkMappingServicer
 from oma_server.api.gateway import GatewayServicer
+from oma_server.api.http.server import HttpServer
 from oma_server.api.replication import JobServicer, ReplicationServicer
 from oma_server.api.server_info import ServerInfoServicer
 from oma_server.api.status import ErrorMappingInterceptor
@@ -47,7 +48,6 @@ from oma_server.api.vm_contexts import VmContextServicer
 from oma_server.app import App
 from oma_server.stop_signals import StopSignals
 from oma_server.version import __version__
-from oma_server.web.server import HttpServer
 from vma.v1 import agent_service_pb2
 
 KEEPALIVE_TIME_MS = 210_000

@@ -41,8 +41,6 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from oma.v1 import (
     appliance_pb2,
@@ -56,6 +54,10 @@ from oma.v1 import (
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
+from vma_client_stubs.errors import error_info_of
+
+#: The ErrorInfo of a failed call (reason, domain "oma.control-plane", metadata), or None (a connection failure).
+error_info = error_info_of
 
 T = TypeVar("T")
 TokenSource = str | Callable[[], str]
@@ -121,17 +123,6 @@ class RetryPolicy:
             "retryableStatusCodes": list(self.codes),
         }
         return json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": policy}]})
-
-
-def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    """The ErrorInfo of a failed call (reason, domain "oma.control-plane", metadata), or None when it has none
-    (a connection failure, say)."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status is not None else ():
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info
-    return None
 
 
 def describe_error(error: grpc.RpcError) -> str:

@@ -70,7 +70,7 @@ class Session:
             return False
         try:
             self.queue.put_nowait(message)
-            if isinstance(message, stream_pb2.JobAck):
+            if isinstance(message, JobAck):
                 metrics.ACKS.acked(message.job_id)
             return True
         except asyncio.QueueFull:

@@ -17,6 +17,7 @@ import grpc
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
+from oma.common.v1 import jobs_pb2
 from oma.v1 import failover_pb2, replication_pb2, replication_pb2_grpc, vm_context_pb2, vm_context_pb2_grpc
 from oma_server.server import OmaServer
 from tests.conftest import REPO
@@ -85,7 +86,7 @@ class Appliance:
 
     async def report(self, start: stream_pb2.StartReplicationCommand, sequence: int, fraction: float) -> None:
         total = sum(d.capacity_bytes for d in start.disks)
-        phase = stream_pb2.COPY_PHASE_DONE if fraction >= 1 else stream_pb2.COPY_PHASE_COPYING
+        phase = jobs_pb2.COPY_PHASE_DONE if fraction >= 1 else jobs_pb2.COPY_PHASE_COPYING
         await self.send(
             start.job_id,
             progress=stream_pb2.ProgressReport(
@@ -104,7 +105,7 @@ class Appliance:
                         bytes_total=d.capacity_bytes,
                         throughput_bytes_per_second=24 << 20,
                         phase=phase,
-                        mode=stream_pb2.COPY_MODE_FULL,
+                        mode=jobs_pb2.COPY_MODE_FULL,
                     )
                     for d in start.disks
                 ],
@@ -210,7 +211,7 @@ async def test_dashboard_follows_a_replication_a_failover_and_an_error(page: Pag
             detail = "cannot write to the NBD export: connection refused by 127.0.0.1"
             await appliance.send(failing.job_id, event=stream_pb2.JobEvent(
                 job_id=failing.job_id, sequence=failing.last_applied_sequence + 1,
-                failed=stream_pb2.JobFailed(error_class=stream_pb2.ERROR_CLASS_TARGET_UNREACHABLE, detail=detail),
+                failed=stream_pb2.JobFailed(error_class=jobs_pb2.ERROR_CLASS_TARGET_UNREACHABLE, detail=detail),
             ))  # fmt: skip
             failed_card = job_card(page, failing.job_id)
             await expect(failed_card.locator(".badge.status")).to_have_attribute("data-status", "failed",

@@ -13,11 +13,10 @@ import {
   type ConnectResponse,
   VmaGatewayService,
 } from "../oma/v1/gateway_pb.js";
-import { Firmware, PowerState, VirtualMachineSchema, type VirtualMachine } from "../vma/v1/inventory_pb.js";
+import { Firmware, PowerState, VirtualMachineSchema, type VirtualMachine } from "../oma/common/v1/inventory_pb.js";
+import { CopyMode, CopyPhase } from "../oma/common/v1/jobs_pb.js";
 import {
   CommandOutcome,
-  CopyMode,
-  CopyPhase,
   type Command,
   type StartReplicationCommand,
   type StreamError,

@@ -6,15 +6,15 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { CopyMode, CopyPhase, ErrorClass } from "../../vma/v1/stream_pb.js";
-import { file_vma_v1_stream } from "../../vma/v1/stream_pb.js";
+import type { CopyMode, CopyPhase, JobError } from "../common/v1/jobs_pb.js";
+import { file_oma_common_v1_jobs } from "../common/v1/jobs_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file oma/v1/replication.proto.
  */
 export const file_oma_v1_replication: GenFile = /*@__PURE__*/
-  fileDesc("ChhvbWEvdjEvcmVwbGljYXRpb24ucHJvdG8SBm9tYS52MSK9AgoXRGlza1JlcGxpY2F0aW9uUHJvZ3Jlc3MSDwoHZGlza19pZBgBIAEoCRIQCghkaXNrX2tleRgCIAEoBRISCgpieXRlc19kb25lGAMgASgEEhMKC2J5dGVzX3RvdGFsGAQgASgEEiMKG3Rocm91Z2hwdXRfYnl0ZXNfcGVyX3NlY29uZBgFIAEoBBIgCgVwaGFzZRgGIAEoDjIRLnZtYS52MS5Db3B5UGhhc2USHgoEbW9kZRgHIAEoDjIQLnZtYS52MS5Db3B5TW9kZRIaChJwcmV2aW91c19jaGFuZ2VfaWQYCCABKAkSFQoNbmV3X2NoYW5nZV9pZBgJIAEoCRIRCgljb21wbGV0ZWQYCiABKAgSDwoHbmJkX3VyaRgLIAEoCRIYChBmdWxsX2NvcHlfcmVhc29uGAwgASgJIlQKCEpvYkVycm9yEg4KBnJlYXNvbhgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEicKC2Vycm9yX2NsYXNzGAMgASgOMhIudm1hLnYxLkVycm9yQ2xhc3MisgUKDlJlcGxpY2F0aW9uSm9iEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSFAoMYXBwbGlhbmNlX2lkGAMgASgJEigKBGtpbmQYBCABKA4yGi5vbWEudjEuUmVwbGljYXRpb25Kb2JLaW5kEiwKBnN0YXR1cxgFIAEoDjIcLm9tYS52MS5SZXBsaWNhdGlvbkpvYlN0YXR1cxIgCgVwaGFzZRgGIAEoDjIRLnZtYS52MS5Db3B5UGhhc2USGQoRY3VycmVudF9vcGVyYXRpb24YByABKAkSEgoKYnl0ZXNfZG9uZRgIIAEoBBITCgtieXRlc190b3RhbBgJIAEoBBIPCgdwZXJjZW50GAogASgBEiMKG3Rocm91Z2hwdXRfYnl0ZXNfcGVyX3NlY29uZBgLIAEoBBImCgNldGEYDCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoFZGlza3MYDSADKAsyHy5vbWEudjEuRGlza1JlcGxpY2F0aW9uUHJvZ3Jlc3MSHwoFZXJyb3IYDiABKAsyEC5vbWEudjEuSm9iRXJyb3ISFQoNbGFzdF9zZXF1ZW5jZRgPIAEoBBIQCghyZXZpc2lvbhgQIAEoBBIuCgpjcmVhdGVkX2F0GBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgTIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgUIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV0cnlfb2YYFSABKAkibgoXU3RhcnRSZXBsaWNhdGlvblJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRIoCgRraW5kGAIgASgOMhoub21hLnYxLlJlcGxpY2F0aW9uSm9iS2luZBISCgpyZXF1ZXN0X2lkGAMgASgJIj8KGFN0YXJ0UmVwbGljYXRpb25SZXNwb25zZRIjCgNqb2IYASABKAsyFi5vbWEudjEuUmVwbGljYXRpb25Kb2IiJgoYR2V0UmVwbGljYXRpb25Kb2JSZXF1ZXN0EgoKAmlkGAEgASgJIkAKGUdldFJlcGxpY2F0aW9uSm9iUmVzcG9uc2USIwoDam9iGAEgASgLMhYub21hLnYxLlJlcGxpY2F0aW9uSm9iIqABChpMaXN0UmVwbGljYXRpb25Kb2JzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg12bV9jb250ZXh0X2lkGAMgASgJEi4KCHN0YXR1c2VzGAQgAygOMhwub21hLnYxLlJlcGxpY2F0aW9uSm9iU3RhdHVzEhQKDGFwcGxpYW5jZV9pZBgFIAEoCSJcChtMaXN0UmVwbGljYXRpb25Kb2JzUmVzcG9uc2USJAoEam9icxgBIAMoCzIWLm9tYS52MS5SZXBsaWNhdGlvbkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKQobQ2FuY2VsUmVwbGljYXRpb25Kb2JSZXF1ZXN0EgoKAmlkGAEgASgJIkMKHENhbmNlbFJlcGxpY2F0aW9uSm9iUmVzcG9uc2USIwoDam9iGAEgASgLMhYub21hLnYxLlJlcGxpY2F0aW9uSm9iIigKGlJldHJ5UmVwbGljYXRpb25Kb2JSZXF1ZXN0EgoKAmlkGAEgASgJIkIKG1JldHJ5UmVwbGljYXRpb25Kb2JSZXNwb25zZRIjCgNqb2IYASABKAsyFi5vbWEudjEuUmVwbGljYXRpb25Kb2IqogEKElJlcGxpY2F0aW9uSm9iS2luZBIkCiBSRVBMSUNBVElPTl9KT0JfS0lORF9VTlNQRUNJRklFRBAAEiAKHFJFUExJQ0FUSU9OX0pPQl9LSU5EX0lOSVRJQUwQARIkCiBSRVBMSUNBVElPTl9KT0JfS0lORF9JTkNSRU1FTlRBTBACEh4KGlJFUExJQ0FUSU9OX0pPQl9LSU5EX0ZJTkFMEAMqwAMKFFJlcGxpY2F0aW9uSm9iU3RhdHVzEiYKIlJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfVU5TUEVDSUZJRUQQABIiCh5SRVBMSUNBVElPTl9KT0JfU1RBVFVTX1BFTkRJTkcQARInCiNSRVBMSUNBVElPTl9KT0JfU1RBVFVTX1BST1ZJU0lPTklORxACEioKJlJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfV0FJVElOR19GT1JfVk1BEAMSJgoiUkVQTElDQVRJT05fSk9CX1NUQVRVU19SRVBMSUNBVElORxAEEiIKHlJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfU1RBTExFRBAFEiUKIVJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfQ09NUExFVElORxAGEiQKIFJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfQ09NUExFVEVEEAcSIQodUkVQTElDQVRJT05fSk9CX1NUQVRVU19GQUlMRUQQCBIlCiFSRVBMSUNBVElPTl9KT0JfU1RBVFVTX0NBTkNFTExJTkcQCRIkCiBSRVBMSUNBVElPTl9KT0JfU1RBVFVTX0NBTkNFTExFRBAKMugDChJSZXBsaWNhdGlvblNlcnZpY2USVQoQU3RhcnRSZXBsaWNhdGlvbhIfLm9tYS52MS5TdGFydFJlcGxpY2F0aW9uUmVxdWVzdBogLm9tYS52MS5TdGFydFJlcGxpY2F0aW9uUmVzcG9uc2USWAoRR2V0UmVwbGljYXRpb25Kb2ISIC5vbWEudjEuR2V0UmVwbGljYXRpb25Kb2JSZXF1ZXN0GiEub21hLnYxLkdldFJlcGxpY2F0aW9uSm9iUmVzcG9uc2USXgoTTGlzdFJlcGxpY2F0aW9uSm9icxIiLm9tYS52MS5MaXN0UmVwbGljYXRpb25Kb2JzUmVxdWVzdBojLm9tYS52MS5MaXN0UmVwbGljYXRpb25Kb2JzUmVzcG9uc2USYQoUQ2FuY2VsUmVwbGljYXRpb25Kb2ISIy5vbWEudjEuQ2FuY2VsUmVwbGljYXRpb25Kb2JSZXF1ZXN0GiQub21hLnYxLkNhbmNlbFJlcGxpY2F0aW9uSm9iUmVzcG9uc2USXgoTUmV0cnlSZXBsaWNhdGlvbkpvYhIiLm9tYS52MS5SZXRyeVJlcGxpY2F0aW9uSm9iUmVxdWVzdBojLm9tYS52MS5SZXRyeVJlcGxpY2F0aW9uSm9iUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_vma_v1_stream]);
+  fileDesc("ChhvbWEvdjEvcmVwbGljYXRpb24ucHJvdG8SBm9tYS52MSLLAgoXRGlza1JlcGxpY2F0aW9uUHJvZ3Jlc3MSDwoHZGlza19pZBgBIAEoCRIQCghkaXNrX2tleRgCIAEoBRISCgpieXRlc19kb25lGAMgASgEEhMKC2J5dGVzX3RvdGFsGAQgASgEEiMKG3Rocm91Z2hwdXRfYnl0ZXNfcGVyX3NlY29uZBgFIAEoBBInCgVwaGFzZRgGIAEoDjIYLm9tYS5jb21tb24udjEuQ29weVBoYXNlEiUKBG1vZGUYByABKA4yFy5vbWEuY29tbW9uLnYxLkNvcHlNb2RlEhoKEnByZXZpb3VzX2NoYW5nZV9pZBgIIAEoCRIVCg1uZXdfY2hhbmdlX2lkGAkgASgJEhEKCWNvbXBsZXRlZBgKIAEoCBIPCgduYmRfdXJpGAsgASgJEhgKEGZ1bGxfY29weV9yZWFzb24YDCABKAkiwAUKDlJlcGxpY2F0aW9uSm9iEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSFAoMYXBwbGlhbmNlX2lkGAMgASgJEigKBGtpbmQYBCABKA4yGi5vbWEudjEuUmVwbGljYXRpb25Kb2JLaW5kEiwKBnN0YXR1cxgFIAEoDjIcLm9tYS52MS5SZXBsaWNhdGlvbkpvYlN0YXR1cxInCgVwaGFzZRgGIAEoDjIYLm9tYS5jb21tb24udjEuQ29weVBoYXNlEhkKEWN1cnJlbnRfb3BlcmF0aW9uGAcgASgJEhIKCmJ5dGVzX2RvbmUYCCABKAQSEwoLYnl0ZXNfdG90YWwYCSABKAQSDwoHcGVyY2VudBgKIAEoARIjCht0aHJvdWdocHV0X2J5dGVzX3Blcl9zZWNvbmQYCyABKAQSJgoDZXRhGAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KBWRpc2tzGA0gAygLMh8ub21hLnYxLkRpc2tSZXBsaWNhdGlvblByb2dyZXNzEiYKBWVycm9yGA4gASgLMhcub21hLmNvbW1vbi52MS5Kb2JFcnJvchIVCg1sYXN0X3NlcXVlbmNlGA8gASgEEhAKCHJldmlzaW9uGBAgASgEEi4KCmNyZWF0ZWRfYXQYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghyZXRyeV9vZhgVIAEoCSJuChdTdGFydFJlcGxpY2F0aW9uUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEigKBGtpbmQYAiABKA4yGi5vbWEudjEuUmVwbGljYXRpb25Kb2JLaW5kEhIKCnJlcXVlc3RfaWQYAyABKAkiPwoYU3RhcnRSZXBsaWNhdGlvblJlc3BvbnNlEiMKA2pvYhgBIAEoCzIWLm9tYS52MS5SZXBsaWNhdGlvbkpvYiImChhHZXRSZXBsaWNhdGlvbkpvYlJlcXVlc3QSCgoCaWQYASABKAkiQAoZR2V0UmVwbGljYXRpb25Kb2JSZXNwb25zZRIjCgNqb2IYASABKAsyFi5vbWEudjEuUmVwbGljYXRpb25Kb2IioAEKGkxpc3RSZXBsaWNhdGlvbkpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhUKDXZtX2NvbnRleHRfaWQYAyABKAkSLgoIc3RhdHVzZXMYBCADKA4yHC5vbWEudjEuUmVwbGljYXRpb25Kb2JTdGF0dXMSFAoMYXBwbGlhbmNlX2lkGAUgASgJIlwKG0xpc3RSZXBsaWNhdGlvbkpvYnNSZXNwb25zZRIkCgRqb2JzGAEgAygLMhYub21hLnYxLlJlcGxpY2F0aW9uSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIpChtDYW5jZWxSZXBsaWNhdGlvbkpvYlJlcXVlc3QSCgoCaWQYASABKAkiQwocQ2FuY2VsUmVwbGljYXRpb25Kb2JSZXNwb25zZRIjCgNqb2IYASABKAsyFi5vbWEudjEuUmVwbGljYXRpb25Kb2IiKAoaUmV0cnlSZXBsaWNhdGlvbkpvYlJlcXVlc3QSCgoCaWQYASABKAkiQgobUmV0cnlSZXBsaWNhdGlvbkpvYlJlc3BvbnNlEiMKA2pvYhgBIAEoCzIWLm9tYS52MS5SZXBsaWNhdGlvbkpvYiqiAQoSUmVwbGljYXRpb25Kb2JLaW5kEiQKIFJFUExJQ0FUSU9OX0pPQl9LSU5EX1VOU1BFQ0lGSUVEEAASIAocUkVQTElDQVRJT05fSk9CX0tJTkRfSU5JVElBTBABEiQKIFJFUExJQ0FUSU9OX0pPQl9LSU5EX0lOQ1JFTUVOVEFMEAISHgoaUkVQTElDQVRJT05fSk9CX0tJTkRfRklOQUwQAyrAAwoUUmVwbGljYXRpb25Kb2JTdGF0dXMSJgoiUkVQTElDQVRJT05fSk9CX1NUQVRVU19VTlNQRUNJRklFRBAAEiIKHlJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfUEVORElORxABEicKI1JFUExJQ0FUSU9OX0pPQl9TVEFUVVNfUFJPVklTSU9OSU5HEAISKgomUkVQTElDQVRJT05fSk9CX1NUQVRVU19XQUlUSU5HX0ZPUl9WTUEQAxImCiJSRVBMSUNBVElPTl9KT0JfU1RBVFVTX1JFUExJQ0FUSU5HEAQSIgoeUkVQTElDQVRJT05fSk9CX1NUQVRVU19TVEFMTEVEEAUSJQohUkVQTElDQVRJT05fSk9CX1NUQVRVU19DT01QTEVUSU5HEAYSJAogUkVQTElDQVRJT05fSk9CX1NUQVRVU19DT01QTEVURUQQBxIhCh1SRVBMSUNBVElPTl9KT0JfU1RBVFVTX0ZBSUxFRBAIEiUKIVJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfQ0FOQ0VMTElORxAJEiQKIFJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfQ0FOQ0VMTEVEEAoy6AMKElJlcGxpY2F0aW9uU2VydmljZRJVChBTdGFydFJlcGxpY2F0aW9uEh8ub21hLnYxLlN0YXJ0UmVwbGljYXRpb25SZXF1ZXN0GiAub21hLnYxLlN0YXJ0UmVwbGljYXRpb25SZXNwb25zZRJYChFHZXRSZXBsaWNhdGlvbkpvYhIgLm9tYS52MS5HZXRSZXBsaWNhdGlvbkpvYlJlcXVlc3QaIS5vbWEudjEuR2V0UmVwbGljYXRpb25Kb2JSZXNwb25zZRJeChNMaXN0UmVwbGljYXRpb25Kb2JzEiIub21hLnYxLkxpc3RSZXBsaWNhdGlvbkpvYnNSZXF1ZXN0GiMub21hLnYxLkxpc3RSZXBsaWNhdGlvbkpvYnNSZXNwb25zZRJhChRDYW5jZWxSZXBsaWNhdGlvbkpvYhIjLm9tYS52MS5DYW5jZWxSZXBsaWNhdGlvbkpvYlJlcXVlc3QaJC5vbWEudjEuQ2FuY2VsUmVwbGljYXRpb25Kb2JSZXNwb25zZRJeChNSZXRyeVJlcGxpY2F0aW9uSm9iEiIub21hLnYxLlJldHJ5UmVwbGljYXRpb25Kb2JSZXF1ZXN0GiMub21hLnYxLlJldHJ5UmVwbGljYXRpb25Kb2JSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_oma_common_v1_jobs]);
 
 /**
  * Progress of one disk in a job.
@@ -60,14 +60,14 @@ export type DiskReplicationProgress = Message<"oma.v1.DiskReplicationProgress"> 
   /**
    * Phase of this disk's copy.
    *
-   * @generated from field: vma.v1.CopyPhase phase = 6;
+   * @generated from field: oma.common.v1.CopyPhase phase = 6;
    */
   phase: CopyPhase;
 
   /**
    * Full or incremental copy.
    *
-   * @generated from field: vma.v1.CopyMode mode = 7;
+   * @generated from field: oma.common.v1.CopyMode mode = 7;
    */
   mode: CopyMode;
 
@@ -115,41 +115,6 @@ export const DiskReplicationProgressSchema: GenMessage<DiskReplicationProgress> 
   messageDesc(file_oma_v1_replication, 0);
 
 /**
- * Error of a failed job.
- *
- * @generated from message oma.v1.JobError
- */
-export type JobError = Message<"oma.v1.JobError"> & {
-  /**
-   * Stable machine-readable reason, UPPER_SNAKE.
-   *
-   * @generated from field: string reason = 1;
-   */
-  reason: string;
-
-  /**
-   * What failed and what to do.
-   *
-   * @generated from field: string message = 2;
-   */
-  message: string;
-
-  /**
-   * Classification reported by the appliance, if it came from there.
-   *
-   * @generated from field: vma.v1.ErrorClass error_class = 3;
-   */
-  errorClass: ErrorClass;
-};
-
-/**
- * Describes the message oma.v1.JobError.
- * Use `create(JobErrorSchema)` to create a new message.
- */
-export const JobErrorSchema: GenMessage<JobError> = /*@__PURE__*/
-  messageDesc(file_oma_v1_replication, 1);
-
-/**
  * A replication job.
  *
  * @generated from message oma.v1.ReplicationJob
@@ -193,7 +158,7 @@ export type ReplicationJob = Message<"oma.v1.ReplicationJob"> & {
   /**
    * Phase of the copy as last reported.
    *
-   * @generated from field: vma.v1.CopyPhase phase = 6;
+   * @generated from field: oma.common.v1.CopyPhase phase = 6;
    */
   phase: CopyPhase;
 
@@ -249,7 +214,7 @@ export type ReplicationJob = Message<"oma.v1.ReplicationJob"> & {
   /**
    * Error when failed.
    *
-   * @generated from field: oma.v1.JobError error = 14;
+   * @generated from field: oma.common.v1.JobError error = 14;
    */
   error?: JobError;
 
@@ -308,7 +273,7 @@ export type ReplicationJob = Message<"oma.v1.ReplicationJob"> & {
  * Use `create(ReplicationJobSchema)` to create a new message.
  */
 export const ReplicationJobSchema: GenMessage<ReplicationJob> = /*@__PURE__*/
-  messageDesc(file_oma_v1_replication, 2);
+  messageDesc(file_oma_v1_replication, 1);
 
 /**
  * Request of StartReplication.
@@ -343,7 +308,7 @@ export type StartReplicationRequest = Message<"oma.v1.StartReplicationRequest"> 
  * Use `create(StartReplicationRequestSchema)` to create a new message.
  */
 export const StartReplicationRequestSchema: GenMessage<StartReplicationRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_replication, 3);
+  messageDesc(file_oma_v1_replication, 2);
 
 /**
  * Response of StartReplication.
@@ -364,7 +329,7 @@ export type StartReplicationResponse = Message<"oma.v1.StartReplicationResponse"
  * Use `create(StartReplicationResponseSchema)` to create a new message.
  */
 export const StartReplicationResponseSchema: GenMessage<StartReplicationResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_replication, 4);
+  messageDesc(file_oma_v1_replication, 3);
 
 /**
  * Request of GetReplicationJob.
@@ -385,7 +350,7 @@ export type GetReplicationJobRequest = Message<"oma.v1.GetReplicationJobRequest"
  * Use `create(GetReplicationJobRequestSchema)` to create a new message.
  */
 export const GetReplicationJobRequestSchema: GenMessage<GetReplicationJobRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_replication, 5);
+  messageDesc(file_oma_v1_replication, 4);
 
 /**
  * Response of GetReplicationJob.
@@ -406,7 +371,7 @@ export type GetReplicationJobResponse = Message<"oma.v1.GetReplicationJobRespons
  * Use `create(GetReplicationJobResponseSchema)` to create a new message.
  */
 export const GetReplicationJobResponseSchema: GenMessage<GetReplicationJobResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_replication, 6);
+  messageDesc(file_oma_v1_replication, 5);
 
 /**
  * Request of ListReplicationJobs.
@@ -455,7 +420,7 @@ export type ListReplicationJobsRequest = Message<"oma.v1.ListReplicationJobsRequ
  * Use `create(ListReplicationJobsRequestSchema)` to create a new message.
  */
 export const ListReplicationJobsRequestSchema: GenMessage<ListReplicationJobsRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_replication, 7);
+  messageDesc(file_oma_v1_replication, 6);
 
 /**
  * Response of ListReplicationJobs.
@@ -483,7 +448,7 @@ export type ListReplicationJobsResponse = Message<"oma.v1.ListReplicationJobsRes
  * Use `create(ListReplicationJobsResponseSchema)` to create a new message.
  */
 export const ListReplicationJobsResponseSchema: GenMessage<ListReplicationJobsResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_replication, 8);
+  messageDesc(file_oma_v1_replication, 7);
 
 /**
  * Request of CancelReplicationJob.
@@ -504,7 +469,7 @@ export type CancelReplicationJobRequest = Message<"oma.v1.CancelReplicationJobRe
  * Use `create(CancelReplicationJobRequestSchema)` to create a new message.
  */
 export const CancelReplicationJobRequestSchema: GenMessage<CancelReplicationJobRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_replication, 9);
+  messageDesc(file_oma_v1_replication, 8);
 
 /**
  * Response of CancelReplicationJob.
@@ -525,7 +490,7 @@ export type CancelReplicationJobResponse = Message<"oma.v1.CancelReplicationJobR
  * Use `create(CancelReplicationJobResponseSchema)` to create a new message.
  */
 export const CancelReplicationJobResponseSchema: GenMessage<CancelReplicationJobResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_replication, 10);
+  messageDesc(file_oma_v1_replication, 9);
 
 /**
  * Request of RetryReplicationJob.
@@ -546,7 +511,7 @@ export type RetryReplicationJobRequest = Message<"oma.v1.RetryReplicationJobRequ
  * Use `create(RetryReplicationJobRequestSchema)` to create a new message.
  */
 export const RetryReplicationJobRequestSchema: GenMessage<RetryReplicationJobRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_replication, 11);
+  messageDesc(file_oma_v1_replication, 10);
 
 /**
  * Response of RetryReplicationJob.
@@ -567,7 +532,7 @@ export type RetryReplicationJobResponse = Message<"oma.v1.RetryReplicationJobRes
  * Use `create(RetryReplicationJobResponseSchema)` to create a new message.
  */
 export const RetryReplicationJobResponseSchema: GenMessage<RetryReplicationJobResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_replication, 12);
+  messageDesc(file_oma_v1_replication, 11);
 
 /**
  * Kind of replication run.

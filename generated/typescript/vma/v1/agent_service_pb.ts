@@ -6,8 +6,8 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { CbtStatus, VirtualMachine } from "./inventory_pb.js";
-import { file_vma_v1_inventory } from "./inventory_pb.js";
+import type { CbtStatus, VirtualMachine } from "../../oma/common/v1/inventory_pb.js";
+import { file_oma_common_v1_inventory } from "../../oma/common/v1/inventory_pb.js";
 import type { ProgressReport } from "./stream_pb.js";
 import { file_vma_v1_stream } from "./stream_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vma/v1/agent_service.proto.
  */
 export const file_vma_v1_agent_service: GenFile = /*@__PURE__*/
-  fileDesc("Chp2bWEvdjEvYWdlbnRfc2VydmljZS5wcm90bxIGdm1hLnYxIjEKGkxpc3RWaXJ0dWFsTWFjaGluZXNSZXF1ZXN0EhMKC25hbWVfZmlsdGVyGAEgASgJIk8KG0xpc3RWaXJ0dWFsTWFjaGluZXNSZXNwb25zZRIwChB2aXJ0dWFsX21hY2hpbmVzGAEgAygLMhYudm1hLnYxLlZpcnR1YWxNYWNoaW5lIigKGEdldFZpcnR1YWxNYWNoaW5lUmVxdWVzdBIMCgR1dWlkGAEgASgJIkwKGUdldFZpcnR1YWxNYWNoaW5lUmVzcG9uc2USLwoPdmlydHVhbF9tYWNoaW5lGAEgASgLMhYudm1hLnYxLlZpcnR1YWxNYWNoaW5lIiYKE0dldENidFN0YXR1c1JlcXVlc3QSDwoHdm1fdXVpZBgBIAEoCSI4ChRHZXRDYnRTdGF0dXNSZXNwb25zZRIgCgVkaXNrcxgBIAMoCzIRLnZtYS52MS5DYnRTdGF0dXMifAoITG9jYWxKb2ISDgoGam9iX2lkGAEgASgJEg8KB3ZtX3V1aWQYAiABKAkSJgoGbGF0ZXN0GAMgASgLMhYudm1hLnYxLlByb2dyZXNzUmVwb3J0Eg8KB3J1bm5pbmcYBCABKAgSFgoOYWNrZWRfc2VxdWVuY2UYBSABKAQiFgoUTGlzdExvY2FsSm9ic1JlcXVlc3QiNwoVTGlzdExvY2FsSm9ic1Jlc3BvbnNlEh4KBGpvYnMYASADKAsyEC52bWEudjEuTG9jYWxKb2IiFwoVR2V0QWdlbnRTdGF0dXNSZXF1ZXN0ItABChZHZXRBZ2VudFN0YXR1c1Jlc3BvbnNlEhQKDGFwcGxpYW5jZV9pZBgBIAEoCRITCgtvbWFfYWRkcmVzcxgCIAEoCRIRCgljb25uZWN0ZWQYAyABKAgSEgoKc2Vzc2lvbl9pZBgEIAEoCRIzCg9jb25uZWN0ZWRfc2luY2UYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEHVuYWNrZWRfbWVzc2FnZXMYBiABKA0SFQoNYWdlbnRfdmVyc2lvbhgHIAEoCTK1AwoPVm1hQWdlbnRTZXJ2aWNlEl4KE0xpc3RWaXJ0dWFsTWFjaGluZXMSIi52bWEudjEuTGlzdFZpcnR1YWxNYWNoaW5lc1JlcXVlc3QaIy52bWEudjEuTGlzdFZpcnR1YWxNYWNoaW5lc1Jlc3BvbnNlElgKEUdldFZpcnR1YWxNYWNoaW5lEiAudm1hLnYxLkdldFZpcnR1YWxNYWNoaW5lUmVxdWVzdBohLnZtYS52MS5HZXRWaXJ0dWFsTWFjaGluZVJlc3BvbnNlEkkKDEdldENidFN0YXR1cxIbLnZtYS52MS5HZXRDYnRTdGF0dXNSZXF1ZXN0Ghwudm1hLnYxLkdldENidFN0YXR1c1Jlc3BvbnNlEkwKDUxpc3RMb2NhbEpvYnMSHC52bWEudjEuTGlzdExvY2FsSm9ic1JlcXVlc3QaHS52bWEudjEuTGlzdExvY2FsSm9ic1Jlc3BvbnNlEk8KDkdldEFnZW50U3RhdHVzEh0udm1hLnYxLkdldEFnZW50U3RhdHVzUmVxdWVzdBoeLnZtYS52MS5HZXRBZ2VudFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_vma_v1_inventory, file_vma_v1_stream]);
+  fileDesc("Chp2bWEvdjEvYWdlbnRfc2VydmljZS5wcm90bxIGdm1hLnYxIjEKGkxpc3RWaXJ0dWFsTWFjaGluZXNSZXF1ZXN0EhMKC25hbWVfZmlsdGVyGAEgASgJIlYKG0xpc3RWaXJ0dWFsTWFjaGluZXNSZXNwb25zZRI3ChB2aXJ0dWFsX21hY2hpbmVzGAEgAygLMh0ub21hLmNvbW1vbi52MS5WaXJ0dWFsTWFjaGluZSIoChhHZXRWaXJ0dWFsTWFjaGluZVJlcXVlc3QSDAoEdXVpZBgBIAEoCSJTChlHZXRWaXJ0dWFsTWFjaGluZVJlc3BvbnNlEjYKD3ZpcnR1YWxfbWFjaGluZRgBIAEoCzIdLm9tYS5jb21tb24udjEuVmlydHVhbE1hY2hpbmUiJgoTR2V0Q2J0U3RhdHVzUmVxdWVzdBIPCgd2bV91dWlkGAEgASgJIj8KFEdldENidFN0YXR1c1Jlc3BvbnNlEicKBWRpc2tzGAEgAygLMhgub21hLmNvbW1vbi52MS5DYnRTdGF0dXMifAoITG9jYWxKb2ISDgoGam9iX2lkGAEgASgJEg8KB3ZtX3V1aWQYAiABKAkSJgoGbGF0ZXN0GAMgASgLMhYudm1hLnYxLlByb2dyZXNzUmVwb3J0Eg8KB3J1bm5pbmcYBCABKAgSFgoOYWNrZWRfc2VxdWVuY2UYBSABKAQiFgoUTGlzdExvY2FsSm9ic1JlcXVlc3QiNwoVTGlzdExvY2FsSm9ic1Jlc3BvbnNlEh4KBGpvYnMYASADKAsyEC52bWEudjEuTG9jYWxKb2IiFwoVR2V0QWdlbnRTdGF0dXNSZXF1ZXN0ItABChZHZXRBZ2VudFN0YXR1c1Jlc3BvbnNlEhQKDGFwcGxpYW5jZV9pZBgBIAEoCRITCgtvbWFfYWRkcmVzcxgCIAEoCRIRCgljb25uZWN0ZWQYAyABKAgSEgoKc2Vzc2lvbl9pZBgEIAEoCRIzCg9jb25uZWN0ZWRfc2luY2UYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEHVuYWNrZWRfbWVzc2FnZXMYBiABKA0SFQoNYWdlbnRfdmVyc2lvbhgHIAEoCTK1AwoPVm1hQWdlbnRTZXJ2aWNlEl4KE0xpc3RWaXJ0dWFsTWFjaGluZXMSIi52bWEudjEuTGlzdFZpcnR1YWxNYWNoaW5lc1JlcXVlc3QaIy52bWEudjEuTGlzdFZpcnR1YWxNYWNoaW5lc1Jlc3BvbnNlElgKEUdldFZpcnR1YWxNYWNoaW5lEiAudm1hLnYxLkdldFZpcnR1YWxNYWNoaW5lUmVxdWVzdBohLnZtYS52MS5HZXRWaXJ0dWFsTWFjaGluZVJlc3BvbnNlEkkKDEdldENidFN0YXR1cxIbLnZtYS52MS5HZXRDYnRTdGF0dXNSZXF1ZXN0Ghwudm1hLnYxLkdldENidFN0YXR1c1Jlc3BvbnNlEkwKDUxpc3RMb2NhbEpvYnMSHC52bWEudjEuTGlzdExvY2FsSm9ic1JlcXVlc3QaHS52bWEudjEuTGlzdExvY2FsSm9ic1Jlc3BvbnNlEk8KDkdldEFnZW50U3RhdHVzEh0udm1hLnYxLkdldEFnZW50U3RhdHVzUmVxdWVzdBoeLnZtYS52MS5HZXRBZ2VudFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_vma_v1_stream]);
 
 /**
  * Request of ListVirtualMachines.
@@ -48,7 +48,7 @@ export type ListVirtualMachinesResponse = Message<"vma.v1.ListVirtualMachinesRes
   /**
    * The VMs.
    *
-   * @generated from field: repeated vma.v1.VirtualMachine virtual_machines = 1;
+   * @generated from field: repeated oma.common.v1.VirtualMachine virtual_machines = 1;
    */
   virtualMachines: VirtualMachine[];
 };
@@ -90,7 +90,7 @@ export type GetVirtualMachineResponse = Message<"vma.v1.GetVirtualMachineRespons
   /**
    * The VM.
    *
-   * @generated from field: vma.v1.VirtualMachine virtual_machine = 1;
+   * @generated from field: oma.common.v1.VirtualMachine virtual_machine = 1;
    */
   virtualMachine?: VirtualMachine;
 };
@@ -132,7 +132,7 @@ export type GetCbtStatusResponse = Message<"vma.v1.GetCbtStatusResponse"> & {
   /**
    * One entry per disk.
    *
-   * @generated from field: repeated vma.v1.CbtStatus disks = 1;
+   * @generated from field: repeated oma.common.v1.CbtStatus disks = 1;
    */
   disks: CbtStatus[];
 };

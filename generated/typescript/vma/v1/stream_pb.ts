@@ -6,15 +6,17 @@ import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2"
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { PowerState, VirtualMachine } from "./inventory_pb.js";
-import { file_vma_v1_inventory } from "./inventory_pb.js";
+import type { PowerState, VirtualMachine } from "../../oma/common/v1/inventory_pb.js";
+import { file_oma_common_v1_inventory } from "../../oma/common/v1/inventory_pb.js";
+import type { CopyMode, CopyPhase, ErrorClass } from "../../oma/common/v1/jobs_pb.js";
+import { file_oma_common_v1_jobs } from "../../oma/common/v1/jobs_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file vma/v1/stream.proto.
  */
 export const file_vma_v1_stream: GenFile = /*@__PURE__*/
-  fileDesc("ChN2bWEvdjEvc3RyZWFtLnByb3RvEgZ2bWEudjEidwoFSGVsbG8SFAoMYXBwbGlhbmNlX2lkGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkSFQoNYWdlbnRfdmVyc2lvbhgDIAEoCRIUCgxjYXBhYmlsaXRpZXMYBCADKAkSFwoPbGFzdF9jb21tYW5kX2lkGAUgASgJIjoKCUpvYkN1cnNvchIOCgZqb2JfaWQYASABKAkSHQoVbGFzdF9hcHBsaWVkX3NlcXVlbmNlGAIgASgEIpIBCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDnNlcnZlcl92ZXJzaW9uGAMgASgJEiQKCW9wZW5fam9icxgEIAMoCzIRLnZtYS52MS5Kb2JDdXJzb3IixQEKDERpc2tQcm9ncmVzcxIPCgdkaXNrX2lkGAEgASgJEhIKCmJ5dGVzX2RvbmUYAiABKAQSEwoLYnl0ZXNfdG90YWwYAyABKAQSIwobdGhyb3VnaHB1dF9ieXRlc19wZXJfc2Vjb25kGAQgASgEEiAKBXBoYXNlGAUgASgOMhEudm1hLnYxLkNvcHlQaGFzZRIeCgRtb2RlGAYgASgOMhAudm1hLnYxLkNvcHlNb2RlEhQKDHJlc3VtZV90b2tlbhgHIAEoCSK3AgoOUHJvZ3Jlc3NSZXBvcnQSDgoGam9iX2lkGAEgASgJEhAKCHNlcXVlbmNlGAIgASgEEiAKBXBoYXNlGAMgASgOMhEudm1hLnYxLkNvcHlQaGFzZRIZChFjdXJyZW50X29wZXJhdGlvbhgEIAEoCRISCgpieXRlc19kb25lGAUgASgEEhMKC2J5dGVzX3RvdGFsGAYgASgEEiMKG3Rocm91Z2hwdXRfYnl0ZXNfcGVyX3NlY29uZBgHIAEoBBImCgNldGEYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SIwoFZGlza3MYCSADKAsyFC52bWEudjEuRGlza1Byb2dyZXNzEisKB3NlbnRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiUKCkpvYlN0YXJ0ZWQSFwoPc291cmNlX3NuYXBzaG90GAEgASgJImkKDURpc2tDb21wbGV0ZWQSDwoHZGlza19pZBgBIAEoCRIRCgljaGFuZ2VfaWQYAiABKAkSFAoMYnl0ZXNfY29waWVkGAMgASgEEh4KBG1vZGUYBCABKA4yEC52bWEudjEuQ29weU1vZGUiJAoMSm9iQ29tcGxldGVkEhQKDGJ5dGVzX2NvcGllZBgBIAEoBCJVCglKb2JGYWlsZWQSJwoLZXJyb3JfY2xhc3MYASABKA4yEi52bWEudjEuRXJyb3JDbGFzcxIOCgZkZXRhaWwYAiABKAkSDwoHZGlza19pZBgDIAEoCSIeCgxKb2JDYW5jZWxsZWQSDgoGZGV0YWlsGAEgASgJIrkCCghKb2JFdmVudBIOCgZqb2JfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSLwoLb2NjdXJyZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiUKB3N0YXJ0ZWQYCiABKAsyEi52bWEudjEuSm9iU3RhcnRlZEgAEi8KDmRpc2tfY29tcGxldGVkGAsgASgLMhUudm1hLnYxLkRpc2tDb21wbGV0ZWRIABIpCgljb21wbGV0ZWQYDCABKAsyFC52bWEudjEuSm9iQ29tcGxldGVkSAASIwoGZmFpbGVkGA0gASgLMhEudm1hLnYxLkpvYkZhaWxlZEgAEikKCWNhbmNlbGxlZBgOIAEoCzIULnZtYS52MS5Kb2JDYW5jZWxsZWRIAEIHCgVldmVudCJDCg9EaXNjb3ZlcnlSZXN1bHQSMAoQdmlydHVhbF9tYWNoaW5lcxgBIAMoCzIWLnZtYS52MS5WaXJ0dWFsTWFjaGluZSI2CgtQb3dlclJlc3VsdBInCgtwb3dlcl9zdGF0ZRgBIAEoDjISLnZtYS52MS5Qb3dlclN0YXRlIuQBCg1Db21tYW5kUmVzdWx0EhIKCmNvbW1hbmRfaWQYASABKAkSJwoHb3V0Y29tZRgCIAEoDjIWLnZtYS52MS5Db21tYW5kT3V0Y29tZRIOCgZkZXRhaWwYAyABKAkSJwoLZXJyb3JfY2xhc3MYBCABKA4yEi52bWEudjEuRXJyb3JDbGFzcxIsCglkaXNjb3ZlcnkYCiABKAsyFy52bWEudjEuRGlzY292ZXJ5UmVzdWx0SAASJAoFcG93ZXIYCyABKAsyEy52bWEudjEuUG93ZXJSZXN1bHRIAEIJCgdwYXlsb2FkIlEKCUhlYXJ0YmVhdBIrCgdzZW50X2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9ydW5uaW5nX2pvYl9pZHMYAiADKAkioQEKCkRpc2tUYXJnZXQSDwoHZGlza19pZBgBIAEoCRIQCghkaXNrX2tleRgCIAEoBRIPCgduYmRfdXJpGAMgASgJEhoKEnByZXZpb3VzX2NoYW5nZV9pZBgEIAEoCRIWCg5jYXBhY2l0eV9ieXRlcxgFIAEoBBIUCgxyZXN1bWVfdG9rZW4YBiABKAkSFQoNdGFyZ2V0X2lzX25ldxgHIAEoCCJ8ChdTdGFydFJlcGxpY2F0aW9uQ29tbWFuZBIOCgZqb2JfaWQYASABKAkSDwoHdm1fdXVpZBgCIAEoCRIhCgVkaXNrcxgDIAMoCzISLnZtYS52MS5EaXNrVGFyZ2V0Eh0KFWxhc3RfYXBwbGllZF9zZXF1ZW5jZRgEIAEoBCIiChBDYW5jZWxKb2JDb21tYW5kEg4KBmpvYl9pZBgBIAEoCSJXCg9Qb3dlck9mZkNvbW1hbmQSDwoHdm1fdXVpZBgBIAEoCRIzChBncmFjZWZ1bF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIiEKDlBvd2VyT25Db21tYW5kEg8KB3ZtX3V1aWQYASABKAkiJgoPRGlzY292ZXJDb21tYW5kEhMKC25hbWVfZmlsdGVyGAEgASgJIskCCgdDb21tYW5kEhIKCmNvbW1hbmRfaWQYASABKAkSLQoJaXNzdWVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI8ChFzdGFydF9yZXBsaWNhdGlvbhgKIAEoCzIfLnZtYS52MS5TdGFydFJlcGxpY2F0aW9uQ29tbWFuZEgAEi4KCmNhbmNlbF9qb2IYCyABKAsyGC52bWEudjEuQ2FuY2VsSm9iQ29tbWFuZEgAEiwKCXBvd2VyX29mZhgMIAEoCzIXLnZtYS52MS5Qb3dlck9mZkNvbW1hbmRIABIqCghwb3dlcl9vbhgNIAEoCzIWLnZtYS52MS5Qb3dlck9uQ29tbWFuZEgAEisKCGRpc2NvdmVyGA4gASgLMhcudm1hLnYxLkRpc2NvdmVyQ29tbWFuZEgAQgYKBGtpbmQiKgoGSm9iQWNrEg4KBmpvYl9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBCImChBDb21tYW5kUmVzdWx0QWNrEhIKCmNvbW1hbmRfaWQYASABKAkiewoLU3RyZWFtRXJyb3ISJQoEY29kZRgBIAEoDjIXLnZtYS52MS5TdHJlYW1FcnJvckNvZGUSDgoGam9iX2lkGAIgASgJEhAKCHNlcXVlbmNlGAMgASgEEhIKCmNvbW1hbmRfaWQYBCABKAkSDwoHbWVzc2FnZRgFIAEoCSrHAQoJQ29weVBoYXNlEhoKFkNPUFlfUEhBU0VfVU5TUEVDSUZJRUQQABIYChRDT1BZX1BIQVNFX1BSRVBBUklORxABEhsKF0NPUFlfUEhBU0VfU05BUFNIT1RUSU5HEAISHwobQ09QWV9QSEFTRV9RVUVSWUlOR19DSEFOR0VTEAMSFgoSQ09QWV9QSEFTRV9DT1BZSU5HEAQSGQoVQ09QWV9QSEFTRV9GSU5BTElaSU5HEAUSEwoPQ09QWV9QSEFTRV9ET05FEAYqVAoIQ29weU1vZGUSGQoVQ09QWV9NT0RFX1VOU1BFQ0lGSUVEEAASEgoOQ09QWV9NT0RFX0ZVTEwQARIZChVDT1BZX01PREVfSU5DUkVNRU5UQUwQAiqzAgoKRXJyb3JDbGFzcxIbChdFUlJPUl9DTEFTU19VTlNQRUNJRklFRBAAEiIKHkVSUk9SX0NMQVNTX1NPVVJDRV9VTkFWQUlMQUJMRRABEh8KG0VSUk9SX0NMQVNTX1NOQVBTSE9UX0ZBSUxFRBACEiEKHUVSUk9SX0NMQVNTX0NIQU5HRV9JRF9JTlZBTElEEAMSIgoeRVJST1JfQ0xBU1NfVEFSR0VUX1VOUkVBQ0hBQkxFEAQSIwofRVJST1JfQ0xBU1NfVEFSR0VUX1dSSVRFX0ZBSUxFRBAFEhwKGEVSUk9SX0NMQVNTX0RJU0tfUkVTSVpFRBAGEh8KG0VSUk9SX0NMQVNTX0lOVkFMSURfQ09NTUFORBAHEhgKFEVSUk9SX0NMQVNTX0lOVEVSTkFMEAgqigEKDkNvbW1hbmRPdXRjb21lEh8KG0NPTU1BTkRfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGUNPTU1BTkRfT1VUQ09NRV9TVUNDRUVERUQQARIaChZDT01NQU5EX09VVENPTUVfRkFJTEVEEAISHAoYQ09NTUFORF9PVVRDT01FX1JFSkVDVEVEEAMq7QEKD1N0cmVhbUVycm9yQ29kZRIhCh1TVFJFQU1fRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEiEKHVNUUkVBTV9FUlJPUl9DT0RFX1VOS05PV05fSk9CEAESIQodU1RSRUFNX0VSUk9SX0NPREVfRk9SRUlHTl9KT0IQAhIlCiFTVFJFQU1fRVJST1JfQ09ERV9JTlZBTElEX01FU1NBR0UQAxIjCh9TVFJFQU1fRVJST1JfQ09ERV9JTlZBTElEX1NUQVRFEAQSJQohU1RSRUFNX0VSUk9SX0NPREVfVU5LTk9XTl9DT01NQU5EEAViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_vma_v1_inventory]);
+  fileDesc("ChN2bWEvdjEvc3RyZWFtLnByb3RvEgZ2bWEudjEidwoFSGVsbG8SFAoMYXBwbGlhbmNlX2lkGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkSFQoNYWdlbnRfdmVyc2lvbhgDIAEoCRIUCgxjYXBhYmlsaXRpZXMYBCADKAkSFwoPbGFzdF9jb21tYW5kX2lkGAUgASgJIjoKCUpvYkN1cnNvchIOCgZqb2JfaWQYASABKAkSHQoVbGFzdF9hcHBsaWVkX3NlcXVlbmNlGAIgASgEIpIBCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDnNlcnZlcl92ZXJzaW9uGAMgASgJEiQKCW9wZW5fam9icxgEIAMoCzIRLnZtYS52MS5Kb2JDdXJzb3Ii0wEKDERpc2tQcm9ncmVzcxIPCgdkaXNrX2lkGAEgASgJEhIKCmJ5dGVzX2RvbmUYAiABKAQSEwoLYnl0ZXNfdG90YWwYAyABKAQSIwobdGhyb3VnaHB1dF9ieXRlc19wZXJfc2Vjb25kGAQgASgEEicKBXBoYXNlGAUgASgOMhgub21hLmNvbW1vbi52MS5Db3B5UGhhc2USJQoEbW9kZRgGIAEoDjIXLm9tYS5jb21tb24udjEuQ29weU1vZGUSFAoMcmVzdW1lX3Rva2VuGAcgASgJIr4CCg5Qcm9ncmVzc1JlcG9ydBIOCgZqb2JfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSJwoFcGhhc2UYAyABKA4yGC5vbWEuY29tbW9uLnYxLkNvcHlQaGFzZRIZChFjdXJyZW50X29wZXJhdGlvbhgEIAEoCRISCgpieXRlc19kb25lGAUgASgEEhMKC2J5dGVzX3RvdGFsGAYgASgEEiMKG3Rocm91Z2hwdXRfYnl0ZXNfcGVyX3NlY29uZBgHIAEoBBImCgNldGEYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SIwoFZGlza3MYCSADKAsyFC52bWEudjEuRGlza1Byb2dyZXNzEisKB3NlbnRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiUKCkpvYlN0YXJ0ZWQSFwoPc291cmNlX3NuYXBzaG90GAEgASgJInAKDURpc2tDb21wbGV0ZWQSDwoHZGlza19pZBgBIAEoCRIRCgljaGFuZ2VfaWQYAiABKAkSFAoMYnl0ZXNfY29waWVkGAMgASgEEiUKBG1vZGUYBCABKA4yFy5vbWEuY29tbW9uLnYxLkNvcHlNb2RlIiQKDEpvYkNvbXBsZXRlZBIUCgxieXRlc19jb3BpZWQYASABKAQiXAoJSm9iRmFpbGVkEi4KC2Vycm9yX2NsYXNzGAEgASgOMhkub21hLmNvbW1vbi52MS5FcnJvckNsYXNzEg4KBmRldGFpbBgCIAEoCRIPCgdkaXNrX2lkGAMgASgJIh4KDEpvYkNhbmNlbGxlZBIOCgZkZXRhaWwYASABKAkiuQIKCEpvYkV2ZW50Eg4KBmpvYl9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBIvCgtvY2N1cnJlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoHc3RhcnRlZBgKIAEoCzISLnZtYS52MS5Kb2JTdGFydGVkSAASLwoOZGlza19jb21wbGV0ZWQYCyABKAsyFS52bWEudjEuRGlza0NvbXBsZXRlZEgAEikKCWNvbXBsZXRlZBgMIAEoCzIULnZtYS52MS5Kb2JDb21wbGV0ZWRIABIjCgZmYWlsZWQYDSABKAsyES52bWEudjEuSm9iRmFpbGVkSAASKQoJY2FuY2VsbGVkGA4gASgLMhQudm1hLnYxLkpvYkNhbmNlbGxlZEgAQgcKBWV2ZW50IkoKD0Rpc2NvdmVyeVJlc3VsdBI3ChB2aXJ0dWFsX21hY2hpbmVzGAEgAygLMh0ub21hLmNvbW1vbi52MS5WaXJ0dWFsTWFjaGluZSI9CgtQb3dlclJlc3VsdBIuCgtwb3dlcl9zdGF0ZRgBIAEoDjIZLm9tYS5jb21tb24udjEuUG93ZXJTdGF0ZSLrAQoNQ29tbWFuZFJlc3VsdBISCgpjb21tYW5kX2lkGAEgASgJEicKB291dGNvbWUYAiABKA4yFi52bWEudjEuQ29tbWFuZE91dGNvbWUSDgoGZGV0YWlsGAMgASgJEi4KC2Vycm9yX2NsYXNzGAQgASgOMhkub21hLmNvbW1vbi52MS5FcnJvckNsYXNzEiwKCWRpc2NvdmVyeRgKIAEoCzIXLnZtYS52MS5EaXNjb3ZlcnlSZXN1bHRIABIkCgVwb3dlchgLIAEoCzITLnZtYS52MS5Qb3dlclJlc3VsdEgAQgkKB3BheWxvYWQiUQoJSGVhcnRiZWF0EisKB3NlbnRfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD3J1bm5pbmdfam9iX2lkcxgCIAMoCSKhAQoKRGlza1RhcmdldBIPCgdkaXNrX2lkGAEgASgJEhAKCGRpc2tfa2V5GAIgASgFEg8KB25iZF91cmkYAyABKAkSGgoScHJldmlvdXNfY2hhbmdlX2lkGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhQKDHJlc3VtZV90b2tlbhgGIAEoCRIVCg10YXJnZXRfaXNfbmV3GAcgASgIInwKF1N0YXJ0UmVwbGljYXRpb25Db21tYW5kEg4KBmpvYl9pZBgBIAEoCRIPCgd2bV91dWlkGAIgASgJEiEKBWRpc2tzGAMgAygLMhIudm1hLnYxLkRpc2tUYXJnZXQSHQoVbGFzdF9hcHBsaWVkX3NlcXVlbmNlGAQgASgEIiIKEENhbmNlbEpvYkNvbW1hbmQSDgoGam9iX2lkGAEgASgJIlcKD1Bvd2VyT2ZmQ29tbWFuZBIPCgd2bV91dWlkGAEgASgJEjMKEGdyYWNlZnVsX3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iIQoOUG93ZXJPbkNvbW1hbmQSDwoHdm1fdXVpZBgBIAEoCSImCg9EaXNjb3ZlckNvbW1hbmQSEwoLbmFtZV9maWx0ZXIYASABKAkiyQIKB0NvbW1hbmQSEgoKY29tbWFuZF9pZBgBIAEoCRItCglpc3N1ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKEXN0YXJ0X3JlcGxpY2F0aW9uGAogASgLMh8udm1hLnYxLlN0YXJ0UmVwbGljYXRpb25Db21tYW5kSAASLgoKY2FuY2VsX2pvYhgLIAEoCzIYLnZtYS52MS5DYW5jZWxKb2JDb21tYW5kSAASLAoJcG93ZXJfb2ZmGAwgASgLMhcudm1hLnYxLlBvd2VyT2ZmQ29tbWFuZEgAEioKCHBvd2VyX29uGA0gASgLMhYudm1hLnYxLlBvd2VyT25Db21tYW5kSAASKwoIZGlzY292ZXIYDiABKAsyFy52bWEudjEuRGlzY292ZXJDb21tYW5kSABCBgoEa2luZCIqCgZKb2JBY2sSDgoGam9iX2lkGAEgASgJEhAKCHNlcXVlbmNlGAIgASgEIiYKEENvbW1hbmRSZXN1bHRBY2sSEgoKY29tbWFuZF9pZBgBIAEoCSJ7CgtTdHJlYW1FcnJvchIlCgRjb2RlGAEgASgOMhcudm1hLnYxLlN0cmVhbUVycm9yQ29kZRIOCgZqb2JfaWQYAiABKAkSEAoIc2VxdWVuY2UYAyABKAQSEgoKY29tbWFuZF9pZBgEIAEoCRIPCgdtZXNzYWdlGAUgASgJKooBCg5Db21tYW5kT3V0Y29tZRIfChtDT01NQU5EX09VVENPTUVfVU5TUEVDSUZJRUQQABIdChlDT01NQU5EX09VVENPTUVfU1VDQ0VFREVEEAESGgoWQ09NTUFORF9PVVRDT01FX0ZBSUxFRBACEhwKGENPTU1BTkRfT1VUQ09NRV9SRUpFQ1RFRBADKu0BCg9TdHJlYW1FcnJvckNvZGUSIQodU1RSRUFNX0VSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIhCh1TVFJFQU1fRVJST1JfQ09ERV9VTktOT1dOX0pPQhABEiEKHVNUUkVBTV9FUlJPUl9DT0RFX0ZPUkVJR05fSk9CEAISJQohU1RSRUFNX0VSUk9SX0NPREVfSU5WQUxJRF9NRVNTQUdFEAMSIwofU1RSRUFNX0VSUk9SX0NPREVfSU5WQUxJRF9TVEFURRAEEiUKIVNUUkVBTV9FUlJPUl9DT0RFX1VOS05PV05fQ09NTUFORBAFYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_common_v1_jobs]);
 
 /**
  * First message on every stream: who the appliance is and what it has seen.
@@ -172,14 +174,14 @@ export type DiskProgress = Message<"vma.v1.DiskProgress"> & {
   /**
    * Phase of this disk's copy.
    *
-   * @generated from field: vma.v1.CopyPhase phase = 5;
+   * @generated from field: oma.common.v1.CopyPhase phase = 5;
    */
   phase: CopyPhase;
 
   /**
    * Copy mode chosen for this disk.
    *
-   * @generated from field: vma.v1.CopyMode mode = 6;
+   * @generated from field: oma.common.v1.CopyMode mode = 6;
    */
   mode: CopyMode;
 
@@ -224,7 +226,7 @@ export type ProgressReport = Message<"vma.v1.ProgressReport"> & {
   /**
    * Phase of the job as a whole.
    *
-   * @generated from field: vma.v1.CopyPhase phase = 3;
+   * @generated from field: oma.common.v1.CopyPhase phase = 3;
    */
   phase: CopyPhase;
 
@@ -337,7 +339,7 @@ export type DiskCompleted = Message<"vma.v1.DiskCompleted"> & {
   /**
    * Copy mode that was used.
    *
-   * @generated from field: vma.v1.CopyMode mode = 4;
+   * @generated from field: oma.common.v1.CopyMode mode = 4;
    */
   mode: CopyMode;
 };
@@ -379,7 +381,7 @@ export type JobFailed = Message<"vma.v1.JobFailed"> & {
   /**
    * Classified cause.
    *
-   * @generated from field: vma.v1.ErrorClass error_class = 1;
+   * @generated from field: oma.common.v1.ErrorClass error_class = 1;
    */
   errorClass: ErrorClass;
 
@@ -517,7 +519,7 @@ export type DiscoveryResult = Message<"vma.v1.DiscoveryResult"> & {
   /**
    * The VMs the appliance can see.
    *
-   * @generated from field: repeated vma.v1.VirtualMachine virtual_machines = 1;
+   * @generated from field: repeated oma.common.v1.VirtualMachine virtual_machines = 1;
    */
   virtualMachines: VirtualMachine[];
 };
@@ -538,7 +540,7 @@ export type PowerResult = Message<"vma.v1.PowerResult"> & {
   /**
    * Power state of the VM after the command.
    *
-   * @generated from field: vma.v1.PowerState power_state = 1;
+   * @generated from field: oma.common.v1.PowerState power_state = 1;
    */
   powerState: PowerState;
 };
@@ -580,7 +582,7 @@ export type CommandResult = Message<"vma.v1.CommandResult"> & {
   /**
    * Classified error when the outcome is FAILED or REJECTED.
    *
-   * @generated from field: vma.v1.ErrorClass error_class = 4;
+   * @generated from field: oma.common.v1.ErrorClass error_class = 4;
    */
   errorClass: ErrorClass;
 
@@ -1014,178 +1016,6 @@ export const StreamErrorSchema: GenMessage<StreamError> = /*@__PURE__*/
   messageDesc(file_vma_v1_stream, 24);
 
 /**
- * Phase of a disk copy as the appliance reports it. One enum for both sides, so phase names cannot drift.
- *
- * @generated from enum vma.v1.CopyPhase
- */
-export enum CopyPhase {
-  /**
-   * Not reported.
-   *
-   * @generated from enum value: COPY_PHASE_UNSPECIFIED = 0;
-   */
-  UNSPECIFIED = 0,
-
-  /**
-   * Preparing: validating the command, opening vCenter sessions.
-   *
-   * @generated from enum value: COPY_PHASE_PREPARING = 1;
-   */
-  PREPARING = 1,
-
-  /**
-   * Taking the VMware snapshot that the copy reads from.
-   *
-   * @generated from enum value: COPY_PHASE_SNAPSHOTTING = 2;
-   */
-  SNAPSHOTTING = 2,
-
-  /**
-   * Asking VMware for the changed areas since the previous change id.
-   *
-   * @generated from enum value: COPY_PHASE_QUERYING_CHANGES = 3;
-   */
-  QUERYING_CHANGES = 3,
-
-  /**
-   * Copying data into the NBD export.
-   *
-   * @generated from enum value: COPY_PHASE_COPYING = 4;
-   */
-  COPYING = 4,
-
-  /**
-   * Flushing the target and removing the VMware snapshot.
-   *
-   * @generated from enum value: COPY_PHASE_FINALIZING = 5;
-   */
-  FINALIZING = 5,
-
-  /**
-   * Finished; no more data will be copied for this disk.
-   *
-   * @generated from enum value: COPY_PHASE_DONE = 6;
-   */
-  DONE = 6,
-}
-
-/**
- * Describes the enum vma.v1.CopyPhase.
- */
-export const CopyPhaseSchema: GenEnum<CopyPhase> = /*@__PURE__*/
-  enumDesc(file_vma_v1_stream, 0);
-
-/**
- * How a disk is copied in one job.
- *
- * @generated from enum vma.v1.CopyMode
- */
-export enum CopyMode {
-  /**
-   * Not reported.
-   *
-   * @generated from enum value: COPY_MODE_UNSPECIFIED = 0;
-   */
-  UNSPECIFIED = 0,
-
-  /**
-   * Every allocated block of the disk is copied.
-   *
-   * @generated from enum value: COPY_MODE_FULL = 1;
-   */
-  FULL = 1,
-
-  /**
-   * Only the extents changed since the previous change id are copied.
-   *
-   * @generated from enum value: COPY_MODE_INCREMENTAL = 2;
-   */
-  INCREMENTAL = 2,
-}
-
-/**
- * Describes the enum vma.v1.CopyMode.
- */
-export const CopyModeSchema: GenEnum<CopyMode> = /*@__PURE__*/
-  enumDesc(file_vma_v1_stream, 1);
-
-/**
- * Classified reason a job failed on the appliance; drives what the OMA and the operator do next.
- *
- * @generated from enum vma.v1.ErrorClass
- */
-export enum ErrorClass {
-  /**
-   * Not classified.
-   *
-   * @generated from enum value: ERROR_CLASS_UNSPECIFIED = 0;
-   */
-  UNSPECIFIED = 0,
-
-  /**
-   * vCenter or the ESXi host could not be reached or refused the request; retry later.
-   *
-   * @generated from enum value: ERROR_CLASS_SOURCE_UNAVAILABLE = 1;
-   */
-  SOURCE_UNAVAILABLE = 1,
-
-  /**
-   * The VMware snapshot could not be taken or removed.
-   *
-   * @generated from enum value: ERROR_CLASS_SNAPSHOT_FAILED = 2;
-   */
-  SNAPSHOT_FAILED = 2,
-
-  /**
-   * The previous change id is unknown to VMware; a full copy of the disk is needed.
-   *
-   * @generated from enum value: ERROR_CLASS_CHANGE_ID_INVALID = 3;
-   */
-  CHANGE_ID_INVALID = 3,
-
-  /**
-   * The NBD export could not be reached.
-   *
-   * @generated from enum value: ERROR_CLASS_TARGET_UNREACHABLE = 4;
-   */
-  TARGET_UNREACHABLE = 4,
-
-  /**
-   * Writing to the NBD export failed.
-   *
-   * @generated from enum value: ERROR_CLASS_TARGET_WRITE_FAILED = 5;
-   */
-  TARGET_WRITE_FAILED = 5,
-
-  /**
-   * The source disk changed size since the previous run.
-   *
-   * @generated from enum value: ERROR_CLASS_DISK_RESIZED = 6;
-   */
-  DISK_RESIZED = 6,
-
-  /**
-   * The command was invalid for this appliance (unknown VM, unknown disk).
-   *
-   * @generated from enum value: ERROR_CLASS_INVALID_COMMAND = 7;
-   */
-  INVALID_COMMAND = 7,
-
-  /**
-   * Any other failure inside the appliance.
-   *
-   * @generated from enum value: ERROR_CLASS_INTERNAL = 8;
-   */
-  INTERNAL = 8,
-}
-
-/**
- * Describes the enum vma.v1.ErrorClass.
- */
-export const ErrorClassSchema: GenEnum<ErrorClass> = /*@__PURE__*/
-  enumDesc(file_vma_v1_stream, 2);
-
-/**
  * Outcome of a command on the appliance.
  *
  * @generated from enum vma.v1.CommandOutcome
@@ -1224,7 +1054,7 @@ export enum CommandOutcome {
  * Describes the enum vma.v1.CommandOutcome.
  */
 export const CommandOutcomeSchema: GenEnum<CommandOutcome> = /*@__PURE__*/
-  enumDesc(file_vma_v1_stream, 3);
+  enumDesc(file_vma_v1_stream, 0);
 
 /**
  * Kind of problem with one message on the stream.
@@ -1279,5 +1109,5 @@ export enum StreamErrorCode {
  * Describes the enum vma.v1.StreamErrorCode.
  */
 export const StreamErrorCodeSchema: GenEnum<StreamErrorCode> = /*@__PURE__*/
-  enumDesc(file_vma_v1_stream, 4);
+  enumDesc(file_vma_v1_stream, 1);
 

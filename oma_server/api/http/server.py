@@ -11,10 +11,11 @@ from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from oma_server import metrics
+from oma_server.api.http.auth import require_viewer
+from oma_server.api.http.dashboard import Dashboard
+from oma_server.api.http.scrape import scrape_state
 from oma_server.app import App
 from oma_server.settings import parse_host_port
-from oma_server.web.auth import require_viewer
-from oma_server.web.dashboard import Dashboard
 
 STATIC = Path(__file__).with_name("static")
 
@@ -24,7 +25,8 @@ def build_application(app: App) -> web.Application:
     dashboard = Dashboard(app)
 
     async def metrics_page(request: web.Request) -> web.Response:
-        return web.Response(body=await metrics.render(app), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = metrics.render(await scrape_state(app))
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")

@@ -1,1 +1,0 @@
-"""The OMA's HTTP listener (`--http-listen`, off by default): the live dashboard and Prometheus `/metrics`."""
