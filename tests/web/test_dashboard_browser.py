@@ -15,10 +15,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Locator, Page, async_playwright, expect
 
 from oma.common.v1 import jobs_pb2
 from oma.v1 import failover_pb2, replication_pb2, replication_pb2_grpc, vm_context_pb2, vm_context_pb2_grpc
+from oma_server.app import App
 from oma_server.server import OmaServer
 from tests.conftest import REPO
 from tests.factories import RawStream, enroll, inventory
@@ -125,7 +126,7 @@ async def register_and_start(channel: grpc.aio.Channel, appliance_id: str, name:
     return vm.vm_context.id
 
 
-def job_card(page: Page, job_id: str):  # type: ignore[no-untyped-def]
+def job_card(page: Page, job_id: str) -> Locator:
     return page.locator(f'article.job[data-job-id="{job_id}"]')
 
 
@@ -228,7 +229,8 @@ async def test_dashboard_follows_a_replication_a_failover_and_an_error(page: Pag
         await expect(page.locator("#live")).to_have_attribute("data-live", "down", timeout=WAIT_MS)
         await expect(page.locator("#problem")).to_contain_text("interrupted")
         settings.listen, settings.http_listen = "127.0.0.1:0", f"127.0.0.1:{http_port}"
-        server = await start_oma_with(settings)
+        server = OmaServer(App(settings))
+        await server.start()
         await expect(page.locator("#live")).to_have_attribute("data-live", "live", timeout=WAIT_MS)
         await expect(page.locator("#problem")).to_be_hidden()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -240,11 +242,3 @@ async def test_dashboard_follows_a_replication_a_failover_and_an_error(page: Pag
         await expect(job_card(page, job_id).locator(".job-bar .bar")).to_have_attribute("data-percent", "100")
     finally:
         await server.stop(grace=0.2)
-
-
-async def start_oma_with(settings):  # type: ignore[no-untyped-def]
-    from oma_server.app import App
-
-    server = OmaServer(App(settings))
-    await server.start()
-    return server
