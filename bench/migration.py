@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 from loguru import logger
 
-from bench._common import free_port, machine_info, percentile, print_table, write_json
+from bench._common import machine_info, percentile, print_table, write_json
 from oma.v1 import (
     appliance_pb2,
     appliance_pb2_grpc,
@@ -47,6 +47,7 @@ from oma.v1 import (
 from oma_server.app import App
 from oma_server.db.models import JobLog
 from oma_server.demo import same_bytes
+from oma_server.ports import free_port
 from oma_server.server import OmaServer
 from oma_server.settings import Settings
 from oma_server.storage.volumes import VOLUME_NAME_PREFIX

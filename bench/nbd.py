@@ -45,7 +45,6 @@ from loguru import logger
 
 from bench._common import (
     drop_caches,
-    free_port,
     machine_info,
     make_pki,
     make_source,
@@ -59,6 +58,7 @@ from bench._common import (
 from oma_server.nbd import NbdExportManager
 from oma_server.nbd.manager import SERVER_NAME
 from oma_server.nbd.probe import ProbeError, list_exports
+from oma_server.ports import free_port
 
 MiB = 1 << 20
 TARGETS = {"ratio_to_nbdcopy": 1.0, "add_ms_p50": 200.0, "remove_ms_p50": 200.0}

@@ -45,11 +45,12 @@ from typing import Any
 
 import grpc
 
-from bench._common import free_port, write_json
 from bench._common import machine_info as common_machine_info
+from bench._common import write_json
 from bench._progress_servers import DISK_BYTES, ECHO_METHOD
 from oma.common.v1 import jobs_pb2
 from oma.v1 import gateway_pb2, gateway_pb2_grpc, job_pb2, job_pb2_grpc
+from oma_server.ports import free_port
 from vma.v1 import stream_pb2
 
 CHUNK = 64 << 20  # bytes copied per disk between two reports

@@ -35,7 +35,7 @@ from oma_server.replication.applier import VmaMessageApplier
 from oma_server.replication.repository import highest_revision
 from oma_server.replication.service import ReplicationService
 from oma_server.replication.store import ReplicationJobStore
-from oma_server.replication.workflow import ReplicationWorkflow
+from oma_server.replication.workflow import ReplicationWorkflow, vm_after_job
 from oma_server.revisions import RevisionReservations
 from oma_server.settings import Settings
 from oma_server.storage.attachments import OmaAttachments
@@ -85,8 +85,13 @@ class App:
         self.joblog = JobLogService(self.db)
         self.watch = WatchHub()
         self.revisions = RevisionReservations(self.db, self.watch)
+        # The VM context follows its job, in the transaction that makes the job final.
         self.jobs = ReplicationJobStore(
-            self.db, self.clock, self.watch, flush_interval_s=settings.progress_flush_interval_s
+            self.db,
+            self.clock,
+            self.watch,
+            final_hooks=(vm_after_job,),
+            flush_interval_s=settings.progress_flush_interval_s,
         )
         self.outbox = CommandOutbox(self.db, self.clock)
         self.hub = SessionHub(
@@ -99,6 +104,10 @@ class App:
             process_id=self.process_id,
             heartbeat_interval_s=settings.heartbeat_interval_s,
         )
+        # The session hub acks durable progress, delivers commands and ends revoked appliances' streams.
+        self.jobs.ack_through(self.hub.ack)
+        self.outbox.deliver_through(self.hub.deliver)
+        self.appliances.on_revoked.append(self.hub.revoked)
         self.replication = ReplicationService(self.db, self.clock, self.jobs, self.outbox)
         self.vms = VmContextService(self.db, self.outbox)
         self.volume_queries = VolumeQueries(self.db)
@@ -173,17 +182,15 @@ class App:
         self.workflow = ReplicationWorkflow(
             self.db, self.clock, self.jobs, self.replication, self.vms, self.attachments, self.joblog
         )
+        self.replication.start_through(self.workflow.start_job)
         self._build_failover(self.cloudstack, self.volumes, self.attachments, self.workflow)
         assert self.failover is not None
         self.janitor = Janitor(
-            self.db,
-            self.clock,
-            self.jobs,
-            self.workflow,
-            self.failover,
-            self.outbox,
-            interval_s=self.settings.janitor_interval_s,
+            self.db, self.clock, self.jobs, self.workflow, self.failover, interval_s=self.settings.janitor_interval_s
         )
+        # An appliance's answer to a start or cancel may end its job's wait (a refusal, a job it does not run).
+        self.outbox.on_result("start_replication", self.janitor.on_answer)
+        self.outbox.on_result("cancel_job", self.janitor.on_answer)
         await self.volumes.reconcile()
         # before nbd-server serves the recorded exports: replicas of finished jobs leave the OMA VM
         await self.attachments.reconcile([(j.id, [d.disk_id for d in j.disks]) for j in self.jobs.open_jobs()])

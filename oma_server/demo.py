@@ -40,6 +40,7 @@ from oma.v1 import (
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
+from oma_server.ports import free_port
 
 BIN = Path(sys.executable).parent
 DISKS_MIB = (256, 128)
@@ -50,12 +51,6 @@ console = Console()
 
 class DemoFailed(Exception):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:

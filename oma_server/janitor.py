@@ -24,7 +24,6 @@ from oma_server.db.models import Command
 from oma_server.errors import DomainError
 from oma_server.failover.workflow import FailoverWorkflow
 from oma_server.joblog import note
-from oma_server.outbox import CommandOutbox
 from oma_server.protocol.commands import CommandResult
 from oma_server.replication.state_machine import JobState, JobStatus, complete, transition
 from oma_server.replication.store import ReplicationJobStore
@@ -56,7 +55,6 @@ class Janitor:
         jobs: ReplicationJobStore,
         replication: ReplicationWorkflow,
         failover: FailoverWorkflow,
-        outbox: CommandOutbox,
         *,
         interval_s: float = 30.0,
     ) -> None:
@@ -67,8 +65,6 @@ class Janitor:
         self.failover = failover
         self.interval_s = interval_s
         self._loop: asyncio.Task[None] | None = None
-        outbox.result_handlers["start_replication"] = self._on_answer
-        outbox.result_handlers["cancel_job"] = self._on_answer
 
     async def start(self) -> None:
         await self.sweep()
@@ -89,7 +85,8 @@ class Janitor:
             except Exception:
                 logger.opt(exception=True).error("janitor sweep failed; trying again at the next interval")
 
-    async def _on_answer(self, command: Command, _result: CommandResult) -> None:
+    async def on_answer(self, command: Command, _result: CommandResult) -> None:
+        """An appliance answered a start or cancel command: look at its job now."""
         if command.job_id:
             await self.check_replication(command.job_id)
 

@@ -42,9 +42,17 @@ class CommandOutbox:
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
-        self.deliver: Deliver | None = None
-        self.result_handlers: dict[str, ResultHandler] = {}
+        self._deliver: Deliver | None = None
+        self._result_handlers: dict[str, ResultHandler] = {}
         self._waiters: dict[str, list[asyncio.Future[CommandResult]]] = {}
+
+    def deliver_through(self, deliver: Deliver) -> None:
+        """Who hands commands to live appliance sessions (the session hub)."""
+        self._deliver = deliver
+
+    def on_result(self, kind: str, handler: ResultHandler) -> None:
+        """Run `handler` after an appliance's answer to a command of `kind` is stored."""
+        self._result_handlers[kind] = handler
 
     async def enqueue(self, appliance_id: str, command: Command, job_id: str = "") -> QueuedCommand:
         queued = await self.db.tx(insert_command, appliance_id, command, job_id)
@@ -59,11 +67,11 @@ class CommandOutbox:
     ) -> int:
         """Deliver queued commands to the appliance if it is connected here: the given ones, else those never sent
         (or, with `resend`, every unanswered one — after a new session)."""
-        if self.deliver is None:
+        if self._deliver is None:
             return 0
         if commands is None:
             commands = await self.open_commands(appliance_id, OPEN_STATUSES if resend else ("pending",))
-        delivered = [c.command_id for c in commands if self.deliver(appliance_id, c)]
+        delivered = [c.command_id for c in commands if self._deliver(appliance_id, c)]
         if delivered:
 
             def mark_sent() -> None:
@@ -124,7 +132,7 @@ class CommandOutbox:
             for waiter in self._waiters.pop(row.id, []):
                 if not waiter.done():
                     waiter.set_result(result)
-            handler = self.result_handlers.get(row.kind)
+            handler = self._result_handlers.get(row.kind)
             if handler is not None:
                 try:
                     await handler(row, result)

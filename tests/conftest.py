@@ -13,9 +13,10 @@ import pytest
 
 from oma_server.app import App
 from oma_server.logging import configure_logging
+from oma_server.ports import free_port
 from oma_server.server import OmaServer
 from oma_server.settings import Settings
-from tests.pg import PostgresServer, free_port
+from tests.pg import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -19,8 +19,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oma_server.db.migrations import LATEST_VERSION
+from oma_server.ports import free_port
 from tests.conftest import REPO, VENV_BIN
-from tests.pg import free_port
 
 GRPCURL = str(VENV_BIN / "grpcurl")
 BUF = str(REPO / ".tools" / "node_modules" / ".bin" / "buf")

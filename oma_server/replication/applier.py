@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 from oma_server import metrics
 from oma_server.clock import Clock
-from oma_server.db.models import ChangeIdRecord, Disk
 from oma_server.errors import FailedPrecondition, MessageRejected
 from oma_server.joblog import note
 from oma_server.protocol.stream import EventKind, JobEvent, ProgressReport
@@ -185,8 +184,9 @@ class VmaMessageApplier:
 
         return with_sequence(cancelled), None
 
-    @staticmethod
-    def _disk_completed(job: JobState, event: JobEvent, with_sequence: Callable[[Make], Make]) -> tuple[Make, InTxHook]:
+    def _disk_completed(
+        self, job: JobState, event: JobEvent, with_sequence: Callable[[Make], Make]
+    ) -> tuple[Make, InTxHook]:
         if job.disk(event.disk_id) is None:
             raise MessageRejected(
                 "INVALID_MESSAGE",
@@ -209,10 +209,6 @@ class VmaMessageApplier:
             return after
 
         def record_change_id(state: JobState) -> None:
-            Disk.update(last_change_id=event.change_id, replicated_capacity_bytes=Disk.capacity_bytes).where(
-                Disk.id == event.disk_id
-            ).execute()
-            ChangeIdRecord.create(disk=event.disk_id, change_id=event.change_id, job_id=state.id)
-            note(state.id, "disk_completed", f"disk {event.disk_id}: change id {event.change_id} recorded")
+            self.store.repo.record_change_id(state.id, event.disk_id, event.change_id)
 
         return with_sequence(mark_done), record_change_id

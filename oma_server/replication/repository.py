@@ -1,15 +1,24 @@
-"""Replication jobs in the database: rows ↔ `JobState`, and the batched writes of the live store.
+"""Where replication jobs are kept: the `JobRepository` contract, on the database (`SqlJobRepository`, SQLite and
+PostgreSQL through Peewee) and in memory (`MemoryJobRepository`, for fast tests of the store and the applier).
 
-Functions run inside a transaction on a database thread (`Database.tx` / `Database.run`); nothing here is async.
+Methods run inside a unit of work of the store's runner (`Database.tx` / `Database.run` for SQL: on a database
+thread, in one transaction; `InlineRunner` for memory); nothing here is async. One contract suite
+(tests/test_job_repository.py) runs on all three.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar
 
 import peewee as pw
 
-from oma_server.db.models import Disk, FailoverJob, JobDisk, ReplicationJob
+from oma_server.db.models import ChangeIdRecord, Disk, FailoverJob, JobDisk, ReplicationJob
+from oma_server.errors import AlreadyExists
+from oma_server.joblog import note
+from oma_server.pagination import decode_token as page_offset
+from oma_server.pagination import fetch_page, next_token, page_size_of
 from oma_server.replication.state_machine import FINAL, DiskState, JobState, JobStatus
 
 
@@ -157,19 +166,27 @@ def highest_revision() -> int:
 
 def insert(state: JobState, request_id: str | None, disks: list[DiskState]) -> JobState:
     """A new job row with its disks, as `state` says; returns it as stored."""
-    row = ReplicationJob.create(
-        id=state.id,
-        vm_context=state.vm_context_id,
-        appliance=state.appliance_id,
-        kind=state.kind,
-        status=state.status.value,
-        current_operation=state.current_operation,
-        request_id=request_id or None,
-        retry_of=state.retry_of,
-        revision=state.revision,
-        created_at=state.created_at,
-        updated_at=state.updated_at,
-    )
+    if request_id and ReplicationJob.get_or_none(ReplicationJob.request_id == request_id) is not None:
+        raise request_id_taken(request_id)
+    try:
+        with ReplicationJob._meta.database.atomic():  # type: ignore[attr-defined]  # a savepoint: PostgreSQL can go on
+            row = ReplicationJob.create(
+                id=state.id,
+                vm_context=state.vm_context_id,
+                appliance=state.appliance_id,
+                kind=state.kind,
+                status=state.status.value,
+                current_operation=state.current_operation,
+                request_id=request_id or None,
+                retry_of=state.retry_of,
+                revision=state.revision,
+                created_at=state.created_at,
+                updated_at=state.updated_at,
+            )
+    except pw.IntegrityError:
+        if request_id and ReplicationJob.get_or_none(ReplicationJob.request_id == request_id) is not None:
+            raise request_id_taken(request_id) from None  # a concurrent insert with the same request_id won
+        raise
     for disk in disks:
         JobDisk.create(
             job=row.id,
@@ -183,3 +200,155 @@ def insert(state: JobState, request_id: str | None, disks: list[DiskState]) -> J
     stored = load(row.id)
     assert stored is not None
     return stored
+
+
+def record_change_id(job_id: str, disk_id: str, change_id: str) -> None:
+    """A disk's new change id, from the job that copied it: the disk's current one, and a line of its history."""
+    Disk.update(last_change_id=change_id, replicated_capacity_bytes=Disk.capacity_bytes).where(
+        Disk.id == disk_id
+    ).execute()
+    ChangeIdRecord.create(disk=disk_id, change_id=change_id, job_id=job_id)
+    note(job_id, "disk_completed", f"disk {disk_id}: change id {change_id} recorded")
+
+
+def change_ids(disk_id: str) -> list[tuple[str, str]]:
+    """A disk's change-id history, oldest first: (change id, job id)."""
+    query = ChangeIdRecord.select().where(ChangeIdRecord.disk == disk_id).order_by(ChangeIdRecord.id)
+    return [(r.change_id, r.job_id) for r in query]
+
+
+def request_id_taken(request_id: str) -> AlreadyExists:
+    return AlreadyExists(f"a replication job with request_id {request_id!r} already exists", reason="REQUEST_ID_REUSED")
+
+
+def page(
+    page_size: int, page_token: str, vm_context_id: str = "", appliance_id: str = "", statuses: Iterable[str] = ()
+) -> tuple[list[str], str]:
+    """Ids of one page of jobs, newest first, and the next page's token."""
+    wanted = list(statuses)
+    q = ReplicationJob.select(ReplicationJob.id).order_by(ReplicationJob.created_at.desc(), ReplicationJob.id)
+    if vm_context_id:
+        q = q.where(ReplicationJob.vm_context == vm_context_id)
+    if appliance_id:
+        q = q.where(ReplicationJob.appliance == appliance_id)
+    if wanted:
+        q = q.where(ReplicationJob.status.in_(wanted))
+    rows, token = fetch_page(q, page_size, page_token)
+    return [r.id for r in rows], token
+
+
+T = TypeVar("T")
+
+
+class JobRepository(Protocol):
+    def load(self, job_id: str) -> JobState | None: ...
+    def load_open(self) -> list[JobState]: ...
+    def highest_revision(self) -> int: ...
+    def insert(self, state: JobState, request_id: str | None, disks: list[DiskState]) -> JobState: ...
+    def write(self, state: JobState) -> None: ...
+    def write_batch(self, states: list[JobState]) -> None: ...
+    def record_change_id(self, job_id: str, disk_id: str, change_id: str) -> None: ...
+    def change_ids(self, disk_id: str) -> list[tuple[str, str]]: ...
+    def page(
+        self,
+        page_size: int,
+        page_token: str,
+        vm_context_id: str = "",
+        appliance_id: str = "",
+        statuses: Iterable[str] = (),
+    ) -> tuple[list[str], str]: ...
+
+
+class SqlJobRepository:
+    """The jobs' rows in SQLite or PostgreSQL (the functions above)."""
+
+    load = staticmethod(load)
+    load_open = staticmethod(load_open)
+    highest_revision = staticmethod(highest_revision)
+    insert = staticmethod(insert)
+    write = staticmethod(write)
+    write_batch = staticmethod(write_batch)
+    record_change_id = staticmethod(record_change_id)
+    change_ids = staticmethod(change_ids)
+    page = staticmethod(page)
+
+
+class MemoryJobRepository:
+    """Jobs in a dict, as the SQL repository keeps them (copies in, copies out)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobState] = {}
+        self._request_ids: dict[str, str] = {}
+        self._change_ids: dict[str, list[tuple[str, str]]] = {}
+
+    def load(self, job_id: str) -> JobState | None:
+        job = self._jobs.get(job_id)
+        return None if job is None else job.copy()
+
+    def load_open(self) -> list[JobState]:
+        return [j.copy() for j in self._jobs.values() if j.status not in FINAL]
+
+    def highest_revision(self) -> int:
+        return max((j.revision for j in self._jobs.values()), default=0)
+
+    def insert(self, state: JobState, request_id: str | None, disks: list[DiskState]) -> JobState:
+        if request_id and request_id in self._request_ids:
+            raise request_id_taken(request_id)
+        stored = dataclasses.replace(state, disks=[dataclasses.replace(d) for d in disks])
+        self._jobs[state.id] = stored
+        if request_id:
+            self._request_ids[request_id] = state.id
+        return stored.copy()
+
+    def write(self, state: JobState) -> None:
+        self.write_batch([state])
+
+    def write_batch(self, states: list[JobState]) -> None:
+        for state in states:
+            if state.id in self._jobs:  # an UPDATE of a missing row changes nothing
+                self._jobs[state.id] = state.copy()
+
+    def record_change_id(self, job_id: str, disk_id: str, change_id: str) -> None:
+        self._change_ids.setdefault(disk_id, []).append((change_id, job_id))
+
+    def change_ids(self, disk_id: str) -> list[tuple[str, str]]:
+        return list(self._change_ids.get(disk_id, []))
+
+    def page(
+        self,
+        page_size: int,
+        page_token: str,
+        vm_context_id: str = "",
+        appliance_id: str = "",
+        statuses: Iterable[str] = (),
+    ) -> tuple[list[str], str]:
+        wanted = set(statuses)
+        jobs = [
+            j
+            for j in self._jobs.values()
+            if (not vm_context_id or j.vm_context_id == vm_context_id)
+            and (not appliance_id or j.appliance_id == appliance_id)
+            and (not wanted or j.status.value in wanted)
+        ]
+        jobs.sort(key=lambda j: j.id)
+        jobs.sort(key=lambda j: j.created_at or 0, reverse=True)  # type: ignore[arg-type,return-value]
+        size, offset = page_size_of(page_size), page_offset(page_token)
+        chosen = jobs[offset : offset + size + 1]
+        return [j.id for j in chosen[:size]], next_token(offset, size, len(chosen))
+
+
+class Runner(Protocol):
+    """What runs a repository's work: `Database` (a database thread, one transaction) or `InlineRunner`."""
+
+    async def tx(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+
+class InlineRunner:
+    """The store's runner for a repository that needs no database: work runs at once, on the event loop."""
+
+    async def tx(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return fn(*args, **kwargs)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return fn(*args, **kwargs)

@@ -6,14 +6,14 @@ from collections.abc import Awaitable, Callable
 
 from oma_server.clock import Clock
 from oma_server.db.database import Database
-from oma_server.errors import FailedPrecondition, Unimplemented
+from oma_server.errors import FailedPrecondition, Unavailable
 from oma_server.joblog import note
 from oma_server.outbox import CommandOutbox, insert_command
 from oma_server.replication.commands import cancel_command, start_replication_command
 from oma_server.replication.state_machine import CANCELLABLE, JobState, JobStatus
 from oma_server.replication.store import ReplicationJobStore
 
-# Set by the replication workflow: (vm_context_id, kind, request_id, retry_of) → the new job.
+# The replication workflow's start: (vm_context_id, kind, request_id, retry_of) → the new job.
 StartJob = Callable[[str, str, str, str], Awaitable[JobState]]
 
 
@@ -23,12 +23,16 @@ class ReplicationService:
         self.clock = clock
         self.jobs = jobs
         self.outbox = outbox
-        self.start_job: StartJob | None = None
+        self._start_job: StartJob | None = None
+
+    def start_through(self, start_job: StartJob) -> None:
+        """Who starts jobs: the replication workflow (built when CloudStack is reachable)."""
+        self._start_job = start_job
 
     async def start(self, vm_context_id: str, kind: str, request_id: str) -> JobState:
-        if self.start_job is None:
-            raise Unimplemented("replication workflows are not wired in this server", reason="NOT_IMPLEMENTED")
-        return await self.start_job(vm_context_id, kind, request_id, "")
+        if self._start_job is None:
+            raise Unavailable("the OMA is still starting; try again in a moment", reason="SERVER_STARTING")
+        return await self._start_job(vm_context_id, kind, request_id, "")
 
     async def retry(self, job_id: str) -> JobState:
         job = await self.jobs.get(job_id)
@@ -39,9 +43,9 @@ class ReplicationService:
                 job_id=job_id,
                 status=job.status.value,
             )
-        if self.start_job is None:
-            raise Unimplemented("replication workflows are not wired in this server", reason="NOT_IMPLEMENTED")
-        return await self.start_job(job.vm_context_id, job.kind, "", job.id)
+        if self._start_job is None:
+            raise Unavailable("the OMA is still starting; try again in a moment", reason="SERVER_STARTING")
+        return await self._start_job(job.vm_context_id, job.kind, "", job.id)
 
     async def dispatch(self, job_id: str, vm_uuid: str, capacities: dict[str, int]) -> JobState:
         """Job → waiting_for_vma and the StartReplicationCommand queued, in one transaction; then delivered."""

@@ -5,7 +5,7 @@
   only then made live, its cursor advanced and published to watchers. A unit that started finishes whatever happens
   to the task that asked for it (`uninterruptible.finish`): memory follows the database, never leads or lags it.
 - Progress reports are applied in memory at once and written in batches every `flush_interval_s` (DESIGN §4); only
-  then are they acked (`ack_sink`), so an ack always means "durably stored".
+  then are they acked (`ack_through`: the session hub), so an ack always means "durably stored".
 - Changes of one job are serialized by the job's lock (a progress report never lands between a unit's read of the
   live state and its commit); writes of all jobs by one write lock, so a batched flush and a unit never reorder.
 
@@ -18,18 +18,15 @@ import asyncio
 import contextlib
 import functools
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import peewee as pw
 from loguru import logger
 
 from oma_server.clock import Clock
-from oma_server.db.database import Database
-from oma_server.db.models import ReplicationJob, new_id
-from oma_server.errors import AlreadyExists, InvalidArgument, NotFound
-from oma_server.pagination import fetch_page
-from oma_server.replication import repository
+from oma_server.db.models import new_id
+from oma_server.errors import InvalidArgument, NotFound
+from oma_server.replication.repository import JobRepository, Runner, SqlJobRepository
 from oma_server.replication.state_machine import DEFAULT_OPERATION, DiskState, JobState, JobStatus, transition
 from oma_server.uninterruptible import finish
 from oma_server.watch import Change, WatchHub
@@ -53,14 +50,24 @@ class JobPage:
 
 
 class ReplicationJobStore:
-    def __init__(self, db: Database, clock: Clock, watch: WatchHub, *, flush_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        db: Runner,
+        clock: Clock,
+        watch: WatchHub,
+        *,
+        repository: JobRepository | None = None,
+        final_hooks: Sequence[InTxHook] = (),
+        flush_interval_s: float = 1.0,
+    ) -> None:
         self.db = db
+        self.repo: JobRepository = repository or SqlJobRepository()
         self.clock = clock
         self.watch = watch
         self.flush_interval_s = flush_interval_s
-        self.ack_sink: AckSink | None = None
+        self._ack_sink: AckSink | None = None
         # Run inside the transaction that makes a job final (the VM context follows its job).
-        self.final_hooks: list[InTxHook] = []
+        self.final_hooks = tuple(final_hooks)
         self._jobs: dict[str, JobState] = {}
         self._durable_seq: dict[str, int] = {}
         self._dirty: set[str] = set()
@@ -71,7 +78,7 @@ class ReplicationJobStore:
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        jobs = await self.db.run(repository.load_open)
+        jobs = await self.db.run(self.repo.load_open)
         for job in jobs:
             self._remember(job)
         self._flusher = asyncio.create_task(self._flush_loop(), name="progress-flusher")
@@ -106,7 +113,7 @@ class ReplicationJobStore:
             raise InvalidArgument("job id is required", reason="JOB_ID_MISSING")
         job = self._jobs.get(job_id)
         if job is None:
-            job = await self.db.run(repository.load, job_id)
+            job = await self.db.run(self.repo.load, job_id)
             if job is not None and job_id not in self._jobs:
                 self._remember(job)
             job = self._jobs.get(job_id, job)
@@ -124,17 +131,11 @@ class ReplicationJobStore:
         appliance_id: str = "",
         statuses: Iterable[str] = (),
     ) -> JobPage:
-        wanted = list(statuses)
-        q = ReplicationJob.select(ReplicationJob.id).order_by(ReplicationJob.created_at.desc(), ReplicationJob.id)
-        if vm_context_id:
-            q = q.where(ReplicationJob.vm_context == vm_context_id)
-        if appliance_id:
-            q = q.where(ReplicationJob.appliance == appliance_id)
-        if wanted:
-            q = q.where(ReplicationJob.status.in_(wanted))
-        rows, token = await self.db.run(fetch_page, q, page_size, page_token)
+        ids, token = await self.db.run(
+            self.repo.page, page_size, page_token, vm_context_id, appliance_id, list(statuses)
+        )
         # Open jobs come from memory (their latest progress may not be written yet), the rest from the database.
-        return JobPage([await self.get(r.id) for r in rows], token)
+        return JobPage([await self.get(job_id) for job_id in ids], token)
 
     def open_jobs(self, appliance_id: str | None = None) -> list[JobState]:
         return [
@@ -150,6 +151,10 @@ class ReplicationJobStore:
             for j in self._jobs.values()
             if j.appliance_id == appliance_id and not j.final
         ]
+
+    def ack_through(self, sink: AckSink) -> None:
+        """Who tells appliances that their progress is durable (the session hub)."""
+        self._ack_sink = sink
 
     def durable_sequence(self, job_id: str) -> int:
         return self._durable_seq.get(job_id, 0)
@@ -186,12 +191,7 @@ class ReplicationJobStore:
 
         def insert(revision: int) -> JobState:
             fresh.revision = revision
-            try:
-                state = repository.insert(fresh, request_id, disks)
-            except pw.IntegrityError as exc:
-                raise AlreadyExists(
-                    f"a replication job with request_id {request_id!r} already exists", reason="REQUEST_ID_REUSED"
-                ) from exc
+            state = self.repo.insert(fresh, request_id, disks)
             if in_tx is not None:
                 in_tx(state)
             return state
@@ -258,7 +258,7 @@ class ReplicationJobStore:
 
         def write(revision: int) -> JobState:
             after.revision = revision
-            repository.write(after)
+            self.repo.write(after)
             if in_tx is not None:
                 in_tx(after)
             for hook in hooks:
@@ -354,13 +354,13 @@ class ReplicationJobStore:
             batch = [self._jobs[j].copy() for j in chosen if j in self._jobs]
             self._dirty.difference_update(chosen)
             try:
-                await self.db.tx(repository.write_batch, batch)
+                await self.db.tx(self.repo.write_batch, batch)
             except BaseException:
                 self._dirty.update(s.id for s in batch)
                 raise
             self.flushes += 1
         for state in batch:
             self._durable_seq[state.id] = max(self._durable_seq.get(state.id, 0), state.last_sequence)
-            if self.ack_sink is not None:
-                self.ack_sink(state.appliance_id, state.id, self._durable_seq[state.id])
+            if self._ack_sink is not None:
+                self._ack_sink(state.appliance_id, state.id, self._durable_seq[state.id])
         return len(batch)

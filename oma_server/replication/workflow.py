@@ -124,8 +124,6 @@ class ReplicationWorkflow:
         self._finished = jobs.watch.subscribe(lambda c: c.job_kind == "replication" and c.final)
         self._releaser: asyncio.Task[None] | None = None
         self._released: OrderedDict[str, asyncio.Event] = OrderedDict()
-        jobs.final_hooks.append(vm_after_job)
-        service.start_job = self.start_job
 
     async def start_job(self, vm_context_id: str, kind: str, request_id: str, retry_of: str) -> JobState:
         if kind and kind not in KINDS:

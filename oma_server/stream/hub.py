@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -114,10 +113,6 @@ class SessionHub:
         self.sessions: dict[str, Session] = {}
         self._disconnected_since: dict[str, float] = {}
         self._watchdog: asyncio.Task[None] | None = None
-        self.on_session_change: list[Callable[[str, bool], None]] = []
-        jobs.ack_sink = self._ack
-        outbox.deliver = self._deliver
-        appliances.on_revoked.append(self._revoked)
 
     @property
     def deadline_s(self) -> float:
@@ -211,8 +206,6 @@ class SessionHub:
             n=len(welcome.cursors),
             r=len(resumed),
         )
-        for callback in self.on_session_change:
-            callback(appliance.id, True)
         return session, welcome
 
     async def after_welcome(self, session: Session) -> None:
@@ -239,8 +232,6 @@ class SessionHub:
         logger.bind(appliance_id=session.appliance_id, session_id=session.session_id).info(
             "appliance disconnected: {reason}", reason=reason
         )
-        for callback in self.on_session_change:
-            callback(session.appliance_id, False)
 
     # ---- inbound ---------------------------------------------------------------------------------------------------
     def touch(self, session: Session) -> None:
@@ -313,16 +304,19 @@ class SessionHub:
         return None
 
     # ---- outbound ---------------------------------------------------------------------------------------------
-    def _ack(self, appliance_id: str, job_id: str, sequence: int) -> None:
+    def ack(self, appliance_id: str, job_id: str, sequence: int) -> None:
+        """Tell a connected appliance what of a job is durably stored (the job store's flushes call this)."""
         session = self.sessions.get(appliance_id)
         if session is not None and sequence:
             session.send(JobAck(job_id=job_id, sequence=sequence))
 
-    def _deliver(self, appliance_id: str, command: QueuedCommand) -> bool:
+    def deliver(self, appliance_id: str, command: QueuedCommand) -> bool:
+        """Hand a command to the appliance's live session here; False when it has none (the outbox resends)."""
         session = self.sessions.get(appliance_id)
         return session is not None and session.send(command)
 
-    def _revoked(self, appliance_id: str) -> None:
+    def revoked(self, appliance_id: str) -> None:
+        """An appliance's credential was revoked: its live stream ends now."""
         session = self.sessions.get(appliance_id)
         if session is not None:
             session.close(REVOKED)

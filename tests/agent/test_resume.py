@@ -39,6 +39,11 @@ async def acked_done(oma_server: OmaServer, job_id: str, disk_id: str) -> int:
     return ResumePoint.decode(jd.resume_token).done if jd.resume_token else 0
 
 
+async def disk_completed(oma_server: OmaServer, job_id: str, disk_id: str) -> bool:
+    jd = await oma_server.app.db.run(lambda: JobDisk.get((JobDisk.job == job_id) & (JobDisk.disk == disk_id)))
+    return bool(jd.completed)
+
+
 async def test_killed_agent_resumes_from_the_acknowledged_point(
     oma_server: OmaServer, channel: grpc.aio.Channel, nbd_server: NbdServer, vcenter: FakeVCenter, tmp_path: Path
 ) -> None:
@@ -59,8 +64,12 @@ async def test_killed_agent_resumes_from_the_acknowledged_point(
         big = disks[1]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
-        # Wait until the OMA acknowledged part of the second (big) disk, then kill the agent hard.
-        while await acked_done(oma_server, job.id, big.id) < 6 * MIB:
+        # Disks copy in parallel: wait until the OMA recorded the first (small) disk completed and acknowledged
+        # part of the second (big) one, then kill the agent hard.
+        while not (
+            await disk_completed(oma_server, job.id, disks[0].id)
+            and await acked_done(oma_server, job.id, big.id) >= 6 * MIB
+        ):
             assert proc.poll() is None, log.read_text()
             assert loop.time() < deadline, "the OMA never acknowledged progress on the big disk"
             await asyncio.sleep(0.05)

@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from oma_server.ports import free_port
 from tests.conftest import VENV_BIN
-from tests.pg import free_port
 
 # The server command; OMA_HARNESS_SERVER replaces it (e.g. to run the harness against another checkout).
 OMA_SERVER = shlex.split(os.environ.get("OMA_HARNESS_SERVER", "")) or [str(VENV_BIN / "oma-server")]

@@ -7,13 +7,13 @@ import json
 import random
 import shutil
 import signal
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from oma_server.nbd import NbdExportManager, procs
+from oma_server.ports import free_port
 
 NBDKIT = shutil.which("nbdkit")
 NBDCOPY = shutil.which("nbdcopy")
@@ -23,12 +23,6 @@ requires_nbd = pytest.mark.skipif(
     NBDKIT is None or NBDCOPY is None or NBDINFO is None,
     reason="needs nbdkit (Debian package nbdkit) and nbdcopy/nbdinfo (libnbd-bin); `make test` installs them",
 )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def run(*argv: str, input: bytes | None = None, timeout: float = 60) -> tuple[int, str, str]:

@@ -17,8 +17,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oma_server.nbd import procs
+from oma_server.ports import free_port
 from tests.conftest import VENV_BIN
-from tests.nbd.conftest import free_port, requires_nbd
+from tests.nbd.conftest import requires_nbd
 
 pytestmark = [pytest.mark.nbd, requires_nbd, pytest.mark.slow]
 

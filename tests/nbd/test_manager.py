@@ -28,7 +28,8 @@ from oma_server.nbd import (
     export_name_for,
     procs,
 )
-from tests.nbd.conftest import free_port, make_disk, nbd_list, nbdcopy, pattern, requires_nbd, run
+from oma_server.ports import free_port
+from tests.nbd.conftest import make_disk, nbd_list, nbdcopy, pattern, requires_nbd, run
 from tests.waiting import until
 
 pytestmark = [pytest.mark.nbd, requires_nbd]

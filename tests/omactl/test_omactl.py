@@ -9,10 +9,10 @@ import grpc
 import pytest
 
 from oma.common.v1 import jobs_pb2
+from oma_server.ports import free_port
 from oma_server.server import OmaServer
 from tests.factories import RawStream, completed, disk_done, enroll, progress, seed_job, started
 from tests.omactl.conftest import assert_one_error_line, run_omactl, spawn_omactl
-from tests.pg import free_port
 from vma.v1 import stream_pb2
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from oma.common.v1 import jobs_pb2
 from oma.v1 import gateway_pb2
-from tests.stream_client.conftest import APPLIANCE_ID, CREDENTIAL, ClientFactory, free_port
+from oma_server.ports import free_port
+from tests.stream_client.conftest import APPLIANCE_ID, CREDENTIAL, ClientFactory
 from tests.stream_client.fake_gateway import FakeGateway, FakeOma
 from vma.v1 import stream_pb2
 from vma_client_stubs.stream_client import AuthenticationError, ClientStoppedError, StreamClient

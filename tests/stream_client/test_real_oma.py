@@ -13,10 +13,10 @@ from oma.common.v1 import jobs_pb2
 from oma.v1 import replication_pb2
 from oma_server.app import App
 from oma_server.db.models import ChangeIdRecord
+from oma_server.ports import free_port
 from oma_server.server import OmaServer
 from tests.conftest import make_settings
 from tests.factories import seed_job
-from tests.stream_client.conftest import free_port
 from vma.v1 import stream_pb2
 from vma_client_stubs.operator_client import Enrollment, OperatorClient
 from vma_client_stubs.stream_client import AuthenticationError, StreamClient
