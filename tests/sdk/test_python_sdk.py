@@ -14,9 +14,9 @@ import grpc
 import pytest
 
 from oma.v1 import job_pb2, replication_pb2, server_info_pb2, server_info_pb2_grpc
+from oma_server.ports import free_port
 from tests.factories import inventory
 from tests.failover.helpers import replicate
-from tests.pg import free_port
 from tests.stream_client.test_real_oma import Oma
 from tests.tls import SERVER_NAME, make_pki
 from vma_client_stubs.operator_client import OperatorClient, RetryPolicy, TlsConfig, describe_error, error_info

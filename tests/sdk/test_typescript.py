@@ -71,7 +71,7 @@ def test_typescript_sdk_against_a_real_oma(built: Path, oma: OmaProcess, tmp_pat
 
 
 def test_example_reports_an_unreachable_oma_in_one_line(built: Path, tmp_path: Path) -> None:
-    from tests.pg import free_port
+    from oma_server.ports import free_port
 
     result = node(
         str(built / "examples" / "watch-jobs.js"), "--server", f"127.0.0.1:{free_port()}", address="", timeout=60
