@@ -15,6 +15,7 @@ from loguru import logger
 
 from oma_server.appliances import ApplianceService
 from oma_server.clock import Clock, SystemClock
+from oma_server.cloud_inventory import CloudInventory
 from oma_server.cloudstack.client import CloudStackClient
 from oma_server.cloudstack.config import CloudStackSettings
 from oma_server.cloudstack.limits import CloudLimits
@@ -22,6 +23,7 @@ from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.db.database import Database, redact_url
 from oma_server.db.migrations import apply_migrations, current_version
 from oma_server.failover.network_mappings import NetworkMappingService
+from oma_server.failover.power import SourcePower
 from oma_server.failover.readiness import ReadinessChecker
 from oma_server.failover.steps import FailoverSteps, StepSettings
 from oma_server.failover.store import FailoverJobStore
@@ -29,6 +31,7 @@ from oma_server.failover.workflow import FailoverWorkflow
 from oma_server.janitor import Janitor
 from oma_server.job_watch import JobWatcher
 from oma_server.joblog import JobLogService
+from oma_server.jobs import Jobs
 from oma_server.nbd.manager import NbdExportManager
 from oma_server.outbox import CommandOutbox
 from oma_server.replication.applier import VmaMessageApplier
@@ -123,6 +126,7 @@ class App:
         self.nbd = NbdExportManager(settings.data_dir / "nbd", listen=settings.nbd_listen)
         self.exports = ExportService(self.db, self.nbd, self.joblog)
         self.cloudstack: CloudStackClient | None = None
+        self.cloud: CloudInventory | None = None  # what the CloudStack account can use, for operators
         self.volumes: VolumeProvisioner | None = None
         self.attachments: OmaAttachments | None = None
         self.workflow: ReplicationWorkflow | None = None
@@ -133,6 +137,9 @@ class App:
         self.failover_jobs = FailoverJobStore(self.db, self.clock, self.watch)
         self.failover: FailoverWorkflow | None = None
         self.network_mappings: NetworkMappingService | None = None
+        self.power: SourcePower | None = None
+        # Jobs of every kind by id, listed together, cancelled alike.
+        self.all_jobs = Jobs(self.db, self.jobs, self.failover_jobs, self.replication, self.vms)
         self.failover_step_settings = StepSettings(driver_injection_command=settings.driver_injection_command)
         self.job_watch.lookups.append(self._failover_change)
         self.job_watch.listers.append(self._failover_changes)
@@ -174,6 +181,7 @@ class App:
             cs_settings = CloudStackSettings.from_env(self.settings.cloudstack)
         self.cloudstack = CloudStackClient(cs_settings)
         self._teardown.push_async_callback(self.cloudstack.close)
+        self.cloud = CloudInventory(self.cloudstack, self.settings.failover_template)
         limits = CloudLimits(self.cloudstack)
         self.volumes = VolumeProvisioner(
             self.db, self.cloudstack, self.joblog, self.device_root, sys_root=self.sys_root, limits=limits
@@ -254,6 +262,9 @@ class App:
             self.failover_step_settings,
         )
         self.failover = FailoverWorkflow(self.db, self.clock, self.failover_jobs, readiness, steps, self.process_id)
+        self.failover.cancel_replication = self.replication.cancel
+        self.all_jobs.cancel_failover = self.failover.cancel
+        self.power = SourcePower(self.db, self.failover_jobs, self.failover.resume_job, self.hub.connected)
         self.network_mappings = NetworkMappingService(self.db, cloudstack)
 
     async def _failover_change(self, job_id: str) -> Change | None:

@@ -30,7 +30,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def _common_flags() -> _OneLineParser:
     p = _OneLineParser(add_help=False)
-    g = p.add_argument_group("server (each flag is also OMA_<NAME> in the environment)")
+    g = p.add_argument_group("flags of serve (the default) and migrate (each is also OMA_<NAME> in the environment)")
     g.add_argument("--listen", default=env_default("listen", "127.0.0.1:50051"), help="gRPC HOST:PORT")
     g.add_argument("--data-dir", type=Path, default=Path(env_default("data_dir", ".oma")), help="state directory")
     g.add_argument(
@@ -113,10 +113,19 @@ def _common_flags() -> _OneLineParser:
     return p
 
 
+def _flags_help() -> str:
+    """The serve/migrate flags, for the top-level --help (argparse shows a subcommand's flags only in its own)."""
+    listing = argparse.ArgumentParser(usage=argparse.SUPPRESS, parents=[_common_flags()], add_help=False)
+    return listing.format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="oma-server",
-        description="OMA control plane: the gRPC service that drives VMware→CloudStack migrations",
+        description="OMA control plane: the gRPC service that drives VMware→CloudStack migrations. "
+        "With no subcommand it serves.",
+        epilog=_flags_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"oma-server {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_OneLineParser)

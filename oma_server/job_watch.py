@@ -1,9 +1,16 @@
 """Watch streams of jobs: current state first, then every change, resumable from a revision (no grpc here).
 
-`watch_job` and `watch_jobs` yield `Update`s; the servicer only encodes them. A resume revision that the history
-no longer holds raises RevisionCompacted (OUT_OF_RANGE): the client re-reads the job(s) and watches from 0. When
-nothing changes for `notify_interval_s`, a PROGRESS_NOTIFY update carries the current revision so a client's resume
-point stays fresh.
+`watch_job` and `watch_jobs` yield `Update`s; the servicer only encodes them. When nothing changes for
+`notify_interval_s`, a PROGRESS_NOTIFY update carries the current revision so a client's resume point stays fresh.
+
+How a watch ends (job.proto states the same for clients):
+- A watch of one job ends — the generator returns, the RPC ends OK — right after it has sent the job's final state,
+  unless the caller asked to keep following. A watch that starts or resumes after the job ended sends that final
+  state (SNAPSHOT) and ends, so a client's last update of a finished watch is always the job's final state.
+- A watch of every job never ends on its own.
+- A resume revision the history no longer holds raises RevisionCompacted; one beyond every revision this server has
+  handed out raises RevisionAhead (a revision of another server or a typo: waiting would hang the watcher with no
+  word). Both are OUT_OF_RANGE: the client re-reads the job(s) and watches from 0.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from oma_server.errors import NotFound
+from oma_server.errors import NotFound, OutOfRange
 from oma_server.watch import Change, WatchHub
 
 SNAPSHOT = "snapshot"
@@ -24,6 +31,10 @@ SYNCED = "synced"
 Lookup = Callable[[str], Awaitable[Change | None]]
 # () → current Change-shaped views of jobs (for WatchJobs' initial snapshot).
 Lister = Callable[[bool], Awaitable[list[Change]]]
+
+
+class RevisionAhead(OutOfRange):
+    default_reason = "REVISION_AHEAD"
 
 
 @dataclass(frozen=True)
@@ -55,23 +66,47 @@ class JobWatcher:
             job_id=job_id,
         )
 
-    async def watch_job(self, job_id: str, from_revision: int = 0) -> AsyncIterator[Update]:
+    def _not_ahead(self, from_revision: int) -> None:
+        """Revisions are reserved before they are used, so no change this server made has one above `revision`."""
+        latest = self.hub.revision
+        if from_revision > latest:
+            raise RevisionAhead(
+                f"revision {from_revision} is ahead of this server (its latest is {latest}): it is not a revision "
+                "this server handed out; read the job(s) again and watch from revision 0",
+                revision=from_revision,
+                latest=latest,
+            )
+
+    async def watch_job(
+        self, job_id: str, from_revision: int = 0, keep_following: bool = False
+    ) -> AsyncIterator[Update]:
         def accept(change: Change) -> bool:
             return change.job_id == job_id
 
         # Subscribe before reading the current state: a change committed meanwhile is in the subscription.
         with self.hub.subscribe(accept) as subscription:
             current = await self._current(job_id)
+            self._not_ahead(from_revision)
             sent: dict[str, int] = {}
+            last: Change | None = None
             if from_revision == 0:
                 yield Update(SNAPSHOT, current.revision, current)
-                sent[job_id] = current.revision
+                sent[job_id], last = current.revision, current
             else:
                 for change in self.hub.since(from_revision, accept, latest_known=current.revision):
                     yield Update(CHANGE, change.revision, change)
-                    sent[job_id] = change.revision
+                    sent[job_id], last = change.revision, change
+                if current.final and (last is None or not last.final):
+                    # The job ended before this watch (re)started, its final change not replayed (nothing newer than
+                    # from_revision, or still on its way): its final state is what the client needs, once.
+                    yield Update(SNAPSHOT, current.revision, current)
+                    sent[job_id], last = current.revision, current
+            if last is not None and last.final and not keep_following:
+                return
             async for update in self._follow(subscription, sent, max(from_revision, sent.get(job_id, 0))):
                 yield update
+                if update.change is not None and update.change.final and not keep_following:
+                    return
 
     async def watch_jobs(
         self, vm_context_id: str = "", from_revision: int = 0, include_finished: bool = False
@@ -84,6 +119,7 @@ class JobWatcher:
         # already showed). A job's snapshot may be newer than `synced` (its change is still on its way); SYNCED still
         # says only what is true — everything up to `synced` has been seen.
         with self.hub.subscribe(accept) as subscription:
+            self._not_ahead(from_revision)
             sent: dict[str, int] = {}
             if from_revision == 0:
                 synced = self.hub.published

@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from oma_server.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_OFFSET = 2**62
+
+T = TypeVar("T")
 
 
 def page_size_of(requested: int) -> int:
@@ -56,3 +59,11 @@ def fetch_page(query: Any, page_size: int, page_token: str) -> tuple[list[Any], 
     offset = decode_token(page_token)
     rows = list(query.offset(offset).limit(size + 1))
     return rows[:size], next_token(offset, size, len(rows))
+
+
+def page_of(items: Sequence[T], page_size: int, page_token: str) -> tuple[list[T], str]:
+    """One page of a list already in memory (answers read whole from elsewhere: CloudStack, several tables)."""
+    size = page_size_of(page_size)
+    offset = decode_token(page_token)
+    window = list(items[offset : offset + size + 1])
+    return window[:size], next_token(offset, size, len(window))

@@ -21,6 +21,8 @@ from loguru import logger
 from oma.v1 import (
     appliance_pb2,
     appliance_pb2_grpc,
+    cloud_pb2,
+    cloud_pb2_grpc,
     failover_pb2,
     failover_pb2_grpc,
     gateway_pb2,
@@ -37,9 +39,11 @@ from oma.v1 import (
     vm_context_pb2_grpc,
 )
 from oma_server.api.appliances import ApplianceServicer
+from oma_server.api.cloud import CloudServicer
 from oma_server.api.failover import FailoverServicer, NetworkMappingServicer
 from oma_server.api.gateway import GatewayServicer
 from oma_server.api.http.server import HttpServer
+from oma_server.api.reflection import SourceInfoPool
 from oma_server.api.replication import JobServicer, ReplicationServicer
 from oma_server.api.server_info import ServerInfoServicer
 from oma_server.api.status import ErrorMappingInterceptor
@@ -80,6 +84,7 @@ SERVICE_NAMES: list[str] = [
     storage_pb2.DESCRIPTOR.services_by_name["NbdExportService"].full_name,
     failover_pb2.DESCRIPTOR.services_by_name["FailoverService"].full_name,
     failover_pb2.DESCRIPTOR.services_by_name["NetworkMappingService"].full_name,
+    cloud_pb2.DESCRIPTOR.services_by_name["CloudService"].full_name,
     gateway_pb2.DESCRIPTOR.services_by_name["VmaGatewayService"].full_name,
 ]
 
@@ -99,6 +104,7 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     storage_pb2_grpc.add_NbdExportServiceServicer_to_server(NbdExportServicer(app), server)
     failover_pb2_grpc.add_FailoverServiceServicer_to_server(FailoverServicer(app), server)
     failover_pb2_grpc.add_NetworkMappingServiceServicer_to_server(NetworkMappingServicer(app), server)
+    cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(app), server)
     gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(GatewayServicer(app), server)
 
 
@@ -116,8 +122,11 @@ class OmaServer:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         _register_servicers(self.server, app)
+        # Reflection serves the descriptors with their comments, so `grpcurl describe` shows the SDK documentation.
         reflection.enable_server_reflection(
-            [*SERVICE_NAMES, *REFLECTION_ONLY, reflection.SERVICE_NAME, health.SERVICE_NAME], self.server
+            [*SERVICE_NAMES, *REFLECTION_ONLY, reflection.SERVICE_NAME, health.SERVICE_NAME],
+            self.server,
+            pool=SourceInfoPool(),  # type: ignore[arg-type]
         )
         self.port = 0
         self._stopping = False

@@ -147,11 +147,22 @@ def test_vm_context_transitions_follow_the_table(src: VmStatus, dst: VmStatus) -
 
 # Failover job: which operation each job status accepts.
 F_OPERATIONS = {
-    FailoverStatus.PENDING: {"start_job", "fail_job"},
-    FailoverStatus.RUNNING: {"start_job", "start_step", "finish_step", "complete_job", "fail_job"},
+    FailoverStatus.PENDING: {"start_job", "fail_job", "request_cancel", "cancel_job"},
+    FailoverStatus.RUNNING: {"start_job", "start_step", "finish_step", "complete_job", "fail_job", "request_cancel",
+                             "cancel_job"},
     FailoverStatus.COMPLETED: set(),
     FailoverStatus.FAILED: set(),
-}
+    FailoverStatus.CANCELLED: set(),
+}  # fmt: skip
+F_OPERATION_NAMES = [
+    "start_job",
+    "start_step",
+    "finish_step",
+    "complete_job",
+    "fail_job",
+    "request_cancel",
+    "cancel_job",
+]
 
 
 def failover_job(status: FailoverStatus) -> FailoverJobState:
@@ -173,12 +184,16 @@ def apply(state: FailoverJobState, operation: str) -> None:
         for step in state.steps:
             step.status = StepStatus.COMPLETED
         fsm.complete_job(state, NOW)
+    elif operation == "request_cancel":
+        fsm.request_cancel(state)
+    elif operation == "cancel_job":
+        fsm.cancel_job(state, NOW, "nothing to undo")
     else:
         fsm.fail_job(state, NOW, first, "VALIDATE_FAILED", "why")
 
 
 @pytest.mark.parametrize("status", list(FailoverStatus))
-@pytest.mark.parametrize("operation", ["start_job", "start_step", "finish_step", "complete_job", "fail_job"])
+@pytest.mark.parametrize("operation", F_OPERATION_NAMES)
 def test_failover_job_operations_follow_the_table(status: FailoverStatus, operation: str) -> None:
     state = failover_job(status)
     if operation in F_OPERATIONS[status]:

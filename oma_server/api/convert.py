@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from oma.common.v1 import inventory_pb2, jobs_pb2
-from oma.v1 import appliance_pb2, failover_pb2, job_pb2, replication_pb2, storage_pb2, vm_context_pb2
+from oma.v1 import appliance_pb2, cloud_pb2, failover_pb2, job_pb2, replication_pb2, storage_pb2, vm_context_pb2
+from oma_server.cloud_inventory import TemplateView, ZoneView
+from oma_server.cloudstack.models import DiskOffering, Network, ServiceOffering
 from oma_server.db.models import Appliance, JobLog, NetworkMapping, Volume
 from oma_server.failover.state_machine import FailoverJobState
 from oma_server.job_watch import Update
@@ -271,7 +273,16 @@ def failover_job_to_proto(job: FailoverJobState) -> failover_pb2.FailoverJob:
         created_at=ts(job.created_at),
         finished_at=ts(job.finished_at),
         current_step=job.current_step,
+        outcome=job.outcome,
+        cancel_requested=job.cancel_requested and not job.final,
     )
+
+
+def job_to_proto(job: JobState | FailoverJobState) -> job_pb2.Job:
+    """A job of any kind in the one Job message."""
+    if isinstance(job, JobState):
+        return job_pb2.Job(replication_job=replication_job_to_proto(job))
+    return job_pb2.Job(failover_job=failover_job_to_proto(job))
 
 
 def mapping_to_proto(row: NetworkMapping) -> failover_pb2.NetworkMapping:
@@ -283,4 +294,64 @@ def mapping_to_proto(row: NetworkMapping) -> failover_pb2.NetworkMapping:
         static_ip=row.static_ip,
         keep_mac=row.keep_mac,
         created_at=ts(row.created_at),
+    )
+
+
+# ---- CloudStack inventory ------------------------------------------------------------------------------------------
+def zone_to_proto(view: ZoneView) -> cloud_pb2.CloudZone:
+    z = view.zone
+    return cloud_pb2.CloudZone(
+        id=z.id,
+        name=z.name,
+        allocation_state=z.allocation_state or "",
+        network_type=z.network_type or "",
+        oma_zone=view.oma_zone,
+    )
+
+
+def network_to_proto(n: Network) -> cloud_pb2.CloudNetwork:
+    return cloud_pb2.CloudNetwork(
+        id=n.id,
+        name=n.name,
+        zone_id=n.zone_id or "",
+        state=n.state or "",
+        type=n.type or "",
+        cidr=n.cidr or "",
+        gateway=n.gateway or "",
+    )
+
+
+def service_offering_to_proto(o: ServiceOffering) -> cloud_pb2.CloudServiceOffering:
+    return cloud_pb2.CloudServiceOffering(
+        id=o.id,
+        name=o.name,
+        cpu_count=o.cpu_number or 0,
+        cpu_speed_mhz=o.cpu_speed_mhz or 0,
+        memory_mib=o.memory_mib or 0,
+        customized=o.is_customized,
+    )
+
+
+def disk_offering_to_proto(o: DiskOffering) -> cloud_pb2.CloudDiskOffering:
+    return cloud_pb2.CloudDiskOffering(
+        id=o.id,
+        name=o.name,
+        disk_size_bytes=o.disk_size_bytes,
+        customized=o.is_customized,
+        storage_type=o.storage_type or "",
+    )
+
+
+def template_to_proto(view: TemplateView) -> cloud_pb2.CloudTemplate:
+    t = view.template
+    return cloud_pb2.CloudTemplate(
+        id=t.id,
+        name=t.name,
+        zone_id=t.zone_id or "",
+        ready=t.is_ready,
+        size_bytes=t.size_bytes or 0,
+        os_type=t.os_type or "",
+        hypervisor=t.hypervisor or "",
+        format=t.format or "",
+        failover_default=view.failover_default,
     )

@@ -72,12 +72,13 @@ class FailoverServicer(failover_pb2_grpc.FailoverServiceServicer):
     async def GetFailoverJob(
         self, request: failover_pb2.GetFailoverJobRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.GetFailoverJobResponse:
-        job = await self.app.failover_jobs.get(request.id)
+        job = await self.app.all_jobs.failover_job(request.id)
         return failover_pb2.GetFailoverJobResponse(job=failover_job_to_proto(job))
 
     async def ListFailoverJobs(
         self, request: failover_pb2.ListFailoverJobsRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.ListFailoverJobsResponse:
+        await self.app.vms.require(request.vm_context_id)
         page = await self.app.failover_jobs.list_jobs(request.page_size, request.page_token, request.vm_context_id)
         return failover_pb2.ListFailoverJobsResponse(
             jobs=[failover_job_to_proto(j) for j in page.jobs], next_page_token=page.next_page_token

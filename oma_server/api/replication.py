@@ -7,7 +7,13 @@ from collections.abc import AsyncIterator
 import grpc
 
 from oma.v1 import job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc
-from oma_server.api.convert import enum_name, job_log_entry_to_proto, job_update_to_proto, replication_job_to_proto
+from oma_server.api.convert import (
+    enum_name,
+    job_log_entry_to_proto,
+    job_to_proto,
+    job_update_to_proto,
+    replication_job_to_proto,
+)
 from oma_server.app import App
 
 
@@ -26,7 +32,7 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServiceServicer):
         self, request: replication_pb2.GetReplicationJobRequest, context: grpc.aio.ServicerContext
     ) -> replication_pb2.GetReplicationJobResponse:
         return replication_pb2.GetReplicationJobResponse(
-            job=replication_job_to_proto(await self.app.jobs.get(request.id))
+            job=replication_job_to_proto(await self.app.all_jobs.replication_job(request.id))
         )
 
     async def ListReplicationJobs(
@@ -35,6 +41,7 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServiceServicer):
         statuses = [
             enum_name(replication_pb2.ReplicationJobStatus, "REPLICATION_JOB_STATUS", s) for s in request.statuses
         ]
+        await self.app.vms.require(request.vm_context_id)
         page = await self.app.jobs.list_jobs(
             request.page_size,
             request.page_token,
@@ -63,15 +70,33 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 
+    async def GetJob(self, request: job_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> job_pb2.GetJobResponse:
+        return job_pb2.GetJobResponse(job=job_to_proto(await self.app.all_jobs.get(request.id)))
+
+    async def ListJobs(
+        self, request: job_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> job_pb2.ListJobsResponse:
+        page = await self.app.all_jobs.list_jobs(
+            request.page_size, request.page_token, request.vm_context_id, request.open_only
+        )
+        return job_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in page.jobs], next_page_token=page.next_page_token)
+
+    async def CancelJob(
+        self, request: job_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> job_pb2.CancelJobResponse:
+        return job_pb2.CancelJobResponse(job=job_to_proto(await self.app.all_jobs.cancel(request.id)))
+
     async def WatchJob(
         self, request: job_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[job_pb2.WatchJobResponse]:
-        async for update in self.app.job_watch.watch_job(request.job_id, request.from_revision):
+        updates = self.app.job_watch.watch_job(request.job_id, request.from_revision, request.keep_following)
+        async for update in updates:
             yield job_pb2.WatchJobResponse(update=job_update_to_proto(update))
 
     async def WatchJobs(
         self, request: job_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[job_pb2.WatchJobsResponse]:
+        await self.app.vms.require(request.vm_context_id)
         updates = self.app.job_watch.watch_jobs(request.vm_context_id, request.from_revision, request.include_finished)
         async for update in updates:
             yield job_pb2.WatchJobsResponse(update=job_update_to_proto(update))

@@ -22,6 +22,7 @@ class VolumeServicer(storage_pb2_grpc.VolumeServiceServicer):
         self, request: storage_pb2.ListVolumesRequest, context: grpc.aio.ServicerContext
     ) -> storage_pb2.ListVolumesResponse:
         state = enum_name(storage_pb2.VolumeState, "VOLUME_STATE", request.state)
+        await self.app.vms.require(request.vm_context_id)
         page = await self.app.volume_queries.list_volumes(
             request.page_size, request.page_token, request.vm_context_id, state
         )

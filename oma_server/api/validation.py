@@ -153,6 +153,16 @@ RULES: dict[str, dict[str, Rule]] = {
     "oma.v1.ListNetworkMappingsRequest": {"vm_context_id": ID},
     "oma.v1.UpdateNetworkMappingRequest": {**_NETWORK_MAPPING, "mapping.id": REQUIRED_ID},
     "oma.v1.DeleteNetworkMappingRequest": {"id": REQUIRED_ID},
+    "oma.v1.GetJobRequest": {"id": REQUIRED_ID},
+    "oma.v1.ListJobsRequest": {"vm_context_id": ID},
+    "oma.v1.CancelJobRequest": {"id": REQUIRED_ID},
+    "oma.v1.PowerOnSourceVmRequest": {"vm_context_id": REQUIRED_ID},
+    "oma.v1.PowerOffSourceVmRequest": {"vm_context_id": REQUIRED_ID},
+    "oma.v1.ListZonesRequest": {},
+    "oma.v1.ListNetworksRequest": {"zone_id": CLOUDSTACK_ID},
+    "oma.v1.ListServiceOfferingsRequest": {},
+    "oma.v1.ListDiskOfferingsRequest": {},
+    "oma.v1.ListTemplatesRequest": {"zone_id": CLOUDSTACK_ID},
 }
 
 

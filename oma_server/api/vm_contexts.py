@@ -5,9 +5,17 @@ from __future__ import annotations
 import grpc
 
 from oma.v1 import vm_context_pb2, vm_context_pb2_grpc
-from oma_server.api.convert import enum_name, vm_context_to_proto
+from oma_server.api.convert import enum_name, failover_job_to_proto, vm_context_to_proto
 from oma_server.app import App
+from oma_server.errors import Unavailable
+from oma_server.failover.power import SourcePower
 from oma_server.wire.stream_codec import decode_vm, encode_vm
+
+
+def _power(app: App) -> SourcePower:
+    if app.power is None:
+        raise Unavailable("the failover service is starting; retry in a moment", reason="NOT_READY")
+    return app.power
 
 
 class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
@@ -48,3 +56,15 @@ class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
         return vm_context_pb2.ListVmContextsResponse(
             vm_contexts=[vm_context_to_proto(v) for v in page.vms], next_page_token=page.next_page_token
         )
+
+    async def PowerOnSourceVm(
+        self, request: vm_context_pb2.PowerOnSourceVmRequest, context: grpc.aio.ServicerContext
+    ) -> vm_context_pb2.PowerOnSourceVmResponse:
+        job = await _power(self.app).power_on(request.vm_context_id, request.request_id)
+        return vm_context_pb2.PowerOnSourceVmResponse(job=failover_job_to_proto(job))
+
+    async def PowerOffSourceVm(
+        self, request: vm_context_pb2.PowerOffSourceVmRequest, context: grpc.aio.ServicerContext
+    ) -> vm_context_pb2.PowerOffSourceVmResponse:
+        job = await _power(self.app).power_off(request.vm_context_id, request.request_id)
+        return vm_context_pb2.PowerOffSourceVmResponse(job=failover_job_to_proto(job))

@@ -9,7 +9,8 @@ without an answer (connection reset or read timeout after sending) is retried on
 (list*, query*): retrying a createVolume blindly could create a second volume. A 431 is never retried.
 
 Async jobs: the command returns a job id; `wait_for_job` polls queryAsyncJobResult every
-`poll_interval_s` until the job ends or `async_job_timeout_s` passes (CloudStackJobTimeout, DEADLINE_EXCEEDED).
+`poll_interval_s` until the job ends or `async_job_timeout_s` passes (CloudStackJobTimeout, DEADLINE_EXCEEDED); a job
+CloudStack no longer knows is CloudStackJobLost (UNAVAILABLE), never the NotFound of the resource it was about.
 Cancelling the awaiting task stops the polling at once; the job itself keeps running in CloudStack (CloudStack
 has no API to cancel it), so the caller must reconcile later.
 """
@@ -31,6 +32,7 @@ from oma_server.cloudstack.errors import (
     CloudStackAuthError,
     CloudStackBadResponse,
     CloudStackError,
+    CloudStackJobLost,
     CloudStackJobTimeout,
     CloudStackNotFound,
     CloudStackUnavailable,
@@ -230,7 +232,18 @@ class CloudStackClient:
         try:
             async with asyncio.timeout(timeout_s) as deadline:
                 while True:
-                    job = await self.query_job(job_id)
+                    try:
+                        job = await self.query_job(job_id)
+                    except CloudStackNotFound as exc:
+                        log.warning("CloudStack no longer knows the job: {}", exc.message)
+                        raise CloudStackJobLost(
+                            f"CloudStack no longer knows {command} job {job_id} (its management server restarted or "
+                            f"purged the job), so whether {command} took effect is unknown; look at the resource "
+                            "before trying again",
+                            command=command,
+                            jobid=job_id,
+                            errortext=exc.errortext,
+                        ) from exc
                     polls += 1
                     if job.status is JobStatus.SUCCEEDED:
                         log.debug("CloudStack job succeeded after {} polls", polls)

@@ -13,6 +13,7 @@ ENV_API_KEY = "OMA_CLOUDSTACK_API_KEY"
 ENV_SECRET_KEY = "OMA_CLOUDSTACK_SECRET_KEY"
 ENV_ZONE = "OMA_CLOUDSTACK_ZONE"
 ENV_OMA_VM_ID = "OMA_CLOUDSTACK_OMA_VM_ID"
+ENV_POLL_INTERVAL = "OMA_CLOUDSTACK_POLL_INTERVAL"
 
 
 @dataclass
@@ -66,7 +67,8 @@ class CloudStackSettings:
 
     @classmethod
     def from_env(cls, url: str, environ: Mapping[str, str] | None = None, **overrides: object) -> CloudStackSettings:
-        """Settings for `--cloudstack URL`, keys and ids from OMA_CLOUDSTACK_* environment variables."""
+        """Settings for `--cloudstack URL`, keys and ids from OMA_CLOUDSTACK_* environment variables (and the
+        async-job poll interval: a CloudStack whose jobs finish in milliseconds need not be asked every 2 s)."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {
             "url": url,
@@ -75,5 +77,13 @@ class CloudStackSettings:
             "zone": env.get(ENV_ZONE) or None,
             "oma_vm_id": env.get(ENV_OMA_VM_ID) or None,
         }
+        if poll := env.get(ENV_POLL_INTERVAL, "").strip():
+            try:
+                values["poll_interval_s"] = float(poll)
+            except ValueError:
+                raise InvalidArgument(
+                    f"{ENV_POLL_INTERVAL}={poll!r} is not a number of seconds (for example 0.5)",
+                    reason="CLOUDSTACK_BAD_SETTING",
+                ) from None
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

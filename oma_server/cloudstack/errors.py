@@ -159,6 +159,14 @@ class CloudStackJobTimeout(CloudStackError, errors.DeadlineExceeded):
     default_reason = "CLOUDSTACK_JOB_TIMEOUT"
 
 
+class CloudStackJobLost(CloudStackError, errors.Unavailable):
+    """CloudStack no longer knows an async job it gave us (its management server restarted, or it purged the job):
+    whether the command took effect is unknown. Never a CloudStackNotFound: that the *job* is unknown says nothing
+    about the resource the command was about."""
+
+    default_reason = "CLOUDSTACK_JOB_LOST"
+
+
 class CloudStackRequestTimeout(CloudStackError, errors.DeadlineExceeded):
     """One HTTP request got no answer in time."""
 

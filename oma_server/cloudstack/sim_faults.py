@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from oma_server.cloudstack.sim_errors import ApiError
@@ -25,6 +26,15 @@ class _Rule:
 
 
 @dataclass
+class Hold:
+    """Async jobs of one command wait until `release` is set; `reached` is set once one waits (tests act on a step
+    while it is in CloudStack's hands, without guessing how long that takes)."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
 class Faults:
     """Faults on demand. Command names are case-insensitive; `times=None` means until `clear()`."""
 
@@ -34,6 +44,7 @@ class Faults:
     _hang: dict[str, list[_Rule]] = field(default_factory=dict)
     _drop: dict[str, list[_Rule]] = field(default_factory=dict)
     _no_device: list[_Rule] = field(default_factory=list)
+    _held: dict[str, Hold] = field(default_factory=dict)
 
     def fail_command(
         self,
@@ -59,6 +70,14 @@ class Faults:
         """Async jobs of `command` never finish (jobstatus stays 0)."""
         self._hang.setdefault(command.lower(), []).append(_Rule(times))
 
+    def hold_job(self, command: str) -> Hold:
+        """Async jobs of `command` wait for the returned hold's `release` (until `clear()` drops the hold)."""
+        hold = self._held[command.lower()] = Hold()
+        return hold
+
+    def held(self, command: str) -> Hold | None:
+        return self._held.get(command.lower())
+
     def attach_without_device(self, *, times: int | None = 1) -> None:
         """The next attach to the OMA VM succeeds in CloudStack but publishes no /dev/disk/by-id entry."""
         self._no_device.append(_Rule(times))
@@ -71,6 +90,9 @@ class Faults:
         for table in (self._fail_api, self._fail_job, self._slow, self._hang, self._drop):
             table.clear()
         self._no_device.clear()
+        for hold in self._held.values():
+            hold.release.set()
+        self._held.clear()
 
     @staticmethod
     def _take(table: dict[str, list[_Rule]], command: str) -> _Rule | None:

@@ -71,6 +71,10 @@ async def run_job(state: SimulatorState, job: Job, record: dict[str, Any], delay
         await asyncio.Event().wait()
     elif delay > 0:
         await asyncio.sleep(delay)
+    hold = state.faults.held(job.command)
+    if hold is not None:
+        hold.reached.set()
+        await hold.release.wait()
     try:
         fault = state.faults.take_job_failure(job.command)
         if fault is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import json
 import os
 import threading
@@ -21,8 +22,11 @@ from typing import Any
 from oma_server.cloudstack.sim_faults import Faults
 
 STATE_FILE = "cloudstack-sim.json"
+#: finished async jobs, one JSON line each, appended once: a finished job never changes, and writing the thousands a
+#: long run keeps (as CloudStack keeps them) into every state write made each write cost 15 ms of the event loop
+JOBS_LOG = "cloudstack-sim-jobs.jsonl"
 STATE_VERSION = 2
-#: how long a change waits before it is written: changes in between go into the same write
+#: how long a change nobody waits for waits before it is written: changes in between go into the same write
 SAVE_DELAY_S = 0.2
 
 #: the tables persisted as they are (id → row)
@@ -106,11 +110,21 @@ class SimulatorState:
         self._writer: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
         self._write_lock = threading.Lock()  # a cancelled writer's thread may still be writing
+        # Group commit: changes are counted, writes say how many they hold, an answer waits for its count.
+        self._changes = 0
+        self._written = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._hurry = asyncio.Event()  # someone waits: write now, without SAVE_DELAY_S
+        self._logged_jobs: set[str] = set()  # finished jobs in JOBS_LOG
 
     # ---- persistence -------------------------------------------------------------------------------
     @property
     def state_file(self) -> Path:
         return self.state_dir / STATE_FILE
+
+    @property
+    def jobs_log(self) -> Path:
+        return self.state_dir / JOBS_LOG
 
     @property
     def guest_root(self) -> Path:
@@ -150,41 +164,100 @@ class SimulatorState:
         self.secret_key = self.secret_key or data["secret_key"]
         for name in (*TABLES, *SCALARS):
             setattr(self, name, data[name])
+        if self.jobs_log.exists():
+            for line in self.jobs_log.read_text().splitlines():
+                try:
+                    job = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # cut by a kill while appended: a result no answer had shown yet
+                self.jobs[job["jobid"]] = job  # finished: over its pending copy in the state file
+                self._logged_jobs.add(job["jobid"])
         return True
 
-    def _snapshot(self) -> str:
+    def _snapshot(self) -> tuple[str, str, list[str]]:
+        """(the state file, finished jobs to append to JOBS_LOG, their ids), taken on the event loop."""
+        finished = [j for i, j in self.jobs.items() if j["jobstatus"] != 0 and i not in self._logged_jobs]
+        lines = "".join(json.dumps(j) + "\n" for j in finished)
         data: dict[str, Any] = {"version": STATE_VERSION, "api_key": self.api_key, "secret_key": self.secret_key}
         data.update({name: getattr(self, name) for name in (*TABLES, *SCALARS)})
-        return json.dumps(data)  # compact: the C encoder (an indent would select the pure-Python one)
+        data["jobs"] = {i: j for i, j in self.jobs.items() if j["jobstatus"] == 0}
+        # compact: the C encoder (an indent would select the pure-Python one)
+        return json.dumps(data), lines, [j["jobid"] for j in finished]
 
-    def _write(self, text: str) -> None:
+    def _write(self, text: str, lines: str, *, sync: bool = True) -> None:
+        """Append the finished jobs, then replace the state file atomically (a kill in between leaves a job both
+        pending in the file and finished in the log: the log wins). Without `sync` nothing is fsynced: a killed
+        process loses nothing the kernel holds, only a host crash would (which the simulator does not stand for)."""
         tmp = self.state_file.with_suffix(".tmp")
-        with self._write_lock, open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-            os.chmod(tmp, 0o600)  # it holds the secret key
-            os.replace(tmp, self.state_file)
+        with self._write_lock:
+            if lines:
+                with open(self.jobs_log, "a") as log:
+                    log.write(lines)
+                    log.flush()
+                    if sync:
+                        os.fsync(log.fileno())
+                    os.chmod(self.jobs_log, 0o600)
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                if sync:
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o600)  # it holds the secret key
+                os.replace(tmp, self.state_file)
 
     def save(self) -> None:
         """Write the world now (start, stop, and tests that look at the file)."""
         self._dirty.clear()
-        self._write(self._snapshot())
+        changes = self._changes
+        text, lines, logged = self._snapshot()
+        self._write(text, lines)
+        self._logged_jobs.update(logged)
+        self._mark_written(changes)
 
     def changed(self) -> None:
-        """The world changed: written within SAVE_DELAY_S, with whatever else changes meanwhile, off the event loop.
-        Writing the whole world on every request cost the simulator most of its time at 50 VMs (the JSON grows
-        with every job it keeps, as CloudStack keeps async jobs)."""
+        """The world changed: written off the event loop with whatever else changes meanwhile — at once when an
+        answer waits for it (`durable`), within SAVE_DELAY_S otherwise. Writing the whole world on every request
+        cost the simulator most of its time at 50 VMs (the JSON grows with every job it keeps, as CloudStack keeps
+        async jobs)."""
+        self._changes += 1
         self._dirty.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_behind(), name="sim-state-writer")
 
+    async def durable(self) -> None:
+        """Until every change made so far is on disk. CloudStack commits to its database before it answers, so a
+        management server that dies loses nothing it answered: neither a command it accepted nor a job result it
+        showed (the API handler waits here before such answers)."""
+        wanted = self._changes
+        if self._written >= wanted:
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._waiters.append((wanted, done))
+        self._hurry.set()
+        await done
+
+    def _mark_written(self, changes: int) -> None:
+        self._written = max(self._written, changes)
+        waiting = []
+        for wanted, done in self._waiters:
+            if wanted > self._written:
+                waiting.append((wanted, done))
+            elif not done.done():
+                done.set_result(None)
+        self._waiters = waiting
+
     async def _write_behind(self) -> None:
         while self._dirty.is_set():
-            await asyncio.sleep(SAVE_DELAY_S)
+            if not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), SAVE_DELAY_S)
             self._dirty.clear()
-            text = self._snapshot()  # on the loop: handlers mutate the world there
-            await asyncio.to_thread(self._write, text)
+            self._hurry.clear()
+            changes = self._changes
+            text, lines, logged = self._snapshot()  # on the loop: handlers mutate the world there
+            await asyncio.to_thread(functools.partial(self._write, text, lines, sync=False))
+            self._logged_jobs.update(logged)
+            self._mark_written(changes)
 
     async def flush(self) -> None:
         """Stop the writer and write what is left."""

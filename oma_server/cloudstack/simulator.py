@@ -102,8 +102,14 @@ async def _handle_api(request: web.Request) -> web.StreamResponse:
         log.debug("simulator answers {}: {}", e.errorcode, e.errortext)
         return _json(envelope, e.body(), e.errorcode)
     state.requests.append(RequestRecord(command_name, 200))
-    if not command_name.lower().startswith(("list", "query")):
+    # CloudStack commits before it answers: a command it accepted, or a job result it showed, is not lost when the
+    # simulator dies. (Lists and unfinished jobs reveal nothing a client acts on, and do not wait.)
+    lowered = command_name.lower()
+    if not lowered.startswith(("list", "query")):
         state.changed()
+        await state.durable()
+    elif lowered == "queryasyncjobresult" and body.get("jobstatus", 0) != 0:
+        await state.durable()
     return _json(envelope, body)
 
 

@@ -3,7 +3,9 @@
     oma-cloudstack-sim --listen 127.0.0.1:8080 --state-dir DIR [--api-key K --secret-key S] [--seed FILE]
 
 It prints `CLOUDSTACK_ENDPOINT=... CLOUDSTACK_KEY=... CLOUDSTACK_SECRET=...` on its first line, so that after
-exporting those `cs listZones` talks to it. SIGINT/SIGTERM stop it cleanly (exit 0); bad flags exit 2.
+exporting those `cs listZones` talks to it, and on its second what `oma-server --cloudstack URL` needs besides:
+`OMA_CLOUDSTACK_ZONE=... OMA_CLOUDSTACK_OMA_VM_ID=... DEVICE_ROOT=... SYS_ROOT=...` (for --device-root and
+--sys-root). SIGINT/SIGTERM stop it cleanly (exit 0); bad flags exit 2.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ async def _serve(args: argparse.Namespace) -> int:
     await sim.start()
     print(f"CLOUDSTACK_ENDPOINT={sim.url} CLOUDSTACK_KEY={sim.api_key} CLOUDSTACK_SECRET={sim.secret_key}", flush=True)
     print(
-        f"OMA_CLOUDSTACK_ZONE={sim.zone_id} OMA_CLOUDSTACK_OMA_VM_ID={sim.oma_vm_id} DEVICE_ROOT={sim.device_root}",
+        f"OMA_CLOUDSTACK_ZONE={sim.zone_id} OMA_CLOUDSTACK_OMA_VM_ID={sim.oma_vm_id} DEVICE_ROOT={sim.device_root} "
+        f"SYS_ROOT={sim.sys_root}",
         flush=True,
     )
     stop = asyncio.Event()

@@ -81,8 +81,10 @@ class ForwardSteps(StepBase):
                 )
             await asyncio.sleep(self.settings.poll_interval_s)
         if sync.status != JobStatus.COMPLETED:
-            vm = await self._vm(job.vm_context_id)
-            if vm.status == VmStatus.FAILED.value:
+            if sync.started_at is not None:
+                # The appliance began copying: the replicas are between two change ids, and the undo of this
+                # failover leaves the VM `failed` (replicate again). The final sync is not the VM's active job, so
+                # its end does not move the VM context itself.
 
                 def dirty(state: FailoverJobState) -> None:
                     state.params["replicas_dirty"] = True

@@ -80,7 +80,8 @@ class NetworkMappingService:
         found = [n for n in await self.cloudstack.list_networks() if n.id == network_id]
         if not found:
             raise InvalidArgument(
-                f"CloudStack network {network_id} does not exist; list networks in CloudStack and use its id",
+                f"CloudStack network {network_id} does not exist; list the networks with ListNetworks (CloudService) "
+                "and use one's id",
                 reason="TARGET_NETWORK_NOT_FOUND",
                 target_network_id=network_id,
             )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from oma_server.cloud_inventory import failover_template
 from oma_server.cloudstack.client import CloudStackClient
 from oma_server.cloudstack.errors import CloudStackError
 from oma_server.cloudstack.limits import CloudLimits
@@ -263,28 +264,23 @@ class ReadinessChecker:
         add("zone_exists", bool(zones), f"zone {zones[0].name} ({zone_id})" if zones else f"zone {zone_id} is gone")
         plan.zone_id = zone_id
 
-        templates = [t for t in await cs.list_templates(zone_id=zone_id) if t.is_ready]
-        if self.failover_template:
-            chosen = [t for t in templates if self.failover_template in (t.id, t.name)]
-            if chosen:
-                add("template_exists", True, f"template {chosen[0].name} ({chosen[0].id})")
-                plan.template_id = chosen[0].id
-            else:
-                add(
-                    "template_exists",
-                    False,
-                    f"template {self.failover_template!r} (--failover-template) is not a ready template in zone "
-                    f"{zone_id}",
-                )
-        elif len(templates) == 1:
-            add("template_exists", True, f"template {templates[0].name} ({templates[0].id})")
-            plan.template_id = templates[0].id
+        templates = await cs.list_templates(zone_id=zone_id)
+        chosen = failover_template(templates, self.failover_template)
+        if chosen is not None:
+            add("template_exists", True, f"template {chosen.name} ({chosen.id})")
+            plan.template_id = chosen.id
+        elif self.failover_template:
+            add(
+                "template_exists",
+                False,
+                f"template {self.failover_template!r} (--failover-template) is not a ready template in zone {zone_id}",
+            )
         else:
             add(
                 "template_exists",
                 False,
-                f"zone {zone_id} has {len(templates)} ready templates; choose one with --failover-template "
-                "(its root disk is replaced by the VM's OS disk)",
+                f"zone {zone_id} has {sum(t.is_ready for t in templates)} ready templates; choose one with "
+                "--failover-template (its root disk is replaced by the VM's OS disk)",
             )
 
         offerings = await cs.list_service_offerings()

@@ -1,10 +1,16 @@
 """The one state machine of a failover job and its steps (DESIGN.md §5).
 
-A failover job (kind test | live | cleanup | rollback) is a list of named steps run in order. Job: `pending →
-running → completed | failed`. Step: `pending → running → completed | skipped | failed`; a step left `running`
-by a crash runs again (its `attempts` grows) — every step is idempotent. Everything here is pure: the store
-(store.py) applies these functions to a job inside the transaction that writes it, so a job's status, its steps and
-the VM context's status change together.
+A failover job (kind test | live | cleanup | rollback, or a one-step source power job) is a list of named steps run
+in order. Job: `pending → running → completed | failed | cancelled`. Step: `pending → running → completed | skipped |
+failed | cancelled`; a step left `running` by a crash runs again (its `attempts` grows) — every step is idempotent.
+Everything here is pure: the store (store.py) applies these functions to a job inside the transaction that writes
+it, so a job's status, its steps and the VM context's status change together.
+
+Cancelling: a pending job, or one between steps, or one in a step of `INTERRUPTIBLE` (it only reads or waits; what
+it leaves is what cleanup removes anyway) stops at once. Any other step has sent CloudStack or the appliance a request
+whose answer must be recorded (a deployed VM, an attached volume, a power command), so the job is only marked
+`cancel_requested` and stops when that step ends. Cleanup and rollback are never cancelled (`UNDO`): they exist to
+bring everything back, and a half-done undo is worse than a finished one.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ class FailoverKind(StrEnum):
     LIVE = "live"
     CLEANUP = "cleanup"
     ROLLBACK = "rollback"
+    POWER_ON_SOURCE = "power_on_source"
+    POWER_OFF_SOURCE = "power_off_source"
 
 
 class FailoverStatus(StrEnum):
@@ -29,6 +37,7 @@ class FailoverStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class StepStatus(StrEnum):
@@ -37,10 +46,14 @@ class StepStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     SKIPPED = "skipped"
+    CANCELLED = "cancelled"
 
 
-FINAL = (FailoverStatus.COMPLETED, FailoverStatus.FAILED)
+FINAL = (FailoverStatus.COMPLETED, FailoverStatus.FAILED, FailoverStatus.CANCELLED)
 STEP_DONE = (StepStatus.COMPLETED, StepStatus.SKIPPED)
+FAILOVERS = (FailoverKind.TEST, FailoverKind.LIVE)
+UNDO = (FailoverKind.CLEANUP, FailoverKind.ROLLBACK)
+POWER = (FailoverKind.POWER_ON_SOURCE, FailoverKind.POWER_OFF_SOURCE)
 
 # The step lists per kind (the issue's order). Live failover = power off + final sync + the test-failover steps.
 TEST_STEPS: tuple[str, ...] = (
@@ -71,7 +84,12 @@ STEPS: dict[FailoverKind, tuple[str, ...]] = {
     FailoverKind.LIVE: LIVE_STEPS,
     FailoverKind.CLEANUP: CLEANUP_STEPS,
     FailoverKind.ROLLBACK: ROLLBACK_STEPS,
+    FailoverKind.POWER_ON_SOURCE: ("power_on_source",),
+    FailoverKind.POWER_OFF_SOURCE: ("power_off_source",),
 }
+# Steps a cancel may stop half-way: they read, or wait for something that cleanup handles whatever its state (the
+# final sync is cancelled with them; a snapshot still being taken is found by its name and removed).
+INTERRUPTIBLE = frozenset({"validate", "final_sync", "snapshot_volumes", "verify_running"})
 
 
 def _iso(value: datetime | None) -> str:
@@ -146,6 +164,19 @@ class FailoverJobState:
     @property
     def final(self) -> bool:
         return self.status in FINAL
+
+    @property
+    def cancel_requested(self) -> bool:
+        """A cancel arrived while a step that cannot be stopped half-way ran: no further step starts."""
+        return bool(self.params.get("cancel_requested"))
+
+    @property
+    def outcome(self) -> str:
+        """What the job left behind, in words, once it ended."""
+        return str(self.params.get("outcome", ""))
+
+    def running_step(self) -> FailoverStep | None:
+        return next((s for s in self.steps if s.status == StepStatus.RUNNING), None)
 
     def step(self, name: str) -> FailoverStep:
         for step in self.steps:
@@ -232,5 +263,28 @@ def fail_job(job: FailoverJobState, now: datetime, step_name: str, reason: str, 
     job.status = FailoverStatus.FAILED
     job.error_reason = reason
     job.error_message = message
+    job.current_step = ""
+    job.finished_at = now
+
+
+def request_cancel(job: FailoverJobState) -> None:
+    if job.final:
+        raise _refuse(job, "be cancelled")
+    job.params["cancel_requested"] = True
+
+
+def cancel_job(job: FailoverJobState, now: datetime, outcome: str) -> None:
+    """The job and its running step (if any) end cancelled, with what is left to undo."""
+    if job.final:
+        raise _refuse(job, "be cancelled")
+    step = job.running_step()
+    if step is not None:
+        step.status = StepStatus.CANCELLED
+        step.finished_at = now
+        step.error = "cancelled by the operator"
+    job.status = FailoverStatus.CANCELLED
+    job.error_reason = "CANCELLED"
+    job.error_message = outcome
+    job.params["outcome"] = outcome
     job.current_step = ""
     job.finished_at = now

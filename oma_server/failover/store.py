@@ -88,10 +88,16 @@ def latest_failover_of(vm_context_id: str) -> FailoverJobState | None:
     return None if row is None else row_to_state(row)
 
 
-def open_failover_of(vm_context_id: str) -> FailoverJobState | None:
+def open_failover_of(vm_context_id: str, excluding: str = "") -> FailoverJobState | None:
+    """A job of the failover engine on this VM that has not ended (other than `excluding`, the caller's own)."""
     row = (
         FailoverJob.select()
-        .where((FailoverJob.vm_context == vm_context_id) & FailoverJob.status.in_(["pending", "running"]))
+        .where(
+            (FailoverJob.vm_context == vm_context_id)
+            & FailoverJob.status.in_(["pending", "running"])
+            & (FailoverJob.id != excluding)
+        )
+        .order_by(FailoverJob.created_at)
         .first()
     )
     return None if row is None else row_to_state(row)

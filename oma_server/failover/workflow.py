@@ -15,7 +15,9 @@ to the job, so replication and other failovers are refused. A live failover hand
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from loguru import logger
 
@@ -26,6 +28,13 @@ from oma_server.db.models import VmContext
 from oma_server.engine import JobRunner, OnRetry, run_step
 from oma_server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from oma_server.failover import state_machine as sm
+from oma_server.failover.cancellation import (
+    check_cancellable,
+    outcome_of_cancel,
+    outcome_of_completion,
+    record_cancel,
+    stops_at_once,
+)
 from oma_server.failover.readiness import Readiness, ReadinessChecker
 from oma_server.failover.state_machine import FailoverJobState, FailoverKind, StepStatus
 from oma_server.failover.steps import FailoverSteps, StepContext, StepResult
@@ -43,6 +52,8 @@ _NEXT_ACTION = {
     "safe to repeat.",
     FailoverKind.ROLLBACK: "Fix the cause, then run RollbackFailover again: its steps check CloudStack first and are "
     "safe to repeat.",
+    FailoverKind.POWER_ON_SOURCE: "Fix the cause, then ask again (PowerOnSourceVm), or power the VM on in vCenter.",
+    FailoverKind.POWER_OFF_SOURCE: "Fix the cause, then ask again (PowerOffSourceVm), or power the VM off in vCenter.",
 }
 
 
@@ -67,8 +78,11 @@ class FailoverWorkflow:
         self.steps = steps
         self.process_id = process_id
         self.runner = JobRunner("failover")
+        self._cancelling: set[str] = set()  # jobs whose task a cancel is stopping: not to be resumed meanwhile
         # test hook: called with (job id, step name) before a step runs
         self.before_step: Callable[[str, str], None] | None = None
+        # Cancels a replication job (a live failover's final sync, when the failover is cancelled); set by the App.
+        self.cancel_replication: Callable[[str], Awaitable[Any]] | None = None
 
     # ---- operator actions ---------------------------------------------------------------------------------------
     async def check(self, vm_context_id: str, kind: FailoverKind, service_offering_id: str = "") -> Readiness:
@@ -185,9 +199,73 @@ class FailoverWorkflow:
             )
         return vm
 
+    async def cancel(self, job_id: str) -> FailoverJobState:
+        """Stop a job now when that is safe, else when its current step ends (state_machine's docstring); a repeat
+        returns the job as it is."""
+        job = await self.store.get(job_id)
+        if job.status == sm.FailoverStatus.CANCELLED or (not job.final and job.cancel_requested):
+            return job
+        runs_here = self.running(job_id)
+        at_once: list[bool] = []
+
+        def decide(state: FailoverJobState) -> None:
+            # Decided on the row inside the commit that records the request: the runner cannot begin another step
+            # between the decision and the stop (its next commit waits for this one, and the stop follows at once).
+            check_cancellable(state)
+            at_once.append(stops_at_once(state, runs_here))
+            sm.request_cancel(state)
+
+        def log_request(state: FailoverJobState) -> None:
+            later = "" if at_once[0] else f"; the job stops when step {state.current_step} ends"
+            note(state.id, "cancel", f"cancel requested by the operator{later}")
+
+        job = await self._commit(job_id, decide, log_request)
+        if not at_once[0]:
+            logger.bind(job_id=job_id, vm_context_id=job.vm_context_id).info(
+                "cancel requested during step {step}; the job stops when it ends", step=job.current_step
+            )
+            return job
+        self._cancelling.add(job_id)
+        try:
+            if self.runner.cancel(job_id):  # the unit of work it is in finishes first (uninterruptible)
+                await self.runner.wait(job_id)
+            return await self._end_cancelled(job_id)
+        finally:
+            self._cancelling.discard(job_id)
+
+    async def _end_cancelled(self, job_id: str) -> FailoverJobState:
+        job = await self.store.get(job_id)
+        if job.final:
+            return job  # it ended on its own before the cancel took hold
+        sync_id = str(job.params.get("final_sync_job_id", ""))
+        if sync_id and self.cancel_replication is not None:
+            await self._stop_final_sync(job, sync_id)
+            job = await self.store.get(job_id)
+        now = self.clock.now()
+        outcome = outcome_of_cancel(job)
+        cancelled = await self._commit(job_id, lambda s: sm.cancel_job(s, now, outcome), record_cancel)
+        logger.bind(job_id=job_id, vm_context_id=job.vm_context_id).info(
+            "{kind} job cancelled: {o}", kind=job.kind.value, o=outcome
+        )
+        return cancelled
+
+    async def _stop_final_sync(self, job: FailoverJobState, sync_id: str) -> None:
+        """A cancelled live failover cancels its final sync; one that already copied leaves the replicas between two
+        change ids (the next replication repairs them)."""
+        assert self.cancel_replication is not None
+        with contextlib.suppress(DomainError):  # it ended meanwhile: nothing to cancel
+            sync = await self.cancel_replication(sync_id)
+            if getattr(sync, "started_at", None) is not None:
+
+                def dirty(state: FailoverJobState) -> None:
+                    state.params["replicas_dirty"] = True
+
+                await self._commit(job.id, dirty, lambda s: note(s.id, "cancel", f"final sync {sync_id} cancelled"))
+
     # ---- running ------------------------------------------------------------------------------------------------
     def _spawn(self, job_id: str) -> None:
-        self.runner.start(job_id, lambda: self._run(job_id))
+        if job_id not in self._cancelling:
+            self.runner.start(job_id, lambda: self._run(job_id))
 
     def running(self, job_id: str) -> bool:
         """Whether this process runs the job's steps right now."""
@@ -235,6 +313,9 @@ class FailoverWorkflow:
         step_name = ""
         try:
             while (step := job.next_step()) is not None:
+                if job.cancel_requested:  # asked while the previous step could not be stopped
+                    await self._end_cancelled(job_id)
+                    return
                 step_name = step.name
                 if self.before_step is not None:
                     self.before_step(job_id, step_name)
@@ -314,6 +395,10 @@ class FailoverWorkflow:
         }.get(job.kind)
 
         def in_tx(state: FailoverJobState) -> None:
+            state.params["outcome"] = outcome_of_completion(state)
+            if state.kind in sm.POWER:  # the VM context was never claimed: its status is not the power job's
+                note(state.id, "complete", state.outcome)
+                return
             if done is not None:
                 transition_vm(state.vm_context_id, done, active_job_id="")
                 note(state.id, "complete", f"VM context is {done.value}; target VM {state.target_vm_name}")
@@ -323,7 +408,9 @@ class FailoverWorkflow:
             back = VmStatus.FAILED if state.params.get("replicas_dirty") else VmStatus.READY_FOR_FAILOVER
             transition_vm(state.vm_context_id, back, active_job_id="")
             extra = "" if back == VmStatus.READY_FOR_FAILOVER else "; the final sync was interrupted: replicate again"
-            note(state.id, "complete", f"VM context is {back.value}{extra}")
+            if extra:
+                state.params["outcome"] += extra
+            note(state.id, "complete", f"VM context is {back.value}{extra}; {state.outcome}")
 
         await self._commit(job.id, lambda s: sm.complete_job(s, now), in_tx)
 
@@ -346,6 +433,9 @@ class FailoverWorkflow:
                 step = state.step(step_name)
                 if step.log_id:
                     end_step(step.log_id, "failed", message)
+            state.params["outcome"] = message
+            if state.kind in sm.POWER:  # the VM context was never claimed
+                return
             vm = VmContext.get_by_id(state.vm_context_id)
             src = VmStatus(vm.status)
             if src == VmStatus.REPLICATING:

@@ -170,6 +170,7 @@ class NbdExportManager:
         self._pidfd: int | None = None
         self._exited = asyncio.Event()
         self._served: set[str] = set()
+        self.probe_rounds = 0  # supervisor rounds done (probe, device check, verdict): tests wait on it
         self._changes = 0  # bumped at every link change: a probe that overlapped one is not trusted
         self._ready_changed = asyncio.Event()
         self._probe_ok = False
@@ -732,6 +733,9 @@ class NbdExportManager:
                 answered = await self._probe(timeout=max(1.0, self.probe_interval_s))
                 if answered is None:
                     continue
+                # Devices first: a replica detached since the last check has a dangling link nbdkit no longer lists;
+                # that is the export's error, not nbdkit's (counting it restarted nbdkit under every other copy).
+                await self._check_devices()
                 if answered:
                     missing = {n for n, e in self._exports.items() if not e.error} - self._served
                     failures = failures + 1 if missing else 0
@@ -740,12 +744,12 @@ class NbdExportManager:
                 else:
                     failures += 1
                     log.warning("NBD probe failed ({}/{})", failures, _PROBE_FAILURES_BEFORE_RESTART)
-                await self._check_devices()
                 if failures >= _PROBE_FAILURES_BEFORE_RESTART:
                     async with self._lock:
                         log.error("nbdkit failed {} probes in a row; restarting it", failures)
                         await self._cut_connections_locked("probe failures", 0)
                     failures = 0
+                self.probe_rounds += 1
             except asyncio.CancelledError:
                 raise
             except DomainError as exc:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from oma_server.omactl import appliances, failover, jobs, storage, vms, watch
+from oma_server.omactl import appliances, cloud, failover, jobs, server, storage, vms, watch
 from oma_server.omactl.client import Client, CliError, describe_rpc_error, one_line
 from oma_server.omactl.context import DEFAULT_SERVER, Commands, Context, Handler, Parser, global_flags
 from oma_server.omactl.render import Output
@@ -35,6 +35,8 @@ def build_parser() -> Parser:
     watch.register(commands)
     storage.register(commands)
     failover.register(commands)
+    cloud.register(commands)
+    server.register(commands)
     return parser
 
 
@@ -42,7 +44,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     client = Client(args.server, args.timeout)
     try:
-        ctx = Context(client=client, out=Output(as_json=args.json))
+        ctx = Context(client=client, out=Output(as_json=args.json, wide=args.wide, quiet=args.quiet))
         handler: Handler = args.handler
         return handler(ctx, args)
     finally:

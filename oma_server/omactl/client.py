@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -10,12 +10,14 @@ from google.protobuf.message import Message
 
 from oma.v1 import (
     appliance_pb2_grpc,
+    cloud_pb2_grpc,
     failover_pb2_grpc,
     job_pb2_grpc,
     replication_pb2_grpc,
     storage_pb2_grpc,
     vm_context_pb2_grpc,
 )
+from oma_server.omactl.hints import for_omactl
 from vma_client_stubs.errors import error_info_of
 
 T = TypeVar("T", bound=Message)
@@ -41,6 +43,7 @@ def describe_rpc_error(error: grpc.RpcError, server: str, method: str = "", time
     details = one_line(error.details() or "")  # type: ignore[attr-defined]
     info = error_info_of(error)
     if info is not None:
+        details = for_omactl(details, info.reason, info.metadata)
         return f"{code.name}: {details} ({info.reason})" if info.reason else f"{code.name}: {details}"
     if code == grpc.StatusCode.UNAVAILABLE:
         return f"UNAVAILABLE: cannot reach the OMA at {server} (is oma-server running?)"
@@ -71,6 +74,7 @@ class Client:
         self.exports = storage_pb2_grpc.NbdExportServiceStub(self.channel)
         self.failover = failover_pb2_grpc.FailoverServiceStub(self.channel)
         self.network_maps = failover_pb2_grpc.NetworkMappingServiceStub(self.channel)
+        self.cloud = cloud_pb2_grpc.CloudServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -91,7 +95,7 @@ class Client:
         stub: Any,
         method: str,
         request: Message,
-        items: Callable[[Any], list[T]],
+        items: Callable[[Any], Iterable[T]],
     ) -> Iterator[T]:
         """Every item of a paginated List call, following next_page_token."""
         request.page_size = LIST_PAGE_SIZE  # type: ignore[attr-defined]

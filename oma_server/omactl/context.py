@@ -61,6 +61,19 @@ def global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
         help="machine output: protobuf JSON (proto field names); JSON lines for watch",
     )
     parser.add_argument(
+        "--wide",
+        action="store_true",
+        default=False if defaults else suppress,
+        help="tables at full width: shorten no column to fit the terminal (ids are never shortened anyway)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=False if defaults else suppress,
+        help="print only the ids of what is listed or created, one per line (for $(omactl -q ...))",
+    )
+    parser.add_argument(
         "--timeout",
         metavar="SECONDS",
         type=_timeout,

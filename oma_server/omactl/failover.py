@@ -6,9 +6,10 @@ import argparse
 import ipaddress
 
 from oma.v1 import failover_pb2
-from oma_server.omactl import render
+from oma_server.omactl import render, resolve
 from oma_server.omactl.client import CliError
 from oma_server.omactl.context import Commands, Context
+from oma_server.omactl.hints import for_omactl
 from oma_server.omactl.jobs import show_failover_job
 from oma_server.omactl.labels import error_text, failover_kind, failover_status
 from oma_server.omactl.render import field_time, status_text
@@ -21,15 +22,23 @@ KINDS = {
 
 # ---- preflight ----------------------------------------------------------------------------------------------------
 def cmd_preflight(ctx: Context, args: argparse.Namespace) -> int:
-    request = failover_pb2.CheckFailoverReadinessRequest(vm_context_id=args.vm_id, kind=KINDS[args.kind])
+    vm_id = resolve.vm_id(ctx, args.vm)
+    request = failover_pb2.CheckFailoverReadinessRequest(vm_context_id=vm_id, kind=KINDS[args.kind])
     reply = ctx.client.call(ctx.client.failover, "CheckFailoverReadiness", request)
     if ctx.out.as_json:
         ctx.out.message(reply)
     else:
         ctx.out.table(
             ["CHECK", "RESULT", "REASON"],
-            ([c.name, status_text("pass" if c.passed else "FAIL"), c.reason] for c in reply.checks),
-            title=f"Readiness of VM {args.vm_id} for {args.kind} failover",
+            (
+                [
+                    c.name,
+                    status_text("pass" if c.passed else "FAIL"),
+                    for_omactl(c.reason, "", {"vm_context_id": args.vm}),
+                ]
+                for c in reply.checks
+            ),
+            title=f"Readiness of VM {args.vm} for {args.kind} failover",
         )
         failed = sum(1 for c in reply.checks if not c.passed)
         if reply.ready:
@@ -40,15 +49,18 @@ def cmd_preflight(ctx: Context, args: argparse.Namespace) -> int:
 
 
 # ---- failover jobs ------------------------------------------------------------------------------------------------
-def _started(ctx: Context, args: argparse.Namespace, job: failover_pb2.FailoverJob, what: str) -> int:
+def started(ctx: Context, args: argparse.Namespace, job: failover_pb2.FailoverJob, what: str) -> int:
+    """The answer to a command that started a job: its id (and how to follow it), or the job followed to its end."""
     if args.watch:
         from oma_server.omactl.watch import follow_job
 
-        if not ctx.out.as_json:
+        if not ctx.out.as_json and not ctx.out.quiet:
             ctx.out.line(f"Started {what} job {job.id} for VM {job.vm_context_id}")
         return follow_job(ctx, job.id)
     if ctx.out.as_json:
         ctx.out.message(job)
+    elif ctx.out.quiet:
+        ctx.out.ids([job.id])
     else:
         ctx.out.line(f"Started {what} job {job.id} for VM {job.vm_context_id} ({failover_status(job)})")
         ctx.out.line(f"Follow it with: omactl watch {job.id}")
@@ -58,29 +70,35 @@ def _started(ctx: Context, args: argparse.Namespace, job: failover_pb2.FailoverJ
 def cmd_failover(ctx: Context, args: argparse.Namespace) -> int:
     kind = args.failover_command
     request = failover_pb2.StartFailoverRequest(
-        vm_context_id=args.vm_id,
+        vm_context_id=resolve.vm_id(ctx, args.vm),
         kind=KINDS[kind],
         service_offering_id=args.offering or "",
         request_id=args.request_id or "",
     )
     job = ctx.client.call(ctx.client.failover, "StartFailover", request).job
-    return _started(ctx, args, job, f"{kind} failover")
+    return started(ctx, args, job, f"{kind} failover")
 
 
 def cmd_cleanup(ctx: Context, args: argparse.Namespace) -> int:
-    request = failover_pb2.CleanupFailoverRequest(vm_context_id=args.vm_id)
+    request = failover_pb2.CleanupFailoverRequest(vm_context_id=resolve.vm_id(ctx, args.vm))
     job = ctx.client.call(ctx.client.failover, "CleanupFailover", request).job
-    return _started(ctx, args, job, "cleanup")
+    return started(ctx, args, job, "cleanup")
 
 
 def cmd_rollback(ctx: Context, args: argparse.Namespace) -> int:
-    request = failover_pb2.RollbackFailoverRequest(vm_context_id=args.vm_id, power_on_source=args.power_on_source)
+    vm_id = resolve.vm_id(ctx, args.vm)
+    request = failover_pb2.RollbackFailoverRequest(vm_context_id=vm_id, power_on_source=args.power_on_source)
     job = ctx.client.call(ctx.client.failover, "RollbackFailover", request).job
-    return _started(ctx, args, job, "rollback")
+    if not args.power_on_source and not ctx.out.as_json and not ctx.out.quiet:
+        ctx.out.note(
+            f"omactl: the source VM stays powered off after this rollback; power it on with "
+            f"'omactl vms power-on {args.vm}' (or roll back with --power-on-source)"
+        )
+    return started(ctx, args, job, "rollback")
 
 
 def cmd_failover_list(ctx: Context, args: argparse.Namespace) -> int:
-    request = failover_pb2.ListFailoverJobsRequest(vm_context_id=args.vm or "")
+    request = failover_pb2.ListFailoverJobsRequest(vm_context_id=resolve.optional(resolve.vm_id, ctx, args.vm))
     items = list(ctx.client.paged(ctx.client.failover, "ListFailoverJobs", request, lambda r: list(r.jobs)))
     if ctx.out.as_json:
         ctx.out.messages(items)
@@ -150,7 +168,7 @@ def _show_mapping(ctx: Context, mapping: failover_pb2.NetworkMapping, verb: str)
 
 
 def cmd_map_list(ctx: Context, args: argparse.Namespace) -> int:
-    request = failover_pb2.ListNetworkMappingsRequest(vm_context_id=args.vm or "")
+    request = failover_pb2.ListNetworkMappingsRequest(vm_context_id=resolve.optional(resolve.vm_id, ctx, args.vm))
     mappings = list(ctx.client.call(ctx.client.network_maps, "ListNetworkMappings", request).mappings)
     if ctx.out.as_json:
         ctx.out.messages(mappings)
@@ -161,9 +179,9 @@ def cmd_map_list(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_map_create(ctx: Context, args: argparse.Namespace) -> int:
     mapping = failover_pb2.NetworkMapping(
-        vm_context_id=args.vm or "",
+        vm_context_id=resolve.optional(resolve.vm_id, ctx, args.vm),
         source_network=args.source,
-        target_network_id=args.target,
+        target_network_id=resolve.network_id(ctx, args.target),
         static_ip=args.ip or "",
         keep_mac=args.keep_mac,
     )
@@ -186,7 +204,7 @@ def cmd_map_update(ctx: Context, args: argparse.Namespace) -> int:
     mapping = failover_pb2.NetworkMapping()
     mapping.CopyFrom(current)
     if args.target is not None:
-        mapping.target_network_id = args.target
+        mapping.target_network_id = resolve.network_id(ctx, args.target)
     if args.ip is not None:
         mapping.static_ip = args.ip
     if args.keep_mac is not None:
@@ -211,7 +229,7 @@ def register(commands: Commands) -> None:
     preflight = commands.leaf(
         commands.root, "preflight", "readiness checks of a VM for failover (exit 1 when not ready)", cmd_preflight
     )
-    preflight.add_argument("vm_id", metavar="VM_ID", help="VM context id")
+    preflight.add_argument("vm", metavar="VM", help="VM context id or name")
     preflight.add_argument("--kind", choices=sorted(KINDS), default="test", help="failover to check for (default test)")
 
     group = commands.group("failover", "test and live failover into CloudStack, and their cleanup")
@@ -220,39 +238,48 @@ def register(commands: Commands) -> None:
         ("live", "start a live failover: power the source off, final sync, the VM runs in CloudStack"),
     ):
         start = commands.leaf(group, kind, text, cmd_failover)
-        start.add_argument("vm_id", metavar="VM_ID", help="VM context id")
+        start.add_argument("vm", metavar="VM", help="VM context id or name")
         start.add_argument("--offering", metavar="ID", help="CloudStack service offering (default: smallest that fits)")
         start.add_argument("--request-id", metavar="X", help="idempotency key: the same key returns the same job")
         start.add_argument("--watch", action="store_true", help="follow the job until it ends")
     cleanup = commands.leaf(
         group, "cleanup", "remove a test (or failed) failover; back to ready_for_failover", cmd_cleanup
     )
-    cleanup.add_argument("vm_id", metavar="VM_ID", help="VM context id")
+    cleanup.add_argument("vm", metavar="VM", help="VM context id or name")
     cleanup.add_argument("--watch", action="store_true", help="follow the job until it ends")
     listing = commands.leaf(group, "list", "list failover, cleanup and rollback jobs", cmd_failover_list)
-    listing.add_argument("--vm", metavar="ID", help="only jobs of this VM context")
+    listing.add_argument("--vm", metavar="VM", help="only jobs of this VM context (id or name)")
     show = commands.leaf(group, "show", "show one failover job with its steps", cmd_failover_show)
     show.add_argument("job_id", metavar="JOB_ID")
 
     rollback = commands.leaf(
         commands.root, "rollback", "roll back a live failover: destroy the target VM, revert the volumes", cmd_rollback
     )
-    rollback.add_argument("vm_id", metavar="VM_ID", help="VM context id")
-    rollback.add_argument("--power-on-source", action="store_true", help="power the source VM back on via the VMA")
+    rollback.add_argument("vm", metavar="VM", help="VM context id or name")
+    rollback.add_argument(
+        "--power-on-source",
+        action="store_true",
+        help="power the source VM back on via the VMA (without it the source stays off)",
+    )
     rollback.add_argument("--watch", action="store_true", help="follow the job until it ends")
 
     group = commands.group("network-map", "mappings from VMware networks to CloudStack networks")
     listing = commands.leaf(group, "list", "list mappings (defaults for every VM included)", cmd_map_list)
-    listing.add_argument("--vm", metavar="ID", help="only mappings of this VM context")
+    listing.add_argument("--vm", metavar="VM", help="only mappings of this VM context (id or name)")
     create = commands.leaf(group, "create", "map a VMware network to a CloudStack network", cmd_map_create)
     create.add_argument("--source", metavar="NET", required=True, help="VMware network (port group) name")
-    create.add_argument("--target", metavar="NETWORK_ID", required=True, help="CloudStack network id")
-    create.add_argument("--vm", metavar="ID", help="only for this VM context (default: every VM)")
+    create.add_argument(
+        "--target",
+        metavar="NETWORK",
+        required=True,
+        help="CloudStack network id, or its name when unique (see 'omactl cloud networks')",
+    )
+    create.add_argument("--vm", metavar="VM", help="only for this VM context, id or name (default: every VM)")
     create.add_argument("--ip", metavar="IP", type=_ip, help="static IP for the NIC (default DHCP)")
     create.add_argument("--keep-mac", action="store_true", help="keep the VMware MAC address")
     update = commands.leaf(group, "update", "change a mapping's target, IP or MAC handling", cmd_map_update)
     update.add_argument("id", metavar="ID", help="mapping id")
-    update.add_argument("--target", metavar="NETWORK_ID", help="new CloudStack network id")
+    update.add_argument("--target", metavar="NETWORK", help="new CloudStack network (id or unique name)")
     ip = update.add_mutually_exclusive_group()
     ip.add_argument("--ip", metavar="IP", type=_ip, help="new static IP")
     ip.add_argument("--dhcp", dest="ip", action="store_const", const="", help="drop the static IP (use DHCP)")

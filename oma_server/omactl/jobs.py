@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 
 from oma.common.v1 import jobs_pb2
-from oma.v1 import failover_pb2, job_pb2, replication_pb2
-from oma_server.omactl import render
-from oma_server.omactl.client import CliError
+from oma.v1 import failover_pb2, job_pb2, replication_pb2, vm_context_pb2
+from oma_server.omactl import render, resolve
 from oma_server.omactl.context import Commands, Context
 from oma_server.omactl.labels import (
     KIND_PREFIX,
@@ -119,69 +118,130 @@ def show_failover_job(ctx: Context, job: failover_pb2.FailoverJob) -> None:
 def started_line(ctx: Context, verb: str, job: replication_pb2.ReplicationJob) -> None:
     if ctx.out.as_json:
         ctx.out.message(job)
+    elif ctx.out.quiet:
+        ctx.out.ids([job.id])
     else:
         ctx.out.line(f"{verb} {job_kind(job)} replication job {job.id} for VM {job.vm_context_id} ({job_status(job)})")
 
 
 # ---- commands -----------------------------------------------------------------------------------------------------
+JOB_STATUSES = sorted(
+    {
+        *enum_choices(replication_pb2.ReplicationJobStatus, STATUS_PREFIX),
+        *enum_choices(failover_pb2.FailoverJobStatus, "FAILOVER_JOB_STATUS"),
+    }
+)
+JOB_KINDS = ["replication", *enum_choices(failover_pb2.FailoverJobKind, "FAILOVER_JOB_KIND")]
+
+
+def inner(job: job_pb2.Job) -> replication_pb2.ReplicationJob | failover_pb2.FailoverJob:
+    return job.replication_job if job.WhichOneof("job") == "replication_job" else job.failover_job
+
+
+def kind_label(job: job_pb2.Job) -> str:
+    return "replication" if job.WhichOneof("job") == "replication_job" else failover_kind(job.failover_job)
+
+
+def status_label(job: job_pb2.Job) -> str:
+    if job.WhichOneof("job") == "replication_job":
+        return job_status(job.replication_job)
+    return failover_status(job.failover_job)
+
+
+def _progress(job: job_pb2.Job) -> str:
+    if job.WhichOneof("job") == "replication_job":
+        r = job.replication_job
+        return f"{r.percent:.1f} %  {progress_text(r.bytes_done, r.bytes_total)}"
+    f = job.failover_job
+    done = sum(1 for s in f.steps if s.status in (failover_pb2.STEP_STATUS_COMPLETED, failover_pb2.STEP_STATUS_SKIPPED))
+    return f"step {done}/{len(f.steps)}" + (f" {f.current_step}" if f.current_step else "")
+
+
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
-    request = replication_pb2.ListReplicationJobsRequest(vm_context_id=args.vm or "", appliance_id=args.appliance or "")
-    for status in args.status or []:
-        request.statuses.append(enum_parse(replication_pb2.ReplicationJobStatus, STATUS_PREFIX, status))  # type: ignore[arg-type]
-    items = list(ctx.client.paged(ctx.client.replication, "ListReplicationJobs", request, lambda r: list(r.jobs)))
+    vm = resolve.optional(resolve.vm_id, ctx, args.vm)
+    request = job_pb2.ListJobsRequest(vm_context_id=vm, open_only=args.open)
+    items = list(ctx.client.paged(ctx.client.jobs, "ListJobs", request, lambda r: r.jobs))
+    if args.appliance:
+        appliance = resolve.appliance_id(ctx, args.appliance)
+        mine = {
+            v.id
+            for v in ctx.client.paged(
+                ctx.client.vms,
+                "ListVmContexts",
+                vm_context_pb2.ListVmContextsRequest(appliance_id=appliance),
+                lambda r: r.vm_contexts,
+            )
+        }
+        items = [j for j in items if inner(j).vm_context_id in mine]
+    if args.status:
+        items = [j for j in items if status_label(j) in args.status]
+    if args.kind:
+        items = [j for j in items if kind_label(j) in args.kind]
     if ctx.out.as_json:
-        ctx.out.messages(items)
+        ctx.out.messages(inner(j) for j in items)
+        return 0
+    if ctx.out.quiet:
+        ctx.out.ids(inner(j).id for j in items)
         return 0
     ctx.out.table(
-        ["ID", "VM", "KIND", "STATUS", "PROGRESS", "BYTES", "THROUGHPUT", "CREATED", "FINISHED"],
+        ["ID", "KIND", "VM", "STATUS", "PROGRESS", "CREATED", "FINISHED"],
         (
             [
-                j.id,
-                j.vm_context_id,
-                job_kind(j),
-                status_text(job_status(j)),
-                f"{j.percent:.1f} %",
-                progress_text(j.bytes_done, j.bytes_total),
-                rate(j.throughput_bytes_per_second),
-                field_time(j, "created_at"),
-                field_time(j, "finished_at"),
+                inner(j).id,
+                kind_label(j),
+                inner(j).vm_context_id,
+                status_text(status_label(j)),
+                _progress(j),
+                field_time(inner(j), "created_at"),
+                field_time(inner(j), "finished_at"),
             ]
             for j in items
         ),
-        title="Replication jobs",
+        title="Jobs",
     )
     return 0
 
 
-def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
-    try:
-        reply = ctx.client.call(
-            ctx.client.replication, "GetReplicationJob", replication_pb2.GetReplicationJobRequest(id=args.job_id)
-        )
-    except CliError as not_replication:
-        if not not_replication.text.startswith("NOT_FOUND"):
-            raise
-        try:  # maybe a failover job
-            failover = ctx.client.call(
-                ctx.client.failover, "GetFailoverJob", failover_pb2.GetFailoverJobRequest(id=args.job_id)
-            )
-        except CliError:
-            raise not_replication from None
-        if ctx.out.as_json:
-            ctx.out.message(failover.job)
-        else:
-            show_failover_job(ctx, failover.job)
-        return 0
+def show_job(ctx: Context, job: job_pb2.Job) -> None:
     if ctx.out.as_json:
-        ctx.out.message(reply.job)
+        ctx.out.message(inner(job))
+    elif job.WhichOneof("job") == "replication_job":
+        show_replication_job(ctx, job.replication_job)
     else:
-        show_replication_job(ctx, reply.job)
+        show_failover_job(ctx, job.failover_job)
+
+
+def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
+    reply = ctx.client.call(ctx.client.jobs, "GetJob", job_pb2.GetJobRequest(id=args.job_id))
+    show_job(ctx, reply.job)
+    return 0
+
+
+def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    job = ctx.client.call(ctx.client.jobs, "CancelJob", job_pb2.CancelJobRequest(id=args.job_id)).job
+    if ctx.out.as_json:
+        ctx.out.message(inner(job))
+        return 0
+    if job.WhichOneof("job") == "replication_job":
+        ctx.out.line(
+            f"Job {job.replication_job.id} is {job_status(job.replication_job)}; its volumes and exports stay for the "
+            "next run."
+        )
+        return 0
+    failover = job.failover_job
+    if failover.cancel_requested:
+        ctx.out.line(
+            f"Job {failover.id} stops when its step {failover.current_step} ends (it cannot be stopped half-way); "
+            f"follow it with 'omactl watch {failover.id}'."
+        )
+    else:
+        ctx.out.line(f"Job {failover.id} is {failover_status(failover)}: {failover.outcome or 'no outcome recorded'}")
     return 0
 
 
 def cmd_log(ctx: Context, args: argparse.Namespace) -> int:
     request = job_pb2.ListJobLogEntriesRequest(job_id=args.job_id)
-    entries = list(ctx.client.paged(ctx.client.jobs, "ListJobLogEntries", request, lambda r: list(r.entries)))
+    entries = list(ctx.client.paged(ctx.client.jobs, "ListJobLogEntries", request, lambda r: r.entries))
     if ctx.out.as_json:
         ctx.out.messages(entries)
         return 0
@@ -205,7 +265,8 @@ def cmd_log(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
-    request = replication_pb2.StartReplicationRequest(vm_context_id=args.vm_id, request_id=args.request_id or "")
+    vm = resolve.vm_id(ctx, args.vm)
+    request = replication_pb2.StartReplicationRequest(vm_context_id=vm, request_id=args.request_id or "")
     if args.kind:
         request.kind = enum_parse(replication_pb2.ReplicationJobKind, KIND_PREFIX, args.kind)  # type: ignore[assignment]
     reply = ctx.client.call(ctx.client.replication, "StartReplication", request)
@@ -214,16 +275,6 @@ def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
             started_line(ctx, "Started", reply.job)
         return follow_job(ctx, reply.job.id)
     started_line(ctx, "Started", reply.job)
-    return 0
-
-
-def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
-    request = replication_pb2.CancelReplicationJobRequest(id=args.job_id)
-    job = ctx.client.call(ctx.client.replication, "CancelReplicationJob", request).job
-    if ctx.out.as_json:
-        ctx.out.message(job)
-    else:
-        ctx.out.line(f"Job {job.id} is {job_status(job)}; its volumes and exports stay for the next run.")
     return 0
 
 
@@ -239,27 +290,37 @@ def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    statuses = enum_choices(replication_pb2.ReplicationJobStatus, STATUS_PREFIX)
-    group = commands.group("jobs", "replication and failover jobs: list, inspect, read their log")
-    listing = commands.leaf(group, "list", "list replication jobs, newest first", cmd_list)
-    listing.add_argument("--vm", metavar="ID", help="only jobs of this VM context")
-    listing.add_argument("--appliance", metavar="ID", help="only jobs of this appliance")
+    group = commands.group("jobs", "jobs of every kind (replication, failover, cleanup, rollback, source power)")
+    listing = commands.leaf(group, "list", "list jobs of every kind, newest first", cmd_list)
+    listing.add_argument("--vm", metavar="VM", help="only jobs of this VM context (id or name)")
+    listing.add_argument("--appliance", metavar="APPLIANCE", help="only jobs of this appliance's VMs (id or name)")
+    listing.add_argument("--open", action="store_true", help="only jobs that have not ended")
     listing.add_argument(
         "--status",
         metavar="S",
         nargs="+",
         action="extend",
-        choices=statuses,
+        choices=JOB_STATUSES,
         help="only jobs in these statuses: %(choices)s",
     )
-    show = commands.leaf(group, "show", "show one job (replication or failover) with its disks or steps", cmd_show)
+    listing.add_argument(
+        "--kind", metavar="K", nargs="+", action="extend", choices=JOB_KINDS, help="only these kinds: %(choices)s"
+    )
+    show = commands.leaf(group, "show", "show one job of any kind with its disks or steps", cmd_show)
     show.add_argument("job_id", metavar="JOB_ID")
+    cancel = commands.leaf(
+        group,
+        "cancel",
+        "cancel a job of any kind (a failover step that cannot be stopped half-way ends first)",
+        cmd_cancel,
+    )
+    cancel.add_argument("job_id", metavar="JOB_ID")
     log = commands.leaf(group, "log", "the job's log: every step with status, times and message", cmd_log)
     log.add_argument("job_id", metavar="JOB_ID")
 
     group = commands.group("replicate", "start, cancel and retry replication of a VM's disks")
     start = commands.leaf(group, "start", "start a replication job for a VM context", cmd_start)
-    start.add_argument("vm_id", metavar="VM_ID", help="VM context id")
+    start.add_argument("vm", metavar="VM", help="VM context id or name")
     start.add_argument(
         "--kind",
         choices=["initial", "incremental"],

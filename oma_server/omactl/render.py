@@ -17,6 +17,10 @@ from rich.text import Text
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 NONE = "-"
+# Columns of free text: the only ones a table shortens to fit a terminal (ids, names, states and times never are).
+SHRINKABLE = frozenset({"MESSAGE", "OPERATION", "ERROR", "REASON", "NOTE", "OUTCOME", "GUEST OS", "LABEL", "DEVICE"})
+SHRUNK_MIN = 12
+_GAP = 2  # between columns (rich's padding with box=None and pad_edge=False)
 
 
 def size(n: int | float | None) -> str:
@@ -115,13 +119,24 @@ def short_id(value: str) -> str:
     return value or NONE
 
 
-class Output:
-    """Where omactl writes: a rich console (tables, bars) or JSON documents on stdout."""
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
-    def __init__(self, as_json: bool, stream: TextIO | None = None) -> None:
+
+class Output:
+    """Where omactl writes: a rich console (tables, bars) or JSON documents on stdout.
+
+    Tables never wrap a cell: on a terminal only free-text columns (SHRINKABLE) are shortened, with an ellipsis, to
+    fit its width — an id is always whole, even when the line then runs past the edge. Off a terminal, or with
+    `wide`, nothing is shortened. With `quiet`, commands print only the ids of what they list or create.
+    """
+
+    def __init__(self, as_json: bool, stream: TextIO | None = None, *, wide: bool = False, quiet: bool = False) -> None:
         self.as_json = as_json
+        self.quiet = quiet and not as_json
         self.stream = stream or sys.stdout
         self.is_tty = self.stream.isatty()
+        self.wide = wide or not self.is_tty
         width = None if self.is_tty or os.environ.get("COLUMNS") else 200
         self.console = Console(file=self.stream, width=width, highlight=False, soft_wrap=not self.is_tty)
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
@@ -150,26 +165,55 @@ class Output:
         """A remark for people on stderr (progress of a reconnect, hints); never part of machine output."""
         (self.live_console or self.err).print(text, markup=False, highlight=False)
 
+    def ids(self, ids: Iterable[str]) -> None:
+        """`--quiet`: one id per line, nothing else (for `$(omactl -q ...)`)."""
+        for value in ids:
+            self.stream.write(f"{value}\n")
+        self.stream.flush()
+
     def table(self, headers: Sequence[str], rows: Iterable[Sequence[object]], title: str | None = None) -> None:
-        table = Table(title=title, show_edge=False, box=None, pad_edge=False, header_style="bold")
-        for header in headers:
-            table.add_column(header, overflow="fold")
-        count = 0
-        for row in rows:
-            table.add_row(*(cell if isinstance(cell, Text) else Text(str(cell)) for cell in row))
-            count += 1
-        if count == 0:
+        cells = [[cell if isinstance(cell, Text) else Text(str(cell)) for cell in row] for row in rows]
+        if not cells:
             self.line(f"(no {title.lower() if title else 'rows'})")
             return
-        self._print(table)
+        widths = self._widths(headers, cells)
+        table = Table(title=title, show_edge=False, box=None, pad_edge=False, header_style="bold")
+        for header, width in zip(headers, widths, strict=True):
+            table.add_column(header, no_wrap=True, min_width=width, max_width=width)
+        for row in cells:
+            table.add_row(*(self._fit(cell, width) for cell, width in zip(row, widths, strict=True)))
+        self._print(table, sum(widths) + _GAP * (len(widths) - 1))
 
-    def _print(self, renderable: Table) -> None:
-        """Print a table; off a terminal without the padding rich adds at line ends (friendlier to grep/diff)."""
+    def _widths(self, headers: Sequence[str], cells: list[list[Text]]) -> list[int]:
+        """Each column's width: its widest cell, except that free-text columns give way until the table fits."""
+        columns = zip(*cells, strict=True)
+        natural = [max(len(h), *(c.cell_len for c in column)) for h, column in zip(headers, columns, strict=True)]
+        shrinkable = [i for i, h in enumerate(headers) if h in SHRINKABLE]
+        excess = sum(natural) + _GAP * (len(natural) - 1) - self.console.width
+        if self.wide or excess <= 0 or not shrinkable:
+            return natural
+        widths = list(natural)
+        for i in sorted(shrinkable, key=lambda i: -natural[i]):  # the widest gives first
+            give = min(excess, widths[i] - min(natural[i], SHRUNK_MIN))
+            widths[i] -= give
+            excess -= give
+        return widths
+
+    @staticmethod
+    def _fit(cell: Text, width: int) -> Text:
+        if cell.cell_len <= width:
+            return cell
+        return Text(_cut(cell.plain, width), style=cell.style)
+
+    def _print(self, renderable: Table, width: int | None = None) -> None:
+        """Print a table at least `width` wide (a line may run past a terminal's edge rather than fold an id); off a
+        terminal without the padding rich adds at line ends (friendlier to grep/diff)."""
+        wanted = max(self.console.width, width or 0)
         if self.is_tty:
-            self.console.print(renderable)
+            self.console.print(renderable, width=wanted, crop=False)
             return
         with self.console.capture() as captured:
-            self.console.print(renderable)
+            self.console.print(renderable, width=wanted, crop=False)
         text = "\n".join(line.rstrip() for line in captured.get().splitlines())
         self.stream.write(text + "\n")
         self.stream.flush()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from oma.v1 import storage_pb2
-from oma_server.omactl import render
+from oma_server.omactl import render, resolve
 from oma_server.omactl.context import Commands, Context
 from oma_server.omactl.render import enum_choices, enum_label, enum_parse, field_time, size, status_text
 
@@ -70,7 +70,7 @@ def cmd_exports_show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_volumes_list(ctx: Context, args: argparse.Namespace) -> int:
-    request = storage_pb2.ListVolumesRequest(vm_context_id=args.vm or "")
+    request = storage_pb2.ListVolumesRequest(vm_context_id=resolve.optional(resolve.vm_id, ctx, args.vm))
     if args.state:
         request.state = enum_parse(storage_pb2.VolumeState, VOLUME_PREFIX, args.state)  # type: ignore[assignment]
     items = list(ctx.client.paged(ctx.client.volumes, "ListVolumes", request, lambda r: list(r.volumes)))
@@ -135,7 +135,7 @@ def register(commands: Commands) -> None:
 
     group = commands.group("volumes", "CloudStack volumes holding the replicas")
     listing = commands.leaf(group, "list", "list volumes", cmd_volumes_list)
-    listing.add_argument("--vm", metavar="ID", help="only volumes of this VM context's disks")
+    listing.add_argument("--vm", metavar="VM", help="only volumes of this VM context's disks (id or name)")
     listing.add_argument(
         "--state",
         metavar="S",

@@ -1,13 +1,16 @@
-"""omactl vms list|show|discover (VM contexts: the VMware VMs under migration)."""
+"""omactl vms list|show|discover|power-on|power-off (VM contexts: the VMware VMs under migration)."""
 
 from __future__ import annotations
 
 import argparse
+import time
 
 from oma.common.v1 import inventory_pb2
 from oma.v1 import vm_context_pb2
-from oma_server.omactl import render
+from oma_server.omactl import render, resolve
+from oma_server.omactl.client import CliError
 from oma_server.omactl.context import Commands, Context
+from oma_server.omactl.failover import started
 from oma_server.omactl.render import enum_choices, enum_label, enum_parse, field_time, size, status_text
 
 STATUS_PREFIX = "VM_CONTEXT_STATUS"
@@ -22,12 +25,17 @@ def _memory(mib: int) -> str:
 
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
-    request = vm_context_pb2.ListVmContextsRequest(appliance_id=args.appliance or "")
+    request = vm_context_pb2.ListVmContextsRequest(
+        appliance_id=resolve.optional(resolve.appliance_id, ctx, args.appliance)
+    )
     if args.status:
         request.status = enum_parse(vm_context_pb2.VmContextStatus, STATUS_PREFIX, args.status)  # type: ignore[assignment]
     items = list(ctx.client.paged(ctx.client.vms, "ListVmContexts", request, lambda r: list(r.vm_contexts)))
     if ctx.out.as_json:
         ctx.out.messages(items)
+        return 0
+    if ctx.out.quiet:
+        ctx.out.ids(vm.id for vm in items)
         return 0
     ctx.out.table(
         ["ID", "NAME", "APPLIANCE", "STATUS", "CPUS", "MEMORY", "DISKS", "ACTIVE JOB", "UPDATED"],
@@ -51,7 +59,8 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
-    reply = ctx.client.call(ctx.client.vms, "GetVmContext", vm_context_pb2.GetVmContextRequest(id=args.id))
+    vm_id = resolve.vm_id(ctx, args.vm)
+    reply = ctx.client.call(ctx.client.vms, "GetVmContext", vm_context_pb2.GetVmContextRequest(id=vm_id))
     vm = reply.vm_context
     if ctx.out.as_json:
         ctx.out.message(vm)
@@ -104,17 +113,39 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _discover(ctx: Context, request: vm_context_pb2.DiscoverVmsRequest) -> vm_context_pb2.DiscoverVmsResponse:
+    """DiscoverVms, asked again while the appliance is still connecting (it was just started) until the wait ends."""
+    wait = request.timeout_seconds or 30
+    timeout = max(ctx.client.timeout or 0.0, wait + 5.0)
+    deadline = time.monotonic() + wait
+    noted = False
+    while True:
+        try:
+            return ctx.client.call(ctx.client.vms, "DiscoverVms", request, timeout=timeout)  # type: ignore[no-any-return]
+        except CliError as error:
+            if "(APPLIANCE_DISCONNECTED)" not in error.text or time.monotonic() > deadline:
+                raise
+            if not noted:
+                ctx.out.note(f"omactl: appliance {request.appliance_id} is not connected yet; waiting up to {wait}s")
+                noted = True
+            time.sleep(0.5)  # a retry interval while the appliance dials in, not a synchronisation
+
+
 def cmd_discover(ctx: Context, args: argparse.Namespace) -> int:
     request = vm_context_pb2.DiscoverVmsRequest(
-        appliance_id=args.appliance, name_filter=args.filter or "", register=args.register
+        appliance_id=resolve.appliance_id(ctx, args.appliance),
+        name_filter=args.name_filter or "",
+        register=args.register,
     )
     if args.wait is not None:
         request.timeout_seconds = args.wait
-    wait = request.timeout_seconds or 30
-    timeout = max(ctx.client.timeout or 0.0, wait + 5.0)
-    reply = ctx.client.call(ctx.client.vms, "DiscoverVms", request, timeout=timeout)
+    reply = _discover(ctx, request)
     if ctx.out.as_json:
         ctx.out.message(reply)
+        return 0
+    if ctx.out.quiet:
+        found = [vm.id for vm in reply.vm_contexts] if args.register else [vm.uuid for vm in reply.virtual_machines]
+        ctx.out.ids(found)
         return 0
     ctx.out.table(
         ["NAME", "UUID", "POWER", "CPUS", "MEMORY", "DISKS", "NICS", "GUEST OS"],
@@ -143,10 +174,20 @@ def cmd_discover(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_power(ctx: Context, args: argparse.Namespace) -> int:
+    vm_id = resolve.vm_id(ctx, args.vm)
+    on = args.vms_command == "power-on"
+    kind = vm_context_pb2.PowerOnSourceVmRequest if on else vm_context_pb2.PowerOffSourceVmRequest
+    request = kind(vm_context_id=vm_id, request_id=args.request_id or "")
+    method = "PowerOnSourceVm" if on else "PowerOffSourceVm"
+    job = ctx.client.call(ctx.client.vms, method, request).job
+    return started(ctx, args, job, f"power {'on' if on else 'off'} of the source VM")
+
+
 def register(commands: Commands) -> None:
     group = commands.group("vms", "VM contexts: the VMware VMs under migration")
     listing = commands.leaf(group, "list", "list VM contexts", cmd_list)
-    listing.add_argument("--appliance", metavar="ID", help="only VMs of this appliance")
+    listing.add_argument("--appliance", metavar="APPLIANCE", help="only VMs of this appliance (id or name)")
     listing.add_argument(
         "--status",
         metavar="S",
@@ -154,13 +195,28 @@ def register(commands: Commands) -> None:
         help="only VMs in this status: %(choices)s",
     )
     show = commands.leaf(group, "show", "show one VM context with its disks and NICs", cmd_show)
-    show.add_argument("id", metavar="ID", help="VM context id")
+    show.add_argument("vm", metavar="VM", help="VM context id or name")
     discover = commands.leaf(
         group, "discover", "ask an appliance which VMs it sees (optionally register them)", cmd_discover
     )
-    discover.add_argument("--appliance", metavar="ID", required=True, help="appliance to ask (must be connected)")
-    discover.add_argument("--filter", metavar="TEXT", help="only VMs whose name contains TEXT")
+    discover.add_argument(
+        "--appliance", metavar="APPLIANCE", required=True, help="appliance to ask, id or name (it must connect)"
+    )
+    discover.add_argument(
+        "--name-filter", "--filter", metavar="TEXT", dest="name_filter", help="only VMs whose name contains TEXT"
+    )
     discover.add_argument("--register", action="store_true", help="register every VM found as a VM context")
     discover.add_argument(
-        "--wait", metavar="SECONDS", type=int, help="how long the OMA waits for the appliance (default 30, max 300)"
+        "--wait",
+        metavar="SECONDS",
+        type=int,
+        help="how long to wait for the appliance to connect and answer (default 30, max 300)",
     )
+    for name, text in (
+        ("power-on", "power the source VM on through its appliance (a job; refused after a live failover)"),
+        ("power-off", "power the source VM off through its appliance (guest shutdown, then hard off; a job)"),
+    ):
+        power = commands.leaf(group, name, text, cmd_power)
+        power.add_argument("vm", metavar="VM", help="VM context id or name")
+        power.add_argument("--request-id", metavar="X", help="idempotency key: the same key returns the same job")
+        power.add_argument("--watch", action="store_true", help="follow the job until it ends")

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 from rich.table import Column
 
 from oma.v1 import failover_pb2, job_pb2, replication_pb2
-from oma_server.omactl import render
+from oma_server.omactl import render, resolve
 from oma_server.omactl.client import CliError, describe_rpc_error
 from oma_server.omactl.context import Commands, Context
 from oma_server.omactl.labels import error_text, failover_kind, failover_status, job_kind, job_status, phase
@@ -40,6 +40,7 @@ _REPLICATION_FINAL = {
 _FAILOVER_FINAL = {
     failover_pb2.FAILOVER_JOB_STATUS_COMPLETED: 0,
     failover_pb2.FAILOVER_JOB_STATUS_FAILED: 1,
+    failover_pb2.FAILOVER_JOB_STATUS_CANCELLED: 1,
 }
 _STEP_DONE = {failover_pb2.STEP_STATUS_COMPLETED, failover_pb2.STEP_STATUS_SKIPPED}
 
@@ -75,7 +76,10 @@ def final_message(job: Job) -> str:
         return f"job {job.id} {status}: {error_text(job.error)}"
     if job.status == failover_pb2.FAILOVER_JOB_STATUS_COMPLETED:
         target = f"; target VM {job.target_vm_name} ({job.target_vm_id})" if job.target_vm_id else ""
-        return f"{failover_kind(job)} job {job.id} completed{target}"
+        outcome = f": {job.outcome}" if job.outcome else ""
+        return f"{failover_kind(job)} job {job.id} completed{target}{outcome}"
+    if job.status == failover_pb2.FAILOVER_JOB_STATUS_CANCELLED:
+        return f"{failover_kind(job)} job {job.id} was {job.outcome or 'cancelled'}"
     failed_step = next((s for s in job.steps if s.status == failover_pb2.STEP_STATUS_FAILED), None)
     where = f" at step {failed_step.name}" if failed_step else ""
     detail = (
@@ -101,7 +105,6 @@ def _now() -> str:
 
 def replication_line(job: replication_pb2.ReplicationJob) -> str:
     parts = [
-        _now(),
         f"job {job.id}",
         job_kind(job),
         job_status(job),
@@ -123,17 +126,23 @@ def replication_line(job: replication_pb2.ReplicationJob) -> str:
 
 def failover_line(job: failover_pb2.FailoverJob) -> str:
     done = sum(1 for s in job.steps if s.status in _STEP_DONE)
-    line = f"{_now()} job {job.id} {failover_kind(job)} {failover_status(job)} step {done}/{len(job.steps)}"
+    line = f"job {job.id} {failover_kind(job)} {failover_status(job)} step {done}/{len(job.steps)}"
     if job.current_step:
         line += f" - {job.current_step}"
+    if job.cancel_requested:
+        line += " (cancel requested: stops when the step ends)"
     return line
 
 
 class LineRenderer:
-    """One line per update with a job: text, or protobuf JSON lines."""
+    """One line per change of what a job shows (a time stamp, then the job), or protobuf JSON lines.
+
+    A job's snapshot and the change it repeats, or a change of something a line does not show (a failover step's
+    internal bookkeeping), print nothing new: every line says something the previous one of that job did not."""
 
     def __init__(self, out: Output) -> None:
         self.out = out
+        self._last: dict[str, str] = {}
 
     def __enter__(self) -> LineRenderer:
         return self
@@ -150,9 +159,14 @@ class LineRenderer:
                 self.out.json_line(to_dict(update))
             return
         if isinstance(job, replication_pb2.ReplicationJob):
-            self.out.line(replication_line(job))
+            body = replication_line(job)
         elif isinstance(job, failover_pb2.FailoverJob):
-            self.out.line(failover_line(job))
+            body = failover_line(job)
+        else:
+            return
+        if self._last.get(job.id) != body:
+            self._last[job.id] = body
+            self.out.line(f"{_now()} {body}")
 
 
 class BarRenderer:
@@ -369,7 +383,7 @@ def cmd_watch(ctx: Context, args: argparse.Namespace) -> int:
         raise CliError("give either JOB_ID or --vm, not both (see 'omactl watch --help')", exit_code=2)
     if args.job_id:
         return follow_job(ctx, args.job_id)
-    return follow_jobs(ctx, args.vm or "", args.all)
+    return follow_jobs(ctx, resolve.optional(resolve.vm_id, ctx, args.vm), args.all)
 
 
 def register(commands: Commands) -> None:
@@ -380,5 +394,5 @@ def register(commands: Commands) -> None:
         cmd_watch,
     )
     watch.add_argument("job_id", metavar="JOB_ID", nargs="?", help="job to follow; omit to follow every job")
-    watch.add_argument("--vm", metavar="VM_ID", help="follow every job of this VM context")
+    watch.add_argument("--vm", metavar="VM", help="follow every job of this VM context (id or name)")
     watch.add_argument("--all", action="store_true", help="with no JOB_ID: also show jobs that already finished")

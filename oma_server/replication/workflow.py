@@ -27,7 +27,7 @@ from loguru import logger
 from oma_server.clock import Clock
 from oma_server.cloudstack.errors import CloudStackError
 from oma_server.db.database import Database
-from oma_server.db.models import ReplicationJob, VmContext
+from oma_server.db.models import ReplicationJob, VmContext, utcnow
 from oma_server.engine import OUTAGE, JobRunner, OnRetry, Step, run_step
 from oma_server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument
 from oma_server.joblog import JobLogService, note
@@ -80,8 +80,14 @@ def plan_disks(view: VmView, kind: str) -> list[DiskState]:
 def vm_after_job(job: JobState) -> None:
     """The VM context's status when its replication job ends (runs in the job's final transaction)."""
     vm = VmContext.get_or_none(VmContext.id == job.vm_context_id)
-    if vm is None or vm.active_job_id != job.id:
-        return  # not the job the VM is bound to (a final sync belongs to its failover job)
+    if vm is None:
+        return
+    if vm.active_job_id != job.id:
+        # Not the job the VM is bound to: a final sync belongs to its failover job, which sets the status; the sync
+        # is still the VM's last completed replication (its change ids are what the disks now hold).
+        if job.status == JobStatus.COMPLETED:
+            VmContext.update(last_completed_job_id=job.id, updated_at=utcnow()).where(VmContext.id == vm.id).execute()
+        return
     if job.status == JobStatus.COMPLETED:
         transition_vm(vm.id, VmStatus.READY_FOR_FAILOVER, active_job_id="", last_completed_job_id=job.id)
     elif job.started_at is None:

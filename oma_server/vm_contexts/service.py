@@ -35,6 +35,14 @@ class VmPage:
     next_page_token: str
 
 
+def vm_not_found(vm_context_id: str) -> NotFound:
+    return NotFound(
+        f"VM context {vm_context_id} does not exist; list them with ListVmContexts",
+        reason="VM_CONTEXT_NOT_FOUND",
+        vm_context_id=vm_context_id,
+    )
+
+
 def validate_discovered(vm: DiscoveredVm) -> None:
     problems = []
     if not vm.uuid:
@@ -179,12 +187,13 @@ class VmContextService:
             raise InvalidArgument("vm_context_id is required", reason="VM_CONTEXT_ID_MISSING")
         view = await self.db.run(load_view, vm_id)
         if view is None:
-            raise NotFound(
-                f"VM context {vm_id} does not exist; list them with ListVmContexts",
-                reason="VM_CONTEXT_NOT_FOUND",
-                vm_context_id=vm_id,
-            )
+            raise vm_not_found(vm_id)
         return view
+
+    async def require(self, vm_id: str) -> None:
+        """NOT_FOUND for a VM context filter that names no VM context (an empty list would hide the typo)."""
+        if vm_id and await self.db.run(VmContext.get_or_none, VmContext.id == vm_id) is None:
+            raise vm_not_found(vm_id)
 
     async def list_vms(self, page_size: int, page_token: str, appliance_id: str = "", status: str = "") -> VmPage:
         def query() -> VmPage:

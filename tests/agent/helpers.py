@@ -9,8 +9,11 @@ from pathlib import Path
 from oma_server.app import App
 from oma_server.db.models import Disk, ReplicationJob, VmContext
 from oma_server.replication.state_machine import DiskState, JobState
+from oma_server.server import OmaServer
 from tests.agent.nbd import NbdServer
-from vma_client_stubs.agent.vcenter import VirtualMachine
+from tests.factories import Enrolled
+from vma_client_stubs.agent.agent import Agent
+from vma_client_stubs.agent.vcenter import FakeVCenter, VirtualMachine
 
 
 async def register_vm(app: App, appliance_id: str, vm: VirtualMachine) -> list[Disk]:
@@ -88,3 +91,17 @@ def same_bytes(a: Path, b: Path) -> bool:
                 return False
             if not x:
                 return True
+
+
+def make_agent(oma_server: OmaServer, enrolled: Enrolled, vcenter: FakeVCenter, state: Path, **kw: object) -> Agent:
+    """An in-process agent of `enrolled` against the test OMA (fast reports, no fsync)."""
+    return Agent(
+        oma=f"127.0.0.1:{oma_server.port}",
+        appliance_id=enrolled.appliance_id,
+        credential=enrolled.credential,
+        vcenter=vcenter,
+        state_dir=state,
+        report_interval_s=0.1,
+        fsync=False,
+        **kw,  # type: ignore[arg-type]
+    )

@@ -9,7 +9,7 @@ import grpc
 
 from oma_server.db.models import ChangeIdRecord, Disk, JobDisk, ReplicationJob
 from oma_server.server import OmaServer
-from tests.agent.helpers import add_exports, register_vm, same_bytes, start_job, wait_status
+from tests.agent.helpers import add_exports, make_agent, register_vm, same_bytes, start_job, wait_status
 from tests.agent.nbd import NbdServer
 from tests.factories import enroll
 from vma_client_stubs.agent.agent import Agent, CopyOptions
@@ -65,19 +65,6 @@ async def test_initial_then_incremental(
             jd = await app.db.run(lambda d=disk: JobDisk.get((JobDisk.job == job2.id) & (JobDisk.disk == d.id)))
             assert jd.mode == "incremental"
             assert jd.new_change_id == vcenter.current_change_id(vm.uuid, disk.key)[0]
-
-
-def make_agent(oma_server: OmaServer, enrolled: object, vcenter: FakeVCenter, state: Path, **kw: object) -> Agent:
-    return Agent(
-        oma=f"127.0.0.1:{oma_server.port}",
-        appliance_id=enrolled.appliance_id,  # type: ignore[attr-defined]
-        credential=enrolled.credential,  # type: ignore[attr-defined]
-        vcenter=vcenter,
-        state_dir=state,
-        report_interval_s=0.1,
-        fsync=False,
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 async def test_invalid_change_id_and_resize_fall_back_to_full_copy(

@@ -13,11 +13,11 @@ import grpc
 
 from oma_server.db.models import JobDisk
 from oma_server.server import OmaServer
-from tests.agent.helpers import add_exports, register_vm, same_bytes, start_job, wait_status
+from tests.agent.helpers import add_exports, make_agent, register_vm, same_bytes, start_job, wait_status
 from tests.agent.nbd import NbdServer
 from tests.factories import enroll
 from tests.waiting import until
-from vma_client_stubs.agent.agent import Agent
+from vma_client_stubs.agent.agent import snapshot_description
 from vma_client_stubs.agent.copier import ResumePoint
 from vma_client_stubs.agent.vcenter import FakeVCenter
 
@@ -86,16 +86,7 @@ async def test_killed_agent_resumes_from_the_acknowledged_point(
     row = await wait_status(app, job.id, {"replicating"})
     assert acknowledged >= 6 * MIB
 
-    agent = Agent(
-        oma=f"127.0.0.1:{oma_server.port}",
-        appliance_id=enrolled.appliance_id,
-        credential=enrolled.credential,
-        vcenter=vcenter,
-        state_dir=state,
-        report_interval_s=0.1,
-        fsync=False,
-    )
-    async with agent:
+    async with make_agent(oma_server, enrolled, vcenter, state) as agent:
         row = await wait_status(app, job.id, {"completed", "failed"})
         assert row.status == "completed", row.error_message
         stats = agent.job_stats(job.id)
@@ -109,3 +100,27 @@ async def test_killed_agent_resumes_from_the_acknowledged_point(
     for disk in disks:
         assert same_bytes(vcenter.disk_path(vm.uuid, disk.key), nbd_server.exports[disk.id])
     assert vcenter.list_snapshots(vm.uuid) == []
+
+
+async def test_a_snapshot_taken_but_not_recorded_before_a_crash_is_removed(
+    oma_server: OmaServer, channel: grpc.aio.Channel, nbd_server: NbdServer, vcenter: FakeVCenter, tmp_path: Path
+) -> None:
+    """An agent killed between taking a job's VMware snapshot and recording it left that snapshot behind: the run
+    that takes the job over removes it (found by the job's snapshot description) instead of leaking it on the source.
+    Found by the workflow kill harness (tests/harness/workflow_kills.py, seed 3)."""
+    app = oma_server.app
+    enrolled = await enroll(channel)
+    vm = vcenter.create_vm("files01", [4 * MIB, 2 * MIB], seed=5)
+    disks = await register_vm(app, enrolled.appliance_id, vm)
+    add_exports(nbd_server, disks)
+    nbd_server.start()
+    job = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server)  # queued: no agent runs yet
+    leftover = vcenter.create_snapshot(vm.uuid, snapshot_description(job.id))  # what the killed agent took
+    unrelated = vcenter.create_snapshot(vm.uuid, "an operator's own snapshot")
+    async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent"):
+        row = await wait_status(app, job.id, {"completed", "failed"})
+        assert row.status == "completed", row.error_message
+    assert leftover.id not in vcenter.list_snapshots(vm.uuid)
+    assert vcenter.list_snapshots(vm.uuid) == [unrelated.id]
+    for disk in disks:
+        assert same_bytes(vcenter.disk_path(vm.uuid, disk.key), nbd_server.exports[disk.id])

@@ -40,6 +40,10 @@ def sim_process(tmp_path: Path) -> Iterator[dict[str, str]]:
         first = proc.stdout.readline()
         env = dict(item.split("=", 1) for item in first.split())
         assert set(env) == {"CLOUDSTACK_ENDPOINT", "CLOUDSTACK_KEY", "CLOUDSTACK_SECRET"}, first
+        second = proc.stdout.readline()  # what `oma-server --cloudstack URL` needs besides
+        oma = dict(item.split("=", 1) for item in second.split())
+        assert set(oma) == {"OMA_CLOUDSTACK_ZONE", "OMA_CLOUDSTACK_OMA_VM_ID", "DEVICE_ROOT", "SYS_ROOT"}, second
+        assert Path(oma["DEVICE_ROOT"]).is_dir() and Path(oma["SYS_ROOT"]).is_dir(), second
         env["_pid"] = str(proc.pid)
         yield env
     finally:

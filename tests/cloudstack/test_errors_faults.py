@@ -19,6 +19,7 @@ from oma_server.cloudstack.client import CloudStackClient
 from oma_server.cloudstack.errors import (
     CloudStackAuthError,
     CloudStackInternalError,
+    CloudStackJobLost,
     CloudStackJobTimeout,
     CloudStackParamError,
     CloudStackUnavailable,
@@ -28,6 +29,7 @@ from oma_server.cloudstack.errors import (
 from oma_server.cloudstack.models import GIB
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.errors import Category
+from tests.waiting import until
 
 
 def _signed_url(sim: CloudStackSimulator, params: dict[str, str], secret: str) -> str:
@@ -291,3 +293,28 @@ def test_error_mapping_table() -> None:
         assert err.category is category, code
     assert from_cloudstack_error({"errorcode": 530, "errortext": "timed out"}, command="c").transient
     assert not from_cloudstack_error({"errorcode": 431, "errortext": "try again"}, command="c").transient
+
+
+async def test_a_job_cloudstack_forgot_is_lost_not_a_missing_resource(
+    client: CloudStackClient, sim: CloudStackSimulator
+) -> None:
+    """CloudStack that no longer knows an async job (its management server restarted, or it purged the job) says
+    nothing about the resource the job was about: a destroy whose job was forgotten raises CloudStackJobLost, and the
+    VM is still there. Found by the workflow kill harness: a cleanup counted its test VM destroyed and left it."""
+    offering = (await client.list_service_offerings())[0]
+    template = (await client.list_templates())[0]
+    network = (await client.list_networks())[0]
+    vm = await client.deploy_vm("kept", offering.id, template.id, sim.zone_id, [network.id], start=False)
+    sim.faults.hang_job("destroyVirtualMachine")
+    polls = sim.state.request_count("queryAsyncJobResult")
+    task = asyncio.create_task(client.destroy_vm(vm.id))
+    await until(lambda: sim.state.request_count("queryAsyncJobResult") > polls, "the destroy job to be polled")
+    (job_id,) = [j for j, r in sim.state.jobs.items() if r.get("jobinstanceid") == vm.id and r["jobstatus"] == 0]
+    del sim.state.jobs[job_id]  # forgotten, as by a management server that lost it
+    with pytest.raises(CloudStackJobLost) as info:
+        await task
+    err = info.value
+    assert err.category is Category.UNAVAILABLE and err.reason == "CLOUDSTACK_JOB_LOST"
+    assert err.jobid == job_id and err.metadata["command"] == "destroyVirtualMachine"
+    assert "whether destroyVirtualMachine took effect is unknown" in err.message
+    assert (await client.get_vm(vm.id)).id == vm.id

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 from oma_server.cloudstack import device_path
 from oma_server.cloudstack.client import CloudStackClient
+from oma_server.cloudstack.config import CloudStackSettings
 from oma_server.cloudstack.errors import CloudStackUnavailable
 from oma_server.cloudstack.models import GIB
 from oma_server.cloudstack.simulator import CloudStackSimulator
+from tests.harness.victims import CloudStackProcess
 
 
 async def test_world_survives_restart(tmp_path: Path) -> None:
@@ -81,3 +84,26 @@ async def test_seed_file(tmp_path: Path) -> None:
             assert oma.root_volume is not None and oma.root_volume.state == "Ready"
         finally:
             await client.close()
+
+
+async def test_what_it_answered_survives_a_sigkill(tmp_path: Path) -> None:
+    """CloudStack commits before it answers: a volume created and attached, killed with SIGKILL the moment the
+    answers arrived, is there and attached after the restart. Found by the workflow kill harness: the simulator wrote
+    its state up to 0.2 s behind its answers, so a killed one forgot a detach and a destroy the OMA had seen succeed
+    (and the OMA was left with a test VM it believed destroyed)."""
+    sim = CloudStackProcess(tmp_path / "state", tmp_path / "sim.log")
+    await asyncio.to_thread(sim.start)
+    try:
+        settings = CloudStackSettings.from_env(
+            sim.url, sim.oma_environment(), retry_base_delay_s=0.05, retry_max_delay_s=0.2
+        )
+        async with CloudStackClient(settings) as client:
+            volume = await client.create_volume("durable", GIB)
+            attached = await client.attach_volume_to_oma(volume.id)
+            await asyncio.to_thread(sim.kill)  # at once: no time for a write behind the answers
+            await asyncio.to_thread(sim.start)
+            again = await client.get_volume(volume.id)
+        assert again.virtual_machine_id == sim.oma_vm_id == attached.virtual_machine_id
+        assert again.device_id == attached.device_id
+    finally:
+        await asyncio.to_thread(sim.stop)

@@ -228,3 +228,17 @@ async def wait_job(
 async def oma_channel(server: OmaServer) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield channel
+
+
+async def answer_power(stream: object, kind: str, vm_uuid: str) -> None:
+    command = (await stream.recv_until("command", timeout=20)).command  # type: ignore[attr-defined]
+    assert command.WhichOneof("kind") == kind, command
+    assert getattr(command, kind).vm_uuid == vm_uuid
+    state = inventory_pb2.POWER_STATE_POWERED_OFF if kind == "power_off" else inventory_pb2.POWER_STATE_POWERED_ON
+    await stream.send(  # type: ignore[attr-defined]
+        command_result=stream_pb2.CommandResult(
+            command_id=command.command_id,
+            outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED,
+            power=stream_pb2.PowerResult(power_state=state),
+        )
+    )

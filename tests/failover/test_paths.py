@@ -10,8 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from oma.common.v1 import inventory_pb2
-from oma.v1 import failover_pb2, job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc
+from oma.common.v1 import jobs_pb2
+from oma.v1 import failover_pb2, job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc, vm_context_pb2
+from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.db.models import Volume
 from oma_server.server import OmaServer
 from tests.factories import live_exports
@@ -20,6 +21,9 @@ from tests.failover.helpers import (
     VM_LIVE,
     VM_READY,
     VM_TEST,
+    Replicated,
+    World,
+    answer_power,
     cleanup,
     failover_stub,
     get_vm,
@@ -172,31 +176,40 @@ async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path, datab
         await oma.stop(grace=0.2)
 
 
-async def answer_power(stream: object, kind: str, vm_uuid: str) -> None:
-    command = (await stream.recv_until("command", timeout=20)).command  # type: ignore[attr-defined]
-    assert command.WhichOneof("kind") == kind, command
-    assert getattr(command, kind).vm_uuid == vm_uuid
-    state = inventory_pb2.POWER_STATE_POWERED_OFF if kind == "power_off" else inventory_pb2.POWER_STATE_POWERED_ON
-    await stream.send(  # type: ignore[attr-defined]
-        command_result=stream_pb2.CommandResult(
-            command_id=command.command_id,
-            outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED,
-            power=stream_pb2.PowerResult(power_state=state),
+async def live_failover_powered_off(
+    channel: grpc.aio.Channel, sim: CloudStackSimulator, tmp_path: Path
+) -> tuple[Replicated, World, vm_context_pb2.VmContext, failover_pb2.FailoverJob]:
+    """A replicated VM whose live failover has begun and whose source the appliance powered off: the final sync's
+    start command comes next. Returns the replication, the world before, the VM and the failover job."""
+    r = await replicate(channel, tmp_path)
+    before = world(sim)
+    await map_network(channel, sim, vm_id=r.vm_id)
+    vm = await get_vm(channel, r.vm_id)
+    job = await start_failover(channel, r.vm_id, LIVE)
+    await answer_power(r.stream, "power_off", vm.vm_uuid)
+    return r, before, vm, job
+
+
+async def rollback_powering_on(
+    oma: OmaServer, channel: grpc.aio.Channel, r: Replicated, vm_uuid: str
+) -> failover_pb2.FailoverJob:
+    """RollbackFailover with power_on_source, the appliance answering the power-on; the completed rollback job."""
+    rb = (
+        await failover_stub(channel).RollbackFailover(
+            failover_pb2.RollbackFailoverRequest(vm_context_id=r.vm_id, power_on_source=True)
         )
-    )
+    ).job
+    await answer_power(r.stream, "power_on", vm_uuid)
+    undone = await wait_job(oma, channel, rb.id)
+    assert undone.status == failover_pb2.FAILOVER_JOB_STATUS_COMPLETED, undone
+    return undone
 
 
 async def test_live_failover_with_final_sync_then_rollback(oma: OmaServer, tmp_path: Path) -> None:
     sim = sim_of(oma)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
-        r = await replicate(channel, tmp_path)
-        before = world(sim)
-        await map_network(channel, sim, vm_id=r.vm_id)
-        vm = await get_vm(channel, r.vm_id)
-
-        job = await start_failover(channel, r.vm_id, LIVE)
+        r, before, vm, job = await live_failover_powered_off(channel, sim, tmp_path)
         assert job.target_vm_name == "web-01"
-        await answer_power(r.stream, "power_off", vm.vm_uuid)
         # the final sync: the appliance copies the changed blocks (new bytes on disk 0) and completes
         src0 = r.sources[vm.disks[0].id]
         data = bytearray(src0.read_bytes())
@@ -223,14 +236,7 @@ async def test_live_failover_with_final_sync_then_rollback(oma: OmaServer, tmp_p
         assert await asyncio.to_thread(read_prefix, backing, len(data)) == bytes(data)
 
         # rollback with power-on of the source
-        rb = (
-            await failover_stub(channel).RollbackFailover(
-                failover_pb2.RollbackFailoverRequest(vm_context_id=r.vm_id, power_on_source=True)
-            )
-        ).job
-        await answer_power(r.stream, "power_on", vm.vm_uuid)
-        undone = await wait_job(oma, channel, rb.id)
-        assert undone.status == failover_pb2.FAILOVER_JOB_STATUS_COMPLETED, undone
+        undone = await rollback_powering_on(oma, channel, r, vm.vm_uuid)
         assert undone.steps[-1].name == "power_on_source"
         assert undone.steps[-1].status == failover_pb2.STEP_STATUS_COMPLETED
         assert world(sim) == before
@@ -239,5 +245,44 @@ async def test_live_failover_with_final_sync_then_rollback(oma: OmaServer, tmp_p
         listed = (
             await failover_stub(channel).ListFailoverJobs(failover_pb2.ListFailoverJobsRequest(vm_context_id=r.vm_id))
         ).jobs
-        assert [j.id for j in listed] == [rb.id, job.id]
+        assert [j.id for j in listed] == [undone.id, job.id]
+        await r.stream.close()
+
+
+async def test_a_final_sync_that_failed_midway_leaves_the_vm_failed_after_rollback(
+    oma: OmaServer, tmp_path: Path
+) -> None:
+    """The appliance began the final sync and then failed it: the replicas hold some blocks of a newer snapshot, so
+    after the rollback the VM is `failed` (replicate again), not ready_for_failover. Found by the workflow kill
+    harness: the job's `replicas_dirty` was only set when the VM context was failed, which a final sync — not the
+    VM's active job — never makes it."""
+    sim = sim_of(oma)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+        r, before, vm, job = await live_failover_powered_off(channel, sim, tmp_path)
+        start = (await r.stream.recv_until("command", timeout=20)).command.start_replication
+        await r.stream.send(event=stream_pb2.JobEvent(job_id=start.job_id, sequence=1, started=stream_pb2.JobStarted()))
+        await r.stream.send(
+            event=stream_pb2.JobEvent(
+                job_id=start.job_id,
+                sequence=2,
+                failed=stream_pb2.JobFailed(
+                    error_class=jobs_pb2.ERROR_CLASS_TARGET_WRITE_FAILED, detail="write failed after 3 MiB"
+                ),
+            )
+        )
+        failed = await wait_job(oma, channel, job.id)
+        assert failed.status == failover_pb2.FAILOVER_JOB_STATUS_FAILED, failed
+        assert failed.error.reason == "FINAL_SYNC_FAILED"
+
+        await rollback_powering_on(oma, channel, r, vm.vm_uuid)
+        assert world(sim) == before
+        assert (await get_vm(channel, r.vm_id)).status == vm_context_pb2.VM_CONTEXT_STATUS_FAILED
+
+        # an incremental from the last recorded change ids repairs the replicas
+        inc = await replication_pb2_grpc.ReplicationServiceStub(channel).StartReplication(
+            replication_pb2.StartReplicationRequest(vm_context_id=r.vm_id)
+        )
+        assert [d.previous_change_id for d in inc.job.disks] == r.change_ids
+        await play_replication(r.stream, tmp_path, "2", r.sources, job_id=inc.job.id)
+        assert (await get_vm(channel, r.vm_id)).status == VM_READY
         await r.stream.close()

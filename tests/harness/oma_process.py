@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -41,9 +42,14 @@ def processes_using(path: Path) -> list[int]:
 
 
 class OmaProcess:
-    def __init__(self, data_dir: Path, database_url: str = "", *extra: str) -> None:
+    def __init__(
+        self, data_dir: Path, database_url: str = "", *extra: str, env: Mapping[str, str] | None = None
+    ) -> None:
+        """`extra` flags go to `oma-server serve`; `env` is added to this process's environment (e.g. the
+        OMA_CLOUDSTACK_* keys of an external CloudStack)."""
         self.data_dir = data_dir
         self.database_url = database_url
+        self.env = {**os.environ, **(env or {})}
         self.port = free_port()
         self.nbd_port = free_port()
         self.extra = list(extra)
@@ -71,7 +77,7 @@ class OmaProcess:
         if self.database_url:
             args += ["--database", self.database_url]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=self.env)
         self.starts += 1
         self._wait_serving(timeout)
 

@@ -246,7 +246,8 @@ WATCH_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.max_r
 
 @dataclass
 class Watcher:
-    """Follows one job until it is final, resuming from its last revision after every cut; checks order."""
+    """Follows one job until it is final, resuming from its last revision after every cut; checks order, and that
+    a WatchJob ends (OK) right after the final state while WatchJobs never ends on its own."""
 
     channel: grpc.aio.Channel
     job_id: str
@@ -321,8 +322,13 @@ class Watcher:
                 if job.id == self.job_id:
                     self.last_view = job
                     self.last_view_revision = update.revision
-                    if job.status == COMPLETED_STATUS:
-                        return
+                    if job.status == COMPLETED_STATUS and self.all_jobs:
+                        return  # WatchJobs never ends on its own: leave it
+            # The stream ended with OK: only a WatchJob does, and only right after the job's final state.
+            if self.all_jobs:
+                self.violations.append("WatchJobs ended on its own")
+            elif not self._final():
+                self.violations.append("WatchJob ended before it sent the job's final state")
         finally:
             call.cancel()
 

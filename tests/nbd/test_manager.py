@@ -386,6 +386,39 @@ async def test_states_and_vanishing_device(manager: NbdExportManager, tmp_path: 
     assert manager.get_export("oma-vol-v").state == STATE_ACTIVE
 
 
+async def test_replicas_detached_one_per_probe_round_do_not_restart_the_server(
+    manager: NbdExportManager, tmp_path: Path
+) -> None:
+    """A 50-VM run detaches replicas all the time; a dangling link nbdkit no longer lists is that export's error,
+    not nbdkit's: counting it as a failed probe restarted nbdkit under every other copy (the migration-at-scale
+    test saw writes fail with "Cannot send after transport endpoint shutdown")."""
+    links = []
+    for i in range(4):
+        link = tmp_path / f"virtio-d{i}"
+        link.symlink_to(make_disk(tmp_path / f"d{i}.img", MiB))
+        await manager.add_export(f"oma-vol-d{i}", str(link))
+        links.append(link)
+    kept = make_disk(tmp_path / "kept.img", 4 * MiB)
+    await manager.add_export("oma-vol-kept", str(kept))
+    await manager.wait_ready()
+    pid, launches = manager.master_pid, manager.restarts
+    rounds = manager.probe_rounds
+    await until(lambda: manager.probe_rounds > rounds, "a supervisor round to end")
+    for i, link in enumerate(links):  # a new loss for each of more rounds in a row than the restart threshold
+        link.unlink()  # just after a round ended: the next round's probe sees the export gone
+        rounds = manager.probe_rounds
+        await until(lambda r=rounds: manager.probe_rounds > r, "a supervisor round to end")  # type: ignore[misc]
+        assert manager.get_export(f"oma-vol-d{i}").state == STATE_ERROR
+    rounds = manager.probe_rounds
+    await until(lambda: manager.probe_rounds > rounds + 1, "two more supervisor rounds")
+    assert manager.master_pid == pid and manager.restarts == launches
+    assert manager.get_export("oma-vol-kept").state == STATE_ACTIVE
+    src = tmp_path / "src"
+    src.write_bytes(pattern(4 * MiB, seed=9))
+    await nbdcopy(str(src), manager.uri_for("oma-vol-kept"))
+    assert kept.read_bytes() == src.read_bytes()
+
+
 async def test_concurrent_adds_are_serialised(manager: NbdExportManager, tmp_path: Path) -> None:
     disks = [str(make_disk(tmp_path / f"c{i}.img", MiB)) for i in range(8)]
     infos = await asyncio.gather(*(manager.add_export(f"oma-vol-c{i}", d) for i, d in enumerate(disks)))

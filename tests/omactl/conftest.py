@@ -35,17 +35,18 @@ class Result:
         return self.err.splitlines()
 
 
-def omactl_env(server: str) -> dict[str, str]:
+def omactl_env(server: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "OMA_SERVER")}
     env["OMA_SERVER"] = server
+    env.update(extra)
     return env
 
 
-async def run_omactl(server: str, *args: str, timeout: float = 20.0) -> Result:
+async def run_omactl(server: str, *args: str, timeout: float = 20.0, env: dict[str, str] | None = None) -> Result:
     proc = await asyncio.create_subprocess_exec(
         *OMACTL,
         *args,
-        env=omactl_env(server),
+        env=omactl_env(server, **(env or {})),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -570,8 +570,15 @@ class Agent:
                         disk.acked_token = ""
         self._check_stop(runner)
         await self._report(runner)
+        description = snapshot_description(record.job_id)
+        # A snapshot this job took just before the agent died, unrecorded: nothing was copied from it (copies start
+        # after the record names their snapshot), so remove it rather than leave it to grow on the source VM.
+        with contextlib.suppress(VCenterError):
+            for stale in await asyncio.to_thread(self.vcenter.find_snapshots, record.vm_uuid, description):
+                await asyncio.to_thread(self.vcenter.remove_snapshot, record.vm_uuid, stale.id)
+                log.info("removed snapshot {snap}, taken by an earlier run that did not record it", snap=stale.id)
         try:
-            snapshot = await asyncio.to_thread(self.vcenter.create_snapshot, record.vm_uuid, f"OMA job {record.job_id}")
+            snapshot = await asyncio.to_thread(self.vcenter.create_snapshot, record.vm_uuid, description)
         except VmNotFound as exc:
             raise JobFailure("INVALID_COMMAND", str(exc)) from exc
         except (OSError, VCenterError) as exc:
@@ -803,6 +810,11 @@ def _copying_operation(copying: dict[str, str]) -> str:
 
 class _Stopped(Exception):
     """The job's cancel flag was set (cancel command, shutdown, or abandon)."""
+
+
+def snapshot_description(job_id: str) -> str:
+    """What the agent names the VMware snapshot of a job: how a snapshot it did not get to record is found again."""
+    return f"OMA job {job_id}"
 
 
 def _rejected(detail: str) -> stream_pb2.CommandResult:

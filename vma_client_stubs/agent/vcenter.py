@@ -134,6 +134,7 @@ class Snapshot:
     vm_uuid: str
     created_at: float
     disks: dict[int, SnapshotDisk]
+    description: str = ""
 
     def disk(self, key: int) -> SnapshotDisk:
         try:
@@ -427,7 +428,7 @@ class FakeVCenter:
             except BaseException:
                 shutil.rmtree(snap_dir, ignore_errors=True)
                 raise
-            snapshot = Snapshot(snap_id, vm_uuid, now, disks)
+            snapshot = Snapshot(snap_id, vm_uuid, now, disks, description)
             meta = {
                 "id": snap_id,
                 "vm_uuid": vm_uuid,
@@ -456,11 +457,24 @@ class FakeVCenter:
                 )
                 for d in raw["disks"]
             },
+            description=raw.get("description", ""),
         )
 
     def list_snapshots(self, vm_uuid: str) -> list[str]:
         snaps = self._snapshots_dir(vm_uuid)
         return sorted(p.parent.name for p in snaps.glob("*/snapshot.json")) if snaps.exists() else []
+
+    def find_snapshots(self, vm_uuid: str, description: str) -> list[Snapshot]:
+        """The VM's snapshots with this description (vCenter finds snapshots by name the same way)."""
+        found = []
+        for snap_id in self.list_snapshots(vm_uuid):
+            try:
+                snapshot = self.get_snapshot(vm_uuid, snap_id)
+            except SnapshotNotFound:  # removed meanwhile
+                continue
+            if snapshot.description == description:
+                found.append(snapshot)
+        return found
 
     def remove_snapshot(self, vm_uuid: str, snapshot_id: str) -> None:
         with self._locked(vm_uuid):

@@ -15,6 +15,8 @@ class FailoverJobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILOVER_JOB_KIND_LIVE: _ClassVar[FailoverJobKind]
     FAILOVER_JOB_KIND_CLEANUP: _ClassVar[FailoverJobKind]
     FAILOVER_JOB_KIND_ROLLBACK: _ClassVar[FailoverJobKind]
+    FAILOVER_JOB_KIND_POWER_ON_SOURCE: _ClassVar[FailoverJobKind]
+    FAILOVER_JOB_KIND_POWER_OFF_SOURCE: _ClassVar[FailoverJobKind]
 
 class FailoverJobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -23,6 +25,7 @@ class FailoverJobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILOVER_JOB_STATUS_RUNNING: _ClassVar[FailoverJobStatus]
     FAILOVER_JOB_STATUS_COMPLETED: _ClassVar[FailoverJobStatus]
     FAILOVER_JOB_STATUS_FAILED: _ClassVar[FailoverJobStatus]
+    FAILOVER_JOB_STATUS_CANCELLED: _ClassVar[FailoverJobStatus]
 
 class StepStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,22 +35,27 @@ class StepStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STEP_STATUS_COMPLETED: _ClassVar[StepStatus]
     STEP_STATUS_FAILED: _ClassVar[StepStatus]
     STEP_STATUS_SKIPPED: _ClassVar[StepStatus]
+    STEP_STATUS_CANCELLED: _ClassVar[StepStatus]
 FAILOVER_JOB_KIND_UNSPECIFIED: FailoverJobKind
 FAILOVER_JOB_KIND_TEST: FailoverJobKind
 FAILOVER_JOB_KIND_LIVE: FailoverJobKind
 FAILOVER_JOB_KIND_CLEANUP: FailoverJobKind
 FAILOVER_JOB_KIND_ROLLBACK: FailoverJobKind
+FAILOVER_JOB_KIND_POWER_ON_SOURCE: FailoverJobKind
+FAILOVER_JOB_KIND_POWER_OFF_SOURCE: FailoverJobKind
 FAILOVER_JOB_STATUS_UNSPECIFIED: FailoverJobStatus
 FAILOVER_JOB_STATUS_PENDING: FailoverJobStatus
 FAILOVER_JOB_STATUS_RUNNING: FailoverJobStatus
 FAILOVER_JOB_STATUS_COMPLETED: FailoverJobStatus
 FAILOVER_JOB_STATUS_FAILED: FailoverJobStatus
+FAILOVER_JOB_STATUS_CANCELLED: FailoverJobStatus
 STEP_STATUS_UNSPECIFIED: StepStatus
 STEP_STATUS_PENDING: StepStatus
 STEP_STATUS_RUNNING: StepStatus
 STEP_STATUS_COMPLETED: StepStatus
 STEP_STATUS_FAILED: StepStatus
 STEP_STATUS_SKIPPED: StepStatus
+STEP_STATUS_CANCELLED: StepStatus
 
 class FailoverStep(_message.Message):
     __slots__ = ("name", "status", "started_at", "finished_at", "error", "attempts")
@@ -66,7 +74,7 @@ class FailoverStep(_message.Message):
     def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[StepStatus, str]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class FailoverJob(_message.Message):
-    __slots__ = ("id", "vm_context_id", "kind", "status", "steps", "target_vm_id", "target_vm_name", "snapshot_ids", "error", "revision", "created_at", "finished_at", "current_step")
+    __slots__ = ("id", "vm_context_id", "kind", "status", "steps", "target_vm_id", "target_vm_name", "snapshot_ids", "error", "revision", "created_at", "finished_at", "current_step", "outcome", "cancel_requested")
     ID_FIELD_NUMBER: _ClassVar[int]
     VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +88,8 @@ class FailoverJob(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     CURRENT_STEP_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     id: str
     vm_context_id: str
     kind: FailoverJobKind
@@ -93,7 +103,9 @@ class FailoverJob(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
     current_step: str
-    def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., kind: _Optional[_Union[FailoverJobKind, str]] = ..., status: _Optional[_Union[FailoverJobStatus, str]] = ..., steps: _Optional[_Iterable[_Union[FailoverStep, _Mapping]]] = ..., target_vm_id: _Optional[str] = ..., target_vm_name: _Optional[str] = ..., snapshot_ids: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[_jobs_pb2.JobError, _Mapping]] = ..., revision: _Optional[int] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., current_step: _Optional[str] = ...) -> None: ...
+    outcome: str
+    cancel_requested: bool
+    def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., kind: _Optional[_Union[FailoverJobKind, str]] = ..., status: _Optional[_Union[FailoverJobStatus, str]] = ..., steps: _Optional[_Iterable[_Union[FailoverStep, _Mapping]]] = ..., target_vm_id: _Optional[str] = ..., target_vm_name: _Optional[str] = ..., snapshot_ids: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[_jobs_pb2.JobError, _Mapping]] = ..., revision: _Optional[int] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., current_step: _Optional[str] = ..., outcome: _Optional[str] = ..., cancel_requested: bool = ...) -> None: ...
 
 class ReadinessCheck(_message.Message):
     __slots__ = ("name", "passed", "reason")

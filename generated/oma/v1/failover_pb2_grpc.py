@@ -93,7 +93,8 @@ class FailoverServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def RollbackFailover(self, request, context):
-        """Rolls back a live failover: destroys the target VM, reattaches the volumes to the OMA.
+        """Rolls back a live failover: destroys the target VM, releases the volumes; powers the source VM on only when
+        power_on_source is set (the job's outcome says whether the source is left powered off).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,13 +49,69 @@ class JobUpdate(_message.Message):
     failover_job: _failover_pb2.FailoverJob
     def __init__(self, kind: _Optional[_Union[UpdateKind, str]] = ..., revision: _Optional[int] = ..., replication_job: _Optional[_Union[_replication_pb2.ReplicationJob, _Mapping]] = ..., failover_job: _Optional[_Union[_failover_pb2.FailoverJob, _Mapping]] = ...) -> None: ...
 
+class Job(_message.Message):
+    __slots__ = ("replication_job", "failover_job")
+    REPLICATION_JOB_FIELD_NUMBER: _ClassVar[int]
+    FAILOVER_JOB_FIELD_NUMBER: _ClassVar[int]
+    replication_job: _replication_pb2.ReplicationJob
+    failover_job: _failover_pb2.FailoverJob
+    def __init__(self, replication_job: _Optional[_Union[_replication_pb2.ReplicationJob, _Mapping]] = ..., failover_job: _Optional[_Union[_failover_pb2.FailoverJob, _Mapping]] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "vm_context_id", "open_only")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    OPEN_ONLY_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    vm_context_id: str
+    open_only: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., open_only: bool = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("id", "request_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CancelJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
 class WatchJobRequest(_message.Message):
-    __slots__ = ("job_id", "from_revision")
+    __slots__ = ("job_id", "from_revision", "keep_following")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_REVISION_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FOLLOWING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     from_revision: int
-    def __init__(self, job_id: _Optional[str] = ..., from_revision: _Optional[int] = ...) -> None: ...
+    keep_following: bool
+    def __init__(self, job_id: _Optional[str] = ..., from_revision: _Optional[int] = ..., keep_following: bool = ...) -> None: ...
 
 class WatchJobResponse(_message.Message):
     __slots__ = ("update",)

@@ -26,7 +26,16 @@ if _version_not_supported:
 
 
 class JobServiceStub(object):
-    """Watching jobs of every kind and reading their logs.
+    """One view of jobs of every kind (replication, failover, cleanup, rollback, source power): finding, listing,
+    cancelling and watching them, and reading their logs.
+
+    Watch semantics. Every change of any job gets the next revision of one server-wide sequence; changes reach a
+    watcher in revision order. A watcher subscribes before it reads the current state, so nothing committed meanwhile
+    is missed. Resume after a dropped stream with from_revision = the revision of the last update received (CHANGE,
+    SYNCED or PROGRESS_NOTIFY; for WatchJob also SNAPSHOT). A from_revision older than the history the server keeps
+    answers OUT_OF_RANGE with reason REVISION_COMPACTED, one ahead of every revision the server has handed out answers
+    OUT_OF_RANGE with reason REVISION_AHEAD (a revision of another server, or a typo); either way, read the job(s)
+    again and watch from 0.
     """
 
     def __init__(self, channel):
@@ -35,6 +44,21 @@ class JobServiceStub(object):
         Args:
             channel: A grpc.Channel.
         """
+        self.GetJob = channel.unary_unary(
+                '/oma.v1.JobService/GetJob',
+                request_serializer=oma_dot_v1_dot_job__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=oma_dot_v1_dot_job__pb2.GetJobResponse.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/oma.v1.JobService/ListJobs',
+                request_serializer=oma_dot_v1_dot_job__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=oma_dot_v1_dot_job__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/oma.v1.JobService/CancelJob',
+                request_serializer=oma_dot_v1_dot_job__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=oma_dot_v1_dot_job__pb2.CancelJobResponse.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/oma.v1.JobService/WatchJob',
                 request_serializer=oma_dot_v1_dot_job__pb2.WatchJobRequest.SerializeToString,
@@ -53,18 +77,61 @@ class JobServiceStub(object):
 
 
 class JobServiceServicer(object):
-    """Watching jobs of every kind and reading their logs.
+    """One view of jobs of every kind (replication, failover, cleanup, rollback, source power): finding, listing,
+    cancelling and watching them, and reading their logs.
+
+    Watch semantics. Every change of any job gets the next revision of one server-wide sequence; changes reach a
+    watcher in revision order. A watcher subscribes before it reads the current state, so nothing committed meanwhile
+    is missed. Resume after a dropped stream with from_revision = the revision of the last update received (CHANGE,
+    SYNCED or PROGRESS_NOTIFY; for WatchJob also SNAPSHOT). A from_revision older than the history the server keeps
+    answers OUT_OF_RANGE with reason REVISION_COMPACTED, one ahead of every revision the server has handed out answers
+    OUT_OF_RANGE with reason REVISION_AHEAD (a revision of another server, or a typo); either way, read the job(s)
+    again and watch from 0.
     """
 
+    def GetJob(self, request, context):
+        """Returns one job of any kind by its id; NOT_FOUND (JOB_NOT_FOUND) when no job has it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Lists jobs of every kind, newest first; NOT_FOUND (VM_CONTEXT_NOT_FOUND) for an unknown vm_context_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Cancels a job of any kind. A replication job: the appliance is told, the job is cancelling until it confirms.
+        A test or live failover or a source power job: the step in progress is stopped at once when that is safe, or
+        else the job stops when the step finishes (cancel_requested is set meanwhile); the job ends CANCELLED and the
+        VM context is cleanup_required when the job changed anything. Cleanup and rollback jobs are not cancelled
+        (FAILED_PRECONDITION, reason CANCEL_NOT_SAFE: a half-undone failover is worse than a finished one); a job that
+        already ended is FAILED_PRECONDITION with reason JOB_NOT_CANCELLABLE. Cancelling a job that is already cancelling
+        or cancelled returns it unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchJob(self, request, context):
-        """Streams one job: its current state first, then every change. Resumable from a revision.
+        """Streams one job: its current state first (SNAPSHOT), then every change (CHANGE), with PROGRESS_NOTIFY when
+        nothing changes for 10 s. The stream ends with OK right after the job's final state (completed, failed or
+        cancelled) has been sent — also when the watch starts or resumes after the job ended: then its final state is
+        the one update sent — unless keep_following is set. NOT_FOUND (JOB_NOT_FOUND) for an unknown job; OUT_OF_RANGE
+        for a from_revision the server cannot resume from (see the service comment).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchJobs(self, request, context):
-        """Streams every job (optionally of one VM context): current states first, then every change.
+        """Streams every job (optionally of one VM context): current states first (SNAPSHOT, then SYNCED), then every
+        change. It never ends on its own — jobs come and go — and sends PROGRESS_NOTIFY every 10 s when nothing
+        changes; the client ends it. NOT_FOUND (VM_CONTEXT_NOT_FOUND) for an unknown vm_context_id; OUT_OF_RANGE for a
+        from_revision the server cannot resume from (see the service comment).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,6 +147,21 @@ class JobServiceServicer(object):
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=oma_dot_v1_dot_job__pb2.GetJobRequest.FromString,
+                    response_serializer=oma_dot_v1_dot_job__pb2.GetJobResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=oma_dot_v1_dot_job__pb2.ListJobsRequest.FromString,
+                    response_serializer=oma_dot_v1_dot_job__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=oma_dot_v1_dot_job__pb2.CancelJobRequest.FromString,
+                    response_serializer=oma_dot_v1_dot_job__pb2.CancelJobResponse.SerializeToString,
+            ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
                     request_deserializer=oma_dot_v1_dot_job__pb2.WatchJobRequest.FromString,
@@ -104,8 +186,98 @@ def add_JobServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class JobService(object):
-    """Watching jobs of every kind and reading their logs.
+    """One view of jobs of every kind (replication, failover, cleanup, rollback, source power): finding, listing,
+    cancelling and watching them, and reading their logs.
+
+    Watch semantics. Every change of any job gets the next revision of one server-wide sequence; changes reach a
+    watcher in revision order. A watcher subscribes before it reads the current state, so nothing committed meanwhile
+    is missed. Resume after a dropped stream with from_revision = the revision of the last update received (CHANGE,
+    SYNCED or PROGRESS_NOTIFY; for WatchJob also SNAPSHOT). A from_revision older than the history the server keeps
+    answers OUT_OF_RANGE with reason REVISION_COMPACTED, one ahead of every revision the server has handed out answers
+    OUT_OF_RANGE with reason REVISION_AHEAD (a revision of another server, or a typo); either way, read the job(s)
+    again and watch from 0.
     """
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oma.v1.JobService/GetJob',
+            oma_dot_v1_dot_job__pb2.GetJobRequest.SerializeToString,
+            oma_dot_v1_dot_job__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oma.v1.JobService/ListJobs',
+            oma_dot_v1_dot_job__pb2.ListJobsRequest.SerializeToString,
+            oma_dot_v1_dot_job__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oma.v1.JobService/CancelJob',
+            oma_dot_v1_dot_job__pb2.CancelJobRequest.SerializeToString,
+            oma_dot_v1_dot_job__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def WatchJob(request,

@@ -1,5 +1,6 @@
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from oma.common.v1 import inventory_pb2 as _inventory_pb2
+from oma.v1 import failover_pb2 as _failover_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -174,3 +175,31 @@ class ListVmContextsResponse(_message.Message):
     vm_contexts: _containers.RepeatedCompositeFieldContainer[VmContext]
     next_page_token: str
     def __init__(self, vm_contexts: _Optional[_Iterable[_Union[VmContext, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class PowerOnSourceVmRequest(_message.Message):
+    __slots__ = ("vm_context_id", "request_id")
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_context_id: str
+    request_id: str
+    def __init__(self, vm_context_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PowerOnSourceVmResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _failover_pb2.FailoverJob
+    def __init__(self, job: _Optional[_Union[_failover_pb2.FailoverJob, _Mapping]] = ...) -> None: ...
+
+class PowerOffSourceVmRequest(_message.Message):
+    __slots__ = ("vm_context_id", "request_id")
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_context_id: str
+    request_id: str
+    def __init__(self, vm_context_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PowerOffSourceVmResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _failover_pb2.FailoverJob
+    def __init__(self, job: _Optional[_Union[_failover_pb2.FailoverJob, _Mapping]] = ...) -> None: ...

@@ -55,6 +55,16 @@ class VmContextServiceStub(object):
                 request_serializer=oma_dot_v1_dot_vm__context__pb2.ListVmContextsRequest.SerializeToString,
                 response_deserializer=oma_dot_v1_dot_vm__context__pb2.ListVmContextsResponse.FromString,
                 _registered_method=True)
+        self.PowerOnSourceVm = channel.unary_unary(
+                '/oma.v1.VmContextService/PowerOnSourceVm',
+                request_serializer=oma_dot_v1_dot_vm__context__pb2.PowerOnSourceVmRequest.SerializeToString,
+                response_deserializer=oma_dot_v1_dot_vm__context__pb2.PowerOnSourceVmResponse.FromString,
+                _registered_method=True)
+        self.PowerOffSourceVm = channel.unary_unary(
+                '/oma.v1.VmContextService/PowerOffSourceVm',
+                request_serializer=oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmRequest.SerializeToString,
+                response_deserializer=oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmResponse.FromString,
+                _registered_method=True)
 
 
 class VmContextServiceServicer(object):
@@ -89,6 +99,25 @@ class VmContextServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PowerOnSourceVm(self, request, context):
+        """Powers the source VM on through its appliance: a one-step job (kind POWER_ON_SOURCE) whose step and the
+        appliance's answer are in its job log. Refused (FAILED_PRECONDITION) while a failover, cleanup or rollback job
+        runs on the VM, and when the VM is failed_over_live: the VM runs in CloudStack, and powering the source on would
+        run it twice — roll back first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PowerOffSourceVm(self, request, context):
+        """Powers the source VM off through its appliance (guest shutdown first, then a hard power off after the
+        appliance's timeout): a one-step job (kind POWER_OFF_SOURCE) with its job log. Refused (FAILED_PRECONDITION)
+        while a failover, cleanup or rollback job runs on the VM.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VmContextServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +140,16 @@ def add_VmContextServiceServicer_to_server(servicer, server):
                     servicer.ListVmContexts,
                     request_deserializer=oma_dot_v1_dot_vm__context__pb2.ListVmContextsRequest.FromString,
                     response_serializer=oma_dot_v1_dot_vm__context__pb2.ListVmContextsResponse.SerializeToString,
+            ),
+            'PowerOnSourceVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.PowerOnSourceVm,
+                    request_deserializer=oma_dot_v1_dot_vm__context__pb2.PowerOnSourceVmRequest.FromString,
+                    response_serializer=oma_dot_v1_dot_vm__context__pb2.PowerOnSourceVmResponse.SerializeToString,
+            ),
+            'PowerOffSourceVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.PowerOffSourceVm,
+                    request_deserializer=oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmRequest.FromString,
+                    response_serializer=oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +261,60 @@ class VmContextService(object):
             '/oma.v1.VmContextService/ListVmContexts',
             oma_dot_v1_dot_vm__context__pb2.ListVmContextsRequest.SerializeToString,
             oma_dot_v1_dot_vm__context__pb2.ListVmContextsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PowerOnSourceVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oma.v1.VmContextService/PowerOnSourceVm',
+            oma_dot_v1_dot_vm__context__pb2.PowerOnSourceVmRequest.SerializeToString,
+            oma_dot_v1_dot_vm__context__pb2.PowerOnSourceVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PowerOffSourceVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oma.v1.VmContextService/PowerOffSourceVm',
+            oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmRequest.SerializeToString,
+            oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmResponse.FromString,
             options,
             channel_credentials,
             insecure,

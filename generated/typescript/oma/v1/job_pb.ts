@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/job.proto.
  */
 export const file_oma_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("ChBvbWEvdjEvam9iLnByb3RvEgZvbWEudjEipgEKCUpvYlVwZGF0ZRIgCgRraW5kGAEgASgOMhIub21hLnYxLlVwZGF0ZUtpbmQSEAoIcmV2aXNpb24YAiABKAQSMQoPcmVwbGljYXRpb25fam9iGAogASgLMhYub21hLnYxLlJlcGxpY2F0aW9uSm9iSAASKwoMZmFpbG92ZXJfam9iGAsgASgLMhMub21hLnYxLkZhaWxvdmVySm9iSABCBQoDam9iIjgKD1dhdGNoSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSFQoNZnJvbV9yZXZpc2lvbhgCIAEoBCI1ChBXYXRjaEpvYlJlc3BvbnNlEiEKBnVwZGF0ZRgBIAEoCzIRLm9tYS52MS5Kb2JVcGRhdGUiWgoQV2F0Y2hKb2JzUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEhUKDWZyb21fcmV2aXNpb24YAiABKAQSGAoQaW5jbHVkZV9maW5pc2hlZBgDIAEoCCI2ChFXYXRjaEpvYnNSZXNwb25zZRIhCgZ1cGRhdGUYASABKAsyES5vbWEudjEuSm9iVXBkYXRlIs8BCgtKb2JMb2dFbnRyeRIKCgJpZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSDAoEc3RlcBgDIAEoCRIkCgZzdGF0dXMYBCABKA4yFC5vbWEudjEuSm9iTG9nU3RhdHVzEg8KB21lc3NhZ2UYBSABKAkSLgoKc3RhcnRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKGExpc3RKb2JMb2dFbnRyaWVzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiWgoZTGlzdEpvYkxvZ0VudHJpZXNSZXNwb25zZRIkCgdlbnRyaWVzGAEgAygLMhMub21hLnYxLkpvYkxvZ0VudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSqUAQoKVXBkYXRlS2luZBIbChdVUERBVEVfS0lORF9VTlNQRUNJRklFRBAAEhgKFFVQREFURV9LSU5EX1NOQVBTSE9UEAESFgoSVVBEQVRFX0tJTkRfQ0hBTkdFEAISHwobVVBEQVRFX0tJTkRfUFJPR1JFU1NfTk9USUZZEAMSFgoSVVBEQVRFX0tJTkRfU1lOQ0VEEAQquAEKDEpvYkxvZ1N0YXR1cxIeChpKT0JfTE9HX1NUQVRVU19VTlNQRUNJRklFRBAAEhoKFkpPQl9MT0dfU1RBVFVTX1JVTk5JTkcQARIcChhKT0JfTE9HX1NUQVRVU19DT01QTEVURUQQAhIZChVKT0JfTE9HX1NUQVRVU19GQUlMRUQQAxIaChZKT0JfTE9HX1NUQVRVU19TS0lQUEVEEAQSFwoTSk9CX0xPR19TVEFUVVNfSU5GTxAFMusBCgpKb2JTZXJ2aWNlEj8KCFdhdGNoSm9iEhcub21hLnYxLldhdGNoSm9iUmVxdWVzdBoYLm9tYS52MS5XYXRjaEpvYlJlc3BvbnNlMAESQgoJV2F0Y2hKb2JzEhgub21hLnYxLldhdGNoSm9ic1JlcXVlc3QaGS5vbWEudjEuV2F0Y2hKb2JzUmVzcG9uc2UwARJYChFMaXN0Sm9iTG9nRW50cmllcxIgLm9tYS52MS5MaXN0Sm9iTG9nRW50cmllc1JlcXVlc3QaIS5vbWEudjEuTGlzdEpvYkxvZ0VudHJpZXNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_oma_v1_failover, file_oma_v1_replication]);
+  fileDesc("ChBvbWEvdjEvam9iLnByb3RvEgZvbWEudjEipgEKCUpvYlVwZGF0ZRIgCgRraW5kGAEgASgOMhIub21hLnYxLlVwZGF0ZUtpbmQSEAoIcmV2aXNpb24YAiABKAQSMQoPcmVwbGljYXRpb25fam9iGAogASgLMhYub21hLnYxLlJlcGxpY2F0aW9uSm9iSAASKwoMZmFpbG92ZXJfam9iGAsgASgLMhMub21hLnYxLkZhaWxvdmVySm9iSABCBQoDam9iImwKA0pvYhIxCg9yZXBsaWNhdGlvbl9qb2IYASABKAsyFi5vbWEudjEuUmVwbGljYXRpb25Kb2JIABIrCgxmYWlsb3Zlcl9qb2IYAiABKAsyEy5vbWEudjEuRmFpbG92ZXJKb2JIAEIFCgNqb2IiGwoNR2V0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCSIqCg5HZXRKb2JSZXNwb25zZRIYCgNqb2IYASABKAsyCy5vbWEudjEuSm9iImIKD0xpc3RKb2JzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg12bV9jb250ZXh0X2lkGAMgASgJEhEKCW9wZW5fb25seRgEIAEoCCJGChBMaXN0Sm9ic1Jlc3BvbnNlEhkKBGpvYnMYASADKAsyCy5vbWEudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIyChBDYW5jZWxKb2JSZXF1ZXN0EgoKAmlkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiLQoRQ2FuY2VsSm9iUmVzcG9uc2USGAoDam9iGAEgASgLMgsub21hLnYxLkpvYiJQCg9XYXRjaEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhUKDWZyb21fcmV2aXNpb24YAiABKAQSFgoOa2VlcF9mb2xsb3dpbmcYAyABKAgiNQoQV2F0Y2hKb2JSZXNwb25zZRIhCgZ1cGRhdGUYASABKAsyES5vbWEudjEuSm9iVXBkYXRlIloKEFdhdGNoSm9ic1JlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRIVCg1mcm9tX3JldmlzaW9uGAIgASgEEhgKEGluY2x1ZGVfZmluaXNoZWQYAyABKAgiNgoRV2F0Y2hKb2JzUmVzcG9uc2USIQoGdXBkYXRlGAEgASgLMhEub21hLnYxLkpvYlVwZGF0ZSLPAQoLSm9iTG9nRW50cnkSCgoCaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgwKBHN0ZXAYAyABKAkSJAoGc3RhdHVzGAQgASgOMhQub21hLnYxLkpvYkxvZ1N0YXR1cxIPCgdtZXNzYWdlGAUgASgJEi4KCnN0YXJ0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJRChhMaXN0Sm9iTG9nRW50cmllc1JlcXVlc3QSDgoGam9iX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIloKGUxpc3RKb2JMb2dFbnRyaWVzUmVzcG9uc2USJAoHZW50cmllcxgBIAMoCzITLm9tYS52MS5Kb2JMb2dFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqlAEKClVwZGF0ZUtpbmQSGwoXVVBEQVRFX0tJTkRfVU5TUEVDSUZJRUQQABIYChRVUERBVEVfS0lORF9TTkFQU0hPVBABEhYKElVQREFURV9LSU5EX0NIQU5HRRACEh8KG1VQREFURV9LSU5EX1BST0dSRVNTX05PVElGWRADEhYKElVQREFURV9LSU5EX1NZTkNFRBAEKrgBCgxKb2JMb2dTdGF0dXMSHgoaSk9CX0xPR19TVEFUVVNfVU5TUEVDSUZJRUQQABIaChZKT0JfTE9HX1NUQVRVU19SVU5OSU5HEAESHAoYSk9CX0xPR19TVEFUVVNfQ09NUExFVEVEEAISGQoVSk9CX0xPR19TVEFUVVNfRkFJTEVEEAMSGgoWSk9CX0xPR19TVEFUVVNfU0tJUFBFRBAEEhcKE0pPQl9MT0dfU1RBVFVTX0lORk8QBTKlAwoKSm9iU2VydmljZRI3CgZHZXRKb2ISFS5vbWEudjEuR2V0Sm9iUmVxdWVzdBoWLm9tYS52MS5HZXRKb2JSZXNwb25zZRI9CghMaXN0Sm9icxIXLm9tYS52MS5MaXN0Sm9ic1JlcXVlc3QaGC5vbWEudjEuTGlzdEpvYnNSZXNwb25zZRJACglDYW5jZWxKb2ISGC5vbWEudjEuQ2FuY2VsSm9iUmVxdWVzdBoZLm9tYS52MS5DYW5jZWxKb2JSZXNwb25zZRI/CghXYXRjaEpvYhIXLm9tYS52MS5XYXRjaEpvYlJlcXVlc3QaGC5vbWEudjEuV2F0Y2hKb2JSZXNwb25zZTABEkIKCVdhdGNoSm9icxIYLm9tYS52MS5XYXRjaEpvYnNSZXF1ZXN0Ghkub21hLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAESWAoRTGlzdEpvYkxvZ0VudHJpZXMSIC5vbWEudjEuTGlzdEpvYkxvZ0VudHJpZXNSZXF1ZXN0GiEub21hLnYxLkxpc3RKb2JMb2dFbnRyaWVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_oma_v1_failover, file_oma_v1_replication]);
 
 /**
  * One update of a job.
@@ -70,24 +70,232 @@ export const JobUpdateSchema: GenMessage<JobUpdate> = /*@__PURE__*/
   messageDesc(file_oma_v1_job, 0);
 
 /**
+ * A job of any kind.
+ *
+ * @generated from message oma.v1.Job
+ */
+export type Job = Message<"oma.v1.Job"> & {
+  /**
+   * The job, by kind.
+   *
+   * @generated from oneof oma.v1.Job.job
+   */
+  job: {
+    /**
+     * A replication job (initial, incremental or final sync).
+     *
+     * @generated from field: oma.v1.ReplicationJob replication_job = 1;
+     */
+    value: ReplicationJob;
+    case: "replicationJob";
+  } | {
+    /**
+     * A failover, cleanup, rollback or source power job.
+     *
+     * @generated from field: oma.v1.FailoverJob failover_job = 2;
+     */
+    value: FailoverJob;
+    case: "failoverJob";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message oma.v1.Job.
+ * Use `create(JobSchema)` to create a new message.
+ */
+export const JobSchema: GenMessage<Job> = /*@__PURE__*/
+  messageDesc(file_oma_v1_job, 1);
+
+/**
+ * Request of GetJob.
+ *
+ * @generated from message oma.v1.GetJobRequest
+ */
+export type GetJobRequest = Message<"oma.v1.GetJobRequest"> & {
+  /**
+   * Job id of any kind.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message oma.v1.GetJobRequest.
+ * Use `create(GetJobRequestSchema)` to create a new message.
+ */
+export const GetJobRequestSchema: GenMessage<GetJobRequest> = /*@__PURE__*/
+  messageDesc(file_oma_v1_job, 2);
+
+/**
+ * Response of GetJob.
+ *
+ * @generated from message oma.v1.GetJobResponse
+ */
+export type GetJobResponse = Message<"oma.v1.GetJobResponse"> & {
+  /**
+   * The job.
+   *
+   * @generated from field: oma.v1.Job job = 1;
+   */
+  job?: Job;
+};
+
+/**
+ * Describes the message oma.v1.GetJobResponse.
+ * Use `create(GetJobResponseSchema)` to create a new message.
+ */
+export const GetJobResponseSchema: GenMessage<GetJobResponse> = /*@__PURE__*/
+  messageDesc(file_oma_v1_job, 3);
+
+/**
+ * Request of ListJobs.
+ *
+ * @generated from message oma.v1.ListJobsRequest
+ */
+export type ListJobsRequest = Message<"oma.v1.ListJobsRequest"> & {
+  /**
+   * Maximum number of results (1–1000, default 100).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * Token from a previous response.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only jobs of this VM context.
+   *
+   * @generated from field: string vm_context_id = 3;
+   */
+  vmContextId: string;
+
+  /**
+   * Only jobs that have not ended yet.
+   *
+   * @generated from field: bool open_only = 4;
+   */
+  openOnly: boolean;
+};
+
+/**
+ * Describes the message oma.v1.ListJobsRequest.
+ * Use `create(ListJobsRequestSchema)` to create a new message.
+ */
+export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
+  messageDesc(file_oma_v1_job, 4);
+
+/**
+ * Response of ListJobs.
+ *
+ * @generated from message oma.v1.ListJobsResponse
+ */
+export type ListJobsResponse = Message<"oma.v1.ListJobsResponse"> & {
+  /**
+   * The jobs of every kind, newest first.
+   *
+   * @generated from field: repeated oma.v1.Job jobs = 1;
+   */
+  jobs: Job[];
+
+  /**
+   * Token for the next page, empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message oma.v1.ListJobsResponse.
+ * Use `create(ListJobsResponseSchema)` to create a new message.
+ */
+export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
+  messageDesc(file_oma_v1_job, 5);
+
+/**
+ * Request of CancelJob.
+ *
+ * @generated from message oma.v1.CancelJobRequest
+ */
+export type CancelJobRequest = Message<"oma.v1.CancelJobRequest"> & {
+  /**
+   * Job id of any kind.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Optional idempotency key (AIP-155). Cancelling is idempotent by itself: repeating it returns the job as it is.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message oma.v1.CancelJobRequest.
+ * Use `create(CancelJobRequestSchema)` to create a new message.
+ */
+export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*/
+  messageDesc(file_oma_v1_job, 6);
+
+/**
+ * Response of CancelJob.
+ *
+ * @generated from message oma.v1.CancelJobResponse
+ */
+export type CancelJobResponse = Message<"oma.v1.CancelJobResponse"> & {
+  /**
+   * The job after the request: cancelling, cancelled, or (a failover whose step cannot be stopped) running with
+   * cancel_requested set.
+   *
+   * @generated from field: oma.v1.Job job = 1;
+   */
+  job?: Job;
+};
+
+/**
+ * Describes the message oma.v1.CancelJobResponse.
+ * Use `create(CancelJobResponseSchema)` to create a new message.
+ */
+export const CancelJobResponseSchema: GenMessage<CancelJobResponse> = /*@__PURE__*/
+  messageDesc(file_oma_v1_job, 7);
+
+/**
  * Request of WatchJob.
  *
  * @generated from message oma.v1.WatchJobRequest
  */
 export type WatchJobRequest = Message<"oma.v1.WatchJobRequest"> & {
   /**
-   * Job id (replication or failover).
+   * Job id of any kind.
    *
    * @generated from field: string job_id = 1;
    */
   jobId: string;
 
   /**
-   * Resume after this revision; 0 starts with the current state. A revision no longer held answers OUT_OF_RANGE.
+   * Resume after this revision; 0 starts with the current state. OUT_OF_RANGE when the server cannot resume from it
+   * (REVISION_COMPACTED: older than its history; REVISION_AHEAD: beyond every revision it handed out).
    *
    * @generated from field: uint64 from_revision = 2;
    */
   fromRevision: bigint;
+
+  /**
+   * Keep the stream open after the job's final state was sent (it then ends only when the client ends it); by
+   * default the stream ends with OK right after the final state.
+   *
+   * @generated from field: bool keep_following = 3;
+   */
+  keepFollowing: boolean;
 };
 
 /**
@@ -95,7 +303,7 @@ export type WatchJobRequest = Message<"oma.v1.WatchJobRequest"> & {
  * Use `create(WatchJobRequestSchema)` to create a new message.
  */
 export const WatchJobRequestSchema: GenMessage<WatchJobRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_job, 1);
+  messageDesc(file_oma_v1_job, 8);
 
 /**
  * Response of WatchJob.
@@ -116,7 +324,7 @@ export type WatchJobResponse = Message<"oma.v1.WatchJobResponse"> & {
  * Use `create(WatchJobResponseSchema)` to create a new message.
  */
 export const WatchJobResponseSchema: GenMessage<WatchJobResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_job, 2);
+  messageDesc(file_oma_v1_job, 9);
 
 /**
  * Request of WatchJobs.
@@ -132,7 +340,9 @@ export type WatchJobsRequest = Message<"oma.v1.WatchJobsRequest"> & {
   vmContextId: string;
 
   /**
-   * Resume after this revision; 0 starts with the current state of every active job.
+   * Resume after this revision; 0 starts with the current state of every active job. OUT_OF_RANGE when the server
+   * cannot resume from it (REVISION_COMPACTED: older than its history; REVISION_AHEAD: beyond every revision it
+   * handed out).
    *
    * @generated from field: uint64 from_revision = 2;
    */
@@ -151,7 +361,7 @@ export type WatchJobsRequest = Message<"oma.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_job, 3);
+  messageDesc(file_oma_v1_job, 10);
 
 /**
  * Response of WatchJobs.
@@ -172,7 +382,7 @@ export type WatchJobsResponse = Message<"oma.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_job, 4);
+  messageDesc(file_oma_v1_job, 11);
 
 /**
  * One step of a job, recorded before it is taken.
@@ -235,7 +445,7 @@ export type JobLogEntry = Message<"oma.v1.JobLogEntry"> & {
  * Use `create(JobLogEntrySchema)` to create a new message.
  */
 export const JobLogEntrySchema: GenMessage<JobLogEntry> = /*@__PURE__*/
-  messageDesc(file_oma_v1_job, 5);
+  messageDesc(file_oma_v1_job, 12);
 
 /**
  * Request of ListJobLogEntries.
@@ -270,7 +480,7 @@ export type ListJobLogEntriesRequest = Message<"oma.v1.ListJobLogEntriesRequest"
  * Use `create(ListJobLogEntriesRequestSchema)` to create a new message.
  */
 export const ListJobLogEntriesRequestSchema: GenMessage<ListJobLogEntriesRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_job, 6);
+  messageDesc(file_oma_v1_job, 13);
 
 /**
  * Response of ListJobLogEntries.
@@ -298,7 +508,7 @@ export type ListJobLogEntriesResponse = Message<"oma.v1.ListJobLogEntriesRespons
  * Use `create(ListJobLogEntriesResponseSchema)` to create a new message.
  */
 export const ListJobLogEntriesResponseSchema: GenMessage<ListJobLogEntriesResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_job, 7);
+  messageDesc(file_oma_v1_job, 14);
 
 /**
  * Why an update was sent.
@@ -404,13 +614,62 @@ export const JobLogStatusSchema: GenEnum<JobLogStatus> = /*@__PURE__*/
   enumDesc(file_oma_v1_job, 1);
 
 /**
- * Watching jobs of every kind and reading their logs.
+ * One view of jobs of every kind (replication, failover, cleanup, rollback, source power): finding, listing,
+ * cancelling and watching them, and reading their logs.
+ *
+ * Watch semantics. Every change of any job gets the next revision of one server-wide sequence; changes reach a
+ * watcher in revision order. A watcher subscribes before it reads the current state, so nothing committed meanwhile
+ * is missed. Resume after a dropped stream with from_revision = the revision of the last update received (CHANGE,
+ * SYNCED or PROGRESS_NOTIFY; for WatchJob also SNAPSHOT). A from_revision older than the history the server keeps
+ * answers OUT_OF_RANGE with reason REVISION_COMPACTED, one ahead of every revision the server has handed out answers
+ * OUT_OF_RANGE with reason REVISION_AHEAD (a revision of another server, or a typo); either way, read the job(s)
+ * again and watch from 0.
  *
  * @generated from service oma.v1.JobService
  */
 export const JobService: GenService<{
   /**
-   * Streams one job: its current state first, then every change. Resumable from a revision.
+   * Returns one job of any kind by its id; NOT_FOUND (JOB_NOT_FOUND) when no job has it.
+   *
+   * @generated from rpc oma.v1.JobService.GetJob
+   */
+  getJob: {
+    methodKind: "unary";
+    input: typeof GetJobRequestSchema;
+    output: typeof GetJobResponseSchema;
+  },
+  /**
+   * Lists jobs of every kind, newest first; NOT_FOUND (VM_CONTEXT_NOT_FOUND) for an unknown vm_context_id.
+   *
+   * @generated from rpc oma.v1.JobService.ListJobs
+   */
+  listJobs: {
+    methodKind: "unary";
+    input: typeof ListJobsRequestSchema;
+    output: typeof ListJobsResponseSchema;
+  },
+  /**
+   * Cancels a job of any kind. A replication job: the appliance is told, the job is cancelling until it confirms.
+   * A test or live failover or a source power job: the step in progress is stopped at once when that is safe, or
+   * else the job stops when the step finishes (cancel_requested is set meanwhile); the job ends CANCELLED and the
+   * VM context is cleanup_required when the job changed anything. Cleanup and rollback jobs are not cancelled
+   * (FAILED_PRECONDITION, reason CANCEL_NOT_SAFE: a half-undone failover is worse than a finished one); a job that
+   * already ended is FAILED_PRECONDITION with reason JOB_NOT_CANCELLABLE. Cancelling a job that is already cancelling
+   * or cancelled returns it unchanged.
+   *
+   * @generated from rpc oma.v1.JobService.CancelJob
+   */
+  cancelJob: {
+    methodKind: "unary";
+    input: typeof CancelJobRequestSchema;
+    output: typeof CancelJobResponseSchema;
+  },
+  /**
+   * Streams one job: its current state first (SNAPSHOT), then every change (CHANGE), with PROGRESS_NOTIFY when
+   * nothing changes for 10 s. The stream ends with OK right after the job's final state (completed, failed or
+   * cancelled) has been sent — also when the watch starts or resumes after the job ended: then its final state is
+   * the one update sent — unless keep_following is set. NOT_FOUND (JOB_NOT_FOUND) for an unknown job; OUT_OF_RANGE
+   * for a from_revision the server cannot resume from (see the service comment).
    *
    * @generated from rpc oma.v1.JobService.WatchJob
    */
@@ -420,7 +679,10 @@ export const JobService: GenService<{
     output: typeof WatchJobResponseSchema;
   },
   /**
-   * Streams every job (optionally of one VM context): current states first, then every change.
+   * Streams every job (optionally of one VM context): current states first (SNAPSHOT, then SYNCED), then every
+   * change. It never ends on its own — jobs come and go — and sends PROGRESS_NOTIFY every 10 s when nothing
+   * changes; the client ends it. NOT_FOUND (VM_CONTEXT_NOT_FOUND) for an unknown vm_context_id; OUT_OF_RANGE for a
+   * from_revision the server cannot resume from (see the service comment).
    *
    * @generated from rpc oma.v1.JobService.WatchJobs
    */

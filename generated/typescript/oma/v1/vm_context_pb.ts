@@ -8,13 +8,15 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Firmware, Nic, VirtualMachine } from "../common/v1/inventory_pb.js";
 import { file_oma_common_v1_inventory } from "../common/v1/inventory_pb.js";
+import type { FailoverJob } from "./failover_pb.js";
+import { file_oma_v1_failover } from "./failover_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file oma/v1/vm_context.proto.
  */
 export const file_oma_v1_vm_context: GenFile = /*@__PURE__*/
-  fileDesc("ChdvbWEvdjEvdm1fY29udGV4dC5wcm90bxIGb21hLnYxImQKDkNoYW5nZUlkUmVjb3JkEhEKCWNoYW5nZV9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSLwoLcmVjb3JkZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpICCgREaXNrEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSCwoDa2V5GAMgASgFEg0KBWxhYmVsGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhYKDmRhdGFzdG9yZV9wYXRoGAYgASgJEhMKC2NidF9lbmFibGVkGAcgASgIEhMKC3VuaXRfbnVtYmVyGAggASgFEhYKDmxhc3RfY2hhbmdlX2lkGAkgASgJEjEKEWNoYW5nZV9pZF9oaXN0b3J5GAogAygLMhYub21hLnYxLkNoYW5nZUlkUmVjb3JkEhEKCXZvbHVtZV9pZBgLIAEoCRITCgtleHBvcnRfbmFtZRgMIAEoCSLhAwoJVm1Db250ZXh0EgoKAmlkGAEgASgJEhQKDGFwcGxpYW5jZV9pZBgCIAEoCRIPCgd2Y2VudGVyGAMgASgJEhIKCmRhdGFjZW50ZXIYBCABKAkSDwoHdm1fdXVpZBgFIAEoCRINCgVtb3JlZhgGIAEoCRIMCgRuYW1lGAcgASgJEhAKCG51bV9jcHVzGAggASgNEhIKCm1lbW9yeV9taWIYCSABKAQSEAoIZ3Vlc3Rfb3MYCiABKAkSKQoIZmlybXdhcmUYCyABKA4yFy5vbWEuY29tbW9uLnYxLkZpcm13YXJlEiAKBG5pY3MYDCADKAsyEi5vbWEuY29tbW9uLnYxLk5pYxIbCgVkaXNrcxgNIAMoCzIMLm9tYS52MS5EaXNrEicKBnN0YXR1cxgOIAEoDjIXLm9tYS52MS5WbUNvbnRleHRTdGF0dXMSFQoNYWN0aXZlX2pvYl9pZBgPIAEoCRIdChVsYXN0X2NvbXBsZXRlZF9qb2JfaWQYECABKAkSLgoKY3JlYXRlZF9hdBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiaAoYUmVnaXN0ZXJWbUNvbnRleHRSZXF1ZXN0EhQKDGFwcGxpYW5jZV9pZBgBIAEoCRI2Cg92aXJ0dWFsX21hY2hpbmUYAiABKAsyHS5vbWEuY29tbW9uLnYxLlZpcnR1YWxNYWNoaW5lIlMKGVJlZ2lzdGVyVm1Db250ZXh0UmVzcG9uc2USJQoKdm1fY29udGV4dBgBIAEoCzIRLm9tYS52MS5WbUNvbnRleHQSDwoHY3JlYXRlZBgCIAEoCCJqChJEaXNjb3ZlclZtc1JlcXVlc3QSFAoMYXBwbGlhbmNlX2lkGAEgASgJEhMKC25hbWVfZmlsdGVyGAIgASgJEhAKCHJlZ2lzdGVyGAMgASgIEhcKD3RpbWVvdXRfc2Vjb25kcxgEIAEoDSJ2ChNEaXNjb3ZlclZtc1Jlc3BvbnNlEjcKEHZpcnR1YWxfbWFjaGluZXMYASADKAsyHS5vbWEuY29tbW9uLnYxLlZpcnR1YWxNYWNoaW5lEiYKC3ZtX2NvbnRleHRzGAIgAygLMhEub21hLnYxLlZtQ29udGV4dCIhChNHZXRWbUNvbnRleHRSZXF1ZXN0EgoKAmlkGAEgASgJIj0KFEdldFZtQ29udGV4dFJlc3BvbnNlEiUKCnZtX2NvbnRleHQYASABKAsyES5vbWEudjEuVm1Db250ZXh0In0KFUxpc3RWbUNvbnRleHRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIUCgxhcHBsaWFuY2VfaWQYAyABKAkSJwoGc3RhdHVzGAQgASgOMhcub21hLnYxLlZtQ29udGV4dFN0YXR1cyJZChZMaXN0Vm1Db250ZXh0c1Jlc3BvbnNlEiYKC3ZtX2NvbnRleHRzGAEgAygLMhEub21hLnYxLlZtQ29udGV4dBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkq2gIKD1ZtQ29udGV4dFN0YXR1cxIhCh1WTV9DT05URVhUX1NUQVRVU19VTlNQRUNJRklFRBAAEiAKHFZNX0NPTlRFWFRfU1RBVFVTX0RJU0NPVkVSRUQQARIhCh1WTV9DT05URVhUX1NUQVRVU19SRVBMSUNBVElORxACEigKJFZNX0NPTlRFWFRfU1RBVFVTX1JFQURZX0ZPUl9GQUlMT1ZFUhADEiYKIlZNX0NPTlRFWFRfU1RBVFVTX0ZBSUxFRF9PVkVSX1RFU1QQBBImCiJWTV9DT05URVhUX1NUQVRVU19GQUlMRURfT1ZFUl9MSVZFEAUSHwobVk1fQ09OVEVYVF9TVEFUVVNfQ09NUExFVEVEEAYSHAoYVk1fQ09OVEVYVF9TVEFUVVNfRkFJTEVEEAcSJgoiVk1fQ09OVEVYVF9TVEFUVVNfQ0xFQU5VUF9SRVFVSVJFRBAIMtACChBWbUNvbnRleHRTZXJ2aWNlElgKEVJlZ2lzdGVyVm1Db250ZXh0EiAub21hLnYxLlJlZ2lzdGVyVm1Db250ZXh0UmVxdWVzdBohLm9tYS52MS5SZWdpc3RlclZtQ29udGV4dFJlc3BvbnNlEkYKC0Rpc2NvdmVyVm1zEhoub21hLnYxLkRpc2NvdmVyVm1zUmVxdWVzdBobLm9tYS52MS5EaXNjb3ZlclZtc1Jlc3BvbnNlEkkKDEdldFZtQ29udGV4dBIbLm9tYS52MS5HZXRWbUNvbnRleHRSZXF1ZXN0Ghwub21hLnYxLkdldFZtQ29udGV4dFJlc3BvbnNlEk8KDkxpc3RWbUNvbnRleHRzEh0ub21hLnYxLkxpc3RWbUNvbnRleHRzUmVxdWVzdBoeLm9tYS52MS5MaXN0Vm1Db250ZXh0c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_oma_common_v1_inventory]);
+  fileDesc("ChdvbWEvdjEvdm1fY29udGV4dC5wcm90bxIGb21hLnYxImQKDkNoYW5nZUlkUmVjb3JkEhEKCWNoYW5nZV9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSLwoLcmVjb3JkZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpICCgREaXNrEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSCwoDa2V5GAMgASgFEg0KBWxhYmVsGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhYKDmRhdGFzdG9yZV9wYXRoGAYgASgJEhMKC2NidF9lbmFibGVkGAcgASgIEhMKC3VuaXRfbnVtYmVyGAggASgFEhYKDmxhc3RfY2hhbmdlX2lkGAkgASgJEjEKEWNoYW5nZV9pZF9oaXN0b3J5GAogAygLMhYub21hLnYxLkNoYW5nZUlkUmVjb3JkEhEKCXZvbHVtZV9pZBgLIAEoCRITCgtleHBvcnRfbmFtZRgMIAEoCSLhAwoJVm1Db250ZXh0EgoKAmlkGAEgASgJEhQKDGFwcGxpYW5jZV9pZBgCIAEoCRIPCgd2Y2VudGVyGAMgASgJEhIKCmRhdGFjZW50ZXIYBCABKAkSDwoHdm1fdXVpZBgFIAEoCRINCgVtb3JlZhgGIAEoCRIMCgRuYW1lGAcgASgJEhAKCG51bV9jcHVzGAggASgNEhIKCm1lbW9yeV9taWIYCSABKAQSEAoIZ3Vlc3Rfb3MYCiABKAkSKQoIZmlybXdhcmUYCyABKA4yFy5vbWEuY29tbW9uLnYxLkZpcm13YXJlEiAKBG5pY3MYDCADKAsyEi5vbWEuY29tbW9uLnYxLk5pYxIbCgVkaXNrcxgNIAMoCzIMLm9tYS52MS5EaXNrEicKBnN0YXR1cxgOIAEoDjIXLm9tYS52MS5WbUNvbnRleHRTdGF0dXMSFQoNYWN0aXZlX2pvYl9pZBgPIAEoCRIdChVsYXN0X2NvbXBsZXRlZF9qb2JfaWQYECABKAkSLgoKY3JlYXRlZF9hdBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiaAoYUmVnaXN0ZXJWbUNvbnRleHRSZXF1ZXN0EhQKDGFwcGxpYW5jZV9pZBgBIAEoCRI2Cg92aXJ0dWFsX21hY2hpbmUYAiABKAsyHS5vbWEuY29tbW9uLnYxLlZpcnR1YWxNYWNoaW5lIlMKGVJlZ2lzdGVyVm1Db250ZXh0UmVzcG9uc2USJQoKdm1fY29udGV4dBgBIAEoCzIRLm9tYS52MS5WbUNvbnRleHQSDwoHY3JlYXRlZBgCIAEoCCJqChJEaXNjb3ZlclZtc1JlcXVlc3QSFAoMYXBwbGlhbmNlX2lkGAEgASgJEhMKC25hbWVfZmlsdGVyGAIgASgJEhAKCHJlZ2lzdGVyGAMgASgIEhcKD3RpbWVvdXRfc2Vjb25kcxgEIAEoDSJ2ChNEaXNjb3ZlclZtc1Jlc3BvbnNlEjcKEHZpcnR1YWxfbWFjaGluZXMYASADKAsyHS5vbWEuY29tbW9uLnYxLlZpcnR1YWxNYWNoaW5lEiYKC3ZtX2NvbnRleHRzGAIgAygLMhEub21hLnYxLlZtQ29udGV4dCIhChNHZXRWbUNvbnRleHRSZXF1ZXN0EgoKAmlkGAEgASgJIj0KFEdldFZtQ29udGV4dFJlc3BvbnNlEiUKCnZtX2NvbnRleHQYASABKAsyES5vbWEudjEuVm1Db250ZXh0In0KFUxpc3RWbUNvbnRleHRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIUCgxhcHBsaWFuY2VfaWQYAyABKAkSJwoGc3RhdHVzGAQgASgOMhcub21hLnYxLlZtQ29udGV4dFN0YXR1cyJZChZMaXN0Vm1Db250ZXh0c1Jlc3BvbnNlEiYKC3ZtX2NvbnRleHRzGAEgAygLMhEub21hLnYxLlZtQ29udGV4dBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQwoWUG93ZXJPblNvdXJjZVZtUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiOwoXUG93ZXJPblNvdXJjZVZtUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iIkQKF1Bvd2VyT2ZmU291cmNlVm1SZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI8ChhQb3dlck9mZlNvdXJjZVZtUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iKtoCCg9WbUNvbnRleHRTdGF0dXMSIQodVk1fQ09OVEVYVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIgChxWTV9DT05URVhUX1NUQVRVU19ESVNDT1ZFUkVEEAESIQodVk1fQ09OVEVYVF9TVEFUVVNfUkVQTElDQVRJTkcQAhIoCiRWTV9DT05URVhUX1NUQVRVU19SRUFEWV9GT1JfRkFJTE9WRVIQAxImCiJWTV9DT05URVhUX1NUQVRVU19GQUlMRURfT1ZFUl9URVNUEAQSJgoiVk1fQ09OVEVYVF9TVEFUVVNfRkFJTEVEX09WRVJfTElWRRAFEh8KG1ZNX0NPTlRFWFRfU1RBVFVTX0NPTVBMRVRFRBAGEhwKGFZNX0NPTlRFWFRfU1RBVFVTX0ZBSUxFRBAHEiYKIlZNX0NPTlRFWFRfU1RBVFVTX0NMRUFOVVBfUkVRVUlSRUQQCDL7AwoQVm1Db250ZXh0U2VydmljZRJYChFSZWdpc3RlclZtQ29udGV4dBIgLm9tYS52MS5SZWdpc3RlclZtQ29udGV4dFJlcXVlc3QaIS5vbWEudjEuUmVnaXN0ZXJWbUNvbnRleHRSZXNwb25zZRJGCgtEaXNjb3ZlclZtcxIaLm9tYS52MS5EaXNjb3ZlclZtc1JlcXVlc3QaGy5vbWEudjEuRGlzY292ZXJWbXNSZXNwb25zZRJJCgxHZXRWbUNvbnRleHQSGy5vbWEudjEuR2V0Vm1Db250ZXh0UmVxdWVzdBocLm9tYS52MS5HZXRWbUNvbnRleHRSZXNwb25zZRJPCg5MaXN0Vm1Db250ZXh0cxIdLm9tYS52MS5MaXN0Vm1Db250ZXh0c1JlcXVlc3QaHi5vbWEudjEuTGlzdFZtQ29udGV4dHNSZXNwb25zZRJSCg9Qb3dlck9uU291cmNlVm0SHi5vbWEudjEuUG93ZXJPblNvdXJjZVZtUmVxdWVzdBofLm9tYS52MS5Qb3dlck9uU291cmNlVm1SZXNwb25zZRJVChBQb3dlck9mZlNvdXJjZVZtEh8ub21hLnYxLlBvd2VyT2ZmU291cmNlVm1SZXF1ZXN0GiAub21hLnYxLlBvd2VyT2ZmU291cmNlVm1SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_v1_failover]);
 
 /**
  * One change id taken of a disk, newest last.
@@ -528,6 +530,104 @@ export const ListVmContextsResponseSchema: GenMessage<ListVmContextsResponse> = 
   messageDesc(file_oma_v1_vm_context, 10);
 
 /**
+ * Request of PowerOnSourceVm.
+ *
+ * @generated from message oma.v1.PowerOnSourceVmRequest
+ */
+export type PowerOnSourceVmRequest = Message<"oma.v1.PowerOnSourceVmRequest"> & {
+  /**
+   * VM context id.
+   *
+   * @generated from field: string vm_context_id = 1;
+   */
+  vmContextId: string;
+
+  /**
+   * Optional idempotency key (AIP-155): a retry with the same key returns the same job.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message oma.v1.PowerOnSourceVmRequest.
+ * Use `create(PowerOnSourceVmRequestSchema)` to create a new message.
+ */
+export const PowerOnSourceVmRequestSchema: GenMessage<PowerOnSourceVmRequest> = /*@__PURE__*/
+  messageDesc(file_oma_v1_vm_context, 11);
+
+/**
+ * Response of PowerOnSourceVm.
+ *
+ * @generated from message oma.v1.PowerOnSourceVmResponse
+ */
+export type PowerOnSourceVmResponse = Message<"oma.v1.PowerOnSourceVmResponse"> & {
+  /**
+   * The power job; follow it with JobService.WatchJob.
+   *
+   * @generated from field: oma.v1.FailoverJob job = 1;
+   */
+  job?: FailoverJob;
+};
+
+/**
+ * Describes the message oma.v1.PowerOnSourceVmResponse.
+ * Use `create(PowerOnSourceVmResponseSchema)` to create a new message.
+ */
+export const PowerOnSourceVmResponseSchema: GenMessage<PowerOnSourceVmResponse> = /*@__PURE__*/
+  messageDesc(file_oma_v1_vm_context, 12);
+
+/**
+ * Request of PowerOffSourceVm.
+ *
+ * @generated from message oma.v1.PowerOffSourceVmRequest
+ */
+export type PowerOffSourceVmRequest = Message<"oma.v1.PowerOffSourceVmRequest"> & {
+  /**
+   * VM context id.
+   *
+   * @generated from field: string vm_context_id = 1;
+   */
+  vmContextId: string;
+
+  /**
+   * Optional idempotency key (AIP-155): a retry with the same key returns the same job.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message oma.v1.PowerOffSourceVmRequest.
+ * Use `create(PowerOffSourceVmRequestSchema)` to create a new message.
+ */
+export const PowerOffSourceVmRequestSchema: GenMessage<PowerOffSourceVmRequest> = /*@__PURE__*/
+  messageDesc(file_oma_v1_vm_context, 13);
+
+/**
+ * Response of PowerOffSourceVm.
+ *
+ * @generated from message oma.v1.PowerOffSourceVmResponse
+ */
+export type PowerOffSourceVmResponse = Message<"oma.v1.PowerOffSourceVmResponse"> & {
+  /**
+   * The power job; follow it with JobService.WatchJob.
+   *
+   * @generated from field: oma.v1.FailoverJob job = 1;
+   */
+  job?: FailoverJob;
+};
+
+/**
+ * Describes the message oma.v1.PowerOffSourceVmResponse.
+ * Use `create(PowerOffSourceVmResponseSchema)` to create a new message.
+ */
+export const PowerOffSourceVmResponseSchema: GenMessage<PowerOffSourceVmResponse> = /*@__PURE__*/
+  messageDesc(file_oma_v1_vm_context, 14);
+
+/**
  * Lifecycle of a VM under migration.
  *
  * @generated from enum oma.v1.VmContextStatus
@@ -648,6 +748,31 @@ export const VmContextService: GenService<{
     methodKind: "unary";
     input: typeof ListVmContextsRequestSchema;
     output: typeof ListVmContextsResponseSchema;
+  },
+  /**
+   * Powers the source VM on through its appliance: a one-step job (kind POWER_ON_SOURCE) whose step and the
+   * appliance's answer are in its job log. Refused (FAILED_PRECONDITION) while a failover, cleanup or rollback job
+   * runs on the VM, and when the VM is failed_over_live: the VM runs in CloudStack, and powering the source on would
+   * run it twice — roll back first.
+   *
+   * @generated from rpc oma.v1.VmContextService.PowerOnSourceVm
+   */
+  powerOnSourceVm: {
+    methodKind: "unary";
+    input: typeof PowerOnSourceVmRequestSchema;
+    output: typeof PowerOnSourceVmResponseSchema;
+  },
+  /**
+   * Powers the source VM off through its appliance (guest shutdown first, then a hard power off after the
+   * appliance's timeout): a one-step job (kind POWER_OFF_SOURCE) with its job log. Refused (FAILED_PRECONDITION)
+   * while a failover, cleanup or rollback job runs on the VM.
+   *
+   * @generated from rpc oma.v1.VmContextService.PowerOffSourceVm
+   */
+  powerOffSourceVm: {
+    methodKind: "unary";
+    input: typeof PowerOffSourceVmRequestSchema;
+    output: typeof PowerOffSourceVmResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_oma_v1_vm_context, 0);
