@@ -17,7 +17,7 @@ system-deps-demo:
 	@bash scripts/system-deps.sh demo
 
 # Debian packages the OMA and its tests drive for real: nbd-server, libnbd (nbdcopy/nbdinfo + Python binding),
-# PostgreSQL, Node.js and npm (for buf).
+# PostgreSQL, Node.js and npm (for buf and the TypeScript SDK), Chromium (the dashboard's browser tests).
 system-deps:
 	@bash scripts/system-deps.sh test
 
@@ -35,6 +35,13 @@ $(BUF): .tools/package.json .tools/package-lock.json | system-deps
 	cd .tools && npm ci --no-audit --no-fund --silent
 	@touch $(BUF)
 
+# The TypeScript SDK's packages (protoc-gen-es, connect, tsc) from its committed lock.
+TS_SDK := generated/typescript
+TS_MODULES := $(TS_SDK)/node_modules/.installed
+$(TS_MODULES): $(TS_SDK)/package.json $(TS_SDK)/package-lock.json | system-deps
+	cd $(TS_SDK) && npm ci --no-audit --no-fund --silent
+	@touch $@
+
 # Debian's libnbd Python binding (python3-libnbd) made importable in the venv: the reference agent copies with it.
 LIBNBD := $(VENV)/.libnbd
 $(LIBNBD): $(STAMP) | system-deps-demo
@@ -43,12 +50,13 @@ $(LIBNBD): $(STAMP) | system-deps-demo
 	$(PY) -c 'import nbd'
 	@touch $@
 
-tools: $(DEV_STAMP) $(BUF) system-deps $(LIBNBD)
+tools: $(DEV_STAMP) $(BUF) system-deps $(LIBNBD) $(TS_MODULES)
 
 # ---- code generation ------------------------------------------------------------------------------------
-# Only needs grpcio-tools in the venv: installs the dev extras when it is missing, otherwise never reinstalls the
-# package (a checkout elsewhere sharing this venv must not repoint the editable install at itself).
-generate:
+# Python needs grpcio-tools in the venv: installs the dev extras when it is missing, otherwise never reinstalls the
+# package (a checkout elsewhere sharing this venv must not repoint the editable install at itself). TypeScript needs
+# buf and the SDK's local protoc-gen-es.
+generate: $(BUF) $(TS_MODULES)
 	@$(PY) -c 'import grpc_tools' 2>/dev/null || $(MAKE) $(DEV_STAMP)
 	scripts/generate.sh
 

@@ -15,7 +15,7 @@ from loguru import logger
 
 from oma_server.errors import DomainError
 from oma_server.logging import configure_logging
-from oma_server.settings import Settings, env_default, env_flag
+from oma_server.settings import Settings, env_default, env_flag, env_path
 from oma_server.stop_signals import StopSignals
 from oma_server.version import __version__
 
@@ -46,7 +46,7 @@ def _common_flags() -> _OneLineParser:
     g.add_argument(
         "--cloudstack-sim-seed",
         type=Path,
-        default=Path(env_default("cloudstack_sim_seed", "")) if env_default("cloudstack_sim_seed", "") else None,
+        default=env_path("cloudstack_sim_seed"),
         help="with --cloudstack sim: a JSON file of the simulator's initial world (limits, offerings, ...)",
     )
     g.add_argument("--nbd-listen", default=env_default("nbd_listen", "127.0.0.1:10809"), help="nbd-server HOST:PORT")
@@ -90,6 +90,23 @@ def _common_flags() -> _OneLineParser:
         "--failover-template",
         default=env_default("failover_template", ""),
         help="CloudStack template (id or name) failed-over VMs are deployed from; empty: the zone's only template",
+    )
+    g.add_argument(
+        "--http-listen",
+        default=env_default("http_listen", ""),
+        help="HOST:PORT of the dashboard and Prometheus /metrics (aiohttp); empty (default): off",
+    )
+    g.add_argument(
+        "--http-tls-cert",
+        type=Path,
+        default=env_path("http_tls_cert"),
+        help="PEM certificate of the HTTP listener (with --http-tls-key): serve https",
+    )
+    g.add_argument(
+        "--http-tls-key",
+        type=Path,
+        default=env_path("http_tls_key"),
+        help="PEM private key of the HTTP listener",
     )
     g.add_argument("--log-json", action="store_true", default=env_flag("log_json"), help="JSON log lines")
     g.add_argument("--log-level", default=env_default("log_level", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
@@ -135,6 +152,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         driver_injection_command=args.driver_injection_command,
         failover_template=args.failover_template,
+        http_listen=args.http_listen,
+        http_tls_cert=args.http_tls_cert,
+        http_tls_key=args.http_tls_key,
     )
 
 

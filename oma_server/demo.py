@@ -1,6 +1,7 @@
 """`make demo`: the product's main job on the embedded defaults, end to end, with real parts.
 
-oma-server (SQLite, in-process CloudStack simulator, real nbd-server) + the reference VMA agent (its "vCenter" is a
+oma-server (SQLite, in-process CloudStack simulator, real nbd-server, the dashboard and /metrics on a free port)
++ the reference VMA agent (its "vCenter" is a
 directory of raw images with change tracking) + omactl for live progress:
 
 1. one VM with two disks of varied data and holes; the agent connects and the OMA discovers and registers the VM
@@ -118,6 +119,7 @@ class Demo:
         self.stack = stack
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.http_address = f"127.0.0.1:{int(os.environ.get('OMA_DEMO_HTTP_PORT', '0')) or free_port()}"
         self.vcenter = root / "vcenter"
         self.data_dir = root / "oma"
         self.channel = grpc.insecure_channel(self.address)
@@ -148,7 +150,7 @@ class Demo:
 
     # ---- the steps ---------------------------------------------------------------------------------------------
     def start_oma(self) -> None:
-        step("Start oma-server (SQLite, in-process CloudStack simulator, real nbd-server)")
+        step("Start oma-server (SQLite, in-process CloudStack simulator, real nbd-server, dashboard)")
         server = self.spawn(
             "oma-server",
             BIN / "oma-server",
@@ -158,9 +160,15 @@ class Demo:
             self.data_dir,
             "--nbd-listen",
             f"127.0.0.1:{free_port()}",
+            "--http-listen",
+            self.http_address,
         )
         wait_listening(self.port, server, "oma-server")
         console.print(f"oma-server serving on {self.address}; logs in {self.root / 'oma-server.log'}")
+        console.print(
+            f"live dashboard: [bold]http://{self.http_address}/[/]  ·  Prometheus metrics: http://{self.http_address}/metrics"
+            "  (OMA_DEMO_HTTP_PORT fixes the port)"
+        )
 
     def start_agent(
         self,

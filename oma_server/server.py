@@ -42,6 +42,7 @@ from oma_server.api.appliances import ApplianceServicer
 from oma_server.api.cloud import CloudServicer
 from oma_server.api.failover import FailoverServicer, NetworkMappingServicer
 from oma_server.api.gateway import GatewayServicer
+from oma_server.api.http.server import HttpServer
 from oma_server.api.reflection import SourceInfoPool
 from oma_server.api.replication import JobServicer, ReplicationServicer
 from oma_server.api.server_info import ServerInfoServicer
@@ -129,6 +130,7 @@ class OmaServer:
         )
         self.port = 0
         self._stopping = False
+        self.http: HttpServer | None = HttpServer(app) if app.settings.http_listen else None
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
@@ -144,6 +146,8 @@ class OmaServer:
             raise OSError(f"cannot listen on {self.app.settings.listen}: address in use or not available")
         await self.app.start()
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         logger.info(
             "oma-server {version} serving on {listen} (port {port})",
@@ -172,6 +176,8 @@ class OmaServer:
         try:
             await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
             await self.health.enter_graceful_shutdown()
+            if self.http is not None:
+                await self.http.stop()
             await self.app.begin_shutdown()
             await self.server.stop(grace)
         finally:

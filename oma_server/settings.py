@@ -21,6 +21,12 @@ def env_default(name: str, default: str) -> str:
     return os.environ.get(f"OMA_{name.upper()}", default)
 
 
+def env_path(name: str) -> Path | None:
+    """OMA_<NAME> as a path, None when unset or empty (a flag whose default is "not given")."""
+    value = env_default(name, "")
+    return Path(value) if value else None
+
+
 def env_flag(name: str) -> bool:
     return os.environ.get(f"OMA_{name.upper()}", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -51,6 +57,10 @@ class Settings:
     # the step), and the CloudStack template whose VM shell is deployed (id or name; empty: the zone's only one).
     driver_injection_command: str = ""
     failover_template: str = ""
+    # The HTTP listener (dashboard and /metrics), HOST:PORT; empty: off. TLS when a certificate and key are given.
+    http_listen: str = ""
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
 
     def validate(self) -> None:
         parse_host_port(self.listen, "--listen")
@@ -59,6 +69,13 @@ class Settings:
             raise InvalidArgument("--heartbeat-interval and --progress-flush-interval must be positive")
         if self.max_concurrent_rpcs < 1:
             raise InvalidArgument("--max-concurrent-rpcs must be at least 1")
+        if self.http_listen:
+            parse_host_port(self.http_listen, "--http-listen")
+        if (self.http_tls_cert is None) != (self.http_tls_key is None):
+            raise InvalidArgument("--http-tls-cert and --http-tls-key go together: give both files, or neither")
+        for path in (self.http_tls_cert, self.http_tls_key):
+            if path is not None and not path.is_file():
+                raise InvalidArgument(f"{path} is not a file; give the HTTP listener's PEM certificate and key")
         if self.cloudstack_sim_seed is not None and not self.cloudstack_sim_seed.is_file():
             raise InvalidArgument(
                 f"--cloudstack-sim-seed {self.cloudstack_sim_seed} is not a file; give the simulator's seed JSON"

@@ -3,7 +3,8 @@
 #
 # Usage: scripts/system-deps.sh demo|test
 #   demo  what `make demo` drives for real: Python's venv module, nbdkit, libnbd's Python binding
-#   test  everything the suite drives too: libnbd-bin (nbdcopy/nbdinfo), PostgreSQL, Node.js and npm (buf)
+#   test  everything the suite drives too: libnbd-bin (nbdcopy/nbdinfo), PostgreSQL, Node.js and npm (buf, the
+#         TypeScript SDK: Node 18.14 or newer), Chromium (the dashboard's browser tests)
 set -euo pipefail
 profile="${1:-test}"
 case "$profile" in demo | test) ;; *)
@@ -25,6 +26,7 @@ if [ "$profile" = test ]; then
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
     command -v node >/dev/null 2>&1 || need+=(nodejs)
     command -v npm >/dev/null 2>&1 || need+=(npm)
+    [ -x /usr/bin/chromium ] || need+=(chromium)
 fi
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)

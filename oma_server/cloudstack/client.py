@@ -26,6 +26,7 @@ import aiohttp
 from cs import AIOCloudStack, CloudStackApiException, CloudStackException
 from loguru import logger
 
+from oma_server import metrics
 from oma_server.cloudstack.config import CloudStackSettings
 from oma_server.cloudstack.errors import (
     CloudStackAuthError,
@@ -175,7 +176,8 @@ class CloudStackClient:
         attempts = self.settings.retry_attempts
         for attempt in range(1, attempts + 1):
             try:
-                answer, _ = await self._once(command, fetch_list, params)
+                with metrics.cloudstack_request(command):
+                    answer, _ = await self._once(command, fetch_list, params)
                 return answer
             except _Failed as failed:
                 err = failed.error

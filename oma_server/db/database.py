@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import peewee as pw
 from loguru import logger
 
+from oma_server import metrics
 from oma_server.db.models import database_proxy
 from oma_server.errors import InvalidArgument, Unavailable
 from oma_server.uninterruptible import finish
@@ -109,7 +110,7 @@ class Database:
             self._connect()
         try:
             if atomic:
-                with self.peewee.atomic():
+                with metrics.db_transaction(), self.peewee.atomic():
                     return fn(*args, **kwargs)
             return fn(*args, **kwargs)
         except pw.InterfaceError:

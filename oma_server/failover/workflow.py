@@ -21,6 +21,7 @@ from typing import Any
 
 from loguru import logger
 
+from oma_server import metrics
 from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import VmContext
@@ -325,7 +326,8 @@ class FailoverWorkflow:
                     return await self._commit(job_id, mutate, in_tx)
 
                 ctx = StepContext(job=job, record=record, source=source, log=log.bind(step=step_name))
-                result = await run_step(self.steps.step(step_name), ctx, self._retrying(job_id, step_name))
+                with metrics.failover_step(job.kind.value, step_name):
+                    result = await run_step(self.steps.step(step_name), ctx, self._retrying(job_id, step_name))
                 job = await self._finish(ctx.job, step_name, result)
                 step_name = ""
             await self._complete(job)

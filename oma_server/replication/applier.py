@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from oma_server import metrics
 from oma_server.clock import Clock
 from oma_server.errors import FailedPrecondition, MessageRejected
 from oma_server.joblog import note
@@ -92,6 +93,7 @@ class VmaMessageApplier:
             job.phase = report.phase
         if report.current_operation and job.status == JobStatus.REPLICATING:
             job.current_operation = report.current_operation
+        metrics.bytes_copied(job.appliance_id, report.bytes_done - job.bytes_done)
         job.bytes_done = report.bytes_done
         job.bytes_total = report.bytes_total or job.bytes_total
         job.percent = max(job.percent, percent_of(job.bytes_done, job.bytes_total))

@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from loguru import logger
 
+from oma_server import metrics
 from oma_server.appliances import ApplianceService
 from oma_server.clock import Clock
 from oma_server.db.database import Database
@@ -68,6 +69,8 @@ class Session:
             return False
         try:
             self.queue.put_nowait(message)
+            if isinstance(message, JobAck):
+                metrics.ACKS.acked(message.job_id)
             return True
         except asyncio.QueueFull:
             self.close("the appliance does not read its stream fast enough (outgoing queue full)")
@@ -236,12 +239,14 @@ class SessionHub:
 
     async def on_progress(self, session: Session, report: ProgressReport) -> None:
         session.stats["progress"] += 1
+        metrics.report_received(report.job_id)
         ack = await self._guard(session, self.applier.apply_progress(session.appliance_id, report))
         if ack:
             session.send(JobAck(job_id=report.job_id, sequence=ack))
 
     async def on_event(self, session: Session, event: JobEvent) -> None:
         session.stats["events"] += 1
+        metrics.ACKS.received(event.job_id)
         ack = await self._guard(session, self.applier.apply_event(session.appliance_id, event))
         if ack:
             session.send(JobAck(job_id=event.job_id, sequence=ack))

@@ -1,0 +1,26 @@
+/**
+ * The OMA's errors in TypeScript: every refusal carries one google.rpc.ErrorInfo (AIP-193) with an UPPER_SNAKE
+ * reason, the domain "oma.control-plane" and metadata naming the resource. Decode it with `errorInfo`.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+import { ErrorInfoSchema, type ErrorInfo } from "../google/rpc/error_details_pb.js";
+
+export const OMA_ERROR_DOMAIN = "oma.control-plane";
+
+/** The ErrorInfo of a failed call, or undefined when the error carries none (a connection failure, say). */
+export function errorInfo(error: unknown): ErrorInfo | undefined {
+  return ConnectError.from(error).findDetails(ErrorInfoSchema)[0];
+}
+
+/** gRPC's name of a code, as the OMA's messages, grpcurl and omactl spell it: Code.NotFound → "NOT_FOUND". */
+export function codeName(code: Code): string {
+  return Code[code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+}
+
+/** One line for a failed call, the way omactl prints it: `NOT_FOUND: job j-1 does not exist ... (JOB_NOT_FOUND)`. */
+export function describeError(error: unknown): string {
+  const failure = ConnectError.from(error);
+  const reason = errorInfo(failure)?.reason;
+  const text = `${codeName(failure.code)}: ${failure.rawMessage}`;
+  return reason ? `${text} (${reason})` : text;
+}

@@ -1,0 +1,16 @@
+/** Where the tests find the real oma-server they run against (tests/sdk/test_typescript.py starts it). */
+import { connectOma, type OmaClients, type OmaConnectionOptions } from "../sdk/index.js";
+
+export const address = process.env.OMA_ADDRESS ?? "";
+if (!address) throw new Error("OMA_ADDRESS is not set: run these tests through tests/sdk/test_typescript.py");
+
+/** TLS material of the tests (ca.pem, oma.pem, oma.key for "oma.test"), made by the Python side with openssl. */
+export const tlsDir = process.env.OMA_TEST_TLS_DIR ?? "";
+if (!tlsDir) throw new Error("OMA_TEST_TLS_DIR is not set: run these tests through tests/sdk/test_typescript.py");
+
+/** A unique tag per test run, so names never collide with what another test enrolled. */
+export const runTag = `${process.pid}${Date.now() % 100000}`;
+
+export function clients(options: Partial<OmaConnectionOptions> = {}): OmaClients {
+  return connectOma({ address, defaultTimeoutMs: 30_000, ...options });
+}

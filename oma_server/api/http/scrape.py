@@ -1,0 +1,50 @@
+"""What a /metrics scrape reads of the running OMA: one database read plus the process's live state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import peewee as pw
+
+from oma_server.app import App
+from oma_server.db.models import Appliance, FailoverJob, NbdExport, ReplicationJob, VmContext
+from oma_server.metrics import ScrapeState
+
+
+def _count_by(*columns: pw.Field) -> list[Any]:
+    model = columns[0].model
+    return list(model.select(*columns, pw.fn.COUNT(pw.SQL("*"))).group_by(*columns).tuples())
+
+
+def _read() -> dict[str, list[Any]]:
+    completed = (
+        ReplicationJob.select(ReplicationJob.vm_context, pw.fn.MAX(ReplicationJob.finished_at))
+        .where(ReplicationJob.status == "completed")
+        .group_by(ReplicationJob.vm_context)
+        .tuples()
+    )
+    last_completed: dict[str, datetime] = dict(completed)  # type: ignore[arg-type]  # .tuples() rows are pairs
+    vms = VmContext.select(VmContext.id, VmContext.name)
+    return {
+        "appliances": list(
+            Appliance.select(
+                Appliance.id, Appliance.name, Appliance.status, Appliance.connection_state, Appliance.last_seen_at
+            ).tuples()
+        ),
+        "replication_jobs": _count_by(ReplicationJob.status),
+        "failover_jobs": _count_by(FailoverJob.kind, FailoverJob.status),
+        "exports": _count_by(NbdExport.state),
+        "recovery_points": [(vm.id, vm.name, last_completed[vm.id]) for vm in vms if last_completed.get(vm.id)],
+    }
+
+
+async def scrape_state(app: App) -> ScrapeState:
+    rows = await app.db.run(_read)
+    return ScrapeState(
+        **rows,
+        open_jobs=[(j.id, j.vm_context_id, j.status.value, j.updated_at) for j in app.jobs.open_jobs()],
+        sessions=len(app.hub.sessions),
+        watchers=app.watch.watchers,
+        exports_served=len(app.nbd.list_exports()),
+    )
