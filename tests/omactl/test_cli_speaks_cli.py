@@ -33,9 +33,7 @@ async def register(channel: grpc.aio.Channel, appliance_id: str, name: str, vcen
     return reply.vm_context.id
 
 
-async def test_names_wherever_ids_and_ambiguity_lists_the_candidates(
-    address: str, channel: grpc.aio.Channel
-) -> None:
+async def test_names_wherever_ids_and_ambiguity_lists_the_candidates(address: str, channel: grpc.aio.Channel) -> None:
     vma = await enroll(channel, "vma-east-1")
     first = await register(channel, vma.appliance_id, "web-01")
     second = await register(channel, vma.appliance_id, "web-01", vcenter="vc.other")
