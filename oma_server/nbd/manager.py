@@ -72,6 +72,7 @@ from oma_server.nbd.names import (
     validate_export_name,
 )
 from oma_server.nbd.probe import ProbeError, list_exports
+from oma_server.nbd.verdict import ProbeStreak
 
 log = logger.bind(component="nbd")
 
@@ -699,7 +700,7 @@ class NbdExportManager:
             await asyncio.sleep(0.005)
 
     async def _supervise(self) -> None:
-        failures = 0
+        streak = ProbeStreak(_PROBE_FAILURES_BEFORE_RESTART)
         backoff = 0.1
         next_probe = time.monotonic() + self.probe_interval_s
         while not self._stopping:
@@ -725,7 +726,7 @@ class NbdExportManager:
                         await self._launch_locked("crash recovery")
                         await self._probe_until_served()
                     backoff = 0.1
-                    failures = 0
+                    streak.reset()
                     continue
                 if time.monotonic() < next_probe:
                     continue
@@ -737,18 +738,22 @@ class NbdExportManager:
                 # that is the export's error, not nbdkit's (counting it restarted nbdkit under every other copy).
                 await self._check_devices()
                 if answered:
-                    missing = {n for n, e in self._exports.items() if not e.error} - self._served
-                    failures = failures + 1 if missing else 0
+                    missing = streak.answered({n for n, e in self._exports.items() if not e.error} - self._served)
                     if missing:
-                        log.warning("nbdkit does not list configured export(s) {}", sorted(missing))
+                        log.warning(
+                            "nbdkit does not list configured export(s) {} ({}/{})",
+                            sorted(missing),
+                            streak.failures,
+                            streak.limit,
+                        )
                 else:
-                    failures += 1
-                    log.warning("NBD probe failed ({}/{})", failures, _PROBE_FAILURES_BEFORE_RESTART)
-                if failures >= _PROBE_FAILURES_BEFORE_RESTART:
+                    streak.failed()
+                    log.warning("NBD probe failed ({}/{})", streak.failures, streak.limit)
+                if streak.due:
                     async with self._lock:
-                        log.error("nbdkit failed {} probes in a row; restarting it", failures)
+                        log.error("nbdkit failed {} probes in a row; restarting it", streak.failures)
                         await self._cut_connections_locked("probe failures", 0)
-                    failures = 0
+                    streak.reset()
                 self.probe_rounds += 1
             except asyncio.CancelledError:
                 raise
