@@ -56,8 +56,8 @@ from bench._common import (
     write_json,
 )
 from oma_server.nbd import NbdExportManager
-from oma_server.nbd.manager import SERVER_NAME
 from oma_server.nbd.probe import ProbeError, list_exports
+from oma_server.nbd.process import SERVER_NAME
 from oma_server.ports import free_port
 
 MiB = 1 << 20

@@ -52,7 +52,7 @@ from bench._common import (
 from oma.v1 import job_pb2, job_pb2_grpc, replication_pb2, vm_context_pb2
 from oma_server.demo import BIN, Demo, DemoFailed, run, same_bytes
 from oma_server.nbd import NbdExportManager
-from oma_server.nbd.manager import SERVER_NAME
+from oma_server.nbd.process import SERVER_NAME
 from oma_server.ports import free_port
 
 REPORT_INTERVAL_S = 0.1

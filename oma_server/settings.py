@@ -6,15 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oma_server.addresses import parse_host_port
 from oma_server.errors import InvalidArgument
-
-
-def parse_host_port(value: str, what: str) -> tuple[str, int]:
-    """'host:port' (or '[v6]:port') into its parts; a clear InvalidArgument otherwise."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise InvalidArgument(f"{what} {value!r} is not HOST:PORT (for example 127.0.0.1:50051)")
-    return host.strip("[]"), int(port_text)
 
 
 def env_default(name: str, default: str) -> str:

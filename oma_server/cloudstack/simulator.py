@@ -22,6 +22,7 @@ from aiohttp import web
 from loguru import logger
 
 # The resource modules register their command handlers into COMMANDS when imported.
+from oma_server.addresses import parse_host_port
 from oma_server.cloudstack import sim_catalogue, sim_guest, sim_snapshots, sim_vms, sim_volumes  # noqa: F401
 from oma_server.cloudstack.config import CloudStackSettings
 from oma_server.cloudstack.sim_api import ADMIN_COMMANDS, COMMANDS, Params
@@ -122,13 +123,6 @@ def create_app(state: SimulatorState) -> web.Application:
     return app
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen address must be HOST:PORT, not {listen!r}")
-    return host.strip("[]"), int(port)
-
-
 class CloudStackSimulator:
     """The simulator in this process: `await sim.start()`, use `sim.url` and keys, `await sim.stop()`."""
 
@@ -140,7 +134,7 @@ class CloudStackSimulator:
         secret_key: str | None = None,
         seed_config: Path | Mapping[str, Any] | None = None,
     ) -> None:
-        self.host, self.port = parse_listen(listen)
+        self.host, self.port = parse_host_port(listen, "--listen")
         self.state = SimulatorState(Path(state_dir), api_key=api_key, secret_key=secret_key)
         #: the world a fresh state dir starts with (a JSON file or a mapping; sim_seed.DEFAULT_SEED's shape)
         self.seed_config = seed_config

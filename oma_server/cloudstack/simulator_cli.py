@@ -18,7 +18,9 @@ from pathlib import Path
 
 from loguru import logger
 
-from oma_server.cloudstack.simulator import CloudStackSimulator, parse_listen
+from oma_server.addresses import parse_host_port
+from oma_server.cloudstack.simulator import CloudStackSimulator
+from oma_server.errors import InvalidArgument
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,9 +31,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _listen(value: str) -> str:
     try:
-        parse_listen(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        parse_host_port(value, "--listen")
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(e.message) from None
     return value
 
 

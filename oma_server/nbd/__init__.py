@@ -18,14 +18,8 @@ from oma_server.nbd.errors import (
     NbdPortInUse,
     NbdServerUnavailable,
 )
-from oma_server.nbd.manager import (
-    STATE_ACTIVE,
-    STATE_ERROR,
-    STATE_PENDING,
-    ExportInfo,
-    NbdExportManager,
-    ReconcileReport,
-)
+from oma_server.nbd.manager import NbdExportManager
+from oma_server.nbd.model import STATE_ACTIVE, STATE_ERROR, STATE_PENDING, ExportInfo, ReconcileReport
 from oma_server.nbd.names import DevicePath, export_name_for, validate_device_path, validate_export_name
 
 __all__ = [

@@ -158,9 +158,8 @@ async def _abandon(manager: NbdExportManager) -> None:
     manager._supervisor.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await manager._supervisor
-    manager._unwatch()
+    manager.process.forget()
     manager._started = False
-    manager._pid = None
 
 
 async def test_killed_server_comes_back_with_all_exports(manager: NbdExportManager, tmp_path: Path) -> None:

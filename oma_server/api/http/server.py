@@ -11,11 +11,11 @@ from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from oma_server import metrics
+from oma_server.addresses import parse_host_port
 from oma_server.api.http.auth import require_viewer
 from oma_server.api.http.dashboard import Dashboard
 from oma_server.api.http.scrape import scrape_state
 from oma_server.app import App
-from oma_server.settings import parse_host_port
 
 STATIC = Path(__file__).with_name("static")
 
