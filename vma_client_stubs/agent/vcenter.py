@@ -35,7 +35,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,139 +43,39 @@ from google.protobuf import timestamp_pb2
 
 from oma.common.v1 import inventory_pb2
 from vma_client_stubs.agent.extents import Extent, allocated_extents, clip, merge
+from vma_client_stubs.agent.guest_data import fill_varied, varied_bytes
+from vma_client_stubs.agent.vcenter_model import (
+    CbtState,
+    ChangeIdInvalid,
+    Disk,
+    DiskNotFound,
+    Nic,
+    Snapshot,
+    SnapshotDisk,
+    SnapshotNotFound,
+    VCenterError,
+    VirtualMachine,
+    VmNotFound,
+    VmPoweredOff,
+    new_cbt_id,
+)
+
+# The agent and its tests import the fake vCenter's objects and errors from here.
+__all__ = [
+    "ChangeIdInvalid",
+    "DiskNotFound",
+    "FakeVCenter",
+    "Snapshot",
+    "SnapshotNotFound",
+    "VCenterError",
+    "VirtualMachine",
+    "VmNotFound",
+    "VmPoweredOff",
+    "power_state_proto",
+]
 
 MIB = 1 << 20
 BLOCK = 4096
-
-
-class VCenterError(Exception):
-    """Base of the fake vCenter's errors."""
-
-
-class VmNotFound(VCenterError):
-    """No VM with that uuid or name."""
-
-
-class DiskNotFound(VCenterError):
-    """The VM has no disk with that key."""
-
-
-class SnapshotNotFound(VCenterError):
-    """The VM has no snapshot with that id."""
-
-
-class ChangeIdInvalid(VCenterError):
-    """The change id is unknown to the disk's CBT (reset, resized, never issued or malformed): copy the disk fully."""
-
-
-class VmPoweredOff(VCenterError):
-    """The guest of a powered-off VM cannot write."""
-
-
-@dataclass
-class Nic:
-    label: str
-    network_name: str
-    mac_address: str
-    adapter_type: str = "vmxnet3"
-
-
-@dataclass
-class Disk:
-    key: int
-    label: str
-    capacity_bytes: int
-    datastore_path: str
-    unit_number: int
-    cbt_enabled: bool = True
-    file: str = ""
-
-
-@dataclass
-class VirtualMachine:
-    vcenter: str
-    datacenter: str
-    uuid: str
-    moref: str
-    name: str
-    num_cpus: int
-    memory_mib: int
-    guest_os: str
-    firmware: str  # "bios" | "efi"
-    nics: list[Nic] = field(default_factory=list)
-    disks: list[Disk] = field(default_factory=list)
-    power_state: str = "on"  # "on" | "off" | "suspended"
-
-    def disk(self, key: int) -> Disk:
-        for disk in self.disks:
-            if disk.key == key:
-                return disk
-        raise DiskNotFound(f"VM {self.name} ({self.uuid}) has no disk with key {key}")
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> VirtualMachine:
-        data = dict(raw)
-        data["nics"] = [Nic(**n) for n in raw.get("nics", [])]
-        data["disks"] = [Disk(**d) for d in raw.get("disks", [])]
-        return cls(**data)
-
-
-@dataclass
-class SnapshotDisk:
-    key: int
-    path: Path
-    capacity_bytes: int
-    change_id: str
-
-
-@dataclass
-class Snapshot:
-    id: str
-    vm_uuid: str
-    created_at: float
-    disks: dict[int, SnapshotDisk]
-    description: str = ""
-
-    def disk(self, key: int) -> SnapshotDisk:
-        try:
-            return self.disks[key]
-        except KeyError:
-            raise DiskNotFound(f"snapshot {self.id} of VM {self.vm_uuid} has no disk with key {key}") from None
-
-
-@dataclass
-class CbtState:
-    cbt_id: str
-    epoch: int = 0
-    changes: dict[int, list[Extent]] = field(default_factory=dict)  # epoch → merged extents written in it
-    issued: dict[int, float] = field(default_factory=dict)  # epoch → when its change id was taken
-
-    def change_id(self, epoch: int) -> str:
-        return f"{self.cbt_id}/{epoch}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "cbt_id": self.cbt_id,
-            "epoch": self.epoch,
-            "changes": {str(e): [list(x) for x in v] for e, v in self.changes.items()},
-            "issued": {str(e): t for e, t in self.issued.items()},
-        }
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> CbtState:
-        return cls(
-            cbt_id=raw["cbt_id"],
-            epoch=int(raw["epoch"]),
-            changes={int(e): [(int(o), int(n)) for o, n in v] for e, v in raw.get("changes", {}).items()},
-            issued={int(e): float(t) for e, t in raw.get("issued", {}).items()},
-        )
-
-
-def new_cbt_id(rng: random.Random | None = None) -> str:
-    """A VMware-like CBT id: `52 xx xx xx xx xx xx xx-xx xx xx xx xx xx xx xx`."""
-    raw = (rng or random.SystemRandom()).randbytes(15)
-    hexes = ["52", *(f"{b:02x}" for b in raw)]
-    return " ".join(hexes[:8]) + "-" + " ".join(hexes[8:])
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
@@ -545,7 +445,7 @@ class FakeVCenter:
                         length -= length % BLOCK
                         length = min(length, disk.capacity_bytes)
                         offset = rng.randrange(0, disk.capacity_bytes - length + 1, BLOCK)
-                        os.pwrite(fd, _varied_bytes(rng, length, zero_share=0.2, part_blocks=(1, 2, 4)), offset)
+                        os.pwrite(fd, varied_bytes(rng, length, zero_share=0.2, part_blocks=(1, 2, 4)), offset)
                         extents.append((offset, length))
                         budget -= length
                 finally:
@@ -612,51 +512,3 @@ def power_state_proto(state: str) -> inventory_pb2.PowerState:
         "off": inventory_pb2.POWER_STATE_POWERED_OFF,
         "suspended": inventory_pb2.POWER_STATE_SUSPENDED,
     }.get(state, inventory_pb2.POWER_STATE_UNSPECIFIED)
-
-
-_TEXT = b"The quick brown fox jumps over the lazy dog. 0123456789 OMA/VMA replication test data.\n"
-
-
-def _varied_bytes(
-    rng: random.Random, length: int, zero_share: float = 0.0, part_blocks: Sequence[int] = (1, 4, 16, 64)
-) -> bytes:
-    """`length` bytes of mixed content: random, text, repeated byte, and (with `zero_share`) all-zero blocks."""
-    parts = []
-    done = 0
-    while done < length:
-        n = min(length - done, rng.choice(part_blocks) * BLOCK)
-        roll = rng.random()
-        if roll < zero_share:
-            parts.append(bytes(n))
-        elif roll < zero_share + (1 - zero_share) * 0.6:
-            parts.append(rng.randbytes(n))
-        elif roll < zero_share + (1 - zero_share) * 0.85:
-            parts.append((_TEXT * (n // len(_TEXT) + 1))[:n])
-        else:
-            parts.append(bytes([rng.randrange(1, 256)]) * n)
-        done += n
-    return b"".join(parts)
-
-
-def fill_varied(path: Path, size: int, rng: random.Random) -> None:
-    """Fill a fresh sparse image 1 MiB region at a time: ~35 % holes, allocated zeros, half-filled regions and
-    varied data; the first and last MiB always hold data."""
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        for offset in range(0, size, MIB):
-            n = min(MIB, size - offset)
-            roll = rng.random()
-            last = offset + n >= size
-            if offset == 0 or last:
-                os.pwrite(fd, _varied_bytes(rng, n), offset)
-            elif roll < 0.35:
-                continue  # hole
-            elif roll < 0.45:
-                os.pwrite(fd, bytes(n), offset)  # allocated, all zeros
-            elif roll < 0.60:
-                half = (n // 2) - (n // 2) % BLOCK
-                os.pwrite(fd, _varied_bytes(rng, half), offset + rng.choice((0, n - half)))
-            else:
-                os.pwrite(fd, _varied_bytes(rng, n, zero_share=0.05), offset)
-    finally:
-        os.close(fd)
