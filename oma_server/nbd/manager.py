@@ -455,50 +455,12 @@ class NbdExportManager:
                 return
             try:
                 if self.process.exited.is_set() or not self._server_running():
-                    async with self._lock:
-                        if self._stopping or (self._server_running() and not self.process.exited.is_set()):
-                            continue
-                        log.error(
-                            "nbdkit (pid {}) on {}:{} exited unexpectedly; restarting it with {} export(s)",
-                            self.process.pid,
-                            self.host,
-                            self.port,
-                            len(self._exports),
-                        )
-                        self.process.exited.clear()
-                        await self._terminate_locked()  # reaps it
-                        await self._launch_locked("crash recovery")
-                        await self._probe_until_served()
+                    await self._recover_from_exit()
                     backoff = 0.1
                     streak.reset()
-                    continue
-                if time.monotonic() < next_probe:
-                    continue
-                next_probe = time.monotonic() + self.probe_interval_s
-                answered = await self._probe(timeout=max(1.0, self.probe_interval_s))
-                if answered is None:
-                    continue
-                # Devices first: a replica detached since the last check has a dangling link nbdkit no longer lists;
-                # that is the export's error, not nbdkit's (counting it restarted nbdkit under every other copy).
-                await self._check_devices()
-                if answered:
-                    missing = streak.answered({n for n, e in self._exports.items() if not e.error} - self._served)
-                    if missing:
-                        log.warning(
-                            "nbdkit does not list configured export(s) {} ({}/{})",
-                            sorted(missing),
-                            streak.failures,
-                            streak.limit,
-                        )
-                else:
-                    streak.failed()
-                    log.warning("NBD probe failed ({}/{})", streak.failures, streak.limit)
-                if streak.due:
-                    async with self._lock:
-                        log.error("nbdkit failed {} probes in a row; restarting it", streak.failures)
-                        await self._cut_connections_locked("probe failures", 0)
-                    streak.reset()
-                self.probe_rounds += 1
+                elif time.monotonic() >= next_probe:
+                    next_probe = time.monotonic() + self.probe_interval_s
+                    await self._probe_round(streak)
             except asyncio.CancelledError:
                 raise
             except DomainError as exc:
@@ -510,6 +472,50 @@ class NbdExportManager:
                 log.exception("NBD supervisor error; retrying in {:.1f}s", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _recover_from_exit(self) -> None:
+        """nbdkit died (crash, OOM, SIGKILL): start it again with every export."""
+        async with self._lock:
+            if self._stopping or (self._server_running() and not self.process.exited.is_set()):
+                return
+            log.error(
+                "nbdkit (pid {}) on {}:{} exited unexpectedly; restarting it with {} export(s)",
+                self.process.pid,
+                self.host,
+                self.port,
+                len(self._exports),
+            )
+            self.process.exited.clear()
+            await self._terminate_locked()  # reaps it
+            await self._launch_locked("crash recovery")
+            await self._probe_until_served()
+
+    async def _probe_round(self, streak: ProbeStreak) -> None:
+        """One handshake, the devices checked, a verdict; nbdkit restarted when the streak is due."""
+        answered = await self._probe(timeout=max(1.0, self.probe_interval_s))
+        if answered is None:
+            return
+        # Devices first: a replica detached since the last check has a dangling link nbdkit no longer lists;
+        # that is the export's error, not nbdkit's (counting it restarted nbdkit under every other copy).
+        await self._check_devices()
+        if answered:
+            missing = streak.answered({n for n, e in self._exports.items() if not e.error} - self._served)
+            if missing:
+                log.warning(
+                    "nbdkit does not list configured export(s) {} ({}/{})",
+                    sorted(missing),
+                    streak.failures,
+                    streak.limit,
+                )
+        else:
+            streak.failed()
+            log.warning("NBD probe failed ({}/{})", streak.failures, streak.limit)
+        if streak.due:
+            async with self._lock:
+                log.error("nbdkit failed {} probes in a row; restarting it", streak.failures)
+                await self._cut_connections_locked("probe failures", 0)
+            streak.reset()
+        self.probe_rounds += 1
 
     async def _check_devices(self) -> None:
         for exp in list(self._exports.values()):
