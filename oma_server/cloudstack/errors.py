@@ -211,44 +211,45 @@ def from_cloudstack_error(
         "jobid": jobid,
         "http_status": http_status,
     }
-    cls: type[CloudStackError]
-    transient: bool | None = None
     if errorcode == 401 and _NOT_AVAILABLE_TEXT.search(errortext or ""):
         return unknown_command(command, errortext, http_status=http_status, errorcode=errorcode)
     if errorcode == 401:
-        cls = CloudStackAuthError
         message = (
             f"CloudStack refused the credentials for {command}: {errortext or 'unauthorized'} "
             "(check the API key, the secret key and the clock)"
         )
-    elif errorcode in (430, 431):
-        cls = CloudStackNotFound if _NOT_FOUND_TEXT.search(errortext or "") else CloudStackParamError
-    elif errorcode == 432:
-        text = errortext or ""
-        cls = (
-            CloudStackUnknownCommand if "does not exist or it is not available" in text else CloudStackUnsupportedAction
-        )
-    elif errorcode == 405:
-        cls = CloudStackParamError
-    elif errorcode == 531:
-        cls = CloudStackPermissionDenied
-    elif errorcode in (429, 437, 532, 533, 535):
-        cls = CloudStackInsufficientCapacity
-        transient = errorcode == 429
-    elif errorcode in (536, 537):
-        cls = CloudStackResourceInUse
-    elif errorcode == 534:
-        cls = CloudStackUnavailable
-    elif errorcode == 530:
-        cls = CloudStackUnavailable if retryable_text(errortext) else CloudStackInternalError
-    elif errorcode is not None and 500 <= errorcode < 600:
-        # 5xx outside CloudStack's own codes come from a proxy or a restarting management server.
-        cls = CloudStackUnavailable if errorcode in (500, 502, 503, 504) else CloudStackInternalError
-    elif errorcode is not None and 400 <= errorcode < 500:
-        cls = CloudStackResourceInUse
-    else:
-        cls = CloudStackInternalError
+    cls, transient = _class_of(errorcode, errortext or "")
     return cls(message, transient=transient, **kwargs)
+
+
+def _class_of(errorcode: int | None, text: str) -> tuple[type[CloudStackError], bool | None]:
+    """The exception class of an error code (with its text where the code alone does not tell), and whether it is
+    transient when the class does not decide that itself."""
+    if errorcode == 401:
+        return CloudStackAuthError, None
+    if errorcode in (430, 431):
+        return (CloudStackNotFound if _NOT_FOUND_TEXT.search(text) else CloudStackParamError), None
+    if errorcode == 432:
+        unknown = "does not exist or it is not available" in text
+        return (CloudStackUnknownCommand if unknown else CloudStackUnsupportedAction), None
+    if errorcode == 405:
+        return CloudStackParamError, None
+    if errorcode == 531:
+        return CloudStackPermissionDenied, None
+    if errorcode in (429, 437, 532, 533, 535):
+        return CloudStackInsufficientCapacity, errorcode == 429
+    if errorcode in (536, 537):
+        return CloudStackResourceInUse, None
+    if errorcode == 534:
+        return CloudStackUnavailable, None
+    if errorcode == 530:
+        return (CloudStackUnavailable if retryable_text(text) else CloudStackInternalError), None
+    if errorcode is not None and 500 <= errorcode < 600:
+        # 5xx outside CloudStack's own codes come from a proxy or a restarting management server.
+        return (CloudStackUnavailable if errorcode in (500, 502, 503, 504) else CloudStackInternalError), None
+    if errorcode is not None and 400 <= errorcode < 500:
+        return CloudStackResourceInUse, None
+    return CloudStackInternalError, None
 
 
 def unknown_command(

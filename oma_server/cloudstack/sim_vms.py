@@ -141,24 +141,7 @@ def deploy_vm_record(
     number = state.next_instance_number()
     nic_rows: list[dict[str, Any]] = []
     for index, (network_id, ip, mac) in enumerate(nics):
-        network = state.networks[network_id]
-        nic_rows.append(
-            {
-                "id": new_id(),
-                "networkid": network_id,
-                "networkname": network["name"],
-                "netmask": network["netmask"],
-                "gateway": network["gateway"],
-                "ipaddress": _allocate_ip(state, network, ip, nic_rows),
-                "macaddress": _allocate_mac(state, mac, nic_rows),
-                "isdefault": index == 0,
-                "traffictype": "Guest",
-                "type": network["type"],
-                "deviceid": str(index),
-                "secondaryip": [],
-                "extradhcpoption": [],
-            }
-        )
+        nic_rows.append(_nic_record(state, index, state.networks[network_id], ip, mac, nic_rows))
     vm = {
         "id": vm_id,
         "name": name,
@@ -200,6 +183,32 @@ def deploy_vm_record(
     root = new_volume(state, name=f"ROOT-{number}", size_bytes=size, offering=None, vol_type="ROOT")
     root.update(virtualmachineid=vm_id, deviceid=0, attached=now_iso(), templateid=tmpl["id"])
     return vm
+
+
+def _nic_record(
+    state: SimulatorState,
+    index: int,
+    network: dict[str, Any],
+    ip: str | None,
+    mac: str | None,
+    taken: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The NIC a deployed VM gets on `network` (the first is the default), its address and MAC allocated."""
+    return {
+        "id": new_id(),
+        "networkid": network["id"],
+        "networkname": network["name"],
+        "netmask": network["netmask"],
+        "gateway": network["gateway"],
+        "ipaddress": _allocate_ip(state, network, ip, taken),
+        "macaddress": _allocate_mac(state, mac, taken),
+        "isdefault": index == 0,
+        "traffictype": "Guest",
+        "type": network["type"],
+        "deviceid": str(index),
+        "secondaryip": [],
+        "extradhcpoption": [],
+    }
 
 
 @command("listVirtualMachines")
