@@ -13,14 +13,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from typing import TypeVar
 
 from loguru import logger
 
 from oma_server.db.database import Database
 from oma_server.db.models import WatchRevision
+from oma_server.db.runner import Runner
 from oma_server.watch import WatchHub
 
 RANGE = 100_000
+
+T = TypeVar("T")
+
+
+async def commit_at_next_revision(db: Runner, hub: WatchHub, write: Callable[[int], T]) -> T:
+    """Reserve the next watch revision and run `write(revision)` in one transaction. A failed transaction abandons
+    the revision, so watchers of later changes do not wait for it; after a commit the caller publishes the change."""
+    revision = hub.next_revision()
+    try:
+        return await db.tx(write, revision)
+    except BaseException:
+        hub.abandon(revision)
+        raise
 
 
 def _reserve_up_to(upper: int) -> int:

@@ -18,16 +18,11 @@ from oma_server.clock import SystemClock
 from oma_server.db.database import Database
 from oma_server.db.migrations import apply_migrations
 from oma_server.db.models import Appliance, Disk, VmContext
+from oma_server.db.runner import InlineRunner, Runner
 from oma_server.errors import AlreadyExists, InvalidArgument, MessageRejected
 from oma_server.protocol.stream import DiskProgress, EventKind, JobEvent, ProgressReport
 from oma_server.replication.applier import VmaMessageApplier
-from oma_server.replication.repository import (
-    InlineRunner,
-    JobRepository,
-    MemoryJobRepository,
-    Runner,
-    SqlJobRepository,
-)
+from oma_server.replication.repository import JobRepository, MemoryJobRepository, SqlJobRepository
 from oma_server.replication.state_machine import DiskState, JobState, JobStatus
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.watch import WatchHub

@@ -24,6 +24,7 @@ from oma_server.failover.state_machine import (
     new_steps,
 )
 from oma_server.pagination import fetch_page
+from oma_server.revisions import commit_at_next_revision
 from oma_server.uninterruptible import finish
 from oma_server.watch import Change, WatchHub
 
@@ -211,12 +212,7 @@ class FailoverJobStore:
     async def _write(self, write: Callable[[int], FailoverJobState]) -> FailoverJobState:
         """Reserve a watch revision, run `write` with it in one transaction, publish the result (or abandon the
         revision when the transaction failed, so later changes do not wait for it)."""
-        revision = self.watch.next_revision()
-        try:
-            state = await self.db.tx(write, revision)
-        except BaseException:
-            self.watch.abandon(revision)
-            raise
+        state = await commit_at_next_revision(self.db, self.watch, write)
         self._publish(state)
         return state
 

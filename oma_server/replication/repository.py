@@ -2,15 +2,15 @@
 PostgreSQL through Peewee) and in memory (`MemoryJobRepository`, for fast tests of the store and the applier).
 
 Methods run inside a unit of work of the store's runner (`Database.tx` / `Database.run` for SQL: on a database
-thread, in one transaction; `InlineRunner` for memory); nothing here is async. One contract suite
+thread, in one transaction; `db.runner.InlineRunner` for memory); nothing here is async. One contract suite
 (tests/test_job_repository.py) runs on all three.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Iterable
+from typing import Protocol
 
 import peewee as pw
 
@@ -237,9 +237,6 @@ def page(
     return [r.id for r in rows], token
 
 
-T = TypeVar("T")
-
-
 class JobRepository(Protocol):
     def load(self, job_id: str) -> JobState | None: ...
     def load_open(self) -> list[JobState]: ...
@@ -335,20 +332,3 @@ class MemoryJobRepository:
         size, offset = page_size_of(page_size), page_offset(page_token)
         chosen = jobs[offset : offset + size + 1]
         return [j.id for j in chosen[:size]], next_token(offset, size, len(chosen))
-
-
-class Runner(Protocol):
-    """What runs a repository's work: `Database` (a database thread, one transaction) or `InlineRunner`."""
-
-    async def tx(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
-
-
-class InlineRunner:
-    """The store's runner for a repository that needs no database: work runs at once, on the event loop."""
-
-    async def tx(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return fn(*args, **kwargs)
-
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return fn(*args, **kwargs)

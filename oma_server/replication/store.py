@@ -25,9 +25,11 @@ from loguru import logger
 
 from oma_server.clock import Clock
 from oma_server.db.models import new_id
+from oma_server.db.runner import Runner
 from oma_server.errors import InvalidArgument, NotFound
-from oma_server.replication.repository import JobRepository, Runner, SqlJobRepository
+from oma_server.replication.repository import JobRepository, SqlJobRepository
 from oma_server.replication.state_machine import DEFAULT_OPERATION, DiskState, JobState, JobStatus, transition
+from oma_server.revisions import commit_at_next_revision
 from oma_server.uninterruptible import finish
 from oma_server.watch import Change, WatchHub
 
@@ -273,12 +275,7 @@ class ReplicationJobStore:
         Runs whole (callers wrap it in `finish`); a failed transaction abandons its revision so watchers of later
         changes do not wait for it."""
         async with self._write_lock:
-            revision = self.watch.next_revision()
-            try:
-                state = await self.db.tx(write, revision)
-            except BaseException:
-                self.watch.abandon(revision)
-                raise
+            state = await commit_at_next_revision(self.db, self.watch, write)
             self._remember(state)
             self._dirty.discard(state.id)
             self.publish(state)
