@@ -594,6 +594,9 @@ class DiskCopier:
                     with self._lock:
                         self._requests += 1
                         self._progress.bytes_written += chunk.length
+            # Take in the replies that have arrived (without waiting): a write counts as done, and its buffer is free,
+            # when its reply is read — otherwise only once the window is full (the first 16 MiB of every connection).
+            handle.poll(0)
             checkpoint()
             if self.max_bytes_per_second:
                 self._pace(handle, started, checkpoint)
