@@ -40,9 +40,10 @@ def build_parser() -> Parser:
     return parser
 
 
-def run(argv: Sequence[str] | None = None) -> int:
+def run(argv: Sequence[str] | None = None, channel: grpc.Channel | None = None) -> int:
+    """One command; raises CliError. `channel` replaces the connection to `--server` (tests)."""
     args = build_parser().parse_args(argv)
-    client = Client(args.server, args.timeout)
+    client = Client(args.server, args.timeout, channel)
     try:
         ctx = Context(client=client, out=Output(as_json=args.json, wide=args.wide, quiet=args.quiet))
         handler: Handler = args.handler

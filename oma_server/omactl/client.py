@@ -59,10 +59,11 @@ def describe_rpc_error(error: grpc.RpcError, server: str, method: str = "", time
 class Client:
     """Stubs of every oma.v1 service on one channel, with the deadline and error handling omactl wants."""
 
-    def __init__(self, server: str, timeout: float | None) -> None:
+    def __init__(self, server: str, timeout: float | None, channel: grpc.Channel | None = None) -> None:
+        """`channel`: one made elsewhere (tests script the server's answers on a grpc_testing channel)."""
         self.server = server
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
+        self.channel = channel or grpc.insecure_channel(
             server,
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 0)],
         )
