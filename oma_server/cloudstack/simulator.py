@@ -12,6 +12,7 @@ sim_snapshots and sim_vms; the OMA VM's guest view of attached volumes in sim_gu
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -31,7 +32,6 @@ from oma_server.cloudstack.sim_errors import ApiError
 from oma_server.cloudstack.sim_faults import Faults
 from oma_server.cloudstack.sim_seed import seed_world
 from oma_server.cloudstack.sim_state import RequestRecord, SimulatorState
-from oma_server.private_files import write_private
 
 API_PATH = "/client/api"
 CLIENT_CONFIG = "cloudstack.ini"
@@ -218,7 +218,9 @@ class CloudStackSimulator:
 
     def _write_client_config(self) -> None:
         text = f"[cloudstack]\nendpoint = {self.url}\nkey = {self.api_key}\nsecret = {self.secret_key}\n"
-        write_private(self.client_config, text)
+        fd = os.open(self.client_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the secret key
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
 
     def _load_or_seed(self) -> None:
         state = self.state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from oma.v1 import appliance_pb2
@@ -10,7 +11,6 @@ from oma_server.omactl import render, resolve
 from oma_server.omactl.client import CliError
 from oma_server.omactl.context import Commands, Context
 from oma_server.omactl.render import enum_label, field_time, status_text
-from oma_server.private_files import write_private
 
 
 def _status(appliance: appliance_pb2.Appliance) -> str:
@@ -77,11 +77,15 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def write_secret(path: Path, secret: str) -> None:
-    """The credential in a file only its owner can read (private_files.write_private)."""
+    """The credential in a file only its owner can read (0600 from its creation: never readable by others, not even
+    for an instant; an existing file is truncated and made 0600 too)."""
     try:
-        write_private(path, secret + "\n")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as exc:
         raise CliError(f"cannot write --credential-file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(secret + "\n")
 
 
 def cmd_enroll(ctx: Context, args: argparse.Namespace) -> int:
