@@ -164,4 +164,6 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert [(m["source_network"], m["target_network_id"]) for m in maps] == [("VM Network", listed)]
     [zone] = re.findall(r"^(\S+)\s+sim-zone-1\s", output, re.MULTILINE)  # omactl cloud zones
     assert f'"id": "{zone}"' in output  # cs listZones, with the endpoint and keys the simulator wrote
+    ini = work / "oma" / "cloudstack" / "cloudstack.ini"
+    assert f"CLOUDSTACK_CONFIG={ini} cs listZones" in server_log.read_text()  # where oma-server says they are
     assert (work / "vma-01.credential").stat().st_mode & 0o777 == 0o600
