@@ -49,7 +49,7 @@ def _common_flags() -> _OneLineParser:
         default=env_path("cloudstack_sim_seed"),
         help="with --cloudstack sim: a JSON file of the simulator's initial world (limits, offerings, ...)",
     )
-    g.add_argument("--nbd-listen", default=env_default("nbd_listen", "127.0.0.1:10809"), help="nbd-server HOST:PORT")
+    g.add_argument("--nbd-listen", default=env_default("nbd_listen", "127.0.0.1:10809"), help="NBD server HOST:PORT")
     g.add_argument(
         "--device-root",
         type=Path,

@@ -12,6 +12,7 @@ sim_snapshots and sim_vms; the OMA VM's guest view of attached volumes in sim_gu
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from oma_server.cloudstack.sim_seed import seed_world
 from oma_server.cloudstack.sim_state import RequestRecord, SimulatorState
 
 API_PATH = "/client/api"
+CLIENT_CONFIG = "cloudstack.ini"
 STATE_KEY: web.AppKey[SimulatorState] = web.AppKey("cloudstack_sim_state", SimulatorState)
 AUTH_ERROR_TEXT = "unable to verify user credentials and/or request signature"
 
@@ -201,7 +203,24 @@ class CloudStackSimulator:
         server = site._server
         if self.port == 0 and server is not None:
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        logger.bind(url=self.url).info("CloudStack simulator listening on {}", self.url)
+        await asyncio.to_thread(self._write_client_config)
+        logger.bind(url=self.url).info(
+            "CloudStack simulator listening on {url}; the cs CLI reaches it with CLOUDSTACK_CONFIG={ini} cs listZones",
+            url=self.url,
+            ini=self.client_config,
+        )
+
+    @property
+    def client_config(self) -> Path:
+        """A `cs` (the CloudStack CLI) config file naming this simulator's endpoint and keys, rewritten at every start
+        (the port may change) and readable by its owner only: `CLOUDSTACK_CONFIG=<it> cs listZones`."""
+        return self.state.state_dir / CLIENT_CONFIG
+
+    def _write_client_config(self) -> None:
+        text = f"[cloudstack]\nendpoint = {self.url}\nkey = {self.api_key}\nsecret = {self.secret_key}\n"
+        fd = os.open(self.client_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the secret key
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
 
     def _load_or_seed(self) -> None:
         state = self.state

@@ -19,6 +19,7 @@ from oma_server.cloudstack.models import Network
 from oma_server.db.database import Database
 from oma_server.db.models import NetworkMapping, VmContext
 from oma_server.errors import AlreadyExists, InvalidArgument, NotFound
+from oma_server.vm_contexts.service import vm_not_found
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,7 @@ class NetworkMappingService:
 
         def insert() -> NetworkMapping:
             if data.vm_context_id and VmContext.get_or_none(VmContext.id == data.vm_context_id) is None:
-                raise NotFound(
-                    f"VM context {data.vm_context_id} does not exist",
-                    reason="VM_CONTEXT_NOT_FOUND",
-                    vm_context_id=data.vm_context_id,
-                )
+                raise vm_not_found(data.vm_context_id)
             existing = NetworkMapping.get_or_none(
                 (NetworkMapping.vm_context_id == data.vm_context_id) & (NetworkMapping.source_network == source)
             )
@@ -132,6 +129,8 @@ class NetworkMappingService:
 
     async def list(self, vm_context_id: str = "") -> list[NetworkMapping]:
         def query() -> list[NetworkMapping]:
+            if vm_context_id and VmContext.get_or_none(VmContext.id == vm_context_id) is None:
+                raise vm_not_found(vm_context_id)  # not an empty list: a typo must not read as "nothing mapped"
             q = NetworkMapping.select().order_by(NetworkMapping.vm_context_id, NetworkMapping.source_network)
             if vm_context_id:
                 q = q.where(NetworkMapping.vm_context_id.in_(["", vm_context_id]))

@@ -94,6 +94,19 @@ def test_cs_cli_with_wrong_key_gets_401(sim_process: dict[str, str]) -> None:
     assert result.returncode != 0 and "401" in result.stderr
 
 
+def test_cs_cli_reaches_the_simulator_through_the_config_file_it_writes(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    """What `oma-server` (embedded simulator) logs: CLOUDSTACK_CONFIG=<state dir>/cloudstack.ini cs listZones."""
+    ini = tmp_path / "state" / "cloudstack.ini"
+    assert ini.stat().st_mode & 0o777 == 0o600  # it holds the secret key
+    text = ini.read_text()
+    assert f"endpoint = {sim_process['CLOUDSTACK_ENDPOINT']}" in text and sim_process["CLOUDSTACK_SECRET"] in text
+    zones = _cs({"CLOUDSTACK_CONFIG": str(ini), "HOME": str(tmp_path)}, "listZones")
+    assert zones.returncode == 0, zones.stderr
+    assert json.loads(zones.stdout)["zone"][0]["name"] == "sim-zone-1"
+
+
 def test_sim_cli_bad_flags_exit_2(tmp_path: Path) -> None:
     bad = subprocess.run(
         [*_sim_command(), "--listen", "nonsense", "--state-dir", str(tmp_path)],

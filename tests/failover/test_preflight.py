@@ -149,6 +149,10 @@ async def test_network_mapping_crud_and_validation(oma: OmaServer) -> None:
         )
         listed = (await stub.ListNetworkMappings(failover_pb2.ListNetworkMappingsRequest(vm_context_id=vm_id))).mappings
         assert {m.id for m in listed} == {default.id, own.id}
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:  # a typo is not "nothing mapped"
+            await stub.ListNetworkMappings(failover_pb2.ListNetworkMappingsRequest(vm_context_id="nope"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        assert error_info_of(unknown.value).reason == "VM_CONTEXT_NOT_FOUND"  # type: ignore[union-attr]
         # the VM's own mapping wins over the default
         checks = await check(channel, vm_id)
         assert "shared-net-1" in checks["networks_mapped"].reason

@@ -366,7 +366,7 @@ class NetworkMappingServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListNetworkMappings(self, request, context):
-        """Lists mappings.
+        """Lists mappings; NOT_FOUND (VM_CONTEXT_NOT_FOUND) for an unknown vm_context_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

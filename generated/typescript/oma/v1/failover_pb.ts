@@ -1034,7 +1034,7 @@ export const NetworkMappingService: GenService<{
     output: typeof CreateNetworkMappingResponseSchema;
   },
   /**
-   * Lists mappings.
+   * Lists mappings; NOT_FOUND (VM_CONTEXT_NOT_FOUND) for an unknown vm_context_id.
    *
    * @generated from rpc oma.v1.NetworkMappingService.ListNetworkMappings
    */
