@@ -4,7 +4,8 @@
 # Usage: scripts/system-deps.sh demo|test
 #   demo  what `make demo` drives for real: Python's venv module, nbdkit, libnbd's Python binding
 #   test  everything the suite drives too: libnbd-bin (nbdcopy/nbdinfo), PostgreSQL, Node.js and npm (buf, the
-#         TypeScript SDK: Node 18.14 or newer), Chromium (the dashboard's browser tests)
+#         TypeScript SDK: Node 18.14 or newer), Chromium and libatomic1 (the dashboard's browser tests drive it
+#         through Playwright's driver)
 set -euo pipefail
 profile="${1:-test}"
 case "$profile" in demo | test) ;; *)
@@ -27,6 +28,8 @@ if [ "$profile" = test ]; then
     command -v node >/dev/null 2>&1 || need+=(nodejs)
     command -v npm >/dev/null 2>&1 || need+=(npm)
     [ -x /usr/bin/chromium ] || need+=(chromium)
+    # Playwright's driver is a Node binary of its own; it links libatomic, which a minimal Debian lacks.
+    ls /usr/lib/*/libatomic.so.1 /lib/*/libatomic.so.1 >/dev/null 2>&1 || need+=(libatomic1)
 fi
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
