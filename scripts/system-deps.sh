@@ -29,7 +29,7 @@ if [ "$profile" = test ]; then
     command -v npm >/dev/null 2>&1 || need+=(npm)
     [ -x /usr/bin/chromium ] || need+=(chromium)
     # Playwright's driver is a Node binary of its own; it links libatomic, which a minimal Debian lacks.
-    ls /usr/lib/*/libatomic.so.1 /lib/*/libatomic.so.1 >/dev/null 2>&1 || need+=(libatomic1)
+    compgen -G '/usr/lib/*/libatomic.so.1' >/dev/null || compgen -G '/lib/*/libatomic.so.1' >/dev/null || need+=(libatomic1)
 fi
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
