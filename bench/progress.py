@@ -696,6 +696,7 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any]) -> No
         f"127.0.0.1:{free_port()}",
         "--log-level",
         "WARNING",
+        "--insecure",  # plaintext, as the figures in bench/README.md were measured (its clients dial plaintext)
         "--progress-flush-interval",
         str(args.flush_interval),
     ]

@@ -32,6 +32,31 @@ def _common_flags() -> _OneLineParser:
     p = _OneLineParser(add_help=False)
     g = p.add_argument_group("flags of serve (the default) and migrate (each is also OMA_<NAME> in the environment)")
     g.add_argument("--listen", default=env_default("listen", "127.0.0.1:50051"), help="gRPC HOST:PORT")
+    g.add_argument(
+        "--advertise-address",
+        action="append",
+        default=[a for a in env_default("advertise_address", "").split(",") if a.strip()],
+        help="a name or address clients dial this OMA by (repeat; OMA_ADVERTISE_ADDRESS comma-separated): put in "
+        "the server certificate",
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=env_flag("insecure"),
+        help="serve plaintext gRPC (no TLS): for a trusted loopback only",
+    )
+    g.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env_path("tls_cert"),
+        help="your own server certificate chain (PEM) instead of one from the OMA's CA (with --tls-key)",
+    )
+    g.add_argument(
+        "--tls-key",
+        type=Path,
+        default=env_path("tls_key"),
+        help="the private key (PEM) of --tls-cert",
+    )
     g.add_argument("--data-dir", type=Path, default=Path(env_default("data_dir", ".oma")), help="state directory")
     g.add_argument(
         "--database",
@@ -138,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         listen=args.listen,
+        advertise_addresses=tuple(a.strip() for a in args.advertise_address),
+        insecure=args.insecure,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         data_dir=args.data_dir,
         database=args.database,
         cloudstack=args.cloudstack,

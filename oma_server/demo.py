@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
@@ -41,6 +42,8 @@ from oma.v1 import (
     vm_context_pb2_grpc,
 )
 from oma_server.ports import free_port
+from oma_server.security.ca import fingerprint
+from vma_client_stubs.connection import Endpoint, sync_channel
 
 BIN = Path(sys.executable).parent
 DISKS_MIB = (256, 128)
@@ -122,12 +125,17 @@ class Demo:
         self.http_address = f"127.0.0.1:{int(os.environ.get('OMA_DEMO_HTTP_PORT', '0')) or free_port()}"
         self.vcenter = root / "vcenter"
         self.data_dir = root / "oma"
-        self.channel = grpc.insecure_channel(self.address)
-        stack.callback(self.channel.close)
+        #: the CA oma-server makes at its first start; every client of the demo verifies the OMA against it
+        self.ca = self.data_dir / "tls" / "ca.crt"
+        self.failures: list[str] = []
+
+    def connect(self) -> None:
+        """The demo's own operator channel: TLS, verified against the OMA's CA."""
+        self.channel = sync_channel(Endpoint.from_ca_file(self.address, self.ca))
+        self.stack.callback(self.channel.close)
         self.vms = vm_context_pb2_grpc.VmContextServiceStub(self.channel)
         self.jobs = replication_pb2_grpc.ReplicationServiceStub(self.channel)
         self.volumes = storage_pb2_grpc.VolumeServiceStub(self.channel)
-        self.failures: list[str] = []
 
     def spawn(self, name: str, *cmd: str | Path) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed by the exit stack
@@ -146,11 +154,11 @@ class Demo:
         return proc
 
     def omactl(self, *args: str, live: bool = False) -> str:
-        return run(BIN / "omactl", "--server", self.address, *args, live=live)
+        return run(BIN / "omactl", "--server", self.address, "--ca", self.ca, *args, live=live)
 
     # ---- the steps ---------------------------------------------------------------------------------------------
     def start_oma(self) -> None:
-        step("Start oma-server (SQLite, in-process CloudStack simulator, real nbd-server, dashboard)")
+        step("Start oma-server (SQLite, in-process CloudStack simulator, real nbdkit, dashboard; TLS with its own CA)")
         server = self.spawn(
             "oma-server",
             BIN / "oma-server",
@@ -164,7 +172,10 @@ class Demo:
             self.http_address,
         )
         wait_listening(self.port, server, "oma-server")
-        console.print(f"oma-server serving on {self.address}; logs in {self.root / 'oma-server.log'}")
+        self.connect()
+        ca_fingerprint = fingerprint(x509.load_pem_x509_certificate(self.ca.read_bytes()))
+        console.print(f"oma-server serving TLS on {self.address}; logs in {self.root / 'oma-server.log'}")
+        console.print(f"its CA: {self.ca} ({ca_fingerprint[:23]}...); omactl and the agent verify the OMA with it")
         console.print(
             f"live dashboard: [bold]http://{self.http_address}/[/]  ·  Prometheus metrics: http://{self.http_address}/metrics"
             "  (OMA_DEMO_HTTP_PORT fixes the port)"
@@ -192,6 +203,8 @@ class Demo:
             "run",
             "--oma",
             self.address,
+            "--ca",
+            self.ca,
             "--appliance-id",
             appliance_id,
             "--credential-file",

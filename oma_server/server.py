@@ -50,9 +50,11 @@ from oma_server.api.status import ErrorMappingInterceptor
 from oma_server.api.storage import NbdExportServicer, VolumeServicer
 from oma_server.api.vm_contexts import VmContextServicer
 from oma_server.app import App
+from oma_server.security.server_tls import ServerTls
 from oma_server.stop_signals import StopSignals
 from oma_server.version import __version__
 from vma.v1 import agent_service_pb2
+from vma_client_stubs.connection import Endpoint
 
 KEEPALIVE_TIME_MS = 210_000
 KEEPALIVE_TIMEOUT_MS = 20_000
@@ -108,6 +110,30 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(GatewayServicer(app), server)
 
 
+def _server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials([(tls.credentials.key_pem, tls.credentials.chain_pem)])
+
+
+def _log_transport(listen: str, tls: ServerTls | None) -> None:
+    if tls is None:
+        logger.warning(
+            "--insecure: the gRPC port {listen} serves PLAINTEXT: whoever reaches it reads and changes everything; "
+            "use it on a trusted loopback only",
+            listen=listen,
+        )
+        return
+    if tls.ca_path is not None:
+        logger.info(
+            "TLS on {listen} for {names}; clients verify it with the OMA's CA {ca} ({fp})",
+            listen=listen,
+            names=", ".join(tls.names),
+            ca=tls.ca_path,
+            fp=tls.ca_fingerprint,
+        )
+    else:
+        logger.info("TLS on {listen} with --tls-cert for {names}", listen=listen, names=", ".join(tls.names))
+
+
 class OmaServer:
     """A running OMA: the App plus its gRPC server, health and reflection."""
 
@@ -129,6 +155,8 @@ class OmaServer:
             pool=SourceInfoPool(),  # type: ignore[arg-type]
         )
         self.port = 0
+        #: what the gRPC port presents (None with --insecure); loaded, or made at first start, in `start()`
+        self.tls: ServerTls | None = None
         self._stopping = False
         self.http: HttpServer | None = HttpServer(app) if app.settings.http_listen else None
         self._stopped = asyncio.Event()
@@ -138,12 +166,18 @@ class OmaServer:
 
         On failure or cancellation the caller still calls `stop()`, which stops whatever had started.
         """
+        settings = self.app.settings
         try:
-            self.port = self.server.add_insecure_port(self.app.settings.listen)
+            if settings.insecure:
+                self.port = self.server.add_insecure_port(settings.listen)
+            else:
+                self.tls = ServerTls.load(settings)
+                self.port = self.server.add_secure_port(settings.listen, _server_credentials(self.tls))
         except RuntimeError:
             self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.app.settings.listen}: address in use or not available")
+            raise OSError(f"cannot listen on {settings.listen}: address in use or not available")
+        _log_transport(settings.listen, self.tls)
         await self.app.start()
         await self.server.start()
         if self.http is not None:
@@ -156,6 +190,13 @@ class OmaServer:
             port=self.port,
         )
         return self.port
+
+    def local_endpoint(self) -> Endpoint:
+        """How a client on this host reaches this server (tests, benchmarks): loopback, verified against its CA."""
+        target = f"127.0.0.1:{self.port}"
+        if self.tls is None:
+            return Endpoint(target, insecure=True)
+        return Endpoint(target, self.tls.ca_pem)
 
     async def _set_serving(self, status: int) -> None:
         await self.health.set("", status)

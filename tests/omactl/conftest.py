@@ -14,6 +14,7 @@ import pytest
 
 from oma_server.app import App
 from oma_server.server import OmaServer
+from tests.clients import ca_file, oma_channel
 from tests.conftest import VENV_BIN, make_settings
 
 _SCRIPT = VENV_BIN / "omactl"
@@ -35,14 +36,28 @@ class Result:
         return self.err.splitlines()
 
 
-def omactl_env(server: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "OMA_SERVER")}
-    env["OMA_SERVER"] = server
+@dataclass(frozen=True)
+class Target:
+    """An OMA as omactl is pointed at it: its address and the CA file its TLS is verified with."""
+
+    server: str
+    ca: Path
+
+
+def omactl_env(server: Target | str, **extra: str) -> dict[str, str]:
+    """The environment omactl runs in; a bare address is a plaintext test double (OMA_INSECURE)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "OMA_SERVER", "OMA_CA", "OMA_INSECURE")}
+    if isinstance(server, Target):
+        env["OMA_SERVER"], env["OMA_CA"] = server.server, str(server.ca)
+    else:
+        env["OMA_SERVER"], env["OMA_INSECURE"] = server, "1"
     env.update(extra)
     return env
 
 
-async def run_omactl(server: str, *args: str, timeout: float = 20.0, env: dict[str, str] | None = None) -> Result:
+async def run_omactl(
+    server: Target | str, *args: str, timeout: float = 20.0, env: dict[str, str] | None = None
+) -> Result:
     proc = await asyncio.create_subprocess_exec(
         *OMACTL,
         *args,
@@ -56,7 +71,7 @@ async def run_omactl(server: str, *args: str, timeout: float = 20.0, env: dict[s
     return Result(proc.returncode, out.decode(), err.decode())
 
 
-async def spawn_omactl(server: str, *args: str) -> asyncio.subprocess.Process:
+async def spawn_omactl(server: Target | str, *args: str) -> asyncio.subprocess.Process:
     """omactl running in the background (watch), stdout a pipe (so not a TTY)."""
     return await asyncio.create_subprocess_exec(
         *OMACTL,
@@ -89,11 +104,11 @@ async def oma(tmp_path: Path) -> AsyncIterator[OmaServer]:
 
 
 @pytest.fixture
-def address(oma: OmaServer) -> str:
-    return f"127.0.0.1:{oma.port}"
+def address(oma: OmaServer) -> Target:
+    return Target(f"127.0.0.1:{oma.port}", ca_file(oma.app.settings.data_dir))
 
 
 @pytest.fixture
 async def channel(oma: OmaServer) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as ch:
+    async with oma_channel(oma) as ch:
         yield ch
