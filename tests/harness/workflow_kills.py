@@ -272,7 +272,7 @@ class Run:
             log = self.root / "vma-agent.log"
             self.agent = AgentProcess(
                 self.oma.address, appliance_id, credential, self.vcenter, self.root / "vma", log, *AGENT_FLAGS,
-                "--ca", str(ca_file(self.oma.data_dir)),
+                "--ca", str(self.agent_ca()),
             )  # fmt: skip
             self.agent.start()
             deadline = time.monotonic() + 30
@@ -297,6 +297,14 @@ class Run:
                     )
                 )
             )
+
+    def agent_ca(self) -> Path:
+        """The OMA's CA as the appliance keeps it: a copy on its own host, not a path into the OMA's data dir (a
+        "host crash" of the OMA kills every process whose command line names that dir)."""
+        assert self.oma is not None
+        copy = self.root / "vma-oma-ca.crt"
+        shutil.copyfile(ca_file(self.oma.data_dir), copy)
+        return copy
 
     async def agent_cli(self, command: str, *args: str) -> None:
         """`vma-agent COMMAND --vcenter-dir ... ARGS` (the fake vCenter's own tools)."""
