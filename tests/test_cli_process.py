@@ -110,22 +110,29 @@ def test_grpcurl_describe_without_proto_files(running_server: Running) -> None:
 
 def test_grpcurl_describe_shows_the_proto_comments(running_server: Running) -> None:
     """Reflection serves the descriptors with their source info: the comments are the SDK documentation."""
-    service = grpcurl(running_server, "describe", "oma.v1.JobService")
+    server = running_server
+    service = grpcurl(server, "describe", "oma.v1.JobService")
     assert service.returncode == 0, service.stderr
     assert "// Returns one job of any kind by its id" in service.stdout
     assert "never ends on its own" in service.stdout  # WatchJobs' comment: how the stream behaves
-    request = grpcurl(running_server, "describe", "oma.v1.WatchJobRequest")
+    request = grpcurl(server, "describe", "oma.v1.WatchJobRequest")
     assert "// Keep the stream open after the job's final state was sent" in request.stdout
     assert "bool keep_following = 3;" in request.stdout
     # an enum's valid names with what each means (grpcurl itself refuses a name the enum does not have)
-    kinds = grpcurl(running_server, "describe", "oma.v1.FailoverJobKind")
+    kinds = grpcurl(server, "describe", "oma.v1.FailoverJobKind")
     assert "// Test failover: the source keeps running" in kinds.stdout
     assert "FAILOVER_JOB_KIND_LIVE = 2;" in kinds.stdout
-    agent = grpcurl(running_server, "describe", "vma.v1.VmaAgentService")  # a reflection-only service keeps its comments too
+    agent = grpcurl(
+        running_server, "describe", "vma.v1.VmaAgentService"
+    )  # a reflection-only service keeps its comments too
     assert "// Lists the VMs the appliance can see in vCenter." in agent.stdout
-    bad_name = grpcurl(running_server, "oma.v1.FailoverService/StartFailover", data='{"kind": "FAILOVER_JOB_KIND_BOGUS"}')
+    bad_name = grpcurl(
+        running_server, "oma.v1.FailoverService/StartFailover", data='{"kind": "FAILOVER_JOB_KIND_BOGUS"}'
+    )
     assert bad_name.returncode != 0 and "FAILOVER_JOB_KIND_BOGUS" in bad_name.stderr
-    bad_number = grpcurl(running_server, "oma.v1.FailoverService/StartFailover", data='{"vm_context_id": "x", "kind": 9}')
+    bad_number = grpcurl(
+        running_server, "oma.v1.FailoverService/StartFailover", data='{"vm_context_id": "x", "kind": 9}'
+    )
     assert "Code: InvalidArgument" in bad_number.stdout + bad_number.stderr
     assert "use one of FAILOVER_JOB_KIND_TEST, FAILOVER_JOB_KIND_LIVE" in bad_number.stdout + bad_number.stderr
 

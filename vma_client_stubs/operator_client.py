@@ -12,7 +12,7 @@ async with OperatorClient("oma.example:50051", tls=TlsConfig.from_files(ca="ca.p
 ```
 
 - **TLS** with the OMA's CA (and a client certificate for mutual TLS): `TlsConfig`. Without it the channel is
-  plaintext — what oma-server serves until TLS becomes its default.
+  plaintext — for an oma-server started with `--insecure` (TLS is its default).
 - **Auth**: an operator token sent as `authorization: Bearer <token>` on every call (a callable is asked each call,
   so a token can rotate).
 - **Retries**: unary calls answered UNAVAILABLE are retried by gRPC itself (a service-config retry policy:

@@ -16,11 +16,11 @@ from oma_server.app import App
 from oma_server.db.models import ChangeIdRecord
 from oma_server.ports import free_port
 from oma_server.server import OmaServer
-from tests.clients import process_endpoint
+from tests.clients import ca_file, process_channel, process_endpoint
 from tests.conftest import make_settings
 from tests.factories import seed_job
 from vma.v1 import stream_pb2
-from vma_client_stubs.operator_client import Enrollment, OperatorClient
+from vma_client_stubs.operator_client import Enrollment, OperatorClient, TlsConfig
 from vma_client_stubs.stream_client import AuthenticationError, StreamClient
 
 COMPLETED = replication_pb2.REPLICATION_JOB_STATUS_COMPLETED
@@ -37,6 +37,13 @@ class Oma:
     @property
     def target(self) -> str:
         return self.settings.listen
+
+    def tls(self) -> TlsConfig:
+        """What an SDK user gives the OperatorClient: the OMA's CA."""
+        return TlsConfig(ca=ca_file(self.settings.data_dir).read_bytes())
+
+    def channel(self) -> grpc.aio.Channel:
+        return process_channel(self.settings.data_dir, self.target)
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """TLS verified against the server's CA (the same across restarts: it lives in the data dir)."""
@@ -67,7 +74,7 @@ async def oma(tmp_path: Path) -> AsyncIterator[Oma]:
 
 @pytest.fixture
 async def operator(oma: Oma) -> AsyncIterator[OperatorClient]:
-    async with OperatorClient(oma.target, channel_credentials=oma.credentials()) as client:
+    async with OperatorClient(oma.target, tls=oma.tls()) as client:
         yield client
 
 
