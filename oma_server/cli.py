@@ -8,18 +8,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
 from loguru import logger
 
-from oma_server.errors import DomainError
+from oma_server.errors import DomainError, InvalidArgument
 from oma_server.logging import configure_logging
 from oma_server.settings import Settings, env_default, env_flag, env_path
 from oma_server.stop_signals import StopSignals
 from oma_server.version import __version__
 
-SUBCOMMANDS = ("serve", "migrate")
+SUBCOMMANDS = ("serve", "migrate", "create-token")
 EXIT_USAGE = 2
 
 
@@ -157,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_flags()
     sub.add_parser("serve", parents=[common], help="run the server (default)")
     sub.add_parser("migrate", parents=[common], help="apply database migrations and exit")
+    token = sub.add_parser(
+        "create-token", parents=[common], help="make an operator API token in the database and print it once"
+    )
+    token.add_argument("--name", required=True, help="who or what uses it (1-63 letters, digits, '.', '_', '@', '-')")
+    token.add_argument("--role", required=True, choices=("viewer", "operator", "admin"), help="what it may do")
+    token.add_argument("--ttl", default="never", help="lifetime: 90d, 12h, 30m, 45s (default: never)")
     return parser
 
 
@@ -205,6 +212,28 @@ async def _migrate(settings: Settings) -> None:
         db.close()
 
 
+async def _create_token(settings: Settings, name: str, role: str, ttl: str) -> None:
+    """Open the database (migrated), make the token, print its secret on stdout and what it is on stderr."""
+    from oma_server.app import prepare_database
+    from oma_server.db.database import Database
+    from oma_server.omactl.tokens import ttl_seconds  # the lifetimes omactl tokens create reads, the same way
+    from oma_server.security.tokens import Role, TokenService
+
+    try:
+        ttl_s = ttl_seconds(ttl)
+    except argparse.ArgumentTypeError as error:
+        raise InvalidArgument(str(error)) from None
+    db = Database(settings.database_url)
+    try:
+        await prepare_database(db)
+        issued = await TokenService(db).create(name, Role.parse(role), timedelta(seconds=ttl_s) if ttl_s else None)
+    finally:
+        db.close()
+    expires = f"expires {issued.token.expires_at:%Y-%m-%d %H:%M} UTC" if issued.token.expires_at else "no expiry"
+    print(issued.secret, flush=True)
+    print(f"API token {name} (id {issued.token.id}, role {role}, {expires}); shown once", file=sys.stderr)
+
+
 async def _serve(settings: Settings, signals: StopSignals) -> None:
     from oma_server.app import App
     from oma_server.server import serve
@@ -221,7 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(json=settings.log_json, level=settings.log_level)
     try:
         settings.validate()
-        asyncio.run(_migrate(settings) if args.command == "migrate" else _serve(settings, signals))
+        if args.command == "migrate":
+            asyncio.run(_migrate(settings))
+        elif args.command == "create-token":
+            asyncio.run(_create_token(settings, args.name, args.role, args.ttl))
+        else:
+            asyncio.run(_serve(settings, signals))
     except DomainError as error:
         print(f"oma-server: error: {error.message}", file=sys.stderr)
         return EXIT_USAGE

@@ -73,16 +73,18 @@ def step(title: str) -> None:
     console.rule(f"[bold cyan]{title}")
 
 
-def run(*cmd: str | Path, live: bool = False) -> str:
-    """Run a command; with `live` its output goes straight to the terminal (progress bars)."""
+def run(*cmd: str | Path, live: bool = False, env: dict[str, str] | None = None) -> str:
+    """Run a command; with `live` its output goes straight to the terminal (progress bars). `env` adds variables
+    (a token: never on a command line, where every user's `ps` shows it)."""
     args = [str(c) for c in cmd]
     console.print(f"[dim]$ {' '.join(Path(args[0]).name if i == 0 else a for i, a in enumerate(args))}")
+    environment = {**os.environ, **env} if env else None
     if live:
-        code = subprocess.run(args, timeout=300).returncode
+        code = subprocess.run(args, timeout=300, env=environment).returncode
         if code != 0:
             raise DemoFailed(f"{Path(args[0]).name} {' '.join(args[1:3])} failed (exit {code})")
         return ""
-    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, env=environment)
     if out.returncode != 0:
         raise DemoFailed(f"{' '.join(args[:3])} failed (exit {out.returncode}): {out.stderr.strip()}")
     return out.stdout
@@ -127,11 +129,14 @@ class Demo:
         self.data_dir = root / "oma"
         #: the CA oma-server makes at its first start; every client of the demo verifies the OMA against it
         self.ca = self.data_dir / "tls" / "ca.crt"
+        self.token_env: dict[str, str] = {}
         self.failures: list[str] = []
 
     def connect(self) -> None:
-        """The demo's own operator channel: TLS, verified against the OMA's CA."""
-        self.channel = sync_channel(Endpoint.from_ca_file(self.address, self.ca))
+        """The demo's own operator channel: TLS, verified against the OMA's CA, with the initial admin token."""
+        token = (self.data_dir / "admin.token").read_text().strip()
+        self.token_env = {"OMA_TOKEN": token}
+        self.channel = sync_channel(Endpoint.from_ca_file(self.address, self.ca, token=token))
         self.stack.callback(self.channel.close)
         self.vms = vm_context_pb2_grpc.VmContextServiceStub(self.channel)
         self.jobs = replication_pb2_grpc.ReplicationServiceStub(self.channel)
@@ -154,7 +159,7 @@ class Demo:
         return proc
 
     def omactl(self, *args: str, live: bool = False) -> str:
-        return run(BIN / "omactl", "--server", self.address, "--ca", self.ca, *args, live=live)
+        return run(BIN / "omactl", "--server", self.address, "--ca", self.ca, *args, live=live, env=self.token_env)
 
     # ---- the steps ---------------------------------------------------------------------------------------------
     def start_oma(self) -> None:
@@ -176,6 +181,7 @@ class Demo:
         ca_fingerprint = fingerprint(x509.load_pem_x509_certificate(self.ca.read_bytes()))
         console.print(f"oma-server serving TLS on {self.address}; logs in {self.root / 'oma-server.log'}")
         console.print(f"its CA: {self.ca} ({ca_fingerprint[:23]}...); omactl and the agent verify the OMA with it")
+        console.print(f"omactl calls with the initial admin token from {self.data_dir / 'admin.token'} (OMA_TOKEN)")
         console.print(
             f"live dashboard: [bold]http://{self.http_address}/[/]  ·  Prometheus metrics: http://{self.http_address}/metrics"
             "  (OMA_DEMO_HTTP_PORT fixes the port)"

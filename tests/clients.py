@@ -1,5 +1,6 @@
 """How tests reach an OMA the way real clients do: TLS verified against the server's own CA (made at its first
-start in `<data dir>/tls/`), plaintext only for a server a test started with `insecure=True`."""
+start in `<data dir>/tls/`), plaintext only for a server a test started with `insecure=True`, and the initial admin
+token that first start wrote (`<data dir>/admin.token`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from oma_server.security.tokens import read_admin_token
 from oma_server.server import OmaServer
 from vma_client_stubs.connection import Endpoint, Options, aio_channel, sync_channel
 
@@ -27,8 +29,8 @@ def oma_channel(server: OmaServer, options: Options | None = None) -> grpc.aio.C
 
 
 def process_endpoint(data_dir: Path, address: str) -> Endpoint:
-    """An `oma-server` process serving TLS with the CA of its data dir."""
-    return Endpoint(address, ca_file(data_dir).read_bytes())
+    """An `oma-server` process serving TLS with the CA of its data dir, called with its initial admin token."""
+    return Endpoint(address, ca_file(data_dir).read_bytes(), token=read_admin_token(data_dir))
 
 
 def process_channel(data_dir: Path, address: str, options: Options | None = None) -> grpc.aio.Channel:

@@ -21,9 +21,11 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from oma.v1 import appliance_pb2, appliance_pb2_grpc
 from oma_server.db.migrations import LATEST_VERSION
 from oma_server.ports import free_port
 from oma_server.security.ca import CertificateAuthority, alt_names
+from oma_server.security.tokens import read_admin_token
 from tests.clients import ca_file, process_serving
 from tests.conftest import REPO, VENV_BIN
 from vma_client_stubs.connection import Endpoint, sync_channel
@@ -60,6 +62,10 @@ class Running:
     def ca(self) -> Path:
         return ca_file(self.data_dir)
 
+    @property
+    def token(self) -> str:
+        return read_admin_token(self.data_dir)
+
 
 @pytest.fixture(scope="module")
 def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
@@ -83,9 +89,14 @@ def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
             proc.wait()
 
 
-def grpcurl(server: Running, *args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
-    """grpcurl as the README shows it: TLS verified against the OMA's CA file."""
+def grpcurl(
+    server: Running, *args: str, data: str | None = None, token: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """grpcurl as the README shows it: TLS verified against the OMA's CA file; with `token`, the initial admin's
+    API token (health and reflection need none)."""
     cmd = [GRPCURL, "-cacert", str(server.ca)]
+    if token:
+        cmd += ["-H", f"authorization: Bearer {server.token}"]
     if data is not None:
         cmd += ["-d", data]
     return subprocess.run([*cmd, f"127.0.0.1:{server.port}", *args], capture_output=True, text=True, timeout=30)
@@ -127,11 +138,11 @@ def test_grpcurl_describe_shows_the_proto_comments(running_server: Running) -> N
     )  # a reflection-only service keeps its comments too
     assert "// Lists the VMs the appliance can see in vCenter." in agent.stdout
     bad_name = grpcurl(
-        running_server, "oma.v1.FailoverService/StartFailover", data='{"kind": "FAILOVER_JOB_KIND_BOGUS"}'
+        running_server, "oma.v1.FailoverService/StartFailover", data='{"kind": "FAILOVER_JOB_KIND_BOGUS"}', token=True
     )
     assert bad_name.returncode != 0 and "FAILOVER_JOB_KIND_BOGUS" in bad_name.stderr
     bad_number = grpcurl(
-        running_server, "oma.v1.FailoverService/StartFailover", data='{"vm_context_id": "x", "kind": 9}'
+        running_server, "oma.v1.FailoverService/StartFailover", data='{"vm_context_id": "x", "kind": 9}', token=True
     )
     assert "Code: InvalidArgument" in bad_number.stdout + bad_number.stderr
     assert "use one of FAILOVER_JOB_KIND_TEST, FAILOVER_JOB_KIND_LIVE" in bad_number.stdout + bad_number.stderr
@@ -153,9 +164,20 @@ def test_grpcurl_unimplemented_is_clean(running_server: Running) -> None:
 
 
 def test_grpcurl_error_details(running_server: Running) -> None:
-    out = grpcurl(running_server, "oma.v1.ApplianceService/EnrollAppliance", data='{"name": "bad name"}')
+    out = grpcurl(running_server, "oma.v1.ApplianceService/EnrollAppliance", data='{"name": "bad name"}', token=True)
     assert "Code: InvalidArgument" in out.stderr
     assert '"reason":"APPLIANCE_NAME_INVALID"' in out.stderr
+
+
+def test_grpcurl_without_a_token_is_unauthenticated(running_server: Running) -> None:
+    out = grpcurl(running_server, "oma.v1.ApplianceService/EnrollAppliance", data='{"name": "vma-no-token"}')
+    assert "Code: Unauthenticated" in out.stderr and '"reason":"TOKEN_MISSING"' in out.stderr, out.stderr
+    wrong = subprocess.run(
+        [GRPCURL, "-cacert", str(running_server.ca), "-H", "authorization: Bearer oma_0123456789abcdef_" + "x" * 43,
+         f"127.0.0.1:{running_server.port}", "oma.v1.ApplianceService/ListAppliances"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "Code: Unauthenticated" in wrong.stderr and '"reason":"TOKEN_INVALID"' in wrong.stderr, wrong.stderr
 
 
 def test_buf_curl_through_reflection(running_server: Running) -> None:
@@ -167,6 +189,8 @@ def test_buf_curl_through_reflection(running_server: Running) -> None:
             "grpc",
             "--cacert",
             str(running_server.ca),
+            "-H",
+            f"authorization: Bearer {running_server.token}",
             "-d",
             "{}",
             f"https://127.0.0.1:{running_server.port}/oma.v1.ServerInfoService/GetServerInfo",
@@ -528,3 +552,52 @@ def test_bad_tls_flags_are_one_line(args: list[str], message: str, tmp_path: Pat
     assert out.returncode == 2, out
     errors = [line for line in out.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], out.stderr
+
+
+def test_create_token_makes_a_hashed_token_that_the_server_accepts(running_server: Running, tmp_path: Path) -> None:
+    """`oma-server create-token` writes to the database the server uses (here its SQLite file) and prints the
+    secret once on stdout; the running server accepts it at once, with its role."""
+    env = {**server_env(running_server.data_dir)}
+    out = subprocess.run(
+        [OMA_SERVER, "create-token", "--name", "ci-viewer", "--role", "viewer", "--ttl", "30d"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    secret = out.stdout.strip()
+    assert secret.startswith("oma_") and "role viewer" in out.stderr and secret not in out.stderr
+    assert secret.split("_", 2)[2].encode() not in (running_server.data_dir / "oma.db").read_bytes()
+    endpoint = Endpoint(f"127.0.0.1:{running_server.port}", running_server.ca.read_bytes(), token=secret)
+    with sync_channel(endpoint) as channel:
+        listed = appliance_pb2_grpc.ApplianceServiceStub(channel).ListAppliances(
+            appliance_pb2.ListAppliancesRequest(), timeout=10
+        )
+        assert listed is not None
+        with pytest.raises(grpc.RpcError) as denied:
+            appliance_pb2_grpc.ApplianceServiceStub(channel).EnrollAppliance(
+                appliance_pb2.EnrollApplianceRequest(name="vma-by-viewer"), timeout=10
+            )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    bad = subprocess.run(
+        [OMA_SERVER, "create-token", "--name", "x", "--role", "viewer", "--ttl", "soon"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "invalid lifetime 'soon'" in bad.stderr, bad.stderr
+
+
+def test_the_first_start_makes_an_admin_token_and_logs_only_where_it_is(tmp_path: Path) -> None:
+    first = ServerProcess(tmp_path)
+    first.wait_for_line("initial admin API token")
+    first.wait_for_line("serving on")
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.finish() == 0
+    token_file = tmp_path / "admin.token"
+    secret = token_file.read_text().strip()
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    log = "".join(first.log)
+    assert str(token_file) in log and secret not in log and secret.split("_", 2)[2] not in log
+    again = ServerProcess(tmp_path)  # tokens exist now: none is made, the file is left as it is
+    again.wait_for_line("serving on")
+    again.proc.send_signal(signal.SIGTERM)
+    assert again.finish() == 0
+    assert "initial admin API token" not in "".join(again.log)
+    assert token_file.read_text().strip() == secret

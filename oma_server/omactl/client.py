@@ -9,6 +9,7 @@ import grpc
 from google.protobuf.message import Message
 
 from oma.v1 import (
+    access_pb2_grpc,
     appliance_pb2_grpc,
     cloud_pb2_grpc,
     failover_pb2_grpc,
@@ -74,6 +75,7 @@ class Client:
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 0)],
         )
         self.appliances = appliance_pb2_grpc.ApplianceServiceStub(self.channel)
+        self.access = access_pb2_grpc.AccessServiceStub(self.channel)
         self.vms = vm_context_pb2_grpc.VmContextServiceStub(self.channel)
         self.replication = replication_pb2_grpc.ReplicationServiceStub(self.channel)
         self.jobs = job_pb2_grpc.JobServiceStub(self.channel)

@@ -66,6 +66,12 @@ def global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
         f"{DEFAULT_CA} when it exists, else the system's trusted roots)",
     )
     parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=(os.environ.get("OMA_TOKEN") or "") if defaults else suppress,
+        help="operator API token (default: $OMA_TOKEN; prefer the variable: a flag shows in the process list)",
+    )
+    parser.add_argument(
         "--insecure",
         action="store_true",
         default=os.environ.get("OMA_INSECURE", "").lower() in ("1", "true", "yes", "on") if defaults else suppress,
@@ -100,10 +106,10 @@ def global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
 
 
 def endpoint_of(args: argparse.Namespace) -> Endpoint:
-    """Where and how to reach the OMA, from --server, --ca and --insecure."""
+    """Where and how to reach the OMA, from --server, --ca, --insecure and --token."""
     ca = Path(args.ca) if args.ca else (DEFAULT_CA if DEFAULT_CA.is_file() else None)
     try:
-        return Endpoint.from_ca_file(args.server, ca, insecure=args.insecure)
+        return Endpoint.from_ca_file(args.server, ca, insecure=args.insecure, token=args.token)
     except ConnectionSettingsError as error:
         raise CliError(str(error), exit_code=2) from None
 

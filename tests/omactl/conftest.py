@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from oma_server.app import App
+from oma_server.security.tokens import read_admin_token
 from oma_server.server import OmaServer
 from tests.clients import ca_file, oma_channel
 from tests.conftest import VENV_BIN, make_settings
@@ -38,17 +39,19 @@ class Result:
 
 @dataclass(frozen=True)
 class Target:
-    """An OMA as omactl is pointed at it: its address and the CA file its TLS is verified with."""
+    """An OMA as omactl is pointed at it: its address, the CA file its TLS is verified with, an operator token."""
 
     server: str
     ca: Path
+    token: str
 
 
 def omactl_env(server: Target | str, **extra: str) -> dict[str, str]:
     """The environment omactl runs in; a bare address is a plaintext test double (OMA_INSECURE)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "OMA_SERVER", "OMA_CA", "OMA_INSECURE")}
+    drop = ("COLUMNS", "OMA_SERVER", "OMA_CA", "OMA_INSECURE", "OMA_TOKEN")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     if isinstance(server, Target):
-        env["OMA_SERVER"], env["OMA_CA"] = server.server, str(server.ca)
+        env["OMA_SERVER"], env["OMA_CA"], env["OMA_TOKEN"] = server.server, str(server.ca), server.token
     else:
         env["OMA_SERVER"], env["OMA_INSECURE"] = server, "1"
     env.update(extra)
@@ -105,7 +108,8 @@ async def oma(tmp_path: Path) -> AsyncIterator[OmaServer]:
 
 @pytest.fixture
 def address(oma: OmaServer) -> Target:
-    return Target(f"127.0.0.1:{oma.port}", ca_file(oma.app.settings.data_dir))
+    data_dir = oma.app.settings.data_dir
+    return Target(f"127.0.0.1:{oma.port}", ca_file(data_dir), read_admin_token(data_dir))
 
 
 @pytest.fixture

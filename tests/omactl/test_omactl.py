@@ -240,9 +240,9 @@ async def test_omactl_verifies_the_oma_against_its_ca(address: Target, tmp_path:
     """TLS by default: the OMA's own CA works; another CA, plaintext or an unreadable CA file is one clear line."""
     assert (await run_omactl(address, "appliances", "list")).code == 0
     other = CertificateAuthority(tmp_path / "other-ca")
-    wrong = await run_omactl(Target(address.server, other.cert_path), "appliances", "list")
+    wrong = await run_omactl(Target(address.server, other.cert_path, address.token), "appliances", "list")
     assert_one_error_line(wrong, "UNAVAILABLE: the TLS handshake with the OMA at", "--ca")
     plaintext = await run_omactl(address.server, "appliances", "list")  # a bare address: OMA_INSECURE
     assert_one_error_line(plaintext, "UNAVAILABLE")
-    missing = await run_omactl(Target(address.server, tmp_path / "no-such-ca.crt"), "appliances", "list")
+    missing = await run_omactl(Target(address.server, tmp_path / "no-such-ca.crt", address.token), "appliances", "list")
     assert_one_error_line(missing, "cannot read the CA file", code=2)

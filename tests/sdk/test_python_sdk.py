@@ -35,7 +35,7 @@ async def oma(tmp_path: Path) -> AsyncIterator[Oma]:
 
 
 async def test_pagination_follows_page_tokens(oma: Oma) -> None:
-    async with OperatorClient(oma.target, tls=oma.tls()) as client:
+    async with OperatorClient(oma.target, tls=oma.tls(), token=oma.token()) as client:
         names = [f"vma-page-{i}" for i in range(5)]
         for name in names:
             await client.enroll_appliance(name)
@@ -43,7 +43,7 @@ async def test_pagination_follows_page_tokens(oma: Oma) -> None:
 
 
 async def test_errors_carry_their_error_info(oma: Oma) -> None:
-    async with OperatorClient(oma.target, tls=oma.tls(), retry=FAST_RETRY) as client:
+    async with OperatorClient(oma.target, tls=oma.tls(), token=oma.token(), retry=FAST_RETRY) as client:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await client.get_appliance("no-such-appliance")
     info = error_info(refused.value)
@@ -54,7 +54,7 @@ async def test_errors_carry_their_error_info(oma: Oma) -> None:
 
 
 async def test_watch_resumes_by_itself_across_an_oma_restart(oma: Oma, tmp_path: Path) -> None:
-    async with OperatorClient(oma.target, tls=oma.tls(), resume_backoff_s=(0.02, 0.2)) as client:
+    async with OperatorClient(oma.target, tls=oma.tls(), token=oma.token(), resume_backoff_s=(0.02, 0.2)) as client:
         assert oma.server is not None
         async with oma.channel() as channel:
             replicated = await replicate(channel, tmp_path, inventory(disk_mib=(2,)))
@@ -172,7 +172,7 @@ async def test_the_example_lists_and_watches(oma: Oma, tmp_path: Path) -> None:
     async with oma.channel() as channel:
         replicated = await replicate(channel, tmp_path, inventory(disk_mib=(2,), name="web-example"))
     example = [sys.executable, "-m", "vma_client_stubs.examples.watch_jobs", "--server", oma.target]
-    example += ["--ca", str(ca_file(oma.settings.data_dir))]
+    example += ["--ca", str(ca_file(oma.settings.data_dir)), "--token-file", str(oma.settings.data_dir / "admin.token")]
     result = await asyncio.to_thread(
         subprocess.run, [*example, "--until-synced"], capture_output=True, text=True, timeout=60
     )

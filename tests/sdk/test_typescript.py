@@ -49,6 +49,7 @@ def node(
         "OMA_ADDRESS": address,
         "OMA_TEST_TLS_DIR": str(tls_dir or ""),
         "OMA_CA_FILE": str(oma_ca or ""),
+        "OMA_TOKEN_FILE": str(oma_ca.parent.parent / "admin.token" if oma_ca else ""),
     }
     return subprocess.run(["node", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=SDK)
 
@@ -72,8 +73,8 @@ def test_typescript_sdk_against_a_real_oma(built: Path, oma: OmaProcess, tmp_pat
 
     # The runnable example, against the same OMA: what the tests left is listed and watched to SYNCED.
     example = node(
-        str(built / "examples" / "watch-jobs.js"), "--server", oma.address, "--ca", str(oma_ca), "--until-synced",
-        address="",
+        str(built / "examples" / "watch-jobs.js"), "--server", oma.address, "--ca", str(oma_ca),
+        "--token-file", str(oma.data_dir / "admin.token"), "--until-synced", address="",
     )  # fmt: skip
     assert example.returncode == 0, example.stderr
     assert re.search(r"^job \S+  completed  100\.0 %", example.stdout, re.M), example.stdout

@@ -15,6 +15,7 @@ from oma.v1 import replication_pb2
 from oma_server.app import App
 from oma_server.db.models import ChangeIdRecord
 from oma_server.ports import free_port
+from oma_server.security.tokens import read_admin_token
 from oma_server.server import OmaServer
 from tests.clients import ca_file, process_channel, process_endpoint
 from tests.conftest import make_settings
@@ -41,6 +42,10 @@ class Oma:
     def tls(self) -> TlsConfig:
         """What an SDK user gives the OperatorClient: the OMA's CA."""
         return TlsConfig(ca=ca_file(self.settings.data_dir).read_bytes())
+
+    def token(self) -> str:
+        """The initial admin token this OMA's first start wrote."""
+        return read_admin_token(self.settings.data_dir)
 
     def channel(self) -> grpc.aio.Channel:
         return process_channel(self.settings.data_dir, self.target)
@@ -74,7 +79,7 @@ async def oma(tmp_path: Path) -> AsyncIterator[Oma]:
 
 @pytest.fixture
 async def operator(oma: Oma) -> AsyncIterator[OperatorClient]:
-    async with OperatorClient(oma.target, tls=oma.tls()) as client:
+    async with OperatorClient(oma.target, tls=oma.tls(), token=oma.token()) as client:
         yield client
 
 

@@ -13,9 +13,15 @@ if (!tlsDir) throw new Error("OMA_TEST_TLS_DIR is not set: run these tests throu
 export const omaCaFile = process.env.OMA_CA_FILE ?? "";
 if (!omaCaFile) throw new Error("OMA_CA_FILE is not set: run these tests through tests/sdk/test_typescript.py");
 
+/** The initial admin token the real OMA's first start wrote (its <data dir>/admin.token). */
+const omaTokenFile = process.env.OMA_TOKEN_FILE ?? "";
+if (!omaTokenFile) throw new Error("OMA_TOKEN_FILE is not set: run these tests through tests/sdk/test_typescript.py");
+export const omaToken = readFileSync(omaTokenFile, "utf8").trim();
+
 /** A unique tag per test run, so names never collide with what another test enrolled. */
 export const runTag = `${process.pid}${Date.now() % 100000}`;
 
 export function clients(options: Partial<OmaConnectionOptions> = {}): OmaClients {
-  return connectOma({ address, tls: { ca: readFileSync(omaCaFile) }, defaultTimeoutMs: 30_000, ...options });
+  const tls = { ca: readFileSync(omaCaFile) };
+  return connectOma({ address, tls, token: omaToken, defaultTimeoutMs: 30_000, ...options });
 }
