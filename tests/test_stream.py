@@ -44,6 +44,21 @@ async def test_first_message_must_be_hello(channel: grpc.aio.Channel) -> None:
     assert error_info_of(err.value).reason == "HELLO_MISSING"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("field", ["appliance_id", "credential", "last_command_id"])
+async def test_a_hello_with_a_nul_is_invalid_and_changes_nothing(channel: grpc.aio.Channel, field: str) -> None:
+    """Found by the reflection walk on PostgreSQL: an appliance id with a NUL reached the database (INTERNAL)."""
+    enrolled = await enroll(channel)
+    hello = stream_pb2.Hello(appliance_id=enrolled.appliance_id, credential=enrolled.credential)
+    setattr(hello, field, "x\x00y")
+    stream = RawStream(channel)
+    await stream.send(hello=hello)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stream.recv()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info_of(err.value)
+    assert info is not None and info.reason == "HELLO_INVALID" and info.metadata["field"] == field
+
+
 @pytest.mark.parametrize("case", ["wrong secret", "unknown appliance", "revoked"])
 async def test_bad_credentials_are_unauthenticated(channel: grpc.aio.Channel, oma_server: OmaServer, case: str) -> None:
     enrolled = await enroll(channel)

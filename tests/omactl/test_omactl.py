@@ -246,3 +246,27 @@ async def test_omactl_verifies_the_oma_against_its_ca(address: Target, tmp_path:
     assert_one_error_line(plaintext, "UNAVAILABLE")
     missing = await run_omactl(Target(address.server, tmp_path / "no-such-ca.crt", address.token), "appliances", "list")
     assert_one_error_line(missing, "cannot read the CA file", code=2)
+
+
+async def test_tokens_create_list_revoke_and_roles(address: Target) -> None:
+    """An admin makes a viewer token with omactl; the viewer reads but cannot enroll (one line, PERMISSION_DENIED);
+    once revoked it is refused (UNAUTHENTICATED); no token at all is refused too."""
+    created = await run_omactl(address, "--json", "tokens", "create", "ci-viewer", "--role", "viewer", "--ttl", "1d")
+    assert created.code == 0, created.err
+    body = json.loads(created.out)
+    secret, token_id = body["secret"], body["token"]["id"]
+    assert secret.startswith(f"oma_{token_id}_") and body["token"]["role"] == "ROLE_VIEWER"
+    viewer = Target(address.server, address.ca, secret)
+    assert (await run_omactl(viewer, "appliances", "list")).code == 0
+    denied = await run_omactl(viewer, "appliances", "enroll", "vma-by-viewer")
+    assert_one_error_line(denied, "PERMISSION_DENIED", "needs the admin role", "(ROLE_TOO_LOW)")
+    listed = await run_omactl(address, "tokens", "list")
+    assert listed.code == 0 and "ci-viewer" in listed.out and "initial-admin" in listed.out
+    assert secret not in listed.out
+    revoked = await run_omactl(address, "tokens", "revoke", token_id)
+    assert revoked.code == 0 and "Revoked API token ci-viewer" in revoked.out
+    after = await run_omactl(viewer, "appliances", "list")
+    assert_one_error_line(after, "UNAUTHENTICATED", "(TOKEN_REVOKED)")
+    nobody = await run_omactl(Target(address.server, address.ca, ""), "appliances", "list")
+    assert_one_error_line(nobody, "UNAUTHENTICATED", "(TOKEN_MISSING)")
+    assert secret not in after.err + denied.err
