@@ -69,6 +69,17 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout:
     raise DemoFailed(f"{what} did not start listening in time")
 
 
+def wait_written(path: Path, proc: subprocess.Popen[bytes], what: str, timeout: float = 60.0) -> None:
+    """Until `path` exists with content (a file the server writes during its start), or the server exits."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.stat().st_size > 0):
+        if proc.poll() is not None:
+            raise DemoFailed(f"{what} exited with {proc.returncode} before writing {path.name}")
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"{what} did not write {path} in time")
+        time.sleep(0.05)
+
+
 def step(title: str) -> None:
     console.rule(f"[bold cyan]{title}")
 
@@ -177,6 +188,7 @@ class Demo:
             self.http_address,
         )
         wait_listening(self.port, server, "oma-server")
+        wait_written(self.data_dir / "admin.token", server, "oma-server")  # its first start's admin token
         self.connect()
         ca_fingerprint = fingerprint(x509.load_pem_x509_certificate(self.ca.read_bytes()))
         console.print(f"oma-server serving TLS on {self.address}; logs in {self.root / 'oma-server.log'}")
