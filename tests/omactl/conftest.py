@@ -106,10 +106,15 @@ async def oma(tmp_path: Path) -> AsyncIterator[OmaServer]:
     await server.stop(grace=0.5)
 
 
+def target_of(server: OmaServer) -> Target:
+    """An in-process OMA as omactl reaches it: its port, its CA, its initial admin token."""
+    data_dir = server.app.settings.data_dir
+    return Target(f"127.0.0.1:{server.port}", ca_file(data_dir), read_admin_token(data_dir))
+
+
 @pytest.fixture
 def address(oma: OmaServer) -> Target:
-    data_dir = oma.app.settings.data_dir
-    return Target(f"127.0.0.1:{oma.port}", ca_file(data_dir), read_admin_token(data_dir))
+    return target_of(oma)
 
 
 @pytest.fixture
