@@ -53,6 +53,7 @@ from oma_server.settings import Settings
 from oma_server.storage.volumes import VOLUME_NAME_PREFIX
 from vma_client_stubs.agent.agent import Agent
 from vma_client_stubs.agent.vcenter import FakeVCenter
+from vma_client_stubs.connection import aio_channel
 
 MIB = 1 << 20
 LIVE = failover_pb2.FAILOVER_JOB_KIND_LIVE
@@ -210,7 +211,7 @@ class Run:
     async def run(self) -> dict[str, Any]:
         await self.server.start()
         sampler = asyncio.create_task(self.sample())
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.server.port}")
+        channel = aio_channel(self.server.local_endpoint())
         agent: Agent | None = None
         try:
             enrolled = await appliance_pb2_grpc.ApplianceServiceStub(channel).EnrollAppliance(
@@ -219,7 +220,7 @@ class Run:
             for i in range(self.n_vms):
                 self.vcenter.create_vm(f"vm-{i:03d}", [self.disk_mib * MIB] * self.n_disks, seed=i)
             agent = Agent(
-                oma=f"127.0.0.1:{self.server.port}",
+                oma=self.server.local_endpoint(),
                 appliance_id=enrolled.appliance.id,
                 credential=enrolled.credential,
                 vcenter=self.vcenter,

@@ -52,6 +52,7 @@ from oma.common.v1 import jobs_pb2
 from oma.v1 import gateway_pb2, gateway_pb2_grpc, job_pb2, job_pb2_grpc
 from oma_server.ports import free_port
 from vma.v1 import stream_pb2
+from vma_client_stubs.connection import Endpoint, aio_channel
 
 CHUNK = 64 << 20  # bytes copied per disk between two reports
 WARM_S = 2.0  # the first seconds of the send window are not counted in rates
@@ -461,8 +462,9 @@ class VmaFleet:
 
 # ---- watchers --------------------------------------------------------------------------------------------------------
 class Watcher:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, token: str) -> None:
         self.target = target
+        self.token = token  # WatchJobs needs a viewer's token
         self.records: list[tuple[str, int, float]] = []  # (job id, last_sequence, receipt time)
         self.synced = asyncio.Event()
         self.updates = 0
@@ -471,7 +473,9 @@ class Watcher:
         self.channel: grpc.aio.Channel | None = None
 
     async def start(self) -> None:
-        self.channel = grpc.aio.insecure_channel(self.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        self.channel = aio_channel(
+            Endpoint(self.target, insecure=True, token=self.token), [("grpc.use_local_subchannel_pool", 1)]
+        )
         self.task = asyncio.create_task(self._run())
         await asyncio.wait_for(self.synced.wait(), 120)
 
@@ -696,6 +700,7 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any]) -> No
         f"127.0.0.1:{free_port()}",
         "--log-level",
         "WARNING",
+        "--insecure",  # plaintext, as the figures in bench/README.md were measured (its clients dial plaintext)
         "--progress-flush-interval",
         str(args.flush_interval),
     ]
@@ -703,7 +708,8 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any]) -> No
         argv += ["--database", args.database]
     server = Proc("oma-server", argv, tmp / "oma-server.log")
     fleet = VmaFleet(specs, DriverParams(target, args.rate, args.seconds, "oma", args.streams), args.workers, nofile)
-    watchers = [Watcher(target) for _ in range(args.watchers)]
+    # the seeding App's first start wrote the initial admin token to the data dir
+    watchers = [Watcher(target, (data_dir / "admin.token").read_text().strip()) for _ in range(args.watchers)]
     try:
         await server.wait_ready(grpc_healthy(target), 90)
         rss_idle = proc_status_kib(server.pid, "VmRSS")

@@ -78,8 +78,8 @@ def _ts(stamp: Any) -> float:
 class Bench(Demo):
     """The demo's processes; VMs added to the one appliance as the runs need them."""
 
-    def __init__(self, root: Path, stack: ExitStack) -> None:
-        super().__init__(root, stack)
+    def connect(self) -> None:
+        super().connect()
         self.watch = job_pb2_grpc.JobServiceStub(self.channel)
 
     def add_vm(self, appliance_id: str, name: str, disks_mib: tuple[int, ...]) -> vm_context_pb2.VmContext:

@@ -10,6 +10,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from loguru import logger
 
@@ -40,6 +41,7 @@ from oma_server.replication.service import ReplicationService
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.replication.workflow import ReplicationWorkflow, vm_after_job
 from oma_server.revisions import RevisionReservations
+from oma_server.security.tokens import TokenService
 from oma_server.settings import Settings
 from oma_server.storage.attachments import OmaAttachments
 from oma_server.storage.exports import ExportService
@@ -85,6 +87,9 @@ class App:
         self.started_at = self.clock.now()
         self.db = Database(settings.database_url)
         self.appliances = ApplianceService(self.db)
+        self.tokens = TokenService(self.db)
+        #: where the first start wrote the initial admin token (None: tokens existed already)
+        self.initial_admin_token: Path | None = None
         self.joblog = JobLogService(self.db)
         self.watch = WatchHub()
         self.revisions = RevisionReservations(self.db, self.watch)
@@ -154,6 +159,7 @@ class App:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.schema_version = await prepare_database(self.db)
+        self.initial_admin_token = await self.tokens.ensure_initial_admin(settings.data_dir)
         await self.revisions.start(await self.db.run(highest_revision))
         self._teardown.push_async_callback(self.revisions.stop)
         await self.jobs.start()

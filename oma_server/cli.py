@@ -8,18 +8,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
 from loguru import logger
 
-from oma_server.errors import DomainError
+from oma_server.errors import DomainError, InvalidArgument
 from oma_server.logging import configure_logging
 from oma_server.settings import Settings, env_default, env_flag, env_path
 from oma_server.stop_signals import StopSignals
 from oma_server.version import __version__
 
-SUBCOMMANDS = ("serve", "migrate")
+SUBCOMMANDS = ("serve", "migrate", "create-token")
 EXIT_USAGE = 2
 
 
@@ -32,6 +33,31 @@ def _common_flags() -> _OneLineParser:
     p = _OneLineParser(add_help=False)
     g = p.add_argument_group("flags of serve (the default) and migrate (each is also OMA_<NAME> in the environment)")
     g.add_argument("--listen", default=env_default("listen", "127.0.0.1:50051"), help="gRPC HOST:PORT")
+    g.add_argument(
+        "--advertise-address",
+        action="append",
+        default=[a for a in env_default("advertise_address", "").split(",") if a.strip()],
+        help="a name or address clients dial this OMA by (repeat; OMA_ADVERTISE_ADDRESS comma-separated): put in "
+        "the server certificate",
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=env_flag("insecure"),
+        help="serve plaintext gRPC (no TLS): for a trusted loopback only",
+    )
+    g.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env_path("tls_cert"),
+        help="your own server certificate chain (PEM) instead of one from the OMA's CA (with --tls-key)",
+    )
+    g.add_argument(
+        "--tls-key",
+        type=Path,
+        default=env_path("tls_key"),
+        help="the private key (PEM) of --tls-cert",
+    )
     g.add_argument("--data-dir", type=Path, default=Path(env_default("data_dir", ".oma")), help="state directory")
     g.add_argument(
         "--database",
@@ -132,12 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_flags()
     sub.add_parser("serve", parents=[common], help="run the server (default)")
     sub.add_parser("migrate", parents=[common], help="apply database migrations and exit")
+    token = sub.add_parser(
+        "create-token", parents=[common], help="make an operator API token in the database and print it once"
+    )
+    token.add_argument("--name", required=True, help="who or what uses it (1-63 letters, digits, '.', '_', '@', '-')")
+    token.add_argument("--role", required=True, choices=("viewer", "operator", "admin"), help="what it may do")
+    token.add_argument("--ttl", default="never", help="lifetime: 90d, 12h, 30m, 45s (default: never)")
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         listen=args.listen,
+        advertise_addresses=tuple(a.strip() for a in args.advertise_address),
+        insecure=args.insecure,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         data_dir=args.data_dir,
         database=args.database,
         cloudstack=args.cloudstack,
@@ -176,6 +212,28 @@ async def _migrate(settings: Settings) -> None:
         db.close()
 
 
+async def _create_token(settings: Settings, name: str, role: str, ttl: str) -> None:
+    """Open the database (migrated), make the token, print its secret on stdout and what it is on stderr."""
+    from oma_server.app import prepare_database
+    from oma_server.db.database import Database
+    from oma_server.omactl.tokens import ttl_seconds  # the lifetimes omactl tokens create reads, the same way
+    from oma_server.security.tokens import Role, TokenService
+
+    try:
+        ttl_s = ttl_seconds(ttl)
+    except argparse.ArgumentTypeError as error:
+        raise InvalidArgument(str(error)) from None
+    db = Database(settings.database_url)
+    try:
+        await prepare_database(db)
+        issued = await TokenService(db).create(name, Role.parse(role), timedelta(seconds=ttl_s) if ttl_s else None)
+    finally:
+        db.close()
+    expires = f"expires {issued.token.expires_at:%Y-%m-%d %H:%M} UTC" if issued.token.expires_at else "no expiry"
+    print(issued.secret, flush=True)
+    print(f"API token {name} (id {issued.token.id}, role {role}, {expires}); shown once", file=sys.stderr)
+
+
 async def _serve(settings: Settings, signals: StopSignals) -> None:
     from oma_server.app import App
     from oma_server.server import serve
@@ -192,7 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(json=settings.log_json, level=settings.log_level)
     try:
         settings.validate()
-        asyncio.run(_migrate(settings) if args.command == "migrate" else _serve(settings, signals))
+        if args.command == "migrate":
+            asyncio.run(_migrate(settings))
+        elif args.command == "create-token":
+            asyncio.run(_create_token(settings, args.name, args.role, args.ttl))
+        else:
+            asyncio.run(_serve(settings, signals))
     except DomainError as error:
         print(f"oma-server: error: {error.message}", file=sys.stderr)
         return EXIT_USAGE

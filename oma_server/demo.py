@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
@@ -41,6 +42,8 @@ from oma.v1 import (
     vm_context_pb2_grpc,
 )
 from oma_server.ports import free_port
+from oma_server.security.ca import fingerprint
+from vma_client_stubs.connection import Endpoint, sync_channel
 
 BIN = Path(sys.executable).parent
 DISKS_MIB = (256, 128)
@@ -66,20 +69,33 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout:
     raise DemoFailed(f"{what} did not start listening in time")
 
 
+def wait_written(path: Path, proc: subprocess.Popen[bytes], what: str, timeout: float = 60.0) -> None:
+    """Until `path` exists with content (a file the server writes during its start), or the server exits."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.stat().st_size > 0):
+        if proc.poll() is not None:
+            raise DemoFailed(f"{what} exited with {proc.returncode} before writing {path.name}")
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"{what} did not write {path} in time")
+        time.sleep(0.05)
+
+
 def step(title: str) -> None:
     console.rule(f"[bold cyan]{title}")
 
 
-def run(*cmd: str | Path, live: bool = False) -> str:
-    """Run a command; with `live` its output goes straight to the terminal (progress bars)."""
+def run(*cmd: str | Path, live: bool = False, env: dict[str, str] | None = None) -> str:
+    """Run a command; with `live` its output goes straight to the terminal (progress bars). `env` adds variables
+    (a token: never on a command line, where every user's `ps` shows it)."""
     args = [str(c) for c in cmd]
     console.print(f"[dim]$ {' '.join(Path(args[0]).name if i == 0 else a for i, a in enumerate(args))}")
+    environment = {**os.environ, **env} if env else None
     if live:
-        code = subprocess.run(args, timeout=300).returncode
+        code = subprocess.run(args, timeout=300, env=environment).returncode
         if code != 0:
             raise DemoFailed(f"{Path(args[0]).name} {' '.join(args[1:3])} failed (exit {code})")
         return ""
-    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, env=environment)
     if out.returncode != 0:
         raise DemoFailed(f"{' '.join(args[:3])} failed (exit {out.returncode}): {out.stderr.strip()}")
     return out.stdout
@@ -122,12 +138,20 @@ class Demo:
         self.http_address = f"127.0.0.1:{int(os.environ.get('OMA_DEMO_HTTP_PORT', '0')) or free_port()}"
         self.vcenter = root / "vcenter"
         self.data_dir = root / "oma"
-        self.channel = grpc.insecure_channel(self.address)
-        stack.callback(self.channel.close)
+        #: the CA oma-server makes at its first start; every client of the demo verifies the OMA against it
+        self.ca = self.data_dir / "tls" / "ca.crt"
+        self.token_env: dict[str, str] = {}
+        self.failures: list[str] = []
+
+    def connect(self) -> None:
+        """The demo's own operator channel: TLS, verified against the OMA's CA, with the initial admin token."""
+        token = (self.data_dir / "admin.token").read_text().strip()
+        self.token_env = {"OMA_TOKEN": token}
+        self.channel = sync_channel(Endpoint.from_ca_file(self.address, self.ca, token=token))
+        self.stack.callback(self.channel.close)
         self.vms = vm_context_pb2_grpc.VmContextServiceStub(self.channel)
         self.jobs = replication_pb2_grpc.ReplicationServiceStub(self.channel)
         self.volumes = storage_pb2_grpc.VolumeServiceStub(self.channel)
-        self.failures: list[str] = []
 
     def spawn(self, name: str, *cmd: str | Path) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed by the exit stack
@@ -146,11 +170,11 @@ class Demo:
         return proc
 
     def omactl(self, *args: str, live: bool = False) -> str:
-        return run(BIN / "omactl", "--server", self.address, *args, live=live)
+        return run(BIN / "omactl", "--server", self.address, "--ca", self.ca, *args, live=live, env=self.token_env)
 
     # ---- the steps ---------------------------------------------------------------------------------------------
     def start_oma(self) -> None:
-        step("Start oma-server (SQLite, in-process CloudStack simulator, real nbd-server, dashboard)")
+        step("Start oma-server (SQLite, in-process CloudStack simulator, real nbdkit, dashboard; TLS with its own CA)")
         server = self.spawn(
             "oma-server",
             BIN / "oma-server",
@@ -164,7 +188,12 @@ class Demo:
             self.http_address,
         )
         wait_listening(self.port, server, "oma-server")
-        console.print(f"oma-server serving on {self.address}; logs in {self.root / 'oma-server.log'}")
+        wait_written(self.data_dir / "admin.token", server, "oma-server")  # its first start's admin token
+        self.connect()
+        ca_fingerprint = fingerprint(x509.load_pem_x509_certificate(self.ca.read_bytes()))
+        console.print(f"oma-server serving TLS on {self.address}; logs in {self.root / 'oma-server.log'}")
+        console.print(f"its CA: {self.ca} ({ca_fingerprint[:23]}...); omactl and the agent verify the OMA with it")
+        console.print(f"omactl calls with the initial admin token from {self.data_dir / 'admin.token'} (OMA_TOKEN)")
         console.print(
             f"live dashboard: [bold]http://{self.http_address}/[/]  ·  Prometheus metrics: http://{self.http_address}/metrics"
             "  (OMA_DEMO_HTTP_PORT fixes the port)"
@@ -192,6 +221,8 @@ class Demo:
             "run",
             "--oma",
             self.address,
+            "--ca",
+            self.ca,
             "--appliance-id",
             appliance_id,
             "--credential-file",

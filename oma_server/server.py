@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import gc
 import os
+import sys
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,6 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from loguru import logger
 
 from oma.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     appliance_pb2,
     appliance_pb2_grpc,
     cloud_pb2,
@@ -38,6 +42,7 @@ from oma.v1 import (
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
+from oma_server.api.access import AccessInterceptor
 from oma_server.api.appliances import ApplianceServicer
 from oma_server.api.cloud import CloudServicer
 from oma_server.api.failover import FailoverServicer, NetworkMappingServicer
@@ -48,11 +53,15 @@ from oma_server.api.replication import JobServicer, ReplicationServicer
 from oma_server.api.server_info import ServerInfoServicer
 from oma_server.api.status import ErrorMappingInterceptor
 from oma_server.api.storage import NbdExportServicer, VolumeServicer
+from oma_server.api.tokens import AccessServicer
 from oma_server.api.vm_contexts import VmContextServicer
 from oma_server.app import App
+from oma_server.security.server_tls import ServerTls
+from oma_server.security.tokens import read_admin_token
 from oma_server.stop_signals import StopSignals
 from oma_server.version import __version__
 from vma.v1 import agent_service_pb2
+from vma_client_stubs.connection import Endpoint
 
 KEEPALIVE_TIME_MS = 210_000
 KEEPALIVE_TIMEOUT_MS = 20_000
@@ -76,6 +85,7 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
 # Every service the OMA serves, with its full name for health and reflection.
 SERVICE_NAMES: list[str] = [
     server_info_pb2.DESCRIPTOR.services_by_name["ServerInfoService"].full_name,
+    access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
     appliance_pb2.DESCRIPTOR.services_by_name["ApplianceService"].full_name,
     vm_context_pb2.DESCRIPTOR.services_by_name["VmContextService"].full_name,
     replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name,
@@ -106,6 +116,43 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     failover_pb2_grpc.add_NetworkMappingServiceServicer_to_server(NetworkMappingServicer(app), server)
     cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(app), server)
     gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(GatewayServicer(app), server)
+    access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(app), server)
+
+
+def _server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials([(tls.credentials.key_pem, tls.credentials.chain_pem)])
+
+
+def _log_transport(listen: str, tls: ServerTls | None) -> None:
+    if tls is None:
+        logger.warning(
+            "--insecure: the gRPC port {listen} serves PLAINTEXT: whoever reaches it reads and changes everything; "
+            "use it on a trusted loopback only",
+            listen=listen,
+        )
+        return
+    if tls.ca_path is not None:
+        logger.info(
+            "TLS on {listen} for {names}; clients verify it with the OMA's CA {ca} ({fp})",
+            listen=listen,
+            names=", ".join(tls.names),
+            ca=tls.ca_path,
+            fp=tls.ca_fingerprint,
+        )
+    else:
+        logger.info("TLS on {listen} with --tls-cert for {names}", listen=listen, names=", ".join(tls.names))
+
+
+def _announce_initial_token(path: Path) -> None:
+    """The first start made an admin token: its secret goes to a terminal once (never into a log, which outlives
+    the moment and is read by others), its place into the log."""
+    logger.warning(
+        "first start: made the initial admin API token in {path} (0600); use it as OMA_TOKEN, make others with "
+        "oma-server create-token or omactl tokens create, then revoke it (omactl tokens revoke)",
+        path=path,
+    )
+    if sys.stdout.isatty():
+        print(f"Initial admin API token (shown once; also in {path}):\n{path.read_text().strip()}", flush=True)
 
 
 class OmaServer:
@@ -117,7 +164,8 @@ class OmaServer:
         self.server = grpc.aio.server(
             options=server_options(settings.max_message_bytes),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-            interceptors=[ErrorMappingInterceptor()],
+            # Access first: a call without the right token reaches neither the request checks nor its handler.
+            interceptors=[AccessInterceptor(app.tokens), ErrorMappingInterceptor()],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -129,6 +177,8 @@ class OmaServer:
             pool=SourceInfoPool(),  # type: ignore[arg-type]
         )
         self.port = 0
+        #: what the gRPC port presents (None with --insecure); loaded, or made at first start, in `start()`
+        self.tls: ServerTls | None = None
         self._stopping = False
         self.http: HttpServer | None = HttpServer(app) if app.settings.http_listen else None
         self._stopped = asyncio.Event()
@@ -138,13 +188,21 @@ class OmaServer:
 
         On failure or cancellation the caller still calls `stop()`, which stops whatever had started.
         """
+        settings = self.app.settings
         try:
-            self.port = self.server.add_insecure_port(self.app.settings.listen)
+            if settings.insecure:
+                self.port = self.server.add_insecure_port(settings.listen)
+            else:
+                self.tls = ServerTls.load(settings)
+                self.port = self.server.add_secure_port(settings.listen, _server_credentials(self.tls))
         except RuntimeError:
             self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.app.settings.listen}: address in use or not available")
+            raise OSError(f"cannot listen on {settings.listen}: address in use or not available")
+        _log_transport(settings.listen, self.tls)
         await self.app.start()
+        if self.app.initial_admin_token is not None:
+            _announce_initial_token(self.app.initial_admin_token)
         await self.server.start()
         if self.http is not None:
             await self.http.start()
@@ -156,6 +214,15 @@ class OmaServer:
             port=self.port,
         )
         return self.port
+
+    def local_endpoint(self) -> Endpoint:
+        """How a client on this host reaches this server (tests, benchmarks): loopback, verified against its CA,
+        with the initial admin token of its data dir."""
+        target = f"127.0.0.1:{self.port}"
+        token = read_admin_token(self.app.settings.data_dir)
+        if self.tls is None:
+            return Endpoint(target, insecure=True, token=token)
+        return Endpoint(target, self.tls.ca_pem, token=token)
 
     async def _set_serving(self, status: int) -> None:
         await self.health.set("", status)

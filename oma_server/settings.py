@@ -27,6 +27,13 @@ def env_flag(name: str) -> bool:
 @dataclass
 class Settings:
     listen: str = "127.0.0.1:50051"
+    #: further names clients dial the OMA by (HOST or HOST:PORT): put in the server certificate of its own CA
+    advertise_addresses: tuple[str, ...] = ()
+    #: plaintext gRPC (no TLS at all): only when asked for, with a warning at start
+    insecure: bool = False
+    #: the operator's own server certificate (chain PEM) and key instead of the OMA's CA's
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     data_dir: Path = field(default_factory=lambda: Path(".oma"))
     database: str = ""  # empty: SQLite file in the data dir
     cloudstack: str = "sim"
@@ -69,10 +76,22 @@ class Settings:
         for path in (self.http_tls_cert, self.http_tls_key):
             if path is not None and not path.is_file():
                 raise InvalidArgument(f"{path} is not a file; give the HTTP listener's PEM certificate and key")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgument("--tls-cert and --tls-key go together: give both, or neither to use the OMA's CA")
+        if self.insecure and self.tls_cert is not None:
+            raise InvalidArgument("--insecure serves plaintext: drop it to serve --tls-cert, or drop --tls-cert")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise InvalidArgument(f"{path} is not a file; give the PEM file of --tls-cert/--tls-key")
         if self.cloudstack_sim_seed is not None and not self.cloudstack_sim_seed.is_file():
             raise InvalidArgument(
                 f"--cloudstack-sim-seed {self.cloudstack_sim_seed} is not a file; give the simulator's seed JSON"
             )
+
+    @property
+    def tls_dir(self) -> Path:
+        """The OMA's CA and its certificates (keys 0600)."""
+        return self.data_dir / "tls"
 
     @property
     def database_url(self) -> str:

@@ -16,6 +16,7 @@ from oma_server.logging import configure_logging
 from oma_server.ports import free_port
 from oma_server.server import OmaServer
 from oma_server.settings import Settings
+from tests.clients import oma_channel
 from tests.pg import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,5 +87,5 @@ async def oma_server(tmp_path: Path, database_url: str) -> AsyncIterator[OmaServ
 
 @pytest.fixture
 async def channel(oma_server: OmaServer) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma_server.port}") as ch:
+    async with oma_channel(oma_server) as ch:
         yield ch

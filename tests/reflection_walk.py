@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from oma_server.pagination import encode_token
+from vma_client_stubs.connection import Endpoint, sync_channel
 
 F = FieldDescriptor
 _BOUNDS_INT32 = (-(2**31), -1, 0, 1, 300, 301, 2**31 - 1)
@@ -60,13 +61,13 @@ class Walk:
     outcomes: list[Outcome] = field(default_factory=list)
 
     @classmethod
-    def by_reflection(cls, target: str, channel: grpc.aio.Channel, seed: int) -> Walk:
+    def by_reflection(cls, target: Endpoint, channel: grpc.aio.Channel, seed: int) -> Walk:
         """Every method of every service the server at `target` lists through its reflection service.
 
         Blocking (a synchronous reflection client): call it off the event loop that runs an in-process server.
         """
-        with grpc.insecure_channel(target) as sync_channel:
-            database = ProtoReflectionDescriptorDatabase(sync_channel)
+        with sync_channel(target) as reflection_channel:
+            database = ProtoReflectionDescriptorDatabase(reflection_channel)
             pool = descriptor_pool.DescriptorPool(database)
             methods = [m for name in database.get_services() for m in pool.FindServiceByName(name).methods]
         return cls(channel, methods, seed)

@@ -8,39 +8,42 @@ import os
 import queue
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from oma.v1 import appliance_pb2, appliance_pb2_grpc
 from oma_server.db.migrations import LATEST_VERSION
 from oma_server.ports import free_port
+from oma_server.security.ca import CertificateAuthority, alt_names
+from oma_server.security.tokens import read_admin_token
+from tests.clients import ca_file, process_serving
 from tests.conftest import REPO, VENV_BIN
+from vma_client_stubs.connection import Endpoint, sync_channel
 
 GRPCURL = str(VENV_BIN / "grpcurl")
 BUF = str(REPO / ".tools" / "node_modules" / ".bin" / "buf")
 OMA_SERVER = str(VENV_BIN / "oma-server")
 
 
-def wait_serving(port: int, proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
-    """Until the server's health answers SERVING (a bound port alone is not a started server)."""
+def wait_serving(port: int, proc: subprocess.Popen[str], data_dir: Path, timeout: float = 60.0) -> None:
+    """Until the server's health answers SERVING over TLS (a bound port alone is not a started server)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"oma-server exited early: {proc.stderr.read() if proc.stderr else ''}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0, wait_for_ready=True)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass  # not serving yet (the call itself waited up to a second for the server)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"oma-server exited early: {proc.stderr.read() if proc.stderr else ''}")
+        if process_serving(data_dir, f"127.0.0.1:{port}", timeout=1.0):
+            return
+        time.sleep(0.05)  # polling the real condition
     raise AssertionError("oma-server did not become SERVING")
 
 
@@ -49,8 +52,23 @@ def server_env(data_dir: Path) -> dict[str, str]:
     return {**os.environ, "OMA_DATA_DIR": str(data_dir), "OMA_NBD_LISTEN": f"127.0.0.1:{free_port()}"}
 
 
+@dataclass(frozen=True)
+class Running:
+    port: int
+    proc: subprocess.Popen[str]
+    data_dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return ca_file(self.data_dir)
+
+    @property
+    def token(self) -> str:
+        return read_admin_token(self.data_dir)
+
+
 @pytest.fixture(scope="module")
-def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     port = free_port()
     data_dir = tmp_path_factory.mktemp("oma-proc")
     proc = subprocess.Popen(
@@ -60,8 +78,8 @@ def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[i
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_serving(port, proc)
-    yield port, proc
+    wait_serving(port, proc, data_dir)
+    yield Running(port, proc, data_dir)
     if proc.poll() is None:  # SIGTERM: the server stops its nbd-server too (SIGKILL would orphan the daemon)
         proc.send_signal(signal.SIGTERM)
         try:
@@ -71,90 +89,111 @@ def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[i
             proc.wait()
 
 
-def grpcurl(port: int, *args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [GRPCURL, "-plaintext"]
+def grpcurl(
+    server: Running, *args: str, data: str | None = None, token: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """grpcurl as the README shows it: TLS verified against the OMA's CA file; with `token`, the initial admin's
+    API token (health and reflection need none)."""
+    cmd = [GRPCURL, "-cacert", str(server.ca)]
+    if token:
+        cmd += ["-H", f"authorization: Bearer {server.token}"]
     if data is not None:
         cmd += ["-d", data]
-    return subprocess.run([*cmd, f"127.0.0.1:{port}", *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run([*cmd, f"127.0.0.1:{server.port}", *args], capture_output=True, text=True, timeout=30)
 
 
-def test_grpcurl_lists_services_without_proto_files(running_server: tuple[int, subprocess.Popen[str]]) -> None:
-    port, _ = running_server
-    out = grpcurl(port, "list")
+def test_grpcurl_lists_services_without_proto_files(running_server: Running) -> None:
+    out = grpcurl(running_server, "list")
     assert out.returncode == 0, out.stderr
     services = set(out.stdout.split())
     assert {"oma.v1.VmaGatewayService", "oma.v1.ApplianceService", "grpc.health.v1.Health"} <= services
     assert "vma.v1.VmaAgentService" in services
 
 
-def test_grpcurl_describe_without_proto_files(running_server: tuple[int, subprocess.Popen[str]]) -> None:
-    port, _ = running_server
-    out = grpcurl(port, "describe", "oma.v1.VmaGatewayService")
+def test_grpcurl_describe_without_proto_files(running_server: Running) -> None:
+    out = grpcurl(running_server, "describe", "oma.v1.VmaGatewayService")
     assert out.returncode == 0, out.stderr
     assert "rpc Connect ( stream .oma.v1.ConnectRequest ) returns ( stream .oma.v1.ConnectResponse )" in out.stdout
-    hello = grpcurl(port, "describe", "vma.v1.Hello")
+    hello = grpcurl(running_server, "describe", "vma.v1.Hello")
     assert hello.returncode == 0, hello.stderr
     assert "string appliance_id = 1;" in hello.stdout
 
 
-def test_grpcurl_describe_shows_the_proto_comments(running_server: tuple[int, subprocess.Popen[str]]) -> None:
+def test_grpcurl_describe_shows_the_proto_comments(running_server: Running) -> None:
     """Reflection serves the descriptors with their source info: the comments are the SDK documentation."""
-    port, _ = running_server
-    service = grpcurl(port, "describe", "oma.v1.JobService")
+    server = running_server
+    service = grpcurl(server, "describe", "oma.v1.JobService")
     assert service.returncode == 0, service.stderr
     assert "// Returns one job of any kind by its id" in service.stdout
     assert "never ends on its own" in service.stdout  # WatchJobs' comment: how the stream behaves
-    request = grpcurl(port, "describe", "oma.v1.WatchJobRequest")
+    request = grpcurl(server, "describe", "oma.v1.WatchJobRequest")
     assert "// Keep the stream open after the job's final state was sent" in request.stdout
     assert "bool keep_following = 3;" in request.stdout
     # an enum's valid names with what each means (grpcurl itself refuses a name the enum does not have)
-    kinds = grpcurl(port, "describe", "oma.v1.FailoverJobKind")
+    kinds = grpcurl(server, "describe", "oma.v1.FailoverJobKind")
     assert "// Test failover: the source keeps running" in kinds.stdout
     assert "FAILOVER_JOB_KIND_LIVE = 2;" in kinds.stdout
-    agent = grpcurl(port, "describe", "vma.v1.VmaAgentService")  # a reflection-only service keeps its comments too
+    agent = grpcurl(
+        running_server, "describe", "vma.v1.VmaAgentService"
+    )  # a reflection-only service keeps its comments too
     assert "// Lists the VMs the appliance can see in vCenter." in agent.stdout
-    bad_name = grpcurl(port, "oma.v1.FailoverService/StartFailover", data='{"kind": "FAILOVER_JOB_KIND_BOGUS"}')
+    bad_name = grpcurl(
+        running_server, "oma.v1.FailoverService/StartFailover", data='{"kind": "FAILOVER_JOB_KIND_BOGUS"}', token=True
+    )
     assert bad_name.returncode != 0 and "FAILOVER_JOB_KIND_BOGUS" in bad_name.stderr
-    bad_number = grpcurl(port, "oma.v1.FailoverService/StartFailover", data='{"vm_context_id": "x", "kind": 9}')
+    bad_number = grpcurl(
+        running_server, "oma.v1.FailoverService/StartFailover", data='{"vm_context_id": "x", "kind": 9}', token=True
+    )
     assert "Code: InvalidArgument" in bad_number.stdout + bad_number.stderr
     assert "use one of FAILOVER_JOB_KIND_TEST, FAILOVER_JOB_KIND_LIVE" in bad_number.stdout + bad_number.stderr
 
 
-def test_grpcurl_health_check(running_server: tuple[int, subprocess.Popen[str]]) -> None:
-    port, _ = running_server
-    out = grpcurl(port, "grpc.health.v1.Health/Check")
+def test_grpcurl_health_check(running_server: Running) -> None:
+    out = grpcurl(running_server, "grpc.health.v1.Health/Check")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "SERVING"
 
 
-def test_grpcurl_unimplemented_is_clean(running_server: tuple[int, subprocess.Popen[str]]) -> None:
-    port, proc = running_server
+def test_grpcurl_unimplemented_is_clean(running_server: Running) -> None:
+    proc = running_server.proc
     # The agent's own service is described by the OMA's reflection but served only by an agent.
-    out = grpcurl(port, "vma.v1.VmaAgentService/ListLocalJobs", data="{}")
+    out = grpcurl(running_server, "vma.v1.VmaAgentService/ListLocalJobs", data="{}")
     assert out.returncode != 0
     assert "Code: Unimplemented" in out.stderr
     assert proc.poll() is None  # the server is still up
 
 
-def test_grpcurl_error_details(running_server: tuple[int, subprocess.Popen[str]]) -> None:
-    port, _ = running_server
-    out = grpcurl(port, "oma.v1.ApplianceService/EnrollAppliance", data='{"name": "bad name"}')
+def test_grpcurl_error_details(running_server: Running) -> None:
+    out = grpcurl(running_server, "oma.v1.ApplianceService/EnrollAppliance", data='{"name": "bad name"}', token=True)
     assert "Code: InvalidArgument" in out.stderr
     assert '"reason":"APPLIANCE_NAME_INVALID"' in out.stderr
 
 
-def test_buf_curl_through_reflection(running_server: tuple[int, subprocess.Popen[str]]) -> None:
-    port, _ = running_server
+def test_grpcurl_without_a_token_is_unauthenticated(running_server: Running) -> None:
+    out = grpcurl(running_server, "oma.v1.ApplianceService/EnrollAppliance", data='{"name": "vma-no-token"}')
+    assert "Code: Unauthenticated" in out.stderr and '"reason":"TOKEN_MISSING"' in out.stderr, out.stderr
+    wrong = subprocess.run(
+        [GRPCURL, "-cacert", str(running_server.ca), "-H", "authorization: Bearer oma_0123456789abcdef_" + "x" * 43,
+         f"127.0.0.1:{running_server.port}", "oma.v1.ApplianceService/ListAppliances"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "Code: Unauthenticated" in wrong.stderr and '"reason":"TOKEN_INVALID"' in wrong.stderr, wrong.stderr
+
+
+def test_buf_curl_through_reflection(running_server: Running) -> None:
     out = subprocess.run(
         [
             BUF,
             "curl",
             "--protocol",
             "grpc",
-            "--http2-prior-knowledge",
+            "--cacert",
+            str(running_server.ca),
+            "-H",
+            f"authorization: Bearer {running_server.token}",
             "-d",
             "{}",
-            f"http://127.0.0.1:{port}/oma.v1.ServerInfoService/GetServerInfo",
+            f"https://127.0.0.1:{running_server.port}/oma.v1.ServerInfoService/GetServerInfo",
         ],
         capture_output=True,
         text=True,
@@ -173,7 +212,7 @@ def test_sigterm_shuts_down_gracefully(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_serving(port, proc)
+    wait_serving(port, proc, tmp_path)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
@@ -379,3 +418,186 @@ def test_migrate_subcommand(tmp_path: Path) -> None:
     assert (tmp_path / "oma.db").exists()
     assert "nbd" not in out.stderr.lower() and "cloudstack" not in out.stderr.lower(), out.stderr
     assert processes_of(tmp_path) == []
+
+
+# ---- transport security: TLS by default, plaintext only with --insecure -----------------------------------------
+
+
+def _health(channel: grpc.Channel) -> grpc.StatusCode:
+    try:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    except grpc.RpcError as error:
+        return error.code()  # type: ignore[attr-defined,no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_plaintext_client_is_refused_by_the_tls_port(running_server: Running) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{running_server.port}") as channel:
+        assert _health(channel) == grpc.StatusCode.UNAVAILABLE
+    out = subprocess.run(
+        [GRPCURL, "-plaintext", f"127.0.0.1:{running_server.port}", "list"], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode != 0 and "oma.v1" not in out.stdout, out
+
+
+def test_a_client_trusting_another_ca_is_refused(running_server: Running, tmp_path: Path) -> None:
+    other = CertificateAuthority(tmp_path / "other-ca")
+    endpoint = Endpoint(f"127.0.0.1:{running_server.port}", other.pem)
+    with sync_channel(endpoint) as channel:
+        assert _health(channel) == grpc.StatusCode.UNAVAILABLE
+    out = subprocess.run(
+        [GRPCURL, "-cacert", str(other.cert_path), f"127.0.0.1:{running_server.port}", "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode != 0 and "certificate" in out.stderr.lower(), out
+    with sync_channel(Endpoint(f"127.0.0.1:{running_server.port}", running_server.ca.read_bytes())) as channel:
+        assert _health(channel) == grpc.StatusCode.OK  # the same call with the OMA's own CA
+
+
+def test_keys_are_0600_and_the_tls_directory_0700(running_server: Running) -> None:
+    tls = running_server.data_dir / "tls"
+    assert stat.S_IMODE(tls.stat().st_mode) == 0o700
+    keys = sorted(p.name for p in tls.glob("*.key"))
+    assert keys == ["ca.key", "server.key"]
+    for name in keys:
+        assert stat.S_IMODE((tls / name).stat().st_mode) == 0o600, name
+    for name in ("ca.crt", "server.crt"):
+        assert stat.S_IMODE((tls / name).stat().st_mode) == 0o644, name
+    assert not list(tls.glob(".*.tmp"))
+
+
+def test_the_server_certificate_carries_the_advertised_names(tmp_path: Path) -> None:
+    names = ("--advertise-address", "oma.example.test:50051", "--advertise-address", "10.9.8.7")
+    server = ServerProcess(tmp_path, *names)
+    try:
+        wait_serving(server.port, server.proc, tmp_path)
+        leaf = x509.load_pem_x509_certificates((tmp_path / "tls" / "server.crt").read_bytes())[0]
+        assert set(alt_names(leaf)) == {"127.0.0.1", "localhost", "oma.example.test", "10.9.8.7"}
+        address = f"127.0.0.1:{server.port}"
+        base = [GRPCURL, "-cacert", str(ca_file(tmp_path))]
+        named = subprocess.run(
+            [*base, "-servername", "oma.example.test", address, "list"], capture_output=True, text=True
+        )
+        assert named.returncode == 0 and "oma.v1.ReplicationService" in named.stdout, named.stderr
+        unnamed = subprocess.run([*base, "-servername", "other.example.test", address, "list"], capture_output=True)
+        assert unnamed.returncode != 0
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.finish() == 0
+    assert "made the server certificate" in "".join(server.log)
+    # Started again with the same names, it keeps its certificate.
+    again = ServerProcess(tmp_path, *names)
+    again.wait_for_line("serving on")
+    again.proc.send_signal(signal.SIGTERM)
+    assert again.finish() == 0
+    assert "made the server certificate" not in "".join(again.log)
+    assert x509.load_pem_x509_certificates((tmp_path / "tls" / "server.crt").read_bytes())[0] == leaf
+
+
+def test_insecure_serves_plaintext_and_warns(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, "--insecure")
+    server.wait_for_line("PLAINTEXT")
+    server.wait_for_line("serving on")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            assert _health(channel) == grpc.StatusCode.OK
+        warning = next(line for line in server.log if "PLAINTEXT" in line)
+        assert "WARNING" in warning and "--insecure" in warning
+        assert not (tmp_path / "tls").exists()  # no CA is made for a plaintext server
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.finish() == 0
+
+
+def _openssl(cwd: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def test_an_operators_certificate_is_served(tmp_path: Path) -> None:
+    """--tls-cert/--tls-key from the operator's own CA (made with openssl, not our code): clients verify the OMA
+    against that CA, and the OMA makes no CA of its own."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    _openssl(pki, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+             "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=operator CA")  # fmt: skip
+    _openssl(pki, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "oma.key",
+             "-out", "oma.csr", "-subj", "/CN=oma.operator.test")  # fmt: skip
+    (pki / "san.cnf").write_text("subjectAltName=DNS:oma.operator.test,IP:127.0.0.1\n")
+    _openssl(pki, "x509", "-req", "-in", "oma.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "oma.pem", "-days", "1", "-extfile", "san.cnf")  # fmt: skip
+    data_dir = tmp_path / "oma"
+    server = ServerProcess(data_dir, "--tls-cert", str(pki / "oma.pem"), "--tls-key", str(pki / "oma.key"))
+    try:
+        server.wait_for_line("serving on")
+        with sync_channel(Endpoint(f"127.0.0.1:{server.port}", (pki / "ca.pem").read_bytes())) as channel:
+            assert _health(channel) == grpc.StatusCode.OK
+        assert not (data_dir / "tls" / "server.crt").exists()
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.finish() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tls-cert", "/etc/hostname"], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], "is not a file"),
+        (["--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname"], "holds no PEM certificate"),
+    ],
+)
+def test_bad_tls_flags_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    out = run_cli(*args, "--data-dir", str(tmp_path))
+    assert out.returncode == 2, out
+    errors = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], out.stderr
+
+
+def test_create_token_makes_a_hashed_token_that_the_server_accepts(running_server: Running, tmp_path: Path) -> None:
+    """`oma-server create-token` writes to the database the server uses (here its SQLite file) and prints the
+    secret once on stdout; the running server accepts it at once, with its role."""
+    env = {**server_env(running_server.data_dir)}
+    out = subprocess.run(
+        [OMA_SERVER, "create-token", "--name", "ci-viewer", "--role", "viewer", "--ttl", "30d"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    secret = out.stdout.strip()
+    assert secret.startswith("oma_") and "role viewer" in out.stderr and secret not in out.stderr
+    assert secret.split("_", 2)[2].encode() not in (running_server.data_dir / "oma.db").read_bytes()
+    endpoint = Endpoint(f"127.0.0.1:{running_server.port}", running_server.ca.read_bytes(), token=secret)
+    with sync_channel(endpoint) as channel:
+        listed = appliance_pb2_grpc.ApplianceServiceStub(channel).ListAppliances(
+            appliance_pb2.ListAppliancesRequest(), timeout=10
+        )
+        assert listed is not None
+        with pytest.raises(grpc.RpcError) as denied:
+            appliance_pb2_grpc.ApplianceServiceStub(channel).EnrollAppliance(
+                appliance_pb2.EnrollApplianceRequest(name="vma-by-viewer"), timeout=10
+            )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    bad = subprocess.run(
+        [OMA_SERVER, "create-token", "--name", "x", "--role", "viewer", "--ttl", "soon"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "invalid lifetime 'soon'" in bad.stderr, bad.stderr
+
+
+def test_the_first_start_makes_an_admin_token_and_logs_only_where_it_is(tmp_path: Path) -> None:
+    first = ServerProcess(tmp_path)
+    first.wait_for_line("initial admin API token")
+    first.wait_for_line("serving on")
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.finish() == 0
+    token_file = tmp_path / "admin.token"
+    secret = token_file.read_text().strip()
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    log = "".join(first.log)
+    assert str(token_file) in log and secret not in log and secret.split("_", 2)[2] not in log
+    again = ServerProcess(tmp_path)  # tokens exist now: none is made, the file is left as it is
+    again.wait_for_line("serving on")
+    again.proc.send_signal(signal.SIGTERM)
+    assert again.finish() == 0
+    assert "initial admin API token" not in "".join(again.log)
+    assert token_file.read_text().strip() == secret

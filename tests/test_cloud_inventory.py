@@ -13,6 +13,7 @@ from oma.v1 import cloud_pb2, cloud_pb2_grpc
 from oma_server.app import App
 from oma_server.cloudstack.sim_seed import _seed_network
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.conftest import make_settings
 from vma_client_stubs.errors import error_info_of
 
@@ -29,7 +30,7 @@ async def oma(tmp_path: Path) -> AsyncIterator[OmaServer]:
 
 @pytest.fixture
 async def cloud(oma: OmaServer) -> AsyncIterator[cloud_pb2_grpc.CloudServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         yield cloud_pb2_grpc.CloudServiceStub(channel)
 
 

@@ -16,6 +16,7 @@ from oma_server.app import App
 from oma_server.db.database import Database
 from oma_server.db.models import JobLog, ReplicationJob, VmContext
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.conftest import make_settings
 from tests.factories import RawStream, disk_done, enroll, job_on_stream, seed_job, started
 from vma.v1 import stream_pb2
@@ -36,7 +37,7 @@ async def test_a_job_found_completing_at_start_is_completed_with_a_log_entry(tmp
     settings = make_settings(tmp_path, database_url)
     server = OmaServer(App(settings))
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with oma_channel(server) as channel:
         enrolled = await enroll(channel)
         job = await seed_job(server.app, enrolled.appliance_id)
         stream = RawStream(channel)

@@ -31,6 +31,7 @@ from oma_server.app import App
 from oma_server.server import OmaServer
 from oma_server.storage.attachments import SlotPool
 from oma_server.storage.volumes import VOLUME_NAME_PREFIX
+from tests.clients import oma_channel
 from tests.conftest import make_settings
 from tests.factories import Enrolled, RawStream, enroll, inventory, live_exports
 from tests.failover.helpers import play_replication, replicas_released, restart_oma
@@ -123,7 +124,7 @@ async def test_a_full_oma_vm_queues_the_next_job_and_says_where_it_stands(
     oma = await oma_factory(limit_seed(2))
     app = oma.app
     assert app.attachments is not None and app.attachments.pool.capacity == 2
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
         vm_a = await register(channel, enrolled, disk_mib=(2, 1), name="vm-a")
         vm_b = await register(channel, enrolled, disk_mib=(2, 1), name="vm-b")
@@ -162,7 +163,7 @@ async def test_the_limit_is_learnt_from_cloudstacks_refusal(
     oma = await oma_factory(limit_seed(2, roletype="User"))
     app = oma.app
     assert app.attachments is not None and app.attachments.pool.capacity is None
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
         vms = [await register(channel, enrolled, disk_mib=(2, 1), name=f"vm-{i}") for i in range(2)]
         jobs = [await start(channel, vm) for vm in vms]
@@ -186,7 +187,7 @@ async def test_start_replication_refuses_what_the_cloud_cannot_hold(
     sim = oma.app.simulator
     assert sim is not None
     volumes_before = set(sim.state.volumes)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
         big = await register(channel, enrolled, disk_mib=(1536,), name="big")
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -230,7 +231,7 @@ async def test_cancel_while_queued_frees_the_place(
     oma = await oma_factory(limit_seed(2))
     app = oma.app
     assert app.attachments is not None
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
         vm_a = await register(channel, enrolled, disk_mib=(2, 1), name="vm-a")
         vm_b = await register(channel, enrolled, disk_mib=(2, 1), name="vm-b")
@@ -261,7 +262,7 @@ async def test_replicas_left_attached_by_a_failed_release_are_taken_off_at_the_n
     oma = await oma_factory(limit_seed(4))
     sim = oma.app.simulator
     assert sim is not None and oma.app.attachments is not None
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
         vm = await register(channel, enrolled, disk_mib=(2, 1))
         job = await start(channel, vm)
@@ -276,7 +277,7 @@ async def test_replicas_left_attached_by_a_failed_release_are_taken_off_at_the_n
         assert len(on_oma(oma)) == 2 and oma.app.attachments.pool.in_use == 2  # held, not reused
         await stream.close()
     oma = await restart_oma(oma)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         assert on_oma(oma) == set() and live_exports(oma.app) == []
         await replicas_released(channel, vm)
         assert oma.app.attachments is not None and oma.app.attachments.pool.in_use == 0

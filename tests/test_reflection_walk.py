@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from oma.common.v1 import inventory_pb2
 from oma.v1 import appliance_pb2, appliance_pb2_grpc, vm_context_pb2, vm_context_pb2_grpc
 from oma_server.server import SERVICE_NAMES, OmaServer
+from tests.clients import endpoint
 from tests.reflection_walk import Walk, summary
 
 CALLS = int(os.environ.get("OMA_WALK_CALLS", "600"))
@@ -44,8 +45,7 @@ async def _seed_real_ids(channel: grpc.aio.Channel) -> list[str]:
 
 
 async def test_every_rpc_answers_bad_requests_cleanly(oma_server: OmaServer, channel: grpc.aio.Channel) -> None:
-    target = f"127.0.0.1:{oma_server.port}"
-    walk = await asyncio.to_thread(Walk.by_reflection, target, channel, SEED)
+    walk = await asyncio.to_thread(Walk.by_reflection, endpoint(oma_server), channel, SEED)
     services = {m.containing_service.full_name for m in walk.methods}
     assert set(SERVICE_NAMES) <= services and "grpc.health.v1.Health" in services
     walk.ids = await _seed_real_ids(channel)

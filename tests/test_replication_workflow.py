@@ -27,6 +27,7 @@ from oma_server.app import App
 from oma_server.db.models import Volume
 from oma_server.server import OmaServer
 from oma_server.storage.volumes import VOLUME_NAME_PREFIX
+from tests.clients import oma_channel
 from tests.cloudstack.helpers import job_pending
 from tests.conftest import make_settings
 from tests.factories import Enrolled, RawStream, enroll, inventory, live_exports, nbdcopy
@@ -89,7 +90,7 @@ async def test_initial_then_incremental_replication(oma: OmaServer, tmp_path: Pa
     app = oma.app
     sim = app.simulator
     assert sim is not None
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
         vm_id = await register(channel, enrolled, inventory())
         job = await start(channel, vm_id)
@@ -221,7 +222,7 @@ async def test_attach_failure_fails_cleanly_and_leaks_nothing(oma: OmaServer) ->
     sim = app.simulator
     assert sim is not None
     sim.faults.fail_command("attachVolume", errorcode=530, errortext="Failed to attach volume", times=20)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
         vm_id = await register(channel, enrolled, inventory())
         job = await start(channel, vm_id)
@@ -261,7 +262,7 @@ async def test_device_that_never_appears_is_a_clear_failure(oma: OmaServer) -> N
     assert app.simulator is not None and app.volumes is not None
     app.volumes.device_wait_s = 0.5
     app.simulator.faults.attach_without_device(times=5)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
         vm_id = await register(channel, enrolled, inventory(disk_mib=(2,)))
         job = await start(channel, vm_id)
@@ -284,7 +285,7 @@ async def test_oma_restart_during_provisioning_continues(tmp_path: Path) -> None
     sim = server.app.simulator
     assert sim is not None
     sim.faults.slow_job("attachVolume", 30.0)  # slower than any restart takes: the restart lands inside it
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with oma_channel(server) as channel:
         enrolled = await enroll(channel)
         vm_id = await register(channel, enrolled, inventory())
         job = await start(channel, vm_id)
@@ -296,7 +297,7 @@ async def test_oma_restart_during_provisioning_continues(tmp_path: Path) -> None
     await restarted.start()
     try:
         await restarted.app.workflow.wait(job.id)  # type: ignore[union-attr]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{restarted.port}") as channel:
+        async with oma_channel(restarted) as channel:
             resumed = await get_job(channel, job.id)
             assert resumed.status == replication_pb2.REPLICATION_JOB_STATUS_WAITING_FOR_VMA, resumed
             sim2 = restarted.app.simulator
@@ -310,7 +311,7 @@ async def test_oma_restart_during_provisioning_continues(tmp_path: Path) -> None
 
 
 async def test_register_validates_inventory(oma: OmaServer) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
         bad = inventory()
         bad.disks[1].key = bad.disks[0].key
@@ -324,7 +325,7 @@ async def test_register_validates_inventory(oma: OmaServer) -> None:
 
 
 async def test_two_vms_replicate_at_once_through_one_appliance(oma: OmaServer, tmp_path: Path) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
         vm_ids = [await register(channel, enrolled, inventory(disk_mib=(2,), name=f"vm-{i}")) for i in range(2)]
         jobs = {(await start(channel, vm_id)).id for vm_id in vm_ids}

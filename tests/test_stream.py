@@ -14,6 +14,7 @@ from oma_server.app import App
 from oma_server.db.models import Appliance, ChangeIdRecord, Command, Disk, ReplicationJob
 from oma_server.replication.state_machine import JobStatus
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.conftest import make_settings
 from tests.factories import RawStream, completed, disk_done, enroll, progress, seed_job, started
 from vma.v1 import stream_pb2
@@ -41,6 +42,21 @@ async def test_first_message_must_be_hello(channel: grpc.aio.Channel) -> None:
         await stream.recv()
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error_info_of(err.value).reason == "HELLO_MISSING"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("field", ["appliance_id", "credential", "last_command_id"])
+async def test_a_hello_with_a_nul_is_invalid_and_changes_nothing(channel: grpc.aio.Channel, field: str) -> None:
+    """Found by the reflection walk on PostgreSQL: an appliance id with a NUL reached the database (INTERNAL)."""
+    enrolled = await enroll(channel)
+    hello = stream_pb2.Hello(appliance_id=enrolled.appliance_id, credential=enrolled.credential)
+    setattr(hello, field, "x\x00y")
+    stream = RawStream(channel)
+    await stream.send(hello=hello)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stream.recv()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info_of(err.value)
+    assert info is not None and info.reason == "HELLO_INVALID" and info.metadata["field"] == field
 
 
 @pytest.mark.parametrize("case", ["wrong secret", "unknown appliance", "revoked"])
@@ -284,7 +300,7 @@ async def test_silent_appliance_stalls_its_jobs_and_resumes_them(tmp_path: Path)
     await server.start()
     app = server.app
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        async with oma_channel(server) as channel:
             enrolled = await enroll(channel)
             job = await seed_job(app, enrolled.appliance_id)
             stream = RawStream(channel)
@@ -399,7 +415,7 @@ async def test_progress_and_commands_survive_an_oma_restart(tmp_path: Path, data
     settings = make_settings(tmp_path, database_url)
     server = OmaServer(App(settings))
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with oma_channel(server) as channel:
         enrolled = await enroll(channel)
         job = await seed_job(server.app, enrolled.appliance_id)
         stream = RawStream(channel)
@@ -416,7 +432,7 @@ async def test_progress_and_commands_survive_an_oma_restart(tmp_path: Path, data
     restarted = OmaServer(App(settings))
     await restarted.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{restarted.port}") as channel:
+        async with oma_channel(restarted) as channel:
             stream = RawStream(channel)
             welcome = await stream.hello(enrolled)
             (cursor,) = welcome.open_jobs

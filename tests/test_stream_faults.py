@@ -11,7 +11,6 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +18,7 @@ from oma_server.app import App
 from oma_server.db.models import ChangeIdRecord, Disk, ReplicationJob
 from oma_server.replication.state_machine import JobState
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.conftest import make_settings
 from tests.factories import RawStream, completed, disk_done, enroll, progress, seed_job, started
 
@@ -53,12 +53,12 @@ async def run_with_faults(root: Path, database_url: str, cuts: set[int], restart
     server = OmaServer(App(settings_))
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        async with oma_channel(server) as channel:
             enrolled = await enroll(channel)
             job = await seed_job(server.app, enrolled.appliance_id)
         messages = script(job)
         while True:  # until the Welcome shows nothing missing
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            async with oma_channel(server) as channel:
                 stream = RawStream(channel)
                 welcome = await stream.hello(enrolled)
                 cursor = {c.job_id: c.last_applied_sequence for c in welcome.open_jobs}.get(job.id, 10**9)

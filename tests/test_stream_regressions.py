@@ -30,6 +30,7 @@ from oma.v1 import (
 from oma_server.app import App
 from oma_server.db.models import ReplicationJob
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.conftest import make_settings
 from tests.factories import (
     RawStream,
@@ -75,7 +76,7 @@ async def test_cut_during_the_completed_commit_never_leaves_the_job_short_of_com
 ) -> None:
     server, url = pg_server
     app = server.app
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with oma_channel(server) as channel:
         enrolled = await enroll(channel)
         job = await seed_job(app, enrolled.appliance_id)
         stream = RawStream(channel)
@@ -119,7 +120,7 @@ async def _row_status_is(app: App, job_id: str, status: str) -> bool:
 async def test_cut_during_a_commit_keeps_the_cursor_equal_to_the_database(pg_server: tuple[OmaServer, str]) -> None:
     server, url = pg_server
     app = server.app
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with oma_channel(server) as channel:
         enrolled = await enroll(channel)
         job = await seed_job(app, enrolled.appliance_id)
         stream = RawStream(channel)
@@ -238,7 +239,7 @@ async def test_watch_jobs_opened_while_a_change_is_in_flight_sees_that_change(
 ) -> None:
     server, url = pg_server
     app = server.app
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with oma_channel(server) as channel:
         _, job, stream = await job_on_stream(channel, app)
         watch = job_pb2_grpc.JobServiceStub(channel).WatchJobs(job_pb2.WatchJobsRequest())
         with row_locked(url, "replication_job", job.id):
@@ -271,7 +272,7 @@ async def test_a_start_replication_whose_caller_goes_away_mid_commit_still_runs(
     transaction waits still finishes its unit — the job it created is provisioned, not left pending."""
     server, url = pg_server
     app = server.app
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with oma_channel(server) as channel:
         enrolled = await enroll(channel)
         registered = await vm_context_pb2_grpc.VmContextServiceStub(channel).RegisterVmContext(
             vm_context_pb2.RegisterVmContextRequest(appliance_id=enrolled.appliance_id, virtual_machine=inventory((2,)))

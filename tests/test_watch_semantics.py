@@ -14,6 +14,7 @@ import pytest
 from oma.v1 import job_pb2, job_pb2_grpc, replication_pb2
 from oma_server.app import App
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.conftest import make_settings
 from tests.factories import RawStream, completed, disk_done, job_on_stream, progress, started
 from vma_client_stubs.errors import error_info_of
@@ -39,7 +40,7 @@ async def oma(tmp_path: Path) -> AsyncIterator[OmaServer]:
 
 @pytest.fixture
 async def channel(oma: OmaServer) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as ch:
+    async with oma_channel(oma) as ch:
         yield ch
 
 

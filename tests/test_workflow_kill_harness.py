@@ -66,7 +66,7 @@ async def _tamper_and_check(run: Run) -> None:
     try:
         await run.enroll_and_discover()
         assert run.oma is not None
-        async with Operator(run.oma.address, run.vm_id, time.monotonic() + 120) as operator:
+        async with Operator(run.oma.endpoint(), run.vm_id, time.monotonic() + 120) as operator:
             await operator.run_phase("initial")
             world = run.world(operator)
             assert await consistency.settled(world) == []

@@ -12,7 +12,7 @@ async with OperatorClient("oma.example:50051", tls=TlsConfig.from_files(ca="ca.p
 ```
 
 - **TLS** with the OMA's CA (and a client certificate for mutual TLS): `TlsConfig`. Without it the channel is
-  plaintext — what oma-server serves until TLS becomes its default.
+  plaintext — for an oma-server started with `--insecure` (TLS is its default).
 - **Auth**: an operator token sent as `authorization: Bearer <token>` on every call (a callable is asked each call,
   so a token can rotate).
 - **Retries**: unary calls answered UNAVAILABLE are retried by gRPC itself (a service-config retry policy:
@@ -54,13 +54,13 @@ from oma.v1 import (
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
+from vma_client_stubs.connection import TokenSource, bearer_interceptors
 from vma_client_stubs.errors import error_info_of
 
 #: The ErrorInfo of a failed call (reason, domain "oma.control-plane", metadata), or None (a connection failure).
 error_info = error_info_of
 
 T = TypeVar("T")
-TokenSource = str | Callable[[], str]
 PAGE_SIZE = 1000
 # The revisions a watch may resume from (a SNAPSHOT's revision is its job's, not the stream's).
 RESUME_POINTS = (job_pb2.UPDATE_KIND_CHANGE, job_pb2.UPDATE_KIND_SYNCED, job_pb2.UPDATE_KIND_PROGRESS_NOTIFY)
@@ -133,38 +133,6 @@ def describe_error(error: grpc.RpcError) -> str:
     return f"{text} ({info.reason})" if info is not None and info.reason else text
 
 
-class _BearerToken(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Puts `authorization: Bearer <token>` on every call (plaintext or TLS alike, unlike call credentials)."""
-
-    def __init__(self, token: TokenSource) -> None:
-        self.token = token
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        token = self.token() if callable(self.token) else self.token
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata["authorization"] = f"Bearer {token}"
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
-
-    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(details), request)
-
-    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(details), request)
-
-    async def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(details), requests)
-
-    async def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(details), requests)
-
-
 class _Paged(Protocol):
     next_page_token: str
 
@@ -195,7 +163,7 @@ class OperatorClient:
             options += [("grpc.enable_retries", 1), ("grpc.service_config", retry.service_config())]
         if tls is not None and tls.server_name:
             options.append(("grpc.ssl_target_name_override", tls.server_name))
-        interceptors = [_BearerToken(token)] if token is not None else None
+        interceptors = bearer_interceptors(token) if token is not None else None
         credentials = tls.credentials() if tls is not None else channel_credentials
         if credentials is not None:
             self.channel = grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)

@@ -89,7 +89,7 @@ def _unexpected(exc: BaseException, method: str) -> DomainError:
     )
 
 
-async def _fail(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
+async def fail(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
     """End the call for an exception a handler raised: a DomainError as itself, anything else as INTERNAL."""
     if isinstance(exc, grpc.aio.AbortError | grpc.aio.UsageError):
         raise exc  # the handler already ended the call
@@ -159,7 +159,7 @@ def _wrap_unary(
             # handler's units of work and what follows them (spawning the job's task) are not cut in the middle.
             return await (finish(work) if carry_to_end else work)
         except Exception as exc:
-            await _fail(context, exc, method)
+            await fail(context, exc, method)
 
     return wrapper
 
@@ -172,7 +172,7 @@ def _wrap_stream(
             async for response in behavior(prepare(request_or_iterator), context):
                 yield response
         except Exception as exc:
-            await _fail(context, exc, method)
+            await fail(context, exc, method)
 
     return wrapper
 
@@ -197,6 +197,27 @@ def _wrap(
     return _wrap_unary(behavior, method, prepare, carry_to_end=not response_streaming)
 
 
+Rewrap = Callable[[Callable[..., Any], bool, bool], Callable[..., Any]]
+
+
+def rewrapped(
+    handler: grpc.RpcMethodHandler,
+    rewrap: Rewrap,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
+    """The same kind of handler with its behavior replaced by `rewrap(behavior, request_streaming,
+    response_streaming)` (and, if given, its request deserializer): what every interceptor of this server does."""
+    for attribute, factory, request_streaming, response_streaming in _KINDS:
+        behavior = getattr(handler, attribute)
+        if behavior:
+            return factory(  # type: ignore[no-any-return]
+                rewrap(behavior, request_streaming, response_streaming),
+                request_deserializer=request_deserializer or handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
@@ -207,12 +228,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        for attribute, factory, request_streaming, response_streaming in _KINDS:
-            behavior = getattr(handler, attribute)
-            if behavior:
-                return factory(  # type: ignore[operator]
-                    _wrap(behavior, method, _prepare(request_streaming), response_streaming),
-                    request_deserializer=_tolerant(handler.request_deserializer, method),
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
+        return rewrapped(
+            handler,
+            lambda behavior, request_streaming, response_streaming: _wrap(
+                behavior, method, _prepare(request_streaming), response_streaming
+            ),
+            _tolerant(handler.request_deserializer, method),
+        )

@@ -158,6 +158,9 @@ RULES: dict[str, dict[str, Rule]] = {
     "oma.v1.CancelJobRequest": {"id": REQUIRED_ID},
     "oma.v1.PowerOnSourceVmRequest": {"vm_context_id": REQUIRED_ID},
     "oma.v1.PowerOffSourceVmRequest": {"vm_context_id": REQUIRED_ID},
+    "oma.v1.CreateApiTokenRequest": {"name": Text(63)},  # the service checks the name's form
+    "oma.v1.ListApiTokensRequest": {},
+    "oma.v1.RevokeApiTokenRequest": {"id": REQUIRED_ID},
     "oma.v1.ListZonesRequest": {},
     "oma.v1.ListNetworksRequest": {"zone_id": CLOUDSTACK_ID},
     "oma.v1.ListServiceOfferingsRequest": {},

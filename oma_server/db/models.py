@@ -254,6 +254,18 @@ class WatchRevision(BaseModel):
     reserved_up_to = pw.BigIntegerField(default=0)
 
 
+class ApiToken(BaseModel):
+    """An operator's API token (security/tokens.py): only the SHA-256 of its secret is kept."""
+
+    id = pw.CharField(primary_key=True, max_length=16)
+    name = pw.CharField(max_length=63)
+    role = pw.CharField(max_length=16)
+    secret_hash = pw.CharField(max_length=64)
+    created_at = pw.DateTimeField(default=utcnow)
+    expires_at = pw.DateTimeField(null=True)
+    revoked_at = pw.DateTimeField(null=True)
+
+
 class SchemaMigration(BaseModel):
     version = pw.IntegerField(primary_key=True)
     name = pw.CharField(max_length=128)
@@ -274,4 +286,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     Command,
     NetworkMapping,
     WatchRevision,
+    ApiToken,
 ]

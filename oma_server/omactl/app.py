@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import grpc
 
-from oma_server.omactl import appliances, cloud, failover, jobs, server, storage, vms, watch
+from oma_server.omactl import appliances, cloud, failover, jobs, server, storage, tokens, vms, watch
 from oma_server.omactl.client import Client, CliError, describe_rpc_error, one_line
-from oma_server.omactl.context import DEFAULT_SERVER, Commands, Context, Handler, Parser, global_flags
+from oma_server.omactl.context import DEFAULT_SERVER, Commands, Context, Handler, Parser, endpoint_of, global_flags
 from oma_server.omactl.render import Output
 from oma_server.version import __version__
 
@@ -37,13 +37,14 @@ def build_parser() -> Parser:
     failover.register(commands)
     cloud.register(commands)
     server.register(commands)
+    tokens.register(commands)
     return parser
 
 
 def run(argv: Sequence[str] | None = None, channel: grpc.Channel | None = None) -> int:
     """One command; raises CliError. `channel` replaces the connection to `--server` (tests)."""
     args = build_parser().parse_args(argv)
-    client = Client(args.server, args.timeout, channel)
+    client = Client(endpoint_of(args), args.timeout, channel)
     try:
         ctx = Context(client=client, out=Output(as_json=args.json, wide=args.wide, quiet=args.quiet))
         handler: Handler = args.handler

@@ -9,6 +9,7 @@ import grpc
 from google.protobuf.message import Message
 
 from oma.v1 import (
+    access_pb2_grpc,
     appliance_pb2_grpc,
     cloud_pb2_grpc,
     failover_pb2_grpc,
@@ -18,6 +19,7 @@ from oma.v1 import (
     vm_context_pb2_grpc,
 )
 from oma_server.omactl.hints import for_omactl
+from vma_client_stubs.connection import Endpoint, sync_channel, tls_failure
 from vma_client_stubs.errors import error_info_of
 
 T = TypeVar("T", bound=Message)
@@ -45,6 +47,11 @@ def describe_rpc_error(error: grpc.RpcError, server: str, method: str = "", time
     if info is not None:
         details = for_omactl(details, info.reason, info.metadata)
         return f"{code.name}: {details} ({info.reason})" if info.reason else f"{code.name}: {details}"
+    if code == grpc.StatusCode.UNAVAILABLE and tls_failure(details):
+        return (
+            f"UNAVAILABLE: the TLS handshake with the OMA at {server} failed: give its CA with --ca or OMA_CA "
+            "(the server's <data dir>/tls/ca.crt), or --insecure if it serves plaintext"
+        )
     if code == grpc.StatusCode.UNAVAILABLE:
         return f"UNAVAILABLE: cannot reach the OMA at {server} (is oma-server running?)"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -59,15 +66,16 @@ def describe_rpc_error(error: grpc.RpcError, server: str, method: str = "", time
 class Client:
     """Stubs of every oma.v1 service on one channel, with the deadline and error handling omactl wants."""
 
-    def __init__(self, server: str, timeout: float | None, channel: grpc.Channel | None = None) -> None:
+    def __init__(self, endpoint: Endpoint, timeout: float | None, channel: grpc.Channel | None = None) -> None:
         """`channel`: one made elsewhere (tests script the server's answers on a grpc_testing channel)."""
-        self.server = server
+        self.server = endpoint.target
         self.timeout = timeout
-        self.channel = channel or grpc.insecure_channel(
-            server,
+        self.channel = channel or sync_channel(
+            endpoint,
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 0)],
         )
         self.appliances = appliance_pb2_grpc.ApplianceServiceStub(self.channel)
+        self.access = access_pb2_grpc.AccessServiceStub(self.channel)
         self.vms = vm_context_pb2_grpc.VmContextServiceStub(self.channel)
         self.replication = replication_pb2_grpc.ReplicationServiceStub(self.channel)
         self.jobs = job_pb2_grpc.JobServiceStub(self.channel)

@@ -10,13 +10,17 @@ import argparse
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 from oma_server.omactl.client import Client, CliError, one_line
 from oma_server.omactl.render import Output
+from vma_client_stubs.connection import ConnectionSettingsError, Endpoint
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
+#: the CA of an oma-server run with its default data dir, here: omactl on the OMA host needs no --ca
+DEFAULT_CA = Path(".oma/tls/ca.crt")
 
 
 @dataclass
@@ -55,6 +59,25 @@ def global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
         help=f"OMA to talk to (default: $OMA_SERVER or {DEFAULT_SERVER})",
     )
     parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=(os.environ.get("OMA_CA") or None) if defaults else suppress,
+        help="CA certificate to verify the OMA's TLS certificate against (default: $OMA_CA, else the OMA's own "
+        f"{DEFAULT_CA} when it exists, else the system's trusted roots)",
+    )
+    parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=(os.environ.get("OMA_TOKEN") or "") if defaults else suppress,
+        help="operator API token (default: $OMA_TOKEN; prefer the variable: a flag shows in the process list)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=os.environ.get("OMA_INSECURE", "").lower() in ("1", "true", "yes", "on") if defaults else suppress,
+        help="plaintext, for a server started with --insecure (default: $OMA_INSECURE)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         default=False if defaults else suppress,
@@ -80,6 +103,15 @@ def global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
         default=DEFAULT_TIMEOUT_S if defaults else suppress,
         help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT_S:g}; watch streams have none)",
     )
+
+
+def endpoint_of(args: argparse.Namespace) -> Endpoint:
+    """Where and how to reach the OMA, from --server, --ca, --insecure and --token."""
+    ca = Path(args.ca) if args.ca else (DEFAULT_CA if DEFAULT_CA.is_file() else None)
+    try:
+        return Endpoint.from_ca_file(args.server, ca, insecure=args.insecure, token=args.token)
+    except ConnectionSettingsError as error:
+        raise CliError(str(error), exit_code=2) from None
 
 
 class Commands:

@@ -347,8 +347,12 @@ def decode_hello(hello: stream_pb2.Hello) -> m.Hello:
             raise InvalidArgument(
                 f"Hello.{field} is {len(value)} characters; at most {limit}", reason="HELLO_INVALID", field=field
             )
-    if len(hello.capabilities) > 64 or any(len(c) > 64 for c in hello.capabilities):
-        raise InvalidArgument("Hello.capabilities: at most 64 entries of at most 64 characters", reason="HELLO_INVALID")
+        if "\x00" in value:  # no id or text the OMA stores has one (PostgreSQL refuses it in a query)
+            raise InvalidArgument(f"Hello.{field} contains a NUL character", reason="HELLO_INVALID", field=field)
+    if len(hello.capabilities) > 64 or any(len(c) > 64 or "\x00" in c for c in hello.capabilities):
+        raise InvalidArgument(
+            "Hello.capabilities: at most 64 entries of at most 64 characters, without NUL", reason="HELLO_INVALID"
+        )
     return m.Hello(
         appliance_id=hello.appliance_id,
         credential=hello.credential,

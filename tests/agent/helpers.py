@@ -11,6 +11,7 @@ from oma_server.db.models import Disk, ReplicationJob, VmContext
 from oma_server.replication.state_machine import DiskState, JobState
 from oma_server.server import OmaServer
 from tests.agent.nbd import NbdServer
+from tests.clients import endpoint
 from tests.factories import Enrolled
 from vma_client_stubs.agent.agent import Agent
 from vma_client_stubs.agent.vcenter import FakeVCenter, VirtualMachine
@@ -96,7 +97,7 @@ def same_bytes(a: Path, b: Path) -> bool:
 def make_agent(oma_server: OmaServer, enrolled: Enrolled, vcenter: FakeVCenter, state: Path, **kw: object) -> Agent:
     """An in-process agent of `enrolled` against the test OMA (fast reports, no fsync)."""
     return Agent(
-        oma=f"127.0.0.1:{oma_server.port}",
+        oma=endpoint(oma_server),
         appliance_id=enrolled.appliance_id,
         credential=enrolled.credential,
         vcenter=vcenter,

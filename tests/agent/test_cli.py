@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from oma_server.server import OmaServer
+from tests.clients import ca_file
 from tests.factories import enroll
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
@@ -30,6 +31,11 @@ def vma(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         ["run", "--oma", "nohostport", "--appliance-id", "a", "--vcenter-dir", "v", "--state-dir", "s"],
         ["run", "--oma", "127.0.0.1:1", "--appliance-id", "a", "--vcenter-dir", "v", "--state-dir", "s"],  # no cred
         ["create-vm", "--vcenter-dir", "v", "--name", "x"],
+        # a CA file that cannot be read
+        [
+            *("run", "--oma", "127.0.0.1:1", "--ca", "/no/ca.crt", "--appliance-id", "a", "--vcenter-dir", "v"),
+            *("--state-dir", "s", "--credential-file", "/etc/hostname"),
+        ],
         ["guest-write", "--vcenter-dir", "v", "--vm", "x", "--percent", "-1"],
         ["frobnicate"],
     ],
@@ -64,7 +70,8 @@ async def test_run_serves_grpcurl_and_stops_on_sigterm(
     cred = tmp_path / "cred"
     cred.write_text(enrolled.credential)
     proc = await asyncio.create_subprocess_exec(
-        *AGENT, "run", "--oma", f"127.0.0.1:{oma_server.port}", "--appliance-id", enrolled.appliance_id,
+        *AGENT, "run", "--oma", f"127.0.0.1:{oma_server.port}", "--ca", str(ca_file(oma_server.app.settings.data_dir)),
+        "--appliance-id", enrolled.appliance_id,
         "--credential-file", str(cred), "--vcenter-dir", vc, "--state-dir", str(tmp_path / "state"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

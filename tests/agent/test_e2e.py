@@ -11,6 +11,7 @@ from oma_server.db.models import ChangeIdRecord, Disk, JobDisk, ReplicationJob
 from oma_server.server import OmaServer
 from tests.agent.helpers import add_exports, make_agent, register_vm, same_bytes, start_job, wait_status
 from tests.agent.nbd import NbdServer
+from tests.clients import endpoint
 from tests.factories import enroll
 from vma_client_stubs.agent.agent import Agent, CopyOptions
 from vma_client_stubs.agent.extents import allocated_extents, total
@@ -29,7 +30,7 @@ async def test_initial_then_incremental(
     add_exports(nbd_server, disks)
     nbd_server.start()
     agent = Agent(
-        oma=f"127.0.0.1:{oma_server.port}",
+        oma=endpoint(oma_server),
         appliance_id=enrolled.appliance_id,
         credential=enrolled.credential,
         vcenter=vcenter,

@@ -15,6 +15,7 @@ from oma_server.db.models import JobDisk
 from oma_server.server import OmaServer
 from tests.agent.helpers import add_exports, make_agent, register_vm, same_bytes, start_job, wait_status
 from tests.agent.nbd import NbdServer
+from tests.clients import ca_file
 from tests.factories import enroll
 from tests.waiting import until
 from vma_client_stubs.agent.agent import snapshot_description
@@ -25,10 +26,11 @@ MIB = 1 << 20
 
 
 def agent_process(
-    oma_port: int, appliance_id: str, credential: str, vcenter: Path, state: Path, log: Path, *extra: str
+    oma: OmaServer, appliance_id: str, credential: str, vcenter: Path, state: Path, log: Path, *extra: str
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ, VMA_CREDENTIAL=credential)
-    cmd = [sys.executable, "-m", "vma_client_stubs.agent.cli", "run", "--oma", f"127.0.0.1:{oma_port}"]
+    cmd = [sys.executable, "-m", "vma_client_stubs.agent.cli", "run", "--oma", f"127.0.0.1:{oma.port}"]
+    cmd += ["--ca", str(ca_file(oma.app.settings.data_dir))]
     cmd += ["--appliance-id", appliance_id, "--vcenter-dir", str(vcenter), "--state-dir", str(state), *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log.open("wb"))
 
@@ -56,7 +58,7 @@ async def test_killed_agent_resumes_from_the_acknowledged_point(
     state = tmp_path / "agent-state"
     log = tmp_path / "agent.log"
     proc = agent_process(
-        oma_server.port, enrolled.appliance_id, enrolled.credential, vcenter.root, state, log,
+        oma_server, enrolled.appliance_id, enrolled.credential, vcenter.root, state, log,
         "--max-rate-mib", "12", "--report-interval", "0.1",
     )  # fmt: skip
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,11 +222,6 @@ async def wait_job(
     assert server.app.failover is not None
     await server.app.failover.wait(job_id, timeout)
     return await get_job(channel, job_id)
-
-
-async def oma_channel(server: OmaServer) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield channel
 
 
 async def answer_power(stream: object, kind: str, vm_uuid: str) -> None:

@@ -16,6 +16,7 @@ from oma.common.v1 import inventory_pb2
 from oma.v1 import failover_pb2, job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc, vm_context_pb2
 from oma.v1 import vm_context_pb2_grpc as vm_grpc
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.failover.helpers import (
     LIVE,
     TEST,
@@ -62,7 +63,7 @@ async def refused(call: object) -> tuple[grpc.StatusCode, str, str]:
 
 async def test_live_failover_cancelled_while_powering_off_stops_after_that_step(oma: OmaServer, tmp_path: Path) -> None:
     sim = sim_of(oma)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         r = await replicate(channel, tmp_path)
         await map_network(channel, sim, vm_id=r.vm_id)
         vm = await get_vm(channel, r.vm_id)
@@ -119,7 +120,7 @@ async def test_live_failover_cancelled_while_powering_off_stops_after_that_step(
 
 async def test_live_failover_cancelled_during_its_final_sync_stops_at_once(oma: OmaServer, tmp_path: Path) -> None:
     sim = sim_of(oma)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         r = await replicate(channel, tmp_path)
         await map_network(channel, sim, vm_id=r.vm_id)
         vm = await get_vm(channel, r.vm_id)
@@ -167,7 +168,7 @@ async def until_step(channel: grpc.aio.Channel, job_id: str, step: str) -> None:
 
 async def test_test_failover_cancelled_while_deploying_stops_after_the_deploy(oma: OmaServer, tmp_path: Path) -> None:
     sim = sim_of(oma)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         r = await replicate(channel, tmp_path)
         await map_network(channel, sim, vm_id=r.vm_id)
         before = world(sim)
@@ -194,7 +195,7 @@ async def test_test_failover_cancelled_while_deploying_stops_after_the_deploy(om
 
 async def test_test_failover_cancelled_while_snapshotting_stops_at_once(oma: OmaServer, tmp_path: Path) -> None:
     sim = sim_of(oma)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         r = await replicate(channel, tmp_path)
         await map_network(channel, sim, vm_id=r.vm_id)
         before = world(sim)
@@ -218,7 +219,7 @@ async def test_test_failover_cancelled_while_snapshotting_stops_at_once(oma: Oma
 
 
 async def test_source_power_jobs(oma: OmaServer, tmp_path: Path) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         r = await replicate(channel, tmp_path)
         vm = await get_vm(channel, r.vm_id)
         vms = vm_grpc.VmContextServiceStub(channel)
@@ -267,7 +268,7 @@ async def test_source_power_jobs(oma: OmaServer, tmp_path: Path) -> None:
 
 async def test_one_view_of_jobs(oma: OmaServer, tmp_path: Path) -> None:
     sim = sim_of(oma)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         r = await replicate(channel, tmp_path)
         await map_network(channel, sim, vm_id=r.vm_id)
         failover = await wait_job(oma, channel, (await start_failover(channel, r.vm_id, TEST)).id)

@@ -40,7 +40,7 @@ from oma_server.server import OmaServer
 from tests.agent.helpers import make_agent
 from tests.factories import enroll
 from tests.failover.helpers import LIVE, TEST, VM_LIVE, VM_READY, VM_TEST
-from tests.omactl.conftest import run_omactl
+from tests.omactl.conftest import run_omactl, target_of
 from tests.waiting import until
 from vma_client_stubs.agent.vcenter import FakeVCenter
 
@@ -159,7 +159,7 @@ async def check_history(
     seen.vm_updated_at = updated
 
     # the operator's two views of it, from real omactl processes, agree
-    address = f"127.0.0.1:{server.port}"
+    address = target_of(server)
     shown = await run_omactl(address, "--json", "vms", "show", vm_id)
     assert shown.code == 0, shown
     assert json.loads(shown.out)["last_completed_job_id"] == newest.id

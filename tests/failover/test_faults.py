@@ -11,6 +11,7 @@ import pytest
 
 from oma.v1 import failover_pb2, job_pb2, job_pb2_grpc
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.cloudstack.helpers import job_pending
 from tests.factories import live_exports
 from tests.failover.helpers import (
@@ -60,7 +61,7 @@ async def test_failed_step_is_named_and_one_cleanup_restores(
     oma: OmaServer, tmp_path: Path, command: str, in_job: bool, step: str
 ) -> None:
     sim = sim_of(oma)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         r = await replicate(channel, tmp_path)
         before = world(sim)
         await map_network(channel, sim)
@@ -90,7 +91,7 @@ async def test_failed_step_is_named_and_one_cleanup_restores(
 
 async def test_revert_failure_fails_cleanup_and_a_second_cleanup_finishes(oma: OmaServer, tmp_path: Path) -> None:
     sim = sim_of(oma)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         r = await replicate(channel, tmp_path)
         before = world(sim)
         await map_network(channel, sim)
@@ -120,7 +121,7 @@ async def test_oma_restart_mid_deploy_and_mid_cleanup_resumes(tmp_path: Path) ->
     oma = await start_oma(tmp_path)
     try:
         sim = sim_of(oma)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+        async with oma_channel(oma) as channel:
             r = await replicate(channel, tmp_path)
             before = world(sim)
             await map_network(channel, sim)
@@ -132,7 +133,7 @@ async def test_oma_restart_mid_deploy_and_mid_cleanup_resumes(tmp_path: Path) ->
             await until(lambda: job_pending(sim, "DeployVMCmdByAdmin"), "the simulator's deploy job")
         oma = await restart_oma(oma)
         sim = sim_of(oma)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+        async with oma_channel(oma) as channel:
             done = await wait_job(oma, channel, job.id)
             assert done.status == COMPLETED, done
             deploy = next(s for s in done.steps if s.name == "deploy_vm")
@@ -154,7 +155,7 @@ async def test_oma_restart_mid_deploy_and_mid_cleanup_resumes(tmp_path: Path) ->
             await wait_step(channel, undo.id, "revert_volumes")
             await until(lambda: job_pending(sim, "RevertSnapshotCmd"), "the simulator's revert job")
         oma = await restart_oma(oma)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+        async with oma_channel(oma) as channel:
             undone = await wait_job(oma, channel, undo.id)
             assert undone.status == COMPLETED, undone
             assert world(sim_of(oma)) == before
@@ -168,7 +169,7 @@ async def test_a_cloudstack_outage_inside_a_step_is_waited_out(oma: OmaServer, t
     """Connections to CloudStack drop twice while the test VM is deployed: the step (declared with the engine's
     OUTAGE retry) tries again and the failover completes, with one test VM and the retries in the job log."""
     sim = sim_of(oma)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         r = await replicate(channel, tmp_path)
         await map_network(channel, sim)
         sim.faults.drop_connection("deployVirtualMachine", times=2)

@@ -15,6 +15,7 @@ from oma.v1 import failover_pb2, job_pb2, job_pb2_grpc, replication_pb2, replica
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.db.models import Volume
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.factories import live_exports
 from tests.failover.helpers import (
     LIVE,
@@ -68,7 +69,7 @@ async def test_test_failover_then_cleanup_then_incremental(tmp_path: Path, datab
     )
     sim = sim_of(oma)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+        async with oma_channel(oma) as channel:
             r = await replicate(channel, tmp_path)
             await r.stream.close()
             before = world(sim)
@@ -207,7 +208,7 @@ async def rollback_powering_on(
 
 async def test_live_failover_with_final_sync_then_rollback(oma: OmaServer, tmp_path: Path) -> None:
     sim = sim_of(oma)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         r, before, vm, job = await live_failover_powered_off(channel, sim, tmp_path)
         assert job.target_vm_name == "web-01"
         # the final sync: the appliance copies the changed blocks (new bytes on disk 0) and completes
@@ -257,7 +258,7 @@ async def test_a_final_sync_that_failed_midway_leaves_the_vm_failed_after_rollba
     harness: the job's `replicas_dirty` was only set when the VM context was failed, which a final sync — not the
     VM's active job — never makes it."""
     sim = sim_of(oma)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         r, before, vm, job = await live_failover_powered_off(channel, sim, tmp_path)
         start = (await r.stream.recv_until("command", timeout=20)).command.start_replication
         await r.stream.send(event=stream_pb2.JobEvent(job_id=start.job_id, sequence=1, started=stream_pb2.JobStarted()))

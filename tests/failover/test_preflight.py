@@ -9,6 +9,7 @@ import pytest
 
 from oma.v1 import failover_pb2, failover_pb2_grpc, vm_context_pb2, vm_context_pb2_grpc
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.factories import enroll
 from tests.failover.helpers import LIVE, TEST, failover_stub, inventory, map_network, replicate, sim_of, start_failover
 from vma_client_stubs.errors import error_info_of
@@ -23,7 +24,7 @@ async def check(channel: grpc.aio.Channel, vm_id: str, kind: int = TEST) -> dict
 
 
 async def test_preflight_without_replication_or_mapping_refuses(oma: OmaServer) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
         vm_id = (
             await vm_context_pb2_grpc.VmContextServiceStub(channel).RegisterVmContext(
@@ -63,7 +64,7 @@ async def test_preflight_without_replication_or_mapping_refuses(oma: OmaServer) 
 @pytest.mark.nbd
 async def test_replicated_but_unmapped_network_and_too_small_offering(oma: OmaServer, tmp_path: Path) -> None:
     sim = sim_of(oma)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         r = await replicate(channel, tmp_path)
         checks = await check(channel, r.vm_id)
         assert {n for n, c in checks.items() if not c.passed} == {"networks_mapped"}
@@ -84,7 +85,7 @@ async def test_replicated_but_unmapped_network_and_too_small_offering(oma: OmaSe
 
 async def test_network_mapping_crud_and_validation(oma: OmaServer) -> None:
     sim = sim_of(oma)
-    stub = failover_pb2_grpc.NetworkMappingServiceStub(channel := grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}"))
+    stub = failover_pb2_grpc.NetworkMappingServiceStub(channel := oma_channel(oma))
     try:
         enrolled = await enroll(channel)
         vm_id = (

@@ -10,17 +10,17 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oma_server.ports import free_port
+from tests.clients import process_endpoint, process_serving
 from tests.conftest import VENV_BIN
+from vma_client_stubs.connection import Endpoint, Options, aio_channel
 
 # The server command; OMA_HARNESS_SERVER replaces it (e.g. to run the harness against another checkout).
 OMA_SERVER = shlex.split(os.environ.get("OMA_HARNESS_SERVER", "")) or [str(VENV_BIN / "oma-server")]
@@ -87,17 +87,17 @@ class OmaProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"oma-server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    pass
-                with grpc.insecure_channel(self.address) as channel:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except (OSError, grpc.RpcError):
-                pass
+            if process_serving(self.data_dir, self.address):
+                return
             time.sleep(0.05)
         raise AssertionError(f"oma-server did not become SERVING within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def endpoint(self) -> Endpoint:
+        """The server as a client dials it: TLS verified against the CA of its data dir."""
+        return process_endpoint(self.data_dir, self.address)
+
+    def channel(self, options: Options | None = None) -> grpc.aio.Channel:
+        return aio_channel(self.endpoint(), options)
 
     def log_tail(self, lines: int = 15) -> str:
         """The end of the server's log, for a failure message that explains itself."""

@@ -29,6 +29,7 @@ from oma.v1 import (
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
+from vma_client_stubs.connection import Endpoint, aio_channel
 from vma_client_stubs.errors import error_info_of
 
 R = replication_pb2
@@ -96,7 +97,7 @@ class View:
 
 @dataclass
 class Operator:
-    address: str
+    oma: Endpoint
     vm_id: str
     deadline: float  # time.monotonic() by which the whole run must be done
     job_timeout_s: float = 90.0
@@ -111,7 +112,7 @@ class Operator:
         self.actions.append(f"{time.monotonic() - self._started:.1f}s {what}")
 
     async def __aenter__(self) -> Operator:
-        self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = aio_channel(self.oma, CHANNEL_OPTIONS)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -375,8 +375,8 @@ class Harness:
         self.failures.append(f"seed {self.seed}: {what}")
 
     async def setup(self) -> None:
-        self.watch_channel = grpc.aio.insecure_channel(self.oma.address, options=WATCH_CHANNEL_OPTIONS)
-        async with grpc.aio.insecure_channel(self.oma.address) as channel:
+        self.watch_channel = self.oma.channel(WATCH_CHANNEL_OPTIONS)
+        async with self.oma.channel() as channel:
             enrolled = await appliance_pb2_grpc.ApplianceServiceStub(channel).EnrollAppliance(
                 appliance_pb2.EnrollApplianceRequest(name="vma-harness")
             )
@@ -385,7 +385,7 @@ class Harness:
 
     async def new_lanes(self) -> None:
         """Two fresh VMs (after a failed run the old ones may still have its job active)."""
-        async with grpc.aio.insecure_channel(self.oma.address) as channel:
+        async with self.oma.channel() as channel:
             lanes = []
             for name in ("clean", "faulty"):
                 reply = await vm_context_pb2_grpc.VmContextServiceStub(channel).RegisterVmContext(
@@ -401,7 +401,7 @@ class Harness:
         deadline = time.monotonic() + 60
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.oma.address) as channel:
+                async with self.oma.channel() as channel:
                     api = replication_pb2_grpc.ReplicationServiceStub(channel)
                     job = (
                         await api.StartReplication(
@@ -441,7 +441,7 @@ class Harness:
                 self.fail(f"watcher: {violation}")
 
     async def _play_clean(self, job_id: str, lane: Lane, steps: list[tuple[str, Any]]) -> None:
-        async with grpc.aio.insecure_channel(self.oma.address) as channel:
+        async with self.oma.channel() as channel:
             conn = Connection(channel, self.appliance_id, self.credential)
             await conn.open()
             for seq, (kind, build) in enumerate(steps, start=1):
@@ -473,7 +473,7 @@ class Harness:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id}: the faulty VMA did not finish in {RUN_DEADLINE_S:.0f}s")
             try:
-                async with grpc.aio.insecure_channel(self.oma.address) as channel:
+                async with self.oma.channel() as channel:
                     conn = Connection(channel, self.appliance_id, self.credential)
                     welcome = await conn.open()
                     cursors = {c.job_id: c.last_applied_sequence for c in welcome.open_jobs}
@@ -569,7 +569,7 @@ class Harness:
     async def _view(self, job_id: str) -> replication_pb2.ReplicationJob | None:
         """The job as the OMA's API shows it now (None if the OMA cannot be asked)."""
         try:
-            async with grpc.aio.insecure_channel(self.oma.address) as channel:
+            async with self.oma.channel() as channel:
                 api = replication_pb2_grpc.ReplicationServiceStub(channel)
                 return (await api.GetReplicationJob(replication_pb2.GetReplicationJobRequest(id=job_id), timeout=5)).job
         except grpc.aio.AioRpcError:

@@ -52,6 +52,7 @@ from oma.v1 import (
     vm_context_pb2_grpc,
 )
 from oma_server.failover.state_machine import STEPS, FailoverKind
+from tests.clients import ca_file
 from tests.conftest import VENV_BIN
 from tests.harness import consistency
 from tests.harness.oma_process import OmaProcess
@@ -259,7 +260,7 @@ class Run:
     async def enroll_and_discover(self) -> None:
         assert self.oma is not None and self.cloudstack is not None
         self.vm_name = f"wk-{self.plan.seed}"
-        async with grpc.aio.insecure_channel(self.oma.address) as channel:
+        async with self.oma.channel() as channel:
             appliances = appliance_pb2_grpc.ApplianceServiceStub(channel)
             enrolled = await appliances.EnrollAppliance(appliance_pb2.EnrollApplianceRequest(name="vma-harness"))
             credential = self.root / "vma-credential"
@@ -270,8 +271,9 @@ class Run:
             appliance_id = enrolled.appliance.id
             log = self.root / "vma-agent.log"
             self.agent = AgentProcess(
-                self.oma.address, appliance_id, credential, self.vcenter, self.root / "vma", log, *AGENT_FLAGS
-            )
+                self.oma.address, appliance_id, credential, self.vcenter, self.root / "vma", log, *AGENT_FLAGS,
+                "--ca", str(self.agent_ca()),
+            )  # fmt: skip
             self.agent.start()
             deadline = time.monotonic() + 30
             connected = appliance_pb2.CONNECTION_STATE_CONNECTED
@@ -295,6 +297,14 @@ class Run:
                     )
                 )
             )
+
+    def agent_ca(self) -> Path:
+        """The OMA's CA as the appliance keeps it: a copy on its own host, not a path into the OMA's data dir (a
+        "host crash" of the OMA kills every process whose command line names that dir)."""
+        assert self.oma is not None
+        copy = self.root / "vma-oma-ca.crt"
+        shutil.copyfile(ca_file(self.oma.data_dir), copy)
+        return copy
 
     async def agent_cli(self, command: str, *args: str) -> None:
         """`vma-agent COMMAND --vcenter-dir ... ARGS` (the fake vCenter's own tools)."""
@@ -382,7 +392,7 @@ class Run:
         assert self.oma is not None
         deadline = time.monotonic() + RUN_DEADLINE_S
         await self.enroll_and_discover()
-        async with Operator(self.oma.address, self.vm_id, deadline) as operator:
+        async with Operator(self.oma.endpoint(), self.vm_id, deadline) as operator:
             self.actions = operator.actions
             killer = asyncio.create_task(self.killer(operator))
             try:

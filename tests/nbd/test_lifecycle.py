@@ -12,12 +12,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oma_server.nbd import procs
 from oma_server.ports import free_port
+from tests.clients import process_serving
 from tests.conftest import VENV_BIN
 from tests.nbd.conftest import requires_nbd
 
@@ -51,12 +50,7 @@ class OmaProcess:
             time.sleep(0.02)  # polling the real conditions
 
     def _serving(self) -> bool:
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-            except grpc.RpcError:
-                return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        return process_serving(self.data_dir, f"127.0.0.1:{self.port}")
 
     def _catches_sigterm(self) -> bool:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

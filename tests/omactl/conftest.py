@@ -13,7 +13,9 @@ import grpc
 import pytest
 
 from oma_server.app import App
+from oma_server.security.tokens import read_admin_token
 from oma_server.server import OmaServer
+from tests.clients import ca_file, oma_channel
 from tests.conftest import VENV_BIN, make_settings
 
 _SCRIPT = VENV_BIN / "omactl"
@@ -35,14 +37,30 @@ class Result:
         return self.err.splitlines()
 
 
-def omactl_env(server: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "OMA_SERVER")}
-    env["OMA_SERVER"] = server
+@dataclass(frozen=True)
+class Target:
+    """An OMA as omactl is pointed at it: its address, the CA file its TLS is verified with, an operator token."""
+
+    server: str
+    ca: Path
+    token: str
+
+
+def omactl_env(server: Target | str, **extra: str) -> dict[str, str]:
+    """The environment omactl runs in; a bare address is a plaintext test double (OMA_INSECURE)."""
+    drop = ("COLUMNS", "OMA_SERVER", "OMA_CA", "OMA_INSECURE", "OMA_TOKEN")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    if isinstance(server, Target):
+        env["OMA_SERVER"], env["OMA_CA"], env["OMA_TOKEN"] = server.server, str(server.ca), server.token
+    else:
+        env["OMA_SERVER"], env["OMA_INSECURE"] = server, "1"
     env.update(extra)
     return env
 
 
-async def run_omactl(server: str, *args: str, timeout: float = 20.0, env: dict[str, str] | None = None) -> Result:
+async def run_omactl(
+    server: Target | str, *args: str, timeout: float = 20.0, env: dict[str, str] | None = None
+) -> Result:
     proc = await asyncio.create_subprocess_exec(
         *OMACTL,
         *args,
@@ -56,7 +74,7 @@ async def run_omactl(server: str, *args: str, timeout: float = 20.0, env: dict[s
     return Result(proc.returncode, out.decode(), err.decode())
 
 
-async def spawn_omactl(server: str, *args: str) -> asyncio.subprocess.Process:
+async def spawn_omactl(server: Target | str, *args: str) -> asyncio.subprocess.Process:
     """omactl running in the background (watch), stdout a pipe (so not a TTY)."""
     return await asyncio.create_subprocess_exec(
         *OMACTL,
@@ -88,12 +106,18 @@ async def oma(tmp_path: Path) -> AsyncIterator[OmaServer]:
     await server.stop(grace=0.5)
 
 
+def target_of(server: OmaServer) -> Target:
+    """An in-process OMA as omactl reaches it: its port, its CA, its initial admin token."""
+    data_dir = server.app.settings.data_dir
+    return Target(f"127.0.0.1:{server.port}", ca_file(data_dir), read_admin_token(data_dir))
+
+
 @pytest.fixture
-def address(oma: OmaServer) -> str:
-    return f"127.0.0.1:{oma.port}"
+def address(oma: OmaServer) -> Target:
+    return target_of(oma)
 
 
 @pytest.fixture
 async def channel(oma: OmaServer) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as ch:
+    async with oma_channel(oma) as ch:
         yield ch

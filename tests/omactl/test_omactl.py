@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import grpc
 import pytest
 
 from oma.common.v1 import jobs_pb2
 from oma_server.ports import free_port
+from oma_server.security.ca import CertificateAuthority
 from oma_server.server import OmaServer
 from tests.factories import RawStream, completed, disk_done, enroll, progress, seed_job, started
-from tests.omactl.conftest import assert_one_error_line, run_omactl, spawn_omactl
+from tests.omactl.conftest import Target, assert_one_error_line, run_omactl, spawn_omactl
 from vma.v1 import stream_pb2
 
 
 # ---- appliances ---------------------------------------------------------------------------------------------------
-async def test_appliances_enroll_list_show_revoke(address: str) -> None:
+async def test_appliances_enroll_list_show_revoke(address: Target) -> None:
     enrolled = await run_omactl(address, "appliances", "enroll", "vma-east-1")
     assert enrolled.code == 0, enrolled
     assert "vma-east-1" in enrolled.out and "shown once" in enrolled.out
@@ -49,7 +51,7 @@ async def test_appliances_enroll_list_show_revoke(address: str) -> None:
 
 
 # ---- jobs ---------------------------------------------------------------------------------------------------------
-async def test_jobs_list_show_log_cancel(address: str, oma: OmaServer, channel: grpc.aio.Channel) -> None:
+async def test_jobs_list_show_log_cancel(address: Target, oma: OmaServer, channel: grpc.aio.Channel) -> None:
     app = oma.app
     vma = await enroll(channel)
     job = await seed_job(app, vma.appliance_id)
@@ -102,7 +104,7 @@ async def _read_line_with(stdout: asyncio.StreamReader, text: str, timeout: floa
 
 
 async def test_watch_prints_progress_lines_and_exits_0_on_completed(
-    address: str, oma: OmaServer, channel: grpc.aio.Channel
+    address: Target, oma: OmaServer, channel: grpc.aio.Channel
 ) -> None:
     vma = await enroll(channel)
     job = await seed_job(oma.app, vma.appliance_id)
@@ -133,7 +135,9 @@ async def test_watch_prints_progress_lines_and_exits_0_on_completed(
     assert "completed" in lines[-1] and job.id in lines[-1]
 
 
-async def test_watch_json_lines_and_exit_1_on_failed(address: str, oma: OmaServer, channel: grpc.aio.Channel) -> None:
+async def test_watch_json_lines_and_exit_1_on_failed(
+    address: Target, oma: OmaServer, channel: grpc.aio.Channel
+) -> None:
     vma = await enroll(channel)
     job = await seed_job(oma.app, vma.appliance_id)
     watch = await spawn_omactl(address, "--json", "watch", job.id)
@@ -164,7 +168,7 @@ async def test_watch_json_lines_and_exit_1_on_failed(address: str, oma: OmaServe
 
 
 # ---- errors -------------------------------------------------------------------------------------------------------
-async def test_errors_are_one_line_with_status_and_reason(address: str) -> None:
+async def test_errors_are_one_line_with_status_and_reason(address: Target) -> None:
     not_found, invalid, no_job, unimplemented_or_not_found = await asyncio.gather(
         run_omactl(address, "appliances", "show", "no-such-appliance"),
         run_omactl(address, "appliances", "enroll", "bad name"),
@@ -204,7 +208,7 @@ async def test_usage_errors_exit_2_with_one_line() -> None:
 
 
 # ---- VM contexts and storage --------------------------------------------------------------------------------------
-async def test_vms_volumes_exports(address: str, oma: OmaServer, channel: grpc.aio.Channel) -> None:
+async def test_vms_volumes_exports(address: Target, oma: OmaServer, channel: grpc.aio.Channel) -> None:
     vma = await enroll(channel)
     job = await seed_job(oma.app, vma.appliance_id)
     listed = await run_omactl(address, "vms", "list", "--json")
@@ -230,3 +234,39 @@ async def test_vms_volumes_exports(address: str, oma: OmaServer, channel: grpc.a
             assert isinstance(json.loads(result.out), list)
         else:
             assert_one_error_line(result, "UNIMPLEMENTED")
+
+
+async def test_omactl_verifies_the_oma_against_its_ca(address: Target, tmp_path: Path) -> None:
+    """TLS by default: the OMA's own CA works; another CA, plaintext or an unreadable CA file is one clear line."""
+    assert (await run_omactl(address, "appliances", "list")).code == 0
+    other = CertificateAuthority(tmp_path / "other-ca")
+    wrong = await run_omactl(Target(address.server, other.cert_path, address.token), "appliances", "list")
+    assert_one_error_line(wrong, "UNAVAILABLE: the TLS handshake with the OMA at", "--ca")
+    plaintext = await run_omactl(address.server, "appliances", "list")  # a bare address: OMA_INSECURE
+    assert_one_error_line(plaintext, "UNAVAILABLE")
+    missing = await run_omactl(Target(address.server, tmp_path / "no-such-ca.crt", address.token), "appliances", "list")
+    assert_one_error_line(missing, "cannot read the CA file", code=2)
+
+
+async def test_tokens_create_list_revoke_and_roles(address: Target) -> None:
+    """An admin makes a viewer token with omactl; the viewer reads but cannot enroll (one line, PERMISSION_DENIED);
+    once revoked it is refused (UNAUTHENTICATED); no token at all is refused too."""
+    created = await run_omactl(address, "--json", "tokens", "create", "ci-viewer", "--role", "viewer", "--ttl", "1d")
+    assert created.code == 0, created.err
+    body = json.loads(created.out)
+    secret, token_id = body["secret"], body["token"]["id"]
+    assert secret.startswith(f"oma_{token_id}_") and body["token"]["role"] == "ROLE_VIEWER"
+    viewer = Target(address.server, address.ca, secret)
+    assert (await run_omactl(viewer, "appliances", "list")).code == 0
+    denied = await run_omactl(viewer, "appliances", "enroll", "vma-by-viewer")
+    assert_one_error_line(denied, "PERMISSION_DENIED", "needs the admin role", "(ROLE_TOO_LOW)")
+    listed = await run_omactl(address, "tokens", "list")
+    assert listed.code == 0 and "ci-viewer" in listed.out and "initial-admin" in listed.out
+    assert secret not in listed.out
+    revoked = await run_omactl(address, "tokens", "revoke", token_id)
+    assert revoked.code == 0 and "Revoked API token ci-viewer" in revoked.out
+    after = await run_omactl(viewer, "appliances", "list")
+    assert_one_error_line(after, "UNAUTHENTICATED", "(TOKEN_REVOKED)")
+    nobody = await run_omactl(Target(address.server, address.ca, ""), "appliances", "list")
+    assert_one_error_line(nobody, "UNAUTHENTICATED", "(TOKEN_MISSING)")
+    assert secret not in after.err + denied.err

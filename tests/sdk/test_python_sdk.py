@@ -15,6 +15,7 @@ import pytest
 
 from oma.v1 import job_pb2, replication_pb2, server_info_pb2, server_info_pb2_grpc
 from oma_server.ports import free_port
+from tests.clients import ca_file
 from tests.factories import inventory
 from tests.failover.helpers import replicate
 from tests.stream_client.test_real_oma import Oma
@@ -34,7 +35,7 @@ async def oma(tmp_path: Path) -> AsyncIterator[Oma]:
 
 
 async def test_pagination_follows_page_tokens(oma: Oma) -> None:
-    async with OperatorClient(oma.target) as client:
+    async with OperatorClient(oma.target, tls=oma.tls(), token=oma.token()) as client:
         names = [f"vma-page-{i}" for i in range(5)]
         for name in names:
             await client.enroll_appliance(name)
@@ -42,7 +43,7 @@ async def test_pagination_follows_page_tokens(oma: Oma) -> None:
 
 
 async def test_errors_carry_their_error_info(oma: Oma) -> None:
-    async with OperatorClient(oma.target, retry=FAST_RETRY) as client:
+    async with OperatorClient(oma.target, tls=oma.tls(), token=oma.token(), retry=FAST_RETRY) as client:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await client.get_appliance("no-such-appliance")
     info = error_info(refused.value)
@@ -53,9 +54,9 @@ async def test_errors_carry_their_error_info(oma: Oma) -> None:
 
 
 async def test_watch_resumes_by_itself_across_an_oma_restart(oma: Oma, tmp_path: Path) -> None:
-    async with OperatorClient(oma.target, resume_backoff_s=(0.02, 0.2)) as client:
+    async with OperatorClient(oma.target, tls=oma.tls(), token=oma.token(), resume_backoff_s=(0.02, 0.2)) as client:
         assert oma.server is not None
-        async with grpc.aio.insecure_channel(oma.target) as channel:
+        async with oma.channel() as channel:
             replicated = await replicate(channel, tmp_path, inventory(disk_mib=(2,)))
         updates = client.watch_jobs(include_finished=True)
         kinds = []
@@ -70,7 +71,7 @@ async def test_watch_resumes_by_itself_across_an_oma_restart(oma: Oma, tmp_path:
         await oma.start()
         # A job after the restart reaches the same iterator. A restarted OMA holds no history, so it answers the
         # resume with OUT_OF_RANGE and the SDK re-lists (a new snapshot, then SYNCED); revisions kept growing.
-        async with grpc.aio.insecure_channel(oma.target) as channel:
+        async with oma.channel() as channel:
             again = await replicate(channel, tmp_path, inventory(disk_mib=(2,), name="web-02"))
         async with asyncio.timeout(30):
             async for update in updates:
@@ -168,9 +169,10 @@ async def test_tls_with_the_omas_ca(tmp_path: Path) -> None:
 
 
 async def test_the_example_lists_and_watches(oma: Oma, tmp_path: Path) -> None:
-    async with grpc.aio.insecure_channel(oma.target) as channel:
+    async with oma.channel() as channel:
         replicated = await replicate(channel, tmp_path, inventory(disk_mib=(2,), name="web-example"))
     example = [sys.executable, "-m", "vma_client_stubs.examples.watch_jobs", "--server", oma.target]
+    example += ["--ca", str(ca_file(oma.settings.data_dir)), "--token-file", str(oma.settings.data_dir / "admin.token")]
     result = await asyncio.to_thread(
         subprocess.run, [*example, "--until-synced"], capture_output=True, text=True, timeout=60
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import ca_file
 from tests.conftest import REPO
 from tests.harness.oma_process import OmaProcess
 from tests.tls import make_pki
@@ -41,9 +42,15 @@ def oma(tmp_path: Path) -> Iterator[OmaProcess]:
 
 
 def node(
-    *args: str, address: str, tls_dir: Path | None = None, timeout: float = 180
+    *args: str, address: str, tls_dir: Path | None = None, oma_ca: Path | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMA_ADDRESS": address, "OMA_TEST_TLS_DIR": str(tls_dir or "")}
+    env = {
+        **os.environ,
+        "OMA_ADDRESS": address,
+        "OMA_TEST_TLS_DIR": str(tls_dir or ""),
+        "OMA_CA_FILE": str(oma_ca or ""),
+        "OMA_TOKEN_FILE": str(oma_ca.parent.parent / "admin.token" if oma_ca else ""),
+    }
     return subprocess.run(["node", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=SDK)
 
 
@@ -56,7 +63,8 @@ def test_typescript_sdk_against_a_real_oma(built: Path, oma: OmaProcess, tmp_pat
     files = sorted(str(p) for p in (built / "test").glob("*.test.js"))
     assert len(files) >= 2
     pki = make_pki(tmp_path / "pki")
-    result = node("--test", "--test-reporter=tap", *files, address=oma.address, tls_dir=pki.ca.parent)
+    oma_ca = ca_file(oma.data_dir)
+    result = node("--test", "--test-reporter=tap", *files, address=oma.address, tls_dir=pki.ca.parent, oma_ca=oma_ca)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"node --test failed:\n{output[-6000:]}"
     passed = int(re.search(r"^# pass (\d+)$", result.stdout, re.M).group(1))  # type: ignore[union-attr]
@@ -64,7 +72,10 @@ def test_typescript_sdk_against_a_real_oma(built: Path, oma: OmaProcess, tmp_pat
     assert (passed, failed) == (declared_tests(), 0), output[-3000:]
 
     # The runnable example, against the same OMA: what the tests left is listed and watched to SYNCED.
-    example = node(str(built / "examples" / "watch-jobs.js"), "--server", oma.address, "--until-synced", address="")
+    example = node(
+        str(built / "examples" / "watch-jobs.js"), "--server", oma.address, "--ca", str(oma_ca),
+        "--token-file", str(oma.data_dir / "admin.token"), "--until-synced", address="",
+    )  # fmt: skip
     assert example.returncode == 0, example.stderr
     assert re.search(r"^job \S+  completed  100\.0 %", example.stdout, re.M), example.stdout
     assert "-- synced at revision" in example.stdout

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from oma.common.v1 import jobs_pb2
@@ -14,11 +15,13 @@ from oma.v1 import replication_pb2
 from oma_server.app import App
 from oma_server.db.models import ChangeIdRecord
 from oma_server.ports import free_port
+from oma_server.security.tokens import read_admin_token
 from oma_server.server import OmaServer
+from tests.clients import ca_file, process_channel, process_endpoint
 from tests.conftest import make_settings
 from tests.factories import seed_job
 from vma.v1 import stream_pb2
-from vma_client_stubs.operator_client import Enrollment, OperatorClient
+from vma_client_stubs.operator_client import Enrollment, OperatorClient, TlsConfig
 from vma_client_stubs.stream_client import AuthenticationError, StreamClient
 
 COMPLETED = replication_pb2.REPLICATION_JOB_STATUS_COMPLETED
@@ -35,6 +38,21 @@ class Oma:
     @property
     def target(self) -> str:
         return self.settings.listen
+
+    def tls(self) -> TlsConfig:
+        """What an SDK user gives the OperatorClient: the OMA's CA."""
+        return TlsConfig(ca=ca_file(self.settings.data_dir).read_bytes())
+
+    def token(self) -> str:
+        """The initial admin token this OMA's first start wrote."""
+        return read_admin_token(self.settings.data_dir)
+
+    def channel(self) -> grpc.aio.Channel:
+        return process_channel(self.settings.data_dir, self.target)
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS verified against the server's CA (the same across restarts: it lives in the data dir)."""
+        return process_endpoint(self.settings.data_dir, self.target).credentials()
 
     @property
     def app(self) -> App:
@@ -61,7 +79,7 @@ async def oma(tmp_path: Path) -> AsyncIterator[Oma]:
 
 @pytest.fixture
 async def operator(oma: Oma) -> AsyncIterator[OperatorClient]:
-    async with OperatorClient(oma.target) as client:
+    async with OperatorClient(oma.target, tls=oma.tls(), token=oma.token()) as client:
         yield client
 
 
@@ -143,6 +161,7 @@ def stream_client(oma: Oma, enrollment: Enrollment, **kwargs: Any) -> StreamClie
     kwargs.setdefault("initial_backoff_s", 0.02)
     kwargs.setdefault("max_backoff_s", 0.1)
     kwargs.setdefault("fsync", False)
+    kwargs.setdefault("channel_credentials", oma.credentials())
     return StreamClient(oma.target, enrollment.appliance_id, enrollment.credential, agent_version="mini-1", **kwargs)
 
 

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.failover.helpers import start_oma
 
 
@@ -80,7 +81,7 @@ class EventStream:
 async def web(tmp_path: Path) -> AsyncIterator[Web]:
     server = await start_oma(tmp_path, http_listen="127.0.0.1:0")
     async with (
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        oma_channel(server) as channel,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
     ):
         yield Web(server, channel, session)

@@ -21,6 +21,7 @@ from oma.common.v1 import jobs_pb2
 from oma.v1 import failover_pb2, replication_pb2, replication_pb2_grpc, vm_context_pb2, vm_context_pb2_grpc
 from oma_server.app import App
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.conftest import REPO
 from tests.factories import RawStream, enroll, inventory
 from tests.failover.helpers import TEST, failover_stub, map_network, sim_of, start_oma
@@ -133,7 +134,7 @@ def job_card(page: Page, job_id: str) -> Locator:
 async def test_dashboard_follows_a_replication_a_failover_and_an_error(page: Page, tmp_path: Path) -> None:
     server: OmaServer = await start_oma(tmp_path, http_listen="127.0.0.1:0")
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        async with oma_channel(server) as channel:
             assert server.http is not None
             base = f"http://127.0.0.1:{server.http.port}"
             enrolled = await enroll(channel, "vma-dashboard")
@@ -233,7 +234,7 @@ async def test_dashboard_follows_a_replication_a_failover_and_an_error(page: Pag
         await server.start()
         await expect(page.locator("#live")).to_have_attribute("data-live", "live", timeout=WAIT_MS)
         await expect(page.locator("#problem")).to_be_hidden()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        async with oma_channel(server) as channel:
             retried = await replication_pb2_grpc.ReplicationServiceStub(channel).RetryReplicationJob(
                 replication_pb2.RetryReplicationJobRequest(id=failing.job_id)
             )

@@ -61,6 +61,7 @@ from vma_client_stubs.agent.vcenter import (
     VCenterError,
     VmNotFound,
 )
+from vma_client_stubs.connection import Endpoint
 from vma_client_stubs.stream_client import StreamClient
 
 CAPABILITIES = ("resume-from-extent", "cbt-incremental", "zero-skip")
@@ -160,7 +161,7 @@ class Agent:
     def __init__(
         self,
         *,
-        oma: str,
+        oma: Endpoint,
         appliance_id: str,
         credential: str,
         vcenter: FakeVCenter,
@@ -181,7 +182,7 @@ class Agent:
         self.store = JobStore(self.state_dir, fsync=fsync)
         self.log = logger.bind(appliance_id=appliance_id)
         self.client = StreamClient(
-            oma,
+            oma.target,
             appliance_id,
             credential,
             agent_version=self.version,
@@ -192,6 +193,7 @@ class Agent:
             on_welcome=self._on_welcome,
             on_stream_error=self._on_stream_error,
             fsync=fsync,
+            channel_credentials=oma.credentials(),
             **(client_options or {}),
         )
         self.client.on_command("start_replication", self._on_start)

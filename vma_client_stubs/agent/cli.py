@@ -24,6 +24,7 @@ from loguru import logger
 
 from vma_client_stubs.agent.agent import Agent, CopyOptions, agent_version
 from vma_client_stubs.agent.vcenter import FakeVCenter, VCenterError
+from vma_client_stubs.connection import ConnectionSettingsError, Endpoint
 
 MIB = 1 << 20
 LOG_FORMAT = (
@@ -65,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="dial the OMA and obey its commands")
     run.add_argument("--oma", required=True, type=_host_port, help="OMA gateway address HOST:PORT")
+    run.add_argument(
+        "--ca",
+        type=Path,
+        default=Path(os.environ["VMA_OMA_CA"]) if os.environ.get("VMA_OMA_CA") else None,
+        help="the OMA's CA certificate to verify its TLS port against (or VMA_OMA_CA; default: system roots)",
+    )
+    run.add_argument("--insecure", action="store_true", help="plaintext, for an OMA started with --insecure")
     run.add_argument("--appliance-id", required=True)
     run.add_argument("--credential-file", type=Path, help="file holding the enrollment secret (or VMA_CREDENTIAL)")
     run.add_argument("--vcenter-dir", required=True, type=Path)
@@ -124,14 +132,14 @@ def _credential(args: argparse.Namespace) -> str:
     return secret
 
 
-async def _run(args: argparse.Namespace, credential: str) -> int:
+async def _run(args: argparse.Namespace, credential: str, oma: Endpoint) -> int:
     from vma_client_stubs.agent.service import AgentService
     from vma_client_stubs.stream_client import AuthenticationError
 
     chunk = int(args.chunk_mib * MIB)
     chunk -= chunk % 4096
     agent = Agent(
-        oma=args.oma,
+        oma=oma,
         appliance_id=args.appliance_id,
         credential=credential,
         vcenter=FakeVCenter(args.vcenter_dir),
@@ -155,7 +163,12 @@ async def _run(args: argparse.Namespace, credential: str) -> int:
     port = await service.start()
     host = args.listen.rpartition(":")[0]
     logger.bind(appliance_id=args.appliance_id).info(
-        "vma-agent {v} dialing {oma}; local API on {host}:{port}", v=agent.version, oma=args.oma, host=host, port=port
+        "vma-agent {v} dialing {oma} ({transport}); local API on {host}:{port}",
+        v=agent.version,
+        oma=args.oma,
+        transport="PLAINTEXT, --insecure" if oma.insecure else "TLS",
+        host=host,
+        port=port,
     )
     print(f"listening {host}:{port}", flush=True)
     closed = asyncio.ensure_future(agent.client.wait_closed())
@@ -206,13 +219,17 @@ def main(argv: list[str] | None = None) -> int:
                 if not 1 <= value <= top:
                     raise UsageError(f"{flag} must be between 1 and {top}")
             credential = _credential(args)
+            try:
+                oma = Endpoint.from_ca_file(args.oma, args.ca, insecure=args.insecure)
+            except ConnectionSettingsError as exc:
+                raise UsageError(str(exc)) from exc
     except UsageError as exc:
         print(f"vma-agent: error: {exc}", file=sys.stderr)
         return 2
     try:
         if args.command == "run":
             configure_logging(args.log_json, args.log_level.upper())
-            return asyncio.run(_run(args, credential))
+            return asyncio.run(_run(args, credential, oma))
         vcenter = FakeVCenter(args.vcenter_dir)
         if args.command == "create-vm":
             if any(m <= 0 for m in args.disk_mib):

@@ -63,7 +63,7 @@ class VmaAgentServicer(agent_service_pb2_grpc.VmaAgentServiceServicer):
         client = agent.client
         reply = agent_service_pb2.GetAgentStatusResponse(
             appliance_id=agent.appliance_id,
-            oma_address=agent.oma,
+            oma_address=agent.oma.target,
             connected=client.connected,
             session_id=client.session_id,
             unacked_messages=client.unacked_count(),

@@ -8,7 +8,7 @@ import { test } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ConnectionState, ApplianceStatus } from "../oma/v1/appliance_pb.js";
 import { connectOma, describeError, errorInfo, OMA_ERROR_DOMAIN } from "../sdk/index.js";
-import { address, clients, runTag, tlsDir } from "./env.js";
+import { clients, runTag, tlsDir } from "./env.js";
 
 const oma = clients();
 
@@ -86,7 +86,7 @@ test("UNAVAILABLE is retried with backoff, then reported", { timeout: 90_000 }, 
   assert.deepEqual(retries, [1, 2], "three attempts: two retries");
   // The real OMA answers a refused call once: only UNAVAILABLE is retried.
   const counted: number[] = [];
-  const real = connectOma({ address, retry: { onRetry: (attempt) => counted.push(attempt) } });
+  const real = clients({ retry: { onRetry: (attempt) => counted.push(attempt) } });
   await assert.rejects(real.appliances.getAppliance({ id: "no-such-appliance" }));
   assert.deepEqual(counted, []);
 });

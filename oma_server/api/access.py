@@ -1,0 +1,188 @@
+"""Who may call what: the one interceptor that authenticates operators and checks every RPC against one table of
+method → access (deny by default).
+
+Operators send an API token (`authorization: Bearer oma_...`); its role must reach the method's: `viewer` reads
+and watches, `operator` runs replication, failover and network maps, `admin` manages appliances and tokens. Health
+and reflection need nothing (load balancers, `grpcurl list`). An appliance's stream proves itself in its first
+message (the hello credential, checked by the gateway), so it needs no token. A served method missing from
+`METHOD_ACCESS` is refused for everyone, and `tests/test_access.py` fails for it. Refusals are UNAUTHENTICATED (no,
+a malformed, an unknown, a revoked or an expired token) or PERMISSION_DENIED (a role too low), each with ErrorInfo;
+no message ever carries the token.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from enum import Enum
+from typing import Any
+
+import grpc
+
+from oma_server.api.status import fail, rewrapped
+from oma_server.errors import PermissionDenied, Unauthenticated
+from oma_server.security.tokens import Operator, Role, TokenService
+
+
+class Access(Enum):
+    PUBLIC = "public"  # no credential: health and reflection
+    APPLIANCE = "appliance"  # the appliance stream: its hello credential, checked by the gateway
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+_ROLES = {Access.VIEWER: Role.VIEWER, Access.OPERATOR: Role.OPERATOR, Access.ADMIN: Role.ADMIN}
+
+PUBLIC_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
+
+
+def _all(access: Access, *methods: str) -> dict[str, Access]:
+    return dict.fromkeys(methods, access)
+
+
+# Every RPC the OMA serves, and who may call it. The one table: a method without an entry is refused.
+METHOD_ACCESS: dict[str, Access] = {
+    **_all(
+        Access.VIEWER,
+        "/oma.v1.ServerInfoService/GetServerInfo",
+        "/oma.v1.CloudService/ListZones",
+        "/oma.v1.CloudService/ListNetworks",
+        "/oma.v1.CloudService/ListServiceOfferings",
+        "/oma.v1.CloudService/ListDiskOfferings",
+        "/oma.v1.CloudService/ListTemplates",
+        "/oma.v1.JobService/GetJob",
+        "/oma.v1.JobService/ListJobs",
+        "/oma.v1.ApplianceService/GetAppliance",
+        "/oma.v1.ApplianceService/ListAppliances",
+        "/oma.v1.VmContextService/GetVmContext",
+        "/oma.v1.VmContextService/ListVmContexts",
+        "/oma.v1.ReplicationService/GetReplicationJob",
+        "/oma.v1.ReplicationService/ListReplicationJobs",
+        "/oma.v1.JobService/WatchJob",
+        "/oma.v1.JobService/WatchJobs",
+        "/oma.v1.JobService/ListJobLogEntries",
+        "/oma.v1.VolumeService/GetVolume",
+        "/oma.v1.VolumeService/ListVolumes",
+        "/oma.v1.NbdExportService/GetNbdExport",
+        "/oma.v1.NbdExportService/ListNbdExports",
+        "/oma.v1.FailoverService/CheckFailoverReadiness",
+        "/oma.v1.FailoverService/GetFailoverJob",
+        "/oma.v1.FailoverService/ListFailoverJobs",
+        "/oma.v1.NetworkMappingService/ListNetworkMappings",
+    ),
+    **_all(
+        Access.OPERATOR,
+        "/oma.v1.VmContextService/RegisterVmContext",
+        "/oma.v1.VmContextService/DiscoverVms",
+        "/oma.v1.VmContextService/PowerOnSourceVm",
+        "/oma.v1.VmContextService/PowerOffSourceVm",
+        "/oma.v1.JobService/CancelJob",
+        "/oma.v1.ReplicationService/StartReplication",
+        "/oma.v1.ReplicationService/CancelReplicationJob",
+        "/oma.v1.ReplicationService/RetryReplicationJob",
+        "/oma.v1.FailoverService/StartFailover",
+        "/oma.v1.FailoverService/CleanupFailover",
+        "/oma.v1.FailoverService/RollbackFailover",
+        "/oma.v1.NetworkMappingService/CreateNetworkMapping",
+        "/oma.v1.NetworkMappingService/UpdateNetworkMapping",
+        "/oma.v1.NetworkMappingService/DeleteNetworkMapping",
+    ),
+    **_all(
+        Access.ADMIN,
+        "/oma.v1.ApplianceService/EnrollAppliance",
+        "/oma.v1.ApplianceService/RevokeAppliance",
+        "/oma.v1.AccessService/CreateApiToken",
+        "/oma.v1.AccessService/ListApiTokens",
+        "/oma.v1.AccessService/RevokeApiToken",
+    ),
+    "/oma.v1.VmaGatewayService/Connect": Access.APPLIANCE,
+}
+
+
+def access_of(method: str) -> Access | None:
+    """Who may call `method` (`/package.Service/Method`); None: nobody (it has no entry)."""
+    if method.strip("/").split("/", 1)[0] in PUBLIC_SERVICES:
+        return Access.PUBLIC
+    return METHOD_ACCESS.get(method)
+
+
+def _bearer(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            scheme, _, token = text.strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Outermost interceptor: a refused call reaches neither the request checks nor its handler."""
+
+    def __init__(self, tokens: TokenService) -> None:
+        self.tokens = tokens
+
+    async def authorize(self, method: str, access: Access | None, context: grpc.aio.ServicerContext) -> Operator:
+        """The operator the call's token names, if its role reaches `access`; raises otherwise."""
+        if access is None:
+            raise PermissionDenied(
+                f"{method} has no access rule in this OMA, so nobody may call it", reason="METHOD_NOT_ALLOWED"
+            )
+        token = _bearer(context)
+        if not token:
+            raise Unauthenticated(
+                f"{method} needs an API token: send 'authorization: Bearer <token>' (omactl --token or OMA_TOKEN; "
+                "the first admin token is in the OMA's <data dir>/admin.token)",
+                reason="TOKEN_MISSING",
+            )
+        operator = await self.tokens.authenticate(token)
+        needed = _ROLES[access]
+        if operator.role < needed:
+            raise PermissionDenied(
+                f"{method} needs the {needed.label} role; token {operator.name} ({operator.token_id}) has "
+                f"{operator.role.label}: ask an admin for a token with that role",
+                reason="ROLE_TOO_LOW",
+                required_role=needed.label,
+                role=operator.role.label,
+                token_id=operator.token_id,
+            )
+        return operator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        access = access_of(method)
+        if handler is None or access in (Access.PUBLIC, Access.APPLIANCE):
+            return handler
+
+        def rewrap(behavior: Callable[..., Any], request_streaming: bool, response_streaming: bool) -> Any:
+            if inspect.isasyncgenfunction(behavior):
+                return self._wrap_stream(behavior, method, access)
+            return self._wrap_unary(behavior, method, access)
+
+        return rewrapped(handler, rewrap)
+
+    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str, access: Access | None) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                await self.authorize(method, access, context)
+            except Exception as exc:  # a refusal, or a database that failed to answer: never the handler
+                await fail(context, exc, method)
+            return await behavior(request, context)
+
+        return wrapper
+
+    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str, access: Access | None) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                await self.authorize(method, access, context)
+            except Exception as exc:
+                await fail(context, exc, method)
+            async for response in behavior(request, context):
+                yield response
+
+        return wrapper

@@ -1,0 +1,64 @@
+"""What the OMA's gRPC port presents, from the settings: a certificate of its own CA (made at first start), or the
+certificate and key an operator brings (`--tls-cert`, `--tls-key`). No grpc here: `server.py` turns this into
+grpc server credentials."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from oma_server.errors import InvalidArgument
+from oma_server.security.ca import CertificateAuthority, ServerCredentials, alt_names, fingerprint, server_names
+from oma_server.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The gRPC port's key and chain, and what a client verifies it against."""
+
+    credentials: ServerCredentials
+    #: the CA at the root of the chain, as a client should be given it (None: an operator's certificate whose
+    #: chain file does not carry its root; clients use the operator's CA file)
+    ca_pem: bytes | None
+    #: where that CA is on disk, to tell operators (`grpcurl -cacert`, `omactl --ca`)
+    ca_path: Path | None
+    names: list[str]
+
+    @property
+    def ca_fingerprint(self) -> str:
+        return fingerprint(x509.load_pem_x509_certificate(self.ca_pem)) if self.ca_pem else ""
+
+    @classmethod
+    def load(cls, settings: Settings) -> ServerTls:
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            return _operator_brought(settings.tls_cert, settings.tls_key)
+        ca = CertificateAuthority(settings.tls_dir)
+        names = server_names(settings.listen, settings.advertise_addresses)
+        return cls(ca.server_credentials("server", names), ca.pem, ca.cert_path, names)
+
+
+def _operator_brought(cert_path: Path, key_path: Path) -> ServerTls:
+    try:
+        chain_pem = cert_path.read_bytes()
+        chain = x509.load_pem_x509_certificates(chain_pem)
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"--tls-cert {cert_path} holds no PEM certificate ({exc})") from exc
+    try:
+        key_bytes = key_path.read_bytes()
+        key = serialization.load_pem_private_key(key_bytes, password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise InvalidArgument(f"--tls-key {key_path} holds no unencrypted PEM private key ({exc})") from exc
+    if key.public_key() != chain[0].public_key():
+        raise InvalidArgument(f"--tls-key {key_path} is not the key of the first certificate in {cert_path}")
+    root = chain[-1]
+    self_signed = len(chain) > 1 and root.issuer == root.subject
+    names = alt_names(chain[0])
+    return ServerTls(
+        ServerCredentials(key_bytes, chain_pem),
+        root.public_bytes(serialization.Encoding.PEM) if self_signed else None,
+        None,
+        names,
+    )
