@@ -4,7 +4,8 @@ A sync leaves a pending map (maps.record_sync, in the transaction of the disk's 
 replicas leave the OMA VM, `verify_job` reads back exactly the blocks that sync covered — every block after a full
 copy, the blocks of the changed extents after an incremental — takes the other blocks' hashes from the disk's
 previous verified map, and records the map, its digest and the time. Without a previous map (or without the
-extents, from an appliance that does not report them) it reads the whole disk, and says why in the job log.
+extents, from an appliance that does not report them) it reads the whole disk, and says why in the job log. Each
+read-back is one `verify` step of the job log (started and finished, so its duration is there too).
 """
 
 from __future__ import annotations
@@ -18,14 +19,7 @@ from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import BlockMap, Disk
 from oma_server.integrity import maps
-from oma_server.integrity.blocks import (
-    HASH_SIZE,
-    all_blocks,
-    block_count,
-    blocks_of,
-    count_of,
-    disk_digest,
-)
+from oma_server.integrity.blocks import HASH_SIZE, all_blocks, block_count, blocks_of, count_of, disk_digest
 from oma_server.integrity.reader import ReplicaReader
 from oma_server.joblog import JobLogService
 
@@ -41,7 +35,7 @@ class ReplicaVerifier:
 
     async def verify_job(self, job_id: str) -> int:
         """Read back every disk the job synced whose map is pending; returns how many were verified. A disk whose
-        replica cannot be read is left pending, with the reason in the job log."""
+        replica cannot be read is left pending, its job-log step failed with the reason."""
         pending = await self.db.run(maps.pending_of_job, job_id)
         results = await asyncio.gather(
             *(self._verify(job_id, row, path) for row, path in pending), return_exceptions=True
@@ -50,16 +44,11 @@ class ReplicaVerifier:
             if isinstance(result, BaseException):
                 log = logger.bind(job_id=job_id, disk_id=row.disk_id)
                 log.opt(exception=result).warning("replica not verified: {e}", e=result)
-                await self.joblog.note(
-                    job_id, "verify", f"disk {row.disk_id}: replica not verified ({result}); verify it again", "failed"
-                )
         return sum(1 for r in results if r is True)
 
     async def _verify(self, job_id: str, row: BlockMap, path: str) -> bool:
         log = logger.bind(job_id=job_id, disk_id=row.disk_id)
         disk = await self.db.run(Disk.get_by_id, row.disk_id)
-        if not path:
-            raise FileNotFoundError("its replica is not attached to the OMA VM")
         previous = await self.db.run(maps.previous_verified, row)
         total = block_count(row.capacity_bytes)
         why = ""
@@ -69,23 +58,33 @@ class ReplicaVerifier:
             ranges, why = all_blocks(row.capacity_bytes), "no earlier verified map of this disk"
         else:
             ranges = blocks_of([(o, n) for o, n in row.extents], row.capacity_bytes)
-        started = time.monotonic()
-        read = await asyncio.to_thread(ReplicaReader(path, row.capacity_bytes, workers=self.workers).hashes, ranges)
-        seconds = time.monotonic() - started
-        kept = previous.hashes if previous is not None and count_of(ranges) < total else None
-        hashes = bytearray(kept) if kept is not None else bytearray(total * HASH_SIZE)
-        for index, value in read.items():
-            hashes[index * HASH_SIZE : (index + 1) * HASH_SIZE] = value
-        digest = disk_digest(bytes(hashes))
-        await self.db.tx(maps.save_verified, row.id, bytes(hashes), digest, len(read), self.clock.now())
+        whole = f" (whole disk: {why})" if why else ""
+        what = f"disk {disk.key}: replica at change id {row.change_id}"
+        entry = await self.joblog.begin(
+            job_id, "verify", f"{what}: reading back {count_of(ranges)} of {total} block(s){whole}"
+        )
+        try:
+            if not path:
+                raise FileNotFoundError("the replica is not attached to the OMA VM")
+            started = time.monotonic()
+            reader = ReplicaReader(path, row.capacity_bytes, workers=self.workers)
+            read = await asyncio.to_thread(reader.hashes, ranges)
+            seconds = time.monotonic() - started
+            kept = previous.hashes if previous is not None and count_of(ranges) < total else None
+            hashes = bytearray(kept) if kept is not None else bytearray(total * HASH_SIZE)
+            for index, value in read.items():
+                hashes[index * HASH_SIZE : (index + 1) * HASH_SIZE] = value
+            digest = disk_digest(bytes(hashes))
+            await self.db.tx(maps.save_verified, row.id, bytes(hashes), digest, len(read), self.clock.now())
+        except BaseException as exc:
+            await self.joblog.end(entry, "failed", f"{what}: not verified ({exc}); verify it again")
+            raise
         nbytes = sum(min(n * row.block_size, row.capacity_bytes - f * row.block_size) for f, n in ranges)
         rate = nbytes / MIB / seconds if seconds > 0 else 0.0
-        whole = f" (whole disk: {why})" if why else ""
         message = (
-            f"disk {disk.key}: replica verified at change id {row.change_id}: digest {row.algorithm}:{digest}; "
-            f"read back {len(read)} of {total} block(s) of {row.block_size // MIB} MiB{whole}, "
-            f"{nbytes / MIB:.1f} MiB in {seconds:.2f} s ({rate:.0f} MiB/s)"
+            f"{what} verified: digest {row.algorithm}:{digest}; read back {len(read)} of {total} block(s) of "
+            f"{row.block_size // MIB} MiB{whole}, {nbytes / MIB:.1f} MiB in {seconds:.2f} s ({rate:.0f} MiB/s)"
         )
         log.info(message)
-        await self.joblog.note(job_id, "verify", message)
+        await self.joblog.end(entry, "completed", message)
         return True

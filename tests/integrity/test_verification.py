@@ -48,7 +48,10 @@ async def verify_notes(channel: grpc.aio.Channel, job_id: str) -> list[str]:
             job_pb2.ListJobLogEntriesRequest(job_id=job_id, page_size=1000)
         )
     ).entries
-    return [e.message for e in entries if e.step == "verify"]
+    steps = [e for e in entries if e.step == "verify"]
+    # each read-back is a step: started, finished, completed
+    assert all(e.status == job_pb2.JOB_LOG_STATUS_COMPLETED and e.HasField("finished_at") for e in steps), steps
+    return [e.message for e in steps]
 
 
 def poke(path: Path, offset: int, data: bytes) -> None:
