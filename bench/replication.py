@@ -16,6 +16,11 @@ copy options) whose "vCenter" is a directory of raw images (`vma-agent create-vm
 3. **incremental** after `vma-agent guest-write --percent P`: `incremental_ratio` = its job time / full_s.
 4. **parallel disks**: a full copy of the four-disk VM; `parallel_disks_speedup` = full_s (one disk of the total
    size) / full_s (four disks).
+5. **verification** (issue 15): after each job the OMA reads its replicas back (oma_server/integrity) before they
+   leave the OMA VM, as `verify` steps of the job log; the bench waits for them. `verify_full_s` /
+   `verify_incremental_s` = first start to last finish of those steps; `verify_mib_s` = capacity / verify_full_s;
+   `verify_overhead_full` = verify_full_s / full_s and `verify_overhead_incremental` = verify_incremental_s /
+   incremental_s: the time verification adds over the same job without it (the sync itself does not wait for it).
 
 The page cache is dropped before every copy and read when the machine allows it (`caches_dropped` says whether it
 did). Every replica is compared with its source byte for byte after every copy (the nbdcopy peer's too); a mismatch
@@ -66,6 +71,9 @@ TARGETS = {
     "parallel_disks_speedup": (">=", 1.5),
     "incremental_ratio": ("<=", 0.1),
     "start_to_first_byte_ms": ("<", 500.0),
+    "verify_mib_s": (">=", 1e9 / (1 << 20)),  # 1 GB/s
+    "verify_overhead_full": ("<=", 0.15),
+    "verify_overhead_incremental": ("<=", 0.10),
 }
 MIB = 1 << 20
 COPIED = re.compile(r"disk (\S+) copied \((full|incremental)\): (\d+) bytes in ([\d.]+) s")
@@ -129,6 +137,23 @@ class Bench(Demo):
             raise DemoFailed(f"replication ended {name}: {job.error.reason} {job.error.message}")
         return job, (first_byte[0] - returned) * 1000 if first_byte else None
 
+    def verification_seconds(self, job_id: str, disks: int) -> float:
+        """Waits for the OMA's read-back of the job's replicas (its `verify` job-log steps, which run after the job
+        completed and before its replicas leave the OMA VM); returns their span, first start to last finish."""
+        deadline = time.monotonic() + 600
+        while True:
+            entries = self.watch.ListJobLogEntries(job_pb2.ListJobLogEntriesRequest(job_id=job_id, page_size=1000))
+            steps = [e for e in entries.entries if e.step == "verify"]
+            if len(steps) >= disks and all(e.status != job_pb2.JOB_LOG_STATUS_RUNNING for e in steps):
+                break
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"the replicas of job {job_id} were not verified in time")
+            time.sleep(0.05)
+        failed = [e.message for e in steps if e.status != job_pb2.JOB_LOG_STATUS_COMPLETED]
+        if failed:
+            raise DemoFailed(f"verification of job {job_id} failed: {failed[0]}")
+        return max(_ts(e.finished_at) for e in steps) - min(_ts(e.started_at) for e in steps)
+
     def check_replicas(self, vm: vm_context_pb2.VmContext, what: str) -> None:
         sources = self.source_disks(vm)
         replicas = self.replicas_in_cloudstack(vm.id)  # replicas leave the OMA VM when their job ends
@@ -183,6 +208,7 @@ def one_run(bench: Bench, appliance_id: str, vm_id: str, index: int, args: argpa
     print(f"  run {index + 1}: full copy of {vm1.name} ({args.size_mib} MiB)", flush=True)
     dropped &= drop_caches()
     full, first_byte = bench.timed_replication(vm1.id, replication_pb2.REPLICATION_JOB_KIND_INITIAL)
+    out["verify_full_s"] = bench.verification_seconds(full.id, len(vm1.disks))
     bench.check_replicas(vm1, "full copy")
     out["full_s"] = job_seconds(full)
     out["copy_s"] = copy_seconds(bench.root / "vma-agent.log", disk.id, "full")
@@ -202,6 +228,9 @@ def one_run(bench: Bench, appliance_id: str, vm_id: str, index: int, args: argpa
         "--percent", f"{args.changed_percent:g}", "--seed", str(7 + index))  # fmt: skip
     dropped &= drop_caches()
     incr, incr_first_byte = bench.timed_replication(vm1.id, replication_pb2.REPLICATION_JOB_KIND_INCREMENTAL)
+    out["verify_incremental_s"] = bench.verification_seconds(incr.id, len(vm1.disks))
+    checked = bench.get_vm(vm1.id).disks[0].verification
+    out["verify_incremental_blocks_share"] = checked.blocks_read / max(1, checked.block_count)
     bench.check_replicas(vm1, "incremental")
     out["incremental_s"] = job_seconds(incr)
     out["incremental_bytes_done"] = incr.bytes_done
@@ -211,6 +240,7 @@ def one_run(bench: Bench, appliance_id: str, vm_id: str, index: int, args: argpa
     print(f"  run {index + 1}: full copy of {vm4.name} (4 x {quarter} MiB)", flush=True)
     dropped &= drop_caches()
     four, _ = bench.timed_replication(vm4.id, replication_pb2.REPLICATION_JOB_KIND_INITIAL)
+    bench.verification_seconds(four.id, len(vm4.disks))
     bench.check_replicas(vm4, "four-disk full copy")
     out["four_disks_s"] = job_seconds(four)
     out["four_disks_bytes_done"] = four.bytes_done
@@ -225,6 +255,11 @@ def one_run(bench: Bench, appliance_id: str, vm_id: str, index: int, args: argpa
     out["raw_read_mib_s"] = capacity / MIB / out["raw_read_s"]
     out["incremental_ratio"] = out["incremental_s"] / out["full_s"]
     out["parallel_disks_speedup"] = out["full_s"] / out["four_disks_s"]
+    # The sync without verification is the job itself (finished_at - started_at); the read-back runs after it.
+    out["verify_mib_s"] = capacity / MIB / out["verify_full_s"]
+    out["verify_to_raw_read"] = out["verify_mib_s"] / out["raw_read_mib_s"]
+    out["verify_overhead_full"] = out["verify_full_s"] / out["full_s"]
+    out["verify_overhead_incremental"] = out["verify_incremental_s"] / out["incremental_s"]
     out["caches_dropped"] = dropped
     return out
 
@@ -312,6 +347,13 @@ def report(out: dict[str, Any]) -> None:
         ("incremental_ratio (incr / full job)", g("incremental_ratio")),
         ("four disks of a quarter each (job)", g("four_disks_s", " s")),
         ("parallel_disks_speedup", g("parallel_disks_speedup")),
+        (
+            "OMA read-back after the full / incremental",
+            f"{g('verify_full_s', ' s')} / {g('verify_incremental_s', ' s')}",
+        ),
+        ("verify_mib_s (capacity read back / s); to the raw read", f"{g('verify_mib_s')}; {g('verify_to_raw_read')}"),
+        ("blocks the incremental's read-back read (share)", g("verify_incremental_blocks_share")),
+        ("verify_overhead_full; _incremental", f"{g('verify_overhead_full')}; {g('verify_overhead_incremental')}"),
         (
             "start_to_first_byte_ms (full / incr)",
             f"{g('start_to_first_byte_ms')} / {g('incremental_start_to_first_byte_ms')}",

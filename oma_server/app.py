@@ -29,6 +29,7 @@ from oma_server.failover.readiness import ReadinessChecker
 from oma_server.failover.steps import FailoverSteps, StepSettings
 from oma_server.failover.store import FailoverJobStore
 from oma_server.failover.workflow import FailoverWorkflow
+from oma_server.integrity.verifier import ReplicaVerifier
 from oma_server.janitor import Janitor
 from oma_server.job_watch import JobWatcher
 from oma_server.joblog import JobLogService
@@ -135,6 +136,7 @@ class App:
         self.volumes: VolumeProvisioner | None = None
         self.attachments: OmaAttachments | None = None
         self.workflow: ReplicationWorkflow | None = None
+        self.verifier: ReplicaVerifier | None = None
         self.job_watch = JobWatcher(self.watch)
         self.job_watch.lookups.append(self._replication_change)
         self.job_watch.listers.append(self._replication_changes)
@@ -193,8 +195,9 @@ class App:
             self.db, self.cloudstack, self.joblog, self.device_root, sys_root=self.sys_root, limits=limits
         )
         self.attachments = OmaAttachments(self.db, self.cloudstack, limits, self.volumes, self.exports, self.joblog)
+        self.verifier = ReplicaVerifier(self.db, self.clock, self.joblog)
         self.workflow = ReplicationWorkflow(
-            self.db, self.clock, self.jobs, self.replication, self.vms, self.attachments, self.joblog
+            self.db, self.clock, self.jobs, self.replication, self.vms, self.attachments, self.joblog, self.verifier
         )
         self.replication.start_through(self.workflow.start_job)
         self._build_failover(self.cloudstack, self.volumes, self.attachments, self.workflow)

@@ -15,6 +15,7 @@ Exit status 0 only if every step succeeded and every byte matched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -303,6 +304,48 @@ class Demo:
                     d.new_change_id,
                 )
         console.print(table)
+        self.verification_summary(vm_id)
+
+    def verification_summary(self, vm_id: str) -> None:
+        """The OMA's digest of each replica at its current change id, against the source disk's digest computed
+        here independently (ovirt-imageio's blkhash construction)."""
+        deadline = time.monotonic() + 60
+        vm = self.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
+        while any(d.verification.change_id != d.last_change_id for d in vm.disks) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the read-back runs after the job, before the replicas leave the OMA VM
+            vm = self.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
+        sources = self.source_disks(vm)
+        table = Table(title="Replica verification (read back by the OMA)", show_lines=False)
+        for column in ("disk", "digest (OMA)", "verified change id", "blocks read", "source digest"):
+            table.add_column(column)
+        for d in vm.disks:
+            v = d.verification
+            if v.change_id != d.last_change_id:
+                self.failures.append(f"disk {d.key} has no verified digest at its change id {d.last_change_id}")
+            same = v.digest == blkhash(sources[d.id], v.block_size, v.algorithm, d.capacity_bytes)
+            if not same:
+                self.failures.append(f"the OMA's digest of disk {d.key} differs from its source's")
+            table.add_row(
+                str(d.key),
+                f"{v.algorithm}:{v.digest[:16]}…",
+                v.change_id or "-",
+                f"{v.blocks_read} of {v.block_count}",
+                "[green]the same" if same else "[red]DIFFERENT",
+            )
+        console.print(table)
+
+
+def blkhash(path: Path, block_size: int, algorithm: str, capacity: int) -> str:
+    """H(H(b1) || ... || H(bN)) over `capacity` bytes of `path` (zeros past its end), as ovirt-imageio computes it."""
+    if not block_size or not algorithm:
+        return ""
+    outer = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for offset in range(0, capacity, block_size):
+            size = min(block_size, capacity - offset)
+            block = f.read(size)
+            outer.update(hashlib.new(algorithm, block + bytes(size - len(block))).digest())
+    return outer.hexdigest()
 
 
 def main() -> int:

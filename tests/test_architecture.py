@@ -26,6 +26,7 @@ SERVICES = (
     "oma_server.janitor",
     "oma_server.outbox",
     "oma_server.appliances",
+    "oma_server.integrity",
     "oma_server.app",
 )
 

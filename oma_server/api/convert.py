@@ -11,7 +11,7 @@ from oma.common.v1 import inventory_pb2, jobs_pb2
 from oma.v1 import appliance_pb2, cloud_pb2, failover_pb2, job_pb2, replication_pb2, storage_pb2, vm_context_pb2
 from oma_server.cloud_inventory import TemplateView, ZoneView
 from oma_server.cloudstack.models import DiskOffering, Network, ServiceOffering
-from oma_server.db.models import Appliance, JobLog, NetworkMapping, Volume
+from oma_server.db.models import Appliance, BlockMap, JobLog, NetworkMapping, Volume
 from oma_server.failover.state_machine import FailoverJobState
 from oma_server.job_watch import Update
 from oma_server.replication.state_machine import JobState
@@ -170,6 +170,21 @@ def job_log_entry_to_proto(entry: JobLog) -> job_pb2.JobLogEntry:
     )
 
 
+def verification_to_proto(m: BlockMap | None) -> vm_context_pb2.DiskVerification | None:
+    if m is None:
+        return None
+    return vm_context_pb2.DiskVerification(
+        digest=m.digest,
+        algorithm=m.algorithm,
+        block_size=m.block_size,
+        change_id=m.change_id,
+        job_id=m.job_id,
+        verified_at=ts(m.verified_at),
+        blocks_read=m.blocks_read,
+        block_count=-(-m.capacity_bytes // m.block_size),
+    )
+
+
 def vm_context_to_proto(view: VmView) -> vm_context_pb2.VmContext:
     vm = view.vm
     return vm_context_pb2.VmContext(
@@ -202,6 +217,7 @@ def vm_context_to_proto(view: VmView) -> vm_context_pb2.VmContext:
                 ],
                 volume_id=d.volume.id if d.volume else "",
                 export_name=d.export_name,
+                verification=verification_to_proto(d.verification),
             )
             for d in view.disks
         ],

@@ -254,6 +254,33 @@ class WatchRevision(BaseModel):
     reserved_up_to = pw.BigIntegerField(default=0)
 
 
+class BlockMap(BaseModel):
+    """A disk's block-hash map at one change id (oma_server/integrity): what its replica read back as.
+
+    `pending` rows are syncs whose read-back has not run yet, with the byte extents the sync covered (`extents`,
+    null: the whole disk); `verified` rows hold the hashes (HASH_SIZE bytes per block, in disk order) and the digest.
+    """
+
+    id = pw.AutoField()
+    disk_id: str  # set by Peewee for the foreign key
+    disk = pw.ForeignKeyField(Disk, backref="block_maps", on_delete="CASCADE")
+    change_id = pw.CharField(max_length=255)
+    job_id = pw.CharField(max_length=64, default="")
+    status = pw.CharField(max_length=16, default="pending", index=True)
+    algorithm = pw.CharField(max_length=16)
+    block_size = pw.IntegerField()
+    capacity_bytes = pw.BigIntegerField()
+    extents = JsonField(null=True)
+    hashes = pw.BlobField(null=True)
+    digest = pw.CharField(max_length=128, default="")
+    blocks_read = pw.BigIntegerField(default=0)
+    created_at = pw.DateTimeField(default=utcnow)
+    verified_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("disk", "change_id"), True),)
+
+
 class ApiToken(BaseModel):
     """An operator's API token (security/tokens.py): only the SHA-256 of its secret is kept."""
 
@@ -287,4 +314,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     NetworkMapping,
     WatchRevision,
     ApiToken,
+    BlockMap,
 ]

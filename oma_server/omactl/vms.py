@@ -106,11 +106,33 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
     )
     ctx.out.line()
     ctx.out.table(
+        ["DISK ID", "KEY", "DIGEST", "VERIFIED CHANGE ID", "VERIFIED AT", "BLOCKS READ", "CURRENT"],
+        (_verification_row(d) for d in vm.disks),
+        title="Replica verification (block-hash digests read back by the OMA)",
+    )
+    ctx.out.line()
+    ctx.out.table(
         ["NIC", "NETWORK", "MAC", "ADAPTER"],
         ([n.label, n.network_name, n.mac_address, n.adapter_type or render.NONE] for n in vm.nics),
         title="NICs",
     )
     return 0
+
+
+def _verification_row(d: vm_context_pb2.Disk) -> list[object]:
+    if not d.HasField("verification"):
+        return [d.id, d.key, render.NONE, render.NONE, render.NONE, render.NONE, "no: never verified"]
+    v = d.verification
+    current = "yes" if v.change_id == d.last_change_id else "no: replicated since"
+    return [
+        d.id,
+        d.key,
+        f"{v.algorithm}:{v.digest}",
+        v.change_id,
+        field_time(v, "verified_at"),
+        f"{v.blocks_read} of {v.block_count} ({v.block_size // 2**20} MiB)",
+        current,
+    ]
 
 
 def _discover(ctx: Context, request: vm_context_pb2.DiscoverVmsRequest) -> vm_context_pb2.DiscoverVmsResponse:

@@ -24,6 +24,8 @@ MAX_DETAIL_CHARS = 4096
 MAX_RESUME_TOKEN_CHARS = 1024
 MAX_DISKS_PER_REPORT = 256
 MAX_RUNNING_JOBS = 4096
+# The byte ranges a disk's completion may name (an appliance with more merges neighbours).
+MAX_COPIED_EXTENTS = 65_536
 # Byte counts and sequences are stored in signed 64-bit columns.
 MAX_INT64 = 2**63 - 1
 # An ETA beyond ten years is not an estimate.
@@ -72,6 +74,8 @@ class JobEvent:
     mode: str = ""  # disk_completed
     error_class: str = ""  # failed
     detail: str = ""  # failed, cancelled
+    # disk_completed: the (offset, length) byte ranges the copy covered, sorted and disjoint; None when not reported
+    copied_extents: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

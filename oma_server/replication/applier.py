@@ -209,6 +209,10 @@ class VmaMessageApplier:
             return after
 
         def record_change_id(state: JobState) -> None:
-            self.store.repo.record_change_id(state.id, event.disk_id, event.change_id)
+            # A full copy rewrote the whole replica: its read-back covers every block, whatever was reported.
+            disk = state.disk(event.disk_id)
+            full = (event.mode or (disk.mode if disk else "")) != "incremental"
+            synced = None if full else event.copied_extents
+            self.store.repo.record_change_id(state.id, event.disk_id, event.change_id, synced)
 
         return with_sequence(mark_done), record_change_id

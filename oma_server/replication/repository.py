@@ -9,13 +9,15 @@ thread, in one transaction; `db.runner.InlineRunner` for memory); nothing here i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import peewee as pw
 
 from oma_server.db.models import ChangeIdRecord, Disk, FailoverJob, JobDisk, ReplicationJob
 from oma_server.errors import AlreadyExists
+from oma_server.integrity import maps
+from oma_server.integrity.blocks import Extent
 from oma_server.joblog import note
 from oma_server.pagination import decode_token as page_offset
 from oma_server.pagination import fetch_page, next_token, page_size_of
@@ -202,13 +204,15 @@ def insert(state: JobState, request_id: str | None, disks: list[DiskState]) -> J
     return stored
 
 
-def record_change_id(job_id: str, disk_id: str, change_id: str) -> None:
-    """A disk's new change id, from the job that copied it: the disk's current one, and a line of its history."""
+def record_change_id(job_id: str, disk_id: str, change_id: str, synced: Sequence[Extent] | None = None) -> None:
+    """A disk's new change id, from the job that copied it: the disk's current one, and a line of its history; its
+    block-hash map at that change id waits for the replica's read-back of `synced` (None: the whole disk)."""
     Disk.update(last_change_id=change_id, replicated_capacity_bytes=Disk.capacity_bytes).where(
         Disk.id == disk_id
     ).execute()
     ChangeIdRecord.create(disk=disk_id, change_id=change_id, job_id=job_id)
     note(job_id, "disk_completed", f"disk {disk_id}: change id {change_id} recorded")
+    maps.record_sync(job_id, disk_id, change_id, synced)
 
 
 def change_ids(disk_id: str) -> list[tuple[str, str]]:
@@ -244,7 +248,9 @@ class JobRepository(Protocol):
     def insert(self, state: JobState, request_id: str | None, disks: list[DiskState]) -> JobState: ...
     def write(self, state: JobState) -> None: ...
     def write_batch(self, states: list[JobState]) -> None: ...
-    def record_change_id(self, job_id: str, disk_id: str, change_id: str) -> None: ...
+    def record_change_id(
+        self, job_id: str, disk_id: str, change_id: str, synced: Sequence[Extent] | None = None
+    ) -> None: ...
     def change_ids(self, disk_id: str) -> list[tuple[str, str]]: ...
     def page(
         self,
@@ -305,7 +311,9 @@ class MemoryJobRepository:
             if state.id in self._jobs:  # an UPDATE of a missing row changes nothing
                 self._jobs[state.id] = state.copy()
 
-    def record_change_id(self, job_id: str, disk_id: str, change_id: str) -> None:
+    def record_change_id(
+        self, job_id: str, disk_id: str, change_id: str, synced: Sequence[Extent] | None = None
+    ) -> None:
         self._change_ids.setdefault(disk_id, []).append((change_id, job_id))
 
     def change_ids(self, disk_id: str) -> list[tuple[str, str]]:

@@ -30,6 +30,7 @@ from oma_server.db.database import Database
 from oma_server.db.models import ReplicationJob, VmContext, utcnow
 from oma_server.engine import OUTAGE, JobRunner, OnRetry, Step, run_step
 from oma_server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument
+from oma_server.integrity.verifier import ReplicaVerifier
 from oma_server.joblog import JobLogService, note
 from oma_server.replication.service import ReplicationService
 from oma_server.replication.state_machine import DEFAULT_OPERATION, DiskState, JobState, JobStatus
@@ -109,8 +110,10 @@ class ReplicationWorkflow:
         vms: VmContextService,
         attachments: OmaAttachments,
         joblog: JobLogService,
+        verifier: ReplicaVerifier | None = None,
     ) -> None:
         self.db = db
+        self.verifier = verifier
         self.clock = clock
         self.jobs = jobs
         self.service = service
@@ -272,6 +275,13 @@ class ReplicationWorkflow:
                 provisioning.cancel()  # cancelled while queued or provisioning: stop it where it is
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await provisioning
+        if job.status == JobStatus.COMPLETED and self.verifier is not None:
+            # The replicas are read back while they are still on the OMA VM.
+            try:
+                await self.verifier.verify_job(job.id)
+            except Exception as exc:  # the disks stay unverified at this change id; the job log says so
+                logger.bind(job_id=job.id).opt(exception=True).warning("verification failed: {e}", e=exc)
+                await self.joblog.note(job.id, "verify", f"replicas not verified: {exc}", "failed")
         try:
             detached = await self.attachments.release_job(job.id, [d.disk_id for d in job.disks])
         except Exception as exc:  # the next start's reconcile takes them off

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from loguru import logger
 
 from oma_server.db.database import Database
-from oma_server.db.models import ChangeIdRecord, Disk, VmContext, Volume, utcnow
+from oma_server.db.models import BlockMap, ChangeIdRecord, Disk, VmContext, Volume, utcnow
 from oma_server.errors import InvalidArgument, NotFound, Unavailable
+from oma_server.integrity.maps import latest_verified
 from oma_server.outbox import CommandOutbox
 from oma_server.pagination import fetch_page
 from oma_server.protocol.commands import Discover
@@ -21,6 +22,7 @@ class DiskView:
     change_ids: list[ChangeIdRecord]
     volume: Volume | None
     export_name: str
+    verification: BlockMap | None = None  # the latest verified block-hash map (without its hashes)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def load_view(vm_id: str) -> VmView | None:
             else None
         )
         history = list(ChangeIdRecord.select().where(ChangeIdRecord.disk == disk.id).order_by(ChangeIdRecord.id))
-        views.append(DiskView(disk, history, volume, export.name if export else ""))
+        views.append(DiskView(disk, history, volume, export.name if export else "", latest_verified(disk.id)))
     return VmView(vm, views)
 
 

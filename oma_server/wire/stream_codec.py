@@ -134,6 +134,28 @@ def decode_progress(report: stream_pb2.ProgressReport) -> m.ProgressReport:
     return decoded
 
 
+def _copied_extents(check: _Checker, done: stream_pb2.DiskCompleted) -> tuple[tuple[int, int], ...]:
+    """Sorted, disjoint, non-empty ranges within int64, at most MAX_COPIED_EXTENTS of them."""
+    extents = done.copied.extents
+    if len(extents) > m.MAX_COPIED_EXTENTS:
+        raise check.refuse(
+            f"disk_completed.copied has {len(extents)} extents; at most {m.MAX_COPIED_EXTENTS} (merge neighbours)"
+        )
+    out: list[tuple[int, int]] = []
+    end = 0
+    for i, e in enumerate(extents):
+        field = f"disk_completed.copied.extents[{i}]"
+        if e.length == 0:
+            raise check.refuse(f"{field}.length is 0")
+        if e.offset + e.length > m.MAX_INT64:
+            raise check.refuse(f"{field} ends at {e.offset + e.length}, out of range (at most {m.MAX_INT64})")
+        if e.offset < end:
+            raise check.refuse(f"{field} starts at {e.offset}, before the end of the previous extent ({end})")
+        end = e.offset + e.length
+        out.append((e.offset, e.length))
+    return tuple(out)
+
+
 def decode_event(event: stream_pb2.JobEvent) -> m.JobEvent:
     check = _Checker("job event", event.job_id, event.sequence)
     _job_and_sequence(check, event.job_id, event.sequence)
@@ -152,6 +174,7 @@ def decode_event(event: stream_pb2.JobEvent) -> m.JobEvent:
             disk_id=done.disk_id,
             change_id=check.text("disk_completed.change_id", done.change_id, m.MAX_CHANGE_ID_CHARS),
             mode=check.enum("disk_completed.mode", jobs_pb2.CopyMode.DESCRIPTOR, done.mode, "COPY_MODE_"),
+            copied_extents=_copied_extents(check, done) if done.HasField("copied") else None,
         )
     if kind == "failed":
         failed = event.failed

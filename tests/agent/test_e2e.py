@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from oma_server.db.models import ChangeIdRecord, Disk, JobDisk, ReplicationJob
+from oma_server.db.models import BlockMap, ChangeIdRecord, Disk, JobDisk, ReplicationJob
 from oma_server.server import OmaServer
 from tests.agent.helpers import add_exports, make_agent, register_vm, same_bytes, start_job, wait_status
 from tests.agent.nbd import NbdServer
@@ -66,6 +66,14 @@ async def test_initial_then_incremental(
             jd = await app.db.run(lambda d=disk: JobDisk.get((JobDisk.job == job2.id) & (JobDisk.disk == d.id)))
             assert jd.mode == "incremental"
             assert jd.new_change_id == vcenter.current_change_id(vm.uuid, disk.key)[0]
+            # the agent said which extents it copied: the OMA's read-back of this sync covers those, and no more
+            block_map = await app.db.run(
+                lambda d=disk, c=jd.new_change_id: BlockMap.get((BlockMap.disk == d.id) & (BlockMap.change_id == c))
+            )
+            assert block_map.status == "pending" and block_map.job_id == job2.id
+            reported = [(o, n) for o, n in block_map.extents]
+            assert total(reported) == total(written[disk.key])
+            assert all(any(o <= wo and wo + wn <= o + n for o, n in reported) for wo, wn in written[disk.key])
 
 
 async def test_invalid_change_id_and_resize_fall_back_to_full_copy(

@@ -50,7 +50,7 @@ from vma_client_stubs.agent.copier import (
     ResumePoint,
     TargetTooSmall,
 )
-from vma_client_stubs.agent.extents import allocated_extents
+from vma_client_stubs.agent.extents import allocated_extents, coalesce
 from vma_client_stubs.agent.jobstate import DiskRecord, JobRecord, JobStore
 from vma_client_stubs.agent.vcenter import (
     ChangeIdInvalid,
@@ -64,7 +64,9 @@ from vma_client_stubs.agent.vcenter import (
 from vma_client_stubs.connection import Endpoint
 from vma_client_stubs.stream_client import StreamClient
 
-CAPABILITIES = ("resume-from-extent", "cbt-incremental", "zero-skip")
+CAPABILITIES = ("resume-from-extent", "cbt-incremental", "zero-skip", "copied-extents")
+#: the most byte ranges a DiskCompleted may name (vma.v1.CopiedExtents)
+MAX_COPIED_EXTENTS = 65_536
 
 
 def agent_version() -> str:
@@ -779,6 +781,7 @@ class Agent:
                     change_id=change_id,
                     bytes_copied=disk.record.bytes_written,
                     mode=disk.mode,  # type: ignore[arg-type]
+                    copied=copied_extents(disk.plan),
                 )
             ),
         )
@@ -812,6 +815,12 @@ def _copying_operation(copying: dict[str, str]) -> str:
 
 class _Stopped(Exception):
     """The job's cancel flag was set (cancel command, shutdown, or abandon)."""
+
+
+def copied_extents(plan: Plan) -> stream_pb2.CopiedExtents:
+    """What the plan wrote (data and zeroed segments), merged to at most what the OMA accepts."""
+    covered = coalesce(((s.offset, s.length) for s in plan.segments), MAX_COPIED_EXTENTS)
+    return stream_pb2.CopiedExtents(extents=[stream_pb2.ByteExtent(offset=o, length=n) for o, n in covered])
 
 
 def snapshot_description(job_id: str) -> str:

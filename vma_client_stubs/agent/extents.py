@@ -21,6 +21,17 @@ def merge(extents: Iterable[Extent]) -> list[Extent]:
     return [(o, n) for o, n in out]
 
 
+def coalesce(extents: Iterable[Extent], limit: int) -> list[Extent]:
+    """The merged extents, with neighbours joined (at a granularity that doubles from 4 KiB) until at most `limit`
+    remain: the result covers the input and may cover more, never less."""
+    out = merge(extents)
+    grain = 4096
+    while len(out) > limit:
+        out = merge((o - o % grain, -(-(o + n) // grain) * grain - (o - o % grain)) for o, n in out)
+        grain *= 2
+    return out
+
+
 def total(extents: Iterable[Extent]) -> int:
     return sum(n for _, n in extents)
 

@@ -41,7 +41,7 @@ class ChangeIdRecord(_message.Message):
     def __init__(self, change_id: _Optional[str] = ..., job_id: _Optional[str] = ..., recorded_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Disk(_message.Message):
-    __slots__ = ("id", "vm_context_id", "key", "label", "capacity_bytes", "datastore_path", "cbt_enabled", "unit_number", "last_change_id", "change_id_history", "volume_id", "export_name")
+    __slots__ = ("id", "vm_context_id", "key", "label", "capacity_bytes", "datastore_path", "cbt_enabled", "unit_number", "last_change_id", "change_id_history", "volume_id", "export_name", "verification")
     ID_FIELD_NUMBER: _ClassVar[int]
     VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class Disk(_message.Message):
     CHANGE_ID_HISTORY_FIELD_NUMBER: _ClassVar[int]
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     EXPORT_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     vm_context_id: str
     key: int
@@ -66,7 +67,28 @@ class Disk(_message.Message):
     change_id_history: _containers.RepeatedCompositeFieldContainer[ChangeIdRecord]
     volume_id: str
     export_name: str
-    def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., key: _Optional[int] = ..., label: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., datastore_path: _Optional[str] = ..., cbt_enabled: bool = ..., unit_number: _Optional[int] = ..., last_change_id: _Optional[str] = ..., change_id_history: _Optional[_Iterable[_Union[ChangeIdRecord, _Mapping]]] = ..., volume_id: _Optional[str] = ..., export_name: _Optional[str] = ...) -> None: ...
+    verification: DiskVerification
+    def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., key: _Optional[int] = ..., label: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., datastore_path: _Optional[str] = ..., cbt_enabled: bool = ..., unit_number: _Optional[int] = ..., last_change_id: _Optional[str] = ..., change_id_history: _Optional[_Iterable[_Union[ChangeIdRecord, _Mapping]]] = ..., volume_id: _Optional[str] = ..., export_name: _Optional[str] = ..., verification: _Optional[_Union[DiskVerification, _Mapping]] = ...) -> None: ...
+
+class DiskVerification(_message.Message):
+    __slots__ = ("digest", "algorithm", "block_size", "change_id", "job_id", "verified_at", "blocks_read", "block_count")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_AT_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_READ_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    algorithm: str
+    block_size: int
+    change_id: str
+    job_id: str
+    verified_at: _timestamp_pb2.Timestamp
+    blocks_read: int
+    block_count: int
+    def __init__(self, digest: _Optional[str] = ..., algorithm: _Optional[str] = ..., block_size: _Optional[int] = ..., change_id: _Optional[str] = ..., job_id: _Optional[str] = ..., verified_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., blocks_read: _Optional[int] = ..., block_count: _Optional[int] = ...) -> None: ...
 
 class VmContext(_message.Message):
     __slots__ = ("id", "appliance_id", "vcenter", "datacenter", "vm_uuid", "moref", "name", "num_cpus", "memory_mib", "guest_os", "firmware", "nics", "disks", "status", "active_job_id", "last_completed_job_id", "created_at", "updated_at")

@@ -119,16 +119,32 @@ class JobStarted(_message.Message):
     def __init__(self, source_snapshot: _Optional[str] = ...) -> None: ...
 
 class DiskCompleted(_message.Message):
-    __slots__ = ("disk_id", "change_id", "bytes_copied", "mode")
+    __slots__ = ("disk_id", "change_id", "bytes_copied", "mode", "copied")
     DISK_ID_FIELD_NUMBER: _ClassVar[int]
     CHANGE_ID_FIELD_NUMBER: _ClassVar[int]
     BYTES_COPIED_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    COPIED_FIELD_NUMBER: _ClassVar[int]
     disk_id: str
     change_id: str
     bytes_copied: int
     mode: _jobs_pb2.CopyMode
-    def __init__(self, disk_id: _Optional[str] = ..., change_id: _Optional[str] = ..., bytes_copied: _Optional[int] = ..., mode: _Optional[_Union[_jobs_pb2.CopyMode, str]] = ...) -> None: ...
+    copied: CopiedExtents
+    def __init__(self, disk_id: _Optional[str] = ..., change_id: _Optional[str] = ..., bytes_copied: _Optional[int] = ..., mode: _Optional[_Union[_jobs_pb2.CopyMode, str]] = ..., copied: _Optional[_Union[CopiedExtents, _Mapping]] = ...) -> None: ...
+
+class ByteExtent(_message.Message):
+    __slots__ = ("offset", "length")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    length: int
+    def __init__(self, offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class CopiedExtents(_message.Message):
+    __slots__ = ("extents",)
+    EXTENTS_FIELD_NUMBER: _ClassVar[int]
+    extents: _containers.RepeatedCompositeFieldContainer[ByteExtent]
+    def __init__(self, extents: _Optional[_Iterable[_Union[ByteExtent, _Mapping]]] = ...) -> None: ...
 
 class JobCompleted(_message.Message):
     __slots__ = ("bytes_copied",)

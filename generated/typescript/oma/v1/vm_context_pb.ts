@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/vm_context.proto.
  */
 export const file_oma_v1_vm_context: GenFile = /*@__PURE__*/
-  fileDesc("ChdvbWEvdjEvdm1fY29udGV4dC5wcm90bxIGb21hLnYxImQKDkNoYW5nZUlkUmVjb3JkEhEKCWNoYW5nZV9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSLwoLcmVjb3JkZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpICCgREaXNrEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSCwoDa2V5GAMgASgFEg0KBWxhYmVsGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhYKDmRhdGFzdG9yZV9wYXRoGAYgASgJEhMKC2NidF9lbmFibGVkGAcgASgIEhMKC3VuaXRfbnVtYmVyGAggASgFEhYKDmxhc3RfY2hhbmdlX2lkGAkgASgJEjEKEWNoYW5nZV9pZF9oaXN0b3J5GAogAygLMhYub21hLnYxLkNoYW5nZUlkUmVjb3JkEhEKCXZvbHVtZV9pZBgLIAEoCRITCgtleHBvcnRfbmFtZRgMIAEoCSLhAwoJVm1Db250ZXh0EgoKAmlkGAEgASgJEhQKDGFwcGxpYW5jZV9pZBgCIAEoCRIPCgd2Y2VudGVyGAMgASgJEhIKCmRhdGFjZW50ZXIYBCABKAkSDwoHdm1fdXVpZBgFIAEoCRINCgVtb3JlZhgGIAEoCRIMCgRuYW1lGAcgASgJEhAKCG51bV9jcHVzGAggASgNEhIKCm1lbW9yeV9taWIYCSABKAQSEAoIZ3Vlc3Rfb3MYCiABKAkSKQoIZmlybXdhcmUYCyABKA4yFy5vbWEuY29tbW9uLnYxLkZpcm13YXJlEiAKBG5pY3MYDCADKAsyEi5vbWEuY29tbW9uLnYxLk5pYxIbCgVkaXNrcxgNIAMoCzIMLm9tYS52MS5EaXNrEicKBnN0YXR1cxgOIAEoDjIXLm9tYS52MS5WbUNvbnRleHRTdGF0dXMSFQoNYWN0aXZlX2pvYl9pZBgPIAEoCRIdChVsYXN0X2NvbXBsZXRlZF9qb2JfaWQYECABKAkSLgoKY3JlYXRlZF9hdBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiaAoYUmVnaXN0ZXJWbUNvbnRleHRSZXF1ZXN0EhQKDGFwcGxpYW5jZV9pZBgBIAEoCRI2Cg92aXJ0dWFsX21hY2hpbmUYAiABKAsyHS5vbWEuY29tbW9uLnYxLlZpcnR1YWxNYWNoaW5lIlMKGVJlZ2lzdGVyVm1Db250ZXh0UmVzcG9uc2USJQoKdm1fY29udGV4dBgBIAEoCzIRLm9tYS52MS5WbUNvbnRleHQSDwoHY3JlYXRlZBgCIAEoCCJqChJEaXNjb3ZlclZtc1JlcXVlc3QSFAoMYXBwbGlhbmNlX2lkGAEgASgJEhMKC25hbWVfZmlsdGVyGAIgASgJEhAKCHJlZ2lzdGVyGAMgASgIEhcKD3RpbWVvdXRfc2Vjb25kcxgEIAEoDSJ2ChNEaXNjb3ZlclZtc1Jlc3BvbnNlEjcKEHZpcnR1YWxfbWFjaGluZXMYASADKAsyHS5vbWEuY29tbW9uLnYxLlZpcnR1YWxNYWNoaW5lEiYKC3ZtX2NvbnRleHRzGAIgAygLMhEub21hLnYxLlZtQ29udGV4dCIhChNHZXRWbUNvbnRleHRSZXF1ZXN0EgoKAmlkGAEgASgJIj0KFEdldFZtQ29udGV4dFJlc3BvbnNlEiUKCnZtX2NvbnRleHQYASABKAsyES5vbWEudjEuVm1Db250ZXh0In0KFUxpc3RWbUNvbnRleHRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIUCgxhcHBsaWFuY2VfaWQYAyABKAkSJwoGc3RhdHVzGAQgASgOMhcub21hLnYxLlZtQ29udGV4dFN0YXR1cyJZChZMaXN0Vm1Db250ZXh0c1Jlc3BvbnNlEiYKC3ZtX2NvbnRleHRzGAEgAygLMhEub21hLnYxLlZtQ29udGV4dBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQwoWUG93ZXJPblNvdXJjZVZtUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiOwoXUG93ZXJPblNvdXJjZVZtUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iIkQKF1Bvd2VyT2ZmU291cmNlVm1SZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI8ChhQb3dlck9mZlNvdXJjZVZtUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iKtoCCg9WbUNvbnRleHRTdGF0dXMSIQodVk1fQ09OVEVYVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIgChxWTV9DT05URVhUX1NUQVRVU19ESVNDT1ZFUkVEEAESIQodVk1fQ09OVEVYVF9TVEFUVVNfUkVQTElDQVRJTkcQAhIoCiRWTV9DT05URVhUX1NUQVRVU19SRUFEWV9GT1JfRkFJTE9WRVIQAxImCiJWTV9DT05URVhUX1NUQVRVU19GQUlMRURfT1ZFUl9URVNUEAQSJgoiVk1fQ09OVEVYVF9TVEFUVVNfRkFJTEVEX09WRVJfTElWRRAFEh8KG1ZNX0NPTlRFWFRfU1RBVFVTX0NPTVBMRVRFRBAGEhwKGFZNX0NPTlRFWFRfU1RBVFVTX0ZBSUxFRBAHEiYKIlZNX0NPTlRFWFRfU1RBVFVTX0NMRUFOVVBfUkVRVUlSRUQQCDL7AwoQVm1Db250ZXh0U2VydmljZRJYChFSZWdpc3RlclZtQ29udGV4dBIgLm9tYS52MS5SZWdpc3RlclZtQ29udGV4dFJlcXVlc3QaIS5vbWEudjEuUmVnaXN0ZXJWbUNvbnRleHRSZXNwb25zZRJGCgtEaXNjb3ZlclZtcxIaLm9tYS52MS5EaXNjb3ZlclZtc1JlcXVlc3QaGy5vbWEudjEuRGlzY292ZXJWbXNSZXNwb25zZRJJCgxHZXRWbUNvbnRleHQSGy5vbWEudjEuR2V0Vm1Db250ZXh0UmVxdWVzdBocLm9tYS52MS5HZXRWbUNvbnRleHRSZXNwb25zZRJPCg5MaXN0Vm1Db250ZXh0cxIdLm9tYS52MS5MaXN0Vm1Db250ZXh0c1JlcXVlc3QaHi5vbWEudjEuTGlzdFZtQ29udGV4dHNSZXNwb25zZRJSCg9Qb3dlck9uU291cmNlVm0SHi5vbWEudjEuUG93ZXJPblNvdXJjZVZtUmVxdWVzdBofLm9tYS52MS5Qb3dlck9uU291cmNlVm1SZXNwb25zZRJVChBQb3dlck9mZlNvdXJjZVZtEh8ub21hLnYxLlBvd2VyT2ZmU291cmNlVm1SZXF1ZXN0GiAub21hLnYxLlBvd2VyT2ZmU291cmNlVm1SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_v1_failover]);
+  fileDesc("ChdvbWEvdjEvdm1fY29udGV4dC5wcm90bxIGb21hLnYxImQKDkNoYW5nZUlkUmVjb3JkEhEKCWNoYW5nZV9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSLwoLcmVjb3JkZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsICCgREaXNrEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSCwoDa2V5GAMgASgFEg0KBWxhYmVsGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhYKDmRhdGFzdG9yZV9wYXRoGAYgASgJEhMKC2NidF9lbmFibGVkGAcgASgIEhMKC3VuaXRfbnVtYmVyGAggASgFEhYKDmxhc3RfY2hhbmdlX2lkGAkgASgJEjEKEWNoYW5nZV9pZF9oaXN0b3J5GAogAygLMhYub21hLnYxLkNoYW5nZUlkUmVjb3JkEhEKCXZvbHVtZV9pZBgLIAEoCRITCgtleHBvcnRfbmFtZRgMIAEoCRIuCgx2ZXJpZmljYXRpb24YDSABKAsyGC5vbWEudjEuRGlza1ZlcmlmaWNhdGlvbiLHAQoQRGlza1ZlcmlmaWNhdGlvbhIOCgZkaWdlc3QYASABKAkSEQoJYWxnb3JpdGhtGAIgASgJEhIKCmJsb2NrX3NpemUYAyABKAQSEQoJY2hhbmdlX2lkGAQgASgJEg4KBmpvYl9pZBgFIAEoCRIvCgt2ZXJpZmllZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLYmxvY2tzX3JlYWQYByABKAQSEwoLYmxvY2tfY291bnQYCCABKAQi4QMKCVZtQ29udGV4dBIKCgJpZBgBIAEoCRIUCgxhcHBsaWFuY2VfaWQYAiABKAkSDwoHdmNlbnRlchgDIAEoCRISCgpkYXRhY2VudGVyGAQgASgJEg8KB3ZtX3V1aWQYBSABKAkSDQoFbW9yZWYYBiABKAkSDAoEbmFtZRgHIAEoCRIQCghudW1fY3B1cxgIIAEoDRISCgptZW1vcnlfbWliGAkgASgEEhAKCGd1ZXN0X29zGAogASgJEikKCGZpcm13YXJlGAsgASgOMhcub21hLmNvbW1vbi52MS5GaXJtd2FyZRIgCgRuaWNzGAwgAygLMhIub21hLmNvbW1vbi52MS5OaWMSGwoFZGlza3MYDSADKAsyDC5vbWEudjEuRGlzaxInCgZzdGF0dXMYDiABKA4yFy5vbWEudjEuVm1Db250ZXh0U3RhdHVzEhUKDWFjdGl2ZV9qb2JfaWQYDyABKAkSHQoVbGFzdF9jb21wbGV0ZWRfam9iX2lkGBAgASgJEi4KCmNyZWF0ZWRfYXQYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImgKGFJlZ2lzdGVyVm1Db250ZXh0UmVxdWVzdBIUCgxhcHBsaWFuY2VfaWQYASABKAkSNgoPdmlydHVhbF9tYWNoaW5lGAIgASgLMh0ub21hLmNvbW1vbi52MS5WaXJ0dWFsTWFjaGluZSJTChlSZWdpc3RlclZtQ29udGV4dFJlc3BvbnNlEiUKCnZtX2NvbnRleHQYASABKAsyES5vbWEudjEuVm1Db250ZXh0Eg8KB2NyZWF0ZWQYAiABKAgiagoSRGlzY292ZXJWbXNSZXF1ZXN0EhQKDGFwcGxpYW5jZV9pZBgBIAEoCRITCgtuYW1lX2ZpbHRlchgCIAEoCRIQCghyZWdpc3RlchgDIAEoCBIXCg90aW1lb3V0X3NlY29uZHMYBCABKA0idgoTRGlzY292ZXJWbXNSZXNwb25zZRI3ChB2aXJ0dWFsX21hY2hpbmVzGAEgAygLMh0ub21hLmNvbW1vbi52MS5WaXJ0dWFsTWFjaGluZRImCgt2bV9jb250ZXh0cxgCIAMoCzIRLm9tYS52MS5WbUNvbnRleHQiIQoTR2V0Vm1Db250ZXh0UmVxdWVzdBIKCgJpZBgBIAEoCSI9ChRHZXRWbUNvbnRleHRSZXNwb25zZRIlCgp2bV9jb250ZXh0GAEgASgLMhEub21hLnYxLlZtQ29udGV4dCJ9ChVMaXN0Vm1Db250ZXh0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFAoMYXBwbGlhbmNlX2lkGAMgASgJEicKBnN0YXR1cxgEIAEoDjIXLm9tYS52MS5WbUNvbnRleHRTdGF0dXMiWQoWTGlzdFZtQ29udGV4dHNSZXNwb25zZRImCgt2bV9jb250ZXh0cxgBIAMoCzIRLm9tYS52MS5WbUNvbnRleHQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkMKFlBvd2VyT25Tb3VyY2VWbVJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIjsKF1Bvd2VyT25Tb3VyY2VWbVJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLm9tYS52MS5GYWlsb3ZlckpvYiJEChdQb3dlck9mZlNvdXJjZVZtUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiPAoYUG93ZXJPZmZTb3VyY2VWbVJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLm9tYS52MS5GYWlsb3ZlckpvYiraAgoPVm1Db250ZXh0U3RhdHVzEiEKHVZNX0NPTlRFWFRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASIAocVk1fQ09OVEVYVF9TVEFUVVNfRElTQ09WRVJFRBABEiEKHVZNX0NPTlRFWFRfU1RBVFVTX1JFUExJQ0FUSU5HEAISKAokVk1fQ09OVEVYVF9TVEFUVVNfUkVBRFlfRk9SX0ZBSUxPVkVSEAMSJgoiVk1fQ09OVEVYVF9TVEFUVVNfRkFJTEVEX09WRVJfVEVTVBAEEiYKIlZNX0NPTlRFWFRfU1RBVFVTX0ZBSUxFRF9PVkVSX0xJVkUQBRIfChtWTV9DT05URVhUX1NUQVRVU19DT01QTEVURUQQBhIcChhWTV9DT05URVhUX1NUQVRVU19GQUlMRUQQBxImCiJWTV9DT05URVhUX1NUQVRVU19DTEVBTlVQX1JFUVVJUkVEEAgy+wMKEFZtQ29udGV4dFNlcnZpY2USWAoRUmVnaXN0ZXJWbUNvbnRleHQSIC5vbWEudjEuUmVnaXN0ZXJWbUNvbnRleHRSZXF1ZXN0GiEub21hLnYxLlJlZ2lzdGVyVm1Db250ZXh0UmVzcG9uc2USRgoLRGlzY292ZXJWbXMSGi5vbWEudjEuRGlzY292ZXJWbXNSZXF1ZXN0Ghsub21hLnYxLkRpc2NvdmVyVm1zUmVzcG9uc2USSQoMR2V0Vm1Db250ZXh0Ehsub21hLnYxLkdldFZtQ29udGV4dFJlcXVlc3QaHC5vbWEudjEuR2V0Vm1Db250ZXh0UmVzcG9uc2USTwoOTGlzdFZtQ29udGV4dHMSHS5vbWEudjEuTGlzdFZtQ29udGV4dHNSZXF1ZXN0Gh4ub21hLnYxLkxpc3RWbUNvbnRleHRzUmVzcG9uc2USUgoPUG93ZXJPblNvdXJjZVZtEh4ub21hLnYxLlBvd2VyT25Tb3VyY2VWbVJlcXVlc3QaHy5vbWEudjEuUG93ZXJPblNvdXJjZVZtUmVzcG9uc2USVQoQUG93ZXJPZmZTb3VyY2VWbRIfLm9tYS52MS5Qb3dlck9mZlNvdXJjZVZtUmVxdWVzdBogLm9tYS52MS5Qb3dlck9mZlNvdXJjZVZtUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_v1_failover]);
 
 /**
  * One change id taken of a disk, newest last.
@@ -142,6 +142,13 @@ export type Disk = Message<"oma.v1.Disk"> & {
    * @generated from field: string export_name = 12;
    */
   exportName: string;
+
+  /**
+   * The latest verification of the replica read back by the OMA; absent before the first.
+   *
+   * @generated from field: oma.v1.DiskVerification verification = 13;
+   */
+  verification?: DiskVerification;
 };
 
 /**
@@ -150,6 +157,78 @@ export type Disk = Message<"oma.v1.Disk"> & {
  */
 export const DiskSchema: GenMessage<Disk> = /*@__PURE__*/
   messageDesc(file_oma_v1_vm_context, 1);
+
+/**
+ * What the OMA read back from a replica and when: the block-hash digest of the disk at one change id.
+ *
+ * @generated from message oma.v1.DiskVerification
+ */
+export type DiskVerification = Message<"oma.v1.DiskVerification"> & {
+  /**
+   * Digest of the replica over its capacity, in hex: H(H(block 1) || ... || H(block N)) with H = `algorithm` over
+   * `block_size` blocks (the last block may be shorter), the construction of ovirt-imageio's blkhash, so
+   * `checksum(path, block_size=..., algorithm="sha256", digest_size=None)` of the source disk gives the same value.
+   *
+   * @generated from field: string digest = 1;
+   */
+  digest: string;
+
+  /**
+   * Hash function of the blocks and the digest (hashlib name), for example "sha256".
+   *
+   * @generated from field: string algorithm = 2;
+   */
+  algorithm: string;
+
+  /**
+   * Block size in bytes.
+   *
+   * @generated from field: uint64 block_size = 3;
+   */
+  blockSize: bigint;
+
+  /**
+   * Change id the replica held when it was verified.
+   *
+   * @generated from field: string change_id = 4;
+   */
+  changeId: string;
+
+  /**
+   * Replication job whose sync was verified.
+   *
+   * @generated from field: string job_id = 5;
+   */
+  jobId: string;
+
+  /**
+   * When the verification finished.
+   *
+   * @generated from field: google.protobuf.Timestamp verified_at = 6;
+   */
+  verifiedAt?: Timestamp;
+
+  /**
+   * Blocks read back in that verification (the changed blocks of an incremental).
+   *
+   * @generated from field: uint64 blocks_read = 7;
+   */
+  blocksRead: bigint;
+
+  /**
+   * Blocks of the disk.
+   *
+   * @generated from field: uint64 block_count = 8;
+   */
+  blockCount: bigint;
+};
+
+/**
+ * Describes the message oma.v1.DiskVerification.
+ * Use `create(DiskVerificationSchema)` to create a new message.
+ */
+export const DiskVerificationSchema: GenMessage<DiskVerification> = /*@__PURE__*/
+  messageDesc(file_oma_v1_vm_context, 2);
 
 /**
  * A VMware VM under migration.
@@ -289,7 +368,7 @@ export type VmContext = Message<"oma.v1.VmContext"> & {
  * Use `create(VmContextSchema)` to create a new message.
  */
 export const VmContextSchema: GenMessage<VmContext> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 2);
+  messageDesc(file_oma_v1_vm_context, 3);
 
 /**
  * Request of RegisterVmContext.
@@ -317,7 +396,7 @@ export type RegisterVmContextRequest = Message<"oma.v1.RegisterVmContextRequest"
  * Use `create(RegisterVmContextRequestSchema)` to create a new message.
  */
 export const RegisterVmContextRequestSchema: GenMessage<RegisterVmContextRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 3);
+  messageDesc(file_oma_v1_vm_context, 4);
 
 /**
  * Response of RegisterVmContext.
@@ -345,7 +424,7 @@ export type RegisterVmContextResponse = Message<"oma.v1.RegisterVmContextRespons
  * Use `create(RegisterVmContextResponseSchema)` to create a new message.
  */
 export const RegisterVmContextResponseSchema: GenMessage<RegisterVmContextResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 4);
+  messageDesc(file_oma_v1_vm_context, 5);
 
 /**
  * Request of DiscoverVms.
@@ -387,7 +466,7 @@ export type DiscoverVmsRequest = Message<"oma.v1.DiscoverVmsRequest"> & {
  * Use `create(DiscoverVmsRequestSchema)` to create a new message.
  */
 export const DiscoverVmsRequestSchema: GenMessage<DiscoverVmsRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 5);
+  messageDesc(file_oma_v1_vm_context, 6);
 
 /**
  * Response of DiscoverVms.
@@ -415,7 +494,7 @@ export type DiscoverVmsResponse = Message<"oma.v1.DiscoverVmsResponse"> & {
  * Use `create(DiscoverVmsResponseSchema)` to create a new message.
  */
 export const DiscoverVmsResponseSchema: GenMessage<DiscoverVmsResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 6);
+  messageDesc(file_oma_v1_vm_context, 7);
 
 /**
  * Request of GetVmContext.
@@ -436,7 +515,7 @@ export type GetVmContextRequest = Message<"oma.v1.GetVmContextRequest"> & {
  * Use `create(GetVmContextRequestSchema)` to create a new message.
  */
 export const GetVmContextRequestSchema: GenMessage<GetVmContextRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 7);
+  messageDesc(file_oma_v1_vm_context, 8);
 
 /**
  * Response of GetVmContext.
@@ -457,7 +536,7 @@ export type GetVmContextResponse = Message<"oma.v1.GetVmContextResponse"> & {
  * Use `create(GetVmContextResponseSchema)` to create a new message.
  */
 export const GetVmContextResponseSchema: GenMessage<GetVmContextResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 8);
+  messageDesc(file_oma_v1_vm_context, 9);
 
 /**
  * Request of ListVmContexts.
@@ -499,7 +578,7 @@ export type ListVmContextsRequest = Message<"oma.v1.ListVmContextsRequest"> & {
  * Use `create(ListVmContextsRequestSchema)` to create a new message.
  */
 export const ListVmContextsRequestSchema: GenMessage<ListVmContextsRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 9);
+  messageDesc(file_oma_v1_vm_context, 10);
 
 /**
  * Response of ListVmContexts.
@@ -527,7 +606,7 @@ export type ListVmContextsResponse = Message<"oma.v1.ListVmContextsResponse"> & 
  * Use `create(ListVmContextsResponseSchema)` to create a new message.
  */
 export const ListVmContextsResponseSchema: GenMessage<ListVmContextsResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 10);
+  messageDesc(file_oma_v1_vm_context, 11);
 
 /**
  * Request of PowerOnSourceVm.
@@ -555,7 +634,7 @@ export type PowerOnSourceVmRequest = Message<"oma.v1.PowerOnSourceVmRequest"> & 
  * Use `create(PowerOnSourceVmRequestSchema)` to create a new message.
  */
 export const PowerOnSourceVmRequestSchema: GenMessage<PowerOnSourceVmRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 11);
+  messageDesc(file_oma_v1_vm_context, 12);
 
 /**
  * Response of PowerOnSourceVm.
@@ -576,7 +655,7 @@ export type PowerOnSourceVmResponse = Message<"oma.v1.PowerOnSourceVmResponse"> 
  * Use `create(PowerOnSourceVmResponseSchema)` to create a new message.
  */
 export const PowerOnSourceVmResponseSchema: GenMessage<PowerOnSourceVmResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 12);
+  messageDesc(file_oma_v1_vm_context, 13);
 
 /**
  * Request of PowerOffSourceVm.
@@ -604,7 +683,7 @@ export type PowerOffSourceVmRequest = Message<"oma.v1.PowerOffSourceVmRequest"> 
  * Use `create(PowerOffSourceVmRequestSchema)` to create a new message.
  */
 export const PowerOffSourceVmRequestSchema: GenMessage<PowerOffSourceVmRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 13);
+  messageDesc(file_oma_v1_vm_context, 14);
 
 /**
  * Response of PowerOffSourceVm.
@@ -625,7 +704,7 @@ export type PowerOffSourceVmResponse = Message<"oma.v1.PowerOffSourceVmResponse"
  * Use `create(PowerOffSourceVmResponseSchema)` to create a new message.
  */
 export const PowerOffSourceVmResponseSchema: GenMessage<PowerOffSourceVmResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 14);
+  messageDesc(file_oma_v1_vm_context, 15);
 
 /**
  * Lifecycle of a VM under migration.

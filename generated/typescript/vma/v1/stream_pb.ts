@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vma/v1/stream.proto.
  */
 export const file_vma_v1_stream: GenFile = /*@__PURE__*/
-  fileDesc("ChN2bWEvdjEvc3RyZWFtLnByb3RvEgZ2bWEudjEidwoFSGVsbG8SFAoMYXBwbGlhbmNlX2lkGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkSFQoNYWdlbnRfdmVyc2lvbhgDIAEoCRIUCgxjYXBhYmlsaXRpZXMYBCADKAkSFwoPbGFzdF9jb21tYW5kX2lkGAUgASgJIjoKCUpvYkN1cnNvchIOCgZqb2JfaWQYASABKAkSHQoVbGFzdF9hcHBsaWVkX3NlcXVlbmNlGAIgASgEIpIBCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDnNlcnZlcl92ZXJzaW9uGAMgASgJEiQKCW9wZW5fam9icxgEIAMoCzIRLnZtYS52MS5Kb2JDdXJzb3Ii0wEKDERpc2tQcm9ncmVzcxIPCgdkaXNrX2lkGAEgASgJEhIKCmJ5dGVzX2RvbmUYAiABKAQSEwoLYnl0ZXNfdG90YWwYAyABKAQSIwobdGhyb3VnaHB1dF9ieXRlc19wZXJfc2Vjb25kGAQgASgEEicKBXBoYXNlGAUgASgOMhgub21hLmNvbW1vbi52MS5Db3B5UGhhc2USJQoEbW9kZRgGIAEoDjIXLm9tYS5jb21tb24udjEuQ29weU1vZGUSFAoMcmVzdW1lX3Rva2VuGAcgASgJIr4CCg5Qcm9ncmVzc1JlcG9ydBIOCgZqb2JfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSJwoFcGhhc2UYAyABKA4yGC5vbWEuY29tbW9uLnYxLkNvcHlQaGFzZRIZChFjdXJyZW50X29wZXJhdGlvbhgEIAEoCRISCgpieXRlc19kb25lGAUgASgEEhMKC2J5dGVzX3RvdGFsGAYgASgEEiMKG3Rocm91Z2hwdXRfYnl0ZXNfcGVyX3NlY29uZBgHIAEoBBImCgNldGEYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SIwoFZGlza3MYCSADKAsyFC52bWEudjEuRGlza1Byb2dyZXNzEisKB3NlbnRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiUKCkpvYlN0YXJ0ZWQSFwoPc291cmNlX3NuYXBzaG90GAEgASgJInAKDURpc2tDb21wbGV0ZWQSDwoHZGlza19pZBgBIAEoCRIRCgljaGFuZ2VfaWQYAiABKAkSFAoMYnl0ZXNfY29waWVkGAMgASgEEiUKBG1vZGUYBCABKA4yFy5vbWEuY29tbW9uLnYxLkNvcHlNb2RlIiQKDEpvYkNvbXBsZXRlZBIUCgxieXRlc19jb3BpZWQYASABKAQiXAoJSm9iRmFpbGVkEi4KC2Vycm9yX2NsYXNzGAEgASgOMhkub21hLmNvbW1vbi52MS5FcnJvckNsYXNzEg4KBmRldGFpbBgCIAEoCRIPCgdkaXNrX2lkGAMgASgJIh4KDEpvYkNhbmNlbGxlZBIOCgZkZXRhaWwYASABKAkiuQIKCEpvYkV2ZW50Eg4KBmpvYl9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBIvCgtvY2N1cnJlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoHc3RhcnRlZBgKIAEoCzISLnZtYS52MS5Kb2JTdGFydGVkSAASLwoOZGlza19jb21wbGV0ZWQYCyABKAsyFS52bWEudjEuRGlza0NvbXBsZXRlZEgAEikKCWNvbXBsZXRlZBgMIAEoCzIULnZtYS52MS5Kb2JDb21wbGV0ZWRIABIjCgZmYWlsZWQYDSABKAsyES52bWEudjEuSm9iRmFpbGVkSAASKQoJY2FuY2VsbGVkGA4gASgLMhQudm1hLnYxLkpvYkNhbmNlbGxlZEgAQgcKBWV2ZW50IkoKD0Rpc2NvdmVyeVJlc3VsdBI3ChB2aXJ0dWFsX21hY2hpbmVzGAEgAygLMh0ub21hLmNvbW1vbi52MS5WaXJ0dWFsTWFjaGluZSI9CgtQb3dlclJlc3VsdBIuCgtwb3dlcl9zdGF0ZRgBIAEoDjIZLm9tYS5jb21tb24udjEuUG93ZXJTdGF0ZSLrAQoNQ29tbWFuZFJlc3VsdBISCgpjb21tYW5kX2lkGAEgASgJEicKB291dGNvbWUYAiABKA4yFi52bWEudjEuQ29tbWFuZE91dGNvbWUSDgoGZGV0YWlsGAMgASgJEi4KC2Vycm9yX2NsYXNzGAQgASgOMhkub21hLmNvbW1vbi52MS5FcnJvckNsYXNzEiwKCWRpc2NvdmVyeRgKIAEoCzIXLnZtYS52MS5EaXNjb3ZlcnlSZXN1bHRIABIkCgVwb3dlchgLIAEoCzITLnZtYS52MS5Qb3dlclJlc3VsdEgAQgkKB3BheWxvYWQiUQoJSGVhcnRiZWF0EisKB3NlbnRfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD3J1bm5pbmdfam9iX2lkcxgCIAMoCSKhAQoKRGlza1RhcmdldBIPCgdkaXNrX2lkGAEgASgJEhAKCGRpc2tfa2V5GAIgASgFEg8KB25iZF91cmkYAyABKAkSGgoScHJldmlvdXNfY2hhbmdlX2lkGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhQKDHJlc3VtZV90b2tlbhgGIAEoCRIVCg10YXJnZXRfaXNfbmV3GAcgASgIInwKF1N0YXJ0UmVwbGljYXRpb25Db21tYW5kEg4KBmpvYl9pZBgBIAEoCRIPCgd2bV91dWlkGAIgASgJEiEKBWRpc2tzGAMgAygLMhIudm1hLnYxLkRpc2tUYXJnZXQSHQoVbGFzdF9hcHBsaWVkX3NlcXVlbmNlGAQgASgEIiIKEENhbmNlbEpvYkNvbW1hbmQSDgoGam9iX2lkGAEgASgJIlcKD1Bvd2VyT2ZmQ29tbWFuZBIPCgd2bV91dWlkGAEgASgJEjMKEGdyYWNlZnVsX3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iIQoOUG93ZXJPbkNvbW1hbmQSDwoHdm1fdXVpZBgBIAEoCSImCg9EaXNjb3ZlckNvbW1hbmQSEwoLbmFtZV9maWx0ZXIYASABKAkiyQIKB0NvbW1hbmQSEgoKY29tbWFuZF9pZBgBIAEoCRItCglpc3N1ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKEXN0YXJ0X3JlcGxpY2F0aW9uGAogASgLMh8udm1hLnYxLlN0YXJ0UmVwbGljYXRpb25Db21tYW5kSAASLgoKY2FuY2VsX2pvYhgLIAEoCzIYLnZtYS52MS5DYW5jZWxKb2JDb21tYW5kSAASLAoJcG93ZXJfb2ZmGAwgASgLMhcudm1hLnYxLlBvd2VyT2ZmQ29tbWFuZEgAEioKCHBvd2VyX29uGA0gASgLMhYudm1hLnYxLlBvd2VyT25Db21tYW5kSAASKwoIZGlzY292ZXIYDiABKAsyFy52bWEudjEuRGlzY292ZXJDb21tYW5kSABCBgoEa2luZCIqCgZKb2JBY2sSDgoGam9iX2lkGAEgASgJEhAKCHNlcXVlbmNlGAIgASgEIiYKEENvbW1hbmRSZXN1bHRBY2sSEgoKY29tbWFuZF9pZBgBIAEoCSJ7CgtTdHJlYW1FcnJvchIlCgRjb2RlGAEgASgOMhcudm1hLnYxLlN0cmVhbUVycm9yQ29kZRIOCgZqb2JfaWQYAiABKAkSEAoIc2VxdWVuY2UYAyABKAQSEgoKY29tbWFuZF9pZBgEIAEoCRIPCgdtZXNzYWdlGAUgASgJKooBCg5Db21tYW5kT3V0Y29tZRIfChtDT01NQU5EX09VVENPTUVfVU5TUEVDSUZJRUQQABIdChlDT01NQU5EX09VVENPTUVfU1VDQ0VFREVEEAESGgoWQ09NTUFORF9PVVRDT01FX0ZBSUxFRBACEhwKGENPTU1BTkRfT1VUQ09NRV9SRUpFQ1RFRBADKu0BCg9TdHJlYW1FcnJvckNvZGUSIQodU1RSRUFNX0VSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIhCh1TVFJFQU1fRVJST1JfQ09ERV9VTktOT1dOX0pPQhABEiEKHVNUUkVBTV9FUlJPUl9DT0RFX0ZPUkVJR05fSk9CEAISJQohU1RSRUFNX0VSUk9SX0NPREVfSU5WQUxJRF9NRVNTQUdFEAMSIwofU1RSRUFNX0VSUk9SX0NPREVfSU5WQUxJRF9TVEFURRAEEiUKIVNUUkVBTV9FUlJPUl9DT0RFX1VOS05PV05fQ09NTUFORBAFYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_common_v1_jobs]);
+  fileDesc("ChN2bWEvdjEvc3RyZWFtLnByb3RvEgZ2bWEudjEidwoFSGVsbG8SFAoMYXBwbGlhbmNlX2lkGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkSFQoNYWdlbnRfdmVyc2lvbhgDIAEoCRIUCgxjYXBhYmlsaXRpZXMYBCADKAkSFwoPbGFzdF9jb21tYW5kX2lkGAUgASgJIjoKCUpvYkN1cnNvchIOCgZqb2JfaWQYASABKAkSHQoVbGFzdF9hcHBsaWVkX3NlcXVlbmNlGAIgASgEIpIBCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDnNlcnZlcl92ZXJzaW9uGAMgASgJEiQKCW9wZW5fam9icxgEIAMoCzIRLnZtYS52MS5Kb2JDdXJzb3Ii0wEKDERpc2tQcm9ncmVzcxIPCgdkaXNrX2lkGAEgASgJEhIKCmJ5dGVzX2RvbmUYAiABKAQSEwoLYnl0ZXNfdG90YWwYAyABKAQSIwobdGhyb3VnaHB1dF9ieXRlc19wZXJfc2Vjb25kGAQgASgEEicKBXBoYXNlGAUgASgOMhgub21hLmNvbW1vbi52MS5Db3B5UGhhc2USJQoEbW9kZRgGIAEoDjIXLm9tYS5jb21tb24udjEuQ29weU1vZGUSFAoMcmVzdW1lX3Rva2VuGAcgASgJIr4CCg5Qcm9ncmVzc1JlcG9ydBIOCgZqb2JfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSJwoFcGhhc2UYAyABKA4yGC5vbWEuY29tbW9uLnYxLkNvcHlQaGFzZRIZChFjdXJyZW50X29wZXJhdGlvbhgEIAEoCRISCgpieXRlc19kb25lGAUgASgEEhMKC2J5dGVzX3RvdGFsGAYgASgEEiMKG3Rocm91Z2hwdXRfYnl0ZXNfcGVyX3NlY29uZBgHIAEoBBImCgNldGEYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SIwoFZGlza3MYCSADKAsyFC52bWEudjEuRGlza1Byb2dyZXNzEisKB3NlbnRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiUKCkpvYlN0YXJ0ZWQSFwoPc291cmNlX3NuYXBzaG90GAEgASgJIpcBCg1EaXNrQ29tcGxldGVkEg8KB2Rpc2tfaWQYASABKAkSEQoJY2hhbmdlX2lkGAIgASgJEhQKDGJ5dGVzX2NvcGllZBgDIAEoBBIlCgRtb2RlGAQgASgOMhcub21hLmNvbW1vbi52MS5Db3B5TW9kZRIlCgZjb3BpZWQYBSABKAsyFS52bWEudjEuQ29waWVkRXh0ZW50cyIsCgpCeXRlRXh0ZW50Eg4KBm9mZnNldBgBIAEoBBIOCgZsZW5ndGgYAiABKAQiNAoNQ29waWVkRXh0ZW50cxIjCgdleHRlbnRzGAEgAygLMhIudm1hLnYxLkJ5dGVFeHRlbnQiJAoMSm9iQ29tcGxldGVkEhQKDGJ5dGVzX2NvcGllZBgBIAEoBCJcCglKb2JGYWlsZWQSLgoLZXJyb3JfY2xhc3MYASABKA4yGS5vbWEuY29tbW9uLnYxLkVycm9yQ2xhc3MSDgoGZGV0YWlsGAIgASgJEg8KB2Rpc2tfaWQYAyABKAkiHgoMSm9iQ2FuY2VsbGVkEg4KBmRldGFpbBgBIAEoCSK5AgoISm9iRXZlbnQSDgoGam9iX2lkGAEgASgJEhAKCHNlcXVlbmNlGAIgASgEEi8KC29jY3VycmVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgdzdGFydGVkGAogASgLMhIudm1hLnYxLkpvYlN0YXJ0ZWRIABIvCg5kaXNrX2NvbXBsZXRlZBgLIAEoCzIVLnZtYS52MS5EaXNrQ29tcGxldGVkSAASKQoJY29tcGxldGVkGAwgASgLMhQudm1hLnYxLkpvYkNvbXBsZXRlZEgAEiMKBmZhaWxlZBgNIAEoCzIRLnZtYS52MS5Kb2JGYWlsZWRIABIpCgljYW5jZWxsZWQYDiABKAsyFC52bWEudjEuSm9iQ2FuY2VsbGVkSABCBwoFZXZlbnQiSgoPRGlzY292ZXJ5UmVzdWx0EjcKEHZpcnR1YWxfbWFjaGluZXMYASADKAsyHS5vbWEuY29tbW9uLnYxLlZpcnR1YWxNYWNoaW5lIj0KC1Bvd2VyUmVzdWx0Ei4KC3Bvd2VyX3N0YXRlGAEgASgOMhkub21hLmNvbW1vbi52MS5Qb3dlclN0YXRlIusBCg1Db21tYW5kUmVzdWx0EhIKCmNvbW1hbmRfaWQYASABKAkSJwoHb3V0Y29tZRgCIAEoDjIWLnZtYS52MS5Db21tYW5kT3V0Y29tZRIOCgZkZXRhaWwYAyABKAkSLgoLZXJyb3JfY2xhc3MYBCABKA4yGS5vbWEuY29tbW9uLnYxLkVycm9yQ2xhc3MSLAoJZGlzY292ZXJ5GAogASgLMhcudm1hLnYxLkRpc2NvdmVyeVJlc3VsdEgAEiQKBXBvd2VyGAsgASgLMhMudm1hLnYxLlBvd2VyUmVzdWx0SABCCQoHcGF5bG9hZCJRCglIZWFydGJlYXQSKwoHc2VudF9hdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPcnVubmluZ19qb2JfaWRzGAIgAygJIqEBCgpEaXNrVGFyZ2V0Eg8KB2Rpc2tfaWQYASABKAkSEAoIZGlza19rZXkYAiABKAUSDwoHbmJkX3VyaRgDIAEoCRIaChJwcmV2aW91c19jaGFuZ2VfaWQYBCABKAkSFgoOY2FwYWNpdHlfYnl0ZXMYBSABKAQSFAoMcmVzdW1lX3Rva2VuGAYgASgJEhUKDXRhcmdldF9pc19uZXcYByABKAgifAoXU3RhcnRSZXBsaWNhdGlvbkNvbW1hbmQSDgoGam9iX2lkGAEgASgJEg8KB3ZtX3V1aWQYAiABKAkSIQoFZGlza3MYAyADKAsyEi52bWEudjEuRGlza1RhcmdldBIdChVsYXN0X2FwcGxpZWRfc2VxdWVuY2UYBCABKAQiIgoQQ2FuY2VsSm9iQ29tbWFuZBIOCgZqb2JfaWQYASABKAkiVwoPUG93ZXJPZmZDb21tYW5kEg8KB3ZtX3V1aWQYASABKAkSMwoQZ3JhY2VmdWxfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIhCg5Qb3dlck9uQ29tbWFuZBIPCgd2bV91dWlkGAEgASgJIiYKD0Rpc2NvdmVyQ29tbWFuZBITCgtuYW1lX2ZpbHRlchgBIAEoCSLJAgoHQ29tbWFuZBISCgpjb21tYW5kX2lkGAEgASgJEi0KCWlzc3VlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASPAoRc3RhcnRfcmVwbGljYXRpb24YCiABKAsyHy52bWEudjEuU3RhcnRSZXBsaWNhdGlvbkNvbW1hbmRIABIuCgpjYW5jZWxfam9iGAsgASgLMhgudm1hLnYxLkNhbmNlbEpvYkNvbW1hbmRIABIsCglwb3dlcl9vZmYYDCABKAsyFy52bWEudjEuUG93ZXJPZmZDb21tYW5kSAASKgoIcG93ZXJfb24YDSABKAsyFi52bWEudjEuUG93ZXJPbkNvbW1hbmRIABIrCghkaXNjb3ZlchgOIAEoCzIXLnZtYS52MS5EaXNjb3ZlckNvbW1hbmRIAEIGCgRraW5kIioKBkpvYkFjaxIOCgZqb2JfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQiJgoQQ29tbWFuZFJlc3VsdEFjaxISCgpjb21tYW5kX2lkGAEgASgJInsKC1N0cmVhbUVycm9yEiUKBGNvZGUYASABKA4yFy52bWEudjEuU3RyZWFtRXJyb3JDb2RlEg4KBmpvYl9pZBgCIAEoCRIQCghzZXF1ZW5jZRgDIAEoBBISCgpjb21tYW5kX2lkGAQgASgJEg8KB21lc3NhZ2UYBSABKAkqigEKDkNvbW1hbmRPdXRjb21lEh8KG0NPTU1BTkRfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGUNPTU1BTkRfT1VUQ09NRV9TVUNDRUVERUQQARIaChZDT01NQU5EX09VVENPTUVfRkFJTEVEEAISHAoYQ09NTUFORF9PVVRDT01FX1JFSkVDVEVEEAMq7QEKD1N0cmVhbUVycm9yQ29kZRIhCh1TVFJFQU1fRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEiEKHVNUUkVBTV9FUlJPUl9DT0RFX1VOS05PV05fSk9CEAESIQodU1RSRUFNX0VSUk9SX0NPREVfRk9SRUlHTl9KT0IQAhIlCiFTVFJFQU1fRVJST1JfQ09ERV9JTlZBTElEX01FU1NBR0UQAxIjCh9TVFJFQU1fRVJST1JfQ09ERV9JTlZBTElEX1NUQVRFEAQSJQohU1RSRUFNX0VSUk9SX0NPREVfVU5LTk9XTl9DT01NQU5EEAViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_common_v1_jobs]);
 
 /**
  * First message on every stream: who the appliance is and what it has seen.
@@ -342,6 +342,15 @@ export type DiskCompleted = Message<"vma.v1.DiskCompleted"> & {
    * @generated from field: oma.common.v1.CopyMode mode = 4;
    */
   mode: CopyMode;
+
+  /**
+   * The byte ranges of the disk this job's copy covered (the changed extents of an incremental, every allocated
+   * extent of a full copy), so the OMA reads back and verifies exactly those. Absent from an appliance that does
+   * not report them: the OMA then verifies the whole disk and says so in the job log.
+   *
+   * @generated from field: vma.v1.CopiedExtents copied = 5;
+   */
+  copied?: CopiedExtents;
 };
 
 /**
@@ -350,6 +359,56 @@ export type DiskCompleted = Message<"vma.v1.DiskCompleted"> & {
  */
 export const DiskCompletedSchema: GenMessage<DiskCompleted> = /*@__PURE__*/
   messageDesc(file_vma_v1_stream, 6);
+
+/**
+ * A byte range of a disk.
+ *
+ * @generated from message vma.v1.ByteExtent
+ */
+export type ByteExtent = Message<"vma.v1.ByteExtent"> & {
+  /**
+   * First byte of the range.
+   *
+   * @generated from field: uint64 offset = 1;
+   */
+  offset: bigint;
+
+  /**
+   * Length of the range in bytes; at least 1.
+   *
+   * @generated from field: uint64 length = 2;
+   */
+  length: bigint;
+};
+
+/**
+ * Describes the message vma.v1.ByteExtent.
+ * Use `create(ByteExtentSchema)` to create a new message.
+ */
+export const ByteExtentSchema: GenMessage<ByteExtent> = /*@__PURE__*/
+  messageDesc(file_vma_v1_stream, 7);
+
+/**
+ * The byte ranges a disk's copy covered, sorted and non-overlapping, within the disk's capacity; at most 65,536
+ * ranges (an appliance with more merges neighbours: a range may cover more than was written, never less).
+ *
+ * @generated from message vma.v1.CopiedExtents
+ */
+export type CopiedExtents = Message<"vma.v1.CopiedExtents"> & {
+  /**
+   * The ranges, in ascending offset order.
+   *
+   * @generated from field: repeated vma.v1.ByteExtent extents = 1;
+   */
+  extents: ByteExtent[];
+};
+
+/**
+ * Describes the message vma.v1.CopiedExtents.
+ * Use `create(CopiedExtentsSchema)` to create a new message.
+ */
+export const CopiedExtentsSchema: GenMessage<CopiedExtents> = /*@__PURE__*/
+  messageDesc(file_vma_v1_stream, 8);
 
 /**
  * Every disk of the job was copied.
@@ -370,7 +429,7 @@ export type JobCompleted = Message<"vma.v1.JobCompleted"> & {
  * Use `create(JobCompletedSchema)` to create a new message.
  */
 export const JobCompletedSchema: GenMessage<JobCompleted> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 7);
+  messageDesc(file_vma_v1_stream, 9);
 
 /**
  * The job failed on the appliance.
@@ -405,7 +464,7 @@ export type JobFailed = Message<"vma.v1.JobFailed"> & {
  * Use `create(JobFailedSchema)` to create a new message.
  */
 export const JobFailedSchema: GenMessage<JobFailed> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 8);
+  messageDesc(file_vma_v1_stream, 10);
 
 /**
  * The job was cancelled on the appliance after a cancel command.
@@ -426,7 +485,7 @@ export type JobCancelled = Message<"vma.v1.JobCancelled"> & {
  * Use `create(JobCancelledSchema)` to create a new message.
  */
 export const JobCancelledSchema: GenMessage<JobCancelled> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 9);
+  messageDesc(file_vma_v1_stream, 11);
 
 /**
  * A state change of a job. Shares the per-job sequence with ProgressReport; never coalesced.
@@ -508,7 +567,7 @@ export type JobEvent = Message<"vma.v1.JobEvent"> & {
  * Use `create(JobEventSchema)` to create a new message.
  */
 export const JobEventSchema: GenMessage<JobEvent> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 10);
+  messageDesc(file_vma_v1_stream, 12);
 
 /**
  * Result of discovering VMs.
@@ -529,7 +588,7 @@ export type DiscoveryResult = Message<"vma.v1.DiscoveryResult"> & {
  * Use `create(DiscoveryResultSchema)` to create a new message.
  */
 export const DiscoveryResultSchema: GenMessage<DiscoveryResult> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 11);
+  messageDesc(file_vma_v1_stream, 13);
 
 /**
  * Result of a power command.
@@ -550,7 +609,7 @@ export type PowerResult = Message<"vma.v1.PowerResult"> & {
  * Use `create(PowerResultSchema)` to create a new message.
  */
 export const PowerResultSchema: GenMessage<PowerResult> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 12);
+  messageDesc(file_vma_v1_stream, 14);
 
 /**
  * The appliance's answer to a command.
@@ -615,7 +674,7 @@ export type CommandResult = Message<"vma.v1.CommandResult"> & {
  * Use `create(CommandResultSchema)` to create a new message.
  */
 export const CommandResultSchema: GenMessage<CommandResult> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 13);
+  messageDesc(file_vma_v1_stream, 15);
 
 /**
  * Periodic liveness signal from the appliance.
@@ -643,7 +702,7 @@ export type Heartbeat = Message<"vma.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 14);
+  messageDesc(file_vma_v1_stream, 16);
 
 /**
  * A disk to copy and where to write it.
@@ -707,7 +766,7 @@ export type DiskTarget = Message<"vma.v1.DiskTarget"> & {
  * Use `create(DiskTargetSchema)` to create a new message.
  */
 export const DiskTargetSchema: GenMessage<DiskTarget> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 15);
+  messageDesc(file_vma_v1_stream, 17);
 
 /**
  * Copy the given disks of a VM into their NBD exports and report progress.
@@ -749,7 +808,7 @@ export type StartReplicationCommand = Message<"vma.v1.StartReplicationCommand"> 
  * Use `create(StartReplicationCommandSchema)` to create a new message.
  */
 export const StartReplicationCommandSchema: GenMessage<StartReplicationCommand> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 16);
+  messageDesc(file_vma_v1_stream, 18);
 
 /**
  * Stop a running job; the appliance answers with a JobCancelled event.
@@ -770,7 +829,7 @@ export type CancelJobCommand = Message<"vma.v1.CancelJobCommand"> & {
  * Use `create(CancelJobCommandSchema)` to create a new message.
  */
 export const CancelJobCommandSchema: GenMessage<CancelJobCommand> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 17);
+  messageDesc(file_vma_v1_stream, 19);
 
 /**
  * Power off the source VM (guest shutdown first, then hard power off after the timeout).
@@ -798,7 +857,7 @@ export type PowerOffCommand = Message<"vma.v1.PowerOffCommand"> & {
  * Use `create(PowerOffCommandSchema)` to create a new message.
  */
 export const PowerOffCommandSchema: GenMessage<PowerOffCommand> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 18);
+  messageDesc(file_vma_v1_stream, 20);
 
 /**
  * Power on the source VM.
@@ -819,7 +878,7 @@ export type PowerOnCommand = Message<"vma.v1.PowerOnCommand"> & {
  * Use `create(PowerOnCommandSchema)` to create a new message.
  */
 export const PowerOnCommandSchema: GenMessage<PowerOnCommand> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 19);
+  messageDesc(file_vma_v1_stream, 21);
 
 /**
  * List the VMs the appliance can see.
@@ -840,7 +899,7 @@ export type DiscoverCommand = Message<"vma.v1.DiscoverCommand"> & {
  * Use `create(DiscoverCommandSchema)` to create a new message.
  */
 export const DiscoverCommandSchema: GenMessage<DiscoverCommand> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 20);
+  messageDesc(file_vma_v1_stream, 22);
 
 /**
  * An instruction from the OMA's durable outbox. Delivered at least once; the appliance deduplicates by id.
@@ -915,7 +974,7 @@ export type Command = Message<"vma.v1.Command"> & {
  * Use `create(CommandSchema)` to create a new message.
  */
 export const CommandSchema: GenMessage<Command> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 21);
+  messageDesc(file_vma_v1_stream, 23);
 
 /**
  * The OMA has durably stored everything of a job up to a sequence.
@@ -943,7 +1002,7 @@ export type JobAck = Message<"vma.v1.JobAck"> & {
  * Use `create(JobAckSchema)` to create a new message.
  */
 export const JobAckSchema: GenMessage<JobAck> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 22);
+  messageDesc(file_vma_v1_stream, 24);
 
 /**
  * The OMA has durably stored a command result; the appliance may stop resending it.
@@ -964,7 +1023,7 @@ export type CommandResultAck = Message<"vma.v1.CommandResultAck"> & {
  * Use `create(CommandResultAckSchema)` to create a new message.
  */
 export const CommandResultAckSchema: GenMessage<CommandResultAck> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 23);
+  messageDesc(file_vma_v1_stream, 25);
 
 /**
  * The OMA rejected one message; nothing of it was applied and the stream stays open.
@@ -1013,7 +1072,7 @@ export type StreamError = Message<"vma.v1.StreamError"> & {
  * Use `create(StreamErrorSchema)` to create a new message.
  */
 export const StreamErrorSchema: GenMessage<StreamError> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 24);
+  messageDesc(file_vma_v1_stream, 26);
 
 /**
  * Outcome of a command on the appliance.

@@ -1,0 +1,1 @@
+"""Block hashes, disk digests and the verification of replicas (issue #15)."""

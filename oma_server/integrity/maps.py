@@ -1,0 +1,93 @@
+"""Block-hash maps as the OMA stores them (`block_map`), one per disk and change id.
+
+Functions here run inside a database transaction (on a DB thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from oma_server.db.models import BlockMap, Disk, Volume
+from oma_server.integrity.blocks import ALGORITHM, BLOCK_SIZE, Extent
+
+
+def record_sync(job_id: str, disk_id: str, change_id: str, extents: Sequence[Extent] | None) -> None:
+    """A disk's sync to `change_id` finished: its map is pending until the replica is read back. `extents` are the
+    byte ranges the sync covered, None when unknown (the whole disk is then read)."""
+    disk = Disk.get_by_id(disk_id)
+    fields = {
+        "job_id": job_id,
+        "status": "pending",
+        "algorithm": ALGORITHM,
+        "block_size": BLOCK_SIZE,
+        "capacity_bytes": disk.capacity_bytes,
+        "extents": None if extents is None else [list(e) for e in extents],
+        "hashes": None,
+        "digest": "",
+        "blocks_read": 0,
+        "verified_at": None,
+    }
+    existing = BlockMap.get_or_none((BlockMap.disk == disk_id) & (BlockMap.change_id == change_id))
+    if existing is None:
+        BlockMap.create(disk=disk_id, change_id=change_id, **fields)
+    else:
+        BlockMap.update(**fields).where(BlockMap.id == existing.id).execute()
+
+
+def pending_of_job(job_id: str) -> list[tuple[BlockMap, str]]:
+    """The job's pending maps, each with the device path of its disk's replica ("" when not attached)."""
+    out = []
+    for row in BlockMap.select().where((BlockMap.job_id == job_id) & (BlockMap.status == "pending")):
+        volume = (
+            Volume.select()
+            .where((Volume.disk == row.disk_id) & (Volume.state.not_in(["deleted"])))
+            .order_by(Volume.created_at.desc())
+            .first()
+        )
+        out.append((row, volume.device_path if volume is not None else ""))
+    return out
+
+
+def previous_verified(row: BlockMap) -> BlockMap | None:
+    """The disk's newest verified map made the same way (capacity, block size, hash) other than `row`."""
+    return (
+        BlockMap.select()
+        .where(
+            (BlockMap.disk == row.disk_id)
+            & (BlockMap.id != row.id)
+            & (BlockMap.status == "verified")
+            & (BlockMap.capacity_bytes == row.capacity_bytes)
+            & (BlockMap.block_size == row.block_size)
+            & (BlockMap.algorithm == row.algorithm)
+        )
+        .order_by(BlockMap.verified_at.desc(), BlockMap.id.desc())
+        .first()
+    )
+
+
+def save_verified(map_id: int, hashes: bytes, digest: str, blocks_read: int, at: datetime) -> None:
+    BlockMap.update(status="verified", hashes=hashes, digest=digest, blocks_read=blocks_read, verified_at=at).where(
+        BlockMap.id == map_id
+    ).execute()
+
+
+def latest_verified(disk_id: str) -> BlockMap | None:
+    return (
+        BlockMap.select(
+            BlockMap.id,
+            BlockMap.disk,
+            BlockMap.change_id,
+            BlockMap.job_id,
+            BlockMap.status,
+            BlockMap.algorithm,
+            BlockMap.block_size,
+            BlockMap.capacity_bytes,
+            BlockMap.digest,
+            BlockMap.blocks_read,
+            BlockMap.verified_at,
+        )
+        .where((BlockMap.disk == disk_id) & (BlockMap.status == "verified"))
+        .order_by(BlockMap.verified_at.desc(), BlockMap.id.desc())
+        .first()
+    )
