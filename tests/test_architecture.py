@@ -150,3 +150,28 @@ def test_omactl_is_only_a_client_of_the_api() -> None:
         if under(source, ("oma_server.omactl",))
     }
     assert {s: t for s, t in reaching_in.items() if t} == {}
+
+
+# Modules still over the size limit, each at most at its size when the limit came (issue #12): they may shrink,
+# never grow; a new module stays within the limit. Split one and take it off the list.
+MODULE_LINES = 500
+STILL_LARGER = {
+    "vma_client_stubs/agent/agent.py": 834,
+    "vma_client_stubs/stream_client.py": 731,
+    "vma_client_stubs/agent/copier.py": 627,
+    "oma_server/nbd/manager.py": 534,
+    "oma_server/cloudstack/client.py": 519,
+    "vma_client_stubs/agent/vcenter.py": 514,
+}
+
+
+def test_modules_stay_small() -> None:
+    repo = ROOT.parent
+    over = {}
+    for root in ("oma_server", "vma_client_stubs"):
+        for path in (repo / root).rglob("*.py"):
+            name = str(path.relative_to(repo))
+            lines = len(path.read_text().splitlines())
+            if lines > STILL_LARGER.get(name, MODULE_LINES):
+                over[name] = lines
+    assert over == {}, f"modules over {MODULE_LINES} lines (or over their recorded size): {over}"

@@ -149,9 +149,12 @@ async def test_disks_of_a_job_copy_in_parallel_within_the_bounds(
         for vm in vms:
             for disk in disks[vm.uuid]:
                 assert same_bytes(vcenter.disk_path(vm.uuid, disk.key), nbd_server.exports[disk.id])
+        # Whichever job reaches its copy first starts two disks at once (three appliance slots are free); the other
+        # may get only the one slot left while the first holds two (it did under load): for it only the bound holds.
+        peaks = sorted(agent.job_stats(job.id)["peak_parallel_disks"] for job in jobs)
+        assert peaks[-1] == 2 and peaks[0] >= 1, peaks  # parallel, and never above the job's bound
         for job in jobs:
             stats = agent.job_stats(job.id)
-            assert stats["peak_parallel_disks"] == 2  # parallel, and never above the job's bound
             row = await app.db.run(ReplicationJob.get_by_id, job.id)
             assert row.bytes_done == row.bytes_total == sum(d["bytes_total"] for d in stats["disks"].values())
             for disk_id, d in stats["disks"].items():  # progress stays exact per disk

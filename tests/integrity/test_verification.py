@@ -15,9 +15,10 @@ from oma.v1 import job_pb2, job_pb2_grpc, vm_context_pb2, vm_context_pb2_grpc
 from oma_server.db.models import BlockMap, Volume
 from oma_server.integrity.blocks import BLOCK_SIZE
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.factories import RawStream, enroll, inventory, nbdcopy
 from tests.integrity.test_blocks import imageio_checksum
-from tests.omactl.conftest import run_omactl
+from tests.omactl.conftest import run_omactl, target_of
 from tests.test_replication_workflow import completed_for, oma, register, start, started_for  # noqa: F401
 from vma.v1 import stream_pb2
 
@@ -70,7 +71,7 @@ async def test_initial_verifies_every_block_and_an_incremental_only_the_changed_
     sim = app.simulator
     assert sim is not None and app.workflow is not None
     vm_inventory = inventory(disk_mib=(16, 5))  # 8 blocks; 3 blocks, the last one 1 MiB
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{oma.port}") as channel:
+    async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
         vm_id = await register(channel, enrolled, vm_inventory)
         job = await start(channel, vm_id)
@@ -158,7 +159,7 @@ async def test_initial_verifies_every_block_and_an_incremental_only_the_changed_
         expected = [(d, f"cid-{i}-{n}", "verified") for i, d in enumerate((disk0, disk1)) for n in (1, 2)]
         assert sorted(rows) == sorted(expected)
         # the operator sees the same: omactl vms show has the digest, the verified change id and what was read
-        shown = await run_omactl(f"127.0.0.1:{oma.port}", "vms", "show", vm_id)
+        shown = await run_omactl(target_of(oma), "vms", "show", vm_id)
         assert shown.code == 0, shown
         line0 = next(line for line in shown.out.splitlines() if line.startswith(disk0) and "sha256:" in line)
         assert f"sha256:{v0.digest}" in line0 and "cid-0-2" in line0 and "2 of 8 (2 MiB)" in line0, line0
