@@ -10,13 +10,13 @@ from oma_server.errors import InvalidArgument
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("127.0.0.1:50051", ("127.0.0.1", 50051)), ("[::1]:10809", ("::1", 10809)), ("0.0.0.0:0", ("0.0.0.0", 0))],
+    [("127.0.0.1:7001", ("127.0.0.1", 7001)), ("[::1]:7002", ("::1", 7002)), ("0.0.0.0:0", ("0.0.0.0", 0))],
 )
 def test_addresses_split_into_host_and_port(value: str, expected: tuple[str, int]) -> None:
     assert parse_host_port(value, "--listen") == expected
 
 
-@pytest.mark.parametrize("value", ["nonsense", ":50051", "host:", "host:65536", "host:-1", "a b:1", "[x]y:1"])
+@pytest.mark.parametrize("value", ["nonsense", ":7001", "host:", "host:65536", "host:-1", "a b:1", "[x]y:1"])
 def test_bad_addresses_name_the_flag(value: str) -> None:
     with pytest.raises(InvalidArgument) as refused:
         parse_host_port(value, "--nbd-listen", reason="NBD_LISTEN_INVALID")

@@ -469,7 +469,7 @@ def test_keys_are_0600_and_the_tls_directory_0700(running_server: Running) -> No
 
 
 def test_the_server_certificate_carries_the_advertised_names(tmp_path: Path) -> None:
-    names = ("--advertise-address", "oma.example.test:50051", "--advertise-address", "10.9.8.7")
+    names = ("--advertise-address", "oma.example.test:7443", "--advertise-address", "10.9.8.7")
     server = ServerProcess(tmp_path, *names)
     try:
         wait_serving(server.port, server.proc, tmp_path)
