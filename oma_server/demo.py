@@ -1,6 +1,7 @@
 """`make demo`: the product's main job on the embedded defaults, end to end, with real parts.
 
-oma-server (SQLite, in-process CloudStack simulator, real nbd-server, the dashboard and /metrics on a free port)
+oma-server (SQLite, in-process CloudStack simulator, real nbdkit, the dashboard and /metrics on a free port, behind
+the operators' tokens)
 + the reference VMA agent (its "vCenter" is a
 directory of raw images with change tracking) + omactl for live progress:
 
@@ -24,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -33,6 +36,8 @@ from rich.console import Console
 from rich.table import Table
 
 from oma.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     appliance_pb2,
     appliance_pb2_grpc,
     replication_pb2,
@@ -196,8 +201,31 @@ class Demo:
         console.print(f"its CA: {self.ca} ({ca_fingerprint[:23]}...); omactl and the agent verify the OMA with it")
         console.print(f"omactl calls with the initial admin token from {self.data_dir / 'admin.token'} (OMA_TOKEN)")
         console.print(
-            f"live dashboard: [bold]http://{self.http_address}/[/]  ·  Prometheus metrics: http://{self.http_address}/metrics"
-            "  (OMA_DEMO_HTTP_PORT fixes the port)"
+            f"live dashboard: [bold]http://{self.http_address}/[/] (log in with that token)  ·  Prometheus metrics: "
+            f"http://{self.http_address}/metrics (Authorization: Bearer <token>)  (OMA_DEMO_HTTP_PORT fixes the port)"
+        )
+
+    def check_dashboard(self) -> None:
+        """The dashboard's data and /metrics answer only to a token: none is refused, a viewer's is served."""
+        url = f"http://{self.http_address}/metrics"
+        try:
+            urllib.request.urlopen(url, timeout=10)
+            self.failures.append("/metrics answered without a token")
+        except urllib.error.HTTPError as refused:
+            if refused.code != 401:
+                self.failures.append(f"/metrics without a token answered {refused.code}, not 401")
+        viewer = access_pb2_grpc.AccessServiceStub(self.channel).CreateApiToken(
+            access_pb2.CreateApiTokenRequest(name="demo-prometheus", role=access_pb2.ROLE_VIEWER)
+        )
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {viewer.secret}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+        copied = sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("oma_bytes_copied_total{")
+        )
+        console.print(
+            f"/metrics: 401 without a token; with a viewer token {len(text.splitlines())} lines, "
+            f"oma_bytes_copied_total = {copied / (1 << 20):.0f} MiB"
         )
 
     def start_agent(
@@ -381,6 +409,9 @@ def main() -> int:
             if vm.status != vm_context_pb2.VM_CONTEXT_STATUS_READY_FOR_FAILOVER:
                 demo.failures.append(f"after cleanup the VM is {vm_context_pb2.VmContextStatus.Name(vm.status)}")
             demo.verify(vm_id, "CloudStack volume", demo.replicas_in_cloudstack(vm_id))
+
+            step("Dashboard and /metrics: only for operators' tokens")
+            demo.check_dashboard()
 
             step("Summary")
             demo.summary(vm_id, [initial, incremental])

@@ -61,6 +61,8 @@ class Settings:
     http_listen: str = ""
     http_tls_cert: Path | None = None
     http_tls_key: Path | None = None
+    #: how often a live event stream of the dashboard re-checks its token (a revoked one ends the stream)
+    http_reauth_interval_s: float = 30.0
 
     def validate(self) -> None:
         parse_host_port(self.listen, "--listen")

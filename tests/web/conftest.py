@@ -12,6 +12,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from oma_server.security.tokens import read_admin_token
 from oma_server.server import OmaServer
 from tests.clients import oma_channel
 from tests.failover.helpers import start_oma
@@ -77,12 +78,17 @@ class EventStream:
                 return event.get("id"), json.loads(event["data"])
 
 
+def bearer(server: OmaServer) -> dict[str, str]:
+    """The Authorization header with the OMA's initial admin token (the dashboard needs viewer or above)."""
+    return {"Authorization": f"Bearer {read_admin_token(server.app.settings.data_dir)}"}
+
+
 @pytest.fixture
 async def web(tmp_path: Path) -> AsyncIterator[Web]:
     server = await start_oma(tmp_path, http_listen="127.0.0.1:0")
     async with (
         oma_channel(server) as channel,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=bearer(server)) as session,
     ):
         yield Web(server, channel, session)
     await server.stop(grace=0.5)

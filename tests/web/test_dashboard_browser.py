@@ -18,7 +18,15 @@ import pytest
 from playwright.async_api import Locator, Page, async_playwright, expect
 
 from oma.common.v1 import jobs_pb2
-from oma.v1 import failover_pb2, replication_pb2, replication_pb2_grpc, vm_context_pb2, vm_context_pb2_grpc
+from oma.v1 import (
+    access_pb2,
+    access_pb2_grpc,
+    failover_pb2,
+    replication_pb2,
+    replication_pb2_grpc,
+    vm_context_pb2,
+    vm_context_pb2_grpc,
+)
 from oma_server.app import App
 from oma_server.server import OmaServer
 from tests.clients import oma_channel
@@ -132,7 +140,7 @@ def job_card(page: Page, job_id: str) -> Locator:
 
 
 async def test_dashboard_follows_a_replication_a_failover_and_an_error(page: Page, tmp_path: Path) -> None:
-    server: OmaServer = await start_oma(tmp_path, http_listen="127.0.0.1:0")
+    server: OmaServer = await start_oma(tmp_path, http_listen="127.0.0.1:0", http_reauth_interval_s=0.5)
     try:
         async with oma_channel(server) as channel:
             assert server.http is not None
@@ -145,7 +153,18 @@ async def test_dashboard_follows_a_replication_a_failover_and_an_error(page: Pag
             start = await appliance.next_start()
             job_id = start.job_id
 
+            # Without a session the page sends to the login; a viewer's token logs in (kept in a cookie).
+            viewer = await access_pb2_grpc.AccessServiceStub(channel).CreateApiToken(
+                access_pb2.CreateApiTokenRequest(name="dashboard-viewer", role=access_pb2.ROLE_VIEWER)
+            )
             await page.goto(base)
+            await expect(page).to_have_url(f"{base}/login")
+            await page.fill("#token", "oma_0123456789abcdef_" + "x" * 43)
+            await page.click("#login")
+            await expect(page.locator("#login-problem")).to_contain_text("not valid")
+            await page.fill("#token", viewer.secret)
+            await page.click("#login")
+            await expect(page).to_have_url(f"{base}/")
             await expect(page.locator("#live")).to_have_attribute("data-live", "live", timeout=WAIT_MS)
             row = page.locator(f'tr[data-appliance-id="{enrolled.appliance_id}"]')
             await expect(row.locator('[data-state="connected"]')).to_be_visible(timeout=WAIT_MS)
@@ -240,6 +259,14 @@ async def test_dashboard_follows_a_replication_a_failover_and_an_error(page: Pag
             )
             # a change after the reconnect reaches the page: the stream resumed (its first events are changes)
             await expect(job_card(page, retried.job.id)).to_be_visible(timeout=WAIT_MS)
-        await expect(job_card(page, job_id).locator(".job-bar .bar")).to_have_attribute("data-percent", "100")
+            await expect(job_card(page, job_id).locator(".job-bar .bar")).to_have_attribute("data-percent", "100")
+
+            # The viewer's token is revoked: the live stream ends and the page says to log in again.
+            await access_pb2_grpc.AccessServiceStub(channel).RevokeApiToken(
+                access_pb2.RevokeApiTokenRequest(id=viewer.token.id)
+            )
+            await expect(page.locator("#live")).to_have_attribute("data-live", "down", timeout=WAIT_MS)
+            await expect(page.locator("#live")).to_have_text("logged out")
+            await expect(page.locator("#login-again")).to_be_visible()
     finally:
         await server.stop(grace=0.2)

@@ -22,7 +22,7 @@ from tests.conftest import REPO, make_settings
 from tests.factories import inventory
 from tests.failover.helpers import TEST, failover_stub, map_network, replicate, sim_of, start_oma
 from tests.tls import make_pki
-from tests.web.conftest import EventStream, Web, value
+from tests.web.conftest import EventStream, Web, bearer, value
 from vma.v1 import stream_pb2
 
 ALERTS = REPO / "docs" / "prometheus-alerts.yml"
@@ -172,7 +172,7 @@ async def test_the_listener_serves_https_with_a_certificate(tmp_path: Path) -> N
     try:
         assert server.http is not None
         trusted = ssl.create_default_context(cafile=str(pki.ca))
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=bearer(server)) as session:
             async with session.get(f"https://127.0.0.1:{server.http.port}/metrics", ssl=trusted) as response:
                 assert response.status == 200 and "oma_replication_jobs" in await response.text()
             with pytest.raises(aiohttp.ClientConnectorCertificateError):

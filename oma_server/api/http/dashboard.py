@@ -19,11 +19,13 @@ from contextlib import aclosing
 from typing import Any, TypeVar, cast
 
 from aiohttp import web
-from aiohttp_sse import sse_response
+from aiohttp_sse import EventSourceResponse, sse_response
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from oma_server.api.convert import appliance_to_proto, job_log_entry_to_proto, job_update_to_proto, vm_context_to_proto
+from oma_server.api.http.auth import HttpAuth
+from oma_server.api.http.refusals import refusal
 from oma_server.app import App
 from oma_server.errors import DomainError
 from oma_server.job_watch import SNAPSHOT, Update
@@ -51,17 +53,10 @@ async def every_page(fetch: Callable[[str], Awaitable[tuple[list[T], str]]]) -> 
     return items
 
 
-def refused(error: DomainError) -> web.Response:
-    """A refused request as JSON with the same reason and message the gRPC API gives."""
-    status = {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400, "OUT_OF_RANGE": 400}.get(error.category.name, 409)
-    return web.json_response(
-        {"reason": error.reason, "message": error.message, "metadata": error.metadata}, status=status
-    )
-
-
 class Dashboard:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, auth: HttpAuth) -> None:
         self.app = app
+        self.auth = auth
         self._streams: set[asyncio.Task[Any]] = set()
 
     async def overview(self, request: web.Request) -> web.Response:
@@ -98,37 +93,52 @@ class Dashboard:
         try:
             page = await self.app.joblog.list(request.match_info["job_id"], PAGE, "")
         except DomainError as error:
-            return refused(error)
+            return refusal(error)
         return web.json_response({"entries": [as_json(job_log_entry_to_proto(e)) for e in page.entries]})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        """Every job's updates (optionally of one VM: `?vm=ID`) as SSE, resumed from `Last-Event-ID`."""
-        vm_context_id = request.query.get("vm", "")
+        """Every job's updates (optionally of one VM: `?vm=ID`) as SSE, resumed from `Last-Event-ID`; ended with a
+        `refused` event when the caller's token stops passing (revoked or expired)."""
         task = asyncio.current_task()
         assert task is not None
         self._streams.add(task)
         try:
             async with sse_response(request) as sse:
                 last = sse.last_event_id or ""
-                from_revision = int(last) if last.isdigit() else 0
-                while sse.is_connected():
-                    try:
-                        # watch_jobs is an async generator (typed as an iterator): aclosing ends it with the client
-                        updates = cast(
-                            AsyncGenerator[Update, None],
-                            self.app.job_watch.watch_jobs(vm_context_id, from_revision, include_finished=True),
-                        )
-                        async with aclosing(updates) as stream:
-                            async for update in stream:
-                                resume = None if update.kind == SNAPSHOT else str(update.revision)
-                                payload = json.dumps(as_json(job_update_to_proto(update)))
-                                await sse.send(payload, id=resume, event="update")
-                    except RevisionCompacted as error:
-                        await sse.send(json.dumps({"message": error.message}), event="reset")
-                        from_revision = 0
+                pump = asyncio.create_task(
+                    self._pump(sse, request.query.get("vm", ""), int(last) if last.isdigit() else 0)
+                )
+                refused = asyncio.create_task(self.auth.until_refused(request))
+                try:
+                    await asyncio.wait({pump, refused}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    pump.cancel()
+                    refused.cancel()
+                if refused.done() and not refused.cancelled():
+                    error = refused.result()
+                    await sse.send(json.dumps({"reason": error.reason, "message": error.message}), event="refused")
+                elif not pump.cancelled() and pump.exception() is not None:
+                    raise cast(BaseException, pump.exception())
             return sse
         finally:
             self._streams.discard(task)
+
+    async def _pump(self, sse: EventSourceResponse, vm_context_id: str, from_revision: int) -> None:
+        while sse.is_connected():
+            try:
+                # watch_jobs is an async generator (typed as an iterator): aclosing ends it with the client
+                updates = cast(
+                    AsyncGenerator[Update, None],
+                    self.app.job_watch.watch_jobs(vm_context_id, from_revision, include_finished=True),
+                )
+                async with aclosing(updates) as stream:
+                    async for update in stream:
+                        resume = None if update.kind == SNAPSHOT else str(update.revision)
+                        payload = json.dumps(as_json(job_update_to_proto(update)))
+                        await sse.send(payload, id=resume, event="update")
+            except RevisionCompacted as error:
+                await sse.send(json.dumps({"message": error.message}), event="reset")
+                from_revision = 0
 
     async def close_streams(self, _: web.Application) -> None:
         """At shutdown: end every event stream (their watches never end by themselves)."""

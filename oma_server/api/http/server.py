@@ -1,5 +1,6 @@
 """The HTTP listener: one aiohttp application with the dashboard (page, JSON, Server-Sent Events) and /metrics,
-every route behind the one authorization hook (`auth.require_viewer`). Optional TLS from a certificate and key."""
+every route but the login page and the static files behind the operators' API tokens (`auth.HttpAuth`, viewer
+role). Optional TLS from a certificate and key."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from oma_server import metrics
 from oma_server.addresses import parse_host_port
-from oma_server.api.http.auth import require_viewer
+from oma_server.api.http.auth import LOGIN_PATH, LOGOUT_PATH, HttpAuth
 from oma_server.api.http.dashboard import Dashboard
 from oma_server.api.http.scrape import scrape_state
 from oma_server.app import App
@@ -21,8 +22,13 @@ STATIC = Path(__file__).with_name("static")
 
 
 def build_application(app: App) -> web.Application:
-    web_app = web.Application(middlewares=[require_viewer])
-    dashboard = Dashboard(app)
+    auth = HttpAuth(
+        app.tokens,
+        secure_cookie=app.settings.http_tls_cert is not None,
+        reauth_interval_s=app.settings.http_reauth_interval_s,
+    )
+    web_app = web.Application(middlewares=[auth.middleware])
+    dashboard = Dashboard(app, auth)
 
     async def metrics_page(request: web.Request) -> web.Response:
         body = metrics.render(await scrape_state(app))
@@ -32,6 +38,9 @@ def build_application(app: App) -> web.Application:
         return web.FileResponse(STATIC / "index.html")
 
     web_app.router.add_get("/", index)
+    web_app.router.add_get(LOGIN_PATH, auth.login_page)
+    web_app.router.add_post(LOGIN_PATH, auth.login)
+    web_app.router.add_post(LOGOUT_PATH, auth.logout)
     web_app.router.add_get("/metrics", metrics_page)
     web_app.router.add_get("/api/overview", dashboard.overview)
     web_app.router.add_get("/api/jobs/{job_id}/log", dashboard.job_log)

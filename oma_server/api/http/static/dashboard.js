@@ -39,6 +39,16 @@ const badgeClass = (status) =>
   ({ completed: "ok", connected: "ok", ready_for_failover: "ok", failed: "bad", disconnected: "bad",
      stalled: "warn", cancelled: "warn", cleanup_required: "warn", replicating: "run", running: "run" })[status] || "";
 
+// The OMA refused the session's token (revoked or expired): say so and offer the login page.
+function loggedOut() {
+  const live = $("#live");
+  live.dataset.live = "down";
+  live.textContent = "logged out";
+  $("#problem").dataset.source = "auth";
+  problem("The OMA no longer accepts this session's token (revoked or expired): log in again.");
+  $("#problem").append(" ", el("a", { href: "/login", id: "login-again" }, "Log in"));
+}
+
 function problem(text) {
   const box = $("#problem");
   box.hidden = !text;
@@ -49,6 +59,7 @@ function problem(text) {
 async function refreshOverview() {
   try {
     const response = await fetch("/api/overview");
+    if (response.status === 401) return loggedOut();
     if (!response.ok) throw new Error(`the OMA answered ${response.status} for /api/overview`);
     const data = await response.json();
     $("#server").textContent = `oma-server ${data.server.version} · ${data.server.database}`;
@@ -185,11 +196,13 @@ function connect() {
     if ($("#problem").dataset.source === "events") problem("");
   };
   events.onerror = () => {
+    if (events.readyState === EventSource.CLOSED) return loggedOut(); // refused (401), not a cut: no reconnect
     live.dataset.live = "down";
     live.textContent = "reconnecting…";
     $("#problem").dataset.source = "events";
     problem("Live updates from the OMA are interrupted; reconnecting (nothing is missed: the watch resumes).");
   };
+  events.addEventListener("refused", () => { events.close(); loggedOut(); }); // the token was revoked or expired
   events.addEventListener("reset", () => jobs.clear()); // history compacted: a fresh snapshot follows
   events.addEventListener("update", (message) => {
     const update = JSON.parse(message.data);
