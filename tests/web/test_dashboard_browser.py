@@ -162,6 +162,7 @@ async def test_dashboard_follows_a_replication_a_failover_and_an_error(page: Pag
             await page.fill("#token", "oma_0123456789abcdef_" + "x" * 43)
             await page.click("#login")
             await expect(page.locator("#login-problem")).to_contain_text("not valid")
+            await screenshot(page, tmp_path, "dashboard-login.png")
             await page.fill("#token", viewer.secret)
             await page.click("#login")
             await expect(page).to_have_url(f"{base}/")
