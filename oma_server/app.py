@@ -9,7 +9,7 @@ import contextlib
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from loguru import logger
@@ -42,6 +42,7 @@ from oma_server.replication.service import ReplicationService
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.replication.workflow import ReplicationWorkflow, vm_after_job
 from oma_server.revisions import RevisionReservations
+from oma_server.security.audit import AuditLog
 from oma_server.security.tokens import TokenService
 from oma_server.settings import Settings
 from oma_server.storage.attachments import OmaAttachments
@@ -89,6 +90,7 @@ class App:
         self.db = Database(settings.database_url)
         self.appliances = ApplianceService(self.db)
         self.tokens = TokenService(self.db)
+        self.audit = AuditLog(self.db, timedelta(days=settings.audit_retention_days))
         #: where the first start wrote the initial admin token (None: tokens existed already)
         self.initial_admin_token: Path | None = None
         self.joblog = JobLogService(self.db)
@@ -162,6 +164,8 @@ class App:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.schema_version = await prepare_database(self.db)
         self.initial_admin_token = await self.tokens.ensure_initial_admin(settings.data_dir)
+        await self.audit.start()
+        self._teardown.push_async_callback(self.audit.stop)
         await self.revisions.start(await self.db.run(highest_revision))
         self._teardown.push_async_callback(self.revisions.stop)
         await self.jobs.start()

@@ -134,6 +134,12 @@ def _common_flags() -> _OneLineParser:
         default=env_path("http_tls_key"),
         help="PEM private key of the HTTP listener",
     )
+    g.add_argument(
+        "--audit-retention-days",
+        type=int,
+        default=int(env_default("audit_retention_days", "365")),
+        help="how long the audit log of mutating RPCs keeps an entry (default 365 days)",
+    )
     g.add_argument("--log-json", action="store_true", default=env_flag("log_json"), help="JSON log lines")
     g.add_argument("--log-level", default=env_default("log_level", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
     return p
@@ -191,6 +197,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         http_listen=args.http_listen,
         http_tls_cert=args.http_tls_cert,
         http_tls_key=args.http_tls_key,
+        audit_retention_days=args.audit_retention_days,
     )
 
 

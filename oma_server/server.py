@@ -165,7 +165,7 @@ class OmaServer:
             options=server_options(settings.max_message_bytes),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             # Access first: a call without the right token reaches neither the request checks nor its handler.
-            interceptors=[AccessInterceptor(app.tokens), ErrorMappingInterceptor()],
+            interceptors=[AccessInterceptor(app.tokens, app.audit), ErrorMappingInterceptor()],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

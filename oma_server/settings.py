@@ -61,6 +61,8 @@ class Settings:
     http_listen: str = ""
     http_tls_cert: Path | None = None
     http_tls_key: Path | None = None
+    #: how long the audit log keeps an entry
+    audit_retention_days: int = 365
     #: how often a live event stream of the dashboard re-checks its token (a revoked one ends the stream)
     http_reauth_interval_s: float = 30.0
 
@@ -69,6 +71,8 @@ class Settings:
         parse_host_port(self.nbd_listen, "--nbd-listen")
         if self.heartbeat_interval_s <= 0 or self.progress_flush_interval_s <= 0:
             raise InvalidArgument("--heartbeat-interval and --progress-flush-interval must be positive")
+        if self.audit_retention_days < 1:
+            raise InvalidArgument("--audit-retention-days must be at least 1")
         if self.max_concurrent_rpcs < 1:
             raise InvalidArgument("--max-concurrent-rpcs must be at least 1")
         if self.http_listen:

@@ -12,15 +12,19 @@ no message ever carries the token.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import Enum
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
+from loguru import logger
 
-from oma_server.api.status import fail, rewrapped
-from oma_server.errors import PermissionDenied, Unauthenticated
+from oma_server.api.status import ended_with, fail, rewrapped
+from oma_server.errors import DomainError, PermissionDenied, Unauthenticated
+from oma_server.security.audit import OK, RESOURCE_FIELDS, AuditLog, Caller
 from oma_server.security.tokens import Operator, Role, TokenService
 
 
@@ -95,6 +99,7 @@ METHOD_ACCESS: dict[str, Access] = {
         "/oma.v1.AccessService/CreateApiToken",
         "/oma.v1.AccessService/ListApiTokens",
         "/oma.v1.AccessService/RevokeApiToken",
+        "/oma.v1.AccessService/ListAuditEntries",
     ),
     "/oma.v1.VmaGatewayService/Connect": Access.APPLIANCE,
 }
@@ -116,11 +121,49 @@ def _bearer(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
-class AccessInterceptor(grpc.aio.ServerInterceptor):
-    """Outermost interceptor: a refused call reaches neither the request checks nor its handler."""
+# What an operator or an admin may call changes something, but for the reads among them (AIP verbs): each such call
+# goes to the audit log. Every one of them is unary (the streams are reads, or the appliance's own).
+AUDITED = (Access.OPERATOR, Access.ADMIN)
+READ_VERBS = ("Get", "List", "Check", "Watch")
 
-    def __init__(self, tokens: TokenService) -> None:
+
+def audited(method: str, access: Access | None) -> bool:
+    """Whether calls of `method` go to the audit log: mutating methods, and methods without an access rule."""
+    if access is None:
+        return True
+    return access in AUDITED and not method.rsplit("/", 1)[-1].startswith(READ_VERBS)
+
+
+def resource_of(request: object) -> str:
+    """The id of the resource a request names (`audit.RESOURCE_FIELDS`, first one set); empty when it names none."""
+    if not isinstance(request, Message):  # a request that did not decode: the checks refuse it next
+        return ""
+    fields = request.DESCRIPTOR.fields_by_name
+    for name in RESOURCE_FIELDS:
+        if name in fields and (value := getattr(request, name)):
+            # as the caller sent it, but printable only: the request checks have not run yet (a NUL, which
+            # PostgreSQL cannot store, is theirs to refuse)
+            return "".join(c for c in str(value) if c.isprintable())[:255]
+    return ""
+
+
+def _caller(operator: Operator, context: grpc.aio.ServicerContext) -> Caller:
+    return Caller(operator.actor, operator.token_id, context.peer() or "")
+
+
+def _refused_caller(refusal: DomainError, context: grpc.aio.ServicerContext) -> Caller:
+    """A refused caller: its token's id when the refusal named one (revoked, expired, a role too low)."""
+    token_id = str(refusal.metadata.get("token_id", ""))
+    return Caller(f"token ({token_id})" if token_id else "anonymous", token_id, context.peer() or "")
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Outermost interceptor: a refused call reaches neither the request checks nor its handler; every call of an
+    operator or admin method (a refused one too) is written to the audit log."""
+
+    def __init__(self, tokens: TokenService, audit: AuditLog) -> None:
         self.tokens = tokens
+        self.audit = audit
 
     async def authorize(self, method: str, access: Access | None, context: grpc.aio.ServicerContext) -> Operator:
         """The operator the call's token names, if its role reaches `access`; raises otherwise."""
@@ -167,14 +210,50 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         return rewrapped(handler, rewrap)
 
     def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str, access: Access | None) -> Any:
+        recorded = audited(method, access)
+
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                await self.authorize(method, access, context)
+                operator = await self.authorize(method, access, context)
             except Exception as exc:  # a refusal, or a database that failed to answer: never the handler
+                if recorded and isinstance(exc, DomainError):
+                    caller = _refused_caller(exc, context)
+                    try:
+                        await self.audit.refused(caller, method, resource_of(request), exc.category.name, exc.reason)
+                    except Exception:  # the refusal stands even if it cannot be recorded
+                        logger.opt(exception=True).error("could not record a refused {method} call", method=method)
                 await fail(context, exc, method)
-            return await behavior(request, context)
+            if not recorded:
+                return await behavior(request, context)
+            return await self._audited(behavior, request, context, method, operator)
 
         return wrapper
+
+    async def _audited(
+        self,
+        behavior: Callable[..., Awaitable[Any]],
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        operator: Operator,
+    ) -> Any:
+        try:
+            entry = await self.audit.begin(_caller(operator, context), method, resource_of(request))
+        except Exception as exc:  # no record, no call: an unaudited mutation is what the log must not allow
+            await fail(context, exc, method)
+        outcome, reason = "UNKNOWN", ""
+        try:
+            response = await behavior(request, context)
+            outcome = OK
+            return response
+        except grpc.aio.AbortError:
+            outcome, reason = ended_with(context)
+            raise
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"  # the client went away: the effect may or may not have happened
+            raise
+        finally:
+            await self.audit.end(entry, outcome, reason)
 
     def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str, access: Access | None) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

@@ -60,6 +60,20 @@ def to_status(error: DomainError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def ended_with(context: grpc.aio.ServicerContext) -> tuple[str, str]:
+    """How an aborted call ended: its status code's name and its ErrorInfo reason (from the status details the
+    abort put in the trailing metadata; empty when there are none)."""
+    code = context.code()
+    name = code.name if isinstance(code, grpc.StatusCode) else str(code or "UNKNOWN")
+    for key, value in context.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return name, info.reason
+    return name, ""
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: DomainError, method: str) -> None:
     log = logger.bind(rpc=method, reason=error.reason)
     if error.category in (Category.INTERNAL, Category.UNAVAILABLE):

@@ -1,4 +1,4 @@
-"""AccessService: operators' API tokens (admin only; see access.METHOD_ACCESS)."""
+"""AccessService: operators' API tokens and the audit log (admin only; see access.METHOD_ACCESS)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import grpc
 from oma.v1 import access_pb2, access_pb2_grpc
 from oma_server.api.convert import ts
 from oma_server.app import App
-from oma_server.db.models import ApiToken
+from oma_server.db.models import ApiToken, AuditEntry
 from oma_server.errors import InvalidArgument
+from oma_server.security.audit import AuditFilter
 from oma_server.security.tokens import Role
 
 
@@ -25,9 +26,25 @@ def api_token_to_proto(row: ApiToken) -> access_pb2.ApiToken:
     )
 
 
+def audit_entry_to_proto(row: AuditEntry) -> access_pb2.AuditEntry:
+    return access_pb2.AuditEntry(
+        id=row.id,
+        at=ts(row.at),
+        actor=row.actor,
+        token_id=row.token_id,
+        method=row.method,
+        resource=row.resource,
+        peer=row.peer,
+        outcome=row.outcome,
+        reason=row.reason,
+        finished_at=ts(row.finished_at),
+    )
+
+
 class AccessServicer(access_pb2_grpc.AccessServiceServicer):
     def __init__(self, app: App) -> None:
         self.tokens = app.tokens
+        self.audit = app.audit
 
     async def CreateApiToken(
         self, request: access_pb2.CreateApiTokenRequest, context: grpc.aio.ServicerContext
@@ -47,3 +64,12 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
         self, request: access_pb2.RevokeApiTokenRequest, context: grpc.aio.ServicerContext
     ) -> access_pb2.RevokeApiTokenResponse:
         return access_pb2.RevokeApiTokenResponse(token=api_token_to_proto(await self.tokens.revoke(request.id)))
+
+    async def ListAuditEntries(
+        self, request: access_pb2.ListAuditEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> access_pb2.ListAuditEntriesResponse:
+        where = AuditFilter(token_id=request.token_id, method=request.method, resource=request.resource)
+        entries, token = await self.audit.list(request.page_size, request.page_token, where)
+        return access_pb2.ListAuditEntriesResponse(
+            entries=[audit_entry_to_proto(e) for e in entries], next_page_token=token
+        )

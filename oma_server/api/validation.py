@@ -161,6 +161,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "oma.v1.CreateApiTokenRequest": {"name": Text(63)},  # the service checks the name's form
     "oma.v1.ListApiTokensRequest": {},
     "oma.v1.RevokeApiTokenRequest": {"id": REQUIRED_ID},
+    "oma.v1.ListAuditEntriesRequest": {"token_id": ID, "method": Text(128), "resource": Text(255)},
     "oma.v1.ListZonesRequest": {},
     "oma.v1.ListNetworksRequest": {"zone_id": CLOUDSTACK_ID},
     "oma.v1.ListServiceOfferingsRequest": {},

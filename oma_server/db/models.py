@@ -293,6 +293,22 @@ class ApiToken(BaseModel):
     revoked_at = pw.DateTimeField(null=True)
 
 
+class AuditEntry(BaseModel):
+    """One mutating RPC (security/audit.py): who, what, on which resource, when, and how it ended. Written before
+    the call runs (outcome UNFINISHED) and completed after, so a call cut by a crash still shows as attempted."""
+
+    id = pw.BigAutoField()
+    at = pw.DateTimeField(default=utcnow, index=True)
+    actor = pw.CharField(max_length=128)
+    token_id = pw.CharField(max_length=16, default="", index=True)
+    method = pw.CharField(max_length=128, index=True)
+    resource = pw.CharField(max_length=255, default="")
+    peer = pw.CharField(max_length=128, default="")
+    outcome = pw.CharField(max_length=32, default="UNFINISHED")
+    reason = pw.CharField(max_length=64, default="")
+    finished_at = pw.DateTimeField(null=True)
+
+
 class SchemaMigration(BaseModel):
     version = pw.IntegerField(primary_key=True)
     name = pw.CharField(max_length=128)
@@ -315,4 +331,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     WatchRevision,
     ApiToken,
     BlockMap,
+    AuditEntry,
 ]

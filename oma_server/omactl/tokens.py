@@ -1,8 +1,9 @@
-"""omactl tokens list|create|revoke: operators' API tokens (admin role)."""
+"""omactl tokens list|create|revoke: operators' API tokens; omactl audit: the audit log (admin role)."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 
 from oma.v1 import access_pb2
@@ -76,6 +77,24 @@ def cmd_revoke(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(ctx: Context, args: argparse.Namespace) -> int:
+    request = access_pb2.ListAuditEntriesRequest(token_id=args.token_id, method=args.method, resource=args.resource)
+    pages = ctx.client.paged(ctx.client.access, "ListAuditEntries", request, lambda r: r.entries)
+    entries = list(itertools.islice(pages, args.limit))
+    if ctx.out.as_json:
+        ctx.out.messages(entries)
+        return 0
+    ctx.out.table(
+        ["WHEN", "ACTOR", "METHOD", "RESOURCE", "OUTCOME", "REASON", "PEER"],
+        (
+            [field_time(e, "at"), e.actor, e.method.rsplit("/", 1)[-1], e.resource, e.outcome, e.reason, e.peer]
+            for e in entries
+        ),
+        title=f"audit log (newest first, at most {args.limit})",
+    )
+    return 0
+
+
 def register(commands: Commands) -> None:
     group = commands.group("tokens", "operators' API tokens: create, list, revoke (admin role)")
     commands.leaf(group, "list", "list API tokens (never their secrets)", cmd_list)
@@ -85,3 +104,8 @@ def register(commands: Commands) -> None:
     create.add_argument("--ttl", type=ttl_seconds, default=0, help="lifetime: 90d, 12h, 30m, 45s (default: never)")
     revoke = commands.leaf(group, "revoke", "revoke an API token", cmd_revoke)
     revoke.add_argument("id", metavar="ID", help="token id (omactl tokens list)")
+    audit = commands.leaf(commands.root, "audit", "the audit log: every mutating call, newest first (admin)", cmd_audit)
+    audit.add_argument("--token-id", default="", help="only calls made with this token id")
+    audit.add_argument("--method", default="", help="only calls of this method (e.g. StartFailover)")
+    audit.add_argument("--resource", default="", help="only calls that named this id")
+    audit.add_argument("--limit", type=int, default=50, help="at most this many entries (default 50)")

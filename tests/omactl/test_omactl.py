@@ -270,3 +270,17 @@ async def test_tokens_create_list_revoke_and_roles(address: Target) -> None:
     nobody = await run_omactl(Target(address.server, address.ca, ""), "appliances", "list")
     assert_one_error_line(nobody, "UNAUTHENTICATED", "(TOKEN_MISSING)")
     assert secret not in after.err + denied.err
+
+
+async def test_audit_lists_who_did_what(address: Target) -> None:
+    """`omactl audit` shows the admin's enrollment (newest first) and a refused one, with a filter by method."""
+    assert (await run_omactl(address, "appliances", "enroll", "vma-audit")).code == 0
+    nobody = await run_omactl(Target(address.server, address.ca, ""), "appliances", "enroll", "vma-nobody")
+    assert nobody.code != 0
+    table = await run_omactl(address, "audit", "--method", "EnrollAppliance")
+    assert table.code == 0, table.err
+    rows = [line for line in table.out.splitlines() if "EnrollAppliance" in line]
+    assert len(rows) == 2 and "anonymous" in rows[0] and "TOKEN_MISSING" in rows[0]
+    assert "initial-admin" in rows[1] and "OK" in rows[1] and "vma-audit" in rows[1]
+    as_json = await run_omactl(address, "--json", "audit", "--limit", "1")
+    assert as_json.code == 0 and len(json.loads(as_json.out)) == 1

@@ -50,6 +50,11 @@ class AccessServiceStub(object):
                 request_serializer=oma_dot_v1_dot_access__pb2.RevokeApiTokenRequest.SerializeToString,
                 response_deserializer=oma_dot_v1_dot_access__pb2.RevokeApiTokenResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEntries = channel.unary_unary(
+                '/oma.v1.AccessService/ListAuditEntries',
+                request_serializer=oma_dot_v1_dot_access__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=oma_dot_v1_dot_access__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class AccessServiceServicer(object):
@@ -77,6 +82,14 @@ class AccessServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEntries(self, request, context):
+        """Lists the audit log, newest first: every call of an operator or admin RPC (refused ones too) with who made
+        it, the resource it named, when, from where and how it ended. Never a request body or a secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_AccessServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiToken,
                     request_deserializer=oma_dot_v1_dot_access__pb2.RevokeApiTokenRequest.FromString,
                     response_serializer=oma_dot_v1_dot_access__pb2.RevokeApiTokenResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=oma_dot_v1_dot_access__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=oma_dot_v1_dot_access__pb2.ListAuditEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class AccessService(object):
             '/oma.v1.AccessService/RevokeApiToken',
             oma_dot_v1_dot_access__pb2.RevokeApiTokenRequest.SerializeToString,
             oma_dot_v1_dot_access__pb2.RevokeApiTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oma.v1.AccessService/ListAuditEntries',
+            oma_dot_v1_dot_access__pb2.ListAuditEntriesRequest.SerializeToString,
+            oma_dot_v1_dot_access__pb2.ListAuditEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

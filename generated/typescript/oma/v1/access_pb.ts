@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/access.proto.
  */
 export const file_oma_v1_access: GenFile = /*@__PURE__*/
-  fileDesc("ChNvbWEvdjEvYWNjZXNzLnByb3RvEgZvbWEudjEi0AEKCEFwaVRva2VuEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSGgoEcm9sZRgDIAEoDjIMLm9tYS52MS5Sb2xlEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlYKFUNyZWF0ZUFwaVRva2VuUmVxdWVzdBIMCgRuYW1lGAEgASgJEhoKBHJvbGUYAiABKA4yDC5vbWEudjEuUm9sZRITCgt0dGxfc2Vjb25kcxgDIAEoDSJJChZDcmVhdGVBcGlUb2tlblJlc3BvbnNlEh8KBXRva2VuGAEgASgLMhAub21hLnYxLkFwaVRva2VuEg4KBnNlY3JldBgCIAEoCSIWChRMaXN0QXBpVG9rZW5zUmVxdWVzdCI5ChVMaXN0QXBpVG9rZW5zUmVzcG9uc2USIAoGdG9rZW5zGAEgAygLMhAub21hLnYxLkFwaVRva2VuIiMKFVJldm9rZUFwaVRva2VuUmVxdWVzdBIKCgJpZBgBIAEoCSI5ChZSZXZva2VBcGlUb2tlblJlc3BvbnNlEh8KBXRva2VuGAEgASgLMhAub21hLnYxLkFwaVRva2VuKlAKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfVklFV0VSEAESEQoNUk9MRV9PUEVSQVRPUhACEg4KClJPTEVfQURNSU4QAzL/AQoNQWNjZXNzU2VydmljZRJPCg5DcmVhdGVBcGlUb2tlbhIdLm9tYS52MS5DcmVhdGVBcGlUb2tlblJlcXVlc3QaHi5vbWEudjEuQ3JlYXRlQXBpVG9rZW5SZXNwb25zZRJMCg1MaXN0QXBpVG9rZW5zEhwub21hLnYxLkxpc3RBcGlUb2tlbnNSZXF1ZXN0Gh0ub21hLnYxLkxpc3RBcGlUb2tlbnNSZXNwb25zZRJPCg5SZXZva2VBcGlUb2tlbhIdLm9tYS52MS5SZXZva2VBcGlUb2tlblJlcXVlc3QaHi5vbWEudjEuUmV2b2tlQXBpVG9rZW5SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChNvbWEvdjEvYWNjZXNzLnByb3RvEgZvbWEudjEi0AEKCEFwaVRva2VuEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSGgoEcm9sZRgDIAEoDjIMLm9tYS52MS5Sb2xlEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlYKFUNyZWF0ZUFwaVRva2VuUmVxdWVzdBIMCgRuYW1lGAEgASgJEhoKBHJvbGUYAiABKA4yDC5vbWEudjEuUm9sZRITCgt0dGxfc2Vjb25kcxgDIAEoDSJJChZDcmVhdGVBcGlUb2tlblJlc3BvbnNlEh8KBXRva2VuGAEgASgLMhAub21hLnYxLkFwaVRva2VuEg4KBnNlY3JldBgCIAEoCSIWChRMaXN0QXBpVG9rZW5zUmVxdWVzdCI5ChVMaXN0QXBpVG9rZW5zUmVzcG9uc2USIAoGdG9rZW5zGAEgAygLMhAub21hLnYxLkFwaVRva2VuIiMKFVJldm9rZUFwaVRva2VuUmVxdWVzdBIKCgJpZBgBIAEoCSI5ChZSZXZva2VBcGlUb2tlblJlc3BvbnNlEh8KBXRva2VuGAEgASgLMhAub21hLnYxLkFwaVRva2VuIuMBCgpBdWRpdEVudHJ5EgoKAmlkGAEgASgDEiYKAmF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgDIAEoCRIQCgh0b2tlbl9pZBgEIAEoCRIOCgZtZXRob2QYBSABKAkSEAoIcmVzb3VyY2UYBiABKAkSDAoEcGVlchgHIAEoCRIPCgdvdXRjb21lGAggASgJEg4KBnJlYXNvbhgJIAEoCRIvCgtmaW5pc2hlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAidAoXTGlzdEF1ZGl0RW50cmllc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEAoIdG9rZW5faWQYAyABKAkSDgoGbWV0aG9kGAQgASgJEhAKCHJlc291cmNlGAUgASgJIlgKGExpc3RBdWRpdEVudHJpZXNSZXNwb25zZRIjCgdlbnRyaWVzGAEgAygLMhIub21hLnYxLkF1ZGl0RW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKlAKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfVklFV0VSEAESEQoNUk9MRV9PUEVSQVRPUhACEg4KClJPTEVfQURNSU4QAzLWAgoNQWNjZXNzU2VydmljZRJPCg5DcmVhdGVBcGlUb2tlbhIdLm9tYS52MS5DcmVhdGVBcGlUb2tlblJlcXVlc3QaHi5vbWEudjEuQ3JlYXRlQXBpVG9rZW5SZXNwb25zZRJMCg1MaXN0QXBpVG9rZW5zEhwub21hLnYxLkxpc3RBcGlUb2tlbnNSZXF1ZXN0Gh0ub21hLnYxLkxpc3RBcGlUb2tlbnNSZXNwb25zZRJPCg5SZXZva2VBcGlUb2tlbhIdLm9tYS52MS5SZXZva2VBcGlUb2tlblJlcXVlc3QaHi5vbWEudjEuUmV2b2tlQXBpVG9rZW5SZXNwb25zZRJVChBMaXN0QXVkaXRFbnRyaWVzEh8ub21hLnYxLkxpc3RBdWRpdEVudHJpZXNSZXF1ZXN0GiAub21hLnYxLkxpc3RBdWRpdEVudHJpZXNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * An API token, without its secret.
@@ -212,6 +212,168 @@ export const RevokeApiTokenResponseSchema: GenMessage<RevokeApiTokenResponse> = 
   messageDesc(file_oma_v1_access, 6);
 
 /**
+ * One call of a mutating RPC, as the audit log keeps it.
+ *
+ * @generated from message oma.v1.AuditEntry
+ */
+export type AuditEntry = Message<"oma.v1.AuditEntry"> & {
+  /**
+   * Entry id; a later entry has a higher id.
+   *
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * When the call arrived.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 2;
+   */
+  at?: Timestamp;
+
+  /**
+   * Who made it: "token:<name> (<id>)", "token (<id>)" for a refused token, or "anonymous".
+   *
+   * @generated from field: string actor = 3;
+   */
+  actor: string;
+
+  /**
+   * Id of the API token it carried (empty when none was named).
+   *
+   * @generated from field: string token_id = 4;
+   */
+  tokenId: string;
+
+  /**
+   * Full method name, e.g. "/oma.v1.FailoverService/StartFailover".
+   *
+   * @generated from field: string method = 5;
+   */
+  method: string;
+
+  /**
+   * Id (or name) of the resource the request named: its id, vm_context_id, job_id, appliance_id or name field.
+   *
+   * @generated from field: string resource = 6;
+   */
+  resource: string;
+
+  /**
+   * Peer address of the caller as gRPC saw it.
+   *
+   * @generated from field: string peer = 7;
+   */
+  peer: string;
+
+  /**
+   * How it ended: "OK", a gRPC status name (e.g. "FAILED_PRECONDITION", "PERMISSION_DENIED"), "CANCELLED" (the
+   * client went away) or "UNFINISHED" (the OMA stopped before the call ended).
+   *
+   * @generated from field: string outcome = 8;
+   */
+  outcome: string;
+
+  /**
+   * The ErrorInfo reason of a refusal or failure (e.g. "ROLE_TOO_LOW"); empty when it succeeded.
+   *
+   * @generated from field: string reason = 9;
+   */
+  reason: string;
+
+  /**
+   * When it ended; unset while UNFINISHED.
+   *
+   * @generated from field: google.protobuf.Timestamp finished_at = 10;
+   */
+  finishedAt?: Timestamp;
+};
+
+/**
+ * Describes the message oma.v1.AuditEntry.
+ * Use `create(AuditEntrySchema)` to create a new message.
+ */
+export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
+  messageDesc(file_oma_v1_access, 7);
+
+/**
+ * Request of ListAuditEntries.
+ *
+ * @generated from message oma.v1.ListAuditEntriesRequest
+ */
+export type ListAuditEntriesRequest = Message<"oma.v1.ListAuditEntriesRequest"> & {
+  /**
+   * At most this many entries (0: 100; at most 1000).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page; empty: the newest entries.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only calls made with this API token id.
+   *
+   * @generated from field: string token_id = 3;
+   */
+  tokenId: string;
+
+  /**
+   * Only calls of this method: its full name or its last part ("StartFailover").
+   *
+   * @generated from field: string method = 4;
+   */
+  method: string;
+
+  /**
+   * Only calls that named this resource id.
+   *
+   * @generated from field: string resource = 5;
+   */
+  resource: string;
+};
+
+/**
+ * Describes the message oma.v1.ListAuditEntriesRequest.
+ * Use `create(ListAuditEntriesRequestSchema)` to create a new message.
+ */
+export const ListAuditEntriesRequestSchema: GenMessage<ListAuditEntriesRequest> = /*@__PURE__*/
+  messageDesc(file_oma_v1_access, 8);
+
+/**
+ * Response of ListAuditEntries.
+ *
+ * @generated from message oma.v1.ListAuditEntriesResponse
+ */
+export type ListAuditEntriesResponse = Message<"oma.v1.ListAuditEntriesResponse"> & {
+  /**
+   * The entries, newest first.
+   *
+   * @generated from field: repeated oma.v1.AuditEntry entries = 1;
+   */
+  entries: AuditEntry[];
+
+  /**
+   * Token of the next (older) page; empty on the last one.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message oma.v1.ListAuditEntriesResponse.
+ * Use `create(ListAuditEntriesResponseSchema)` to create a new message.
+ */
+export const ListAuditEntriesResponseSchema: GenMessage<ListAuditEntriesResponse> = /*@__PURE__*/
+  messageDesc(file_oma_v1_access, 9);
+
+/**
  * What an operator may do; a higher role includes the lower ones.
  *
  * @generated from enum oma.v1.Role
@@ -287,6 +449,17 @@ export const AccessService: GenService<{
     methodKind: "unary";
     input: typeof RevokeApiTokenRequestSchema;
     output: typeof RevokeApiTokenResponseSchema;
+  },
+  /**
+   * Lists the audit log, newest first: every call of an operator or admin RPC (refused ones too) with who made
+   * it, the resource it named, when, from where and how it ended. Never a request body or a secret.
+   *
+   * @generated from rpc oma.v1.AccessService.ListAuditEntries
+   */
+  listAuditEntries: {
+    methodKind: "unary";
+    input: typeof ListAuditEntriesRequestSchema;
+    output: typeof ListAuditEntriesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_oma_v1_access, 0);
