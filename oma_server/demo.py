@@ -16,6 +16,7 @@ Exit status 0 only if every step succeeded and every byte matched.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -50,6 +51,7 @@ from oma.v1 import (
 from oma_server.ports import free_port
 from oma_server.security.ca import fingerprint
 from vma_client_stubs.connection import Endpoint, sync_channel
+from vma_client_stubs.secret_files import write_private
 
 BIN = Path(sys.executable).parent
 DISKS_MIB = (256, 128)
@@ -217,6 +219,8 @@ class Demo:
         viewer = access_pb2_grpc.AccessServiceStub(self.channel).CreateApiToken(
             access_pb2.CreateApiTokenRequest(name="demo-prometheus", role=access_pb2.ROLE_VIEWER)
         )
+        secret_file = self.root / "prometheus.token"  # as a scraper would keep it (credentials_file), 0600
+        write_private(secret_file, viewer.secret.encode())
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {viewer.secret}"})
         with urllib.request.urlopen(request, timeout=10) as response:
             text = response.read().decode()
@@ -240,8 +244,7 @@ class Demo:
         enrolled = stub.EnrollAppliance(appliance_pb2.EnrollApplianceRequest(name="demo-vma"))
         appliance_id = enrolled.appliance.id
         credential = self.root / "vma-credential"
-        credential.write_text(enrolled.credential)
-        credential.chmod(0o600)
+        write_private(credential, enrolled.credential.encode())
         sizes = [a for mib in disks_mib for a in ("--disk-mib", str(mib))]
         run(BIN / "vma-agent", "create-vm", "--vcenter-dir", self.vcenter, "--name", vm_name, *sizes)
         agent = self.spawn(
@@ -378,7 +381,13 @@ def blkhash(path: Path, block_size: int, algorithm: str, capacity: int) -> str:
 
 def main() -> int:
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="oma-demo-") as tmp, ExitStack() as stack:
+    # OMA_DEMO_DIR keeps everything the demo made (logs, data dir, images) in that directory for a look afterwards;
+    # by default it goes into a temporary directory removed at the end.
+    keep = os.environ.get("OMA_DEMO_DIR", "")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+    place = contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="oma-demo-")
+    with place as tmp, ExitStack() as stack:
         demo = Demo(Path(tmp), stack)
         try:
             demo.start_oma()

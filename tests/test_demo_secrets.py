@@ -1,0 +1,67 @@
+"""`make demo` end to end (issue #14, "secrets never leak"): the whole demo runs with TLS, tokens and the appliance's
+credential, and afterwards not one secret it handed out — the initial admin token, the viewer token it made for
+/metrics, the appliance's enrollment credential, the CA's and the server's private keys — appears in any log, in its
+own output, or in the database (which keeps only hashes); every secret file is mode 0600."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def private_key_body(pem: bytes) -> list[bytes]:
+    """The base64 lines of a PEM key (what a leak would show), without its BEGIN/END armour."""
+    return [line for line in pem.splitlines() if line and not line.startswith(b"-----")]
+
+
+def test_a_whole_demo_run_leaks_no_secret(tmp_path: Path) -> None:
+    demo_dir = tmp_path / "demo"
+    env = {**os.environ, "OMA_DEMO_DIR": str(demo_dir), "COLUMNS": "120"}
+    env.pop("OMA_DEMO_HTTP_PORT", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "oma_server.demo"], cwd=REPO, env=env, capture_output=True, timeout=600, check=False
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output.decode(errors="replace")[-3000:]
+    assert b"demo OK" in run.stdout
+
+    data_dir = demo_dir / "oma"
+    secret_files = {
+        "initial admin token": data_dir / "admin.token",
+        "viewer token for /metrics": demo_dir / "prometheus.token",
+        "appliance credential": demo_dir / "vma-credential",
+        "CA key": data_dir / "tls" / "ca.key",
+        "server key": data_dir / "tls" / "server.key",
+    }
+    secrets: dict[str, list[bytes]] = {}
+    for what, path in secret_files.items():
+        assert path.exists(), f"the demo wrote no {what} at {path}"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{what} ({path}) is not 0600"
+        content = path.read_bytes()
+        secrets[what] = private_key_body(content) if b"PRIVATE KEY" in content else [content.strip()]
+        assert all(len(s) >= 32 for s in secrets[what]), what
+
+    looked_at = {"the demo's own output": output}
+    for log in demo_dir.rglob("*.log"):
+        looked_at[str(log.relative_to(demo_dir))] = log.read_bytes()
+    for database in data_dir.glob("*.db*"):
+        looked_at[str(database.relative_to(demo_dir))] = database.read_bytes()
+    assert {"oma-server.log", "vma-agent.log"} <= set(looked_at), sorted(looked_at)
+    assert any(name.endswith(".db") for name in looked_at), "the SQLite database was looked at"
+
+    leaks = [
+        f"{what} in {where}"
+        for what, pieces in secrets.items()
+        for where, text in looked_at.items()
+        if any(piece in text for piece in pieces)
+    ]
+    assert leaks == []
