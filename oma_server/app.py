@@ -271,6 +271,7 @@ class App:
             self.outbox,
             self.jobs,
             workflow.start_job,
+            workflow.settled,
             readiness,
             self.failover_step_settings,
         )

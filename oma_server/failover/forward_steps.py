@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 
@@ -21,6 +22,7 @@ from oma_server.failover.step_base import (
     _set_target,
     snapshot_name,
 )
+from oma_server.integrity.gate import describe, unverified_disks
 from oma_server.protocol.commands import PowerOff
 from oma_server.replication.state_machine import JobStatus
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
@@ -96,10 +98,23 @@ class ForwardSteps(StepBase):
                 replication_job_id=sync_id,
             )
 
+        # Nothing is deployed on replicas not proven identical: wait for the final sync's read-back, then check it.
+        with contextlib.suppress(TimeoutError):  # bounded: a read-back that never ends must not hold the failover
+            async with asyncio.timeout(self.settings.verify_wait_s):
+                await self.final_sync_settled(sync_id)
+        unverified = await self.db.run(unverified_disks, job.vm_context_id)
+        if unverified:
+            raise FailedPrecondition(
+                f"final sync {sync_id} completed but its replicas are not verified — {describe(unverified)}",
+                reason="REPLICA_NOT_VERIFIED",
+                replication_job_id=sync_id,
+                disks=",".join(str(d.key) for d in unverified),
+            )
+
         def take_back(state: FailoverJobState) -> None:
             transition_vm(state.vm_context_id, VmStatus.READY_FOR_FAILOVER, active_job_id=state.id)
 
-        return StepResult(message=f"final sync {sync_id} completed", in_tx=take_back)
+        return StepResult(message=f"final sync {sync_id} completed and verified", in_tx=take_back)
 
     async def snapshot_volumes(self, ctx: StepContext) -> StepResult:
         taken = adopted = 0

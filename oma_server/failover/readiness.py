@@ -1,7 +1,8 @@
 """Preflight: every readiness check of a failover, each with pass/fail and a reason an operator can act on.
 
 Checks: the VM is ready for failover, its last replication completed, no job is active on it, every disk has a
-replica volume and a change id, the volumes exist in CloudStack, every disk fits the volume-size limits the cloud
+replica volume and a change id, every replica was read back and hashed at that change id (integrity/gate.py), the
+volumes exist in CloudStack, every disk fits the volume-size limits the cloud
 sets (custom.diskoffering.size.max, storage.max.volume.size: a disk grown since its last replication is resized by
 the final sync), every VMware network is mapped to an existing CloudStack network, a service offering fits the CPUs
 and memory, the zone and template exist, the target VM name is free, and (live) the appliance is connected. When
@@ -28,6 +29,7 @@ from oma_server.errors import FailedPrecondition, NotFound
 from oma_server.failover.network_mappings import resolve_mappings
 from oma_server.failover.state_machine import FailoverKind
 from oma_server.failover.store import open_failover_of
+from oma_server.integrity.gate import describe, unverified_disks
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.storage.volumes import current_volume
 from oma_server.vm_contexts.state_machine import VmStatus
@@ -230,6 +232,7 @@ class ReadinessChecker:
             add("disks_replicated", False, "; ".join(parts) + "; run a replication of this VM to completion")
         else:
             add("disks_replicated", True, f"{len(facts.disks)} disk(s), each with a volume and a change id")
+        await self._verified_check(vm_context_id, len(facts.disks), add)
 
         # --- CloudStack
         try:
@@ -248,6 +251,14 @@ class ReadinessChecker:
                 "start or reconnect the VMA",
             )
         return Readiness(checks, plan)
+
+    async def _verified_check(self, vm_context_id: str, disks: int, add: Callable[[str, bool, str], None]) -> None:
+        """Every replica read back and hashed at its disk's current change id (the integrity gate)."""
+        unverified = await self.db.run(unverified_disks, vm_context_id)
+        if unverified:
+            add("replicas_verified", False, describe(unverified))
+        elif disks:
+            add("replicas_verified", True, f"{disks} replica(s) read back and hashed at their current change id")
 
     async def _cloudstack_checks(
         self,

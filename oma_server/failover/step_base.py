@@ -34,6 +34,8 @@ SNAPSHOT_BUSY = ("Allocated", "Creating", "BackingUp")
 VM_UNUSABLE = ("Error", "Destroyed", "Expunging")
 
 StartFinalSync = Callable[[str, str, str, str], Awaitable[Any]]
+# Wait until a finished replication job's replicas were read back and left the OMA VM (ReplicationWorkflow.settled).
+SyncSettled = Callable[[str], Awaitable[None]]
 Record = Callable[[Mutate, InTx | None], Awaitable[FailoverJobState]]
 
 
@@ -97,6 +99,8 @@ class StepSettings:
     power_off_graceful_s: int = 300
     final_sync_timeout_s: float = 6 * 3600.0
     snapshot_wait_s: float = 600.0
+    # how long a live failover waits for its final sync's read-back (a whole 1 TiB disk at 1 GB/s: ~18 min)
+    verify_wait_s: float = 3600.0
     poll_interval_s: float = 0.2
 
 
@@ -113,6 +117,7 @@ class StepBase:
         outbox: CommandOutbox,
         replication_jobs: ReplicationJobStore,
         start_final_sync: StartFinalSync,
+        final_sync_settled: SyncSettled,
         readiness: ReadinessChecker,
         settings: StepSettings,
     ) -> None:
@@ -124,6 +129,7 @@ class StepBase:
         self.outbox = outbox
         self.replication_jobs = replication_jobs
         self.start_final_sync = start_final_sync
+        self.final_sync_settled = final_sync_settled
         self.readiness = readiness
         self.settings = settings
 

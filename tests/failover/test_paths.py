@@ -229,6 +229,12 @@ async def test_live_failover_with_final_sync_then_rollback(oma: OmaServer, tmp_p
         vm = await get_vm(channel, r.vm_id)
         assert vm.status == VM_LIVE
         assert [d.last_change_id for d in vm.disks] == final_cids
+        # the final sync's replicas were read back before anything was deployed on them
+        assert [d.verification.change_id for d in vm.disks] == final_cids
+        log = await job_pb2_grpc.JobServiceStub(channel).ListJobLogEntries(
+            job_pb2.ListJobLogEntriesRequest(job_id=job.id, page_size=1000)
+        )
+        assert any(e.step == "final_sync" and "completed and verified" in e.message for e in log.entries)
         target = sim.state.vms[done.target_vm_id]
         assert target["name"] == "web-01" and target["state"] == "Running"
         volume0 = await oma.app.db.run(Volume.get_by_id, vm.disks[0].volume_id)
