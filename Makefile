@@ -64,7 +64,7 @@ generate: $(BUF) $(TS_MODULES)
 lint: $(DEV_STAMP) $(BUF)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy oma_server vma_client_stubs
+	$(VENV)/bin/mypy oma_server vma_client_stubs bench
 	$(BUF) lint
 	$(BUF) format -d --exit-code
 	@bash scripts/buf-breaking.sh $(BUF)

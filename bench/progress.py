@@ -157,6 +157,7 @@ class DriverParams:
     mode: str  # "oma" | "echo"
     streams: int = 1
     heartbeat_s: float = 10.0
+    ca_pem: bytes = b""  # the OMA's CA: dial TLS verified against it; empty: plaintext
 
 
 @dataclass
@@ -189,9 +190,12 @@ class SimVma:
         self.all_acked = asyncio.Event()
 
     async def connect(self) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            self.params.target, options=[("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0)]
-        )
+        options = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0)]
+        if self.params.ca_pem:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self.params.ca_pem)
+            self.channel = grpc.aio.secure_channel(self.params.target, credentials, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(self.params.target, options=options)
         if self.params.mode == "echo":
             self.call = self.channel.stream_stream(
                 ECHO_METHOD,
@@ -462,9 +466,10 @@ class VmaFleet:
 
 # ---- watchers --------------------------------------------------------------------------------------------------------
 class Watcher:
-    def __init__(self, target: str, token: str) -> None:
+    def __init__(self, target: str, token: str, ca_pem: bytes = b"") -> None:
         self.target = target
         self.token = token  # WatchJobs needs a viewer's token
+        self.ca_pem = ca_pem  # empty: plaintext
         self.records: list[tuple[str, int, float]] = []  # (job id, last_sequence, receipt time)
         self.synced = asyncio.Event()
         self.updates = 0
@@ -473,9 +478,12 @@ class Watcher:
         self.channel: grpc.aio.Channel | None = None
 
     async def start(self) -> None:
-        self.channel = aio_channel(
-            Endpoint(self.target, insecure=True, token=self.token), [("grpc.use_local_subchannel_pool", 1)]
+        endpoint = (
+            Endpoint(self.target, self.ca_pem, token=self.token)
+            if self.ca_pem
+            else Endpoint(self.target, insecure=True, token=self.token)
         )
+        self.channel = aio_channel(endpoint, [("grpc.use_local_subchannel_pool", 1)])
         self.task = asyncio.create_task(self._run())
         await asyncio.wait_for(self.synced.wait(), 120)
 
@@ -580,11 +588,20 @@ def stdout_says_ready(log: Path) -> Any:
     return check
 
 
-def grpc_healthy(target: str) -> Any:
+def grpc_healthy(target: str, ca_file: Path | None = None) -> Any:
+    """A readiness check of a gRPC server; over TLS verified against `ca_file` once the server has written it."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    def channel_of() -> grpc.aio.Channel:
+        if ca_file is None:
+            return grpc.aio.insecure_channel(target)
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
+        return grpc.aio.secure_channel(target, credentials)
+
     async def check() -> bool:
-        async with grpc.aio.insecure_channel(target) as channel:
+        if ca_file is not None and not await asyncio.to_thread(ca_file.exists):
+            return False
+        async with channel_of() as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
@@ -676,10 +693,12 @@ class Args:
     keep: bool
     profile: str = ""
     flush_interval: float = 1.0
+    tls: bool = False
 
 
-async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any]) -> None:
-    data_dir = tmp / "oma"
+async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any], tls: bool = False) -> None:
+    """The OMA phase; `tls`: the server on its own CA (as by default) and every client verifying it."""
+    data_dir = tmp / ("oma-tls" if tls else "oma")
     t = time.time()
     specs = await seed(data_dir, args.database, args.streams)
     out["setup_s"] = round(time.time() - t, 2)
@@ -700,18 +719,25 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any]) -> No
         f"127.0.0.1:{free_port()}",
         "--log-level",
         "WARNING",
-        "--insecure",  # plaintext, as the figures in bench/README.md were measured (its clients dial plaintext)
         "--progress-flush-interval",
         str(args.flush_interval),
     ]
+    if not tls:
+        argv.append("--insecure")  # plaintext, as the figures in bench/README.md were first measured
     if args.database:
         argv += ["--database", args.database]
-    server = Proc("oma-server", argv, tmp / "oma-server.log")
-    fleet = VmaFleet(specs, DriverParams(target, args.rate, args.seconds, "oma", args.streams), args.workers, nofile)
-    # the seeding App's first start wrote the initial admin token to the data dir
-    watchers = [Watcher(target, (data_dir / "admin.token").read_text().strip()) for _ in range(args.watchers)]
+    server = Proc("oma-server", argv, tmp / f"oma-server{'-tls' if tls else ''}.log")
+    ca_file = data_dir / "tls" / "ca.crt"  # made by the server at its first start
+    watchers: list[Watcher] = []
+    fleet: VmaFleet | None = None
     try:
-        await server.wait_ready(grpc_healthy(target), 90)
+        await server.wait_ready(grpc_healthy(target, ca_file if tls else None), 90)
+        ca_pem = ca_file.read_bytes() if tls else b""
+        params = DriverParams(target, args.rate, args.seconds, "oma", args.streams, ca_pem=ca_pem)
+        fleet = VmaFleet(specs, params, args.workers, nofile)
+        # the seeding App's first start wrote the initial admin token to the data dir
+        token = (data_dir / "admin.token").read_text().strip()
+        watchers = [Watcher(target, token, ca_pem) for _ in range(args.watchers)]
         rss_idle = proc_status_kib(server.pid, "VmRSS")
         for w in watchers:
             await w.start()
@@ -771,7 +797,8 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any]) -> No
     finally:
         for w in watchers:
             await w.stop()
-        fleet.stop()
+        if fleet is not None:
+            fleet.stop()
         server.stop()
     if server.popen.returncode not in (0, None):
         out["server_exit"] = server.popen.returncode
@@ -875,6 +902,21 @@ async def run_poll(args: Args, tmp: Path, out: dict[str, Any]) -> None:
         server.stop()
 
 
+def tls_ratios(plain: dict[str, Any], tls: dict[str, Any]) -> dict[str, float]:
+    """TLS / plaintext of the same load in the same run: reports applied per second (≥ 0.9 is the target) and
+    server CPU per applied report (plaintext's / TLS's, so that 1.0 is free and lower is dearer)."""
+
+    def cpu_per_report(o: dict[str, Any]) -> float:
+        return float(o.get("server_cpu_pct", 0)) / max(1e-9, float(o.get("reports_per_s", 0)))
+
+    ratios = {"tls_ratio_reports": round(float(tls.get("reports_per_s", 0)) / max(1e-9, plain["reports_per_s"]), 3)}
+    if cpu_per_report(tls) > 0:
+        ratios["tls_ratio_server_cpu"] = round(cpu_per_report(plain) / cpu_per_report(tls), 3)
+    if tls.get("p99_watch_ms"):
+        ratios["tls_p99_watch_ms"] = tls["p99_watch_ms"]
+    return ratios
+
+
 def print_table(out: dict[str, Any]) -> None:
     def fmt(v: Any) -> str:
         return f"{v:,.1f}" if isinstance(v, float) else str(v)
@@ -901,6 +943,13 @@ def print_table(out: dict[str, Any]) -> None:
         ("server RSS end / peak MiB", f"{fmt(out.get('rss_mib'))} / {fmt(out.get('rss_peak_mib'))}", ""),
         ("server CPU %", fmt(out.get("server_cpu_pct")), "of one core"),
         ("bench CPU % (VMAs + watchers)", fmt(out.get("bench_cpu_pct")), ""),
+        (
+            "TLS: reports/s applied; ratio to plaintext",
+            f"{fmt(out.get('tls', {}).get('reports_per_s'))}; {fmt(out.get('tls_ratio_reports'))}",
+            "--tls; target: >= 0.9",
+        ),
+        ("TLS: server CPU per report, plaintext / TLS", fmt(out.get("tls_ratio_server_cpu")), "1.0: free"),
+        ("TLS: watch latency p99 ms", fmt(out.get("tls_p99_watch_ms")), ""),
         ("echo reports/s", fmt(out.get("echo_reports_per_s")), ""),
         ("echo RTT p50 / p99 ms", f"{fmt(out.get('echo_p50_rtt_ms'))} / {fmt(out.get('echo_p99_rtt_ms'))}", ""),
         ("echo server CPU %", fmt(out.get("echo_server_cpu_pct")), ""),
@@ -934,6 +983,12 @@ async def main_async(args: Args) -> dict[str, Any]:
             flush=True,
         )
         await run_oma(args, tmp, nofile, out)
+        if args.tls:
+            print("[1b/3] OMA over TLS (its own CA, every client verifying it), the same load", flush=True)
+            tls_out: dict[str, Any] = {}
+            await run_oma(args, tmp, nofile, tls_out, tls=True)
+            out["tls"] = tls_out
+            out.update(tls_ratios(out, tls_out))
         if not args.skip_echo:
             print("[2/3] echo ceiling (raw grpc.aio)", flush=True)
             await run_echo(args, tmp, nofile, out)
@@ -965,6 +1020,7 @@ def parse(argv: list[str] | None) -> Args:
     p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
     p.add_argument("--flush-interval", type=float, default=1.0, help="the server's --progress-flush-interval")
     p.add_argument("--profile", default="", metavar="FILE", help="py-spy the server over the run (collapsed stacks)")
+    p.add_argument("--tls", action="store_true", help="also run the OMA phase over TLS and report TLS / plaintext")
     ns = p.parse_args(argv)
     if ns.quick:
         ns.streams, ns.seconds = min(ns.streams, 20), min(ns.seconds, 3.0)
@@ -983,6 +1039,7 @@ def parse(argv: list[str] | None) -> Args:
         ns.keep,
         ns.profile,
         ns.flush_interval,
+        ns.tls,
     )
 
 

@@ -101,7 +101,9 @@ class Bench(Demo):
     def get_vm(self, vm_id: str) -> vm_context_pb2.VmContext:
         return self.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
 
-    def timed_replication(self, vm_id: str, kind: int) -> tuple[replication_pb2.ReplicationJob, float | None]:
+    def timed_replication(
+        self, vm_id: str, kind: replication_pb2.ReplicationJobKind
+    ) -> tuple[replication_pb2.ReplicationJob, float | None]:
         """Start a replication over gRPC; return the final job and ms from StartReplication's return to first byte."""
         job = self.jobs.StartReplication(replication_pb2.StartReplicationRequest(vm_context_id=vm_id, kind=kind)).job
         returned = time.monotonic()
