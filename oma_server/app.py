@@ -23,6 +23,7 @@ from oma_server.cloudstack.limits import CloudLimits
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.db.database import Database, redact_url
 from oma_server.db.migrations import apply_migrations, current_version
+from oma_server.db.sqlite_owner import SqliteOwnership, sqlite_path
 from oma_server.failover.network_mappings import NetworkMappingService
 from oma_server.failover.power import SourcePower
 from oma_server.failover.readiness import ReadinessChecker
@@ -155,6 +156,7 @@ class App:
         self.janitor: Janitor | None = None
         self.schema_version = 0
         self._teardown = contextlib.AsyncExitStack()
+        self._sqlite_owner: SqliteOwnership | None = None
 
     async def start(self) -> None:
         """Start every part in order; each part that started is stopped by `stop()`, also after a failed or
@@ -162,6 +164,10 @@ class App:
         when cancelled, so that `stop()` knows what to stop."""
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        database_file = sqlite_path(self.db.url)
+        if database_file is not None:  # one OMA process per SQLite database (PostgreSQL takes several)
+            self._sqlite_owner = SqliteOwnership(database_file)
+            self._sqlite_owner.acquire("serving")
         self.schema_version = await prepare_database(self.db)
         self.initial_admin_token = await self.tokens.ensure_initial_admin(settings.data_dir)
         await self.audit.start()
@@ -229,6 +235,8 @@ class App:
             await self._teardown.aclose()
         finally:
             self.db.close()
+            if self._sqlite_owner is not None:
+                self._sqlite_owner.release()
 
     async def _replication_change(self, job_id: str) -> Change | None:
         from oma_server.errors import NotFound

@@ -211,12 +211,19 @@ async def _migrate(settings: Settings) -> None:
     """Open the database and apply the migrations: nothing else starts (no simulator, no nbd-server)."""
     from oma_server.app import prepare_database
     from oma_server.db.database import Database
+    from oma_server.db.sqlite_owner import SqliteOwnership, sqlite_path
 
+    database_file = sqlite_path(settings.database_url)
+    owner = SqliteOwnership(database_file) if database_file is not None else None
+    if owner is not None:
+        owner.acquire("migrating")  # not under a serving OMA's feet
     db = Database(settings.database_url)
     try:
         print(f"database at schema version {await prepare_database(db)}")
     finally:
         db.close()
+        if owner is not None:
+            owner.release()
 
 
 async def _create_token(settings: Settings, name: str, role: str, ttl: str) -> None:
