@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13oma/v1/access.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\x08\x41piToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x04role\x18\x03 \x01(\x0e\x32\x0c.oma.v1.Role\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.oma.v1.Role\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\"I\n\x16\x43reateApiTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.oma.v1.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x16\n\x14ListApiTokensRequest\"9\n\x15ListApiTokensResponse\x12 \n\x06tokens\x18\x01 \x03(\x0b\x32\x10.oma.v1.ApiToken\"#\n\x15RevokeApiTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x16RevokeApiTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.oma.v1.ApiToken*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xff\x01\n\rAccessService\x12O\n\x0e\x43reateApiToken\x12\x1d.oma.v1.CreateApiTokenRequest\x1a\x1e.oma.v1.CreateApiTokenResponse\x12L\n\rListApiTokens\x12\x1c.oma.v1.ListApiTokensRequest\x1a\x1d.oma.v1.ListApiTokensResponse\x12O\n\x0eRevokeApiToken\x12\x1d.oma.v1.RevokeApiTokenRequest\x1a\x1e.oma.v1.RevokeApiTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13oma/v1/access.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\x08\x41piToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x04role\x18\x03 \x01(\x0e\x32\x0c.oma.v1.Role\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"j\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.oma.v1.Role\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"I\n\x16\x43reateApiTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.oma.v1.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\"=\n\x14ListApiTokensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x15ListApiTokensResponse\x12 \n\x06tokens\x18\x01 \x03(\x0b\x32\x10.oma.v1.ApiToken\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x15RevokeApiTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"9\n\x16RevokeApiTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.oma.v1.ApiToken*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xff\x01\n\rAccessService\x12O\n\x0e\x43reateApiToken\x12\x1d.oma.v1.CreateApiTokenRequest\x1a\x1e.oma.v1.CreateApiTokenResponse\x12L\n\rListApiTokens\x12\x1c.oma.v1.ListApiTokensRequest\x1a\x1d.oma.v1.ListApiTokensResponse\x12O\n\x0eRevokeApiToken\x12\x1d.oma.v1.RevokeApiTokenRequest\x1a\x1e.oma.v1.RevokeApiTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oma.v1.access_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=617
-  _globals['_ROLE']._serialized_end=697
+  _globals['_ROLE']._serialized_start=721
+  _globals['_ROLE']._serialized_end=801
   _globals['_APITOKEN']._serialized_start=65
   _globals['_APITOKEN']._serialized_end=273
   _globals['_CREATEAPITOKENREQUEST']._serialized_start=275
-  _globals['_CREATEAPITOKENREQUEST']._serialized_end=361
-  _globals['_CREATEAPITOKENRESPONSE']._serialized_start=363
-  _globals['_CREATEAPITOKENRESPONSE']._serialized_end=436
-  _globals['_LISTAPITOKENSREQUEST']._serialized_start=438
-  _globals['_LISTAPITOKENSREQUEST']._serialized_end=460
-  _globals['_LISTAPITOKENSRESPONSE']._serialized_start=462
-  _globals['_LISTAPITOKENSRESPONSE']._serialized_end=519
-  _globals['_REVOKEAPITOKENREQUEST']._serialized_start=521
-  _globals['_REVOKEAPITOKENREQUEST']._serialized_end=556
-  _globals['_REVOKEAPITOKENRESPONSE']._serialized_start=558
-  _globals['_REVOKEAPITOKENRESPONSE']._serialized_end=615
-  _globals['_ACCESSSERVICE']._serialized_start=700
-  _globals['_ACCESSSERVICE']._serialized_end=955
+  _globals['_CREATEAPITOKENREQUEST']._serialized_end=381
+  _globals['_CREATEAPITOKENRESPONSE']._serialized_start=383
+  _globals['_CREATEAPITOKENRESPONSE']._serialized_end=456
+  _globals['_LISTAPITOKENSREQUEST']._serialized_start=458
+  _globals['_LISTAPITOKENSREQUEST']._serialized_end=519
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_start=521
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_end=603
+  _globals['_REVOKEAPITOKENREQUEST']._serialized_start=605
+  _globals['_REVOKEAPITOKENREQUEST']._serialized_end=660
+  _globals['_REVOKEAPITOKENRESPONSE']._serialized_start=662
+  _globals['_REVOKEAPITOKENRESPONSE']._serialized_end=719
+  _globals['_ACCESSSERVICE']._serialized_start=804
+  _globals['_ACCESSSERVICE']._serialized_end=1059
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/access.proto.
  */
 export const file_oma_v1_access: GenFile = /*@__PURE__*/
-  fileDesc("ChNvbWEvdjEvYWNjZXNzLnByb3RvEgZvbWEudjEi0AEKCEFwaVRva2VuEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSGgoEcm9sZRgDIAEoDjIMLm9tYS52MS5Sb2xlEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlYKFUNyZWF0ZUFwaVRva2VuUmVxdWVzdBIMCgRuYW1lGAEgASgJEhoKBHJvbGUYAiABKA4yDC5vbWEudjEuUm9sZRITCgt0dGxfc2Vjb25kcxgDIAEoDSJJChZDcmVhdGVBcGlUb2tlblJlc3BvbnNlEh8KBXRva2VuGAEgASgLMhAub21hLnYxLkFwaVRva2VuEg4KBnNlY3JldBgCIAEoCSIWChRMaXN0QXBpVG9rZW5zUmVxdWVzdCI5ChVMaXN0QXBpVG9rZW5zUmVzcG9uc2USIAoGdG9rZW5zGAEgAygLMhAub21hLnYxLkFwaVRva2VuIiMKFVJldm9rZUFwaVRva2VuUmVxdWVzdBIKCgJpZBgBIAEoCSI5ChZSZXZva2VBcGlUb2tlblJlc3BvbnNlEh8KBXRva2VuGAEgASgLMhAub21hLnYxLkFwaVRva2VuKlAKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfVklFV0VSEAESEQoNUk9MRV9PUEVSQVRPUhACEg4KClJPTEVfQURNSU4QAzL/AQoNQWNjZXNzU2VydmljZRJPCg5DcmVhdGVBcGlUb2tlbhIdLm9tYS52MS5DcmVhdGVBcGlUb2tlblJlcXVlc3QaHi5vbWEudjEuQ3JlYXRlQXBpVG9rZW5SZXNwb25zZRJMCg1MaXN0QXBpVG9rZW5zEhwub21hLnYxLkxpc3RBcGlUb2tlbnNSZXF1ZXN0Gh0ub21hLnYxLkxpc3RBcGlUb2tlbnNSZXNwb25zZRJPCg5SZXZva2VBcGlUb2tlbhIdLm9tYS52MS5SZXZva2VBcGlUb2tlblJlcXVlc3QaHi5vbWEudjEuUmV2b2tlQXBpVG9rZW5SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChNvbWEvdjEvYWNjZXNzLnByb3RvEgZvbWEudjEi0AEKCEFwaVRva2VuEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSGgoEcm9sZRgDIAEoDjIMLm9tYS52MS5Sb2xlEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImoKFUNyZWF0ZUFwaVRva2VuUmVxdWVzdBIMCgRuYW1lGAEgASgJEhoKBHJvbGUYAiABKA4yDC5vbWEudjEuUm9sZRITCgt0dGxfc2Vjb25kcxgDIAEoDRISCgpyZXF1ZXN0X2lkGAQgASgJIkkKFkNyZWF0ZUFwaVRva2VuUmVzcG9uc2USHwoFdG9rZW4YASABKAsyEC5vbWEudjEuQXBpVG9rZW4SDgoGc2VjcmV0GAIgASgJIj0KFExpc3RBcGlUb2tlbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlIKFUxpc3RBcGlUb2tlbnNSZXNwb25zZRIgCgZ0b2tlbnMYASADKAsyEC5vbWEudjEuQXBpVG9rZW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjcKFVJldm9rZUFwaVRva2VuUmVxdWVzdBIKCgJpZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIjkKFlJldm9rZUFwaVRva2VuUmVzcG9uc2USHwoFdG9rZW4YASABKAsyEC5vbWEudjEuQXBpVG9rZW4qUAoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9WSUVXRVIQARIRCg1ST0xFX09QRVJBVE9SEAISDgoKUk9MRV9BRE1JThADMv8BCg1BY2Nlc3NTZXJ2aWNlEk8KDkNyZWF0ZUFwaVRva2VuEh0ub21hLnYxLkNyZWF0ZUFwaVRva2VuUmVxdWVzdBoeLm9tYS52MS5DcmVhdGVBcGlUb2tlblJlc3BvbnNlEkwKDUxpc3RBcGlUb2tlbnMSHC5vbWEudjEuTGlzdEFwaVRva2Vuc1JlcXVlc3QaHS5vbWEudjEuTGlzdEFwaVRva2Vuc1Jlc3BvbnNlEk8KDlJldm9rZUFwaVRva2VuEh0ub21hLnYxLlJldm9rZUFwaVRva2VuUmVxdWVzdBoeLm9tYS52MS5SZXZva2VBcGlUb2tlblJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * An API token, without its secret.
@@ -96,6 +96,15 @@ export type CreateApiTokenRequest = Message<"oma.v1.CreateApiTokenRequest"> & {
    * @generated from field: uint32 ttl_seconds = 3;
    */
   ttlSeconds: number;
+
+  /**
+   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
+   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
+   * (REQUEST_ID_REUSED).
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
 };
 
 /**
@@ -139,6 +148,19 @@ export const CreateApiTokenResponseSchema: GenMessage<CreateApiTokenResponse> = 
  * @generated from message oma.v1.ListApiTokensRequest
  */
 export type ListApiTokensRequest = Message<"oma.v1.ListApiTokensRequest"> & {
+  /**
+   * Maximum number of results (1–1000, default 100).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * Token from a previous response's next_page_token; INVALID_ARGUMENT (PAGE_TOKEN_INVALID) for any other.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
 };
 
 /**
@@ -155,11 +177,18 @@ export const ListApiTokensRequestSchema: GenMessage<ListApiTokensRequest> = /*@_
  */
 export type ListApiTokensResponse = Message<"oma.v1.ListApiTokensResponse"> & {
   /**
-   * Every token, oldest first.
+   * The tokens, oldest first.
    *
    * @generated from field: repeated oma.v1.ApiToken tokens = 1;
    */
   tokens: ApiToken[];
+
+  /**
+   * Token for the next page, empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -181,6 +210,15 @@ export type RevokeApiTokenRequest = Message<"oma.v1.RevokeApiTokenRequest"> & {
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
+   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
+   * (REQUEST_ID_REUSED).
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
 };
 
 /**
