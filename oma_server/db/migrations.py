@@ -12,7 +12,15 @@ import peewee as pw
 from loguru import logger
 from playhouse.migrate import SchemaMigrator, migrate
 
-from oma_server.db.models import ALL_MODELS, ApiToken, BlockMap, Disk, SchemaMigration, WatchRevision
+from oma_server.db.models import (
+    ALL_MODELS,
+    ApiToken,
+    BlockMap,
+    Disk,
+    IdempotencyRecord,
+    SchemaMigration,
+    WatchRevision,
+)
 
 
 def _m001_initial(db: pw.Database) -> None:
@@ -39,12 +47,17 @@ def _m005_block_map(db: pw.Database) -> None:
     db.create_tables([BlockMap], safe=True)  # a database created at version 5 already has it
 
 
+def _m006_idempotency_record(db: pw.Database) -> None:
+    db.create_tables([IdempotencyRecord], safe=True)  # a database created at version 6 already has it
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "initial schema", _m001_initial),
     (2, "disk.replicated_capacity_bytes (resize detection)", _m002_disk_replicated_capacity),
     (3, "watch_revision (revisions that survive a crash)", _m003_watch_revision),
     (4, "api_token (operators' API tokens, hashed)", _m004_api_token),
     (5, "block_map (block-hash maps of the replicas, per change id)", _m005_block_map),
+    (6, "idempotency_record (first answers to calls with a request_id)", _m006_idempotency_record),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

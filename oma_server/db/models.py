@@ -293,6 +293,23 @@ class ApiToken(BaseModel):
     revoked_at = pw.DateTimeField(null=True)
 
 
+class IdempotencyRecord(BaseModel):
+    """The first answer to a mutating call with a request_id (oma_server/idempotency.py, AIP-155).
+
+    Written in the transaction of the call's first change (`response` still null), the answer added once it is known.
+    """
+
+    method = pw.CharField(max_length=255)
+    request_id = pw.CharField(max_length=128)
+    fingerprint = pw.CharField(max_length=64)  # sha256 of the request without its request_id
+    response = pw.BlobField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    expires_at = pw.DateTimeField(index=True)
+
+    class Meta:
+        primary_key = pw.CompositeKey("method", "request_id")
+
+
 class SchemaMigration(BaseModel):
     version = pw.IntegerField(primary_key=True)
     name = pw.CharField(max_length=128)
@@ -315,4 +332,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     WatchRevision,
     ApiToken,
     BlockMap,
+    IdempotencyRecord,
 ]

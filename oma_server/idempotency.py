@@ -1,0 +1,184 @@
+"""Safe retries of mutating calls (AIP-155): one answer per (method, request_id), stored in the database.
+
+A client that lost an answer repeats its call with the same `request_id`. The first call's answer is kept in
+`idempotency_record`, keyed by (method, request_id), with a fingerprint of the request (sha256 of its deterministic
+encoding without the request_id) and an expiry (`--idempotency-ttl`, default 24 h; the janitor purges expired rows):
+
+- the same key with the same request gets the stored answer, also after a restart, and changes nothing;
+- the same key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED, field request_id);
+- the row is inserted inside the transaction of the call's first change (`Database` runs the `FirstWrite` hook
+  there), so a crash cannot leave a change without its row: a retry never makes a second change. The answer is
+  added right after the handler returns. A row without an answer (the first call still runs, or its server stopped
+  between its change and its answer, or it failed after changing something) is ABORTED (REQUEST_PENDING): retry,
+  or read the resource; it is never run a second time.
+- concurrent repeats in one process wait for the first and share its answer; across processes the second one's
+  change is rolled back with its failed insert (ABORTED, REQUEST_PENDING).
+
+A call that changes nothing (cancelling a job that already ended, say) still gets its answer recorded. A call that
+fails without changing anything records nothing: its retry runs again. Hand-written: the store is a few queries
+on our own Database and its hook; no library keeps answers in the transaction of the application's own change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import peewee as pw
+from loguru import logger
+
+from oma_server.clock import Clock
+from oma_server.db.database import Database, FirstWrite, first_write
+from oma_server.db.models import IdempotencyRecord
+from oma_server.errors import Aborted, InvalidArgument
+
+T = TypeVar("T")
+
+DEFAULT_TTL = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """Which call this is: its method, the client's request_id and the fingerprint of the rest of the request."""
+
+    method: str
+    request_id: str
+    fingerprint: str
+
+
+def fingerprint(encoded_without_request_id: bytes) -> str:
+    return hashlib.sha256(encoded_without_request_id).hexdigest()
+
+
+def _reused(key: RequestKey) -> InvalidArgument:
+    return InvalidArgument(
+        f"request_id {key.request_id!r} was already used for a different {key.method.rsplit('/', 1)[-1]} request; "
+        "a retry must repeat the request unchanged, a new request needs a new request_id",
+        reason="REQUEST_ID_REUSED",
+        field="request_id",
+        request_id=key.request_id,
+    )
+
+
+def _pending(key: RequestKey) -> Aborted:
+    return Aborted(
+        f"the first call with request_id {key.request_id!r} changed something but its answer is not recorded: it is "
+        "still running, or its server stopped (or it failed) before answering; retry in a moment, or read the "
+        "resource to see its state — it is not run a second time",
+        reason="REQUEST_PENDING",
+        request_id=key.request_id,
+    )
+
+
+def purge_expired(now: datetime) -> int:
+    """Delete the records whose expiry passed (on a database thread); returns how many."""
+    return int(IdempotencyRecord.delete().where(IdempotencyRecord.expires_at <= now).execute())
+
+
+class IdempotencyStore:
+    """Runs a call once per key; see the module docstring."""
+
+    def __init__(self, db: Database, clock: Clock, ttl: timedelta = DEFAULT_TTL) -> None:
+        self.db = db
+        self.clock = clock
+        self.ttl = ttl
+        self._inflight: dict[tuple[str, str], tuple[str, asyncio.Future[bytes]]] = {}
+
+    async def once(
+        self,
+        key: RequestKey,
+        work: Callable[[], Awaitable[T]],
+        dump: Callable[[T], bytes],
+        load: Callable[[bytes], T],
+    ) -> T:
+        """`work()`'s answer, or the answer stored for `key` (decoded with `load`) when it ran before."""
+        slot = (key.method, key.request_id)
+        running = self._inflight.get(slot)
+        if running is not None:
+            if running[0] != key.fingerprint:
+                raise _reused(key)
+            return load(await asyncio.shield(running[1]))
+        stored = await self.db.run(self._stored, key, self.clock.now())
+        if stored is not None:
+            logger.bind(rpc=key.method, request_id=key.request_id).info("answered a retry from its first answer")
+            return load(stored)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._inflight[slot] = (key.fingerprint, future)
+        try:
+            answer = await self._first(key, work, dump)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # marks it retrieved: the waiters (if any) get it, nobody else must
+            raise
+        else:
+            future.set_result(answer[1])
+            return answer[0]
+        finally:
+            del self._inflight[slot]
+
+    async def _first(
+        self, key: RequestKey, work: Callable[[], Awaitable[T]], dump: Callable[[T], bytes]
+    ) -> tuple[T, bytes]:
+        now = self.clock.now()
+        hook = FirstWrite(lambda: self._claim(key, now))
+        token = first_write.set(hook)
+        try:
+            result = await work()
+        finally:
+            first_write.reset(token)
+        encoded = dump(result)
+        await self.db.tx(self._answer, key, encoded, now, hook.done)
+        return result, encoded
+
+    @staticmethod
+    def _stored(key: RequestKey, now: datetime) -> bytes | None:
+        row = IdempotencyRecord.get_or_none(
+            (IdempotencyRecord.method == key.method) & (IdempotencyRecord.request_id == key.request_id)
+        )
+        if row is None or row.expires_at <= now:
+            return None
+        if row.fingerprint != key.fingerprint:
+            raise _reused(key)
+        if row.response is None:
+            raise _pending(key)
+        return bytes(row.response)
+
+    def _claim(self, key: RequestKey, now: datetime) -> None:
+        """In the transaction of the call's first change: the row that makes every retry find this call."""
+        where = (IdempotencyRecord.method == key.method) & (IdempotencyRecord.request_id == key.request_id)
+        IdempotencyRecord.delete().where(where & (IdempotencyRecord.expires_at <= now)).execute()
+        try:
+            with self.db.peewee.atomic():  # a savepoint: PostgreSQL needs one to go on after a failed insert
+                IdempotencyRecord.insert(
+                    method=key.method,
+                    request_id=key.request_id,
+                    fingerprint=key.fingerprint,
+                    created_at=now,
+                    expires_at=now + self.ttl,
+                ).execute()
+        except pw.IntegrityError:
+            # Another process claimed the key first: this call's change is rolled back with this transaction.
+            raise _pending(key) from None
+
+    def _answer(self, key: RequestKey, encoded: bytes, now: datetime, claimed: bool) -> None:
+        where = (IdempotencyRecord.method == key.method) & (IdempotencyRecord.request_id == key.request_id)
+        if claimed:
+            IdempotencyRecord.update(response=encoded).where(where).execute()
+            return
+        # Nothing changed (the call was a no-op): the answer is recorded all the same, so a retry gets it again.
+        IdempotencyRecord.delete().where(where & (IdempotencyRecord.expires_at <= now)).execute()
+        IdempotencyRecord.insert(
+            method=key.method,
+            request_id=key.request_id,
+            fingerprint=key.fingerprint,
+            response=encoded,
+            created_at=now,
+            expires_at=now + self.ttl,
+        ).on_conflict_ignore().execute()
