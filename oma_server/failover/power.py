@@ -15,7 +15,7 @@ from loguru import logger
 
 from oma_server.db.database import Database
 from oma_server.db.models import VmContext
-from oma_server.errors import AlreadyExists, FailedPrecondition, Unavailable
+from oma_server.errors import AlreadyExists, FailedPrecondition, Unavailable, job_already_active
 from oma_server.failover.state_machine import FailoverJobState, FailoverKind
 from oma_server.failover.store import FailoverJobStore, open_failover_of
 from oma_server.joblog import note
@@ -75,11 +75,10 @@ class SourcePower:
         def claim(job: FailoverJobState) -> None:
             running = open_failover_of(vm_context_id, excluding=job.id)
             if running is not None:
-                raise FailedPrecondition(
+                raise job_already_active(
                     f"VM {vm.name} has an active {running.kind.value} job {running.id}; it decides the source's "
                     "power itself — wait for it",
-                    reason="JOB_ALREADY_ACTIVE",
-                    active_job_id=running.id,
+                    running.id,
                 )
             note(job.id, "start", f"{verb} of source VM {vm.name} ({vm.vm_uuid}) requested")
 

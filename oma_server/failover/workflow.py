@@ -26,7 +26,14 @@ from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import VmContext
 from oma_server.engine import JobRunner, OnRetry, run_step
-from oma_server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
+from oma_server.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    job_already_active,
+)
 from oma_server.failover import state_machine as sm
 from oma_server.failover.cancellation import (
     check_cancellable,
@@ -111,10 +118,8 @@ class FailoverWorkflow:
         def claim_vm(job: FailoverJobState) -> None:
             current = VmContext.get_by_id(vm_context_id)
             if current.active_job_id:
-                raise FailedPrecondition(
-                    f"VM {current.name} has an active job {current.active_job_id}; wait for it",
-                    reason="JOB_ALREADY_ACTIVE",
-                    active_job_id=current.active_job_id,
+                raise job_already_active(
+                    f"VM {current.name} has an active job {current.active_job_id}; wait for it", current.active_job_id
                 )
             transition_vm(vm_context_id, VmStatus.READY_FOR_FAILOVER, active_job_id=job.id)
             note(job.id, "start", f"{kind.value} failover of {current.name} as {plan.target_vm_name} requested")
@@ -166,11 +171,7 @@ class FailoverWorkflow:
             running = open_failover_of(vm_context_id)
             if current.active_job_id or (running is not None and running.id != job.id):
                 active = current.active_job_id or (running.id if running else "")
-                raise FailedPrecondition(
-                    f"VM {current.name} has an active job {active}; wait for it",
-                    reason="JOB_ALREADY_ACTIVE",
-                    active_job_id=active,
-                )
+                raise job_already_active(f"VM {current.name} has an active job {active}; wait for it", active)
             transition_vm(vm_context_id, VmStatus(current.status), active_job_id=job.id)
             note(job.id, "start", f"{kind.value} of failover {source_id or '(none)'} of {current.name} requested")
 

@@ -29,7 +29,7 @@ from oma_server.cloudstack.errors import CloudStackError
 from oma_server.db.database import Database
 from oma_server.db.models import ReplicationJob, VmContext, utcnow
 from oma_server.engine import OUTAGE, JobRunner, OnRetry, Step, run_step
-from oma_server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument
+from oma_server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, job_already_active
 from oma_server.integrity.verifier import ReplicaVerifier
 from oma_server.joblog import JobLogService, note
 from oma_server.replication.service import ReplicationService
@@ -152,11 +152,10 @@ class ReplicationWorkflow:
         # A final sync runs inside a live failover, which holds the VM's active job itself.
         if active or (vm.active_job_id and kind != "final"):
             job_id = active[0].id if active else vm.active_job_id
-            raise FailedPrecondition(
+            raise job_already_active(
                 f"VM {vm.name} already has an active job {job_id}; wait for it or cancel it first",
-                reason="JOB_ALREADY_ACTIVE",
+                job_id,
                 vm_context_id=vm_context_id,
-                active_job_id=job_id,
             )
         if VmStatus(vm.status) not in STARTABLE and kind != "final":
             raise FailedPrecondition(
