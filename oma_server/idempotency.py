@@ -102,14 +102,16 @@ class IdempotencyStore:
             if running[0] != key.fingerprint:
                 raise _reused(key)
             return load(await asyncio.shield(running[1]))
-        stored = await self.db.run(self._stored, key, self.clock.now())
-        if stored is not None:
-            logger.bind(rpc=key.method, request_id=key.request_id).info("answered a retry from its first answer")
-            return load(stored)
+        # Registered before the first await: a repeat arriving meanwhile waits for this call instead of racing it.
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._inflight[slot] = (key.fingerprint, future)
         try:
-            answer = await self._first(key, work, dump)
+            stored = await self.db.run(self._stored, key, self.clock.now())
+            if stored is not None:
+                logger.bind(rpc=key.method, request_id=key.request_id).info("answered a retry from its first answer")
+                result, answer = load(stored), stored
+            else:
+                result, answer = await self._first(key, work, dump)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -118,8 +120,8 @@ class IdempotencyStore:
             future.exception()  # marks it retrieved: the waiters (if any) get it, nobody else must
             raise
         else:
-            future.set_result(answer[1])
-            return answer[0]
+            future.set_result(answer)
+            return result
         finally:
             del self._inflight[slot]
 
