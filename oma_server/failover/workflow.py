@@ -27,7 +27,6 @@ from oma_server.db.database import Database
 from oma_server.db.models import VmContext
 from oma_server.engine import JobRunner, OnRetry, run_step
 from oma_server.errors import (
-    AlreadyExists,
     DomainError,
     FailedPrecondition,
     InvalidArgument,
@@ -100,15 +99,6 @@ class FailoverWorkflow:
     async def start_failover(
         self, vm_context_id: str, kind: FailoverKind, service_offering_id: str = "", request_id: str = ""
     ) -> FailoverJobState:
-        if request_id:
-            existing = await self.store.by_request_id(request_id)
-            if existing is not None:
-                if existing.vm_context_id != vm_context_id:
-                    raise AlreadyExists(
-                        f"request_id {request_id!r} was used for another VM context; use a new request_id",
-                        reason="REQUEST_ID_REUSED",
-                    )
-                return existing
         readiness = await self.check(vm_context_id, kind, service_offering_id)
         vm = await self._vm(vm_context_id)
         if not readiness.ready:
