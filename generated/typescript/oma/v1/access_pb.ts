@@ -98,9 +98,10 @@ export type CreateApiTokenRequest = Message<"oma.v1.CreateApiTokenRequest"> & {
   ttlSeconds: number;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 4;
    */
@@ -212,9 +213,10 @@ export type RevokeApiTokenRequest = Message<"oma.v1.RevokeApiTokenRequest"> & {
   id: string;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -298,6 +300,7 @@ export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
 export const AccessService: GenService<{
   /**
    * Creates an API token with a role; its secret is in this response only (the OMA keeps a hash).
+   * Errors: INVALID_ARGUMENT (TOKEN_NAME_INVALID, ROLE_REQUIRED, TOKEN_TTL_INVALID).
    *
    * @generated from rpc oma.v1.AccessService.CreateApiToken
    */
@@ -308,6 +311,7 @@ export const AccessService: GenService<{
   },
   /**
    * Lists the API tokens, oldest first (never their secrets).
+   * Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.AccessService.ListApiTokens
    */
@@ -318,6 +322,7 @@ export const AccessService: GenService<{
   },
   /**
    * Revokes an API token: every later call with it is UNAUTHENTICATED (TOKEN_REVOKED). Revoking twice is a no-op.
+   * Errors: NOT_FOUND (TOKEN_NOT_FOUND).
    *
    * @generated from rpc oma.v1.AccessService.RevokeApiToken
    */

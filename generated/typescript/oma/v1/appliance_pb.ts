@@ -112,9 +112,10 @@ export type EnrollApplianceRequest = Message<"oma.v1.EnrollApplianceRequest"> & 
   name: string;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -275,9 +276,10 @@ export type RevokeApplianceRequest = Message<"oma.v1.RevokeApplianceRequest"> & 
   id: string;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -395,6 +397,7 @@ export const ConnectionStateSchema: GenEnum<ConnectionState> = /*@__PURE__*/
 export const ApplianceService: GenService<{
   /**
    * Enrolls a new appliance and returns its one-time credential (shown once, stored only as a hash).
+   * Errors: INVALID_ARGUMENT (APPLIANCE_NAME_INVALID); ALREADY_EXISTS (APPLIANCE_EXISTS).
    *
    * @generated from rpc oma.v1.ApplianceService.EnrollAppliance
    */
@@ -405,6 +408,7 @@ export const ApplianceService: GenService<{
   },
   /**
    * Returns one appliance.
+   * Errors: NOT_FOUND (APPLIANCE_NOT_FOUND).
    *
    * @generated from rpc oma.v1.ApplianceService.GetAppliance
    */
@@ -415,6 +419,7 @@ export const ApplianceService: GenService<{
   },
   /**
    * Lists appliances.
+   * Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.ApplianceService.ListAppliances
    */
@@ -425,6 +430,7 @@ export const ApplianceService: GenService<{
   },
   /**
    * Revokes an appliance's credential; its stream is closed and later hellos are refused.
+   * Errors: NOT_FOUND (APPLIANCE_NOT_FOUND).
    *
    * @generated from rpc oma.v1.ApplianceService.RevokeAppliance
    */

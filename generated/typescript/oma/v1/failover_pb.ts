@@ -311,7 +311,10 @@ export type StartFailoverRequest = Message<"oma.v1.StartFailoverRequest"> & {
   serviceOfferingId: string;
 
   /**
-   * Optional idempotency key (AIP-155).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 4;
    */
@@ -360,9 +363,10 @@ export type CleanupFailoverRequest = Message<"oma.v1.CleanupFailoverRequest"> & 
   vmContextId: string;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -419,9 +423,10 @@ export type RollbackFailoverRequest = Message<"oma.v1.RollbackFailoverRequest"> 
   powerOnSource: boolean;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 3;
    */
@@ -638,9 +643,10 @@ export type CreateNetworkMappingRequest = Message<"oma.v1.CreateNetworkMappingRe
   mapping?: NetworkMapping;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -763,9 +769,10 @@ export type UpdateNetworkMappingRequest = Message<"oma.v1.UpdateNetworkMappingRe
   updateMask?: FieldMask;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 3;
    */
@@ -814,9 +821,10 @@ export type DeleteNetworkMappingRequest = Message<"oma.v1.DeleteNetworkMappingRe
   id: string;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -1032,6 +1040,7 @@ export const StepStatusSchema: GenEnum<StepStatus> = /*@__PURE__*/
 export const FailoverService: GenService<{
   /**
    * Runs every readiness check for a VM context and returns each with pass/fail and a reason.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (FAILOVER_KIND_INVALID).
    *
    * @generated from rpc oma.v1.FailoverService.CheckFailoverReadiness
    */
@@ -1042,6 +1051,9 @@ export const FailoverService: GenService<{
   },
   /**
    * Starts a test or live failover; refused with FAILED_PRECONDITION when a readiness check fails.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (FAILOVER_KIND_INVALID); FAILED_PRECONDITION
+   * (FAILOVER_NOT_READY with one PreconditionFailure violation of type READINESS_CHECK per failed check, subject its
+   * name; JOB_ALREADY_ACTIVE with the active job).
    *
    * @generated from rpc oma.v1.FailoverService.StartFailover
    */
@@ -1052,6 +1064,8 @@ export const FailoverService: GenService<{
   },
   /**
    * Removes a test failover (or a failed failover) and returns the VM context to ready_for_failover.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (NOTHING_TO_UNDO; JOB_ALREADY_ACTIVE with the active
+   * job).
    *
    * @generated from rpc oma.v1.FailoverService.CleanupFailover
    */
@@ -1063,6 +1077,8 @@ export const FailoverService: GenService<{
   /**
    * Rolls back a live failover: destroys the target VM, releases the volumes; powers the source VM on only when
    * power_on_source is set (the job's outcome says whether the source is left powered off).
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (NOTHING_TO_UNDO; JOB_ALREADY_ACTIVE with the active
+   * job).
    *
    * @generated from rpc oma.v1.FailoverService.RollbackFailover
    */
@@ -1073,6 +1089,7 @@ export const FailoverService: GenService<{
   },
   /**
    * Returns one failover job.
+   * Errors: NOT_FOUND (JOB_NOT_FOUND, with ResourceInfo).
    *
    * @generated from rpc oma.v1.FailoverService.GetFailoverJob
    */
@@ -1083,6 +1100,7 @@ export const FailoverService: GenService<{
   },
   /**
    * Lists failover jobs.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.FailoverService.ListFailoverJobs
    */
@@ -1102,6 +1120,9 @@ export const FailoverService: GenService<{
 export const NetworkMappingService: GenService<{
   /**
    * Creates a mapping for one VMware network of one VM context (or of every VM when vm_context_id is empty).
+   * Errors: INVALID_ARGUMENT (SOURCE_NETWORK_MISSING, TARGET_NETWORK_MISSING, TARGET_NETWORK_NOT_FOUND,
+   * STATIC_IP_INVALID, STATIC_IP_OUTSIDE_NETWORK, STATIC_IP_IS_GATEWAY); NOT_FOUND (VM_CONTEXT_NOT_FOUND);
+   * ALREADY_EXISTS (NETWORK_MAPPING_EXISTS).
    *
    * @generated from rpc oma.v1.NetworkMappingService.CreateNetworkMapping
    */
@@ -1112,6 +1133,7 @@ export const NetworkMappingService: GenService<{
   },
   /**
    * Lists mappings; NOT_FOUND (VM_CONTEXT_NOT_FOUND) for an unknown vm_context_id.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.NetworkMappingService.ListNetworkMappings
    */
@@ -1122,6 +1144,9 @@ export const NetworkMappingService: GenService<{
   },
   /**
    * Replaces the target of a mapping.
+   * Errors: NOT_FOUND (NETWORK_MAPPING_NOT_FOUND); INVALID_ARGUMENT (FIELD_IMMUTABLE, UPDATE_MASK_INVALID,
+   * TARGET_NETWORK_NOT_FOUND, STATIC_IP_INVALID, STATIC_IP_OUTSIDE_NETWORK, STATIC_IP_IS_GATEWAY; the BadRequest field
+   * violation names the field).
    *
    * @generated from rpc oma.v1.NetworkMappingService.UpdateNetworkMapping
    */
@@ -1132,6 +1157,7 @@ export const NetworkMappingService: GenService<{
   },
   /**
    * Deletes a mapping.
+   * Errors: NOT_FOUND (NETWORK_MAPPING_NOT_FOUND).
    *
    * @generated from rpc oma.v1.NetworkMappingService.DeleteNetworkMapping
    */

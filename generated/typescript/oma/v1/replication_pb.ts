@@ -296,7 +296,10 @@ export type StartReplicationRequest = Message<"oma.v1.StartReplicationRequest"> 
   kind: ReplicationJobKind;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key returns the same job.
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 3;
    */
@@ -464,9 +467,10 @@ export type CancelReplicationJobRequest = Message<"oma.v1.CancelReplicationJobRe
   id: string;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -515,9 +519,10 @@ export type RetryReplicationJobRequest = Message<"oma.v1.RetryReplicationJobRequ
   id: string;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -691,6 +696,8 @@ export const ReplicationJobStatusSchema: GenEnum<ReplicationJobStatus> = /*@__PU
 export const ReplicationService: GenService<{
   /**
    * Starts a replication job for a VM context. Idempotent with request_id.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (JOB_ALREADY_ACTIVE with the active job in
+   * PreconditionFailure and ResourceInfo, VM_NOT_REPLICABLE: its status allows no start).
    *
    * @generated from rpc oma.v1.ReplicationService.StartReplication
    */
@@ -701,6 +708,7 @@ export const ReplicationService: GenService<{
   },
   /**
    * Returns one replication job.
+   * Errors: NOT_FOUND (JOB_NOT_FOUND, with ResourceInfo).
    *
    * @generated from rpc oma.v1.ReplicationService.GetReplicationJob
    */
@@ -711,6 +719,7 @@ export const ReplicationService: GenService<{
   },
   /**
    * Lists replication jobs.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.ReplicationService.ListReplicationJobs
    */
@@ -721,6 +730,7 @@ export const ReplicationService: GenService<{
   },
   /**
    * Cancels a job; the appliance is told, volumes and exports stay for the next run.
+   * Errors: NOT_FOUND (JOB_NOT_FOUND); FAILED_PRECONDITION (JOB_NOT_CANCELLABLE: it already ended).
    *
    * @generated from rpc oma.v1.ReplicationService.CancelReplicationJob
    */
@@ -731,6 +741,8 @@ export const ReplicationService: GenService<{
   },
   /**
    * Starts a new job with the same VM and kind as a failed or cancelled one.
+   * Errors: NOT_FOUND (JOB_NOT_FOUND); FAILED_PRECONDITION (JOB_NOT_RETRYABLE: not failed or cancelled;
+   * JOB_ALREADY_ACTIVE).
    *
    * @generated from rpc oma.v1.ReplicationService.RetryReplicationJob
    */

@@ -391,9 +391,10 @@ export type RegisterVmContextRequest = Message<"oma.v1.RegisterVmContextRequest"
   virtualMachine?: VirtualMachine;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 3;
    */
@@ -470,9 +471,10 @@ export type DiscoverVmsRequest = Message<"oma.v1.DiscoverVmsRequest"> & {
   timeoutSeconds: number;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key and the same request returns the first answer
-   * (also after a restart, for 24 h by default); the same key with another request is INVALID_ARGUMENT
-   * (REQUEST_ID_REUSED).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 5;
    */
@@ -640,7 +642,10 @@ export type PowerOnSourceVmRequest = Message<"oma.v1.PowerOnSourceVmRequest"> & 
   vmContextId: string;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key returns the same job.
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -689,7 +694,10 @@ export type PowerOffSourceVmRequest = Message<"oma.v1.PowerOffSourceVmRequest"> 
   vmContextId: string;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key returns the same job.
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -808,6 +816,7 @@ export const VmContextStatusSchema: GenEnum<VmContextStatus> = /*@__PURE__*/
 export const VmContextService: GenService<{
   /**
    * Registers (or refreshes) a VM context from a VMA's discovery of one VM. Idempotent by vCenter and VM uuid.
+   * Errors: INVALID_ARGUMENT (VM_INVENTORY_MISSING, VM_INVENTORY_INVALID); NOT_FOUND (APPLIANCE_NOT_FOUND).
    *
    * @generated from rpc oma.v1.VmContextService.RegisterVmContext
    */
@@ -818,6 +827,8 @@ export const VmContextService: GenService<{
   },
   /**
    * Asks an appliance to discover its VMs and registers the ones named; waits for the answer.
+   * Errors: NOT_FOUND (APPLIANCE_NOT_FOUND); UNAVAILABLE (APPLIANCE_DISCONNECTED); UNAVAILABLE (DISCOVERY_FAILED) when
+   * the appliance does not answer in time or fails.
    *
    * @generated from rpc oma.v1.VmContextService.DiscoverVms
    */
@@ -828,6 +839,7 @@ export const VmContextService: GenService<{
   },
   /**
    * Returns one VM context with its disks.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND, with ResourceInfo).
    *
    * @generated from rpc oma.v1.VmContextService.GetVmContext
    */
@@ -838,6 +850,7 @@ export const VmContextService: GenService<{
   },
   /**
    * Lists VM contexts.
+   * Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.VmContextService.ListVmContexts
    */
@@ -851,6 +864,8 @@ export const VmContextService: GenService<{
    * appliance's answer are in its job log. Refused (FAILED_PRECONDITION) while a failover, cleanup or rollback job
    * runs on the VM, and when the VM is failed_over_live: the VM runs in CloudStack, and powering the source on would
    * run it twice — roll back first.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (JOB_ALREADY_ACTIVE with the job in
+   * PreconditionFailure and ResourceInfo, SOURCE_POWER_ON_UNSAFE); UNAVAILABLE (APPLIANCE_DISCONNECTED).
    *
    * @generated from rpc oma.v1.VmContextService.PowerOnSourceVm
    */
@@ -863,6 +878,8 @@ export const VmContextService: GenService<{
    * Powers the source VM off through its appliance (guest shutdown first, then a hard power off after the
    * appliance's timeout): a one-step job (kind POWER_OFF_SOURCE) with its job log. Refused (FAILED_PRECONDITION)
    * while a failover, cleanup or rollback job runs on the VM.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (JOB_ALREADY_ACTIVE with the job in
+   * PreconditionFailure and ResourceInfo); UNAVAILABLE (APPLIANCE_DISCONNECTED).
    *
    * @generated from rpc oma.v1.VmContextService.PowerOffSourceVm
    */
