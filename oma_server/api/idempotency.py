@@ -15,7 +15,7 @@ import grpc
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 
-from oma_server.api.status import rewrapped
+from oma_server.api.status import HandlerInterceptor, rewrapped
 from oma_server.idempotency import IdempotencyStore, RequestKey, fingerprint
 
 REQUEST_ID = "request_id"
@@ -41,18 +41,12 @@ def request_key(method: str, request: Message) -> RequestKey:
     return RequestKey(method, getattr(request, REQUEST_ID), fingerprint(rest.SerializeToString(deterministic=True)))
 
 
-class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
+class IdempotencyInterceptor(HandlerInterceptor):
     def __init__(self, store: IdempotencyStore) -> None:
         self.store = store
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or (response_type := _response_type(method)) is None:
+    def replace(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is None or (response_type := _response_type(method)) is None:
             return handler
         return rewrapped(handler, lambda behavior, _rs, _ss: self._once(behavior, method, response_type))
 
