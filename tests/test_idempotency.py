@@ -25,6 +25,8 @@ from oma.v1 import (
     appliance_pb2_grpc,
     failover_pb2,
     failover_pb2_grpc,
+    job_pb2,
+    job_pb2_grpc,
     replication_pb2,
     replication_pb2_grpc,
     vm_context_pb2,
@@ -35,16 +37,20 @@ from oma_server.db.models import ApiToken, Command, IdempotencyRecord
 from oma_server.errors import Aborted
 from oma_server.idempotency import IdempotencyStore, RequestKey, purge_expired
 from oma_server.server import SERVICE_NAMES, OmaServer
+from tests.agent.helpers import make_agent
 from tests.clients import oma_channel
 from tests.conftest import make_settings
 from tests.factories import enroll, inventory, job_on_stream
+from tests.waiting import until
 from vma.v1 import stream_pb2
+from vma_client_stubs.agent.vcenter import FakeVCenter
 from vma_client_stubs.errors import error_details_of
 
 Call = Callable[[Any], Awaitable[Any]]
 # Verbs of the RPCs that create or change something; each such request must take a request_id.
 MUTATING_VERBS = ("Create", "Update", "Delete", "Start", "Cancel", "Retry", "Cleanup", "Rollback", "Enroll", "Revoke")
 MUTATING_VERBS += ("Register", "Discover", "PowerOn", "PowerOff")
+MIB = 1 << 20
 
 
 async def retried(call: Call, request: Message) -> Any:
@@ -266,3 +272,46 @@ async def test_a_change_without_its_answer_is_never_made_twice(oma_server: OmaSe
     assert runs == ["ran", "rolled back", "rolled back"]
     rows = await app.db.run(lambda: [r.request_id for r in IdempotencyRecord.select()])
     assert "rolled-1" not in rows and await app.db.run(ApiToken.get_or_none, ApiToken.id == "t-rolled") is None
+
+
+async def test_start_replication_and_cancel_job_change_once_per_request_id(
+    channel: grpc.aio.Channel, oma_server: OmaServer
+) -> None:
+    enrolled = await enroll(channel)
+    register = vm_context_pb2.RegisterVmContextRequest(appliance_id=enrolled.appliance_id, virtual_machine=inventory())
+    vm_id = (await vm_context_pb2_grpc.VmContextServiceStub(channel).RegisterVmContext(register)).vm_context.id
+    api = replication_pb2_grpc.ReplicationServiceStub(channel)
+    start = replication_pb2.StartReplicationRequest(vm_context_id=vm_id, request_id="start-1")
+    job = (await retried(api.StartReplication, start)).job
+    await refused_reuse(
+        api.StartReplication, replication_pb2.StartReplicationRequest(vm_context_id="x", request_id="start-1")
+    )
+    jobs = job_pb2_grpc.JobServiceStub(channel)
+    cancelled = (await retried(jobs.CancelJob, job_pb2.CancelJobRequest(id=job.id, request_id="cancel-job-1"))).job
+    assert cancelled.replication_job.id == job.id
+    listed = await api.ListReplicationJobs(replication_pb2.ListReplicationJobsRequest(vm_context_id=vm_id))
+    assert [j.id for j in listed.jobs] == [job.id]  # one job started
+
+
+async def test_discover_vms_retried_registers_once(
+    oma_server: OmaServer, channel: grpc.aio.Channel, tmp_path: Path
+) -> None:
+    vcenter = FakeVCenter(tmp_path / "vcenter")
+    vcenter.create_vm("retry-01", [MIB], seed=3)
+    enrolled = await enroll(channel)
+    appliances = appliance_pb2_grpc.ApplianceServiceStub(channel)
+
+    async def connected() -> bool:
+        reply = await appliances.GetAppliance(appliance_pb2.GetApplianceRequest(id=enrolled.appliance_id))
+        return reply.appliance.connection_state == appliance_pb2.CONNECTION_STATE_CONNECTED
+
+    async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent"):
+        await until(connected, "the agent's stream")
+        vms = vm_context_pb2_grpc.VmContextServiceStub(channel)
+        discover = vm_context_pb2.DiscoverVmsRequest(
+            appliance_id=enrolled.appliance_id, name_filter="retry-01", register=True, request_id="discover-1"
+        )
+        found = await retried(vms.DiscoverVms, discover)
+        assert [v.name for v in found.vm_contexts] == ["retry-01"]
+        listed = await vms.ListVmContexts(vm_context_pb2.ListVmContextsRequest(appliance_id=enrolled.appliance_id))
+        assert [v.id for v in listed.vm_contexts] == [found.vm_contexts[0].id]
