@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -129,14 +130,17 @@ class IdempotencyStore:
         self, key: RequestKey, work: Callable[[], Awaitable[T]], dump: Callable[[T], bytes]
     ) -> tuple[T, bytes]:
         now = self.clock.now()
-        hook = FirstWrite(lambda: self._claim(key, now))
+        call_id = uuid.uuid4().hex
+        hook = FirstWrite(lambda: self._claim(key, now, call_id))
         token = first_write.set(hook)
         try:
             result = await work()
         finally:
             first_write.reset(token)
+            # Tasks the call spawned carry a copy of its context: once the call is over, their writes are theirs.
+            hook.done = True
         encoded = dump(result)
-        await self.db.tx(self._answer, key, encoded, now, hook.done)
+        await self.db.tx(self._answer, key, encoded, now, call_id)
         return result, encoded
 
     @staticmethod
@@ -152,35 +156,35 @@ class IdempotencyStore:
             raise _pending(key)
         return bytes(row.response)
 
-    def _claim(self, key: RequestKey, now: datetime) -> None:
+    def _row(self, key: RequestKey, now: datetime, call_id: str, response: bytes | None) -> dict[str, object]:
+        return {
+            "method": key.method,
+            "request_id": key.request_id,
+            "fingerprint": key.fingerprint,
+            "call_id": call_id,
+            "response": response,
+            "created_at": now,
+            "expires_at": now + self.ttl,
+        }
+
+    def _claim(self, key: RequestKey, now: datetime, call_id: str) -> None:
         """In the transaction of the call's first change: the row that makes every retry find this call."""
         where = (IdempotencyRecord.method == key.method) & (IdempotencyRecord.request_id == key.request_id)
         IdempotencyRecord.delete().where(where & (IdempotencyRecord.expires_at <= now)).execute()
         try:
             with self.db.peewee.atomic():  # a savepoint: PostgreSQL needs one to go on after a failed insert
-                IdempotencyRecord.insert(
-                    method=key.method,
-                    request_id=key.request_id,
-                    fingerprint=key.fingerprint,
-                    created_at=now,
-                    expires_at=now + self.ttl,
-                ).execute()
+                IdempotencyRecord.insert(**self._row(key, now, call_id, None)).execute()
         except pw.IntegrityError:
+            row = IdempotencyRecord.get_or_none(where)
+            if row is not None and row.call_id == call_id:
+                return  # a unit of work of this same call that ran beside this one claimed it first
             # Another process claimed the key first: this call's change is rolled back with this transaction.
             raise _pending(key) from None
 
-    def _answer(self, key: RequestKey, encoded: bytes, now: datetime, claimed: bool) -> None:
+    def _answer(self, key: RequestKey, encoded: bytes, now: datetime, call_id: str) -> None:
         where = (IdempotencyRecord.method == key.method) & (IdempotencyRecord.request_id == key.request_id)
-        if claimed:
-            IdempotencyRecord.update(response=encoded).where(where).execute()
+        if IdempotencyRecord.update(response=encoded).where(where & (IdempotencyRecord.call_id == call_id)).execute():
             return
         # Nothing changed (the call was a no-op): the answer is recorded all the same, so a retry gets it again.
         IdempotencyRecord.delete().where(where & (IdempotencyRecord.expires_at <= now)).execute()
-        IdempotencyRecord.insert(
-            method=key.method,
-            request_id=key.request_id,
-            fingerprint=key.fingerprint,
-            response=encoded,
-            created_at=now,
-            expires_at=now + self.ttl,
-        ).on_conflict_ignore().execute()
+        IdempotencyRecord.insert(**self._row(key, now, call_id, encoded)).on_conflict_ignore().execute()

@@ -315,3 +315,29 @@ async def test_discover_vms_retried_registers_once(
         assert [v.name for v in found.vm_contexts] == ["retry-01"]
         listed = await vms.ListVmContexts(vm_context_pb2.ListVmContextsRequest(appliance_id=enrolled.appliance_id))
         assert [v.id for v in listed.vm_contexts] == [found.vm_contexts[0].id]
+
+
+async def test_what_a_call_spawns_writes_on_its_own_after_the_call(oma_server: OmaServer) -> None:
+    """A task started by the call (a job's workflow) inherits its context; once the call answered, the task's
+    writes are its own: they neither claim the key nor fail on it."""
+    app = oma_server.app
+    store = IdempotencyStore(app.db, app.clock)
+    released = asyncio.Event()
+    spawned: list[asyncio.Task[None]] = []
+
+    async def later() -> None:
+        await released.wait()
+        await app.db.tx(lambda: ApiToken.create(id="t-later", name="x", role="viewer", secret_hash="h"))
+
+    async def start_work() -> bytes:
+        await app.db.tx(lambda: ApiToken.create(id="t-now", name="x", role="viewer", secret_hash="h"))
+        spawned.append(asyncio.create_task(later()))
+        return b"the answer"
+
+    key = RequestKey("/test/Start", "spawn-1", "e" * 64)
+    assert await store.once(key, start_work, bytes, bytes) == b"the answer"
+    released.set()
+    await spawned[0]  # wrote without raising
+    assert await app.db.run(ApiToken.get_or_none, ApiToken.id == "t-later") is not None
+    assert await store.once(key, start_work, bytes, bytes) == b"the answer"  # the stored answer, no second start
+    assert len(spawned) == 1

@@ -302,6 +302,7 @@ class IdempotencyRecord(BaseModel):
     method = pw.CharField(max_length=255)
     request_id = pw.CharField(max_length=128)
     fingerprint = pw.CharField(max_length=64)  # sha256 of the request without its request_id
+    call_id = pw.CharField(max_length=32)  # which call wrote it (its units of work may run side by side)
     response = pw.BlobField(null=True)
     created_at = pw.DateTimeField(default=utcnow)
     expires_at = pw.DateTimeField(index=True)
