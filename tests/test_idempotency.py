@@ -329,8 +329,7 @@ async def test_what_a_call_spawns_writes_on_its_own_after_the_call(oma_server: O
         await released.wait()
         await app.db.tx(lambda: ApiToken.create(id="t-later", name="x", role="viewer", secret_hash="h"))
 
-    async def start_work() -> bytes:
-        await app.db.tx(lambda: ApiToken.create(id="t-now", name="x", role="viewer", secret_hash="h"))
+    async def start_work() -> bytes:  # changes nothing itself: only what it spawns writes
         spawned.append(asyncio.create_task(later()))
         return b"the answer"
 
