@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,11 +197,12 @@ class OperatorClient:
 
     # -- appliances -------------------------------------------------------------------------------------------
 
-    async def enroll_appliance(self, name: str) -> Enrollment:
-        """Enrolls an appliance; the credential is returned only here."""
-        response = await self.appliances.EnrollAppliance(
-            appliance_pb2.EnrollApplianceRequest(name=name), timeout=self.timeout_s
-        )
+    async def enroll_appliance(self, name: str, request_id: str = "") -> Enrollment:
+        """Enrolls an appliance; the credential is returned only here. The request carries a request_id (a new one
+        unless given), so gRPC's own retry of an UNAVAILABLE call, or the caller's repeat with the same id, enrolls
+        once and gets the same credential."""
+        request = appliance_pb2.EnrollApplianceRequest(name=name, request_id=request_id or uuid.uuid4().hex)
+        response = await self.appliances.EnrollAppliance(request, timeout=self.timeout_s)
         return Enrollment(response.appliance.id, response.credential, response.appliance)
 
     async def get_appliance(self, appliance_id: str) -> appliance_pb2.Appliance:
@@ -209,10 +211,9 @@ class OperatorClient:
         )
         return response.appliance
 
-    async def revoke_appliance(self, appliance_id: str) -> appliance_pb2.Appliance:
-        response = await self.appliances.RevokeAppliance(
-            appliance_pb2.RevokeApplianceRequest(id=appliance_id), timeout=self.timeout_s
-        )
+    async def revoke_appliance(self, appliance_id: str, request_id: str = "") -> appliance_pb2.Appliance:
+        request = appliance_pb2.RevokeApplianceRequest(id=appliance_id, request_id=request_id or uuid.uuid4().hex)
+        response = await self.appliances.RevokeAppliance(request, timeout=self.timeout_s)
         return response.appliance
 
     # -- pagination -------------------------------------------------------------------------------------------
