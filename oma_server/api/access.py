@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from oma_server.api.status import HandlerInterceptor, fail, rewrapped
+from oma_server.api.status import fail, rewrapped
 from oma_server.errors import PermissionDenied, Unauthenticated
 from oma_server.security.tokens import Operator, Role, TokenService
 
@@ -116,7 +116,7 @@ def _bearer(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
-class AccessInterceptor(HandlerInterceptor):
+class AccessInterceptor(grpc.aio.ServerInterceptor):
     """Outermost interceptor: a refused call reaches neither the request checks nor its handler."""
 
     def __init__(self, tokens: TokenService) -> None:
@@ -148,9 +148,15 @@ class AccessInterceptor(HandlerInterceptor):
             )
         return operator
 
-    def replace(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
         access = access_of(method)
-        if access in (Access.PUBLIC, Access.APPLIANCE):
+        if handler is None or access in (Access.PUBLIC, Access.APPLIANCE):
             return handler
 
         def rewrap(behavior: Callable[..., Any], request_streaming: bool, response_streaming: bool) -> Any:
