@@ -107,6 +107,12 @@ def _common_flags() -> _OneLineParser:
         help="cap on concurrent RPCs incl. streams; more get RESOURCE_EXHAUSTED",
     )
     g.add_argument(
+        "--idempotency-ttl",
+        type=float,
+        default=float(env_default("idempotency_ttl", "86400")),
+        help="seconds a call's first answer is kept for its retries with the same request_id (default 86400: 24 h)",
+    )
+    g.add_argument(
         "--driver-injection-command",
         default=env_default("driver_injection_command", ""),
         help="shell command run during failover before the VM starts, with OMA_FAILOVER_VOLUMES (JSON) etc. in its "
@@ -192,6 +198,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         heartbeat_interval_s=args.heartbeat_interval,
         progress_flush_interval_s=args.progress_flush_interval,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        idempotency_ttl_s=args.idempotency_ttl,
         driver_injection_command=args.driver_injection_command,
         failover_template=args.failover_template,
         http_listen=args.http_listen,

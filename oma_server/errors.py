@@ -6,6 +6,8 @@ naming the thing that failed. `oma_server.api.status` is the one place that turn
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -28,19 +30,49 @@ class Category(Enum):
     INTERNAL = "INTERNAL"
 
 
+@dataclass(frozen=True)
+class Violation:
+    """One unmet precondition a client can act on (google.rpc.PreconditionFailure.Violation): `kind` is an
+    UPPER_SNAKE type (READINESS_CHECK, JOB_ALREADY_ACTIVE), `subject` what failed (a check's name, `jobs/<id>`)."""
+
+    kind: str
+    subject: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Resource:
+    """The resource an error is about (google.rpc.ResourceInfo): its proto type and id."""
+
+    type: str
+    name: str
+    description: str = ""
+
+
 class DomainError(Exception):
     """Base of every error the control plane reports to a caller.
 
-    `message` is for a human and says what failed and what to do; `reason` is for programs.
+    `message` is for a human and says what failed and what to do; `reason` is for programs, and so are the typed
+    `violations` and `resource` (the API sends them as google.rpc details beside ErrorInfo).
     """
 
     category: Category = Category.INTERNAL
     default_reason: str = "INTERNAL"
 
-    def __init__(self, message: str, *, reason: str | None = None, **metadata: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        violations: Iterable[Violation] = (),
+        resource: Resource | None = None,
+        **metadata: Any,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
+        self.violations = tuple(violations)
+        self.resource = resource
         self.metadata: dict[str, str] = {k: str(v) for k, v in metadata.items() if v is not None}
 
     def __str__(self) -> str:
@@ -112,6 +144,19 @@ class Unimplemented(DomainError):
 class Internal(DomainError):
     category = Category.INTERNAL
     default_reason = "INTERNAL"
+
+
+def job_already_active(message: str, active_job_id: str, **metadata: Any) -> FailedPrecondition:
+    """A job cannot start because another one runs on the same VM: its id in metadata, PreconditionFailure and
+    ResourceInfo, so a client can watch or cancel it without parsing the message."""
+    return FailedPrecondition(
+        message,
+        reason="JOB_ALREADY_ACTIVE",
+        violations=[Violation("JOB_ALREADY_ACTIVE", f"jobs/{active_job_id}", message)],
+        resource=Resource("oma.v1.Job", active_job_id, "the active job"),
+        active_job_id=active_job_id,
+        **metadata,
+    )
 
 
 class MessageRejected(Exception):

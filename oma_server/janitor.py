@@ -23,6 +23,7 @@ from oma_server.db.database import Database
 from oma_server.db.models import Command
 from oma_server.errors import DomainError
 from oma_server.failover.workflow import FailoverWorkflow
+from oma_server.idempotency import purge_expired
 from oma_server.joblog import note
 from oma_server.protocol.commands import CommandResult
 from oma_server.replication.state_machine import JobState, JobStatus, complete, transition
@@ -93,6 +94,8 @@ class Janitor:
     async def sweep(self) -> list[str]:
         """Check every open job once; returns the ids of the jobs it moved or restarted."""
         repaired = [j.id for j in self.jobs.open_jobs() if await self.check_replication(j.id)]
+        if purged := await self.db.tx(purge_expired, self.clock.now()):
+            logger.info("purged {n} expired idempotency record(s)", n=purged)
         for job in await self.failover.store.open_jobs():
             if not self.failover.running(job.id):
                 logger.bind(job_id=job.id).warning("failover job {id} had no runner; resuming it", id=job.id)

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -48,6 +49,7 @@ from oma_server.api.cloud import CloudServicer
 from oma_server.api.failover import FailoverServicer, NetworkMappingServicer
 from oma_server.api.gateway import GatewayServicer
 from oma_server.api.http.server import HttpServer
+from oma_server.api.idempotency import IdempotencyInterceptor
 from oma_server.api.reflection import SourceInfoPool
 from oma_server.api.replication import JobServicer, ReplicationServicer
 from oma_server.api.server_info import ServerInfoServicer
@@ -56,6 +58,7 @@ from oma_server.api.storage import NbdExportServicer, VolumeServicer
 from oma_server.api.tokens import AccessServicer
 from oma_server.api.vm_contexts import VmContextServicer
 from oma_server.app import App
+from oma_server.idempotency import IdempotencyStore
 from oma_server.security.server_tls import ServerTls
 from oma_server.security.tokens import read_admin_token
 from oma_server.stop_signals import StopSignals
@@ -165,7 +168,14 @@ class OmaServer:
             options=server_options(settings.max_message_bytes),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             # Access first: a call without the right token reaches neither the request checks nor its handler.
-            interceptors=[AccessInterceptor(app.tokens, app.audit), ErrorMappingInterceptor()],
+            # Retries by request_id last: they are answered only to an allowed caller, for a request that checked out.
+            interceptors=[
+                AccessInterceptor(app.tokens, app.audit),
+                ErrorMappingInterceptor(),
+                IdempotencyInterceptor(
+                    IdempotencyStore(app.db, app.clock, timedelta(seconds=settings.idempotency_ttl_s))
+                ),
+            ],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -53,6 +53,8 @@ class Settings:
     max_concurrent_rpcs: int = 20_000
     max_message_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 10.0
+    # How long a mutating call's first answer is kept for retries with the same request_id (oma_server/idempotency.py).
+    idempotency_ttl_s: float = 24 * 3600.0
     # Failover: a command run before the failed-over VM starts (volume device info in its environment; empty skips
     # the step), and the CloudStack template whose VM shell is deployed (id or name; empty: the zone's only one).
     driver_injection_command: str = ""
@@ -75,6 +77,8 @@ class Settings:
             raise InvalidArgument("--audit-retention-days must be at least 1")
         if self.max_concurrent_rpcs < 1:
             raise InvalidArgument("--max-concurrent-rpcs must be at least 1")
+        if self.idempotency_ttl_s <= 0:
+            raise InvalidArgument("--idempotency-ttl must be positive (seconds a first answer is kept for retries)")
         if self.http_listen:
             parse_host_port(self.http_listen, "--http-listen")
         if (self.http_tls_cert is None) != (self.http_tls_key is None):

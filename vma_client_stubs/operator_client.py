@@ -22,7 +22,11 @@ async with OperatorClient("oma.example:50051", tls=TlsConfig.from_files(ca="ca.p
 - **Watch with automatic resume**: `watch_job` / `watch_jobs` resume from the revision of the last CHANGE, SYNCED or
   PROGRESS_NOTIFY after a cut (UNAVAILABLE, a server shutdown) and watch from 0 again (a new snapshot) when the OMA
   no longer holds that revision (OUT_OF_RANGE).
-- **Errors**: `error_info(error)` is the `google.rpc.ErrorInfo` every OMA refusal carries (reason, metadata).
+- **Errors**: `error_info(error)` is the `google.rpc.ErrorInfo` every OMA refusal carries (reason, metadata);
+  `error_details(error)` adds the typed details: `field_violations` (BadRequest), `precondition_violations`
+  (`failed_checks()`, `active_job_id()`), `resources` (ResourceInfo).
+- **Safe retries**: every mutating request takes a `request_id`; resending the same request with it after a lost
+  answer gets the first answer (and changes nothing).
 
 Anything else: the generated stubs are attributes (`appliances`, `vm_contexts`, `replication`, `jobs`, `failover`,
 `volumes`, `exports`, `network_mappings`) on one `grpc.aio` channel (`channel`). A runnable example is
@@ -34,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +60,13 @@ from oma.v1 import (
     vm_context_pb2_grpc,
 )
 from vma_client_stubs.connection import TokenSource, bearer_interceptors
-from vma_client_stubs.errors import error_info_of
+from vma_client_stubs.errors import ErrorDetails, error_details_of, error_info_of
 
 #: The ErrorInfo of a failed call (reason, domain "oma.control-plane", metadata), or None (a connection failure).
 error_info = error_info_of
+#: Every detail of a failed call, decoded: ErrorInfo, the bad request's fields, failed preconditions (readiness
+#: checks, the active job), the resource it is about.
+error_details = error_details_of
 
 T = TypeVar("T")
 PAGE_SIZE = 1000
@@ -128,9 +136,9 @@ class RetryPolicy:
 def describe_error(error: grpc.RpcError) -> str:
     """One line for a failed call, as omactl prints it: `NOT_FOUND: ... (APPLIANCE_NOT_FOUND)`."""
     code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    info = error_info(error)
+    details: ErrorDetails = error_details(error)
     text = f"{code.name}: {error.details()}"  # type: ignore[attr-defined]
-    return f"{text} ({info.reason})" if info is not None and info.reason else text
+    return f"{text} ({details.reason})" if details.reason else text
 
 
 class _Paged(Protocol):
@@ -189,11 +197,12 @@ class OperatorClient:
 
     # -- appliances -------------------------------------------------------------------------------------------
 
-    async def enroll_appliance(self, name: str) -> Enrollment:
-        """Enrolls an appliance; the credential is returned only here."""
-        response = await self.appliances.EnrollAppliance(
-            appliance_pb2.EnrollApplianceRequest(name=name), timeout=self.timeout_s
-        )
+    async def enroll_appliance(self, name: str, request_id: str = "") -> Enrollment:
+        """Enrolls an appliance; the credential is returned only here. The request carries a request_id (a new one
+        unless given), so gRPC's own retry of an UNAVAILABLE call, or the caller's repeat with the same id, enrolls
+        once and gets the same credential."""
+        request = appliance_pb2.EnrollApplianceRequest(name=name, request_id=request_id or uuid.uuid4().hex)
+        response = await self.appliances.EnrollAppliance(request, timeout=self.timeout_s)
         return Enrollment(response.appliance.id, response.credential, response.appliance)
 
     async def get_appliance(self, appliance_id: str) -> appliance_pb2.Appliance:
@@ -202,10 +211,9 @@ class OperatorClient:
         )
         return response.appliance
 
-    async def revoke_appliance(self, appliance_id: str) -> appliance_pb2.Appliance:
-        response = await self.appliances.RevokeAppliance(
-            appliance_pb2.RevokeApplianceRequest(id=appliance_id), timeout=self.timeout_s
-        )
+    async def revoke_appliance(self, appliance_id: str, request_id: str = "") -> appliance_pb2.Appliance:
+        request = appliance_pb2.RevokeApplianceRequest(id=appliance_id, request_id=request_id or uuid.uuid4().hex)
+        response = await self.appliances.RevokeAppliance(request, timeout=self.timeout_s)
         return response.appliance
 
     # -- pagination -------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from oma.v1 import failover_pb2, failover_pb2_grpc
 from oma_server.api.convert import enum_name, failover_job_to_proto, mapping_to_proto
 from oma_server.app import App
 from oma_server.errors import InvalidArgument, Unavailable
-from oma_server.failover.network_mappings import MappingInput, NetworkMappingService
+from oma_server.failover.network_mappings import MappingInput, MappingUpdate, NetworkMappingService
 from oma_server.failover.state_machine import FailoverKind
 from oma_server.failover.workflow import FailoverWorkflow
 
@@ -101,14 +101,27 @@ class NetworkMappingServicer(failover_pb2_grpc.NetworkMappingServiceServicer):
     async def ListNetworkMappings(
         self, request: failover_pb2.ListNetworkMappingsRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.ListNetworkMappingsResponse:
-        rows = await _mappings(self.app).list(request.vm_context_id)
-        return failover_pb2.ListNetworkMappingsResponse(mappings=[mapping_to_proto(r) for r in rows])
+        rows, next_page_token = await _mappings(self.app).list(
+            request.vm_context_id, request.page_size, request.page_token
+        )
+        return failover_pb2.ListNetworkMappingsResponse(
+            mappings=[mapping_to_proto(r) for r in rows], next_page_token=next_page_token
+        )
 
     async def UpdateNetworkMapping(
         self, request: failover_pb2.UpdateNetworkMappingRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.UpdateNetworkMappingResponse:
         m = request.mapping
-        row = await _mappings(self.app).update(m.id, m.target_network_id, m.static_ip, m.keep_mac)
+        change = MappingUpdate(
+            m.id,
+            m.vm_context_id,
+            m.source_network,
+            m.target_network_id,
+            m.static_ip,
+            m.keep_mac,
+            tuple(request.update_mask.paths),
+        )
+        row = await _mappings(self.app).update(change)
         return failover_pb2.UpdateNetworkMappingResponse(mapping=mapping_to_proto(row))
 
     async def DeleteNetworkMapping(

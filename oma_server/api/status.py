@@ -1,4 +1,4 @@
-"""The one place that turns domain errors into gRPC status with google.rpc.ErrorInfo details (AIP-193).
+"""The one place that turns domain errors into gRPC status with google.rpc.ErrorInfo and typed details (AIP-193).
 
 `ErrorMappingInterceptor` wraps every handler: a request that does not decode, or whose fields break a rule of
 `oma_server.api.validation`, is INVALID_ARGUMENT before the handler runs; a DomainError becomes its status code,
@@ -22,6 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from loguru import logger
 
+from oma_server.api.error_details import details_of
 from oma_server.api.validation import RequestCheck, undecodable
 from oma_server.errors import Category, DomainError, Internal, Unimplemented
 from oma_server.uninterruptible import finish
@@ -51,12 +52,16 @@ def grpc_code(error: DomainError) -> grpc.StatusCode:
 
 
 def to_status(error: DomainError) -> grpc.Status:
-    """A grpc.Status carrying the message and one ErrorInfo (reason, domain, metadata)."""
+    """A grpc.Status carrying the message, one ErrorInfo (reason, domain, metadata) and the typed details
+    (`oma_server.api.error_details`)."""
     code = grpc_code(error)
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=[detail])
+    details = []
+    for message in (info, *details_of(error)):
+        detail = any_pb2.Any()
+        detail.Pack(message)
+        details.append(detail)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=details)
     return rpc_status.to_status(status)
 
 
@@ -232,7 +237,9 @@ def rewrapped(
     return handler
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+class HandlerInterceptor(grpc.aio.ServerInterceptor):
+    """What every interceptor of this server is: one that replaces the handler of a method it serves."""
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -241,7 +248,14 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
+        return self.replace(handler, handler_call_details.method)
+
+    def replace(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class ErrorMappingInterceptor(HandlerInterceptor):
+    def replace(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         return rewrapped(
             handler,
             lambda behavior, request_streaming, response_streaming: _wrap(

@@ -58,7 +58,10 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
     async def ListApiTokens(
         self, request: access_pb2.ListApiTokensRequest, context: grpc.aio.ServicerContext
     ) -> access_pb2.ListApiTokensResponse:
-        return access_pb2.ListApiTokensResponse(tokens=[api_token_to_proto(t) for t in await self.tokens.list()])
+        tokens, next_page_token = await self.tokens.list(request.page_size, request.page_token)
+        return access_pb2.ListApiTokensResponse(
+            tokens=[api_token_to_proto(t) for t in tokens], next_page_token=next_page_token
+        )
 
     async def RevokeApiToken(
         self, request: access_pb2.RevokeApiTokenRequest, context: grpc.aio.ServicerContext

@@ -4,12 +4,17 @@ Peewee is synchronous, so every unit of work is a plain function that runs whole
 worker thread (`Database.run`). A transaction is never split across awaits. SQLite gets one worker thread (a
 single writer; WAL lets readers in other processes go on); PostgreSQL gets a small pool, one connection per
 thread.
+
+`first_write` lets a caller put one more write into the transaction of the first unit of work that changes
+something (the idempotency record of a call, oma_server/idempotency.py): while it is set, each unit of work runs
+in one outer transaction, and if that transaction wrote anything the hook runs in it before the commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import threading
 from collections.abc import Callable
@@ -27,6 +32,18 @@ from oma_server.errors import InvalidArgument, Unavailable
 from oma_server.uninterruptible import finish
 
 T = TypeVar("T")
+
+
+class FirstWrite:
+    """A write to add to the first committed transaction that changes something; `done` once it committed."""
+
+    def __init__(self, write: Callable[[], None]) -> None:
+        self.write = write
+        self.done = False
+
+
+#: Set for the duration of one call; copied into the database thread with the rest of the caller's context.
+first_write: contextvars.ContextVar[FirstWrite | None] = contextvars.ContextVar("first_write", default=None)
 
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
@@ -109,6 +126,9 @@ class Database:
         if self.peewee.is_closed():
             self._connect()
         try:
+            hook = first_write.get()
+            if hook is not None and not hook.done:
+                return self._call_hooked(hook, fn, args, kwargs, atomic)
             if atomic:
                 with metrics.db_transaction(), self.peewee.atomic():
                     return fn(*args, **kwargs)
@@ -118,6 +138,35 @@ class Database:
             with contextlib.suppress(Exception):
                 self.peewee.close()
             raise
+
+    def _call_hooked(
+        self, hook: FirstWrite, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], atomic: bool
+    ) -> T:
+        with metrics.db_transaction(), self.peewee.atomic():
+            before = self._changes()
+            if atomic:
+                with self.peewee.atomic():  # a savepoint: what `fn` alone would have committed or rolled back
+                    result = fn(*args, **kwargs)
+            else:
+                result = fn(*args, **kwargs)
+            wrote = self._wrote(before)
+            if wrote:
+                hook.write()
+        if wrote:
+            hook.done = True
+        return result
+
+    def _changes(self) -> int:
+        """SQLite's count of rows changed on this connection (PostgreSQL asks its transaction id instead)."""
+        if self.kind == "sqlite":
+            return int(self.peewee.connection().total_changes)
+        return 0
+
+    def _wrote(self, before: int) -> bool:
+        if self.kind == "sqlite":
+            return int(self.peewee.connection().total_changes) > before
+        # A transaction gets an id with its first change (row locks included): none means it wrote nothing.
+        return self.peewee.execute_sql("SELECT txid_current_if_assigned()").fetchone()[0] is not None
 
     async def tx(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn` in one transaction on a database thread."""
@@ -131,7 +180,8 @@ class Database:
         if self._closed:
             raise Unavailable("the database is closed (the server is shutting down)", reason="DATABASE_CLOSED")
         loop = asyncio.get_running_loop()
-        call = functools.partial(self._call, fn, args, kwargs, atomic)
+        # The caller's context goes along (as asyncio.to_thread does): `first_write` is read on the database thread.
+        call = functools.partial(contextvars.copy_context().run, self._call, fn, args, kwargs, atomic)
         # A thread cannot be interrupted: a cancelled caller still waits for its transaction to end, so nothing it
         # does next (release a lock, close the database) overtakes work that is still committing.
         return await finish(loop.run_in_executor(self._executor, call))

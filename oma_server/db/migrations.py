@@ -12,7 +12,16 @@ import peewee as pw
 from loguru import logger
 from playhouse.migrate import SchemaMigrator, migrate
 
-from oma_server.db.models import ALL_MODELS, ApiToken, AuditEntry, BlockMap, Disk, SchemaMigration, WatchRevision
+from oma_server.db.models import (
+    ALL_MODELS,
+    ApiToken,
+    AuditEntry,
+    BlockMap,
+    Disk,
+    IdempotencyRecord,
+    SchemaMigration,
+    WatchRevision,
+)
 
 
 def _m001_initial(db: pw.Database) -> None:
@@ -39,8 +48,12 @@ def _m005_block_map(db: pw.Database) -> None:
     db.create_tables([BlockMap], safe=True)  # a database created at version 5 already has it
 
 
-def _m010_audit_entry(db: pw.Database) -> None:
-    db.create_tables([AuditEntry], safe=True)  # a database created at version 10 already has it
+def _m006_idempotency_record(db: pw.Database) -> None:
+    db.create_tables([IdempotencyRecord], safe=True)  # a database created at version 6 already has it
+
+
+def _m007_audit_entry(db: pw.Database) -> None:
+    db.create_tables([AuditEntry], safe=True)  # a database created at version 7 already has it
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
@@ -49,7 +62,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (3, "watch_revision (revisions that survive a crash)", _m003_watch_revision),
     (4, "api_token (operators' API tokens, hashed)", _m004_api_token),
     (5, "block_map (block-hash maps of the replicas, per change id)", _m005_block_map),
-    (10, "audit_entry (the audit log of mutating RPCs)", _m010_audit_entry),
+    (6, "idempotency_record (first answers to calls with a request_id)", _m006_idempotency_record),
+    (7, "audit_entry (the audit log of mutating RPCs)", _m007_audit_entry),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

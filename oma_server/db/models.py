@@ -293,6 +293,24 @@ class ApiToken(BaseModel):
     revoked_at = pw.DateTimeField(null=True)
 
 
+class IdempotencyRecord(BaseModel):
+    """The first answer to a mutating call with a request_id (oma_server/idempotency.py, AIP-155).
+
+    Written in the transaction of the call's first change (`response` still null), the answer added once it is known.
+    """
+
+    method = pw.CharField(max_length=255)
+    request_id = pw.CharField(max_length=128)
+    fingerprint = pw.CharField(max_length=64)  # sha256 of the request without its request_id
+    call_id = pw.CharField(max_length=32)  # which call wrote it (its units of work may run side by side)
+    response = pw.BlobField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    expires_at = pw.DateTimeField(index=True)
+
+    class Meta:
+        primary_key = pw.CompositeKey("method", "request_id")
+
+
 class AuditEntry(BaseModel):
     """One mutating RPC (security/audit.py): who, what, on which resource, when, and how it ended. Written before
     the call runs (outcome UNFINISHED) and completed after, so a call cut by a crash still shows as attempted."""
@@ -331,5 +349,6 @@ ALL_MODELS: list[type[BaseModel]] = [
     WatchRevision,
     ApiToken,
     BlockMap,
+    IdempotencyRecord,
     AuditEntry,
 ]

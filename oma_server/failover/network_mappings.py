@@ -4,6 +4,9 @@ VMware MAC kept on the CloudStack NIC.
 A mapping belongs to one VM context, or is a default (empty vm_context_id) used for every VM without its own
 mapping of that network. There is at most one mapping per (VM context, source network). The target network must
 exist in CloudStack; a static IP must be a valid address inside the network's CIDR (and not its gateway).
+
+An update changes the fields its mask names (AIP-134; no mask: every mutable field); a mapping's VM context and
+source network are its identity and never change.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from oma_server.cloudstack.models import Network
 from oma_server.db.database import Database
 from oma_server.db.models import NetworkMapping, VmContext
 from oma_server.errors import AlreadyExists, InvalidArgument, NotFound
+from oma_server.pagination import fetch_page
 from oma_server.vm_contexts.service import vm_not_found
 
 
@@ -29,6 +33,59 @@ class MappingInput:
     target_network_id: str
     static_ip: str = ""
     keep_mac: bool = False
+
+
+MUTABLE = ("target_network_id", "static_ip", "keep_mac")
+IMMUTABLE = ("id", "vm_context_id", "source_network", "created_at")
+
+
+@dataclass(frozen=True)
+class MappingUpdate:
+    """An update as sent: the mapping's fields and the mask's paths (empty: replace every mutable field)."""
+
+    mapping_id: str
+    vm_context_id: str
+    source_network: str
+    target_network_id: str
+    static_ip: str
+    keep_mac: bool
+    paths: tuple[str, ...] = ()
+
+
+def fields_to_update(paths: tuple[str, ...]) -> set[str]:
+    """The mutable fields an update mask names; InvalidArgument naming the first immutable or unknown path."""
+    if not paths:
+        return set(MUTABLE)
+    for i, path in enumerate(paths):
+        where = f"update_mask.paths[{i}]"
+        if path in IMMUTABLE:
+            raise InvalidArgument(
+                f"{where} {path!r} names a field that cannot change; to move a mapping, delete it and create another",
+                reason="FIELD_IMMUTABLE",
+                field=where,
+            )
+        if path not in MUTABLE:
+            raise InvalidArgument(
+                f"{where} {path!r} is not a field of NetworkMapping that can change; use {', '.join(MUTABLE)}",
+                reason="UPDATE_MASK_INVALID",
+                field=where,
+            )
+    return set(paths)
+
+
+def check_identity_kept(change: MappingUpdate, row: NetworkMapping) -> None:
+    """A VM context or source network sent with an update must be the mapping's own: it is never ignored."""
+    for name, sent, stored in (
+        ("vm_context_id", change.vm_context_id, row.vm_context_id),
+        ("source_network", change.source_network.strip(), row.source_network),
+    ):
+        if sent and sent != stored:
+            raise InvalidArgument(
+                f"mapping.{name} {sent!r} differs from the mapping's {stored!r}, and it cannot change; leave it empty "
+                "or delete the mapping and create another",
+                reason="FIELD_IMMUTABLE",
+                field=f"mapping.{name}",
+            )
 
 
 def resolve_mappings(vm_context_id: str) -> dict[str, NetworkMapping]:
@@ -127,14 +184,20 @@ class NetworkMappingService:
         )
         return row
 
-    async def list(self, vm_context_id: str = "") -> list[NetworkMapping]:
-        def query() -> list[NetworkMapping]:
+    async def list(
+        self, vm_context_id: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[NetworkMapping], str]:
+        """One page of mappings (defaults first, then by VM context and source network) and the next page's token."""
+
+        def query() -> tuple[list[NetworkMapping], str]:
             if vm_context_id and VmContext.get_or_none(VmContext.id == vm_context_id) is None:
                 raise vm_not_found(vm_context_id)  # not an empty list: a typo must not read as "nothing mapped"
-            q = NetworkMapping.select().order_by(NetworkMapping.vm_context_id, NetworkMapping.source_network)
+            q = NetworkMapping.select().order_by(
+                NetworkMapping.vm_context_id, NetworkMapping.source_network, NetworkMapping.id
+            )
             if vm_context_id:
                 q = q.where(NetworkMapping.vm_context_id.in_(["", vm_context_id]))
-            return list(q)
+            return fetch_page(q, page_size, page_token)
 
         return await self.db.run(query)
 
@@ -150,19 +213,27 @@ class NetworkMappingService:
             )
         return row
 
-    async def update(self, mapping_id: str, target_network_id: str, static_ip: str, keep_mac: bool) -> NetworkMapping:
-        await self._get(mapping_id)
-        network = await self._network(target_network_id)
+    async def update(self, change: MappingUpdate) -> NetworkMapping:
+        """Change the fields the mask names (every mutable one without a mask); the others keep their value."""
+        fields = fields_to_update(change.paths)
+        current = await self._get(change.mapping_id)
+        check_identity_kept(change, current)
+        target = change.target_network_id if "target_network_id" in fields else current.target_network_id
+        static_ip = change.static_ip if "static_ip" in fields else current.static_ip
+        keep_mac = change.keep_mac if "keep_mac" in fields else current.keep_mac
+        network = await self._network(target)
         ip = validate_static_ip(static_ip, network)
 
         def write() -> NetworkMapping:
             NetworkMapping.update(target_network_id=network.id, static_ip=ip, keep_mac=keep_mac).where(
-                NetworkMapping.id == mapping_id
+                NetworkMapping.id == change.mapping_id
             ).execute()
-            return NetworkMapping.get_by_id(mapping_id)
+            return NetworkMapping.get_by_id(change.mapping_id)
 
         row = await self.db.tx(write)
-        logger.bind(mapping_id=mapping_id).info("network mapping updated → {dst}", dst=network.id)
+        logger.bind(mapping_id=change.mapping_id).info(
+            "network mapping updated ({fields}) → {dst}", fields=",".join(sorted(fields)), dst=network.id
+        )
         return row
 
     async def delete(self, mapping_id: str) -> None:

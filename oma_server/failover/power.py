@@ -15,7 +15,7 @@ from loguru import logger
 
 from oma_server.db.database import Database
 from oma_server.db.models import VmContext
-from oma_server.errors import AlreadyExists, FailedPrecondition, Unavailable
+from oma_server.errors import FailedPrecondition, Unavailable, job_already_active
 from oma_server.failover.state_machine import FailoverJobState, FailoverKind
 from oma_server.failover.store import FailoverJobStore, open_failover_of
 from oma_server.joblog import note
@@ -43,15 +43,6 @@ class SourcePower:
         return await self._start(vm_context_id, FailoverKind.POWER_OFF_SOURCE, request_id)
 
     async def _start(self, vm_context_id: str, kind: FailoverKind, request_id: str) -> FailoverJobState:
-        if request_id:
-            existing = await self.store.by_request_id(request_id)
-            if existing is not None:
-                if existing.vm_context_id != vm_context_id or existing.kind != kind:
-                    raise AlreadyExists(
-                        f"request_id {request_id!r} was used for another request; use a new request_id",
-                        reason="REQUEST_ID_REUSED",
-                    )
-                return existing
         vm = await self.db.run(VmContext.get_or_none, VmContext.id == vm_context_id)
         if vm is None:
             raise vm_not_found(vm_context_id)
@@ -75,11 +66,10 @@ class SourcePower:
         def claim(job: FailoverJobState) -> None:
             running = open_failover_of(vm_context_id, excluding=job.id)
             if running is not None:
-                raise FailedPrecondition(
+                raise job_already_active(
                     f"VM {vm.name} has an active {running.kind.value} job {running.id}; it decides the source's "
                     "power itself — wait for it",
-                    reason="JOB_ALREADY_ACTIVE",
-                    active_job_id=running.id,
+                    running.id,
                 )
             note(job.id, "start", f"{verb} of source VM {vm.name} ({vm.vm_uuid}) requested")
 

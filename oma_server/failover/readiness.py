@@ -25,7 +25,7 @@ from oma_server.cloudstack.limits import CloudLimits
 from oma_server.cloudstack.models import ServiceOffering
 from oma_server.db.database import Database
 from oma_server.db.models import Disk, ReplicationJob, VmContext, Volume
-from oma_server.errors import FailedPrecondition, NotFound
+from oma_server.errors import FailedPrecondition, NotFound, Violation
 from oma_server.failover.network_mappings import resolve_mappings
 from oma_server.failover.state_machine import FailoverKind
 from oma_server.failover.store import open_failover_of
@@ -74,16 +74,19 @@ class Readiness:
         return [c for c in self.checks if not c.passed]
 
     def refuse(self, vm_name: str, vm_context_id: str) -> FailedPrecondition:
-        """FAILED_PRECONDITION naming each failed check (message and ErrorInfo metadata)."""
+        """FAILED_PRECONDITION naming each failed check (message, ErrorInfo metadata, PreconditionFailure)."""
         failed = self.failed
         text = "; ".join(f"{c.name}: {c.reason}" for c in failed)
-        return FailedPrecondition(
+        metadata: dict[str, str] = {f"check_{c.name}": c.reason for c in failed}
+        error = FailedPrecondition(
             f"VM {vm_name} is not ready for failover — {text}",
             reason="FAILOVER_NOT_READY",
+            violations=[Violation("READINESS_CHECK", c.name, c.reason) for c in failed],
             vm_context_id=vm_context_id,
             failed_checks=",".join(c.name for c in failed),
-            **{f"check_{c.name}": c.reason for c in failed},
         )
+        error.metadata.update(metadata)
+        return error
 
 
 _HOSTNAME_BAD = re.compile(r"[^a-z0-9-]+")

@@ -135,10 +135,6 @@ class FailoverJobStore:
             raise InvalidArgument("job id is required", reason="JOB_ID_MISSING")
         return await self.db.run(load, job_id)
 
-    async def by_request_id(self, request_id: str) -> FailoverJobState | None:
-        row = await self.db.run(FailoverJob.get_or_none, FailoverJob.request_id == request_id)
-        return None if row is None else row_to_state(row)
-
     async def list_jobs(self, page_size: int, page_token: str, vm_context_id: str = "") -> FailoverJobPage:
         def query() -> FailoverJobPage:
             q = FailoverJob.select().order_by(FailoverJob.created_at.desc(), FailoverJob.id.desc())

@@ -26,7 +26,13 @@ from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import VmContext
 from oma_server.engine import JobRunner, OnRetry, run_step
-from oma_server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
+from oma_server.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    job_already_active,
+)
 from oma_server.failover import state_machine as sm
 from oma_server.failover.cancellation import (
     check_cancellable,
@@ -93,15 +99,6 @@ class FailoverWorkflow:
     async def start_failover(
         self, vm_context_id: str, kind: FailoverKind, service_offering_id: str = "", request_id: str = ""
     ) -> FailoverJobState:
-        if request_id:
-            existing = await self.store.by_request_id(request_id)
-            if existing is not None:
-                if existing.vm_context_id != vm_context_id:
-                    raise AlreadyExists(
-                        f"request_id {request_id!r} was used for another VM context; use a new request_id",
-                        reason="REQUEST_ID_REUSED",
-                    )
-                return existing
         readiness = await self.check(vm_context_id, kind, service_offering_id)
         vm = await self._vm(vm_context_id)
         if not readiness.ready:
@@ -111,10 +108,8 @@ class FailoverWorkflow:
         def claim_vm(job: FailoverJobState) -> None:
             current = VmContext.get_by_id(vm_context_id)
             if current.active_job_id:
-                raise FailedPrecondition(
-                    f"VM {current.name} has an active job {current.active_job_id}; wait for it",
-                    reason="JOB_ALREADY_ACTIVE",
-                    active_job_id=current.active_job_id,
+                raise job_already_active(
+                    f"VM {current.name} has an active job {current.active_job_id}; wait for it", current.active_job_id
                 )
             transition_vm(vm_context_id, VmStatus.READY_FOR_FAILOVER, active_job_id=job.id)
             note(job.id, "start", f"{kind.value} failover of {current.name} as {plan.target_vm_name} requested")
@@ -166,11 +161,7 @@ class FailoverWorkflow:
             running = open_failover_of(vm_context_id)
             if current.active_job_id or (running is not None and running.id != job.id):
                 active = current.active_job_id or (running.id if running else "")
-                raise FailedPrecondition(
-                    f"VM {current.name} has an active job {active}; wait for it",
-                    reason="JOB_ALREADY_ACTIVE",
-                    active_job_id=active,
-                )
+                raise job_already_active(f"VM {current.name} has an active job {active}; wait for it", active)
             transition_vm(vm_context_id, VmStatus(current.status), active_job_id=job.id)
             note(job.id, "start", f"{kind.value} of failover {source_id or '(none)'} of {current.name} requested")
 

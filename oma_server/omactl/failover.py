@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
+from google.protobuf import field_mask_pb2
+
 from oma.v1 import failover_pb2
 from oma_server.omactl import render, resolve
 from oma_server.omactl.client import CliError
@@ -169,7 +171,7 @@ def _show_mapping(ctx: Context, mapping: failover_pb2.NetworkMapping, verb: str)
 
 def cmd_map_list(ctx: Context, args: argparse.Namespace) -> int:
     request = failover_pb2.ListNetworkMappingsRequest(vm_context_id=resolve.optional(resolve.vm_id, ctx, args.vm))
-    mappings = list(ctx.client.call(ctx.client.network_maps, "ListNetworkMappings", request).mappings)
+    mappings = list(ctx.client.paged(ctx.client.network_maps, "ListNetworkMappings", request, lambda r: r.mappings))
     if ctx.out.as_json:
         ctx.out.messages(mappings)
         return 0
@@ -194,22 +196,21 @@ def cmd_map_create(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_map_update(ctx: Context, args: argparse.Namespace) -> int:
     if args.target is None and args.ip is None and args.keep_mac is None:
         raise CliError("nothing to change: give --target, --ip/--dhcp or --keep-mac/--no-keep-mac", exit_code=2)
-    # The update replaces target, IP and keep_mac together: start from the stored mapping so unnamed fields stay.
-    listed = ctx.client.call(
-        ctx.client.network_maps, "ListNetworkMappings", failover_pb2.ListNetworkMappingsRequest()
-    ).mappings
-    current = next((m for m in listed if m.id == args.id), None)
-    if current is None:
-        raise CliError(f"NOT_FOUND: network mapping {args.id} does not exist; list them with 'omactl network-map list'")
-    mapping = failover_pb2.NetworkMapping()
-    mapping.CopyFrom(current)
+    # Only the fields named change (the update mask); the mapping's other fields keep their value on the server.
+    mapping = failover_pb2.NetworkMapping(id=args.id)
+    paths = []
     if args.target is not None:
         mapping.target_network_id = resolve.network_id(ctx, args.target)
+        paths.append("target_network_id")
     if args.ip is not None:
         mapping.static_ip = args.ip
+        paths.append("static_ip")
     if args.keep_mac is not None:
         mapping.keep_mac = args.keep_mac
-    request = failover_pb2.UpdateNetworkMappingRequest(mapping=mapping)
+        paths.append("keep_mac")
+    request = failover_pb2.UpdateNetworkMappingRequest(
+        mapping=mapping, update_mask=field_mask_pb2.FieldMask(paths=paths)
+    )
     updated = ctx.client.call(ctx.client.network_maps, "UpdateNetworkMapping", request).mapping
     _show_mapping(ctx, updated, "Updated")
     return 0

@@ -38,16 +38,15 @@ def _state(token: access_pb2.ApiToken) -> str:
 
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
-    reply = ctx.client.call(ctx.client.access, "ListApiTokens", access_pb2.ListApiTokensRequest())
+    tokens = list(
+        ctx.client.paged(ctx.client.access, "ListApiTokens", access_pb2.ListApiTokensRequest(), lambda r: r.tokens)
+    )
     if ctx.out.as_json:
-        ctx.out.messages(list(reply.tokens))
+        ctx.out.messages(tokens)
         return 0
     ctx.out.table(
         ["ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES"],
-        (
-            [t.id, t.name, _role(t), _state(t), field_time(t, "created_at"), field_time(t, "expires_at")]
-            for t in reply.tokens
-        ),
+        ([t.id, t.name, _role(t), _state(t), field_time(t, "created_at"), field_time(t, "expires_at")] for t in tokens),
         title="API tokens",
     )
     return 0

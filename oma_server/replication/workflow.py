@@ -27,9 +27,9 @@ from loguru import logger
 from oma_server.clock import Clock
 from oma_server.cloudstack.errors import CloudStackError
 from oma_server.db.database import Database
-from oma_server.db.models import ReplicationJob, VmContext, utcnow
+from oma_server.db.models import VmContext, utcnow
 from oma_server.engine import OUTAGE, JobRunner, OnRetry, Step, run_step
-from oma_server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument
+from oma_server.errors import DomainError, FailedPrecondition, InvalidArgument, job_already_active
 from oma_server.integrity.verifier import ReplicaVerifier
 from oma_server.joblog import JobLogService, note
 from oma_server.replication.service import ReplicationService
@@ -137,26 +137,16 @@ class ReplicationWorkflow:
     async def start_job(self, vm_context_id: str, kind: str, request_id: str, retry_of: str) -> JobState:
         if kind and kind not in KINDS:
             raise InvalidArgument(f"unknown replication kind {kind!r}", reason="KIND_INVALID")
-        if request_id:
-            existing = await self.db.run(ReplicationJob.get_or_none, ReplicationJob.request_id == request_id)
-            if existing is not None:
-                if existing.vm_context_id != vm_context_id:
-                    raise AlreadyExists(
-                        f"request_id {request_id!r} was used for another VM context; use a new request_id",
-                        reason="REQUEST_ID_REUSED",
-                    )
-                return await self.jobs.get(existing.id)
         view = await self.vms.get(vm_context_id)
         vm = view.vm
         active = [j for j in self.jobs.open_jobs() if j.vm_context_id == vm_context_id]
         # A final sync runs inside a live failover, which holds the VM's active job itself.
         if active or (vm.active_job_id and kind != "final"):
             job_id = active[0].id if active else vm.active_job_id
-            raise FailedPrecondition(
+            raise job_already_active(
                 f"VM {vm.name} already has an active job {job_id}; wait for it or cancel it first",
-                reason="JOB_ALREADY_ACTIVE",
+                job_id,
                 vm_context_id=vm_context_id,
-                active_job_id=job_id,
             )
         if VmStatus(vm.status) not in STARTABLE and kind != "final":
             raise FailedPrecondition(

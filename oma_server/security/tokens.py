@@ -20,6 +20,7 @@ from pathlib import Path
 from oma_server.db.database import Database
 from oma_server.db.models import ApiToken, utcnow
 from oma_server.errors import InvalidArgument, NotFound, Unauthenticated
+from oma_server.pagination import fetch_page
 from vma_client_stubs.secret_files import write_private
 
 _TOKEN = re.compile(r"\Aoma_([0-9a-f]{16})_([A-Za-z0-9_-]{43})\Z")
@@ -148,5 +149,7 @@ class TokenService:
 
         return await self.db.tx(revoke)
 
-    async def list(self) -> list[ApiToken]:
-        return await self.db.run(lambda: list(ApiToken.select().order_by(ApiToken.created_at, ApiToken.id)))
+    async def list(self, page_size: int = 0, page_token: str = "") -> tuple[list[ApiToken], str]:
+        """One page of the tokens, oldest first, and the next page's token."""
+        query = ApiToken.select().order_by(ApiToken.created_at, ApiToken.id)
+        return await self.db.run(fetch_page, query, page_size, page_token)

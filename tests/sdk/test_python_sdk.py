@@ -20,7 +20,14 @@ from tests.factories import inventory
 from tests.failover.helpers import replicate
 from tests.stream_client.test_real_oma import Oma
 from tests.tls import SERVER_NAME, make_pki
-from vma_client_stubs.operator_client import OperatorClient, RetryPolicy, TlsConfig, describe_error, error_info
+from vma_client_stubs.operator_client import (
+    OperatorClient,
+    RetryPolicy,
+    TlsConfig,
+    describe_error,
+    error_details,
+    error_info,
+)
 
 COMPLETED = replication_pb2.REPLICATION_JOB_STATUS_COMPLETED
 FAST_RETRY = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
@@ -40,6 +47,18 @@ async def test_pagination_follows_page_tokens(oma: Oma) -> None:
         for name in names:
             await client.enroll_appliance(name)
         assert [a.name async for a in client.iter_appliances(page_size=2)] == names
+
+
+async def test_a_repeated_enrollment_with_its_request_id_gets_the_first_answer(oma: Oma) -> None:
+    async with OperatorClient(oma.target, tls=oma.tls(), token=oma.token()) as client:
+        first = await client.enroll_appliance("vma-retried", request_id="enroll-vma-retried")
+        again = await client.enroll_appliance("vma-retried", request_id="enroll-vma-retried")
+        assert (again.appliance_id, again.credential) == (first.appliance_id, first.credential)
+        assert [a.name async for a in client.iter_appliances()] == ["vma-retried"]
+        with pytest.raises(grpc.aio.AioRpcError) as reused:
+            await client.enroll_appliance("vma-other", request_id="enroll-vma-retried")
+    details = error_details(reused.value)
+    assert details.reason == "REQUEST_ID_REUSED" and [v.field for v in details.field_violations] == ["request_id"]
 
 
 async def test_errors_carry_their_error_info(oma: Oma) -> None:

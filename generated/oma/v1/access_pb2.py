@@ -25,35 +25,35 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13oma/v1/access.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\x08\x41piToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x04role\x18\x03 \x01(\x0e\x32\x0c.oma.v1.Role\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.oma.v1.Role\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\"I\n\x16\x43reateApiTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.oma.v1.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x16\n\x14ListApiTokensRequest\"9\n\x15ListApiTokensResponse\x12 \n\x06tokens\x18\x01 \x03(\x0b\x32\x10.oma.v1.ApiToken\"#\n\x15RevokeApiTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x16RevokeApiTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.oma.v1.ApiToken\"\xe3\x01\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x10\n\x08token_id\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\x0c\n\x04peer\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12/\n\x0b\x66inished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x17ListAuditEntriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08token_id\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\"X\n\x18ListAuditEntriesResponse\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.oma.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xd6\x02\n\rAccessService\x12O\n\x0e\x43reateApiToken\x12\x1d.oma.v1.CreateApiTokenRequest\x1a\x1e.oma.v1.CreateApiTokenResponse\x12L\n\rListApiTokens\x12\x1c.oma.v1.ListApiTokensRequest\x1a\x1d.oma.v1.ListApiTokensResponse\x12O\n\x0eRevokeApiToken\x12\x1d.oma.v1.RevokeApiTokenRequest\x1a\x1e.oma.v1.RevokeApiTokenResponse\x12U\n\x10ListAuditEntries\x12\x1f.oma.v1.ListAuditEntriesRequest\x1a .oma.v1.ListAuditEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13oma/v1/access.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\x08\x41piToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x04role\x18\x03 \x01(\x0e\x32\x0c.oma.v1.Role\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"j\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.oma.v1.Role\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"I\n\x16\x43reateApiTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.oma.v1.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\"=\n\x14ListApiTokensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x15ListApiTokensResponse\x12 \n\x06tokens\x18\x01 \x03(\x0b\x32\x10.oma.v1.ApiToken\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x15RevokeApiTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"9\n\x16RevokeApiTokenResponse\x12\x1f\n\x05token\x18\x01 \x01(\x0b\x32\x10.oma.v1.ApiToken\"\xe3\x01\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x10\n\x08token_id\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\x0c\n\x04peer\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12/\n\x0b\x66inished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x17ListAuditEntriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08token_id\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\"X\n\x18ListAuditEntriesResponse\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.oma.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xd6\x02\n\rAccessService\x12O\n\x0e\x43reateApiToken\x12\x1d.oma.v1.CreateApiTokenRequest\x1a\x1e.oma.v1.CreateApiTokenResponse\x12L\n\rListApiTokens\x12\x1c.oma.v1.ListApiTokensRequest\x1a\x1d.oma.v1.ListApiTokensResponse\x12O\n\x0eRevokeApiToken\x12\x1d.oma.v1.RevokeApiTokenRequest\x1a\x1e.oma.v1.RevokeApiTokenResponse\x12U\n\x10ListAuditEntries\x12\x1f.oma.v1.ListAuditEntriesRequest\x1a .oma.v1.ListAuditEntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oma.v1.access_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1055
-  _globals['_ROLE']._serialized_end=1135
+  _globals['_ROLE']._serialized_start=1159
+  _globals['_ROLE']._serialized_end=1239
   _globals['_APITOKEN']._serialized_start=65
   _globals['_APITOKEN']._serialized_end=273
   _globals['_CREATEAPITOKENREQUEST']._serialized_start=275
-  _globals['_CREATEAPITOKENREQUEST']._serialized_end=361
-  _globals['_CREATEAPITOKENRESPONSE']._serialized_start=363
-  _globals['_CREATEAPITOKENRESPONSE']._serialized_end=436
-  _globals['_LISTAPITOKENSREQUEST']._serialized_start=438
-  _globals['_LISTAPITOKENSREQUEST']._serialized_end=460
-  _globals['_LISTAPITOKENSRESPONSE']._serialized_start=462
-  _globals['_LISTAPITOKENSRESPONSE']._serialized_end=519
-  _globals['_REVOKEAPITOKENREQUEST']._serialized_start=521
-  _globals['_REVOKEAPITOKENREQUEST']._serialized_end=556
-  _globals['_REVOKEAPITOKENRESPONSE']._serialized_start=558
-  _globals['_REVOKEAPITOKENRESPONSE']._serialized_end=615
-  _globals['_AUDITENTRY']._serialized_start=618
-  _globals['_AUDITENTRY']._serialized_end=845
-  _globals['_LISTAUDITENTRIESREQUEST']._serialized_start=847
-  _globals['_LISTAUDITENTRIESREQUEST']._serialized_end=963
-  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_start=965
-  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_end=1053
-  _globals['_ACCESSSERVICE']._serialized_start=1138
-  _globals['_ACCESSSERVICE']._serialized_end=1480
+  _globals['_CREATEAPITOKENREQUEST']._serialized_end=381
+  _globals['_CREATEAPITOKENRESPONSE']._serialized_start=383
+  _globals['_CREATEAPITOKENRESPONSE']._serialized_end=456
+  _globals['_LISTAPITOKENSREQUEST']._serialized_start=458
+  _globals['_LISTAPITOKENSREQUEST']._serialized_end=519
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_start=521
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_end=603
+  _globals['_REVOKEAPITOKENREQUEST']._serialized_start=605
+  _globals['_REVOKEAPITOKENREQUEST']._serialized_end=660
+  _globals['_REVOKEAPITOKENRESPONSE']._serialized_start=662
+  _globals['_REVOKEAPITOKENRESPONSE']._serialized_end=719
+  _globals['_AUDITENTRY']._serialized_start=722
+  _globals['_AUDITENTRY']._serialized_end=949
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_start=951
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_end=1067
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_start=1069
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_end=1157
+  _globals['_ACCESSSERVICE']._serialized_start=1242
+  _globals['_ACCESSSERVICE']._serialized_end=1584
 # @@protoc_insertion_point(module_scope)

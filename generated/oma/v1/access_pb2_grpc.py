@@ -63,6 +63,7 @@ class AccessServiceServicer(object):
 
     def CreateApiToken(self, request, context):
         """Creates an API token with a role; its secret is in this response only (the OMA keeps a hash).
+        Errors: INVALID_ARGUMENT (TOKEN_NAME_INVALID, ROLE_REQUIRED, TOKEN_TTL_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,6 +71,7 @@ class AccessServiceServicer(object):
 
     def ListApiTokens(self, request, context):
         """Lists the API tokens, oldest first (never their secrets).
+        Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +79,7 @@ class AccessServiceServicer(object):
 
     def RevokeApiToken(self, request, context):
         """Revokes an API token: every later call with it is UNAUTHENTICATED (TOKEN_REVOKED). Revoking twice is a no-op.
+        Errors: NOT_FOUND (TOKEN_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,10 +52,12 @@ class Appliance(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[ApplianceStatus, str]] = ..., connection_state: _Optional[_Union[ConnectionState, str]] = ..., agent_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_seen_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., connected_to: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class EnrollApplianceRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "request_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class EnrollApplianceResponse(_message.Message):
     __slots__ = ("appliance", "credential")
@@ -96,10 +98,12 @@ class ListAppliancesResponse(_message.Message):
     def __init__(self, appliances: _Optional[_Iterable[_Union[Appliance, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RevokeApplianceRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "request_id")
     ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RevokeApplianceResponse(_message.Message):
     __slots__ = ("appliance",)

@@ -63,6 +63,7 @@ class ApplianceServiceServicer(object):
 
     def EnrollAppliance(self, request, context):
         """Enrolls a new appliance and returns its one-time credential (shown once, stored only as a hash).
+        Errors: INVALID_ARGUMENT (APPLIANCE_NAME_INVALID); ALREADY_EXISTS (APPLIANCE_EXISTS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,6 +71,7 @@ class ApplianceServiceServicer(object):
 
     def GetAppliance(self, request, context):
         """Returns one appliance.
+        Errors: NOT_FOUND (APPLIANCE_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +79,7 @@ class ApplianceServiceServicer(object):
 
     def ListAppliances(self, request, context):
         """Lists appliances.
+        Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,6 +87,7 @@ class ApplianceServiceServicer(object):
 
     def RevokeAppliance(self, request, context):
         """Revokes an appliance's credential; its stream is closed and later hellos are refused.
+        Errors: NOT_FOUND (APPLIANCE_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

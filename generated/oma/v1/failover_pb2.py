@@ -22,73 +22,74 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from oma.common.v1 import jobs_pb2 as oma_dot_common_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15oma/v1/failover.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18oma/common/v1/jobs.proto\"\xc2\x01\n\x0c\x46\x61iloverStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0e\x32\x12.oma.v1.StepStatus\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\"\xc7\x03\n\x0b\x46\x61iloverJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rvm_context_id\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.oma.v1.FailoverJobKind\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.oma.v1.FailoverJobStatus\x12#\n\x05steps\x18\x05 \x03(\x0b\x32\x14.oma.v1.FailoverStep\x12\x14\n\x0ctarget_vm_id\x18\x06 \x01(\t\x12\x16\n\x0etarget_vm_name\x18\x07 \x01(\t\x12\x14\n\x0csnapshot_ids\x18\x08 \x03(\t\x12&\n\x05\x65rror\x18\t \x01(\x0b\x32\x17.oma.common.v1.JobError\x12\x10\n\x08revision\x18\n \x01(\x04\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63urrent_step\x18\r \x01(\t\x12\x0f\n\x07outcome\x18\x0e \x01(\t\x12\x18\n\x10\x63\x61ncel_requested\x18\x0f \x01(\x08\">\n\x0eReadinessCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"]\n\x1d\x43heckFailoverReadinessRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.oma.v1.FailoverJobKind\"W\n\x1e\x43heckFailoverReadinessResponse\x12&\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x16.oma.v1.ReadinessCheck\x12\r\n\x05ready\x18\x02 \x01(\x08\"\x85\x01\n\x14StartFailoverRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.oma.v1.FailoverJobKind\x12\x1b\n\x13service_offering_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"9\n\x15StartFailoverResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"/\n\x16\x43leanupFailoverRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\";\n\x17\x43leanupFailoverResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"I\n\x17RollbackFailoverRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x17\n\x0fpower_on_source\x18\x02 \x01(\x08\"<\n\x18RollbackFailoverResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"#\n\x15GetFailoverJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\":\n\x16GetFailoverJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"W\n\x17ListFailoverJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rvm_context_id\x18\x03 \x01(\t\"V\n\x18ListFailoverJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.oma.v1.FailoverJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbb\x01\n\x0eNetworkMapping\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rvm_context_id\x18\x02 \x01(\t\x12\x16\n\x0esource_network\x18\x03 \x01(\t\x12\x19\n\x11target_network_id\x18\x04 \x01(\t\x12\x11\n\tstatic_ip\x18\x05 \x01(\t\x12\x10\n\x08keep_mac\x18\x06 \x01(\x08\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x1b\x43reateNetworkMappingRequest\x12\'\n\x07mapping\x18\x01 \x01(\x0b\x32\x16.oma.v1.NetworkMapping\"G\n\x1c\x43reateNetworkMappingResponse\x12\'\n\x07mapping\x18\x01 \x01(\x0b\x32\x16.oma.v1.NetworkMapping\"3\n\x1aListNetworkMappingsRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\"G\n\x1bListNetworkMappingsResponse\x12(\n\x08mappings\x18\x01 \x03(\x0b\x32\x16.oma.v1.NetworkMapping\"F\n\x1bUpdateNetworkMappingRequest\x12\'\n\x07mapping\x18\x01 \x01(\x0b\x32\x16.oma.v1.NetworkMapping\"G\n\x1cUpdateNetworkMappingResponse\x12\'\n\x07mapping\x18\x01 \x01(\x0b\x32\x16.oma.v1.NetworkMapping\")\n\x1b\x44\x65leteNetworkMappingRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1e\n\x1c\x44\x65leteNetworkMappingResponse*\xfa\x01\n\x0f\x46\x61iloverJobKind\x12!\n\x1d\x46\x41ILOVER_JOB_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x41ILOVER_JOB_KIND_TEST\x10\x01\x12\x1a\n\x16\x46\x41ILOVER_JOB_KIND_LIVE\x10\x02\x12\x1d\n\x19\x46\x41ILOVER_JOB_KIND_CLEANUP\x10\x03\x12\x1e\n\x1a\x46\x41ILOVER_JOB_KIND_ROLLBACK\x10\x04\x12%\n!FAILOVER_JOB_KIND_POWER_ON_SOURCE\x10\x05\x12&\n\"FAILOVER_JOB_KIND_POWER_OFF_SOURCE\x10\x06*\xe0\x01\n\x11\x46\x61iloverJobStatus\x12#\n\x1f\x46\x41ILOVER_JOB_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x46\x41ILOVER_JOB_STATUS_PENDING\x10\x01\x12\x1f\n\x1b\x46\x41ILOVER_JOB_STATUS_RUNNING\x10\x02\x12!\n\x1d\x46\x41ILOVER_JOB_STATUS_COMPLETED\x10\x03\x12\x1e\n\x1a\x46\x41ILOVER_JOB_STATUS_FAILED\x10\x04\x12!\n\x1d\x46\x41ILOVER_JOB_STATUS_CANCELLED\x10\x05*\xc2\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x17\n\x13STEP_STATUS_RUNNING\x10\x02\x12\x19\n\x15STEP_STATUS_COMPLETED\x10\x03\x12\x16\n\x12STEP_STATUS_FAILED\x10\x04\x12\x17\n\x13STEP_STATUS_SKIPPED\x10\x05\x12\x19\n\x15STEP_STATUS_CANCELLED\x10\x06\x32\x9b\x04\n\x0f\x46\x61iloverService\x12g\n\x16\x43heckFailoverReadiness\x12%.oma.v1.CheckFailoverReadinessRequest\x1a&.oma.v1.CheckFailoverReadinessResponse\x12L\n\rStartFailover\x12\x1c.oma.v1.StartFailoverRequest\x1a\x1d.oma.v1.StartFailoverResponse\x12R\n\x0f\x43leanupFailover\x12\x1e.oma.v1.CleanupFailoverRequest\x1a\x1f.oma.v1.CleanupFailoverResponse\x12U\n\x10RollbackFailover\x12\x1f.oma.v1.RollbackFailoverRequest\x1a .oma.v1.RollbackFailoverResponse\x12O\n\x0eGetFailoverJob\x12\x1d.oma.v1.GetFailoverJobRequest\x1a\x1e.oma.v1.GetFailoverJobResponse\x12U\n\x10ListFailoverJobs\x12\x1f.oma.v1.ListFailoverJobsRequest\x1a .oma.v1.ListFailoverJobsResponse2\xa0\x03\n\x15NetworkMappingService\x12\x61\n\x14\x43reateNetworkMapping\x12#.oma.v1.CreateNetworkMappingRequest\x1a$.oma.v1.CreateNetworkMappingResponse\x12^\n\x13ListNetworkMappings\x12\".oma.v1.ListNetworkMappingsRequest\x1a#.oma.v1.ListNetworkMappingsResponse\x12\x61\n\x14UpdateNetworkMapping\x12#.oma.v1.UpdateNetworkMappingRequest\x1a$.oma.v1.UpdateNetworkMappingResponse\x12\x61\n\x14\x44\x65leteNetworkMapping\x12#.oma.v1.DeleteNetworkMappingRequest\x1a$.oma.v1.DeleteNetworkMappingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15oma/v1/failover.proto\x12\x06oma.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18oma/common/v1/jobs.proto\"\xc2\x01\n\x0c\x46\x61iloverStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0e\x32\x12.oma.v1.StepStatus\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\r\"\xc7\x03\n\x0b\x46\x61iloverJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rvm_context_id\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.oma.v1.FailoverJobKind\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.oma.v1.FailoverJobStatus\x12#\n\x05steps\x18\x05 \x03(\x0b\x32\x14.oma.v1.FailoverStep\x12\x14\n\x0ctarget_vm_id\x18\x06 \x01(\t\x12\x16\n\x0etarget_vm_name\x18\x07 \x01(\t\x12\x14\n\x0csnapshot_ids\x18\x08 \x03(\t\x12&\n\x05\x65rror\x18\t \x01(\x0b\x32\x17.oma.common.v1.JobError\x12\x10\n\x08revision\x18\n \x01(\x04\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63urrent_step\x18\r \x01(\t\x12\x0f\n\x07outcome\x18\x0e \x01(\t\x12\x18\n\x10\x63\x61ncel_requested\x18\x0f \x01(\x08\">\n\x0eReadinessCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"]\n\x1d\x43heckFailoverReadinessRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.oma.v1.FailoverJobKind\"W\n\x1e\x43heckFailoverReadinessResponse\x12&\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x16.oma.v1.ReadinessCheck\x12\r\n\x05ready\x18\x02 \x01(\x08\"\x85\x01\n\x14StartFailoverRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.oma.v1.FailoverJobKind\x12\x1b\n\x13service_offering_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"9\n\x15StartFailoverResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"C\n\x16\x43leanupFailoverRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x17\x43leanupFailoverResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"]\n\x17RollbackFailoverRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x17\n\x0fpower_on_source\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x18RollbackFailoverResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"#\n\x15GetFailoverJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\":\n\x16GetFailoverJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"W\n\x17ListFailoverJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rvm_context_id\x18\x03 \x01(\t\"V\n\x18ListFailoverJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.oma.v1.FailoverJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbb\x01\n\x0eNetworkMapping\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rvm_context_id\x18\x02 \x01(\t\x12\x16\n\x0esource_network\x18\x03 \x01(\t\x12\x19\n\x11target_network_id\x18\x04 \x01(\t\x12\x11\n\tstatic_ip\x18\x05 \x01(\t\x12\x10\n\x08keep_mac\x18\x06 \x01(\x08\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x1b\x43reateNetworkMappingRequest\x12\'\n\x07mapping\x18\x01 \x01(\x0b\x32\x16.oma.v1.NetworkMapping\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"G\n\x1c\x43reateNetworkMappingResponse\x12\'\n\x07mapping\x18\x01 \x01(\x0b\x32\x16.oma.v1.NetworkMapping\"Z\n\x1aListNetworkMappingsRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x1bListNetworkMappingsResponse\x12(\n\x08mappings\x18\x01 \x03(\x0b\x32\x16.oma.v1.NetworkMapping\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8b\x01\n\x1bUpdateNetworkMappingRequest\x12\'\n\x07mapping\x18\x01 \x01(\x0b\x32\x16.oma.v1.NetworkMapping\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"G\n\x1cUpdateNetworkMappingResponse\x12\'\n\x07mapping\x18\x01 \x01(\x0b\x32\x16.oma.v1.NetworkMapping\"=\n\x1b\x44\x65leteNetworkMappingRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1e\n\x1c\x44\x65leteNetworkMappingResponse*\xfa\x01\n\x0f\x46\x61iloverJobKind\x12!\n\x1d\x46\x41ILOVER_JOB_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x41ILOVER_JOB_KIND_TEST\x10\x01\x12\x1a\n\x16\x46\x41ILOVER_JOB_KIND_LIVE\x10\x02\x12\x1d\n\x19\x46\x41ILOVER_JOB_KIND_CLEANUP\x10\x03\x12\x1e\n\x1a\x46\x41ILOVER_JOB_KIND_ROLLBACK\x10\x04\x12%\n!FAILOVER_JOB_KIND_POWER_ON_SOURCE\x10\x05\x12&\n\"FAILOVER_JOB_KIND_POWER_OFF_SOURCE\x10\x06*\xe0\x01\n\x11\x46\x61iloverJobStatus\x12#\n\x1f\x46\x41ILOVER_JOB_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x46\x41ILOVER_JOB_STATUS_PENDING\x10\x01\x12\x1f\n\x1b\x46\x41ILOVER_JOB_STATUS_RUNNING\x10\x02\x12!\n\x1d\x46\x41ILOVER_JOB_STATUS_COMPLETED\x10\x03\x12\x1e\n\x1a\x46\x41ILOVER_JOB_STATUS_FAILED\x10\x04\x12!\n\x1d\x46\x41ILOVER_JOB_STATUS_CANCELLED\x10\x05*\xc2\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x17\n\x13STEP_STATUS_RUNNING\x10\x02\x12\x19\n\x15STEP_STATUS_COMPLETED\x10\x03\x12\x16\n\x12STEP_STATUS_FAILED\x10\x04\x12\x17\n\x13STEP_STATUS_SKIPPED\x10\x05\x12\x19\n\x15STEP_STATUS_CANCELLED\x10\x06\x32\x9b\x04\n\x0f\x46\x61iloverService\x12g\n\x16\x43heckFailoverReadiness\x12%.oma.v1.CheckFailoverReadinessRequest\x1a&.oma.v1.CheckFailoverReadinessResponse\x12L\n\rStartFailover\x12\x1c.oma.v1.StartFailoverRequest\x1a\x1d.oma.v1.StartFailoverResponse\x12R\n\x0f\x43leanupFailover\x12\x1e.oma.v1.CleanupFailoverRequest\x1a\x1f.oma.v1.CleanupFailoverResponse\x12U\n\x10RollbackFailover\x12\x1f.oma.v1.RollbackFailoverRequest\x1a .oma.v1.RollbackFailoverResponse\x12O\n\x0eGetFailoverJob\x12\x1d.oma.v1.GetFailoverJobRequest\x1a\x1e.oma.v1.GetFailoverJobResponse\x12U\n\x10ListFailoverJobs\x12\x1f.oma.v1.ListFailoverJobsRequest\x1a .oma.v1.ListFailoverJobsResponse2\xa0\x03\n\x15NetworkMappingService\x12\x61\n\x14\x43reateNetworkMapping\x12#.oma.v1.CreateNetworkMappingRequest\x1a$.oma.v1.CreateNetworkMappingResponse\x12^\n\x13ListNetworkMappings\x12\".oma.v1.ListNetworkMappingsRequest\x1a#.oma.v1.ListNetworkMappingsResponse\x12\x61\n\x14UpdateNetworkMapping\x12#.oma.v1.UpdateNetworkMappingRequest\x1a$.oma.v1.UpdateNetworkMappingResponse\x12\x61\n\x14\x44\x65leteNetworkMapping\x12#.oma.v1.DeleteNetworkMappingRequest\x1a$.oma.v1.DeleteNetworkMappingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oma.v1.failover_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FAILOVERJOBKIND']._serialized_start=2393
-  _globals['_FAILOVERJOBKIND']._serialized_end=2643
-  _globals['_FAILOVERJOBSTATUS']._serialized_start=2646
-  _globals['_FAILOVERJOBSTATUS']._serialized_end=2870
-  _globals['_STEPSTATUS']._serialized_start=2873
-  _globals['_STEPSTATUS']._serialized_end=3067
-  _globals['_FAILOVERSTEP']._serialized_start=93
-  _globals['_FAILOVERSTEP']._serialized_end=287
-  _globals['_FAILOVERJOB']._serialized_start=290
-  _globals['_FAILOVERJOB']._serialized_end=745
-  _globals['_READINESSCHECK']._serialized_start=747
-  _globals['_READINESSCHECK']._serialized_end=809
-  _globals['_CHECKFAILOVERREADINESSREQUEST']._serialized_start=811
-  _globals['_CHECKFAILOVERREADINESSREQUEST']._serialized_end=904
-  _globals['_CHECKFAILOVERREADINESSRESPONSE']._serialized_start=906
-  _globals['_CHECKFAILOVERREADINESSRESPONSE']._serialized_end=993
-  _globals['_STARTFAILOVERREQUEST']._serialized_start=996
-  _globals['_STARTFAILOVERREQUEST']._serialized_end=1129
-  _globals['_STARTFAILOVERRESPONSE']._serialized_start=1131
-  _globals['_STARTFAILOVERRESPONSE']._serialized_end=1188
-  _globals['_CLEANUPFAILOVERREQUEST']._serialized_start=1190
-  _globals['_CLEANUPFAILOVERREQUEST']._serialized_end=1237
-  _globals['_CLEANUPFAILOVERRESPONSE']._serialized_start=1239
-  _globals['_CLEANUPFAILOVERRESPONSE']._serialized_end=1298
-  _globals['_ROLLBACKFAILOVERREQUEST']._serialized_start=1300
-  _globals['_ROLLBACKFAILOVERREQUEST']._serialized_end=1373
-  _globals['_ROLLBACKFAILOVERRESPONSE']._serialized_start=1375
-  _globals['_ROLLBACKFAILOVERRESPONSE']._serialized_end=1435
-  _globals['_GETFAILOVERJOBREQUEST']._serialized_start=1437
-  _globals['_GETFAILOVERJOBREQUEST']._serialized_end=1472
-  _globals['_GETFAILOVERJOBRESPONSE']._serialized_start=1474
-  _globals['_GETFAILOVERJOBRESPONSE']._serialized_end=1532
-  _globals['_LISTFAILOVERJOBSREQUEST']._serialized_start=1534
-  _globals['_LISTFAILOVERJOBSREQUEST']._serialized_end=1621
-  _globals['_LISTFAILOVERJOBSRESPONSE']._serialized_start=1623
-  _globals['_LISTFAILOVERJOBSRESPONSE']._serialized_end=1709
-  _globals['_NETWORKMAPPING']._serialized_start=1712
-  _globals['_NETWORKMAPPING']._serialized_end=1899
-  _globals['_CREATENETWORKMAPPINGREQUEST']._serialized_start=1901
-  _globals['_CREATENETWORKMAPPINGREQUEST']._serialized_end=1971
-  _globals['_CREATENETWORKMAPPINGRESPONSE']._serialized_start=1973
-  _globals['_CREATENETWORKMAPPINGRESPONSE']._serialized_end=2044
-  _globals['_LISTNETWORKMAPPINGSREQUEST']._serialized_start=2046
-  _globals['_LISTNETWORKMAPPINGSREQUEST']._serialized_end=2097
-  _globals['_LISTNETWORKMAPPINGSRESPONSE']._serialized_start=2099
-  _globals['_LISTNETWORKMAPPINGSRESPONSE']._serialized_end=2170
-  _globals['_UPDATENETWORKMAPPINGREQUEST']._serialized_start=2172
-  _globals['_UPDATENETWORKMAPPINGREQUEST']._serialized_end=2242
-  _globals['_UPDATENETWORKMAPPINGRESPONSE']._serialized_start=2244
-  _globals['_UPDATENETWORKMAPPINGRESPONSE']._serialized_end=2315
-  _globals['_DELETENETWORKMAPPINGREQUEST']._serialized_start=2317
-  _globals['_DELETENETWORKMAPPINGREQUEST']._serialized_end=2358
-  _globals['_DELETENETWORKMAPPINGRESPONSE']._serialized_start=2360
-  _globals['_DELETENETWORKMAPPINGRESPONSE']._serialized_end=2390
-  _globals['_FAILOVERSERVICE']._serialized_start=3070
-  _globals['_FAILOVERSERVICE']._serialized_end=3609
-  _globals['_NETWORKMAPPINGSERVICE']._serialized_start=3612
-  _globals['_NETWORKMAPPINGSERVICE']._serialized_end=4028
+  _globals['_FAILOVERJOBKIND']._serialized_start=2641
+  _globals['_FAILOVERJOBKIND']._serialized_end=2891
+  _globals['_FAILOVERJOBSTATUS']._serialized_start=2894
+  _globals['_FAILOVERJOBSTATUS']._serialized_end=3118
+  _globals['_STEPSTATUS']._serialized_start=3121
+  _globals['_STEPSTATUS']._serialized_end=3315
+  _globals['_FAILOVERSTEP']._serialized_start=127
+  _globals['_FAILOVERSTEP']._serialized_end=321
+  _globals['_FAILOVERJOB']._serialized_start=324
+  _globals['_FAILOVERJOB']._serialized_end=779
+  _globals['_READINESSCHECK']._serialized_start=781
+  _globals['_READINESSCHECK']._serialized_end=843
+  _globals['_CHECKFAILOVERREADINESSREQUEST']._serialized_start=845
+  _globals['_CHECKFAILOVERREADINESSREQUEST']._serialized_end=938
+  _globals['_CHECKFAILOVERREADINESSRESPONSE']._serialized_start=940
+  _globals['_CHECKFAILOVERREADINESSRESPONSE']._serialized_end=1027
+  _globals['_STARTFAILOVERREQUEST']._serialized_start=1030
+  _globals['_STARTFAILOVERREQUEST']._serialized_end=1163
+  _globals['_STARTFAILOVERRESPONSE']._serialized_start=1165
+  _globals['_STARTFAILOVERRESPONSE']._serialized_end=1222
+  _globals['_CLEANUPFAILOVERREQUEST']._serialized_start=1224
+  _globals['_CLEANUPFAILOVERREQUEST']._serialized_end=1291
+  _globals['_CLEANUPFAILOVERRESPONSE']._serialized_start=1293
+  _globals['_CLEANUPFAILOVERRESPONSE']._serialized_end=1352
+  _globals['_ROLLBACKFAILOVERREQUEST']._serialized_start=1354
+  _globals['_ROLLBACKFAILOVERREQUEST']._serialized_end=1447
+  _globals['_ROLLBACKFAILOVERRESPONSE']._serialized_start=1449
+  _globals['_ROLLBACKFAILOVERRESPONSE']._serialized_end=1509
+  _globals['_GETFAILOVERJOBREQUEST']._serialized_start=1511
+  _globals['_GETFAILOVERJOBREQUEST']._serialized_end=1546
+  _globals['_GETFAILOVERJOBRESPONSE']._serialized_start=1548
+  _globals['_GETFAILOVERJOBRESPONSE']._serialized_end=1606
+  _globals['_LISTFAILOVERJOBSREQUEST']._serialized_start=1608
+  _globals['_LISTFAILOVERJOBSREQUEST']._serialized_end=1695
+  _globals['_LISTFAILOVERJOBSRESPONSE']._serialized_start=1697
+  _globals['_LISTFAILOVERJOBSRESPONSE']._serialized_end=1783
+  _globals['_NETWORKMAPPING']._serialized_start=1786
+  _globals['_NETWORKMAPPING']._serialized_end=1973
+  _globals['_CREATENETWORKMAPPINGREQUEST']._serialized_start=1975
+  _globals['_CREATENETWORKMAPPINGREQUEST']._serialized_end=2065
+  _globals['_CREATENETWORKMAPPINGRESPONSE']._serialized_start=2067
+  _globals['_CREATENETWORKMAPPINGRESPONSE']._serialized_end=2138
+  _globals['_LISTNETWORKMAPPINGSREQUEST']._serialized_start=2140
+  _globals['_LISTNETWORKMAPPINGSREQUEST']._serialized_end=2230
+  _globals['_LISTNETWORKMAPPINGSRESPONSE']._serialized_start=2232
+  _globals['_LISTNETWORKMAPPINGSRESPONSE']._serialized_end=2328
+  _globals['_UPDATENETWORKMAPPINGREQUEST']._serialized_start=2331
+  _globals['_UPDATENETWORKMAPPINGREQUEST']._serialized_end=2470
+  _globals['_UPDATENETWORKMAPPINGRESPONSE']._serialized_start=2472
+  _globals['_UPDATENETWORKMAPPINGRESPONSE']._serialized_end=2543
+  _globals['_DELETENETWORKMAPPINGREQUEST']._serialized_start=2545
+  _globals['_DELETENETWORKMAPPINGREQUEST']._serialized_end=2606
+  _globals['_DELETENETWORKMAPPINGRESPONSE']._serialized_start=2608
+  _globals['_DELETENETWORKMAPPINGRESPONSE']._serialized_end=2638
+  _globals['_FAILOVERSERVICE']._serialized_start=3318
+  _globals['_FAILOVERSERVICE']._serialized_end=3857
+  _globals['_NETWORKMAPPINGSERVICE']._serialized_start=3860
+  _globals['_NETWORKMAPPINGSERVICE']._serialized_end=4276
 # @@protoc_insertion_point(module_scope)

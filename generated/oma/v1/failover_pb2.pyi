@@ -1,3 +1,4 @@
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from oma.common.v1 import jobs_pb2 as _jobs_pb2
 from google.protobuf.internal import containers as _containers
@@ -152,10 +153,12 @@ class StartFailoverResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[FailoverJob, _Mapping]] = ...) -> None: ...
 
 class CleanupFailoverRequest(_message.Message):
-    __slots__ = ("vm_context_id",)
+    __slots__ = ("vm_context_id", "request_id")
     VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     vm_context_id: str
-    def __init__(self, vm_context_id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, vm_context_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CleanupFailoverResponse(_message.Message):
     __slots__ = ("job",)
@@ -164,12 +167,14 @@ class CleanupFailoverResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[FailoverJob, _Mapping]] = ...) -> None: ...
 
 class RollbackFailoverRequest(_message.Message):
-    __slots__ = ("vm_context_id", "power_on_source")
+    __slots__ = ("vm_context_id", "power_on_source", "request_id")
     VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     POWER_ON_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     vm_context_id: str
     power_on_source: bool
-    def __init__(self, vm_context_id: _Optional[str] = ..., power_on_source: bool = ...) -> None: ...
+    request_id: str
+    def __init__(self, vm_context_id: _Optional[str] = ..., power_on_source: bool = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RollbackFailoverResponse(_message.Message):
     __slots__ = ("job",)
@@ -226,10 +231,12 @@ class NetworkMapping(_message.Message):
     def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., source_network: _Optional[str] = ..., target_network_id: _Optional[str] = ..., static_ip: _Optional[str] = ..., keep_mac: bool = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateNetworkMappingRequest(_message.Message):
-    __slots__ = ("mapping",)
+    __slots__ = ("mapping", "request_id")
     MAPPING_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     mapping: NetworkMapping
-    def __init__(self, mapping: _Optional[_Union[NetworkMapping, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, mapping: _Optional[_Union[NetworkMapping, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateNetworkMappingResponse(_message.Message):
     __slots__ = ("mapping",)
@@ -238,22 +245,32 @@ class CreateNetworkMappingResponse(_message.Message):
     def __init__(self, mapping: _Optional[_Union[NetworkMapping, _Mapping]] = ...) -> None: ...
 
 class ListNetworkMappingsRequest(_message.Message):
-    __slots__ = ("vm_context_id",)
+    __slots__ = ("vm_context_id", "page_size", "page_token")
     VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     vm_context_id: str
-    def __init__(self, vm_context_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, vm_context_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListNetworkMappingsResponse(_message.Message):
-    __slots__ = ("mappings",)
+    __slots__ = ("mappings", "next_page_token")
     MAPPINGS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     mappings: _containers.RepeatedCompositeFieldContainer[NetworkMapping]
-    def __init__(self, mappings: _Optional[_Iterable[_Union[NetworkMapping, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, mappings: _Optional[_Iterable[_Union[NetworkMapping, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class UpdateNetworkMappingRequest(_message.Message):
-    __slots__ = ("mapping",)
+    __slots__ = ("mapping", "update_mask", "request_id")
     MAPPING_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     mapping: NetworkMapping
-    def __init__(self, mapping: _Optional[_Union[NetworkMapping, _Mapping]] = ...) -> None: ...
+    update_mask: _field_mask_pb2.FieldMask
+    request_id: str
+    def __init__(self, mapping: _Optional[_Union[NetworkMapping, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UpdateNetworkMappingResponse(_message.Message):
     __slots__ = ("mapping",)
@@ -262,10 +279,12 @@ class UpdateNetworkMappingResponse(_message.Message):
     def __init__(self, mapping: _Optional[_Union[NetworkMapping, _Mapping]] = ...) -> None: ...
 
 class DeleteNetworkMappingRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "request_id")
     ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DeleteNetworkMappingResponse(_message.Message):
     __slots__ = ()

@@ -73,6 +73,7 @@ class FailoverServiceServicer(object):
 
     def CheckFailoverReadiness(self, request, context):
         """Runs every readiness check for a VM context and returns each with pass/fail and a reason.
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (FAILOVER_KIND_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,6 +81,9 @@ class FailoverServiceServicer(object):
 
     def StartFailover(self, request, context):
         """Starts a test or live failover; refused with FAILED_PRECONDITION when a readiness check fails.
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (FAILOVER_KIND_INVALID); FAILED_PRECONDITION
+        (FAILOVER_NOT_READY with one PreconditionFailure violation of type READINESS_CHECK per failed check, subject its
+        name; JOB_ALREADY_ACTIVE with the active job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +91,8 @@ class FailoverServiceServicer(object):
 
     def CleanupFailover(self, request, context):
         """Removes a test failover (or a failed failover) and returns the VM context to ready_for_failover.
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (NOTHING_TO_UNDO; JOB_ALREADY_ACTIVE with the active
+        job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +101,8 @@ class FailoverServiceServicer(object):
     def RollbackFailover(self, request, context):
         """Rolls back a live failover: destroys the target VM, releases the volumes; powers the source VM on only when
         power_on_source is set (the job's outcome says whether the source is left powered off).
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (NOTHING_TO_UNDO; JOB_ALREADY_ACTIVE with the active
+        job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +110,7 @@ class FailoverServiceServicer(object):
 
     def GetFailoverJob(self, request, context):
         """Returns one failover job.
+        Errors: NOT_FOUND (JOB_NOT_FOUND, with ResourceInfo).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +118,7 @@ class FailoverServiceServicer(object):
 
     def ListFailoverJobs(self, request, context):
         """Lists failover jobs.
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -360,6 +370,9 @@ class NetworkMappingServiceServicer(object):
 
     def CreateNetworkMapping(self, request, context):
         """Creates a mapping for one VMware network of one VM context (or of every VM when vm_context_id is empty).
+        Errors: INVALID_ARGUMENT (SOURCE_NETWORK_MISSING, TARGET_NETWORK_MISSING, TARGET_NETWORK_NOT_FOUND,
+        STATIC_IP_INVALID, STATIC_IP_OUTSIDE_NETWORK, STATIC_IP_IS_GATEWAY); NOT_FOUND (VM_CONTEXT_NOT_FOUND);
+        ALREADY_EXISTS (NETWORK_MAPPING_EXISTS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -367,6 +380,7 @@ class NetworkMappingServiceServicer(object):
 
     def ListNetworkMappings(self, request, context):
         """Lists mappings; NOT_FOUND (VM_CONTEXT_NOT_FOUND) for an unknown vm_context_id.
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -374,6 +388,9 @@ class NetworkMappingServiceServicer(object):
 
     def UpdateNetworkMapping(self, request, context):
         """Replaces the target of a mapping.
+        Errors: NOT_FOUND (NETWORK_MAPPING_NOT_FOUND); INVALID_ARGUMENT (FIELD_IMMUTABLE, UPDATE_MASK_INVALID,
+        TARGET_NETWORK_NOT_FOUND, STATIC_IP_INVALID, STATIC_IP_OUTSIDE_NETWORK, STATIC_IP_IS_GATEWAY; the BadRequest field
+        violation names the field).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -381,6 +398,7 @@ class NetworkMappingServiceServicer(object):
 
     def DeleteNetworkMapping(self, request, context):
         """Deletes a mapping.
+        Errors: NOT_FOUND (NETWORK_MAPPING_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -139,6 +139,7 @@ class JobServiceServicer(object):
 
     def ListJobLogEntries(self, request, context):
         """Lists the log entries (steps) of a job.
+        Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

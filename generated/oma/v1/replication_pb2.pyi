@@ -170,10 +170,12 @@ class ListReplicationJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[ReplicationJob, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelReplicationJobRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "request_id")
     ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CancelReplicationJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -182,10 +184,12 @@ class CancelReplicationJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[ReplicationJob, _Mapping]] = ...) -> None: ...
 
 class RetryReplicationJobRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "request_id")
     ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RetryReplicationJobResponse(_message.Message):
     __slots__ = ("job",)

@@ -68,6 +68,8 @@ class ReplicationServiceServicer(object):
 
     def StartReplication(self, request, context):
         """Starts a replication job for a VM context. Idempotent with request_id.
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (JOB_ALREADY_ACTIVE with the active job in
+        PreconditionFailure and ResourceInfo, VM_NOT_REPLICABLE: its status allows no start).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +77,7 @@ class ReplicationServiceServicer(object):
 
     def GetReplicationJob(self, request, context):
         """Returns one replication job.
+        Errors: NOT_FOUND (JOB_NOT_FOUND, with ResourceInfo).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,6 +85,7 @@ class ReplicationServiceServicer(object):
 
     def ListReplicationJobs(self, request, context):
         """Lists replication jobs.
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,6 +93,7 @@ class ReplicationServiceServicer(object):
 
     def CancelReplicationJob(self, request, context):
         """Cancels a job; the appliance is told, volumes and exports stay for the next run.
+        Errors: NOT_FOUND (JOB_NOT_FOUND); FAILED_PRECONDITION (JOB_NOT_CANCELLABLE: it already ended).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +101,8 @@ class ReplicationServiceServicer(object):
 
     def RetryReplicationJob(self, request, context):
         """Starts a new job with the same VM and kind as a failed or cancelled one.
+        Errors: NOT_FOUND (JOB_NOT_FOUND); FAILED_PRECONDITION (JOB_NOT_RETRYABLE: not failed or cancelled;
+        JOB_ALREADY_ACTIVE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,6 +53,7 @@ class VolumeServiceServicer(object):
 
     def GetVolume(self, request, context):
         """Returns one volume.
+        Errors: NOT_FOUND (VOLUME_NOT_FOUND, with ResourceInfo).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,6 +61,7 @@ class VolumeServiceServicer(object):
 
     def ListVolumes(self, request, context):
         """Lists volumes.
+        Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +175,7 @@ class NbdExportServiceServicer(object):
 
     def GetNbdExport(self, request, context):
         """Returns one export.
+        Errors: NOT_FOUND (EXPORT_NOT_FOUND, with ResourceInfo).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,6 +183,7 @@ class NbdExportServiceServicer(object):
 
     def ListNbdExports(self, request, context):
         """Lists exports.
+        Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -131,12 +131,14 @@ class VmContext(_message.Message):
     def __init__(self, id: _Optional[str] = ..., appliance_id: _Optional[str] = ..., vcenter: _Optional[str] = ..., datacenter: _Optional[str] = ..., vm_uuid: _Optional[str] = ..., moref: _Optional[str] = ..., name: _Optional[str] = ..., num_cpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., guest_os: _Optional[str] = ..., firmware: _Optional[_Union[_inventory_pb2.Firmware, str]] = ..., nics: _Optional[_Iterable[_Union[_inventory_pb2.Nic, _Mapping]]] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., status: _Optional[_Union[VmContextStatus, str]] = ..., active_job_id: _Optional[str] = ..., last_completed_job_id: _Optional[str] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RegisterVmContextRequest(_message.Message):
-    __slots__ = ("appliance_id", "virtual_machine")
+    __slots__ = ("appliance_id", "virtual_machine", "request_id")
     APPLIANCE_ID_FIELD_NUMBER: _ClassVar[int]
     VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     appliance_id: str
     virtual_machine: _inventory_pb2.VirtualMachine
-    def __init__(self, appliance_id: _Optional[str] = ..., virtual_machine: _Optional[_Union[_inventory_pb2.VirtualMachine, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, appliance_id: _Optional[str] = ..., virtual_machine: _Optional[_Union[_inventory_pb2.VirtualMachine, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RegisterVmContextResponse(_message.Message):
     __slots__ = ("vm_context", "created")
@@ -147,16 +149,18 @@ class RegisterVmContextResponse(_message.Message):
     def __init__(self, vm_context: _Optional[_Union[VmContext, _Mapping]] = ..., created: bool = ...) -> None: ...
 
 class DiscoverVmsRequest(_message.Message):
-    __slots__ = ("appliance_id", "name_filter", "register", "timeout_seconds")
+    __slots__ = ("appliance_id", "name_filter", "register", "timeout_seconds", "request_id")
     APPLIANCE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FILTER_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     appliance_id: str
     name_filter: str
     register: bool
     timeout_seconds: int
-    def __init__(self, appliance_id: _Optional[str] = ..., name_filter: _Optional[str] = ..., register: bool = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, appliance_id: _Optional[str] = ..., name_filter: _Optional[str] = ..., register: bool = ..., timeout_seconds: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DiscoverVmsResponse(_message.Message):
     __slots__ = ("virtual_machines", "vm_contexts")

@@ -73,6 +73,7 @@ class VmContextServiceServicer(object):
 
     def RegisterVmContext(self, request, context):
         """Registers (or refreshes) a VM context from a VMA's discovery of one VM. Idempotent by vCenter and VM uuid.
+        Errors: INVALID_ARGUMENT (VM_INVENTORY_MISSING, VM_INVENTORY_INVALID); NOT_FOUND (APPLIANCE_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,6 +81,8 @@ class VmContextServiceServicer(object):
 
     def DiscoverVms(self, request, context):
         """Asks an appliance to discover its VMs and registers the ones named; waits for the answer.
+        Errors: NOT_FOUND (APPLIANCE_NOT_FOUND); UNAVAILABLE (APPLIANCE_DISCONNECTED); UNAVAILABLE (DISCOVERY_FAILED) when
+        the appliance does not answer in time or fails.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +90,7 @@ class VmContextServiceServicer(object):
 
     def GetVmContext(self, request, context):
         """Returns one VM context with its disks.
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND, with ResourceInfo).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +98,7 @@ class VmContextServiceServicer(object):
 
     def ListVmContexts(self, request, context):
         """Lists VM contexts.
+        Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +109,8 @@ class VmContextServiceServicer(object):
         appliance's answer are in its job log. Refused (FAILED_PRECONDITION) while a failover, cleanup or rollback job
         runs on the VM, and when the VM is failed_over_live: the VM runs in CloudStack, and powering the source on would
         run it twice — roll back first.
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (JOB_ALREADY_ACTIVE with the job in
+        PreconditionFailure and ResourceInfo, SOURCE_POWER_ON_UNSAFE); UNAVAILABLE (APPLIANCE_DISCONNECTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +120,8 @@ class VmContextServiceServicer(object):
         """Powers the source VM off through its appliance (guest shutdown first, then a hard power off after the
         appliance's timeout): a one-step job (kind POWER_OFF_SOURCE) with its job log. Refused (FAILED_PRECONDITION)
         while a failover, cleanup or rollback job runs on the VM.
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (JOB_ALREADY_ACTIVE with the job in
+        PreconditionFailure and ResourceInfo); UNAVAILABLE (APPLIANCE_DISCONNECTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,5 +1,13 @@
 /** The OMA's TypeScript SDK: generated clients (../oma, ../vma) plus the few helpers the raw client lacks. */
-export { codeName, describeError, errorInfo, OMA_ERROR_DOMAIN } from "./errors.js";
+export {
+  codeName,
+  describeError,
+  errorInfo,
+  fieldViolations,
+  OMA_ERROR_DOMAIN,
+  preconditionViolations,
+  resourceInfos,
+} from "./errors.js";
 export { backoffMs, retryOnUnavailable, sleep, type RetryPolicy } from "./retry.js";
 export {
   bearerToken,

@@ -7,7 +7,14 @@ import type { AddressInfo } from "node:net";
 import { test } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ConnectionState, ApplianceStatus } from "../oma/v1/appliance_pb.js";
-import { connectOma, describeError, errorInfo, OMA_ERROR_DOMAIN } from "../sdk/index.js";
+import {
+  connectOma,
+  describeError,
+  errorInfo,
+  fieldViolations,
+  OMA_ERROR_DOMAIN,
+  resourceInfos,
+} from "../sdk/index.js";
 import { clients, runTag, tlsDir } from "./env.js";
 
 const oma = clients();
@@ -63,6 +70,18 @@ test("a refused call carries its ErrorInfo: reason, domain, metadata", { timeout
     const info = errorInfo(error);
     assert.equal(info?.reason, "APPLIANCE_NOT_FOUND");
     assert.equal(info?.metadata["appliance_id"], "no-such-appliance");
+    assert.deepEqual(
+      resourceInfos(error).map((r) => [r.resourceType, r.resourceName]),
+      [["oma.v1.Appliance", "no-such-appliance"]],
+    );
+    return true;
+  });
+  await assert.rejects(oma.appliances.getAppliance({ id: "not an id!" }), (raw: unknown) => {
+    assert.deepEqual(
+      fieldViolations(raw).map((v) => v.field),
+      ["id"],
+      "BadRequest names the field",
+    );
     return true;
   });
 });

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/access.proto.
  */
 export const file_oma_v1_access: GenFile = /*@__PURE__*/
-  fileDesc("ChNvbWEvdjEvYWNjZXNzLnByb3RvEgZvbWEudjEi0AEKCEFwaVRva2VuEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSGgoEcm9sZRgDIAEoDjIMLm9tYS52MS5Sb2xlEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlYKFUNyZWF0ZUFwaVRva2VuUmVxdWVzdBIMCgRuYW1lGAEgASgJEhoKBHJvbGUYAiABKA4yDC5vbWEudjEuUm9sZRITCgt0dGxfc2Vjb25kcxgDIAEoDSJJChZDcmVhdGVBcGlUb2tlblJlc3BvbnNlEh8KBXRva2VuGAEgASgLMhAub21hLnYxLkFwaVRva2VuEg4KBnNlY3JldBgCIAEoCSIWChRMaXN0QXBpVG9rZW5zUmVxdWVzdCI5ChVMaXN0QXBpVG9rZW5zUmVzcG9uc2USIAoGdG9rZW5zGAEgAygLMhAub21hLnYxLkFwaVRva2VuIiMKFVJldm9rZUFwaVRva2VuUmVxdWVzdBIKCgJpZBgBIAEoCSI5ChZSZXZva2VBcGlUb2tlblJlc3BvbnNlEh8KBXRva2VuGAEgASgLMhAub21hLnYxLkFwaVRva2VuIuMBCgpBdWRpdEVudHJ5EgoKAmlkGAEgASgDEiYKAmF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgDIAEoCRIQCgh0b2tlbl9pZBgEIAEoCRIOCgZtZXRob2QYBSABKAkSEAoIcmVzb3VyY2UYBiABKAkSDAoEcGVlchgHIAEoCRIPCgdvdXRjb21lGAggASgJEg4KBnJlYXNvbhgJIAEoCRIvCgtmaW5pc2hlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAidAoXTGlzdEF1ZGl0RW50cmllc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEAoIdG9rZW5faWQYAyABKAkSDgoGbWV0aG9kGAQgASgJEhAKCHJlc291cmNlGAUgASgJIlgKGExpc3RBdWRpdEVudHJpZXNSZXNwb25zZRIjCgdlbnRyaWVzGAEgAygLMhIub21hLnYxLkF1ZGl0RW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKlAKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfVklFV0VSEAESEQoNUk9MRV9PUEVSQVRPUhACEg4KClJPTEVfQURNSU4QAzLWAgoNQWNjZXNzU2VydmljZRJPCg5DcmVhdGVBcGlUb2tlbhIdLm9tYS52MS5DcmVhdGVBcGlUb2tlblJlcXVlc3QaHi5vbWEudjEuQ3JlYXRlQXBpVG9rZW5SZXNwb25zZRJMCg1MaXN0QXBpVG9rZW5zEhwub21hLnYxLkxpc3RBcGlUb2tlbnNSZXF1ZXN0Gh0ub21hLnYxLkxpc3RBcGlUb2tlbnNSZXNwb25zZRJPCg5SZXZva2VBcGlUb2tlbhIdLm9tYS52MS5SZXZva2VBcGlUb2tlblJlcXVlc3QaHi5vbWEudjEuUmV2b2tlQXBpVG9rZW5SZXNwb25zZRJVChBMaXN0QXVkaXRFbnRyaWVzEh8ub21hLnYxLkxpc3RBdWRpdEVudHJpZXNSZXF1ZXN0GiAub21hLnYxLkxpc3RBdWRpdEVudHJpZXNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChNvbWEvdjEvYWNjZXNzLnByb3RvEgZvbWEudjEi0AEKCEFwaVRva2VuEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSGgoEcm9sZRgDIAEoDjIMLm9tYS52MS5Sb2xlEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImoKFUNyZWF0ZUFwaVRva2VuUmVxdWVzdBIMCgRuYW1lGAEgASgJEhoKBHJvbGUYAiABKA4yDC5vbWEudjEuUm9sZRITCgt0dGxfc2Vjb25kcxgDIAEoDRISCgpyZXF1ZXN0X2lkGAQgASgJIkkKFkNyZWF0ZUFwaVRva2VuUmVzcG9uc2USHwoFdG9rZW4YASABKAsyEC5vbWEudjEuQXBpVG9rZW4SDgoGc2VjcmV0GAIgASgJIj0KFExpc3RBcGlUb2tlbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlIKFUxpc3RBcGlUb2tlbnNSZXNwb25zZRIgCgZ0b2tlbnMYASADKAsyEC5vbWEudjEuQXBpVG9rZW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjcKFVJldm9rZUFwaVRva2VuUmVxdWVzdBIKCgJpZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIjkKFlJldm9rZUFwaVRva2VuUmVzcG9uc2USHwoFdG9rZW4YASABKAsyEC5vbWEudjEuQXBpVG9rZW4i4wEKCkF1ZGl0RW50cnkSCgoCaWQYASABKAMSJgoCYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEhAKCHRva2VuX2lkGAQgASgJEg4KBm1ldGhvZBgFIAEoCRIQCghyZXNvdXJjZRgGIAEoCRIMCgRwZWVyGAcgASgJEg8KB291dGNvbWUYCCABKAkSDgoGcmVhc29uGAkgASgJEi8KC2ZpbmlzaGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ0ChdMaXN0QXVkaXRFbnRyaWVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIQCgh0b2tlbl9pZBgDIAEoCRIOCgZtZXRob2QYBCABKAkSEAoIcmVzb3VyY2UYBSABKAkiWAoYTGlzdEF1ZGl0RW50cmllc1Jlc3BvbnNlEiMKB2VudHJpZXMYASADKAsyEi5vbWEudjEuQXVkaXRFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqUAoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9WSUVXRVIQARIRCg1ST0xFX09QRVJBVE9SEAISDgoKUk9MRV9BRE1JThADMtYCCg1BY2Nlc3NTZXJ2aWNlEk8KDkNyZWF0ZUFwaVRva2VuEh0ub21hLnYxLkNyZWF0ZUFwaVRva2VuUmVxdWVzdBoeLm9tYS52MS5DcmVhdGVBcGlUb2tlblJlc3BvbnNlEkwKDUxpc3RBcGlUb2tlbnMSHC5vbWEudjEuTGlzdEFwaVRva2Vuc1JlcXVlc3QaHS5vbWEudjEuTGlzdEFwaVRva2Vuc1Jlc3BvbnNlEk8KDlJldm9rZUFwaVRva2VuEh0ub21hLnYxLlJldm9rZUFwaVRva2VuUmVxdWVzdBoeLm9tYS52MS5SZXZva2VBcGlUb2tlblJlc3BvbnNlElUKEExpc3RBdWRpdEVudHJpZXMSHy5vbWEudjEuTGlzdEF1ZGl0RW50cmllc1JlcXVlc3QaIC5vbWEudjEuTGlzdEF1ZGl0RW50cmllc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * An API token, without its secret.
@@ -96,6 +96,16 @@ export type CreateApiTokenRequest = Message<"oma.v1.CreateApiTokenRequest"> & {
    * @generated from field: uint32 ttl_seconds = 3;
    */
   ttlSeconds: number;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
 };
 
 /**
@@ -139,6 +149,19 @@ export const CreateApiTokenResponseSchema: GenMessage<CreateApiTokenResponse> = 
  * @generated from message oma.v1.ListApiTokensRequest
  */
 export type ListApiTokensRequest = Message<"oma.v1.ListApiTokensRequest"> & {
+  /**
+   * Maximum number of results (1–1000, default 100).
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * Token from a previous response's next_page_token; INVALID_ARGUMENT (PAGE_TOKEN_INVALID) for any other.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
 };
 
 /**
@@ -155,11 +178,18 @@ export const ListApiTokensRequestSchema: GenMessage<ListApiTokensRequest> = /*@_
  */
 export type ListApiTokensResponse = Message<"oma.v1.ListApiTokensResponse"> & {
   /**
-   * Every token, oldest first.
+   * The tokens, oldest first.
    *
    * @generated from field: repeated oma.v1.ApiToken tokens = 1;
    */
   tokens: ApiToken[];
+
+  /**
+   * Token for the next page, empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -181,6 +211,16 @@ export type RevokeApiTokenRequest = Message<"oma.v1.RevokeApiTokenRequest"> & {
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
 };
 
 /**
@@ -422,6 +462,7 @@ export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
 export const AccessService: GenService<{
   /**
    * Creates an API token with a role; its secret is in this response only (the OMA keeps a hash).
+   * Errors: INVALID_ARGUMENT (TOKEN_NAME_INVALID, ROLE_REQUIRED, TOKEN_TTL_INVALID).
    *
    * @generated from rpc oma.v1.AccessService.CreateApiToken
    */
@@ -432,6 +473,7 @@ export const AccessService: GenService<{
   },
   /**
    * Lists the API tokens, oldest first (never their secrets).
+   * Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.AccessService.ListApiTokens
    */
@@ -442,6 +484,7 @@ export const AccessService: GenService<{
   },
   /**
    * Revokes an API token: every later call with it is UNAUTHENTICATED (TOKEN_REVOKED). Revoking twice is a no-op.
+   * Errors: NOT_FOUND (TOKEN_NOT_FOUND).
    *
    * @generated from rpc oma.v1.AccessService.RevokeApiToken
    */

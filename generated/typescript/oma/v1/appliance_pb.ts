@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/appliance.proto.
  */
 export const file_oma_v1_appliance: GenFile = /*@__PURE__*/
-  fileDesc("ChZvbWEvdjEvYXBwbGlhbmNlLnByb3RvEgZvbWEudjEiugIKCUFwcGxpYW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEicKBnN0YXR1cxgDIAEoDjIXLm9tYS52MS5BcHBsaWFuY2VTdGF0dXMSMQoQY29ubmVjdGlvbl9zdGF0ZRgEIAEoDjIXLm9tYS52MS5Db25uZWN0aW9uU3RhdGUSFQoNYWdlbnRfdmVyc2lvbhgFIAEoCRIUCgxjYXBhYmlsaXRpZXMYBiADKAkSMAoMbGFzdF9zZWVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxjb25uZWN0ZWRfdG8YCSABKAkSEgoKc2Vzc2lvbl9pZBgKIAEoCSImChZFbnJvbGxBcHBsaWFuY2VSZXF1ZXN0EgwKBG5hbWUYASABKAkiUwoXRW5yb2xsQXBwbGlhbmNlUmVzcG9uc2USJAoJYXBwbGlhbmNlGAEgASgLMhEub21hLnYxLkFwcGxpYW5jZRISCgpjcmVkZW50aWFsGAIgASgJIiEKE0dldEFwcGxpYW5jZVJlcXVlc3QSCgoCaWQYASABKAkiPAoUR2V0QXBwbGlhbmNlUmVzcG9uc2USJAoJYXBwbGlhbmNlGAEgASgLMhEub21hLnYxLkFwcGxpYW5jZSJxChVMaXN0QXBwbGlhbmNlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSMQoQY29ubmVjdGlvbl9zdGF0ZRgDIAEoDjIXLm9tYS52MS5Db25uZWN0aW9uU3RhdGUiWAoWTGlzdEFwcGxpYW5jZXNSZXNwb25zZRIlCgphcHBsaWFuY2VzGAEgAygLMhEub21hLnYxLkFwcGxpYW5jZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJAoWUmV2b2tlQXBwbGlhbmNlUmVxdWVzdBIKCgJpZBgBIAEoCSI/ChdSZXZva2VBcHBsaWFuY2VSZXNwb25zZRIkCglhcHBsaWFuY2UYASABKAsyES5vbWEudjEuQXBwbGlhbmNlKm4KD0FwcGxpYW5jZVN0YXR1cxIgChxBUFBMSUFOQ0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXQVBQTElBTkNFX1NUQVRVU19BQ1RJVkUQARIcChhBUFBMSUFOQ0VfU1RBVFVTX1JFVk9LRUQQAiqcAQoPQ29ubmVjdGlvblN0YXRlEiAKHENPTk5FQ1RJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIkCiBDT05ORUNUSU9OX1NUQVRFX05FVkVSX0NPTk5FQ1RFRBABEh4KGkNPTk5FQ1RJT05fU1RBVEVfQ09OTkVDVEVEEAISIQodQ09OTkVDVElPTl9TVEFURV9ESVNDT05ORUNURUQQAzLWAgoQQXBwbGlhbmNlU2VydmljZRJSCg9FbnJvbGxBcHBsaWFuY2USHi5vbWEudjEuRW5yb2xsQXBwbGlhbmNlUmVxdWVzdBofLm9tYS52MS5FbnJvbGxBcHBsaWFuY2VSZXNwb25zZRJJCgxHZXRBcHBsaWFuY2USGy5vbWEudjEuR2V0QXBwbGlhbmNlUmVxdWVzdBocLm9tYS52MS5HZXRBcHBsaWFuY2VSZXNwb25zZRJPCg5MaXN0QXBwbGlhbmNlcxIdLm9tYS52MS5MaXN0QXBwbGlhbmNlc1JlcXVlc3QaHi5vbWEudjEuTGlzdEFwcGxpYW5jZXNSZXNwb25zZRJSCg9SZXZva2VBcHBsaWFuY2USHi5vbWEudjEuUmV2b2tlQXBwbGlhbmNlUmVxdWVzdBofLm9tYS52MS5SZXZva2VBcHBsaWFuY2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChZvbWEvdjEvYXBwbGlhbmNlLnByb3RvEgZvbWEudjEiugIKCUFwcGxpYW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEicKBnN0YXR1cxgDIAEoDjIXLm9tYS52MS5BcHBsaWFuY2VTdGF0dXMSMQoQY29ubmVjdGlvbl9zdGF0ZRgEIAEoDjIXLm9tYS52MS5Db25uZWN0aW9uU3RhdGUSFQoNYWdlbnRfdmVyc2lvbhgFIAEoCRIUCgxjYXBhYmlsaXRpZXMYBiADKAkSMAoMbGFzdF9zZWVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxjb25uZWN0ZWRfdG8YCSABKAkSEgoKc2Vzc2lvbl9pZBgKIAEoCSI6ChZFbnJvbGxBcHBsaWFuY2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSJTChdFbnJvbGxBcHBsaWFuY2VSZXNwb25zZRIkCglhcHBsaWFuY2UYASABKAsyES5vbWEudjEuQXBwbGlhbmNlEhIKCmNyZWRlbnRpYWwYAiABKAkiIQoTR2V0QXBwbGlhbmNlUmVxdWVzdBIKCgJpZBgBIAEoCSI8ChRHZXRBcHBsaWFuY2VSZXNwb25zZRIkCglhcHBsaWFuY2UYASABKAsyES5vbWEudjEuQXBwbGlhbmNlInEKFUxpc3RBcHBsaWFuY2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIxChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMhcub21hLnYxLkNvbm5lY3Rpb25TdGF0ZSJYChZMaXN0QXBwbGlhbmNlc1Jlc3BvbnNlEiUKCmFwcGxpYW5jZXMYASADKAsyES5vbWEudjEuQXBwbGlhbmNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI4ChZSZXZva2VBcHBsaWFuY2VSZXF1ZXN0EgoKAmlkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiPwoXUmV2b2tlQXBwbGlhbmNlUmVzcG9uc2USJAoJYXBwbGlhbmNlGAEgASgLMhEub21hLnYxLkFwcGxpYW5jZSpuCg9BcHBsaWFuY2VTdGF0dXMSIAocQVBQTElBTkNFX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF0FQUExJQU5DRV9TVEFUVVNfQUNUSVZFEAESHAoYQVBQTElBTkNFX1NUQVRVU19SRVZPS0VEEAIqnAEKD0Nvbm5lY3Rpb25TdGF0ZRIgChxDT05ORUNUSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASJAogQ09OTkVDVElPTl9TVEFURV9ORVZFUl9DT05ORUNURUQQARIeChpDT05ORUNUSU9OX1NUQVRFX0NPTk5FQ1RFRBACEiEKHUNPTk5FQ1RJT05fU1RBVEVfRElTQ09OTkVDVEVEEAMy1gIKEEFwcGxpYW5jZVNlcnZpY2USUgoPRW5yb2xsQXBwbGlhbmNlEh4ub21hLnYxLkVucm9sbEFwcGxpYW5jZVJlcXVlc3QaHy5vbWEudjEuRW5yb2xsQXBwbGlhbmNlUmVzcG9uc2USSQoMR2V0QXBwbGlhbmNlEhsub21hLnYxLkdldEFwcGxpYW5jZVJlcXVlc3QaHC5vbWEudjEuR2V0QXBwbGlhbmNlUmVzcG9uc2USTwoOTGlzdEFwcGxpYW5jZXMSHS5vbWEudjEuTGlzdEFwcGxpYW5jZXNSZXF1ZXN0Gh4ub21hLnYxLkxpc3RBcHBsaWFuY2VzUmVzcG9uc2USUgoPUmV2b2tlQXBwbGlhbmNlEh4ub21hLnYxLlJldm9rZUFwcGxpYW5jZVJlcXVlc3QaHy5vbWEudjEuUmV2b2tlQXBwbGlhbmNlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * A VMware Migration Appliance.
@@ -110,6 +110,16 @@ export type EnrollApplianceRequest = Message<"oma.v1.EnrollApplianceRequest"> & 
    * @generated from field: string name = 1;
    */
   name: string;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
 };
 
 /**
@@ -264,6 +274,16 @@ export type RevokeApplianceRequest = Message<"oma.v1.RevokeApplianceRequest"> & 
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
 };
 
 /**
@@ -377,6 +397,7 @@ export const ConnectionStateSchema: GenEnum<ConnectionState> = /*@__PURE__*/
 export const ApplianceService: GenService<{
   /**
    * Enrolls a new appliance and returns its one-time credential (shown once, stored only as a hash).
+   * Errors: INVALID_ARGUMENT (APPLIANCE_NAME_INVALID); ALREADY_EXISTS (APPLIANCE_EXISTS).
    *
    * @generated from rpc oma.v1.ApplianceService.EnrollAppliance
    */
@@ -387,6 +408,7 @@ export const ApplianceService: GenService<{
   },
   /**
    * Returns one appliance.
+   * Errors: NOT_FOUND (APPLIANCE_NOT_FOUND).
    *
    * @generated from rpc oma.v1.ApplianceService.GetAppliance
    */
@@ -397,6 +419,7 @@ export const ApplianceService: GenService<{
   },
   /**
    * Lists appliances.
+   * Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.ApplianceService.ListAppliances
    */
@@ -407,6 +430,7 @@ export const ApplianceService: GenService<{
   },
   /**
    * Revokes an appliance's credential; its stream is closed and later hellos are refused.
+   * Errors: NOT_FOUND (APPLIANCE_NOT_FOUND).
    *
    * @generated from rpc oma.v1.ApplianceService.RevokeAppliance
    */

@@ -4,8 +4,8 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { JobError } from "../common/v1/jobs_pb.js";
 import { file_oma_common_v1_jobs } from "../common/v1/jobs_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/failover.proto.
  */
 export const file_oma_v1_failover: GenFile = /*@__PURE__*/
-  fileDesc("ChVvbWEvdjEvZmFpbG92ZXIucHJvdG8SBm9tYS52MSLCAQoMRmFpbG92ZXJTdGVwEgwKBG5hbWUYASABKAkSIgoGc3RhdHVzGAIgASgOMhIub21hLnYxLlN0ZXBTdGF0dXMSLgoKc3RhcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWVycm9yGAUgASgJEhAKCGF0dGVtcHRzGAYgASgNIscDCgtGYWlsb3ZlckpvYhIKCgJpZBgBIAEoCRIVCg12bV9jb250ZXh0X2lkGAIgASgJEiUKBGtpbmQYAyABKA4yFy5vbWEudjEuRmFpbG92ZXJKb2JLaW5kEikKBnN0YXR1cxgEIAEoDjIZLm9tYS52MS5GYWlsb3ZlckpvYlN0YXR1cxIjCgVzdGVwcxgFIAMoCzIULm9tYS52MS5GYWlsb3ZlclN0ZXASFAoMdGFyZ2V0X3ZtX2lkGAYgASgJEhYKDnRhcmdldF92bV9uYW1lGAcgASgJEhQKDHNuYXBzaG90X2lkcxgIIAMoCRImCgVlcnJvchgJIAEoCzIXLm9tYS5jb21tb24udjEuSm9iRXJyb3ISEAoIcmV2aXNpb24YCiABKAQSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGN1cnJlbnRfc3RlcBgNIAEoCRIPCgdvdXRjb21lGA4gASgJEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYDyABKAgiPgoOUmVhZGluZXNzQ2hlY2sSDAoEbmFtZRgBIAEoCRIOCgZwYXNzZWQYAiABKAgSDgoGcmVhc29uGAMgASgJIl0KHUNoZWNrRmFpbG92ZXJSZWFkaW5lc3NSZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSJQoEa2luZBgCIAEoDjIXLm9tYS52MS5GYWlsb3ZlckpvYktpbmQiVwoeQ2hlY2tGYWlsb3ZlclJlYWRpbmVzc1Jlc3BvbnNlEiYKBmNoZWNrcxgBIAMoCzIWLm9tYS52MS5SZWFkaW5lc3NDaGVjaxINCgVyZWFkeRgCIAEoCCKFAQoUU3RhcnRGYWlsb3ZlclJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRIlCgRraW5kGAIgASgOMhcub21hLnYxLkZhaWxvdmVySm9iS2luZBIbChNzZXJ2aWNlX29mZmVyaW5nX2lkGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiOQoVU3RhcnRGYWlsb3ZlclJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLm9tYS52MS5GYWlsb3ZlckpvYiIvChZDbGVhbnVwRmFpbG92ZXJSZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkiOwoXQ2xlYW51cEZhaWxvdmVyUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iIkkKF1JvbGxiYWNrRmFpbG92ZXJSZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSFwoPcG93ZXJfb25fc291cmNlGAIgASgIIjwKGFJvbGxiYWNrRmFpbG92ZXJSZXNwb25zZRIgCgNqb2IYASABKAsyEy5vbWEudjEuRmFpbG92ZXJKb2IiIwoVR2V0RmFpbG92ZXJKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjoKFkdldEZhaWxvdmVySm9iUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iIlcKF0xpc3RGYWlsb3ZlckpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhUKDXZtX2NvbnRleHRfaWQYAyABKAkiVgoYTGlzdEZhaWxvdmVySm9ic1Jlc3BvbnNlEiEKBGpvYnMYASADKAsyEy5vbWEudjEuRmFpbG92ZXJKb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIrsBCg5OZXR3b3JrTWFwcGluZxIKCgJpZBgBIAEoCRIVCg12bV9jb250ZXh0X2lkGAIgASgJEhYKDnNvdXJjZV9uZXR3b3JrGAMgASgJEhkKEXRhcmdldF9uZXR3b3JrX2lkGAQgASgJEhEKCXN0YXRpY19pcBgFIAEoCRIQCghrZWVwX21hYxgGIAEoCBIuCgpjcmVhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGChtDcmVhdGVOZXR3b3JrTWFwcGluZ1JlcXVlc3QSJwoHbWFwcGluZxgBIAEoCzIWLm9tYS52MS5OZXR3b3JrTWFwcGluZyJHChxDcmVhdGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlEicKB21hcHBpbmcYASABKAsyFi5vbWEudjEuTmV0d29ya01hcHBpbmciMwoaTGlzdE5ldHdvcmtNYXBwaW5nc1JlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCSJHChtMaXN0TmV0d29ya01hcHBpbmdzUmVzcG9uc2USKAoIbWFwcGluZ3MYASADKAsyFi5vbWEudjEuTmV0d29ya01hcHBpbmciRgobVXBkYXRlTmV0d29ya01hcHBpbmdSZXF1ZXN0EicKB21hcHBpbmcYASABKAsyFi5vbWEudjEuTmV0d29ya01hcHBpbmciRwocVXBkYXRlTmV0d29ya01hcHBpbmdSZXNwb25zZRInCgdtYXBwaW5nGAEgASgLMhYub21hLnYxLk5ldHdvcmtNYXBwaW5nIikKG0RlbGV0ZU5ldHdvcmtNYXBwaW5nUmVxdWVzdBIKCgJpZBgBIAEoCSIeChxEZWxldGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlKvoBCg9GYWlsb3ZlckpvYktpbmQSIQodRkFJTE9WRVJfSk9CX0tJTkRfVU5TUEVDSUZJRUQQABIaChZGQUlMT1ZFUl9KT0JfS0lORF9URVNUEAESGgoWRkFJTE9WRVJfSk9CX0tJTkRfTElWRRACEh0KGUZBSUxPVkVSX0pPQl9LSU5EX0NMRUFOVVAQAxIeChpGQUlMT1ZFUl9KT0JfS0lORF9ST0xMQkFDSxAEEiUKIUZBSUxPVkVSX0pPQl9LSU5EX1BPV0VSX09OX1NPVVJDRRAFEiYKIkZBSUxPVkVSX0pPQl9LSU5EX1BPV0VSX09GRl9TT1VSQ0UQBirgAQoRRmFpbG92ZXJKb2JTdGF0dXMSIwofRkFJTE9WRVJfSk9CX1NUQVRVU19VTlNQRUNJRklFRBAAEh8KG0ZBSUxPVkVSX0pPQl9TVEFUVVNfUEVORElORxABEh8KG0ZBSUxPVkVSX0pPQl9TVEFUVVNfUlVOTklORxACEiEKHUZBSUxPVkVSX0pPQl9TVEFUVVNfQ09NUExFVEVEEAMSHgoaRkFJTE9WRVJfSk9CX1NUQVRVU19GQUlMRUQQBBIhCh1GQUlMT1ZFUl9KT0JfU1RBVFVTX0NBTkNFTExFRBAFKsIBCgpTdGVwU3RhdHVzEhsKF1NURVBfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTU1RFUF9TVEFUVVNfUEVORElORxABEhcKE1NURVBfU1RBVFVTX1JVTk5JTkcQAhIZChVTVEVQX1NUQVRVU19DT01QTEVURUQQAxIWChJTVEVQX1NUQVRVU19GQUlMRUQQBBIXChNTVEVQX1NUQVRVU19TS0lQUEVEEAUSGQoVU1RFUF9TVEFUVVNfQ0FOQ0VMTEVEEAYymwQKD0ZhaWxvdmVyU2VydmljZRJnChZDaGVja0ZhaWxvdmVyUmVhZGluZXNzEiUub21hLnYxLkNoZWNrRmFpbG92ZXJSZWFkaW5lc3NSZXF1ZXN0GiYub21hLnYxLkNoZWNrRmFpbG92ZXJSZWFkaW5lc3NSZXNwb25zZRJMCg1TdGFydEZhaWxvdmVyEhwub21hLnYxLlN0YXJ0RmFpbG92ZXJSZXF1ZXN0Gh0ub21hLnYxLlN0YXJ0RmFpbG92ZXJSZXNwb25zZRJSCg9DbGVhbnVwRmFpbG92ZXISHi5vbWEudjEuQ2xlYW51cEZhaWxvdmVyUmVxdWVzdBofLm9tYS52MS5DbGVhbnVwRmFpbG92ZXJSZXNwb25zZRJVChBSb2xsYmFja0ZhaWxvdmVyEh8ub21hLnYxLlJvbGxiYWNrRmFpbG92ZXJSZXF1ZXN0GiAub21hLnYxLlJvbGxiYWNrRmFpbG92ZXJSZXNwb25zZRJPCg5HZXRGYWlsb3ZlckpvYhIdLm9tYS52MS5HZXRGYWlsb3ZlckpvYlJlcXVlc3QaHi5vbWEudjEuR2V0RmFpbG92ZXJKb2JSZXNwb25zZRJVChBMaXN0RmFpbG92ZXJKb2JzEh8ub21hLnYxLkxpc3RGYWlsb3ZlckpvYnNSZXF1ZXN0GiAub21hLnYxLkxpc3RGYWlsb3ZlckpvYnNSZXNwb25zZTKgAwoVTmV0d29ya01hcHBpbmdTZXJ2aWNlEmEKFENyZWF0ZU5ldHdvcmtNYXBwaW5nEiMub21hLnYxLkNyZWF0ZU5ldHdvcmtNYXBwaW5nUmVxdWVzdBokLm9tYS52MS5DcmVhdGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlEl4KE0xpc3ROZXR3b3JrTWFwcGluZ3MSIi5vbWEudjEuTGlzdE5ldHdvcmtNYXBwaW5nc1JlcXVlc3QaIy5vbWEudjEuTGlzdE5ldHdvcmtNYXBwaW5nc1Jlc3BvbnNlEmEKFFVwZGF0ZU5ldHdvcmtNYXBwaW5nEiMub21hLnYxLlVwZGF0ZU5ldHdvcmtNYXBwaW5nUmVxdWVzdBokLm9tYS52MS5VcGRhdGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlEmEKFERlbGV0ZU5ldHdvcmtNYXBwaW5nEiMub21hLnYxLkRlbGV0ZU5ldHdvcmtNYXBwaW5nUmVxdWVzdBokLm9tYS52MS5EZWxldGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_oma_common_v1_jobs]);
+  fileDesc("ChVvbWEvdjEvZmFpbG92ZXIucHJvdG8SBm9tYS52MSLCAQoMRmFpbG92ZXJTdGVwEgwKBG5hbWUYASABKAkSIgoGc3RhdHVzGAIgASgOMhIub21hLnYxLlN0ZXBTdGF0dXMSLgoKc3RhcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWVycm9yGAUgASgJEhAKCGF0dGVtcHRzGAYgASgNIscDCgtGYWlsb3ZlckpvYhIKCgJpZBgBIAEoCRIVCg12bV9jb250ZXh0X2lkGAIgASgJEiUKBGtpbmQYAyABKA4yFy5vbWEudjEuRmFpbG92ZXJKb2JLaW5kEikKBnN0YXR1cxgEIAEoDjIZLm9tYS52MS5GYWlsb3ZlckpvYlN0YXR1cxIjCgVzdGVwcxgFIAMoCzIULm9tYS52MS5GYWlsb3ZlclN0ZXASFAoMdGFyZ2V0X3ZtX2lkGAYgASgJEhYKDnRhcmdldF92bV9uYW1lGAcgASgJEhQKDHNuYXBzaG90X2lkcxgIIAMoCRImCgVlcnJvchgJIAEoCzIXLm9tYS5jb21tb24udjEuSm9iRXJyb3ISEAoIcmV2aXNpb24YCiABKAQSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGN1cnJlbnRfc3RlcBgNIAEoCRIPCgdvdXRjb21lGA4gASgJEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYDyABKAgiPgoOUmVhZGluZXNzQ2hlY2sSDAoEbmFtZRgBIAEoCRIOCgZwYXNzZWQYAiABKAgSDgoGcmVhc29uGAMgASgJIl0KHUNoZWNrRmFpbG92ZXJSZWFkaW5lc3NSZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSJQoEa2luZBgCIAEoDjIXLm9tYS52MS5GYWlsb3ZlckpvYktpbmQiVwoeQ2hlY2tGYWlsb3ZlclJlYWRpbmVzc1Jlc3BvbnNlEiYKBmNoZWNrcxgBIAMoCzIWLm9tYS52MS5SZWFkaW5lc3NDaGVjaxINCgVyZWFkeRgCIAEoCCKFAQoUU3RhcnRGYWlsb3ZlclJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRIlCgRraW5kGAIgASgOMhcub21hLnYxLkZhaWxvdmVySm9iS2luZBIbChNzZXJ2aWNlX29mZmVyaW5nX2lkGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiOQoVU3RhcnRGYWlsb3ZlclJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLm9tYS52MS5GYWlsb3ZlckpvYiJDChZDbGVhbnVwRmFpbG92ZXJSZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI7ChdDbGVhbnVwRmFpbG92ZXJSZXNwb25zZRIgCgNqb2IYASABKAsyEy5vbWEudjEuRmFpbG92ZXJKb2IiXQoXUm9sbGJhY2tGYWlsb3ZlclJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRIXCg9wb3dlcl9vbl9zb3VyY2UYAiABKAgSEgoKcmVxdWVzdF9pZBgDIAEoCSI8ChhSb2xsYmFja0ZhaWxvdmVyUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iIiMKFUdldEZhaWxvdmVySm9iUmVxdWVzdBIKCgJpZBgBIAEoCSI6ChZHZXRGYWlsb3ZlckpvYlJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLm9tYS52MS5GYWlsb3ZlckpvYiJXChdMaXN0RmFpbG92ZXJKb2JzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg12bV9jb250ZXh0X2lkGAMgASgJIlYKGExpc3RGYWlsb3ZlckpvYnNSZXNwb25zZRIhCgRqb2JzGAEgAygLMhMub21hLnYxLkZhaWxvdmVySm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSK7AQoOTmV0d29ya01hcHBpbmcSCgoCaWQYASABKAkSFQoNdm1fY29udGV4dF9pZBgCIAEoCRIWCg5zb3VyY2VfbmV0d29yaxgDIAEoCRIZChF0YXJnZXRfbmV0d29ya19pZBgEIAEoCRIRCglzdGF0aWNfaXAYBSABKAkSEAoIa2VlcF9tYWMYBiABKAgSLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWgobQ3JlYXRlTmV0d29ya01hcHBpbmdSZXF1ZXN0EicKB21hcHBpbmcYASABKAsyFi5vbWEudjEuTmV0d29ya01hcHBpbmcSEgoKcmVxdWVzdF9pZBgCIAEoCSJHChxDcmVhdGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlEicKB21hcHBpbmcYASABKAsyFi5vbWEudjEuTmV0d29ya01hcHBpbmciWgoaTGlzdE5ldHdvcmtNYXBwaW5nc1JlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJgChtMaXN0TmV0d29ya01hcHBpbmdzUmVzcG9uc2USKAoIbWFwcGluZ3MYASADKAsyFi5vbWEudjEuTmV0d29ya01hcHBpbmcSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIosBChtVcGRhdGVOZXR3b3JrTWFwcGluZ1JlcXVlc3QSJwoHbWFwcGluZxgBIAEoCzIWLm9tYS52MS5OZXR3b3JrTWFwcGluZxIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2sSEgoKcmVxdWVzdF9pZBgDIAEoCSJHChxVcGRhdGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlEicKB21hcHBpbmcYASABKAsyFi5vbWEudjEuTmV0d29ya01hcHBpbmciPQobRGVsZXRlTmV0d29ya01hcHBpbmdSZXF1ZXN0EgoKAmlkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiHgocRGVsZXRlTmV0d29ya01hcHBpbmdSZXNwb25zZSr6AQoPRmFpbG92ZXJKb2JLaW5kEiEKHUZBSUxPVkVSX0pPQl9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWRkFJTE9WRVJfSk9CX0tJTkRfVEVTVBABEhoKFkZBSUxPVkVSX0pPQl9LSU5EX0xJVkUQAhIdChlGQUlMT1ZFUl9KT0JfS0lORF9DTEVBTlVQEAMSHgoaRkFJTE9WRVJfSk9CX0tJTkRfUk9MTEJBQ0sQBBIlCiFGQUlMT1ZFUl9KT0JfS0lORF9QT1dFUl9PTl9TT1VSQ0UQBRImCiJGQUlMT1ZFUl9KT0JfS0lORF9QT1dFUl9PRkZfU09VUkNFEAYq4AEKEUZhaWxvdmVySm9iU3RhdHVzEiMKH0ZBSUxPVkVSX0pPQl9TVEFUVVNfVU5TUEVDSUZJRUQQABIfChtGQUlMT1ZFUl9KT0JfU1RBVFVTX1BFTkRJTkcQARIfChtGQUlMT1ZFUl9KT0JfU1RBVFVTX1JVTk5JTkcQAhIhCh1GQUlMT1ZFUl9KT0JfU1RBVFVTX0NPTVBMRVRFRBADEh4KGkZBSUxPVkVSX0pPQl9TVEFUVVNfRkFJTEVEEAQSIQodRkFJTE9WRVJfSk9CX1NUQVRVU19DQU5DRUxMRUQQBSrCAQoKU3RlcFN0YXR1cxIbChdTVEVQX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE1NURVBfU1RBVFVTX1BFTkRJTkcQARIXChNTVEVQX1NUQVRVU19SVU5OSU5HEAISGQoVU1RFUF9TVEFUVVNfQ09NUExFVEVEEAMSFgoSU1RFUF9TVEFUVVNfRkFJTEVEEAQSFwoTU1RFUF9TVEFUVVNfU0tJUFBFRBAFEhkKFVNURVBfU1RBVFVTX0NBTkNFTExFRBAGMpsECg9GYWlsb3ZlclNlcnZpY2USZwoWQ2hlY2tGYWlsb3ZlclJlYWRpbmVzcxIlLm9tYS52MS5DaGVja0ZhaWxvdmVyUmVhZGluZXNzUmVxdWVzdBomLm9tYS52MS5DaGVja0ZhaWxvdmVyUmVhZGluZXNzUmVzcG9uc2USTAoNU3RhcnRGYWlsb3ZlchIcLm9tYS52MS5TdGFydEZhaWxvdmVyUmVxdWVzdBodLm9tYS52MS5TdGFydEZhaWxvdmVyUmVzcG9uc2USUgoPQ2xlYW51cEZhaWxvdmVyEh4ub21hLnYxLkNsZWFudXBGYWlsb3ZlclJlcXVlc3QaHy5vbWEudjEuQ2xlYW51cEZhaWxvdmVyUmVzcG9uc2USVQoQUm9sbGJhY2tGYWlsb3ZlchIfLm9tYS52MS5Sb2xsYmFja0ZhaWxvdmVyUmVxdWVzdBogLm9tYS52MS5Sb2xsYmFja0ZhaWxvdmVyUmVzcG9uc2USTwoOR2V0RmFpbG92ZXJKb2ISHS5vbWEudjEuR2V0RmFpbG92ZXJKb2JSZXF1ZXN0Gh4ub21hLnYxLkdldEZhaWxvdmVySm9iUmVzcG9uc2USVQoQTGlzdEZhaWxvdmVySm9icxIfLm9tYS52MS5MaXN0RmFpbG92ZXJKb2JzUmVxdWVzdBogLm9tYS52MS5MaXN0RmFpbG92ZXJKb2JzUmVzcG9uc2UyoAMKFU5ldHdvcmtNYXBwaW5nU2VydmljZRJhChRDcmVhdGVOZXR3b3JrTWFwcGluZxIjLm9tYS52MS5DcmVhdGVOZXR3b3JrTWFwcGluZ1JlcXVlc3QaJC5vbWEudjEuQ3JlYXRlTmV0d29ya01hcHBpbmdSZXNwb25zZRJeChNMaXN0TmV0d29ya01hcHBpbmdzEiIub21hLnYxLkxpc3ROZXR3b3JrTWFwcGluZ3NSZXF1ZXN0GiMub21hLnYxLkxpc3ROZXR3b3JrTWFwcGluZ3NSZXNwb25zZRJhChRVcGRhdGVOZXR3b3JrTWFwcGluZxIjLm9tYS52MS5VcGRhdGVOZXR3b3JrTWFwcGluZ1JlcXVlc3QaJC5vbWEudjEuVXBkYXRlTmV0d29ya01hcHBpbmdSZXNwb25zZRJhChREZWxldGVOZXR3b3JrTWFwcGluZxIjLm9tYS52MS5EZWxldGVOZXR3b3JrTWFwcGluZ1JlcXVlc3QaJC5vbWEudjEuRGVsZXRlTmV0d29ya01hcHBpbmdSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_oma_common_v1_jobs]);
 
 /**
  * One step of a failover job.
@@ -311,7 +311,10 @@ export type StartFailoverRequest = Message<"oma.v1.StartFailoverRequest"> & {
   serviceOfferingId: string;
 
   /**
-   * Optional idempotency key (AIP-155).
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 4;
    */
@@ -358,6 +361,16 @@ export type CleanupFailoverRequest = Message<"oma.v1.CleanupFailoverRequest"> & 
    * @generated from field: string vm_context_id = 1;
    */
   vmContextId: string;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
 };
 
 /**
@@ -408,6 +421,16 @@ export type RollbackFailoverRequest = Message<"oma.v1.RollbackFailoverRequest"> 
    * @generated from field: bool power_on_source = 2;
    */
   powerOnSource: boolean;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
 };
 
 /**
@@ -618,6 +641,16 @@ export type CreateNetworkMappingRequest = Message<"oma.v1.CreateNetworkMappingRe
    * @generated from field: oma.v1.NetworkMapping mapping = 1;
    */
   mapping?: NetworkMapping;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
 };
 
 /**
@@ -660,6 +693,20 @@ export type ListNetworkMappingsRequest = Message<"oma.v1.ListNetworkMappingsRequ
    * @generated from field: string vm_context_id = 1;
    */
   vmContextId: string;
+
+  /**
+   * Maximum number of results (1–1000, default 100).
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Token from a previous response's next_page_token; INVALID_ARGUMENT (PAGE_TOKEN_INVALID) for any other.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
 };
 
 /**
@@ -676,11 +723,18 @@ export const ListNetworkMappingsRequestSchema: GenMessage<ListNetworkMappingsReq
  */
 export type ListNetworkMappingsResponse = Message<"oma.v1.ListNetworkMappingsResponse"> & {
   /**
-   * The mappings.
+   * The mappings, oldest first.
    *
    * @generated from field: repeated oma.v1.NetworkMapping mappings = 1;
    */
   mappings: NetworkMapping[];
+
+  /**
+   * Token for the next page, empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -697,11 +751,32 @@ export const ListNetworkMappingsResponseSchema: GenMessage<ListNetworkMappingsRe
  */
 export type UpdateNetworkMappingRequest = Message<"oma.v1.UpdateNetworkMappingRequest"> & {
   /**
-   * The mapping with its id and new target, static IP and keep_mac.
+   * The mapping: its id, and the new values of the fields named in update_mask.
    *
    * @generated from field: oma.v1.NetworkMapping mapping = 1;
    */
   mapping?: NetworkMapping;
+
+  /**
+   * Fields of mapping to change (AIP-134): target_network_id, static_ip, keep_mac; the others keep their value. An
+   * empty mask replaces all three (a field left unset becomes empty). A path of an immutable field (id,
+   * vm_context_id, source_network, created_at) is INVALID_ARGUMENT (FIELD_IMMUTABLE), an unknown path
+   * INVALID_ARGUMENT (UPDATE_MASK_INVALID); so is an immutable field sent with a value other than the mapping's
+   * (nothing sent is silently ignored). The BadRequest field violation names the field.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
 };
 
 /**
@@ -744,6 +819,16 @@ export type DeleteNetworkMappingRequest = Message<"oma.v1.DeleteNetworkMappingRe
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
 };
 
 /**
@@ -955,6 +1040,7 @@ export const StepStatusSchema: GenEnum<StepStatus> = /*@__PURE__*/
 export const FailoverService: GenService<{
   /**
    * Runs every readiness check for a VM context and returns each with pass/fail and a reason.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (FAILOVER_KIND_INVALID).
    *
    * @generated from rpc oma.v1.FailoverService.CheckFailoverReadiness
    */
@@ -965,6 +1051,9 @@ export const FailoverService: GenService<{
   },
   /**
    * Starts a test or live failover; refused with FAILED_PRECONDITION when a readiness check fails.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (FAILOVER_KIND_INVALID); FAILED_PRECONDITION
+   * (FAILOVER_NOT_READY with one PreconditionFailure violation of type READINESS_CHECK per failed check, subject its
+   * name; JOB_ALREADY_ACTIVE with the active job).
    *
    * @generated from rpc oma.v1.FailoverService.StartFailover
    */
@@ -975,6 +1064,8 @@ export const FailoverService: GenService<{
   },
   /**
    * Removes a test failover (or a failed failover) and returns the VM context to ready_for_failover.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (NOTHING_TO_UNDO; JOB_ALREADY_ACTIVE with the active
+   * job).
    *
    * @generated from rpc oma.v1.FailoverService.CleanupFailover
    */
@@ -986,6 +1077,8 @@ export const FailoverService: GenService<{
   /**
    * Rolls back a live failover: destroys the target VM, releases the volumes; powers the source VM on only when
    * power_on_source is set (the job's outcome says whether the source is left powered off).
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (NOTHING_TO_UNDO; JOB_ALREADY_ACTIVE with the active
+   * job).
    *
    * @generated from rpc oma.v1.FailoverService.RollbackFailover
    */
@@ -996,6 +1089,7 @@ export const FailoverService: GenService<{
   },
   /**
    * Returns one failover job.
+   * Errors: NOT_FOUND (JOB_NOT_FOUND, with ResourceInfo).
    *
    * @generated from rpc oma.v1.FailoverService.GetFailoverJob
    */
@@ -1006,6 +1100,7 @@ export const FailoverService: GenService<{
   },
   /**
    * Lists failover jobs.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.FailoverService.ListFailoverJobs
    */
@@ -1025,6 +1120,9 @@ export const FailoverService: GenService<{
 export const NetworkMappingService: GenService<{
   /**
    * Creates a mapping for one VMware network of one VM context (or of every VM when vm_context_id is empty).
+   * Errors: INVALID_ARGUMENT (SOURCE_NETWORK_MISSING, TARGET_NETWORK_MISSING, TARGET_NETWORK_NOT_FOUND,
+   * STATIC_IP_INVALID, STATIC_IP_OUTSIDE_NETWORK, STATIC_IP_IS_GATEWAY); NOT_FOUND (VM_CONTEXT_NOT_FOUND);
+   * ALREADY_EXISTS (NETWORK_MAPPING_EXISTS).
    *
    * @generated from rpc oma.v1.NetworkMappingService.CreateNetworkMapping
    */
@@ -1035,6 +1133,7 @@ export const NetworkMappingService: GenService<{
   },
   /**
    * Lists mappings; NOT_FOUND (VM_CONTEXT_NOT_FOUND) for an unknown vm_context_id.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.NetworkMappingService.ListNetworkMappings
    */
@@ -1045,6 +1144,9 @@ export const NetworkMappingService: GenService<{
   },
   /**
    * Replaces the target of a mapping.
+   * Errors: NOT_FOUND (NETWORK_MAPPING_NOT_FOUND); INVALID_ARGUMENT (FIELD_IMMUTABLE, UPDATE_MASK_INVALID,
+   * TARGET_NETWORK_NOT_FOUND, STATIC_IP_INVALID, STATIC_IP_OUTSIDE_NETWORK, STATIC_IP_IS_GATEWAY; the BadRequest field
+   * violation names the field).
    *
    * @generated from rpc oma.v1.NetworkMappingService.UpdateNetworkMapping
    */
@@ -1055,6 +1157,7 @@ export const NetworkMappingService: GenService<{
   },
   /**
    * Deletes a mapping.
+   * Errors: NOT_FOUND (NETWORK_MAPPING_NOT_FOUND).
    *
    * @generated from rpc oma.v1.NetworkMappingService.DeleteNetworkMapping
    */

@@ -232,7 +232,10 @@ export type CancelJobRequest = Message<"oma.v1.CancelJobRequest"> & {
   id: string;
 
   /**
-   * Optional idempotency key (AIP-155). Cancelling is idempotent by itself: repeating it returns the job as it is.
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -693,6 +696,7 @@ export const JobService: GenService<{
   },
   /**
    * Lists the log entries (steps) of a job.
+   * Errors: NOT_FOUND (JOB_NOT_FOUND); INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.JobService.ListJobLogEntries
    */

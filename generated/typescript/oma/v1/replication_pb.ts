@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/replication.proto.
  */
 export const file_oma_v1_replication: GenFile = /*@__PURE__*/
-  fileDesc("ChhvbWEvdjEvcmVwbGljYXRpb24ucHJvdG8SBm9tYS52MSLLAgoXRGlza1JlcGxpY2F0aW9uUHJvZ3Jlc3MSDwoHZGlza19pZBgBIAEoCRIQCghkaXNrX2tleRgCIAEoBRISCgpieXRlc19kb25lGAMgASgEEhMKC2J5dGVzX3RvdGFsGAQgASgEEiMKG3Rocm91Z2hwdXRfYnl0ZXNfcGVyX3NlY29uZBgFIAEoBBInCgVwaGFzZRgGIAEoDjIYLm9tYS5jb21tb24udjEuQ29weVBoYXNlEiUKBG1vZGUYByABKA4yFy5vbWEuY29tbW9uLnYxLkNvcHlNb2RlEhoKEnByZXZpb3VzX2NoYW5nZV9pZBgIIAEoCRIVCg1uZXdfY2hhbmdlX2lkGAkgASgJEhEKCWNvbXBsZXRlZBgKIAEoCBIPCgduYmRfdXJpGAsgASgJEhgKEGZ1bGxfY29weV9yZWFzb24YDCABKAkiwAUKDlJlcGxpY2F0aW9uSm9iEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSFAoMYXBwbGlhbmNlX2lkGAMgASgJEigKBGtpbmQYBCABKA4yGi5vbWEudjEuUmVwbGljYXRpb25Kb2JLaW5kEiwKBnN0YXR1cxgFIAEoDjIcLm9tYS52MS5SZXBsaWNhdGlvbkpvYlN0YXR1cxInCgVwaGFzZRgGIAEoDjIYLm9tYS5jb21tb24udjEuQ29weVBoYXNlEhkKEWN1cnJlbnRfb3BlcmF0aW9uGAcgASgJEhIKCmJ5dGVzX2RvbmUYCCABKAQSEwoLYnl0ZXNfdG90YWwYCSABKAQSDwoHcGVyY2VudBgKIAEoARIjCht0aHJvdWdocHV0X2J5dGVzX3Blcl9zZWNvbmQYCyABKAQSJgoDZXRhGAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KBWRpc2tzGA0gAygLMh8ub21hLnYxLkRpc2tSZXBsaWNhdGlvblByb2dyZXNzEiYKBWVycm9yGA4gASgLMhcub21hLmNvbW1vbi52MS5Kb2JFcnJvchIVCg1sYXN0X3NlcXVlbmNlGA8gASgEEhAKCHJldmlzaW9uGBAgASgEEi4KCmNyZWF0ZWRfYXQYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghyZXRyeV9vZhgVIAEoCSJuChdTdGFydFJlcGxpY2F0aW9uUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEigKBGtpbmQYAiABKA4yGi5vbWEudjEuUmVwbGljYXRpb25Kb2JLaW5kEhIKCnJlcXVlc3RfaWQYAyABKAkiPwoYU3RhcnRSZXBsaWNhdGlvblJlc3BvbnNlEiMKA2pvYhgBIAEoCzIWLm9tYS52MS5SZXBsaWNhdGlvbkpvYiImChhHZXRSZXBsaWNhdGlvbkpvYlJlcXVlc3QSCgoCaWQYASABKAkiQAoZR2V0UmVwbGljYXRpb25Kb2JSZXNwb25zZRIjCgNqb2IYASABKAsyFi5vbWEudjEuUmVwbGljYXRpb25Kb2IioAEKGkxpc3RSZXBsaWNhdGlvbkpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhUKDXZtX2NvbnRleHRfaWQYAyABKAkSLgoIc3RhdHVzZXMYBCADKA4yHC5vbWEudjEuUmVwbGljYXRpb25Kb2JTdGF0dXMSFAoMYXBwbGlhbmNlX2lkGAUgASgJIlwKG0xpc3RSZXBsaWNhdGlvbkpvYnNSZXNwb25zZRIkCgRqb2JzGAEgAygLMhYub21hLnYxLlJlcGxpY2F0aW9uSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIpChtDYW5jZWxSZXBsaWNhdGlvbkpvYlJlcXVlc3QSCgoCaWQYASABKAkiQwocQ2FuY2VsUmVwbGljYXRpb25Kb2JSZXNwb25zZRIjCgNqb2IYASABKAsyFi5vbWEudjEuUmVwbGljYXRpb25Kb2IiKAoaUmV0cnlSZXBsaWNhdGlvbkpvYlJlcXVlc3QSCgoCaWQYASABKAkiQgobUmV0cnlSZXBsaWNhdGlvbkpvYlJlc3BvbnNlEiMKA2pvYhgBIAEoCzIWLm9tYS52MS5SZXBsaWNhdGlvbkpvYiqiAQoSUmVwbGljYXRpb25Kb2JLaW5kEiQKIFJFUExJQ0FUSU9OX0pPQl9LSU5EX1VOU1BFQ0lGSUVEEAASIAocUkVQTElDQVRJT05fSk9CX0tJTkRfSU5JVElBTBABEiQKIFJFUExJQ0FUSU9OX0pPQl9LSU5EX0lOQ1JFTUVOVEFMEAISHgoaUkVQTElDQVRJT05fSk9CX0tJTkRfRklOQUwQAyrAAwoUUmVwbGljYXRpb25Kb2JTdGF0dXMSJgoiUkVQTElDQVRJT05fSk9CX1NUQVRVU19VTlNQRUNJRklFRBAAEiIKHlJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfUEVORElORxABEicKI1JFUExJQ0FUSU9OX0pPQl9TVEFUVVNfUFJPVklTSU9OSU5HEAISKgomUkVQTElDQVRJT05fSk9CX1NUQVRVU19XQUlUSU5HX0ZPUl9WTUEQAxImCiJSRVBMSUNBVElPTl9KT0JfU1RBVFVTX1JFUExJQ0FUSU5HEAQSIgoeUkVQTElDQVRJT05fSk9CX1NUQVRVU19TVEFMTEVEEAUSJQohUkVQTElDQVRJT05fSk9CX1NUQVRVU19DT01QTEVUSU5HEAYSJAogUkVQTElDQVRJT05fSk9CX1NUQVRVU19DT01QTEVURUQQBxIhCh1SRVBMSUNBVElPTl9KT0JfU1RBVFVTX0ZBSUxFRBAIEiUKIVJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfQ0FOQ0VMTElORxAJEiQKIFJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfQ0FOQ0VMTEVEEAoy6AMKElJlcGxpY2F0aW9uU2VydmljZRJVChBTdGFydFJlcGxpY2F0aW9uEh8ub21hLnYxLlN0YXJ0UmVwbGljYXRpb25SZXF1ZXN0GiAub21hLnYxLlN0YXJ0UmVwbGljYXRpb25SZXNwb25zZRJYChFHZXRSZXBsaWNhdGlvbkpvYhIgLm9tYS52MS5HZXRSZXBsaWNhdGlvbkpvYlJlcXVlc3QaIS5vbWEudjEuR2V0UmVwbGljYXRpb25Kb2JSZXNwb25zZRJeChNMaXN0UmVwbGljYXRpb25Kb2JzEiIub21hLnYxLkxpc3RSZXBsaWNhdGlvbkpvYnNSZXF1ZXN0GiMub21hLnYxLkxpc3RSZXBsaWNhdGlvbkpvYnNSZXNwb25zZRJhChRDYW5jZWxSZXBsaWNhdGlvbkpvYhIjLm9tYS52MS5DYW5jZWxSZXBsaWNhdGlvbkpvYlJlcXVlc3QaJC5vbWEudjEuQ2FuY2VsUmVwbGljYXRpb25Kb2JSZXNwb25zZRJeChNSZXRyeVJlcGxpY2F0aW9uSm9iEiIub21hLnYxLlJldHJ5UmVwbGljYXRpb25Kb2JSZXF1ZXN0GiMub21hLnYxLlJldHJ5UmVwbGljYXRpb25Kb2JSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_oma_common_v1_jobs]);
+  fileDesc("ChhvbWEvdjEvcmVwbGljYXRpb24ucHJvdG8SBm9tYS52MSLLAgoXRGlza1JlcGxpY2F0aW9uUHJvZ3Jlc3MSDwoHZGlza19pZBgBIAEoCRIQCghkaXNrX2tleRgCIAEoBRISCgpieXRlc19kb25lGAMgASgEEhMKC2J5dGVzX3RvdGFsGAQgASgEEiMKG3Rocm91Z2hwdXRfYnl0ZXNfcGVyX3NlY29uZBgFIAEoBBInCgVwaGFzZRgGIAEoDjIYLm9tYS5jb21tb24udjEuQ29weVBoYXNlEiUKBG1vZGUYByABKA4yFy5vbWEuY29tbW9uLnYxLkNvcHlNb2RlEhoKEnByZXZpb3VzX2NoYW5nZV9pZBgIIAEoCRIVCg1uZXdfY2hhbmdlX2lkGAkgASgJEhEKCWNvbXBsZXRlZBgKIAEoCBIPCgduYmRfdXJpGAsgASgJEhgKEGZ1bGxfY29weV9yZWFzb24YDCABKAkiwAUKDlJlcGxpY2F0aW9uSm9iEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSFAoMYXBwbGlhbmNlX2lkGAMgASgJEigKBGtpbmQYBCABKA4yGi5vbWEudjEuUmVwbGljYXRpb25Kb2JLaW5kEiwKBnN0YXR1cxgFIAEoDjIcLm9tYS52MS5SZXBsaWNhdGlvbkpvYlN0YXR1cxInCgVwaGFzZRgGIAEoDjIYLm9tYS5jb21tb24udjEuQ29weVBoYXNlEhkKEWN1cnJlbnRfb3BlcmF0aW9uGAcgASgJEhIKCmJ5dGVzX2RvbmUYCCABKAQSEwoLYnl0ZXNfdG90YWwYCSABKAQSDwoHcGVyY2VudBgKIAEoARIjCht0aHJvdWdocHV0X2J5dGVzX3Blcl9zZWNvbmQYCyABKAQSJgoDZXRhGAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KBWRpc2tzGA0gAygLMh8ub21hLnYxLkRpc2tSZXBsaWNhdGlvblByb2dyZXNzEiYKBWVycm9yGA4gASgLMhcub21hLmNvbW1vbi52MS5Kb2JFcnJvchIVCg1sYXN0X3NlcXVlbmNlGA8gASgEEhAKCHJldmlzaW9uGBAgASgEEi4KCmNyZWF0ZWRfYXQYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GBQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghyZXRyeV9vZhgVIAEoCSJuChdTdGFydFJlcGxpY2F0aW9uUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEigKBGtpbmQYAiABKA4yGi5vbWEudjEuUmVwbGljYXRpb25Kb2JLaW5kEhIKCnJlcXVlc3RfaWQYAyABKAkiPwoYU3RhcnRSZXBsaWNhdGlvblJlc3BvbnNlEiMKA2pvYhgBIAEoCzIWLm9tYS52MS5SZXBsaWNhdGlvbkpvYiImChhHZXRSZXBsaWNhdGlvbkpvYlJlcXVlc3QSCgoCaWQYASABKAkiQAoZR2V0UmVwbGljYXRpb25Kb2JSZXNwb25zZRIjCgNqb2IYASABKAsyFi5vbWEudjEuUmVwbGljYXRpb25Kb2IioAEKGkxpc3RSZXBsaWNhdGlvbkpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhUKDXZtX2NvbnRleHRfaWQYAyABKAkSLgoIc3RhdHVzZXMYBCADKA4yHC5vbWEudjEuUmVwbGljYXRpb25Kb2JTdGF0dXMSFAoMYXBwbGlhbmNlX2lkGAUgASgJIlwKG0xpc3RSZXBsaWNhdGlvbkpvYnNSZXNwb25zZRIkCgRqb2JzGAEgAygLMhYub21hLnYxLlJlcGxpY2F0aW9uSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI9ChtDYW5jZWxSZXBsaWNhdGlvbkpvYlJlcXVlc3QSCgoCaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSJDChxDYW5jZWxSZXBsaWNhdGlvbkpvYlJlc3BvbnNlEiMKA2pvYhgBIAEoCzIWLm9tYS52MS5SZXBsaWNhdGlvbkpvYiI8ChpSZXRyeVJlcGxpY2F0aW9uSm9iUmVxdWVzdBIKCgJpZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIkIKG1JldHJ5UmVwbGljYXRpb25Kb2JSZXNwb25zZRIjCgNqb2IYASABKAsyFi5vbWEudjEuUmVwbGljYXRpb25Kb2IqogEKElJlcGxpY2F0aW9uSm9iS2luZBIkCiBSRVBMSUNBVElPTl9KT0JfS0lORF9VTlNQRUNJRklFRBAAEiAKHFJFUExJQ0FUSU9OX0pPQl9LSU5EX0lOSVRJQUwQARIkCiBSRVBMSUNBVElPTl9KT0JfS0lORF9JTkNSRU1FTlRBTBACEh4KGlJFUExJQ0FUSU9OX0pPQl9LSU5EX0ZJTkFMEAMqwAMKFFJlcGxpY2F0aW9uSm9iU3RhdHVzEiYKIlJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfVU5TUEVDSUZJRUQQABIiCh5SRVBMSUNBVElPTl9KT0JfU1RBVFVTX1BFTkRJTkcQARInCiNSRVBMSUNBVElPTl9KT0JfU1RBVFVTX1BST1ZJU0lPTklORxACEioKJlJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfV0FJVElOR19GT1JfVk1BEAMSJgoiUkVQTElDQVRJT05fSk9CX1NUQVRVU19SRVBMSUNBVElORxAEEiIKHlJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfU1RBTExFRBAFEiUKIVJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfQ09NUExFVElORxAGEiQKIFJFUExJQ0FUSU9OX0pPQl9TVEFUVVNfQ09NUExFVEVEEAcSIQodUkVQTElDQVRJT05fSk9CX1NUQVRVU19GQUlMRUQQCBIlCiFSRVBMSUNBVElPTl9KT0JfU1RBVFVTX0NBTkNFTExJTkcQCRIkCiBSRVBMSUNBVElPTl9KT0JfU1RBVFVTX0NBTkNFTExFRBAKMugDChJSZXBsaWNhdGlvblNlcnZpY2USVQoQU3RhcnRSZXBsaWNhdGlvbhIfLm9tYS52MS5TdGFydFJlcGxpY2F0aW9uUmVxdWVzdBogLm9tYS52MS5TdGFydFJlcGxpY2F0aW9uUmVzcG9uc2USWAoRR2V0UmVwbGljYXRpb25Kb2ISIC5vbWEudjEuR2V0UmVwbGljYXRpb25Kb2JSZXF1ZXN0GiEub21hLnYxLkdldFJlcGxpY2F0aW9uSm9iUmVzcG9uc2USXgoTTGlzdFJlcGxpY2F0aW9uSm9icxIiLm9tYS52MS5MaXN0UmVwbGljYXRpb25Kb2JzUmVxdWVzdBojLm9tYS52MS5MaXN0UmVwbGljYXRpb25Kb2JzUmVzcG9uc2USYQoUQ2FuY2VsUmVwbGljYXRpb25Kb2ISIy5vbWEudjEuQ2FuY2VsUmVwbGljYXRpb25Kb2JSZXF1ZXN0GiQub21hLnYxLkNhbmNlbFJlcGxpY2F0aW9uSm9iUmVzcG9uc2USXgoTUmV0cnlSZXBsaWNhdGlvbkpvYhIiLm9tYS52MS5SZXRyeVJlcGxpY2F0aW9uSm9iUmVxdWVzdBojLm9tYS52MS5SZXRyeVJlcGxpY2F0aW9uSm9iUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_oma_common_v1_jobs]);
 
 /**
  * Progress of one disk in a job.
@@ -296,7 +296,10 @@ export type StartReplicationRequest = Message<"oma.v1.StartReplicationRequest"> 
   kind: ReplicationJobKind;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key returns the same job.
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 3;
    */
@@ -462,6 +465,16 @@ export type CancelReplicationJobRequest = Message<"oma.v1.CancelReplicationJobRe
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
 };
 
 /**
@@ -504,6 +517,16 @@ export type RetryReplicationJobRequest = Message<"oma.v1.RetryReplicationJobRequ
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
 };
 
 /**
@@ -673,6 +696,8 @@ export const ReplicationJobStatusSchema: GenEnum<ReplicationJobStatus> = /*@__PU
 export const ReplicationService: GenService<{
   /**
    * Starts a replication job for a VM context. Idempotent with request_id.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (JOB_ALREADY_ACTIVE with the active job in
+   * PreconditionFailure and ResourceInfo, VM_NOT_REPLICABLE: its status allows no start).
    *
    * @generated from rpc oma.v1.ReplicationService.StartReplication
    */
@@ -683,6 +708,7 @@ export const ReplicationService: GenService<{
   },
   /**
    * Returns one replication job.
+   * Errors: NOT_FOUND (JOB_NOT_FOUND, with ResourceInfo).
    *
    * @generated from rpc oma.v1.ReplicationService.GetReplicationJob
    */
@@ -693,6 +719,7 @@ export const ReplicationService: GenService<{
   },
   /**
    * Lists replication jobs.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.ReplicationService.ListReplicationJobs
    */
@@ -703,6 +730,7 @@ export const ReplicationService: GenService<{
   },
   /**
    * Cancels a job; the appliance is told, volumes and exports stay for the next run.
+   * Errors: NOT_FOUND (JOB_NOT_FOUND); FAILED_PRECONDITION (JOB_NOT_CANCELLABLE: it already ended).
    *
    * @generated from rpc oma.v1.ReplicationService.CancelReplicationJob
    */
@@ -713,6 +741,8 @@ export const ReplicationService: GenService<{
   },
   /**
    * Starts a new job with the same VM and kind as a failed or cancelled one.
+   * Errors: NOT_FOUND (JOB_NOT_FOUND); FAILED_PRECONDITION (JOB_NOT_RETRYABLE: not failed or cancelled;
+   * JOB_ALREADY_ACTIVE).
    *
    * @generated from rpc oma.v1.ReplicationService.RetryReplicationJob
    */

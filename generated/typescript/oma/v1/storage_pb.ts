@@ -524,6 +524,7 @@ export const NbdExportStateSchema: GenEnum<NbdExportState> = /*@__PURE__*/
 export const VolumeService: GenService<{
   /**
    * Returns one volume.
+   * Errors: NOT_FOUND (VOLUME_NOT_FOUND, with ResourceInfo).
    *
    * @generated from rpc oma.v1.VolumeService.GetVolume
    */
@@ -534,6 +535,7 @@ export const VolumeService: GenService<{
   },
   /**
    * Lists volumes.
+   * Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.VolumeService.ListVolumes
    */
@@ -553,6 +555,7 @@ export const VolumeService: GenService<{
 export const NbdExportService: GenService<{
   /**
    * Returns one export.
+   * Errors: NOT_FOUND (EXPORT_NOT_FOUND, with ResourceInfo).
    *
    * @generated from rpc oma.v1.NbdExportService.GetNbdExport
    */
@@ -563,6 +566,7 @@ export const NbdExportService: GenService<{
   },
   /**
    * Lists exports.
+   * Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.NbdExportService.ListNbdExports
    */

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/vm_context.proto.
  */
 export const file_oma_v1_vm_context: GenFile = /*@__PURE__*/
-  fileDesc("ChdvbWEvdjEvdm1fY29udGV4dC5wcm90bxIGb21hLnYxImQKDkNoYW5nZUlkUmVjb3JkEhEKCWNoYW5nZV9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSLwoLcmVjb3JkZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsICCgREaXNrEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSCwoDa2V5GAMgASgFEg0KBWxhYmVsGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhYKDmRhdGFzdG9yZV9wYXRoGAYgASgJEhMKC2NidF9lbmFibGVkGAcgASgIEhMKC3VuaXRfbnVtYmVyGAggASgFEhYKDmxhc3RfY2hhbmdlX2lkGAkgASgJEjEKEWNoYW5nZV9pZF9oaXN0b3J5GAogAygLMhYub21hLnYxLkNoYW5nZUlkUmVjb3JkEhEKCXZvbHVtZV9pZBgLIAEoCRITCgtleHBvcnRfbmFtZRgMIAEoCRIuCgx2ZXJpZmljYXRpb24YDSABKAsyGC5vbWEudjEuRGlza1ZlcmlmaWNhdGlvbiLHAQoQRGlza1ZlcmlmaWNhdGlvbhIOCgZkaWdlc3QYASABKAkSEQoJYWxnb3JpdGhtGAIgASgJEhIKCmJsb2NrX3NpemUYAyABKAQSEQoJY2hhbmdlX2lkGAQgASgJEg4KBmpvYl9pZBgFIAEoCRIvCgt2ZXJpZmllZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLYmxvY2tzX3JlYWQYByABKAQSEwoLYmxvY2tfY291bnQYCCABKAQi4QMKCVZtQ29udGV4dBIKCgJpZBgBIAEoCRIUCgxhcHBsaWFuY2VfaWQYAiABKAkSDwoHdmNlbnRlchgDIAEoCRISCgpkYXRhY2VudGVyGAQgASgJEg8KB3ZtX3V1aWQYBSABKAkSDQoFbW9yZWYYBiABKAkSDAoEbmFtZRgHIAEoCRIQCghudW1fY3B1cxgIIAEoDRISCgptZW1vcnlfbWliGAkgASgEEhAKCGd1ZXN0X29zGAogASgJEikKCGZpcm13YXJlGAsgASgOMhcub21hLmNvbW1vbi52MS5GaXJtd2FyZRIgCgRuaWNzGAwgAygLMhIub21hLmNvbW1vbi52MS5OaWMSGwoFZGlza3MYDSADKAsyDC5vbWEudjEuRGlzaxInCgZzdGF0dXMYDiABKA4yFy5vbWEudjEuVm1Db250ZXh0U3RhdHVzEhUKDWFjdGl2ZV9qb2JfaWQYDyABKAkSHQoVbGFzdF9jb21wbGV0ZWRfam9iX2lkGBAgASgJEi4KCmNyZWF0ZWRfYXQYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImgKGFJlZ2lzdGVyVm1Db250ZXh0UmVxdWVzdBIUCgxhcHBsaWFuY2VfaWQYASABKAkSNgoPdmlydHVhbF9tYWNoaW5lGAIgASgLMh0ub21hLmNvbW1vbi52MS5WaXJ0dWFsTWFjaGluZSJTChlSZWdpc3RlclZtQ29udGV4dFJlc3BvbnNlEiUKCnZtX2NvbnRleHQYASABKAsyES5vbWEudjEuVm1Db250ZXh0Eg8KB2NyZWF0ZWQYAiABKAgiagoSRGlzY292ZXJWbXNSZXF1ZXN0EhQKDGFwcGxpYW5jZV9pZBgBIAEoCRITCgtuYW1lX2ZpbHRlchgCIAEoCRIQCghyZWdpc3RlchgDIAEoCBIXCg90aW1lb3V0X3NlY29uZHMYBCABKA0idgoTRGlzY292ZXJWbXNSZXNwb25zZRI3ChB2aXJ0dWFsX21hY2hpbmVzGAEgAygLMh0ub21hLmNvbW1vbi52MS5WaXJ0dWFsTWFjaGluZRImCgt2bV9jb250ZXh0cxgCIAMoCzIRLm9tYS52MS5WbUNvbnRleHQiIQoTR2V0Vm1Db250ZXh0UmVxdWVzdBIKCgJpZBgBIAEoCSI9ChRHZXRWbUNvbnRleHRSZXNwb25zZRIlCgp2bV9jb250ZXh0GAEgASgLMhEub21hLnYxLlZtQ29udGV4dCJ9ChVMaXN0Vm1Db250ZXh0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFAoMYXBwbGlhbmNlX2lkGAMgASgJEicKBnN0YXR1cxgEIAEoDjIXLm9tYS52MS5WbUNvbnRleHRTdGF0dXMiWQoWTGlzdFZtQ29udGV4dHNSZXNwb25zZRImCgt2bV9jb250ZXh0cxgBIAMoCzIRLm9tYS52MS5WbUNvbnRleHQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkMKFlBvd2VyT25Tb3VyY2VWbVJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIjsKF1Bvd2VyT25Tb3VyY2VWbVJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLm9tYS52MS5GYWlsb3ZlckpvYiJEChdQb3dlck9mZlNvdXJjZVZtUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiPAoYUG93ZXJPZmZTb3VyY2VWbVJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLm9tYS52MS5GYWlsb3ZlckpvYiraAgoPVm1Db250ZXh0U3RhdHVzEiEKHVZNX0NPTlRFWFRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASIAocVk1fQ09OVEVYVF9TVEFUVVNfRElTQ09WRVJFRBABEiEKHVZNX0NPTlRFWFRfU1RBVFVTX1JFUExJQ0FUSU5HEAISKAokVk1fQ09OVEVYVF9TVEFUVVNfUkVBRFlfRk9SX0ZBSUxPVkVSEAMSJgoiVk1fQ09OVEVYVF9TVEFUVVNfRkFJTEVEX09WRVJfVEVTVBAEEiYKIlZNX0NPTlRFWFRfU1RBVFVTX0ZBSUxFRF9PVkVSX0xJVkUQBRIfChtWTV9DT05URVhUX1NUQVRVU19DT01QTEVURUQQBhIcChhWTV9DT05URVhUX1NUQVRVU19GQUlMRUQQBxImCiJWTV9DT05URVhUX1NUQVRVU19DTEVBTlVQX1JFUVVJUkVEEAgy+wMKEFZtQ29udGV4dFNlcnZpY2USWAoRUmVnaXN0ZXJWbUNvbnRleHQSIC5vbWEudjEuUmVnaXN0ZXJWbUNvbnRleHRSZXF1ZXN0GiEub21hLnYxLlJlZ2lzdGVyVm1Db250ZXh0UmVzcG9uc2USRgoLRGlzY292ZXJWbXMSGi5vbWEudjEuRGlzY292ZXJWbXNSZXF1ZXN0Ghsub21hLnYxLkRpc2NvdmVyVm1zUmVzcG9uc2USSQoMR2V0Vm1Db250ZXh0Ehsub21hLnYxLkdldFZtQ29udGV4dFJlcXVlc3QaHC5vbWEudjEuR2V0Vm1Db250ZXh0UmVzcG9uc2USTwoOTGlzdFZtQ29udGV4dHMSHS5vbWEudjEuTGlzdFZtQ29udGV4dHNSZXF1ZXN0Gh4ub21hLnYxLkxpc3RWbUNvbnRleHRzUmVzcG9uc2USUgoPUG93ZXJPblNvdXJjZVZtEh4ub21hLnYxLlBvd2VyT25Tb3VyY2VWbVJlcXVlc3QaHy5vbWEudjEuUG93ZXJPblNvdXJjZVZtUmVzcG9uc2USVQoQUG93ZXJPZmZTb3VyY2VWbRIfLm9tYS52MS5Qb3dlck9mZlNvdXJjZVZtUmVxdWVzdBogLm9tYS52MS5Qb3dlck9mZlNvdXJjZVZtUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_v1_failover]);
+  fileDesc("ChdvbWEvdjEvdm1fY29udGV4dC5wcm90bxIGb21hLnYxImQKDkNoYW5nZUlkUmVjb3JkEhEKCWNoYW5nZV9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSLwoLcmVjb3JkZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsICCgREaXNrEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSCwoDa2V5GAMgASgFEg0KBWxhYmVsGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhYKDmRhdGFzdG9yZV9wYXRoGAYgASgJEhMKC2NidF9lbmFibGVkGAcgASgIEhMKC3VuaXRfbnVtYmVyGAggASgFEhYKDmxhc3RfY2hhbmdlX2lkGAkgASgJEjEKEWNoYW5nZV9pZF9oaXN0b3J5GAogAygLMhYub21hLnYxLkNoYW5nZUlkUmVjb3JkEhEKCXZvbHVtZV9pZBgLIAEoCRITCgtleHBvcnRfbmFtZRgMIAEoCRIuCgx2ZXJpZmljYXRpb24YDSABKAsyGC5vbWEudjEuRGlza1ZlcmlmaWNhdGlvbiLHAQoQRGlza1ZlcmlmaWNhdGlvbhIOCgZkaWdlc3QYASABKAkSEQoJYWxnb3JpdGhtGAIgASgJEhIKCmJsb2NrX3NpemUYAyABKAQSEQoJY2hhbmdlX2lkGAQgASgJEg4KBmpvYl9pZBgFIAEoCRIvCgt2ZXJpZmllZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLYmxvY2tzX3JlYWQYByABKAQSEwoLYmxvY2tfY291bnQYCCABKAQi4QMKCVZtQ29udGV4dBIKCgJpZBgBIAEoCRIUCgxhcHBsaWFuY2VfaWQYAiABKAkSDwoHdmNlbnRlchgDIAEoCRISCgpkYXRhY2VudGVyGAQgASgJEg8KB3ZtX3V1aWQYBSABKAkSDQoFbW9yZWYYBiABKAkSDAoEbmFtZRgHIAEoCRIQCghudW1fY3B1cxgIIAEoDRISCgptZW1vcnlfbWliGAkgASgEEhAKCGd1ZXN0X29zGAogASgJEikKCGZpcm13YXJlGAsgASgOMhcub21hLmNvbW1vbi52MS5GaXJtd2FyZRIgCgRuaWNzGAwgAygLMhIub21hLmNvbW1vbi52MS5OaWMSGwoFZGlza3MYDSADKAsyDC5vbWEudjEuRGlzaxInCgZzdGF0dXMYDiABKA4yFy5vbWEudjEuVm1Db250ZXh0U3RhdHVzEhUKDWFjdGl2ZV9qb2JfaWQYDyABKAkSHQoVbGFzdF9jb21wbGV0ZWRfam9iX2lkGBAgASgJEi4KCmNyZWF0ZWRfYXQYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInwKGFJlZ2lzdGVyVm1Db250ZXh0UmVxdWVzdBIUCgxhcHBsaWFuY2VfaWQYASABKAkSNgoPdmlydHVhbF9tYWNoaW5lGAIgASgLMh0ub21hLmNvbW1vbi52MS5WaXJ0dWFsTWFjaGluZRISCgpyZXF1ZXN0X2lkGAMgASgJIlMKGVJlZ2lzdGVyVm1Db250ZXh0UmVzcG9uc2USJQoKdm1fY29udGV4dBgBIAEoCzIRLm9tYS52MS5WbUNvbnRleHQSDwoHY3JlYXRlZBgCIAEoCCJ+ChJEaXNjb3ZlclZtc1JlcXVlc3QSFAoMYXBwbGlhbmNlX2lkGAEgASgJEhMKC25hbWVfZmlsdGVyGAIgASgJEhAKCHJlZ2lzdGVyGAMgASgIEhcKD3RpbWVvdXRfc2Vjb25kcxgEIAEoDRISCgpyZXF1ZXN0X2lkGAUgASgJInYKE0Rpc2NvdmVyVm1zUmVzcG9uc2USNwoQdmlydHVhbF9tYWNoaW5lcxgBIAMoCzIdLm9tYS5jb21tb24udjEuVmlydHVhbE1hY2hpbmUSJgoLdm1fY29udGV4dHMYAiADKAsyES5vbWEudjEuVm1Db250ZXh0IiEKE0dldFZtQ29udGV4dFJlcXVlc3QSCgoCaWQYASABKAkiPQoUR2V0Vm1Db250ZXh0UmVzcG9uc2USJQoKdm1fY29udGV4dBgBIAEoCzIRLm9tYS52MS5WbUNvbnRleHQifQoVTGlzdFZtQ29udGV4dHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhQKDGFwcGxpYW5jZV9pZBgDIAEoCRInCgZzdGF0dXMYBCABKA4yFy5vbWEudjEuVm1Db250ZXh0U3RhdHVzIlkKFkxpc3RWbUNvbnRleHRzUmVzcG9uc2USJgoLdm1fY29udGV4dHMYASADKAsyES5vbWEudjEuVm1Db250ZXh0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJDChZQb3dlck9uU291cmNlVm1SZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI7ChdQb3dlck9uU291cmNlVm1SZXNwb25zZRIgCgNqb2IYASABKAsyEy5vbWEudjEuRmFpbG92ZXJKb2IiRAoXUG93ZXJPZmZTb3VyY2VWbVJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIjwKGFBvd2VyT2ZmU291cmNlVm1SZXNwb25zZRIgCgNqb2IYASABKAsyEy5vbWEudjEuRmFpbG92ZXJKb2Iq2gIKD1ZtQ29udGV4dFN0YXR1cxIhCh1WTV9DT05URVhUX1NUQVRVU19VTlNQRUNJRklFRBAAEiAKHFZNX0NPTlRFWFRfU1RBVFVTX0RJU0NPVkVSRUQQARIhCh1WTV9DT05URVhUX1NUQVRVU19SRVBMSUNBVElORxACEigKJFZNX0NPTlRFWFRfU1RBVFVTX1JFQURZX0ZPUl9GQUlMT1ZFUhADEiYKIlZNX0NPTlRFWFRfU1RBVFVTX0ZBSUxFRF9PVkVSX1RFU1QQBBImCiJWTV9DT05URVhUX1NUQVRVU19GQUlMRURfT1ZFUl9MSVZFEAUSHwobVk1fQ09OVEVYVF9TVEFUVVNfQ09NUExFVEVEEAYSHAoYVk1fQ09OVEVYVF9TVEFUVVNfRkFJTEVEEAcSJgoiVk1fQ09OVEVYVF9TVEFUVVNfQ0xFQU5VUF9SRVFVSVJFRBAIMvsDChBWbUNvbnRleHRTZXJ2aWNlElgKEVJlZ2lzdGVyVm1Db250ZXh0EiAub21hLnYxLlJlZ2lzdGVyVm1Db250ZXh0UmVxdWVzdBohLm9tYS52MS5SZWdpc3RlclZtQ29udGV4dFJlc3BvbnNlEkYKC0Rpc2NvdmVyVm1zEhoub21hLnYxLkRpc2NvdmVyVm1zUmVxdWVzdBobLm9tYS52MS5EaXNjb3ZlclZtc1Jlc3BvbnNlEkkKDEdldFZtQ29udGV4dBIbLm9tYS52MS5HZXRWbUNvbnRleHRSZXF1ZXN0Ghwub21hLnYxLkdldFZtQ29udGV4dFJlc3BvbnNlEk8KDkxpc3RWbUNvbnRleHRzEh0ub21hLnYxLkxpc3RWbUNvbnRleHRzUmVxdWVzdBoeLm9tYS52MS5MaXN0Vm1Db250ZXh0c1Jlc3BvbnNlElIKD1Bvd2VyT25Tb3VyY2VWbRIeLm9tYS52MS5Qb3dlck9uU291cmNlVm1SZXF1ZXN0Gh8ub21hLnYxLlBvd2VyT25Tb3VyY2VWbVJlc3BvbnNlElUKEFBvd2VyT2ZmU291cmNlVm0SHy5vbWEudjEuUG93ZXJPZmZTb3VyY2VWbVJlcXVlc3QaIC5vbWEudjEuUG93ZXJPZmZTb3VyY2VWbVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_v1_failover]);
 
 /**
  * One change id taken of a disk, newest last.
@@ -389,6 +389,16 @@ export type RegisterVmContextRequest = Message<"oma.v1.RegisterVmContextRequest"
    * @generated from field: oma.common.v1.VirtualMachine virtual_machine = 2;
    */
   virtualMachine?: VirtualMachine;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
 };
 
 /**
@@ -459,6 +469,16 @@ export type DiscoverVmsRequest = Message<"oma.v1.DiscoverVmsRequest"> & {
    * @generated from field: uint32 timeout_seconds = 4;
    */
   timeoutSeconds: number;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 5;
+   */
+  requestId: string;
 };
 
 /**
@@ -622,7 +642,10 @@ export type PowerOnSourceVmRequest = Message<"oma.v1.PowerOnSourceVmRequest"> & 
   vmContextId: string;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key returns the same job.
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -671,7 +694,10 @@ export type PowerOffSourceVmRequest = Message<"oma.v1.PowerOffSourceVmRequest"> 
   vmContextId: string;
 
   /**
-   * Optional idempotency key (AIP-155): a retry with the same key returns the same job.
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
    *
    * @generated from field: string request_id = 2;
    */
@@ -790,6 +816,7 @@ export const VmContextStatusSchema: GenEnum<VmContextStatus> = /*@__PURE__*/
 export const VmContextService: GenService<{
   /**
    * Registers (or refreshes) a VM context from a VMA's discovery of one VM. Idempotent by vCenter and VM uuid.
+   * Errors: INVALID_ARGUMENT (VM_INVENTORY_MISSING, VM_INVENTORY_INVALID); NOT_FOUND (APPLIANCE_NOT_FOUND).
    *
    * @generated from rpc oma.v1.VmContextService.RegisterVmContext
    */
@@ -800,6 +827,8 @@ export const VmContextService: GenService<{
   },
   /**
    * Asks an appliance to discover its VMs and registers the ones named; waits for the answer.
+   * Errors: NOT_FOUND (APPLIANCE_NOT_FOUND); UNAVAILABLE (APPLIANCE_DISCONNECTED); UNAVAILABLE (DISCOVERY_FAILED) when
+   * the appliance does not answer in time or fails.
    *
    * @generated from rpc oma.v1.VmContextService.DiscoverVms
    */
@@ -810,6 +839,7 @@ export const VmContextService: GenService<{
   },
   /**
    * Returns one VM context with its disks.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND, with ResourceInfo).
    *
    * @generated from rpc oma.v1.VmContextService.GetVmContext
    */
@@ -820,6 +850,7 @@ export const VmContextService: GenService<{
   },
   /**
    * Lists VM contexts.
+   * Errors: INVALID_ARGUMENT (PAGE_TOKEN_INVALID).
    *
    * @generated from rpc oma.v1.VmContextService.ListVmContexts
    */
@@ -833,6 +864,8 @@ export const VmContextService: GenService<{
    * appliance's answer are in its job log. Refused (FAILED_PRECONDITION) while a failover, cleanup or rollback job
    * runs on the VM, and when the VM is failed_over_live: the VM runs in CloudStack, and powering the source on would
    * run it twice — roll back first.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (JOB_ALREADY_ACTIVE with the job in
+   * PreconditionFailure and ResourceInfo, SOURCE_POWER_ON_UNSAFE); UNAVAILABLE (APPLIANCE_DISCONNECTED).
    *
    * @generated from rpc oma.v1.VmContextService.PowerOnSourceVm
    */
@@ -845,6 +878,8 @@ export const VmContextService: GenService<{
    * Powers the source VM off through its appliance (guest shutdown first, then a hard power off after the
    * appliance's timeout): a one-step job (kind POWER_OFF_SOURCE) with its job log. Refused (FAILED_PRECONDITION)
    * while a failover, cleanup or rollback job runs on the VM.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (JOB_ALREADY_ACTIVE with the job in
+   * PreconditionFailure and ResourceInfo); UNAVAILABLE (APPLIANCE_DISCONNECTED).
    *
    * @generated from rpc oma.v1.VmContextService.PowerOffSourceVm
    */
