@@ -1,6 +1,7 @@
 """The application: every long-lived component, built once from Settings, started and stopped in order.
 
-Servicers receive the App and call its services; nothing here imports grpc.
+The composition root: each part gets its collaborators here, once. `server.py` hands each servicer the services it
+calls (never the App); nothing here imports grpc.
 """
 
 from __future__ import annotations
@@ -8,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from loguru import logger
@@ -29,6 +28,7 @@ from oma_server.failover.readiness import ReadinessChecker
 from oma_server.failover.steps import FailoverSteps, StepSettings
 from oma_server.failover.store import FailoverJobStore
 from oma_server.failover.workflow import FailoverWorkflow
+from oma_server.info import ServerInfo
 from oma_server.integrity.verifier import ReplicaVerifier
 from oma_server.janitor import Janitor
 from oma_server.job_watch import JobWatcher
@@ -67,16 +67,6 @@ async def prepare_database(db: Database) -> int:
         n=len(applied),
     )
     return int(version)
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    version: str
-    database_kind: str
-    cloudstack_kind: str
-    started_at: datetime
-    schema_version: int
-    process_id: str
 
 
 class App:

@@ -172,6 +172,17 @@ def test_arrows_point_inward() -> None:
     assert wrong == []
 
 
+def test_the_api_layer_is_given_services_not_the_app() -> None:
+    """Servicers and the HTTP handlers receive the services they call (`server.py` hands them over): no module of the
+    API layer imports the App."""
+    internal, _ = imports()
+    assert "oma_server.app" in internal["oma_server.server"]  # the composition is seen where it is
+    reaching = sorted(
+        s for s, targets in internal.items() if under(s, ("oma_server.api",)) and "oma_server.app" in targets
+    )
+    assert reaching == []
+
+
 def test_the_checks_see_a_circle_when_there_is_one() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

@@ -8,10 +8,9 @@ import grpc
 
 from oma.v1 import access_pb2, access_pb2_grpc
 from oma_server.api.convert import ts
-from oma_server.app import App
 from oma_server.db.models import ApiToken
 from oma_server.errors import InvalidArgument
-from oma_server.security.tokens import Role
+from oma_server.security.tokens import Role, TokenService
 
 
 def api_token_to_proto(row: ApiToken) -> access_pb2.ApiToken:
@@ -26,8 +25,8 @@ def api_token_to_proto(row: ApiToken) -> access_pb2.ApiToken:
 
 
 class AccessServicer(access_pb2_grpc.AccessServiceServicer):
-    def __init__(self, app: App) -> None:
-        self.tokens = app.tokens
+    def __init__(self, tokens: TokenService) -> None:
+        self.tokens = tokens
 
     async def CreateApiToken(
         self, request: access_pb2.CreateApiTokenRequest, context: grpc.aio.ServicerContext
