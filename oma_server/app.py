@@ -84,6 +84,30 @@ class App:
         self.joblog = JobLogService(self.db)
         self.watch = WatchHub()
         self.revisions = RevisionReservations(self.db, self.watch)
+        self._build_stream(settings)
+        self.replication = ReplicationService(self.db, self.clock, self.jobs, self.outbox)
+        self.vms = VmContextService(self.db, self.outbox)
+        self.volume_queries = VolumeQueries(self.db)
+        self._build_storage(settings)
+        self.job_watch = JobWatcher(self.watch)
+        self.job_watch.lookups.append(self._replication_change)
+        self.job_watch.listers.append(self._replication_changes)
+        # Failover: jobs are readable (and watchable) at once; the workflow needs CloudStack, built at start.
+        self.failover_jobs = FailoverJobStore(self.db, self.clock, self.watch)
+        self.failover: FailoverWorkflow | None = None
+        self.network_mappings: NetworkMappingService | None = None
+        self.power: SourcePower | None = None
+        # Jobs of every kind by id, listed together, cancelled alike.
+        self.all_jobs = Jobs(self.db, self.jobs, self.failover_jobs, self.replication, self.vms)
+        self.failover_step_settings = StepSettings(driver_injection_command=settings.driver_injection_command)
+        self.job_watch.lookups.append(self._failover_change)
+        self.job_watch.listers.append(self._failover_changes)
+        self.janitor: Janitor | None = None
+        self.schema_version = 0
+        self._teardown = contextlib.AsyncExitStack()
+
+    def _build_stream(self, settings: Settings) -> None:
+        """The replication jobs' store, the command outbox and the appliance sessions, wired to each other."""
         # The VM context follows its job, in the transaction that makes the job final.
         self.jobs = ReplicationJobStore(
             self.db,
@@ -107,9 +131,9 @@ class App:
         self.jobs.ack_through(self.hub.ack)
         self.outbox.deliver_through(self.hub.deliver)
         self.appliances.on_revoked.append(self.hub.revoked)
-        self.replication = ReplicationService(self.db, self.clock, self.jobs, self.outbox)
-        self.vms = VmContextService(self.db, self.outbox)
-        self.volume_queries = VolumeQueries(self.db)
+
+    def _build_storage(self, settings: Settings) -> None:
+        """The simulator (`--cloudstack sim`), the NBD server and its exports; what needs CloudStack comes at start."""
         # CloudStack: the in-process simulator (default) or a real endpoint; the client is built at start, when
         # the simulator's address is known.
         self.simulator: CloudStackSimulator | None = (
@@ -127,22 +151,6 @@ class App:
         self.attachments: OmaAttachments | None = None
         self.workflow: ReplicationWorkflow | None = None
         self.verifier: ReplicaVerifier | None = None
-        self.job_watch = JobWatcher(self.watch)
-        self.job_watch.lookups.append(self._replication_change)
-        self.job_watch.listers.append(self._replication_changes)
-        # Failover: jobs are readable (and watchable) at once; the workflow needs CloudStack, built at start.
-        self.failover_jobs = FailoverJobStore(self.db, self.clock, self.watch)
-        self.failover: FailoverWorkflow | None = None
-        self.network_mappings: NetworkMappingService | None = None
-        self.power: SourcePower | None = None
-        # Jobs of every kind by id, listed together, cancelled alike.
-        self.all_jobs = Jobs(self.db, self.jobs, self.failover_jobs, self.replication, self.vms)
-        self.failover_step_settings = StepSettings(driver_injection_command=settings.driver_injection_command)
-        self.job_watch.lookups.append(self._failover_change)
-        self.job_watch.listers.append(self._failover_changes)
-        self.janitor: Janitor | None = None
-        self.schema_version = 0
-        self._teardown = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
         """Start every part in order; each part that started is stopped by `stop()`, also after a failed or
@@ -260,9 +268,16 @@ class App:
             readiness,
             self.failover_step_settings,
         )
-        self.failover = FailoverWorkflow(self.db, self.clock, self.failover_jobs, readiness, steps, self.process_id)
-        self.failover.cancel_replication = self.replication.cancel
-        self.all_jobs.cancel_failover = self.failover.cancel
+        self.failover = FailoverWorkflow(
+            self.db,
+            self.clock,
+            self.failover_jobs,
+            readiness,
+            steps,
+            self.process_id,
+            cancel_replication=self.replication.cancel,
+        )
+        self.all_jobs.cancel_failovers_through(self.failover.cancel)
         self.power = SourcePower(self.db, self.failover_jobs, self.failover.resume_job, self.hub.connected)
         self.network_mappings = NetworkMappingService(self.db, cloudstack)
 
