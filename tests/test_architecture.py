@@ -12,8 +12,11 @@
 from __future__ import annotations
 
 import ast
+import importlib
 from collections import defaultdict
 from pathlib import Path
+
+from google.protobuf.descriptor import FileDescriptor
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT = REPO / "oma_server"
@@ -181,6 +184,35 @@ def test_the_api_layer_is_given_services_not_the_app() -> None:
         s for s, targets in internal.items() if under(s, ("oma_server.api",)) and "oma_server.app" in targets
     )
     assert reaching == []
+
+
+# The VMA gateway is the one oma.v1 service that speaks the appliance protocol (it carries vma.v1 messages).
+APPLIANCE_GATEWAY = "oma/v1/gateway.proto"
+
+
+def _closure(file: FileDescriptor) -> set[str]:
+    seen: set[str] = set()
+    todo = [file]
+    while todo:
+        for dep in todo.pop().dependencies:
+            if dep.name not in seen:
+                seen.add(dep.name)
+                todo.append(dep)
+    return seen
+
+
+def test_the_operator_api_carries_no_appliance_protocol() -> None:
+    """An operator SDK generated from oma.v1 (but its appliance gateway) and oma.common.v1 needs no vma.v1 file, not
+    even through an import of an import."""
+    files = []
+    for package in ("oma/v1", "oma/common/v1"):
+        for path in sorted((REPO / "generated" / package).glob("*_pb2.py")):
+            module = importlib.import_module(f"{package.replace('/', '.')}.{path.stem}")
+            files.append(module.DESCRIPTOR)
+    assert {f.name for f in files} >= {"oma/v1/replication.proto", "oma/v1/vm_context.proto", APPLIANCE_GATEWAY}
+    carrying = {f.name: sorted(d for d in _closure(f) if d.startswith("vma/")) for f in files}
+    assert {name: deps for name, deps in carrying.items() if deps and name != APPLIANCE_GATEWAY} == {}
+    assert carrying[APPLIANCE_GATEWAY]  # the check sees an import of vma.v1 where there is one
 
 
 def test_the_checks_see_a_circle_when_there_is_one() -> None:
