@@ -1,6 +1,7 @@
 """The application: every long-lived component, built once from Settings, started and stopped in order.
 
-Servicers receive the App and call its services; nothing here imports grpc.
+The composition root: each part gets its collaborators here, once. `server.py` hands each servicer the services it
+calls (never the App); nothing here imports grpc.
 """
 
 from __future__ import annotations
@@ -8,8 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from loguru import logger
@@ -30,6 +30,7 @@ from oma_server.failover.readiness import ReadinessChecker
 from oma_server.failover.steps import FailoverSteps, StepSettings
 from oma_server.failover.store import FailoverJobStore
 from oma_server.failover.workflow import FailoverWorkflow
+from oma_server.info import ServerInfo
 from oma_server.integrity.verifier import ReplicaVerifier
 from oma_server.janitor import Janitor
 from oma_server.job_watch import JobWatcher
@@ -71,16 +72,6 @@ async def prepare_database(db: Database) -> int:
     return int(version)
 
 
-@dataclass(frozen=True)
-class ServerInfo:
-    version: str
-    database_kind: str
-    cloudstack_kind: str
-    started_at: datetime
-    schema_version: int
-    process_id: str
-
-
 class App:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         settings.validate()
@@ -97,6 +88,31 @@ class App:
         self.joblog = JobLogService(self.db)
         self.watch = WatchHub()
         self.revisions = RevisionReservations(self.db, self.watch)
+        self._build_stream(settings)
+        self.replication = ReplicationService(self.db, self.clock, self.jobs, self.outbox)
+        self.vms = VmContextService(self.db, self.outbox)
+        self.volume_queries = VolumeQueries(self.db)
+        self._build_storage(settings)
+        self.job_watch = JobWatcher(self.watch)
+        self.job_watch.lookups.append(self._replication_change)
+        self.job_watch.listers.append(self._replication_changes)
+        # Failover: jobs are readable (and watchable) at once; the workflow needs CloudStack, built at start.
+        self.failover_jobs = FailoverJobStore(self.db, self.clock, self.watch)
+        self.failover: FailoverWorkflow | None = None
+        self.network_mappings: NetworkMappingService | None = None
+        self.power: SourcePower | None = None
+        # Jobs of every kind by id, listed together, cancelled alike.
+        self.all_jobs = Jobs(self.db, self.jobs, self.failover_jobs, self.replication, self.vms)
+        self.failover_step_settings = StepSettings(driver_injection_command=settings.driver_injection_command)
+        self.job_watch.lookups.append(self._failover_change)
+        self.job_watch.listers.append(self._failover_changes)
+        self.janitor: Janitor | None = None
+        self.schema_version = 0
+        self._teardown = contextlib.AsyncExitStack()
+        self._sqlite_owner: SqliteOwnership | None = None
+
+    def _build_stream(self, settings: Settings) -> None:
+        """The replication jobs' store, the command outbox and the appliance sessions, wired to each other."""
         # The VM context follows its job, in the transaction that makes the job final.
         self.jobs = ReplicationJobStore(
             self.db,
@@ -120,9 +136,9 @@ class App:
         self.jobs.ack_through(self.hub.ack)
         self.outbox.deliver_through(self.hub.deliver)
         self.appliances.on_revoked.append(self.hub.revoked)
-        self.replication = ReplicationService(self.db, self.clock, self.jobs, self.outbox)
-        self.vms = VmContextService(self.db, self.outbox)
-        self.volume_queries = VolumeQueries(self.db)
+
+    def _build_storage(self, settings: Settings) -> None:
+        """The simulator (`--cloudstack sim`), the NBD server and its exports; what needs CloudStack comes at start."""
         # CloudStack: the in-process simulator (default) or a real endpoint; the client is built at start, when
         # the simulator's address is known.
         self.simulator: CloudStackSimulator | None = (
@@ -140,23 +156,6 @@ class App:
         self.attachments: OmaAttachments | None = None
         self.workflow: ReplicationWorkflow | None = None
         self.verifier: ReplicaVerifier | None = None
-        self.job_watch = JobWatcher(self.watch)
-        self.job_watch.lookups.append(self._replication_change)
-        self.job_watch.listers.append(self._replication_changes)
-        # Failover: jobs are readable (and watchable) at once; the workflow needs CloudStack, built at start.
-        self.failover_jobs = FailoverJobStore(self.db, self.clock, self.watch)
-        self.failover: FailoverWorkflow | None = None
-        self.network_mappings: NetworkMappingService | None = None
-        self.power: SourcePower | None = None
-        # Jobs of every kind by id, listed together, cancelled alike.
-        self.all_jobs = Jobs(self.db, self.jobs, self.failover_jobs, self.replication, self.vms)
-        self.failover_step_settings = StepSettings(driver_injection_command=settings.driver_injection_command)
-        self.job_watch.lookups.append(self._failover_change)
-        self.job_watch.listers.append(self._failover_changes)
-        self.janitor: Janitor | None = None
-        self.schema_version = 0
-        self._teardown = contextlib.AsyncExitStack()
-        self._sqlite_owner: SqliteOwnership | None = None
 
     async def start(self) -> None:
         """Start every part in order; each part that started is stopped by `stop()`, also after a failed or
@@ -283,9 +282,16 @@ class App:
             readiness,
             self.failover_step_settings,
         )
-        self.failover = FailoverWorkflow(self.db, self.clock, self.failover_jobs, readiness, steps, self.process_id)
-        self.failover.cancel_replication = self.replication.cancel
-        self.all_jobs.cancel_failover = self.failover.cancel
+        self.failover = FailoverWorkflow(
+            self.db,
+            self.clock,
+            self.failover_jobs,
+            readiness,
+            steps,
+            self.process_id,
+            cancel_replication=self.replication.cancel,
+        )
+        self.all_jobs.cancel_failovers_through(self.failover.cancel)
         self.power = SourcePower(self.db, self.failover_jobs, self.failover.resume_job, self.hub.connected)
         self.network_mappings = NetworkMappingService(self.db, cloudstack)
 

@@ -32,6 +32,15 @@ class _OneLineParser(argparse.ArgumentParser):
 def _common_flags() -> _OneLineParser:
     p = _OneLineParser(add_help=False)
     g = p.add_argument_group("flags of serve (the default) and migrate (each is also OMA_<NAME> in the environment)")
+    _network_flags(g)
+    _state_flags(g)
+    _tuning_flags(g)
+    _http_and_log_flags(g)
+    return p
+
+
+def _network_flags(g: argparse._ArgumentGroup) -> None:
+    """Flags: the gRPC listener and its TLS."""
     g.add_argument("--listen", default=env_default("listen", "127.0.0.1:50051"), help="gRPC HOST:PORT")
     g.add_argument(
         "--advertise-address",
@@ -58,6 +67,10 @@ def _common_flags() -> _OneLineParser:
         default=env_path("tls_key"),
         help="the private key (PEM) of --tls-cert",
     )
+
+
+def _state_flags(g: argparse._ArgumentGroup) -> None:
+    """Flags: where state lives, the cloud, the NBD server and the devices."""
     g.add_argument("--data-dir", type=Path, default=Path(env_default("data_dir", ".oma")), help="state directory")
     g.add_argument(
         "--database",
@@ -88,6 +101,10 @@ def _common_flags() -> _OneLineParser:
         default=Path(env_default("sys_root", "/sys")),
         help="sysfs, to confirm a found device's serial (with --cloudstack sim: the simulator's guest sys)",
     )
+
+
+def _tuning_flags(g: argparse._ArgumentGroup) -> None:
+    """Flags: intervals, limits and failover choices."""
     g.add_argument(
         "--progress-flush-interval",
         type=float,
@@ -123,6 +140,10 @@ def _common_flags() -> _OneLineParser:
         default=env_default("failover_template", ""),
         help="CloudStack template (id or name) failed-over VMs are deployed from; empty: the zone's only template",
     )
+
+
+def _http_and_log_flags(g: argparse._ArgumentGroup) -> None:
+    """Flags: the HTTP listener, logging."""
     g.add_argument(
         "--http-listen",
         default=env_default("http_listen", ""),
@@ -148,7 +169,6 @@ def _common_flags() -> _OneLineParser:
     )
     g.add_argument("--log-json", action="store_true", default=env_flag("log_json"), help="JSON log lines")
     g.add_argument("--log-level", default=env_default("log_level", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
-    return p
 
 
 def _flags_help() -> str:

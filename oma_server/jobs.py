@@ -69,8 +69,11 @@ class Jobs:
         self.replication_jobs = replication_jobs
         self.failover_jobs = failover_jobs
         self.replication = replication
-        # Cancels a job of the failover engine; set once the engine is built (it needs CloudStack).
-        self.cancel_failover: Callable[[str], Awaitable[FailoverJobState]] | None = None
+        self._cancel_failover: Callable[[str], Awaitable[FailoverJobState]] | None = None
+
+    def cancel_failovers_through(self, cancel: Callable[[str], Awaitable[FailoverJobState]]) -> None:
+        """Who cancels a job of the failover engine (built at start: it needs CloudStack)."""
+        self._cancel_failover = cancel
 
     async def find(self, job_id: str) -> AnyJob | None:
         job = await self.replication_jobs.lookup(job_id)
@@ -139,6 +142,6 @@ class Jobs:
             if job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
                 return job
             return await self.replication.cancel(job_id)  # a job that ended is refused, saying what it is
-        if self.cancel_failover is None:
+        if self._cancel_failover is None:
             raise Unavailable("the failover service is starting; retry in a moment", reason="NOT_READY")
-        return await self.cancel_failover(job_id)
+        return await self._cancel_failover(job_id)

@@ -48,6 +48,9 @@ from oma_server.api.appliances import ApplianceServicer
 from oma_server.api.cloud import CloudServicer
 from oma_server.api.failover import FailoverServicer, NetworkMappingServicer
 from oma_server.api.gateway import GatewayServicer
+from oma_server.api.http.auth import HttpAuth
+from oma_server.api.http.dashboard import Dashboard
+from oma_server.api.http.scrape import Scraper
 from oma_server.api.http.server import HttpServer
 from oma_server.api.idempotency import IdempotencyInterceptor
 from oma_server.api.reflection import SourceInfoPool
@@ -107,19 +110,44 @@ REFLECTION_ONLY: list[str] = [agent_service_pb2.DESCRIPTOR.services_by_name["Vma
 
 
 def _register_servicers(server: grpc.aio.Server, app: App) -> None:
-    server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(ServerInfoServicer(app), server)
-    appliance_pb2_grpc.add_ApplianceServiceServicer_to_server(ApplianceServicer(app), server)
-    # Services whose handlers land with later issues answer UNIMPLEMENTED through their generated bases.
-    vm_context_pb2_grpc.add_VmContextServiceServicer_to_server(VmContextServicer(app), server)
-    replication_pb2_grpc.add_ReplicationServiceServicer_to_server(ReplicationServicer(app), server)
-    job_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(app), server)
-    storage_pb2_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(app), server)
-    storage_pb2_grpc.add_NbdExportServiceServicer_to_server(NbdExportServicer(app), server)
-    failover_pb2_grpc.add_FailoverServiceServicer_to_server(FailoverServicer(app), server)
-    failover_pb2_grpc.add_NetworkMappingServiceServicer_to_server(NetworkMappingServicer(app), server)
-    cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(app), server)
-    gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(GatewayServicer(app), server)
-    access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(app), server)
+    """Each servicer gets the services it calls, nothing else; those the App builds at start (they need CloudStack)
+    are handed over as a lookup that answers None until then (the servicer answers UNAVAILABLE)."""
+    server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(ServerInfoServicer(app.info), server)
+    appliance_pb2_grpc.add_ApplianceServiceServicer_to_server(ApplianceServicer(app.appliances), server)
+    vm_contexts = VmContextServicer(app.vms, app.appliances, app.hub.connected, lambda: app.power)
+    vm_context_pb2_grpc.add_VmContextServiceServicer_to_server(vm_contexts, server)
+    replication = ReplicationServicer(app.replication, app.jobs, app.all_jobs, app.vms)
+    replication_pb2_grpc.add_ReplicationServiceServicer_to_server(replication, server)
+    jobs = JobServicer(app.all_jobs, app.job_watch, app.joblog, app.vms)
+    job_pb2_grpc.add_JobServiceServicer_to_server(jobs, server)
+    storage_pb2_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(app.volume_queries, app.vms), server)
+    storage_pb2_grpc.add_NbdExportServiceServicer_to_server(NbdExportServicer(app.exports), server)
+    failover = FailoverServicer(lambda: app.failover, app.failover_jobs, app.all_jobs, app.vms)
+    failover_pb2_grpc.add_FailoverServiceServicer_to_server(failover, server)
+    mappings = NetworkMappingServicer(lambda: app.network_mappings)
+    failover_pb2_grpc.add_NetworkMappingServiceServicer_to_server(mappings, server)
+    cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(lambda: app.cloud), server)
+    gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(GatewayServicer(app.hub), server)
+    access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(app.tokens, app.audit), server)
+
+
+def _http_server(app: App) -> HttpServer:
+    """The dashboard and /metrics, given what they read."""
+    auth = HttpAuth(
+        app.tokens,
+        secure_cookie=app.settings.http_tls_cert is not None,
+        reauth_interval_s=app.settings.http_reauth_interval_s,
+    )
+    dashboard = Dashboard(
+        appliances=app.appliances,
+        vms=app.vms,
+        jobs=app.jobs,
+        joblog=app.joblog,
+        job_watch=app.job_watch,
+        info=app.info,
+        auth=auth,
+    )
+    return HttpServer(app.settings, dashboard, Scraper(app.db, app.jobs, app.hub, app.watch, app.nbd), auth)
 
 
 def _server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
@@ -190,7 +218,7 @@ class OmaServer:
         #: what the gRPC port presents (None with --insecure); loaded, or made at first start, in `start()`
         self.tls: ServerTls | None = None
         self._stopping = False
-        self.http: HttpServer | None = HttpServer(app) if app.settings.http_listen else None
+        self.http: HttpServer | None = _http_server(app) if app.settings.http_listen else None
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:

@@ -6,15 +6,10 @@ and commands. It reconnects forever with exponential backoff and full jitter —
 credential (UNAUTHENTICATED), which ends the client with `AuthenticationError`.
 
 Per-job sequences only grow, across reconnects and (with `state_dir`) across agent restarts; unacked messages and
-processed commands live in `vma_client_stubs.outbox.Outbox`, whose docstring states the memory bound.
-
-Sending order: one writer task per connection takes the next unsent message from the outbox (heartbeat first, then
-command results, then job messages in sequence order per job, round-robin over jobs) and persists the outbox before
-writing it, so nothing reaches the wire that a restarted agent would not know about. A progress report superseded
-before it was written is never written: a slow link coalesces progress instead of queueing it.
-
-Commands run one at a time, in arrival order, in a worker that outlives connections; a command id already
-processed is answered from the cache without running the handler again.
+processed commands live in `vma_client_stubs.outbox.Outbox`, whose docstring states the memory bound. One connection
+(handshake, reader, writer, the sending order) is `stream_session.py`; running the OMA's commands, `stream_commands.py`.
+A progress report superseded before it was written is never written: a slow link coalesces progress instead of
+queueing it.
 """
 
 from __future__ import annotations
@@ -22,15 +17,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
 from loguru import logger
 
-from oma.common.v1 import jobs_pb2
 from oma.v1 import gateway_pb2, gateway_pb2_grpc
 from vma.v1 import stream_pb2
 from vma_client_stubs.outbox import (
@@ -41,6 +34,25 @@ from vma_client_stubs.outbox import (
     OutboxFullError,
     SequenceError,
     StateFile,
+)
+from vma_client_stubs.stream_commands import COMMAND_KINDS, CommandHandler, CommandRunner
+from vma_client_stubs.stream_session import (
+    DEFAULT_HEARTBEAT_S,
+    AuthenticationError,
+    ClientStoppedError,
+    RunningJobs,
+    Session,
+    StreamClientError,
+    default_channel_options,
+    describe,
+    event_to_send,
+    fit_text,
+    handshake,
+    next_request,
+    open_channel,
+    progress_to_send,
+    result_to_send,
+    serve,
 )
 
 __all__ = [
@@ -53,77 +65,12 @@ __all__ = [
     "StreamClient",
     "StreamClientError",
     "default_channel_options",
+    "fit_text",
 ]
 
-CommandHandler: TypeAlias = Callable[[stream_pb2.Command], Awaitable[stream_pb2.CommandResult | None]]
 AckCallback: TypeAlias = Callable[[str, int, stream_pb2.ProgressReport | None], Awaitable[None] | None]
 StreamErrorCallback: TypeAlias = Callable[[stream_pb2.StreamError], Awaitable[None] | None]
 WelcomeCallback: TypeAlias = Callable[[stream_pb2.Welcome], Awaitable[None] | None]
-RunningJobs: TypeAlias = Callable[[], Iterable[str]]
-
-# Names of the vma.v1.Command `kind` oneof: the keys handlers are registered under.
-COMMAND_KINDS: frozenset[str] = frozenset(f.name for f in stream_pb2.Command.DESCRIPTOR.oneofs_by_name["kind"].fields)
-
-KEEPALIVE_TIME_MS = 60_000  # the OMA permits client pings every ≥ 30 s
-KEEPALIVE_TIMEOUT_MS = 20_000
-DEFAULT_HEARTBEAT_S = 10.0
-COMMAND_QUEUE_SIZE = 1_000
-# The OMA refuses a message with a longer text (it names the field); human texts are shortened here instead, so an
-# appliance's long error message never costs it its report.
-MAX_OPERATION_CHARS = 512
-MAX_DETAIL_CHARS = 4096
-
-
-def fit_text(text: str, limit: int) -> str:
-    """`text`, shortened to `limit` characters with an ellipsis when longer."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def default_channel_options(max_message_bytes: int = 16 * 1024 * 1024) -> list[tuple[str, int]]:
-    """Channel options for the appliance stream: keepalive pings every 60 s even without calls, message limits,
-    a private subchannel pool."""
-    return [
-        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        # Every connect attempt opens its own channel; a private subchannel pool keeps gRPC's process-wide
-        # subchannel (and its own reconnect backoff, up to 120 s) from delaying our jittered attempts.
-        ("grpc.use_local_subchannel_pool", 1),
-    ]
-
-
-class StreamClientError(RuntimeError):
-    """Base of the errors the stream client raises."""
-
-
-class AuthenticationError(StreamClientError):
-    """The OMA refused the appliance's credential (UNAUTHENTICATED); the client stopped and will not retry."""
-
-
-class ClientStoppedError(StreamClientError):
-    """The client was stopped (or never started) while waiting for it."""
-
-
-class _StreamEnded(Exception):
-    """The stream ended without an error status (the OMA closed it, for example for a newer session)."""
-
-
-@dataclass
-class _Session:
-    """One connection attempt: its call, and what of the outbox was already written on it."""
-
-    call: Any  # grpc.aio.StreamStreamCall
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    welcomed: bool = False
-    session_id: str = ""
-    heartbeat_s: float = DEFAULT_HEARTBEAT_S
-    heartbeat_due: bool = False
-    sent: dict[str, int] = field(default_factory=dict)  # job id → highest sequence written on this stream
-    sent_results: set[str] = field(default_factory=set)  # command ids whose result was written on this stream
-    rr: int = 0  # round-robin position over jobs
 
 
 async def _maybe_await(value: Any) -> None:
@@ -188,10 +135,8 @@ class StreamClient:
             )
         self._written_generation = self._outbox.generation
         self._persist_lock = asyncio.Lock()
-        self._handlers: dict[str, CommandHandler] = {}
-        self._commands: asyncio.Queue[stream_pb2.Command] = asyncio.Queue(COMMAND_QUEUE_SIZE)
-        self._inflight: set[str] = set()
-        self._session: _Session | None = None
+        self._commands = CommandRunner(self._outbox, wake=self._wake, persist=self._persist, log=self._log)
+        self._session: Session | None = None
         self._welcome: stream_pb2.Welcome | None = None
         self._connected = asyncio.Event()
         self._closed = asyncio.Event()
@@ -217,7 +162,7 @@ class StreamClient:
             raise StreamClientError("StreamClient.start() called twice")
         self._started = True
         self._run_task = asyncio.create_task(self._run(), name=f"vma-stream-{self.appliance_id}")
-        self._worker_task = asyncio.create_task(self._command_worker(), name=f"vma-commands-{self.appliance_id}")
+        self._worker_task = asyncio.create_task(self._commands.work(), name=f"vma-commands-{self.appliance_id}")
         if wait_connected is not None:
             await self.wait_connected(wait_connected)
 
@@ -337,13 +282,7 @@ class StreamClient:
         Only the latest unacked report of a job is kept. Never blocks on the network.
         """
         self._raise_if_fatal()
-        if not report.job_id:
-            raise ValueError("ProgressReport.job_id is required")
-        message = stream_pb2.ProgressReport()
-        message.CopyFrom(report)
-        message.current_operation = fit_text(message.current_operation, MAX_OPERATION_CHARS)
-        if not message.HasField("sent_at"):
-            message.sent_at.GetCurrentTime()
+        message = progress_to_send(report)
         self._outbox.add_progress(message)
         self._wake()
         await self._persist()
@@ -356,18 +295,7 @@ class StreamClient:
         `OutboxFullError` when too many events wait for acks (see `outbox.py` for the bound).
         """
         self._raise_if_fatal()
-        if not event.job_id:
-            raise ValueError("JobEvent.job_id is required")
-        if event.WhichOneof("event") is None:
-            raise ValueError("JobEvent needs one of started, disk_completed, completed, failed, cancelled")
-        message = stream_pb2.JobEvent()
-        message.CopyFrom(event)
-        kind = message.WhichOneof("event")
-        if kind in ("failed", "cancelled"):  # touching the other member would switch the oneof
-            part = getattr(message, kind)
-            part.detail = fit_text(part.detail, MAX_DETAIL_CHARS)
-        if not message.HasField("occurred_at"):
-            message.occurred_at.GetCurrentTime()
+        message = event_to_send(event)
         self._outbox.add_event(message)
         self._wake()
         await self._persist()
@@ -377,13 +305,9 @@ class StreamClient:
         """Records a command as processed and sends its result until the OMA acks it (for results sent outside a
         handler; handlers simply return theirs)."""
         self._raise_if_fatal()
-        if not result.command_id:
-            raise ValueError("CommandResult.command_id is required")
-        message = stream_pb2.CommandResult()
-        message.CopyFrom(result)
-        message.detail = fit_text(message.detail, MAX_DETAIL_CHARS)
+        message = result_to_send(result)
         self._outbox.add_result(message)
-        self._inflight.discard(message.command_id)
+        self._commands.result_sent(message.command_id)
         self._wake()
         await self._persist()
 
@@ -391,9 +315,7 @@ class StreamClient:
 
     def on_command(self, kind: str, handler: CommandHandler) -> None:
         """Registers the handler of one command kind (a name of vma.v1.Command's `kind` oneof)."""
-        if kind not in COMMAND_KINDS:
-            raise ValueError(f"unknown command kind {kind!r}; expected one of {sorted(COMMAND_KINDS)}")
-        self._handlers[kind] = handler
+        self._commands.register(kind, handler)
 
     # -- internals: connect loop ------------------------------------------------------------------------------
 
@@ -416,7 +338,7 @@ class StreamClient:
                 except Exception as exc:
                     # Loud when a working stream breaks or the first attempt fails; quiet while the OMA stays away.
                     level = "WARNING" if self._attempt_welcomed or attempt == 0 else "INFO"
-                    self._log.log(level, "stream to {target} failed: {err}", target=self.target, err=_describe(exc))
+                    self._log.log(level, "stream to {target} failed: {err}", target=self.target, err=describe(exc))
                 if self._attempt_welcomed:
                     attempt = 0  # the backoff starts over after every successful Welcome
                 delay = self.backoff_delay(attempt)
@@ -433,11 +355,6 @@ class StreamClient:
             async with self._acks:
                 self._acks.notify_all()
 
-    def _channel(self) -> grpc.aio.Channel:
-        if self.channel_credentials is not None:
-            return grpc.aio.secure_channel(self.target, self.channel_credentials, options=self.channel_options)
-        return grpc.aio.insecure_channel(self.target, options=self.channel_options)
-
     def _hello(self) -> gateway_pb2.ConnectRequest:
         return gateway_pb2.ConnectRequest(
             hello=stream_pb2.Hello(
@@ -452,49 +369,21 @@ class StreamClient:
     async def _connect_once(self) -> None:
         """One connection: hello, welcome, then read and write until it ends; always ends with an exception."""
         self.connect_attempts += 1
-        channel = self._channel()
+        channel = open_channel(self.target, self.channel_credentials, self.channel_options)
         call = gateway_pb2_grpc.VmaGatewayServiceStub(channel).Connect()
-        session = _Session(call=call)
+        session = Session(call=call)
         self._session = session
-        tasks: list[asyncio.Task[None]] = []
         try:
-            try:
-                await call.write(self._hello())
-                first = await asyncio.wait_for(call.read(), self.welcome_timeout_s)
-            except grpc.aio.AioRpcError as exc:
-                raise _classify(exc) from exc
-            except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-                # Writing failed because the call already ended: its status says why.
-                if await call.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    raise AuthenticationError(await call.details() or "the OMA refused the credential") from exc
-                raise StreamClientError(f"the stream ended: {(await call.code()).name} {await call.details()}") from exc
-            except TimeoutError as exc:
-                raise StreamClientError(f"no Welcome within {self.welcome_timeout_s} s") from exc
-            if first is grpc.aio.EOF:
-                raise _StreamEnded("the OMA closed the stream before its Welcome")
-            if first.WhichOneof("message") != "welcome":
-                raise StreamClientError(f"the OMA answered Hello with {first.WhichOneof('message')}, not a Welcome")
-            await self._on_welcome(session, first.welcome)
-            reader = asyncio.create_task(self._read_loop(session), name="vma-stream-read")
-            writer = asyncio.create_task(self._write_loop(session), name="vma-stream-write")
-            beats = asyncio.create_task(self._heartbeat_loop(session), name="vma-stream-heartbeat")
-            tasks = [reader, writer, beats]
-            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if not reader.done():
-                # The writer stopped: the call ended; the reader learns how within moments.
-                await asyncio.wait({reader}, timeout=1.0)
-            failure = reader.exception() if reader.done() else None
-            if failure is not None:
-                raise failure
-            raise _StreamEnded("the OMA closed the stream")
+            welcome = await handshake(call, self._hello(), self.welcome_timeout_s)
+            await self._on_welcome(session, welcome)
+            await serve(
+                session,
+                on_response=self._on_response,
+                next_message=lambda: next_request(session, self._outbox, self.running_jobs),
+                persist=self._persist,
+                log=self._log.bind(session_id=session.session_id),
+            )
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
             if session.welcomed:
                 self._log.info("disconnected from session {sid}", sid=session.session_id)
             self._connected.clear()
@@ -502,7 +391,7 @@ class StreamClient:
             call.cancel()
             await channel.close()
 
-    async def _on_welcome(self, session: _Session, welcome: stream_pb2.Welcome) -> None:
+    async def _on_welcome(self, session: Session, welcome: stream_pb2.Welcome) -> None:
         dropped = 0
         for cursor in welcome.open_jobs:
             dropped += self._outbox.observe_server_sequence(cursor.job_id, cursor.last_applied_sequence)
@@ -530,67 +419,12 @@ class StreamClient:
         if self.on_welcome is not None:
             await self._callback(self.on_welcome, welcome)
 
-    async def _read_loop(self, session: _Session) -> None:
-        while True:
-            try:
-                response = await session.call.read()
-            except grpc.aio.AioRpcError as exc:
-                raise _classify(exc) from exc
-            if response is grpc.aio.EOF:
-                return
-            await self._on_response(session, response)
-
-    async def _write_loop(self, session: _Session) -> None:
-        log = self._log.bind(session_id=session.session_id)
-        try:
-            while True:
-                await session.wake.wait()
-                session.wake.clear()
-                while (request := self._next_request(session)) is not None:
-                    await self._persist()
-                    await session.call.write(request)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-            log.debug("writer stopped: {err}", err=_describe(exc))
-        except Exception:
-            log.exception("stream writer failed")
-
-    async def _heartbeat_loop(self, session: _Session) -> None:
-        while True:
-            await asyncio.sleep(session.heartbeat_s)
-            session.heartbeat_due = True
-            session.wake.set()
-
     def _wake(self) -> None:
         session = self._session
         if session is not None and session.welcomed:
             session.wake.set()
 
-    def _next_request(self, session: _Session) -> gateway_pb2.ConnectRequest | None:
-        """The next message to write on this stream, or None when everything buffered was written."""
-        if session.heartbeat_due:
-            session.heartbeat_due = False
-            running = list(self.running_jobs()) if self.running_jobs is not None else []
-            beat = stream_pb2.Heartbeat(running_job_ids=running)
-            beat.sent_at.GetCurrentTime()
-            return gateway_pb2.ConnectRequest(heartbeat=beat)
-        for command_id, result in self._outbox.results.items():
-            if command_id not in session.sent_results:
-                session.sent_results.add(command_id)
-                return gateway_pb2.ConnectRequest(command_result=result)
-        jobs = self._outbox.unacked_jobs()
-        for i in range(len(jobs)):
-            job_id = jobs[(session.rr + i) % len(jobs)]
-            sent = session.sent.get(job_id, 0)
-            for message in self._outbox.jobs[job_id].unacked():
-                if message.sequence > sent:
-                    session.sent[job_id] = message.sequence
-                    session.rr = session.rr + i + 1
-                    if isinstance(message, stream_pb2.JobEvent):
-                        return gateway_pb2.ConnectRequest(event=message)
-                    return gateway_pb2.ConnectRequest(progress=message)
-        return None
-
-    async def _on_response(self, session: _Session, response: gateway_pb2.ConnectResponse) -> None:
+    async def _on_response(self, session: Session, response: gateway_pb2.ConnectResponse) -> None:
         kind = response.WhichOneof("message")
         if kind == "ack":
             await self._on_ack(response.ack)
@@ -599,7 +433,7 @@ class StreamClient:
                 async with self._acks:
                     self._acks.notify_all()
         elif kind == "command":
-            self._on_command_received(session, response.command)
+            self._commands.received(session, response.command)
         elif kind == "error":
             await self._on_stream_error(response.error)
         else:
@@ -637,73 +471,6 @@ class StreamClient:
         except Exception:
             self._log.exception("callback {name} failed", name=getattr(callback, "__name__", repr(callback)))
 
-    # -- internals: commands ----------------------------------------------------------------------------------
-
-    def _on_command_received(self, session: _Session, command: stream_pb2.Command) -> None:
-        log = self._log.bind(session_id=session.session_id, command_id=command.command_id)
-        if not command.command_id:
-            log.warning("ignoring a command without command_id")
-            return
-        if self._outbox.requeue_result(command.command_id) is not None:
-            log.info("command already processed; re-sending its result")
-            session.sent_results.discard(command.command_id)
-            session.wake.set()
-            return
-        if command.command_id in self._inflight:
-            log.debug("command is already being processed")
-            return
-        try:
-            self._commands.put_nowait(command)
-        except asyncio.QueueFull:
-            log.warning("command queue full ({n}); the OMA will re-deliver it", n=COMMAND_QUEUE_SIZE)
-            return
-        self._inflight.add(command.command_id)
-
-    async def _command_worker(self) -> None:
-        while True:
-            command = await self._commands.get()
-            result = await self._run_handler(command)
-            result.command_id = command.command_id
-            result.detail = fit_text(result.detail, MAX_DETAIL_CHARS)
-            if command.command_id in self._inflight:
-                self._inflight.discard(command.command_id)
-                self._outbox.add_result(result)
-                self._wake()
-                await self._persist()
-
-    async def _run_handler(self, command: stream_pb2.Command) -> stream_pb2.CommandResult:
-        kind = command.WhichOneof("kind")
-        log = self._log.bind(command_id=command.command_id)
-        if kind == "start_replication":
-            start = command.start_replication
-            self._outbox.observe_server_sequence(start.job_id, start.last_applied_sequence)
-            log = log.bind(job_id=start.job_id)
-        handler = self._handlers.get(kind or "")
-        if handler is None:
-            log.warning("rejecting command {kind}: no handler registered", kind=kind)
-            return stream_pb2.CommandResult(
-                outcome=stream_pb2.COMMAND_OUTCOME_REJECTED,
-                error_class=jobs_pb2.ERROR_CLASS_INVALID_COMMAND,
-                detail=f"this appliance does not handle {kind or 'an empty'} command",
-            )
-        log.info("running command {kind}", kind=kind)
-        try:
-            result = await handler(command)
-        except Exception as exc:
-            log.exception("handler of {kind} failed", kind=kind)
-            return stream_pb2.CommandResult(
-                outcome=stream_pb2.COMMAND_OUTCOME_FAILED,
-                error_class=jobs_pb2.ERROR_CLASS_INTERNAL,
-                detail=f"{kind} failed on the appliance: {type(exc).__name__}: {exc}",
-            )
-        if result is None:
-            return stream_pb2.CommandResult(outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED)
-        copy = stream_pb2.CommandResult()
-        copy.CopyFrom(result)
-        if copy.outcome == stream_pb2.COMMAND_OUTCOME_UNSPECIFIED:
-            copy.outcome = stream_pb2.COMMAND_OUTCOME_SUCCEEDED
-        return copy
-
     # -- internals: persistence -------------------------------------------------------------------------------
 
     async def _persist(self) -> None:
@@ -717,15 +484,3 @@ class StreamClient:
             snapshot = self._outbox.snapshot()
             await asyncio.to_thread(self._state_file.write, snapshot)
             self._written_generation = generation
-
-
-def _classify(exc: grpc.aio.AioRpcError) -> Exception:
-    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-        return AuthenticationError(exc.details() or "the OMA refused the credential")
-    return exc
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return f"{type(exc).__name__}: {exc}"

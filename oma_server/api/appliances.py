@@ -6,12 +6,12 @@ import grpc
 
 from oma.v1 import appliance_pb2, appliance_pb2_grpc
 from oma_server.api.convert import appliance_to_proto, enum_name
-from oma_server.app import App
+from oma_server.appliances import ApplianceService
 
 
 class ApplianceServicer(appliance_pb2_grpc.ApplianceServiceServicer):
-    def __init__(self, app: App) -> None:
-        self.appliances = app.appliances
+    def __init__(self, appliances: ApplianceService) -> None:
+        self.appliances = appliances
 
     async def EnrollAppliance(
         self, request: appliance_pb2.EnrollApplianceRequest, context: grpc.aio.ServicerContext

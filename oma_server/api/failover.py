@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from oma.v1 import failover_pb2, failover_pb2_grpc
 from oma_server.api.convert import enum_name, failover_job_to_proto, mapping_to_proto
-from oma_server.app import App
 from oma_server.errors import InvalidArgument, Unavailable
 from oma_server.failover.network_mappings import MappingInput, MappingUpdate, NetworkMappingService
 from oma_server.failover.state_machine import FailoverKind
+from oma_server.failover.store import FailoverJobStore
 from oma_server.failover.workflow import FailoverWorkflow
+from oma_server.jobs import Jobs
+from oma_server.vm_contexts.service import VmContextService
 
 
 def _kind(value: int) -> FailoverKind:
@@ -22,26 +26,38 @@ def _kind(value: int) -> FailoverKind:
     return FailoverKind(name)
 
 
-def _workflow(app: App) -> FailoverWorkflow:
-    if app.failover is None:
+def _workflow(failover: Callable[[], FailoverWorkflow | None]) -> FailoverWorkflow:
+    workflow = failover()
+    if workflow is None:
         raise Unavailable("the failover service is starting; retry in a moment", reason="NOT_READY")
-    return app.failover
+    return workflow
 
 
-def _mappings(app: App) -> NetworkMappingService:
-    if app.network_mappings is None:
+def _mappings(network_mappings: Callable[[], NetworkMappingService | None]) -> NetworkMappingService:
+    mappings = network_mappings()
+    if mappings is None:
         raise Unavailable("the network mapping service is starting; retry in a moment", reason="NOT_READY")
-    return app.network_mappings
+    return mappings
 
 
 class FailoverServicer(failover_pb2_grpc.FailoverServiceServicer):
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(
+        self,
+        failover: Callable[[], FailoverWorkflow | None],
+        failover_jobs: FailoverJobStore,
+        all_jobs: Jobs,
+        vms: VmContextService,
+    ) -> None:
+        """`failover` gives the workflow once the App built it (at start, with the CloudStack client)."""
+        self.failover = failover
+        self.failover_jobs = failover_jobs
+        self.all_jobs = all_jobs
+        self.vms = vms
 
     async def CheckFailoverReadiness(
         self, request: failover_pb2.CheckFailoverReadinessRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.CheckFailoverReadinessResponse:
-        readiness = await _workflow(self.app).check(request.vm_context_id, _kind(request.kind))
+        readiness = await _workflow(self.failover).check(request.vm_context_id, _kind(request.kind))
         return failover_pb2.CheckFailoverReadinessResponse(
             checks=[
                 failover_pb2.ReadinessCheck(name=c.name, passed=c.passed, reason=c.reason) for c in readiness.checks
@@ -52,7 +68,7 @@ class FailoverServicer(failover_pb2_grpc.FailoverServiceServicer):
     async def StartFailover(
         self, request: failover_pb2.StartFailoverRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.StartFailoverResponse:
-        job = await _workflow(self.app).start_failover(
+        job = await _workflow(self.failover).start_failover(
             request.vm_context_id, _kind(request.kind), request.service_offering_id, request.request_id
         )
         return failover_pb2.StartFailoverResponse(job=failover_job_to_proto(job))
@@ -60,40 +76,40 @@ class FailoverServicer(failover_pb2_grpc.FailoverServiceServicer):
     async def CleanupFailover(
         self, request: failover_pb2.CleanupFailoverRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.CleanupFailoverResponse:
-        job = await _workflow(self.app).cleanup(request.vm_context_id)
+        job = await _workflow(self.failover).cleanup(request.vm_context_id)
         return failover_pb2.CleanupFailoverResponse(job=failover_job_to_proto(job))
 
     async def RollbackFailover(
         self, request: failover_pb2.RollbackFailoverRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.RollbackFailoverResponse:
-        job = await _workflow(self.app).rollback(request.vm_context_id, request.power_on_source)
+        job = await _workflow(self.failover).rollback(request.vm_context_id, request.power_on_source)
         return failover_pb2.RollbackFailoverResponse(job=failover_job_to_proto(job))
 
     async def GetFailoverJob(
         self, request: failover_pb2.GetFailoverJobRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.GetFailoverJobResponse:
-        job = await self.app.all_jobs.failover_job(request.id)
+        job = await self.all_jobs.failover_job(request.id)
         return failover_pb2.GetFailoverJobResponse(job=failover_job_to_proto(job))
 
     async def ListFailoverJobs(
         self, request: failover_pb2.ListFailoverJobsRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.ListFailoverJobsResponse:
-        await self.app.vms.require(request.vm_context_id)
-        page = await self.app.failover_jobs.list_jobs(request.page_size, request.page_token, request.vm_context_id)
+        await self.vms.require(request.vm_context_id)
+        page = await self.failover_jobs.list_jobs(request.page_size, request.page_token, request.vm_context_id)
         return failover_pb2.ListFailoverJobsResponse(
             jobs=[failover_job_to_proto(j) for j in page.jobs], next_page_token=page.next_page_token
         )
 
 
 class NetworkMappingServicer(failover_pb2_grpc.NetworkMappingServiceServicer):
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, network_mappings: Callable[[], NetworkMappingService | None]) -> None:
+        self.network_mappings = network_mappings
 
     async def CreateNetworkMapping(
         self, request: failover_pb2.CreateNetworkMappingRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.CreateNetworkMappingResponse:
         m = request.mapping
-        row = await _mappings(self.app).create(
+        row = await _mappings(self.network_mappings).create(
             MappingInput(m.vm_context_id, m.source_network, m.target_network_id, m.static_ip, m.keep_mac)
         )
         return failover_pb2.CreateNetworkMappingResponse(mapping=mapping_to_proto(row))
@@ -101,7 +117,7 @@ class NetworkMappingServicer(failover_pb2_grpc.NetworkMappingServiceServicer):
     async def ListNetworkMappings(
         self, request: failover_pb2.ListNetworkMappingsRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.ListNetworkMappingsResponse:
-        rows, next_page_token = await _mappings(self.app).list(
+        rows, next_page_token = await _mappings(self.network_mappings).list(
             request.vm_context_id, request.page_size, request.page_token
         )
         return failover_pb2.ListNetworkMappingsResponse(
@@ -121,11 +137,11 @@ class NetworkMappingServicer(failover_pb2_grpc.NetworkMappingServiceServicer):
             m.keep_mac,
             tuple(request.update_mask.paths),
         )
-        row = await _mappings(self.app).update(change)
+        row = await _mappings(self.network_mappings).update(change)
         return failover_pb2.UpdateNetworkMappingResponse(mapping=mapping_to_proto(row))
 
     async def DeleteNetworkMapping(
         self, request: failover_pb2.DeleteNetworkMappingRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.DeleteNetworkMappingResponse:
-        await _mappings(self.app).delete(request.id)
+        await _mappings(self.network_mappings).delete(request.id)
         return failover_pb2.DeleteNetworkMappingResponse()

@@ -13,9 +13,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from oma.v1 import gateway_pb2, gateway_pb2_grpc
-from oma_server.app import App
 from oma_server.errors import Aborted, MessageRejected, Unauthenticated, Unavailable
-from oma_server.stream.hub import REVOKED, Session
+from oma_server.stream.hub import REVOKED, Session, SessionHub
 from oma_server.wire.stream_codec import (
     decode_command_result,
     decode_event,
@@ -29,8 +28,8 @@ HELLO_TIMEOUT_S = 30.0
 
 
 class GatewayServicer(gateway_pb2_grpc.VmaGatewayServiceServicer):
-    def __init__(self, app: App) -> None:
-        self.hub = app.hub
+    def __init__(self, hub: SessionHub) -> None:
+        self.hub = hub
 
     async def Connect(
         self, request_iterator: AsyncIterator[gateway_pb2.ConnectRequest], context: grpc.aio.ServicerContext

@@ -8,11 +8,10 @@ import grpc
 
 from oma.v1 import access_pb2, access_pb2_grpc
 from oma_server.api.convert import ts
-from oma_server.app import App
 from oma_server.db.models import ApiToken, AuditEntry
 from oma_server.errors import InvalidArgument
-from oma_server.security.audit import AuditFilter
-from oma_server.security.tokens import Role
+from oma_server.security.audit import AuditFilter, AuditLog
+from oma_server.security.tokens import Role, TokenService
 
 
 def api_token_to_proto(row: ApiToken) -> access_pb2.ApiToken:
@@ -42,9 +41,9 @@ def audit_entry_to_proto(row: AuditEntry) -> access_pb2.AuditEntry:
 
 
 class AccessServicer(access_pb2_grpc.AccessServiceServicer):
-    def __init__(self, app: App) -> None:
-        self.tokens = app.tokens
-        self.audit = app.audit
+    def __init__(self, tokens: TokenService, audit: AuditLog) -> None:
+        self.tokens = tokens
+        self.audit = audit
 
     async def CreateApiToken(
         self, request: access_pb2.CreateApiTokenRequest, context: grpc.aio.ServicerContext

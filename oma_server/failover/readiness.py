@@ -22,7 +22,7 @@ from oma_server.cloud_inventory import failover_template
 from oma_server.cloudstack.client import CloudStackClient
 from oma_server.cloudstack.errors import CloudStackError
 from oma_server.cloudstack.limits import CloudLimits
-from oma_server.cloudstack.models import ServiceOffering
+from oma_server.cloudstack.models import Network, ServiceOffering, Template
 from oma_server.db.database import Database
 from oma_server.db.models import Disk, ReplicationJob, VmContext, Volume
 from oma_server.errors import FailedPrecondition, NotFound, Violation
@@ -135,6 +135,138 @@ def _gib(size_bytes: int) -> str:
     return f"{size_bytes / 1024**3:.1f} GiB"
 
 
+def _add(add: Callable[[str, bool, str], None], check: Check) -> None:
+    add(check.name, check.passed, check.reason)
+
+
+def _vm_ready(status: VmStatus) -> Check:
+    if status == VmStatus.READY_FOR_FAILOVER:
+        return Check("vm_ready", True, "VM context is ready_for_failover")
+    what_to_do = {
+        VmStatus.FAILED_OVER_TEST: "clean up the test failover first (CleanupFailover)",
+        VmStatus.FAILED_OVER_LIVE: "it is already failed over (RollbackFailover to undo)",
+        VmStatus.CLEANUP_REQUIRED: "a failover failed; run CleanupFailover first",
+        VmStatus.REPLICATING: "wait for the replication to finish",
+    }.get(status, "complete a replication first")
+    return Check("vm_ready", False, f"VM context is {status.value}; " + what_to_do)
+
+
+def _replication_completed(facts: _DbFacts) -> Check:
+    latest = facts.latest_replication
+    if latest is None or not facts.vm.last_completed_job_id:
+        return Check("replication_completed", False, "no replication of this VM has completed; run StartReplication")
+    if latest.status != "completed":
+        return Check(
+            "replication_completed",
+            False,
+            f"the last replication job {latest.id} is {latest.status}"
+            + (f" ({latest.error_message})" if latest.error_message else "")
+            + "; run an incremental replication and let it complete",
+        )
+    return Check("replication_completed", True, f"last replication job {latest.id} ({latest.kind}) completed")
+
+
+def _disks_replicated(facts: _DbFacts) -> Check:
+    missing_volume = [d.key for d, v in facts.disks if v is None or not v.cloudstack_id]
+    missing_cid = [d.key for d, _ in facts.disks if not d.last_change_id]
+    if not facts.disks:
+        return Check("disks_replicated", False, "the VM has no disks")
+    if missing_volume or missing_cid:
+        parts = []
+        if missing_volume:
+            parts.append(f"disk(s) {missing_volume} have no replica volume")
+        if missing_cid:
+            parts.append(f"disk(s) {missing_cid} have no change id")
+        return Check("disks_replicated", False, "; ".join(parts) + "; run a replication of this VM to completion")
+    return Check("disks_replicated", True, f"{len(facts.disks)} disk(s), each with a volume and a change id")
+
+
+def _template_check(templates: list[Template], configured: str, zone_id: str, plan: FailoverPlan) -> Check:
+    chosen = failover_template(templates, configured)
+    if chosen is not None:
+        plan.template_id = chosen.id
+        return Check("template_exists", True, f"template {chosen.name} ({chosen.id})")
+    if configured:
+        return Check(
+            "template_exists",
+            False,
+            f"template {configured!r} (--failover-template) is not a ready template in zone {zone_id}",
+        )
+    return Check(
+        "template_exists",
+        False,
+        f"zone {zone_id} has {sum(t.is_ready for t in templates)} ready templates; choose one with "
+        "--failover-template (its root disk is replaced by the VM's OS disk)",
+    )
+
+
+def _offering_check(
+    offerings: list[ServiceOffering], offering_id: str, cpus: int, memory_mib: int, plan: FailoverPlan
+) -> Check:
+    """The offering asked for (it must fit the VM), or the smallest that fits."""
+    if offering_id:
+        match = [o for o in offerings if o.id == offering_id]
+        if not match:
+            return Check("service_offering", False, f"service offering {offering_id} does not exist")
+        o = match[0]
+        fits = (o.cpu_number or 0) >= cpus and (o.memory_mib or 0) >= memory_mib
+        if fits:
+            plan.service_offering_id = o.id
+        return Check(
+            "service_offering",
+            fits,
+            f"offering {o.name}: {o.cpu_number} CPU(s), {o.memory_mib} MiB"
+            + ("" if fits else f"; the VM needs {cpus} CPU(s) and {memory_mib} MiB"),
+        )
+    picked = pick_offering(offerings, cpus, memory_mib)
+    if picked is None:
+        return Check(
+            "service_offering",
+            False,
+            f"no service offering has {cpus} CPU(s) and {memory_mib} MiB; create one or pass service_offering_id",
+        )
+    plan.service_offering_id = picked.id
+    return Check(
+        "service_offering",
+        True,
+        f"offering {picked.name} ({picked.cpu_number} CPU(s), {picked.memory_mib} MiB) fits "
+        f"{cpus} CPU(s), {memory_mib} MiB",
+    )
+
+
+def _network_check(facts: _DbFacts, networks: dict[str, Network], plan: FailoverPlan) -> Check:
+    """Every VMware NIC's network mapped to an existing CloudStack network; the plan's NICs in VMware order."""
+    nics = list(facts.vm.nics or [])
+    problems: list[str] = []
+    used_ips: set[str] = set()
+    for nic in nics:
+        source = str(nic.get("network_name", ""))
+        mapping = facts.mappings.get(source)
+        if mapping is None:
+            problems.append(f"VMware network {source!r} is not mapped (CreateNetworkMapping)")
+            continue
+        if mapping.target_network_id not in networks:
+            problems.append(
+                f"VMware network {source!r} is mapped to CloudStack network {mapping.target_network_id}, "
+                "which does not exist"
+            )
+            continue
+        ip = mapping.static_ip if mapping.static_ip not in used_ips else ""
+        if mapping.static_ip and mapping.static_ip in used_ips:
+            problems.append(f"static IP {mapping.static_ip} of network {source!r} would be used by two NICs")
+        used_ips.add(ip)
+        mac = str(nic.get("mac_address", "")) if mapping.keep_mac else ""
+        plan.nics.append([mapping.target_network_id, ip, mac])
+    if not nics:
+        problems.append("the VM has no NICs; CloudStack needs at least one network")
+    if problems:
+        return Check("networks_mapped", False, "; ".join(problems))
+    mapped = ", ".join(
+        f"{n.get('network_name')} → {networks[p[0]].name}" for n, p in zip(nics, plan.nics, strict=False)
+    )
+    return Check("networks_mapped", True, mapped)
+
+
 def pick_offering(offerings: list[ServiceOffering], cpus: int, memory_mib: int) -> ServiceOffering | None:
     """The smallest fixed offering with at least the VM's CPUs and memory."""
     fits = [
@@ -186,34 +318,8 @@ class ReadinessChecker:
             checks.append(Check(name, passed, reason))
 
         # --- the VM context and its replication
-        status = VmStatus(vm.status)
-        add(
-            "vm_ready",
-            status == VmStatus.READY_FOR_FAILOVER,
-            "VM context is ready_for_failover"
-            if status == VmStatus.READY_FOR_FAILOVER
-            else f"VM context is {status.value}; "
-            + {
-                VmStatus.FAILED_OVER_TEST: "clean up the test failover first (CleanupFailover)",
-                VmStatus.FAILED_OVER_LIVE: "it is already failed over (RollbackFailover to undo)",
-                VmStatus.CLEANUP_REQUIRED: "a failover failed; run CleanupFailover first",
-                VmStatus.REPLICATING: "wait for the replication to finish",
-            }.get(status, "complete a replication first"),
-        )
-        latest = facts.latest_replication
-        if latest is None or not vm.last_completed_job_id:
-            add("replication_completed", False, "no replication of this VM has completed; run StartReplication")
-        elif latest.status != "completed":
-            add(
-                "replication_completed",
-                False,
-                f"the last replication job {latest.id} is {latest.status}"
-                + (f" ({latest.error_message})" if latest.error_message else "")
-                + "; run an incremental replication and let it complete",
-            )
-        else:
-            add("replication_completed", True, f"last replication job {latest.id} ({latest.kind}) completed")
-
+        checks.append(_vm_ready(VmStatus(vm.status)))
+        checks.append(_replication_completed(facts))
         open_replication = [j.id for j in self.replication_jobs.open_jobs() if j.vm_context_id == vm_context_id]
         active = [j for j in (*open_replication, facts.open_failover_id, vm.active_job_id) if j and j != own_job_id]
         add(
@@ -221,20 +327,7 @@ class ReadinessChecker:
             not active,
             f"job {active[0]} is active on this VM; wait for it or cancel it" if active else "no other job is active",
         )
-
-        missing_volume = [d.key for d, v in facts.disks if v is None or not v.cloudstack_id]
-        missing_cid = [d.key for d, _ in facts.disks if not d.last_change_id]
-        if not facts.disks:
-            add("disks_replicated", False, "the VM has no disks")
-        elif missing_volume or missing_cid:
-            parts = []
-            if missing_volume:
-                parts.append(f"disk(s) {missing_volume} have no replica volume")
-            if missing_cid:
-                parts.append(f"disk(s) {missing_cid} have no change id")
-            add("disks_replicated", False, "; ".join(parts) + "; run a replication of this VM to completion")
-        else:
-            add("disks_replicated", True, f"{len(facts.disks)} disk(s), each with a volume and a change id")
+        checks.append(_disks_replicated(facts))
         await self._verified_check(vm_context_id, len(facts.disks), add)
 
         # --- CloudStack
@@ -277,94 +370,12 @@ class ReadinessChecker:
         zones = [z for z in await cs.list_zones() if z.id == zone_id]
         add("zone_exists", bool(zones), f"zone {zones[0].name} ({zone_id})" if zones else f"zone {zone_id} is gone")
         plan.zone_id = zone_id
-
         templates = await cs.list_templates(zone_id=zone_id)
-        chosen = failover_template(templates, self.failover_template)
-        if chosen is not None:
-            add("template_exists", True, f"template {chosen.name} ({chosen.id})")
-            plan.template_id = chosen.id
-        elif self.failover_template:
-            add(
-                "template_exists",
-                False,
-                f"template {self.failover_template!r} (--failover-template) is not a ready template in zone {zone_id}",
-            )
-        else:
-            add(
-                "template_exists",
-                False,
-                f"zone {zone_id} has {sum(t.is_ready for t in templates)} ready templates; choose one with "
-                "--failover-template (its root disk is replaced by the VM's OS disk)",
-            )
-
+        _add(add, _template_check(templates, self.failover_template, zone_id, plan))
         offerings = await cs.list_service_offerings()
-        if service_offering_id:
-            match = [o for o in offerings if o.id == service_offering_id]
-            if not match:
-                add("service_offering", False, f"service offering {service_offering_id} does not exist")
-            else:
-                o = match[0]
-                fits = (o.cpu_number or 0) >= vm.num_cpus and (o.memory_mib or 0) >= vm.memory_mib
-                add(
-                    "service_offering",
-                    fits,
-                    f"offering {o.name}: {o.cpu_number} CPU(s), {o.memory_mib} MiB"
-                    + ("" if fits else f"; the VM needs {vm.num_cpus} CPU(s) and {vm.memory_mib} MiB"),
-                )
-                if fits:
-                    plan.service_offering_id = o.id
-        else:
-            picked = pick_offering(offerings, vm.num_cpus, vm.memory_mib)
-            if picked is None:
-                add(
-                    "service_offering",
-                    False,
-                    f"no service offering has {vm.num_cpus} CPU(s) and {vm.memory_mib} MiB; create one or pass "
-                    "service_offering_id",
-                )
-            else:
-                add(
-                    "service_offering",
-                    True,
-                    f"offering {picked.name} ({picked.cpu_number} CPU(s), {picked.memory_mib} MiB) fits "
-                    f"{vm.num_cpus} CPU(s), {vm.memory_mib} MiB",
-                )
-                plan.service_offering_id = picked.id
-
+        _add(add, _offering_check(offerings, service_offering_id, vm.num_cpus, vm.memory_mib, plan))
         networks = {n.id: n for n in await cs.list_networks(zone_id=zone_id)}
-        nics = list(vm.nics or [])
-        problems: list[str] = []
-        used_ips: set[str] = set()
-        for nic in nics:
-            source = str(nic.get("network_name", ""))
-            mapping = facts.mappings.get(source)
-            if mapping is None:
-                problems.append(f"VMware network {source!r} is not mapped (CreateNetworkMapping)")
-                continue
-            if mapping.target_network_id not in networks:
-                problems.append(
-                    f"VMware network {source!r} is mapped to CloudStack network {mapping.target_network_id}, "
-                    "which does not exist"
-                )
-                continue
-            ip = mapping.static_ip if mapping.static_ip not in used_ips else ""
-            if mapping.static_ip and mapping.static_ip in used_ips:
-                problems.append(f"static IP {mapping.static_ip} of network {source!r} would be used by two NICs")
-            used_ips.add(ip)
-            mac = str(nic.get("mac_address", "")) if mapping.keep_mac else ""
-            plan.nics.append([mapping.target_network_id, ip, mac])
-        if not nics:
-            problems.append("the VM has no NICs; CloudStack needs at least one network")
-        add(
-            "networks_mapped",
-            not problems,
-            "; ".join(problems)
-            if problems
-            else ", ".join(
-                f"{n.get('network_name')} → {networks[p[0]].name}" for n, p in zip(nics, plan.nics, strict=False)
-            ),
-        )
-
+        _add(add, _network_check(facts, networks, plan))
         wanted = {v.cloudstack_id for _, v in facts.disks if v is not None and v.cloudstack_id}
         if wanted:
             present = {v.id for v in await cs.list_volumes() if v.id in wanted}
@@ -376,9 +387,7 @@ class ReadinessChecker:
                 if missing
                 else "replica volumes exist",
             )
-
         await self._size_check(facts, add)
-
         taken = [v for v in await cs.list_vms(name=plan.target_vm_name) if v.name == plan.target_vm_name]
         add(
             "target_name_available",

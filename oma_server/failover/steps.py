@@ -47,7 +47,15 @@ class FailoverSteps(ForwardSteps, UndoSteps):
         # Every step once: its function, where an operator looks when it fails, its retry rule. Steps that talk to
         # CloudStack wait out an outage (engine.OUTAGE); the others fail at once. The order of the steps of each kind
         # of job is the state machine's (state_machine.STEPS).
-        declared: list[FailoverStep] = [
+        declared = [*self._forward(), *self._undo()]
+        by_name = {step.name: step for step in declared}
+        # the step's name before replicas left the OMA VM between jobs: cleanup jobs recorded with it resume
+        by_name["reattach_to_oma"] = by_name["release_volumes"]
+        return by_name
+
+    def _forward(self) -> list[FailoverStep]:
+        """The steps of a failover (forward_steps.py)."""
+        return [
             Step(
                 "validate", self.validate, "the readiness checks (CheckFailoverReadiness) say what is missing", OUTAGE
             ),
@@ -93,6 +101,11 @@ class FailoverSteps(ForwardSteps, UndoSteps):
             ),
             Step("start_vm", self.start_vm, "check host capacity and the CloudStack events of the target VM", OUTAGE),
             Step("verify_running", self.verify_running, "check the target VM in CloudStack", OUTAGE),
+        ]
+
+    def _undo(self) -> list[FailoverStep]:
+        """The steps of a cleanup and a rollback (undo_steps.py)."""
+        return [
             Step(
                 "stop_vm",
                 self.stop_vm,
@@ -120,10 +133,6 @@ class FailoverSteps(ForwardSteps, UndoSteps):
                 "check that the appliance is connected; the source can also be powered on in vCenter",
             ),
         ]
-        by_name = {step.name: step for step in declared}
-        # the step's name before replicas left the OMA VM between jobs: cleanup jobs recorded with it resume
-        by_name["reattach_to_oma"] = by_name["release_volumes"]
-        return by_name
 
     def step(self, name: str) -> FailoverStep:
         return self.declared[name]

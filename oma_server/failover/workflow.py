@@ -76,7 +76,11 @@ class FailoverWorkflow:
         readiness: ReadinessChecker,
         steps: FailoverSteps,
         process_id: str,
+        *,
+        cancel_replication: Callable[[str], Awaitable[Any]] | None = None,
     ) -> None:
+        """`cancel_replication` cancels a replication job (a live failover's final sync, when the failover is
+        cancelled)."""
         self.db = db
         self.clock = clock
         self.store = store
@@ -87,8 +91,7 @@ class FailoverWorkflow:
         self._cancelling: set[str] = set()  # jobs whose task a cancel is stopping: not to be resumed meanwhile
         # test hook: called with (job id, step name) before a step runs
         self.before_step: Callable[[str, str], None] | None = None
-        # Cancels a replication job (a live failover's final sync, when the failover is cancelled); set by the App.
-        self.cancel_replication: Callable[[str], Awaitable[Any]] | None = None
+        self.cancel_replication = cancel_replication
 
     # ---- operator actions ---------------------------------------------------------------------------------------
     async def check(self, vm_context_id: str, kind: FailoverKind, service_offering_id: str = "") -> Readiness:

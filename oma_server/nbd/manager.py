@@ -47,9 +47,6 @@ from loguru import logger
 from oma_server.addresses import parse_host_port
 from oma_server.errors import DomainError
 from oma_server.nbd.errors import (
-    DeviceAlreadyExported,
-    DeviceMissing,
-    ExportExists,
     ExportInUse,
     ExportNotFound,
     NbdServerUnavailable,
@@ -57,12 +54,12 @@ from oma_server.nbd.errors import (
 from oma_server.nbd.links import ExportLinks
 from oma_server.nbd.model import STATE_ACTIVE, STATE_ERROR, STATE_PENDING, ExportInfo, ExportRecord, ReconcileReport
 from oma_server.nbd.names import (
-    DevicePath,
     validate_device_path,
     validate_export_name,
 )
 from oma_server.nbd.probe import ProbeError, list_exports
 from oma_server.nbd.process import SERVER_NAME, START_TIMEOUT_S, NbdkitProcess
+from oma_server.nbd.table import check_conflicts, check_devices, load_existing, reconcile_links
 from oma_server.nbd.verdict import ProbeStreak
 
 log = logger.bind(component="nbd")
@@ -161,13 +158,13 @@ class NbdExportManager:
             return None
         self._stopping = False
         await asyncio.to_thread(self.links.prepare)
-        await asyncio.to_thread(self._load_existing)
+        await asyncio.to_thread(load_existing, self._exports, self.links)
         report = None
         async with self._lock:
             adopted = await self.process.take_over_leftover()
             cut = 0
             if desired is not None:
-                report, cut = await self._reconcile_links_locked(desired)
+                report, cut = await reconcile_links(self._exports, self.links, desired, self._client_fds)
             if not adopted:
                 await self._launch_locked("start")
             elif cut:  # the server we took over still serves clients of exports that are gone
@@ -211,7 +208,7 @@ class NbdExportManager:
         validate_export_name(name)
         dev = await asyncio.to_thread(validate_device_path, device_path)
         async with self._lock:
-            self._check_conflicts(name, dev)
+            check_conflicts(self._exports, name, dev)
             exp = ExportRecord(name, dev.path, dev.resolved, datetime.now(UTC))
             await asyncio.to_thread(self.links.write, exp.name, exp.device_path)
             self._exports[name] = exp
@@ -252,7 +249,7 @@ class NbdExportManager:
         a removed or replaced export has connected clients is the server restarted (`restarted`).
         """
         async with self._lock:
-            report, cut = await self._reconcile_links_locked(desired)
+            report, cut = await reconcile_links(self._exports, self.links, desired, self._client_fds)
             if cut or not self._server_running():
                 await self._cut_connections_locked("reconcile", cut)
                 report.restarted = True
@@ -303,83 +300,7 @@ class NbdExportManager:
             error=exp.error,
         )
 
-    def _check_conflicts(self, name: str, dev: DevicePath, ignore: set[str] | None = None) -> None:
-        existing = self._exports.get(name)
-        if existing is not None and name not in (ignore or set()):
-            raise ExportExists(
-                f"NBD export {name!r} already exists (device {existing.device_path}). Use it, or remove it "
-                "first to re-create it.",
-                export=name,
-                device_path=existing.device_path,
-            )
-        for other in self._exports.values():
-            if other.name in (ignore or set()) or other.name == name:
-                continue
-            if other.resolved_path == dev.resolved:
-                raise DeviceAlreadyExported(
-                    f"Device {dev.path!r} ({dev.resolved}) is already exported as {other.name!r}; two "
-                    "exports of one device would let two writers corrupt it. Remove that export first.",
-                    export=name,
-                    other_export=other.name,
-                    device_path=dev.path,
-                )
-
-    # ------------------------------------------------------------------ internals: links (blocking)
-
-    def _load_existing(self) -> None:
-        """Rebuild the in-memory table from the export links."""
-        self._exports.clear()
-        for link in self.links.load():
-            exp = ExportRecord(link.name, link.target, "", link.created_at)
-            try:
-                exp.resolved_path = validate_device_path(link.target).resolved
-            except DomainError as exc:
-                exp.error = exc.message
-            self._exports[exp.name] = exp
-            log.bind(export=exp.name).info("Loaded NBD export {} -> {}", exp.name, link.target)
-
-    async def _reconcile_links_locked(self, desired: Mapping[str, str]) -> tuple[ReconcileReport, int]:
-        """Rewrite the links to match `desired`; returns the report and how many clients lost their export."""
-        report = ReconcileReport()
-        cut = 0
-        valid: dict[str, DevicePath] = {}
-        for name, device in desired.items():
-            try:
-                validate_export_name(name)
-                valid[name] = await asyncio.to_thread(validate_device_path, device)
-            except DomainError as exc:
-                report.failed[name] = exc.message
-                log.bind(export=name).warning("Reconcile cannot create NBD export {}: {}", name, exc.message)
-        for name in sorted(set(self._exports) - set(desired)):
-            exp = self._exports.pop(name)
-            await asyncio.to_thread(self.links.delete, name)
-            cut += len(await asyncio.to_thread(self._client_fds, exp))
-            report.removed.append(name)
-            log.bind(export=name).warning("Reconcile removed stray NBD export {} ({})", name, exp.device_path)
-        for name, dev in sorted(valid.items()):
-            current = self._exports.get(name)
-            if current is not None and current.device_path == dev.path and not current.error:
-                current.resolved_path = dev.resolved
-                report.unchanged.append(name)
-                continue
-            try:
-                self._check_conflicts(name, dev, ignore={name})
-            except DomainError as exc:
-                report.failed[name] = exc.message
-                continue
-            if current is not None:
-                if current.device_path != dev.path:
-                    cut += len(await asyncio.to_thread(self._client_fds, current))
-                report.replaced.append(name)
-                log.bind(export=name).warning(
-                    "Reconcile replaced NBD export {}: {} -> {}", name, current.device_path, dev.path
-                )
-            else:
-                report.created.append(name)
-            exp = ExportRecord(name, dev.path, dev.resolved, datetime.now(UTC))
-            await asyncio.to_thread(self.links.write, exp.name, exp.device_path)
-            self._exports[name] = exp
-        return report, cut
+    # ------------------------------------------------------------------ internals: the export table (table.py)
 
     def _client_fds(self, exp: ExportRecord) -> list[int]:
         """nbdkit's file descriptors open on the export's device: one per connected client."""
@@ -497,7 +418,7 @@ class NbdExportManager:
             return
         # Devices first: a replica detached since the last check has a dangling link nbdkit no longer lists;
         # that is the export's error, not nbdkit's (counting it restarted nbdkit under every other copy).
-        await self._check_devices()
+        await check_devices(self._exports)
         if answered:
             missing = streak.answered({n for n, e in self._exports.items() if not e.error} - self._served)
             if missing:
@@ -516,19 +437,3 @@ class NbdExportManager:
                 await self._cut_connections_locked("probe failures", 0)
             streak.reset()
         self.probe_rounds += 1
-
-    async def _check_devices(self) -> None:
-        for exp in list(self._exports.values()):
-            try:
-                dev = await asyncio.to_thread(validate_device_path, exp.device_path)
-            except DeviceMissing as exc:
-                if exp.error != exc.message:
-                    log.bind(export=exp.name).error("NBD export {}: {}", exp.name, exc.message)
-                exp.error = exc.message
-            except DomainError as exc:
-                exp.error = exc.message
-            else:
-                if exp.error:
-                    log.bind(export=exp.name).info("NBD export {}: device is back", exp.name)
-                exp.error = None
-                exp.resolved_path = dev.resolved

@@ -227,6 +227,12 @@ def cmd_map_delete(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
+    _register_failover(commands)
+    _register_network_map(commands)
+
+
+def _register_failover(commands: Commands) -> None:
+    """preflight, failover test|live|cleanup|list|show, rollback."""
     preflight = commands.leaf(
         commands.root, "preflight", "readiness checks of a VM for failover (exit 1 when not ready)", cmd_preflight
     )
@@ -264,6 +270,8 @@ def register(commands: Commands) -> None:
     )
     rollback.add_argument("--watch", action="store_true", help="follow the job until it ends")
 
+
+def _register_network_map(commands: Commands) -> None:
     group = commands.group("network-map", "mappings from VMware networks to CloudStack networks")
     listing = commands.leaf(group, "list", "list mappings (defaults for every VM included)", cmd_map_list)
     listing.add_argument("--vm", metavar="VM", help="only mappings of this VM context (id or name)")

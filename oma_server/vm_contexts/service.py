@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from loguru import logger
 
@@ -104,62 +105,7 @@ class VmContextService:
             raise InvalidArgument("appliance_id is required", reason="APPLIANCE_ID_MISSING")
         validate_discovered(discovered)
 
-        def upsert() -> tuple[str, bool]:
-            from oma_server.db.models import Appliance
-
-            if Appliance.get_or_none(Appliance.id == appliance_id) is None:
-                raise NotFound(f"appliance {appliance_id} does not exist", reason="APPLIANCE_NOT_FOUND")
-            fields = {
-                "appliance": appliance_id,
-                "datacenter": discovered.datacenter,
-                "moref": discovered.moref,
-                "name": discovered.name,
-                "num_cpus": max(1, discovered.num_cpus),
-                "memory_mib": max(1, discovered.memory_mib),
-                "guest_os": discovered.guest_os,
-                "firmware": discovered.firmware or "bios",
-                "nics": [
-                    {
-                        "label": n.label,
-                        "network_name": n.network_name,
-                        "mac_address": n.mac_address.lower(),
-                        "adapter_type": n.adapter_type,
-                    }
-                    for n in discovered.nics
-                ],
-                "updated_at": utcnow(),
-            }
-            vm = VmContext.get_or_none(
-                (VmContext.vcenter == discovered.vcenter) & (VmContext.vm_uuid == discovered.uuid)
-            )
-            created = vm is None
-            if vm is None:
-                vm = VmContext.create(vcenter=discovered.vcenter, vm_uuid=discovered.uuid, **fields)
-            else:
-                VmContext.update(**fields).where(VmContext.id == vm.id).execute()
-            for d in discovered.disks:
-                disk = Disk.get_or_none((Disk.vm_context == vm.id) & (Disk.key == d.key))
-                disk_fields = {
-                    "label": d.label,
-                    "capacity_bytes": d.capacity_bytes,
-                    "datastore_path": d.datastore_path,
-                    "cbt_enabled": d.cbt_enabled,
-                    "unit_number": d.unit_number,
-                }
-                if disk is None:
-                    Disk.create(vm_context=vm.id, key=d.key, **disk_fields)
-                else:
-                    if disk.capacity_bytes != d.capacity_bytes:
-                        logger.bind(vm_context_id=vm.id, disk_id=disk.id).info(
-                            "disk {key} resized at the source: {old} → {new} bytes",
-                            key=d.key,
-                            old=disk.capacity_bytes,
-                            new=d.capacity_bytes,
-                        )
-                    Disk.update(**disk_fields).where(Disk.id == disk.id).execute()
-            return vm.id, created
-
-        vm_id, created = await self.db.tx(upsert)
+        vm_id, created = await self.db.tx(_upsert, appliance_id, discovered)
         view = await self.db.run(load_view, vm_id)
         assert view is not None
         return view, created
@@ -208,3 +154,62 @@ class VmContextService:
             return VmPage([v for v in (load_view(r.id) for r in rows) if v is not None], token)
 
         return await self.db.run(query)
+
+
+def _upsert(appliance_id: str, discovered: DiscoveredVm) -> tuple[str, bool]:
+    """The VM context of a discovered VM and its disks, created or refreshed; (its id, whether it was created)."""
+    from oma_server.db.models import Appliance
+
+    if Appliance.get_or_none(Appliance.id == appliance_id) is None:
+        raise NotFound(f"appliance {appliance_id} does not exist", reason="APPLIANCE_NOT_FOUND")
+    fields = _vm_fields(appliance_id, discovered)
+    vm = VmContext.get_or_none((VmContext.vcenter == discovered.vcenter) & (VmContext.vm_uuid == discovered.uuid))
+    created = vm is None
+    if vm is None:
+        vm = VmContext.create(vcenter=discovered.vcenter, vm_uuid=discovered.uuid, **fields)
+    else:
+        VmContext.update(**fields).where(VmContext.id == vm.id).execute()
+    for d in discovered.disks:
+        disk = Disk.get_or_none((Disk.vm_context == vm.id) & (Disk.key == d.key))
+        disk_fields = {
+            "label": d.label,
+            "capacity_bytes": d.capacity_bytes,
+            "datastore_path": d.datastore_path,
+            "cbt_enabled": d.cbt_enabled,
+            "unit_number": d.unit_number,
+        }
+        if disk is None:
+            Disk.create(vm_context=vm.id, key=d.key, **disk_fields)
+        else:
+            if disk.capacity_bytes != d.capacity_bytes:
+                logger.bind(vm_context_id=vm.id, disk_id=disk.id).info(
+                    "disk {key} resized at the source: {old} → {new} bytes",
+                    key=d.key,
+                    old=disk.capacity_bytes,
+                    new=d.capacity_bytes,
+                )
+            Disk.update(**disk_fields).where(Disk.id == disk.id).execute()
+    return vm.id, created
+
+
+def _vm_fields(appliance_id: str, discovered: DiscoveredVm) -> dict[str, Any]:
+    return {
+        "appliance": appliance_id,
+        "datacenter": discovered.datacenter,
+        "moref": discovered.moref,
+        "name": discovered.name,
+        "num_cpus": max(1, discovered.num_cpus),
+        "memory_mib": max(1, discovered.memory_mib),
+        "guest_os": discovered.guest_os,
+        "firmware": discovered.firmware or "bios",
+        "nics": [
+            {
+                "label": n.label,
+                "network_name": n.network_name,
+                "mac_address": n.mac_address.lower(),
+                "adapter_type": n.adapter_type,
+            }
+            for n in discovered.nics
+        ],
+        "updated_at": utcnow(),
+    }

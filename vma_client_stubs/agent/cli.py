@@ -204,25 +204,67 @@ def _vm_row(vcenter: FakeVCenter, vm: Any) -> dict[str, Any]:
     }
 
 
+def _checked_run_flags(args: argparse.Namespace) -> tuple[str, Endpoint]:
+    """The bounds of `run`'s copy flags checked (UsageError), its credential and the OMA's endpoint."""
+    if not 1 <= args.chunk_mib <= 4:
+        raise UsageError("--chunk-mib must be between 1 and 4")
+    for flag, value, top in (
+        ("--window", args.window, 64),
+        ("--connections", args.connections, 16),
+        ("--disks-per-job", args.disks_per_job, 64),
+        ("--copies-per-appliance", args.copies_per_appliance, 256),
+    ):
+        if not 1 <= value <= top:
+            raise UsageError(f"{flag} must be between 1 and {top}")
+    credential = _credential(args)
+    try:
+        oma = Endpoint.from_ca_file(args.oma, args.ca, insecure=args.insecure)
+    except ConnectionSettingsError as exc:
+        raise UsageError(str(exc)) from exc
+    return credential, oma
+
+
+def _vcenter_command(args: argparse.Namespace) -> int:
+    """create-vm, guest-write, list: the fake vCenter's own commands."""
+    vcenter = FakeVCenter(args.vcenter_dir)
+    if args.command == "create-vm":
+        if any(m <= 0 for m in args.disk_mib):
+            print("vma-agent: error: --disk-mib must be positive", file=sys.stderr)
+            return 2
+        vm = vcenter.create_vm(
+            args.name,
+            [m * MIB for m in args.disk_mib],
+            seed=args.seed,
+            num_cpus=args.cpus,
+            memory_mib=args.memory_mib,
+            firmware=args.firmware,
+            power_state="off" if args.powered_off else "on",
+        )
+        print(vm.uuid)
+        return 0
+    if args.command == "guest-write":
+        vm = vcenter.find_vm(args.vm)
+        written = vcenter.guest_write(vm.uuid, args.percent, seed=args.seed)
+        for key, extents in written.items():
+            print(f"disk {key}: {sum(n for _, n in extents)} bytes changed in {len(extents)} extents")
+        return 0
+    if args.command == "list":
+        rows = [_vm_row(vcenter, vm) for vm in vcenter.list_vms()]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                sizes = ", ".join(f"{d['key']}:{d['capacity_bytes'] // MIB} MiB" for d in row["disks"])
+                print(f"{row['uuid']}  {row['name']:<20} {row['power_state']:<4} {sizes}")
+        return 0
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "run":
-            if not 1 <= args.chunk_mib <= 4:
-                raise UsageError("--chunk-mib must be between 1 and 4")
-            for flag, value, top in (
-                ("--window", args.window, 64),
-                ("--connections", args.connections, 16),
-                ("--disks-per-job", args.disks_per_job, 64),
-                ("--copies-per-appliance", args.copies_per_appliance, 256),
-            ):
-                if not 1 <= value <= top:
-                    raise UsageError(f"{flag} must be between 1 and {top}")
-            credential = _credential(args)
-            try:
-                oma = Endpoint.from_ca_file(args.oma, args.ca, insecure=args.insecure)
-            except ConnectionSettingsError as exc:
-                raise UsageError(str(exc)) from exc
+            credential, oma = _checked_run_flags(args)
     except UsageError as exc:
         print(f"vma-agent: error: {exc}", file=sys.stderr)
         return 2
@@ -230,43 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             configure_logging(args.log_json, args.log_level.upper())
             return asyncio.run(_run(args, credential, oma))
-        vcenter = FakeVCenter(args.vcenter_dir)
-        if args.command == "create-vm":
-            if any(m <= 0 for m in args.disk_mib):
-                print("vma-agent: error: --disk-mib must be positive", file=sys.stderr)
-                return 2
-            vm = vcenter.create_vm(
-                args.name,
-                [m * MIB for m in args.disk_mib],
-                seed=args.seed,
-                num_cpus=args.cpus,
-                memory_mib=args.memory_mib,
-                firmware=args.firmware,
-                power_state="off" if args.powered_off else "on",
-            )
-            print(vm.uuid)
-            return 0
-        if args.command == "guest-write":
-            vm = vcenter.find_vm(args.vm)
-            written = vcenter.guest_write(vm.uuid, args.percent, seed=args.seed)
-            for key, extents in written.items():
-                print(f"disk {key}: {sum(n for _, n in extents)} bytes changed in {len(extents)} extents")
-            return 0
-        if args.command == "list":
-            rows = [_vm_row(vcenter, vm) for vm in vcenter.list_vms()]
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            else:
-                for row in rows:
-                    sizes = ", ".join(f"{d['key']}:{d['capacity_bytes'] // MIB} MiB" for d in row["disks"])
-                    print(f"{row['uuid']}  {row['name']:<20} {row['power_state']:<4} {sizes}")
-            return 0
+        return _vcenter_command(args)
     except VCenterError as exc:
         print(f"vma-agent: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 2
 
 
 if __name__ == "__main__":

@@ -26,9 +26,13 @@ from google.protobuf.message import Message
 from oma_server.api.convert import appliance_to_proto, job_log_entry_to_proto, job_update_to_proto, vm_context_to_proto
 from oma_server.api.http.auth import HttpAuth
 from oma_server.api.http.refusals import refusal
-from oma_server.app import App
+from oma_server.appliances import ApplianceService
 from oma_server.errors import DomainError
-from oma_server.job_watch import SNAPSHOT, Update
+from oma_server.info import ServerInfo
+from oma_server.job_watch import SNAPSHOT, JobWatcher, Update
+from oma_server.joblog import JobLogService
+from oma_server.replication.store import ReplicationJobStore
+from oma_server.vm_contexts.service import VmContextService
 from oma_server.watch import RevisionCompacted
 
 T = TypeVar("T")
@@ -54,8 +58,23 @@ async def every_page(fetch: Callable[[str], Awaitable[tuple[list[T], str]]]) -> 
 
 
 class Dashboard:
-    def __init__(self, app: App, auth: HttpAuth) -> None:
-        self.app = app
+    def __init__(
+        self,
+        *,
+        appliances: ApplianceService,
+        vms: VmContextService,
+        jobs: ReplicationJobStore,
+        joblog: JobLogService,
+        job_watch: JobWatcher,
+        info: Callable[[], ServerInfo],
+        auth: HttpAuth,
+    ) -> None:
+        self.appliances = appliances
+        self.vms = vms
+        self.jobs = jobs
+        self.joblog = joblog
+        self.job_watch = job_watch
+        self.info = info
         self.auth = auth
         self._streams: set[asyncio.Task[Any]] = set()
 
@@ -63,21 +82,21 @@ class Dashboard:
         """Appliances (connection, last seen) and VMs (status, recovery point) for the page's tables."""
 
         async def appliances(token: str) -> tuple[list[Any], str]:
-            page = await self.app.appliances.list(PAGE, token, None)
+            page = await self.appliances.list(PAGE, token, None)
             return page.appliances, page.next_page_token
 
         async def vms(token: str) -> tuple[list[Any], str]:
-            page = await self.app.vms.list_vms(PAGE, token)
+            page = await self.vms.list_vms(PAGE, token)
             return page.vms, page.next_page_token
 
         vm_views = await every_page(vms)
         recovery_points: dict[str, str] = {}
         for view in vm_views:
             job_id = view.vm.last_completed_job_id
-            job = await self.app.jobs.lookup(job_id) if job_id else None
+            job = await self.jobs.lookup(job_id) if job_id else None
             if job is not None and job.finished_at is not None:
                 recovery_points[view.vm.id] = job.finished_at.isoformat() + "Z"
-        info = self.app.info()
+        info = self.info()
         return web.json_response(
             {
                 "server": {"version": info.version, "processId": info.process_id, "database": info.database_kind},
@@ -91,7 +110,7 @@ class Dashboard:
 
     async def job_log(self, request: web.Request) -> web.Response:
         try:
-            page = await self.app.joblog.list(request.match_info["job_id"], PAGE, "")
+            page = await self.joblog.list(request.match_info["job_id"], PAGE, "")
         except DomainError as error:
             return refusal(error)
         return web.json_response({"entries": [as_json(job_log_entry_to_proto(e)) for e in page.entries]})
@@ -129,7 +148,7 @@ class Dashboard:
                 # watch_jobs is an async generator (typed as an iterator): aclosing ends it with the client
                 updates = cast(
                     AsyncGenerator[Update, None],
-                    self.app.job_watch.watch_jobs(vm_context_id, from_revision, include_finished=True),
+                    self.job_watch.watch_jobs(vm_context_id, from_revision, include_finished=True),
                 )
                 async with aclosing(updates) as stream:
                     async for update in stream:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import peewee as pw
 
-from oma_server.app import App
+from oma_server.db.database import Database
 from oma_server.db.models import Appliance, FailoverJob, NbdExport, ReplicationJob, VmContext
 from oma_server.metrics import ScrapeState
+from oma_server.nbd.manager import NbdExportManager
+from oma_server.replication.store import ReplicationJobStore
+from oma_server.stream.hub import SessionHub
+from oma_server.watch import WatchHub
 
 
 def _count_by(*columns: pw.Field) -> list[Any]:
@@ -39,12 +44,22 @@ def _read() -> dict[str, list[Any]]:
     }
 
 
-async def scrape_state(app: App) -> ScrapeState:
-    rows = await app.db.run(_read)
-    return ScrapeState(
-        **rows,
-        open_jobs=[(j.id, j.vm_context_id, j.status.value, j.updated_at) for j in app.jobs.open_jobs()],
-        sessions=len(app.hub.sessions),
-        watchers=app.watch.watchers,
-        exports_served=len(app.nbd.list_exports()),
-    )
+@dataclass(frozen=True)
+class Scraper:
+    """The parts a scrape reads: the database, the open jobs, the streams, the watchers, the NBD exports."""
+
+    db: Database
+    jobs: ReplicationJobStore
+    hub: SessionHub
+    watch: WatchHub
+    nbd: NbdExportManager
+
+    async def state(self) -> ScrapeState:
+        rows = await self.db.run(_read)
+        return ScrapeState(
+            **rows,
+            open_jobs=[(j.id, j.vm_context_id, j.status.value, j.updated_at) for j in self.jobs.open_jobs()],
+            sessions=len(self.hub.sessions),
+            watchers=self.watch.watchers,
+            exports_served=len(self.nbd.list_exports()),
+        )

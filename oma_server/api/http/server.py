@@ -15,23 +15,17 @@ from oma_server import metrics
 from oma_server.addresses import parse_host_port
 from oma_server.api.http.auth import LOGIN_PATH, LOGOUT_PATH, HttpAuth
 from oma_server.api.http.dashboard import Dashboard
-from oma_server.api.http.scrape import scrape_state
-from oma_server.app import App
+from oma_server.api.http.scrape import Scraper
+from oma_server.settings import Settings
 
 STATIC = Path(__file__).with_name("static")
 
 
-def build_application(app: App) -> web.Application:
-    auth = HttpAuth(
-        app.tokens,
-        secure_cookie=app.settings.http_tls_cert is not None,
-        reauth_interval_s=app.settings.http_reauth_interval_s,
-    )
+def build_application(dashboard: Dashboard, scraper: Scraper, auth: HttpAuth) -> web.Application:
     web_app = web.Application(middlewares=[auth.middleware])
-    dashboard = Dashboard(app, auth)
 
     async def metrics_page(request: web.Request) -> web.Response:
-        body = metrics.render(await scrape_state(app))
+        body = metrics.render(await scraper.state())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def index(request: web.Request) -> web.FileResponse:
@@ -53,13 +47,14 @@ def build_application(app: App) -> web.Application:
 class HttpServer:
     """The listener of one OMA process; `port` is the bound port once started (for `--http-listen HOST:0`)."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.runner = web.AppRunner(build_application(app), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    def __init__(self, settings: Settings, dashboard: Dashboard, scraper: Scraper, auth: HttpAuth) -> None:
+        self.settings = settings
+        application = build_application(dashboard, scraper, auth)
+        self.runner = web.AppRunner(application, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         self.port = 0
 
     def _tls(self) -> ssl.SSLContext | None:
-        settings = self.app.settings
+        settings = self.settings
         if not settings.http_tls_cert:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -67,14 +62,14 @@ class HttpServer:
         return context
 
     async def start(self) -> int:
-        host, port = parse_host_port(self.app.settings.http_listen, "--http-listen")
+        host, port = parse_host_port(self.settings.http_listen, "--http-listen")
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=self._tls())
         await site.start()
         server = site._server  # the bound socket is the only way to learn the port asked as 0
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
-        scheme = "https" if self.app.settings.http_tls_cert else "http"
+        scheme = "https" if self.settings.http_tls_cert else "http"
         logger.info("dashboard and /metrics on {scheme}://{host}:{port}/", scheme=scheme, host=host, port=self.port)
         return self.port
 
