@@ -42,6 +42,8 @@ from oma_server.replication.service import ReplicationService
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.replication.workflow import ReplicationWorkflow, vm_after_job
 from oma_server.revisions import RevisionReservations
+from oma_server.schedules.scheduler import Limits, Scheduler
+from oma_server.schedules.store import ScheduleStore
 from oma_server.security.tokens import TokenService
 from oma_server.settings import Settings
 from oma_server.storage.attachments import OmaAttachments
@@ -151,6 +153,19 @@ class App:
         self.job_watch.lookups.append(self._failover_change)
         self.job_watch.listers.append(self._failover_changes)
         self.janitor: Janitor | None = None
+        # Schedules start syncs through the replication service; the scheduler runs once the workflow does.
+        self.schedules = ScheduleStore(self.db, self.clock, settings.schedule_min_interval_s)
+        self.scheduler = Scheduler(
+            self.db,
+            self.clock,
+            self.jobs,
+            self.replication,
+            self.joblog,
+            Limits(settings.max_running_jobs, settings.max_running_jobs_per_appliance),
+            tick_s=settings.scheduler_tick_s,
+        )
+        self.schedules.on_change.append(self.scheduler.wake)
+        self.job_watch.listers.append(self.scheduler.rpo_changes)
         self.schema_version = 0
         self._teardown = contextlib.AsyncExitStack()
 
@@ -179,6 +194,8 @@ class App:
         if self.janitor is not None:
             await self.janitor.start()
             self._teardown.push_async_callback(self.janitor.stop)
+        await self.scheduler.start()
+        self._teardown.push_async_callback(self.scheduler.stop)
 
     async def _start_storage(self) -> None:
         if self.simulator is not None:

@@ -35,6 +35,8 @@ from oma.v1 import (
     job_pb2_grpc,
     replication_pb2,
     replication_pb2_grpc,
+    schedule_pb2,
+    schedule_pb2_grpc,
     server_info_pb2,
     server_info_pb2_grpc,
     storage_pb2,
@@ -50,6 +52,7 @@ from oma_server.api.gateway import GatewayServicer
 from oma_server.api.http.server import HttpServer
 from oma_server.api.reflection import SourceInfoPool
 from oma_server.api.replication import JobServicer, ReplicationServicer
+from oma_server.api.schedules import ScheduleServicer
 from oma_server.api.server_info import ServerInfoServicer
 from oma_server.api.status import ErrorMappingInterceptor
 from oma_server.api.storage import NbdExportServicer, VolumeServicer
@@ -93,6 +96,7 @@ SERVICE_NAMES: list[str] = [
     storage_pb2.DESCRIPTOR.services_by_name["VolumeService"].full_name,
     storage_pb2.DESCRIPTOR.services_by_name["NbdExportService"].full_name,
     failover_pb2.DESCRIPTOR.services_by_name["FailoverService"].full_name,
+    schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
     failover_pb2.DESCRIPTOR.services_by_name["NetworkMappingService"].full_name,
     cloud_pb2.DESCRIPTOR.services_by_name["CloudService"].full_name,
     gateway_pb2.DESCRIPTOR.services_by_name["VmaGatewayService"].full_name,
@@ -117,6 +121,7 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(app), server)
     gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(GatewayServicer(app), server)
     access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(app), server)
+    schedule_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(app), server)
 
 
 def _server_credentials(tls: ServerTls) -> grpc.ServerCredentials:

@@ -70,6 +70,8 @@ METHOD_ACCESS: dict[str, Access] = {
         "/oma.v1.FailoverService/GetFailoverJob",
         "/oma.v1.FailoverService/ListFailoverJobs",
         "/oma.v1.NetworkMappingService/ListNetworkMappings",
+        "/oma.v1.ScheduleService/GetSchedule",
+        "/oma.v1.ScheduleService/ListSchedules",
     ),
     **_all(
         Access.OPERATOR,
@@ -87,6 +89,11 @@ METHOD_ACCESS: dict[str, Access] = {
         "/oma.v1.NetworkMappingService/CreateNetworkMapping",
         "/oma.v1.NetworkMappingService/UpdateNetworkMapping",
         "/oma.v1.NetworkMappingService/DeleteNetworkMapping",
+        "/oma.v1.ScheduleService/CreateSchedule",
+        "/oma.v1.ScheduleService/UpdateSchedule",
+        "/oma.v1.ScheduleService/DeleteSchedule",
+        "/oma.v1.ScheduleService/PauseSchedule",
+        "/oma.v1.ScheduleService/ResumeSchedule",
     ),
     **_all(
         Access.ADMIN,

@@ -6,6 +6,7 @@ import grpc
 
 from oma.v1 import vm_context_pb2, vm_context_pb2_grpc
 from oma_server.api.convert import enum_name, failover_job_to_proto, vm_context_to_proto
+from oma_server.api.schedules import with_rpo
 from oma_server.app import App
 from oma_server.errors import Unavailable
 from oma_server.failover.power import SourcePower
@@ -46,16 +47,16 @@ class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
     async def GetVmContext(
         self, request: vm_context_pb2.GetVmContextRequest, context: grpc.aio.ServicerContext
     ) -> vm_context_pb2.GetVmContextResponse:
-        return vm_context_pb2.GetVmContextResponse(vm_context=vm_context_to_proto(await self.app.vms.get(request.id)))
+        vm = vm_context_to_proto(await self.app.vms.get(request.id))
+        return vm_context_pb2.GetVmContextResponse(vm_context=(await with_rpo(self.app, [vm]))[0])
 
     async def ListVmContexts(
         self, request: vm_context_pb2.ListVmContextsRequest, context: grpc.aio.ServicerContext
     ) -> vm_context_pb2.ListVmContextsResponse:
         status = enum_name(vm_context_pb2.VmContextStatus, "VM_CONTEXT_STATUS", request.status)
         page = await self.app.vms.list_vms(request.page_size, request.page_token, request.appliance_id, status)
-        return vm_context_pb2.ListVmContextsResponse(
-            vm_contexts=[vm_context_to_proto(v) for v in page.vms], next_page_token=page.next_page_token
-        )
+        vms = await with_rpo(self.app, [vm_context_to_proto(v) for v in page.vms])
+        return vm_context_pb2.ListVmContextsResponse(vm_contexts=vms, next_page_token=page.next_page_token)
 
     async def PowerOnSourceVm(
         self, request: vm_context_pb2.PowerOnSourceVmRequest, context: grpc.aio.ServicerContext

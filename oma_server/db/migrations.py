@@ -12,7 +12,7 @@ import peewee as pw
 from loguru import logger
 from playhouse.migrate import SchemaMigrator, migrate
 
-from oma_server.db.models import ALL_MODELS, ApiToken, BlockMap, Disk, SchemaMigration, WatchRevision
+from oma_server.db.models import ALL_MODELS, ApiToken, BlockMap, Disk, Schedule, SchemaMigration, WatchRevision
 
 
 def _m001_initial(db: pw.Database) -> None:
@@ -39,12 +39,18 @@ def _m005_block_map(db: pw.Database) -> None:
     db.create_tables([BlockMap], safe=True)  # a database created at version 5 already has it
 
 
+def _m007_schedule(db: pw.Database) -> None:
+    db.create_tables([Schedule], safe=True)  # a database created at version 7 already has it
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "initial schema", _m001_initial),
     (2, "disk.replicated_capacity_bytes (resize detection)", _m002_disk_replicated_capacity),
     (3, "watch_revision (revisions that survive a crash)", _m003_watch_revision),
     (4, "api_token (operators' API tokens, hashed)", _m004_api_token),
     (5, "block_map (block-hash maps of the replicas, per change id)", _m005_block_map),
+    # 6 is another change's (issue #19), merged separately
+    (7, "schedule (replication schedules with an RPO target)", _m007_schedule),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
