@@ -217,6 +217,7 @@ class App:
             self.db, self.clock, self.jobs, self.replication, self.vms, self.attachments, self.joblog, self.verifier
         )
         self.replication.start_through(self.workflow.start_job)
+        self.scheduler.settle_through(self.workflow.settled)
         self._build_failover(self.cloudstack, self.volumes, self.attachments, self.workflow)
         assert self.failover is not None
         self.janitor = Janitor(

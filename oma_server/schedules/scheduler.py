@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -82,6 +84,9 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._published: dict[str, Change] = {}  # VM id → its last RPO change
+        self._publishing = asyncio.Lock()
+        self._settled: Callable[[str], Awaitable[None]] | None = None
+        self._settling: set[asyncio.Task[None]] = set()
         self.begun = 0  # passes begun
         self.passes = 0  # passes done
         self._pass_done = asyncio.Condition()
@@ -93,11 +98,16 @@ class Scheduler:
         self._task = asyncio.create_task(self._loop(), name="scheduler")
 
     async def stop(self) -> None:
-        for task in (self._task, self._watcher):
+        for task in (self._task, self._watcher, *self._settling):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    def settle_through(self, settled: Callable[[str], Awaitable[None]]) -> None:
+        """How to wait until a finished job's replicas were read back (the replication workflow's `settled`): its
+        verification moves the recovery point, so the scheduler looks again then."""
+        self._settled = settled
 
     def wake(self) -> None:
         """Look again now (a schedule changed, a job ended)."""
@@ -106,8 +116,18 @@ class Scheduler:
     async def _wake_on_finish(self, finished: Subscription) -> None:
         with finished:
             while True:
-                await finished.next()
-                self.wake()
+                change = await finished.next()
+                self.wake()  # a place is free
+                if change is not None and self._settled is not None:
+                    task = asyncio.create_task(self._wake_when_settled(self._settled, change.job_id))
+                    self._settling.add(task)
+                    task.add_done_callback(self._settling.discard)
+
+    async def _wake_when_settled(self, settled: Callable[[str], Awaitable[None]], job_id: str) -> None:
+        try:
+            await settled(job_id)
+        finally:
+            self.wake()  # verified (or not): the RPO may have moved
 
     async def pass_after_now(self) -> None:
         """Wake the loop and wait for a pass that began after this call to end: what a test does after moving its
@@ -253,23 +273,31 @@ class Scheduler:
             ids = sorted(set(rpo.scheduled_vms()) | set(self._published))
             return rpo.rpo_of(ids, now)
 
-        for vm_id, view in (await self.db.run(read)).items():
-            last = self._published.get(vm_id)
-            if last is not None and last.state.key == view.key:
-                continue
-            if last is None and view.status == rpo.NO_TARGET:
-                continue
-            change = Change(self.jobs.watch.next_revision(), RPO_KIND, rpo_job_id(vm_id), vm_id, view, False)
-            self.jobs.watch.publish(change)
-            if view.status == rpo.NO_TARGET:
-                self._published.pop(vm_id, None)  # told once that its schedule is gone
-            else:
-                self._published[vm_id] = change
-            if view.status == rpo.BREACHED and (last is None or last.state.status != rpo.BREACHED):
-                logger.bind(vm_context_id=vm_id).warning("RPO breached: {reason}", reason=view.reason)
+        async with self._publishing:
+            for vm_id, view in (await self.db.run(read)).items():
+                self._publish_rpo(vm_id, view)
+
+    def _publish_rpo(self, vm_id: str, view: rpo.RpoView) -> None:
+        last = self._published.get(vm_id)
+        if last is not None and last.state.key == view.key:
+            # nothing a watcher is told about; a snapshot shows the age as of now, at the revision of the last change
+            self._published[vm_id] = dataclasses.replace(last, state=view)
+            return
+        if last is None and view.status == rpo.NO_TARGET:
+            return
+        change = Change(self.jobs.watch.next_revision(), RPO_KIND, rpo_job_id(vm_id), vm_id, view, False)
+        self.jobs.watch.publish(change)
+        if view.status == rpo.NO_TARGET:
+            self._published.pop(vm_id, None)  # told once that its schedule is gone
+        else:
+            self._published[vm_id] = change
+        if view.status == rpo.BREACHED and (last is None or last.state.status != rpo.BREACHED):
+            logger.bind(vm_context_id=vm_id).warning("RPO breached: {reason}", reason=view.reason)
 
     async def rpo_changes(self, include_finished: bool) -> list[Change]:
-        """The latest RPO change of every scheduled VM (WatchJobs' initial snapshot)."""
+        """The RPO of every scheduled VM as of now (WatchJobs' initial snapshot): what changed since the last pass is
+        published first, so the snapshot is current and the change reaches other watchers too."""
+        await self._publish_rpos(self.clock.now())
         return list(self._published.values())
 
 
