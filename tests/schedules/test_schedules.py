@@ -133,7 +133,7 @@ async def test_a_restart_keeps_schedules_and_catches_up_with_one_sync(tmp_path: 
             enrolled = await enroll(channel)
             vm_id = await api.register(enrolled, "app-01")
             created = await api.create(vm_id, interval_seconds=15 * 60, jitter_seconds=120)
-            first_run = created.next_run_at.ToDatetime()
+            first_slot = created.next_slot_at.ToDatetime()
             assert 15 * 60 <= seconds_after_t0(created.next_run_at) <= 17 * 60
         # down for ten hours: forty slots pass
         server = await restart_oma(server, clock, downtime_s=10 * HOUR)
@@ -144,7 +144,7 @@ async def test_a_restart_keeps_schedules_and_catches_up_with_one_sync(tmp_path: 
             assert len(jobs) == 1 and jobs[0].kind == INITIAL  # one sync, not forty
             schedule = await api.schedule(created.id)
             assert schedule.last_job_id == jobs[0].id
-            assert f"slot of {first_run:%Y-%m-%d %H:%M}" in schedule.last_outcome  # the persisted slot
+            assert f"slot of {first_slot:%Y-%m-%d %H:%M:%S}" in schedule.last_outcome  # the persisted slot
             next_slot = schedule.next_slot_at.ToDatetime()
             assert 0 < (next_slot - clock.now()).total_seconds() <= 15 * 60  # the next one after now
             assert (next_slot - T0).total_seconds() % (15 * 60) == 0  # still on the schedule's grid
