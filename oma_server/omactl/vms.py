@@ -12,6 +12,7 @@ from oma_server.omactl.client import CliError
 from oma_server.omactl.context import Commands, Context
 from oma_server.omactl.failover import started
 from oma_server.omactl.render import enum_choices, enum_label, enum_parse, field_time, size, status_text
+from oma_server.omactl.schedules import next_sync, rpo_fields, rpo_short
 
 STATUS_PREFIX = "VM_CONTEXT_STATUS"
 
@@ -38,7 +39,7 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
         ctx.out.ids(vm.id for vm in items)
         return 0
     ctx.out.table(
-        ["ID", "NAME", "APPLIANCE", "STATUS", "CPUS", "MEMORY", "DISKS", "ACTIVE JOB", "UPDATED"],
+        ["ID", "NAME", "APPLIANCE", "STATUS", "CPUS", "MEMORY", "DISKS", "ACTIVE JOB", "RPO", "NEXT SYNC", "UPDATED"],
         (
             [
                 vm.id,
@@ -49,6 +50,8 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
                 _memory(vm.memory_mib),
                 f"{len(vm.disks)} ({size(sum(d.capacity_bytes for d in vm.disks))})" if vm.disks else "0",
                 vm.active_job_id or render.NONE,
+                rpo_short(vm.rpo),
+                next_sync(vm.rpo) if vm.rpo.schedule_id else render.NONE,
                 field_time(vm, "updated_at"),
             ]
             for vm in items
@@ -81,6 +84,7 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
             ("firmware", enum_label(inventory_pb2.Firmware, vm.firmware, "FIRMWARE")),
             ("active job", vm.active_job_id or render.NONE),
             ("last completed job", vm.last_completed_job_id or render.NONE),
+            *rpo_fields(vm.rpo),
             ("created", field_time(vm, "created_at")),
             ("updated", field_time(vm, "updated_at")),
         ]
