@@ -27,6 +27,7 @@ SERVICES = (
     "oma_server.outbox",
     "oma_server.appliances",
     "oma_server.integrity",
+    "oma_server.schedules",
     "oma_server.app",
 )
 
