@@ -34,6 +34,7 @@ from oma_server.janitor import Janitor
 from oma_server.job_watch import JobWatcher
 from oma_server.joblog import JobLogService
 from oma_server.jobs import Jobs
+from oma_server.lifecycle.deletion import VmDeletion
 from oma_server.nbd.manager import NbdExportManager
 from oma_server.outbox import CommandOutbox
 from oma_server.replication.applier import VmaMessageApplier
@@ -153,6 +154,7 @@ class App:
         self.job_watch.lookups.append(self._failover_change)
         self.job_watch.listers.append(self._failover_changes)
         self.janitor: Janitor | None = None
+        self.deletion: VmDeletion | None = None  # needs CloudStack: built at start
         # Schedules start syncs through the replication service; the scheduler runs once the workflow does.
         self.schedules = ScheduleStore(self.db, self.clock, settings.schedule_min_interval_s)
         self.scheduler = Scheduler(
@@ -218,6 +220,8 @@ class App:
         )
         self.replication.start_through(self.workflow.start_job)
         self.scheduler.settle_through(self.workflow.settled)
+        self.deletion = VmDeletion(self.db, self.cloudstack, self.attachments, self.joblog)
+        self.deletion.on_deleted.append(lambda _vm_id: self.scheduler.wake())
         self._build_failover(self.cloudstack, self.volumes, self.attachments, self.workflow)
         assert self.failover is not None
         self.janitor = Janitor(

@@ -28,6 +28,7 @@ SERVICES = (
     "oma_server.appliances",
     "oma_server.integrity",
     "oma_server.schedules",
+    "oma_server.lifecycle",
     "oma_server.app",
 )
 

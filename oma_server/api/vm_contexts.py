@@ -64,6 +64,18 @@ class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
         job = await _power(self.app).power_on(request.vm_context_id, request.request_id)
         return vm_context_pb2.PowerOnSourceVmResponse(job=failover_job_to_proto(job))
 
+    async def DeleteVmContext(
+        self, request: vm_context_pb2.DeleteVmContextRequest, context: grpc.aio.ServicerContext
+    ) -> vm_context_pb2.DeleteVmContextResponse:
+        if self.app.deletion is None:
+            raise Unavailable("the OMA is starting; retry in a moment", reason="NOT_READY")
+        deleted = await self.app.deletion.delete(request.id)
+        return vm_context_pb2.DeleteVmContextResponse(
+            vm_context_id=deleted.vm_context_id,
+            deleted_volume_ids=deleted.volumes_deleted,
+            removed_export_names=deleted.exports_removed,
+        )
+
     async def PowerOffSourceVm(
         self, request: vm_context_pb2.PowerOffSourceVmRequest, context: grpc.aio.ServicerContext
     ) -> vm_context_pb2.PowerOffSourceVmResponse:

@@ -210,6 +210,24 @@ def cmd_power(ctx: Context, args: argparse.Namespace) -> int:
     return started(ctx, args, job, f"power {'on' if on else 'off'} of the source VM")
 
 
+def cmd_delete(ctx: Context, args: argparse.Namespace) -> int:
+    vm_id = resolve.vm_id(ctx, args.vm)
+    if not args.yes:
+        raise CliError(
+            f"deleting VM context {vm_id} deletes its replica volumes in CloudStack; add --yes to go ahead",
+            exit_code=2,
+        )
+    request = vm_context_pb2.DeleteVmContextRequest(id=vm_id, request_id=args.request_id or "")
+    reply = ctx.client.call(ctx.client.vms, "DeleteVmContext", request)
+    if ctx.out.as_json:
+        ctx.out.message(reply)
+        return 0
+    volumes = ", ".join(reply.deleted_volume_ids) or "none"
+    ctx.out.line(f"Deleted VM context {vm_id}: CloudStack volumes deleted: {volumes}.")
+    ctx.out.line(f"The record of the deletion: omactl jobs log {vm_id}")
+    return 0
+
+
 def register(commands: Commands) -> None:
     group = commands.group("vms", "VM contexts: the VMware VMs under migration")
     listing = commands.leaf(group, "list", "list VM contexts", cmd_list)
@@ -238,6 +256,15 @@ def register(commands: Commands) -> None:
         type=int,
         help="how long to wait for the appliance to connect and answer (default 30, max 300)",
     )
+    delete = commands.leaf(
+        group,
+        "delete",
+        "delete a VM context that will not be migrated: its replica volumes and exports, then its records",
+        cmd_delete,
+    )
+    delete.add_argument("vm", metavar="VM", help="VM context id or name")
+    delete.add_argument("--yes", action="store_true", help="yes, delete its replica volumes in CloudStack")
+    delete.add_argument("--request-id", metavar="X", help="idempotency key")
     for name, text in (
         ("power-on", "power the source VM on through its appliance (a job; refused after a live failover)"),
         ("power-off", "power the source VM off through its appliance (guest shutdown, then hard off; a job)"),

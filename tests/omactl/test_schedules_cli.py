@@ -78,3 +78,20 @@ async def test_schedules_create_list_show_pause_resume_delete_and_the_rpo_views(
     assert json.loads((await run_omactl(target, "--json", "schedules", "list")).out) == []
     gone = await run_omactl(target, "schedules", "show", schedule["id"])
     assert_one_error_line(gone, "NOT_FOUND", "SCHEDULE_NOT_FOUND")
+
+
+async def test_vms_delete_needs_yes_and_deletes(scheduled_oma: tuple[OmaServer, ManualClock]) -> None:
+    server, _ = scheduled_oma
+    target = target_of(server)
+    async with oma_channel(server) as channel:
+        vm_id = await Api(channel).register(await enroll(channel), "retired-01")
+    unsure = await run_omactl(target, "vms", "delete", "retired-01")
+    assert_one_error_line(unsure, "--yes", code=2)
+    assert vm_id in (await run_omactl(target, "vms", "list")).out
+    done = await run_omactl(target, "vms", "delete", "retired-01", "--yes")
+    assert done.code == 0, done
+    assert f"Deleted VM context {vm_id}" in done.out and f"omactl jobs log {vm_id}" in done.out
+    log = await run_omactl(target, "jobs", "log", vm_id)
+    assert "delete_vm_context" in log.out
+    again = await run_omactl(target, "vms", "show", vm_id)
+    assert_one_error_line(again, "NOT_FOUND", "VM_CONTEXT_NOT_FOUND")

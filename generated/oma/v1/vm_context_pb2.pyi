@@ -228,3 +228,21 @@ class PowerOffSourceVmResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _failover_pb2.FailoverJob
     def __init__(self, job: _Optional[_Union[_failover_pb2.FailoverJob, _Mapping]] = ...) -> None: ...
+
+class DeleteVmContextRequest(_message.Message):
+    __slots__ = ("id", "request_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteVmContextResponse(_message.Message):
+    __slots__ = ("vm_context_id", "deleted_volume_ids", "removed_export_names")
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETED_VOLUME_IDS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_EXPORT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    vm_context_id: str
+    deleted_volume_ids: _containers.RepeatedScalarFieldContainer[str]
+    removed_export_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vm_context_id: _Optional[str] = ..., deleted_volume_ids: _Optional[_Iterable[str]] = ..., removed_export_names: _Optional[_Iterable[str]] = ...) -> None: ...
