@@ -34,6 +34,7 @@ from oma_server.janitor import Janitor
 from oma_server.job_watch import JobWatcher
 from oma_server.joblog import JobLogService
 from oma_server.jobs import Jobs
+from oma_server.lifecycle.completion import MigrationCompletion
 from oma_server.lifecycle.deletion import VmDeletion
 from oma_server.nbd.manager import NbdExportManager
 from oma_server.outbox import CommandOutbox
@@ -155,6 +156,7 @@ class App:
         self.job_watch.listers.append(self._failover_changes)
         self.janitor: Janitor | None = None
         self.deletion: VmDeletion | None = None  # needs CloudStack: built at start
+        self.completion = MigrationCompletion(self.db, self.outbox, self.joblog)
         # Schedules start syncs through the replication service; the scheduler runs once the workflow does.
         self.schedules = ScheduleStore(self.db, self.clock, settings.schedule_min_interval_s)
         self.scheduler = Scheduler(
@@ -167,6 +169,7 @@ class App:
             tick_s=settings.scheduler_tick_s,
         )
         self.schedules.on_change.append(self.scheduler.wake)
+        self.completion.on_completed.append(lambda _vm_id: self.scheduler.wake())
         self.job_watch.listers.append(self.scheduler.rpo_changes)
         self.schema_version = 0
         self._teardown = contextlib.AsyncExitStack()

@@ -80,6 +80,7 @@ METHOD_ACCESS: dict[str, Access] = {
         "/oma.v1.VmContextService/PowerOnSourceVm",
         "/oma.v1.VmContextService/PowerOffSourceVm",
         "/oma.v1.VmContextService/DeleteVmContext",
+        "/oma.v1.VmContextService/CompleteMigration",
         "/oma.v1.JobService/CancelJob",
         "/oma.v1.ReplicationService/StartReplication",
         "/oma.v1.ReplicationService/CancelReplicationJob",

@@ -170,6 +170,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "oma.v1.PowerOnSourceVmRequest": {"vm_context_id": REQUIRED_ID},
     "oma.v1.PowerOffSourceVmRequest": {"vm_context_id": REQUIRED_ID},
     "oma.v1.DeleteVmContextRequest": {"id": REQUIRED_ID},
+    "oma.v1.CompleteMigrationRequest": {"vm_context_id": REQUIRED_ID},
     "oma.v1.CreateApiTokenRequest": {"name": Text(63)},  # the service checks the name's form
     "oma.v1.ListApiTokensRequest": {},
     "oma.v1.RevokeApiTokenRequest": {"id": REQUIRED_ID},

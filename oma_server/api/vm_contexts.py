@@ -76,6 +76,19 @@ class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
             removed_export_names=deleted.exports_removed,
         )
 
+    async def CompleteMigration(
+        self, request: vm_context_pb2.CompleteMigrationRequest, context: grpc.aio.ServicerContext
+    ) -> vm_context_pb2.CompleteMigrationResponse:
+        done = await self.app.completion.complete(request.vm_context_id)
+        vm = vm_context_to_proto(await self.app.vms.get(done.vm_context_id))
+        return vm_context_pb2.CompleteMigrationResponse(
+            vm_context=(await with_rpo(self.app, [vm]))[0],
+            target_vm_id=done.target_vm_id,
+            kept_volume_ids=done.kept_volumes,
+            removed_export_names=done.exports_removed,
+            release_command_id=done.release_command_id,
+        )
+
     async def PowerOffSourceVm(
         self, request: vm_context_pb2.PowerOffSourceVmRequest, context: grpc.aio.ServicerContext
     ) -> vm_context_pb2.PowerOffSourceVmResponse:

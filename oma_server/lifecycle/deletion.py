@@ -61,7 +61,7 @@ class DeletedVm:
     exports_removed: list[str] = field(default_factory=list)  # NBD export names
 
 
-def _running_job(vm_id: str) -> str:
+def running_job(vm_id: str) -> str:
     """A replication or failover job of the VM that has not ended ("" when none)."""
     job = ReplicationJob.get_or_none(
         (ReplicationJob.vm_context == vm_id) & ReplicationJob.status.not_in([s.value for s in FINAL])
@@ -75,7 +75,7 @@ def _check(vm_id: str) -> tuple[VmContext, list[Volume]]:
     vm = VmContext.get_or_none(VmContext.id == vm_id)
     if vm is None:
         raise NotFound(f"VM context {vm_id} does not exist", reason="VM_CONTEXT_NOT_FOUND", vm_context_id=vm_id)
-    running = _running_job(vm_id)
+    running = running_job(vm_id)
     if running:
         raise FailedPrecondition(
             f"VM {vm.name} has job {running} running; wait for it or cancel it, then delete the VM context",
@@ -98,7 +98,7 @@ def _check(vm_id: str) -> tuple[VmContext, list[Volume]]:
 
 def _remove_rows(vm_id: str, deleted: DeletedVm) -> None:
     """The VM context and what hangs on it, in one transaction; refused if a job started meanwhile."""
-    running = _running_job(vm_id)
+    running = running_job(vm_id)
     if running:
         raise FailedPrecondition(
             f"job {running} started while the VM context was being deleted; its replicas are gone, so it provisions "

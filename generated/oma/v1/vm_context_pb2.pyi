@@ -246,3 +246,25 @@ class DeleteVmContextResponse(_message.Message):
     deleted_volume_ids: _containers.RepeatedScalarFieldContainer[str]
     removed_export_names: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, vm_context_id: _Optional[str] = ..., deleted_volume_ids: _Optional[_Iterable[str]] = ..., removed_export_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CompleteMigrationRequest(_message.Message):
+    __slots__ = ("vm_context_id", "request_id")
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_context_id: str
+    request_id: str
+    def __init__(self, vm_context_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CompleteMigrationResponse(_message.Message):
+    __slots__ = ("vm_context", "target_vm_id", "kept_volume_ids", "removed_export_names", "release_command_id")
+    VM_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_VM_ID_FIELD_NUMBER: _ClassVar[int]
+    KEPT_VOLUME_IDS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_EXPORT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_context: VmContext
+    target_vm_id: str
+    kept_volume_ids: _containers.RepeatedScalarFieldContainer[str]
+    removed_export_names: _containers.RepeatedScalarFieldContainer[str]
+    release_command_id: str
+    def __init__(self, vm_context: _Optional[_Union[VmContext, _Mapping]] = ..., target_vm_id: _Optional[str] = ..., kept_volume_ids: _Optional[_Iterable[str]] = ..., removed_export_names: _Optional[_Iterable[str]] = ..., release_command_id: _Optional[str] = ...) -> None: ...

@@ -70,6 +70,11 @@ class VmContextServiceStub(object):
                 request_serializer=oma_dot_v1_dot_vm__context__pb2.DeleteVmContextRequest.SerializeToString,
                 response_deserializer=oma_dot_v1_dot_vm__context__pb2.DeleteVmContextResponse.FromString,
                 _registered_method=True)
+        self.CompleteMigration = channel.unary_unary(
+                '/oma.v1.VmContextService/CompleteMigration',
+                request_serializer=oma_dot_v1_dot_vm__context__pb2.CompleteMigrationRequest.SerializeToString,
+                response_deserializer=oma_dot_v1_dot_vm__context__pb2.CompleteMigrationResponse.FromString,
+                _registered_method=True)
 
 
 class VmContextServiceServicer(object):
@@ -135,6 +140,19 @@ class VmContextServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompleteMigration(self, request, context):
+        """Closes the migration of a VM that runs in CloudStack after a live failover (failed_over_live → completed): its
+        NBD export records are removed, the replica volumes stay (they are the CloudStack VM's disks now, and are kept
+        recorded as such), its schedule is deleted, and its appliance is told to release the source side (disable CBT,
+        delete its snapshots) through the durable outbox — delivered when the appliance is connected, its answer recorded
+        in the job log under the VM context's id. Refused (FAILED_PRECONDITION) while a job of the VM runs
+        (JOB_ALREADY_ACTIVE) and for a VM not failed_over_live (VM_NOT_FAILED_OVER_LIVE). Closing a completed VM again
+        returns it as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VmContextServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +190,11 @@ def add_VmContextServiceServicer_to_server(servicer, server):
                     servicer.DeleteVmContext,
                     request_deserializer=oma_dot_v1_dot_vm__context__pb2.DeleteVmContextRequest.FromString,
                     response_serializer=oma_dot_v1_dot_vm__context__pb2.DeleteVmContextResponse.SerializeToString,
+            ),
+            'CompleteMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteMigration,
+                    request_deserializer=oma_dot_v1_dot_vm__context__pb2.CompleteMigrationRequest.FromString,
+                    response_serializer=oma_dot_v1_dot_vm__context__pb2.CompleteMigrationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -364,6 +387,33 @@ class VmContextService(object):
             '/oma.v1.VmContextService/DeleteVmContext',
             oma_dot_v1_dot_vm__context__pb2.DeleteVmContextRequest.SerializeToString,
             oma_dot_v1_dot_vm__context__pb2.DeleteVmContextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oma.v1.VmContextService/CompleteMigration',
+            oma_dot_v1_dot_vm__context__pb2.CompleteMigrationRequest.SerializeToString,
+            oma_dot_v1_dot_vm__context__pb2.CompleteMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,
