@@ -158,12 +158,12 @@ def test_omactl_is_only_a_client_of_the_api() -> None:
 # never grow; a new module stays within the limit. Split one and take it off the list.
 MODULE_LINES = 500
 STILL_LARGER = {
-    "vma_client_stubs/agent/agent.py": 834,
+    "vma_client_stubs/agent/agent.py": 801,
     "vma_client_stubs/stream_client.py": 731,
     "vma_client_stubs/agent/copier.py": 627,
     "oma_server/nbd/manager.py": 534,
     "oma_server/cloudstack/client.py": 519,
-    "vma_client_stubs/agent/vcenter.py": 514,
+    "vma_client_stubs/agent/vcenter.py": 508,
 }
 
 

@@ -228,6 +228,25 @@ def cmd_delete(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_complete(ctx: Context, args: argparse.Namespace) -> int:
+    vm_id = resolve.vm_id(ctx, args.vm)
+    request = vm_context_pb2.CompleteMigrationRequest(vm_context_id=vm_id, request_id=args.request_id or "")
+    reply = ctx.client.call(ctx.client.vms, "CompleteMigration", request)
+    if ctx.out.as_json:
+        ctx.out.message(reply)
+        return 0
+    kept = ", ".join(reply.kept_volume_ids) or "none"
+    ctx.out.line(
+        f"Migration of {reply.vm_context.name} ({vm_id}) completed: it runs in CloudStack as VM "
+        f"{reply.target_vm_id or '-'} on volumes {kept} (kept)."
+    )
+    ctx.out.line(
+        f"The appliance releases the source side (CBT off, snapshots deleted): command {reply.release_command_id}; "
+        f"its answer in omactl jobs log {vm_id}"
+    )
+    return 0
+
+
 def register(commands: Commands) -> None:
     group = commands.group("vms", "VM contexts: the VMware VMs under migration")
     listing = commands.leaf(group, "list", "list VM contexts", cmd_list)
@@ -265,6 +284,14 @@ def register(commands: Commands) -> None:
     delete.add_argument("vm", metavar="VM", help="VM context id or name")
     delete.add_argument("--yes", action="store_true", help="yes, delete its replica volumes in CloudStack")
     delete.add_argument("--request-id", metavar="X", help="idempotency key")
+    complete = commands.leaf(
+        group,
+        "complete",
+        "close the migration of a VM that runs in CloudStack after a live failover (the source side is released)",
+        cmd_complete,
+    )
+    complete.add_argument("vm", metavar="VM", help="VM context id or name")
+    complete.add_argument("--request-id", metavar="X", help="idempotency key")
     for name, text in (
         ("power-on", "power the source VM on through its appliance (a job; refused after a live failover)"),
         ("power-off", "power the source VM off through its appliance (guest shutdown, then hard off; a job)"),

@@ -14,6 +14,7 @@ Commands (registered on `StreamClient.on_command`):
 - `cancel_job`: stops the copy (in-flight writes drain) and answers with a JobCancelled event.
 - `power_off` / `power_on`: sets the fake VM's power state, answers with a PowerResult.
 - `discover`: answers with a DiscoveryResult of the VMs.
+- `release_source`: CBT off on the VM's disks, the agent's snapshots of it deleted (source_commands.py).
 
 Resume: every running job is a `JobRecord` in the state dir. Each report's resume tokens are remembered under its
 sequence; when the OMA acks a sequence (JobAck, Welcome cursor, a start command's last_applied_sequence) that report's
@@ -52,6 +53,7 @@ from vma_client_stubs.agent.copier import (
 )
 from vma_client_stubs.agent.extents import allocated_extents, coalesce
 from vma_client_stubs.agent.jobstate import DiskRecord, JobRecord, JobStore
+from vma_client_stubs.agent.source_commands import SNAPSHOT_DESCRIPTION_PREFIX, SourceCommands, rejected
 from vma_client_stubs.agent.vcenter import (
     ChangeIdInvalid,
     DiskNotFound,
@@ -200,9 +202,9 @@ class Agent:
         )
         self.client.on_command("start_replication", self._on_start)
         self.client.on_command("cancel_job", self._on_cancel)
-        self.client.on_command("power_off", self._on_power_off)
-        self.client.on_command("power_on", self._on_power_on)
-        self.client.on_command("discover", self._on_discover)
+        source = SourceCommands(self.vcenter, self.log)
+        for kind in ("power_off", "power_on", "discover", "release_source"):
+            self.client.on_command(kind, getattr(source, kind))
         self.jobs: dict[str, JobRunner] = {}
         self.records: dict[str, JobRecord] = {}
         self.connected_since: float | None = None
@@ -320,13 +322,13 @@ class Agent:
         start = command.start_replication
         log = self.log.bind(job_id=start.job_id, command_id=command.command_id)
         if not start.job_id or not start.disks:
-            return _rejected("start_replication needs a job id and at least one disk")
+            return rejected("start_replication needs a job id and at least one disk")
         try:
             vm = await asyncio.to_thread(self.vcenter.get_vm, start.vm_uuid)
             for target in start.disks:
                 vm.disk(target.disk_key)
         except (VmNotFound, DiskNotFound) as exc:
-            return _rejected(str(exc))
+            return rejected(str(exc))
         runner = self.jobs.get(start.job_id)
         if runner is not None and runner.task is not None and not runner.task.done():
             log.info("job {job} is already running; start command acknowledged", job=start.job_id)
@@ -367,35 +369,6 @@ class Agent:
             job_id, stream_pb2.JobEvent(cancelled=stream_pb2.JobCancelled(detail="the job was not running here"))
         )
         return stream_pb2.CommandResult(outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED, detail="not running")
-
-    async def _power(self, vm_uuid: str, on: bool) -> stream_pb2.CommandResult:
-        try:
-            vm = await asyncio.to_thread(self.vcenter.set_power, vm_uuid, on)
-        except VmNotFound as exc:
-            return _rejected(str(exc))
-        self.log.info("VM {name} powered {state}", name=vm.name, state=vm.power_state)
-        from vma_client_stubs.agent.vcenter import power_state_proto
-
-        return stream_pb2.CommandResult(
-            outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED,
-            power=stream_pb2.PowerResult(power_state=power_state_proto(vm.power_state)),
-        )
-
-    async def _on_power_off(self, command: stream_pb2.Command) -> stream_pb2.CommandResult:
-        return await self._power(command.power_off.vm_uuid, False)
-
-    async def _on_power_on(self, command: stream_pb2.Command) -> stream_pb2.CommandResult:
-        return await self._power(command.power_on.vm_uuid, True)
-
-    async def _on_discover(self, command: stream_pb2.Command) -> stream_pb2.CommandResult:
-        def discover() -> list[Any]:
-            return [self.vcenter.to_proto(vm) for vm in self.vcenter.list_vms(command.discover.name_filter)]
-
-        vms = await asyncio.to_thread(discover)
-        return stream_pb2.CommandResult(
-            outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED,
-            discovery=stream_pb2.DiscoveryResult(virtual_machines=vms),
-        )
 
     # ---- messages -------------------------------------------------------------------------------------------
     async def _save(self, record: JobRecord) -> None:
@@ -825,10 +798,4 @@ def copied_extents(plan: Plan) -> stream_pb2.CopiedExtents:
 
 def snapshot_description(job_id: str) -> str:
     """What the agent names the VMware snapshot of a job: how a snapshot it did not get to record is found again."""
-    return f"OMA job {job_id}"
-
-
-def _rejected(detail: str) -> stream_pb2.CommandResult:
-    return stream_pb2.CommandResult(
-        outcome=stream_pb2.COMMAND_OUTCOME_REJECTED, error_class=jobs_pb2.ERROR_CLASS_INVALID_COMMAND, detail=detail
-    )
+    return f"{SNAPSHOT_DESCRIPTION_PREFIX}{job_id}"
