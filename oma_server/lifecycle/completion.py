@@ -19,10 +19,10 @@ from loguru import logger
 
 from oma_server.db.database import Database
 from oma_server.db.models import Command as CommandRow
-from oma_server.db.models import Disk, FailoverJob, NbdExport, Schedule, VmContext, Volume
+from oma_server.db.models import FailoverJob, NbdExport, Schedule, VmContext
 from oma_server.errors import FailedPrecondition, NotFound
 from oma_server.joblog import JobLogService, note
-from oma_server.lifecycle.deletion import running_job
+from oma_server.lifecycle.deletion import replica_volumes, running_job
 from oma_server.outbox import CommandOutbox, insert_command
 from oma_server.protocol.commands import CommandResult, ReleaseSource
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
@@ -51,8 +51,7 @@ def _close(vm_id: str) -> tuple[CompletedVm, bool]:
         .order_by(FailoverJob.finished_at.desc())
         .first()
     )
-    disks = Disk.select(Disk.id).where(Disk.vm_context == vm_id)
-    volumes = list(Volume.select().where(Volume.disk.in_(disks) & (Volume.state != "deleted")))
+    volumes = replica_volumes(vm_id)
     done = CompletedVm(vm_id, vm.appliance_id, live.target_vm_id if live else "", [v.cloudstack_id for v in volumes])
     if vm.status == VmStatus.COMPLETED.value:
         earlier = CommandRow.get_or_none((CommandRow.job_id == vm_id) & (CommandRow.kind == RELEASE_SOURCE))

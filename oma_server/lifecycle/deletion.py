@@ -71,6 +71,12 @@ def running_job(vm_id: str) -> str:
     return "" if job is None else str(job.id)
 
 
+def replica_volumes(vm_id: str) -> list[Volume]:
+    """The VM's replica volumes that have not been deleted."""
+    disks = Disk.select(Disk.id).where(Disk.vm_context == vm_id)
+    return list(Volume.select().where(Volume.disk.in_(disks) & (Volume.state != "deleted")))
+
+
 def _check(vm_id: str) -> tuple[VmContext, list[Volume]]:
     vm = VmContext.get_or_none(VmContext.id == vm_id)
     if vm is None:
@@ -91,9 +97,7 @@ def _check(vm_id: str) -> tuple[VmContext, list[Volume]]:
             vm_context_id=vm_id,
             status=status.value,
         )
-    disks = Disk.select(Disk.id).where(Disk.vm_context == vm_id)
-    volumes = list(Volume.select().where(Volume.disk.in_(disks) & (Volume.state != "deleted")))
-    return vm, volumes
+    return vm, replica_volumes(vm_id)
 
 
 def _remove_rows(vm_id: str, deleted: DeletedVm) -> None:

@@ -3,6 +3,8 @@ message that finishes the syncs the scheduler starts (its replicas are read back
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +24,7 @@ from oma.v1 import (
 from oma_server.app import App
 from oma_server.clock import ManualClock
 from oma_server.server import OmaServer
+from tests.clients import oma_channel
 from tests.conftest import make_settings
 from tests.factories import Enrolled, RawStream, enroll, inventory
 from vma.v1 import stream_pb2
@@ -35,6 +38,20 @@ async def start_oma(tmp_path: Path, clock: ManualClock, database_url: str = "", 
     server = OmaServer(App(settings, clock=clock))
     await server.start()
     return server
+
+
+@contextlib.asynccontextmanager
+async def oma_on_clock(
+    tmp_path: Path, database_url: str = "", **overrides: object
+) -> AsyncIterator[tuple[OmaServer, ManualClock, Api]]:
+    """An OMA on a ManualClock at T0, and the operator's stubs on a channel to it; stopped after."""
+    clock = ManualClock(T0)
+    server = await start_oma(tmp_path, clock, database_url, **overrides)
+    try:
+        async with oma_channel(server) as channel:
+            yield server, clock, Api(channel)
+    finally:
+        await server.stop(grace=0.2)
 
 
 async def restart_oma(server: OmaServer, clock: ManualClock, downtime_s: float = 0.0) -> OmaServer:
