@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from oma_server.errors import InvalidArgument
 
@@ -109,7 +109,12 @@ def check_timing(timing: Timing, rpo_target_s: int, min_interval_s: float, now: 
         ) from None
     if timing.time_zone and not timing.cron:
         raise _bad(f"{prefix}time_zone", "applies to a cron expression only; drop it", "SCHEDULE_TIMING_INVALID")
-    gap = shortest_gap(timing, now)
+    try:
+        gap = shortest_gap(timing, now)
+    except CroniterBadDateError:
+        raise _bad(
+            f"{prefix}cron", f"{timing.cron!r} names no date that exists (it never fires)", "CRON_INVALID"
+        ) from None
     if gap < min_interval_s:
         field = f"{prefix}cron" if timing.cron else f"{prefix}interval_seconds"
         raise _bad(

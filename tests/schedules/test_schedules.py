@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from oma.v1 import job_pb2, job_pb2_grpc, replication_pb2, schedule_pb2, vm_context_pb2
 from oma_server.clock import ManualClock
@@ -270,3 +272,32 @@ async def vm_context_stub_list(channel: grpc.aio.Channel) -> list[vm_context_pb2
 
     stub = vm_context_pb2_grpc.VmContextServiceStub(channel)
     return list((await stub.ListVmContexts(vm_context_pb2.ListVmContextsRequest())).vm_contexts)
+
+
+async def test_metrics_show_each_scheduled_vms_rpo_against_its_target(tmp_path: Path) -> None:
+    async with oma_on_clock(tmp_path, http_listen="127.0.0.1:0") as (server, clock, api):
+        vma = await Vma.connect(api.channel)
+        vm_id = await api.register(vma.enrolled, "metrics-01")
+        await api.create(vm_id, interval_seconds=HOUR, rpo_target_seconds=2 * HOUR)
+        assert server.http is not None
+        async with aiohttp.ClientSession() as session:
+
+            async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+                async with session.get(f"http://127.0.0.1:{server.http.port}/metrics") as response:  # type: ignore[union-attr]
+                    text = await response.text()
+                return {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples
+                }
+
+            labels = (("vm", "metrics-01"), ("vm_context_id", vm_id))
+            before = await scrape()
+            assert before[("oma_vm_rpo_target_seconds", labels)] == 2 * HOUR
+            assert before[("oma_vm_rpo_breached", labels)] == 1  # no verified sync yet
+            await step(server, clock, HOUR)
+            await vma.complete(server, await vma.command(), clock)
+            after = await scrape()
+            assert after[("oma_vm_rpo_breached", labels)] == 0
+            assert after[("oma_vm_rpo_seconds", labels)] == 60
+        await vma.close()

@@ -78,6 +78,8 @@ def test_jitter_stays_within_its_bounds_is_fixed_per_slot_and_spreads() -> None:
         (cron("61 * * * *"), 3600, "spec.cron", "CRON_INVALID"),
         (cron("0 * * * * *"), 3600, "spec.cron", "CRON_INVALID"),  # a seconds field: not five fields
         (cron("every hour"), 3600, "spec.cron", "CRON_INVALID"),
+        (cron("@reboot"), 3600, "spec.cron", "CRON_INVALID"),
+        (cron("0 0 31 2 *"), 3600, "spec.cron", "CRON_INVALID"),  # 31 February never comes
         (cron("0 * * * *", "Mars/Olympus"), 3600, "spec.time_zone", "TIME_ZONE_UNKNOWN"),
         (Timing(600, "", "Europe/Berlin", 0, T0), 3600, "spec.time_zone", "SCHEDULE_TIMING_INVALID"),
         (interval(30), 3600, "spec.interval_seconds", "SCHEDULE_TOO_FREQUENT"),

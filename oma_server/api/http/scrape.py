@@ -10,6 +10,7 @@ import peewee as pw
 from oma_server.app import App
 from oma_server.db.models import Appliance, FailoverJob, NbdExport, ReplicationJob, VmContext
 from oma_server.metrics import ScrapeState
+from oma_server.schedules.rpo import BREACHED, rpo_of, scheduled_vms
 
 
 def _count_by(*columns: pw.Field) -> list[Any]:
@@ -17,7 +18,19 @@ def _count_by(*columns: pw.Field) -> list[Any]:
     return list(model.select(*columns, pw.fn.COUNT(pw.SQL("*"))).group_by(*columns).tuples())
 
 
-def _read() -> dict[str, list[Any]]:
+def _rpos(now: datetime) -> list[tuple[str, str, int, int, bool]]:
+    views = rpo_of(scheduled_vms(), now)
+    names = {
+        vm.id: vm.name for vm in VmContext.select(VmContext.id, VmContext.name).where(VmContext.id.in_(list(views)))
+    }
+    return [
+        (vm_id, names[vm_id], v.target_s, v.current_s, v.status == BREACHED)
+        for vm_id, v in sorted(views.items())
+        if vm_id in names
+    ]
+
+
+def _read(now: datetime) -> dict[str, list[Any]]:
     completed = (
         ReplicationJob.select(ReplicationJob.vm_context, pw.fn.MAX(ReplicationJob.finished_at))
         .where(ReplicationJob.status == "completed")
@@ -36,11 +49,12 @@ def _read() -> dict[str, list[Any]]:
         "failover_jobs": _count_by(FailoverJob.kind, FailoverJob.status),
         "exports": _count_by(NbdExport.state),
         "recovery_points": [(vm.id, vm.name, last_completed[vm.id]) for vm in vms if last_completed.get(vm.id)],
+        "rpos": _rpos(now),
     }
 
 
 async def scrape_state(app: App) -> ScrapeState:
-    rows = await app.db.run(_read)
+    rows = await app.db.run(_read, app.clock.now())
     return ScrapeState(
         **rows,
         open_jobs=[(j.id, j.vm_context_id, j.status.value, j.updated_at) for j in app.jobs.open_jobs()],
