@@ -68,6 +68,14 @@ async def test_schedules_create_list_show_pause_resume_delete_and_the_rpo_views(
     shown = await run_omactl(target, "schedules", "show", schedule["id"])
     assert "active" in shown.out and "crm" in shown.out
 
+    async with oma_channel(server) as channel:
+        await Api(channel).register(await enroll(channel), "erp-01")
+    cron = await run_omactl(
+        target, "schedules", "create", "erp-01", "--cron", "0 9 * * *", "--tz", "Europe/Berlin", "--rpo", "2d"
+    )
+    assert cron.code == 0 and "cron '0 9 * * *' Europe/Berlin" in cron.out, cron
+    [berlin] = json.loads((await run_omactl(target, "--json", "schedules", "list", "--vm", "erp-01")).out)
+    assert berlin["next_slot_at"] == "2026-03-28T08:00:00Z"  # 09:00 CET
     bad = await run_omactl(target, "schedules", "create", "crm-01", "--cron", "0 25 * * *", "--rpo", "1d")
     assert_one_error_line(bad, "INVALID_ARGUMENT", "spec.cron", "CRON_INVALID")
     usage = await run_omactl(target, "schedules", "create", "crm-01", "--rpo", "1d")
@@ -75,7 +83,9 @@ async def test_schedules_create_list_show_pause_resume_delete_and_the_rpo_views(
 
     deleted = await run_omactl(target, "schedules", "delete", schedule["id"])
     assert deleted.code == 0 and "Deleted schedule" in deleted.out
-    assert json.loads((await run_omactl(target, "--json", "schedules", "list")).out) == []
+    assert [s["id"] for s in json.loads((await run_omactl(target, "--json", "schedules", "list")).out)] == [
+        berlin["id"]
+    ]
     gone = await run_omactl(target, "schedules", "show", schedule["id"])
     assert_one_error_line(gone, "NOT_FOUND", "SCHEDULE_NOT_FOUND")
 
