@@ -44,6 +44,7 @@ from oma_server.replication.service import ReplicationService
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.replication.workflow import ReplicationWorkflow, vm_after_job
 from oma_server.revisions import RevisionReservations
+from oma_server.schedules.leadership import Leadership
 from oma_server.schedules.scheduler import Limits, Scheduler
 from oma_server.schedules.store import ScheduleStore
 from oma_server.security.tokens import TokenService
@@ -167,6 +168,7 @@ class App:
             self.joblog,
             Limits(settings.max_running_jobs, settings.max_running_jobs_per_appliance),
             tick_s=settings.scheduler_tick_s,
+            leadership=Leadership(self.db.url, self.db.kind),
         )
         self.schedules.on_change.append(self.scheduler.wake)
         self.completion.on_completed.append(lambda _vm_id: self.scheduler.wake())

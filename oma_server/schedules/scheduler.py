@@ -13,7 +13,9 @@ Each pass (when the next schedule is due, when a change or a finished job wakes 
 - every scheduled VM's RPO is assessed; one whose status, recovery point or next sync changed is published on the
   watch hub (job kind "rpo"), so WatchJobs shows it.
 
-All times come from the clock adapter: a test's ManualClock drives the loop through hours of slots in moments.
+All times come from the clock adapter: a test's ManualClock drives the loop through hours of slots in moments. With
+several OMA processes on one PostgreSQL, only the holder of the scheduler's advisory lock runs passes
+(leadership.py); the others try again every `tick_s` and take over when it goes.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from oma_server.joblog import JobLogService
 from oma_server.replication.service import ReplicationService
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.schedules import rpo
+from oma_server.schedules.leadership import Leadership
 from oma_server.schedules.store import TARGET_VM, timing_of
 from oma_server.schedules.timing import next_slot, run_time
 from oma_server.watch import Change, Subscription
@@ -72,6 +75,7 @@ class Scheduler:
         joblog: JobLogService,
         limits: Limits,
         tick_s: float = 30.0,
+        leadership: Leadership | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -80,6 +84,8 @@ class Scheduler:
         self.joblog = joblog
         self.limits = limits
         self.tick_s = tick_s
+        #: several OMA processes on one PostgreSQL: only the leader starts syncs (None: this process always leads)
+        self.leadership = leadership
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -103,6 +109,8 @@ class Scheduler:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.leadership is not None:
+            await asyncio.to_thread(self.leadership.release)
 
     def settle_through(self, settled: Callable[[str], Awaitable[None]]) -> None:
         """How to wait until a finished job's replicas were read back (the replication workflow's `settled`): its
@@ -143,7 +151,8 @@ class Scheduler:
             self.begun += 1
             delay = self.tick_s
             try:
-                delay = await self.run_pass()
+                if self.leadership is None or await asyncio.to_thread(self.leadership.try_lead):
+                    delay = await self.run_pass()
             except asyncio.CancelledError:
                 raise
             except Exception:
