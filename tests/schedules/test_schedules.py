@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from oma.v1 import job_pb2, job_pb2_grpc, replication_pb2, schedule_pb2, vm_context_pb2
 from oma_server.clock import ManualClock
+from oma_server.security.tokens import read_admin_token
 from tests.clients import oma_channel
 from tests.factories import enroll
 from tests.schedules.helpers import T0, Api, Vma, oma_on_clock, restart_oma, seconds_after_t0, start_oma, step
@@ -280,7 +281,9 @@ async def test_metrics_show_each_scheduled_vms_rpo_against_its_target(tmp_path: 
         vm_id = await api.register(vma.enrolled, "metrics-01")
         await api.create(vm_id, interval_seconds=HOUR, rpo_target_seconds=2 * HOUR)
         assert server.http is not None
-        async with aiohttp.ClientSession() as session:
+        # a viewer's token is what /metrics asks for once it is behind tokens (issue #17); unused before
+        token = read_admin_token(server.app.settings.data_dir)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
 
             async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
                 async with session.get(f"http://127.0.0.1:{server.http.port}/metrics") as response:  # type: ignore[union-attr]
