@@ -36,6 +36,8 @@ from oma_server.janitor import Janitor
 from oma_server.job_watch import JobWatcher
 from oma_server.joblog import JobLogService
 from oma_server.jobs import Jobs
+from oma_server.lifecycle.completion import MigrationCompletion
+from oma_server.lifecycle.deletion import VmDeletion
 from oma_server.nbd.manager import NbdExportManager
 from oma_server.outbox import CommandOutbox
 from oma_server.replication.applier import VmaMessageApplier
@@ -44,6 +46,9 @@ from oma_server.replication.service import ReplicationService
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.replication.workflow import ReplicationWorkflow, vm_after_job
 from oma_server.revisions import RevisionReservations
+from oma_server.schedules.leadership import Leadership
+from oma_server.schedules.scheduler import Limits, Scheduler
+from oma_server.schedules.store import ScheduleStore
 from oma_server.security.audit import AuditLog
 from oma_server.security.tokens import TokenService
 from oma_server.settings import Settings
@@ -110,6 +115,27 @@ class App:
         self.schema_version = 0
         self._teardown = contextlib.AsyncExitStack()
         self._sqlite_owner: SqliteOwnership | None = None
+        self._build_lifecycle_and_schedules(settings)
+
+    def _build_lifecycle_and_schedules(self, settings: Settings) -> None:
+        """Deleting and completing VM contexts; schedules, which start syncs through the replication service (the
+        scheduler runs once the workflow does)."""
+        self.deletion: VmDeletion | None = None  # needs CloudStack: built at start
+        self.completion = MigrationCompletion(self.db, self.outbox, self.joblog)
+        self.schedules = ScheduleStore(self.db, self.clock, settings.schedule_min_interval_s)
+        self.scheduler = Scheduler(
+            self.db,
+            self.clock,
+            self.jobs,
+            self.replication,
+            self.joblog,
+            Limits(settings.max_running_jobs, settings.max_running_jobs_per_appliance),
+            tick_s=settings.scheduler_tick_s,
+            leadership=Leadership(self.db.url, self.db.kind),
+        )
+        self.schedules.on_change.append(self.scheduler.wake)
+        self.completion.on_completed.append(lambda _vm_id: self.scheduler.wake())
+        self.job_watch.listers.append(self.scheduler.rpo_changes)
 
     def _build_stream(self, settings: Settings) -> None:
         """The replication jobs' store, the command outbox and the appliance sessions, wired to each other."""
@@ -188,6 +214,8 @@ class App:
         if self.janitor is not None:
             await self.janitor.start()
             self._teardown.push_async_callback(self.janitor.stop)
+        await self.scheduler.start()
+        self._teardown.push_async_callback(self.scheduler.stop)
 
     async def _start_storage(self) -> None:
         if self.simulator is not None:
@@ -209,6 +237,9 @@ class App:
             self.db, self.clock, self.jobs, self.replication, self.vms, self.attachments, self.joblog, self.verifier
         )
         self.replication.start_through(self.workflow.start_job)
+        self.scheduler.settle_through(self.workflow.settled)
+        self.deletion = VmDeletion(self.db, self.cloudstack, self.attachments, self.joblog)
+        self.deletion.on_deleted.append(lambda _vm_id: self.scheduler.wake())
         self._build_failover(self.cloudstack, self.volumes, self.attachments, self.workflow)
         assert self.failover is not None
         self.janitor = Janitor(

@@ -167,6 +167,24 @@ def _http_and_log_flags(g: argparse._ArgumentGroup) -> None:
         default=int(env_default("audit_retention_days", "365")),
         help="how long the audit log of mutating RPCs keeps an entry (default 365 days)",
     )
+    g.add_argument(
+        "--schedule-min-interval",
+        type=float,
+        default=float(env_default("schedule_min_interval", "60")),
+        help="the shortest gap between a schedule's syncs, in seconds (default 60)",
+    )
+    g.add_argument(
+        "--max-running-jobs",
+        type=int,
+        default=int(env_default("max_running_jobs", "8")),
+        help="schedules start no sync while this many replication jobs run in all (0: no limit; default 8)",
+    )
+    g.add_argument(
+        "--max-running-jobs-per-appliance",
+        type=int,
+        default=int(env_default("max_running_jobs_per_appliance", "4")),
+        help="... or while this many run on the VM's appliance (0: no limit; default 4)",
+    )
     g.add_argument("--log-json", action="store_true", default=env_flag("log_json"), help="JSON log lines")
     g.add_argument("--log-level", default=env_default("log_level", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
 
@@ -225,6 +243,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         http_tls_cert=args.http_tls_cert,
         http_tls_key=args.http_tls_key,
         audit_retention_days=args.audit_retention_days,
+        schedule_min_interval_s=args.schedule_min_interval,
+        max_running_jobs=args.max_running_jobs,
+        max_running_jobs_per_appliance=args.max_running_jobs_per_appliance,
     )
 
 

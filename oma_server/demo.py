@@ -8,8 +8,9 @@ directory of raw images with change tracking) + omactl for live progress:
 1. one VM with two disks of varied data and holes; the agent connects and the OMA discovers and registers the VM
 2. initial replication, then a byte-for-byte check of every CloudStack volume against its source disk
 3. simulated guest writes, an incremental replication (changed blocks only), the byte check again
-4. a test failover (the test VM's volumes checked against the source disks), then its cleanup
-5. a summary table per disk: bytes copied, time, throughput, change ids
+4. a schedule every 3 s that runs two incrementals by itself (the byte check again), its RPO, then paused
+5. a test failover (the test VM's volumes checked against the source disks), then its cleanup
+6. a summary table per disk: bytes copied, time, throughput, change ids
 
 Exit status 0 only if every step succeeded and every byte matched.
 """
@@ -194,6 +195,8 @@ class Demo:
             f"127.0.0.1:{free_port()}",
             "--http-listen",
             self.http_address,
+            "--schedule-min-interval",
+            "2",  # the demo's schedule runs seconds apart
         )
         wait_listening(self.port, server, "oma-server")
         wait_written(self.data_dir / "admin.token", server, "oma-server")  # its first start's admin token
@@ -206,6 +209,21 @@ class Demo:
             f"live dashboard: [bold]http://{self.http_address}/[/] (log in with that token)  ·  Prometheus metrics: "
             f"http://{self.http_address}/metrics (Authorization: Bearer <token>)  (OMA_DEMO_HTTP_PORT fixes the port)"
         )
+
+    def test_failover_and_cleanup(self, vm_id: str) -> None:
+        step("Test failover: snapshot, deploy the test VM on the replicas, boot it")
+        self.omactl("network-map", "create", "--source", "VM Network", "--target", self.guest_network_id(),
+                    "--vm", vm_id)  # fmt: skip
+        self.omactl("preflight", vm_id, "--kind", "test", live=True)
+        self.omactl("failover", "test", vm_id, "--watch", live=True)
+        self.verify(vm_id, "test VM's volume", self.replicas_in_cloudstack(vm_id))
+
+        step("Test failover cleanup: destroy the test VM, revert the volumes, leave them detached for the next run")
+        self.omactl("failover", "cleanup", vm_id, "--watch", live=True)
+        vm = self.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
+        if vm.status != vm_context_pb2.VM_CONTEXT_STATUS_READY_FOR_FAILOVER:
+            self.failures.append(f"after cleanup the VM is {vm_context_pb2.VmContextStatus.Name(vm.status)}")
+        self.verify(vm_id, "CloudStack volume", self.replicas_in_cloudstack(vm_id))
 
     def check_dashboard(self) -> None:
         """The dashboard's data and /metrics answer only to a token: none is refused, a viewer's is served."""
@@ -287,6 +305,41 @@ class Demo:
         if job.status != replication_pb2.REPLICATION_JOB_STATUS_COMPLETED:
             raise DemoFailed(f"{kind} replication ended {replication_pb2.ReplicationJobStatus.Name(job.status)}")
         return job
+
+    def scheduled(self, vm_id: str, count: int = 2) -> list[replication_pb2.ReplicationJob]:
+        """A schedule every 3 s: wait for `count` syncs it starts by itself to complete, then pause it and wait for
+        whatever it started meanwhile (the failover needs the VM idle)."""
+        request = replication_pb2.ListReplicationJobsRequest(vm_context_id=vm_id)
+        before = {j.id for j in self.jobs.ListReplicationJobs(request).jobs}
+        schedule_id = self.omactl(
+            "-q", "schedules", "create", vm_id, "--every", "3s", "--rpo", "1m", "--name", "demo-every-3s"
+        ).strip()
+        console.print(f"schedule {schedule_id}: a sync every 3 s, RPO target 1 min; the OMA starts them itself")
+        deadline = time.monotonic() + 60
+        done: list[replication_pb2.ReplicationJob] = []
+        while len(done) < count:
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"the schedule completed {len(done)} of {count} syncs in 60 s")
+            time.sleep(0.2)  # polling the API for the scheduler's jobs, not a synchronisation with it
+            jobs = [j for j in self.jobs.ListReplicationJobs(request).jobs if j.id not in before]
+            failed = [j for j in jobs if j.status == replication_pb2.REPLICATION_JOB_STATUS_FAILED]
+            if failed:
+                raise DemoFailed(f"scheduled job {failed[0].id} failed: {failed[0].error.message}")
+            done = sorted(
+                (j for j in jobs if j.status == replication_pb2.REPLICATION_JOB_STATUS_COMPLETED),
+                key=lambda j: j.created_at.ToDatetime(),
+            )
+        self.omactl("schedules", "pause", schedule_id)
+        while any(not j.HasField("finished_at") for j in self.jobs.ListReplicationJobs(request).jobs):
+            time.sleep(0.1)  # a sync the schedule started just before the pause runs to its end
+        for job in done[:count]:
+            console.print(f"  scheduled {replication_pb2.ReplicationJobKind.Name(job.kind)[21:].lower()} job {job.id}")
+        console.print(self.omactl("schedules", "show", schedule_id).rstrip())
+        rpo = self.omactl("vms", "show", vm_id)
+        console.print(
+            "\n".join(line for line in rpo.splitlines() if line.strip().startswith(("rpo", "recovery", "next sync")))
+        )
+        return done[:count]
 
     def source_disks(self, vm: vm_context_pb2.VmContext) -> dict[str, Path]:
         return {d.id: self.vcenter / vm.vm_uuid / f"disk-{d.key}.img" for d in vm.disks}
@@ -379,15 +432,19 @@ def blkhash(path: Path, block_size: int, algorithm: str, capacity: int) -> str:
     return outer.hexdigest()
 
 
-def main() -> int:
-    started = time.monotonic()
-    # OMA_DEMO_DIR keeps everything the demo made (logs, data dir, images) in that directory for a look afterwards;
-    # by default it goes into a temporary directory removed at the end.
+def workspace() -> contextlib.AbstractContextManager[str]:
+    """OMA_DEMO_DIR keeps everything the demo made (logs, data dir, images) in that directory for a look afterwards;
+    by default it goes into a temporary directory removed at the end."""
     keep = os.environ.get("OMA_DEMO_DIR", "")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
-    place = contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="oma-demo-")
-    with place as tmp, ExitStack() as stack:
+        return contextlib.nullcontext(keep)
+    return tempfile.TemporaryDirectory(prefix="oma-demo-")
+
+
+def main() -> int:
+    started = time.monotonic()
+    with workspace() as tmp, ExitStack() as stack:
         demo = Demo(Path(tmp), stack)
         try:
             demo.start_oma()
@@ -405,25 +462,19 @@ def main() -> int:
             if incremental.bytes_done >= initial.bytes_done:
                 demo.failures.append("the incremental run copied as much as the full one")
 
-            step("Test failover: snapshot, deploy the test VM on the replicas, boot it")
-            demo.omactl("network-map", "create", "--source", "VM Network", "--target", demo.guest_network_id(),
-                        "--vm", vm_id)  # fmt: skip
-            demo.omactl("preflight", vm_id, "--kind", "test", live=True)
-            demo.omactl("failover", "test", vm_id, "--watch", live=True)
-            demo.verify(vm_id, "test VM's volume", demo.replicas_in_cloudstack(vm_id))
-
-            step("Test failover cleanup: destroy the test VM, revert the volumes, leave them detached for the next run")
-            demo.omactl("failover", "cleanup", vm_id, "--watch", live=True)
-            vm = demo.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
-            if vm.status != vm_context_pb2.VM_CONTEXT_STATUS_READY_FOR_FAILOVER:
-                demo.failures.append(f"after cleanup the VM is {vm_context_pb2.VmContextStatus.Name(vm.status)}")
+            step("A schedule: two incrementals start by themselves, seconds apart (guest writes before the first)")
+            run(BIN / "vma-agent", "guest-write", "--vcenter-dir", demo.vcenter, "--vm", "demo-web",
+                "--percent", "1", "--seed", "8")  # fmt: skip
+            scheduled = demo.scheduled(vm_id)
             demo.verify(vm_id, "CloudStack volume", demo.replicas_in_cloudstack(vm_id))
+
+            demo.test_failover_and_cleanup(vm_id)
 
             step("Dashboard and /metrics: only for operators' tokens")
             demo.check_dashboard()
 
             step("Summary")
-            demo.summary(vm_id, [initial, incremental])
+            demo.summary(vm_id, [initial, incremental, *scheduled])
         except (DemoFailed, grpc.RpcError) as exc:
             detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)  # type: ignore[union-attr]
             demo.failures.append(detail or type(exc).__name__)

@@ -160,6 +160,8 @@ class ScrapeState:
     failover_jobs: list[tuple[str, str, int]]  # kind, status, how many
     exports: list[tuple[str, int]]  # recorded state, how many
     recovery_points: list[tuple[str, str, datetime]]  # VM context id, VM name, finish of its last completed job
+    # Scheduled VMs: VM context id, VM name, RPO target (s), current RPO (s, verified syncs), breached
+    rpos: list[tuple[str, str, int, int, bool]]
     open_jobs: list[tuple[str, str, str, datetime | None]]  # job id, VM context id, status, last change
     sessions: int  # appliance streams held by this process
     watchers: int  # watch streams open on this process
@@ -214,12 +216,35 @@ def render(state: ScrapeState) -> bytes:
     )
     snap.gauge("oma_nbd_exports", "NBD exports by recorded state", ["state"], (([s], n) for s, n in state.exports))
     snap.gauge("oma_nbd_exports_served", "Exports the NBD server serves now", [], [([], state.exports_served)])
+    _vm_gauges(snap, state)
+    local = CollectorRegistry(auto_describe=False)
+    local.register(snap)
+    return generate_latest(REGISTRY) + generate_latest(local)
+
+
+def _vm_gauges(snap: _Snapshot, state: ScrapeState) -> None:
+    """Each VM's recovery point, and the RPO of the VMs a schedule targets."""
     snap.gauge(
         "oma_vm_recovery_point_timestamp_seconds",
         "Finish of each VM's last completed replication: its recovery point (RPO = time() - this)",
         ["vm_context_id", "vm"],
         (([i, name], _epoch(last)) for i, name, last in state.recovery_points),
     )
-    local = CollectorRegistry(auto_describe=False)
-    local.register(snap)
-    return generate_latest(REGISTRY) + generate_latest(local)
+    snap.gauge(
+        "oma_vm_rpo_target_seconds",
+        "RPO target of each VM a schedule targets",
+        ["vm_context_id", "vm"],
+        (([i, name], target) for i, name, target, _, _ in state.rpos),
+    )
+    snap.gauge(
+        "oma_vm_rpo_seconds",
+        "Current RPO of each scheduled VM: age of its last completed and verified sync (since its start)",
+        ["vm_context_id", "vm"],
+        (([i, name], current) for i, name, _, current, _ in state.rpos),
+    )
+    snap.gauge(
+        "oma_vm_rpo_breached",
+        "1 while a scheduled VM's RPO is over its target (or it has no verified sync yet), else 0",
+        ["vm_context_id", "vm"],
+        (([i, name], float(breached)) for i, name, _, _, breached in state.rpos),
+    )

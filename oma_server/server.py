@@ -36,6 +36,8 @@ from oma.v1 import (
     job_pb2_grpc,
     replication_pb2,
     replication_pb2_grpc,
+    schedule_pb2,
+    schedule_pb2_grpc,
     server_info_pb2,
     server_info_pb2_grpc,
     storage_pb2,
@@ -55,11 +57,12 @@ from oma_server.api.http.server import HttpServer
 from oma_server.api.idempotency import IdempotencyInterceptor
 from oma_server.api.reflection import SourceInfoPool
 from oma_server.api.replication import JobServicer, ReplicationServicer
+from oma_server.api.schedules import RpoReader, ScheduleServicer
 from oma_server.api.server_info import ServerInfoServicer
 from oma_server.api.status import ErrorMappingInterceptor
 from oma_server.api.storage import NbdExportServicer, VolumeServicer
 from oma_server.api.tokens import AccessServicer
-from oma_server.api.vm_contexts import VmContextServicer
+from oma_server.api.vm_contexts import VmContextServicer, VmLifecycle
 from oma_server.app import App
 from oma_server.idempotency import IdempotencyStore
 from oma_server.security.server_tls import ServerTls
@@ -99,6 +102,7 @@ SERVICE_NAMES: list[str] = [
     storage_pb2.DESCRIPTOR.services_by_name["VolumeService"].full_name,
     storage_pb2.DESCRIPTOR.services_by_name["NbdExportService"].full_name,
     failover_pb2.DESCRIPTOR.services_by_name["FailoverService"].full_name,
+    schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
     failover_pb2.DESCRIPTOR.services_by_name["NetworkMappingService"].full_name,
     cloud_pb2.DESCRIPTOR.services_by_name["CloudService"].full_name,
     gateway_pb2.DESCRIPTOR.services_by_name["VmaGatewayService"].full_name,
@@ -114,7 +118,9 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     are handed over as a lookup that answers None until then (the servicer answers UNAVAILABLE)."""
     server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(ServerInfoServicer(app.info), server)
     appliance_pb2_grpc.add_ApplianceServiceServicer_to_server(ApplianceServicer(app.appliances), server)
-    vm_contexts = VmContextServicer(app.vms, app.appliances, app.hub.connected, lambda: app.power)
+    rpo = RpoReader(app.db, app.clock)
+    lifecycle = VmLifecycle(lambda: app.deletion, app.completion)
+    vm_contexts = VmContextServicer(app.vms, app.appliances, app.hub.connected, lambda: app.power, lifecycle, rpo)
     vm_context_pb2_grpc.add_VmContextServiceServicer_to_server(vm_contexts, server)
     replication = ReplicationServicer(app.replication, app.jobs, app.all_jobs, app.vms)
     replication_pb2_grpc.add_ReplicationServiceServicer_to_server(replication, server)
@@ -129,6 +135,7 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     cloud_pb2_grpc.add_CloudServiceServicer_to_server(CloudServicer(lambda: app.cloud), server)
     gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(GatewayServicer(app.hub), server)
     access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(app.tokens, app.audit), server)
+    schedule_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(app.schedules), server)
 
 
 def _http_server(app: App) -> HttpServer:
@@ -147,7 +154,7 @@ def _http_server(app: App) -> HttpServer:
         info=app.info,
         auth=auth,
     )
-    return HttpServer(app.settings, dashboard, Scraper(app.db, app.jobs, app.hub, app.watch, app.nbd), auth)
+    return HttpServer(app.settings, dashboard, Scraper(app.db, app.jobs, app.hub, app.watch, app.nbd, app.clock), auth)
 
 
 def _server_credentials(tls: ServerTls) -> grpc.ServerCredentials:

@@ -67,6 +67,13 @@ class Settings:
     audit_retention_days: int = 365
     #: how often a live event stream of the dashboard re-checks its token (a revoked one ends the stream)
     http_reauth_interval_s: float = 30.0
+    # Schedules (oma_server/schedules): the shortest gap between a schedule's syncs; the running replication jobs
+    # (in all, per appliance; 0: no limit) past which scheduled syncs wait; the scheduler's longest pause between
+    # looks at the schedules and RPOs.
+    schedule_min_interval_s: float = 60.0
+    max_running_jobs: int = 8
+    max_running_jobs_per_appliance: int = 4
+    scheduler_tick_s: float = 10.0
 
     def validate(self) -> None:
         parse_host_port(self.listen, "--listen")
@@ -79,6 +86,10 @@ class Settings:
             raise InvalidArgument("--max-concurrent-rpcs must be at least 1")
         if self.idempotency_ttl_s <= 0:
             raise InvalidArgument("--idempotency-ttl must be positive (seconds a first answer is kept for retries)")
+        if self.schedule_min_interval_s <= 0 or self.scheduler_tick_s <= 0:
+            raise InvalidArgument("--schedule-min-interval must be positive")
+        if self.max_running_jobs < 0 or self.max_running_jobs_per_appliance < 0:
+            raise InvalidArgument("--max-running-jobs and --max-running-jobs-per-appliance must be 0 or more")
         if self.http_listen:
             parse_host_port(self.http_listen, "--http-listen")
         if (self.http_tls_cert is None) != (self.http_tls_key is None):

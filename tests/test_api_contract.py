@@ -25,6 +25,8 @@ from oma.v1 import (
     job_pb2_grpc,
     replication_pb2,
     replication_pb2_grpc,
+    schedule_pb2,
+    schedule_pb2_grpc,
     storage_pb2,
     storage_pb2_grpc,
     vm_context_pb2,
@@ -67,11 +69,15 @@ async def seed(channel: grpc.aio.Channel, oma_server: OmaServer) -> str:
     enrolled = await enroll(channel)
     await enroll(channel)
     vms = vm_context_pb2_grpc.VmContextServiceStub(channel)
+    schedules = schedule_pb2_grpc.ScheduleServiceStub(channel)
     for _ in range(2):
         request = vm_context_pb2.RegisterVmContextRequest(
             appliance_id=enrolled.appliance_id, virtual_machine=inventory()
         )
-        await vms.RegisterVmContext(request)
+        vm = (await vms.RegisterVmContext(request)).vm_context
+        target = schedule_pb2.ScheduleTarget(kind=schedule_pb2.SCHEDULE_TARGET_KIND_VM_CONTEXT, id=vm.id)
+        spec = schedule_pb2.ScheduleSpec(target=target, interval_seconds=3600, rpo_target_seconds=7200)
+        await schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(spec=spec))
     mappings = failover_pb2_grpc.NetworkMappingServiceStub(channel)
     guest = sim.state.find_by_name(sim.state.networks, "guest-net-1")
     for source in ("VM Network", "Backup", "DMZ"):
@@ -97,12 +103,14 @@ def list_rpcs(channel: grpc.aio.Channel, job_id: str) -> dict[str, tuple[Page, s
     volumes = storage_pb2_grpc.VolumeServiceStub(channel)
     exports = storage_pb2_grpc.NbdExportServiceStub(channel)
     cloud = cloud_pb2_grpc.CloudServiceStub(channel)
+    schedule_stub = schedule_pb2_grpc.ScheduleServiceStub(channel)
 
     def rpc(call: Any, request_type: Any, **fields: Any) -> Page:
         return lambda size, token: call(request_type(page_size=size, page_token=token, **fields))
 
     return {
         "ListApiTokens": (rpc(tokens.ListApiTokens, access_pb2.ListApiTokensRequest), "tokens", 3),
+        "ListSchedules": (rpc(schedule_stub.ListSchedules, schedule_pb2.ListSchedulesRequest), "schedules", 2),
         # the seed's creations are mutations of an admin: each one is in the audit log
         "ListAuditEntries": (rpc(tokens.ListAuditEntries, access_pb2.ListAuditEntriesRequest), "entries", 9),
         "ListAppliances": (rpc(appliances.ListAppliances, appliance_pb2.ListAppliancesRequest), "appliances", 2),

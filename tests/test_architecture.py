@@ -44,6 +44,8 @@ SERVICES = (
     "oma_server.outbox",
     "oma_server.appliances",
     "oma_server.integrity",
+    "oma_server.schedules",
+    "oma_server.lifecycle",
     "oma_server.app",
 )
 

@@ -55,6 +55,8 @@ from oma.v1 import (
     job_pb2_grpc,
     replication_pb2,
     replication_pb2_grpc,
+    schedule_pb2,
+    schedule_pb2_grpc,
     storage_pb2_grpc,
     vm_context_pb2,
     vm_context_pb2_grpc,
@@ -185,6 +187,7 @@ class OperatorClient:
         self.exports = storage_pb2_grpc.NbdExportServiceStub(self.channel)
         self.failover = failover_pb2_grpc.FailoverServiceStub(self.channel)
         self.network_mappings = failover_pb2_grpc.NetworkMappingServiceStub(self.channel)
+        self.schedules = schedule_pb2_grpc.ScheduleServiceStub(self.channel)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -246,6 +249,11 @@ class OperatorClient:
     ) -> AsyncIterator[replication_pb2.ReplicationJob]:
         request = replication_pb2.ListReplicationJobsRequest(vm_context_id=vm_context_id, page_size=page_size)
         return self.paginate(self.replication.ListReplicationJobs, request, lambda r: r.jobs)
+
+    def iter_schedules(self, target_id: str = "", page_size: int = PAGE_SIZE) -> AsyncIterator[schedule_pb2.Schedule]:
+        """Replication schedules (of one VM context when `target_id` is given), oldest first."""
+        request = schedule_pb2.ListSchedulesRequest(target_id=target_id, page_size=page_size)
+        return self.paginate(self.schedules.ListSchedules, request, lambda r: r.schedules)
 
     def iter_job_log(self, job_id: str, page_size: int = PAGE_SIZE) -> AsyncIterator[job_pb2.JobLogEntry]:
         request = job_pb2.ListJobLogEntriesRequest(job_id=job_id, page_size=page_size)

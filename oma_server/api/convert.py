@@ -8,13 +8,23 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from oma.common.v1 import inventory_pb2, jobs_pb2
-from oma.v1 import appliance_pb2, cloud_pb2, failover_pb2, job_pb2, replication_pb2, storage_pb2, vm_context_pb2
+from oma.v1 import (
+    appliance_pb2,
+    cloud_pb2,
+    failover_pb2,
+    job_pb2,
+    replication_pb2,
+    schedule_pb2,
+    storage_pb2,
+    vm_context_pb2,
+)
 from oma_server.cloud_inventory import TemplateView, ZoneView
 from oma_server.cloudstack.models import DiskOffering, Network, ServiceOffering
 from oma_server.db.models import Appliance, BlockMap, JobLog, NetworkMapping, Volume
 from oma_server.failover.state_machine import FailoverJobState
 from oma_server.job_watch import Update
 from oma_server.replication.state_machine import JobState
+from oma_server.schedules.rpo import RpoView
 from oma_server.storage.exports import ExportView
 from oma_server.vm_contexts.service import VmView
 
@@ -153,6 +163,8 @@ def _job_update_to_proto(update: Update) -> job_pb2.JobUpdate:
     if change is not None:
         if change.job_kind == "replication":
             out.replication_job.CopyFrom(replication_job_to_proto(change.state))
+        elif change.job_kind == "rpo":
+            out.vm_rpo.CopyFrom(rpo_to_proto(change.state))
         else:
             out.failover_job.CopyFrom(failover_job_to_proto(change.state))
     return out
@@ -370,4 +382,20 @@ def template_to_proto(view: TemplateView) -> cloud_pb2.CloudTemplate:
         hypervisor=t.hypervisor or "",
         format=t.format or "",
         failover_default=view.failover_default,
+    )
+
+
+def rpo_to_proto(view: RpoView) -> schedule_pb2.VmRpo:
+    point = view.recovery_point
+    return schedule_pb2.VmRpo(
+        vm_context_id=view.vm_context_id,
+        status=enum_value(schedule_pb2.RpoStatus, "RPO_STATUS", view.status),  # type: ignore[arg-type]
+        reason=view.reason,
+        target_seconds=view.target_s,
+        recovery_point=ts(point.at) if point else None,
+        current_seconds=view.current_s,
+        recovery_point_job_id=point.job_id if point else "",
+        schedule_id=view.schedule_id,
+        next_sync_at=ts(view.next_sync_at),
+        schedule_paused=view.schedule_paused,
     )

@@ -113,6 +113,17 @@ _NETWORK_MAPPING: dict[str, Rule] = {
     "mapping.static_ip": Text(64),
 }
 
+_SCHEDULE_SPEC: dict[str, Rule] = {
+    "spec": REQUIRED,
+    "spec.name": Text(255),
+    "spec.target.id": ID,
+    "spec.cron": Text(255),
+    "spec.time_zone": Text(64),
+    "spec.interval_seconds": Rule(high=366 * 86400),
+    "spec.jitter_seconds": Rule(high=366 * 86400),
+    "spec.rpo_target_seconds": Rule(high=10 * 366 * 86400),
+}  # the service checks the timing as a whole (a cron that parses, a zone that exists, gaps, jitter)
+
 # Per request type: field path (list items without an index) → rule.
 RULES: dict[str, dict[str, Rule]] = {
     "oma.v1.EnrollApplianceRequest": {"name": Text(63)},  # the service checks the name's form
@@ -158,6 +169,8 @@ RULES: dict[str, dict[str, Rule]] = {
     "oma.v1.CancelJobRequest": {"id": REQUIRED_ID},
     "oma.v1.PowerOnSourceVmRequest": {"vm_context_id": REQUIRED_ID},
     "oma.v1.PowerOffSourceVmRequest": {"vm_context_id": REQUIRED_ID},
+    "oma.v1.DeleteVmContextRequest": {"id": REQUIRED_ID},
+    "oma.v1.CompleteMigrationRequest": {"vm_context_id": REQUIRED_ID},
     "oma.v1.CreateApiTokenRequest": {"name": Text(63)},  # the service checks the name's form
     "oma.v1.ListApiTokensRequest": {},
     "oma.v1.RevokeApiTokenRequest": {"id": REQUIRED_ID},
@@ -167,6 +180,13 @@ RULES: dict[str, dict[str, Rule]] = {
     "oma.v1.ListServiceOfferingsRequest": {},
     "oma.v1.ListDiskOfferingsRequest": {},
     "oma.v1.ListTemplatesRequest": {"zone_id": CLOUDSTACK_ID},
+    "oma.v1.CreateScheduleRequest": _SCHEDULE_SPEC,
+    "oma.v1.GetScheduleRequest": {"id": REQUIRED_ID},
+    "oma.v1.ListSchedulesRequest": {"target_id": ID},
+    "oma.v1.UpdateScheduleRequest": {**_SCHEDULE_SPEC, "id": REQUIRED_ID},
+    "oma.v1.DeleteScheduleRequest": {"id": REQUIRED_ID},
+    "oma.v1.PauseScheduleRequest": {"id": REQUIRED_ID},
+    "oma.v1.ResumeScheduleRequest": {"id": REQUIRED_ID},
 }
 
 

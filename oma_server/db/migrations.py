@@ -19,6 +19,7 @@ from oma_server.db.models import (
     BlockMap,
     Disk,
     IdempotencyRecord,
+    Schedule,
     SchemaMigration,
     WatchRevision,
 )
@@ -56,6 +57,10 @@ def _m007_audit_entry(db: pw.Database) -> None:
     db.create_tables([AuditEntry], safe=True)  # a database created at version 7 already has it
 
 
+def _m008_schedule(db: pw.Database) -> None:
+    db.create_tables([Schedule], safe=True)  # a database created at version 8 already has it
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "initial schema", _m001_initial),
     (2, "disk.replicated_capacity_bytes (resize detection)", _m002_disk_replicated_capacity),
@@ -64,6 +69,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (5, "block_map (block-hash maps of the replicas, per change id)", _m005_block_map),
     (6, "idempotency_record (first answers to calls with a request_id)", _m006_idempotency_record),
     (7, "audit_entry (the audit log of mutating RPCs)", _m007_audit_entry),
+    (8, "schedule (replication schedules with an RPO target)", _m008_schedule),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

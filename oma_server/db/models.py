@@ -327,6 +327,38 @@ class AuditEntry(BaseModel):
     finished_at = pw.DateTimeField(null=True)
 
 
+class Schedule(BaseModel):
+    """A replication schedule (oma_server/schedules): what it targets, when it fires, what it did last.
+
+    `next_slot_at` and `next_run_at` (the slot plus its jitter) are naive UTC; a due schedule waiting for a free place
+    keeps its past `next_run_at` until its sync starts, so a restart finds it due again.
+    """
+
+    id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    name = pw.CharField(max_length=255, default="")
+    target_kind = pw.CharField(max_length=16)
+    target_id = pw.CharField(max_length=64)
+    interval_seconds = pw.IntegerField(default=0)
+    cron = pw.CharField(max_length=255, default="")
+    time_zone = pw.CharField(max_length=64, default="")
+    jitter_seconds = pw.IntegerField(default=0)
+    rpo_target_seconds = pw.IntegerField()
+    #: interval slots are counted from here (creation, or the last timing change)
+    anchor_at = pw.DateTimeField()
+    paused = pw.BooleanField(default=False)
+    next_slot_at = pw.DateTimeField(null=True)
+    next_run_at = pw.DateTimeField(null=True, index=True)
+    last_run_at = pw.DateTimeField(null=True)
+    last_job_id = pw.CharField(max_length=64, default="")
+    last_outcome = pw.CharField(max_length=512, default="")
+    request_id = pw.CharField(max_length=128, null=True, unique=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("target_kind", "target_id"), True),)
+
+
 class SchemaMigration(BaseModel):
     version = pw.IntegerField(primary_key=True)
     name = pw.CharField(max_length=128)
@@ -351,4 +383,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     BlockMap,
     IdempotencyRecord,
     AuditEntry,
+    Schedule,
 ]

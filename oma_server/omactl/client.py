@@ -15,6 +15,7 @@ from oma.v1 import (
     failover_pb2_grpc,
     job_pb2_grpc,
     replication_pb2_grpc,
+    schedule_pb2_grpc,
     storage_pb2_grpc,
     vm_context_pb2_grpc,
 )
@@ -84,6 +85,7 @@ class Client:
         self.failover = failover_pb2_grpc.FailoverServiceStub(self.channel)
         self.network_maps = failover_pb2_grpc.NetworkMappingServiceStub(self.channel)
         self.cloud = cloud_pb2_grpc.CloudServiceStub(self.channel)
+        self.schedules = schedule_pb2_grpc.ScheduleServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()

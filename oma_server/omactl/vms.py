@@ -12,6 +12,7 @@ from oma_server.omactl.client import CliError
 from oma_server.omactl.context import Commands, Context
 from oma_server.omactl.failover import started
 from oma_server.omactl.render import enum_choices, enum_label, enum_parse, field_time, size, status_text
+from oma_server.omactl.schedules import next_sync, rpo_fields, rpo_short
 
 STATUS_PREFIX = "VM_CONTEXT_STATUS"
 
@@ -38,7 +39,7 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
         ctx.out.ids(vm.id for vm in items)
         return 0
     ctx.out.table(
-        ["ID", "NAME", "APPLIANCE", "STATUS", "CPUS", "MEMORY", "DISKS", "ACTIVE JOB", "UPDATED"],
+        ["ID", "NAME", "APPLIANCE", "STATUS", "CPUS", "MEMORY", "DISKS", "ACTIVE JOB", "RPO", "NEXT SYNC", "UPDATED"],
         (
             [
                 vm.id,
@@ -49,6 +50,8 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
                 _memory(vm.memory_mib),
                 f"{len(vm.disks)} ({size(sum(d.capacity_bytes for d in vm.disks))})" if vm.disks else "0",
                 vm.active_job_id or render.NONE,
+                rpo_short(vm.rpo),
+                next_sync(vm.rpo) if vm.rpo.schedule_id else render.NONE,
                 field_time(vm, "updated_at"),
             ]
             for vm in items
@@ -81,6 +84,7 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
             ("firmware", enum_label(inventory_pb2.Firmware, vm.firmware, "FIRMWARE")),
             ("active job", vm.active_job_id or render.NONE),
             ("last completed job", vm.last_completed_job_id or render.NONE),
+            *rpo_fields(vm.rpo),
             ("created", field_time(vm, "created_at")),
             ("updated", field_time(vm, "updated_at")),
         ]
@@ -206,6 +210,43 @@ def cmd_power(ctx: Context, args: argparse.Namespace) -> int:
     return started(ctx, args, job, f"power {'on' if on else 'off'} of the source VM")
 
 
+def cmd_delete(ctx: Context, args: argparse.Namespace) -> int:
+    vm_id = resolve.vm_id(ctx, args.vm)
+    if not args.yes:
+        raise CliError(
+            f"deleting VM context {vm_id} deletes its replica volumes in CloudStack; add --yes to go ahead",
+            exit_code=2,
+        )
+    request = vm_context_pb2.DeleteVmContextRequest(id=vm_id, request_id=args.request_id or "")
+    reply = ctx.client.call(ctx.client.vms, "DeleteVmContext", request)
+    if ctx.out.as_json:
+        ctx.out.message(reply)
+        return 0
+    volumes = ", ".join(reply.deleted_volume_ids) or "none"
+    ctx.out.line(f"Deleted VM context {vm_id}: CloudStack volumes deleted: {volumes}.")
+    ctx.out.line(f"The record of the deletion: omactl jobs log {vm_id}")
+    return 0
+
+
+def cmd_complete(ctx: Context, args: argparse.Namespace) -> int:
+    vm_id = resolve.vm_id(ctx, args.vm)
+    request = vm_context_pb2.CompleteMigrationRequest(vm_context_id=vm_id, request_id=args.request_id or "")
+    reply = ctx.client.call(ctx.client.vms, "CompleteMigration", request)
+    if ctx.out.as_json:
+        ctx.out.message(reply)
+        return 0
+    kept = ", ".join(reply.kept_volume_ids) or "none"
+    ctx.out.line(
+        f"Migration of {reply.vm_context.name} ({vm_id}) completed: it runs in CloudStack as VM "
+        f"{reply.target_vm_id or '-'} on volumes {kept} (kept)."
+    )
+    ctx.out.line(
+        f"The appliance releases the source side (CBT off, snapshots deleted): command {reply.release_command_id}; "
+        f"its answer in omactl jobs log {vm_id}"
+    )
+    return 0
+
+
 def register(commands: Commands) -> None:
     group = commands.group("vms", "VM contexts: the VMware VMs under migration")
     listing = commands.leaf(group, "list", "list VM contexts", cmd_list)
@@ -234,6 +275,23 @@ def register(commands: Commands) -> None:
         type=int,
         help="how long to wait for the appliance to connect and answer (default 30, max 300)",
     )
+    delete = commands.leaf(
+        group,
+        "delete",
+        "delete a VM context that will not be migrated: its replica volumes and exports, then its records",
+        cmd_delete,
+    )
+    delete.add_argument("vm", metavar="VM", help="VM context id or name")
+    delete.add_argument("--yes", action="store_true", help="yes, delete its replica volumes in CloudStack")
+    delete.add_argument("--request-id", metavar="X", help="idempotency key")
+    complete = commands.leaf(
+        group,
+        "complete",
+        "close the migration of a VM that runs in CloudStack after a live failover (the source side is released)",
+        cmd_complete,
+    )
+    complete.add_argument("vm", metavar="VM", help="VM context id or name")
+    complete.add_argument("--request-id", metavar="X", help="idempotency key")
     for name, text in (
         ("power-on", "power the source VM on through its appliance (a job; refused after a live failover)"),
         ("power-off", "power the source VM off through its appliance (guest shutdown, then hard off; a job)"),

@@ -20,12 +20,13 @@ import grpc
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 from rich.table import Column
 
-from oma.v1 import failover_pb2, job_pb2, replication_pb2
+from oma.v1 import failover_pb2, job_pb2, replication_pb2, schedule_pb2
 from oma_server.omactl import render, resolve
 from oma_server.omactl.client import CliError, describe_rpc_error
 from oma_server.omactl.context import Commands, Context
 from oma_server.omactl.labels import error_text, failover_kind, failover_status, job_kind, job_status, phase
 from oma_server.omactl.render import Output, rate, size, to_dict
+from oma_server.omactl.schedules import next_sync, rpo_line, rpo_short
 from vma_client_stubs.errors import error_info_of
 
 RECONNECT_FOR_S = 300.0
@@ -155,17 +156,19 @@ class LineRenderer:
     def show(self, update: job_pb2.JobUpdate) -> None:
         job = job_of(update)
         if self.out.as_json:
-            if job is not None or update.kind == job_pb2.UPDATE_KIND_SYNCED:
+            if update.WhichOneof("job") is not None or update.kind == job_pb2.UPDATE_KIND_SYNCED:
                 self.out.json_line(to_dict(update))
             return
         if isinstance(job, replication_pb2.ReplicationJob):
-            body = replication_line(job)
+            key, body = job.id, replication_line(job)
         elif isinstance(job, failover_pb2.FailoverJob):
-            body = failover_line(job)
+            key, body = job.id, failover_line(job)
+        elif update.WhichOneof("job") == "vm_rpo":
+            key, body = f"rpo:{update.vm_rpo.vm_context_id}", rpo_line(update.vm_rpo)
         else:
             return
-        if self._last.get(job.id) != body:
-            self._last[job.id] = body
+        if self._last.get(key) != body:
+            self._last[key] = body
             self.out.line(f"{_now()} {body}")
 
 
@@ -215,6 +218,23 @@ class BarRenderer:
             self._replication(job)
         elif isinstance(job, failover_pb2.FailoverJob):
             self._failover(job)
+        elif update.WhichOneof("job") == "vm_rpo":
+            self._rpo(update.vm_rpo)
+
+    def _rpo(self, rpo: schedule_pb2.VmRpo) -> None:
+        """One line per scheduled VM: its RPO against the target and its next sync."""
+        self._task(
+            f"rpo:{rpo.vm_context_id}",
+            description=f"[bold]vm {rpo.vm_context_id[:8]}[/] rpo",
+            total=None,
+            completed=0,
+            state=rpo_short(rpo).split(" ")[0],
+            amount=rpo_short(rpo).partition(" ")[2],
+            rate="",
+            eta=render.NONE,
+            phase="",
+            operation=f"next sync {next_sync(rpo)}" if rpo.schedule_id else rpo.reason,
+        )
 
     def _replication(self, job: replication_pb2.ReplicationJob) -> None:
         self._task(

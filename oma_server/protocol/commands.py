@@ -56,7 +56,15 @@ class Discover:
     kind: str = "discover"
 
 
-Command = StartReplication | CancelJob | PowerOff | PowerOn | Discover
+@dataclass(frozen=True, slots=True)
+class ReleaseSource:
+    """A migrated VM's source side: CBT off, the appliance's snapshots deleted."""
+
+    vm_uuid: str
+    kind: str = "release_source"
+
+
+Command = StartReplication | CancelJob | PowerOff | PowerOn | Discover | ReleaseSource
 
 
 @dataclass(frozen=True, slots=True)

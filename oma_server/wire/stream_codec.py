@@ -316,6 +316,8 @@ def encode_command(command: c.Command, command_id: str, issued_at: datetime) -> 
             wire.power_on.vm_uuid = command.vm_uuid
         case c.Discover():
             wire.discover.name_filter = command.name_filter
+        case c.ReleaseSource():
+            wire.release_source.vm_uuid = command.vm_uuid
     return wire.SerializeToString()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from oma.v1 import job_pb2, replication_pb2, server_info_pb2, server_info_pb2_grpc
+from oma.v1 import job_pb2, replication_pb2, schedule_pb2, server_info_pb2, server_info_pb2_grpc, vm_context_pb2
 from oma_server.ports import free_port
 from tests.clients import ca_file
 from tests.factories import inventory
@@ -202,3 +202,22 @@ async def test_the_example_lists_and_watches(oma: Oma, tmp_path: Path) -> None:
     await oma.stop()
     down = await asyncio.to_thread(subprocess.run, example, capture_output=True, text=True, timeout=60)
     assert down.returncode == 1 and down.stderr.startswith("watch_jobs: UNAVAILABLE"), down.stderr
+
+
+async def test_schedules_are_listed_page_by_page(oma: Oma) -> None:
+    async with OperatorClient(oma.target, tls=oma.tls(), token=oma.token()) as client:
+        enrolled = await client.enroll_appliance("vma-sched")
+        made = []
+        for i in range(3):
+            vm = (
+                await client.vm_contexts.RegisterVmContext(
+                    vm_context_pb2.RegisterVmContextRequest(
+                        appliance_id=enrolled.appliance_id, virtual_machine=inventory(name=f"sched-{i}")
+                    )
+                )
+            ).vm_context
+            target = schedule_pb2.ScheduleTarget(kind=schedule_pb2.SCHEDULE_TARGET_KIND_VM_CONTEXT, id=vm.id)
+            spec = schedule_pb2.ScheduleSpec(target=target, interval_seconds=3600, rpo_target_seconds=7200)
+            made.append((await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(spec=spec))).schedule)
+        assert [s.id async for s in client.iter_schedules(page_size=2)] == [s.id for s in made]
+        assert [s.id async for s in client.iter_schedules(target_id=made[1].spec.target.id)] == [made[1].id]

@@ -3,8 +3,7 @@
 - `start_replication`: accepted at once (SUCCEEDED) and run as a task; a job already running or completed here is
   acknowledged again without a second run.
 - `cancel_job`: stops the copy (in-flight writes drain) and answers with a JobCancelled event.
-- `power_off` / `power_on`: sets the fake VM's power state, answers with a PowerResult.
-- `discover`: answers with a DiscoveryResult of the VMs.
+- `power_off` / `power_on`, `discover`, `release_source`: about the source VM itself (`source_commands.py`).
 """
 
 from __future__ import annotations
@@ -13,12 +12,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from oma.common.v1 import jobs_pb2
 from vma.v1 import stream_pb2
-from vma_client_stubs.agent.discovery import power_state_proto
 from vma_client_stubs.agent.jobstate import DiskRecord, JobRecord
 from vma_client_stubs.agent.messages import JobMessages
 from vma_client_stubs.agent.runs import JobRunner
+from vma_client_stubs.agent.source_commands import SourceCommands, rejected
 from vma_client_stubs.agent.vcenter import DiskNotFound, FakeVCenter, VmNotFound
 from vma_client_stubs.stream_client import StreamClient
 
@@ -46,21 +44,21 @@ class AgentCommands:
     def register(self, client: StreamClient) -> None:
         client.on_command("start_replication", self.start)
         client.on_command("cancel_job", self.cancel)
-        client.on_command("power_off", self.power_off)
-        client.on_command("power_on", self.power_on)
-        client.on_command("discover", self.discover)
+        source = SourceCommands(self.vcenter, self.log)
+        for kind in ("power_off", "power_on", "discover", "release_source"):
+            client.on_command(kind, getattr(source, kind))
 
     async def start(self, command: stream_pb2.Command) -> stream_pb2.CommandResult:
         start = command.start_replication
         log = self.log.bind(job_id=start.job_id, command_id=command.command_id)
         if not start.job_id or not start.disks:
-            return _rejected("start_replication needs a job id and at least one disk")
+            return rejected("start_replication needs a job id and at least one disk")
         try:
             vm = await asyncio.to_thread(self.vcenter.get_vm, start.vm_uuid)
             for target in start.disks:
                 vm.disk(target.disk_key)
         except (VmNotFound, DiskNotFound) as exc:
-            return _rejected(str(exc))
+            return rejected(str(exc))
         runner = self.jobs.get(start.job_id)
         if runner is not None and runner.running:
             log.info("job {job} is already running; start command acknowledged", job=start.job_id)
@@ -97,39 +95,6 @@ class AgentCommands:
         await self.messages.emit(job_id, stream_pb2.JobEvent(cancelled=cancelled))
         return _succeeded("not running")
 
-    async def _power(self, vm_uuid: str, on: bool) -> stream_pb2.CommandResult:
-        try:
-            vm = await asyncio.to_thread(self.vcenter.set_power, vm_uuid, on)
-        except VmNotFound as exc:
-            return _rejected(str(exc))
-        self.log.info("VM {name} powered {state}", name=vm.name, state=vm.power_state)
-        return stream_pb2.CommandResult(
-            outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED,
-            power=stream_pb2.PowerResult(power_state=power_state_proto(vm.power_state)),
-        )
-
-    async def power_off(self, command: stream_pb2.Command) -> stream_pb2.CommandResult:
-        return await self._power(command.power_off.vm_uuid, False)
-
-    async def power_on(self, command: stream_pb2.Command) -> stream_pb2.CommandResult:
-        return await self._power(command.power_on.vm_uuid, True)
-
-    async def discover(self, command: stream_pb2.Command) -> stream_pb2.CommandResult:
-        def listed() -> list[Any]:
-            return [self.vcenter.to_proto(vm) for vm in self.vcenter.list_vms(command.discover.name_filter)]
-
-        vms = await asyncio.to_thread(listed)
-        return stream_pb2.CommandResult(
-            outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED,
-            discovery=stream_pb2.DiscoveryResult(virtual_machines=vms),
-        )
-
 
 def _succeeded(detail: str) -> stream_pb2.CommandResult:
     return stream_pb2.CommandResult(outcome=stream_pb2.COMMAND_OUTCOME_SUCCEEDED, detail=detail)
-
-
-def _rejected(detail: str) -> stream_pb2.CommandResult:
-    return stream_pb2.CommandResult(
-        outcome=stream_pb2.COMMAND_OUTCOME_REJECTED, error_class=jobs_pb2.ERROR_CLASS_INVALID_COMMAND, detail=detail
-    )

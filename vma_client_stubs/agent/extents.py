@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 Extent = tuple[int, int]  # (offset, length) in bytes
 
@@ -81,3 +82,18 @@ def allocated_extents(path: os.PathLike[str] | str, align: int = 4096) -> list[E
     finally:
         os.close(fd)
     return merge(out)
+
+
+def sparse_copy(src: Path, dst: Path) -> None:
+    """Copy a file keeping its holes: only allocated extents are copied (copy_file_range)."""
+    size = os.path.getsize(src)
+    extents = allocated_extents(src)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fout.truncate(size)
+        for offset, length in extents:
+            done = 0
+            while done < length:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), length - done, offset + done, offset + done)
+                if n == 0:
+                    break
+                done += n

@@ -29,6 +29,7 @@ from vma_client_stubs.agent.disk_plan import plan_disk
 from vma_client_stubs.agent.extents import coalesce
 from vma_client_stubs.agent.messages import JobMessages
 from vma_client_stubs.agent.runs import CopyOptions, DiskRun, JobFailure, JobRunner, Stopped
+from vma_client_stubs.agent.source_commands import SNAPSHOT_DESCRIPTION_PREFIX
 from vma_client_stubs.agent.vcenter import FakeVCenter, Snapshot, SnapshotNotFound, VCenterError, VmNotFound
 
 #: the most byte ranges a DiskCompleted may name (vma.v1.CopiedExtents)
@@ -329,4 +330,4 @@ def copied_extents(plan: Plan) -> stream_pb2.CopiedExtents:
 
 def snapshot_description(job_id: str) -> str:
     """What the agent names the VMware snapshot of a job: how a snapshot it did not get to record is found again."""
-    return f"OMA job {job_id}"
+    return f"{SNAPSHOT_DESCRIPTION_PREFIX}{job_id}"

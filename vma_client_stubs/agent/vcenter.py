@@ -41,7 +41,7 @@ from typing import Any
 
 from oma.common.v1 import inventory_pb2
 from vma_client_stubs.agent.discovery import cbt_status_proto, power_state_proto, vm_proto
-from vma_client_stubs.agent.extents import Extent, allocated_extents, clip, merge
+from vma_client_stubs.agent.extents import Extent, allocated_extents, clip, merge, sparse_copy
 from vma_client_stubs.agent.guest_data import fill_varied, varied_bytes
 from vma_client_stubs.agent.vcenter_model import (
     CbtState,
@@ -81,21 +81,6 @@ def _atomic_write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def sparse_copy(src: Path, dst: Path) -> None:
-    """Copy a file keeping its holes: only allocated extents are copied (copy_file_range)."""
-    size = os.path.getsize(src)
-    extents = allocated_extents(src)
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        fout.truncate(size)
-        for offset, length in extents:
-            done = 0
-            while done < length:
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), length - done, offset + done, offset + done)
-                if n == 0:
-                    break
-                done += n
 
 
 class FakeVCenter:
@@ -225,6 +210,15 @@ class FakeVCenter:
         with self._locked(vm_uuid):
             vm = self.get_vm(vm_uuid)
             vm.power_state = "on" if on else "off"
+            self._write_vm(vm)
+            return vm
+
+    def set_cbt(self, vm_uuid: str, enabled: bool) -> VirtualMachine:
+        """Turn changed block tracking on or off on every disk of the VM (its change ids stay as they were)."""
+        with self._locked(vm_uuid):
+            vm = self.get_vm(vm_uuid)
+            for disk in vm.disks:
+                disk.cbt_enabled = enabled
             self._write_vm(vm)
             return vm
 

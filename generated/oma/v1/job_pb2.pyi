@@ -1,6 +1,7 @@
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from oma.v1 import failover_pb2 as _failover_pb2
 from oma.v1 import replication_pb2 as _replication_pb2
+from oma.v1 import schedule_pb2 as _schedule_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -38,16 +39,18 @@ JOB_LOG_STATUS_SKIPPED: JobLogStatus
 JOB_LOG_STATUS_INFO: JobLogStatus
 
 class JobUpdate(_message.Message):
-    __slots__ = ("kind", "revision", "replication_job", "failover_job")
+    __slots__ = ("kind", "revision", "replication_job", "failover_job", "vm_rpo")
     KIND_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_JOB_FIELD_NUMBER: _ClassVar[int]
     FAILOVER_JOB_FIELD_NUMBER: _ClassVar[int]
+    VM_RPO_FIELD_NUMBER: _ClassVar[int]
     kind: UpdateKind
     revision: int
     replication_job: _replication_pb2.ReplicationJob
     failover_job: _failover_pb2.FailoverJob
-    def __init__(self, kind: _Optional[_Union[UpdateKind, str]] = ..., revision: _Optional[int] = ..., replication_job: _Optional[_Union[_replication_pb2.ReplicationJob, _Mapping]] = ..., failover_job: _Optional[_Union[_failover_pb2.FailoverJob, _Mapping]] = ...) -> None: ...
+    vm_rpo: _schedule_pb2.VmRpo
+    def __init__(self, kind: _Optional[_Union[UpdateKind, str]] = ..., revision: _Optional[int] = ..., replication_job: _Optional[_Union[_replication_pb2.ReplicationJob, _Mapping]] = ..., failover_job: _Optional[_Union[_failover_pb2.FailoverJob, _Mapping]] = ..., vm_rpo: _Optional[_Union[_schedule_pb2.VmRpo, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("replication_job", "failover_job")

@@ -1,6 +1,7 @@
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from oma.common.v1 import inventory_pb2 as _inventory_pb2
 from oma.v1 import failover_pb2 as _failover_pb2
+from oma.v1 import schedule_pb2 as _schedule_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -91,7 +92,7 @@ class DiskVerification(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., algorithm: _Optional[str] = ..., block_size: _Optional[int] = ..., change_id: _Optional[str] = ..., job_id: _Optional[str] = ..., verified_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., blocks_read: _Optional[int] = ..., block_count: _Optional[int] = ...) -> None: ...
 
 class VmContext(_message.Message):
-    __slots__ = ("id", "appliance_id", "vcenter", "datacenter", "vm_uuid", "moref", "name", "num_cpus", "memory_mib", "guest_os", "firmware", "nics", "disks", "status", "active_job_id", "last_completed_job_id", "created_at", "updated_at")
+    __slots__ = ("id", "appliance_id", "vcenter", "datacenter", "vm_uuid", "moref", "name", "num_cpus", "memory_mib", "guest_os", "firmware", "nics", "disks", "status", "active_job_id", "last_completed_job_id", "created_at", "updated_at", "rpo")
     ID_FIELD_NUMBER: _ClassVar[int]
     APPLIANCE_ID_FIELD_NUMBER: _ClassVar[int]
     VCENTER_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +111,7 @@ class VmContext(_message.Message):
     LAST_COMPLETED_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RPO_FIELD_NUMBER: _ClassVar[int]
     id: str
     appliance_id: str
     vcenter: str
@@ -128,7 +130,8 @@ class VmContext(_message.Message):
     last_completed_job_id: str
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., appliance_id: _Optional[str] = ..., vcenter: _Optional[str] = ..., datacenter: _Optional[str] = ..., vm_uuid: _Optional[str] = ..., moref: _Optional[str] = ..., name: _Optional[str] = ..., num_cpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., guest_os: _Optional[str] = ..., firmware: _Optional[_Union[_inventory_pb2.Firmware, str]] = ..., nics: _Optional[_Iterable[_Union[_inventory_pb2.Nic, _Mapping]]] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., status: _Optional[_Union[VmContextStatus, str]] = ..., active_job_id: _Optional[str] = ..., last_completed_job_id: _Optional[str] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    rpo: _schedule_pb2.VmRpo
+    def __init__(self, id: _Optional[str] = ..., appliance_id: _Optional[str] = ..., vcenter: _Optional[str] = ..., datacenter: _Optional[str] = ..., vm_uuid: _Optional[str] = ..., moref: _Optional[str] = ..., name: _Optional[str] = ..., num_cpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., guest_os: _Optional[str] = ..., firmware: _Optional[_Union[_inventory_pb2.Firmware, str]] = ..., nics: _Optional[_Iterable[_Union[_inventory_pb2.Nic, _Mapping]]] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., status: _Optional[_Union[VmContextStatus, str]] = ..., active_job_id: _Optional[str] = ..., last_completed_job_id: _Optional[str] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., rpo: _Optional[_Union[_schedule_pb2.VmRpo, _Mapping]] = ...) -> None: ...
 
 class RegisterVmContextRequest(_message.Message):
     __slots__ = ("appliance_id", "virtual_machine", "request_id")
@@ -229,3 +232,43 @@ class PowerOffSourceVmResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _failover_pb2.FailoverJob
     def __init__(self, job: _Optional[_Union[_failover_pb2.FailoverJob, _Mapping]] = ...) -> None: ...
+
+class DeleteVmContextRequest(_message.Message):
+    __slots__ = ("id", "request_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteVmContextResponse(_message.Message):
+    __slots__ = ("vm_context_id", "deleted_volume_ids", "removed_export_names")
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETED_VOLUME_IDS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_EXPORT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    vm_context_id: str
+    deleted_volume_ids: _containers.RepeatedScalarFieldContainer[str]
+    removed_export_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vm_context_id: _Optional[str] = ..., deleted_volume_ids: _Optional[_Iterable[str]] = ..., removed_export_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CompleteMigrationRequest(_message.Message):
+    __slots__ = ("vm_context_id", "request_id")
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_context_id: str
+    request_id: str
+    def __init__(self, vm_context_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CompleteMigrationResponse(_message.Message):
+    __slots__ = ("vm_context", "target_vm_id", "kept_volume_ids", "removed_export_names", "release_command_id")
+    VM_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_VM_ID_FIELD_NUMBER: _ClassVar[int]
+    KEPT_VOLUME_IDS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_EXPORT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_context: VmContext
+    target_vm_id: str
+    kept_volume_ids: _containers.RepeatedScalarFieldContainer[str]
+    removed_export_names: _containers.RepeatedScalarFieldContainer[str]
+    release_command_id: str
+    def __init__(self, vm_context: _Optional[_Union[VmContext, _Mapping]] = ..., target_vm_id: _Optional[str] = ..., kept_volume_ids: _Optional[_Iterable[str]] = ..., removed_export_names: _Optional[_Iterable[str]] = ..., release_command_id: _Optional[str] = ...) -> None: ...

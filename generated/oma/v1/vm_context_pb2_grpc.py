@@ -65,6 +65,16 @@ class VmContextServiceStub(object):
                 request_serializer=oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmRequest.SerializeToString,
                 response_deserializer=oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmResponse.FromString,
                 _registered_method=True)
+        self.DeleteVmContext = channel.unary_unary(
+                '/oma.v1.VmContextService/DeleteVmContext',
+                request_serializer=oma_dot_v1_dot_vm__context__pb2.DeleteVmContextRequest.SerializeToString,
+                response_deserializer=oma_dot_v1_dot_vm__context__pb2.DeleteVmContextResponse.FromString,
+                _registered_method=True)
+        self.CompleteMigration = channel.unary_unary(
+                '/oma.v1.VmContextService/CompleteMigration',
+                request_serializer=oma_dot_v1_dot_vm__context__pb2.CompleteMigrationRequest.SerializeToString,
+                response_deserializer=oma_dot_v1_dot_vm__context__pb2.CompleteMigrationResponse.FromString,
+                _registered_method=True)
 
 
 class VmContextServiceServicer(object):
@@ -127,6 +137,31 @@ class VmContextServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteVmContext(self, request, context):
+        """Deletes a VM context that will not be migrated: its replicas' CloudStack volumes are deleted and their NBD exports
+        removed, then the VM context with its disks, change ids, jobs and their logs, block maps, its schedule and network
+        maps. Refused (FAILED_PRECONDITION) while a replication or failover job of the VM runs (JOB_ALREADY_ACTIVE) and
+        unless the VM is discovered, ready_for_failover or failed (VM_NOT_DELETABLE: a test failover to clean up, a live
+        failover whose VM owns the volumes). A deletion cut half-way is finished by calling it again. The steps are job log
+        entries under the VM context's id (ListJobLogEntries with job_id = that id), kept after the deletion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteMigration(self, request, context):
+        """Closes the migration of a VM that runs in CloudStack after a live failover (failed_over_live → completed): its
+        NBD export records are removed, the replica volumes stay (they are the CloudStack VM's disks now, and are kept
+        recorded as such), its schedule is deleted, and its appliance is told to release the source side (disable CBT,
+        delete its snapshots) through the durable outbox — delivered when the appliance is connected, its answer recorded
+        in the job log under the VM context's id. Refused (FAILED_PRECONDITION) while a job of the VM runs
+        (JOB_ALREADY_ACTIVE) and for a VM not failed_over_live (VM_NOT_FAILED_OVER_LIVE). Closing a completed VM again
+        returns it as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VmContextServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +194,16 @@ def add_VmContextServiceServicer_to_server(servicer, server):
                     servicer.PowerOffSourceVm,
                     request_deserializer=oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmRequest.FromString,
                     response_serializer=oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmResponse.SerializeToString,
+            ),
+            'DeleteVmContext': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVmContext,
+                    request_deserializer=oma_dot_v1_dot_vm__context__pb2.DeleteVmContextRequest.FromString,
+                    response_serializer=oma_dot_v1_dot_vm__context__pb2.DeleteVmContextResponse.SerializeToString,
+            ),
+            'CompleteMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteMigration,
+                    request_deserializer=oma_dot_v1_dot_vm__context__pb2.CompleteMigrationRequest.FromString,
+                    response_serializer=oma_dot_v1_dot_vm__context__pb2.CompleteMigrationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -324,6 +369,60 @@ class VmContextService(object):
             '/oma.v1.VmContextService/PowerOffSourceVm',
             oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmRequest.SerializeToString,
             oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVmContext(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oma.v1.VmContextService/DeleteVmContext',
+            oma_dot_v1_dot_vm__context__pb2.DeleteVmContextRequest.SerializeToString,
+            oma_dot_v1_dot_vm__context__pb2.DeleteVmContextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oma.v1.VmContextService/CompleteMigration',
+            oma_dot_v1_dot_vm__context__pb2.CompleteMigrationRequest.SerializeToString,
+            oma_dot_v1_dot_vm__context__pb2.CompleteMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,

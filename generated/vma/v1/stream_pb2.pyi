@@ -280,8 +280,14 @@ class DiscoverCommand(_message.Message):
     name_filter: str
     def __init__(self, name_filter: _Optional[str] = ...) -> None: ...
 
+class ReleaseSourceCommand(_message.Message):
+    __slots__ = ("vm_uuid",)
+    VM_UUID_FIELD_NUMBER: _ClassVar[int]
+    vm_uuid: str
+    def __init__(self, vm_uuid: _Optional[str] = ...) -> None: ...
+
 class Command(_message.Message):
-    __slots__ = ("command_id", "issued_at", "start_replication", "cancel_job", "power_off", "power_on", "discover")
+    __slots__ = ("command_id", "issued_at", "start_replication", "cancel_job", "power_off", "power_on", "discover", "release_source")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
     START_REPLICATION_FIELD_NUMBER: _ClassVar[int]
@@ -289,6 +295,7 @@ class Command(_message.Message):
     POWER_OFF_FIELD_NUMBER: _ClassVar[int]
     POWER_ON_FIELD_NUMBER: _ClassVar[int]
     DISCOVER_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     issued_at: _timestamp_pb2.Timestamp
     start_replication: StartReplicationCommand
@@ -296,7 +303,8 @@ class Command(_message.Message):
     power_off: PowerOffCommand
     power_on: PowerOnCommand
     discover: DiscoverCommand
-    def __init__(self, command_id: _Optional[str] = ..., issued_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., start_replication: _Optional[_Union[StartReplicationCommand, _Mapping]] = ..., cancel_job: _Optional[_Union[CancelJobCommand, _Mapping]] = ..., power_off: _Optional[_Union[PowerOffCommand, _Mapping]] = ..., power_on: _Optional[_Union[PowerOnCommand, _Mapping]] = ..., discover: _Optional[_Union[DiscoverCommand, _Mapping]] = ...) -> None: ...
+    release_source: ReleaseSourceCommand
+    def __init__(self, command_id: _Optional[str] = ..., issued_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., start_replication: _Optional[_Union[StartReplicationCommand, _Mapping]] = ..., cancel_job: _Optional[_Union[CancelJobCommand, _Mapping]] = ..., power_off: _Optional[_Union[PowerOffCommand, _Mapping]] = ..., power_on: _Optional[_Union[PowerOnCommand, _Mapping]] = ..., discover: _Optional[_Union[DiscoverCommand, _Mapping]] = ..., release_source: _Optional[_Union[ReleaseSourceCommand, _Mapping]] = ...) -> None: ...
 
 class JobAck(_message.Message):
     __slots__ = ("job_id", "sequence")

@@ -8,11 +8,13 @@ from typing import Any
 
 import peewee as pw
 
+from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import Appliance, FailoverJob, NbdExport, ReplicationJob, VmContext
 from oma_server.metrics import ScrapeState
 from oma_server.nbd.manager import NbdExportManager
 from oma_server.replication.store import ReplicationJobStore
+from oma_server.schedules.rpo import BREACHED, rpo_of, scheduled_vms
 from oma_server.stream.hub import SessionHub
 from oma_server.watch import WatchHub
 
@@ -22,7 +24,19 @@ def _count_by(*columns: pw.Field) -> list[Any]:
     return list(model.select(*columns, pw.fn.COUNT(pw.SQL("*"))).group_by(*columns).tuples())
 
 
-def _read() -> dict[str, list[Any]]:
+def _rpos(now: datetime) -> list[tuple[str, str, int, int, bool]]:
+    views = rpo_of(scheduled_vms(), now)
+    names = {
+        vm.id: vm.name for vm in VmContext.select(VmContext.id, VmContext.name).where(VmContext.id.in_(list(views)))
+    }
+    return [
+        (vm_id, names[vm_id], v.target_s, v.current_s, v.status == BREACHED)
+        for vm_id, v in sorted(views.items())
+        if vm_id in names
+    ]
+
+
+def _read(now: datetime) -> dict[str, list[Any]]:
     completed = (
         ReplicationJob.select(ReplicationJob.vm_context, pw.fn.MAX(ReplicationJob.finished_at))
         .where(ReplicationJob.status == "completed")
@@ -41,21 +55,24 @@ def _read() -> dict[str, list[Any]]:
         "failover_jobs": _count_by(FailoverJob.kind, FailoverJob.status),
         "exports": _count_by(NbdExport.state),
         "recovery_points": [(vm.id, vm.name, last_completed[vm.id]) for vm in vms if last_completed.get(vm.id)],
+        "rpos": _rpos(now),
     }
 
 
 @dataclass(frozen=True)
 class Scraper:
-    """The parts a scrape reads: the database, the open jobs, the streams, the watchers, the NBD exports."""
+    """The parts a scrape reads: the database, the open jobs, the streams, the watchers, the NBD exports, and the
+    clock the RPOs are measured by."""
 
     db: Database
     jobs: ReplicationJobStore
     hub: SessionHub
     watch: WatchHub
     nbd: NbdExportManager
+    clock: Clock
 
     async def state(self) -> ScrapeState:
-        rows = await self.db.run(_read)
+        rows = await self.db.run(_read, self.clock.now())
         return ScrapeState(
             **rows,
             open_jobs=[(j.id, j.vm_context_id, j.status.value, j.updated_at) for j in self.jobs.open_jobs()],

@@ -10,13 +10,15 @@ import type { Firmware, Nic, VirtualMachine } from "../common/v1/inventory_pb.js
 import { file_oma_common_v1_inventory } from "../common/v1/inventory_pb.js";
 import type { FailoverJob } from "./failover_pb.js";
 import { file_oma_v1_failover } from "./failover_pb.js";
+import type { VmRpo } from "./schedule_pb.js";
+import { file_oma_v1_schedule } from "./schedule_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file oma/v1/vm_context.proto.
  */
 export const file_oma_v1_vm_context: GenFile = /*@__PURE__*/
-  fileDesc("ChdvbWEvdjEvdm1fY29udGV4dC5wcm90bxIGb21hLnYxImQKDkNoYW5nZUlkUmVjb3JkEhEKCWNoYW5nZV9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSLwoLcmVjb3JkZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsICCgREaXNrEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSCwoDa2V5GAMgASgFEg0KBWxhYmVsGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhYKDmRhdGFzdG9yZV9wYXRoGAYgASgJEhMKC2NidF9lbmFibGVkGAcgASgIEhMKC3VuaXRfbnVtYmVyGAggASgFEhYKDmxhc3RfY2hhbmdlX2lkGAkgASgJEjEKEWNoYW5nZV9pZF9oaXN0b3J5GAogAygLMhYub21hLnYxLkNoYW5nZUlkUmVjb3JkEhEKCXZvbHVtZV9pZBgLIAEoCRITCgtleHBvcnRfbmFtZRgMIAEoCRIuCgx2ZXJpZmljYXRpb24YDSABKAsyGC5vbWEudjEuRGlza1ZlcmlmaWNhdGlvbiLHAQoQRGlza1ZlcmlmaWNhdGlvbhIOCgZkaWdlc3QYASABKAkSEQoJYWxnb3JpdGhtGAIgASgJEhIKCmJsb2NrX3NpemUYAyABKAQSEQoJY2hhbmdlX2lkGAQgASgJEg4KBmpvYl9pZBgFIAEoCRIvCgt2ZXJpZmllZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLYmxvY2tzX3JlYWQYByABKAQSEwoLYmxvY2tfY291bnQYCCABKAQi4QMKCVZtQ29udGV4dBIKCgJpZBgBIAEoCRIUCgxhcHBsaWFuY2VfaWQYAiABKAkSDwoHdmNlbnRlchgDIAEoCRISCgpkYXRhY2VudGVyGAQgASgJEg8KB3ZtX3V1aWQYBSABKAkSDQoFbW9yZWYYBiABKAkSDAoEbmFtZRgHIAEoCRIQCghudW1fY3B1cxgIIAEoDRISCgptZW1vcnlfbWliGAkgASgEEhAKCGd1ZXN0X29zGAogASgJEikKCGZpcm13YXJlGAsgASgOMhcub21hLmNvbW1vbi52MS5GaXJtd2FyZRIgCgRuaWNzGAwgAygLMhIub21hLmNvbW1vbi52MS5OaWMSGwoFZGlza3MYDSADKAsyDC5vbWEudjEuRGlzaxInCgZzdGF0dXMYDiABKA4yFy5vbWEudjEuVm1Db250ZXh0U3RhdHVzEhUKDWFjdGl2ZV9qb2JfaWQYDyABKAkSHQoVbGFzdF9jb21wbGV0ZWRfam9iX2lkGBAgASgJEi4KCmNyZWF0ZWRfYXQYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInwKGFJlZ2lzdGVyVm1Db250ZXh0UmVxdWVzdBIUCgxhcHBsaWFuY2VfaWQYASABKAkSNgoPdmlydHVhbF9tYWNoaW5lGAIgASgLMh0ub21hLmNvbW1vbi52MS5WaXJ0dWFsTWFjaGluZRISCgpyZXF1ZXN0X2lkGAMgASgJIlMKGVJlZ2lzdGVyVm1Db250ZXh0UmVzcG9uc2USJQoKdm1fY29udGV4dBgBIAEoCzIRLm9tYS52MS5WbUNvbnRleHQSDwoHY3JlYXRlZBgCIAEoCCJ+ChJEaXNjb3ZlclZtc1JlcXVlc3QSFAoMYXBwbGlhbmNlX2lkGAEgASgJEhMKC25hbWVfZmlsdGVyGAIgASgJEhAKCHJlZ2lzdGVyGAMgASgIEhcKD3RpbWVvdXRfc2Vjb25kcxgEIAEoDRISCgpyZXF1ZXN0X2lkGAUgASgJInYKE0Rpc2NvdmVyVm1zUmVzcG9uc2USNwoQdmlydHVhbF9tYWNoaW5lcxgBIAMoCzIdLm9tYS5jb21tb24udjEuVmlydHVhbE1hY2hpbmUSJgoLdm1fY29udGV4dHMYAiADKAsyES5vbWEudjEuVm1Db250ZXh0IiEKE0dldFZtQ29udGV4dFJlcXVlc3QSCgoCaWQYASABKAkiPQoUR2V0Vm1Db250ZXh0UmVzcG9uc2USJQoKdm1fY29udGV4dBgBIAEoCzIRLm9tYS52MS5WbUNvbnRleHQifQoVTGlzdFZtQ29udGV4dHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhQKDGFwcGxpYW5jZV9pZBgDIAEoCRInCgZzdGF0dXMYBCABKA4yFy5vbWEudjEuVm1Db250ZXh0U3RhdHVzIlkKFkxpc3RWbUNvbnRleHRzUmVzcG9uc2USJgoLdm1fY29udGV4dHMYASADKAsyES5vbWEudjEuVm1Db250ZXh0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJDChZQb3dlck9uU291cmNlVm1SZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI7ChdQb3dlck9uU291cmNlVm1SZXNwb25zZRIgCgNqb2IYASABKAsyEy5vbWEudjEuRmFpbG92ZXJKb2IiRAoXUG93ZXJPZmZTb3VyY2VWbVJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIjwKGFBvd2VyT2ZmU291cmNlVm1SZXNwb25zZRIgCgNqb2IYASABKAsyEy5vbWEudjEuRmFpbG92ZXJKb2Iq2gIKD1ZtQ29udGV4dFN0YXR1cxIhCh1WTV9DT05URVhUX1NUQVRVU19VTlNQRUNJRklFRBAAEiAKHFZNX0NPTlRFWFRfU1RBVFVTX0RJU0NPVkVSRUQQARIhCh1WTV9DT05URVhUX1NUQVRVU19SRVBMSUNBVElORxACEigKJFZNX0NPTlRFWFRfU1RBVFVTX1JFQURZX0ZPUl9GQUlMT1ZFUhADEiYKIlZNX0NPTlRFWFRfU1RBVFVTX0ZBSUxFRF9PVkVSX1RFU1QQBBImCiJWTV9DT05URVhUX1NUQVRVU19GQUlMRURfT1ZFUl9MSVZFEAUSHwobVk1fQ09OVEVYVF9TVEFUVVNfQ09NUExFVEVEEAYSHAoYVk1fQ09OVEVYVF9TVEFUVVNfRkFJTEVEEAcSJgoiVk1fQ09OVEVYVF9TVEFUVVNfQ0xFQU5VUF9SRVFVSVJFRBAIMvsDChBWbUNvbnRleHRTZXJ2aWNlElgKEVJlZ2lzdGVyVm1Db250ZXh0EiAub21hLnYxLlJlZ2lzdGVyVm1Db250ZXh0UmVxdWVzdBohLm9tYS52MS5SZWdpc3RlclZtQ29udGV4dFJlc3BvbnNlEkYKC0Rpc2NvdmVyVm1zEhoub21hLnYxLkRpc2NvdmVyVm1zUmVxdWVzdBobLm9tYS52MS5EaXNjb3ZlclZtc1Jlc3BvbnNlEkkKDEdldFZtQ29udGV4dBIbLm9tYS52MS5HZXRWbUNvbnRleHRSZXF1ZXN0Ghwub21hLnYxLkdldFZtQ29udGV4dFJlc3BvbnNlEk8KDkxpc3RWbUNvbnRleHRzEh0ub21hLnYxLkxpc3RWbUNvbnRleHRzUmVxdWVzdBoeLm9tYS52MS5MaXN0Vm1Db250ZXh0c1Jlc3BvbnNlElIKD1Bvd2VyT25Tb3VyY2VWbRIeLm9tYS52MS5Qb3dlck9uU291cmNlVm1SZXF1ZXN0Gh8ub21hLnYxLlBvd2VyT25Tb3VyY2VWbVJlc3BvbnNlElUKEFBvd2VyT2ZmU291cmNlVm0SHy5vbWEudjEuUG93ZXJPZmZTb3VyY2VWbVJlcXVlc3QaIC5vbWEudjEuUG93ZXJPZmZTb3VyY2VWbVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_v1_failover]);
+  fileDesc("ChdvbWEvdjEvdm1fY29udGV4dC5wcm90bxIGb21hLnYxImQKDkNoYW5nZUlkUmVjb3JkEhEKCWNoYW5nZV9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSLwoLcmVjb3JkZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsICCgREaXNrEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSCwoDa2V5GAMgASgFEg0KBWxhYmVsGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhYKDmRhdGFzdG9yZV9wYXRoGAYgASgJEhMKC2NidF9lbmFibGVkGAcgASgIEhMKC3VuaXRfbnVtYmVyGAggASgFEhYKDmxhc3RfY2hhbmdlX2lkGAkgASgJEjEKEWNoYW5nZV9pZF9oaXN0b3J5GAogAygLMhYub21hLnYxLkNoYW5nZUlkUmVjb3JkEhEKCXZvbHVtZV9pZBgLIAEoCRITCgtleHBvcnRfbmFtZRgMIAEoCRIuCgx2ZXJpZmljYXRpb24YDSABKAsyGC5vbWEudjEuRGlza1ZlcmlmaWNhdGlvbiLHAQoQRGlza1ZlcmlmaWNhdGlvbhIOCgZkaWdlc3QYASABKAkSEQoJYWxnb3JpdGhtGAIgASgJEhIKCmJsb2NrX3NpemUYAyABKAQSEQoJY2hhbmdlX2lkGAQgASgJEg4KBmpvYl9pZBgFIAEoCRIvCgt2ZXJpZmllZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLYmxvY2tzX3JlYWQYByABKAQSEwoLYmxvY2tfY291bnQYCCABKAQi/QMKCVZtQ29udGV4dBIKCgJpZBgBIAEoCRIUCgxhcHBsaWFuY2VfaWQYAiABKAkSDwoHdmNlbnRlchgDIAEoCRISCgpkYXRhY2VudGVyGAQgASgJEg8KB3ZtX3V1aWQYBSABKAkSDQoFbW9yZWYYBiABKAkSDAoEbmFtZRgHIAEoCRIQCghudW1fY3B1cxgIIAEoDRISCgptZW1vcnlfbWliGAkgASgEEhAKCGd1ZXN0X29zGAogASgJEikKCGZpcm13YXJlGAsgASgOMhcub21hLmNvbW1vbi52MS5GaXJtd2FyZRIgCgRuaWNzGAwgAygLMhIub21hLmNvbW1vbi52MS5OaWMSGwoFZGlza3MYDSADKAsyDC5vbWEudjEuRGlzaxInCgZzdGF0dXMYDiABKA4yFy5vbWEudjEuVm1Db250ZXh0U3RhdHVzEhUKDWFjdGl2ZV9qb2JfaWQYDyABKAkSHQoVbGFzdF9jb21wbGV0ZWRfam9iX2lkGBAgASgJEi4KCmNyZWF0ZWRfYXQYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKA3JwbxgTIAEoCzINLm9tYS52MS5WbVJwbyJ8ChhSZWdpc3RlclZtQ29udGV4dFJlcXVlc3QSFAoMYXBwbGlhbmNlX2lkGAEgASgJEjYKD3ZpcnR1YWxfbWFjaGluZRgCIAEoCzIdLm9tYS5jb21tb24udjEuVmlydHVhbE1hY2hpbmUSEgoKcmVxdWVzdF9pZBgDIAEoCSJTChlSZWdpc3RlclZtQ29udGV4dFJlc3BvbnNlEiUKCnZtX2NvbnRleHQYASABKAsyES5vbWEudjEuVm1Db250ZXh0Eg8KB2NyZWF0ZWQYAiABKAgifgoSRGlzY292ZXJWbXNSZXF1ZXN0EhQKDGFwcGxpYW5jZV9pZBgBIAEoCRITCgtuYW1lX2ZpbHRlchgCIAEoCRIQCghyZWdpc3RlchgDIAEoCBIXCg90aW1lb3V0X3NlY29uZHMYBCABKA0SEgoKcmVxdWVzdF9pZBgFIAEoCSJ2ChNEaXNjb3ZlclZtc1Jlc3BvbnNlEjcKEHZpcnR1YWxfbWFjaGluZXMYASADKAsyHS5vbWEuY29tbW9uLnYxLlZpcnR1YWxNYWNoaW5lEiYKC3ZtX2NvbnRleHRzGAIgAygLMhEub21hLnYxLlZtQ29udGV4dCIhChNHZXRWbUNvbnRleHRSZXF1ZXN0EgoKAmlkGAEgASgJIj0KFEdldFZtQ29udGV4dFJlc3BvbnNlEiUKCnZtX2NvbnRleHQYASABKAsyES5vbWEudjEuVm1Db250ZXh0In0KFUxpc3RWbUNvbnRleHRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIUCgxhcHBsaWFuY2VfaWQYAyABKAkSJwoGc3RhdHVzGAQgASgOMhcub21hLnYxLlZtQ29udGV4dFN0YXR1cyJZChZMaXN0Vm1Db250ZXh0c1Jlc3BvbnNlEiYKC3ZtX2NvbnRleHRzGAEgAygLMhEub21hLnYxLlZtQ29udGV4dBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQwoWUG93ZXJPblNvdXJjZVZtUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiOwoXUG93ZXJPblNvdXJjZVZtUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iIkQKF1Bvd2VyT2ZmU291cmNlVm1SZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI8ChhQb3dlck9mZlNvdXJjZVZtUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iIjgKFkRlbGV0ZVZtQ29udGV4dFJlcXVlc3QSCgoCaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSJqChdEZWxldGVWbUNvbnRleHRSZXNwb25zZRIVCg12bV9jb250ZXh0X2lkGAEgASgJEhoKEmRlbGV0ZWRfdm9sdW1lX2lkcxgCIAMoCRIcChRyZW1vdmVkX2V4cG9ydF9uYW1lcxgDIAMoCSJFChhDb21wbGV0ZU1pZ3JhdGlvblJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIqsBChlDb21wbGV0ZU1pZ3JhdGlvblJlc3BvbnNlEiUKCnZtX2NvbnRleHQYASABKAsyES5vbWEudjEuVm1Db250ZXh0EhQKDHRhcmdldF92bV9pZBgCIAEoCRIXCg9rZXB0X3ZvbHVtZV9pZHMYAyADKAkSHAoUcmVtb3ZlZF9leHBvcnRfbmFtZXMYBCADKAkSGgoScmVsZWFzZV9jb21tYW5kX2lkGAUgASgJKtoCCg9WbUNvbnRleHRTdGF0dXMSIQodVk1fQ09OVEVYVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIgChxWTV9DT05URVhUX1NUQVRVU19ESVNDT1ZFUkVEEAESIQodVk1fQ09OVEVYVF9TVEFUVVNfUkVQTElDQVRJTkcQAhIoCiRWTV9DT05URVhUX1NUQVRVU19SRUFEWV9GT1JfRkFJTE9WRVIQAxImCiJWTV9DT05URVhUX1NUQVRVU19GQUlMRURfT1ZFUl9URVNUEAQSJgoiVk1fQ09OVEVYVF9TVEFUVVNfRkFJTEVEX09WRVJfTElWRRAFEh8KG1ZNX0NPTlRFWFRfU1RBVFVTX0NPTVBMRVRFRBAGEhwKGFZNX0NPTlRFWFRfU1RBVFVTX0ZBSUxFRBAHEiYKIlZNX0NPTlRFWFRfU1RBVFVTX0NMRUFOVVBfUkVRVUlSRUQQCDKpBQoQVm1Db250ZXh0U2VydmljZRJYChFSZWdpc3RlclZtQ29udGV4dBIgLm9tYS52MS5SZWdpc3RlclZtQ29udGV4dFJlcXVlc3QaIS5vbWEudjEuUmVnaXN0ZXJWbUNvbnRleHRSZXNwb25zZRJGCgtEaXNjb3ZlclZtcxIaLm9tYS52MS5EaXNjb3ZlclZtc1JlcXVlc3QaGy5vbWEudjEuRGlzY292ZXJWbXNSZXNwb25zZRJJCgxHZXRWbUNvbnRleHQSGy5vbWEudjEuR2V0Vm1Db250ZXh0UmVxdWVzdBocLm9tYS52MS5HZXRWbUNvbnRleHRSZXNwb25zZRJPCg5MaXN0Vm1Db250ZXh0cxIdLm9tYS52MS5MaXN0Vm1Db250ZXh0c1JlcXVlc3QaHi5vbWEudjEuTGlzdFZtQ29udGV4dHNSZXNwb25zZRJSCg9Qb3dlck9uU291cmNlVm0SHi5vbWEudjEuUG93ZXJPblNvdXJjZVZtUmVxdWVzdBofLm9tYS52MS5Qb3dlck9uU291cmNlVm1SZXNwb25zZRJVChBQb3dlck9mZlNvdXJjZVZtEh8ub21hLnYxLlBvd2VyT2ZmU291cmNlVm1SZXF1ZXN0GiAub21hLnYxLlBvd2VyT2ZmU291cmNlVm1SZXNwb25zZRJSCg9EZWxldGVWbUNvbnRleHQSHi5vbWEudjEuRGVsZXRlVm1Db250ZXh0UmVxdWVzdBofLm9tYS52MS5EZWxldGVWbUNvbnRleHRSZXNwb25zZRJYChFDb21wbGV0ZU1pZ3JhdGlvbhIgLm9tYS52MS5Db21wbGV0ZU1pZ3JhdGlvblJlcXVlc3QaIS5vbWEudjEuQ29tcGxldGVNaWdyYXRpb25SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_v1_failover, file_oma_v1_schedule]);
 
 /**
  * One change id taken of a disk, newest last.
@@ -361,6 +363,13 @@ export type VmContext = Message<"oma.v1.VmContext"> & {
    * @generated from field: google.protobuf.Timestamp updated_at = 18;
    */
   updatedAt?: Timestamp;
+
+  /**
+   * Its recovery point and how it stands against the RPO target of the schedule that targets it.
+   *
+   * @generated from field: oma.v1.VmRpo rpo = 19;
+   */
+  rpo?: VmRpo;
 };
 
 /**
@@ -733,6 +742,146 @@ export const PowerOffSourceVmResponseSchema: GenMessage<PowerOffSourceVmResponse
   messageDesc(file_oma_v1_vm_context, 15);
 
 /**
+ * Request of DeleteVmContext.
+ *
+ * @generated from message oma.v1.DeleteVmContextRequest
+ */
+export type DeleteVmContextRequest = Message<"oma.v1.DeleteVmContextRequest"> & {
+  /**
+   * VM context id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Optional idempotency key (AIP-155); deleting is idempotent by itself until the VM context is gone (then NOT_FOUND).
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message oma.v1.DeleteVmContextRequest.
+ * Use `create(DeleteVmContextRequestSchema)` to create a new message.
+ */
+export const DeleteVmContextRequestSchema: GenMessage<DeleteVmContextRequest> = /*@__PURE__*/
+  messageDesc(file_oma_v1_vm_context, 16);
+
+/**
+ * Response of DeleteVmContext.
+ *
+ * @generated from message oma.v1.DeleteVmContextResponse
+ */
+export type DeleteVmContextResponse = Message<"oma.v1.DeleteVmContextResponse"> & {
+  /**
+   * The VM context's id.
+   *
+   * @generated from field: string vm_context_id = 1;
+   */
+  vmContextId: string;
+
+  /**
+   * CloudStack ids of the replica volumes deleted.
+   *
+   * @generated from field: repeated string deleted_volume_ids = 2;
+   */
+  deletedVolumeIds: string[];
+
+  /**
+   * NBD export names removed.
+   *
+   * @generated from field: repeated string removed_export_names = 3;
+   */
+  removedExportNames: string[];
+};
+
+/**
+ * Describes the message oma.v1.DeleteVmContextResponse.
+ * Use `create(DeleteVmContextResponseSchema)` to create a new message.
+ */
+export const DeleteVmContextResponseSchema: GenMessage<DeleteVmContextResponse> = /*@__PURE__*/
+  messageDesc(file_oma_v1_vm_context, 17);
+
+/**
+ * Request of CompleteMigration.
+ *
+ * @generated from message oma.v1.CompleteMigrationRequest
+ */
+export type CompleteMigrationRequest = Message<"oma.v1.CompleteMigrationRequest"> & {
+  /**
+   * VM context id.
+   *
+   * @generated from field: string vm_context_id = 1;
+   */
+  vmContextId: string;
+
+  /**
+   * Optional idempotency key (AIP-155); completing is idempotent by itself.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message oma.v1.CompleteMigrationRequest.
+ * Use `create(CompleteMigrationRequestSchema)` to create a new message.
+ */
+export const CompleteMigrationRequestSchema: GenMessage<CompleteMigrationRequest> = /*@__PURE__*/
+  messageDesc(file_oma_v1_vm_context, 18);
+
+/**
+ * Response of CompleteMigration.
+ *
+ * @generated from message oma.v1.CompleteMigrationResponse
+ */
+export type CompleteMigrationResponse = Message<"oma.v1.CompleteMigrationResponse"> & {
+  /**
+   * The VM context, completed.
+   *
+   * @generated from field: oma.v1.VmContext vm_context = 1;
+   */
+  vmContext?: VmContext;
+
+  /**
+   * The CloudStack VM the migration ended in.
+   *
+   * @generated from field: string target_vm_id = 2;
+   */
+  targetVmId: string;
+
+  /**
+   * CloudStack ids of the volumes kept: the CloudStack VM's disks.
+   *
+   * @generated from field: repeated string kept_volume_ids = 3;
+   */
+  keptVolumeIds: string[];
+
+  /**
+   * NBD export names whose records were removed.
+   *
+   * @generated from field: repeated string removed_export_names = 4;
+   */
+  removedExportNames: string[];
+
+  /**
+   * Id of the command that tells the appliance to release the source side.
+   *
+   * @generated from field: string release_command_id = 5;
+   */
+  releaseCommandId: string;
+};
+
+/**
+ * Describes the message oma.v1.CompleteMigrationResponse.
+ * Use `create(CompleteMigrationResponseSchema)` to create a new message.
+ */
+export const CompleteMigrationResponseSchema: GenMessage<CompleteMigrationResponse> = /*@__PURE__*/
+  messageDesc(file_oma_v1_vm_context, 19);
+
+/**
  * Lifecycle of a VM under migration.
  *
  * @generated from enum oma.v1.VmContextStatus
@@ -887,6 +1036,37 @@ export const VmContextService: GenService<{
     methodKind: "unary";
     input: typeof PowerOffSourceVmRequestSchema;
     output: typeof PowerOffSourceVmResponseSchema;
+  },
+  /**
+   * Deletes a VM context that will not be migrated: its replicas' CloudStack volumes are deleted and their NBD exports
+   * removed, then the VM context with its disks, change ids, jobs and their logs, block maps, its schedule and network
+   * maps. Refused (FAILED_PRECONDITION) while a replication or failover job of the VM runs (JOB_ALREADY_ACTIVE) and
+   * unless the VM is discovered, ready_for_failover or failed (VM_NOT_DELETABLE: a test failover to clean up, a live
+   * failover whose VM owns the volumes). A deletion cut half-way is finished by calling it again. The steps are job log
+   * entries under the VM context's id (ListJobLogEntries with job_id = that id), kept after the deletion.
+   *
+   * @generated from rpc oma.v1.VmContextService.DeleteVmContext
+   */
+  deleteVmContext: {
+    methodKind: "unary";
+    input: typeof DeleteVmContextRequestSchema;
+    output: typeof DeleteVmContextResponseSchema;
+  },
+  /**
+   * Closes the migration of a VM that runs in CloudStack after a live failover (failed_over_live → completed): its
+   * NBD export records are removed, the replica volumes stay (they are the CloudStack VM's disks now, and are kept
+   * recorded as such), its schedule is deleted, and its appliance is told to release the source side (disable CBT,
+   * delete its snapshots) through the durable outbox — delivered when the appliance is connected, its answer recorded
+   * in the job log under the VM context's id. Refused (FAILED_PRECONDITION) while a job of the VM runs
+   * (JOB_ALREADY_ACTIVE) and for a VM not failed_over_live (VM_NOT_FAILED_OVER_LIVE). Closing a completed VM again
+   * returns it as it is.
+   *
+   * @generated from rpc oma.v1.VmContextService.CompleteMigration
+   */
+  completeMigration: {
+    methodKind: "unary";
+    input: typeof CompleteMigrationRequestSchema;
+    output: typeof CompleteMigrationResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_oma_v1_vm_context, 0);
