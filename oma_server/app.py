@@ -31,6 +31,7 @@ from oma_server.failover.steps import FailoverSteps, StepSettings
 from oma_server.failover.store import FailoverJobStore
 from oma_server.failover.workflow import FailoverWorkflow
 from oma_server.info import ServerInfo
+from oma_server.integrity.maps import unread_on_oma_vm
 from oma_server.integrity.verifier import ReplicaVerifier
 from oma_server.janitor import Janitor
 from oma_server.job_watch import JobWatcher
@@ -115,6 +116,7 @@ class App:
         self.schema_version = 0
         self._teardown = contextlib.AsyncExitStack()
         self._sqlite_owner: SqliteOwnership | None = None
+        self._unread_after_restart: list[str] = []  # completed jobs whose replicas a stop left unverified
         self._build_lifecycle_and_schedules(settings)
 
     def _build_lifecycle_and_schedules(self, settings: Settings) -> None:
@@ -208,6 +210,7 @@ class App:
         if self.workflow is not None:
             self._teardown.push_async_callback(self.workflow.stop)
             await self.workflow.resume_in_flight()
+            await self.workflow.release_after_restart(self._unread_after_restart)
         if self.failover is not None:
             self._teardown.push_async_callback(self.failover.stop)
             await self.failover.resume()
@@ -250,7 +253,11 @@ class App:
         self.outbox.on_result("cancel_job", self.janitor.on_answer)
         await self.volumes.reconcile()
         # before nbd-server serves the recorded exports: replicas of finished jobs leave the OMA VM
-        await self.attachments.reconcile([(j.id, [d.disk_id for d in j.disks]) for j in self.jobs.open_jobs()])
+        # ... but not those a stop left unverified: they are read back first (release_after_restart, at start)
+        unread = await self.db.run(unread_on_oma_vm)
+        open_jobs = [(j.id, [d.disk_id for d in j.disks]) for j in self.jobs.open_jobs()]
+        await self.attachments.reconcile([*open_jobs, *unread.items()])
+        self._unread_after_restart = list(unread)
         self._teardown.push_async_callback(self.nbd.stop)  # safe before or after a failed start
         await finish(self.exports.start())
 

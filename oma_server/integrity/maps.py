@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from oma_server.db.models import BlockMap, Disk, Volume
+from oma_server.db.models import BlockMap, Disk, ReplicationJob, Volume
 from oma_server.integrity.blocks import ALGORITHM, BLOCK_SIZE, Extent
 
 
@@ -91,3 +91,23 @@ def latest_verified(disk_id: str) -> BlockMap | None:
         .order_by(BlockMap.verified_at.desc(), BlockMap.id.desc())
         .first()
     )
+
+
+def unread_on_oma_vm() -> dict[str, list[str]]:
+    """Completed jobs whose read-back a stop cut short while their replicas are still on the OMA VM: job id → the
+    ids of its disks with a pending map there. A start reads them back before it lets them go (`verify_job`)."""
+    rows = (
+        BlockMap.select(BlockMap.job_id, BlockMap.disk)
+        .join(ReplicationJob, on=(ReplicationJob.id == BlockMap.job_id))
+        .switch(BlockMap)
+        .join(Volume, on=(Volume.disk == BlockMap.disk))
+        .where(
+            (BlockMap.status == "pending")
+            & (ReplicationJob.status == "completed")
+            & (Volume.state == "attached_to_oma")
+        )
+    )
+    out: dict[str, list[str]] = {}
+    for row in rows:
+        out.setdefault(row.job_id, []).append(row.disk_id)
+    return out

@@ -212,6 +212,17 @@ class ReplicationWorkflow:
             self._spawn(job_id)
         return resumed
 
+    async def release_after_restart(self, job_ids: list[str]) -> None:
+        """Completed jobs a stop caught between their completion and their replicas' release (the read-back cut
+        short): verified and released now, as at their end."""
+        for job_id in job_ids:
+            if job_id in self._releases:
+                continue
+            job = await self.jobs.get(job_id)
+            logger.bind(job_id=job_id).info("reading back the replicas a stop left unverified, then releasing them")
+            self._releases[job_id] = task = asyncio.create_task(self._release(job), name=f"release-{job_id}")
+            task.add_done_callback(functools.partial(self._forget_release, job_id))
+
     async def stop(self) -> None:
         self._finished.close()
         await self.runner.stop()
