@@ -148,11 +148,11 @@ def _http_server(app: App) -> HttpServer:
     dashboard = Dashboard(
         appliances=app.appliances,
         vms=app.vms,
-        jobs=app.jobs,
         joblog=app.joblog,
         job_watch=app.job_watch,
         info=app.info,
         auth=auth,
+        rpo=RpoReader(app.db, app.clock),
     )
     return HttpServer(app.settings, dashboard, Scraper(app.db, app.jobs, app.hub, app.watch, app.nbd, app.clock), auth)
 

@@ -155,6 +155,9 @@ async def test_overview_and_job_log_json(web: Web, tmp_path: Path) -> None:
     (vm,) = overview["vms"]
     assert vm["name"] == "web-json" and vm["status"] == "VM_CONTEXT_STATUS_READY_FOR_FAILOVER"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", vm["recoveryPoint"]), vm["recoveryPoint"]
+    # the recovery point is the RPO's: the start of the last completed and verified sync
+    assert vm["rpo"]["recoveryPoint"] == vm["recoveryPoint"] and vm["rpo"]["status"] == "RPO_STATUS_NO_TARGET"
+    assert vm["rpo"]["recoveryPointJobId"] == vm["lastCompletedJobId"]
     (appliance,) = overview["appliances"]
     assert appliance["connectionState"] == "CONNECTION_STATE_CONNECTED"
     job_id = vm["lastCompletedJobId"]

@@ -26,12 +26,12 @@ from google.protobuf.message import Message
 from oma_server.api.convert import appliance_to_proto, job_log_entry_to_proto, job_update_to_proto, vm_context_to_proto
 from oma_server.api.http.auth import HttpAuth
 from oma_server.api.http.refusals import refusal
+from oma_server.api.schedules import RpoReader, with_rpo
 from oma_server.appliances import ApplianceService
 from oma_server.errors import DomainError
 from oma_server.info import ServerInfo
 from oma_server.job_watch import SNAPSHOT, JobWatcher, Update
 from oma_server.joblog import JobLogService
-from oma_server.replication.store import ReplicationJobStore
 from oma_server.vm_contexts.service import VmContextService
 from oma_server.watch import RevisionCompacted
 
@@ -63,23 +63,23 @@ class Dashboard:
         *,
         appliances: ApplianceService,
         vms: VmContextService,
-        jobs: ReplicationJobStore,
         joblog: JobLogService,
         job_watch: JobWatcher,
         info: Callable[[], ServerInfo],
         auth: HttpAuth,
+        rpo: RpoReader,
     ) -> None:
         self.appliances = appliances
         self.vms = vms
-        self.jobs = jobs
         self.joblog = joblog
         self.job_watch = job_watch
         self.info = info
         self.auth = auth
+        self.rpo = rpo
         self._streams: set[asyncio.Task[Any]] = set()
 
     async def overview(self, request: web.Request) -> web.Response:
-        """Appliances (connection, last seen) and VMs (status, recovery point) for the page's tables."""
+        """Appliances (connection, last seen) and VMs (status, RPO) for the page's tables."""
 
         async def appliances(token: str) -> tuple[list[Any], str]:
             page = await self.appliances.list(PAGE, token, None)
@@ -89,22 +89,14 @@ class Dashboard:
             page = await self.vms.list_vms(PAGE, token)
             return page.vms, page.next_page_token
 
-        vm_views = await every_page(vms)
-        recovery_points: dict[str, str] = {}
-        for view in vm_views:
-            job_id = view.vm.last_completed_job_id
-            job = await self.jobs.lookup(job_id) if job_id else None
-            if job is not None and job.finished_at is not None:
-                recovery_points[view.vm.id] = job.finished_at.isoformat() + "Z"
+        # the RPO as GetVmContext gives it: the recovery point is the last completed and verified sync
+        vm_protos = await with_rpo(self.rpo, [vm_context_to_proto(v) for v in await every_page(vms)])
         info = self.info()
         return web.json_response(
             {
                 "server": {"version": info.version, "processId": info.process_id, "database": info.database_kind},
                 "appliances": [as_json(appliance_to_proto(a)) for a in await every_page(appliances)],
-                "vms": [
-                    {**as_json(vm_context_to_proto(v)), "recoveryPoint": recovery_points.get(v.vm.id, "")}
-                    for v in vm_views
-                ],
+                "vms": [{**as_json(v), "recoveryPoint": as_json(v.rpo).get("recoveryPoint", "")} for v in vm_protos],
             }
         )
 

@@ -74,7 +74,11 @@ async function refreshOverview() {
     vms.replaceChildren(...data.vms.map((vm) => {
       vmNames.set(vm.id, vm.name);
       const status = enumName(vm.status, "VM_CONTEXT_STATUS");
-      const rpo = vm.recoveryPoint ? `${ago(vm.recoveryPoint)} (${new Date(vm.recoveryPoint).toLocaleString()})` : "none yet";
+      // the recovery point is the last completed and verified sync; a breach of the VM's RPO target says why
+      const point = vm.rpo && vm.rpo.recoveryPoint;
+      const breached = vm.rpo && enumName(vm.rpo.status, "RPO_STATUS") === "breached";
+      const rpo = (point ? `${ago(point)} (${new Date(point).toLocaleString()})` : "none yet")
+        + (breached ? ` — breached: ${vm.rpo.reason}` : "");
       return el("tr", { "data-vm-id": vm.id },
         el("td", {}, vm.name), el("td", {}, el("span", { class: `badge ${badgeClass(status)}` }, status)),
         el("td", {}, String((vm.disks || []).length)), el("td", { class: "rpo" }, rpo));
