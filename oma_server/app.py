@@ -306,6 +306,7 @@ class App:
             self.hub.connected,
             failover_template=self.settings.failover_template,
             limits=attachments.limits,
+            read_back=workflow.settled,
         )
         steps = FailoverSteps(
             self.db,

@@ -12,8 +12,10 @@ name), stored in the job so a resumed job uses the same plan.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +35,9 @@ from oma_server.integrity.gate import describe, unverified_disks
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.storage.volumes import current_volume
 from oma_server.vm_contexts.state_machine import VmStatus
+
+# How long a readiness check waits for the read-back of the VM's last sync when it still runs (then it says so).
+READ_BACK_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -286,7 +291,11 @@ class ReadinessChecker:
         appliance_connected: Callable[[str], bool],
         failover_template: str = "",
         limits: CloudLimits | None = None,
+        read_back: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        """`read_back(job_id)` waits until a finished job's replicas were read back and released
+        (ReplicationWorkflow.settled): a failover asked for right after a sync waits for that sync's read-back."""
+        self.read_back = read_back
         self.db = db
         self.cloudstack = cloudstack
         self.limits = limits or CloudLimits(cloudstack)
@@ -328,7 +337,7 @@ class ReadinessChecker:
             f"job {active[0]} is active on this VM; wait for it or cancel it" if active else "no other job is active",
         )
         checks.append(_disks_replicated(facts))
-        await self._verified_check(vm_context_id, len(facts.disks), add)
+        await self._verified_check(vm_context_id, vm.last_completed_job_id, len(facts.disks), add)
 
         # --- CloudStack
         try:
@@ -348,9 +357,17 @@ class ReadinessChecker:
             )
         return Readiness(checks, plan)
 
-    async def _verified_check(self, vm_context_id: str, disks: int, add: Callable[[str, bool, str], None]) -> None:
-        """Every replica read back and hashed at its disk's current change id (the integrity gate)."""
+    async def _verified_check(
+        self, vm_context_id: str, last_job_id: str, disks: int, add: Callable[[str, bool, str], None]
+    ) -> None:
+        """Every replica read back and hashed at its disk's current change id (the integrity gate). A read-back
+        still running for the VM's last sync is waited for, at most READ_BACK_WAIT_S."""
         unverified = await self.db.run(unverified_disks, vm_context_id)
+        if unverified and last_job_id and self.read_back is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(READ_BACK_WAIT_S):
+                    await self.read_back(last_job_id)
+            unverified = await self.db.run(unverified_disks, vm_context_id)
         if unverified:
             add("replicas_verified", False, describe(unverified))
         elif disks:
