@@ -33,7 +33,6 @@ SESSION_COOKIE = "oma_session"
 LOGIN_PATH = "/login"
 LOGOUT_PATH = "/logout"
 PUBLIC_PREFIXES = ("/static/",)
-OPERATOR_KEY = web.RequestKey("operator", Operator)  # the authenticated caller, for handlers that log it
 LOGIN_PAGE = Path(__file__).with_name("templates") / "login.html"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -74,7 +73,7 @@ class HttpAuth:
         if request.path in (LOGIN_PATH, LOGOUT_PATH) or request.path.startswith(PUBLIC_PREFIXES):
             return await handler(request)
         try:
-            request[OPERATOR_KEY] = await self.operator(request)
+            await self.operator(request)
         except DomainError as error:
             if request.path == "/" and request.method == "GET":
                 raise web.HTTPSeeOther(LOGIN_PATH) from None
