@@ -159,7 +159,8 @@ class ScrapeState:
     replication_jobs: list[tuple[str, int]]  # status, how many
     failover_jobs: list[tuple[str, str, int]]  # kind, status, how many
     exports: list[tuple[str, int]]  # recorded state, how many
-    recovery_points: list[tuple[str, str, datetime]]  # VM context id, VM name, finish of its last completed job
+    # VM context id, VM name, source snapshot time of its last completed and verified sync
+    recovery_points: list[tuple[str, str, datetime]]
     # Scheduled VMs: VM context id, VM name, RPO target (s), current RPO (s, verified syncs), breached
     rpos: list[tuple[str, str, int, int, bool]]
     open_jobs: list[tuple[str, str, str, datetime | None]]  # job id, VM context id, status, last change
@@ -226,7 +227,7 @@ def _vm_gauges(snap: _Snapshot, state: ScrapeState) -> None:
     """Each VM's recovery point, and the RPO of the VMs a schedule targets."""
     snap.gauge(
         "oma_vm_recovery_point_timestamp_seconds",
-        "Finish of each VM's last completed replication: its recovery point (RPO = time() - this)",
+        "Each VM's recovery point: source snapshot time of its last completed, verified sync (RPO = time() - this)",
         ["vm_context_id", "vm"],
         (([i, name], _epoch(last)) for i, name, last in state.recovery_points),
     )

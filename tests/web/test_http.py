@@ -20,7 +20,7 @@ from oma_server.errors import InvalidArgument
 from oma_server.server import OmaServer
 from tests.conftest import REPO, make_settings
 from tests.factories import inventory
-from tests.failover.helpers import TEST, failover_stub, map_network, replicate, sim_of, start_oma
+from tests.failover.helpers import TEST, failover_stub, get_vm, map_network, replicate, sim_of, start_oma
 from tests.tls import make_pki
 from tests.web.conftest import EventStream, Web, bearer, value
 from vma.v1 import stream_pb2
@@ -49,7 +49,11 @@ async def test_metrics_move_during_a_replication_and_a_failover(web: Web, tmp_pa
     assert value(during, "oma_appliances", connection_state="connected") == 1
     assert value(during, "oma_nbd_exports") >= 2
     recovery_point = value(during, "oma_vm_recovery_point_timestamp_seconds", vm_context_id=replicated.vm_id)
-    assert time.time() - 600 < recovery_point <= time.time() + 1, "the VM's recovery point is its last completion"
+    assert time.time() - 600 < recovery_point <= time.time() + 1, "the VM's recovery point is its last verified sync"
+    rpo = (await get_vm(web.channel, replicated.vm_id)).rpo  # the same point as the RPO's (verified syncs only)
+    assert rpo.recovery_point_job_id and recovery_point == pytest.approx(
+        rpo.recovery_point.seconds + rpo.recovery_point.nanos / 1e9, abs=1e-3
+    )
 
     # Progress reports and bytes copied by the appliance
     job = (

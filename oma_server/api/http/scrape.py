@@ -14,7 +14,7 @@ from oma_server.db.models import Appliance, FailoverJob, NbdExport, ReplicationJ
 from oma_server.metrics import ScrapeState
 from oma_server.nbd.manager import NbdExportManager
 from oma_server.replication.store import ReplicationJobStore
-from oma_server.schedules.rpo import BREACHED, rpo_of, scheduled_vms
+from oma_server.schedules.rpo import BREACHED, recovery_point, rpo_of, scheduled_vms
 from oma_server.stream.hub import SessionHub
 from oma_server.watch import WatchHub
 
@@ -37,14 +37,9 @@ def _rpos(now: datetime) -> list[tuple[str, str, int, int, bool]]:
 
 
 def _read(now: datetime) -> dict[str, list[Any]]:
-    completed = (
-        ReplicationJob.select(ReplicationJob.vm_context, pw.fn.MAX(ReplicationJob.finished_at))
-        .where(ReplicationJob.status == "completed")
-        .group_by(ReplicationJob.vm_context)
-        .tuples()
-    )
-    last_completed: dict[str, datetime] = dict(completed)  # type: ignore[arg-type]  # .tuples() rows are pairs
-    vms = VmContext.select(VmContext.id, VmContext.name)
+    # The recovery point is the RPO's: the source's snapshot time of the last completed *and verified* sync, the
+    # same one GetVmContext and the dashboard give (a completed sync not read back yet is no point to fail over to).
+    points = ((vm.id, vm.name, recovery_point(vm.id)) for vm in VmContext.select(VmContext.id, VmContext.name))
     return {
         "appliances": list(
             Appliance.select(
@@ -54,7 +49,7 @@ def _read(now: datetime) -> dict[str, list[Any]]:
         "replication_jobs": _count_by(ReplicationJob.status),
         "failover_jobs": _count_by(FailoverJob.kind, FailoverJob.status),
         "exports": _count_by(NbdExport.state),
-        "recovery_points": [(vm.id, vm.name, last_completed[vm.id]) for vm in vms if last_completed.get(vm.id)],
+        "recovery_points": [(vm_id, name, point.at) for vm_id, name, point in points if point is not None],
         "rpos": _rpos(now),
     }
 
