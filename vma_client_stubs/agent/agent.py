@@ -30,6 +30,7 @@ from vma_client_stubs.agent.commands import AgentCommands
 from vma_client_stubs.agent.job_run import JobExecutor, snapshot_description
 from vma_client_stubs.agent.jobstate import JobRecord, JobStore
 from vma_client_stubs.agent.messages import JobMessages
+from vma_client_stubs.agent.rate_limit import BandwidthLimits
 from vma_client_stubs.agent.runs import CopyOptions, JobRunner
 from vma_client_stubs.agent.vcenter import FakeVCenter
 from vma_client_stubs.connection import Endpoint
@@ -93,11 +94,23 @@ class Agent:
         self.jobs: dict[str, JobRunner] = {}
         self.records: dict[str, JobRecord] = {}
         self.messages = JobMessages(self.client, self.store)
+        self.bandwidth = BandwidthLimits(self.copy_options.max_bytes_per_second or 0.0)
         self.executor = JobExecutor(
-            vcenter, self.messages, self.copy_options, report_interval_s=report_interval_s, log=self.log
+            vcenter,
+            self.messages,
+            self.copy_options,
+            report_interval_s=report_interval_s,
+            limits=self.bandwidth,
+            log=self.log,
         )
         self.commands = AgentCommands(
-            vcenter, self.messages, jobs=self.jobs, records=self.records, launch=self._launch, log=self.log
+            vcenter,
+            self.messages,
+            jobs=self.jobs,
+            records=self.records,
+            launch=self._launch,
+            bandwidth=self.bandwidth,
+            log=self.log,
         )
         self.commands.register(self.client)
         self.connected_since: float | None = None

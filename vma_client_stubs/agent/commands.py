@@ -3,6 +3,8 @@
 - `start_replication`: accepted at once (SUCCEEDED) and run as a task; a job already running or completed here is
   acknowledged again without a second run.
 - `cancel_job`: stops the copy (in-flight writes drain) and answers with a JobCancelled event.
+- `set_bandwidth_limit`: the copy-rate limits in force, whole; applied to running copies at once (a command issued
+  before the newest one applied is acknowledged and ignored).
 - `power_off` / `power_on`, `discover`, `release_source`: about the source VM itself (`source_commands.py`).
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 from vma.v1 import stream_pb2
 from vma_client_stubs.agent.jobstate import DiskRecord, JobRecord
 from vma_client_stubs.agent.messages import JobMessages
+from vma_client_stubs.agent.rate_limit import BandwidthLimits
 from vma_client_stubs.agent.runs import JobRunner
 from vma_client_stubs.agent.source_commands import SourceCommands, rejected
 from vma_client_stubs.agent.vcenter import DiskNotFound, FakeVCenter, VmNotFound
@@ -32,8 +35,10 @@ class AgentCommands:
         jobs: dict[str, JobRunner],
         records: dict[str, JobRecord],
         launch: Callable[[JobRecord], None],
+        bandwidth: BandwidthLimits,
         log: Any,
     ) -> None:
+        self.bandwidth = bandwidth
         self.vcenter = vcenter
         self.messages = messages
         self.jobs = jobs
@@ -44,6 +49,7 @@ class AgentCommands:
     def register(self, client: StreamClient) -> None:
         client.on_command("start_replication", self.start)
         client.on_command("cancel_job", self.cancel)
+        client.on_command("set_bandwidth_limit", self.set_bandwidth_limit)
         source = SourceCommands(self.vcenter, self.log)
         for kind in ("power_off", "power_on", "discover", "release_source"):
             client.on_command(kind, getattr(source, kind))
@@ -94,6 +100,22 @@ class AgentCommands:
         cancelled = stream_pb2.JobCancelled(detail="the job was not running here")
         await self.messages.emit(job_id, stream_pb2.JobEvent(cancelled=cancelled))
         return _succeeded("not running")
+
+    async def set_bandwidth_limit(self, command: stream_pb2.Command) -> stream_pb2.CommandResult:
+        limits = command.set_bandwidth_limit
+        issued_at = command.issued_at.ToDatetime()
+        if not self.bandwidth.apply(limits.appliance_bytes_per_second, dict(limits.job_bytes_per_second), issued_at):
+            return _succeeded("ignored: a newer limit is in force")
+        self.log.bind(command_id=command.command_id).info(
+            "bandwidth limits now {rates}", rates=describe_rates(self.bandwidth.rates())
+        )
+        return _succeeded(f"limits now {describe_rates(self.bandwidth.rates())}")
+
+
+def describe_rates(rates: dict[str, float]) -> str:
+    """`appliance 100.0 MiB/s, local unlimited, job j-1 20.0 MiB/s`."""
+    shown = (f"{name} {f'{rate / 2**20:.1f} MiB/s' if rate > 0 else 'unlimited'}" for name, rate in rates.items())
+    return ", ".join(shown)
 
 
 def _succeeded(detail: str) -> stream_pb2.CommandResult:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ from vma_client_stubs.agent.copy_plan import (
     Segment,
     chunks,
 )
+from vma_client_stubs.agent.rate_limit import TokenBucket
 
 # The agent, the tests and the benchmarks import the copy's vocabulary from here.
 __all__ = [
@@ -122,6 +123,7 @@ class DiskCopier:
         progress_interval_s: float = 0.1,
         checkpoint_interval_s: float = 1.0,
         max_bytes_per_second: float | None = None,
+        limits: Sequence[TokenBucket] = (),
         tls: TlsSettings | None = None,
     ) -> None:
         if not (4096 <= chunk_size <= 32 * MIB) or chunk_size % 4096:
@@ -145,7 +147,9 @@ class DiskCopier:
         self.on_progress = on_progress
         self.progress_interval_s = progress_interval_s
         self.checkpoint_interval_s = checkpoint_interval_s
-        self.max_bytes_per_second = max_bytes_per_second
+        # Data writes take their bytes from every bucket: the agent's shared ones (appliance, job), and one of this
+        # copy's own for `max_bytes_per_second`.
+        self.limits = tuple(limits) + ((TokenBucket(max_bytes_per_second),) if max_bytes_per_second else ())
         self.tls = tls
         self._lock = threading.Lock()
         self._progress = CopyProgress(
@@ -155,7 +159,6 @@ class DiskCopier:
             resume_token=self.resume.encode(),
         )
         self._requests = 0
-        self._issued = 0  # plan bytes handed to workers (for the rate limit)
         self._read_ahead = ReadAhead(plan, self.resume)  # how far the kernel was asked to read
         self._cursor: Iterator[Chunk] = iter(())
         self._failure: CopyError | None = None
@@ -176,7 +179,6 @@ class DiskCopier:
             chunk = next(self._cursor, None)
             if chunk is None:
                 return None
-            self._issued += chunk.length
             start = chunk.end_point.done - chunk.length
             # The distance grows with the copy (4 MiB, then up to READ_AHEAD): a deep queue at once would delay the
             # first write behind 64 MiB of reads.
@@ -303,7 +305,7 @@ class DiskCopier:
     def _copy(self, handles: list[Any], fd: int, caps: _Caps, started: float) -> bool:
         """Run one worker thread per connection until the plan is done, cancelled or failed; True if cancelled."""
         workers = [
-            threading.Thread(target=self._worker, args=(i, h, fd, caps, started), name=f"copier-{i}", daemon=True)
+            threading.Thread(target=self._worker, args=(i, h, fd, caps), name=f"copier-{i}", daemon=True)
             for i, h in enumerate(handles)
         ]
         for worker in workers:
@@ -322,11 +324,11 @@ class DiskCopier:
             raise self._failure
         return self.cancel.is_set() and self._ledger.point.done < self.plan.total_bytes
 
-    def _worker(self, index: int, handle: Any, fd: int, caps: _Caps, started: float) -> None:
+    def _worker(self, index: int, handle: Any, fd: int, caps: _Caps) -> None:
         import nbd
 
         try:
-            _Connection(self, index, handle, fd, caps, started).run()
+            _Connection(self, index, handle, fd, caps).run()
         except CopyError as exc:
             self._fail(exc)
         except nbd.Error as exc:
@@ -334,27 +336,13 @@ class DiskCopier:
         except Exception as exc:  # a bug must not hang the copy: stop everything and report it
             self._fail(CopyError(f"copier worker {index} failed: {type(exc).__name__}: {exc}"))
 
-    def _pace(self, handle: Any, started: float, checkpoint: Callable[[], None]) -> None:
-        """Hold this worker back while the copy is ahead of `max_bytes_per_second` (shared by all connections)."""
-        assert self.max_bytes_per_second
-        while not (self.cancel.is_set() or self._stop.is_set()):
-            with self._lock:
-                issued = self._issued
-            ahead = issued / self.max_bytes_per_second - (time.monotonic() - started)
-            if ahead <= 0:
-                return
-            time.sleep(min(ahead, 0.05))
-            if handle.aio_in_flight():
-                handle.poll(0)
-            checkpoint()
-
 
 class _Connection:
     """One NBD connection's request pipeline: take chunks in plan order, read them, send WRITE or WRITE_ZEROES (or
     skip a zero chunk on a fresh target), keep up to `window` requests in flight, reuse a buffer when its write
     completes, and drain at the end; connection 0 also issues the checkpoint flushes. Runs on its own thread."""
 
-    def __init__(self, copier: DiskCopier, index: int, handle: Any, fd: int, caps: _Caps, started: float) -> None:
+    def __init__(self, copier: DiskCopier, index: int, handle: Any, fd: int, caps: _Caps) -> None:
         import nbd
 
         self.copier = copier
@@ -362,7 +350,6 @@ class _Connection:
         self.handle = handle
         self.fd = fd
         self.caps = caps
-        self.started = started
         self.nbd_buffer = nbd.Buffer
         self.pool: list[bytearray] = []  # this connection's buffers: completions run on this thread only
         self.zero_buffer = bytes(copier.chunk_size)
@@ -384,14 +371,21 @@ class _Connection:
             # when its reply is read — otherwise only once the window is full (the first 16 MiB of every connection).
             handle.poll(0)
             self.checkpoint()
-            if copier.max_bytes_per_second:
-                copier._pace(handle, self.started, self.checkpoint)
         # Drain (after a cancel or a sibling's failure too: what is in flight completes, so the resume point is exact).
         deadline = time.monotonic() + 30.0
         while handle.aio_in_flight() > 0:
             handle.poll(500)
             if time.monotonic() > deadline:
                 raise TargetWriteFailed(f"{handle.aio_in_flight()} requests did not complete within 30 s")
+
+    def stopping(self) -> bool:
+        return self.copier.cancel.is_set() or self.copier._stop.is_set()
+
+    def take_replies(self) -> None:
+        """While a rate limit holds this connection back: read the replies that arrived, checkpoint when due."""
+        if self.handle.aio_in_flight():
+            self.handle.poll(0)
+        self.checkpoint()
 
     def send(self, chunk: Chunk) -> None:
         copier = self.copier
@@ -412,6 +406,8 @@ class _Connection:
         full = chunk.length == copier.chunk_size
         is_zero = buf == self.zero_buffer if full else view.tobytes() == bytes(chunk.length)
         if not is_zero:
+            for bucket in copier.limits:  # only data crosses the uplink: zeros cost no bandwidth
+                bucket.acquire(chunk.length, cancelled=self.stopping, idle=self.take_replies)
             self.handle.aio_pwrite(self.nbd_buffer.from_buffer(view), offset, completion=self.written(chunk, buf))
             with copier._lock:
                 copier._requests += 1

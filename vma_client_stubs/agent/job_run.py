@@ -28,6 +28,7 @@ from vma_client_stubs.agent.copier import (
 from vma_client_stubs.agent.disk_plan import plan_disk
 from vma_client_stubs.agent.extents import coalesce
 from vma_client_stubs.agent.messages import JobMessages
+from vma_client_stubs.agent.rate_limit import BandwidthLimits
 from vma_client_stubs.agent.runs import CopyOptions, DiskRun, JobFailure, JobRunner, Stopped
 from vma_client_stubs.agent.source_commands import SNAPSHOT_DESCRIPTION_PREFIX
 from vma_client_stubs.agent.vcenter import FakeVCenter, Snapshot, SnapshotNotFound, VCenterError, VmNotFound
@@ -46,9 +47,11 @@ class JobExecutor:
         options: CopyOptions,
         *,
         report_interval_s: float,
+        limits: BandwidthLimits | None = None,
         log: Any = logger,
     ) -> None:
         self.vcenter = vcenter
+        self.limits = limits or BandwidthLimits(options.max_bytes_per_second or 0.0)
         self.messages = messages
         self.options = options
         self.report_interval_s = report_interval_s
@@ -80,6 +83,7 @@ class JobExecutor:
             )
             await self.messages.emit(record.job_id, stream_pb2.JobEvent(failed=error))
         finally:
+            self.limits.forget(record.job_id)
             for task in reporter:
                 if not task.done():
                     task.cancel()
@@ -264,7 +268,7 @@ class JobExecutor:
             connections=opts.connections,
             cancel=runner.cancel,
             checkpoint_interval_s=opts.checkpoint_interval_s,
-            max_bytes_per_second=opts.max_bytes_per_second,
+            limits=self.limits.buckets_for(runner.record.job_id),
         )
 
     async def _watch(self, runner: JobRunner, disk: DiskRun, copier: DiskCopier) -> CopyResult:

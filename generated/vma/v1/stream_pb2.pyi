@@ -286,8 +286,23 @@ class ReleaseSourceCommand(_message.Message):
     vm_uuid: str
     def __init__(self, vm_uuid: _Optional[str] = ...) -> None: ...
 
+class SetBandwidthLimitCommand(_message.Message):
+    __slots__ = ("appliance_bytes_per_second", "job_bytes_per_second")
+    class JobBytesPerSecondEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    APPLIANCE_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    JOB_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    appliance_bytes_per_second: int
+    job_bytes_per_second: _containers.ScalarMap[str, int]
+    def __init__(self, appliance_bytes_per_second: _Optional[int] = ..., job_bytes_per_second: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
 class Command(_message.Message):
-    __slots__ = ("command_id", "issued_at", "start_replication", "cancel_job", "power_off", "power_on", "discover", "release_source")
+    __slots__ = ("command_id", "issued_at", "start_replication", "cancel_job", "power_off", "power_on", "discover", "release_source", "set_bandwidth_limit")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
     START_REPLICATION_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +311,7 @@ class Command(_message.Message):
     POWER_ON_FIELD_NUMBER: _ClassVar[int]
     DISCOVER_FIELD_NUMBER: _ClassVar[int]
     RELEASE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SET_BANDWIDTH_LIMIT_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     issued_at: _timestamp_pb2.Timestamp
     start_replication: StartReplicationCommand
@@ -304,7 +320,8 @@ class Command(_message.Message):
     power_on: PowerOnCommand
     discover: DiscoverCommand
     release_source: ReleaseSourceCommand
-    def __init__(self, command_id: _Optional[str] = ..., issued_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., start_replication: _Optional[_Union[StartReplicationCommand, _Mapping]] = ..., cancel_job: _Optional[_Union[CancelJobCommand, _Mapping]] = ..., power_off: _Optional[_Union[PowerOffCommand, _Mapping]] = ..., power_on: _Optional[_Union[PowerOnCommand, _Mapping]] = ..., discover: _Optional[_Union[DiscoverCommand, _Mapping]] = ..., release_source: _Optional[_Union[ReleaseSourceCommand, _Mapping]] = ...) -> None: ...
+    set_bandwidth_limit: SetBandwidthLimitCommand
+    def __init__(self, command_id: _Optional[str] = ..., issued_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., start_replication: _Optional[_Union[StartReplicationCommand, _Mapping]] = ..., cancel_job: _Optional[_Union[CancelJobCommand, _Mapping]] = ..., power_off: _Optional[_Union[PowerOffCommand, _Mapping]] = ..., power_on: _Optional[_Union[PowerOnCommand, _Mapping]] = ..., discover: _Optional[_Union[DiscoverCommand, _Mapping]] = ..., release_source: _Optional[_Union[ReleaseSourceCommand, _Mapping]] = ..., set_bandwidth_limit: _Optional[_Union[SetBandwidthLimitCommand, _Mapping]] = ...) -> None: ...
 
 class JobAck(_message.Message):
     __slots__ = ("job_id", "sequence")
