@@ -83,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--connections", type=int, default=4, help="NBD connections per disk, if multi-conn (1-16)")
     run.add_argument("--disks-per-job", type=int, default=4, help="disks of one job copied at once (1-64)")
     run.add_argument("--copies-per-appliance", type=int, default=8, help="disk copies of all jobs at once (1-256)")
-    run.add_argument("--max-rate-mib", type=_positive, default=None, help="rate limit of all copies of this appliance together, MiB/s (the OMA's limits apply too)")
+    run.add_argument(
+        "--max-rate-mib",
+        type=_positive,
+        default=None,
+        help="rate limit of all this appliance's copies together, MiB/s (the OMA's limits apply too)",
+    )
     run.add_argument("--report-interval", type=_positive, default=0.5, help="seconds between progress reports")
     run.add_argument("--log-json", action="store_true")
     run.add_argument("--log-level", default="INFO")
