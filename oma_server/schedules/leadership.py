@@ -34,12 +34,20 @@ class Leadership:
             return True
         with self._lock:
             try:
+                held = self.leading
                 if self._connection is None or self._connection.closed:
+                    held = False  # a new connection holds nothing
                     self._connection = psycopg2.connect(self.url, connect_timeout=5)
                     self._connection.autocommit = True
                 with self._connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
-                    got = bool(cursor.fetchone()[0])
+                    if held:
+                        # Held already: check the connection is alive rather than take the lock again (a session
+                        # lock counts its takes; one per tick would pile up).
+                        cursor.execute("SELECT 1")
+                        got = True
+                    else:
+                        cursor.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
+                        got = bool(cursor.fetchone()[0])
             except psycopg2.Error as exc:
                 logger.warning("scheduler leadership unknown (database: {e}); not leading", e=str(exc).strip())
                 self._close()
@@ -52,6 +60,11 @@ class Leadership:
     def _close(self) -> None:
         if self._connection is not None:
             with contextlib.suppress(psycopg2.Error):
+                if not self._connection.closed:
+                    # Unlock before closing: the server ends a closed session's backend (and frees its locks) a
+                    # little later, so another process's next try could still find the lock taken.
+                    with self._connection.cursor() as cursor:
+                        cursor.execute("SELECT pg_advisory_unlock_all()")
                 self._connection.close()
         self._connection = None
 
