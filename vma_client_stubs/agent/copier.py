@@ -122,7 +122,6 @@ class DiskCopier:
         on_progress: Callable[[CopyProgress], None] | None = None,
         progress_interval_s: float = 0.1,
         checkpoint_interval_s: float = 1.0,
-        max_bytes_per_second: float | None = None,
         limits: Sequence[TokenBucket] = (),
         tls: TlsSettings | None = None,
     ) -> None:
@@ -147,9 +146,7 @@ class DiskCopier:
         self.on_progress = on_progress
         self.progress_interval_s = progress_interval_s
         self.checkpoint_interval_s = checkpoint_interval_s
-        # Data writes take their bytes from every bucket: the agent's shared ones (appliance, job), and one of this
-        # copy's own for `max_bytes_per_second`.
-        self.limits = tuple(limits) + ((TokenBucket(max_bytes_per_second),) if max_bytes_per_second else ())
+        self.limits = tuple(limits)  # data writes take their bytes from every one (the agent's shared buckets)
         self.tls = tls
         self._lock = threading.Lock()
         self._progress = CopyProgress(
