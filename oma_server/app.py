@@ -15,6 +15,8 @@ from pathlib import Path
 from loguru import logger
 
 from oma_server.appliances import ApplianceService
+from oma_server.bandwidth.governor import BandwidthGovernor
+from oma_server.bandwidth.store import BandwidthLimitStore
 from oma_server.clock import Clock, SystemClock
 from oma_server.cloud_inventory import CloudInventory
 from oma_server.cloudstack.client import CloudStackClient
@@ -121,7 +123,7 @@ class App:
 
     def _build_lifecycle_and_schedules(self, settings: Settings) -> None:
         """Deleting and completing VM contexts; schedules, which start syncs through the replication service (the
-        scheduler runs once the workflow does)."""
+        scheduler runs once the workflow does); bandwidth limits, which the governor sends to connected appliances."""
         self.deletion: VmDeletion | None = None  # needs CloudStack: built at start
         self.completion = MigrationCompletion(self.db, self.outbox, self.joblog)
         self.schedules = ScheduleStore(self.db, self.clock, settings.schedule_min_interval_s)
@@ -138,6 +140,12 @@ class App:
         self.schedules.on_change.append(self.scheduler.wake)
         self.completion.on_completed.append(lambda _vm_id: self.scheduler.wake())
         self.job_watch.listers.append(self.scheduler.rpo_changes)
+        self.bandwidth = BandwidthLimitStore(self.db, self.clock)
+        self.governor = BandwidthGovernor(
+            self.db, self.clock, self.outbox, self.watch, lambda: list(self.hub.sessions), settings.scheduler_tick_s
+        )
+        self.bandwidth.on_change.append(self.governor.wake)
+        self.hub.on_session.append(self.governor.session_opened)
 
     def _build_stream(self, settings: Settings) -> None:
         """The replication jobs' store, the command outbox and the appliance sessions, wired to each other."""
@@ -206,6 +214,8 @@ class App:
         await self._start_storage()
         await self.hub.start()
         self._teardown.push_async_callback(self.hub.stop)
+        await self.governor.start()
+        self._teardown.push_async_callback(self.governor.stop)
         # Workflow tasks run only from here on, and stop before anything they use (nbd-server, CloudStack).
         if self.workflow is not None:
             self._teardown.push_async_callback(self.workflow.stop)

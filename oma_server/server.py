@@ -26,6 +26,8 @@ from oma.v1 import (
     access_pb2_grpc,
     appliance_pb2,
     appliance_pb2_grpc,
+    bandwidth_pb2,
+    bandwidth_pb2_grpc,
     cloud_pb2,
     cloud_pb2_grpc,
     failover_pb2,
@@ -47,6 +49,7 @@ from oma.v1 import (
 )
 from oma_server.api.access import AccessInterceptor
 from oma_server.api.appliances import ApplianceServicer
+from oma_server.api.bandwidth import BandwidthServicer
 from oma_server.api.cloud import CloudServicer
 from oma_server.api.failover import FailoverServicer, NetworkMappingServicer
 from oma_server.api.gateway import GatewayServicer
@@ -103,6 +106,7 @@ SERVICE_NAMES: list[str] = [
     storage_pb2.DESCRIPTOR.services_by_name["NbdExportService"].full_name,
     failover_pb2.DESCRIPTOR.services_by_name["FailoverService"].full_name,
     schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
+    bandwidth_pb2.DESCRIPTOR.services_by_name["BandwidthService"].full_name,
     failover_pb2.DESCRIPTOR.services_by_name["NetworkMappingService"].full_name,
     cloud_pb2.DESCRIPTOR.services_by_name["CloudService"].full_name,
     gateway_pb2.DESCRIPTOR.services_by_name["VmaGatewayService"].full_name,
@@ -136,6 +140,7 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     gateway_pb2_grpc.add_VmaGatewayServiceServicer_to_server(GatewayServicer(app.hub), server)
     access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(app.tokens, app.audit), server)
     schedule_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(app.schedules), server)
+    bandwidth_pb2_grpc.add_BandwidthServiceServicer_to_server(BandwidthServicer(app.bandwidth), server)
 
 
 def _http_server(app: App) -> HttpServer:

@@ -121,6 +121,7 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
     from oma_server.db.models import (
         ApiToken,
         AuditEntry,
+        BandwidthLimit,
         BlockMap,
         IdempotencyRecord,
         Schedule,
@@ -130,12 +131,12 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
 
     def downgrade() -> None:  # what a database created by version 0.1.0 looks like
         migrate(SchemaMigrator.from_database(db.peewee).drop_column("disk", "replicated_capacity_bytes"))
-        db.peewee.drop_tables([WatchRevision, ApiToken, BlockMap, IdempotencyRecord, AuditEntry, Schedule])
+        db.peewee.drop_tables([WatchRevision, ApiToken, BlockMap, IdempotencyRecord, AuditEntry, Schedule, BandwidthLimit])
         SchemaMigration.delete().where(SchemaMigration.version > 1).execute()
 
     await db.run(downgrade)
     assert await db.run(current_version, db.peewee) == 1
-    assert await db.run(apply_migrations, db.peewee) == [2, 3, 4, 5, 6, 7, 8]
+    assert await db.run(apply_migrations, db.peewee) == [2, 3, 4, 5, 6, 7, 8, 9]
     columns = {c.name for c in await db.run(db.peewee.get_columns, "disk")}
     assert "replicated_capacity_bytes" in columns
     assert await db.run(db.peewee.table_exists, "watch_revision")
@@ -144,3 +145,4 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
     assert await db.run(db.peewee.table_exists, "idempotency_record")
     assert await db.run(db.peewee.table_exists, "audit_entry")
     assert await db.run(db.peewee.table_exists, "schedule")
+    assert await db.run(db.peewee.table_exists, "bandwidth_limit")

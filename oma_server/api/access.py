@@ -76,6 +76,8 @@ METHOD_ACCESS: dict[str, Access] = {
         "/oma.v1.NetworkMappingService/ListNetworkMappings",
         "/oma.v1.ScheduleService/GetSchedule",
         "/oma.v1.ScheduleService/ListSchedules",
+        "/oma.v1.BandwidthService/GetBandwidthLimit",
+        "/oma.v1.BandwidthService/ListBandwidthLimits",
     ),
     **_all(
         Access.OPERATOR,
@@ -100,6 +102,8 @@ METHOD_ACCESS: dict[str, Access] = {
         "/oma.v1.ScheduleService/DeleteSchedule",
         "/oma.v1.ScheduleService/PauseSchedule",
         "/oma.v1.ScheduleService/ResumeSchedule",
+        "/oma.v1.BandwidthService/SetBandwidthLimit",
+        "/oma.v1.BandwidthService/DeleteBandwidthLimit",
     ),
     **_all(
         Access.ADMIN,

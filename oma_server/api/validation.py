@@ -187,6 +187,17 @@ RULES: dict[str, dict[str, Rule]] = {
     "oma.v1.DeleteScheduleRequest": {"id": REQUIRED_ID},
     "oma.v1.PauseScheduleRequest": {"id": REQUIRED_ID},
     "oma.v1.ResumeScheduleRequest": {"id": REQUIRED_ID},
+    "oma.v1.SetBandwidthLimitRequest": {
+        "spec": REQUIRED,
+        "spec.target.id": ID,
+        "spec.windows.start": Text(5),
+        "spec.windows.end": Text(5),
+        "spec.windows.days": Rule(max_items=7),
+        "spec.time_zone": Text(64),
+    },
+    "oma.v1.GetBandwidthLimitRequest": {"id": REQUIRED_ID},
+    "oma.v1.ListBandwidthLimitsRequest": {"target_id": ID},
+    "oma.v1.DeleteBandwidthLimitRequest": {"id": REQUIRED_ID},
 }
 
 

@@ -16,6 +16,7 @@ from oma_server.db.models import (
     ALL_MODELS,
     ApiToken,
     AuditEntry,
+    BandwidthLimit,
     BlockMap,
     Disk,
     IdempotencyRecord,
@@ -61,6 +62,10 @@ def _m008_schedule(db: pw.Database) -> None:
     db.create_tables([Schedule], safe=True)  # a database created at version 8 already has it
 
 
+def _m009_bandwidth_limit(db: pw.Database) -> None:
+    db.create_tables([BandwidthLimit], safe=True)  # a database created at version 9 already has it
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "initial schema", _m001_initial),
     (2, "disk.replicated_capacity_bytes (resize detection)", _m002_disk_replicated_capacity),
@@ -70,6 +75,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (6, "idempotency_record (first answers to calls with a request_id)", _m006_idempotency_record),
     (7, "audit_entry (the audit log of mutating RPCs)", _m007_audit_entry),
     (8, "schedule (replication schedules with an RPO target)", _m008_schedule),
+    (9, "bandwidth_limit (copy-rate limits with weekly windows)", _m009_bandwidth_limit),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

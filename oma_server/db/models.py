@@ -359,6 +359,24 @@ class Schedule(BaseModel):
         indexes = ((("target_kind", "target_id"), True),)
 
 
+class BandwidthLimit(BaseModel):
+    """A copy-rate limit on an appliance or a replication job (oma_server/bandwidth): a rate outside windows and
+    weekly windows with their own rate (`windows`: a list of {days, start, end, bytes_per_second}, first match wins)
+    in a time zone. One per target; a job's ends with the job."""
+
+    id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    target_kind = pw.CharField(max_length=16)
+    target_id = pw.CharField(max_length=64)
+    bytes_per_second = pw.BigIntegerField(default=0)
+    windows = JsonField(default=list)
+    time_zone = pw.CharField(max_length=64, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("target_kind", "target_id"), True),)
+
+
 class SchemaMigration(BaseModel):
     version = pw.IntegerField(primary_key=True)
     name = pw.CharField(max_length=128)
@@ -384,4 +402,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     IdempotencyRecord,
     AuditEntry,
     Schedule,
+    BandwidthLimit,
 ]

@@ -64,7 +64,16 @@ class ReleaseSource:
     kind: str = "release_source"
 
 
-Command = StartReplication | CancelJob | PowerOff | PowerOn | Discover | ReleaseSource
+@dataclass(frozen=True, slots=True)
+class SetBandwidthLimit:
+    """The copy-rate limits in force on an appliance, whole (bytes per second; 0: unlimited)."""
+
+    appliance_bytes_per_second: int
+    job_bytes_per_second: tuple[tuple[str, int], ...]  # (job id, rate), sorted by job id
+    kind: str = "set_bandwidth_limit"
+
+
+Command = StartReplication | CancelJob | PowerOff | PowerOn | Discover | ReleaseSource | SetBandwidthLimit
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from oma_server.db.database import Database
 from oma_server.db.models import Schedule, VmContext
 from oma_server.errors import DomainError, Unavailable
 from oma_server.joblog import JobLogService
+from oma_server.pass_loop import PassLoop
 from oma_server.replication.service import ReplicationService
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.schedules import rpo
@@ -85,32 +86,26 @@ class Scheduler:
         self.limits = limits
         self.tick_s = tick_s
         #: several OMA processes on one PostgreSQL: only the leader starts syncs (None: this process always leads)
-        self.leadership = leadership
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.loop = PassLoop("scheduler", clock, self.run_pass, tick_s, leadership)
         self._watcher: asyncio.Task[None] | None = None
         self._published: dict[str, Change] = {}  # VM id → its last RPO change
         self._publishing = asyncio.Lock()
         self._settled: Callable[[str], Awaitable[None]] | None = None
         self._settling: set[asyncio.Task[None]] = set()
-        self.begun = 0  # passes begun
-        self.passes = 0  # passes done
-        self._pass_done = asyncio.Condition()
 
     # ---- life ------------------------------------------------------------------------------------------------
     async def start(self) -> None:
         finished = self.jobs.watch.subscribe(lambda c: c.job_kind == "replication" and c.final)
         self._watcher = asyncio.create_task(self._wake_on_finish(finished), name="scheduler-job-watch")
-        self._task = asyncio.create_task(self._loop(), name="scheduler")
+        self.loop.start()
 
     async def stop(self) -> None:
-        for task in (self._task, self._watcher, *self._settling):
+        for task in (self._watcher, *self._settling):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self.leadership is not None:
-            await asyncio.to_thread(self.leadership.release)
+        await self.loop.stop()
 
     def settle_through(self, settled: Callable[[str], Awaitable[None]]) -> None:
         """How to wait until a finished job's replicas were read back (the replication workflow's `settled`): its
@@ -119,7 +114,7 @@ class Scheduler:
 
     def wake(self) -> None:
         """Look again now (a schedule changed, a job ended)."""
-        self._wake.set()
+        self.loop.wake()
 
     async def _wake_on_finish(self, finished: Subscription) -> None:
         with finished:
@@ -138,35 +133,8 @@ class Scheduler:
             self.wake()  # verified (or not): the RPO may have moved
 
     async def pass_after_now(self) -> None:
-        """Wake the loop and wait for a pass that began after this call to end: what a test does after moving its
-        clock, so that it reads what the scheduler made of the new time."""
-        target = self.begun + 1
-        self.wake()
-        async with self._pass_done:
-            await self._pass_done.wait_for(lambda: self.passes >= target)
-
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            self.begun += 1
-            delay = self.tick_s
-            try:
-                if self.leadership is None or await asyncio.to_thread(self.leadership.try_lead):
-                    delay = await self.run_pass()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.opt(exception=True).error("scheduler pass failed; trying again in {s} s", s=self.tick_s)
-            async with self._pass_done:
-                self.passes += 1
-                self._pass_done.notify_all()
-            sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-            waker = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sleeper.cancel()
-                waker.cancel()
+        """Wait for a pass that began after this call (a test, after moving its clock)."""
+        await self.loop.pass_after_now()
 
     # ---- one pass --------------------------------------------------------------------------------------------
     async def run_pass(self) -> float:

@@ -8,11 +8,12 @@ import hashlib
 import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadDateError, croniter
 
 from oma_server.errors import InvalidArgument
+from oma_server.time_zones import check_zone, zone_of
 
 #: gaps of a cron expression looked at when it is checked against the minimum interval
 CRON_GAPS_CHECKED = 24
@@ -27,10 +28,6 @@ class Timing:
     time_zone: str  # IANA name; "" is UTC
     jitter_s: int
     anchor: datetime  # naive UTC: interval slots are anchor + k * interval
-
-
-def zone_of(name: str) -> ZoneInfo:
-    return ZoneInfo(name or "UTC")
 
 
 def _to_utc(aware: datetime) -> datetime:
@@ -99,14 +96,7 @@ def check_timing(timing: Timing, rpo_target_s: int, min_interval_s: float, now: 
                 "day-of-week), for example '0 */4 * * *'",
                 "CRON_INVALID",
             )
-    try:
-        zone_of(timing.time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise _bad(
-            f"{prefix}time_zone",
-            f"{timing.time_zone!r} is not a time zone this server knows: give an IANA name such as 'Europe/Berlin'",
-            "TIME_ZONE_UNKNOWN",
-        ) from None
+    check_zone(timing.time_zone, f"{prefix}time_zone")
     if timing.time_zone and not timing.cron:
         raise _bad(f"{prefix}time_zone", "applies to a cron expression only; drop it", "SCHEDULE_TIMING_INVALID")
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -111,6 +112,8 @@ class SessionHub:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.queue_size = queue_size
         self.sessions: dict[str, Session] = {}
+        #: called with the appliance id once a new session is welcomed (the bandwidth governor looks again)
+        self.on_session: list[Callable[[str], None]] = []
         self._disconnected_since: dict[str, float] = {}
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -211,6 +214,8 @@ class SessionHub:
     async def after_welcome(self, session: Session) -> None:
         """Send every command the appliance has not answered yet (again, after a reconnect or an OMA restart)."""
         await self.outbox.kick(session.appliance_id, resend=True)
+        for hook in self.on_session:
+            hook(session.appliance_id)
 
     @uninterruptible
     async def close(self, session: Session, reason: str) -> None:

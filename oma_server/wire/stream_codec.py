@@ -318,6 +318,10 @@ def encode_command(command: c.Command, command_id: str, issued_at: datetime) -> 
             wire.discover.name_filter = command.name_filter
         case c.ReleaseSource():
             wire.release_source.vm_uuid = command.vm_uuid
+        case c.SetBandwidthLimit():
+            wire.set_bandwidth_limit.SetInParent()  # all-unlimited is a command too
+            wire.set_bandwidth_limit.appliance_bytes_per_second = command.appliance_bytes_per_second
+            wire.set_bandwidth_limit.job_bytes_per_second.update(dict(command.job_bytes_per_second))
     return wire.SerializeToString()
 
 

@@ -1,0 +1,87 @@
+"""A background loop of passes: each pass says when the next is due, a change can wake it sooner, and it runs at
+least every `tick_s`. The scheduler and the bandwidth governor are such loops. Sleeping goes through the clock
+adapter, so a test's ManualClock drives a loop through hours in moments (`pass_after_now`).
+
+With a `leadership`, a pass runs only while this process holds it (several OMA processes on one PostgreSQL); the
+others try again every `tick_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from loguru import logger
+
+from oma_server.clock import Clock
+from oma_server.schedules.leadership import Leadership
+
+
+class PassLoop:
+    def __init__(
+        self,
+        name: str,
+        clock: Clock,
+        run_pass: Callable[[], Awaitable[float]],
+        tick_s: float,
+        leadership: Leadership | None = None,
+    ) -> None:
+        self.name = name
+        self.clock = clock
+        self.run_pass = run_pass  # one pass; returns the seconds until the next is due
+        self.tick_s = tick_s
+        self.leadership = leadership
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.begun = 0  # passes begun
+        self.passes = 0  # passes done
+        self._pass_done = asyncio.Condition()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.leadership is not None:
+            await asyncio.to_thread(self.leadership.release)
+
+    def wake(self) -> None:
+        """Run a pass now (something changed)."""
+        self._wake.set()
+
+    async def pass_after_now(self) -> None:
+        """Wake the loop and wait for a pass that began after this call to end: what a test does after moving its
+        clock, so that it reads what the loop made of the new time."""
+        target = self.begun + 1
+        self.wake()
+        async with self._pass_done:
+            await self._pass_done.wait_for(lambda: self.passes >= target)
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            self.begun += 1
+            delay = self.tick_s
+            try:
+                if self.leadership is None or await asyncio.to_thread(self.leadership.try_lead):
+                    delay = await self.run_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.opt(exception=True).error(
+                    "{name} pass failed; trying again in {s} s", name=self.name, s=self.tick_s
+                )
+            async with self._pass_done:
+                self.passes += 1
+                self._pass_done.notify_all()
+            sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
