@@ -131,7 +131,9 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
 
     def downgrade() -> None:  # what a database created by version 0.1.0 looks like
         migrate(SchemaMigrator.from_database(db.peewee).drop_column("disk", "replicated_capacity_bytes"))
-        db.peewee.drop_tables([WatchRevision, ApiToken, BlockMap, IdempotencyRecord, AuditEntry, Schedule, BandwidthLimit])
+        db.peewee.drop_tables(
+            [WatchRevision, ApiToken, BlockMap, IdempotencyRecord, AuditEntry, Schedule, BandwidthLimit]
+        )
         SchemaMigration.delete().where(SchemaMigration.version > 1).execute()
 
     await db.run(downgrade)
