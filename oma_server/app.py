@@ -142,7 +142,7 @@ class App:
         self.job_watch.listers.append(self.scheduler.rpo_changes)
         self.bandwidth = BandwidthLimitStore(self.db, self.clock)
         self.governor = BandwidthGovernor(
-            self.db, self.clock, self.outbox, self.watch, lambda: list(self.hub.sessions), settings.scheduler_tick_s
+            self.db, self.clock, self.outbox, self.watch, self.hub.session_ids, settings.scheduler_tick_s
         )
         self.bandwidth.on_change.append(self.governor.wake)
         self.hub.on_session.append(self.governor.session_opened)

@@ -9,15 +9,16 @@ applied). Passes run when a limit changes, when a session opens, when a replicat
 edge of any limit, and at least every `tick_s` — which is how a limit set through another OMA process reaches an
 appliance whose stream this one holds. Limits of jobs that ended are deleted ("a job's limit ends with it").
 
-At a new session the set is sent again when it limits anything or when the appliance was ever sent one (an
-appliance that restarted forgot its limits; one that only reconnected takes the same set again, idempotently).
+At a new session (known by its id) the set is sent again when it limits anything or when the appliance was ever
+sent one: an appliance that restarted forgot its limits, one that only reconnected takes the same set again. The
+exception is a newest limit command still unanswered that holds the same set: the reconnect resends that one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from loguru import logger
@@ -39,8 +40,10 @@ from oma_server.outbox import OPEN_STATUSES, CommandOutbox, insert_command
 from oma_server.pass_loop import PassLoop
 from oma_server.protocol.commands import QueuedCommand, SetBandwidthLimit
 from oma_server.watch import Subscription, WatchHub
+from oma_server.wire.stream_codec import decode_stored_limits
 
 KIND = "set_bandwidth_limit"  # SetBandwidthLimit.kind
+UNLIMITED = SetBandwidthLimit(0, ())
 
 
 class BandwidthGovernor:
@@ -50,17 +53,17 @@ class BandwidthGovernor:
         clock: Clock,
         outbox: CommandOutbox,
         watch: WatchHub,
-        connected: Callable[[], Iterable[str]],
+        connected: Callable[[], Mapping[str, str]],
         tick_s: float = 30.0,
     ) -> None:
         self.db = db
         self.clock = clock
         self.outbox = outbox
         self.watch = watch
-        self.connected = connected  # ids of the appliances whose stream this process holds
+        self.connected = connected  # appliance id → session id, of the streams this process holds
         self.loop = PassLoop("bandwidth-governor", clock, self.run_pass, tick_s)
-        self._sent: dict[str, SetBandwidthLimit] = {}  # appliance id → the set its current session was sent
-        self._fresh: set[str] = set()  # appliances with a new session, not yet looked at
+        #: appliance id → (session id, the set that session was sent or needs not be sent)
+        self._sent: dict[str, tuple[str, SetBandwidthLimit]] = {}
         self._watcher: asyncio.Task[None] | None = None
 
     # ---- life ------------------------------------------------------------------------------------------------
@@ -80,9 +83,8 @@ class BandwidthGovernor:
         self.loop.wake()
 
     def session_opened(self, appliance_id: str) -> None:
-        """A new session of the appliance: look at what it should be told (its agent may have restarted)."""
-        self._sent.pop(appliance_id, None)
-        self._fresh.add(appliance_id)
+        """A new session of the appliance: look at what it should be told (its agent may have restarted). A pass
+        knows a session it has not seen by its id, so a pass that saw it before this call does not send twice."""
         self.wake()
 
     async def pass_after_now(self) -> None:
@@ -99,19 +101,17 @@ class BandwidthGovernor:
         """Send changed sets to connected appliances; the seconds until a limit's rate next changes."""
         now = self.clock.now()
         wanted, upcoming = await self.db.tx(self._read, now)
-        connected = set(self.connected())
-        self._sent = {a: s for a, s in self._sent.items() if a in connected}
-        for appliance_id in sorted(connected):
-            limits = wanted.get(appliance_id, SetBandwidthLimit(0, ()))
-            fresh = appliance_id in self._fresh
-            self._fresh.discard(appliance_id)
-            if fresh:
-                if limits == SetBandwidthLimit(0, ()) and not await self.db.run(_ever_sent, appliance_id):
-                    self._sent[appliance_id] = limits  # nothing to tell an appliance that never had a limit
-                    continue
-            elif self._sent.get(appliance_id) == limits:
+        connected = dict(self.connected())
+        self._sent = {a: sent for a, sent in self._sent.items() if connected.get(a) == sent[0]}
+        for appliance_id, session_id in sorted(connected.items()):
+            limits = wanted.get(appliance_id, UNLIMITED)
+            sent = self._sent.get(appliance_id)
+            if sent is None and await self.db.run(_needs_no_send, appliance_id, limits):
+                self._sent[appliance_id] = (session_id, limits)
                 continue
-            await self._send(appliance_id, limits)
+            if sent is not None and sent[1] == limits:
+                continue
+            await self._send(appliance_id, session_id, limits)
         if upcoming is None:
             return self.loop.tick_s
         return max(0.0, min(self.loop.tick_s, (upcoming - now).total_seconds()))
@@ -152,7 +152,7 @@ class BandwidthGovernor:
         }
         return wanted, min(changes, default=None)
 
-    async def _send(self, appliance_id: str, limits: SetBandwidthLimit) -> None:
+    async def _send(self, appliance_id: str, session_id: str, limits: SetBandwidthLimit) -> None:
         def queue() -> QueuedCommand:
             queued = insert_command(appliance_id, limits)
             CommandRow.update(
@@ -169,15 +169,25 @@ class BandwidthGovernor:
             return queued
 
         queued = await self.db.tx(queue)
-        self._sent[appliance_id] = limits
+        self._sent[appliance_id] = (session_id, limits)
         logger.bind(appliance_id=appliance_id, command_id=queued.command_id).info(
             "bandwidth limits sent: {what}", what=describe(limits)
         )
         await self.outbox.kick(appliance_id, [queued])
 
 
-def _ever_sent(appliance_id: str) -> bool:
-    return CommandRow.select().where((CommandRow.appliance == appliance_id) & (CommandRow.kind == KIND)).exists()
+def _needs_no_send(appliance_id: str, limits: SetBandwidthLimit) -> bool:
+    """Whether a session not seen yet needs no new command: the appliance never had a limit and needs none, or its
+    newest limit command is unanswered and holds `limits` (the reconnect resends it)."""
+    newest = (
+        CommandRow.select(CommandRow.status, CommandRow.payload)
+        .where((CommandRow.appliance == appliance_id) & (CommandRow.kind == KIND))
+        .order_by(CommandRow.created_at.desc(), CommandRow.id.desc())
+        .first()
+    )
+    if newest is None:
+        return limits == UNLIMITED
+    return newest.status in OPEN_STATUSES and decode_stored_limits(bytes(newest.payload)) == limits
 
 
 def describe(limits: SetBandwidthLimit) -> str:

@@ -326,6 +326,10 @@ class SessionHub:
         if session is not None:
             session.close(REVOKED)
 
+    def session_ids(self) -> dict[str, str]:
+        """Appliance id → session id of every stream this process holds."""
+        return {appliance_id: s.session_id for appliance_id, s in self.sessions.items()}
+
     def connected(self, appliance_id: str) -> bool:
         return appliance_id in self.sessions
 

@@ -325,6 +325,12 @@ def encode_command(command: c.Command, command_id: str, issued_at: datetime) -> 
     return wire.SerializeToString()
 
 
+def decode_stored_limits(encoded: bytes) -> c.SetBandwidthLimit:
+    """The limits of a SetBandwidthLimit command as the outbox stored it."""
+    limits = stream_pb2.Command.FromString(encoded).set_bandwidth_limit
+    return c.SetBandwidthLimit(limits.appliance_bytes_per_second, tuple(sorted(limits.job_bytes_per_second.items())))
+
+
 def encode_outgoing(message: m.Outgoing) -> gateway_pb2.ConnectResponse:
     """One message of the OMA's side of the stream."""
     response = gateway_pb2.ConnectResponse()
