@@ -11,11 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from loguru import logger
 
 from oma_server.clock import Clock
-from oma_server.schedules.leadership import Leadership
+
+
+class Leadership(Protocol):
+    """Who leads among OMA processes (oma_server.schedules.leadership): blocking calls, run in a thread."""
+
+    def try_lead(self) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 class PassLoop:

@@ -17,6 +17,8 @@ from oma.v1 import (
     access_pb2_grpc,
     appliance_pb2,
     appliance_pb2_grpc,
+    bandwidth_pb2,
+    bandwidth_pb2_grpc,
     cloud_pb2,
     cloud_pb2_grpc,
     failover_pb2,
@@ -67,7 +69,14 @@ async def seed(channel: grpc.aio.Channel, oma_server: OmaServer) -> str:
     for name in ("t1", "t2"):
         await tokens.CreateApiToken(access_pb2.CreateApiTokenRequest(name=name, role=access_pb2.ROLE_VIEWER))
     enrolled = await enroll(channel)
-    await enroll(channel)
+    other = await enroll(channel)
+    limits = bandwidth_pb2_grpc.BandwidthServiceStub(channel)
+    for appliance in (enrolled, other):
+        target = bandwidth_pb2.BandwidthTarget(
+            kind=bandwidth_pb2.BANDWIDTH_TARGET_KIND_APPLIANCE, id=appliance.appliance_id
+        )
+        spec = bandwidth_pb2.BandwidthLimitSpec(target=target, bytes_per_second=50 * 2**20)
+        await limits.SetBandwidthLimit(bandwidth_pb2.SetBandwidthLimitRequest(spec=spec))
     vms = vm_context_pb2_grpc.VmContextServiceStub(channel)
     schedules = schedule_pb2_grpc.ScheduleServiceStub(channel)
     for _ in range(2):
@@ -104,6 +113,7 @@ def list_rpcs(channel: grpc.aio.Channel, job_id: str) -> dict[str, tuple[Page, s
     exports = storage_pb2_grpc.NbdExportServiceStub(channel)
     cloud = cloud_pb2_grpc.CloudServiceStub(channel)
     schedule_stub = schedule_pb2_grpc.ScheduleServiceStub(channel)
+    bandwidth = bandwidth_pb2_grpc.BandwidthServiceStub(channel)
 
     def rpc(call: Any, request_type: Any, **fields: Any) -> Page:
         return lambda size, token: call(request_type(page_size=size, page_token=token, **fields))
@@ -111,6 +121,11 @@ def list_rpcs(channel: grpc.aio.Channel, job_id: str) -> dict[str, tuple[Page, s
     return {
         "ListApiTokens": (rpc(tokens.ListApiTokens, access_pb2.ListApiTokensRequest), "tokens", 3),
         "ListSchedules": (rpc(schedule_stub.ListSchedules, schedule_pb2.ListSchedulesRequest), "schedules", 2),
+        "ListBandwidthLimits": (
+            rpc(bandwidth.ListBandwidthLimits, bandwidth_pb2.ListBandwidthLimitsRequest),
+            "limits",
+            2,
+        ),
         # the seed's creations are mutations of an admin: each one is in the audit log
         "ListAuditEntries": (rpc(tokens.ListAuditEntries, access_pb2.ListAuditEntriesRequest), "entries", 9),
         "ListAppliances": (rpc(appliances.ListAppliances, appliance_pb2.ListAppliancesRequest), "appliances", 2),
