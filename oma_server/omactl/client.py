@@ -11,6 +11,7 @@ from google.protobuf.message import Message
 from oma.v1 import (
     access_pb2_grpc,
     appliance_pb2_grpc,
+    bandwidth_pb2_grpc,
     cloud_pb2_grpc,
     failover_pb2_grpc,
     job_pb2_grpc,
@@ -86,6 +87,7 @@ class Client:
         self.network_maps = failover_pb2_grpc.NetworkMappingServiceStub(self.channel)
         self.cloud = cloud_pb2_grpc.CloudServiceStub(self.channel)
         self.schedules = schedule_pb2_grpc.ScheduleServiceStub(self.channel)
+        self.bandwidth = bandwidth_pb2_grpc.BandwidthServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
