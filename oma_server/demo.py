@@ -7,7 +7,8 @@ directory of raw images with change tracking) + omactl for live progress:
 
 1. one VM with two disks of varied data and holes; the agent connects and the OMA discovers and registers the VM
 2. initial replication, then a byte-for-byte check of every CloudStack volume against its source disk
-3. simulated guest writes, an incremental replication (changed blocks only), the byte check again
+3. simulated guest writes, an incremental replication (changed blocks only) under a bandwidth limit of the
+   appliance set through the API (its effect checked), the byte check again
 4. a schedule every 3 s that runs two incrementals by itself (the byte check again), its RPO, then paused
 5. a test failover (the test VM's volumes checked against the source disks), then its cleanup
 6. a summary table per disk: bytes copied, time, throughput, change ids
@@ -57,6 +58,7 @@ from vma_client_stubs.secret_files import write_private
 BIN = Path(sys.executable).parent
 DISKS_MIB = (256, 128)
 GUEST_WRITE_PERCENT = 5
+LIMIT_MIB = 16  # the incremental's bandwidth limit (MiB/s): its ~19 MiB of changes take over a second
 CHUNK = 4 << 20
 console = Console()
 
@@ -151,6 +153,7 @@ class Demo:
         self.ca = self.data_dir / "tls" / "ca.crt"
         self.token_env: dict[str, str] = {}
         self.failures: list[str] = []
+        self.limits: dict[str, str] = {}  # job id → the bandwidth limit it ran under
 
     def connect(self) -> None:
         """The demo's own operator channel: TLS, verified against the OMA's CA, with the initial admin token."""
@@ -341,6 +344,22 @@ class Demo:
         )
         return done[:count]
 
+    def limited(self, appliance_id: str, vm_id: str) -> replication_pb2.ReplicationJob:
+        """An incremental under a bandwidth limit of the appliance (omactl limits set), then the limit deleted. Its
+        data rate cannot exceed the limit; the job's rate (its changed bytes over its whole time, snapshot
+        included) is checked against twice the limit, which an unlimited copy on these machines runs far above."""
+        limit_id = self.omactl("-q", "limits", "set", "--appliance", appliance_id, "--rate", f"{LIMIT_MIB}MiB")
+        console.print(f"bandwidth limit {limit_id.strip()}: appliance {appliance_id} copies at most {LIMIT_MIB} MiB/s")
+        job = self.replicate(vm_id, "incremental")
+        self.omactl("limits", "delete", limit_id.strip())
+        self.limits[job.id] = f"{LIMIT_MIB} MiB/s"
+        seconds = job.finished_at.ToDatetime().timestamp() - job.started_at.ToDatetime().timestamp()
+        rate = job.bytes_done / (1 << 20) / max(seconds, 1e-3)
+        console.print(f"the limited incremental copied {job.bytes_done / (1 << 20):.1f} MiB at {rate:.1f} MiB/s")
+        if rate > 2 * LIMIT_MIB:
+            self.failures.append(f"the incremental ran at {rate:.0f} MiB/s under a {LIMIT_MIB} MiB/s limit")
+        return job
+
     def source_disks(self, vm: vm_context_pb2.VmContext) -> dict[str, Path]:
         return {d.id: self.vcenter / vm.vm_uuid / f"disk-{d.key}.img" for d in vm.disks}
 
@@ -370,7 +389,9 @@ class Demo:
         vm = self.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
         keys = {d.id: d.key for d in vm.disks}
         table = Table(title="Replication summary", show_lines=False)
-        for column in ("job", "disk", "mode", "copied", "job time", "throughput", "from change id", "new change id"):
+        columns = ("job", "disk", "mode", "copied", "job time", "throughput", "limit")
+        columns += ("from change id", "new change id")
+        for column in columns:
             table.add_column(column)
         for job in jobs:
             seconds = max(1e-3, job.finished_at.ToDatetime().timestamp() - job.started_at.ToDatetime().timestamp())
@@ -384,6 +405,7 @@ class Demo:
                     f"{d.bytes_done / (1 << 20):.1f} MiB",
                     f"{seconds:.2f} s",
                     f"{d.bytes_done / (1 << 20) / seconds:.0f} MiB/s",
+                    self.limits.get(job.id, "-"),
                     d.previous_change_id or "-",
                     d.new_change_id,
                 )
@@ -448,16 +470,19 @@ def main() -> int:
         demo = Demo(Path(tmp), stack)
         try:
             demo.start_oma()
-            _, vm_id = demo.start_agent()
+            appliance_id, vm_id = demo.start_agent()
 
             step("Initial replication (full copy of every disk)")
             initial = demo.replicate(vm_id, "initial")
             demo.verify(vm_id, "CloudStack volume", demo.replicas_in_cloudstack(vm_id))
 
-            step(f"Guest writes {GUEST_WRITE_PERCENT}% of each disk, then incremental replication (changed blocks)")
+            step(
+                f"Guest writes {GUEST_WRITE_PERCENT}% of each disk, then incremental replication (changed blocks) "
+                f"under a bandwidth limit of {LIMIT_MIB} MiB/s"
+            )
             run(BIN / "vma-agent", "guest-write", "--vcenter-dir", demo.vcenter, "--vm", "demo-web",
                 "--percent", str(GUEST_WRITE_PERCENT), "--seed", "7")  # fmt: skip
-            incremental = demo.replicate(vm_id, "incremental")
+            incremental = demo.limited(appliance_id, vm_id)
             demo.verify(vm_id, "CloudStack volume", demo.replicas_in_cloudstack(vm_id))
             if incremental.bytes_done >= initial.bytes_done:
                 demo.failures.append("the incremental run copied as much as the full one")
