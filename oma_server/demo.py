@@ -389,8 +389,8 @@ class Demo:
         vm = self.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
         keys = {d.id: d.key for d in vm.disks}
         table = Table(title="Replication summary", show_lines=False)
-        columns = ("job", "disk", "mode", "copied", "job time", "throughput", "limit")
-        columns += ("from change id", "new change id")
+        columns = ["job", "disk", "mode", "copied", "job time", "throughput", "limit"]
+        columns += ["from change id", "new change id"]
         for column in columns:
             table.add_column(column)
         for job in jobs:
