@@ -41,29 +41,20 @@ def show_appliance(ctx: Context, appliance: appliance_pb2.Appliance) -> None:
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     request = appliance_pb2.ListAppliancesRequest()
     items = list(ctx.client.paged(ctx.client.appliances, "ListAppliances", request, lambda r: list(r.appliances)))
-    if ctx.out.as_json:
-        ctx.out.messages(items)
-        return 0
-    if ctx.out.quiet:
-        ctx.out.ids(a.id for a in items)
-        return 0
-    ctx.out.table(
-        ["ID", "NAME", "STATUS", "CONNECTION", "VERSION", "LAST SEEN", "CREATED"],
-        (
-            [
-                a.id,
-                a.name,
-                status_text(_status(a)),
-                status_text(_connection(a)),
-                a.agent_version or render.NONE,
-                field_time(a, "last_seen_at"),
-                field_time(a, "created_at"),
-            ]
-            for a in items
-        ),
-        title="Appliances",
-    )
-    return 0
+    headers = ["ID", "NAME", "STATUS", "CONNECTION", "VERSION", "LAST SEEN", "CREATED"]
+    return ctx.out.listing(items, headers, _row, "Appliances")
+
+
+def _row(a: appliance_pb2.Appliance) -> list[object]:
+    return [
+        a.id,
+        a.name,
+        status_text(_status(a)),
+        status_text(_connection(a)),
+        a.agent_version or render.NONE,
+        field_time(a, "last_seen_at"),
+        field_time(a, "created_at"),
+    ]
 
 
 def cmd_show(ctx: Context, args: argparse.Namespace) -> int:

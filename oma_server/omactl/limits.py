@@ -93,15 +93,8 @@ def _row(limit: bandwidth_pb2.BandwidthLimit) -> list[object]:
 
 
 def _show(ctx: Context, limit: bandwidth_pb2.BandwidthLimit, verb: str = "") -> int:
-    if ctx.out.as_json:
-        ctx.out.message(limit)
-        return 0
-    if ctx.out.quiet:
-        ctx.out.ids([limit.id])
-        return 0
-    if verb:
-        ctx.out.line(f"{verb} bandwidth limit {limit.id} of {_target(limit)}.")
-    ctx.out.fields(
+    return ctx.out.record(
+        limit,
         [
             ("id", limit.id),
             ("target", _target(limit)),
@@ -111,9 +104,9 @@ def _show(ctx: Context, limit: bandwidth_pb2.BandwidthLimit, verb: str = "") -> 
             ("windows", "; ".join(window_text(w) for w in limit.spec.windows) or render.NONE),
             ("time zone", limit.spec.time_zone or "UTC"),
             ("updated", field_time(limit, "updated_at")),
-        ]
+        ],
+        f"{verb} bandwidth limit {limit.id} of {_target(limit)}." if verb else "",
     )
-    return 0
 
 
 def cmd_set(ctx: Context, args: argparse.Namespace) -> int:
@@ -136,18 +129,8 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     target_id = resolve.optional(resolve.appliance_id, ctx, args.appliance) or args.job or ""
     request = bandwidth_pb2.ListBandwidthLimitsRequest(target_id=target_id)
     items = list(ctx.client.paged(ctx.client.bandwidth, "ListBandwidthLimits", request, lambda r: list(r.limits)))
-    if ctx.out.as_json:
-        ctx.out.messages(items)
-        return 0
-    if ctx.out.quiet:
-        ctx.out.ids(limit.id for limit in items)
-        return 0
-    ctx.out.table(
-        ["ID", "TARGET", "RATE NOW", "NEXT CHANGE", "OUTSIDE WINDOWS", "WINDOWS", "ZONE"],
-        (_row(limit) for limit in items),
-        title="Bandwidth limits",
-    )
-    return 0
+    headers = ["ID", "TARGET", "RATE NOW", "NEXT CHANGE", "OUTSIDE WINDOWS", "WINDOWS", "ZONE"]
+    return ctx.out.listing(items, headers, _row, "Bandwidth limits")
 
 
 def cmd_show(ctx: Context, args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
@@ -170,6 +170,32 @@ class Output:
         for value in ids:
             self.stream.write(f"{value}\n")
         self.stream.flush()
+
+    def listing(
+        self, items: Sequence[Any], headers: Sequence[str], row: Callable[[Any], Sequence[object]], title: str
+    ) -> int:
+        """What a `list` command prints: the messages as JSON (`--json`), their ids (`--quiet`) or a table of
+        `row(item)`; the command's exit status."""
+        if self.as_json:
+            self.messages(items)
+        elif self.quiet:
+            self.ids(item.id for item in items)
+        else:
+            self.table(headers, (row(item) for item in items), title=title)
+        return 0
+
+    def record(self, message: Any, fields: Sequence[tuple[str, object]], headline: str = "") -> int:
+        """What a `show` (or a change) prints of one resource: the message as JSON (`--json`), its id (`--quiet`),
+        or `headline` then its fields; the command's exit status."""
+        if self.as_json:
+            self.message(message)
+        elif self.quiet:
+            self.ids([message.id])
+        else:
+            if headline:
+                self.line(headline)
+            self.fields(fields)
+        return 0
 
     def table(self, headers: Sequence[str], rows: Iterable[Sequence[object]], title: str | None = None) -> None:
         cells = [[cell if isinstance(cell, Text) else Text(str(cell)) for cell in row] for row in rows]

@@ -79,15 +79,8 @@ def _row(s: schedule_pb2.Schedule) -> list[object]:
 
 
 def _show(ctx: Context, s: schedule_pb2.Schedule, verb: str = "") -> int:
-    if ctx.out.as_json:
-        ctx.out.message(s)
-        return 0
-    if ctx.out.quiet:
-        ctx.out.ids([s.id])
-        return 0
-    if verb:
-        ctx.out.line(f"{verb} schedule {s.id} for VM {s.spec.target.id}.")
-    ctx.out.fields(
+    return ctx.out.record(
+        s,
         [
             ("id", s.id),
             ("name", s.spec.name or render.NONE),
@@ -101,9 +94,9 @@ def _show(ctx: Context, s: schedule_pb2.Schedule, verb: str = "") -> int:
             ("last run", field_time(s, "last_run_at")),
             ("last job", s.last_job_id or render.NONE),
             ("last outcome", s.last_outcome or render.NONE),
-        ]
+        ],
+        f"{verb} schedule {s.id} for VM {s.spec.target.id}." if verb else "",
     )
-    return 0
 
 
 def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
@@ -126,18 +119,8 @@ def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     request = schedule_pb2.ListSchedulesRequest(target_id=resolve.optional(resolve.vm_id, ctx, args.vm))
     items = list(ctx.client.paged(ctx.client.schedules, "ListSchedules", request, lambda r: list(r.schedules)))
-    if ctx.out.as_json:
-        ctx.out.messages(items)
-        return 0
-    if ctx.out.quiet:
-        ctx.out.ids(s.id for s in items)
-        return 0
-    ctx.out.table(
-        ["ID", "NAME", "VM", "TIMING", "RPO TARGET", "NEXT RUN", "LAST OUTCOME"],
-        (_row(s) for s in items),
-        title="Replication schedules",
-    )
-    return 0
+    headers = ["ID", "NAME", "VM", "TIMING", "RPO TARGET", "NEXT RUN", "LAST OUTCOME"]
+    return ctx.out.listing(items, headers, _row, "Replication schedules")
 
 
 def cmd_show(ctx: Context, args: argparse.Namespace) -> int:

@@ -32,33 +32,36 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     if args.status:
         request.status = enum_parse(vm_context_pb2.VmContextStatus, STATUS_PREFIX, args.status)  # type: ignore[assignment]
     items = list(ctx.client.paged(ctx.client.vms, "ListVmContexts", request, lambda r: list(r.vm_contexts)))
-    if ctx.out.as_json:
-        ctx.out.messages(items)
-        return 0
-    if ctx.out.quiet:
-        ctx.out.ids(vm.id for vm in items)
-        return 0
-    ctx.out.table(
-        ["ID", "NAME", "APPLIANCE", "STATUS", "CPUS", "MEMORY", "DISKS", "ACTIVE JOB", "RPO", "NEXT SYNC", "UPDATED"],
-        (
-            [
-                vm.id,
-                vm.name,
-                vm.appliance_id,
-                status_text(vm_status(vm)),
-                vm.num_cpus or render.NONE,
-                _memory(vm.memory_mib),
-                f"{len(vm.disks)} ({size(sum(d.capacity_bytes for d in vm.disks))})" if vm.disks else "0",
-                vm.active_job_id or render.NONE,
-                rpo_short(vm.rpo),
-                next_sync(vm.rpo) if vm.rpo.schedule_id else render.NONE,
-                field_time(vm, "updated_at"),
-            ]
-            for vm in items
-        ),
-        title="VM contexts",
-    )
-    return 0
+    headers = [
+        "ID",
+        "NAME",
+        "APPLIANCE",
+        "STATUS",
+        "CPUS",
+        "MEMORY",
+        "DISKS",
+        "ACTIVE JOB",
+        "RPO",
+        "NEXT SYNC",
+        "UPDATED",
+    ]
+    return ctx.out.listing(items, headers, _row, "VM contexts")
+
+
+def _row(vm: vm_context_pb2.VmContext) -> list[object]:
+    return [
+        vm.id,
+        vm.name,
+        vm.appliance_id,
+        status_text(vm_status(vm)),
+        vm.num_cpus or render.NONE,
+        _memory(vm.memory_mib),
+        f"{len(vm.disks)} ({size(sum(d.capacity_bytes for d in vm.disks))})" if vm.disks else "0",
+        vm.active_job_id or render.NONE,
+        rpo_short(vm.rpo),
+        next_sync(vm.rpo) if vm.rpo.schedule_id else render.NONE,
+        field_time(vm, "updated_at"),
+    ]
 
 
 def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
