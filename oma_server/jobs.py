@@ -14,7 +14,7 @@ from datetime import datetime
 
 from oma_server.db.database import Database
 from oma_server.db.models import FailoverJob, ReplicationJob
-from oma_server.errors import NotFound, Unavailable
+from oma_server.errors import InvalidArgument, NotFound, Unavailable
 from oma_server.failover.state_machine import FailoverJobState
 from oma_server.failover.store import FailoverJobStore
 from oma_server.pagination import decode_token, next_token, page_size_of
@@ -135,13 +135,20 @@ class Jobs:
             jobs.append(job)
         return JobsPage(jobs, next_token(offset, size, len(window)))
 
-    async def cancel(self, job_id: str) -> AnyJob:
-        """Cancel a job of any kind; one already cancelling or cancelled is returned as it is."""
+    async def cancel(self, job_id: str, force: bool = False) -> AnyJob:
+        """Cancel a job of any kind; one already cancelling (unless forced) or cancelled is returned as it is.
+        `force` ends a replication job whose appliance no longer answers (ReplicationService.force_cancel)."""
         job = await self.get(job_id)
         if isinstance(job, JobState):
-            if job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
+            if job.status == JobStatus.CANCELLED or (job.status == JobStatus.CANCELLING and not force):
                 return job
-            return await self.replication.cancel(job_id)  # a job that ended is refused, saying what it is
+            return await self.replication.cancel(job_id, force)  # a job that ended is refused, saying what it is
+        if force:
+            raise InvalidArgument(
+                f"force applies to replication jobs; {job_id} is a failover job: cancel it without force",
+                reason="FORCE_NOT_APPLICABLE",
+                field="force",
+            )
         if self._cancel_failover is None:
             raise Unavailable("the failover service is starting; retry in a moment", reason="NOT_READY")
         return await self._cancel_failover(job_id)

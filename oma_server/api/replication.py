@@ -66,7 +66,7 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServiceServicer):
     async def CancelReplicationJob(
         self, request: replication_pb2.CancelReplicationJobRequest, context: grpc.aio.ServicerContext
     ) -> replication_pb2.CancelReplicationJobResponse:
-        job = await self.replication.cancel(request.id)
+        job = await self.replication.cancel(request.id, request.force)
         return replication_pb2.CancelReplicationJobResponse(job=replication_job_to_proto(job))
 
     async def RetryReplicationJob(
@@ -97,7 +97,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
     async def CancelJob(
         self, request: job_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> job_pb2.CancelJobResponse:
-        return job_pb2.CancelJobResponse(job=job_to_proto(await self.all_jobs.cancel(request.id)))
+        return job_pb2.CancelJobResponse(job=job_to_proto(await self.all_jobs.cancel(request.id, request.force)))
 
     async def WatchJob(
         self, request: job_pb2.WatchJobRequest, context: grpc.aio.ServicerContext

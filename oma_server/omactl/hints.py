@@ -53,6 +53,7 @@ REASON_HINTS: dict[str, str] = {
     "TARGET_NETWORK_NOT_FOUND": "list them with 'omactl cloud networks'",
     "APPLIANCE_DISCONNECTED": "'omactl appliances list' shows its connection",
     "FAILOVER_NOT_READY": "'omactl preflight {vm}' shows every check",
+    "APPLIANCE_MAY_ANSWER": "cancel without --force and give it a minute: 'omactl jobs cancel {job}'",
     "JOB_ALREADY_ACTIVE": "follow it with 'omactl watch {active_job}', stop it with 'omactl jobs cancel {active_job}'",
 }
 

@@ -217,10 +217,23 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+FORCE_HELP = (
+    "end a replication job whose appliance no longer answers (disconnected, or a cancel unanswered for 60 s) "
+    "without its confirmation"
+)
+
+
 def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
-    job = ctx.client.call(ctx.client.jobs, "CancelJob", job_pb2.CancelJobRequest(id=args.job_id)).job
+    request = job_pb2.CancelJobRequest(id=args.job_id, force=args.force)
+    job = ctx.client.call(ctx.client.jobs, "CancelJob", request).job
     if ctx.out.as_json:
         ctx.out.message(inner(job))
+        return 0
+    if job.WhichOneof("job") == "replication_job" and args.force:
+        ctx.out.line(
+            f"Job {job.replication_job.id} is {job_status(job.replication_job)} without its appliance's confirmation; "
+            f"what it left behind: 'omactl jobs log {job.replication_job.id}'."
+        )
         return 0
     if job.WhichOneof("job") == "replication_job":
         ctx.out.line(
@@ -315,6 +328,7 @@ def register(commands: Commands) -> None:
         cmd_cancel,
     )
     cancel.add_argument("job_id", metavar="JOB_ID")
+    cancel.add_argument("--force", action="store_true", help=FORCE_HELP)
     log = commands.leaf(group, "log", "the job's log: every step with status, times and message", cmd_log)
     log.add_argument("job_id", metavar="JOB_ID")
 
@@ -330,6 +344,7 @@ def register(commands: Commands) -> None:
     start.add_argument("--watch", action="store_true", help="follow the job until it ends (exit 1 unless completed)")
     cancel = commands.leaf(group, "cancel", "cancel a job (volumes and exports stay)", cmd_cancel)
     cancel.add_argument("job_id", metavar="JOB_ID")
+    cancel.add_argument("--force", action="store_true", help=FORCE_HELP)
     retry = commands.leaf(group, "retry", "start a new job like a failed or cancelled one", cmd_retry)
     retry.add_argument("job_id", metavar="JOB_ID")
     retry.add_argument("--watch", action="store_true", help="follow the new job until it ends")

@@ -28,17 +28,17 @@ from oma.v1 import replication_pb2 as oma_dot_v1_dot_replication__pb2
 from oma.v1 import schedule_pb2 as oma_dot_v1_dot_schedule__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10oma/v1/job.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15oma/v1/failover.proto\x1a\x18oma/v1/replication.proto\x1a\x15oma/v1/schedule.proto\"\xc7\x01\n\tJobUpdate\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.oma.v1.UpdateKind\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x31\n\x0freplication_job\x18\n \x01(\x0b\x32\x16.oma.v1.ReplicationJobH\x00\x12+\n\x0c\x66\x61ilover_job\x18\x0b \x01(\x0b\x32\x13.oma.v1.FailoverJobH\x00\x12\x1f\n\x06vm_rpo\x18\x0c \x01(\x0b\x32\r.oma.v1.VmRpoH\x00\x42\x05\n\x03job\"l\n\x03Job\x12\x31\n\x0freplication_job\x18\x01 \x01(\x0b\x32\x16.oma.v1.ReplicationJobH\x00\x12+\n\x0c\x66\x61ilover_job\x18\x02 \x01(\x0b\x32\x13.oma.v1.FailoverJobH\x00\x42\x05\n\x03job\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"*\n\x0eGetJobResponse\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.oma.v1.Job\"b\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rvm_context_id\x18\x03 \x01(\t\x12\x11\n\topen_only\x18\x04 \x01(\x08\"F\n\x10ListJobsResponse\x12\x19\n\x04jobs\x18\x01 \x03(\x0b\x32\x0b.oma.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"-\n\x11\x43\x61ncelJobResponse\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.oma.v1.Job\"P\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rfrom_revision\x18\x02 \x01(\x04\x12\x16\n\x0ekeep_following\x18\x03 \x01(\x08\"5\n\x10WatchJobResponse\x12!\n\x06update\x18\x01 \x01(\x0b\x32\x11.oma.v1.JobUpdate\"Z\n\x10WatchJobsRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x15\n\rfrom_revision\x18\x02 \x01(\x04\x12\x18\n\x10include_finished\x18\x03 \x01(\x08\"6\n\x11WatchJobsResponse\x12!\n\x06update\x18\x01 \x01(\x0b\x32\x11.oma.v1.JobUpdate\"\xcf\x01\n\x0bJobLogEntry\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.oma.v1.JobLogStatus\x12\x0f\n\x07message\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x18ListJobLogEntriesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x19ListJobLogEntriesResponse\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.oma.v1.JobLogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x94\x01\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14UPDATE_KIND_SNAPSHOT\x10\x01\x12\x16\n\x12UPDATE_KIND_CHANGE\x10\x02\x12\x1f\n\x1bUPDATE_KIND_PROGRESS_NOTIFY\x10\x03\x12\x16\n\x12UPDATE_KIND_SYNCED\x10\x04*\xb8\x01\n\x0cJobLogStatus\x12\x1e\n\x1aJOB_LOG_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16JOB_LOG_STATUS_RUNNING\x10\x01\x12\x1c\n\x18JOB_LOG_STATUS_COMPLETED\x10\x02\x12\x19\n\x15JOB_LOG_STATUS_FAILED\x10\x03\x12\x1a\n\x16JOB_LOG_STATUS_SKIPPED\x10\x04\x12\x17\n\x13JOB_LOG_STATUS_INFO\x10\x05\x32\xa5\x03\n\nJobService\x12\x37\n\x06GetJob\x12\x15.oma.v1.GetJobRequest\x1a\x16.oma.v1.GetJobResponse\x12=\n\x08ListJobs\x12\x17.oma.v1.ListJobsRequest\x1a\x18.oma.v1.ListJobsResponse\x12@\n\tCancelJob\x12\x18.oma.v1.CancelJobRequest\x1a\x19.oma.v1.CancelJobResponse\x12?\n\x08WatchJob\x12\x17.oma.v1.WatchJobRequest\x1a\x18.oma.v1.WatchJobResponse0\x01\x12\x42\n\tWatchJobs\x12\x18.oma.v1.WatchJobsRequest\x1a\x19.oma.v1.WatchJobsResponse0\x01\x12X\n\x11ListJobLogEntries\x12 .oma.v1.ListJobLogEntriesRequest\x1a!.oma.v1.ListJobLogEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10oma/v1/job.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15oma/v1/failover.proto\x1a\x18oma/v1/replication.proto\x1a\x15oma/v1/schedule.proto\"\xc7\x01\n\tJobUpdate\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.oma.v1.UpdateKind\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x31\n\x0freplication_job\x18\n \x01(\x0b\x32\x16.oma.v1.ReplicationJobH\x00\x12+\n\x0c\x66\x61ilover_job\x18\x0b \x01(\x0b\x32\x13.oma.v1.FailoverJobH\x00\x12\x1f\n\x06vm_rpo\x18\x0c \x01(\x0b\x32\r.oma.v1.VmRpoH\x00\x42\x05\n\x03job\"l\n\x03Job\x12\x31\n\x0freplication_job\x18\x01 \x01(\x0b\x32\x16.oma.v1.ReplicationJobH\x00\x12+\n\x0c\x66\x61ilover_job\x18\x02 \x01(\x0b\x32\x13.oma.v1.FailoverJobH\x00\x42\x05\n\x03job\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"*\n\x0eGetJobResponse\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.oma.v1.Job\"b\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rvm_context_id\x18\x03 \x01(\t\x12\x11\n\topen_only\x18\x04 \x01(\x08\"F\n\x10ListJobsResponse\x12\x19\n\x04jobs\x18\x01 \x03(\x0b\x32\x0b.oma.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"-\n\x11\x43\x61ncelJobResponse\x12\x18\n\x03job\x18\x01 \x01(\x0b\x32\x0b.oma.v1.Job\"P\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rfrom_revision\x18\x02 \x01(\x04\x12\x16\n\x0ekeep_following\x18\x03 \x01(\x08\"5\n\x10WatchJobResponse\x12!\n\x06update\x18\x01 \x01(\x0b\x32\x11.oma.v1.JobUpdate\"Z\n\x10WatchJobsRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x15\n\rfrom_revision\x18\x02 \x01(\x04\x12\x18\n\x10include_finished\x18\x03 \x01(\x08\"6\n\x11WatchJobsResponse\x12!\n\x06update\x18\x01 \x01(\x0b\x32\x11.oma.v1.JobUpdate\"\xcf\x01\n\x0bJobLogEntry\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.oma.v1.JobLogStatus\x12\x0f\n\x07message\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x18ListJobLogEntriesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x19ListJobLogEntriesResponse\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.oma.v1.JobLogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x94\x01\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14UPDATE_KIND_SNAPSHOT\x10\x01\x12\x16\n\x12UPDATE_KIND_CHANGE\x10\x02\x12\x1f\n\x1bUPDATE_KIND_PROGRESS_NOTIFY\x10\x03\x12\x16\n\x12UPDATE_KIND_SYNCED\x10\x04*\xb8\x01\n\x0cJobLogStatus\x12\x1e\n\x1aJOB_LOG_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16JOB_LOG_STATUS_RUNNING\x10\x01\x12\x1c\n\x18JOB_LOG_STATUS_COMPLETED\x10\x02\x12\x19\n\x15JOB_LOG_STATUS_FAILED\x10\x03\x12\x1a\n\x16JOB_LOG_STATUS_SKIPPED\x10\x04\x12\x17\n\x13JOB_LOG_STATUS_INFO\x10\x05\x32\xa5\x03\n\nJobService\x12\x37\n\x06GetJob\x12\x15.oma.v1.GetJobRequest\x1a\x16.oma.v1.GetJobResponse\x12=\n\x08ListJobs\x12\x17.oma.v1.ListJobsRequest\x1a\x18.oma.v1.ListJobsResponse\x12@\n\tCancelJob\x12\x18.oma.v1.CancelJobRequest\x1a\x19.oma.v1.CancelJobResponse\x12?\n\x08WatchJob\x12\x17.oma.v1.WatchJobRequest\x1a\x18.oma.v1.WatchJobResponse0\x01\x12\x42\n\tWatchJobs\x12\x18.oma.v1.WatchJobsRequest\x1a\x19.oma.v1.WatchJobsResponse0\x01\x12X\n\x11ListJobLogEntries\x12 .oma.v1.ListJobLogEntriesRequest\x1a!.oma.v1.ListJobLogEntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oma.v1.job_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPDATEKIND']._serialized_start=1460
-  _globals['_UPDATEKIND']._serialized_end=1608
-  _globals['_JOBLOGSTATUS']._serialized_start=1611
-  _globals['_JOBLOGSTATUS']._serialized_end=1795
+  _globals['_UPDATEKIND']._serialized_start=1475
+  _globals['_UPDATEKIND']._serialized_end=1623
+  _globals['_JOBLOGSTATUS']._serialized_start=1626
+  _globals['_JOBLOGSTATUS']._serialized_end=1810
   _globals['_JOBUPDATE']._serialized_start=134
   _globals['_JOBUPDATE']._serialized_end=333
   _globals['_JOB']._serialized_start=335
@@ -52,23 +52,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTJOBSRESPONSE']._serialized_start=618
   _globals['_LISTJOBSRESPONSE']._serialized_end=688
   _globals['_CANCELJOBREQUEST']._serialized_start=690
-  _globals['_CANCELJOBREQUEST']._serialized_end=740
-  _globals['_CANCELJOBRESPONSE']._serialized_start=742
-  _globals['_CANCELJOBRESPONSE']._serialized_end=787
-  _globals['_WATCHJOBREQUEST']._serialized_start=789
-  _globals['_WATCHJOBREQUEST']._serialized_end=869
-  _globals['_WATCHJOBRESPONSE']._serialized_start=871
-  _globals['_WATCHJOBRESPONSE']._serialized_end=924
-  _globals['_WATCHJOBSREQUEST']._serialized_start=926
-  _globals['_WATCHJOBSREQUEST']._serialized_end=1016
-  _globals['_WATCHJOBSRESPONSE']._serialized_start=1018
-  _globals['_WATCHJOBSRESPONSE']._serialized_end=1072
-  _globals['_JOBLOGENTRY']._serialized_start=1075
-  _globals['_JOBLOGENTRY']._serialized_end=1282
-  _globals['_LISTJOBLOGENTRIESREQUEST']._serialized_start=1284
-  _globals['_LISTJOBLOGENTRIESREQUEST']._serialized_end=1365
-  _globals['_LISTJOBLOGENTRIESRESPONSE']._serialized_start=1367
-  _globals['_LISTJOBLOGENTRIESRESPONSE']._serialized_end=1457
-  _globals['_JOBSERVICE']._serialized_start=1798
-  _globals['_JOBSERVICE']._serialized_end=2219
+  _globals['_CANCELJOBREQUEST']._serialized_end=755
+  _globals['_CANCELJOBRESPONSE']._serialized_start=757
+  _globals['_CANCELJOBRESPONSE']._serialized_end=802
+  _globals['_WATCHJOBREQUEST']._serialized_start=804
+  _globals['_WATCHJOBREQUEST']._serialized_end=884
+  _globals['_WATCHJOBRESPONSE']._serialized_start=886
+  _globals['_WATCHJOBRESPONSE']._serialized_end=939
+  _globals['_WATCHJOBSREQUEST']._serialized_start=941
+  _globals['_WATCHJOBSREQUEST']._serialized_end=1031
+  _globals['_WATCHJOBSRESPONSE']._serialized_start=1033
+  _globals['_WATCHJOBSRESPONSE']._serialized_end=1087
+  _globals['_JOBLOGENTRY']._serialized_start=1090
+  _globals['_JOBLOGENTRY']._serialized_end=1297
+  _globals['_LISTJOBLOGENTRIESREQUEST']._serialized_start=1299
+  _globals['_LISTJOBLOGENTRIESREQUEST']._serialized_end=1380
+  _globals['_LISTJOBLOGENTRIESRESPONSE']._serialized_start=1382
+  _globals['_LISTJOBLOGENTRIESRESPONSE']._serialized_end=1472
+  _globals['_JOBSERVICE']._serialized_start=1813
+  _globals['_JOBSERVICE']._serialized_end=2234
 # @@protoc_insertion_point(module_scope)

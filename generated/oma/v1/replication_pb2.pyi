@@ -170,12 +170,14 @@ class ListReplicationJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[ReplicationJob, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelReplicationJobRequest(_message.Message):
-    __slots__ = ("id", "request_id")
+    __slots__ = ("id", "request_id", "force")
     ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     request_id: str
-    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ..., force: bool = ...) -> None: ...
 
 class CancelReplicationJobResponse(_message.Message):
     __slots__ = ("job",)

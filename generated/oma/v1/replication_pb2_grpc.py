@@ -92,8 +92,10 @@ class ReplicationServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def CancelReplicationJob(self, request, context):
-        """Cancels a job; the appliance is told, volumes and exports stay for the next run.
-        Errors: NOT_FOUND (JOB_NOT_FOUND); FAILED_PRECONDITION (JOB_NOT_CANCELLABLE: it already ended).
+        """Cancels a job; the appliance is told, volumes and exports stay for the next run. With force, a job whose
+        appliance no longer answers (disconnected, or a cancel unanswered for 60 s) ends CANCELLED at once; see force.
+        Errors: NOT_FOUND (JOB_NOT_FOUND); FAILED_PRECONDITION (JOB_NOT_CANCELLABLE: it already ended;
+        APPLIANCE_MAY_ANSWER: force while the appliance is connected and may still confirm).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
