@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16oma/v1/bandwidth.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"H\n\x0f\x42\x61ndwidthTarget\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.oma.v1.BandwidthTargetKind\x12\n\n\x02id\x18\x02 \x01(\t\"f\n\x0f\x42\x61ndwidthWindow\x12\x1d\n\x04\x64\x61ys\x18\x01 \x03(\x0e\x32\x0f.oma.v1.Weekday\x12\r\n\x05start\x18\x02 \x01(\t\x12\x0b\n\x03\x65nd\x18\x03 \x01(\t\x12\x18\n\x10\x62ytes_per_second\x18\x04 \x01(\x04\"\x94\x01\n\x12\x42\x61ndwidthLimitSpec\x12\'\n\x06target\x18\x01 \x01(\x0b\x32\x17.oma.v1.BandwidthTarget\x12\x18\n\x10\x62ytes_per_second\x18\x02 \x01(\x04\x12(\n\x07windows\x18\x03 \x03(\x0b\x32\x17.oma.v1.BandwidthWindow\x12\x11\n\ttime_zone\x18\x04 \x01(\t\"\xfc\x01\n\x0e\x42\x61ndwidthLimit\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.oma.v1.BandwidthLimitSpec\x12 \n\x18\x63urrent_bytes_per_second\x18\x03 \x01(\x04\x12\x32\n\x0enext_change_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x18SetBandwidthLimitRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.oma.v1.BandwidthLimitSpec\"B\n\x19SetBandwidthLimitResponse\x12%\n\x05limit\x18\x01 \x01(\x0b\x32\x16.oma.v1.BandwidthLimit\"&\n\x18GetBandwidthLimitRequest\x12\n\n\x02id\x18\x01 \x01(\t\"B\n\x19GetBandwidthLimitResponse\x12%\n\x05limit\x18\x01 \x01(\x0b\x32\x16.oma.v1.BandwidthLimit\"V\n\x1aListBandwidthLimitsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x11\n\ttarget_id\x18\x03 \x01(\t\"^\n\x1bListBandwidthLimitsResponse\x12&\n\x06limits\x18\x01 \x03(\x0b\x32\x16.oma.v1.BandwidthLimit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x1b\x44\x65leteBandwidthLimitRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1e\n\x1c\x44\x65leteBandwidthLimitResponse*\x8c\x01\n\x13\x42\x61ndwidthTargetKind\x12%\n!BANDWIDTH_TARGET_KIND_UNSPECIFIED\x10\x00\x12#\n\x1f\x42\x41NDWIDTH_TARGET_KIND_APPLIANCE\x10\x01\x12)\n%BANDWIDTH_TARGET_KIND_REPLICATION_JOB\x10\x02*\xb6\x01\n\x07Weekday\x12\x17\n\x13WEEKDAY_UNSPECIFIED\x10\x00\x12\x12\n\x0eWEEKDAY_MONDAY\x10\x01\x12\x13\n\x0fWEEKDAY_TUESDAY\x10\x02\x12\x15\n\x11WEEKDAY_WEDNESDAY\x10\x03\x12\x14\n\x10WEEKDAY_THURSDAY\x10\x04\x12\x12\n\x0eWEEKDAY_FRIDAY\x10\x05\x12\x14\n\x10WEEKDAY_SATURDAY\x10\x06\x12\x12\n\x0eWEEKDAY_SUNDAY\x10\x07\x32\x89\x03\n\x10\x42\x61ndwidthService\x12X\n\x11SetBandwidthLimit\x12 .oma.v1.SetBandwidthLimitRequest\x1a!.oma.v1.SetBandwidthLimitResponse\x12X\n\x11GetBandwidthLimit\x12 .oma.v1.GetBandwidthLimitRequest\x1a!.oma.v1.GetBandwidthLimitResponse\x12^\n\x13ListBandwidthLimits\x12\".oma.v1.ListBandwidthLimitsRequest\x1a#.oma.v1.ListBandwidthLimitsResponse\x12\x61\n\x14\x44\x65leteBandwidthLimit\x12#.oma.v1.DeleteBandwidthLimitRequest\x1a$.oma.v1.DeleteBandwidthLimitResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16oma/v1/bandwidth.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"H\n\x0f\x42\x61ndwidthTarget\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.oma.v1.BandwidthTargetKind\x12\n\n\x02id\x18\x02 \x01(\t\"f\n\x0f\x42\x61ndwidthWindow\x12\x1d\n\x04\x64\x61ys\x18\x01 \x03(\x0e\x32\x0f.oma.v1.Weekday\x12\r\n\x05start\x18\x02 \x01(\t\x12\x0b\n\x03\x65nd\x18\x03 \x01(\t\x12\x18\n\x10\x62ytes_per_second\x18\x04 \x01(\x04\"\x94\x01\n\x12\x42\x61ndwidthLimitSpec\x12\'\n\x06target\x18\x01 \x01(\x0b\x32\x17.oma.v1.BandwidthTarget\x12\x18\n\x10\x62ytes_per_second\x18\x02 \x01(\x04\x12(\n\x07windows\x18\x03 \x03(\x0b\x32\x17.oma.v1.BandwidthWindow\x12\x11\n\ttime_zone\x18\x04 \x01(\t\"\xfc\x01\n\x0e\x42\x61ndwidthLimit\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.oma.v1.BandwidthLimitSpec\x12 \n\x18\x63urrent_bytes_per_second\x18\x03 \x01(\x04\x12\x32\n\x0enext_change_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x18SetBandwidthLimitRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.oma.v1.BandwidthLimitSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"B\n\x19SetBandwidthLimitResponse\x12%\n\x05limit\x18\x01 \x01(\x0b\x32\x16.oma.v1.BandwidthLimit\"&\n\x18GetBandwidthLimitRequest\x12\n\n\x02id\x18\x01 \x01(\t\"B\n\x19GetBandwidthLimitResponse\x12%\n\x05limit\x18\x01 \x01(\x0b\x32\x16.oma.v1.BandwidthLimit\"V\n\x1aListBandwidthLimitsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x11\n\ttarget_id\x18\x03 \x01(\t\"^\n\x1bListBandwidthLimitsResponse\x12&\n\x06limits\x18\x01 \x03(\x0b\x32\x16.oma.v1.BandwidthLimit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x1b\x44\x65leteBandwidthLimitRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1e\n\x1c\x44\x65leteBandwidthLimitResponse*\x8c\x01\n\x13\x42\x61ndwidthTargetKind\x12%\n!BANDWIDTH_TARGET_KIND_UNSPECIFIED\x10\x00\x12#\n\x1f\x42\x41NDWIDTH_TARGET_KIND_APPLIANCE\x10\x01\x12)\n%BANDWIDTH_TARGET_KIND_REPLICATION_JOB\x10\x02*\xb6\x01\n\x07Weekday\x12\x17\n\x13WEEKDAY_UNSPECIFIED\x10\x00\x12\x12\n\x0eWEEKDAY_MONDAY\x10\x01\x12\x13\n\x0fWEEKDAY_TUESDAY\x10\x02\x12\x15\n\x11WEEKDAY_WEDNESDAY\x10\x03\x12\x14\n\x10WEEKDAY_THURSDAY\x10\x04\x12\x12\n\x0eWEEKDAY_FRIDAY\x10\x05\x12\x14\n\x10WEEKDAY_SATURDAY\x10\x06\x12\x12\n\x0eWEEKDAY_SUNDAY\x10\x07\x32\x89\x03\n\x10\x42\x61ndwidthService\x12X\n\x11SetBandwidthLimit\x12 .oma.v1.SetBandwidthLimitRequest\x1a!.oma.v1.SetBandwidthLimitResponse\x12X\n\x11GetBandwidthLimit\x12 .oma.v1.GetBandwidthLimitRequest\x1a!.oma.v1.GetBandwidthLimitResponse\x12^\n\x13ListBandwidthLimits\x12\".oma.v1.ListBandwidthLimitsRequest\x1a#.oma.v1.ListBandwidthLimitsResponse\x12\x61\n\x14\x44\x65leteBandwidthLimit\x12#.oma.v1.DeleteBandwidthLimitRequest\x1a$.oma.v1.DeleteBandwidthLimitResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oma.v1.bandwidth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BANDWIDTHTARGETKIND']._serialized_start=1157
-  _globals['_BANDWIDTHTARGETKIND']._serialized_end=1297
-  _globals['_WEEKDAY']._serialized_start=1300
-  _globals['_WEEKDAY']._serialized_end=1482
+  _globals['_BANDWIDTHTARGETKIND']._serialized_start=1197
+  _globals['_BANDWIDTHTARGETKIND']._serialized_end=1337
+  _globals['_WEEKDAY']._serialized_start=1340
+  _globals['_WEEKDAY']._serialized_end=1522
   _globals['_BANDWIDTHTARGET']._serialized_start=67
   _globals['_BANDWIDTHTARGET']._serialized_end=139
   _globals['_BANDWIDTHWINDOW']._serialized_start=141
@@ -45,21 +45,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BANDWIDTHLIMIT']._serialized_start=397
   _globals['_BANDWIDTHLIMIT']._serialized_end=649
   _globals['_SETBANDWIDTHLIMITREQUEST']._serialized_start=651
-  _globals['_SETBANDWIDTHLIMITREQUEST']._serialized_end=719
-  _globals['_SETBANDWIDTHLIMITRESPONSE']._serialized_start=721
-  _globals['_SETBANDWIDTHLIMITRESPONSE']._serialized_end=787
-  _globals['_GETBANDWIDTHLIMITREQUEST']._serialized_start=789
-  _globals['_GETBANDWIDTHLIMITREQUEST']._serialized_end=827
-  _globals['_GETBANDWIDTHLIMITRESPONSE']._serialized_start=829
-  _globals['_GETBANDWIDTHLIMITRESPONSE']._serialized_end=895
-  _globals['_LISTBANDWIDTHLIMITSREQUEST']._serialized_start=897
-  _globals['_LISTBANDWIDTHLIMITSREQUEST']._serialized_end=983
-  _globals['_LISTBANDWIDTHLIMITSRESPONSE']._serialized_start=985
-  _globals['_LISTBANDWIDTHLIMITSRESPONSE']._serialized_end=1079
-  _globals['_DELETEBANDWIDTHLIMITREQUEST']._serialized_start=1081
-  _globals['_DELETEBANDWIDTHLIMITREQUEST']._serialized_end=1122
-  _globals['_DELETEBANDWIDTHLIMITRESPONSE']._serialized_start=1124
-  _globals['_DELETEBANDWIDTHLIMITRESPONSE']._serialized_end=1154
-  _globals['_BANDWIDTHSERVICE']._serialized_start=1485
-  _globals['_BANDWIDTHSERVICE']._serialized_end=1878
+  _globals['_SETBANDWIDTHLIMITREQUEST']._serialized_end=739
+  _globals['_SETBANDWIDTHLIMITRESPONSE']._serialized_start=741
+  _globals['_SETBANDWIDTHLIMITRESPONSE']._serialized_end=807
+  _globals['_GETBANDWIDTHLIMITREQUEST']._serialized_start=809
+  _globals['_GETBANDWIDTHLIMITREQUEST']._serialized_end=847
+  _globals['_GETBANDWIDTHLIMITRESPONSE']._serialized_start=849
+  _globals['_GETBANDWIDTHLIMITRESPONSE']._serialized_end=915
+  _globals['_LISTBANDWIDTHLIMITSREQUEST']._serialized_start=917
+  _globals['_LISTBANDWIDTHLIMITSREQUEST']._serialized_end=1003
+  _globals['_LISTBANDWIDTHLIMITSRESPONSE']._serialized_start=1005
+  _globals['_LISTBANDWIDTHLIMITSRESPONSE']._serialized_end=1099
+  _globals['_DELETEBANDWIDTHLIMITREQUEST']._serialized_start=1101
+  _globals['_DELETEBANDWIDTHLIMITREQUEST']._serialized_end=1162
+  _globals['_DELETEBANDWIDTHLIMITRESPONSE']._serialized_start=1164
+  _globals['_DELETEBANDWIDTHLIMITRESPONSE']._serialized_end=1194
+  _globals['_BANDWIDTHSERVICE']._serialized_start=1525
+  _globals['_BANDWIDTHSERVICE']._serialized_end=1918
 # @@protoc_insertion_point(module_scope)

@@ -84,10 +84,12 @@ class BandwidthLimit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[BandwidthLimitSpec, _Mapping]] = ..., current_bytes_per_second: _Optional[int] = ..., next_change_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SetBandwidthLimitRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "request_id")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     spec: BandwidthLimitSpec
-    def __init__(self, spec: _Optional[_Union[BandwidthLimitSpec, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, spec: _Optional[_Union[BandwidthLimitSpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SetBandwidthLimitResponse(_message.Message):
     __slots__ = ("limit",)
@@ -126,10 +128,12 @@ class ListBandwidthLimitsResponse(_message.Message):
     def __init__(self, limits: _Optional[_Iterable[_Union[BandwidthLimit, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteBandwidthLimitRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "request_id")
     ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DeleteBandwidthLimitResponse(_message.Message):
     __slots__ = ()

@@ -110,7 +110,8 @@ class JobServiceServicer(object):
         VM context is cleanup_required when the job changed anything. Cleanup and rollback jobs are not cancelled
         (FAILED_PRECONDITION, reason CANCEL_NOT_SAFE: a half-undone failover is worse than a finished one); a job that
         already ended is FAILED_PRECONDITION with reason JOB_NOT_CANCELLABLE. Cancelling a job that is already cancelling
-        or cancelled returns it unchanged.
+        or cancelled returns it unchanged; force ends a replication job whose appliance no longer answers
+        (FAILED_PRECONDITION APPLIANCE_MAY_ANSWER while it still may; see CancelJobRequest.force).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

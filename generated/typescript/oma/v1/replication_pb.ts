@@ -480,7 +480,7 @@ export type CancelReplicationJobRequest = Message<"oma.v1.CancelReplicationJobRe
    * End the job without the appliance's confirmation: allowed when the appliance is not connected or has left a
    * cancel of the job unanswered for 60 s (a job already cancelling included). The job is CANCELLED at once; the
    * cancel stays queued for the appliance, which stops its copy and deletes its snapshot when it returns (its
-   * later reports of the job are refused); the job's log lists what it left behind (the OMA's volumes and exports
+   * later reports of the job are acknowledged and change nothing); the job's log lists what it left behind (the OMA's volumes and exports
    * stay for the next run, as after every cancel).
    *
    * @generated from field: bool force = 3;
