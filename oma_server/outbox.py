@@ -142,14 +142,16 @@ class CommandOutbox:
 
     async def wait_result(self, command_id: str, timeout_s: float) -> CommandResult:
         """The appliance's answer to a command, waiting up to `timeout_s` (DeadlineExceeded after)."""
-        row = await self.db.run(CommandRow.get_or_none, CommandRow.id == command_id)
-        if row is None:
-            raise NotFound(f"command {command_id} does not exist", reason="COMMAND_NOT_FOUND")
-        if row.status == "done" and row.result_payload:
-            return decode_stored_result(bytes(row.result_payload))
+        # The waiter is registered before the row is read: an answer stored while the read runs (a fast appliance
+        # on a loaded machine) then either shows in the row or resolves the waiter — never neither.
         future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(command_id, []).append(future)
         try:
+            row = await self.db.run(CommandRow.get_or_none, CommandRow.id == command_id)
+            if row is None:
+                raise NotFound(f"command {command_id} does not exist", reason="COMMAND_NOT_FOUND")
+            if row.status == "done" and row.result_payload:
+                return decode_stored_result(bytes(row.result_payload))
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError as exc:
             raise DeadlineExceeded(
@@ -162,3 +164,5 @@ class CommandOutbox:
             waiters = self._waiters.get(command_id, [])
             if future in waiters:
                 waiters.remove(future)
+            if not waiters:
+                self._waiters.pop(command_id, None)
