@@ -146,16 +146,18 @@ class CommandOutbox:
         # on a loaded machine) then either shows in the row or resolves the waiter — never neither.
         future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(command_id, []).append(future)
+        kind = "?"
         try:
             row = await self.db.run(CommandRow.get_or_none, CommandRow.id == command_id)
             if row is None:
                 raise NotFound(f"command {command_id} does not exist", reason="COMMAND_NOT_FOUND")
             if row.status == "done" and row.result_payload:
                 return decode_stored_result(bytes(row.result_payload))
+            kind = row.kind
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError as exc:
             raise DeadlineExceeded(
-                f"appliance did not answer command {command_id} ({row.kind}) within {timeout_s:.0f}s; "
+                f"appliance did not answer command {command_id} ({kind}) within {timeout_s:.0f}s; "
                 "check that it is connected (ListAppliances) and try again",
                 reason="COMMAND_TIMEOUT",
                 command_id=command_id,

@@ -62,4 +62,4 @@ async def test_an_answer_stored_while_the_wait_reads_the_command_is_not_lost(
     assert proxy.reads >= 1
     assert answer.command_id == queued.command_id
     assert answer.succeeded
-    assert app.outbox._waiters == {}  # noqa: SLF001 — no waiter is left behind after the answer
+    assert app.outbox._waiters == {}  # no waiter is left behind after the answer
