@@ -111,11 +111,13 @@ async def test_cancel_stops_the_copy(
 ) -> None:
     app = oma_server.app
     enrolled = await enroll(channel)
-    vm = vcenter.create_vm("slow", [32 * MIB], seed=9)
+    # ~40 MiB of data at 2 MiB/s: the copy has ~20 s left when the cancel is sent after its first 2 MiB, far more
+    # than a loaded machine needs to deliver the cancel (at 32 MiB and 4 MiB/s, a loaded CI run once finished first)
+    vm = vcenter.create_vm("slow", [64 * MIB], seed=9)
     disks = await register_vm(app, enrolled.appliance_id, vm)
     add_exports(nbd_server, disks)
     nbd_server.start()
-    opts = CopyOptions(max_bytes_per_second=4 * MIB)
+    opts = CopyOptions(max_bytes_per_second=2 * MIB)
     async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent", copy=opts) as agent:
         job = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server)
         await wait_status(app, job.id, {"replicating"}, min_bytes=2 * MIB)
