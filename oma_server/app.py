@@ -32,6 +32,8 @@ from oma_server.failover.readiness import ReadinessChecker
 from oma_server.failover.steps import FailoverSteps, StepSettings
 from oma_server.failover.store import FailoverJobStore
 from oma_server.failover.workflow import FailoverWorkflow
+from oma_server.groups.runs import GroupRuns
+from oma_server.groups.store import GroupStore
 from oma_server.info import ServerInfo
 from oma_server.integrity.maps import unread_on_oma_vm
 from oma_server.integrity.verifier import ReplicaVerifier
@@ -138,6 +140,9 @@ class App:
             leadership=Leadership(self.db.url, self.db.kind),
         )
         self.schedules.on_change.append(self.scheduler.wake)
+        self.groups = GroupStore(self.db, self.clock)
+        self.groups.on_change.append(self.scheduler.wake)  # a group's members are its schedule's VMs
+        self.group_runs = GroupRuns(self.db, self.clock, lambda: self.failover)
         self.completion.on_completed.append(lambda _vm_id: self.scheduler.wake())
         self.job_watch.listers.append(self.scheduler.rpo_changes)
         self.bandwidth = BandwidthLimitStore(self.db, self.clock)
@@ -224,6 +229,8 @@ class App:
         if self.failover is not None:
             self._teardown.push_async_callback(self.failover.stop)
             await self.failover.resume()
+            self._teardown.push_async_callback(self.group_runs.stop)  # before the failovers it waits on
+            await self.group_runs.resume()
         if self.janitor is not None:
             await self.janitor.start()
             self._teardown.push_async_callback(self.janitor.stop)

@@ -36,6 +36,8 @@ from oma.v1 import (
     gateway_pb2_grpc,
     job_pb2,
     job_pb2_grpc,
+    machine_group_pb2,
+    machine_group_pb2_grpc,
     replication_pb2,
     replication_pb2_grpc,
     schedule_pb2,
@@ -58,6 +60,7 @@ from oma_server.api.http.dashboard import Dashboard
 from oma_server.api.http.scrape import Scraper
 from oma_server.api.http.server import HttpServer
 from oma_server.api.idempotency import IdempotencyInterceptor
+from oma_server.api.machine_groups import MachineGroupServicer
 from oma_server.api.reflection import SourceInfoPool
 from oma_server.api.replication import JobServicer, ReplicationServicer
 from oma_server.api.schedules import RpoReader, ScheduleServicer
@@ -107,6 +110,7 @@ SERVICE_NAMES: list[str] = [
     failover_pb2.DESCRIPTOR.services_by_name["FailoverService"].full_name,
     schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
     bandwidth_pb2.DESCRIPTOR.services_by_name["BandwidthService"].full_name,
+    machine_group_pb2.DESCRIPTOR.services_by_name["MachineGroupService"].full_name,
     failover_pb2.DESCRIPTOR.services_by_name["NetworkMappingService"].full_name,
     cloud_pb2.DESCRIPTOR.services_by_name["CloudService"].full_name,
     gateway_pb2.DESCRIPTOR.services_by_name["VmaGatewayService"].full_name,
@@ -141,6 +145,8 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(app.tokens, app.audit), server)
     schedule_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(app.schedules), server)
     bandwidth_pb2_grpc.add_BandwidthServiceServicer_to_server(BandwidthServicer(app.bandwidth), server)
+    groups = MachineGroupServicer(app.groups, app.group_runs)
+    machine_group_pb2_grpc.add_MachineGroupServiceServicer_to_server(groups, server)
 
 
 def _http_server(app: App) -> HttpServer:

@@ -25,6 +25,8 @@ from oma.v1 import (
     failover_pb2_grpc,
     job_pb2,
     job_pb2_grpc,
+    machine_group_pb2,
+    machine_group_pb2_grpc,
     replication_pb2,
     replication_pb2_grpc,
     schedule_pb2,
@@ -55,8 +57,15 @@ def test_every_list_rpc_pages_the_same_way() -> None:
 
 def test_every_rpc_that_starts_work_answers_with_the_job() -> None:
     starts = [m for m in methods() if m.name.startswith(("Start", "Retry", "Cleanup", "Rollback", "PowerO"))]
-    assert len(starts) == 7
+    group_runs = [m for m in starts if m.containing_service.name == "MachineGroupService"]
+    assert len(starts) == 9 and len(group_runs) == 2
     for method in starts:
+        if method in group_runs:  # a group's run of its members' jobs: each member names its job
+            run = method.output_type.fields_by_name["run"].message_type
+            assert {"id", "kind", "status", "members"} <= set(run.fields_by_name), method.full_name
+            member = run.fields_by_name["members"].message_type
+            assert {"failover_job_id", "status"} <= set(member.fields_by_name), method.full_name
+            continue
         job = method.output_type.fields_by_name["job"].message_type
         assert {"id", "kind", "status", "revision"} <= set(job.fields_by_name), method.full_name
 
@@ -92,6 +101,10 @@ async def seed(channel: grpc.aio.Channel, oma_server: OmaServer) -> str:
     for source in ("VM Network", "Backup", "DMZ"):
         mapping = failover_pb2.NetworkMapping(source_network=source, target_network_id=guest)
         await mappings.CreateNetworkMapping(failover_pb2.CreateNetworkMappingRequest(mapping=mapping))
+    groups = machine_group_pb2_grpc.MachineGroupServiceStub(channel)
+    for name in ("web tier", "db tier"):
+        spec = machine_group_pb2.MachineGroupSpec(name=name)
+        await groups.CreateMachineGroup(machine_group_pb2.CreateMachineGroupRequest(spec=spec))
     job = await seed_job(oma_server.app, enrolled.appliance_id)
     await seed_job(oma_server.app, enrolled.appliance_id)
     return job.id
@@ -114,6 +127,7 @@ def list_rpcs(channel: grpc.aio.Channel, job_id: str) -> dict[str, tuple[Page, s
     cloud = cloud_pb2_grpc.CloudServiceStub(channel)
     schedule_stub = schedule_pb2_grpc.ScheduleServiceStub(channel)
     bandwidth = bandwidth_pb2_grpc.BandwidthServiceStub(channel)
+    groups = machine_group_pb2_grpc.MachineGroupServiceStub(channel)
 
     def rpc(call: Any, request_type: Any, **fields: Any) -> Page:
         return lambda size, token: call(request_type(page_size=size, page_token=token, **fields))
@@ -126,6 +140,12 @@ def list_rpcs(channel: grpc.aio.Channel, job_id: str) -> dict[str, tuple[Page, s
             "limits",
             2,
         ),
+        "ListMachineGroups": (
+            rpc(groups.ListMachineGroups, machine_group_pb2.ListMachineGroupsRequest),
+            "groups",
+            2,
+        ),
+        "ListGroupRuns": (rpc(groups.ListGroupRuns, machine_group_pb2.ListGroupRunsRequest), "runs", 0),
         # the seed's creations are mutations of an admin: each one is in the audit log
         "ListAuditEntries": (rpc(tokens.ListAuditEntries, access_pb2.ListAuditEntriesRequest), "entries", 9),
         "ListAppliances": (rpc(appliances.ListAppliances, appliance_pb2.ListAppliancesRequest), "appliances", 2),

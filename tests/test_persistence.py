@@ -123,7 +123,10 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
         AuditEntry,
         BandwidthLimit,
         BlockMap,
+        GroupMember,
+        GroupRun,
         IdempotencyRecord,
+        MachineGroup,
         Schedule,
         SchemaMigration,
         WatchRevision,
@@ -132,13 +135,24 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
     def downgrade() -> None:  # what a database created by version 0.1.0 looks like
         migrate(SchemaMigrator.from_database(db.peewee).drop_column("disk", "replicated_capacity_bytes"))
         db.peewee.drop_tables(
-            [WatchRevision, ApiToken, BlockMap, IdempotencyRecord, AuditEntry, Schedule, BandwidthLimit]
+            [
+                WatchRevision,
+                ApiToken,
+                BlockMap,
+                IdempotencyRecord,
+                AuditEntry,
+                Schedule,
+                BandwidthLimit,
+                GroupRun,
+                GroupMember,
+                MachineGroup,
+            ]
         )
         SchemaMigration.delete().where(SchemaMigration.version > 1).execute()
 
     await db.run(downgrade)
     assert await db.run(current_version, db.peewee) == 1
-    assert await db.run(apply_migrations, db.peewee) == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert await db.run(apply_migrations, db.peewee) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
     columns = {c.name for c in await db.run(db.peewee.get_columns, "disk")}
     assert "replicated_capacity_bytes" in columns
     assert await db.run(db.peewee.table_exists, "watch_revision")
@@ -148,3 +162,5 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
     assert await db.run(db.peewee.table_exists, "audit_entry")
     assert await db.run(db.peewee.table_exists, "schedule")
     assert await db.run(db.peewee.table_exists, "bandwidth_limit")
+    for table in ("machine_group", "group_member", "group_run"):
+        assert await db.run(db.peewee.table_exists, table)

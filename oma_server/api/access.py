@@ -78,6 +78,10 @@ METHOD_ACCESS: dict[str, Access] = {
         "/oma.v1.ScheduleService/ListSchedules",
         "/oma.v1.BandwidthService/GetBandwidthLimit",
         "/oma.v1.BandwidthService/ListBandwidthLimits",
+        "/oma.v1.MachineGroupService/GetMachineGroup",
+        "/oma.v1.MachineGroupService/ListMachineGroups",
+        "/oma.v1.MachineGroupService/GetGroupRun",
+        "/oma.v1.MachineGroupService/ListGroupRuns",
     ),
     **_all(
         Access.OPERATOR,
@@ -104,6 +108,11 @@ METHOD_ACCESS: dict[str, Access] = {
         "/oma.v1.ScheduleService/ResumeSchedule",
         "/oma.v1.BandwidthService/SetBandwidthLimit",
         "/oma.v1.BandwidthService/DeleteBandwidthLimit",
+        "/oma.v1.MachineGroupService/CreateMachineGroup",
+        "/oma.v1.MachineGroupService/UpdateMachineGroup",
+        "/oma.v1.MachineGroupService/DeleteMachineGroup",
+        "/oma.v1.MachineGroupService/StartGroupFailover",
+        "/oma.v1.MachineGroupService/CleanupGroupFailover",
     ),
     **_all(
         Access.ADMIN,

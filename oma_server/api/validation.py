@@ -124,6 +124,14 @@ _SCHEDULE_SPEC: dict[str, Rule] = {
     "spec.rpo_target_seconds": Rule(high=10 * 366 * 86400),
 }  # the service checks the timing as a whole (a cron that parses, a zone that exists, gaps, jitter)
 
+_GROUP_SPEC: dict[str, Rule] = {
+    "spec": REQUIRED,
+    "spec.name": Text(255, required=True),
+    "spec.description": Text(1024),
+    "spec.members": Rule(max_items=500),
+    "spec.members.vm_context_id": REQUIRED_ID,
+}  # the service checks what the members refer to (VMs that exist, in no other group, no schedule conflict)
+
 # Per request type: field path (list items without an index) → rule.
 RULES: dict[str, dict[str, Rule]] = {
     "oma.v1.EnrollApplianceRequest": {"name": Text(63)},  # the service checks the name's form
@@ -198,6 +206,15 @@ RULES: dict[str, dict[str, Rule]] = {
     "oma.v1.GetBandwidthLimitRequest": {"id": REQUIRED_ID},
     "oma.v1.ListBandwidthLimitsRequest": {"target_id": ID},
     "oma.v1.DeleteBandwidthLimitRequest": {"id": REQUIRED_ID},
+    "oma.v1.CreateMachineGroupRequest": _GROUP_SPEC,
+    "oma.v1.GetMachineGroupRequest": {"id": REQUIRED_ID},
+    "oma.v1.ListMachineGroupsRequest": {},
+    "oma.v1.UpdateMachineGroupRequest": {**_GROUP_SPEC, "id": REQUIRED_ID},
+    "oma.v1.DeleteMachineGroupRequest": {"id": REQUIRED_ID},
+    "oma.v1.StartGroupFailoverRequest": {"group_id": REQUIRED_ID},  # the servicer checks the kind
+    "oma.v1.CleanupGroupFailoverRequest": {"group_id": REQUIRED_ID},
+    "oma.v1.GetGroupRunRequest": {"id": REQUIRED_ID},
+    "oma.v1.ListGroupRunsRequest": {"group_id": ID},
 }
 
 

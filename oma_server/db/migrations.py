@@ -19,7 +19,10 @@ from oma_server.db.models import (
     BandwidthLimit,
     BlockMap,
     Disk,
+    GroupMember,
+    GroupRun,
     IdempotencyRecord,
+    MachineGroup,
     Schedule,
     SchemaMigration,
     WatchRevision,
@@ -66,6 +69,10 @@ def _m009_bandwidth_limit(db: pw.Database) -> None:
     db.create_tables([BandwidthLimit], safe=True)  # a database created at version 9 already has it
 
 
+def _m010_machine_groups(db: pw.Database) -> None:
+    db.create_tables([MachineGroup, GroupMember, GroupRun], safe=True)  # a database created at 10 already has them
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "initial schema", _m001_initial),
     (2, "disk.replicated_capacity_bytes (resize detection)", _m002_disk_replicated_capacity),
@@ -76,6 +83,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (7, "audit_entry (the audit log of mutating RPCs)", _m007_audit_entry),
     (8, "schedule (replication schedules with an RPO target)", _m008_schedule),
     (9, "bandwidth_limit (copy-rate limits with weekly windows)", _m009_bandwidth_limit),
+    (10, "machine_group, group_member, group_run (machine groups and their failovers)", _m010_machine_groups),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -377,6 +377,47 @@ class BandwidthLimit(BaseModel):
         indexes = ((("target_kind", "target_id"), True),)
 
 
+class MachineGroup(BaseModel):
+    """A machine group (oma_server/groups): VMs failed over, cleaned up and scheduled together, in a boot order."""
+
+    id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    name = pw.CharField(max_length=255, unique=True)
+    description = pw.CharField(max_length=1024, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class GroupMember(BaseModel):
+    """A VM of a machine group; a VM is in at most one group. Lower boot orders boot first; equal ones together."""
+
+    group_id: str  # set by Peewee for the foreign keys
+    vm_context_id: str
+    group = pw.ForeignKeyField(MachineGroup, backref="members", on_delete="CASCADE")
+    vm_context = pw.ForeignKeyField(VmContext, unique=True, on_delete="CASCADE")
+    boot_order = pw.IntegerField(default=0)
+
+
+class GroupRun(BaseModel):
+    """A failover or cleanup of a machine group (oma_server/groups/runs.py): its members' jobs tier by tier.
+
+    `members` is the plan, fixed at the start: [{vm_context_id, vm_name, boot_order, job_id, status, message}], the
+    job ids written as each member's job starts (the start's request_id names the run and the VM, so a restart
+    between the start and the write finds the same job).
+    """
+
+    id = pw.CharField(primary_key=True, max_length=64, default=new_id)
+    group_id = pw.CharField(max_length=64, index=True)
+    group_name = pw.CharField(max_length=255)
+    kind = pw.CharField(max_length=16)  # test_failover | live_failover | cleanup
+    status = pw.CharField(max_length=16, default="running")  # running | completed | failed
+    members = JsonField(default=list)
+    current_boot_order = pw.IntegerField(null=True)
+    error_message = pw.TextField(default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+    finished_at = pw.DateTimeField(null=True)
+
+
 class SchemaMigration(BaseModel):
     version = pw.IntegerField(primary_key=True)
     name = pw.CharField(max_length=128)
@@ -403,4 +444,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     AuditEntry,
     Schedule,
     BandwidthLimit,
+    MachineGroup,
+    GroupMember,
+    GroupRun,
 ]

@@ -129,15 +129,17 @@ class FailoverWorkflow:
         self._spawn(job.id)
         return job
 
-    async def cleanup(self, vm_context_id: str) -> FailoverJobState:
+    async def cleanup(self, vm_context_id: str, request_id: str = "") -> FailoverJobState:
         """Undo a test failover, or any failed failover (VM context failed_over_test or cleanup_required)."""
-        return await self._undo(vm_context_id, FailoverKind.CLEANUP, power_on_source=False)
+        return await self._undo(vm_context_id, FailoverKind.CLEANUP, power_on_source=False, request_id=request_id)
 
     async def rollback(self, vm_context_id: str, power_on_source: bool) -> FailoverJobState:
         """Undo a live failover (VM context failed_over_live, or cleanup_required after a live failover)."""
         return await self._undo(vm_context_id, FailoverKind.ROLLBACK, power_on_source=power_on_source)
 
-    async def _undo(self, vm_context_id: str, kind: FailoverKind, *, power_on_source: bool) -> FailoverJobState:
+    async def _undo(
+        self, vm_context_id: str, kind: FailoverKind, *, power_on_source: bool, request_id: str = ""
+    ) -> FailoverJobState:
         vm = await self._vm(vm_context_id)
         source = await self.db.run(latest_failover_of, vm_context_id)
         status = VmStatus(vm.status)
@@ -177,6 +179,7 @@ class FailoverWorkflow:
                 "power_on_source": power_on_source,
                 "replicas_dirty": bool(source and source.params.get("replicas_dirty")),
             },
+            request_id=request_id,
             in_tx=claim_vm,
         )
         logger.bind(job_id=job.id, vm_context_id=vm_context_id).info("{kind} started", kind=kind.value)

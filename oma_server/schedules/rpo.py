@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from oma_server.db.models import BlockMap, JobDisk, ReplicationJob, Schedule
-from oma_server.schedules.store import TARGET_VM
+from oma_server.db.models import BlockMap, GroupMember, JobDisk, ReplicationJob, Schedule
+from oma_server.schedules.store import TARGET_GROUP, TARGET_VM, schedule_reaching
 
 NO_TARGET = "no_target"
 MET = "met"
@@ -64,7 +64,8 @@ def recovery_point(vm_id: str) -> RecoveryPoint | None:
 
 
 def schedule_of(vm_id: str) -> Schedule | None:
-    return Schedule.get_or_none((Schedule.target_kind == TARGET_VM) & (Schedule.target_id == vm_id))
+    """The schedule that syncs the VM: its own or its machine group's."""
+    return schedule_reaching(vm_id)
 
 
 def duration(seconds: float) -> str:
@@ -102,13 +103,28 @@ def assess(vm_id: str, schedule: Schedule | None, point: RecoveryPoint | None, n
 
 
 def rpo_of(vm_ids: list[str], now: datetime) -> dict[str, RpoView]:
-    """The RPO of each VM (on a database thread)."""
+    """The RPO of each VM (on a database thread); a group member's target is its group schedule's."""
     schedules = {
         s.target_id: s
         for s in Schedule.select().where((Schedule.target_kind == TARGET_VM) & (Schedule.target_id.in_(vm_ids)))
     }
+    groups = {m.vm_context_id: m.group_id for m in GroupMember.select().where(GroupMember.vm_context.in_(vm_ids))}
+    if groups:
+        by_group = {
+            s.target_id: s
+            for s in Schedule.select().where(
+                (Schedule.target_kind == TARGET_GROUP) & (Schedule.target_id.in_(set(groups.values())))
+            )
+        }
+        for vm_id, group_id in groups.items():
+            if vm_id not in schedules and group_id in by_group:
+                schedules[vm_id] = by_group[group_id]
     return {vm_id: assess(vm_id, schedules.get(vm_id), recovery_point(vm_id), now) for vm_id in vm_ids}
 
 
 def scheduled_vms() -> list[str]:
-    return [s.target_id for s in Schedule.select(Schedule.target_id).where(Schedule.target_kind == TARGET_VM)]
+    """Every VM a schedule syncs: targets of VM schedules and members of scheduled groups."""
+    own = [s.target_id for s in Schedule.select(Schedule.target_id).where(Schedule.target_kind == TARGET_VM)]
+    scheduled_groups = Schedule.select(Schedule.target_id).where(Schedule.target_kind == TARGET_GROUP)
+    members = GroupMember.select(GroupMember.vm_context).where(GroupMember.group.in_(scheduled_groups))
+    return own + [m.vm_context_id for m in members]

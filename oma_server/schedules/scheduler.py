@@ -32,7 +32,7 @@ from loguru import logger
 
 from oma_server.clock import Clock
 from oma_server.db.database import Database
-from oma_server.db.models import Schedule, VmContext
+from oma_server.db.models import ReplicationJob, Schedule
 from oma_server.errors import DomainError, Unavailable
 from oma_server.joblog import JobLogService
 from oma_server.pass_loop import PassLoop
@@ -40,7 +40,7 @@ from oma_server.replication.service import ReplicationService
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.schedules import rpo
 from oma_server.schedules.leadership import Leadership
-from oma_server.schedules.store import TARGET_VM, timing_of
+from oma_server.schedules.store import TARGET_GROUP, target_vms, timing_of
 from oma_server.schedules.timing import next_slot, run_time
 from oma_server.watch import Change, Subscription
 
@@ -55,11 +55,29 @@ class Limits:
 
 @dataclass(frozen=True)
 class Due:
+    """One VM a due schedule syncs (a group's schedule: one per member)."""
+
     schedule: Schedule
     slot: datetime  # the slot it is due for
     vm_id: str
     appliance_id: str
     recovery_point: datetime | None
+    started_job_id: str = ""  # the job an earlier pass started for this slot (a group's slot waiting for others)
+
+
+@dataclass(frozen=True)
+class Acted:
+    """What a pass did for one Due: `waiting` keeps the schedule's slot (a member waits for a free place)."""
+
+    outcome: str
+    job_id: str = ""
+    waiting: bool = False
+
+
+def slot_request_id(schedule_id: str, slot: datetime, vm_id: str, group: bool) -> str:
+    """The request_id of a slot's start: a crash (or a group's wait) finds the same job again."""
+    base = f"schedule-{schedule_id}-{int(slot.timestamp())}"
+    return f"{base}-{vm_id}" if group else base
 
 
 def rpo_job_id(vm_id: str) -> str:
@@ -145,39 +163,68 @@ class Scheduler:
         by_vm = {j.vm_context_id: j for j in open_jobs}
         total = len(open_jobs)
         per_appliance = Counter(j.appliance_id for j in open_jobs)
+        acted: dict[str, list[tuple[Due, Acted]]] = {}
         for item in sorted(due, key=_oldest_first):
             running = by_vm.get(item.vm_id)
-            if running is not None:
-                await self._skip(item, now, running.id, running.kind)
-                continue
-            waiting = self._full(total, per_appliance[item.appliance_id], item.appliance_id)
-            if waiting:
-                await self._set_outcome(item.schedule, waiting)
-                continue
-            if await self._start(item, now):
-                total += 1
-                per_appliance[item.appliance_id] += 1
+            if item.started_job_id:
+                result = Acted(f"started job {item.started_job_id}", item.started_job_id)
+            elif running is not None:
+                result = await self._skip(item, running.id, running.kind)
+            elif waiting := self._full(total, per_appliance[item.appliance_id], item.appliance_id):
+                result = Acted(waiting, waiting=True)
+            else:
+                result = await self._start(item)
+                if result.job_id:
+                    total += 1
+                    per_appliance[item.appliance_id] += 1
+            acted.setdefault(item.schedule.id, []).append((item, result))
+        for results in acted.values():
+            await self._conclude(results, now)
         await self._publish_rpos(now)
         if upcoming is None:
             return self.tick_s
         return max(0.0, min(self.tick_s, (upcoming - now).total_seconds()))
 
+    async def _conclude(self, results: list[tuple[Due, Acted]], now: datetime) -> None:
+        """A schedule's slot is done when none of its VMs waits for a place: then it moves to its next slot."""
+        first = results[0][0]
+        waiting = [r for _, r in results if r.waiting]
+        if len(results) == 1:
+            outcome, job_id = results[0][1].outcome, results[0][1].job_id
+        else:
+            started = [r.job_id for _, r in results if r.job_id]
+            outcome = (
+                f"group slot of {first.slot:%Y-%m-%d %H:%M:%S} UTC: {len(started)} of {len(results)} VMs started"
+                + (f", {len(waiting)} waiting ({waiting[0].outcome})" if waiting else "")
+                + "".join(f"; {d.vm_id}: {r.outcome}" for d, r in results if not r.job_id and not r.waiting)
+            )
+            job_id = started[-1] if started else ""
+        if waiting:
+            await self._set_outcome(first.schedule, outcome if len(results) > 1 else waiting[0].outcome)
+            return
+        await self._advance(first, now, outcome, job_id)
+
     def _read(self, now: datetime) -> tuple[list[Due], datetime | None]:
-        """Due schedules with their VM's appliance and recovery point; the next run time after now."""
+        """Due schedules' VMs with their appliance and recovery point; the next run time after now."""
         active = Schedule.select().where((Schedule.paused == False) & Schedule.next_run_at.is_null(False))  # noqa: E712
         due, later = [], []
         for row in active:
             run_at, slot = row.next_run_at, row.next_slot_at
-            if run_at is None or slot is None or row.target_kind != TARGET_VM:
+            if run_at is None or slot is None:
                 continue
             if run_at > now:
                 later.append(run_at)
                 continue
-            vm = VmContext.get_or_none(VmContext.id == row.target_id)
-            if vm is None:
-                continue  # its VM context is gone; the schedule waits to be deleted
-            point = rpo.recovery_point(vm.id)
-            due.append(Due(row, slot, vm.id, vm.appliance_id, point.at if point else None))
+            group = row.target_kind == TARGET_GROUP
+            for vm in target_vms(row):
+                point = rpo.recovery_point(vm.id)
+                started = ReplicationJob.get_or_none(
+                    ReplicationJob.request_id == slot_request_id(row.id, slot, vm.id, group)
+                )
+                item = Due(
+                    row, slot, vm.id, vm.appliance_id, point.at if point else None, started.id if started else ""
+                )
+                due.append(item)
         return due, min(later, default=None)
 
     def _full(self, total: int, on_appliance: int, appliance_id: str) -> str:
@@ -191,36 +238,31 @@ class Scheduler:
             )
         return ""
 
-    async def _skip(self, item: Due, now: datetime, job_id: str, kind: str) -> None:
-        slot = item.slot
-        outcome = f"skipped the slot of {slot:%Y-%m-%d %H:%M:%S} UTC: {kind} job {job_id} still runs"
+    async def _skip(self, item: Due, job_id: str, kind: str) -> Acted:
+        outcome = f"skipped the slot of {item.slot:%Y-%m-%d %H:%M:%S} UTC: {kind} job {job_id} still runs"
         logger.bind(schedule_id=item.schedule.id, vm_context_id=item.vm_id, job_id=job_id).info(outcome)
         await self.joblog.note(job_id, "schedule", f"schedule {item.schedule.id} {outcome}", "skipped")
-        await self._advance(item, now, outcome, "")
+        return Acted(outcome)
 
-    async def _start(self, item: Due, now: datetime) -> str:
+    async def _start(self, item: Due) -> Acted:
         row, slot = item.schedule, item.slot
         log = logger.bind(schedule_id=row.id, vm_context_id=item.vm_id)
-        request_id = f"schedule-{row.id}-{int(slot.timestamp())}"
+        request_id = slot_request_id(row.id, slot, item.vm_id, row.target_kind == TARGET_GROUP)
         try:
             job = await self.replication.start(item.vm_id, "", request_id)
         except Unavailable as exc:
-            await self._set_outcome(row, f"waiting: {exc.message}")
-            return ""  # the OMA is starting: the next pass tries again
+            return Acted(f"waiting: {exc.message}", waiting=True)  # the OMA is starting: the next pass tries again
         except DomainError as exc:
             outcome = f"not started for the slot of {slot:%Y-%m-%d %H:%M:%S} UTC: {exc.message}"
             log.warning(outcome)
-            await self._advance(item, now, outcome, "")
-            return ""
+            return Acted(outcome)
         except Exception:
             log.opt(exception=True).error("scheduled start failed unexpectedly")
-            await self._advance(item, now, "not started: an internal error (see the server log)", "")
-            return ""
+            return Acted("not started: an internal error (see the server log)")
         outcome = f"started {job.kind} job {job.id} for the slot of {slot:%Y-%m-%d %H:%M:%S} UTC"
         log.bind(job_id=job.id).info(outcome)
         await self.joblog.note(job.id, "schedule", f"started by schedule {row.id} for its slot {slot:%H:%M:%S} UTC")
-        await self._advance(item, now, outcome, job.id)
-        return job.id
+        return Acted(outcome, job.id)
 
     async def _advance(self, item: Due, now: datetime, outcome: str, job_id: str) -> None:
         """The schedule to its first slot after now, if nobody changed it meanwhile (an update or pause wins)."""

@@ -14,14 +14,15 @@ from loguru import logger
 
 from oma_server.clock import Clock
 from oma_server.db.database import Database
-from oma_server.db.models import Schedule, VmContext
-from oma_server.errors import AlreadyExists, InvalidArgument, NotFound
+from oma_server.db.models import GroupMember, MachineGroup, Schedule, VmContext
+from oma_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from oma_server.pagination import fetch_page
 from oma_server.schedules.timing import Timing, check_timing, next_slot, run_time
 
-#: target kinds a schedule can have; a machine group is the next one
+#: target kinds a schedule can have: a VM, or a machine group (each slot syncs every member)
 TARGET_VM = "vm_context"
-TARGET_KINDS = (TARGET_VM,)
+TARGET_GROUP = "machine_group"
+TARGET_KINDS = (TARGET_VM, TARGET_GROUP)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,69 @@ def schedule_not_found(schedule_id: str) -> NotFound:
         reason="SCHEDULE_NOT_FOUND",
         schedule_id=schedule_id,
     )
+
+
+def target_vms(row: Schedule) -> list[VmContext]:
+    """The VMs a schedule syncs (on a database thread): its VM, or its group's members by boot order."""
+    if row.target_kind == TARGET_GROUP:
+        query = (
+            VmContext.select()
+            .join(GroupMember, on=GroupMember.vm_context == VmContext.id)
+            .where(GroupMember.group == row.target_id)
+            .order_by(GroupMember.boot_order, VmContext.name)
+        )
+        return list(query)
+    vm = VmContext.get_or_none(VmContext.id == row.target_id)
+    return [vm] if vm is not None else []  # a VM context that is gone: the schedule waits to be deleted
+
+
+def schedule_reaching(vm_id: str) -> Schedule | None:
+    """The schedule that syncs a VM: its own, or its group's (a VM follows at most one)."""
+    own = Schedule.get_or_none((Schedule.target_kind == TARGET_VM) & (Schedule.target_id == vm_id))
+    if own is not None:
+        return own
+    member = GroupMember.get_or_none(GroupMember.vm_context == vm_id)
+    if member is None:
+        return None
+    return Schedule.get_or_none((Schedule.target_kind == TARGET_GROUP) & (Schedule.target_id == member.group_id))
+
+
+def _check_target(kind: str, target_id: str) -> None:
+    """The target exists, and no VM would follow two schedules (in the caller's transaction)."""
+    if kind == TARGET_VM:
+        if VmContext.get_or_none(VmContext.id == target_id) is None:
+            raise NotFound(
+                f"VM context {target_id} does not exist; list them with ListVmContexts",
+                reason="VM_CONTEXT_NOT_FOUND",
+                vm_context_id=target_id,
+            )
+        member = GroupMember.get_or_none(GroupMember.vm_context == target_id)
+        group = Schedule.get_or_none(
+            (Schedule.target_kind == TARGET_GROUP) & (Schedule.target_id == (member.group_id if member else ""))
+        )
+        if group is not None:
+            raise FailedPrecondition(
+                f"VM context {target_id} is synced by schedule {group.id} of its machine group; a VM follows one "
+                "schedule — update that one, or take the VM out of the group",
+                reason="SCHEDULE_CONFLICT",
+                schedule_id=group.id,
+            )
+        return
+    if MachineGroup.get_or_none(MachineGroup.id == target_id) is None:
+        raise NotFound(
+            f"machine group {target_id} does not exist; list them with ListMachineGroups",
+            reason="GROUP_NOT_FOUND",
+            group_id=target_id,
+        )
+    members = GroupMember.select(GroupMember.vm_context).where(GroupMember.group == target_id)
+    own = Schedule.get_or_none((Schedule.target_kind == TARGET_VM) & Schedule.target_id.in_(members))
+    if own is not None:
+        raise FailedPrecondition(
+            f"VM context {own.target_id} of machine group {target_id} has schedule {own.id} of its own; a VM follows "
+            "one schedule — delete that one first",
+            reason="SCHEDULE_CONFLICT",
+            schedule_id=own.id,
+        )
 
 
 def plan_next(row: Schedule) -> None:
@@ -76,7 +140,7 @@ class ScheduleStore:
     async def create(self, spec: ScheduleSpec, request_id: str = "") -> Schedule:
         if spec.target_kind not in TARGET_KINDS:
             raise InvalidArgument(
-                "spec.target.kind is required: SCHEDULE_TARGET_KIND_VM_CONTEXT",
+                "spec.target.kind is required: SCHEDULE_TARGET_KIND_VM_CONTEXT or SCHEDULE_TARGET_KIND_MACHINE_GROUP",
                 reason="SCHEDULE_TARGET_INVALID",
                 field="spec.target.kind",
             )
@@ -95,18 +159,14 @@ class ScheduleStore:
                             reason="REQUEST_ID_REUSED",
                         )
                     return earlier
-            if VmContext.get_or_none(VmContext.id == spec.target_id) is None:
-                raise NotFound(
-                    f"VM context {spec.target_id} does not exist; list them with ListVmContexts",
-                    reason="VM_CONTEXT_NOT_FOUND",
-                    vm_context_id=spec.target_id,
-                )
+            _check_target(spec.target_kind, spec.target_id)
             existing = Schedule.get_or_none(
                 (Schedule.target_kind == spec.target_kind) & (Schedule.target_id == spec.target_id)
             )
             if existing is not None:
+                what = "VM context" if spec.target_kind == TARGET_VM else "machine group"
                 raise AlreadyExists(
-                    f"VM context {spec.target_id} has schedule {existing.id} already; update or delete that one",
+                    f"{what} {spec.target_id} has schedule {existing.id} already; update or delete that one",
                     reason="SCHEDULE_EXISTS",
                     schedule_id=existing.id,
                 )

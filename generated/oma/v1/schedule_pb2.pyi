@@ -11,6 +11,7 @@ class ScheduleTargetKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SCHEDULE_TARGET_KIND_UNSPECIFIED: _ClassVar[ScheduleTargetKind]
     SCHEDULE_TARGET_KIND_VM_CONTEXT: _ClassVar[ScheduleTargetKind]
+    SCHEDULE_TARGET_KIND_MACHINE_GROUP: _ClassVar[ScheduleTargetKind]
 
 class RpoStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -20,6 +21,7 @@ class RpoStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RPO_STATUS_BREACHED: _ClassVar[RpoStatus]
 SCHEDULE_TARGET_KIND_UNSPECIFIED: ScheduleTargetKind
 SCHEDULE_TARGET_KIND_VM_CONTEXT: ScheduleTargetKind
+SCHEDULE_TARGET_KIND_MACHINE_GROUP: ScheduleTargetKind
 RPO_STATUS_UNSPECIFIED: RpoStatus
 RPO_STATUS_NO_TARGET: RpoStatus
 RPO_STATUS_MET: RpoStatus
