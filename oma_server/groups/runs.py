@@ -26,10 +26,10 @@ from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import FailoverJob, GroupRun, MachineGroup, VmContext
 from oma_server.engine import JobRunner
-from oma_server.errors import DomainError, FailedPrecondition, NotFound, Unavailable
+from oma_server.errors import DomainError, FailedPrecondition, NotFound, Unavailable, Violation
 from oma_server.failover.state_machine import FailoverJobState, FailoverKind, FailoverStatus
 from oma_server.failover.workflow import FailoverWorkflow
-from oma_server.groups.store import active_run_of, group_not_found, members_of
+from oma_server.groups.store import group_not_found, members_of, refuse_while_running
 from oma_server.pagination import fetch_page
 from oma_server.vm_contexts.state_machine import VmStatus
 
@@ -88,19 +88,26 @@ class GroupRuns:
     async def start_failover(self, group_id: str, kind: str) -> GroupRun:
         workflow = self._workflow()
         group, plan = await self.db.run(_plan, group_id)
+        await self.db.run(refuse_while_running, group)  # before readiness: a running run is the first thing to say
         failover_kind = FailoverKind.TEST if kind == TEST_FAILOVER else FailoverKind.LIVE
-        not_ready = []
+        not_ready, violations = [], []
         for member in plan:
             readiness = await workflow.check(member["vm_context_id"], failover_kind)
             if not readiness.ready:
-                failed = "; ".join(f"{c.name}: {c.reason}" for c in readiness.checks if not c.passed)
+                failed = "; ".join(f"{c.name}: {c.reason}" for c in readiness.failed)
                 not_ready.append(f"{member['vm_name']} ({member['vm_context_id']}): {failed}")
+                violations += [
+                    Violation("READINESS_CHECK", f"vm_contexts/{member['vm_context_id']}/{c.name}", c.reason)
+                    for c in readiness.failed
+                ]
         if not_ready:
             raise FailedPrecondition(
                 f"machine group {group.name}: {len(not_ready)} of {len(plan)} VMs are not ready for a "
                 f"{failover_kind.value} failover, nothing started — " + " | ".join(not_ready),
                 reason="GROUP_NOT_READY",
+                violations=violations,
                 group_id=group_id,
+                not_ready=",".join(m.split(" ", 1)[0] for m in not_ready),
             )
         return await self._create(group, kind, plan)
 
@@ -114,14 +121,7 @@ class GroupRuns:
         first = tiers(plan, reverse=kind == CLEANUP)[0]
 
         def insert() -> GroupRun:
-            running = active_run_of(group.id)
-            if running is not None:
-                raise FailedPrecondition(
-                    f"machine group {group.name} has a {running.kind.replace('_', ' ')} in progress (run "
-                    f"{running.id}); wait for it",
-                    reason="GROUP_RUN_ACTIVE",
-                    group_run_id=running.id,
-                )
+            refuse_while_running(group)
             return GroupRun.create(
                 group_id=group.id,
                 group_name=group.name,

@@ -97,12 +97,13 @@ def group_of(vm_id: str) -> MachineGroup | None:
 
 def members_of(group_id: str) -> list[Member]:
     rows = (
-        GroupMember.select(GroupMember, VmContext.name)
+        GroupMember.select(GroupMember.vm_context, GroupMember.boot_order)
         .join(VmContext)
         .where(GroupMember.group == group_id)
         .order_by(GroupMember.boot_order, VmContext.name, VmContext.id)
+        .tuples()
     )
-    return [Member(r.vm_context_id, r.boot_order) for r in rows]
+    return [Member(vm_id, boot_order) for vm_id, boot_order in rows]
 
 
 def active_run_of(group_id: str) -> GroupRun | None:
@@ -121,17 +122,18 @@ def _check_members(group_id: str, spec: GroupSpec, scheduled: bool) -> None:
                 vm_context_id=member.vm_context_id,
             )
     elsewhere = (
-        GroupMember.select(GroupMember, MachineGroup.name)
+        GroupMember.select(GroupMember.vm_context, GroupMember.group, MachineGroup.name)
         .join(MachineGroup)
         .where(GroupMember.vm_context.in_(ids) & (GroupMember.group != group_id))
+        .tuples()
     )
-    for row in elsewhere:
+    for vm_id, other_id, other_name in elsewhere:
         raise AlreadyExists(
-            f"VM context {row.vm_context_id} is in machine group {row.group.name} ({row.group_id}) already; a VM is "
-            "in at most one group — remove it there first",
+            f"VM context {vm_id} is in machine group {other_name} ({other_id}) already; a VM is in at most one "
+            "group — remove it there first",
             reason="VM_IN_ANOTHER_GROUP",
-            vm_context_id=row.vm_context_id,
-            group_id=row.group_id,
+            vm_context_id=vm_id,
+            group_id=other_id,
         )
     if scheduled:
         own = Schedule.select().where((Schedule.target_kind == TARGET_VM) & Schedule.target_id.in_(ids)).first()
@@ -213,7 +215,7 @@ class GroupStore:
 
         def replace() -> GroupView:
             row = _group(group_id)
-            _refuse_while_running(row)
+            refuse_while_running(row)
             _check_name_free(spec.name, group_id)
             _check_members(group_id, spec, scheduled=group_schedule(group_id) is not None)
             row.name, row.description, row.updated_at = spec.name, spec.description, now
@@ -229,7 +231,7 @@ class GroupStore:
     async def delete(self, group_id: str) -> None:
         def remove() -> None:
             row = _group(group_id)
-            _refuse_while_running(row)
+            refuse_while_running(row)
             schedule = group_schedule(group_id)
             if schedule is not None:
                 raise FailedPrecondition(
@@ -262,7 +264,8 @@ def _check_name_free(name: str, group_id: str) -> None:
         )
 
 
-def _refuse_while_running(row: MachineGroup) -> None:
+def refuse_while_running(row: MachineGroup) -> None:
+    """FAILED_PRECONDITION (GROUP_RUN_ACTIVE) while a run of the group is in progress (in a transaction)."""
     run = active_run_of(row.id)
     if run is not None:
         raise FailedPrecondition(

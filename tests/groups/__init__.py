@@ -1,0 +1,1 @@
+"""Machine groups: their API, group failover in boot order, group schedules."""
