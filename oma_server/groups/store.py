@@ -103,7 +103,8 @@ def members_of(group_id: str) -> list[Member]:
         .order_by(GroupMember.boot_order, VmContext.name, VmContext.id)
         .tuples()
     )
-    return [Member(vm_id, boot_order) for vm_id, boot_order in rows]
+    found: list[tuple[str, int]] = list(rows)  # type: ignore[arg-type]  # tuples(), not models
+    return [Member(vm_id, boot_order) for vm_id, boot_order in found]
 
 
 def active_run_of(group_id: str) -> GroupRun | None:
@@ -126,8 +127,10 @@ def _check_members(group_id: str, spec: GroupSpec, scheduled: bool) -> None:
         .join(MachineGroup)
         .where(GroupMember.vm_context.in_(ids) & (GroupMember.group != group_id))
         .tuples()
+        .first()
     )
-    for vm_id, other_id, other_name in elsewhere:
+    if elsewhere is not None:
+        vm_id, other_id, other_name = elsewhere
         raise AlreadyExists(
             f"VM context {vm_id} is in machine group {other_name} ({other_id}) already; a VM is in at most one "
             "group — remove it there first",

@@ -58,7 +58,7 @@ async def test_a_group_fails_over_in_boot_order_and_cleans_up_in_reverse(oma: Om
         start = machine_group_pb2.StartGroupFailoverRequest(group_id=group.id, kind=TEST_FAILOVER)
         started = await stub.StartGroupFailover(start)
         assert started.run.group_name == "shop" and started.run.current_boot_order == 0
-        assert [m.vm_context_id for m in started.run.members][0] == db
+        assert [m.vm_context_id for m in started.run.members] == [db, app1, app2]
         await asyncio.wait_for(hold.reached.wait(), 30)
         running = await get_run(channel, started.run.id)
         assert running.status == RUN_RUNNING and running.current_boot_order == 0
