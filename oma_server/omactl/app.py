@@ -12,7 +12,20 @@ from collections.abc import Sequence
 
 import grpc
 
-from oma_server.omactl import appliances, cloud, failover, jobs, limits, schedules, server, storage, tokens, vms, watch
+from oma_server.omactl import (
+    appliances,
+    cloud,
+    failover,
+    groups,
+    jobs,
+    limits,
+    schedules,
+    server,
+    storage,
+    tokens,
+    vms,
+    watch,
+)
 from oma_server.omactl.client import Client, CliError, describe_rpc_error, one_line
 from oma_server.omactl.context import DEFAULT_SERVER, Commands, Context, Handler, Parser, endpoint_of, global_flags
 from oma_server.omactl.render import Output
@@ -39,6 +52,7 @@ def build_parser() -> Parser:
     server.register(commands)
     tokens.register(commands)
     schedules.register(commands)
+    groups.register(commands)
     limits.register(commands)
     return parser
 

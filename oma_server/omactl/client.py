@@ -15,6 +15,7 @@ from oma.v1 import (
     cloud_pb2_grpc,
     failover_pb2_grpc,
     job_pb2_grpc,
+    machine_group_pb2_grpc,
     replication_pb2_grpc,
     schedule_pb2_grpc,
     storage_pb2_grpc,
@@ -88,6 +89,7 @@ class Client:
         self.cloud = cloud_pb2_grpc.CloudServiceStub(self.channel)
         self.schedules = schedule_pb2_grpc.ScheduleServiceStub(self.channel)
         self.bandwidth = bandwidth_pb2_grpc.BandwidthServiceStub(self.channel)
+        self.groups = machine_group_pb2_grpc.MachineGroupServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()

@@ -9,10 +9,12 @@ from oma.v1 import schedule_pb2
 from oma_server.omactl import render, resolve
 from oma_server.omactl.client import CliError
 from oma_server.omactl.context import Commands, Context
+from oma_server.omactl.groups import group_id
 from oma_server.omactl.render import enum_label, field_time, seconds_text
 from oma_server.omactl.tokens import ttl_seconds
 
 VM_CONTEXT = schedule_pb2.SCHEDULE_TARGET_KIND_VM_CONTEXT
+GROUP = schedule_pb2.SCHEDULE_TARGET_KIND_MACHINE_GROUP
 
 
 def _duration(text: str) -> int:
@@ -66,11 +68,15 @@ def _timing(s: schedule_pb2.Schedule) -> str:
     return f"every {seconds_text(s.spec.interval_seconds)}"
 
 
+def _target(s: schedule_pb2.Schedule) -> str:
+    return f"group {s.spec.target.id}" if s.spec.target.kind == GROUP else s.spec.target.id
+
+
 def _row(s: schedule_pb2.Schedule) -> list[object]:
     return [
         s.id,
         s.spec.name or render.NONE,
-        s.spec.target.id,
+        _target(s),
         _timing(s),
         seconds_text(s.spec.rpo_target_seconds),
         "paused" if s.paused else field_time(s, "next_run_at"),
@@ -84,7 +90,7 @@ def _show(ctx: Context, s: schedule_pb2.Schedule, verb: str = "") -> int:
         [
             ("id", s.id),
             ("name", s.spec.name or render.NONE),
-            ("vm", s.spec.target.id),
+            ("group" if s.spec.target.kind == GROUP else "vm", s.spec.target.id),
             ("timing", _timing(s)),
             ("jitter", seconds_text(s.spec.jitter_seconds) if s.spec.jitter_seconds else render.NONE),
             ("rpo target", seconds_text(s.spec.rpo_target_seconds)),
@@ -95,16 +101,24 @@ def _show(ctx: Context, s: schedule_pb2.Schedule, verb: str = "") -> int:
             ("last job", s.last_job_id or render.NONE),
             ("last outcome", s.last_outcome or render.NONE),
         ],
-        f"{verb} schedule {s.id} for VM {s.spec.target.id}." if verb else "",
+        f"{verb} schedule {s.id} for {'machine group' if s.spec.target.kind == GROUP else 'VM'} {s.spec.target.id}."
+        if verb
+        else "",
     )
 
 
 def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
     if bool(args.every) == bool(args.cron):
         raise CliError("give --every DURATION or --cron EXPR (one of them)", exit_code=2)
+    if bool(args.vm) == bool(args.group):
+        raise CliError("give a VM or --group GROUP (one of them)", exit_code=2)
+    if args.group:
+        target = schedule_pb2.ScheduleTarget(kind=GROUP, id=group_id(ctx, args.group))
+    else:
+        target = schedule_pb2.ScheduleTarget(kind=VM_CONTEXT, id=resolve.vm_id(ctx, args.vm))
     spec = schedule_pb2.ScheduleSpec(
         name=args.name or "",
-        target=schedule_pb2.ScheduleTarget(kind=VM_CONTEXT, id=resolve.vm_id(ctx, args.vm)),
+        target=target,
         interval_seconds=args.every or 0,
         cron=args.cron or "",
         time_zone=args.tz or "",
@@ -145,8 +159,11 @@ def cmd_delete(ctx: Context, args: argparse.Namespace) -> int:
 
 def register(commands: Commands) -> None:
     group = commands.group("schedules", "replication schedules: syncs started by the OMA towards an RPO target")
-    create = commands.leaf(group, "create", "schedule a VM's syncs (an interval or a cron expression)", cmd_create)
-    create.add_argument("vm", metavar="VM", help="VM context id or name")
+    create = commands.leaf(
+        group, "create", "schedule a VM's or a machine group's syncs (an interval or a cron expression)", cmd_create
+    )
+    create.add_argument("vm", metavar="VM", nargs="?", help="VM context id or name (or give --group)")
+    create.add_argument("--group", metavar="GROUP", help="a machine group (id or name): each slot syncs every member")
     create.add_argument("--every", metavar="DURATION", type=_duration, help="a sync every 15m, 4h, 1d, ...")
     create.add_argument("--cron", metavar="EXPR", help="five-field cron expression, e.g. '0 */4 * * *'")
     create.add_argument("--tz", metavar="ZONE", help="IANA time zone of --cron, e.g. Europe/Berlin (default UTC)")
