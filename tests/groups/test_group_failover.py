@@ -15,11 +15,15 @@ from tests.clients import oma_channel
 from tests.factories import inventory
 from tests.failover.helpers import (
     VM_CLEANUP,
+    VM_LIVE,
     VM_READY,
     VM_TEST,
+    Replicated,
+    answer_power,
     get_job,
     get_vm,
     map_network,
+    play_replication,
     replicate,
     restart_oma,
     sim_of,
@@ -27,6 +31,7 @@ from tests.failover.helpers import (
     world,
 )
 from tests.groups.helpers import (
+    LIVE_FAILOVER,
     RUN_COMPLETED,
     RUN_FAILED,
     RUN_NOT_STARTED,
@@ -164,3 +169,48 @@ async def test_a_failed_boot_order_stops_the_run_and_a_restart_resumes_it(tmp_pa
             assert [j.kind.value for j in jobs].count("cleanup") == 1  # the restart did not start a second one
     finally:
         await server.stop(grace=0.2)
+
+
+async def test_a_group_live_failover_powers_each_tier_off_only_when_the_one_before_runs(
+    oma: OmaServer, tmp_path: Path
+) -> None:
+    sim = sim_of(oma)
+    async with oma_channel(oma) as channel:
+        db = await replicate(channel, tmp_path, inventory(name="db-01"))
+        web = await replicate(channel, tmp_path, inventory(name="web-01"))
+        await map_network(channel, sim)
+        group = await create_group(channel, "shop", {db.vm_id: 0, web.vm_id: 1})
+        uuids = {r.vm_id: (await get_vm(channel, r.vm_id)).vm_uuid for r in (db, web)}
+
+        async def appliance(r: Replicated) -> None:
+            """The VMA of one VM: powers its source off when told, then runs the final sync."""
+            await answer_power(r.stream, "power_off", uuids[r.vm_id])
+            await play_replication(r.stream, tmp_path, "final", r.sources, timeout=60)
+
+        appliances = [asyncio.create_task(appliance(r)) for r in (db, web)]
+        started = await groups_stub(channel).StartGroupFailover(
+            machine_group_pb2.StartGroupFailoverRequest(group_id=group.id, kind=LIVE_FAILOVER)
+        )
+        await oma.app.group_runs.wait(started.run.id, 120)
+        await asyncio.gather(*appliances)
+        run = await get_run(channel, started.run.id)
+        assert run.status == RUN_COMPLETED, run
+        jobs = {m.vm_context_id: await get_job(channel, m.failover_job_id) for m in run.members}
+        # the web tier's source was powered off (its failover began) only once the database VM ran in CloudStack
+        assert jobs[web.vm_id].created_at.ToDatetime() >= jobs[db.vm_id].finished_at.ToDatetime()
+        for r in (db, web):
+            assert [s.name for s in jobs[r.vm_id].steps][:3] == ["validate", "power_off_source", "final_sync"]
+            assert (await get_vm(channel, r.vm_id)).status == VM_LIVE
+            assert sim.state.vms[jobs[r.vm_id].target_vm_id]["state"] == "Running"
+        # a group cleanup has nothing to do after a live failover (RollbackFailover undoes one VM by VM)
+        cleanup = (
+            await groups_stub(channel).CleanupGroupFailover(
+                machine_group_pb2.CleanupGroupFailoverRequest(group_id=group.id)
+            )
+        ).run
+        await oma.app.group_runs.wait(cleanup.id, 30)
+        skipped = await get_run(channel, cleanup.id)
+        assert skipped.status == RUN_COMPLETED and [m.status for m in skipped.members] == [RUN_SKIPPED] * 2
+        assert all("failed_over_live" in m.message for m in skipped.members)
+        for r in (db, web):
+            await r.stream.close()
