@@ -11,7 +11,9 @@ directory of raw images with change tracking) + omactl for live progress:
    appliance set through the API (its effect checked), the byte check again
 4. a schedule every 3 s that runs two incrementals by itself (the byte check again), its RPO, then paused
 5. a test failover (the test VM's volumes checked against the source disks), then its cleanup
-6. a summary table per disk: bytes copied, time, throughput, change ids
+6. the cutover: a live failover (source powered off, final sync, the VM deployed on the replicas, checked against
+   the source disks), then CompleteMigration (the VM context `completed`, the source's CBT and snapshots released)
+7. a summary table per disk: bytes copied, time, throughput, change ids
 
 Exit status 0 only if every step succeeded and every byte matched.
 """
@@ -196,6 +198,24 @@ class Demo:
         if vm.status != vm_context_pb2.VM_CONTEXT_STATUS_READY_FOR_FAILOVER:
             self.failures.append(f"after cleanup the VM is {vm_context_pb2.VmContextStatus.Name(vm.status)}")
         self.verify(vm_id, "CloudStack volume", self.replicas_in_cloudstack(vm_id))
+
+    def cutover_and_complete(self, vm_id: str) -> replication_pb2.ReplicationJob:
+        """Live failover (source off, final sync, the VM deployed on the replicas), then the migration closed."""
+        step("Cutover: live failover (source powered off, final sync, the VM runs in CloudStack), then completion")
+        run(BIN / "vma-agent", "guest-write", "--vcenter-dir", self.vcenter, "--vm", "demo-web",
+            "--percent", "1", "--seed", "9")  # fmt: skip
+        self.omactl("failover", "live", vm_id, "--watch", live=True)
+        self.verify(vm_id, "live VM's volume", self.replicas_in_cloudstack(vm_id))
+        self.omactl("vms", "complete", vm_id, live=True)
+        vm = self.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
+        if vm.status != vm_context_pb2.VM_CONTEXT_STATUS_COMPLETED:
+            self.failures.append(f"after CompleteMigration the VM is {vm_context_pb2.VmContextStatus.Name(vm.status)}")
+        listed = self.jobs.ListReplicationJobs(replication_pb2.ListReplicationJobsRequest(vm_context_id=vm_id))
+        final = [j for j in listed.jobs if j.kind == replication_pb2.REPLICATION_JOB_KIND_FINAL]
+        if not final:
+            raise DemoFailed("the live failover ran no final sync")
+        console.print(f"migration of {vm.name} completed: it runs in CloudStack, its source is released")
+        return final[0]
 
     def check_dashboard(self) -> None:
         """The dashboard's data and /metrics answer only to a token: none is refused, a viewer's is served."""
@@ -440,12 +460,13 @@ def main() -> int:
             demo.verify(vm_id, "CloudStack volume", demo.replicas_in_cloudstack(vm_id))
 
             demo.test_failover_and_cleanup(vm_id)
+            final = demo.cutover_and_complete(vm_id)
 
             step("Dashboard and /metrics: only for operators' tokens")
             demo.check_dashboard()
 
             step("Summary")
-            demo.summary(vm_id, [initial, incremental, *scheduled])
+            demo.summary(vm_id, [initial, incremental, *scheduled, final])
         except (DemoFailed, grpc.RpcError) as exc:
             detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)  # type: ignore[union-attr]
             demo.failures.append(detail or type(exc).__name__)
