@@ -480,6 +480,8 @@ class Harness:
                     if job_id not in cursors:
                         await conn.close()
                         break  # the OMA holds the job final: nothing more to send
+                    # The Welcome's cursor is the ack of what an earlier stream applied: nothing acks it again here.
+                    conn.acked[job_id] = max(conn.acked.get(job_id, 0), cursors[job_id])
                     pending = [m for m in messages if m[1].sequence > cursors[job_id]]
                     outcome = await self._send_with_faults(rng, conn, job_id, pending, messages, spawn_watcher)
                     if outcome == "kill" and kills_left:
