@@ -7,7 +7,6 @@ The governor is told through `on_change` after the commit, and sends the rates i
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +22,7 @@ from oma_server.bandwidth.windows import (
     parse_wall_time,
     rate_at,
 )
+from oma_server.change_hooks import ChangeHooks
 from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import Appliance, BandwidthLimit, ReplicationJob
@@ -161,11 +161,7 @@ class BandwidthLimitStore:
         self.db = db
         self.clock = clock
         #: called after a committed change (the governor sends the new rates)
-        self.on_change: list[Callable[[], None]] = []
-
-    def _changed(self) -> None:
-        for hook in self.on_change:
-            hook()
+        self.on_change = ChangeHooks()
 
     async def set(self, spec: LimitSpec) -> LimitView:
         spec = check_spec(spec)
@@ -199,7 +195,7 @@ class BandwidthLimitStore:
                 target=row.target_id,
                 rate=describe_rate(view.current_bytes_per_second),
             )
-            self._changed()
+            self.on_change()
         return view
 
     async def get(self, limit_id: str) -> LimitView:
@@ -226,7 +222,7 @@ class BandwidthLimitStore:
 
         await self.db.tx(remove)
         logger.bind(bandwidth_limit_id=limit_id).info("bandwidth limit deleted")
-        self._changed()
+        self.on_change()
 
 
 def describe_rate(bytes_per_second: int) -> str:

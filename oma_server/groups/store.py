@@ -9,12 +9,12 @@ Functions without `async` run on a database thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import peewee as pw
 from loguru import logger
 
+from oma_server.change_hooks import ChangeHooks
 from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import GroupMember, GroupRun, MachineGroup, Schedule, VmContext
@@ -169,11 +169,7 @@ class GroupStore:
         self.db = db
         self.clock = clock
         #: called after a committed change (the scheduler looks again: a group's members are its schedule's VMs)
-        self.on_change: list[Callable[[], None]] = []
-
-    def _changed(self) -> None:
-        for hook in self.on_change:
-            hook()
+        self.on_change = ChangeHooks()
 
     async def create(self, spec: GroupSpec) -> GroupView:
         """A new group (a retry with a request_id is answered by the API's idempotency layer)."""
@@ -196,7 +192,7 @@ class GroupStore:
         logger.bind(group_id=view.group.id).info(
             "machine group {name} created with {n} VMs", name=spec.name, n=len(spec.members)
         )
-        self._changed()
+        self.on_change()
         return view
 
     async def get(self, group_id: str) -> GroupView:
@@ -228,7 +224,7 @@ class GroupStore:
 
         view = await self.db.tx(replace)
         logger.bind(group_id=group_id).info("machine group {name} updated", name=spec.name)
-        self._changed()
+        self.on_change()
         return view
 
     async def delete(self, group_id: str) -> None:
@@ -247,7 +243,7 @@ class GroupStore:
 
         await self.db.tx(remove)
         logger.bind(group_id=group_id).info("machine group deleted")
-        self._changed()
+        self.on_change()
 
 
 def _group(group_id: str) -> MachineGroup:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from oma_server.change_hooks import ChangeHooks
 from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import GroupMember, MachineGroup, Schedule, VmContext
@@ -125,11 +126,7 @@ class ScheduleStore:
         self.clock = clock
         self.min_interval_s = min_interval_s
         #: called after a committed change (the scheduler looks again)
-        self.on_change: list[Callable[[], None]] = []
-
-    def _changed(self) -> None:
-        for hook in self.on_change:
-            hook()
+        self.on_change = ChangeHooks()
 
     def _check(self, spec: ScheduleSpec, prefix: str = "spec.") -> Timing:
         now = self.clock.now()
@@ -192,7 +189,7 @@ class ScheduleStore:
         logger.bind(schedule_id=row.id, vm_context_id=row.target_id).info(
             "schedule created; next sync at {at}", at=row.next_run_at
         )
-        self._changed()
+        self.on_change()
         return row
 
     async def get(self, schedule_id: str) -> Schedule:
@@ -220,7 +217,7 @@ class ScheduleStore:
             return row
 
         row = await self.db.tx(apply)
-        self._changed()
+        self.on_change()
         return row
 
     async def update(self, schedule_id: str, spec: ScheduleSpec) -> Schedule:
@@ -258,7 +255,7 @@ class ScheduleStore:
 
         await self.db.tx(remove)
         logger.bind(schedule_id=schedule_id).info("schedule deleted")
-        self._changed()
+        self.on_change()
 
     async def pause(self, schedule_id: str) -> Schedule:
         now = self.clock.now()
