@@ -38,6 +38,7 @@ class FailoverStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SCHEDULED = "scheduled"  # a live failover waiting for its start time; nothing claimed yet
 
 
 class StepStatus(StrEnum):
@@ -50,6 +51,8 @@ class StepStatus(StrEnum):
 
 
 FINAL = (FailoverStatus.COMPLETED, FailoverStatus.FAILED, FailoverStatus.CANCELLED)
+RUNNABLE = (FailoverStatus.PENDING, FailoverStatus.RUNNING)  # a runner works on it (or should: resume, janitor)
+OPEN = (FailoverStatus.SCHEDULED, *RUNNABLE)  # not ended: the VM has this job
 STEP_DONE = (StepStatus.COMPLETED, StepStatus.SKIPPED)
 FAILOVERS = (FailoverKind.TEST, FailoverKind.LIVE)
 UNDO = (FailoverKind.CLEANUP, FailoverKind.ROLLBACK)
@@ -208,6 +211,14 @@ def _refuse(job: FailoverJobState, what: str) -> FailedPrecondition:
         job_id=job.id,
         status=job.status.value,
     )
+
+
+def start_scheduled(job: FailoverJobState, claimed_by: str) -> None:
+    """A scheduled cutover's time came: it becomes pending (its runner starts it)."""
+    if job.status != FailoverStatus.SCHEDULED:
+        raise _refuse(job, "start as scheduled")
+    job.status = FailoverStatus.PENDING
+    job.claimed_by = claimed_by
 
 
 def start_job(job: FailoverJobState, claimed_by: str) -> None:
