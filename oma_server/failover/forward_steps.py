@@ -130,7 +130,7 @@ class ForwardSteps(StepBase):
         text = missed_text(deadline, what)
         if timing.action == DeadlineAction.CANCEL:
             raise DeadlineMissed(
-                f"{text}; on_deadline_missed is cancel: the failover is cancelled and rolled back",
+                f"{text}; on_deadline_missed is cancel",
                 deadline=deadline.isoformat(),
             )
         if ctx.job.params.get("deadline_missed"):
