@@ -15,10 +15,11 @@ Everything here is pure or runs inside a transaction; the API layer turns Timest
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from oma_server.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from oma_server.failover.state_machine import FailoverJobState, FailoverKind, FailoverStatus
@@ -157,3 +158,17 @@ def require_scheduled(job: FailoverJobState) -> None:
             job_id=job.id,
             status=job.status.value,
         )
+
+
+class Cutovers(Protocol):
+    """What the failover workflow asks of the scheduled-cutover runner (cutover_runner.CutoverRunner)."""
+
+    async def schedule(
+        self, vm_context_id: str, service_offering_id: str, request_id: str, timing: CutoverTiming
+    ) -> FailoverJobState: ...
+
+    async def cancel_scheduled(self, job_id: str) -> FailoverJobState | None: ...
+
+    def deadline_error(self, exc: DeadlineMissed) -> Callable[[FailoverJobState], None]: ...
+
+    async def deadline_cancelled(self, job: FailoverJobState) -> None: ...

@@ -58,19 +58,7 @@ class ForwardSteps(StepBase):
     async def final_sync(self, ctx: StepContext) -> StepResult:
         """A replication job of kind final; the failover waits for it and fails if it fails."""
         job = ctx.job
-        sync_id = str(job.params.get("final_sync_job_id", ""))
-        if not sync_id:
-            await self._check_deadline(ctx, "before the final sync could start")
-            # The VM context is handed to the final sync (replication refuses to start while another job is active).
-            await self.db.tx(lambda: transition_vm(job.vm_context_id, VmStatus.READY_FOR_FAILOVER, active_job_id=""))
-            started = await self.start_final_sync(job.vm_context_id, "final", f"failover-{job.id}-final", "")
-            sync_id = started.id
-
-            def remember(state: FailoverJobState) -> None:
-                state.params["final_sync_job_id"] = sync_id
-
-            await ctx.save(remember)
-            ctx.log.info("final sync {sync} started", sync=sync_id)
+        sync_id = str(job.params.get("final_sync_job_id", "")) or await self._start_final_sync(ctx)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.final_sync_timeout_s
         while True:
@@ -119,6 +107,21 @@ class ForwardSteps(StepBase):
             transition_vm(state.vm_context_id, VmStatus.READY_FOR_FAILOVER, active_job_id=state.id)
 
         return StepResult(message=f"final sync {sync_id} completed and verified", in_tx=take_back)
+
+    async def _start_final_sync(self, ctx: StepContext) -> str:
+        job = ctx.job
+        await self._check_deadline(ctx, "before the final sync could start")
+        # The VM context is handed to the final sync (replication refuses to start while another job is active).
+        await self.db.tx(lambda: transition_vm(job.vm_context_id, VmStatus.READY_FOR_FAILOVER, active_job_id=""))
+        started = await self.start_final_sync(job.vm_context_id, "final", f"failover-{job.id}-final", "")
+        sync_id = str(started.id)
+
+        def remember(state: FailoverJobState) -> None:
+            state.params["final_sync_job_id"] = sync_id
+
+        await ctx.save(remember)
+        ctx.log.info("final sync {sync} started", sync=sync_id)
+        return sync_id
 
     async def _check_deadline(self, ctx: StepContext, what: str) -> None:
         """The operator's final-sync deadline (cutover.py): past it, CANCEL raises DeadlineMissed (the runner cancels

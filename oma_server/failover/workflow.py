@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loguru import logger
 
@@ -41,7 +41,7 @@ from oma_server.failover.cancellation import (
     record_cancel,
     stops_at_once,
 )
-from oma_server.failover.cutover import CutoverTiming, DeadlineMissed, check_timing, scheduled_conflict
+from oma_server.failover.cutover import Cutovers, CutoverTiming, DeadlineMissed, check_timing, scheduled_conflict
 from oma_server.failover.readiness import Readiness, ReadinessChecker
 from oma_server.failover.state_machine import FailoverJobState, FailoverKind, StepStatus
 from oma_server.failover.steps import FailoverSteps, StepContext, StepResult
@@ -56,9 +56,6 @@ from oma_server.failover.store import (
 )
 from oma_server.joblog import begin_step, end_step, note
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
-
-if TYPE_CHECKING:
-    from oma_server.failover.cutover_runner import CutoverRunner
 
 # What an operator does after a failed job, by kind.
 _NEXT_ACTION = {
@@ -105,7 +102,7 @@ class FailoverWorkflow:
         self.before_step: Callable[[str, str], None] | None = None
         self.cancel_replication = cancel_replication
         #: scheduled cutovers (cutover_runner.py); set when it is built
-        self.cutover: CutoverRunner | None = None
+        self.cutover: Cutovers | None = None
 
     # ---- operator actions ---------------------------------------------------------------------------------------
     async def check(self, vm_context_id: str, kind: FailoverKind, service_offering_id: str = "") -> Readiness:
