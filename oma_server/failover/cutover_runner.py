@@ -64,7 +64,7 @@ _BUSY_CHECKS = frozenset({"vm_ready", "no_active_job", "replication_completed"})
 _TRANSIENT_CHECKS = frozenset({"appliance_connected", "cloudstack_reachable"})
 
 
-def _claim_row(job_id: str) -> None:
+def claim_scheduled_row(job_id: str) -> None:
     """Inside the transaction that moves a scheduled job: only if its row is still scheduled (PostgreSQL holds the
     row lock to the commit, so a second process's claim sees the first one's status and is refused)."""
     claimed = (
@@ -194,7 +194,7 @@ class CutoverRunner:
             mutate(state)
 
         def write(state: FailoverJobState) -> None:
-            _claim_row(state.id)
+            claim_scheduled_row(state.id)
             if in_tx is not None:
                 in_tx(state)
             note(state.id, step, message)

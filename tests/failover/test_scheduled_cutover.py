@@ -27,6 +27,8 @@ from oma.v1 import (
 from oma_server.app import App
 from oma_server.clock import ManualClock
 from oma_server.db.models import Command
+from oma_server.errors import FailedPrecondition
+from oma_server.failover.cutover_runner import claim_scheduled_row
 from oma_server.server import OmaServer
 from tests.clients import oma_channel
 from tests.conftest import make_settings
@@ -124,6 +126,18 @@ async def until(channel: grpc.aio.Channel, job_id: str, done: object, timeout: f
         await asyncio.sleep(0.05)
 
 
+async def watched_status(channel: grpc.aio.Channel, vm_id: str, job_id: str) -> int:
+    """The job's status in WatchJobs' initial snapshot of the VM's active jobs."""
+    call = job_pb2_grpc.JobServiceStub(channel).WatchJobs(job_pb2.WatchJobsRequest(vm_context_id=vm_id))
+    try:
+        async for reply in call:
+            if reply.update.failover_job.id == job_id:
+                return int(reply.update.failover_job.status)
+    finally:
+        call.cancel()
+    raise AssertionError("the watch ended")
+
+
 async def cancel(channel: grpc.aio.Channel, job_id: str) -> failover_pb2.FailoverJob:
     reply = await job_pb2_grpc.JobServiceStub(channel).CancelJob(job_pb2.CancelJobRequest(id=job_id))
     return reply.job.failover_job
@@ -166,6 +180,7 @@ async def test_a_scheduled_cutover_starts_at_its_time_and_completes(tmp_path: Pa
         assert any("scheduled for 2026-12-05 02:00:00 UTC" in m for m in await log_of(channel, job.id))
         listed = await job_pb2_grpc.JobServiceStub(channel).ListJobs(job_pb2.ListJobsRequest(open_only=True))
         assert job.id in [j.failover_job.id for j in listed.jobs]
+        assert await watched_status(channel, r.vm_id, job.id) == SCHEDULED
         # the VM context is not claimed: replication goes on until the cutover starts
         vm = await get_vm(channel, r.vm_id)
         assert vm.status == VM_READY and not vm.active_job_id
@@ -215,6 +230,10 @@ async def test_a_scheduled_cutover_cancelled_before_its_start_touches_nothing(tm
         assert (after.status, after.active_job_id) == (before_vm.status, before_vm.active_job_id)
         assert world(sim) == before_world
         await incremental(channel, r, tmp_path, "2")
+        # the claim a start (or another OMA process) would take is refused now: the row is no longer scheduled
+        with pytest.raises(FailedPrecondition) as refused_claim:
+            await server.app.db.tx(claim_scheduled_row, job.id)
+        assert refused_claim.value.reason == "NOT_SCHEDULED"
         # a new schedule is possible again
         again = await schedule(channel, r.vm_id, start_at + timedelta(hours=1))
         assert again.status == SCHEDULED

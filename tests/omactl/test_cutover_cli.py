@@ -30,7 +30,8 @@ async def test_a_cutover_scheduled_shown_and_cancelled_with_omactl(
     assert "omactl jobs cancel" in made.out
     [job] = json.loads((await run_omactl(address, "--json", "failover", "list", "--vm", "web-01")).out)
     assert (
-        job["status"] == "FAILOVER_JOB_STATUS_SCHEDULED" and job["onDeadlineMissed"] == "DEADLINE_MISSED_ACTION_CANCEL"
+        job["status"] == "FAILOVER_JOB_STATUS_SCHEDULED"
+        and job["on_deadline_missed"] == "DEADLINE_MISSED_ACTION_CANCEL"
     )
     listed = await run_omactl(address, "jobs", "list", "--open")
     assert job["id"] in listed.out and "scheduled" in listed.out and "starts " in listed.out, listed.out
