@@ -17,6 +17,7 @@ from google.protobuf import timestamp_pb2
 from oma.common.v1 import inventory_pb2
 from oma.v1 import (
     failover_pb2,
+    failover_pb2_grpc,
     job_pb2,
     job_pb2_grpc,
     replication_pb2,
@@ -240,6 +241,27 @@ async def test_a_scheduled_cutover_cancelled_before_its_start_touches_nothing(tm
         await r.stream.close()
 
 
+async def test_a_scheduled_cutover_not_ready_at_its_time_fails_touching_nothing(tmp_path: Path) -> None:
+    async with oma_on_clock(tmp_path) as (server, clock), oma_channel(server) as channel:
+        sim = sim_of(server)
+        r = await replicate(channel, tmp_path)
+        await map_network(channel, sim, vm_id=r.vm_id)
+        job = await schedule(channel, r.vm_id, T0 + timedelta(hours=1))
+        mappings = failover_pb2_grpc.NetworkMappingServiceStub(channel)
+        [mapping] = (await mappings.ListNetworkMappings(failover_pb2.ListNetworkMappingsRequest())).mappings
+        await mappings.DeleteNetworkMapping(failover_pb2.DeleteNetworkMappingRequest(id=mapping.id))
+        before = world(sim)
+        await at(server, clock, T0 + timedelta(hours=1))
+        failed = await get_job(channel, job.id)
+        assert failed.status == failover_pb2.FAILOVER_JOB_STATUS_FAILED, failed
+        assert failed.error.reason == "FAILOVER_NOT_READY" and "networks_mapped" in failed.error.message
+        assert "nothing was changed" in failed.outcome
+        vm = await get_vm(channel, r.vm_id)
+        assert vm.status == VM_READY and not vm.active_job_id
+        assert world(sim) == before and await commands_of(server, job.id) == []
+        await r.stream.close()
+
+
 async def started_final_sync(server: OmaServer, clock: ManualClock, channel: grpc.aio.Channel, r: Replicated) -> str:
     """Bring the scheduled cutover to its final sync, begun by the appliance; the sync's job id."""
     vm = await get_vm(channel, r.vm_id)
@@ -335,6 +357,7 @@ async def power_off_after_resent_commands(stream: RawStream, vm_uuid: str) -> No
 
 
 async def test_a_cutover_due_while_the_oma_was_down_starts_when_its_appliance_is_back(tmp_path: Path) -> None:
+    """Down through the start time and through the final-sync deadline, with WAIT: it starts anyway, noted."""
     clock = ManualClock(T0)
     server = await start_oma(tmp_path, clock)
     try:
@@ -342,11 +365,11 @@ async def test_a_cutover_due_while_the_oma_was_down_starts_when_its_appliance_is
             r = await replicate(channel, tmp_path)
             await map_network(channel, sim_of(server), vm_id=r.vm_id)
             vm = await get_vm(channel, r.vm_id)
-            late = await schedule(channel, r.vm_id, T0 + timedelta(hours=1), T0 + timedelta(hours=3), WAIT)
+            late = await schedule(channel, r.vm_id, T0 + timedelta(hours=1), T0 + timedelta(minutes=90), WAIT)
             await r.stream.close()
         settings = server.app.settings
         await server.stop(grace=0.2)
-        clock.advance(2 * 3600)  # down through the start time, not through the deadline
+        clock.advance(2 * 3600)  # down through the start time and the deadline
         settings.listen = "127.0.0.1:0"
         server = OmaServer(App(settings, clock=clock))
         await server.start()
@@ -355,13 +378,16 @@ async def test_a_cutover_due_while_the_oma_was_down_starts_when_its_appliance_is
             await server.app.cutover.pass_after_now()
             waiting = await get_job(channel, late.id)
             assert waiting.status == SCHEDULED  # its appliance has not dialled in yet
-            assert any("not connected" in m and "waiting" in m for m in await log_of(channel, late.id))
+            notes = await log_of(channel, late.id)
+            assert any("not connected" in m and "waiting" in m for m in notes), notes
+            assert waiting.deadline_missed and any("starting anyway" in m for m in notes), notes
             stream = RawStream(channel)
             await stream.hello(r.enrolled)
             await power_off_after_resent_commands(stream, vm.vm_uuid)
             await play_replication(stream, tmp_path, "final", r.sources)
             done = await wait_job(server, channel, late.id)
             assert done.status == COMPLETED, done
+            assert sum("02:30:00 UTC passed" in m for m in await log_of(channel, late.id)) == 1  # noted once
             assert (await get_vm(channel, r.vm_id)).status == VM_LIVE
             await stream.close()
     finally:
