@@ -279,7 +279,7 @@ def fail_job(job: FailoverJobState, now: datetime, step_name: str, reason: str, 
 
 
 def request_cancel(job: FailoverJobState) -> None:
-    if job.final:
+    if job.final or job.status == FailoverStatus.SCHEDULED:  # a scheduled job is cancelled at once (cancel_job)
         raise _refuse(job, "be cancelled")
     job.params["cancel_requested"] = True
 
