@@ -26,6 +26,7 @@ from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.db.database import Database, redact_url
 from oma_server.db.migrations import apply_migrations, current_version
 from oma_server.db.sqlite_owner import SqliteOwnership, sqlite_path
+from oma_server.failover.cutover_runner import CutoverRunner
 from oma_server.failover.network_mappings import NetworkMappingService
 from oma_server.failover.power import SourcePower
 from oma_server.failover.readiness import ReadinessChecker
@@ -109,6 +110,7 @@ class App:
         # Failover: jobs are readable (and watchable) at once; the workflow needs CloudStack, built at start.
         self.failover_jobs = FailoverJobStore(self.db, self.clock, self.watch)
         self.failover: FailoverWorkflow | None = None
+        self.cutover: CutoverRunner | None = None  # scheduled cutovers: with the workflow
         self.network_mappings: NetworkMappingService | None = None
         self.power: SourcePower | None = None
         # Jobs of every kind by id, listed together, cancelled alike.
@@ -231,6 +233,9 @@ class App:
             await self.failover.resume()
             self._teardown.push_async_callback(self.group_runs.stop)  # before the failovers it waits on
             await self.group_runs.resume()
+        if self.cutover is not None:  # after resume: a cutover due while the OMA was down starts at its first pass
+            await self.cutover.start()
+            self._teardown.push_async_callback(self.cutover.stop)
         if self.janitor is not None:
             await self.janitor.start()
             self._teardown.push_async_callback(self.janitor.stop)
@@ -337,6 +342,7 @@ class App:
             workflow.settled,
             readiness,
             self.failover_step_settings,
+            clock=self.clock,
         )
         self.failover = FailoverWorkflow(
             self.db,
@@ -348,6 +354,8 @@ class App:
             cancel_replication=self.replication.cancel,
         )
         self.all_jobs.cancel_failovers_through(self.failover.cancel)
+        self.cutover = CutoverRunner(self.failover, self.jobs, tick_s=self.settings.scheduler_tick_s)
+        self.hub.on_session.append(lambda _appliance_id: self.cutover.wake() if self.cutover else None)
         self.power = SourcePower(self.db, self.failover_jobs, self.failover.resume_job, self.hub.connected)
         self.network_mappings = NetworkMappingService(self.db, cloudstack)
 
@@ -359,7 +367,7 @@ class App:
         if include_finished:
             jobs = (await self.failover_jobs.list_jobs(1000, "")).jobs
         else:
-            jobs = await self.failover_jobs.open_jobs()
+            jobs = await self.failover_jobs.open_jobs(include_scheduled=True)
         return [self.failover_jobs.change_of(j) for j in jobs]
 
     def info(self) -> ServerInfo:

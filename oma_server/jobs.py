@@ -25,7 +25,7 @@ from oma_server.vm_contexts.service import VmContextService
 
 AnyJob = JobState | FailoverJobState
 _REPLICATION_OPEN = [s.value for s in JobStatus if s not in FINAL]
-_FAILOVER_OPEN = ["pending", "running"]
+_FAILOVER_OPEN = ["scheduled", "pending", "running"]
 
 
 @dataclass(frozen=True)

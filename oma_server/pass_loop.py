@@ -16,6 +16,7 @@ from typing import Protocol
 from loguru import logger
 
 from oma_server.clock import Clock
+from oma_server.watch import Subscription
 
 
 class Leadership(Protocol):
@@ -42,18 +43,30 @@ class PassLoop:
         self.leadership = leadership
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._waker: asyncio.Task[None] | None = None
         self.begun = 0  # passes begun
         self.passes = 0  # passes done
         self._pass_done = asyncio.Condition()
 
-    def start(self) -> None:
+    def start(self, wake_on: Subscription | None = None) -> None:
+        """Run passes from now; with `wake_on`, one more after each change it delivers (a replication job that
+        ended: a place, a limit or a VM is free)."""
         self._task = asyncio.create_task(self._loop(), name=self.name)
+        if wake_on is not None:
+            self._waker = asyncio.create_task(self._wake_on(wake_on), name=f"{self.name}-wake")
+
+    async def _wake_on(self, changes: Subscription) -> None:
+        with changes:
+            while True:
+                await changes.next()
+                self.wake()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._waker, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.leadership is not None:
             await asyncio.to_thread(self.leadership.release)
 

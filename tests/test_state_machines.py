@@ -153,6 +153,8 @@ F_OPERATIONS = {
     FailoverStatus.COMPLETED: set(),
     FailoverStatus.FAILED: set(),
     FailoverStatus.CANCELLED: set(),
+    # a scheduled cutover: started at its time, failed when not ready then, cancelled at once (never "requested")
+    FailoverStatus.SCHEDULED: {"start_scheduled", "fail_job", "cancel_job"},
 }  # fmt: skip
 F_OPERATION_NAMES = [
     "start_job",
@@ -162,6 +164,7 @@ F_OPERATION_NAMES = [
     "fail_job",
     "request_cancel",
     "cancel_job",
+    "start_scheduled",
 ]
 
 
@@ -188,6 +191,8 @@ def apply(state: FailoverJobState, operation: str) -> None:
         fsm.request_cancel(state)
     elif operation == "cancel_job":
         fsm.cancel_job(state, NOW, "nothing to undo")
+    elif operation == "start_scheduled":
+        fsm.start_scheduled(state, "p")
     else:
         fsm.fail_job(state, NOW, first, "VALIDATE_FAILED", "why")
 

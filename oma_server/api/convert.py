@@ -21,6 +21,7 @@ from oma.v1 import (
 from oma_server.cloud_inventory import TemplateView, ZoneView
 from oma_server.cloudstack.models import DiskOffering, Network, ServiceOffering
 from oma_server.db.models import Appliance, BlockMap, JobLog, NetworkMapping, Volume
+from oma_server.failover.cutover import CutoverTiming
 from oma_server.failover.state_machine import FailoverJobState
 from oma_server.job_watch import Update
 from oma_server.replication.state_machine import JobState
@@ -275,6 +276,7 @@ def failover_job_to_proto(job: FailoverJobState) -> failover_pb2.FailoverJob:
     error = None
     if job.error_reason or job.error_message:
         error = jobs_pb2.JobError(reason=job.error_reason, message=job.error_message)
+    timing = CutoverTiming.of(job.params)
     return failover_pb2.FailoverJob(
         id=job.id,
         vm_context_id=job.vm_context_id,
@@ -303,6 +305,14 @@ def failover_job_to_proto(job: FailoverJobState) -> failover_pb2.FailoverJob:
         current_step=job.current_step,
         outcome=job.outcome,
         cancel_requested=job.cancel_requested and not job.final,
+        start_at=ts(timing.start_at),
+        final_sync_deadline=ts(timing.final_sync_deadline),
+        on_deadline_missed=enum_value(  # type: ignore[arg-type]
+            failover_pb2.DeadlineMissedAction, "DEADLINE_MISSED_ACTION", timing.action.value
+        )
+        if timing.final_sync_deadline
+        else 0,
+        deadline_missed=bool(job.params.get("deadline_missed")),
     )
 
 

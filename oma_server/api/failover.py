@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 import grpc
+from google.protobuf.message import Message
 
 from oma.v1 import failover_pb2, failover_pb2_grpc
 from oma_server.api.convert import enum_name, failover_job_to_proto, mapping_to_proto
 from oma_server.errors import InvalidArgument, Unavailable
+from oma_server.failover.cutover import CutoverTiming, DeadlineAction
 from oma_server.failover.network_mappings import MappingInput, MappingUpdate, NetworkMappingService
 from oma_server.failover.state_machine import FailoverKind
 from oma_server.failover.store import FailoverJobStore
@@ -24,6 +27,29 @@ def _kind(value: int) -> FailoverKind:
             "kind must be FAILOVER_JOB_KIND_TEST or FAILOVER_JOB_KIND_LIVE", reason="FAILOVER_KIND_INVALID"
         )
     return FailoverKind(name)
+
+
+_MIN_SECONDS = -62135596800  # 0001-01-01T00:00:00Z, the Timestamp range (AIP-142)
+_MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
+
+
+def _time(request: Message, name: str) -> datetime | None:
+    """An optional Timestamp field as naive UTC (None when unset); INVALID_ARGUMENT naming it when out of range."""
+    if not request.HasField(name):
+        return None
+    value = getattr(request, name)
+    if not _MIN_SECONDS <= value.seconds <= _MAX_SECONDS or not 0 <= value.nanos < 1_000_000_000:
+        raise InvalidArgument(f"{name} is not a valid timestamp", reason="TIMESTAMP_INVALID", field=name)
+    return value.ToDatetime()  # type: ignore[no-any-return]
+
+
+def _timing(request: failover_pb2.StartFailoverRequest) -> CutoverTiming:
+    action = enum_name(failover_pb2.DeadlineMissedAction, "DEADLINE_MISSED_ACTION", request.on_deadline_missed)
+    return CutoverTiming(
+        start_at=_time(request, "start_at"),
+        final_sync_deadline=_time(request, "final_sync_deadline"),
+        on_deadline_missed=DeadlineAction(action) if action else None,
+    )
 
 
 def _workflow(failover: Callable[[], FailoverWorkflow | None]) -> FailoverWorkflow:
@@ -68,8 +94,9 @@ class FailoverServicer(failover_pb2_grpc.FailoverServiceServicer):
     async def StartFailover(
         self, request: failover_pb2.StartFailoverRequest, context: grpc.aio.ServicerContext
     ) -> failover_pb2.StartFailoverResponse:
+        kind, timing = _kind(request.kind), _timing(request)
         job = await _workflow(self.failover).start_failover(
-            request.vm_context_id, _kind(request.kind), request.service_offering_id, request.request_id
+            request.vm_context_id, kind, request.service_offering_id, request.request_id, timing
         )
         return failover_pb2.StartFailoverResponse(job=failover_job_to_proto(job))
 

@@ -16,8 +16,6 @@ exception is a newest limit command still unanswered that holds the same set: th
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -39,7 +37,7 @@ from oma_server.db.models import Command as CommandRow
 from oma_server.outbox import OPEN_STATUSES, CommandOutbox, insert_command
 from oma_server.pass_loop import PassLoop
 from oma_server.protocol.commands import QueuedCommand, SetBandwidthLimit
-from oma_server.watch import Subscription, WatchHub
+from oma_server.watch import WatchHub
 from oma_server.wire.stream_codec import decode_stored_limits
 
 KIND = "set_bandwidth_limit"  # SetBandwidthLimit.kind
@@ -64,19 +62,13 @@ class BandwidthGovernor:
         self.loop = PassLoop("bandwidth-governor", clock, self.run_pass, tick_s)
         #: appliance id → (session id, the set that session was sent or needs not be sent)
         self._sent: dict[str, tuple[str, SetBandwidthLimit]] = {}
-        self._watcher: asyncio.Task[None] | None = None
 
     # ---- life ------------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        ended = self.watch.subscribe(lambda c: c.job_kind == "replication" and c.final)
-        self._watcher = asyncio.create_task(self._wake_on_end(ended), name="bandwidth-job-watch")
-        self.loop.start()
+        # a job that ended: its limit ends, and the appliance forgets it
+        self.loop.start(wake_on=self.watch.subscribe(lambda c: c.job_kind == "replication" and c.final))
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
         await self.loop.stop()
 
     def wake(self) -> None:
@@ -89,12 +81,6 @@ class BandwidthGovernor:
 
     async def pass_after_now(self) -> None:
         await self.loop.pass_after_now()
-
-    async def _wake_on_end(self, ended: Subscription) -> None:
-        with ended:
-            while True:
-                await ended.next()
-                self.wake()  # its limit ends, and the appliance forgets it
 
     # ---- one pass --------------------------------------------------------------------------------------------
     async def run_pass(self) -> float:

@@ -11,6 +11,7 @@ from loguru import logger
 
 from oma_server.cloudstack.models import NicSpec
 from oma_server.errors import DeadlineExceeded, FailedPrecondition
+from oma_server.failover.cutover import CutoverTiming, DeadlineAction, DeadlineMissed, missed_text
 from oma_server.failover.state_machine import FailoverJobState
 from oma_server.failover.step_base import (
     SNAPSHOT_BUSY,
@@ -23,6 +24,7 @@ from oma_server.failover.step_base import (
     snapshot_name,
 )
 from oma_server.integrity.gate import describe, unverified_disks
+from oma_server.joblog import note
 from oma_server.protocol.commands import PowerOff
 from oma_server.replication.state_machine import JobStatus
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
@@ -56,24 +58,14 @@ class ForwardSteps(StepBase):
     async def final_sync(self, ctx: StepContext) -> StepResult:
         """A replication job of kind final; the failover waits for it and fails if it fails."""
         job = ctx.job
-        sync_id = str(job.params.get("final_sync_job_id", ""))
-        if not sync_id:
-            # The VM context is handed to the final sync (replication refuses to start while another job is active).
-            await self.db.tx(lambda: transition_vm(job.vm_context_id, VmStatus.READY_FOR_FAILOVER, active_job_id=""))
-            started = await self.start_final_sync(job.vm_context_id, "final", f"failover-{job.id}-final", "")
-            sync_id = started.id
-
-            def remember(state: FailoverJobState) -> None:
-                state.params["final_sync_job_id"] = sync_id
-
-            await ctx.save(remember)
-            ctx.log.info("final sync {sync} started", sync=sync_id)
+        sync_id = str(job.params.get("final_sync_job_id", "")) or await self._start_final_sync(ctx)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.final_sync_timeout_s
         while True:
             sync = await self.replication_jobs.get(sync_id)
             if sync.final:
                 break
+            await self._check_deadline(ctx, f"while final sync {sync_id} was {sync.status.value}")
             if loop.time() > deadline:
                 raise DeadlineExceeded(
                     f"final sync {sync_id} did not finish within {self.settings.final_sync_timeout_s:.0f}s "
@@ -115,6 +107,43 @@ class ForwardSteps(StepBase):
             transition_vm(state.vm_context_id, VmStatus.READY_FOR_FAILOVER, active_job_id=state.id)
 
         return StepResult(message=f"final sync {sync_id} completed and verified", in_tx=take_back)
+
+    async def _start_final_sync(self, ctx: StepContext) -> str:
+        job = ctx.job
+        await self._check_deadline(ctx, "before the final sync could start")
+        # The VM context is handed to the final sync (replication refuses to start while another job is active).
+        await self.db.tx(lambda: transition_vm(job.vm_context_id, VmStatus.READY_FOR_FAILOVER, active_job_id=""))
+        started = await self.start_final_sync(job.vm_context_id, "final", f"failover-{job.id}-final", "")
+        sync_id = str(started.id)
+
+        def remember(state: FailoverJobState) -> None:
+            state.params["final_sync_job_id"] = sync_id
+
+        await ctx.save(remember)
+        ctx.log.info("final sync {sync} started", sync=sync_id)
+        return sync_id
+
+    async def _check_deadline(self, ctx: StepContext, what: str) -> None:
+        """The operator's final-sync deadline (cutover.py): past it, CANCEL raises DeadlineMissed (the runner cancels
+        the job and rolls back); WAIT notes it once in the job log and as a warning, and the sync goes on."""
+        timing = CutoverTiming.of(ctx.job.params)
+        deadline = timing.final_sync_deadline
+        if deadline is None or self.clock.now() < deadline:
+            return
+        text = missed_text(deadline, what)
+        if timing.action == DeadlineAction.CANCEL:
+            raise DeadlineMissed(
+                f"{text}; on_deadline_missed is cancel",
+                deadline=deadline.isoformat(),
+            )
+        if ctx.job.params.get("deadline_missed"):
+            return
+        ctx.log.warning("final-sync deadline missed: {text}; waiting on (on_deadline_missed wait)", text=text)
+
+        def missed(state: FailoverJobState) -> None:
+            state.params["deadline_missed"] = True
+
+        await ctx.save(missed, lambda s: note(s.id, "final_sync", f"{text}; on_deadline_missed is wait: waiting on"))
 
     async def snapshot_volumes(self, ctx: StepContext) -> StepResult:
         taken = adopted = 0

@@ -38,6 +38,7 @@ class FailoverStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SCHEDULED = "scheduled"  # a live failover waiting for its start time; nothing claimed yet
 
 
 class StepStatus(StrEnum):
@@ -50,6 +51,8 @@ class StepStatus(StrEnum):
 
 
 FINAL = (FailoverStatus.COMPLETED, FailoverStatus.FAILED, FailoverStatus.CANCELLED)
+RUNNABLE = (FailoverStatus.PENDING, FailoverStatus.RUNNING)  # a runner works on it (or should: resume, janitor)
+OPEN = (FailoverStatus.SCHEDULED, *RUNNABLE)  # not ended: the VM has this job
 STEP_DONE = (StepStatus.COMPLETED, StepStatus.SKIPPED)
 FAILOVERS = (FailoverKind.TEST, FailoverKind.LIVE)
 UNDO = (FailoverKind.CLEANUP, FailoverKind.ROLLBACK)
@@ -92,12 +95,14 @@ STEPS: dict[FailoverKind, tuple[str, ...]] = {
 INTERRUPTIBLE = frozenset({"validate", "final_sync", "snapshot_volumes", "verify_running"})
 
 
-def _iso(value: datetime | None) -> str:
+def iso_text(value: datetime | None) -> str:
+    """A datetime as it is kept in a job's JSON ("" for none)."""
     return value.isoformat() if value else ""
 
 
-def _parse(value: str) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+def parse_iso(value: object) -> datetime | None:
+    """The datetime `iso_text` wrote (None for "")."""
+    return datetime.fromisoformat(str(value)) if value else None
 
 
 @dataclasses.dataclass
@@ -115,8 +120,8 @@ class FailoverStep:
         return {
             "name": self.name,
             "status": self.status.value,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
+            "started_at": iso_text(self.started_at),
+            "finished_at": iso_text(self.finished_at),
             "error": self.error,
             "attempts": self.attempts,
             "message": self.message,
@@ -128,8 +133,8 @@ class FailoverStep:
         return cls(
             name=str(raw["name"]),
             status=StepStatus(raw.get("status", "pending")),
-            started_at=_parse(raw.get("started_at", "")),
-            finished_at=_parse(raw.get("finished_at", "")),
+            started_at=parse_iso(raw.get("started_at", "")),
+            finished_at=parse_iso(raw.get("finished_at", "")),
             error=str(raw.get("error", "")),
             attempts=int(raw.get("attempts", 0)),
             message=str(raw.get("message", "")),
@@ -210,6 +215,14 @@ def _refuse(job: FailoverJobState, what: str) -> FailedPrecondition:
     )
 
 
+def start_scheduled(job: FailoverJobState, claimed_by: str) -> None:
+    """A scheduled cutover's time came: it becomes pending (its runner starts it)."""
+    if job.status != FailoverStatus.SCHEDULED:
+        raise _refuse(job, "start as scheduled")
+    job.status = FailoverStatus.PENDING
+    job.claimed_by = claimed_by
+
+
 def start_job(job: FailoverJobState, claimed_by: str) -> None:
     if job.status not in (FailoverStatus.PENDING, FailoverStatus.RUNNING):
         raise _refuse(job, "start")
@@ -268,7 +281,7 @@ def fail_job(job: FailoverJobState, now: datetime, step_name: str, reason: str, 
 
 
 def request_cancel(job: FailoverJobState) -> None:
-    if job.final:
+    if job.final or job.status == FailoverStatus.SCHEDULED:  # a scheduled job is cancelled at once (cancel_job)
         raise _refuse(job, "be cancelled")
     job.params["cancel_requested"] = True
 

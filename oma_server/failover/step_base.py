@@ -11,6 +11,7 @@ from typing import Any
 
 from loguru import logger
 
+from oma_server.clock import Clock, SystemClock
 from oma_server.cloudstack.client import CloudStackClient
 from oma_server.cloudstack.errors import CloudStackNotFound
 from oma_server.cloudstack.models import Snapshot, VirtualMachine
@@ -120,7 +121,10 @@ class StepBase:
         final_sync_settled: SyncSettled,
         readiness: ReadinessChecker,
         settings: StepSettings,
+        clock: Clock | None = None,
     ) -> None:
+        """`clock` gives wall time for deadlines set by operators (a scheduled cutover's final-sync deadline)."""
+        self.clock: Clock = clock or SystemClock()
         self.db = db
         self.cs = cloudstack
         self.volumes = volumes

@@ -17,6 +17,8 @@ from oma_server.db.database import Database
 from oma_server.db.models import FailoverJob, utcnow
 from oma_server.errors import AlreadyExists, InvalidArgument, NotFound
 from oma_server.failover.state_machine import (
+    OPEN,
+    RUNNABLE,
     FailoverJobState,
     FailoverKind,
     FailoverStatus,
@@ -90,16 +92,25 @@ def latest_failover_of(vm_context_id: str) -> FailoverJobState | None:
 
 
 def open_failover_of(vm_context_id: str, excluding: str = "") -> FailoverJobState | None:
-    """A job of the failover engine on this VM that has not ended (other than `excluding`, the caller's own)."""
+    """A job of the failover engine on this VM that has not ended (other than `excluding`, the caller's own); a
+    scheduled cutover counts."""
     row = (
         FailoverJob.select()
         .where(
             (FailoverJob.vm_context == vm_context_id)
-            & FailoverJob.status.in_(["pending", "running"])
+            & FailoverJob.status.in_([s.value for s in OPEN])
             & (FailoverJob.id != excluding)
         )
         .order_by(FailoverJob.created_at)
         .first()
+    )
+    return None if row is None else row_to_state(row)
+
+
+def scheduled_of(vm_context_id: str) -> FailoverJobState | None:
+    """The VM's scheduled cutover, if it has one."""
+    row = FailoverJob.get_or_none(
+        (FailoverJob.vm_context == vm_context_id) & (FailoverJob.status == FailoverStatus.SCHEDULED.value)
     )
     return None if row is None else row_to_state(row)
 
@@ -145,9 +156,19 @@ class FailoverJobStore:
 
         return await self.db.run(query)
 
-    async def open_jobs(self) -> list[FailoverJobState]:
+    async def open_jobs(self, include_scheduled: bool = False) -> list[FailoverJobState]:
+        """Jobs a runner works on (pending, running), oldest first; with `include_scheduled` also scheduled
+        cutovers (what watchers are shown)."""
+        statuses = OPEN if include_scheduled else RUNNABLE
+        return await self._with_status([s.value for s in statuses])
+
+    async def scheduled_jobs(self) -> list[FailoverJobState]:
+        """Scheduled cutovers waiting for their start time, oldest first."""
+        return await self._with_status([FailoverStatus.SCHEDULED.value])
+
+    async def _with_status(self, statuses: list[str]) -> list[FailoverJobState]:
         def query() -> list[FailoverJobState]:
-            rows = FailoverJob.select().where(FailoverJob.status.in_(["pending", "running"]))
+            rows = FailoverJob.select().where(FailoverJob.status.in_(statuses))
             return [row_to_state(r) for r in rows.order_by(FailoverJob.created_at)]
 
         return await self.db.run(query)
@@ -161,6 +182,7 @@ class FailoverJobStore:
         params: dict[str, object] | None = None,
         request_id: str = "",
         in_tx: InTx | None = None,
+        status: FailoverStatus = FailoverStatus.PENDING,
     ) -> FailoverJobState:
         now = utcnow()
 
@@ -170,7 +192,7 @@ class FailoverJobStore:
             row = FailoverJob.create(
                 vm_context=vm_context_id,
                 kind=kind.value,
-                status=FailoverStatus.PENDING.value,
+                status=status.value,
                 steps=[s.to_json() for s in new_steps(kind)],
                 target_vm_name=target_vm_name,
                 snapshot_ids={},

@@ -41,10 +41,19 @@ from oma_server.failover.cancellation import (
     record_cancel,
     stops_at_once,
 )
+from oma_server.failover.cutover import Cutovers, CutoverTiming, DeadlineMissed, check_timing, scheduled_conflict
 from oma_server.failover.readiness import Readiness, ReadinessChecker
 from oma_server.failover.state_machine import FailoverJobState, FailoverKind, StepStatus
 from oma_server.failover.steps import FailoverSteps, StepContext, StepResult
-from oma_server.failover.store import FailoverJobStore, InTx, Mutate, latest_failover_of, load, open_failover_of
+from oma_server.failover.store import (
+    FailoverJobStore,
+    InTx,
+    Mutate,
+    latest_failover_of,
+    load,
+    open_failover_of,
+    scheduled_of,
+)
 from oma_server.joblog import begin_step, end_step, note
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
 
@@ -92,6 +101,8 @@ class FailoverWorkflow:
         # test hook: called with (job id, step name) before a step runs
         self.before_step: Callable[[str, str], None] | None = None
         self.cancel_replication = cancel_replication
+        #: scheduled cutovers (cutover_runner.py); set when it is built
+        self.cutover: Cutovers | None = None
 
     # ---- operator actions ---------------------------------------------------------------------------------------
     async def check(self, vm_context_id: str, kind: FailoverKind, service_offering_id: str = "") -> Readiness:
@@ -100,8 +111,22 @@ class FailoverWorkflow:
         return await self.readiness.check(vm_context_id, kind, service_offering_id=service_offering_id)
 
     async def start_failover(
-        self, vm_context_id: str, kind: FailoverKind, service_offering_id: str = "", request_id: str = ""
+        self,
+        vm_context_id: str,
+        kind: FailoverKind,
+        service_offering_id: str = "",
+        request_id: str = "",
+        timing: CutoverTiming | None = None,
     ) -> FailoverJobState:
+        """Start a failover now, or (a live one with `timing.start_at`) schedule it: cutover_runner.py."""
+        timing = timing or CutoverTiming()
+        check_timing(kind, timing, self.clock.now())
+        if timing.scheduled:
+            assert self.cutover is not None, "a scheduled cutover needs the CutoverRunner (app.py builds it)"
+            return await self.cutover.schedule(vm_context_id, service_offering_id, request_id, timing)
+        scheduled = await self.db.run(scheduled_of, vm_context_id)
+        if scheduled is not None:
+            raise scheduled_conflict(scheduled)
         readiness = await self.check(vm_context_id, kind, service_offering_id)
         vm = await self._vm(vm_context_id)
         if not readiness.ready:
@@ -114,6 +139,8 @@ class FailoverWorkflow:
                 raise job_already_active(
                     f"VM {current.name} has an active job {current.active_job_id}; wait for it", current.active_job_id
                 )
+            if (other := scheduled_of(vm_context_id)) is not None:
+                raise scheduled_conflict(other)
             transition_vm(vm_context_id, VmStatus.READY_FOR_FAILOVER, active_job_id=job.id)
             note(job.id, "start", f"{kind.value} failover of {current.name} as {plan.target_vm_name} requested")
 
@@ -121,7 +148,7 @@ class FailoverWorkflow:
             vm_context_id,
             kind,
             target_vm_name=plan.target_vm_name,
-            params=plan.to_params(),
+            params={**plan.to_params(), **timing.to_params()},
             request_id=request_id,
             in_tx=claim_vm,
         )
@@ -200,6 +227,11 @@ class FailoverWorkflow:
         """Stop a job now when that is safe, else when its current step ends (state_machine's docstring); a repeat
         returns the job as it is."""
         job = await self.store.get(job_id)
+        if job.status == sm.FailoverStatus.SCHEDULED and self.cutover is not None:
+            ended = await self.cutover.cancel_scheduled(job_id)  # at once, touching nothing
+            if ended is not None:
+                return ended
+            job = await self.store.get(job_id)  # it started meanwhile: cancelled like any other
         if job.status == sm.FailoverStatus.CANCELLED or (not job.final and job.cancel_requested):
             return job
         runs_here = self.running(job_id)
@@ -230,7 +262,9 @@ class FailoverWorkflow:
         finally:
             self._cancelling.discard(job_id)
 
-    async def _end_cancelled(self, job_id: str) -> FailoverJobState:
+    async def _end_cancelled(self, job_id: str, why: Mutate | None = None) -> FailoverJobState:
+        """End the job cancelled (its final sync cancelled first); `why` adds to the cancel's state (a missed
+        deadline's error)."""
         job = await self.store.get(job_id)
         if job.final:
             return job  # it ended on its own before the cancel took hold
@@ -240,7 +274,13 @@ class FailoverWorkflow:
             job = await self.store.get(job_id)
         now = self.clock.now()
         outcome = outcome_of_cancel(job)
-        cancelled = await self._commit(job_id, lambda s: sm.cancel_job(s, now, outcome), record_cancel)
+
+        def end(state: FailoverJobState) -> None:
+            sm.cancel_job(state, now, outcome)
+            if why is not None:
+                why(state)
+
+        cancelled = await self._commit(job_id, end, record_cancel)
         logger.bind(job_id=job_id, vm_context_id=job.vm_context_id).info(
             "{kind} job cancelled: {o}", kind=job.kind.value, o=outcome
         )
@@ -336,6 +376,9 @@ class FailoverWorkflow:
                 step=step_name or "-",
             )
             raise
+        except DeadlineMissed as exc:
+            assert self.cutover is not None
+            await self.cutover.deadline_cancelled(await self._end_cancelled(job_id, self.cutover.deadline_error(exc)))
         except DomainError as exc:
             await self._fail(job_id, step_name, exc.reason, exc.message)
         except Exception as exc:

@@ -84,7 +84,8 @@ def _check(vm_id: str) -> tuple[VmContext, list[Volume]]:
     running = running_job(vm_id)
     if running:
         raise FailedPrecondition(
-            f"VM {vm.name} has job {running} running; wait for it or cancel it, then delete the VM context",
+            f"VM {vm.name} has job {running} running or scheduled; wait for it or cancel it, then delete the VM "
+            "context",
             reason="JOB_ALREADY_ACTIVE",
             vm_context_id=vm_id,
             active_job_id=running,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import field_mask_pb2
 
@@ -20,6 +22,51 @@ KINDS = {
     "test": failover_pb2.FAILOVER_JOB_KIND_TEST,
     "live": failover_pb2.FAILOVER_JOB_KIND_LIVE,
 }
+ON_DEADLINE_MISSED = {
+    "wait": failover_pb2.DEADLINE_MISSED_ACTION_WAIT,
+    "cancel": failover_pb2.DEADLINE_MISSED_ACTION_CANCEL,
+}
+_RELATIVE = re.compile(r"\A\+(\d+)([smhd])\Z")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_when(text: str, base: datetime, option: str) -> datetime:
+    """ISO 8601 with a zone (2026-12-05T02:00:00Z, ...+01:00) or `+30m`/`+2h`/`+1d`/`+90s` after `base` (aware)."""
+    relative = _RELATIVE.match(text.strip())
+    if relative:
+        return base + timedelta(seconds=int(relative.group(1)) * _UNIT[relative.group(2)])
+    try:
+        value = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        raise CliError(
+            f"{option} {text!r} is not a time: give ISO 8601 with a zone (2026-12-05T02:00:00Z) or +30m"
+        ) from None
+    if value.tzinfo is None:
+        raise CliError(f"{option} {text!r} has no time zone: add Z (UTC) or an offset such as +01:00")
+    return value.astimezone(UTC)
+
+
+def _timing(args: argparse.Namespace, request: failover_pb2.StartFailoverRequest) -> None:
+    """--at, --final-sync-deadline (relative: after --at when given, else after now), --on-deadline-missed."""
+    now = datetime.now(UTC)
+    start_at = parse_when(args.at, now, "--at") if getattr(args, "at", None) else None
+    if start_at is not None:
+        request.start_at.FromDatetime(start_at)
+    if getattr(args, "final_sync_deadline", None):
+        request.final_sync_deadline.FromDatetime(
+            parse_when(args.final_sync_deadline, start_at or now, "--final-sync-deadline")
+        )
+    if getattr(args, "on_deadline_missed", None):
+        request.on_deadline_missed = ON_DEADLINE_MISSED[args.on_deadline_missed]
+
+
+def timing_text(job: failover_pb2.FailoverJob) -> str:
+    """`at 2026-12-05T03:00:00+01:00, final sync by ... (if missed: cancel)`; empty for a job started at once."""
+    parts = [f"at {field_time(job, 'start_at')}"] if job.HasField("start_at") else []
+    if job.HasField("final_sync_deadline"):
+        action = "cancel" if job.on_deadline_missed == failover_pb2.DEADLINE_MISSED_ACTION_CANCEL else "wait"
+        parts.append(f"final sync by {field_time(job, 'final_sync_deadline')} (if missed: {action})")
+    return ", ".join(parts)
 
 
 # ---- preflight ----------------------------------------------------------------------------------------------------
@@ -63,6 +110,9 @@ def started(ctx: Context, args: argparse.Namespace, job: failover_pb2.FailoverJo
         ctx.out.message(job)
     elif ctx.out.quiet:
         ctx.out.ids([job.id])
+    elif job.status == failover_pb2.FAILOVER_JOB_STATUS_SCHEDULED:
+        ctx.out.line(f"Scheduled {what} job {job.id} for VM {job.vm_context_id} {timing_text(job)}")
+        ctx.out.line(f"Cancel it until it starts with: omactl jobs cancel {job.id}")
     else:
         ctx.out.line(f"Started {what} job {job.id} for VM {job.vm_context_id} ({failover_status(job)})")
         ctx.out.line(f"Follow it with: omactl watch {job.id}")
@@ -77,6 +127,7 @@ def cmd_failover(ctx: Context, args: argparse.Namespace) -> int:
         service_offering_id=args.offering or "",
         request_id=args.request_id or "",
     )
+    _timing(args, request)
     job = ctx.client.call(ctx.client.failover, "StartFailover", request).job
     return started(ctx, args, job, f"{kind} failover")
 
@@ -231,6 +282,25 @@ def register(commands: Commands) -> None:
     _register_network_map(commands)
 
 
+def _register_timing(start: argparse.ArgumentParser) -> None:
+    start.add_argument(
+        "--at",
+        metavar="TIME",
+        help="schedule the cutover: ISO 8601 with a zone (2026-12-05T02:00:00Z) or +30m/+2h/+1d; cancel it until "
+        "then with 'omactl jobs cancel JOB'",
+    )
+    start.add_argument(
+        "--final-sync-deadline",
+        metavar="TIME",
+        help="by when the final sync must have completed (ISO 8601 with a zone, or +2h after --at / now)",
+    )
+    start.add_argument(
+        "--on-deadline-missed",
+        choices=sorted(ON_DEADLINE_MISSED),
+        help="wait: go on and warn (default); cancel: cancel, roll back and power the source on, and alert",
+    )
+
+
 def _register_failover(commands: Commands) -> None:
     """preflight, failover test|live|cleanup|list|show, rollback."""
     preflight = commands.leaf(
@@ -249,6 +319,8 @@ def _register_failover(commands: Commands) -> None:
         start.add_argument("--offering", metavar="ID", help="CloudStack service offering (default: smallest that fits)")
         start.add_argument("--request-id", metavar="X", help="idempotency key: the same key returns the same job")
         start.add_argument("--watch", action="store_true", help="follow the job until it ends")
+        if kind == "live":
+            _register_timing(start)
     cleanup = commands.leaf(
         group, "cleanup", "remove a test (or failed) failover; back to ready_for_failover", cmd_cleanup
     )

@@ -81,6 +81,18 @@ def show_replication_job(ctx: Context, job: replication_pb2.ReplicationJob) -> N
     )
 
 
+def _timing_fields(job: failover_pb2.FailoverJob) -> list[tuple[str, object]]:
+    """A scheduled cutover's start time and final-sync deadline (nothing for a failover started at once)."""
+    out: list[tuple[str, object]] = []
+    if job.HasField("start_at"):
+        out.append(("start at", field_time(job, "start_at")))
+    if job.HasField("final_sync_deadline"):
+        action = enum_label(failover_pb2.DeadlineMissedAction, job.on_deadline_missed, "DEADLINE_MISSED_ACTION")
+        missed = " — MISSED" if job.deadline_missed else ""
+        out.append(("final sync deadline", f"{field_time(job, 'final_sync_deadline')} (if missed: {action}){missed}"))
+    return out
+
+
 def show_failover_job(ctx: Context, job: failover_pb2.FailoverJob) -> None:
     ctx.out.fields(
         [
@@ -89,6 +101,7 @@ def show_failover_job(ctx: Context, job: failover_pb2.FailoverJob) -> None:
             ("status", status_text(failover_status(job))),
             ("vm context", job.vm_context_id),
             ("current step", job.current_step or render.NONE),
+            *_timing_fields(job),
             ("target vm", f"{job.target_vm_name or render.NONE} ({job.target_vm_id or 'not deployed'})"),
             ("snapshots", ", ".join(job.snapshot_ids) or render.NONE),
             ("created", field_time(job, "created_at")),
@@ -153,6 +166,8 @@ def _progress(job: job_pb2.Job) -> str:
         r = job.replication_job
         return f"{r.percent:.1f} %  {progress_text(r.bytes_done, r.bytes_total)}"
     f = job.failover_job
+    if f.status == failover_pb2.FAILOVER_JOB_STATUS_SCHEDULED:
+        return f"starts {field_time(f, 'start_at')}"
     done = sum(1 for s in f.steps if s.status in (failover_pb2.STEP_STATUS_COMPLETED, failover_pb2.STEP_STATUS_SKIPPED))
     return f"step {done}/{len(f.steps)}" + (f" {f.current_step}" if f.current_step else "")
 

@@ -27,6 +27,13 @@ class FailoverJobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILOVER_JOB_STATUS_COMPLETED: _ClassVar[FailoverJobStatus]
     FAILOVER_JOB_STATUS_FAILED: _ClassVar[FailoverJobStatus]
     FAILOVER_JOB_STATUS_CANCELLED: _ClassVar[FailoverJobStatus]
+    FAILOVER_JOB_STATUS_SCHEDULED: _ClassVar[FailoverJobStatus]
+
+class DeadlineMissedAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEADLINE_MISSED_ACTION_UNSPECIFIED: _ClassVar[DeadlineMissedAction]
+    DEADLINE_MISSED_ACTION_WAIT: _ClassVar[DeadlineMissedAction]
+    DEADLINE_MISSED_ACTION_CANCEL: _ClassVar[DeadlineMissedAction]
 
 class StepStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -50,6 +57,10 @@ FAILOVER_JOB_STATUS_RUNNING: FailoverJobStatus
 FAILOVER_JOB_STATUS_COMPLETED: FailoverJobStatus
 FAILOVER_JOB_STATUS_FAILED: FailoverJobStatus
 FAILOVER_JOB_STATUS_CANCELLED: FailoverJobStatus
+FAILOVER_JOB_STATUS_SCHEDULED: FailoverJobStatus
+DEADLINE_MISSED_ACTION_UNSPECIFIED: DeadlineMissedAction
+DEADLINE_MISSED_ACTION_WAIT: DeadlineMissedAction
+DEADLINE_MISSED_ACTION_CANCEL: DeadlineMissedAction
 STEP_STATUS_UNSPECIFIED: StepStatus
 STEP_STATUS_PENDING: StepStatus
 STEP_STATUS_RUNNING: StepStatus
@@ -75,7 +86,7 @@ class FailoverStep(_message.Message):
     def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[StepStatus, str]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class FailoverJob(_message.Message):
-    __slots__ = ("id", "vm_context_id", "kind", "status", "steps", "target_vm_id", "target_vm_name", "snapshot_ids", "error", "revision", "created_at", "finished_at", "current_step", "outcome", "cancel_requested")
+    __slots__ = ("id", "vm_context_id", "kind", "status", "steps", "target_vm_id", "target_vm_name", "snapshot_ids", "error", "revision", "created_at", "finished_at", "current_step", "outcome", "cancel_requested", "start_at", "final_sync_deadline", "on_deadline_missed", "deadline_missed")
     ID_FIELD_NUMBER: _ClassVar[int]
     VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +102,10 @@ class FailoverJob(_message.Message):
     CURRENT_STEP_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    START_AT_FIELD_NUMBER: _ClassVar[int]
+    FINAL_SYNC_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    ON_DEADLINE_MISSED_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MISSED_FIELD_NUMBER: _ClassVar[int]
     id: str
     vm_context_id: str
     kind: FailoverJobKind
@@ -106,7 +121,11 @@ class FailoverJob(_message.Message):
     current_step: str
     outcome: str
     cancel_requested: bool
-    def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., kind: _Optional[_Union[FailoverJobKind, str]] = ..., status: _Optional[_Union[FailoverJobStatus, str]] = ..., steps: _Optional[_Iterable[_Union[FailoverStep, _Mapping]]] = ..., target_vm_id: _Optional[str] = ..., target_vm_name: _Optional[str] = ..., snapshot_ids: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[_jobs_pb2.JobError, _Mapping]] = ..., revision: _Optional[int] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., current_step: _Optional[str] = ..., outcome: _Optional[str] = ..., cancel_requested: bool = ...) -> None: ...
+    start_at: _timestamp_pb2.Timestamp
+    final_sync_deadline: _timestamp_pb2.Timestamp
+    on_deadline_missed: DeadlineMissedAction
+    deadline_missed: bool
+    def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., kind: _Optional[_Union[FailoverJobKind, str]] = ..., status: _Optional[_Union[FailoverJobStatus, str]] = ..., steps: _Optional[_Iterable[_Union[FailoverStep, _Mapping]]] = ..., target_vm_id: _Optional[str] = ..., target_vm_name: _Optional[str] = ..., snapshot_ids: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[_jobs_pb2.JobError, _Mapping]] = ..., revision: _Optional[int] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., current_step: _Optional[str] = ..., outcome: _Optional[str] = ..., cancel_requested: bool = ..., start_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., final_sync_deadline: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., on_deadline_missed: _Optional[_Union[DeadlineMissedAction, str]] = ..., deadline_missed: bool = ...) -> None: ...
 
 class ReadinessCheck(_message.Message):
     __slots__ = ("name", "passed", "reason")
@@ -135,16 +154,22 @@ class CheckFailoverReadinessResponse(_message.Message):
     def __init__(self, checks: _Optional[_Iterable[_Union[ReadinessCheck, _Mapping]]] = ..., ready: bool = ...) -> None: ...
 
 class StartFailoverRequest(_message.Message):
-    __slots__ = ("vm_context_id", "kind", "service_offering_id", "request_id")
+    __slots__ = ("vm_context_id", "kind", "service_offering_id", "request_id", "start_at", "final_sync_deadline", "on_deadline_missed")
     VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SERVICE_OFFERING_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    START_AT_FIELD_NUMBER: _ClassVar[int]
+    FINAL_SYNC_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    ON_DEADLINE_MISSED_FIELD_NUMBER: _ClassVar[int]
     vm_context_id: str
     kind: FailoverJobKind
     service_offering_id: str
     request_id: str
-    def __init__(self, vm_context_id: _Optional[str] = ..., kind: _Optional[_Union[FailoverJobKind, str]] = ..., service_offering_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    start_at: _timestamp_pb2.Timestamp
+    final_sync_deadline: _timestamp_pb2.Timestamp
+    on_deadline_missed: DeadlineMissedAction
+    def __init__(self, vm_context_id: _Optional[str] = ..., kind: _Optional[_Union[FailoverJobKind, str]] = ..., service_offering_id: _Optional[str] = ..., request_id: _Optional[str] = ..., start_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., final_sync_deadline: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., on_deadline_missed: _Optional[_Union[DeadlineMissedAction, str]] = ...) -> None: ...
 
 class StartFailoverResponse(_message.Message):
     __slots__ = ("job",)

@@ -80,10 +80,15 @@ class FailoverServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def StartFailover(self, request, context):
-        """Starts a test or live failover; refused with FAILED_PRECONDITION when a readiness check fails.
-        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (FAILOVER_KIND_INVALID); FAILED_PRECONDITION
-        (FAILOVER_NOT_READY with one PreconditionFailure violation of type READINESS_CHECK per failed check, subject its
-        name; JOB_ALREADY_ACTIVE with the active job).
+        """Starts a test or live failover; refused with FAILED_PRECONDITION when a readiness check fails. A live failover
+        with start_at is a scheduled cutover: the job is created SCHEDULED at once (readiness checked now and again when
+        it starts), the VM context is not claimed until start_at (replication, also by schedules, goes on), and the job
+        starts by itself at start_at; JobService.CancelJob ends it at once, touching nothing, until it starts.
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (FAILOVER_KIND_INVALID; START_AT_IN_PAST,
+        FINAL_SYNC_DEADLINE_BEFORE_START, FINAL_SYNC_DEADLINE_IN_PAST, SCHEDULE_LIVE_ONLY, FINAL_SYNC_DEADLINE_MISSING,
+        TIMESTAMP_INVALID — ErrorInfo `field` names the field); FAILED_PRECONDITION (FAILOVER_NOT_READY with one
+        PreconditionFailure violation of type READINESS_CHECK per failed check, subject its name; JOB_ALREADY_ACTIVE with
+        the active job; CUTOVER_SCHEDULED with the scheduled job when the VM has a scheduled cutover).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

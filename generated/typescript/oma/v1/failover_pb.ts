@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/failover.proto.
  */
 export const file_oma_v1_failover: GenFile = /*@__PURE__*/
-  fileDesc("ChVvbWEvdjEvZmFpbG92ZXIucHJvdG8SBm9tYS52MSLCAQoMRmFpbG92ZXJTdGVwEgwKBG5hbWUYASABKAkSIgoGc3RhdHVzGAIgASgOMhIub21hLnYxLlN0ZXBTdGF0dXMSLgoKc3RhcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWVycm9yGAUgASgJEhAKCGF0dGVtcHRzGAYgASgNIscDCgtGYWlsb3ZlckpvYhIKCgJpZBgBIAEoCRIVCg12bV9jb250ZXh0X2lkGAIgASgJEiUKBGtpbmQYAyABKA4yFy5vbWEudjEuRmFpbG92ZXJKb2JLaW5kEikKBnN0YXR1cxgEIAEoDjIZLm9tYS52MS5GYWlsb3ZlckpvYlN0YXR1cxIjCgVzdGVwcxgFIAMoCzIULm9tYS52MS5GYWlsb3ZlclN0ZXASFAoMdGFyZ2V0X3ZtX2lkGAYgASgJEhYKDnRhcmdldF92bV9uYW1lGAcgASgJEhQKDHNuYXBzaG90X2lkcxgIIAMoCRImCgVlcnJvchgJIAEoCzIXLm9tYS5jb21tb24udjEuSm9iRXJyb3ISEAoIcmV2aXNpb24YCiABKAQSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGN1cnJlbnRfc3RlcBgNIAEoCRIPCgdvdXRjb21lGA4gASgJEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYDyABKAgiPgoOUmVhZGluZXNzQ2hlY2sSDAoEbmFtZRgBIAEoCRIOCgZwYXNzZWQYAiABKAgSDgoGcmVhc29uGAMgASgJIl0KHUNoZWNrRmFpbG92ZXJSZWFkaW5lc3NSZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSJQoEa2luZBgCIAEoDjIXLm9tYS52MS5GYWlsb3ZlckpvYktpbmQiVwoeQ2hlY2tGYWlsb3ZlclJlYWRpbmVzc1Jlc3BvbnNlEiYKBmNoZWNrcxgBIAMoCzIWLm9tYS52MS5SZWFkaW5lc3NDaGVjaxINCgVyZWFkeRgCIAEoCCKFAQoUU3RhcnRGYWlsb3ZlclJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRIlCgRraW5kGAIgASgOMhcub21hLnYxLkZhaWxvdmVySm9iS2luZBIbChNzZXJ2aWNlX29mZmVyaW5nX2lkGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiOQoVU3RhcnRGYWlsb3ZlclJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLm9tYS52MS5GYWlsb3ZlckpvYiJDChZDbGVhbnVwRmFpbG92ZXJSZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI7ChdDbGVhbnVwRmFpbG92ZXJSZXNwb25zZRIgCgNqb2IYASABKAsyEy5vbWEudjEuRmFpbG92ZXJKb2IiXQoXUm9sbGJhY2tGYWlsb3ZlclJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRIXCg9wb3dlcl9vbl9zb3VyY2UYAiABKAgSEgoKcmVxdWVzdF9pZBgDIAEoCSI8ChhSb2xsYmFja0ZhaWxvdmVyUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iIiMKFUdldEZhaWxvdmVySm9iUmVxdWVzdBIKCgJpZBgBIAEoCSI6ChZHZXRGYWlsb3ZlckpvYlJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLm9tYS52MS5GYWlsb3ZlckpvYiJXChdMaXN0RmFpbG92ZXJKb2JzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg12bV9jb250ZXh0X2lkGAMgASgJIlYKGExpc3RGYWlsb3ZlckpvYnNSZXNwb25zZRIhCgRqb2JzGAEgAygLMhMub21hLnYxLkZhaWxvdmVySm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSK7AQoOTmV0d29ya01hcHBpbmcSCgoCaWQYASABKAkSFQoNdm1fY29udGV4dF9pZBgCIAEoCRIWCg5zb3VyY2VfbmV0d29yaxgDIAEoCRIZChF0YXJnZXRfbmV0d29ya19pZBgEIAEoCRIRCglzdGF0aWNfaXAYBSABKAkSEAoIa2VlcF9tYWMYBiABKAgSLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWgobQ3JlYXRlTmV0d29ya01hcHBpbmdSZXF1ZXN0EicKB21hcHBpbmcYASABKAsyFi5vbWEudjEuTmV0d29ya01hcHBpbmcSEgoKcmVxdWVzdF9pZBgCIAEoCSJHChxDcmVhdGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlEicKB21hcHBpbmcYASABKAsyFi5vbWEudjEuTmV0d29ya01hcHBpbmciWgoaTGlzdE5ldHdvcmtNYXBwaW5nc1JlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJgChtMaXN0TmV0d29ya01hcHBpbmdzUmVzcG9uc2USKAoIbWFwcGluZ3MYASADKAsyFi5vbWEudjEuTmV0d29ya01hcHBpbmcSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIosBChtVcGRhdGVOZXR3b3JrTWFwcGluZ1JlcXVlc3QSJwoHbWFwcGluZxgBIAEoCzIWLm9tYS52MS5OZXR3b3JrTWFwcGluZxIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2sSEgoKcmVxdWVzdF9pZBgDIAEoCSJHChxVcGRhdGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlEicKB21hcHBpbmcYASABKAsyFi5vbWEudjEuTmV0d29ya01hcHBpbmciPQobRGVsZXRlTmV0d29ya01hcHBpbmdSZXF1ZXN0EgoKAmlkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiHgocRGVsZXRlTmV0d29ya01hcHBpbmdSZXNwb25zZSr6AQoPRmFpbG92ZXJKb2JLaW5kEiEKHUZBSUxPVkVSX0pPQl9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWRkFJTE9WRVJfSk9CX0tJTkRfVEVTVBABEhoKFkZBSUxPVkVSX0pPQl9LSU5EX0xJVkUQAhIdChlGQUlMT1ZFUl9KT0JfS0lORF9DTEVBTlVQEAMSHgoaRkFJTE9WRVJfSk9CX0tJTkRfUk9MTEJBQ0sQBBIlCiFGQUlMT1ZFUl9KT0JfS0lORF9QT1dFUl9PTl9TT1VSQ0UQBRImCiJGQUlMT1ZFUl9KT0JfS0lORF9QT1dFUl9PRkZfU09VUkNFEAYq4AEKEUZhaWxvdmVySm9iU3RhdHVzEiMKH0ZBSUxPVkVSX0pPQl9TVEFUVVNfVU5TUEVDSUZJRUQQABIfChtGQUlMT1ZFUl9KT0JfU1RBVFVTX1BFTkRJTkcQARIfChtGQUlMT1ZFUl9KT0JfU1RBVFVTX1JVTk5JTkcQAhIhCh1GQUlMT1ZFUl9KT0JfU1RBVFVTX0NPTVBMRVRFRBADEh4KGkZBSUxPVkVSX0pPQl9TVEFUVVNfRkFJTEVEEAQSIQodRkFJTE9WRVJfSk9CX1NUQVRVU19DQU5DRUxMRUQQBSrCAQoKU3RlcFN0YXR1cxIbChdTVEVQX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE1NURVBfU1RBVFVTX1BFTkRJTkcQARIXChNTVEVQX1NUQVRVU19SVU5OSU5HEAISGQoVU1RFUF9TVEFUVVNfQ09NUExFVEVEEAMSFgoSU1RFUF9TVEFUVVNfRkFJTEVEEAQSFwoTU1RFUF9TVEFUVVNfU0tJUFBFRBAFEhkKFVNURVBfU1RBVFVTX0NBTkNFTExFRBAGMpsECg9GYWlsb3ZlclNlcnZpY2USZwoWQ2hlY2tGYWlsb3ZlclJlYWRpbmVzcxIlLm9tYS52MS5DaGVja0ZhaWxvdmVyUmVhZGluZXNzUmVxdWVzdBomLm9tYS52MS5DaGVja0ZhaWxvdmVyUmVhZGluZXNzUmVzcG9uc2USTAoNU3RhcnRGYWlsb3ZlchIcLm9tYS52MS5TdGFydEZhaWxvdmVyUmVxdWVzdBodLm9tYS52MS5TdGFydEZhaWxvdmVyUmVzcG9uc2USUgoPQ2xlYW51cEZhaWxvdmVyEh4ub21hLnYxLkNsZWFudXBGYWlsb3ZlclJlcXVlc3QaHy5vbWEudjEuQ2xlYW51cEZhaWxvdmVyUmVzcG9uc2USVQoQUm9sbGJhY2tGYWlsb3ZlchIfLm9tYS52MS5Sb2xsYmFja0ZhaWxvdmVyUmVxdWVzdBogLm9tYS52MS5Sb2xsYmFja0ZhaWxvdmVyUmVzcG9uc2USTwoOR2V0RmFpbG92ZXJKb2ISHS5vbWEudjEuR2V0RmFpbG92ZXJKb2JSZXF1ZXN0Gh4ub21hLnYxLkdldEZhaWxvdmVySm9iUmVzcG9uc2USVQoQTGlzdEZhaWxvdmVySm9icxIfLm9tYS52MS5MaXN0RmFpbG92ZXJKb2JzUmVxdWVzdBogLm9tYS52MS5MaXN0RmFpbG92ZXJKb2JzUmVzcG9uc2UyoAMKFU5ldHdvcmtNYXBwaW5nU2VydmljZRJhChRDcmVhdGVOZXR3b3JrTWFwcGluZxIjLm9tYS52MS5DcmVhdGVOZXR3b3JrTWFwcGluZ1JlcXVlc3QaJC5vbWEudjEuQ3JlYXRlTmV0d29ya01hcHBpbmdSZXNwb25zZRJeChNMaXN0TmV0d29ya01hcHBpbmdzEiIub21hLnYxLkxpc3ROZXR3b3JrTWFwcGluZ3NSZXF1ZXN0GiMub21hLnYxLkxpc3ROZXR3b3JrTWFwcGluZ3NSZXNwb25zZRJhChRVcGRhdGVOZXR3b3JrTWFwcGluZxIjLm9tYS52MS5VcGRhdGVOZXR3b3JrTWFwcGluZ1JlcXVlc3QaJC5vbWEudjEuVXBkYXRlTmV0d29ya01hcHBpbmdSZXNwb25zZRJhChREZWxldGVOZXR3b3JrTWFwcGluZxIjLm9tYS52MS5EZWxldGVOZXR3b3JrTWFwcGluZ1JlcXVlc3QaJC5vbWEudjEuRGVsZXRlTmV0d29ya01hcHBpbmdSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_oma_common_v1_jobs]);
+  fileDesc("ChVvbWEvdjEvZmFpbG92ZXIucHJvdG8SBm9tYS52MSLCAQoMRmFpbG92ZXJTdGVwEgwKBG5hbWUYASABKAkSIgoGc3RhdHVzGAIgASgOMhIub21hLnYxLlN0ZXBTdGF0dXMSLgoKc3RhcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWVycm9yGAUgASgJEhAKCGF0dGVtcHRzGAYgASgNIoEFCgtGYWlsb3ZlckpvYhIKCgJpZBgBIAEoCRIVCg12bV9jb250ZXh0X2lkGAIgASgJEiUKBGtpbmQYAyABKA4yFy5vbWEudjEuRmFpbG92ZXJKb2JLaW5kEikKBnN0YXR1cxgEIAEoDjIZLm9tYS52MS5GYWlsb3ZlckpvYlN0YXR1cxIjCgVzdGVwcxgFIAMoCzIULm9tYS52MS5GYWlsb3ZlclN0ZXASFAoMdGFyZ2V0X3ZtX2lkGAYgASgJEhYKDnRhcmdldF92bV9uYW1lGAcgASgJEhQKDHNuYXBzaG90X2lkcxgIIAMoCRImCgVlcnJvchgJIAEoCzIXLm9tYS5jb21tb24udjEuSm9iRXJyb3ISEAoIcmV2aXNpb24YCiABKAQSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGN1cnJlbnRfc3RlcBgNIAEoCRIPCgdvdXRjb21lGA4gASgJEhgKEGNhbmNlbF9yZXF1ZXN0ZWQYDyABKAgSLAoIc3RhcnRfYXQYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKE2ZpbmFsX3N5bmNfZGVhZGxpbmUYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjgKEm9uX2RlYWRsaW5lX21pc3NlZBgSIAEoDjIcLm9tYS52MS5EZWFkbGluZU1pc3NlZEFjdGlvbhIXCg9kZWFkbGluZV9taXNzZWQYEyABKAgiPgoOUmVhZGluZXNzQ2hlY2sSDAoEbmFtZRgBIAEoCRIOCgZwYXNzZWQYAiABKAgSDgoGcmVhc29uGAMgASgJIl0KHUNoZWNrRmFpbG92ZXJSZWFkaW5lc3NSZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSJQoEa2luZBgCIAEoDjIXLm9tYS52MS5GYWlsb3ZlckpvYktpbmQiVwoeQ2hlY2tGYWlsb3ZlclJlYWRpbmVzc1Jlc3BvbnNlEiYKBmNoZWNrcxgBIAMoCzIWLm9tYS52MS5SZWFkaW5lc3NDaGVjaxINCgVyZWFkeRgCIAEoCCKmAgoUU3RhcnRGYWlsb3ZlclJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRIlCgRraW5kGAIgASgOMhcub21hLnYxLkZhaWxvdmVySm9iS2luZBIbChNzZXJ2aWNlX29mZmVyaW5nX2lkGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkSLAoIc3RhcnRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKE2ZpbmFsX3N5bmNfZGVhZGxpbmUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjgKEm9uX2RlYWRsaW5lX21pc3NlZBgHIAEoDjIcLm9tYS52MS5EZWFkbGluZU1pc3NlZEFjdGlvbiI5ChVTdGFydEZhaWxvdmVyUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iIkMKFkNsZWFudXBGYWlsb3ZlclJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIjsKF0NsZWFudXBGYWlsb3ZlclJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLm9tYS52MS5GYWlsb3ZlckpvYiJdChdSb2xsYmFja0ZhaWxvdmVyUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEhcKD3Bvd2VyX29uX3NvdXJjZRgCIAEoCBISCgpyZXF1ZXN0X2lkGAMgASgJIjwKGFJvbGxiYWNrRmFpbG92ZXJSZXNwb25zZRIgCgNqb2IYASABKAsyEy5vbWEudjEuRmFpbG92ZXJKb2IiIwoVR2V0RmFpbG92ZXJKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjoKFkdldEZhaWxvdmVySm9iUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iIlcKF0xpc3RGYWlsb3ZlckpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhUKDXZtX2NvbnRleHRfaWQYAyABKAkiVgoYTGlzdEZhaWxvdmVySm9ic1Jlc3BvbnNlEiEKBGpvYnMYASADKAsyEy5vbWEudjEuRmFpbG92ZXJKb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIrsBCg5OZXR3b3JrTWFwcGluZxIKCgJpZBgBIAEoCRIVCg12bV9jb250ZXh0X2lkGAIgASgJEhYKDnNvdXJjZV9uZXR3b3JrGAMgASgJEhkKEXRhcmdldF9uZXR3b3JrX2lkGAQgASgJEhEKCXN0YXRpY19pcBgFIAEoCRIQCghrZWVwX21hYxgGIAEoCBIuCgpjcmVhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJaChtDcmVhdGVOZXR3b3JrTWFwcGluZ1JlcXVlc3QSJwoHbWFwcGluZxgBIAEoCzIWLm9tYS52MS5OZXR3b3JrTWFwcGluZxISCgpyZXF1ZXN0X2lkGAIgASgJIkcKHENyZWF0ZU5ldHdvcmtNYXBwaW5nUmVzcG9uc2USJwoHbWFwcGluZxgBIAEoCzIWLm9tYS52MS5OZXR3b3JrTWFwcGluZyJaChpMaXN0TmV0d29ya01hcHBpbmdzUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImAKG0xpc3ROZXR3b3JrTWFwcGluZ3NSZXNwb25zZRIoCghtYXBwaW5ncxgBIAMoCzIWLm9tYS52MS5OZXR3b3JrTWFwcGluZxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiiwEKG1VwZGF0ZU5ldHdvcmtNYXBwaW5nUmVxdWVzdBInCgdtYXBwaW5nGAEgASgLMhYub21hLnYxLk5ldHdvcmtNYXBwaW5nEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzaxISCgpyZXF1ZXN0X2lkGAMgASgJIkcKHFVwZGF0ZU5ldHdvcmtNYXBwaW5nUmVzcG9uc2USJwoHbWFwcGluZxgBIAEoCzIWLm9tYS52MS5OZXR3b3JrTWFwcGluZyI9ChtEZWxldGVOZXR3b3JrTWFwcGluZ1JlcXVlc3QSCgoCaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSIeChxEZWxldGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlKvoBCg9GYWlsb3ZlckpvYktpbmQSIQodRkFJTE9WRVJfSk9CX0tJTkRfVU5TUEVDSUZJRUQQABIaChZGQUlMT1ZFUl9KT0JfS0lORF9URVNUEAESGgoWRkFJTE9WRVJfSk9CX0tJTkRfTElWRRACEh0KGUZBSUxPVkVSX0pPQl9LSU5EX0NMRUFOVVAQAxIeChpGQUlMT1ZFUl9KT0JfS0lORF9ST0xMQkFDSxAEEiUKIUZBSUxPVkVSX0pPQl9LSU5EX1BPV0VSX09OX1NPVVJDRRAFEiYKIkZBSUxPVkVSX0pPQl9LSU5EX1BPV0VSX09GRl9TT1VSQ0UQBiqDAgoRRmFpbG92ZXJKb2JTdGF0dXMSIwofRkFJTE9WRVJfSk9CX1NUQVRVU19VTlNQRUNJRklFRBAAEh8KG0ZBSUxPVkVSX0pPQl9TVEFUVVNfUEVORElORxABEh8KG0ZBSUxPVkVSX0pPQl9TVEFUVVNfUlVOTklORxACEiEKHUZBSUxPVkVSX0pPQl9TVEFUVVNfQ09NUExFVEVEEAMSHgoaRkFJTE9WRVJfSk9CX1NUQVRVU19GQUlMRUQQBBIhCh1GQUlMT1ZFUl9KT0JfU1RBVFVTX0NBTkNFTExFRBAFEiEKHUZBSUxPVkVSX0pPQl9TVEFUVVNfU0NIRURVTEVEEAYqggEKFERlYWRsaW5lTWlzc2VkQWN0aW9uEiYKIkRFQURMSU5FX01JU1NFRF9BQ1RJT05fVU5TUEVDSUZJRUQQABIfChtERUFETElORV9NSVNTRURfQUNUSU9OX1dBSVQQARIhCh1ERUFETElORV9NSVNTRURfQUNUSU9OX0NBTkNFTBACKsIBCgpTdGVwU3RhdHVzEhsKF1NURVBfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTU1RFUF9TVEFUVVNfUEVORElORxABEhcKE1NURVBfU1RBVFVTX1JVTk5JTkcQAhIZChVTVEVQX1NUQVRVU19DT01QTEVURUQQAxIWChJTVEVQX1NUQVRVU19GQUlMRUQQBBIXChNTVEVQX1NUQVRVU19TS0lQUEVEEAUSGQoVU1RFUF9TVEFUVVNfQ0FOQ0VMTEVEEAYymwQKD0ZhaWxvdmVyU2VydmljZRJnChZDaGVja0ZhaWxvdmVyUmVhZGluZXNzEiUub21hLnYxLkNoZWNrRmFpbG92ZXJSZWFkaW5lc3NSZXF1ZXN0GiYub21hLnYxLkNoZWNrRmFpbG92ZXJSZWFkaW5lc3NSZXNwb25zZRJMCg1TdGFydEZhaWxvdmVyEhwub21hLnYxLlN0YXJ0RmFpbG92ZXJSZXF1ZXN0Gh0ub21hLnYxLlN0YXJ0RmFpbG92ZXJSZXNwb25zZRJSCg9DbGVhbnVwRmFpbG92ZXISHi5vbWEudjEuQ2xlYW51cEZhaWxvdmVyUmVxdWVzdBofLm9tYS52MS5DbGVhbnVwRmFpbG92ZXJSZXNwb25zZRJVChBSb2xsYmFja0ZhaWxvdmVyEh8ub21hLnYxLlJvbGxiYWNrRmFpbG92ZXJSZXF1ZXN0GiAub21hLnYxLlJvbGxiYWNrRmFpbG92ZXJSZXNwb25zZRJPCg5HZXRGYWlsb3ZlckpvYhIdLm9tYS52MS5HZXRGYWlsb3ZlckpvYlJlcXVlc3QaHi5vbWEudjEuR2V0RmFpbG92ZXJKb2JSZXNwb25zZRJVChBMaXN0RmFpbG92ZXJKb2JzEh8ub21hLnYxLkxpc3RGYWlsb3ZlckpvYnNSZXF1ZXN0GiAub21hLnYxLkxpc3RGYWlsb3ZlckpvYnNSZXNwb25zZTKgAwoVTmV0d29ya01hcHBpbmdTZXJ2aWNlEmEKFENyZWF0ZU5ldHdvcmtNYXBwaW5nEiMub21hLnYxLkNyZWF0ZU5ldHdvcmtNYXBwaW5nUmVxdWVzdBokLm9tYS52MS5DcmVhdGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlEl4KE0xpc3ROZXR3b3JrTWFwcGluZ3MSIi5vbWEudjEuTGlzdE5ldHdvcmtNYXBwaW5nc1JlcXVlc3QaIy5vbWEudjEuTGlzdE5ldHdvcmtNYXBwaW5nc1Jlc3BvbnNlEmEKFFVwZGF0ZU5ldHdvcmtNYXBwaW5nEiMub21hLnYxLlVwZGF0ZU5ldHdvcmtNYXBwaW5nUmVxdWVzdBokLm9tYS52MS5VcGRhdGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlEmEKFERlbGV0ZU5ldHdvcmtNYXBwaW5nEiMub21hLnYxLkRlbGV0ZU5ldHdvcmtNYXBwaW5nUmVxdWVzdBokLm9tYS52MS5EZWxldGVOZXR3b3JrTWFwcGluZ1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_oma_common_v1_jobs]);
 
 /**
  * One step of a failover job.
@@ -183,6 +183,34 @@ export type FailoverJob = Message<"oma.v1.FailoverJob"> & {
    * @generated from field: bool cancel_requested = 15;
    */
   cancelRequested: boolean;
+
+  /**
+   * When a scheduled cutover starts (or started); unset for a failover started at once.
+   *
+   * @generated from field: google.protobuf.Timestamp start_at = 16;
+   */
+  startAt?: Timestamp;
+
+  /**
+   * By when the final sync of a live failover must have completed; unset when none was given.
+   *
+   * @generated from field: google.protobuf.Timestamp final_sync_deadline = 17;
+   */
+  finalSyncDeadline?: Timestamp;
+
+  /**
+   * What the job does when final_sync_deadline is missed (WAIT or CANCEL); UNSPECIFIED without a deadline.
+   *
+   * @generated from field: oma.v1.DeadlineMissedAction on_deadline_missed = 18;
+   */
+  onDeadlineMissed: DeadlineMissedAction;
+
+  /**
+   * The final-sync deadline was missed (with WAIT the job goes on; with CANCEL it was cancelled).
+   *
+   * @generated from field: bool deadline_missed = 19;
+   */
+  deadlineMissed: boolean;
 };
 
 /**
@@ -319,6 +347,32 @@ export type StartFailoverRequest = Message<"oma.v1.StartFailoverRequest"> & {
    * @generated from field: string request_id = 4;
    */
   requestId: string;
+
+  /**
+   * Schedule the live failover for this time instead of starting it now (LIVE only, else INVALID_ARGUMENT
+   * SCHEDULE_LIVE_ONLY). At most a minute in the past (a clock skew; such a job starts at once), else
+   * INVALID_ARGUMENT (START_AT_IN_PAST). If the OMA is down at start_at, the job starts when it is back — unless
+   * its final_sync_deadline has passed by then, when on_deadline_missed decides (WAIT starts it, CANCEL cancels it).
+   *
+   * @generated from field: google.protobuf.Timestamp start_at = 5;
+   */
+  startAt?: Timestamp;
+
+  /**
+   * By when the final sync must have completed (LIVE only); after start_at (or after now without start_at), else
+   * INVALID_ARGUMENT (FINAL_SYNC_DEADLINE_BEFORE_START, FINAL_SYNC_DEADLINE_IN_PAST).
+   *
+   * @generated from field: google.protobuf.Timestamp final_sync_deadline = 6;
+   */
+  finalSyncDeadline?: Timestamp;
+
+  /**
+   * What to do when the final sync has not completed by final_sync_deadline; UNSPECIFIED means WAIT. Set without
+   * final_sync_deadline it is INVALID_ARGUMENT (FINAL_SYNC_DEADLINE_MISSING).
+   *
+   * @generated from field: oma.v1.DeadlineMissedAction on_deadline_missed = 7;
+   */
+  onDeadlineMissed: DeadlineMissedAction;
 };
 
 /**
@@ -957,11 +1011,20 @@ export enum FailoverJobStatus {
   FAILED = 4,
 
   /**
-   * Cancelled by the operator (JobService.CancelJob); see outcome for what is left to undo.
+   * Cancelled by the operator (JobService.CancelJob), or because its final sync missed final_sync_deadline with
+   * on_deadline_missed CANCEL (error reason FINAL_SYNC_DEADLINE_MISSED); see outcome for what is left to undo.
    *
    * @generated from enum value: FAILOVER_JOB_STATUS_CANCELLED = 5;
    */
   CANCELLED = 5,
+
+  /**
+   * A live failover scheduled for start_at (a scheduled cutover): nothing is claimed or changed yet, replication of
+   * the VM goes on; it becomes PENDING and runs by itself at start_at. JobService.CancelJob ends it at once.
+   *
+   * @generated from enum value: FAILOVER_JOB_STATUS_SCHEDULED = 6;
+   */
+  SCHEDULED = 6,
 }
 
 /**
@@ -969,6 +1032,44 @@ export enum FailoverJobStatus {
  */
 export const FailoverJobStatusSchema: GenEnum<FailoverJobStatus> = /*@__PURE__*/
   enumDesc(file_oma_v1_failover, 1);
+
+/**
+ * What a live failover does when its final sync has not completed by final_sync_deadline.
+ *
+ * @generated from enum oma.v1.DeadlineMissedAction
+ */
+export enum DeadlineMissedAction {
+  /**
+   * Not set: WAIT when a deadline is given.
+   *
+   * @generated from enum value: DEADLINE_MISSED_ACTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Keep waiting for the final sync (up to the server's final-sync timeout); the miss is noted in the job log and
+   * logged as a warning.
+   *
+   * @generated from enum value: DEADLINE_MISSED_ACTION_WAIT = 1;
+   */
+  WAIT = 1,
+
+  /**
+   * Cancel the failover and alert (warning in the server log, a job-log entry, the job's error names the deadline):
+   * the final sync is cancelled and a RollbackFailover starts by itself, powering the source VM back on when the
+   * failover powered it off. A scheduled cutover whose deadline passed before it could start is cancelled without
+   * touching anything.
+   *
+   * @generated from enum value: DEADLINE_MISSED_ACTION_CANCEL = 2;
+   */
+  CANCEL = 2,
+}
+
+/**
+ * Describes the enum oma.v1.DeadlineMissedAction.
+ */
+export const DeadlineMissedActionSchema: GenEnum<DeadlineMissedAction> = /*@__PURE__*/
+  enumDesc(file_oma_v1_failover, 2);
 
 /**
  * Status of one step of a failover job.
@@ -1030,7 +1131,7 @@ export enum StepStatus {
  * Describes the enum oma.v1.StepStatus.
  */
 export const StepStatusSchema: GenEnum<StepStatus> = /*@__PURE__*/
-  enumDesc(file_oma_v1_failover, 2);
+  enumDesc(file_oma_v1_failover, 3);
 
 /**
  * Failover of replicated VMs into CloudStack: readiness checks, test and live failover, cleanup, rollback.
@@ -1050,10 +1151,15 @@ export const FailoverService: GenService<{
     output: typeof CheckFailoverReadinessResponseSchema;
   },
   /**
-   * Starts a test or live failover; refused with FAILED_PRECONDITION when a readiness check fails.
-   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (FAILOVER_KIND_INVALID); FAILED_PRECONDITION
-   * (FAILOVER_NOT_READY with one PreconditionFailure violation of type READINESS_CHECK per failed check, subject its
-   * name; JOB_ALREADY_ACTIVE with the active job).
+   * Starts a test or live failover; refused with FAILED_PRECONDITION when a readiness check fails. A live failover
+   * with start_at is a scheduled cutover: the job is created SCHEDULED at once (readiness checked now and again when
+   * it starts), the VM context is not claimed until start_at (replication, also by schedules, goes on), and the job
+   * starts by itself at start_at; JobService.CancelJob ends it at once, touching nothing, until it starts.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); INVALID_ARGUMENT (FAILOVER_KIND_INVALID; START_AT_IN_PAST,
+   * FINAL_SYNC_DEADLINE_BEFORE_START, FINAL_SYNC_DEADLINE_IN_PAST, SCHEDULE_LIVE_ONLY, FINAL_SYNC_DEADLINE_MISSING,
+   * TIMESTAMP_INVALID — ErrorInfo `field` names the field); FAILED_PRECONDITION (FAILOVER_NOT_READY with one
+   * PreconditionFailure violation of type READINESS_CHECK per failed check, subject its name; JOB_ALREADY_ACTIVE with
+   * the active job; CUTOVER_SCHEDULED with the scheduled job when the VM has a scheduled cutover).
    *
    * @generated from rpc oma.v1.FailoverService.StartFailover
    */
