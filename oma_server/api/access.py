@@ -113,6 +113,7 @@ METHOD_ACCESS: dict[str, Access] = {
         "/oma.v1.MachineGroupService/DeleteMachineGroup",
         "/oma.v1.MachineGroupService/StartGroupFailover",
         "/oma.v1.MachineGroupService/CleanupGroupFailover",
+        "/oma.v1.MachineGroupService/CancelGroupRun",
     ),
     **_all(
         Access.ADMIN,

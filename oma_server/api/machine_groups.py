@@ -132,6 +132,11 @@ class MachineGroupServicer(machine_group_pb2_grpc.MachineGroupServiceServicer):
         run = await self.runs.cleanup(request.group_id)
         return machine_group_pb2.CleanupGroupFailoverResponse(run=run_to_proto(run))
 
+    async def CancelGroupRun(
+        self, request: machine_group_pb2.CancelGroupRunRequest, context: grpc.aio.ServicerContext
+    ) -> machine_group_pb2.CancelGroupRunResponse:
+        return machine_group_pb2.CancelGroupRunResponse(run=run_to_proto(await self.runs.cancel(request.id)))
+
     async def GetGroupRun(
         self, request: machine_group_pb2.GetGroupRunRequest, context: grpc.aio.ServicerContext
     ) -> machine_group_pb2.GetGroupRunResponse:

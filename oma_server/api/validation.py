@@ -213,6 +213,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "oma.v1.DeleteMachineGroupRequest": {"id": REQUIRED_ID},
     "oma.v1.StartGroupFailoverRequest": {"group_id": REQUIRED_ID},  # the servicer checks the kind
     "oma.v1.CleanupGroupFailoverRequest": {"group_id": REQUIRED_ID},
+    "oma.v1.CancelGroupRunRequest": {"id": REQUIRED_ID},
     "oma.v1.GetGroupRunRequest": {"id": REQUIRED_ID},
     "oma.v1.ListGroupRunsRequest": {"group_id": ID},
 }

@@ -16,6 +16,7 @@ and fails at the end if a member's did. Readiness of every member is checked bef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,8 @@ PENDING, RUNNING, COMPLETED, FAILED, SKIPPED, NOT_STARTED = (
     "skipped",
     "not_started",
 )
+CANCELLING, CANCELLED = "cancelling", "cancelled"
+IN_PROGRESS = (RUNNING, CANCELLING)
 CLEANABLE = (VmStatus.FAILED_OVER_TEST.value, VmStatus.CLEANUP_REQUIRED.value)
 
 
@@ -161,7 +164,9 @@ class GroupRuns:
 
     async def resume(self) -> list[str]:
         """Continue every run an earlier process left running."""
-        ids = await self.db.run(lambda: [r.id for r in GroupRun.select(GroupRun.id).where(GroupRun.status == RUNNING)])
+        ids = await self.db.run(
+            lambda: [r.id for r in GroupRun.select(GroupRun.id).where(GroupRun.status.in_(IN_PROGRESS))]
+        )
         for run_id in ids:
             logger.bind(group_run_id=run_id).info("resuming group run")
             self._spawn(run_id)
@@ -184,31 +189,54 @@ class GroupRuns:
         failures: list[str] = []
         for order in tiers(members, reverse=cleanup):
             tier = [m for m in members if int(m["boot_order"]) == order]
-            if failures and not cleanup:
+            stop = "an earlier boot order failed" if failures and not cleanup else ""
+            if await self._cancelling(run_id):
+                stop = "the run was cancelled before it started"
+            if stop:
                 for member in tier:
                     if member["status"] == PENDING:
-                        member.update(status=NOT_STARTED, message="an earlier boot order failed")
+                        member.update(status=NOT_STARTED, message=stop)
                 continue
             await self._save(run_id, members, order)
             for member in tier:
-                if member["status"] == PENDING:
+                if member["status"] == PENDING and not await self._cancelling(run_id):
                     await self._start_member(run, member)
             await self._save(run_id, members, order)
             for member in tier:
                 if member["status"] == RUNNING:
-                    await self._await_member(member)
+                    await self._await_member(run_id, member)
+                elif member["status"] == PENDING:
+                    member.update(status=NOT_STARTED, message="the run was cancelled before it started")
             failures += [f"{m['vm_name']}: {m['message']}" for m in tier if m["status"] == FAILED]
             await self._save(run_id, members, order)
             log.info("boot order {order} done", order=order)
-        status = FAILED if failures else COMPLETED
-        error = ""
-        if failures:
-            what = "cleanup" if cleanup else "failover"
-            error = f"the {what} of {len(failures)} VM(s) failed — " + " | ".join(failures)
-            if not cleanup:
-                error += "; later boot orders did not start. Run CleanupGroupFailover, or fix and fail them over"
+        status, error = _outcome(run.kind, members, failures, await self._cancelling(run_id))
         await self._save(run_id, members, None, status=status, error=error)
         log.info("group {kind} {status}", kind=run.kind.replace("_", " "), status=status)
+
+    async def _cancelling(self, run_id: str) -> bool:
+        row = await self.db.run(GroupRun.get_or_none, GroupRun.id == run_id)
+        return row is not None and row.status == CANCELLING
+
+    async def cancel(self, run_id: str) -> GroupRun:
+        """Stop a run: no member starts any more, the members' running jobs are cancelled (each as a failover job
+        is: at once when that is safe, else after its current step), and the run ends `cancelled`. What already ran
+        stays (CleanupGroupFailover removes test VMs). A run that ended is returned as it is."""
+
+        def request() -> GroupRun:
+            row = GroupRun.get_or_none(GroupRun.id == run_id) if run_id else None
+            if row is None:
+                raise run_not_found(run_id)
+            if row.status == RUNNING:
+                GroupRun.update(status=CANCELLING, updated_at=self.clock.now()).where(
+                    (GroupRun.id == run_id) & (GroupRun.status == RUNNING)
+                ).execute()
+                row = GroupRun.get_by_id(run_id)
+            return row
+
+        row = await self.db.tx(request)
+        logger.bind(group_id=row.group_id, group_run_id=run_id).info("group run cancel requested")
+        return row
 
     async def _start_member(self, run: GroupRun, member: dict[str, Any]) -> None:
         vm_id = member["vm_context_id"]
@@ -234,34 +262,56 @@ class GroupRuns:
             return
         member.update(failover_job_id=job.id, status=RUNNING, message=f"{job.kind.value} job {job.id} runs")
 
-    async def _await_member(self, member: dict[str, Any]) -> None:
+    async def _await_member(self, run_id: str, member: dict[str, Any]) -> None:
         workflow = self._workflow()
         job_id = member["failover_job_id"]
+        cancel_sent = False
         while True:
             job = await workflow.store.get(job_id)
             if job.final:
                 break
+            if not cancel_sent and await self._cancelling(run_id):
+                with contextlib.suppress(DomainError):  # it may have ended meanwhile
+                    await workflow.cancel(job_id)
+                cancel_sent = True
             await asyncio.sleep(self.poll_interval_s)
         if job.status == FailoverStatus.COMPLETED:
             done = "VM runs in CloudStack" if job.kind in (FailoverKind.TEST, FailoverKind.LIVE) else "cleaned up"
             member.update(status=COMPLETED, message=f"{done} (job {job_id})")
+        elif job.status == FailoverStatus.CANCELLED:
+            member.update(status=CANCELLED, message=f"job {job_id} cancelled: {job.outcome or 'with the run'}")
         else:
             member.update(status=FAILED, message=f"job {job_id} {job.status.value}: {job.error_message or 'no detail'}")
 
     async def _save(
-        self, run_id: str, members: list[dict[str, Any]], order: int | None, *, status: str = RUNNING, error: str = ""
+        self, run_id: str, members: list[dict[str, Any]], order: int | None, *, status: str = "", error: str = ""
     ) -> None:
+        """The members' progress (and, with `status`, the run's end); never writes over a cancel request."""
         now: datetime = self.clock.now()
         fields: dict[Any, Any] = {
             GroupRun.members: members,
             GroupRun.current_boot_order: order,
-            GroupRun.status: status,
-            GroupRun.error_message: error,
             GroupRun.updated_at: now,
         }
-        if status != RUNNING:
-            fields[GroupRun.finished_at] = now
+        if status:
+            fields.update({GroupRun.status: status, GroupRun.error_message: error, GroupRun.finished_at: now})
         await self.db.tx(GroupRun.update(fields).where(GroupRun.id == run_id).execute)
+
+
+def _outcome(kind: str, members: list[dict[str, Any]], failures: list[str], cancelled: bool) -> tuple[str, str]:
+    """The run's final status and error message."""
+    if cancelled:
+        ran = [m["vm_name"] for m in members if m["status"] == COMPLETED]
+        left = f"; done before the cancel: {', '.join(ran)}" if ran else ""
+        hint = " (CleanupGroupFailover removes their test VMs)" if ran and kind == TEST_FAILOVER else ""
+        return CANCELLED, f"cancelled{left}{hint}"
+    if not failures:
+        return COMPLETED, ""
+    what = "cleanup" if kind == CLEANUP else "failover"
+    error = f"the {what} of {len(failures)} VM(s) failed — " + " | ".join(failures)
+    if kind != CLEANUP:
+        error += "; later boot orders did not start. Run CleanupGroupFailover, or fix and fail them over"
+    return FAILED, error
 
 
 def _plan(group_id: str) -> tuple[MachineGroup, list[dict[str, Any]]]:

@@ -108,7 +108,7 @@ def members_of(group_id: str) -> list[Member]:
 
 
 def active_run_of(group_id: str) -> GroupRun | None:
-    return GroupRun.get_or_none((GroupRun.group_id == group_id) & (GroupRun.status == "running"))
+    return GroupRun.get_or_none((GroupRun.group_id == group_id) & GroupRun.status.in_(("running", "cancelling")))
 
 
 def _check_members(group_id: str, spec: GroupSpec, scheduled: bool) -> None:

@@ -1,4 +1,4 @@
-"""omactl groups create|list|show|update|delete|failover|cleanup|runs|run (machine groups and their runs).
+"""omactl groups create|list|show|update|delete|failover|cleanup|runs|run|cancel (machine groups and their runs).
 
 Members are given as `--vm NAME_OR_ID[:BOOT_ORDER]` (boot order 0 when left out); `update` replaces the members
 only when `--vm` is given, so a rename keeps them. `failover` and `cleanup --watch` follow the run: each member's
@@ -21,7 +21,11 @@ KINDS = {
     "test": machine_group_pb2.GROUP_RUN_KIND_TEST_FAILOVER,
     "live": machine_group_pb2.GROUP_RUN_KIND_LIVE_FAILOVER,
 }
-FINAL = (machine_group_pb2.GROUP_RUN_STATUS_COMPLETED, machine_group_pb2.GROUP_RUN_STATUS_FAILED)
+FINAL = (
+    machine_group_pb2.GROUP_RUN_STATUS_COMPLETED,
+    machine_group_pb2.GROUP_RUN_STATUS_FAILED,
+    machine_group_pb2.GROUP_RUN_STATUS_CANCELLED,
+)
 POLL_S = 0.5
 
 
@@ -235,6 +239,14 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     return _show_run(ctx, run)
 
 
+def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    request = machine_group_pb2.CancelGroupRunRequest(id=args.id, request_id=args.request_id or "")
+    run = ctx.client.call(ctx.client.groups, "CancelGroupRun", request).run
+    if args.watch and not ctx.out.as_json:
+        return _follow(ctx, run)
+    return _show_run(ctx, run, f"Cancel of group run {run.id} requested: {_status(run.status)}.")
+
+
 def register(commands: Commands) -> None:
     group = commands.group(
         "groups", "machine groups: VMs failed over in a boot order, cleaned up and scheduled together"
@@ -269,3 +281,9 @@ def register(commands: Commands) -> None:
     run = commands.leaf(group, "run", "show one group run", cmd_run)
     run.add_argument("id", metavar="RUN", help="run id (omactl groups runs)")
     run.add_argument("--watch", action="store_true", help="follow the run until it ends")
+    cancel = commands.leaf(
+        group, "cancel", "cancel a group run (no member starts; running ones are cancelled)", cmd_cancel
+    )
+    cancel.add_argument("id", metavar="RUN", help="run id (omactl groups runs)")
+    cancel.add_argument("--watch", action="store_true", help="follow the run until it ends")
+    cancel.add_argument("--request-id", metavar="X", help="idempotency key")

@@ -14,6 +14,8 @@ RUN_COMPLETED = machine_group_pb2.GROUP_RUN_STATUS_COMPLETED
 RUN_FAILED = machine_group_pb2.GROUP_RUN_STATUS_FAILED
 RUN_SKIPPED = machine_group_pb2.GROUP_RUN_STATUS_SKIPPED
 RUN_NOT_STARTED = machine_group_pb2.GROUP_RUN_STATUS_NOT_STARTED
+RUN_CANCELLING = machine_group_pb2.GROUP_RUN_STATUS_CANCELLING
+RUN_CANCELLED = machine_group_pb2.GROUP_RUN_STATUS_CANCELLED
 
 
 def groups_stub(channel: grpc.aio.Channel) -> machine_group_pb2_grpc.MachineGroupServiceStub:

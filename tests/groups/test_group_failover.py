@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from oma.v1 import machine_group_pb2
+from oma.v1 import failover_pb2, machine_group_pb2
 from oma_server.server import OmaServer
 from tests.clients import oma_channel
 from tests.factories import inventory
@@ -32,6 +32,8 @@ from tests.failover.helpers import (
 )
 from tests.groups.helpers import (
     LIVE_FAILOVER,
+    RUN_CANCELLED,
+    RUN_CANCELLING,
     RUN_COMPLETED,
     RUN_FAILED,
     RUN_NOT_STARTED,
@@ -44,6 +46,8 @@ from tests.groups.helpers import (
     groups_stub,
 )
 from vma_client_stubs.errors import error_details_of
+
+FAILOVER_CANCELLED = failover_pb2.FAILOVER_JOB_STATUS_CANCELLED
 
 pytestmark = pytest.mark.nbd
 
@@ -212,5 +216,44 @@ async def test_a_group_live_failover_powers_each_tier_off_only_when_the_one_befo
         skipped = await get_run(channel, cleanup.id)
         assert skipped.status == RUN_COMPLETED and [m.status for m in skipped.members] == [RUN_SKIPPED] * 2
         assert all("failed_over_live" in m.message for m in skipped.members)
+        for r in (db, web):
+            await r.stream.close()
+
+
+async def test_a_cancelled_group_run_starts_nothing_more_and_cancels_what_runs(oma: OmaServer, tmp_path: Path) -> None:
+    sim = sim_of(oma)
+    async with oma_channel(oma) as channel:
+        db = await replicate(channel, tmp_path, inventory(name="db-01"))
+        web = await replicate(channel, tmp_path, inventory(name="web-01"))
+        await map_network(channel, sim)
+        group = await create_group(channel, "shop", {db.vm_id: 0, web.vm_id: 1})
+        stub = groups_stub(channel)
+        hold = sim.state.faults.hold_job("deployVirtualMachine")  # the database VM's deploy waits in CloudStack
+        started = await stub.StartGroupFailover(
+            machine_group_pb2.StartGroupFailoverRequest(group_id=group.id, kind=TEST_FAILOVER)
+        )
+        await asyncio.wait_for(hold.reached.wait(), 30)
+        asked = (await stub.CancelGroupRun(machine_group_pb2.CancelGroupRunRequest(id=started.run.id))).run
+        assert asked.status == RUN_CANCELLING
+        again = (await stub.CancelGroupRun(machine_group_pb2.CancelGroupRunRequest(id=started.run.id))).run
+        assert again.status == RUN_CANCELLING  # a repeat changes nothing
+        hold.release.set()  # the deploy, which cannot stop half-way, ends; then the job stops
+        await oma.app.group_runs.wait(started.run.id, 60)
+        run = await get_run(channel, started.run.id)
+        assert run.status == RUN_CANCELLED and run.error_message.startswith("cancelled"), run
+        first, second = run.members
+        assert first.vm_context_id == db.vm_id and first.status == RUN_CANCELLED, first
+        assert (await get_job(channel, first.failover_job_id)).status == FAILOVER_CANCELLED
+        assert (second.status, second.failover_job_id) == (RUN_NOT_STARTED, "")
+        assert (await get_vm(channel, web.vm_id)).status == VM_READY  # never touched
+        ended = (await stub.CancelGroupRun(machine_group_pb2.CancelGroupRunRequest(id=run.id))).run
+        assert ended.status == RUN_CANCELLED  # a run that ended is returned as it is
+        # the group is free again: its cleanup removes what the cancelled failover left
+        cleanup = (
+            await stub.CleanupGroupFailover(machine_group_pb2.CleanupGroupFailoverRequest(group_id=group.id))
+        ).run
+        await oma.app.group_runs.wait(cleanup.id, 60)
+        assert (await get_run(channel, cleanup.id)).status == RUN_COMPLETED
+        assert (await get_vm(channel, db.vm_id)).status == VM_READY
         for r in (db, web):
             await r.stream.close()

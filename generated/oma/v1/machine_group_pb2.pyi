@@ -23,6 +23,8 @@ class GroupRunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GROUP_RUN_STATUS_FAILED: _ClassVar[GroupRunStatus]
     GROUP_RUN_STATUS_SKIPPED: _ClassVar[GroupRunStatus]
     GROUP_RUN_STATUS_NOT_STARTED: _ClassVar[GroupRunStatus]
+    GROUP_RUN_STATUS_CANCELLING: _ClassVar[GroupRunStatus]
+    GROUP_RUN_STATUS_CANCELLED: _ClassVar[GroupRunStatus]
 GROUP_RUN_KIND_UNSPECIFIED: GroupRunKind
 GROUP_RUN_KIND_TEST_FAILOVER: GroupRunKind
 GROUP_RUN_KIND_LIVE_FAILOVER: GroupRunKind
@@ -34,6 +36,8 @@ GROUP_RUN_STATUS_COMPLETED: GroupRunStatus
 GROUP_RUN_STATUS_FAILED: GroupRunStatus
 GROUP_RUN_STATUS_SKIPPED: GroupRunStatus
 GROUP_RUN_STATUS_NOT_STARTED: GroupRunStatus
+GROUP_RUN_STATUS_CANCELLING: GroupRunStatus
+GROUP_RUN_STATUS_CANCELLED: GroupRunStatus
 
 class MachineGroupMember(_message.Message):
     __slots__ = ("vm_context_id", "boot_order")
@@ -204,6 +208,20 @@ class CleanupGroupFailoverRequest(_message.Message):
     def __init__(self, group_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CleanupGroupFailoverResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: GroupRun
+    def __init__(self, run: _Optional[_Union[GroupRun, _Mapping]] = ...) -> None: ...
+
+class CancelGroupRunRequest(_message.Message):
+    __slots__ = ("id", "request_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CancelGroupRunResponse(_message.Message):
     __slots__ = ("run",)
     RUN_FIELD_NUMBER: _ClassVar[int]
     run: GroupRun

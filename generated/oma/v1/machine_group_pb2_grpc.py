@@ -75,6 +75,11 @@ class MachineGroupServiceStub(object):
                 request_serializer=oma_dot_v1_dot_machine__group__pb2.CleanupGroupFailoverRequest.SerializeToString,
                 response_deserializer=oma_dot_v1_dot_machine__group__pb2.CleanupGroupFailoverResponse.FromString,
                 _registered_method=True)
+        self.CancelGroupRun = channel.unary_unary(
+                '/oma.v1.MachineGroupService/CancelGroupRun',
+                request_serializer=oma_dot_v1_dot_machine__group__pb2.CancelGroupRunRequest.SerializeToString,
+                response_deserializer=oma_dot_v1_dot_machine__group__pb2.CancelGroupRunResponse.FromString,
+                _registered_method=True)
         self.GetGroupRun = channel.unary_unary(
                 '/oma.v1.MachineGroupService/GetGroupRun',
                 request_serializer=oma_dot_v1_dot_machine__group__pb2.GetGroupRunRequest.SerializeToString,
@@ -152,6 +157,16 @@ class MachineGroupServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelGroupRun(self, request, context):
+        """Cancels a group run: no member starts any more, the members' running failover or cleanup jobs are cancelled
+        (each as CancelJob cancels a failover job: at once when that is safe, else after its current step), and the run
+        ends GROUP_RUN_STATUS_CANCELLED; what already ran stays (CleanupGroupFailover removes test VMs). The run is
+        returned GROUP_RUN_STATUS_CANCELLING until its task has stopped them; a run that ended is returned as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetGroupRun(self, request, context):
         """Returns one group run; NOT_FOUND (GROUP_RUN_NOT_FOUND) for an unknown id.
         """
@@ -203,6 +218,11 @@ def add_MachineGroupServiceServicer_to_server(servicer, server):
                     servicer.CleanupGroupFailover,
                     request_deserializer=oma_dot_v1_dot_machine__group__pb2.CleanupGroupFailoverRequest.FromString,
                     response_serializer=oma_dot_v1_dot_machine__group__pb2.CleanupGroupFailoverResponse.SerializeToString,
+            ),
+            'CancelGroupRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelGroupRun,
+                    request_deserializer=oma_dot_v1_dot_machine__group__pb2.CancelGroupRunRequest.FromString,
+                    response_serializer=oma_dot_v1_dot_machine__group__pb2.CancelGroupRunResponse.SerializeToString,
             ),
             'GetGroupRun': grpc.unary_unary_rpc_method_handler(
                     servicer.GetGroupRun,
@@ -410,6 +430,33 @@ class MachineGroupService(object):
             '/oma.v1.MachineGroupService/CleanupGroupFailover',
             oma_dot_v1_dot_machine__group__pb2.CleanupGroupFailoverRequest.SerializeToString,
             oma_dot_v1_dot_machine__group__pb2.CleanupGroupFailoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelGroupRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oma.v1.MachineGroupService/CancelGroupRun',
+            oma_dot_v1_dot_machine__group__pb2.CancelGroupRunRequest.SerializeToString,
+            oma_dot_v1_dot_machine__group__pb2.CancelGroupRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/machine_group.proto.
  */
 export const file_oma_v1_machine_group: GenFile = /*@__PURE__*/
-  fileDesc("ChpvbWEvdjEvbWFjaGluZV9ncm91cC5wcm90bxIGb21hLnYxIj8KEk1hY2hpbmVHcm91cE1lbWJlchIVCg12bV9jb250ZXh0X2lkGAEgASgJEhIKCmJvb3Rfb3JkZXIYAiABKA0iYgoQTWFjaGluZUdyb3VwU3BlYxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEisKB21lbWJlcnMYAyADKAsyGi5vbWEudjEuTWFjaGluZUdyb3VwTWVtYmVyIswBCgxNYWNoaW5lR3JvdXASCgoCaWQYASABKAkSJgoEc3BlYxgCIAEoCzIYLm9tYS52MS5NYWNoaW5lR3JvdXBTcGVjEhMKC3NjaGVkdWxlX2lkGAMgASgJEhMKC2xhc3RfcnVuX2lkGAQgASgJEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIp4BCg5Hcm91cFJ1bk1lbWJlchIVCg12bV9jb250ZXh0X2lkGAEgASgJEg8KB3ZtX25hbWUYAiABKAkSEgoKYm9vdF9vcmRlchgDIAEoDRIXCg9mYWlsb3Zlcl9qb2JfaWQYBCABKAkSJgoGc3RhdHVzGAUgASgOMhYub21hLnYxLkdyb3VwUnVuU3RhdHVzEg8KB21lc3NhZ2UYBiABKAki4QIKCEdyb3VwUnVuEgoKAmlkGAEgASgJEhAKCGdyb3VwX2lkGAIgASgJEhIKCmdyb3VwX25hbWUYAyABKAkSIgoEa2luZBgEIAEoDjIULm9tYS52MS5Hcm91cFJ1bktpbmQSJgoGc3RhdHVzGAUgASgOMhYub21hLnYxLkdyb3VwUnVuU3RhdHVzEicKB21lbWJlcnMYBiADKAsyFi5vbWEudjEuR3JvdXBSdW5NZW1iZXISHwoSY3VycmVudF9ib290X29yZGVyGAcgASgNSACIAQESFQoNZXJyb3JfbWVzc2FnZRgIIAEoCRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCFQoTX2N1cnJlbnRfYm9vdF9vcmRlciJXChlDcmVhdGVNYWNoaW5lR3JvdXBSZXF1ZXN0EiYKBHNwZWMYASABKAsyGC5vbWEudjEuTWFjaGluZUdyb3VwU3BlYxISCgpyZXF1ZXN0X2lkGAIgASgJIkEKGkNyZWF0ZU1hY2hpbmVHcm91cFJlc3BvbnNlEiMKBWdyb3VwGAEgASgLMhQub21hLnYxLk1hY2hpbmVHcm91cCIkChZHZXRNYWNoaW5lR3JvdXBSZXF1ZXN0EgoKAmlkGAEgASgJIj4KF0dldE1hY2hpbmVHcm91cFJlc3BvbnNlEiMKBWdyb3VwGAEgASgLMhQub21hLnYxLk1hY2hpbmVHcm91cCJBChhMaXN0TWFjaGluZUdyb3Vwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiWgoZTGlzdE1hY2hpbmVHcm91cHNSZXNwb25zZRIkCgZncm91cHMYASADKAsyFC5vbWEudjEuTWFjaGluZUdyb3VwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJjChlVcGRhdGVNYWNoaW5lR3JvdXBSZXF1ZXN0EgoKAmlkGAEgASgJEiYKBHNwZWMYAiABKAsyGC5vbWEudjEuTWFjaGluZUdyb3VwU3BlYxISCgpyZXF1ZXN0X2lkGAMgASgJIkEKGlVwZGF0ZU1hY2hpbmVHcm91cFJlc3BvbnNlEiMKBWdyb3VwGAEgASgLMhQub21hLnYxLk1hY2hpbmVHcm91cCI7ChlEZWxldGVNYWNoaW5lR3JvdXBSZXF1ZXN0EgoKAmlkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiHAoaRGVsZXRlTWFjaGluZUdyb3VwUmVzcG9uc2UiZQoZU3RhcnRHcm91cEZhaWxvdmVyUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIiCgRraW5kGAIgASgOMhQub21hLnYxLkdyb3VwUnVuS2luZBISCgpyZXF1ZXN0X2lkGAMgASgJIjsKGlN0YXJ0R3JvdXBGYWlsb3ZlclJlc3BvbnNlEh0KA3J1bhgBIAEoCzIQLm9tYS52MS5Hcm91cFJ1biJDChtDbGVhbnVwR3JvdXBGYWlsb3ZlclJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI9ChxDbGVhbnVwR3JvdXBGYWlsb3ZlclJlc3BvbnNlEh0KA3J1bhgBIAEoCzIQLm9tYS52MS5Hcm91cFJ1biIgChJHZXRHcm91cFJ1blJlcXVlc3QSCgoCaWQYASABKAkiNAoTR2V0R3JvdXBSdW5SZXNwb25zZRIdCgNydW4YASABKAsyEC5vbWEudjEuR3JvdXBSdW4iTwoUTGlzdEdyb3VwUnVuc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEAoIZ3JvdXBfaWQYAyABKAkiUAoVTGlzdEdyb3VwUnVuc1Jlc3BvbnNlEh4KBHJ1bnMYASADKAsyEC5vbWEudjEuR3JvdXBSdW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKo4BCgxHcm91cFJ1bktpbmQSHgoaR1JPVVBfUlVOX0tJTkRfVU5TUEVDSUZJRUQQABIgChxHUk9VUF9SVU5fS0lORF9URVNUX0ZBSUxPVkVSEAESIAocR1JPVVBfUlVOX0tJTkRfTElWRV9GQUlMT1ZFUhACEhoKFkdST1VQX1JVTl9LSU5EX0NMRUFOVVAQAyrrAQoOR3JvdXBSdW5TdGF0dXMSIAocR1JPVVBfUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhwKGEdST1VQX1JVTl9TVEFUVVNfUEVORElORxABEhwKGEdST1VQX1JVTl9TVEFUVVNfUlVOTklORxACEh4KGkdST1VQX1JVTl9TVEFUVVNfQ09NUExFVEVEEAMSGwoXR1JPVVBfUlVOX1NUQVRVU19GQUlMRUQQBBIcChhHUk9VUF9SVU5fU1RBVFVTX1NLSVBQRUQQBRIgChxHUk9VUF9SVU5fU1RBVFVTX05PVF9TVEFSVEVEEAYysAYKE01hY2hpbmVHcm91cFNlcnZpY2USWwoSQ3JlYXRlTWFjaGluZUdyb3VwEiEub21hLnYxLkNyZWF0ZU1hY2hpbmVHcm91cFJlcXVlc3QaIi5vbWEudjEuQ3JlYXRlTWFjaGluZUdyb3VwUmVzcG9uc2USUgoPR2V0TWFjaGluZUdyb3VwEh4ub21hLnYxLkdldE1hY2hpbmVHcm91cFJlcXVlc3QaHy5vbWEudjEuR2V0TWFjaGluZUdyb3VwUmVzcG9uc2USWAoRTGlzdE1hY2hpbmVHcm91cHMSIC5vbWEudjEuTGlzdE1hY2hpbmVHcm91cHNSZXF1ZXN0GiEub21hLnYxLkxpc3RNYWNoaW5lR3JvdXBzUmVzcG9uc2USWwoSVXBkYXRlTWFjaGluZUdyb3VwEiEub21hLnYxLlVwZGF0ZU1hY2hpbmVHcm91cFJlcXVlc3QaIi5vbWEudjEuVXBkYXRlTWFjaGluZUdyb3VwUmVzcG9uc2USWwoSRGVsZXRlTWFjaGluZUdyb3VwEiEub21hLnYxLkRlbGV0ZU1hY2hpbmVHcm91cFJlcXVlc3QaIi5vbWEudjEuRGVsZXRlTWFjaGluZUdyb3VwUmVzcG9uc2USWwoSU3RhcnRHcm91cEZhaWxvdmVyEiEub21hLnYxLlN0YXJ0R3JvdXBGYWlsb3ZlclJlcXVlc3QaIi5vbWEudjEuU3RhcnRHcm91cEZhaWxvdmVyUmVzcG9uc2USYQoUQ2xlYW51cEdyb3VwRmFpbG92ZXISIy5vbWEudjEuQ2xlYW51cEdyb3VwRmFpbG92ZXJSZXF1ZXN0GiQub21hLnYxLkNsZWFudXBHcm91cEZhaWxvdmVyUmVzcG9uc2USRgoLR2V0R3JvdXBSdW4SGi5vbWEudjEuR2V0R3JvdXBSdW5SZXF1ZXN0Ghsub21hLnYxLkdldEdyb3VwUnVuUmVzcG9uc2USTAoNTGlzdEdyb3VwUnVucxIcLm9tYS52MS5MaXN0R3JvdXBSdW5zUmVxdWVzdBodLm9tYS52MS5MaXN0R3JvdXBSdW5zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChpvbWEvdjEvbWFjaGluZV9ncm91cC5wcm90bxIGb21hLnYxIj8KEk1hY2hpbmVHcm91cE1lbWJlchIVCg12bV9jb250ZXh0X2lkGAEgASgJEhIKCmJvb3Rfb3JkZXIYAiABKA0iYgoQTWFjaGluZUdyb3VwU3BlYxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEisKB21lbWJlcnMYAyADKAsyGi5vbWEudjEuTWFjaGluZUdyb3VwTWVtYmVyIswBCgxNYWNoaW5lR3JvdXASCgoCaWQYASABKAkSJgoEc3BlYxgCIAEoCzIYLm9tYS52MS5NYWNoaW5lR3JvdXBTcGVjEhMKC3NjaGVkdWxlX2lkGAMgASgJEhMKC2xhc3RfcnVuX2lkGAQgASgJEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIp4BCg5Hcm91cFJ1bk1lbWJlchIVCg12bV9jb250ZXh0X2lkGAEgASgJEg8KB3ZtX25hbWUYAiABKAkSEgoKYm9vdF9vcmRlchgDIAEoDRIXCg9mYWlsb3Zlcl9qb2JfaWQYBCABKAkSJgoGc3RhdHVzGAUgASgOMhYub21hLnYxLkdyb3VwUnVuU3RhdHVzEg8KB21lc3NhZ2UYBiABKAki4QIKCEdyb3VwUnVuEgoKAmlkGAEgASgJEhAKCGdyb3VwX2lkGAIgASgJEhIKCmdyb3VwX25hbWUYAyABKAkSIgoEa2luZBgEIAEoDjIULm9tYS52MS5Hcm91cFJ1bktpbmQSJgoGc3RhdHVzGAUgASgOMhYub21hLnYxLkdyb3VwUnVuU3RhdHVzEicKB21lbWJlcnMYBiADKAsyFi5vbWEudjEuR3JvdXBSdW5NZW1iZXISHwoSY3VycmVudF9ib290X29yZGVyGAcgASgNSACIAQESFQoNZXJyb3JfbWVzc2FnZRgIIAEoCRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCFQoTX2N1cnJlbnRfYm9vdF9vcmRlciJXChlDcmVhdGVNYWNoaW5lR3JvdXBSZXF1ZXN0EiYKBHNwZWMYASABKAsyGC5vbWEudjEuTWFjaGluZUdyb3VwU3BlYxISCgpyZXF1ZXN0X2lkGAIgASgJIkEKGkNyZWF0ZU1hY2hpbmVHcm91cFJlc3BvbnNlEiMKBWdyb3VwGAEgASgLMhQub21hLnYxLk1hY2hpbmVHcm91cCIkChZHZXRNYWNoaW5lR3JvdXBSZXF1ZXN0EgoKAmlkGAEgASgJIj4KF0dldE1hY2hpbmVHcm91cFJlc3BvbnNlEiMKBWdyb3VwGAEgASgLMhQub21hLnYxLk1hY2hpbmVHcm91cCJBChhMaXN0TWFjaGluZUdyb3Vwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiWgoZTGlzdE1hY2hpbmVHcm91cHNSZXNwb25zZRIkCgZncm91cHMYASADKAsyFC5vbWEudjEuTWFjaGluZUdyb3VwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJjChlVcGRhdGVNYWNoaW5lR3JvdXBSZXF1ZXN0EgoKAmlkGAEgASgJEiYKBHNwZWMYAiABKAsyGC5vbWEudjEuTWFjaGluZUdyb3VwU3BlYxISCgpyZXF1ZXN0X2lkGAMgASgJIkEKGlVwZGF0ZU1hY2hpbmVHcm91cFJlc3BvbnNlEiMKBWdyb3VwGAEgASgLMhQub21hLnYxLk1hY2hpbmVHcm91cCI7ChlEZWxldGVNYWNoaW5lR3JvdXBSZXF1ZXN0EgoKAmlkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiHAoaRGVsZXRlTWFjaGluZUdyb3VwUmVzcG9uc2UiZQoZU3RhcnRHcm91cEZhaWxvdmVyUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIiCgRraW5kGAIgASgOMhQub21hLnYxLkdyb3VwUnVuS2luZBISCgpyZXF1ZXN0X2lkGAMgASgJIjsKGlN0YXJ0R3JvdXBGYWlsb3ZlclJlc3BvbnNlEh0KA3J1bhgBIAEoCzIQLm9tYS52MS5Hcm91cFJ1biJDChtDbGVhbnVwR3JvdXBGYWlsb3ZlclJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI9ChxDbGVhbnVwR3JvdXBGYWlsb3ZlclJlc3BvbnNlEh0KA3J1bhgBIAEoCzIQLm9tYS52MS5Hcm91cFJ1biI3ChVDYW5jZWxHcm91cFJ1blJlcXVlc3QSCgoCaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI3ChZDYW5jZWxHcm91cFJ1blJlc3BvbnNlEh0KA3J1bhgBIAEoCzIQLm9tYS52MS5Hcm91cFJ1biIgChJHZXRHcm91cFJ1blJlcXVlc3QSCgoCaWQYASABKAkiNAoTR2V0R3JvdXBSdW5SZXNwb25zZRIdCgNydW4YASABKAsyEC5vbWEudjEuR3JvdXBSdW4iTwoUTGlzdEdyb3VwUnVuc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEAoIZ3JvdXBfaWQYAyABKAkiUAoVTGlzdEdyb3VwUnVuc1Jlc3BvbnNlEh4KBHJ1bnMYASADKAsyEC5vbWEudjEuR3JvdXBSdW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKo4BCgxHcm91cFJ1bktpbmQSHgoaR1JPVVBfUlVOX0tJTkRfVU5TUEVDSUZJRUQQABIgChxHUk9VUF9SVU5fS0lORF9URVNUX0ZBSUxPVkVSEAESIAocR1JPVVBfUlVOX0tJTkRfTElWRV9GQUlMT1ZFUhACEhoKFkdST1VQX1JVTl9LSU5EX0NMRUFOVVAQAyqsAgoOR3JvdXBSdW5TdGF0dXMSIAocR1JPVVBfUlVOX1NUQVRVU19VTlNQRUNJRklFRBAAEhwKGEdST1VQX1JVTl9TVEFUVVNfUEVORElORxABEhwKGEdST1VQX1JVTl9TVEFUVVNfUlVOTklORxACEh4KGkdST1VQX1JVTl9TVEFUVVNfQ09NUExFVEVEEAMSGwoXR1JPVVBfUlVOX1NUQVRVU19GQUlMRUQQBBIcChhHUk9VUF9SVU5fU1RBVFVTX1NLSVBQRUQQBRIgChxHUk9VUF9SVU5fU1RBVFVTX05PVF9TVEFSVEVEEAYSHwobR1JPVVBfUlVOX1NUQVRVU19DQU5DRUxMSU5HEAcSHgoaR1JPVVBfUlVOX1NUQVRVU19DQU5DRUxMRUQQCDKBBwoTTWFjaGluZUdyb3VwU2VydmljZRJbChJDcmVhdGVNYWNoaW5lR3JvdXASIS5vbWEudjEuQ3JlYXRlTWFjaGluZUdyb3VwUmVxdWVzdBoiLm9tYS52MS5DcmVhdGVNYWNoaW5lR3JvdXBSZXNwb25zZRJSCg9HZXRNYWNoaW5lR3JvdXASHi5vbWEudjEuR2V0TWFjaGluZUdyb3VwUmVxdWVzdBofLm9tYS52MS5HZXRNYWNoaW5lR3JvdXBSZXNwb25zZRJYChFMaXN0TWFjaGluZUdyb3VwcxIgLm9tYS52MS5MaXN0TWFjaGluZUdyb3Vwc1JlcXVlc3QaIS5vbWEudjEuTGlzdE1hY2hpbmVHcm91cHNSZXNwb25zZRJbChJVcGRhdGVNYWNoaW5lR3JvdXASIS5vbWEudjEuVXBkYXRlTWFjaGluZUdyb3VwUmVxdWVzdBoiLm9tYS52MS5VcGRhdGVNYWNoaW5lR3JvdXBSZXNwb25zZRJbChJEZWxldGVNYWNoaW5lR3JvdXASIS5vbWEudjEuRGVsZXRlTWFjaGluZUdyb3VwUmVxdWVzdBoiLm9tYS52MS5EZWxldGVNYWNoaW5lR3JvdXBSZXNwb25zZRJbChJTdGFydEdyb3VwRmFpbG92ZXISIS5vbWEudjEuU3RhcnRHcm91cEZhaWxvdmVyUmVxdWVzdBoiLm9tYS52MS5TdGFydEdyb3VwRmFpbG92ZXJSZXNwb25zZRJhChRDbGVhbnVwR3JvdXBGYWlsb3ZlchIjLm9tYS52MS5DbGVhbnVwR3JvdXBGYWlsb3ZlclJlcXVlc3QaJC5vbWEudjEuQ2xlYW51cEdyb3VwRmFpbG92ZXJSZXNwb25zZRJPCg5DYW5jZWxHcm91cFJ1bhIdLm9tYS52MS5DYW5jZWxHcm91cFJ1blJlcXVlc3QaHi5vbWEudjEuQ2FuY2VsR3JvdXBSdW5SZXNwb25zZRJGCgtHZXRHcm91cFJ1bhIaLm9tYS52MS5HZXRHcm91cFJ1blJlcXVlc3QaGy5vbWEudjEuR2V0R3JvdXBSdW5SZXNwb25zZRJMCg1MaXN0R3JvdXBSdW5zEhwub21hLnYxLkxpc3RHcm91cFJ1bnNSZXF1ZXN0Gh0ub21hLnYxLkxpc3RHcm91cFJ1bnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A VM of a group and when it boots.
@@ -625,6 +625,55 @@ export const CleanupGroupFailoverResponseSchema: GenMessage<CleanupGroupFailover
   messageDesc(file_oma_v1_machine_group, 18);
 
 /**
+ * Request of CancelGroupRun.
+ *
+ * @generated from message oma.v1.CancelGroupRunRequest
+ */
+export type CancelGroupRunRequest = Message<"oma.v1.CancelGroupRunRequest"> & {
+  /**
+   * Run id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Optional idempotency key (AIP-155); a cancel is idempotent by itself.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message oma.v1.CancelGroupRunRequest.
+ * Use `create(CancelGroupRunRequestSchema)` to create a new message.
+ */
+export const CancelGroupRunRequestSchema: GenMessage<CancelGroupRunRequest> = /*@__PURE__*/
+  messageDesc(file_oma_v1_machine_group, 19);
+
+/**
+ * Response of CancelGroupRun.
+ *
+ * @generated from message oma.v1.CancelGroupRunResponse
+ */
+export type CancelGroupRunResponse = Message<"oma.v1.CancelGroupRunResponse"> & {
+  /**
+   * The run after the request (CANCELLING until its members' jobs stopped, or as it ended).
+   *
+   * @generated from field: oma.v1.GroupRun run = 1;
+   */
+  run?: GroupRun;
+};
+
+/**
+ * Describes the message oma.v1.CancelGroupRunResponse.
+ * Use `create(CancelGroupRunResponseSchema)` to create a new message.
+ */
+export const CancelGroupRunResponseSchema: GenMessage<CancelGroupRunResponse> = /*@__PURE__*/
+  messageDesc(file_oma_v1_machine_group, 20);
+
+/**
  * Request of GetGroupRun.
  *
  * @generated from message oma.v1.GetGroupRunRequest
@@ -643,7 +692,7 @@ export type GetGroupRunRequest = Message<"oma.v1.GetGroupRunRequest"> & {
  * Use `create(GetGroupRunRequestSchema)` to create a new message.
  */
 export const GetGroupRunRequestSchema: GenMessage<GetGroupRunRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_machine_group, 19);
+  messageDesc(file_oma_v1_machine_group, 21);
 
 /**
  * Response of GetGroupRun.
@@ -664,7 +713,7 @@ export type GetGroupRunResponse = Message<"oma.v1.GetGroupRunResponse"> & {
  * Use `create(GetGroupRunResponseSchema)` to create a new message.
  */
 export const GetGroupRunResponseSchema: GenMessage<GetGroupRunResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_machine_group, 20);
+  messageDesc(file_oma_v1_machine_group, 22);
 
 /**
  * Request of ListGroupRuns.
@@ -699,7 +748,7 @@ export type ListGroupRunsRequest = Message<"oma.v1.ListGroupRunsRequest"> & {
  * Use `create(ListGroupRunsRequestSchema)` to create a new message.
  */
 export const ListGroupRunsRequestSchema: GenMessage<ListGroupRunsRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_machine_group, 21);
+  messageDesc(file_oma_v1_machine_group, 23);
 
 /**
  * Response of ListGroupRuns.
@@ -727,7 +776,7 @@ export type ListGroupRunsResponse = Message<"oma.v1.ListGroupRunsResponse"> & {
  * Use `create(ListGroupRunsResponseSchema)` to create a new message.
  */
 export const ListGroupRunsResponseSchema: GenMessage<ListGroupRunsResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_machine_group, 22);
+  messageDesc(file_oma_v1_machine_group, 24);
 
 /**
  * What a group run does.
@@ -819,11 +868,25 @@ export enum GroupRunStatus {
   SKIPPED = 5,
 
   /**
-   * Never started: an earlier boot order failed.
+   * Never started: an earlier boot order failed, or the run was cancelled first.
    *
    * @generated from enum value: GROUP_RUN_STATUS_NOT_STARTED = 6;
    */
   NOT_STARTED = 6,
+
+  /**
+   * A cancel was asked for (the run): its running members' jobs are being cancelled.
+   *
+   * @generated from enum value: GROUP_RUN_STATUS_CANCELLING = 7;
+   */
+  CANCELLING = 7,
+
+  /**
+   * Cancelled: the run (members that had not started are NOT_STARTED), or a member whose job was cancelled.
+   *
+   * @generated from enum value: GROUP_RUN_STATUS_CANCELLED = 8;
+   */
+  CANCELLED = 8,
 }
 
 /**
@@ -919,6 +982,19 @@ export const MachineGroupService: GenService<{
     methodKind: "unary";
     input: typeof CleanupGroupFailoverRequestSchema;
     output: typeof CleanupGroupFailoverResponseSchema;
+  },
+  /**
+   * Cancels a group run: no member starts any more, the members' running failover or cleanup jobs are cancelled
+   * (each as CancelJob cancels a failover job: at once when that is safe, else after its current step), and the run
+   * ends GROUP_RUN_STATUS_CANCELLED; what already ran stays (CleanupGroupFailover removes test VMs). The run is
+   * returned GROUP_RUN_STATUS_CANCELLING until its task has stopped them; a run that ended is returned as it is.
+   *
+   * @generated from rpc oma.v1.MachineGroupService.CancelGroupRun
+   */
+  cancelGroupRun: {
+    methodKind: "unary";
+    input: typeof CancelGroupRunRequestSchema;
+    output: typeof CancelGroupRunResponseSchema;
   },
   /**
    * Returns one group run; NOT_FOUND (GROUP_RUN_NOT_FOUND) for an unknown id.
