@@ -47,6 +47,7 @@ from tests.failover.helpers import (
     start_oma,
     wait_job,
 )
+from tests.omactl.conftest import run_omactl, target_of
 
 pytestmark = pytest.mark.nbd
 VERIFY = failover_pb2.FAILOVER_JOB_KIND_VERIFY
@@ -249,3 +250,27 @@ async def test_refused_while_a_job_runs_and_unless_the_vm_rests(oma: OmaServer, 
             await verify(channel, reply.vm_context.id)
         assert fresh.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "ready_for_failover" in (fresh.value.details() or "")
+
+
+async def test_omactl_vms_verify_watches_the_job_and_show_has_the_outcome(oma: OmaServer, tmp_path: Path) -> None:
+    async with oma_channel(oma) as channel:
+        r = await replicate(channel, tmp_path, inventory(disk_mib=(8, 16)))
+        vm = await get_vm(channel, r.vm_id)
+        target = target_of(oma)
+        passed = await run_omactl(target, "vms", "verify", r.vm_id, "--watch")
+        assert passed.code == 0, passed
+        assert "verification at rest" in passed.out and "completed" in passed.out.lower(), passed.out
+        shown = await run_omactl(target, "vms", "show", r.vm_id)
+        assert shown.code == 0, shown
+        rows = [line for line in shown.out.splitlines() if "sha256:" in line]
+        assert len(rows) == 2 and all("passed" in line for line in rows), rows
+
+        flip(await replica_file(oma, vm.disks[1].volume_id), 5 * BLOCK_SIZE + 1)
+        found = await run_omactl(target, "vms", "verify", r.vm_id, "--watch")
+        assert found.code != 0, found
+        assert "REPLICA_MISMATCH" in found.out + found.err, found
+        await replicas_released(channel, r.vm_id)
+        shown = await run_omactl(target, "vms", "show", r.vm_id)
+        row = next(line for line in shown.out.splitlines() if line.startswith(vm.disks[1].id) and "sha256:" in line)
+        assert "MISMATCH in block(s) 5" in row and "copies this disk whole" in row, row
+        await r.stream.close()
