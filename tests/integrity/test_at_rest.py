@@ -274,3 +274,31 @@ async def test_omactl_vms_verify_watches_the_job_and_show_has_the_outcome(oma: O
         row = next(line for line in shown.out.splitlines() if line.startswith(vm.disks[1].id) and "sha256:" in line)
         assert "MISMATCH in block(s) 5" in row and "copies this disk whole" in row, row
         await r.stream.close()
+
+
+async def test_a_cancel_during_the_read_releases_the_replicas_and_the_vm(
+    oma: OmaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held, reading = threading.Event(), threading.Event()
+
+    class Hanging(at_rest_steps.ReplicaReader):  # type: ignore[misc, name-defined]
+        def hashes(self, ranges, on_progress=None):  # type: ignore[no-untyped-def]
+            reading.set()
+            held.wait(30)
+            raise OSError("cancelled under this read")
+
+    async with oma_channel(oma) as channel:
+        r = await replicate(channel, tmp_path)
+        monkeypatch.setattr(at_rest_steps, "ReplicaReader", Hanging)
+        job = await verify(channel, r.vm_id)
+        assert await asyncio.to_thread(reading.wait, 20)
+        await job_pb2_grpc.JobServiceStub(channel).CancelJob(job_pb2.CancelJobRequest(id=job.id))
+        held.set()
+        done = await wait_job(oma, channel, job.id)
+        assert done.status == failover_pb2.FAILOVER_JOB_STATUS_CANCELLED
+        assert "replicas are released" in done.outcome
+        vm = await get_vm(channel, r.vm_id)
+        assert vm.status == VM_READY and not vm.active_job_id
+        assert all(not d.verification.check_outcome for d in vm.disks)  # nothing recorded
+        await replicas_released(channel, r.vm_id)
+        await r.stream.close()
