@@ -26,10 +26,12 @@ from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.db.database import Database, redact_url
 from oma_server.db.migrations import apply_migrations, current_version
 from oma_server.db.sqlite_owner import SqliteOwnership, sqlite_path
+from oma_server.failover.at_rest import RestVerification
 from oma_server.failover.cutover_runner import CutoverRunner
 from oma_server.failover.network_mappings import NetworkMappingService
 from oma_server.failover.power import SourcePower
 from oma_server.failover.readiness import ReadinessChecker
+from oma_server.failover.state_machine import FailoverKind
 from oma_server.failover.steps import FailoverSteps, StepSettings
 from oma_server.failover.store import FailoverJobStore
 from oma_server.failover.workflow import FailoverWorkflow
@@ -113,6 +115,7 @@ class App:
         self.cutover: CutoverRunner | None = None  # scheduled cutovers: with the workflow
         self.network_mappings: NetworkMappingService | None = None
         self.power: SourcePower | None = None
+        self.verification: RestVerification | None = None
         # Jobs of every kind by id, listed together, cancelled alike.
         self.all_jobs = Jobs(self.db, self.jobs, self.failover_jobs, self.replication, self.vms)
         self.failover_step_settings = StepSettings(driver_injection_command=settings.driver_injection_command)
@@ -357,6 +360,11 @@ class App:
         self.cutover = CutoverRunner(self.failover, self.jobs, tick_s=self.settings.scheduler_tick_s)
         self.hub.on_session.append(lambda _appliance_id: self.cutover.wake() if self.cutover else None)
         self.power = SourcePower(self.db, self.failover_jobs, self.failover.resume_job, self.hub.connected)
+        self.verification = RestVerification(
+            self.db, self.clock, self.failover_jobs, attachments, self.joblog, self.failover.resume_job
+        )
+        steps.declared.update({step.name: step for step in self.verification.steps()})
+        self.failover.on_unfinished[FailoverKind.VERIFY] = self.verification.release_after
         self.network_mappings = NetworkMappingService(self.db, cloudstack)
 
     async def _failover_change(self, job_id: str) -> Change | None:

@@ -127,7 +127,7 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(ServerInfoServicer(app.info), server)
     appliance_pb2_grpc.add_ApplianceServiceServicer_to_server(ApplianceServicer(app.appliances), server)
     rpo = RpoReader(app.db, app.clock)
-    lifecycle = VmLifecycle(lambda: app.deletion, app.completion)
+    lifecycle = VmLifecycle(lambda: app.deletion, app.completion, lambda: app.verification)
     vm_contexts = VmContextServicer(app.vms, app.appliances, app.hub.connected, lambda: app.power, lifecycle, rpo)
     vm_context_pb2_grpc.add_VmContextServiceServicer_to_server(vm_contexts, server)
     replication = ReplicationServicer(app.replication, app.jobs, app.all_jobs, app.vms)

@@ -152,7 +152,7 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
 
     await db.run(downgrade)
     assert await db.run(current_version, db.peewee) == 1
-    assert await db.run(apply_migrations, db.peewee) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert await db.run(apply_migrations, db.peewee) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
     columns = {c.name for c in await db.run(db.peewee.get_columns, "disk")}
     assert "replicated_capacity_bytes" in columns
     assert await db.run(db.peewee.table_exists, "watch_revision")
@@ -164,3 +164,5 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
     assert await db.run(db.peewee.table_exists, "bandwidth_limit")
     for table in ("machine_group", "group_member", "group_run"):
         assert await db.run(db.peewee.table_exists, table)
+    block_map = {c.name for c in await db.run(db.peewee.get_columns, "block_map")}
+    assert {"check_job_id", "checked_at", "check_outcome", "check_digest", "check_mismatched"} <= block_map

@@ -89,6 +89,7 @@ METHOD_ACCESS: dict[str, Access] = {
         "/oma.v1.VmContextService/DiscoverVms",
         "/oma.v1.VmContextService/PowerOnSourceVm",
         "/oma.v1.VmContextService/PowerOffSourceVm",
+        "/oma.v1.VmContextService/VerifyVmContext",
         "/oma.v1.VmContextService/DeleteVmContext",
         "/oma.v1.VmContextService/CompleteMigration",
         "/oma.v1.JobService/CancelJob",

@@ -195,6 +195,11 @@ def verification_to_proto(m: BlockMap | None) -> vm_context_pb2.DiskVerification
         verified_at=ts(m.verified_at),
         blocks_read=m.blocks_read,
         block_count=-(-m.capacity_bytes // m.block_size),
+        checked_at=ts(m.checked_at),
+        check_job_id=m.check_job_id,
+        check_outcome=m.check_outcome,
+        check_digest=m.check_digest,
+        mismatched=[vm_context_pb2.BlockRange(first=f, count=n) for f, n in m.check_mismatched or []],
     )
 
 
@@ -292,6 +297,7 @@ def failover_job_to_proto(job: FailoverJobState) -> failover_pb2.FailoverJob:
                 finished_at=ts(s.finished_at),
                 error=s.error,
                 attempts=s.attempts,
+                message=s.message,
             )
             for s in job.steps
         ],

@@ -177,6 +177,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "oma.v1.CancelJobRequest": {"id": REQUIRED_ID},
     "oma.v1.PowerOnSourceVmRequest": {"vm_context_id": REQUIRED_ID},
     "oma.v1.PowerOffSourceVmRequest": {"vm_context_id": REQUIRED_ID},
+    "oma.v1.VerifyVmContextRequest": {"vm_context_id": REQUIRED_ID},
     "oma.v1.DeleteVmContextRequest": {"id": REQUIRED_ID},
     "oma.v1.CompleteMigrationRequest": {"vm_context_id": REQUIRED_ID},
     "oma.v1.CreateApiTokenRequest": {"name": Text(63)},  # the service checks the name's form

@@ -12,6 +12,7 @@ from oma_server.api.convert import enum_name, failover_job_to_proto, vm_context_
 from oma_server.api.schedules import RpoReader, with_rpo
 from oma_server.appliances import ApplianceService
 from oma_server.errors import Unavailable
+from oma_server.failover.at_rest import RestVerification
 from oma_server.failover.power import SourcePower
 from oma_server.lifecycle.completion import MigrationCompletion
 from oma_server.lifecycle.deletion import VmDeletion
@@ -21,10 +22,12 @@ from oma_server.wire.stream_codec import decode_vm, encode_vm
 
 @dataclass(frozen=True)
 class VmLifecycle:
-    """Deleting a VM context (built at start: it needs CloudStack; None until then) and completing a migration."""
+    """Deleting a VM context and verifying its replicas at rest (built at start: they need CloudStack; None until
+    then), and completing a migration."""
 
     deletion: Callable[[], VmDeletion | None]
     completion: MigrationCompletion
+    verification: Callable[[], RestVerification | None]
 
 
 def _power(power: Callable[[], SourcePower | None]) -> SourcePower:
@@ -124,3 +127,12 @@ class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
     ) -> vm_context_pb2.PowerOffSourceVmResponse:
         job = await _power(self.power).power_off(request.vm_context_id, request.request_id)
         return vm_context_pb2.PowerOffSourceVmResponse(job=failover_job_to_proto(job))
+
+    async def VerifyVmContext(
+        self, request: vm_context_pb2.VerifyVmContextRequest, context: grpc.aio.ServicerContext
+    ) -> vm_context_pb2.VerifyVmContextResponse:
+        verification = self.lifecycle.verification()
+        if verification is None:
+            raise Unavailable("the OMA is starting; retry in a moment", reason="NOT_READY")
+        job = await verification.start(request.vm_context_id, request.request_id)
+        return vm_context_pb2.VerifyVmContextResponse(job=failover_job_to_proto(job))

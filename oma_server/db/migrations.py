@@ -73,6 +73,21 @@ def _m010_machine_groups(db: pw.Database) -> None:
     db.create_tables([MachineGroup, GroupMember, GroupRun], safe=True)  # a database created at 10 already has them
 
 
+def _m011_block_map_check(db: pw.Database) -> None:
+    columns = {c.name for c in db.get_columns(BlockMap._meta.table_name)}  # type: ignore[attr-defined]
+    added = {
+        "check_job_id": pw.CharField(max_length=64, default=""),
+        "checked_at": pw.DateTimeField(null=True),
+        "check_outcome": pw.CharField(max_length=16, default=""),
+        "check_digest": pw.CharField(max_length=128, default=""),
+        "check_mismatched": pw.TextField(null=True),  # JsonField's column type
+    }
+    missing = [name for name in added if name not in columns]  # a database created at 11 already has them
+    if missing:
+        migrator = SchemaMigrator.from_database(db)
+        migrate(*(migrator.add_column("block_map", name, added[name]) for name in missing))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "initial schema", _m001_initial),
     (2, "disk.replicated_capacity_bytes (resize detection)", _m002_disk_replicated_capacity),
@@ -84,6 +99,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (8, "schedule (replication schedules with an RPO target)", _m008_schedule),
     (9, "bandwidth_limit (copy-rate limits with weekly windows)", _m009_bandwidth_limit),
     (10, "machine_group, group_member, group_run (machine groups and their failovers)", _m010_machine_groups),
+    (11, "block_map.check_* (the last on-demand verification of a replica at rest)", _m011_block_map_check),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -259,6 +259,9 @@ class BlockMap(BaseModel):
 
     `pending` rows are syncs whose read-back has not run yet, with the byte extents the sync covered (`extents`,
     null: the whole disk); `verified` rows hold the hashes (HASH_SIZE bytes per block, in disk order) and the digest.
+    The `check_*` columns are the last on-demand verification of the replica at rest against this map
+    (VerifyVmContext, integrity/at_rest.py): its job, time, outcome (`passed` | `mismatch`), the digest it read and
+    the mismatching block ranges (`[[first, count], ...]`).
     """
 
     id = pw.AutoField()
@@ -276,6 +279,11 @@ class BlockMap(BaseModel):
     blocks_read = pw.BigIntegerField(default=0)
     created_at = pw.DateTimeField(default=utcnow)
     verified_at = pw.DateTimeField(null=True)
+    check_job_id = pw.CharField(max_length=64, default="")
+    checked_at = pw.DateTimeField(null=True)
+    check_outcome = pw.CharField(max_length=16, default="")
+    check_digest = pw.CharField(max_length=128, default="")
+    check_mismatched = JsonField(null=True)
 
     class Meta:
         indexes = ((("disk", "change_id"), True),)

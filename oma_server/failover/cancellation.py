@@ -53,6 +53,8 @@ def outcome_of_cancel(job: FailoverJobState) -> str:
     where = f"at step {step.name}" if step is not None else "before its next step"
     if job.kind in sm.POWER:
         return f"cancelled {where}; the source VM's power state is unchanged by this job"
+    if job.kind in sm.KEEPS_STATUS:
+        return f"cancelled {where}; the replicas are released and the VM context is as before (nothing recorded)"
     if not changed_anything(job):
         return f"cancelled {where}; nothing was changed, the VM context is as before"
     text = f"cancelled {where}; run CleanupFailover for this VM to remove what the failover created"
@@ -71,6 +73,10 @@ def record_cancel(state: FailoverJobState) -> None:
     for step in state.steps:
         if step.status == StepStatus.CANCELLED and step.log_id:
             end_step(step.log_id, "failed", "cancelled by the operator")
+    if state.kind in sm.KEEPS_STATUS:
+        vm = VmContext.get_by_id(state.vm_context_id)
+        if vm.active_job_id == state.id:
+            transition_vm(state.vm_context_id, VmStatus(vm.status), active_job_id="")
     if state.kind in sm.FAILOVERS:
         vm = VmContext.get_by_id(state.vm_context_id)
         if vm.active_job_id in ("", state.id):
@@ -91,6 +97,8 @@ def outcome_of_completion(job: FailoverJobState) -> str:
         return "the source VM is powered on"
     if job.kind == FailoverKind.POWER_OFF_SOURCE:
         return "the source VM is powered off"
+    if job.kind == FailoverKind.VERIFY:
+        return "every replica read back at rest matches its block-hash map"
     if job.kind == FailoverKind.LIVE:
         return f"the VM runs in CloudStack as {job.target_vm_name}; the source VM is powered off"
     if job.kind == FailoverKind.TEST:

@@ -1,6 +1,7 @@
 """The one state machine of a failover job and its steps (DESIGN.md §5).
 
-A failover job (kind test | live | cleanup | rollback, or a one-step source power job) is a list of named steps run
+A failover job (kind test | live | cleanup | rollback, a one-step source power job, or a verification of the
+replicas at rest) is a list of named steps run
 in order. Job: `pending → running → completed | failed | cancelled`. Step: `pending → running → completed | skipped |
 failed | cancelled`; a step left `running` by a crash runs again (its `attempts` grows) — every step is idempotent.
 Everything here is pure: the store (store.py) applies these functions to a job inside the transaction that writes
@@ -30,6 +31,7 @@ class FailoverKind(StrEnum):
     ROLLBACK = "rollback"
     POWER_ON_SOURCE = "power_on_source"
     POWER_OFF_SOURCE = "power_off_source"
+    VERIFY = "verify"  # VerifyVmContext: the replicas at rest read back and compared with their maps
 
 
 class FailoverStatus(StrEnum):
@@ -57,6 +59,8 @@ STEP_DONE = (StepStatus.COMPLETED, StepStatus.SKIPPED)
 FAILOVERS = (FailoverKind.TEST, FailoverKind.LIVE)
 UNDO = (FailoverKind.CLEANUP, FailoverKind.ROLLBACK)
 POWER = (FailoverKind.POWER_ON_SOURCE, FailoverKind.POWER_OFF_SOURCE)
+# Kinds that claim the VM context but leave its status as it was, whatever their end (failover/at_rest.py).
+KEEPS_STATUS = (FailoverKind.VERIFY,)
 
 # The step lists per kind (the issue's order). Live failover = power off + final sync + the test-failover steps.
 TEST_STEPS: tuple[str, ...] = (
@@ -89,10 +93,12 @@ STEPS: dict[FailoverKind, tuple[str, ...]] = {
     FailoverKind.ROLLBACK: ROLLBACK_STEPS,
     FailoverKind.POWER_ON_SOURCE: ("power_on_source",),
     FailoverKind.POWER_OFF_SOURCE: ("power_off_source",),
+    # the mismatches are found in read_back and reported (the job failed) only after the replicas were released
+    FailoverKind.VERIFY: ("attach_replicas", "read_back", "release_replicas", "report"),
 }
 # Steps a cancel may stop half-way: they read, or wait for something that cleanup handles whatever its state (the
 # final sync is cancelled with them; a snapshot still being taken is found by its name and removed).
-INTERRUPTIBLE = frozenset({"validate", "final_sync", "snapshot_volumes", "verify_running"})
+INTERRUPTIBLE = frozenset({"validate", "final_sync", "snapshot_volumes", "verify_running", "read_back"})
 
 
 def iso_text(value: datetime | None) -> str:

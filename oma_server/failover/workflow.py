@@ -42,6 +42,7 @@ from oma_server.failover.cancellation import (
     stops_at_once,
 )
 from oma_server.failover.cutover import Cutovers, CutoverTiming, DeadlineMissed, check_timing, scheduled_conflict
+from oma_server.failover.endings import failure_message, keep_status
 from oma_server.failover.readiness import Readiness, ReadinessChecker
 from oma_server.failover.state_machine import FailoverJobState, FailoverKind, StepStatus
 from oma_server.failover.steps import FailoverSteps, StepContext, StepResult
@@ -56,24 +57,6 @@ from oma_server.failover.store import (
 )
 from oma_server.joblog import begin_step, end_step, note
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
-
-# What an operator does after a failed job, by kind.
-_NEXT_ACTION = {
-    FailoverKind.TEST: "Run CleanupFailover for this VM: it removes what the failover created and returns the VM to "
-    "ready_for_failover; then fix the cause and start the failover again.",
-    FailoverKind.LIVE: "Run CleanupFailover (or RollbackFailover with power_on_source to also power the source VM "
-    "back on): it removes what the failover created; then fix the cause and start the failover again.",
-    FailoverKind.CLEANUP: "Fix the cause, then run CleanupFailover again: its steps check CloudStack first and are "
-    "safe to repeat.",
-    FailoverKind.ROLLBACK: "Fix the cause, then run RollbackFailover again: its steps check CloudStack first and are "
-    "safe to repeat.",
-    FailoverKind.POWER_ON_SOURCE: "Fix the cause, then ask again (PowerOnSourceVm), or power the VM on in vCenter.",
-    FailoverKind.POWER_OFF_SOURCE: "Fix the cause, then ask again (PowerOffSourceVm), or power the VM off in vCenter.",
-}
-
-
-def failure_message(kind: FailoverKind, step: str, error: str, hint: str) -> str:
-    return f"step {step} failed: {error}. Hint: {hint}. {_NEXT_ACTION[kind]}"
 
 
 class FailoverWorkflow:
@@ -103,6 +86,8 @@ class FailoverWorkflow:
         self.cancel_replication = cancel_replication
         #: scheduled cutovers (cutover_runner.py); set when it is built
         self.cutover: Cutovers | None = None
+        #: per kind, what to tidy after a job of it failed or was cancelled (failover/at_rest.py)
+        self.on_unfinished: dict[FailoverKind, Callable[[FailoverJobState], Awaitable[None]]] = {}
 
     # ---- operator actions ---------------------------------------------------------------------------------------
     async def check(self, vm_context_id: str, kind: FailoverKind, service_offering_id: str = "") -> Readiness:
@@ -281,6 +266,7 @@ class FailoverWorkflow:
                 why(state)
 
         cancelled = await self._commit(job_id, end, record_cancel)
+        await self._after_unfinished(job_id)
         logger.bind(job_id=job_id, vm_context_id=job.vm_context_id).info(
             "{kind} job cancelled: {o}", kind=job.kind.value, o=outcome
         )
@@ -439,6 +425,9 @@ class FailoverWorkflow:
             if state.kind in sm.POWER:  # the VM context was never claimed: its status is not the power job's
                 note(state.id, "complete", state.outcome)
                 return
+            if state.kind in sm.KEEPS_STATUS:
+                keep_status(state, "complete")
+                return
             if done is not None:
                 transition_vm(state.vm_context_id, done, active_job_id="")
                 note(state.id, "complete", f"VM context is {done.value}; target VM {state.target_vm_name}")
@@ -463,7 +452,8 @@ class FailoverWorkflow:
         message = failure_message(current.kind, step_name or "start", error, hint)
         if current.kind == FailoverKind.LIVE and current.params.get("source_powered_off"):
             message += " The source VM is powered off."
-        step_reason = f"{step_name.upper()}_FAILED" if step_name else reason
+        # a verification's reason is its finding (REPLICA_MISMATCH), not the step it was reported in
+        step_reason = f"{step_name.upper()}_FAILED" if step_name and current.kind not in sm.KEEPS_STATUS else reason
 
         def mutate(state: FailoverJobState) -> None:
             sm.fail_job(state, now, step_name, step_reason, message)
@@ -475,6 +465,9 @@ class FailoverWorkflow:
                     end_step(step.log_id, "failed", message)
             state.params["outcome"] = message
             if state.kind in sm.POWER:  # the VM context was never claimed
+                return
+            if state.kind in sm.KEEPS_STATUS:
+                keep_status(state, "fail")
                 return
             vm = VmContext.get_by_id(state.vm_context_id)
             src = VmStatus(vm.status)
@@ -491,3 +484,11 @@ class FailoverWorkflow:
 
         await self._commit(job_id, mutate, in_tx)
         logger.bind(job_id=job_id, reason=step_reason).warning("failover job failed: {m}", m=message)
+        await self._after_unfinished(job_id)
+
+    async def _after_unfinished(self, job_id: str) -> None:
+        """A job that failed or was cancelled: what its kind leaves to tidy (a verification's replicas)."""
+        job = await self.store.get(job_id)
+        tidy = self.on_unfinished.get(job.kind)
+        if tidy is not None:
+            await tidy(job)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from oma_server.db.models import BlockMap, Disk
+from oma_server.integrity.blocks import BlockRange
+from oma_server.integrity.blocks import describe as describe_ranges
 
 
 @dataclass(frozen=True)
@@ -17,8 +19,10 @@ class UnverifiedDisk:
     key: int
     disk_id: str
     change_id: str
-    #: "pending" (synced, not read back: running, failed or cut short) or "missing" (no map at this change id)
+    #: "pending" (synced, not read back: running, failed or cut short), "missing" (no map at this change id) or
+    #: "mismatch" (an on-demand verification at rest found blocks that differ from the map: `ranges`)
     state: str
+    ranges: tuple[BlockRange, ...] = ()
 
 
 def unverified_disks(vm_context_id: str) -> list[UnverifiedDisk]:
@@ -32,17 +36,23 @@ def unverified_disks(vm_context_id: str) -> list[UnverifiedDisk]:
         if row is None or row.status != "verified":
             state = "missing" if row is None else "pending"
             out.append(UnverifiedDisk(disk.key, disk.id, disk.last_change_id, state))
+        elif row.check_outcome == "mismatch":
+            ranges = tuple((int(f), int(n)) for f, n in row.check_mismatched or [])
+            out.append(UnverifiedDisk(disk.key, disk.id, disk.last_change_id, "mismatch", ranges))
     return out
+
+
+def _what(d: UnverifiedDisk) -> str:
+    if d.state == "mismatch":
+        return f"was found at rest to differ from its map in block(s) {describe_ranges(d.ranges)} (VerifyVmContext)"
+    return "was synced but not read back" if d.state == "pending" else "has no block-hash map"
 
 
 def describe(unverified: list[UnverifiedDisk]) -> str:
     """One sentence naming each unverified disk and what to do."""
-    parts = [
-        f"disk {d.key} at change id {d.change_id} "
-        + ("was synced but not read back" if d.state == "pending" else "has no block-hash map")
-        for d in unverified
-    ]
+    parts = [f"disk {d.key} at change id {d.change_id} {_what(d)}" for d in unverified]
+    repair = " (a disk that differs is copied whole)" if any(d.state == "mismatch" for d in unverified) else ""
     return (
         "; ".join(parts) + ": the replica is not proven identical to the source; run an incremental replication "
-        "(its read-back verifies the replica) and let it complete"
+        f"(its read-back verifies the replica){repair} and let it complete"
     )

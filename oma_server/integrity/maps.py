@@ -27,6 +27,11 @@ def record_sync(job_id: str, disk_id: str, change_id: str, extents: Sequence[Ext
         "digest": "",
         "blocks_read": 0,
         "verified_at": None,
+        "check_job_id": "",
+        "checked_at": None,
+        "check_outcome": "",
+        "check_digest": "",
+        "check_mismatched": None,
     }
     existing = BlockMap.get_or_none((BlockMap.disk == disk_id) & (BlockMap.change_id == change_id))
     if existing is None:
@@ -86,6 +91,11 @@ def latest_verified(disk_id: str) -> BlockMap | None:
             BlockMap.digest,
             BlockMap.blocks_read,
             BlockMap.verified_at,
+            BlockMap.check_job_id,
+            BlockMap.checked_at,
+            BlockMap.check_outcome,
+            BlockMap.check_digest,
+            BlockMap.check_mismatched,
         )
         .where((BlockMap.disk == disk_id) & (BlockMap.status == "verified"))
         .order_by(BlockMap.verified_at.desc(), BlockMap.id.desc())

@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "UpdateNetworkMapping": "omactl network-map update",
     "PowerOnSourceVm": "omactl vms power-on {vm}",
     "PowerOffSourceVm": "omactl vms power-off {vm}",
+    "VerifyVmContext": "omactl vms verify {vm}",
     "ListAppliances": "omactl appliances list",
     "EnrollAppliance": "omactl appliances enroll NAME",
     "ListNetworks": "omactl cloud networks",

@@ -1,4 +1,4 @@
-"""omactl vms list|show|discover|power-on|power-off (VM contexts: the VMware VMs under migration)."""
+"""omactl vms list|show|discover|verify|power-on|power-off (VM contexts: the VMware VMs under migration)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
     )
     ctx.out.line()
     ctx.out.table(
-        ["DISK ID", "KEY", "DIGEST", "VERIFIED CHANGE ID", "VERIFIED AT", "BLOCKS READ", "CURRENT"],
+        ["DISK ID", "KEY", "DIGEST", "VERIFIED CHANGE ID", "VERIFIED AT", "BLOCKS READ", "AT REST", "CURRENT"],
         (_verification_row(d) for d in vm.disks),
         title="Replica verification (block-hash digests read back by the OMA)",
     )
@@ -128,7 +128,7 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
 
 def _verification_row(d: vm_context_pb2.Disk) -> list[object]:
     if not d.HasField("verification"):
-        return [d.id, d.key, render.NONE, render.NONE, render.NONE, render.NONE, "no: never verified"]
+        return [d.id, d.key, render.NONE, render.NONE, render.NONE, render.NONE, render.NONE, "no: never verified"]
     v = d.verification
     current = "yes" if v.change_id == d.last_change_id else "no: replicated since"
     return [
@@ -138,8 +138,20 @@ def _verification_row(d: vm_context_pb2.Disk) -> list[object]:
         v.change_id,
         field_time(v, "verified_at"),
         f"{v.blocks_read} of {v.block_count} ({v.block_size // 2**20} MiB)",
+        _at_rest(v),
         current,
     ]
+
+
+def _at_rest(v: vm_context_pb2.DiskVerification) -> str:
+    """The last on-demand verification of the replica at rest (omactl vms verify) against this map."""
+    if not v.check_outcome:
+        return render.NONE
+    when = f"{field_time(v, 'checked_at')}, job {v.check_job_id}"
+    if v.check_outcome == "passed":
+        return f"passed {when}"
+    ranges = ", ".join(str(r.first) if r.count == 1 else f"{r.first}-{r.first + r.count - 1}" for r in v.mismatched)
+    return f"MISMATCH in block(s) {ranges} ({when}): the next sync copies this disk whole"
 
 
 def _discover(ctx: Context, request: vm_context_pb2.DiscoverVmsRequest) -> vm_context_pb2.DiscoverVmsResponse:
@@ -211,6 +223,14 @@ def cmd_power(ctx: Context, args: argparse.Namespace) -> int:
     method = "PowerOnSourceVm" if on else "PowerOffSourceVm"
     job = ctx.client.call(ctx.client.vms, method, request).job
     return started(ctx, args, job, f"power {'on' if on else 'off'} of the source VM")
+
+
+def cmd_verify(ctx: Context, args: argparse.Namespace) -> int:
+    request = vm_context_pb2.VerifyVmContextRequest(
+        vm_context_id=resolve.vm_id(ctx, args.vm), request_id=args.request_id or ""
+    )
+    job = ctx.client.call(ctx.client.vms, "VerifyVmContext", request).job
+    return started(ctx, args, job, "verification at rest of the replicas")
 
 
 def cmd_delete(ctx: Context, args: argparse.Namespace) -> int:
@@ -295,6 +315,20 @@ def register(commands: Commands) -> None:
     )
     complete.add_argument("vm", metavar="VM", help="VM context id or name")
     complete.add_argument("--request-id", metavar="X", help="idempotency key")
+    _register_jobs(commands, group)
+
+
+def _register_jobs(commands: Commands, group: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The commands that start a job of the VM: verify, power-on, power-off."""
+    verify = commands.leaf(
+        group,
+        "verify",
+        "re-read every replica at rest and compare it with its block-hash map (a job; refused while a job runs)",
+        cmd_verify,
+    )
+    verify.add_argument("vm", metavar="VM", help="VM context id or name")
+    verify.add_argument("--request-id", metavar="X", help="idempotency key: the same key returns the same job")
+    verify.add_argument("--watch", action="store_true", help="follow the job until it ends")
     for name, text in (
         ("power-on", "power the source VM on through its appliance (a job; refused after a live failover)"),
         ("power-off", "power the source VM off through its appliance (guest shutdown, then hard off; a job)"),

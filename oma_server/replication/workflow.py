@@ -27,9 +27,11 @@ from loguru import logger
 from oma_server.clock import Clock
 from oma_server.cloudstack.errors import CloudStackError
 from oma_server.db.database import Database
-from oma_server.db.models import VmContext, utcnow
+from oma_server.db.models import BlockMap, VmContext, utcnow
 from oma_server.engine import OUTAGE, JobRunner, OnRetry, Step, run_step
 from oma_server.errors import DomainError, FailedPrecondition, InvalidArgument, job_already_active
+from oma_server.integrity.at_rest import mismatched_ranges
+from oma_server.integrity.blocks import describe
 from oma_server.integrity.verifier import ReplicaVerifier
 from oma_server.joblog import JobLogService, note
 from oma_server.replication.service import ReplicationService
@@ -64,6 +66,8 @@ def plan_disks(view: VmView, kind: str) -> list[DiskState]:
             reason = "no previous change id for this disk"
         elif disk.replicated_capacity_bytes and disk.replicated_capacity_bytes != disk.capacity_bytes:
             reason = f"disk resized from {disk.replicated_capacity_bytes} to {disk.capacity_bytes} bytes"
+        elif (found := _found_at_rest(d.verification, disk.last_change_id)) is not None:
+            reason = found
         full = bool(reason)
         plan.append(
             DiskState(
@@ -76,6 +80,18 @@ def plan_disks(view: VmView, kind: str) -> list[DiskState]:
             )
         )
     return plan
+
+
+def _found_at_rest(verified: BlockMap | None, change_id: str) -> str | None:
+    """Why a disk is copied whole after an on-demand verification found its replica different at rest (the repair;
+    integrity/at_rest.py), None when it did not."""
+    ranges = mismatched_ranges(verified if verified is not None and verified.change_id == change_id else None)
+    if not ranges:
+        return None
+    assert verified is not None
+    return (
+        f"verification job {verified.check_job_id} found the replica different at rest in block(s) {describe(ranges)}"
+    )
 
 
 def vm_after_job(job: JobState) -> None:

@@ -242,6 +242,14 @@ class OmaAttachments:
             self._owner[disk_id] = job_id
         return provisioned, export
 
+    async def attach_for_read(self, job_id: str, disk_id: str) -> Provisioned:
+        """The disk's existing replica attached to the OMA VM for reading only (a verification at rest): owned by the
+        job, never exported. Released like a writer's, by `release_job`."""
+        async with self._lock(disk_id):
+            provisioned = await self.volumes.ensure_attached(disk_id, job_id)
+            self._owner[disk_id] = job_id
+        return provisioned
+
     async def release_job(self, job_id: str, disk_ids: Iterable[str]) -> int:
         """After a job: its replicas leave the OMA VM (unless another job took them) and its slots are free.
         Returns how many volumes were detached. A replica CloudStack would not detach keeps its slot (held as

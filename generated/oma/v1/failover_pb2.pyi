@@ -18,6 +18,7 @@ class FailoverJobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILOVER_JOB_KIND_ROLLBACK: _ClassVar[FailoverJobKind]
     FAILOVER_JOB_KIND_POWER_ON_SOURCE: _ClassVar[FailoverJobKind]
     FAILOVER_JOB_KIND_POWER_OFF_SOURCE: _ClassVar[FailoverJobKind]
+    FAILOVER_JOB_KIND_VERIFY: _ClassVar[FailoverJobKind]
 
 class FailoverJobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -51,6 +52,7 @@ FAILOVER_JOB_KIND_CLEANUP: FailoverJobKind
 FAILOVER_JOB_KIND_ROLLBACK: FailoverJobKind
 FAILOVER_JOB_KIND_POWER_ON_SOURCE: FailoverJobKind
 FAILOVER_JOB_KIND_POWER_OFF_SOURCE: FailoverJobKind
+FAILOVER_JOB_KIND_VERIFY: FailoverJobKind
 FAILOVER_JOB_STATUS_UNSPECIFIED: FailoverJobStatus
 FAILOVER_JOB_STATUS_PENDING: FailoverJobStatus
 FAILOVER_JOB_STATUS_RUNNING: FailoverJobStatus
@@ -70,20 +72,22 @@ STEP_STATUS_SKIPPED: StepStatus
 STEP_STATUS_CANCELLED: StepStatus
 
 class FailoverStep(_message.Message):
-    __slots__ = ("name", "status", "started_at", "finished_at", "error", "attempts")
+    __slots__ = ("name", "status", "started_at", "finished_at", "error", "attempts", "message")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     status: StepStatus
     started_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
     error: str
     attempts: int
-    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[StepStatus, str]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+    message: str
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[StepStatus, str]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class FailoverJob(_message.Message):
     __slots__ = ("id", "vm_context_id", "kind", "status", "steps", "target_vm_id", "target_vm_name", "snapshot_ids", "error", "revision", "created_at", "finished_at", "current_step", "outcome", "cancel_requested", "start_at", "final_sync_deadline", "on_deadline_missed", "deadline_missed")

@@ -72,7 +72,7 @@ class Disk(_message.Message):
     def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., key: _Optional[int] = ..., label: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., datastore_path: _Optional[str] = ..., cbt_enabled: bool = ..., unit_number: _Optional[int] = ..., last_change_id: _Optional[str] = ..., change_id_history: _Optional[_Iterable[_Union[ChangeIdRecord, _Mapping]]] = ..., volume_id: _Optional[str] = ..., export_name: _Optional[str] = ..., verification: _Optional[_Union[DiskVerification, _Mapping]] = ...) -> None: ...
 
 class DiskVerification(_message.Message):
-    __slots__ = ("digest", "algorithm", "block_size", "change_id", "job_id", "verified_at", "blocks_read", "block_count")
+    __slots__ = ("digest", "algorithm", "block_size", "change_id", "job_id", "verified_at", "blocks_read", "block_count", "checked_at", "check_job_id", "check_outcome", "check_digest", "mismatched")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,11 @@ class DiskVerification(_message.Message):
     VERIFIED_AT_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_READ_FIELD_NUMBER: _ClassVar[int]
     BLOCK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_AT_FIELD_NUMBER: _ClassVar[int]
+    CHECK_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECK_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CHECK_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MISMATCHED_FIELD_NUMBER: _ClassVar[int]
     digest: str
     algorithm: str
     block_size: int
@@ -89,7 +94,20 @@ class DiskVerification(_message.Message):
     verified_at: _timestamp_pb2.Timestamp
     blocks_read: int
     block_count: int
-    def __init__(self, digest: _Optional[str] = ..., algorithm: _Optional[str] = ..., block_size: _Optional[int] = ..., change_id: _Optional[str] = ..., job_id: _Optional[str] = ..., verified_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., blocks_read: _Optional[int] = ..., block_count: _Optional[int] = ...) -> None: ...
+    checked_at: _timestamp_pb2.Timestamp
+    check_job_id: str
+    check_outcome: str
+    check_digest: str
+    mismatched: _containers.RepeatedCompositeFieldContainer[BlockRange]
+    def __init__(self, digest: _Optional[str] = ..., algorithm: _Optional[str] = ..., block_size: _Optional[int] = ..., change_id: _Optional[str] = ..., job_id: _Optional[str] = ..., verified_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., blocks_read: _Optional[int] = ..., block_count: _Optional[int] = ..., checked_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., check_job_id: _Optional[str] = ..., check_outcome: _Optional[str] = ..., check_digest: _Optional[str] = ..., mismatched: _Optional[_Iterable[_Union[BlockRange, _Mapping]]] = ...) -> None: ...
+
+class BlockRange(_message.Message):
+    __slots__ = ("first", "count")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    first: int
+    count: int
+    def __init__(self, first: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class VmContext(_message.Message):
     __slots__ = ("id", "appliance_id", "vcenter", "datacenter", "vm_uuid", "moref", "name", "num_cpus", "memory_mib", "guest_os", "firmware", "nics", "disks", "status", "active_job_id", "last_completed_job_id", "created_at", "updated_at", "rpo")
@@ -228,6 +246,20 @@ class PowerOffSourceVmRequest(_message.Message):
     def __init__(self, vm_context_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PowerOffSourceVmResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _failover_pb2.FailoverJob
+    def __init__(self, job: _Optional[_Union[_failover_pb2.FailoverJob, _Mapping]] = ...) -> None: ...
+
+class VerifyVmContextRequest(_message.Message):
+    __slots__ = ("vm_context_id", "request_id")
+    VM_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_context_id: str
+    request_id: str
+    def __init__(self, vm_context_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class VerifyVmContextResponse(_message.Message):
     __slots__ = ("job",)
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _failover_pb2.FailoverJob

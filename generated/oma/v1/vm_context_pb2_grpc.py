@@ -65,6 +65,11 @@ class VmContextServiceStub(object):
                 request_serializer=oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmRequest.SerializeToString,
                 response_deserializer=oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmResponse.FromString,
                 _registered_method=True)
+        self.VerifyVmContext = channel.unary_unary(
+                '/oma.v1.VmContextService/VerifyVmContext',
+                request_serializer=oma_dot_v1_dot_vm__context__pb2.VerifyVmContextRequest.SerializeToString,
+                response_deserializer=oma_dot_v1_dot_vm__context__pb2.VerifyVmContextResponse.FromString,
+                _registered_method=True)
         self.DeleteVmContext = channel.unary_unary(
                 '/oma.v1.VmContextService/DeleteVmContext',
                 request_serializer=oma_dot_v1_dot_vm__context__pb2.DeleteVmContextRequest.SerializeToString,
@@ -137,6 +142,23 @@ class VmContextServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyVmContext(self, request, context):
+        """Re-reads every replica at rest and compares each block with the disk's block-hash map at its current change id:
+        a job (kind VERIFY; steps attach_replicas, read_back, release_replicas, report) that claims the VM context (no
+        sync or failover meanwhile), attaches the replicas to the OMA VM (read only, never exported), reads them, records
+        each disk's outcome and time (DiskVerification.checked_at / check_outcome), and releases them. Its progress is
+        the read_back step's message (blocks read per disk) and the job log. A mismatch fails the job (error reason
+        REPLICA_MISMATCH, naming each disk and its block ranges), marks the disk not verified (failover is refused,
+        FAILOVER_NOT_READY naming the disk and ranges), and the disk's next sync copies it whole. Allowed only while the
+        VM is ready_for_failover with no job (its replicas then rest detached); a restart of the OMA resumes it.
+        Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (JOB_ALREADY_ACTIVE with the job in
+        PreconditionFailure and ResourceInfo, VM_NOT_VERIFIABLE, REPLICA_NOT_VERIFIED: a disk has no verified map at its
+        current change id to compare with).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteVmContext(self, request, context):
         """Deletes a VM context that will not be migrated: its replicas' CloudStack volumes are deleted and their NBD exports
         removed, then the VM context with its disks, change ids, jobs and their logs, block maps, its schedule and network
@@ -194,6 +216,11 @@ def add_VmContextServiceServicer_to_server(servicer, server):
                     servicer.PowerOffSourceVm,
                     request_deserializer=oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmRequest.FromString,
                     response_serializer=oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmResponse.SerializeToString,
+            ),
+            'VerifyVmContext': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyVmContext,
+                    request_deserializer=oma_dot_v1_dot_vm__context__pb2.VerifyVmContextRequest.FromString,
+                    response_serializer=oma_dot_v1_dot_vm__context__pb2.VerifyVmContextResponse.SerializeToString,
             ),
             'DeleteVmContext': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteVmContext,
@@ -369,6 +396,33 @@ class VmContextService(object):
             '/oma.v1.VmContextService/PowerOffSourceVm',
             oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmRequest.SerializeToString,
             oma_dot_v1_dot_vm__context__pb2.PowerOffSourceVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyVmContext(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oma.v1.VmContextService/VerifyVmContext',
+            oma_dot_v1_dot_vm__context__pb2.VerifyVmContextRequest.SerializeToString,
+            oma_dot_v1_dot_vm__context__pb2.VerifyVmContextResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/vm_context.proto.
  */
 export const file_oma_v1_vm_context: GenFile = /*@__PURE__*/
-  fileDesc("ChdvbWEvdjEvdm1fY29udGV4dC5wcm90bxIGb21hLnYxImQKDkNoYW5nZUlkUmVjb3JkEhEKCWNoYW5nZV9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSLwoLcmVjb3JkZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsICCgREaXNrEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSCwoDa2V5GAMgASgFEg0KBWxhYmVsGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhYKDmRhdGFzdG9yZV9wYXRoGAYgASgJEhMKC2NidF9lbmFibGVkGAcgASgIEhMKC3VuaXRfbnVtYmVyGAggASgFEhYKDmxhc3RfY2hhbmdlX2lkGAkgASgJEjEKEWNoYW5nZV9pZF9oaXN0b3J5GAogAygLMhYub21hLnYxLkNoYW5nZUlkUmVjb3JkEhEKCXZvbHVtZV9pZBgLIAEoCRITCgtleHBvcnRfbmFtZRgMIAEoCRIuCgx2ZXJpZmljYXRpb24YDSABKAsyGC5vbWEudjEuRGlza1ZlcmlmaWNhdGlvbiLHAQoQRGlza1ZlcmlmaWNhdGlvbhIOCgZkaWdlc3QYASABKAkSEQoJYWxnb3JpdGhtGAIgASgJEhIKCmJsb2NrX3NpemUYAyABKAQSEQoJY2hhbmdlX2lkGAQgASgJEg4KBmpvYl9pZBgFIAEoCRIvCgt2ZXJpZmllZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLYmxvY2tzX3JlYWQYByABKAQSEwoLYmxvY2tfY291bnQYCCABKAQi/QMKCVZtQ29udGV4dBIKCgJpZBgBIAEoCRIUCgxhcHBsaWFuY2VfaWQYAiABKAkSDwoHdmNlbnRlchgDIAEoCRISCgpkYXRhY2VudGVyGAQgASgJEg8KB3ZtX3V1aWQYBSABKAkSDQoFbW9yZWYYBiABKAkSDAoEbmFtZRgHIAEoCRIQCghudW1fY3B1cxgIIAEoDRISCgptZW1vcnlfbWliGAkgASgEEhAKCGd1ZXN0X29zGAogASgJEikKCGZpcm13YXJlGAsgASgOMhcub21hLmNvbW1vbi52MS5GaXJtd2FyZRIgCgRuaWNzGAwgAygLMhIub21hLmNvbW1vbi52MS5OaWMSGwoFZGlza3MYDSADKAsyDC5vbWEudjEuRGlzaxInCgZzdGF0dXMYDiABKA4yFy5vbWEudjEuVm1Db250ZXh0U3RhdHVzEhUKDWFjdGl2ZV9qb2JfaWQYDyABKAkSHQoVbGFzdF9jb21wbGV0ZWRfam9iX2lkGBAgASgJEi4KCmNyZWF0ZWRfYXQYESABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKA3JwbxgTIAEoCzINLm9tYS52MS5WbVJwbyJ8ChhSZWdpc3RlclZtQ29udGV4dFJlcXVlc3QSFAoMYXBwbGlhbmNlX2lkGAEgASgJEjYKD3ZpcnR1YWxfbWFjaGluZRgCIAEoCzIdLm9tYS5jb21tb24udjEuVmlydHVhbE1hY2hpbmUSEgoKcmVxdWVzdF9pZBgDIAEoCSJTChlSZWdpc3RlclZtQ29udGV4dFJlc3BvbnNlEiUKCnZtX2NvbnRleHQYASABKAsyES5vbWEudjEuVm1Db250ZXh0Eg8KB2NyZWF0ZWQYAiABKAgifgoSRGlzY292ZXJWbXNSZXF1ZXN0EhQKDGFwcGxpYW5jZV9pZBgBIAEoCRITCgtuYW1lX2ZpbHRlchgCIAEoCRIQCghyZWdpc3RlchgDIAEoCBIXCg90aW1lb3V0X3NlY29uZHMYBCABKA0SEgoKcmVxdWVzdF9pZBgFIAEoCSJ2ChNEaXNjb3ZlclZtc1Jlc3BvbnNlEjcKEHZpcnR1YWxfbWFjaGluZXMYASADKAsyHS5vbWEuY29tbW9uLnYxLlZpcnR1YWxNYWNoaW5lEiYKC3ZtX2NvbnRleHRzGAIgAygLMhEub21hLnYxLlZtQ29udGV4dCIhChNHZXRWbUNvbnRleHRSZXF1ZXN0EgoKAmlkGAEgASgJIj0KFEdldFZtQ29udGV4dFJlc3BvbnNlEiUKCnZtX2NvbnRleHQYASABKAsyES5vbWEudjEuVm1Db250ZXh0In0KFUxpc3RWbUNvbnRleHRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIUCgxhcHBsaWFuY2VfaWQYAyABKAkSJwoGc3RhdHVzGAQgASgOMhcub21hLnYxLlZtQ29udGV4dFN0YXR1cyJZChZMaXN0Vm1Db250ZXh0c1Jlc3BvbnNlEiYKC3ZtX2NvbnRleHRzGAEgAygLMhEub21hLnYxLlZtQ29udGV4dBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQwoWUG93ZXJPblNvdXJjZVZtUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiOwoXUG93ZXJPblNvdXJjZVZtUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iIkQKF1Bvd2VyT2ZmU291cmNlVm1SZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI8ChhQb3dlck9mZlNvdXJjZVZtUmVzcG9uc2USIAoDam9iGAEgASgLMhMub21hLnYxLkZhaWxvdmVySm9iIjgKFkRlbGV0ZVZtQ29udGV4dFJlcXVlc3QSCgoCaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSJqChdEZWxldGVWbUNvbnRleHRSZXNwb25zZRIVCg12bV9jb250ZXh0X2lkGAEgASgJEhoKEmRlbGV0ZWRfdm9sdW1lX2lkcxgCIAMoCRIcChRyZW1vdmVkX2V4cG9ydF9uYW1lcxgDIAMoCSJFChhDb21wbGV0ZU1pZ3JhdGlvblJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIqsBChlDb21wbGV0ZU1pZ3JhdGlvblJlc3BvbnNlEiUKCnZtX2NvbnRleHQYASABKAsyES5vbWEudjEuVm1Db250ZXh0EhQKDHRhcmdldF92bV9pZBgCIAEoCRIXCg9rZXB0X3ZvbHVtZV9pZHMYAyADKAkSHAoUcmVtb3ZlZF9leHBvcnRfbmFtZXMYBCADKAkSGgoScmVsZWFzZV9jb21tYW5kX2lkGAUgASgJKtoCCg9WbUNvbnRleHRTdGF0dXMSIQodVk1fQ09OVEVYVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIgChxWTV9DT05URVhUX1NUQVRVU19ESVNDT1ZFUkVEEAESIQodVk1fQ09OVEVYVF9TVEFUVVNfUkVQTElDQVRJTkcQAhIoCiRWTV9DT05URVhUX1NUQVRVU19SRUFEWV9GT1JfRkFJTE9WRVIQAxImCiJWTV9DT05URVhUX1NUQVRVU19GQUlMRURfT1ZFUl9URVNUEAQSJgoiVk1fQ09OVEVYVF9TVEFUVVNfRkFJTEVEX09WRVJfTElWRRAFEh8KG1ZNX0NPTlRFWFRfU1RBVFVTX0NPTVBMRVRFRBAGEhwKGFZNX0NPTlRFWFRfU1RBVFVTX0ZBSUxFRBAHEiYKIlZNX0NPTlRFWFRfU1RBVFVTX0NMRUFOVVBfUkVRVUlSRUQQCDKpBQoQVm1Db250ZXh0U2VydmljZRJYChFSZWdpc3RlclZtQ29udGV4dBIgLm9tYS52MS5SZWdpc3RlclZtQ29udGV4dFJlcXVlc3QaIS5vbWEudjEuUmVnaXN0ZXJWbUNvbnRleHRSZXNwb25zZRJGCgtEaXNjb3ZlclZtcxIaLm9tYS52MS5EaXNjb3ZlclZtc1JlcXVlc3QaGy5vbWEudjEuRGlzY292ZXJWbXNSZXNwb25zZRJJCgxHZXRWbUNvbnRleHQSGy5vbWEudjEuR2V0Vm1Db250ZXh0UmVxdWVzdBocLm9tYS52MS5HZXRWbUNvbnRleHRSZXNwb25zZRJPCg5MaXN0Vm1Db250ZXh0cxIdLm9tYS52MS5MaXN0Vm1Db250ZXh0c1JlcXVlc3QaHi5vbWEudjEuTGlzdFZtQ29udGV4dHNSZXNwb25zZRJSCg9Qb3dlck9uU291cmNlVm0SHi5vbWEudjEuUG93ZXJPblNvdXJjZVZtUmVxdWVzdBofLm9tYS52MS5Qb3dlck9uU291cmNlVm1SZXNwb25zZRJVChBQb3dlck9mZlNvdXJjZVZtEh8ub21hLnYxLlBvd2VyT2ZmU291cmNlVm1SZXF1ZXN0GiAub21hLnYxLlBvd2VyT2ZmU291cmNlVm1SZXNwb25zZRJSCg9EZWxldGVWbUNvbnRleHQSHi5vbWEudjEuRGVsZXRlVm1Db250ZXh0UmVxdWVzdBofLm9tYS52MS5EZWxldGVWbUNvbnRleHRSZXNwb25zZRJYChFDb21wbGV0ZU1pZ3JhdGlvbhIgLm9tYS52MS5Db21wbGV0ZU1pZ3JhdGlvblJlcXVlc3QaIS5vbWEudjEuQ29tcGxldGVNaWdyYXRpb25SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_v1_failover, file_oma_v1_schedule]);
+  fileDesc("ChdvbWEvdjEvdm1fY29udGV4dC5wcm90bxIGb21hLnYxImQKDkNoYW5nZUlkUmVjb3JkEhEKCWNoYW5nZV9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSLwoLcmVjb3JkZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsICCgREaXNrEgoKAmlkGAEgASgJEhUKDXZtX2NvbnRleHRfaWQYAiABKAkSCwoDa2V5GAMgASgFEg0KBWxhYmVsGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhYKDmRhdGFzdG9yZV9wYXRoGAYgASgJEhMKC2NidF9lbmFibGVkGAcgASgIEhMKC3VuaXRfbnVtYmVyGAggASgFEhYKDmxhc3RfY2hhbmdlX2lkGAkgASgJEjEKEWNoYW5nZV9pZF9oaXN0b3J5GAogAygLMhYub21hLnYxLkNoYW5nZUlkUmVjb3JkEhEKCXZvbHVtZV9pZBgLIAEoCRITCgtleHBvcnRfbmFtZRgMIAEoCRIuCgx2ZXJpZmljYXRpb24YDSABKAsyGC5vbWEudjEuRGlza1ZlcmlmaWNhdGlvbiLiAgoQRGlza1ZlcmlmaWNhdGlvbhIOCgZkaWdlc3QYASABKAkSEQoJYWxnb3JpdGhtGAIgASgJEhIKCmJsb2NrX3NpemUYAyABKAQSEQoJY2hhbmdlX2lkGAQgASgJEg4KBmpvYl9pZBgFIAEoCRIvCgt2ZXJpZmllZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLYmxvY2tzX3JlYWQYByABKAQSEwoLYmxvY2tfY291bnQYCCABKAQSLgoKY2hlY2tlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMY2hlY2tfam9iX2lkGAogASgJEhUKDWNoZWNrX291dGNvbWUYCyABKAkSFAoMY2hlY2tfZGlnZXN0GAwgASgJEiYKCm1pc21hdGNoZWQYDSADKAsyEi5vbWEudjEuQmxvY2tSYW5nZSIqCgpCbG9ja1JhbmdlEg0KBWZpcnN0GAEgASgEEg0KBWNvdW50GAIgASgEIv0DCglWbUNvbnRleHQSCgoCaWQYASABKAkSFAoMYXBwbGlhbmNlX2lkGAIgASgJEg8KB3ZjZW50ZXIYAyABKAkSEgoKZGF0YWNlbnRlchgEIAEoCRIPCgd2bV91dWlkGAUgASgJEg0KBW1vcmVmGAYgASgJEgwKBG5hbWUYByABKAkSEAoIbnVtX2NwdXMYCCABKA0SEgoKbWVtb3J5X21pYhgJIAEoBBIQCghndWVzdF9vcxgKIAEoCRIpCghmaXJtd2FyZRgLIAEoDjIXLm9tYS5jb21tb24udjEuRmlybXdhcmUSIAoEbmljcxgMIAMoCzISLm9tYS5jb21tb24udjEuTmljEhsKBWRpc2tzGA0gAygLMgwub21hLnYxLkRpc2sSJwoGc3RhdHVzGA4gASgOMhcub21hLnYxLlZtQ29udGV4dFN0YXR1cxIVCg1hY3RpdmVfam9iX2lkGA8gASgJEh0KFWxhc3RfY29tcGxldGVkX2pvYl9pZBgQIAEoCRIuCgpjcmVhdGVkX2F0GBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIaCgNycG8YEyABKAsyDS5vbWEudjEuVm1ScG8ifAoYUmVnaXN0ZXJWbUNvbnRleHRSZXF1ZXN0EhQKDGFwcGxpYW5jZV9pZBgBIAEoCRI2Cg92aXJ0dWFsX21hY2hpbmUYAiABKAsyHS5vbWEuY29tbW9uLnYxLlZpcnR1YWxNYWNoaW5lEhIKCnJlcXVlc3RfaWQYAyABKAkiUwoZUmVnaXN0ZXJWbUNvbnRleHRSZXNwb25zZRIlCgp2bV9jb250ZXh0GAEgASgLMhEub21hLnYxLlZtQ29udGV4dBIPCgdjcmVhdGVkGAIgASgIIn4KEkRpc2NvdmVyVm1zUmVxdWVzdBIUCgxhcHBsaWFuY2VfaWQYASABKAkSEwoLbmFtZV9maWx0ZXIYAiABKAkSEAoIcmVnaXN0ZXIYAyABKAgSFwoPdGltZW91dF9zZWNvbmRzGAQgASgNEhIKCnJlcXVlc3RfaWQYBSABKAkidgoTRGlzY292ZXJWbXNSZXNwb25zZRI3ChB2aXJ0dWFsX21hY2hpbmVzGAEgAygLMh0ub21hLmNvbW1vbi52MS5WaXJ0dWFsTWFjaGluZRImCgt2bV9jb250ZXh0cxgCIAMoCzIRLm9tYS52MS5WbUNvbnRleHQiIQoTR2V0Vm1Db250ZXh0UmVxdWVzdBIKCgJpZBgBIAEoCSI9ChRHZXRWbUNvbnRleHRSZXNwb25zZRIlCgp2bV9jb250ZXh0GAEgASgLMhEub21hLnYxLlZtQ29udGV4dCJ9ChVMaXN0Vm1Db250ZXh0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFAoMYXBwbGlhbmNlX2lkGAMgASgJEicKBnN0YXR1cxgEIAEoDjIXLm9tYS52MS5WbUNvbnRleHRTdGF0dXMiWQoWTGlzdFZtQ29udGV4dHNSZXNwb25zZRImCgt2bV9jb250ZXh0cxgBIAMoCzIRLm9tYS52MS5WbUNvbnRleHQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkMKFlBvd2VyT25Tb3VyY2VWbVJlcXVlc3QSFQoNdm1fY29udGV4dF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIjsKF1Bvd2VyT25Tb3VyY2VWbVJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLm9tYS52MS5GYWlsb3ZlckpvYiJEChdQb3dlck9mZlNvdXJjZVZtUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiPAoYUG93ZXJPZmZTb3VyY2VWbVJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLm9tYS52MS5GYWlsb3ZlckpvYiJDChZWZXJpZnlWbUNvbnRleHRSZXF1ZXN0EhUKDXZtX2NvbnRleHRfaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSI7ChdWZXJpZnlWbUNvbnRleHRSZXNwb25zZRIgCgNqb2IYASABKAsyEy5vbWEudjEuRmFpbG92ZXJKb2IiOAoWRGVsZXRlVm1Db250ZXh0UmVxdWVzdBIKCgJpZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJImoKF0RlbGV0ZVZtQ29udGV4dFJlc3BvbnNlEhUKDXZtX2NvbnRleHRfaWQYASABKAkSGgoSZGVsZXRlZF92b2x1bWVfaWRzGAIgAygJEhwKFHJlbW92ZWRfZXhwb3J0X25hbWVzGAMgAygJIkUKGENvbXBsZXRlTWlncmF0aW9uUmVxdWVzdBIVCg12bV9jb250ZXh0X2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiqwEKGUNvbXBsZXRlTWlncmF0aW9uUmVzcG9uc2USJQoKdm1fY29udGV4dBgBIAEoCzIRLm9tYS52MS5WbUNvbnRleHQSFAoMdGFyZ2V0X3ZtX2lkGAIgASgJEhcKD2tlcHRfdm9sdW1lX2lkcxgDIAMoCRIcChRyZW1vdmVkX2V4cG9ydF9uYW1lcxgEIAMoCRIaChJyZWxlYXNlX2NvbW1hbmRfaWQYBSABKAkq2gIKD1ZtQ29udGV4dFN0YXR1cxIhCh1WTV9DT05URVhUX1NUQVRVU19VTlNQRUNJRklFRBAAEiAKHFZNX0NPTlRFWFRfU1RBVFVTX0RJU0NPVkVSRUQQARIhCh1WTV9DT05URVhUX1NUQVRVU19SRVBMSUNBVElORxACEigKJFZNX0NPTlRFWFRfU1RBVFVTX1JFQURZX0ZPUl9GQUlMT1ZFUhADEiYKIlZNX0NPTlRFWFRfU1RBVFVTX0ZBSUxFRF9PVkVSX1RFU1QQBBImCiJWTV9DT05URVhUX1NUQVRVU19GQUlMRURfT1ZFUl9MSVZFEAUSHwobVk1fQ09OVEVYVF9TVEFUVVNfQ09NUExFVEVEEAYSHAoYVk1fQ09OVEVYVF9TVEFUVVNfRkFJTEVEEAcSJgoiVk1fQ09OVEVYVF9TVEFUVVNfQ0xFQU5VUF9SRVFVSVJFRBAIMv0FChBWbUNvbnRleHRTZXJ2aWNlElgKEVJlZ2lzdGVyVm1Db250ZXh0EiAub21hLnYxLlJlZ2lzdGVyVm1Db250ZXh0UmVxdWVzdBohLm9tYS52MS5SZWdpc3RlclZtQ29udGV4dFJlc3BvbnNlEkYKC0Rpc2NvdmVyVm1zEhoub21hLnYxLkRpc2NvdmVyVm1zUmVxdWVzdBobLm9tYS52MS5EaXNjb3ZlclZtc1Jlc3BvbnNlEkkKDEdldFZtQ29udGV4dBIbLm9tYS52MS5HZXRWbUNvbnRleHRSZXF1ZXN0Ghwub21hLnYxLkdldFZtQ29udGV4dFJlc3BvbnNlEk8KDkxpc3RWbUNvbnRleHRzEh0ub21hLnYxLkxpc3RWbUNvbnRleHRzUmVxdWVzdBoeLm9tYS52MS5MaXN0Vm1Db250ZXh0c1Jlc3BvbnNlElIKD1Bvd2VyT25Tb3VyY2VWbRIeLm9tYS52MS5Qb3dlck9uU291cmNlVm1SZXF1ZXN0Gh8ub21hLnYxLlBvd2VyT25Tb3VyY2VWbVJlc3BvbnNlElUKEFBvd2VyT2ZmU291cmNlVm0SHy5vbWEudjEuUG93ZXJPZmZTb3VyY2VWbVJlcXVlc3QaIC5vbWEudjEuUG93ZXJPZmZTb3VyY2VWbVJlc3BvbnNlElIKD1ZlcmlmeVZtQ29udGV4dBIeLm9tYS52MS5WZXJpZnlWbUNvbnRleHRSZXF1ZXN0Gh8ub21hLnYxLlZlcmlmeVZtQ29udGV4dFJlc3BvbnNlElIKD0RlbGV0ZVZtQ29udGV4dBIeLm9tYS52MS5EZWxldGVWbUNvbnRleHRSZXF1ZXN0Gh8ub21hLnYxLkRlbGV0ZVZtQ29udGV4dFJlc3BvbnNlElgKEUNvbXBsZXRlTWlncmF0aW9uEiAub21hLnYxLkNvbXBsZXRlTWlncmF0aW9uUmVxdWVzdBohLm9tYS52MS5Db21wbGV0ZU1pZ3JhdGlvblJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_v1_failover, file_oma_v1_schedule]);
 
 /**
  * One change id taken of a disk, newest last.
@@ -223,6 +223,41 @@ export type DiskVerification = Message<"oma.v1.DiskVerification"> & {
    * @generated from field: uint64 block_count = 8;
    */
   blockCount: bigint;
+
+  /**
+   * The last on-demand verification of the replica at rest against this map (VerifyVmContext); unset before one.
+   *
+   * @generated from field: google.protobuf.Timestamp checked_at = 9;
+   */
+  checkedAt?: Timestamp;
+
+  /**
+   * Its job.
+   *
+   * @generated from field: string check_job_id = 10;
+   */
+  checkJobId: string;
+
+  /**
+   * Its outcome: "passed" (every block as in the map) or "mismatch"; empty before one.
+   *
+   * @generated from field: string check_outcome = 11;
+   */
+  checkOutcome: string;
+
+  /**
+   * The digest of what it read (equal to `digest` when it passed).
+   *
+   * @generated from field: string check_digest = 12;
+   */
+  checkDigest: string;
+
+  /**
+   * The block ranges that differed, first block and count, in disk order (a mismatch only).
+   *
+   * @generated from field: repeated oma.v1.BlockRange mismatched = 13;
+   */
+  mismatched: BlockRange[];
 };
 
 /**
@@ -231,6 +266,34 @@ export type DiskVerification = Message<"oma.v1.DiskVerification"> & {
  */
 export const DiskVerificationSchema: GenMessage<DiskVerification> = /*@__PURE__*/
   messageDesc(file_oma_v1_vm_context, 2);
+
+/**
+ * Consecutive blocks of a disk.
+ *
+ * @generated from message oma.v1.BlockRange
+ */
+export type BlockRange = Message<"oma.v1.BlockRange"> & {
+  /**
+   * Index of the first block (block_size blocks from offset 0).
+   *
+   * @generated from field: uint64 first = 1;
+   */
+  first: bigint;
+
+  /**
+   * Number of blocks.
+   *
+   * @generated from field: uint64 count = 2;
+   */
+  count: bigint;
+};
+
+/**
+ * Describes the message oma.v1.BlockRange.
+ * Use `create(BlockRangeSchema)` to create a new message.
+ */
+export const BlockRangeSchema: GenMessage<BlockRange> = /*@__PURE__*/
+  messageDesc(file_oma_v1_vm_context, 3);
 
 /**
  * A VMware VM under migration.
@@ -377,7 +440,7 @@ export type VmContext = Message<"oma.v1.VmContext"> & {
  * Use `create(VmContextSchema)` to create a new message.
  */
 export const VmContextSchema: GenMessage<VmContext> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 3);
+  messageDesc(file_oma_v1_vm_context, 4);
 
 /**
  * Request of RegisterVmContext.
@@ -415,7 +478,7 @@ export type RegisterVmContextRequest = Message<"oma.v1.RegisterVmContextRequest"
  * Use `create(RegisterVmContextRequestSchema)` to create a new message.
  */
 export const RegisterVmContextRequestSchema: GenMessage<RegisterVmContextRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 4);
+  messageDesc(file_oma_v1_vm_context, 5);
 
 /**
  * Response of RegisterVmContext.
@@ -443,7 +506,7 @@ export type RegisterVmContextResponse = Message<"oma.v1.RegisterVmContextRespons
  * Use `create(RegisterVmContextResponseSchema)` to create a new message.
  */
 export const RegisterVmContextResponseSchema: GenMessage<RegisterVmContextResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 5);
+  messageDesc(file_oma_v1_vm_context, 6);
 
 /**
  * Request of DiscoverVms.
@@ -495,7 +558,7 @@ export type DiscoverVmsRequest = Message<"oma.v1.DiscoverVmsRequest"> & {
  * Use `create(DiscoverVmsRequestSchema)` to create a new message.
  */
 export const DiscoverVmsRequestSchema: GenMessage<DiscoverVmsRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 6);
+  messageDesc(file_oma_v1_vm_context, 7);
 
 /**
  * Response of DiscoverVms.
@@ -523,7 +586,7 @@ export type DiscoverVmsResponse = Message<"oma.v1.DiscoverVmsResponse"> & {
  * Use `create(DiscoverVmsResponseSchema)` to create a new message.
  */
 export const DiscoverVmsResponseSchema: GenMessage<DiscoverVmsResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 7);
+  messageDesc(file_oma_v1_vm_context, 8);
 
 /**
  * Request of GetVmContext.
@@ -544,7 +607,7 @@ export type GetVmContextRequest = Message<"oma.v1.GetVmContextRequest"> & {
  * Use `create(GetVmContextRequestSchema)` to create a new message.
  */
 export const GetVmContextRequestSchema: GenMessage<GetVmContextRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 8);
+  messageDesc(file_oma_v1_vm_context, 9);
 
 /**
  * Response of GetVmContext.
@@ -565,7 +628,7 @@ export type GetVmContextResponse = Message<"oma.v1.GetVmContextResponse"> & {
  * Use `create(GetVmContextResponseSchema)` to create a new message.
  */
 export const GetVmContextResponseSchema: GenMessage<GetVmContextResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 9);
+  messageDesc(file_oma_v1_vm_context, 10);
 
 /**
  * Request of ListVmContexts.
@@ -607,7 +670,7 @@ export type ListVmContextsRequest = Message<"oma.v1.ListVmContextsRequest"> & {
  * Use `create(ListVmContextsRequestSchema)` to create a new message.
  */
 export const ListVmContextsRequestSchema: GenMessage<ListVmContextsRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 10);
+  messageDesc(file_oma_v1_vm_context, 11);
 
 /**
  * Response of ListVmContexts.
@@ -635,7 +698,7 @@ export type ListVmContextsResponse = Message<"oma.v1.ListVmContextsResponse"> & 
  * Use `create(ListVmContextsResponseSchema)` to create a new message.
  */
 export const ListVmContextsResponseSchema: GenMessage<ListVmContextsResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 11);
+  messageDesc(file_oma_v1_vm_context, 12);
 
 /**
  * Request of PowerOnSourceVm.
@@ -666,7 +729,7 @@ export type PowerOnSourceVmRequest = Message<"oma.v1.PowerOnSourceVmRequest"> & 
  * Use `create(PowerOnSourceVmRequestSchema)` to create a new message.
  */
 export const PowerOnSourceVmRequestSchema: GenMessage<PowerOnSourceVmRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 12);
+  messageDesc(file_oma_v1_vm_context, 13);
 
 /**
  * Response of PowerOnSourceVm.
@@ -687,7 +750,7 @@ export type PowerOnSourceVmResponse = Message<"oma.v1.PowerOnSourceVmResponse"> 
  * Use `create(PowerOnSourceVmResponseSchema)` to create a new message.
  */
 export const PowerOnSourceVmResponseSchema: GenMessage<PowerOnSourceVmResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 13);
+  messageDesc(file_oma_v1_vm_context, 14);
 
 /**
  * Request of PowerOffSourceVm.
@@ -718,7 +781,7 @@ export type PowerOffSourceVmRequest = Message<"oma.v1.PowerOffSourceVmRequest"> 
  * Use `create(PowerOffSourceVmRequestSchema)` to create a new message.
  */
 export const PowerOffSourceVmRequestSchema: GenMessage<PowerOffSourceVmRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 14);
+  messageDesc(file_oma_v1_vm_context, 15);
 
 /**
  * Response of PowerOffSourceVm.
@@ -739,7 +802,59 @@ export type PowerOffSourceVmResponse = Message<"oma.v1.PowerOffSourceVmResponse"
  * Use `create(PowerOffSourceVmResponseSchema)` to create a new message.
  */
 export const PowerOffSourceVmResponseSchema: GenMessage<PowerOffSourceVmResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 15);
+  messageDesc(file_oma_v1_vm_context, 16);
+
+/**
+ * Request of VerifyVmContext.
+ *
+ * @generated from message oma.v1.VerifyVmContextRequest
+ */
+export type VerifyVmContextRequest = Message<"oma.v1.VerifyVmContextRequest"> & {
+  /**
+   * VM context id.
+   *
+   * @generated from field: string vm_context_id = 1;
+   */
+  vmContextId: string;
+
+  /**
+   * Optional idempotency key (AIP-155), 1-128 printable characters (a UUID, say): a retry with the same key and the
+   * same request returns the first answer and changes nothing (also after a restart, for 24 h by default); the same
+   * key with another request is INVALID_ARGUMENT (REQUEST_ID_REUSED); while the first call has not answered, ABORTED
+   * (REQUEST_PENDING).
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message oma.v1.VerifyVmContextRequest.
+ * Use `create(VerifyVmContextRequestSchema)` to create a new message.
+ */
+export const VerifyVmContextRequestSchema: GenMessage<VerifyVmContextRequest> = /*@__PURE__*/
+  messageDesc(file_oma_v1_vm_context, 17);
+
+/**
+ * Response of VerifyVmContext.
+ *
+ * @generated from message oma.v1.VerifyVmContextResponse
+ */
+export type VerifyVmContextResponse = Message<"oma.v1.VerifyVmContextResponse"> & {
+  /**
+   * The verification job; follow it with JobService.WatchJob.
+   *
+   * @generated from field: oma.v1.FailoverJob job = 1;
+   */
+  job?: FailoverJob;
+};
+
+/**
+ * Describes the message oma.v1.VerifyVmContextResponse.
+ * Use `create(VerifyVmContextResponseSchema)` to create a new message.
+ */
+export const VerifyVmContextResponseSchema: GenMessage<VerifyVmContextResponse> = /*@__PURE__*/
+  messageDesc(file_oma_v1_vm_context, 18);
 
 /**
  * Request of DeleteVmContext.
@@ -767,7 +882,7 @@ export type DeleteVmContextRequest = Message<"oma.v1.DeleteVmContextRequest"> & 
  * Use `create(DeleteVmContextRequestSchema)` to create a new message.
  */
 export const DeleteVmContextRequestSchema: GenMessage<DeleteVmContextRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 16);
+  messageDesc(file_oma_v1_vm_context, 19);
 
 /**
  * Response of DeleteVmContext.
@@ -802,7 +917,7 @@ export type DeleteVmContextResponse = Message<"oma.v1.DeleteVmContextResponse"> 
  * Use `create(DeleteVmContextResponseSchema)` to create a new message.
  */
 export const DeleteVmContextResponseSchema: GenMessage<DeleteVmContextResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 17);
+  messageDesc(file_oma_v1_vm_context, 20);
 
 /**
  * Request of CompleteMigration.
@@ -830,7 +945,7 @@ export type CompleteMigrationRequest = Message<"oma.v1.CompleteMigrationRequest"
  * Use `create(CompleteMigrationRequestSchema)` to create a new message.
  */
 export const CompleteMigrationRequestSchema: GenMessage<CompleteMigrationRequest> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 18);
+  messageDesc(file_oma_v1_vm_context, 21);
 
 /**
  * Response of CompleteMigration.
@@ -879,7 +994,7 @@ export type CompleteMigrationResponse = Message<"oma.v1.CompleteMigrationRespons
  * Use `create(CompleteMigrationResponseSchema)` to create a new message.
  */
 export const CompleteMigrationResponseSchema: GenMessage<CompleteMigrationResponse> = /*@__PURE__*/
-  messageDesc(file_oma_v1_vm_context, 19);
+  messageDesc(file_oma_v1_vm_context, 22);
 
 /**
  * Lifecycle of a VM under migration.
@@ -1036,6 +1151,26 @@ export const VmContextService: GenService<{
     methodKind: "unary";
     input: typeof PowerOffSourceVmRequestSchema;
     output: typeof PowerOffSourceVmResponseSchema;
+  },
+  /**
+   * Re-reads every replica at rest and compares each block with the disk's block-hash map at its current change id:
+   * a job (kind VERIFY; steps attach_replicas, read_back, release_replicas, report) that claims the VM context (no
+   * sync or failover meanwhile), attaches the replicas to the OMA VM (read only, never exported), reads them, records
+   * each disk's outcome and time (DiskVerification.checked_at / check_outcome), and releases them. Its progress is
+   * the read_back step's message (blocks read per disk) and the job log. A mismatch fails the job (error reason
+   * REPLICA_MISMATCH, naming each disk and its block ranges), marks the disk not verified (failover is refused,
+   * FAILOVER_NOT_READY naming the disk and ranges), and the disk's next sync copies it whole. Allowed only while the
+   * VM is ready_for_failover with no job (its replicas then rest detached); a restart of the OMA resumes it.
+   * Errors: NOT_FOUND (VM_CONTEXT_NOT_FOUND); FAILED_PRECONDITION (JOB_ALREADY_ACTIVE with the job in
+   * PreconditionFailure and ResourceInfo, VM_NOT_VERIFIABLE, REPLICA_NOT_VERIFIED: a disk has no verified map at its
+   * current change id to compare with).
+   *
+   * @generated from rpc oma.v1.VmContextService.VerifyVmContext
+   */
+  verifyVmContext: {
+    methodKind: "unary";
+    input: typeof VerifyVmContextRequestSchema;
+    output: typeof VerifyVmContextResponseSchema;
   },
   /**
    * Deletes a VM context that will not be migrated: its replicas' CloudStack volumes are deleted and their NBD exports
