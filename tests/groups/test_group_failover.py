@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from oma.v1 import failover_pb2, machine_group_pb2
+from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.server import OmaServer
 from tests.clients import oma_channel
 from tests.factories import inventory
@@ -50,6 +51,16 @@ from vma_client_stubs.errors import error_details_of
 FAILOVER_CANCELLED = failover_pb2.FAILOVER_JOB_STATUS_CANCELLED
 
 pytestmark = pytest.mark.nbd
+
+
+async def database_then_web(
+    channel: grpc.aio.Channel, sim: CloudStackSimulator, tmp_path: Path
+) -> tuple[Replicated, Replicated, machine_group_pb2.MachineGroup]:
+    """Two replicated VMs, the network mapped, and the group "shop": db-01 boots first, web-01 after it."""
+    db = await replicate(channel, tmp_path, inventory(name="db-01"))
+    web = await replicate(channel, tmp_path, inventory(name="web-01"))
+    await map_network(channel, sim)
+    return db, web, await create_group(channel, "shop", {db.vm_id: 0, web.vm_id: 1})
 
 
 async def test_a_group_fails_over_in_boot_order_and_cleans_up_in_reverse(oma: OmaServer, tmp_path: Path) -> None:
@@ -180,10 +191,7 @@ async def test_a_group_live_failover_powers_each_tier_off_only_when_the_one_befo
 ) -> None:
     sim = sim_of(oma)
     async with oma_channel(oma) as channel:
-        db = await replicate(channel, tmp_path, inventory(name="db-01"))
-        web = await replicate(channel, tmp_path, inventory(name="web-01"))
-        await map_network(channel, sim)
-        group = await create_group(channel, "shop", {db.vm_id: 0, web.vm_id: 1})
+        db, web, group = await database_then_web(channel, sim, tmp_path)
         uuids = {r.vm_id: (await get_vm(channel, r.vm_id)).vm_uuid for r in (db, web)}
 
         async def appliance(r: Replicated) -> None:
@@ -223,10 +231,7 @@ async def test_a_group_live_failover_powers_each_tier_off_only_when_the_one_befo
 async def test_a_cancelled_group_run_starts_nothing_more_and_cancels_what_runs(oma: OmaServer, tmp_path: Path) -> None:
     sim = sim_of(oma)
     async with oma_channel(oma) as channel:
-        db = await replicate(channel, tmp_path, inventory(name="db-01"))
-        web = await replicate(channel, tmp_path, inventory(name="web-01"))
-        await map_network(channel, sim)
-        group = await create_group(channel, "shop", {db.vm_id: 0, web.vm_id: 1})
+        db, web, group = await database_then_web(channel, sim, tmp_path)
         stub = groups_stub(channel)
         hold = sim.state.faults.hold_job("deployVirtualMachine")  # the database VM's deploy waits in CloudStack
         started = await stub.StartGroupFailover(
