@@ -66,9 +66,13 @@ class SourcePower:
         def claim(job: FailoverJobState) -> None:
             running = open_failover_of(vm_context_id, excluding=job.id)
             if running is not None:
+                why = (
+                    "it holds the VM while it reads the replicas at rest"
+                    if running.kind == FailoverKind.VERIFY
+                    else "it decides the source's power itself"
+                )
                 raise job_already_active(
-                    f"VM {vm.name} has an active {running.kind.value} job {running.id}; it decides the source's "
-                    "power itself — wait for it",
+                    f"VM {vm.name} has an active {running.kind.value} job {running.id}; {why} — wait for it",
                     running.id,
                 )
             note(job.id, "start", f"{verb} of source VM {vm.name} ({vm.vm_uuid}) requested")
