@@ -46,13 +46,17 @@ def group_id(ctx: Context, text: str) -> str:
     raise CliError(f"NOT_FOUND: no machine group has the id or name {text!r}; list them with 'omactl groups list'")
 
 
+def member_of(text: str) -> tuple[str, int]:
+    """`VM[:ORDER]` → (VM, boot order); without a numeric suffix the boot order is 0."""
+    vm, _, order = text.rpartition(":")
+    return (vm, int(order)) if vm and order.isdigit() else (text, 0)
+
+
 def _members(ctx: Context, texts: list[str]) -> list[machine_group_pb2.MachineGroupMember]:
     members = []
     for text in texts:
-        name, _, order = text.rpartition(":") if ":" in text and text.rsplit(":", 1)[1].isdigit() else (text, "", "0")
-        members.append(
-            machine_group_pb2.MachineGroupMember(vm_context_id=resolve.vm_id(ctx, name), boot_order=int(order or 0))
-        )
+        vm, order = member_of(text)
+        members.append(machine_group_pb2.MachineGroupMember(vm_context_id=resolve.vm_id(ctx, vm), boot_order=order))
     return members
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from oma_server.omactl.groups import member_of
 from oma_server.server import OmaServer
 from tests.factories import inventory
 from tests.failover.helpers import VM_READY, VM_TEST, get_vm, map_network, replicate, sim_of
@@ -70,3 +71,10 @@ async def test_groups_create_show_failover_watch_cleanup_and_delete(
     assert_one_error_line(missing, "NOT_FOUND", "omactl groups list")
     for r in (db, web):
         await r.stream.close()
+
+
+def test_a_member_is_a_vm_with_an_optional_boot_order() -> None:
+    assert member_of("db-01:0") == ("db-01", 0)
+    assert member_of("web-01:12") == ("web-01", 12)
+    assert member_of("web-01") == ("web-01", 0)
+    assert member_of("odd:name") == ("odd:name", 0)  # a suffix that is not a number is part of the name
