@@ -175,7 +175,13 @@ async def api_to_agent(root: Path, changes: int) -> list[float]:
 
     logger.remove()  # the OMA's and the agent's logs would bury the table
     logger.add(sys.stderr, level="WARNING")
-    settings = Settings(listen="127.0.0.1:0", data_dir=root / "oma", nbd_listen=f"127.0.0.1:{free_port()}")
+    settings = Settings(
+        listen="127.0.0.1:0",
+        data_dir=root / "oma",
+        nbd_listen=f"127.0.0.1:{free_port()}",
+        appliance_listen="127.0.0.1:0",
+        allow_credential_hello=True,  # its VMA hellos with the enrollment credential
+    )
     server = OmaServer(App(settings))
     await server.start()
     channel = aio_channel(server.local_endpoint())

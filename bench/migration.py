@@ -83,6 +83,8 @@ class Run:
             listen="127.0.0.1:0",
             data_dir=root / "oma",
             nbd_listen=f"127.0.0.1:{free_port()}",
+            appliance_listen="127.0.0.1:0",
+            allow_credential_hello=True,  # its VMAs hello with their enrollment credential
             cloudstack_sim_seed=root / "seed.json",
             progress_flush_interval_s=0.2,
             heartbeat_interval_s=5.0,

@@ -617,7 +617,12 @@ async def seed(data_dir: Path, database: str, n: int) -> list[VmaSpec]:
     from oma_server.settings import Settings
 
     settings = Settings(
-        listen="127.0.0.1:0", data_dir=data_dir, database=database, nbd_listen=f"127.0.0.1:{free_port()}"
+        listen="127.0.0.1:0",
+        data_dir=data_dir,
+        database=database,
+        nbd_listen=f"127.0.0.1:{free_port()}",
+        appliance_listen="127.0.0.1:0",
+        allow_credential_hello=True,  # the simulated VMAs hello with their enrollment credential
     )
     app = App(settings)
     await app.start()
@@ -717,6 +722,9 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any], tls: 
         str(data_dir),
         "--nbd-listen",
         f"127.0.0.1:{free_port()}",
+        "--appliance-listen",
+        f"127.0.0.1:{free_port()}",
+        "--allow-credential-hello",  # the simulated VMAs hello with their enrollment credential
         "--log-level",
         "WARNING",
         "--progress-flush-interval",

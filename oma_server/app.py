@@ -57,7 +57,9 @@ from oma_server.revisions import RevisionReservations
 from oma_server.schedules.leadership import Leadership
 from oma_server.schedules.scheduler import Limits, Scheduler
 from oma_server.schedules.store import ScheduleStore
+from oma_server.security.appliance_identity import ApplianceCertificates
 from oma_server.security.audit import AuditLog
+from oma_server.security.ca import CertificateAuthority
 from oma_server.security.tokens import TokenService
 from oma_server.settings import Settings
 from oma_server.storage.attachments import OmaAttachments
@@ -93,7 +95,23 @@ class App:
         self.process_id = f"{socket.gethostname()}:{os.getpid()}"
         self.started_at = self.clock.now()
         self.db = Database(settings.database_url)
-        self.appliances = ApplianceService(self.db)
+        self.appliances = ApplianceService(
+            self.db,
+            credential_hellos=settings.credential_hellos,
+            join_tokens=not settings.insecure,
+            join_token_ttl=timedelta(seconds=settings.join_token_ttl_s),
+        )
+        #: the OMA's own CA: appliance certificates and, without --tls-cert, the server's (None with --insecure)
+        self.ca = None if settings.insecure else CertificateAuthority(settings.tls_dir)
+        #: where appliances dial with their certificate (HOST:PORT), set by the server once its listener is bound
+        self.appliance_endpoint = ""
+        self.appliance_certificates = ApplianceCertificates(
+            self.db,
+            self.clock,
+            self.ca,
+            timedelta(days=settings.appliance_cert_days),
+            lambda: self.appliance_endpoint,
+        )
         self.tokens = TokenService(self.db)
         self.audit = AuditLog(self.db, timedelta(days=settings.audit_retention_days))
         #: where the first start wrote the initial admin token (None: tokens existed already)
@@ -172,6 +190,7 @@ class App:
             self.db,
             self.clock,
             self.appliances,
+            self.appliance_certificates,
             self.jobs,
             VmaMessageApplier(self.jobs, self.clock),
             self.outbox,

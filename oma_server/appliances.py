@@ -1,4 +1,5 @@
-"""Appliances (VMAs): enrollment with a one-time credential, authentication of a hello, revocation."""
+"""Appliances (VMAs): enrollment (a one-time join token, traded for a client certificate by
+security/appliance_identity.py), the deprecated credential hello, revocation."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import peewee as pw
 
 from oma_server.db.database import Database
-from oma_server.db.models import Appliance
+from oma_server.db.models import Appliance, ApplianceCertificate, utcnow
 from oma_server.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from oma_server.pagination import fetch_page
+from oma_server.security.appliance_identity import hash_join_token, new_join_token
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -37,7 +40,11 @@ def credential_matches(credential: str, stored: str) -> bool:
 @dataclass(frozen=True)
 class Enrollment:
     appliance: Appliance
+    #: the bearer credential of a credential hello; empty unless the OMA allows those
     credential: str
+    #: the one-time join token (empty on an OMA without a CA: --insecure) and when it expires
+    join_token: str
+    join_token_expires_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,12 @@ class ApplianceService:
     db: Database
     # Called with the appliance id after a revocation is committed (the session hub closes its stream).
     on_revoked: list[Callable[[str], None]] = field(default_factory=list)
+    #: whether a hello may prove an appliance with its enrollment credential instead of a certificate (deprecated:
+    #: a bearer secret; on only with --allow-credential-hello or --insecure)
+    credential_hellos: bool = False
+    #: whether enrollments make join tokens (the OMA has a CA: not --insecure), and how long one is good
+    join_tokens: bool = True
+    join_token_ttl: timedelta = timedelta(hours=24)
 
     async def enroll(self, name: str) -> Enrollment:
         name = name.strip()
@@ -61,7 +74,9 @@ class ApplianceService:
                 reason="APPLIANCE_NAME_INVALID",
                 name=name,
             )
-        credential = secrets.token_urlsafe(32)
+        credential = secrets.token_urlsafe(32) if self.credential_hellos else ""
+        join_token = new_join_token() if self.join_tokens else ""
+        expires = utcnow() + self.join_token_ttl if join_token else None
 
         def create() -> Appliance:
             if Appliance.get_or_none(Appliance.name == name) is not None:
@@ -71,12 +86,17 @@ class ApplianceService:
                     name=name,
                 )
             try:
-                return Appliance.create(name=name, credential_hash=hash_credential(credential))
+                return Appliance.create(
+                    name=name,
+                    credential_hash=hash_credential(credential) if credential else "",
+                    join_token_hash=hash_join_token(join_token) if join_token else "",
+                    join_token_expires_at=expires,
+                )
             except pw.IntegrityError as exc:
                 raise AlreadyExists(f"an appliance named {name!r} is already enrolled", name=name) from exc
 
         appliance = await self.db.tx(create)
-        return Enrollment(appliance=appliance, credential=credential)
+        return Enrollment(appliance, credential, join_token, expires)
 
     async def get(self, appliance_id: str) -> Appliance:
         if not appliance_id:
@@ -101,6 +121,9 @@ class ApplianceService:
 
         def revoke() -> Appliance:
             Appliance.update(status="revoked").where(Appliance.id == appliance_id).execute()
+            ApplianceCertificate.update(revoked_at=utcnow()).where(
+                (ApplianceCertificate.appliance == appliance_id) & ApplianceCertificate.revoked_at.is_null()
+            ).execute()
             return Appliance.get_by_id(appliance_id)
 
         revoked = await self.db.tx(revoke)
@@ -109,7 +132,14 @@ class ApplianceService:
         return revoked
 
     async def authenticate(self, appliance_id: str, credential: str) -> Appliance:
-        """The appliance a hello names, if its credential is right and not revoked; UNAUTHENTICATED otherwise."""
+        """The appliance a credential hello names, if such hellos are allowed, its credential is right and it is not
+        revoked; UNAUTHENTICATED otherwise."""
+        if not self.credential_hellos:
+            raise Unauthenticated(
+                "this OMA takes appliances by their client certificate on its appliance port (mutual TLS), not by a "
+                "credential: join the appliance with `vma-agent enroll` and its join token, then connect there",
+                reason="CERTIFICATE_REQUIRED",
+            )
         appliance = await self.db.run(Appliance.get_or_none, Appliance.id == appliance_id) if appliance_id else None
         # One message for unknown id and wrong secret: do not tell a caller which appliance ids exist.
         if appliance is None or not credential or not credential_matches(credential, appliance.credential_hash):

@@ -67,6 +67,35 @@ def _network_flags(g: argparse._ArgumentGroup) -> None:
         default=env_path("tls_key"),
         help="the private key (PEM) of --tls-cert",
     )
+    g.add_argument(
+        "--appliance-listen",
+        default=env_default("appliance_listen", "127.0.0.1:50052"),
+        help="HOST:PORT appliances dial with their client certificate (mutual TLS; off with --insecure)",
+    )
+    g.add_argument(
+        "--appliance-advertise",
+        default=env_default("appliance_advertise", ""),
+        help="HOST:PORT appliances are told to dial (default: --appliance-listen's, its host from --advertise-address "
+        "when it listens on every interface)",
+    )
+    g.add_argument(
+        "--allow-credential-hello",
+        action="store_true",
+        default=env_flag("allow_credential_hello"),
+        help="deprecated: also take appliances by the bearer credential of their enrollment, without a certificate",
+    )
+    g.add_argument(
+        "--join-token-ttl",
+        type=float,
+        default=float(env_default("join_token_ttl", "86400")),
+        help="seconds an appliance's join token is good for (default 86400: a day)",
+    )
+    g.add_argument(
+        "--appliance-cert-days",
+        type=int,
+        default=int(env_default("appliance_cert_days", "30")),
+        help="lifetime of an appliance client certificate in days (appliances renew at two thirds)",
+    )
 
 
 def _state_flags(g: argparse._ArgumentGroup) -> None:
@@ -224,6 +253,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         insecure=args.insecure,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        appliance_listen=args.appliance_listen,
+        appliance_advertise=args.appliance_advertise,
+        allow_credential_hello=args.allow_credential_hello,
+        join_token_ttl_s=args.join_token_ttl,
+        appliance_cert_days=args.appliance_cert_days,
         data_dir=args.data_dir,
         database=args.database,
         cloudstack=args.cloudstack,

@@ -167,6 +167,8 @@ class Demo:
             self.data_dir,
             "--nbd-listen",
             f"127.0.0.1:{free_port()}",
+            "--appliance-listen",
+            f"127.0.0.1:{free_port()}",
             "--http-listen",
             self.http_address,
             "--schedule-min-interval",
@@ -251,24 +253,20 @@ class Demo:
         """Enroll an appliance, create the VM in the agent's vCenter, run the agent, discover and register the VM."""
         step(f"Reference VMA agent with one VM of {len(disks_mib)} disk(s) ({' + '.join(map(str, disks_mib))} MiB)")
         stub = appliance_pb2_grpc.ApplianceServiceStub(self.channel)
-        enrolled = stub.EnrollAppliance(appliance_pb2.EnrollApplianceRequest(name="demo-vma"))
-        appliance_id = enrolled.appliance.id
-        credential = self.root / "vma-credential"
-        write_private(credential, enrolled.credential.encode())
+        # The operator enrolls (a one-time join token, in a 0600 file); the appliance joins: its own key, the OMA
+        # verified by its CA fingerprint, a CSR traded for its client certificate. It then dials with mutual TLS.
+        join_file, identity = self.root / "vma.join", self.root / "vma-identity"
+        console.print(self.omactl("appliances", "enroll", "demo-vma", "--join-file", str(join_file)).strip())
+        appliance_id = json.loads(join_file.read_text())["appliance_id"]
+        console.print(run(BIN / "vma-agent", "enroll", "--join-file", join_file, "--identity-dir", identity).strip())
         sizes = [a for mib in disks_mib for a in ("--disk-mib", str(mib))]
         run(BIN / "vma-agent", "create-vm", "--vcenter-dir", self.vcenter, "--name", vm_name, *sizes)
         agent = self.spawn(
             "vma-agent",
             BIN / "vma-agent",
             "run",
-            "--oma",
-            self.address,
-            "--ca",
-            self.ca,
-            "--appliance-id",
-            appliance_id,
-            "--credential-file",
-            credential,
+            "--identity-dir",
+            identity,
             "--vcenter-dir",
             self.vcenter,
             "--state-dir",
@@ -282,7 +280,7 @@ class Demo:
             if agent.poll() is not None or time.monotonic() > deadline:
                 raise DemoFailed("the agent did not connect; see vma-agent.log")
             time.sleep(0.05)
-        console.print(f"appliance {appliance_id} connected")
+        console.print(f"appliance {appliance_id} connected with mutual TLS (its certificate names it)")
         found = self.vms.DiscoverVms(
             vm_context_pb2.DiscoverVmsRequest(appliance_id=appliance_id, name_filter=vm_name, register=True)
         )

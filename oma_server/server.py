@@ -24,6 +24,8 @@ from loguru import logger
 from oma.v1 import (
     access_pb2,
     access_pb2_grpc,
+    appliance_identity_pb2,
+    appliance_identity_pb2_grpc,
     appliance_pb2,
     appliance_pb2_grpc,
     bandwidth_pb2,
@@ -50,6 +52,7 @@ from oma.v1 import (
     vm_context_pb2_grpc,
 )
 from oma_server.api.access import AccessInterceptor
+from oma_server.api.appliance_identity import ApplianceIdentityServicer
 from oma_server.api.appliances import ApplianceServicer
 from oma_server.api.bandwidth import BandwidthServicer
 from oma_server.api.cloud import CloudServicer
@@ -71,7 +74,8 @@ from oma_server.api.tokens import AccessServicer
 from oma_server.api.vm_contexts import VmContextServicer, VmLifecycle
 from oma_server.app import App
 from oma_server.idempotency import IdempotencyStore
-from oma_server.security.server_tls import ServerTls
+from oma_server.security.ca import CertificateAuthority
+from oma_server.security.server_tls import ServerTls, appliance_endpoint
 from oma_server.security.tokens import read_admin_token
 from oma_server.stop_signals import StopSignals
 from oma_server.version import __version__
@@ -102,6 +106,7 @@ SERVICE_NAMES: list[str] = [
     server_info_pb2.DESCRIPTOR.services_by_name["ServerInfoService"].full_name,
     access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
     appliance_pb2.DESCRIPTOR.services_by_name["ApplianceService"].full_name,
+    appliance_identity_pb2.DESCRIPTOR.services_by_name["ApplianceIdentityService"].full_name,
     vm_context_pb2.DESCRIPTOR.services_by_name["VmContextService"].full_name,
     replication_pb2.DESCRIPTOR.services_by_name["ReplicationService"].full_name,
     job_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
@@ -125,7 +130,11 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     """Each servicer gets the services it calls, nothing else; those the App builds at start (they need CloudStack)
     are handed over as a lookup that answers None until then (the servicer answers UNAVAILABLE)."""
     server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(ServerInfoServicer(app.info), server)
-    appliance_pb2_grpc.add_ApplianceServiceServicer_to_server(ApplianceServicer(app.appliances), server)
+    ca_fingerprint = app.ca.fingerprint if app.ca is not None else ""
+    appliance_pb2_grpc.add_ApplianceServiceServicer_to_server(ApplianceServicer(app.appliances, ca_fingerprint), server)
+    appliance_identity_pb2_grpc.add_ApplianceIdentityServiceServicer_to_server(
+        ApplianceIdentityServicer(app.appliance_certificates), server
+    )
     rpo = RpoReader(app.db, app.clock)
     lifecycle = VmLifecycle(lambda: app.deletion, app.completion, lambda: app.verification)
     vm_contexts = VmContextServicer(app.vms, app.appliances, app.hub.connected, lambda: app.power, lifecycle, rpo)
@@ -170,6 +179,14 @@ def _http_server(app: App) -> HttpServer:
 
 def _server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(tls.credentials.key_pem, tls.credentials.chain_pem)])
+
+
+def _appliance_credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    """Mutual TLS: a client certificate of the OMA's CA is required (grpc cannot ask for an optional one, hence a
+    port of its own); which appliance it names, and whether it was revoked, the gateway checks at the hello."""
+    return grpc.ssl_server_credentials(
+        [(tls.credentials.key_pem, tls.credentials.chain_pem)], root_certificates=tls.ca_pem, require_client_auth=True
+    )
 
 
 def _log_transport(listen: str, tls: ServerTls | None) -> None:
@@ -233,6 +250,8 @@ class OmaServer:
             pool=SourceInfoPool(),  # type: ignore[arg-type]
         )
         self.port = 0
+        #: the appliance port (mutual TLS; 0 with --insecure)
+        self.appliance_port = 0
         #: what the gRPC port presents (None with --insecure); loaded, or made at first start, in `start()`
         self.tls: ServerTls | None = None
         self._stopping = False
@@ -249,13 +268,16 @@ class OmaServer:
             if settings.insecure:
                 self.port = self.server.add_insecure_port(settings.listen)
             else:
-                self.tls = ServerTls.load(settings)
+                assert self.app.ca is not None  # made by the App unless --insecure
+                self.tls = ServerTls.load(settings, self.app.ca)
                 self.port = self.server.add_secure_port(settings.listen, _server_credentials(self.tls))
         except RuntimeError:
             self.port = 0
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.listen}: address in use or not available")
         _log_transport(settings.listen, self.tls)
+        if self.app.ca is not None:
+            self._listen_for_appliances(self.app.ca)
         await self.app.start()
         if self.app.initial_admin_token is not None:
             _announce_initial_token(self.app.initial_admin_token)
@@ -270,6 +292,27 @@ class OmaServer:
             port=self.port,
         )
         return self.port
+
+    def _listen_for_appliances(self, ca: CertificateAuthority) -> None:
+        settings = self.app.settings
+        appliance_tls = ServerTls.for_appliances(settings, ca)
+        try:
+            self.appliance_port = self.server.add_secure_port(
+                settings.appliance_listen, _appliance_credentials(appliance_tls)
+            )
+        except RuntimeError:
+            self.appliance_port = 0
+        if self.appliance_port == 0:
+            raise OSError(f"cannot listen on {settings.appliance_listen} (--appliance-listen): address in use")
+        self.app.appliance_endpoint = appliance_endpoint(settings, self.appliance_port)
+        logger.info(
+            "appliances dial {endpoint} with mutual TLS (client certificates of the OMA's CA {fp}){legacy}",
+            endpoint=self.app.appliance_endpoint,
+            fp=ca.fingerprint,
+            legacy="; credential hellos are allowed too (--allow-credential-hello, deprecated)"
+            if settings.allow_credential_hello
+            else "",
+        )
 
     def local_endpoint(self) -> Endpoint:
         """How a client on this host reaches this server (tests, benchmarks): loopback, verified against its CA,

@@ -34,6 +34,15 @@ class Settings:
     #: the operator's own server certificate (chain PEM) and key instead of the OMA's CA's
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: where appliances dial with their client certificate (mutual TLS against the OMA's CA); no listener with
+    #: --insecure. `appliance_advertise` is what appliances are told to dial (empty: from the listener).
+    appliance_listen: str = "127.0.0.1:50052"
+    appliance_advertise: str = ""
+    #: deprecated: a hello may prove an appliance by its enrollment credential (a bearer secret) instead of a
+    #: certificate; always so with --insecure, where there is no TLS to carry a certificate
+    allow_credential_hello: bool = False
+    join_token_ttl_s: float = 24 * 3600.0
+    appliance_cert_days: int = 30
     data_dir: Path = field(default_factory=lambda: Path(".oma"))
     database: str = ""  # empty: SQLite file in the data dir
     cloudstack: str = "sim"
@@ -78,6 +87,12 @@ class Settings:
     def validate(self) -> None:
         parse_host_port(self.listen, "--listen")
         parse_host_port(self.nbd_listen, "--nbd-listen")
+        if not self.insecure:
+            parse_host_port(self.appliance_listen, "--appliance-listen")
+        if self.appliance_advertise:
+            parse_host_port(self.appliance_advertise, "--appliance-advertise")
+        if self.join_token_ttl_s <= 0 or self.appliance_cert_days < 1:
+            raise InvalidArgument("--join-token-ttl must be positive and --appliance-cert-days at least 1")
         if self.heartbeat_interval_s <= 0 or self.progress_flush_interval_s <= 0:
             raise InvalidArgument("--heartbeat-interval and --progress-flush-interval must be positive")
         if self.audit_retention_days < 1:
@@ -108,6 +123,11 @@ class Settings:
             raise InvalidArgument(
                 f"--cloudstack-sim-seed {self.cloudstack_sim_seed} is not a file; give the simulator's seed JSON"
             )
+
+    @property
+    def credential_hellos(self) -> bool:
+        """Whether appliances may prove themselves with the deprecated enrollment credential."""
+        return self.insecure or self.allow_credential_hello
 
     @property
     def tls_dir(self) -> Path:

@@ -25,8 +25,9 @@ VENV_BIN = Path(sys.executable).parent
 configure_logging(level=os.environ.get("OMA_TEST_LOG_LEVEL", "WARNING"))
 
 
-# oma-server --listen and --nbd-listen, oma-cloudstack-sim --listen, PostgreSQL: the defaults of a real set-up.
-DEFAULT_PORTS = (50051, 10809, 8080, 5432)
+# oma-server --listen, --appliance-listen and --nbd-listen, oma-cloudstack-sim --listen, PostgreSQL: the defaults of a
+# real set-up.
+DEFAULT_PORTS = (50051, 50052, 10809, 8080, 5432)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -69,6 +70,10 @@ def make_settings(tmp_path: Path, database_url: str = "", **overrides: object) -
         data_dir=tmp_path / "oma",
         database=database_url,
         nbd_listen=f"127.0.0.1:{free_port()}",
+        appliance_listen="127.0.0.1:0",
+        # Most tests drive the stream as a VMA of 0.2 did, by the (deprecated) enrollment credential on the operator
+        # port; tests/test_appliance_certificates.py and the demo run the default, certificates only.
+        allow_credential_hello=True,
         shutdown_grace_s=1.0,
         progress_flush_interval_s=0.05,
     )

@@ -49,7 +49,12 @@ def wait_serving(port: int, proc: subprocess.Popen[str], data_dir: Path, timeout
 
 def server_env(data_dir: Path) -> dict[str, str]:
     """The environment of a test's oma-server: its own data dir and free ports for everything it listens on."""
-    return {**os.environ, "OMA_DATA_DIR": str(data_dir), "OMA_NBD_LISTEN": f"127.0.0.1:{free_port()}"}
+    return {
+        **os.environ,
+        "OMA_DATA_DIR": str(data_dir),
+        "OMA_NBD_LISTEN": f"127.0.0.1:{free_port()}",
+        "OMA_APPLIANCE_LISTEN": f"127.0.0.1:{free_port()}",
+    }
 
 
 @dataclass(frozen=True)
@@ -354,7 +359,11 @@ def test_busy_port_fails_before_anything_starts(tmp_path: Path) -> None:
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """oma-server with these arguments, on free ports unless `env` or the arguments say otherwise."""
-    free = {"OMA_LISTEN": f"127.0.0.1:{free_port()}", "OMA_NBD_LISTEN": f"127.0.0.1:{free_port()}"}
+    free = {
+        "OMA_LISTEN": f"127.0.0.1:{free_port()}",
+        "OMA_NBD_LISTEN": f"127.0.0.1:{free_port()}",
+        "OMA_APPLIANCE_LISTEN": f"127.0.0.1:{free_port()}",
+    }
     return subprocess.run(
         [OMA_SERVER, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **free, **(env or {})}
     )
@@ -464,7 +473,7 @@ def test_keys_are_0600_and_the_tls_directory_0700(running_server: Running) -> No
     tls = running_server.data_dir / "tls"
     assert stat.S_IMODE(tls.stat().st_mode) == 0o700
     keys = sorted(p.name for p in tls.glob("*.key"))
-    assert keys == ["ca.key", "server.key"]
+    assert keys == ["appliance-server.key", "ca.key", "server.key"]  # the appliance port has its own
     for name in keys:
         assert stat.S_IMODE((tls / name).stat().st_mode) == 0o600, name
     for name in ("ca.crt", "server.crt"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 
 import peewee as pw
@@ -51,9 +52,11 @@ async def test_transaction_is_all_or_nothing(db: Database) -> None:
 
 
 async def test_enrollment_stores_only_a_hash(db: Database) -> None:
-    service = ApplianceService(db)
+    service = ApplianceService(db, credential_hellos=True)  # an OMA with --allow-credential-hello makes credentials
     enrollment = await service.enroll("vma-01")
     stored = await db.run(Appliance.get_by_id, enrollment.appliance.id)
+    assert enrollment.join_token.startswith("oma-join_") and enrollment.join_token not in stored.join_token_hash
+    assert stored.join_token_hash == hashlib.sha256(enrollment.join_token.encode()).hexdigest()
     assert enrollment.credential not in stored.credential_hash
     assert credential_matches(enrollment.credential, stored.credential_hash)
     assert not credential_matches(enrollment.credential + "x", stored.credential_hash)
@@ -115,11 +118,21 @@ def test_bad_urls_are_refused() -> None:
     assert redact_url("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
 
 
+_APPLIANCE_IDENTITY_COLUMNS = (
+    "join_token_hash",
+    "join_token_expires_at",
+    "joined_at",
+    "certificate_serial",
+    "certificate_expires_at",
+)
+
+
 async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
     from playhouse.migrate import SchemaMigrator, migrate
 
     from oma_server.db.models import (
         ApiToken,
+        ApplianceCertificate,
         AuditEntry,
         BandwidthLimit,
         BlockMap,
@@ -133,9 +146,12 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
     )
 
     def downgrade() -> None:  # what a database created by version 0.1.0 looks like
-        migrate(SchemaMigrator.from_database(db.peewee).drop_column("disk", "replicated_capacity_bytes"))
+        migrator = SchemaMigrator.from_database(db.peewee)
+        migrate(migrator.drop_column("disk", "replicated_capacity_bytes"))
+        migrate(*(migrator.drop_column("appliance", c) for c in _APPLIANCE_IDENTITY_COLUMNS))
         db.peewee.drop_tables(
             [
+                ApplianceCertificate,
                 WatchRevision,
                 ApiToken,
                 BlockMap,
@@ -152,7 +168,7 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
 
     await db.run(downgrade)
     assert await db.run(current_version, db.peewee) == 1
-    assert await db.run(apply_migrations, db.peewee) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert await db.run(apply_migrations, db.peewee) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     columns = {c.name for c in await db.run(db.peewee.get_columns, "disk")}
     assert "replicated_capacity_bytes" in columns
     assert await db.run(db.peewee.table_exists, "watch_revision")
@@ -166,3 +182,6 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
         assert await db.run(db.peewee.table_exists, table)
     block_map = {c.name for c in await db.run(db.peewee.get_columns, "block_map")}
     assert {"check_job_id", "checked_at", "check_outcome", "check_digest", "check_mismatched"} <= block_map
+    appliance = {c.name for c in await db.run(db.peewee.get_columns, "appliance")}
+    assert set(_APPLIANCE_IDENTITY_COLUMNS) <= appliance
+    assert await db.run(db.peewee.table_exists, "appliance_certificate")

@@ -2,9 +2,9 @@
 
 Real processes only — `oma-server` (SQLite, embedded CloudStack simulator, nbdkit), `vma-agent`, `omactl`, `cs` —
 started by the README's own commands. The test sets only what the walkthrough's first block reads: `WORK` (the
-directory), `OMA_PORT` and `NBD_PORT` (free ports; the suite holds the defaults). Each block must succeed
-(`set -euo pipefail`); after each, the test records the VM and its jobs as `omactl --json` shows them and checks the
-VM's status and its last completed replication job against what that step of the walkthrough promises.
+directory), `OMA_PORT`, `APPLIANCE_PORT` and `NBD_PORT` (free ports; the suite holds the defaults). Each block must
+succeed (`set -euo pipefail`); after each, the test records the VM and its jobs as `omactl --json` shows them and
+checks the VM's status and its last completed replication job against what that step of the walkthrough promises.
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
         WORK=str(work),
         OMA_PORT=str(free_port()),
         NBD_PORT=str(free_port()),
+        APPLIANCE_PORT=str(free_port()),
         HOME=str(tmp_path),  # no ~/.cloudstack.ini of the machine's user
         PATH=f"{VENV_BIN}:{env.get('PATH', '')}",  # the README prepends $PWD/.venv/bin: the same in `make test`
     )
@@ -166,4 +167,9 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert f'"id": "{zone}"' in output  # cs listZones, with the endpoint and keys the simulator wrote
     ini = work / "oma" / "cloudstack" / "cloudstack.ini"
     assert f"CLOUDSTACK_CONFIG={ini} cs listZones" in server_log.read_text()  # where oma-server says they are
-    assert (work / "vma-01.credential").stat().st_mode & 0o777 == 0o600
+    assert (work / "vma-01.join").stat().st_mode & 0o777 == 0o600
+    assert (work / "vma-01" / "appliance.key").stat().st_mode & 0o777 == 0o600
+    assert (
+        "dialing 127.0.0.1:" in (work / "vma-agent.log").read_text()
+        and "mutual TLS" in (work / "vma-agent.log").read_text()
+    )

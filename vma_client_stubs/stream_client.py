@@ -94,7 +94,7 @@ class StreamClient:
         initial_backoff_s: float = 0.2,
         backoff_factor: float = 2.0,
         channel_options: Sequence[tuple[str, Any]] | None = None,
-        channel_credentials: grpc.ChannelCredentials | None = None,
+        channel_credentials: grpc.ChannelCredentials | Callable[[], grpc.ChannelCredentials] | None = None,
         welcome_timeout_s: float = 30.0,
         running_jobs: RunningJobs | None = None,
         on_ack: AckCallback | None = None,
@@ -369,7 +369,9 @@ class StreamClient:
     async def _connect_once(self) -> None:
         """One connection: hello, welcome, then read and write until it ends; always ends with an exception."""
         self.connect_attempts += 1
-        channel = open_channel(self.target, self.channel_credentials, self.channel_options)
+        # A function (identity.CertificateRenewer's) gives each connection the newest certificate.
+        source = self.channel_credentials
+        channel = open_channel(self.target, source() if callable(source) else source, self.channel_options)
         call = gateway_pb2_grpc.VmaGatewayServiceStub(channel).Connect()
         session = Session(call=call)
         self._session = session

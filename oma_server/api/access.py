@@ -3,8 +3,9 @@ method → access (deny by default).
 
 Operators send an API token (`authorization: Bearer oma_...`); its role must reach the method's: `viewer` reads
 and watches, `operator` runs replication, failover and network maps, `admin` manages appliances and tokens. Health
-and reflection need nothing (load balancers, `grpcurl list`). An appliance's stream proves itself in its first
-message (the hello credential, checked by the gateway), so it needs no token. A served method missing from
+and reflection need nothing (load balancers, `grpcurl list`). Appliances need no token: the stream and a renewal
+prove themselves by the client certificate of the appliance port (or the deprecated hello credential), a join by
+its one-time join token; their services check those. A served method missing from
 `METHOD_ACCESS` is refused for everyone, and `tests/test_access.py` fails for it. Refusals are UNAUTHENTICATED (no,
 a malformed, an unknown, a revoked or an expired token) or PERMISSION_DENIED (a role too low), each with ErrorInfo;
 no message ever carries the token.
@@ -30,7 +31,7 @@ from oma_server.security.tokens import Operator, Role, TokenService
 
 class Access(Enum):
     PUBLIC = "public"  # no credential: health and reflection
-    APPLIANCE = "appliance"  # the appliance stream: its hello credential, checked by the gateway
+    APPLIANCE = "appliance"  # appliances: a client certificate or a join token, checked by their services
     VIEWER = "viewer"
     OPERATOR = "operator"
     ADMIN = "admin"
@@ -125,7 +126,12 @@ METHOD_ACCESS: dict[str, Access] = {
         "/oma.v1.AccessService/RevokeApiToken",
         "/oma.v1.AccessService/ListAuditEntries",
     ),
-    "/oma.v1.VmaGatewayService/Connect": Access.APPLIANCE,
+    **_all(
+        Access.APPLIANCE,
+        "/oma.v1.VmaGatewayService/Connect",
+        "/oma.v1.ApplianceIdentityService/JoinAppliance",  # the join token is the authority
+        "/oma.v1.ApplianceIdentityService/RenewApplianceCertificate",  # the client certificate is
+    ),
 }
 
 

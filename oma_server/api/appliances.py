@@ -5,20 +5,25 @@ from __future__ import annotations
 import grpc
 
 from oma.v1 import appliance_pb2, appliance_pb2_grpc
-from oma_server.api.convert import appliance_to_proto, enum_name
+from oma_server.api.convert import appliance_to_proto, enum_name, ts
 from oma_server.appliances import ApplianceService
 
 
 class ApplianceServicer(appliance_pb2_grpc.ApplianceServiceServicer):
-    def __init__(self, appliances: ApplianceService) -> None:
+    def __init__(self, appliances: ApplianceService, ca_fingerprint: str) -> None:
         self.appliances = appliances
+        self.ca_fingerprint = ca_fingerprint
 
     async def EnrollAppliance(
         self, request: appliance_pb2.EnrollApplianceRequest, context: grpc.aio.ServicerContext
     ) -> appliance_pb2.EnrollApplianceResponse:
         enrollment = await self.appliances.enroll(request.name)
         return appliance_pb2.EnrollApplianceResponse(
-            appliance=appliance_to_proto(enrollment.appliance), credential=enrollment.credential
+            appliance=appliance_to_proto(enrollment.appliance),
+            credential=enrollment.credential,
+            join_token=enrollment.join_token,
+            join_token_expires_at=ts(enrollment.join_token_expires_at),
+            ca_fingerprint=self.ca_fingerprint if enrollment.join_token else "",
         )
 
     async def GetAppliance(

@@ -74,6 +74,8 @@ def appliance_to_proto(row: Appliance) -> appliance_pb2.Appliance:
         created_at=ts(row.created_at),
         connected_to=row.connected_to,
         session_id=row.session_id,
+        certificate_serial=row.certificate_serial,
+        certificate_expires_at=ts(row.certificate_expires_at),
     )
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from oma.v1 import gateway_pb2, gateway_pb2_grpc
+from oma_server.api.appliance_identity import peer_certificate
 from oma_server.errors import Aborted, MessageRejected, Unauthenticated, Unavailable
 from oma_server.stream.hub import REVOKED, Session, SessionHub
 from oma_server.wire.stream_codec import (
@@ -42,10 +43,10 @@ class GatewayServicer(gateway_pb2_grpc.VmaGatewayServiceServicer):
             raise Unauthenticated(f"no Hello within {HELLO_TIMEOUT_S:.0f}s", reason="HELLO_MISSING") from None
         if first.WhichOneof("message") != "hello":
             raise Unauthenticated(
-                "the first message on the stream must be a Hello with the appliance id and credential",
+                "the first message on the stream must be a Hello",
                 reason="HELLO_MISSING",
             )
-        session, welcome = await self.hub.open(decode_hello(first.hello), context.peer())
+        session, welcome = await self.hub.open(decode_hello(first.hello), context.peer(), peer_certificate(context))
         reader = asyncio.create_task(self._read(session, request_iterator), name=f"vma-reader-{session.session_id}")
         try:
             yield encode_outgoing(welcome)

@@ -15,6 +15,8 @@ from playhouse.migrate import SchemaMigrator, migrate
 from oma_server.db.models import (
     ALL_MODELS,
     ApiToken,
+    Appliance,
+    ApplianceCertificate,
     AuditEntry,
     BandwidthLimit,
     BlockMap,
@@ -88,6 +90,22 @@ def _m011_block_map_check(db: pw.Database) -> None:
         migrate(*(migrator.add_column("block_map", name, added[name]) for name in missing))
 
 
+def _m012_appliance_certificates(db: pw.Database) -> None:
+    columns = {c.name for c in db.get_columns(Appliance._meta.table_name)}  # type: ignore[attr-defined]
+    added = {
+        "join_token_hash": pw.CharField(max_length=128, default=""),
+        "join_token_expires_at": pw.DateTimeField(null=True),
+        "joined_at": pw.DateTimeField(null=True),
+        "certificate_serial": pw.CharField(max_length=64, default=""),
+        "certificate_expires_at": pw.DateTimeField(null=True),
+    }
+    missing = [name for name in added if name not in columns]  # a database created at 12 already has them
+    if missing:
+        migrator = SchemaMigrator.from_database(db)
+        migrate(*(migrator.add_column("appliance", name, added[name]) for name in missing))
+    db.create_tables([ApplianceCertificate], safe=True)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "initial schema", _m001_initial),
     (2, "disk.replicated_capacity_bytes (resize detection)", _m002_disk_replicated_capacity),
@@ -100,6 +118,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (9, "bandwidth_limit (copy-rate limits with weekly windows)", _m009_bandwidth_limit),
     (10, "machine_group, group_member, group_run (machine groups and their failovers)", _m010_machine_groups),
     (11, "block_map.check_* (the last on-demand verification of a replica at rest)", _m011_block_map_check),
+    (12, "appliance.join_token_*, appliance_certificate (appliance client certificates)", _m012_appliance_certificates),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -52,6 +52,30 @@ class Appliance(BaseModel):
     connected_to = pw.CharField(max_length=64, default="")
     session_id = pw.CharField(max_length=64, default="")
     last_command_id = pw.CharField(max_length=64, default="")
+    # The one-time join token of its enrollment (appliance_identity.py): its SHA-256, expiry and use.
+    join_token_hash = pw.CharField(max_length=128, default="")
+    join_token_expires_at = pw.DateTimeField(null=True)
+    joined_at = pw.DateTimeField(null=True)
+    # Its newest client certificate (shown by GetAppliance; the certificates themselves are ApplianceCertificate).
+    certificate_serial = pw.CharField(max_length=64, default="")
+    certificate_expires_at = pw.DateTimeField(null=True)
+
+
+class ApplianceCertificate(BaseModel):
+    """A client certificate the OMA's CA issued to an appliance: checked at every hello on the appliance port."""
+
+    serial = pw.CharField(primary_key=True, max_length=64)  # hex
+    appliance_id: str  # set by Peewee for the foreign key
+    appliance = pw.ForeignKeyField(Appliance, backref="certificates", on_delete="CASCADE")
+    public_key_sha256 = pw.CharField(max_length=64)  # of the SubjectPublicKeyInfo: a retry with the same key
+    certificate_pem = pw.TextField()
+    not_after = pw.DateTimeField()
+    issued_at = pw.DateTimeField(default=utcnow)
+    revoked_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "appliance_certificate"
+        indexes = ((("appliance", "issued_at"), False),)
 
 
 class VmContext(BaseModel):
@@ -434,6 +458,7 @@ class SchemaMigration(BaseModel):
 
 ALL_MODELS: list[type[BaseModel]] = [
     Appliance,
+    ApplianceCertificate,
     VmContext,
     Disk,
     ChangeIdRecord,

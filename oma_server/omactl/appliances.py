@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -34,6 +35,8 @@ def show_appliance(ctx: Context, appliance: appliance_pb2.Appliance) -> None:
             ("created", field_time(appliance, "created_at")),
             ("connected to", appliance.connected_to or render.NONE),
             ("session", appliance.session_id or render.NONE),
+            ("certificate", appliance.certificate_serial or render.NONE),
+            ("certificate expires", field_time(appliance, "certificate_expires_at")),
         ]
     )
 
@@ -67,49 +70,85 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def write_secret(path: Path, secret: str) -> None:
-    """The credential in a file only its owner can read (0600 from its creation: never readable by others, not even
-    for an instant; an existing file is truncated and made 0600 too)."""
+def write_secret(path: Path, secret: str, flag: str = "--credential-file") -> None:
+    """A secret in a file only its owner can read (0600 from its creation: never readable by others, not even for an
+    instant; an existing file is truncated and made 0600 too)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as exc:
-        raise CliError(f"cannot write --credential-file {path}: {exc.strerror}") from None
+        raise CliError(f"cannot write {flag} {path}: {exc.strerror}") from None
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         os.fchmod(out.fileno(), 0o600)
         out.write(secret + "\n")
 
 
+def _join_ticket(ctx: Context, reply: appliance_pb2.EnrollApplianceResponse) -> str:
+    """The join file's JSON (vma_client_stubs.identity.JoinTicket): where to join, the token and the CA's pin."""
+    expires = reply.join_token_expires_at.ToDatetime().isoformat() + "Z" if reply.join_token else ""
+    ticket = {
+        "oma": ctx.client.server,
+        "appliance_id": reply.appliance.id,
+        "join_token": reply.join_token,
+        "ca_fingerprint": reply.ca_fingerprint,
+        "expires_at": expires,
+    }
+    return json.dumps(ticket, indent=2)
+
+
 def cmd_enroll(ctx: Context, args: argparse.Namespace) -> int:
-    if args.credential_file is not None and args.credential_file.is_dir():
-        raise CliError(f"--credential-file {args.credential_file} is a directory; give a file name", exit_code=2)
+    for flag, path in (("--credential-file", args.credential_file), ("--join-file", args.join_file)):
+        if path is not None and path.is_dir():
+            raise CliError(f"{flag} {path} is a directory; give a file name", exit_code=2)
     reply = ctx.client.call(
         ctx.client.appliances, "EnrollAppliance", appliance_pb2.EnrollApplianceRequest(name=args.name)
     )
-    if args.credential_file is not None:
+    appliance = reply.appliance
+    if args.join_file is not None and reply.join_token:
+        write_secret(args.join_file, _join_ticket(ctx, reply), "--join-file")
+    if args.credential_file is not None and reply.credential:
         write_secret(args.credential_file, reply.credential)
     if ctx.out.as_json:
-        ctx.out.message(reply)
+        shown = appliance_pb2.EnrollApplianceResponse()
+        shown.CopyFrom(reply)
+        if args.join_file is not None:  # written to the file: not echoed into logs and scripts' output
+            shown.join_token = ""
+        if args.credential_file is not None:
+            shown.credential = ""
+        ctx.out.message(shown)
         return 0
     if ctx.out.quiet:
-        ctx.out.ids([reply.appliance.id])
+        ctx.out.ids([appliance.id])
         return 0
-    appliance = reply.appliance
     ctx.out.line(f"Enrolled appliance {appliance.name} (id {appliance.id}).")
-    if args.credential_file is None:
-        ctx.out.line(f"Credential: {reply.credential}")
+    if reply.join_token:
+        until = reply.join_token_expires_at.ToDatetime().strftime("%Y-%m-%d %H:%M UTC")
+        if args.join_file is not None:
+            ctx.out.line(
+                f"Join file written to {args.join_file} (mode 0600; good once, until {until}). On the appliance:"
+            )
+            ctx.out.line(f"  vma-agent enroll --join-file {args.join_file} --identity-dir DIR")
+            ctx.out.line("  vma-agent run --identity-dir DIR --vcenter-dir DIR --state-dir DIR")
+        else:
+            ctx.out.line(f"Join token: {reply.join_token} (good once, until {until})")
+            ctx.out.line(f"OMA CA fingerprint: {reply.ca_fingerprint}")
+            ctx.out.line(
+                "The token is shown once. Enroll with --join-file F to get a file for `vma-agent enroll --join-file "
+                "F`; the appliance verifies this OMA by the fingerprint before it sends the token."
+            )
+    if args.credential_file is not None and not reply.credential:
         ctx.out.line(
-            "This credential is shown once: store it in a file only the appliance's user can read (or enroll with "
-            "--credential-file F, which writes it with mode 0600), then start the appliance with --credential-file "
-            "F. The OMA keeps only its hash; if it is lost, revoke the appliance and enroll it again."
+            "No credential was made: this OMA takes appliances by certificate only (a credential hello needs "
+            "oma-server --allow-credential-hello). Use the join token."
         )
-        return 0
-    ctx.out.line(
-        f"Credential written to {args.credential_file} (mode 0600); it is not shown again. Start the appliance:"
-    )
-    ctx.out.line(
-        f"  vma-agent run --oma {ctx.client.server} --appliance-id {appliance.id} "
-        f"--credential-file {args.credential_file} --vcenter-dir DIR --state-dir DIR"
-    )
+    elif reply.credential and args.credential_file is None:
+        ctx.out.line(f"Credential: {reply.credential}")
+        ctx.out.line("(deprecated: for a credential hello, `vma-agent run --credential-file`; prefer the join token)")
+    elif reply.credential:
+        ctx.out.line(f"Credential written to {args.credential_file} (mode 0600); it is not shown again. Or start:")
+        ctx.out.line(
+            f"  vma-agent run --oma {ctx.client.server} --appliance-id {appliance.id} "
+            f"--credential-file {args.credential_file} --vcenter-dir DIR --state-dir DIR"
+        )
     return 0
 
 
@@ -133,15 +172,25 @@ def register(commands: Commands) -> None:
     show = commands.leaf(group, "show", "show one appliance", cmd_show)
     show.add_argument("appliance", metavar="APPLIANCE", help="appliance id or name")
     enroll = commands.leaf(
-        group, "enroll", "enroll an appliance: its one-time credential is printed, or written to a file", cmd_enroll
+        group,
+        "enroll",
+        "enroll an appliance: its one-time join token is printed, or written to a join file",
+        cmd_enroll,
     )
     enroll.add_argument("name", metavar="NAME", help="unique name: 1-63 letters, digits, '.', '_' or '-'")
     enroll.add_argument(
         "--credential-file",
         metavar="F",
         type=Path,
-        help="write the credential to F with mode 0600 (what 'vma-agent run --credential-file F' reads) "
-        "instead of printing it",
+        help="deprecated: write the credential of a credential hello (an OMA with --allow-credential-hello) to F "
+        "with mode 0600 (what 'vma-agent run --credential-file F' reads) instead of printing it",
     )
-    revoke = commands.leaf(group, "revoke", "revoke an appliance's credential and close its stream", cmd_revoke)
+    enroll.add_argument(
+        "--join-file",
+        metavar="F",
+        type=Path,
+        help="write the join token, this OMA's address and its CA fingerprint to F with mode 0600 (what "
+        "'vma-agent enroll --join-file F' reads) instead of printing them",
+    )
+    revoke = commands.leaf(group, "revoke", "revoke an appliance (its certificates) and close its stream", cmd_revoke)
     revoke.add_argument("appliance", metavar="APPLIANCE", help="appliance id or name")

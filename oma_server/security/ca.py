@@ -24,7 +24,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from loguru import logger
 
@@ -49,6 +50,8 @@ _SIGNING_ONLY = x509.KeyUsage(
     encipher_only=False,
     decipher_only=False,
 )
+#: the URI subject alternative name that binds an appliance's client certificate to its appliance id
+APPLIANCE_URI_PREFIX = "urn:oma:appliance:"
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 _WILDCARD = ("0.0.0.0", "::", "")
 
@@ -114,6 +117,48 @@ def alt_names(cert: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return [*sans.get_values_for_type(x509.DNSName), *(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))]
+
+
+def appliance_id_of(cert: x509.Certificate) -> str:
+    """The appliance id a client certificate is bound to (its `urn:oma:appliance:` URI), empty when none."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ""
+    ids = [u[len(APPLIANCE_URI_PREFIX) :] for u in sans.get_values_for_type(x509.UniformResourceIdentifier)]
+    ids = [i for i in ids if _plausible_id(i)]
+    return ids[0] if len(ids) == 1 else ""
+
+
+def _plausible_id(appliance_id: str) -> bool:
+    return 0 < len(appliance_id) <= 64 and all(c.isalnum() or c in "-_" for c in appliance_id)
+
+
+def public_key_sha256(key: CertificatePublicKeyTypes) -> str:
+    """SHA-256 (hex) of a public key's SubjectPublicKeyInfo: the same key, whichever CSR or certificate carries it."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def checked_csr(csr_pem: str) -> x509.CertificateSigningRequest:
+    """A CSR signed by its own key (proof of possession), of a key as strong as ours; InvalidArgument otherwise."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+    except ValueError as exc:
+        raise InvalidArgument(
+            f"csr_pem is not a PEM certificate signing request ({exc})", reason="CSR_INVALID"
+        ) from exc
+    if not csr.is_signature_valid:
+        raise InvalidArgument("the CSR's signature does not verify with its own key", reason="CSR_INVALID")
+    key = csr.public_key()
+    strong = (isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in ("secp256r1", "secp384r1")) or (
+        isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048
+    )
+    if not strong:
+        raise InvalidArgument(
+            "the CSR's key must be ECDSA P-256 or P-384, or RSA of 2048 bits or more", reason="CSR_INVALID"
+        )
+    return csr
 
 
 @dataclass(frozen=True)
@@ -203,12 +248,36 @@ class CertificateAuthority:
     def cert_path(self) -> Path:
         return self.directory / CA_CERT_FILE
 
-    def _signed_by_me(self, cert: x509.Certificate) -> bool:
+    def signed_by_me(self, cert: x509.Certificate) -> bool:
         try:
             cert.verify_directly_issued_by(self.cert)
         except (ValueError, TypeError, InvalidSignature):
             return False
         return True
+
+    def issue_client_certificate(
+        self, public_key: CertificatePublicKeyTypes, appliance_id: str, lifetime: timedelta
+    ) -> x509.Certificate:
+        """A client certificate for `public_key`, bound to `appliance_id` (URI SAN and common name)."""
+        now = datetime.now(UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(_subject(f"appliance {appliance_id}"))
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(now + lifetime)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_SIGNING_ONLY, critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(APPLIANCE_URI_PREFIX + appliance_id)]),
+                critical=False,
+            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
 
     def server_credentials(self, name: str, names: list[str]) -> ServerCredentials:
         """`<name>.crt` (leaf + CA) and `<name>.key` for a listener dialled by `names`: kept while they carry exactly
@@ -217,7 +286,7 @@ class CertificateAuthority:
         if cert_path.exists() and key_path.exists():
             leaf = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
             fresh = leaf.not_valid_after_utc - SERVER_RENEW_BEFORE > datetime.now(UTC)
-            if fresh and set(alt_names(leaf)) == set(names) and self._signed_by_me(leaf):
+            if fresh and set(alt_names(leaf)) == set(names) and self.signed_by_me(leaf):
                 return ServerCredentials(key_path.read_bytes(), cert_path.read_bytes())
         key = new_key()
         now = datetime.now(UTC)

@@ -4,6 +4,7 @@ grpc server credentials."""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from oma_server.errors import InvalidArgument
-from oma_server.security.ca import CertificateAuthority, ServerCredentials, alt_names, fingerprint, server_names
+from oma_server.security.ca import (
+    CertificateAuthority,
+    ServerCredentials,
+    alt_names,
+    fingerprint,
+    host_of,
+    server_names,
+)
 from oma_server.settings import Settings
 
 
@@ -32,12 +40,30 @@ class ServerTls:
         return fingerprint(x509.load_pem_x509_certificate(self.ca_pem)) if self.ca_pem else ""
 
     @classmethod
-    def load(cls, settings: Settings) -> ServerTls:
+    def load(cls, settings: Settings, ca: CertificateAuthority) -> ServerTls:
         if settings.tls_cert is not None and settings.tls_key is not None:
             return _operator_brought(settings.tls_cert, settings.tls_key)
-        ca = CertificateAuthority(settings.tls_dir)
         names = server_names(settings.listen, settings.advertise_addresses)
         return cls(ca.server_credentials("server", names), ca.pem, ca.cert_path, names)
+
+    @classmethod
+    def for_appliances(cls, settings: Settings, ca: CertificateAuthority) -> ServerTls:
+        """The appliance port's: always a certificate of the OMA's own CA, whose fingerprint appliances pin (also
+        when the operator port serves an operator's --tls-cert)."""
+        advertised = [*settings.advertise_addresses, *filter(None, [settings.appliance_advertise])]
+        names = server_names(settings.appliance_listen, advertised)
+        return cls(ca.server_credentials("appliance-server", names), ca.pem, ca.cert_path, names)
+
+
+def appliance_endpoint(settings: Settings, port: int) -> str:
+    """The HOST:PORT appliances are told to dial: --appliance-advertise, else the listener's host (for a wildcard
+    listener, the first --advertise-address's host, else this host's name) and its bound port."""
+    if settings.appliance_advertise:
+        return settings.appliance_advertise
+    host = host_of(settings.appliance_listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = host_of(settings.advertise_addresses[0]) if settings.advertise_addresses else socket.getfqdn()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _operator_brought(cert_path: Path, key_path: Path) -> ServerTls:

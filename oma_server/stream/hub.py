@@ -42,11 +42,12 @@ from oma_server.protocol.stream import (
 )
 from oma_server.replication.applier import VmaMessageApplier
 from oma_server.replication.store import ReplicationJobStore
+from oma_server.security.appliance_identity import ApplianceCertificates
 from oma_server.uninterruptible import finish, uninterruptible
 from oma_server.version import __version__
 
 MISSED_HEARTBEATS = 3
-REVOKED = "the appliance's credential was revoked; enroll it again to reconnect"
+REVOKED = "the appliance was revoked (its certificates and credential); enroll it again to reconnect"
 LAST_SEEN_WRITE_INTERVAL_S = 30.0
 
 
@@ -94,6 +95,7 @@ class SessionHub:
         db: Database,
         clock: Clock,
         appliances: ApplianceService,
+        certificates: ApplianceCertificates,
         jobs: ReplicationJobStore,
         applier: VmaMessageApplier,
         outbox: CommandOutbox,
@@ -105,6 +107,7 @@ class SessionHub:
         self.db = db
         self.clock = clock
         self.appliances = appliances
+        self.certificates = certificates
         self.jobs = jobs
         self.applier = applier
         self.outbox = outbox
@@ -144,11 +147,11 @@ class SessionHub:
             session.close("the OMA is shutting down; reconnect")
 
     # ---- opening and closing ------------------------------------------------------------------------------------
-    async def open(self, hello: Hello, peer: str) -> tuple[Session, Welcome]:
+    async def open(self, hello: Hello, peer: str, certificate_pem: bytes | None = None) -> tuple[Session, Welcome]:
         """Authenticate, replace any older session of the appliance, record it connected, resume its stalled jobs
         and build the Welcome — whole, even if the caller goes away meanwhile; then the new session is closed
         again at once, so nothing stays "connected" for a stream that is gone."""
-        opening = asyncio.ensure_future(self._open(hello, peer))
+        opening = asyncio.ensure_future(self._open(hello, peer, certificate_pem))
         try:
             return await finish(opening)
         except asyncio.CancelledError:
@@ -157,8 +160,13 @@ class SessionHub:
                 await finish(self.close(session, "the stream ended during its hello"))
             raise
 
-    async def _open(self, hello: Hello, peer: str) -> tuple[Session, Welcome]:
-        appliance = await self.appliances.authenticate(hello.appliance_id, hello.credential)
+    async def _open(self, hello: Hello, peer: str, certificate_pem: bytes | None) -> tuple[Session, Welcome]:
+        # A verified client certificate (the appliance port) names the appliance; without one only the deprecated
+        # credential hello can, where the OMA allows it.
+        if certificate_pem:
+            appliance, _ = await self.certificates.authenticate(certificate_pem, hello.appliance_id)
+        else:
+            appliance = await self.appliances.authenticate(hello.appliance_id, hello.credential)
         session = Session(
             appliance_id=appliance.id,
             session_id=str(uuid.uuid4()),
@@ -321,7 +329,7 @@ class SessionHub:
         return session is not None and session.send(command)
 
     def revoked(self, appliance_id: str) -> None:
-        """An appliance's credential was revoked: its live stream ends now."""
+        """An appliance was revoked: its live stream ends now."""
         session = self.sessions.get(appliance_id)
         if session is not None:
             session.close(REVOKED)

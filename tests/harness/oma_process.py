@@ -52,6 +52,7 @@ class OmaProcess:
         self.env = {**os.environ, **(env or {})}
         self.port = free_port()
         self.nbd_port = free_port()
+        self.appliance_port = free_port()
         self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"{data_dir.name}.log"
@@ -71,6 +72,9 @@ class OmaProcess:
             str(self.data_dir),
             "--nbd-listen",
             f"127.0.0.1:{self.nbd_port}",
+            "--appliance-listen",
+            f"127.0.0.1:{self.appliance_port}",
+            "--allow-credential-hello",  # the harnesses' VMAs prove themselves by their enrollment credential
             "--log-json",
             *self.extra,
         ]

@@ -34,7 +34,7 @@ class OmaProcess:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [OMA_SERVER, "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir),
-             "--nbd-listen", f"127.0.0.1:{nbd_port}"],
+             "--nbd-listen", f"127.0.0.1:{nbd_port}", "--appliance-listen", f"127.0.0.1:{free_port()}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 

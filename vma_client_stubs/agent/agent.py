@@ -34,6 +34,7 @@ from vma_client_stubs.agent.rate_limit import BandwidthLimits
 from vma_client_stubs.agent.runs import CopyOptions, JobRunner
 from vma_client_stubs.agent.vcenter import FakeVCenter
 from vma_client_stubs.connection import Endpoint
+from vma_client_stubs.identity import CertificateRenewer
 from vma_client_stubs.stream_client import StreamClient
 
 # The CLI, the tests and the benchmarks import these from here.
@@ -65,7 +66,10 @@ class Agent:
         report_interval_s: float = 0.5,
         fsync: bool = True,
         client_options: dict[str, Any] | None = None,
+        identity: CertificateRenewer | None = None,
     ) -> None:
+        """With `identity` the agent dials the OMA's appliance port with its certificate (mutual TLS) and renews it
+        while it runs; `oma` and `credential` then only matter for a deprecated credential hello."""
         self.vcenter = vcenter
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -73,13 +77,14 @@ class Agent:
         self.report_interval_s = report_interval_s
         self.appliance_id = appliance_id
         self.oma = oma
+        self.identity = identity
         self.version = agent_version()
         self.store = JobStore(self.state_dir, fsync=fsync)
         self.log = logger.bind(appliance_id=appliance_id)
         self.client = StreamClient(
-            oma.target,
+            identity.identity.appliance_endpoint if identity is not None else oma.target,
             appliance_id,
-            credential,
+            "" if identity is not None else credential,
             agent_version=self.version,
             capabilities=CAPABILITIES,
             state_dir=self.state_dir,
@@ -88,7 +93,7 @@ class Agent:
             on_welcome=self._on_welcome,
             on_stream_error=self._on_stream_error,
             fsync=fsync,
-            channel_credentials=oma.credentials(),
+            channel_credentials=identity.channel_credentials if identity is not None else oma.credentials(),
             **(client_options or {}),
         )
         self.jobs: dict[str, JobRunner] = {}
@@ -134,6 +139,8 @@ class Agent:
         with contextlib.suppress(ImportError):
             await asyncio.to_thread(importlib.import_module, "nbd")
         await self.client.start()
+        if self.identity is not None:
+            self.identity.start()
         if any(r.status == "running" for r in records):
             self.records.update({r.job_id: r for r in records})
             # The Welcome's cursors say what the OMA durably applied: wait for them before choosing resume points.
@@ -157,6 +164,8 @@ class Agent:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.stop()
+        if self.identity is not None:
+            await self.identity.stop()
 
     async def __aenter__(self) -> Agent:
         await self.start()

@@ -1,11 +1,17 @@
 """`vma-agent`: the reference VMware Migration Appliance and its fake vCenter.
 
-    vma-agent run --oma HOST:PORT --appliance-id ID --credential-file F --vcenter-dir DIR --state-dir DIR
+    vma-agent enroll --join-file F --identity-dir DIR [--ca FILE]
+    vma-agent run --identity-dir DIR --vcenter-dir DIR --state-dir DIR
+    vma-agent run --oma HOST:PORT --appliance-id ID --credential-file F ...   (deprecated: a credential hello)
     vma-agent create-vm --vcenter-dir DIR --name NAME --disk-mib 256 --disk-mib 128 [--seed N]
     vma-agent guest-write --vcenter-dir DIR --vm NAME --percent 5 [--seed N]
     vma-agent list --vcenter-dir DIR [--json]
 
-The credential may come from the environment (VMA_CREDENTIAL) instead of a file. Bad flags: one line, exit 2.
+`enroll` makes the appliance's own key, verifies the OMA against the CA fingerprint of the join file (written by
+`omactl appliances enroll --join-file`), trades the join token and a CSR for its client certificate, and keeps them
+in the identity directory (key 0600). `run --identity-dir` then dials the appliance port that directory names with
+mutual TLS and renews the certificate before it expires. The deprecated credential may come from the environment
+(VMA_CREDENTIAL) instead of a file. Bad flags: one line, exit 2.
 SIGTERM or SIGINT stops `run` cleanly: copies pause at their last acknowledged point and resume at the next start.
 """
 
@@ -17,6 +23,7 @@ import json
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,6 +32,7 @@ from loguru import logger
 from vma_client_stubs.agent.agent import Agent, CopyOptions, agent_version
 from vma_client_stubs.agent.vcenter import FakeVCenter, VCenterError
 from vma_client_stubs.connection import ConnectionSettingsError, Endpoint
+from vma_client_stubs.identity import ApplianceIdentity, CertificateRenewer, IdentityError, JoinTicket, join
 
 MIB = 1 << 20
 LOG_FORMAT = (
@@ -64,8 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vma-agent {agent_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    enroll = sub.add_parser("enroll", help="join the OMA: trade a join file for this appliance's certificate")
+    enroll.add_argument("--join-file", required=True, type=Path, help="from `omactl appliances enroll --join-file`")
+    enroll.add_argument("--identity-dir", required=True, type=Path, help="where the key and certificates go")
+    enroll.add_argument(
+        "--ca",
+        type=Path,
+        help="the CA of an OMA whose operator port serves an operator's --tls-cert (default: pinned by the join file)",
+    )
+
     run = sub.add_parser("run", help="dial the OMA and obey its commands")
-    run.add_argument("--oma", required=True, type=_host_port, help="OMA gateway address HOST:PORT")
+    run.add_argument("--identity-dir", type=Path, help="the identity `vma-agent enroll` made: mutual TLS")
+    run.add_argument("--oma", type=_host_port, help="OMA address HOST:PORT (default: the identity's appliance port)")
     run.add_argument(
         "--ca",
         type=Path,
@@ -73,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the OMA's CA certificate to verify its TLS port against (or VMA_OMA_CA; default: system roots)",
     )
     run.add_argument("--insecure", action="store_true", help="plaintext, for an OMA started with --insecure")
-    run.add_argument("--appliance-id", required=True)
-    run.add_argument("--credential-file", type=Path, help="file holding the enrollment secret (or VMA_CREDENTIAL)")
+    run.add_argument("--appliance-id", help="with --credential-file (deprecated); the identity names it otherwise")
+    run.add_argument("--credential-file", type=Path, help="deprecated: the enrollment credential (or VMA_CREDENTIAL)")
     run.add_argument("--vcenter-dir", required=True, type=Path)
     run.add_argument("--state-dir", required=True, type=Path)
     run.add_argument("--listen", default="127.0.0.1:0", type=_host_port, help="local vma.v1 API (port 0: any)")
@@ -137,16 +155,19 @@ def _credential(args: argparse.Namespace) -> str:
     return secret
 
 
-async def _run(args: argparse.Namespace, credential: str, oma: Endpoint) -> int:
+async def _run(args: argparse.Namespace, credential: str, oma: Endpoint, identity: ApplianceIdentity | None) -> int:
     from vma_client_stubs.agent.service import AgentService
     from vma_client_stubs.stream_client import AuthenticationError
 
     chunk = int(args.chunk_mib * MIB)
     chunk -= chunk % 4096
+    renewer = CertificateRenewer(identity, args.identity_dir) if identity is not None else None
+    appliance_id = identity.appliance_id if identity is not None else args.appliance_id
     agent = Agent(
         oma=oma,
-        appliance_id=args.appliance_id,
+        appliance_id=appliance_id,
         credential=credential,
+        identity=renewer,
         vcenter=FakeVCenter(args.vcenter_dir),
         state_dir=args.state_dir,
         copy=CopyOptions(
@@ -167,11 +188,11 @@ async def _run(args: argparse.Namespace, credential: str, oma: Endpoint) -> int:
     await agent.start()
     port = await service.start()
     host = args.listen.rpartition(":")[0]
-    logger.bind(appliance_id=args.appliance_id).info(
+    logger.bind(appliance_id=appliance_id).info(
         "vma-agent {v} dialing {oma} ({transport}); local API on {host}:{port}",
         v=agent.version,
-        oma=args.oma,
-        transport="PLAINTEXT, --insecure" if oma.insecure else "TLS",
+        oma=agent.client.target,
+        transport="mutual TLS" if renewer else "PLAINTEXT, --insecure" if oma.insecure else "TLS, credential hello",
         host=host,
         port=port,
     )
@@ -181,10 +202,10 @@ async def _run(args: argparse.Namespace, credential: str, oma: Endpoint) -> int:
     await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if closed.done() and isinstance(closed.exception(), AuthenticationError):
-        print(f"vma-agent: the OMA refused the credential: {closed.exception()}", file=sys.stderr)
+        print(f"vma-agent: the OMA refused this appliance: {closed.exception()}", file=sys.stderr)
         code = 1
     stopped.cancel()
-    logger.bind(appliance_id=args.appliance_id).info("stopping")
+    logger.bind(appliance_id=appliance_id).info("stopping")
     await service.stop(0.5)
     await agent.stop()
     if not closed.done():
@@ -209,8 +230,9 @@ def _vm_row(vcenter: FakeVCenter, vm: Any) -> dict[str, Any]:
     }
 
 
-def _checked_run_flags(args: argparse.Namespace) -> tuple[str, Endpoint]:
-    """The bounds of `run`'s copy flags checked (UsageError), its credential and the OMA's endpoint."""
+def _checked_run_flags(args: argparse.Namespace) -> tuple[str, Endpoint, ApplianceIdentity | None]:
+    """The bounds of `run`'s copy flags checked (UsageError); its identity, or its credential and the OMA's
+    endpoint."""
     if not 1 <= args.chunk_mib <= 4:
         raise UsageError("--chunk-mib must be between 1 and 4")
     for flag, value, top in (
@@ -221,12 +243,51 @@ def _checked_run_flags(args: argparse.Namespace) -> tuple[str, Endpoint]:
     ):
         if not 1 <= value <= top:
             raise UsageError(f"{flag} must be between 1 and {top}")
+    if args.identity_dir is not None:
+        try:
+            identity = ApplianceIdentity.load(args.identity_dir)
+        except IdentityError as exc:
+            raise UsageError(str(exc)) from exc
+        if args.oma:  # another name of the same appliance port (a load balancer, a DNS name)
+            identity = replace(identity, appliance_endpoint=args.oma)
+        return "", Endpoint(identity.appliance_endpoint), identity
+    if not args.oma or not args.appliance_id:
+        raise UsageError("give --identity-dir (from `vma-agent enroll`), or --oma, --appliance-id and a credential")
     credential = _credential(args)
     try:
         oma = Endpoint.from_ca_file(args.oma, args.ca, insecure=args.insecure)
     except ConnectionSettingsError as exc:
         raise UsageError(str(exc)) from exc
-    return credential, oma
+    return credential, oma, None
+
+
+async def _enroll(args: argparse.Namespace) -> int:
+    """Join the OMA with the join file; the identity goes to --identity-dir."""
+    import grpc
+
+    from vma_client_stubs.errors import error_details_of
+
+    ticket = JoinTicket.load(args.join_file)
+    trust = None
+    if args.ca is not None:
+        try:
+            trust = args.ca.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read --ca {args.ca}: {exc.strerror}") from exc
+    try:
+        identity = await join(ticket, trust=trust)
+    except grpc.aio.AioRpcError as exc:
+        reason = error_details_of(exc).reason
+        print(f"vma-agent: the OMA refused the join ({reason or exc.code().name}): {exc.details()}", file=sys.stderr)
+        return 1
+    identity.save(args.identity_dir)
+    until = identity.certificate.not_valid_after_utc
+    print(
+        f"joined as appliance {identity.appliance_id}; certificate valid until {until:%Y-%m-%d %H:%M} UTC (renewed "
+        f"while running); identity in {args.identity_dir}. Start: vma-agent run --identity-dir {args.identity_dir} "
+        "--vcenter-dir DIR --state-dir DIR"
+    )
+    return 0
 
 
 def _vcenter_command(args: argparse.Namespace) -> int:
@@ -269,14 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "run":
-            credential, oma = _checked_run_flags(args)
-    except UsageError as exc:
+            credential, oma, identity = _checked_run_flags(args)
+        if args.command == "enroll":
+            return asyncio.run(_enroll(args))
+    except (UsageError, IdentityError) as exc:
         print(f"vma-agent: error: {exc}", file=sys.stderr)
         return 2
     try:
         if args.command == "run":
             configure_logging(args.log_json, args.log_level.upper())
-            return asyncio.run(_run(args, credential, oma))
+            return asyncio.run(_run(args, credential, oma, identity))
         return _vcenter_command(args)
     except VCenterError as exc:
         print(f"vma-agent: {exc}", file=sys.stderr)

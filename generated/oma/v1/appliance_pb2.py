@@ -25,35 +25,35 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16oma/v1/appliance.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x02\n\tAppliance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.oma.v1.ApplianceStatus\x12\x31\n\x10\x63onnection_state\x18\x04 \x01(\x0e\x32\x17.oma.v1.ConnectionState\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12\x30\n\x0clast_seen_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63onnected_to\x18\t \x01(\t\x12\x12\n\nsession_id\x18\n \x01(\t\":\n\x16\x45nrollApplianceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"S\n\x17\x45nrollApplianceResponse\x12$\n\tappliance\x18\x01 \x01(\x0b\x32\x11.oma.v1.Appliance\x12\x12\n\ncredential\x18\x02 \x01(\t\"!\n\x13GetApplianceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x14GetApplianceResponse\x12$\n\tappliance\x18\x01 \x01(\x0b\x32\x11.oma.v1.Appliance\"q\n\x15ListAppliancesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x31\n\x10\x63onnection_state\x18\x03 \x01(\x0e\x32\x17.oma.v1.ConnectionState\"X\n\x16ListAppliancesResponse\x12%\n\nappliances\x18\x01 \x03(\x0b\x32\x11.oma.v1.Appliance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x16RevokeApplianceRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"?\n\x17RevokeApplianceResponse\x12$\n\tappliance\x18\x01 \x01(\x0b\x32\x11.oma.v1.Appliance*n\n\x0f\x41pplianceStatus\x12 \n\x1c\x41PPLIANCE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41PPLIANCE_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x41PPLIANCE_STATUS_REVOKED\x10\x02*\x9c\x01\n\x0f\x43onnectionState\x12 \n\x1c\x43ONNECTION_STATE_UNSPECIFIED\x10\x00\x12$\n CONNECTION_STATE_NEVER_CONNECTED\x10\x01\x12\x1e\n\x1a\x43ONNECTION_STATE_CONNECTED\x10\x02\x12!\n\x1d\x43ONNECTION_STATE_DISCONNECTED\x10\x03\x32\xd6\x02\n\x10\x41pplianceService\x12R\n\x0f\x45nrollAppliance\x12\x1e.oma.v1.EnrollApplianceRequest\x1a\x1f.oma.v1.EnrollApplianceResponse\x12I\n\x0cGetAppliance\x12\x1b.oma.v1.GetApplianceRequest\x1a\x1c.oma.v1.GetApplianceResponse\x12O\n\x0eListAppliances\x12\x1d.oma.v1.ListAppliancesRequest\x1a\x1e.oma.v1.ListAppliancesResponse\x12R\n\x0fRevokeAppliance\x12\x1e.oma.v1.RevokeApplianceRequest\x1a\x1f.oma.v1.RevokeApplianceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16oma/v1/appliance.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x03\n\tAppliance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.oma.v1.ApplianceStatus\x12\x31\n\x10\x63onnection_state\x18\x04 \x01(\x0e\x32\x17.oma.v1.ConnectionState\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12\x30\n\x0clast_seen_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63onnected_to\x18\t \x01(\t\x12\x12\n\nsession_id\x18\n \x01(\t\x12\x1a\n\x12\x63\x65rtificate_serial\x18\x0b \x01(\t\x12:\n\x16\x63\x65rtificate_expires_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x16\x45nrollApplianceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xba\x01\n\x17\x45nrollApplianceResponse\x12$\n\tappliance\x18\x01 \x01(\x0b\x32\x11.oma.v1.Appliance\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x12\n\njoin_token\x18\x03 \x01(\t\x12\x39\n\x15join_token_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63\x61_fingerprint\x18\x05 \x01(\t\"!\n\x13GetApplianceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x14GetApplianceResponse\x12$\n\tappliance\x18\x01 \x01(\x0b\x32\x11.oma.v1.Appliance\"q\n\x15ListAppliancesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x31\n\x10\x63onnection_state\x18\x03 \x01(\x0e\x32\x17.oma.v1.ConnectionState\"X\n\x16ListAppliancesResponse\x12%\n\nappliances\x18\x01 \x03(\x0b\x32\x11.oma.v1.Appliance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x16RevokeApplianceRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"?\n\x17RevokeApplianceResponse\x12$\n\tappliance\x18\x01 \x01(\x0b\x32\x11.oma.v1.Appliance*n\n\x0f\x41pplianceStatus\x12 \n\x1c\x41PPLIANCE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41PPLIANCE_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x41PPLIANCE_STATUS_REVOKED\x10\x02*\x9c\x01\n\x0f\x43onnectionState\x12 \n\x1c\x43ONNECTION_STATE_UNSPECIFIED\x10\x00\x12$\n CONNECTION_STATE_NEVER_CONNECTED\x10\x01\x12\x1e\n\x1a\x43ONNECTION_STATE_CONNECTED\x10\x02\x12!\n\x1d\x43ONNECTION_STATE_DISCONNECTED\x10\x03\x32\xd6\x02\n\x10\x41pplianceService\x12R\n\x0f\x45nrollAppliance\x12\x1e.oma.v1.EnrollApplianceRequest\x1a\x1f.oma.v1.EnrollApplianceResponse\x12I\n\x0cGetAppliance\x12\x1b.oma.v1.GetApplianceRequest\x1a\x1c.oma.v1.GetApplianceResponse\x12O\n\x0eListAppliances\x12\x1d.oma.v1.ListAppliancesRequest\x1a\x1e.oma.v1.ListAppliancesResponse\x12R\n\x0fRevokeAppliance\x12\x1e.oma.v1.RevokeApplianceRequest\x1a\x1f.oma.v1.RevokeApplianceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oma.v1.appliance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPLIANCESTATUS']._serialized_start=954
-  _globals['_APPLIANCESTATUS']._serialized_end=1064
-  _globals['_CONNECTIONSTATE']._serialized_start=1067
-  _globals['_CONNECTIONSTATE']._serialized_end=1223
+  _globals['_APPLIANCESTATUS']._serialized_start=1146
+  _globals['_APPLIANCESTATUS']._serialized_end=1256
+  _globals['_CONNECTIONSTATE']._serialized_start=1259
+  _globals['_CONNECTIONSTATE']._serialized_end=1415
   _globals['_APPLIANCE']._serialized_start=68
-  _globals['_APPLIANCE']._serialized_end=382
-  _globals['_ENROLLAPPLIANCEREQUEST']._serialized_start=384
-  _globals['_ENROLLAPPLIANCEREQUEST']._serialized_end=442
-  _globals['_ENROLLAPPLIANCERESPONSE']._serialized_start=444
-  _globals['_ENROLLAPPLIANCERESPONSE']._serialized_end=527
-  _globals['_GETAPPLIANCEREQUEST']._serialized_start=529
-  _globals['_GETAPPLIANCEREQUEST']._serialized_end=562
-  _globals['_GETAPPLIANCERESPONSE']._serialized_start=564
-  _globals['_GETAPPLIANCERESPONSE']._serialized_end=624
-  _globals['_LISTAPPLIANCESREQUEST']._serialized_start=626
-  _globals['_LISTAPPLIANCESREQUEST']._serialized_end=739
-  _globals['_LISTAPPLIANCESRESPONSE']._serialized_start=741
-  _globals['_LISTAPPLIANCESRESPONSE']._serialized_end=829
-  _globals['_REVOKEAPPLIANCEREQUEST']._serialized_start=831
-  _globals['_REVOKEAPPLIANCEREQUEST']._serialized_end=887
-  _globals['_REVOKEAPPLIANCERESPONSE']._serialized_start=889
-  _globals['_REVOKEAPPLIANCERESPONSE']._serialized_end=952
-  _globals['_APPLIANCESERVICE']._serialized_start=1226
-  _globals['_APPLIANCESERVICE']._serialized_end=1568
+  _globals['_APPLIANCE']._serialized_end=470
+  _globals['_ENROLLAPPLIANCEREQUEST']._serialized_start=472
+  _globals['_ENROLLAPPLIANCEREQUEST']._serialized_end=530
+  _globals['_ENROLLAPPLIANCERESPONSE']._serialized_start=533
+  _globals['_ENROLLAPPLIANCERESPONSE']._serialized_end=719
+  _globals['_GETAPPLIANCEREQUEST']._serialized_start=721
+  _globals['_GETAPPLIANCEREQUEST']._serialized_end=754
+  _globals['_GETAPPLIANCERESPONSE']._serialized_start=756
+  _globals['_GETAPPLIANCERESPONSE']._serialized_end=816
+  _globals['_LISTAPPLIANCESREQUEST']._serialized_start=818
+  _globals['_LISTAPPLIANCESREQUEST']._serialized_end=931
+  _globals['_LISTAPPLIANCESRESPONSE']._serialized_start=933
+  _globals['_LISTAPPLIANCESRESPONSE']._serialized_end=1021
+  _globals['_REVOKEAPPLIANCEREQUEST']._serialized_start=1023
+  _globals['_REVOKEAPPLIANCEREQUEST']._serialized_end=1079
+  _globals['_REVOKEAPPLIANCERESPONSE']._serialized_start=1081
+  _globals['_REVOKEAPPLIANCERESPONSE']._serialized_end=1144
+  _globals['_APPLIANCESERVICE']._serialized_start=1418
+  _globals['_APPLIANCESERVICE']._serialized_end=1760
 # @@protoc_insertion_point(module_scope)

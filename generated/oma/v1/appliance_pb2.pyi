@@ -28,7 +28,7 @@ CONNECTION_STATE_CONNECTED: ConnectionState
 CONNECTION_STATE_DISCONNECTED: ConnectionState
 
 class Appliance(_message.Message):
-    __slots__ = ("id", "name", "status", "connection_state", "agent_version", "capabilities", "last_seen_at", "created_at", "connected_to", "session_id")
+    __slots__ = ("id", "name", "status", "connection_state", "agent_version", "capabilities", "last_seen_at", "created_at", "connected_to", "session_id", "certificate_serial", "certificate_expires_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,8 @@ class Appliance(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_TO_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     status: ApplianceStatus
@@ -49,7 +51,9 @@ class Appliance(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     connected_to: str
     session_id: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[ApplianceStatus, str]] = ..., connection_state: _Optional[_Union[ConnectionState, str]] = ..., agent_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_seen_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., connected_to: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+    certificate_serial: str
+    certificate_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[ApplianceStatus, str]] = ..., connection_state: _Optional[_Union[ConnectionState, str]] = ..., agent_version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_seen_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., connected_to: _Optional[str] = ..., session_id: _Optional[str] = ..., certificate_serial: _Optional[str] = ..., certificate_expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EnrollApplianceRequest(_message.Message):
     __slots__ = ("name", "request_id")
@@ -60,12 +64,18 @@ class EnrollApplianceRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class EnrollApplianceResponse(_message.Message):
-    __slots__ = ("appliance", "credential")
+    __slots__ = ("appliance", "credential", "join_token", "join_token_expires_at", "ca_fingerprint")
     APPLIANCE_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    JOIN_TOKEN_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CA_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     appliance: Appliance
     credential: str
-    def __init__(self, appliance: _Optional[_Union[Appliance, _Mapping]] = ..., credential: _Optional[str] = ...) -> None: ...
+    join_token: str
+    join_token_expires_at: _timestamp_pb2.Timestamp
+    ca_fingerprint: str
+    def __init__(self, appliance: _Optional[_Union[Appliance, _Mapping]] = ..., credential: _Optional[str] = ..., join_token: _Optional[str] = ..., join_token_expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., ca_fingerprint: _Optional[str] = ...) -> None: ...
 
 class GetApplianceRequest(_message.Message):
     __slots__ = ("id",)

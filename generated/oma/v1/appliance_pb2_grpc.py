@@ -62,7 +62,9 @@ class ApplianceServiceServicer(object):
     """
 
     def EnrollAppliance(self, request, context):
-        """Enrolls a new appliance and returns its one-time credential (shown once, stored only as a hash).
+        """Enrolls a new appliance and returns its one-time join token and the fingerprint of the OMA's CA (shown once,
+        the token stored only as a hash): the appliance trades them for its client certificate with
+        ApplianceIdentityService.JoinAppliance.
         Errors: INVALID_ARGUMENT (APPLIANCE_NAME_INVALID); ALREADY_EXISTS (APPLIANCE_EXISTS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -86,7 +88,7 @@ class ApplianceServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def RevokeAppliance(self, request, context):
-        """Revokes an appliance's credential; its stream is closed and later hellos are refused.
+        """Revokes an appliance: its certificates and credential; its stream is closed and later connections refused.
         Errors: NOT_FOUND (APPLIANCE_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/appliance.proto.
  */
 export const file_oma_v1_appliance: GenFile = /*@__PURE__*/
-  fileDesc("ChZvbWEvdjEvYXBwbGlhbmNlLnByb3RvEgZvbWEudjEiugIKCUFwcGxpYW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEicKBnN0YXR1cxgDIAEoDjIXLm9tYS52MS5BcHBsaWFuY2VTdGF0dXMSMQoQY29ubmVjdGlvbl9zdGF0ZRgEIAEoDjIXLm9tYS52MS5Db25uZWN0aW9uU3RhdGUSFQoNYWdlbnRfdmVyc2lvbhgFIAEoCRIUCgxjYXBhYmlsaXRpZXMYBiADKAkSMAoMbGFzdF9zZWVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxjb25uZWN0ZWRfdG8YCSABKAkSEgoKc2Vzc2lvbl9pZBgKIAEoCSI6ChZFbnJvbGxBcHBsaWFuY2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCSJTChdFbnJvbGxBcHBsaWFuY2VSZXNwb25zZRIkCglhcHBsaWFuY2UYASABKAsyES5vbWEudjEuQXBwbGlhbmNlEhIKCmNyZWRlbnRpYWwYAiABKAkiIQoTR2V0QXBwbGlhbmNlUmVxdWVzdBIKCgJpZBgBIAEoCSI8ChRHZXRBcHBsaWFuY2VSZXNwb25zZRIkCglhcHBsaWFuY2UYASABKAsyES5vbWEudjEuQXBwbGlhbmNlInEKFUxpc3RBcHBsaWFuY2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIxChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMhcub21hLnYxLkNvbm5lY3Rpb25TdGF0ZSJYChZMaXN0QXBwbGlhbmNlc1Jlc3BvbnNlEiUKCmFwcGxpYW5jZXMYASADKAsyES5vbWEudjEuQXBwbGlhbmNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI4ChZSZXZva2VBcHBsaWFuY2VSZXF1ZXN0EgoKAmlkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiPwoXUmV2b2tlQXBwbGlhbmNlUmVzcG9uc2USJAoJYXBwbGlhbmNlGAEgASgLMhEub21hLnYxLkFwcGxpYW5jZSpuCg9BcHBsaWFuY2VTdGF0dXMSIAocQVBQTElBTkNFX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF0FQUExJQU5DRV9TVEFUVVNfQUNUSVZFEAESHAoYQVBQTElBTkNFX1NUQVRVU19SRVZPS0VEEAIqnAEKD0Nvbm5lY3Rpb25TdGF0ZRIgChxDT05ORUNUSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASJAogQ09OTkVDVElPTl9TVEFURV9ORVZFUl9DT05ORUNURUQQARIeChpDT05ORUNUSU9OX1NUQVRFX0NPTk5FQ1RFRBACEiEKHUNPTk5FQ1RJT05fU1RBVEVfRElTQ09OTkVDVEVEEAMy1gIKEEFwcGxpYW5jZVNlcnZpY2USUgoPRW5yb2xsQXBwbGlhbmNlEh4ub21hLnYxLkVucm9sbEFwcGxpYW5jZVJlcXVlc3QaHy5vbWEudjEuRW5yb2xsQXBwbGlhbmNlUmVzcG9uc2USSQoMR2V0QXBwbGlhbmNlEhsub21hLnYxLkdldEFwcGxpYW5jZVJlcXVlc3QaHC5vbWEudjEuR2V0QXBwbGlhbmNlUmVzcG9uc2USTwoOTGlzdEFwcGxpYW5jZXMSHS5vbWEudjEuTGlzdEFwcGxpYW5jZXNSZXF1ZXN0Gh4ub21hLnYxLkxpc3RBcHBsaWFuY2VzUmVzcG9uc2USUgoPUmV2b2tlQXBwbGlhbmNlEh4ub21hLnYxLlJldm9rZUFwcGxpYW5jZVJlcXVlc3QaHy5vbWEudjEuUmV2b2tlQXBwbGlhbmNlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChZvbWEvdjEvYXBwbGlhbmNlLnByb3RvEgZvbWEudjEikgMKCUFwcGxpYW5jZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEicKBnN0YXR1cxgDIAEoDjIXLm9tYS52MS5BcHBsaWFuY2VTdGF0dXMSMQoQY29ubmVjdGlvbl9zdGF0ZRgEIAEoDjIXLm9tYS52MS5Db25uZWN0aW9uU3RhdGUSFQoNYWdlbnRfdmVyc2lvbhgFIAEoCRIUCgxjYXBhYmlsaXRpZXMYBiADKAkSMAoMbGFzdF9zZWVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxjb25uZWN0ZWRfdG8YCSABKAkSEgoKc2Vzc2lvbl9pZBgKIAEoCRIaChJjZXJ0aWZpY2F0ZV9zZXJpYWwYCyABKAkSOgoWY2VydGlmaWNhdGVfZXhwaXJlc19hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoWRW5yb2xsQXBwbGlhbmNlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiugEKF0Vucm9sbEFwcGxpYW5jZVJlc3BvbnNlEiQKCWFwcGxpYW5jZRgBIAEoCzIRLm9tYS52MS5BcHBsaWFuY2USEgoKY3JlZGVudGlhbBgCIAEoCRISCgpqb2luX3Rva2VuGAMgASgJEjkKFWpvaW5fdG9rZW5fZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY2FfZmluZ2VycHJpbnQYBSABKAkiIQoTR2V0QXBwbGlhbmNlUmVxdWVzdBIKCgJpZBgBIAEoCSI8ChRHZXRBcHBsaWFuY2VSZXNwb25zZRIkCglhcHBsaWFuY2UYASABKAsyES5vbWEudjEuQXBwbGlhbmNlInEKFUxpc3RBcHBsaWFuY2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIxChBjb25uZWN0aW9uX3N0YXRlGAMgASgOMhcub21hLnYxLkNvbm5lY3Rpb25TdGF0ZSJYChZMaXN0QXBwbGlhbmNlc1Jlc3BvbnNlEiUKCmFwcGxpYW5jZXMYASADKAsyES5vbWEudjEuQXBwbGlhbmNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI4ChZSZXZva2VBcHBsaWFuY2VSZXF1ZXN0EgoKAmlkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiPwoXUmV2b2tlQXBwbGlhbmNlUmVzcG9uc2USJAoJYXBwbGlhbmNlGAEgASgLMhEub21hLnYxLkFwcGxpYW5jZSpuCg9BcHBsaWFuY2VTdGF0dXMSIAocQVBQTElBTkNFX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF0FQUExJQU5DRV9TVEFUVVNfQUNUSVZFEAESHAoYQVBQTElBTkNFX1NUQVRVU19SRVZPS0VEEAIqnAEKD0Nvbm5lY3Rpb25TdGF0ZRIgChxDT05ORUNUSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASJAogQ09OTkVDVElPTl9TVEFURV9ORVZFUl9DT05ORUNURUQQARIeChpDT05ORUNUSU9OX1NUQVRFX0NPTk5FQ1RFRBACEiEKHUNPTk5FQ1RJT05fU1RBVEVfRElTQ09OTkVDVEVEEAMy1gIKEEFwcGxpYW5jZVNlcnZpY2USUgoPRW5yb2xsQXBwbGlhbmNlEh4ub21hLnYxLkVucm9sbEFwcGxpYW5jZVJlcXVlc3QaHy5vbWEudjEuRW5yb2xsQXBwbGlhbmNlUmVzcG9uc2USSQoMR2V0QXBwbGlhbmNlEhsub21hLnYxLkdldEFwcGxpYW5jZVJlcXVlc3QaHC5vbWEudjEuR2V0QXBwbGlhbmNlUmVzcG9uc2USTwoOTGlzdEFwcGxpYW5jZXMSHS5vbWEudjEuTGlzdEFwcGxpYW5jZXNSZXF1ZXN0Gh4ub21hLnYxLkxpc3RBcHBsaWFuY2VzUmVzcG9uc2USUgoPUmV2b2tlQXBwbGlhbmNlEh4ub21hLnYxLlJldm9rZUFwcGxpYW5jZVJlcXVlc3QaHy5vbWEudjEuUmV2b2tlQXBwbGlhbmNlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * A VMware Migration Appliance.
@@ -89,6 +89,20 @@ export type Appliance = Message<"oma.v1.Appliance"> & {
    * @generated from field: string session_id = 10;
    */
   sessionId: string;
+
+  /**
+   * Serial (hex) of its newest client certificate, empty before it joined.
+   *
+   * @generated from field: string certificate_serial = 11;
+   */
+  certificateSerial: string;
+
+  /**
+   * When that certificate expires.
+   *
+   * @generated from field: google.protobuf.Timestamp certificate_expires_at = 12;
+   */
+  certificateExpiresAt?: Timestamp;
 };
 
 /**
@@ -143,11 +157,34 @@ export type EnrollApplianceResponse = Message<"oma.v1.EnrollApplianceResponse"> 
   appliance?: Appliance;
 
   /**
-   * The credential to configure on the appliance. Shown only here; the OMA keeps only its hash.
+   * Deprecated: a bearer credential for the Hello of an appliance without a certificate, set only when the OMA
+   * allows such hellos (--allow-credential-hello, or --insecure). Shown only here; the OMA keeps only its hash.
    *
    * @generated from field: string credential = 2;
    */
   credential: string;
+
+  /**
+   * The one-time join token: give it to the appliance (`vma-agent enroll`), which trades it for its client
+   * certificate. Shown only here; the OMA keeps only its hash.
+   *
+   * @generated from field: string join_token = 3;
+   */
+  joinToken: string;
+
+  /**
+   * When the join token expires (--join-token-ttl after enrollment).
+   *
+   * @generated from field: google.protobuf.Timestamp join_token_expires_at = 4;
+   */
+  joinTokenExpiresAt?: Timestamp;
+
+  /**
+   * sha256:<hex> of the OMA's CA certificate (DER): the appliance joins only an OMA whose CA has it.
+   *
+   * @generated from field: string ca_fingerprint = 5;
+   */
+  caFingerprint: string;
 };
 
 /**
@@ -396,7 +433,9 @@ export const ConnectionStateSchema: GenEnum<ConnectionState> = /*@__PURE__*/
  */
 export const ApplianceService: GenService<{
   /**
-   * Enrolls a new appliance and returns its one-time credential (shown once, stored only as a hash).
+   * Enrolls a new appliance and returns its one-time join token and the fingerprint of the OMA's CA (shown once,
+   * the token stored only as a hash): the appliance trades them for its client certificate with
+   * ApplianceIdentityService.JoinAppliance.
    * Errors: INVALID_ARGUMENT (APPLIANCE_NAME_INVALID); ALREADY_EXISTS (APPLIANCE_EXISTS).
    *
    * @generated from rpc oma.v1.ApplianceService.EnrollAppliance
@@ -429,7 +468,7 @@ export const ApplianceService: GenService<{
     output: typeof ListAppliancesResponseSchema;
   },
   /**
-   * Revokes an appliance's credential; its stream is closed and later hellos are refused.
+   * Revokes an appliance: its certificates and credential; its stream is closed and later connections refused.
    * Errors: NOT_FOUND (APPLIANCE_NOT_FOUND).
    *
    * @generated from rpc oma.v1.ApplianceService.RevokeAppliance

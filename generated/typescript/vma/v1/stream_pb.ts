@@ -25,14 +25,16 @@ export const file_vma_v1_stream: GenFile = /*@__PURE__*/
  */
 export type Hello = Message<"vma.v1.Hello"> & {
   /**
-   * Appliance id returned by the OMA at enrollment.
+   * Appliance id returned by the OMA at enrollment. On the appliance port (mutual TLS) the certificate names the
+   * appliance: this is then empty or that same id.
    *
    * @generated from field: string appliance_id = 1;
    */
   applianceId: string;
 
   /**
-   * One-time secret returned by the OMA at enrollment.
+   * Deprecated: the bearer credential of an appliance without a certificate, accepted only by an OMA that allows
+   * credential hellos (--allow-credential-hello or --insecure); empty with a certificate.
    *
    * @generated from field: string credential = 2;
    */

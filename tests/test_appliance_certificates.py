@@ -1,0 +1,324 @@
+"""Appliances by certificate (issue #14): the join (join token + CSR, the OMA pinned by its CA fingerprint), mutual
+TLS on the appliance port with the identity from the certificate, revocation, renewal, and what is refused.
+
+Everything runs against a real in-process OMA with its default: certificates only, no credential hellos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from oma.v1 import appliance_identity_pb2, appliance_identity_pb2_grpc, appliance_pb2, appliance_pb2_grpc
+from oma_server.app import App
+from oma_server.db.models import Appliance, ApplianceCertificate
+from oma_server.security.ca import CertificateAuthority, cert_pem, key_pem, public_key_sha256
+from oma_server.server import OmaServer
+from tests.clients import oma_channel
+from tests.conftest import make_settings
+from tests.factories import RawStream, progress, seed_job
+from vma.v1 import stream_pb2
+from vma_client_stubs.errors import error_details_of
+from vma_client_stubs.identity import (
+    ApplianceIdentity,
+    CertificateRenewer,
+    IdentityError,
+    JoinTicket,
+    join,
+)
+from vma_client_stubs.stream_client import AuthenticationError, StreamClient
+
+
+@pytest.fixture
+async def server(tmp_path: Path, database_url: str) -> AsyncIterator[OmaServer]:
+    oma = OmaServer(App(make_settings(tmp_path, database_url, allow_credential_hello=False)))
+    await oma.start()
+    yield oma
+    await oma.stop(grace=0.5)
+
+
+@pytest.fixture
+async def admin(server: OmaServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with oma_channel(server) as channel:
+        yield channel
+
+
+async def ticket_for(server: OmaServer, admin: grpc.aio.Channel, name: str) -> JoinTicket:
+    reply = await appliance_pb2_grpc.ApplianceServiceStub(admin).EnrollAppliance(
+        appliance_pb2.EnrollApplianceRequest(name=name)
+    )
+    return JoinTicket(f"127.0.0.1:{server.port}", reply.appliance.id, reply.join_token, reply.ca_fingerprint)
+
+
+def streaming(identity: ApplianceIdentity, **kwargs: object) -> StreamClient:
+    return StreamClient(
+        identity.appliance_endpoint,
+        identity.appliance_id,
+        "",
+        agent_version="test",
+        channel_credentials=identity.channel_credentials,
+        max_backoff_s=0.2,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def mtls(identity: ApplianceIdentity) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(identity.appliance_endpoint, identity.channel_credentials())
+
+
+def csr_of(key: ec.EllipticCurvePrivateKey) -> str:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+async def test_enroll_join_and_stream_by_certificate(server: OmaServer, admin: grpc.aio.Channel) -> None:
+    reply = await appliance_pb2_grpc.ApplianceServiceStub(admin).EnrollAppliance(
+        appliance_pb2.EnrollApplianceRequest(name="vma-cert")
+    )
+    assert reply.credential == ""  # no bearer secret by default
+    assert reply.join_token.startswith("oma-join_") and reply.join_token_expires_at.seconds > 0
+    assert server.app.ca is not None and reply.ca_fingerprint == server.app.ca.fingerprint
+    ticket = JoinTicket(f"127.0.0.1:{server.port}", reply.appliance.id, reply.join_token, reply.ca_fingerprint)
+
+    identity = await join(ticket)
+    assert identity.appliance_id == reply.appliance.id
+    assert identity.appliance_endpoint == f"127.0.0.1:{server.appliance_port}"
+    sans = identity.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [f"urn:oma:appliance:{identity.appliance_id}"]
+
+    async with streaming(identity) as client:
+        await client.wait_connected(10)
+        shown = await appliance_pb2_grpc.ApplianceServiceStub(admin).GetAppliance(
+            appliance_pb2.GetApplianceRequest(id=identity.appliance_id)
+        )
+        assert shown.appliance.connection_state == appliance_pb2.CONNECTION_STATE_CONNECTED
+        assert shown.appliance.certificate_serial == format(identity.certificate.serial_number, "x")
+        assert shown.appliance.session_id == client.session_id
+
+
+async def test_the_join_token_is_good_once_and_a_lost_answer_is_retried(
+    server: OmaServer, admin: grpc.aio.Channel
+) -> None:
+    ticket = await ticket_for(server, admin, "vma-once")
+    assert server.tls is not None and server.tls.ca_pem is not None
+    creds = grpc.ssl_channel_credentials(root_certificates=server.tls.ca_pem)
+    key = ec.generate_private_key(ec.SECP256R1())
+    async with grpc.aio.secure_channel(ticket.oma, creds) as channel:
+        stub = appliance_identity_pb2_grpc.ApplianceIdentityServiceStub(channel)
+        request = appliance_identity_pb2.JoinApplianceRequest(join_token=ticket.join_token, csr_pem=csr_of(key))
+        first = await stub.JoinAppliance(request)
+        again = await stub.JoinAppliance(request)  # the same key: the first answer was lost
+        assert again.certificate_pem == first.certificate_pem
+        other = ec.generate_private_key(ec.SECP256R1())
+        with pytest.raises(grpc.aio.AioRpcError) as used:
+            await stub.JoinAppliance(replace_csr(request, other))
+        assert used.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error_details_of(used.value).reason == "JOIN_TOKEN_USED"
+        assert ticket.join_token not in (used.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await stub.JoinAppliance(
+                appliance_identity_pb2.JoinApplianceRequest(join_token="oma-join_made-up", csr_pem=csr_of(other))
+            )
+        assert error_details_of(invalid.value).reason == "JOIN_TOKEN_INVALID"
+        with pytest.raises(grpc.aio.AioRpcError) as bad_csr:
+            await stub.JoinAppliance(
+                appliance_identity_pb2.JoinApplianceRequest(join_token=ticket.join_token, csr_pem="not a CSR")
+            )
+        assert bad_csr.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_details_of(bad_csr.value).reason == "CSR_INVALID"
+
+
+def replace_csr(
+    request: appliance_identity_pb2.JoinApplianceRequest, key: ec.EllipticCurvePrivateKey
+) -> appliance_identity_pb2.JoinApplianceRequest:
+    return appliance_identity_pb2.JoinApplianceRequest(join_token=request.join_token, csr_pem=csr_of(key))
+
+
+async def test_an_expired_join_token_and_a_wrong_pin_are_refused(server: OmaServer, admin: grpc.aio.Channel) -> None:
+    ticket = await ticket_for(server, admin, "vma-late")
+    await server.app.db.run(
+        lambda: (
+            Appliance.update(join_token_expires_at=server.app.clock.now() - timedelta(seconds=1))
+            .where(Appliance.id == ticket.appliance_id)
+            .execute()
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await join(ticket)
+    assert error_details_of(late.value).reason == "JOIN_TOKEN_EXPIRED"
+
+    fresh = await ticket_for(server, admin, "vma-pinned")
+    impostor = CertificateAuthority(Path(server.app.settings.data_dir) / "other-ca")
+    with pytest.raises(IdentityError, match="does not present the OMA CA"):
+        await join(replace(fresh, ca_fingerprint=impostor.fingerprint))
+    identity = await join(fresh)  # the token was never sent to the wrong pin: it still works
+    assert identity.appliance_id == fresh.appliance_id
+
+
+async def test_the_appliance_port_refuses_no_foreign_or_expired_certificates(
+    server: OmaServer, admin: grpc.aio.Channel, tmp_path: Path
+) -> None:
+    identity = await join(await ticket_for(server, admin, "vma-port"))
+    foreign_ca = CertificateAuthority(tmp_path / "foreign")
+    foreign_key = ec.generate_private_key(ec.SECP256R1())
+    foreign_cert = foreign_ca.issue_client_certificate(foreign_key.public_key(), identity.appliance_id, timedelta(1))
+    assert server.app.ca is not None
+    expired_key = ec.generate_private_key(ec.SECP256R1())
+    expired = server.app.ca.issue_client_certificate(
+        expired_key.public_key(), identity.appliance_id, -timedelta(minutes=1)
+    )
+
+    def record_expired() -> None:  # issued and recorded like a real one: only its dates are wrong
+        ApplianceCertificate.create(
+            serial=format(expired.serial_number, "x"),
+            appliance=identity.appliance_id,
+            public_key_sha256=public_key_sha256(expired_key.public_key()),
+            certificate_pem=cert_pem(expired).decode(),
+            not_after=expired.not_valid_after_utc.replace(tzinfo=None),
+        )
+
+    await server.app.db.tx(record_expired)
+    refused = {
+        "no certificate": replace(identity, key_pem=b"", certificate_pem=b""),
+        "a foreign CA's": replace(identity, key_pem=key_pem(foreign_key), certificate_pem=cert_pem(foreign_cert)),
+        "an expired one": replace(identity, key_pem=key_pem(expired_key), certificate_pem=cert_pem(expired)),
+    }
+    for what, who in refused.items():
+        creds = (
+            grpc.ssl_channel_credentials(root_certificates=who.ca_pem) if not who.key_pem else who.channel_credentials()
+        )
+        async with grpc.aio.secure_channel(who.appliance_endpoint, creds) as channel:
+            stream = RawStream(channel)
+            await stream.send(hello=stream_pb2.Hello(agent_version="test"))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stream.recv()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, what  # the TLS handshake fails
+            await stream.close()
+    async with grpc.aio.insecure_channel(identity.appliance_endpoint) as plaintext:
+        stream = RawStream(plaintext)
+        await stream.send(hello=stream_pb2.Hello(agent_version="test"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stream.recv()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        await stream.close()
+
+
+async def test_an_unrecorded_certificate_and_a_hello_for_another_appliance_are_refused(
+    server: OmaServer, admin: grpc.aio.Channel
+) -> None:
+    a = await join(await ticket_for(server, admin, "vma-a"))
+    b = await join(await ticket_for(server, admin, "vma-b"))
+    async with mtls(a) as channel:
+        stream = RawStream(channel)
+        await stream.send(hello=stream_pb2.Hello(appliance_id=b.appliance_id, agent_version="test"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stream.recv()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error_details_of(err.value).reason == "APPLIANCE_ID_MISMATCH"
+        await stream.close()
+    assert server.app.ca is not None
+    key = ec.generate_private_key(ec.SECP256R1())
+    unrecorded = server.app.ca.issue_client_certificate(key.public_key(), a.appliance_id, timedelta(days=1))
+    forged = replace(a, key_pem=key_pem(key), certificate_pem=cert_pem(unrecorded))
+    async with mtls(forged) as channel:
+        stream = RawStream(channel)
+        await stream.send(hello=stream_pb2.Hello(agent_version="test"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stream.recv()
+        assert error_details_of(err.value).reason == "CERTIFICATE_UNKNOWN"
+        await stream.close()
+
+
+async def test_appliance_a_cannot_report_on_bs_job(server: OmaServer, admin: grpc.aio.Channel) -> None:
+    a = await join(await ticket_for(server, admin, "vma-a"))
+    b = await join(await ticket_for(server, admin, "vma-b"))
+    job = await seed_job(server.app, b.appliance_id)
+    async with mtls(a) as channel:
+        stream = RawStream(channel)
+        await stream.send(hello=stream_pb2.Hello(agent_version="test"))
+        welcome = await stream.recv()
+        assert welcome.WhichOneof("message") == "welcome"
+        assert [c.job_id for c in welcome.welcome.open_jobs] == []  # B's job is not shown to A
+        await stream.send(progress=progress(job, 1, 1024))
+        error = await stream.recv_until("error")
+        assert error.error.code == stream_pb2.STREAM_ERROR_CODE_FOREIGN_JOB and error.error.job_id == job.id
+        await stream.close()
+    after = await server.app.jobs.get(job.id)
+    assert (after.last_sequence, after.bytes_done) == (0, 0)  # nothing of A's report was applied
+
+
+async def test_revocation_ends_the_live_stream_and_refuses_the_next(server: OmaServer, admin: grpc.aio.Channel) -> None:
+    identity = await join(await ticket_for(server, admin, "vma-revoked"))
+    client = streaming(identity)
+    await client.start(wait_connected=10)
+    await appliance_pb2_grpc.ApplianceServiceStub(admin).RevokeAppliance(
+        appliance_pb2.RevokeApplianceRequest(id=identity.appliance_id)
+    )
+    with pytest.raises(AuthenticationError, match="revoked"):
+        await client.wait_closed()  # at once: the OMA ended the live stream
+    await client.stop()
+    rows = await server.app.db.run(
+        lambda: list(ApplianceCertificate.select().where(ApplianceCertificate.appliance == identity.appliance_id))
+    )
+    assert rows and all(r.revoked_at is not None for r in rows)
+    async with mtls(identity) as channel:
+        stream = RawStream(channel)
+        await stream.send(hello=stream_pb2.Hello(agent_version="test"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stream.recv()
+        assert error_details_of(err.value).reason == "APPLIANCE_REVOKED"
+        await stream.close()
+
+
+async def test_renewal_over_the_appliance_port_keeps_the_stream_and_the_next_connection_uses_it(
+    server: OmaServer, admin: grpc.aio.Channel, tmp_path: Path
+) -> None:
+    identity = await join(await ticket_for(server, admin, "vma-renew"))
+    identity.save(tmp_path / "identity")
+    renewer = CertificateRenewer(identity, tmp_path / "identity")
+    async with streaming(identity, **{}) as client:
+        client.channel_credentials = renewer.channel_credentials
+        await client.wait_connected(10)
+        session = client.session_id
+        await renewer.renew_now()
+        renewed = renewer.identity
+        assert renewed.certificate.serial_number != identity.certificate.serial_number
+        assert renewed.key_pem != identity.key_pem  # a new key, made on the appliance
+        assert client.connected and client.session_id == session  # the stream stayed up
+        saved = ApplianceIdentity.load(tmp_path / "identity")
+        assert saved.certificate_pem == renewed.certificate_pem
+        assert (tmp_path / "identity" / "appliance.key").stat().st_mode & 0o777 == 0o600
+    async with streaming(saved) as again:
+        await again.wait_connected(10)
+    shown = await appliance_pb2_grpc.ApplianceServiceStub(admin).GetAppliance(
+        appliance_pb2.GetApplianceRequest(id=identity.appliance_id)
+    )
+    assert shown.appliance.certificate_serial == format(renewed.certificate.serial_number, "x")
+    async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", grpc.ssl_channel_credentials(identity.ca_pem)) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # no client certificate on the operator port
+            await appliance_identity_pb2_grpc.ApplianceIdentityServiceStub(ch).RenewApplianceCertificate(
+                appliance_identity_pb2.RenewApplianceCertificateRequest(
+                    csr_pem=csr_of(ec.generate_private_key(ec.SECP256R1()))
+                )
+            )
+        assert error_details_of(err.value).reason == "CERTIFICATE_MISSING"
+
+
+async def test_a_credential_hello_is_refused_by_default(server: OmaServer, admin: grpc.aio.Channel) -> None:
+    ticket = await ticket_for(server, admin, "vma-old")
+    async with oma_channel(server) as channel:
+        stream = RawStream(channel)
+        await stream.send(hello=stream_pb2.Hello(appliance_id=ticket.appliance_id, credential="x", agent_version="0.2"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stream.recv()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error_details_of(err.value).reason == "CERTIFICATE_REQUIRED"
+        await stream.close()
