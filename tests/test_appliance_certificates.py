@@ -6,6 +6,8 @@ Everything runs against a real in-process OMA with its default: certificates onl
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
@@ -23,8 +25,9 @@ from oma_server.db.models import Appliance, ApplianceCertificate
 from oma_server.security.ca import CertificateAuthority, cert_pem, key_pem, public_key_sha256
 from oma_server.server import OmaServer
 from tests.clients import oma_channel
-from tests.conftest import make_settings
+from tests.conftest import VENV_BIN, make_settings
 from tests.factories import RawStream, progress, seed_job
+from tests.omactl.conftest import run_omactl, target_of
 from vma.v1 import stream_pb2
 from vma_client_stubs.errors import error_details_of
 from vma_client_stubs.identity import (
@@ -322,3 +325,40 @@ async def test_a_credential_hello_is_refused_by_default(server: OmaServer, admin
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert error_details_of(err.value).reason == "CERTIFICATE_REQUIRED"
         await stream.close()
+
+
+async def _agent(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "vma-agent"), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_omactl_writes_a_join_file_and_vma_agent_enroll_joins_once(server: OmaServer, tmp_path: Path) -> None:
+    join_file, identity_dir = tmp_path / "vma.join", tmp_path / "identity"
+    enrolled = await run_omactl(
+        target_of(server), "--json", "appliances", "enroll", "vma-cli", "--join-file", str(join_file)
+    )
+    assert enrolled.code == 0, enrolled
+    shown = json.loads(enrolled.out)
+    assert shown["join_token"] == "" and shown["ca_fingerprint"]  # the token went to the file, not the output
+    assert join_file.stat().st_mode & 0o777 == 0o600
+    ticket = JoinTicket.load(join_file)
+    assert ticket.oma == f"127.0.0.1:{server.port}" and ticket.join_token.startswith("oma-join_")
+    assert server.app.ca is not None and ticket.ca_fingerprint == server.app.ca.fingerprint
+
+    code, out, err = await _agent("enroll", "--join-file", str(join_file), "--identity-dir", str(identity_dir))
+    assert code == 0, err
+    assert f"joined as appliance {ticket.appliance_id}" in out
+    assert (identity_dir / "appliance.key").stat().st_mode & 0o777 == 0o600
+    assert ApplianceIdentity.load(identity_dir).appliance_id == ticket.appliance_id
+
+    code, out, err = await _agent("enroll", "--join-file", str(join_file), "--identity-dir", str(tmp_path / "again"))
+    assert code == 1 and "JOIN_TOKEN_USED" in err, err
+    assert ticket.join_token not in out + err
+    code, _, err = await _agent(
+        "run", "--identity-dir", str(tmp_path / "none"), "--vcenter-dir", ".", "--state-dir", "."
+    )
+    assert code == 2 and "vma-agent enroll" in err

@@ -78,11 +78,15 @@ RESUME_POINTS = (job_pb2.UPDATE_KIND_CHANGE, job_pb2.UPDATE_KIND_SYNCED, job_pb2
 
 @dataclass(frozen=True)
 class Enrollment:
-    """An enrolled appliance and its one-time credential (what a VMA needs to connect)."""
+    """An enrolled appliance and what it needs to join: its one-time join token and the OMA's CA fingerprint
+    (`vma_client_stubs.identity.join` trades them for its certificate). `credential` is set only by an OMA that allows
+    the deprecated credential hello."""
 
     appliance_id: str
     credential: str
     appliance: appliance_pb2.Appliance
+    join_token: str = ""
+    ca_fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -201,12 +205,18 @@ class OperatorClient:
     # -- appliances -------------------------------------------------------------------------------------------
 
     async def enroll_appliance(self, name: str, request_id: str = "") -> Enrollment:
-        """Enrolls an appliance; the credential is returned only here. The request carries a request_id (a new one
+        """Enrolls an appliance; its join token is returned only here. The request carries a request_id (a new one
         unless given), so gRPC's own retry of an UNAVAILABLE call, or the caller's repeat with the same id, enrolls
-        once and gets the same credential."""
+        once and gets the same token."""
         request = appliance_pb2.EnrollApplianceRequest(name=name, request_id=request_id or uuid.uuid4().hex)
         response = await self.appliances.EnrollAppliance(request, timeout=self.timeout_s)
-        return Enrollment(response.appliance.id, response.credential, response.appliance)
+        return Enrollment(
+            response.appliance.id,
+            response.credential,
+            response.appliance,
+            response.join_token,
+            response.ca_fingerprint,
+        )
 
     async def get_appliance(self, appliance_id: str) -> appliance_pb2.Appliance:
         response = await self.appliances.GetAppliance(

@@ -5,6 +5,7 @@
 import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ApplianceService } from "../oma/v1/appliance_pb.js";
+import { ApplianceIdentityService } from "../oma/v1/appliance_identity_pb.js";
 import { FailoverService, NetworkMappingService } from "../oma/v1/failover_pb.js";
 import { VmaGatewayService } from "../oma/v1/gateway_pb.js";
 import { JobService } from "../oma/v1/job_pb.js";
@@ -68,6 +69,8 @@ export function createOmaTransport(options: OmaConnectionOptions): Transport {
 export interface OmaClients {
   serverInfo: Client<typeof ServerInfoService>;
   appliances: Client<typeof ApplianceService>;
+  /** An appliance's join (join token + CSR) and certificate renewal. */
+  applianceIdentity: Client<typeof ApplianceIdentityService>;
   vmContexts: Client<typeof VmContextService>;
   replication: Client<typeof ReplicationService>;
   jobs: Client<typeof JobService>;
@@ -83,6 +86,7 @@ export function createOmaClients(transport: Transport): OmaClients {
   return {
     serverInfo: createClient(ServerInfoService, transport),
     appliances: createClient(ApplianceService, transport),
+    applianceIdentity: createClient(ApplianceIdentityService, transport),
     vmContexts: createClient(VmContextService, transport),
     replication: createClient(ReplicationService, transport),
     jobs: createClient(JobService, transport),
