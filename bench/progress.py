@@ -118,6 +118,9 @@ class VmaSpec:
     credential: str
     job_id: str
     disk_ids: tuple[str, ...]
+    #: the appliance's key and client certificate (the TLS run: mutual TLS on the appliance port)
+    key_pem: bytes = b""
+    cert_pem: bytes = b""
 
 
 def progress_request(spec: VmaSpec, seq: int) -> gateway_pb2.ConnectRequest:
@@ -158,6 +161,7 @@ class DriverParams:
     streams: int = 1
     heartbeat_s: float = 10.0
     ca_pem: bytes = b""  # the OMA's CA: dial TLS verified against it; empty: plaintext
+    appliance_target: str = ""  # the appliance port, for VMAs with a client certificate
 
 
 @dataclass
@@ -191,7 +195,14 @@ class SimVma:
 
     async def connect(self) -> None:
         options = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0)]
-        if self.params.ca_pem:
+        if self.spec.cert_pem and self.params.mode == "oma":  # mutual TLS, as a joined appliance dials
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=self.params.ca_pem,
+                private_key=self.spec.key_pem,
+                certificate_chain=self.spec.cert_pem,
+            )
+            self.channel = grpc.aio.secure_channel(self.params.appliance_target, credentials, options=options)
+        elif self.params.ca_pem:
             credentials = grpc.ssl_channel_credentials(root_certificates=self.params.ca_pem)
             self.channel = grpc.aio.secure_channel(self.params.target, credentials, options=options)
         else:
@@ -210,7 +221,7 @@ class SimVma:
             gateway_pb2.ConnectRequest(
                 hello=stream_pb2.Hello(
                     appliance_id=self.spec.appliance_id,
-                    credential=self.spec.credential,
+                    credential="" if self.spec.cert_pem else self.spec.credential,
                     agent_version="bench",
                     capabilities=["progress"],
                 )
@@ -609,8 +620,13 @@ def grpc_healthy(target: str, ca_file: Path | None = None) -> Any:
 
 
 # ---- setup -----------------------------------------------------------------------------------------------------------
-async def seed(data_dir: Path, database: str, n: int) -> list[VmaSpec]:
-    """N enrolled appliances, each with one VM (2 disks) and one dispatched job, through the real services."""
+async def seed(data_dir: Path, database: str, n: int, certificates: bool = False) -> list[VmaSpec]:
+    """N enrolled appliances, each with one VM (2 disks) and one dispatched job, through the real services; with
+    `certificates` each also joins (its own key, a CSR, the join token) and gets its client certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     from oma_server.app import App
     from oma_server.db.models import Disk, VmContext
     from oma_server.replication.state_machine import DiskState
@@ -654,7 +670,19 @@ async def seed(data_dir: Path, database: str, n: int) -> list[VmaSpec]:
                 ],
             )
             await app.replication.dispatch(job.id, f"vm-uuid-{i}", {d.id: DISK_BYTES for d in disks})
-            specs.append(VmaSpec(i, appliance_id, enrollment.credential, job.id, tuple(d.id for d in disks)))
+            key_pem = cert_pem = b""
+            if certificates:
+                key = ec.generate_private_key(ec.SECP256R1())
+                csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+                issued = await app.appliance_certificates.join(
+                    enrollment.join_token, csr.public_bytes(serialization.Encoding.PEM).decode()
+                )
+                cert_pem = issued.certificate_pem.encode()
+                key_pem = key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            disk_ids = tuple(d.id for d in disks)
+            specs.append(VmaSpec(i, appliance_id, enrollment.credential, job.id, disk_ids, key_pem, cert_pem))
     finally:
         await app.stop()
     return specs
@@ -702,14 +730,16 @@ class Args:
 
 
 async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any], tls: bool = False) -> None:
-    """The OMA phase; `tls`: the server on its own CA (as by default) and every client verifying it."""
+    """The OMA phase; `tls`: the default transport — the server on its own CA, watchers verifying it, and every VMA
+    joined and dialling the appliance port with its client certificate (mutual TLS)."""
     data_dir = tmp / ("oma-tls" if tls else "oma")
     t = time.time()
-    specs = await seed(data_dir, args.database, args.streams)
+    specs = await seed(data_dir, args.database, args.streams, certificates=tls)
     out["setup_s"] = round(time.time() - t, 2)
     print(f"  seeded {len(specs)} appliances + jobs in {out['setup_s']} s", flush=True)
     port = free_port()
     target = f"127.0.0.1:{port}"
+    appliance_target = f"127.0.0.1:{free_port()}"
     # BENCH_OMA_SERVER_SCRIPT: run a script (say, a patched server for an experiment) instead of oma_server.cli.
     script = os.environ.get("BENCH_OMA_SERVER_SCRIPT", "")
     argv = [
@@ -723,15 +753,16 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any], tls: 
         "--nbd-listen",
         f"127.0.0.1:{free_port()}",
         "--appliance-listen",
-        f"127.0.0.1:{free_port()}",
-        "--allow-credential-hello",  # the simulated VMAs hello with their enrollment credential
+        appliance_target,
         "--log-level",
         "WARNING",
         "--progress-flush-interval",
         str(args.flush_interval),
     ]
     if not tls:
-        argv.append("--insecure")  # plaintext, as the figures in bench/README.md were first measured
+        argv.append(
+            "--insecure"
+        )  # plaintext (credential hellos), as the figures in bench/README.md were first measured
     if args.database:
         argv += ["--database", args.database]
     server = Proc("oma-server", argv, tmp / f"oma-server{'-tls' if tls else ''}.log")
@@ -741,7 +772,9 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any], tls: 
     try:
         await server.wait_ready(grpc_healthy(target, ca_file if tls else None), 90)
         ca_pem = ca_file.read_bytes() if tls else b""
-        params = DriverParams(target, args.rate, args.seconds, "oma", args.streams, ca_pem=ca_pem)
+        params = DriverParams(
+            target, args.rate, args.seconds, "oma", args.streams, ca_pem=ca_pem, appliance_target=appliance_target
+        )
         fleet = VmaFleet(specs, params, args.workers, nofile)
         # the seeding App's first start wrote the initial admin token to the data dir
         token = (data_dir / "admin.token").read_text().strip()
@@ -992,7 +1025,7 @@ async def main_async(args: Args) -> dict[str, Any]:
         )
         await run_oma(args, tmp, nofile, out)
         if args.tls:
-            print("[1b/3] OMA over TLS (its own CA, every client verifying it), the same load", flush=True)
+            print("[1b/3] OMA as by default (TLS; VMAs by certificate, mutual TLS), the same load", flush=True)
             tls_out: dict[str, Any] = {}
             await run_oma(args, tmp, nofile, tls_out, tls=True)
             out["tls"] = tls_out
@@ -1028,7 +1061,12 @@ def parse(argv: list[str] | None) -> Args:
     p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
     p.add_argument("--flush-interval", type=float, default=1.0, help="the server's --progress-flush-interval")
     p.add_argument("--profile", default="", metavar="FILE", help="py-spy the server over the run (collapsed stacks)")
-    p.add_argument("--tls", action="store_true", help="also run the OMA phase over TLS and report TLS / plaintext")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="also run the OMA phase as by default (TLS; VMAs with client certificates on the appliance port, mutual "
+        "TLS) and report it / plaintext",
+    )
     ns = p.parse_args(argv)
     if ns.quick:
         ns.streams, ns.seconds = min(ns.streams, 20), min(ns.seconds, 3.0)
