@@ -60,6 +60,7 @@ from oma_server.schedules.store import ScheduleStore
 from oma_server.security.appliance_identity import ApplianceCertificates
 from oma_server.security.audit import AuditLog
 from oma_server.security.ca import CertificateAuthority
+from oma_server.security.nbd_tls import prepare_nbd_tls
 from oma_server.security.tokens import TokenService
 from oma_server.settings import Settings
 from oma_server.storage.attachments import OmaAttachments
@@ -213,7 +214,20 @@ class App:
         )
         self.device_root = self.simulator.device_root if self.simulator else settings.device_root
         self.sys_root = self.simulator.sys_root if self.simulator else settings.sys_root
-        self.nbd = NbdExportManager(settings.data_dir / "nbd", listen=settings.nbd_listen)
+        # NBD over TLS with the CA's certificates (no --insecure): required, unless credential-hello appliances (which
+        # have no certificate) are let in — then offered and verified, and plaintext still served.
+        nbd_tls = (
+            prepare_nbd_tls(
+                self.ca,
+                settings.data_dir / "nbd",
+                settings.nbd_listen,
+                list(settings.advertise_addresses),
+                required=not settings.credential_hellos,
+            )
+            if self.ca is not None
+            else None
+        )
+        self.nbd = NbdExportManager(settings.data_dir / "nbd", listen=settings.nbd_listen, tls=nbd_tls)
         self.exports = ExportService(self.db, self.nbd, self.joblog)
         self.cloudstack: CloudStackClient | None = None
         self.cloud: CloudInventory | None = None  # what the CloudStack account can use, for operators

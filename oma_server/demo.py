@@ -117,6 +117,8 @@ class Demo:
         self.stack = stack
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.appliance_address = f"127.0.0.1:{free_port()}"
+        self.nbd_address = f"127.0.0.1:{free_port()}"
         self.http_address = f"127.0.0.1:{int(os.environ.get('OMA_DEMO_HTTP_PORT', '0')) or free_port()}"
         self.vcenter = root / "vcenter"
         self.data_dir = root / "oma"
@@ -166,9 +168,9 @@ class Demo:
             "--data-dir",
             self.data_dir,
             "--nbd-listen",
-            f"127.0.0.1:{free_port()}",
+            self.nbd_address,
             "--appliance-listen",
-            f"127.0.0.1:{free_port()}",
+            self.appliance_address,
             "--http-listen",
             self.http_address,
             "--schedule-min-interval",
@@ -178,7 +180,11 @@ class Demo:
         wait_written(self.data_dir / "admin.token", server, "oma-server")  # its first start's admin token
         self.connect()
         ca_fingerprint = fingerprint(x509.load_pem_x509_certificate(self.ca.read_bytes()))
-        console.print(f"oma-server serving TLS on {self.address}; logs in {self.root / 'oma-server.log'}")
+        console.print(
+            f"oma-server serving TLS on {self.address} (operators, API tokens), mutual TLS on {self.appliance_address} "
+            f"(appliances, client certificates of its CA), NBD over TLS on {self.nbd_address} (the same client "
+            f"certificates required); logs in {self.root / 'oma-server.log'}"
+        )
         console.print(f"its CA: {self.ca} ({ca_fingerprint[:23]}...); omactl and the agent verify the OMA with it")
         console.print(f"omactl calls with the initial admin token from {self.data_dir / 'admin.token'} (OMA_TOKEN)")
         console.print(

@@ -52,3 +52,16 @@ def process_serving(data_dir: Path, address: str, timeout: float = 2.0) -> bool:
         except grpc.RpcError:
             return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def nbd_client_certificates(data_dir: Path, into: Path) -> Path:
+    """A libnbd `tls-certificates` directory (ca-cert.pem, client-cert.pem, client-key.pem) holding the client
+    certificate the OMA of `data_dir` made for its own NBD probe: a client its nbdkit lets in."""
+    nbd = data_dir / "nbd"
+    into.mkdir(parents=True, exist_ok=True)
+    (into / "ca-cert.pem").write_bytes((nbd / "tls" / "ca-cert.pem").read_bytes())
+    (into / "client-cert.pem").write_bytes((nbd / "probe" / "probe.crt").read_bytes())
+    key = into / "client-key.pem"
+    key.write_bytes((nbd / "probe" / "probe.key").read_bytes())
+    key.chmod(0o600)
+    return into

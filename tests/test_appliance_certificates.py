@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
@@ -362,3 +363,39 @@ async def test_omactl_writes_a_join_file_and_vma_agent_enroll_joins_once(server:
         "run", "--identity-dir", str(tmp_path / "none"), "--vcenter-dir", ".", "--state-dir", "."
     )
     assert code == 2 and "vma-agent enroll" in err
+
+
+def _nbdinfo_list(uri: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["nbdinfo", "--list", "--json", uri], capture_output=True, text=True, timeout=30)
+
+
+async def test_nbd_needs_tls_and_a_certificate_of_the_omas_ca(
+    server: OmaServer, admin: grpc.aio.Channel, tmp_path: Path
+) -> None:
+    nbd = server.app.nbd
+    assert nbd.tls is not None and nbd.tls.required
+    assert "--tls=require" in nbd.process.argv() and "--tls-verify-peer" in nbd.process.argv()
+    assert nbd.uri_for("vol-x").startswith("nbds://")
+    identity = await join(await ticket_for(server, admin, "vma-nbd"))
+    identity.save(tmp_path / "identity")
+    foreign_ca = CertificateAuthority(tmp_path / "foreign")
+    foreign_key = ec.generate_private_key(ec.SECP256R1())
+    foreign = tmp_path / "foreign-nbd"
+    foreign.mkdir()
+    (foreign / "ca-cert.pem").write_bytes(identity.ca_pem)  # trusts the OMA; presents a certificate of another CA
+    issued = foreign_ca.issue_client_certificate(foreign_key.public_key(), identity.appliance_id, timedelta(days=1))
+    (foreign / "client-cert.pem").write_bytes(cert_pem(issued))
+    (foreign / "client-key.pem").write_bytes(key_pem(foreign_key))
+    address = f"127.0.0.1:{nbd.port}"
+
+    plaintext, tls_without_certificate, with_foreign, with_own = await asyncio.gather(
+        asyncio.to_thread(_nbdinfo_list, f"nbd://{address}"),
+        asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-verify-peer=false"),
+        asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-certificates={foreign}"),
+        asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-certificates={tmp_path / 'identity' / 'nbd'}"),
+    )
+    assert plaintext.returncode != 0, "a client without TLS can list the exports"
+    assert tls_without_certificate.returncode != 0, "a TLS client without a certificate can list the exports"
+    assert with_foreign.returncode != 0, "a certificate of another CA opens the NBD port"
+    assert with_own.returncode == 0, with_own.stderr
+    assert json.loads(with_own.stdout)["exports"] == []

@@ -42,6 +42,7 @@ KEY_FILE = "appliance.key"
 CERT_FILE = "appliance.crt"
 CA_FILE = "ca.crt"
 IDENTITY_FILE = "identity.json"
+NBD_DIR = "nbd"  # the certificate for NBD, in libnbd's layout
 
 
 class IdentityError(Exception):
@@ -110,6 +111,13 @@ class ApplianceIdentity:
         write_private(directory / KEY_FILE, self.key_pem)
         write_atomic(directory / CERT_FILE, self.certificate_pem)
         write_atomic(directory / CA_FILE, self.ca_pem)
+        # The same, in libnbd's tls-certificates layout: the copier's NBD connections (TLS to the OMA's nbdkit).
+        nbd = directory / NBD_DIR
+        nbd.mkdir(exist_ok=True)
+        nbd.chmod(0o700)
+        write_atomic(nbd / "ca-cert.pem", self.ca_pem)
+        write_atomic(nbd / "client-cert.pem", self.certificate_pem)
+        write_private(nbd / "client-key.pem", self.key_pem)
         meta = {"appliance_id": self.appliance_id, "appliance_endpoint": self.appliance_endpoint}
         write_atomic(directory / IDENTITY_FILE, (json.dumps(meta, indent=2) + "\n").encode())
 

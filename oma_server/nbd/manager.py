@@ -61,6 +61,7 @@ from oma_server.nbd.probe import ProbeError, list_exports
 from oma_server.nbd.process import SERVER_NAME, START_TIMEOUT_S, NbdkitProcess
 from oma_server.nbd.table import check_conflicts, check_devices, load_existing, reconcile_links
 from oma_server.nbd.verdict import ProbeStreak
+from oma_server.security.nbd_tls import NbdTls
 
 log = logger.bind(component="nbd")
 
@@ -78,7 +79,9 @@ class NbdExportManager:
         probe_interval_s: float = 2.0,
         *,
         advertise_host: str | None = None,
+        tls: NbdTls | None = None,
     ) -> None:
+        """`tls`: serve TLS with client certificates verified against the OMA's CA (security/nbd_tls.py)."""
         self.config_dir = Path(config_dir).absolute()
         self.host, self.port = parse_host_port(
             listen, "NBD listen address", reason="NBD_LISTEN_INVALID", port_zero=False
@@ -90,7 +93,10 @@ class NbdExportManager:
         self.advertise_host = advertise_host
         self.links = ExportLinks(self.config_dir)
         self.exports_dir = self.links.directory
-        self.process = NbdkitProcess(nbdkit_binary, self.host, self.port, self.config_dir, self.exports_dir)
+        self.tls = tls
+        self.process = NbdkitProcess(
+            nbdkit_binary, self.host, self.port, self.config_dir, self.exports_dir, tls.nbdkit_flags() if tls else None
+        )
         self._exports: dict[str, ExportRecord] = {}
         self._lock = asyncio.Lock()
         self._served: set[str] = set()
@@ -134,7 +140,10 @@ class NbdExportManager:
 
     def uri_for(self, name: str) -> str:
         host = f"[{self.advertise_host}]" if ":" in self.advertise_host else self.advertise_host
-        return f"nbd://{host}:{self.port}/{validate_export_name(name)}"
+        # nbds: the client must speak TLS (libnbd refuses to go on without it); a client with a certificate uses TLS
+        # on an nbd: URI too, where TLS is offered but not required.
+        scheme = "nbds" if self.tls is not None and self.tls.required else "nbd"
+        return f"{scheme}://{host}:{self.port}/{validate_export_name(name)}"
 
     def list_exports(self) -> list[ExportInfo]:
         return [self._info(e) for e in sorted(self._exports.values(), key=lambda e: e.name)]
@@ -341,7 +350,9 @@ class NbdExportManager:
         while it ran (its listing may predate the change and is dropped)."""
         changes = self.links.changes
         try:
-            names = await list_exports(self.host, self.port, timeout=timeout)
+            names = await list_exports(
+                self.host, self.port, timeout=timeout, tls=self.tls.probe_context() if self.tls else None
+            )
         except ProbeError as exc:
             self._probe_ok = False
             self._ready_changed.set()

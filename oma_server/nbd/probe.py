@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import struct
 
 NBD_MAGIC = b"NBDMAGIC"
@@ -19,6 +20,7 @@ FLAG_FIXED_NEWSTYLE = 1 << 0
 FLAG_NO_ZEROES = 1 << 1
 OPT_ABORT = 2
 OPT_LIST = 3
+OPT_STARTTLS = 5
 REP_ACK = 1
 REP_SERVER = 2
 REP_ERR_BIT = 1 << 31
@@ -28,17 +30,38 @@ class ProbeError(Exception):
     """The peer did not complete an NBD handshake; the message says at which step."""
 
 
-async def list_exports(host: str, port: int, *, timeout: float = 2.0) -> list[str]:
-    """Connect, negotiate fixed newstyle and return the export names the server lists."""
+async def list_exports(host: str, port: int, *, timeout: float = 2.0, tls: ssl.SSLContext | None = None) -> list[str]:
+    """Connect, negotiate fixed newstyle (with `tls`: upgrade with NBD_OPT_STARTTLS first, as a client of a server
+    that verifies certificates must) and return the export names the server lists."""
     try:
-        return await asyncio.wait_for(_list_exports(host, port), timeout)
+        return await asyncio.wait_for(_list_exports(host, port, tls), timeout)
     except TimeoutError:
         raise ProbeError(f"NBD handshake with {host}:{port} timed out after {timeout:.1f}s") from None
-    except (OSError, asyncio.IncompleteReadError) as exc:
+    except (OSError, asyncio.IncompleteReadError) as exc:  # ssl.SSLError is an OSError
         raise ProbeError(f"NBD handshake with {host}:{port} failed: {exc!r}") from None
 
 
-async def _list_exports(host: str, port: int) -> list[str]:
+async def _option_reply(reader: asyncio.StreamReader, host: str, port: int, option: int) -> tuple[int, bytes]:
+    magic, opt, rtype, length = struct.unpack(">QIII", await reader.readexactly(20))
+    if magic != REPLY_MAGIC or opt != option:
+        raise ProbeError(f"{host}:{port} sent a malformed option reply")
+    return rtype, await reader.readexactly(length) if length else b""
+
+
+async def _start_tls(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int, tls: ssl.SSLContext
+) -> None:
+    writer.write(struct.pack(">QII", IHAVEOPT, OPT_STARTTLS, 0))
+    await writer.drain()
+    rtype, _ = await _option_reply(reader, host, port, OPT_STARTTLS)
+    if rtype != REP_ACK:
+        raise ProbeError(f"{host}:{port} refused NBD_OPT_STARTTLS (reply {rtype & ~REP_ERR_BIT})")
+    # The name the server certificate carries for a loopback or wildcard listener (ca.server_names).
+    name = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    await writer.start_tls(tls, server_hostname=name)
+
+
+async def _list_exports(host: str, port: int, tls: ssl.SSLContext | None) -> list[str]:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         greeting = await reader.readexactly(18)
@@ -51,14 +74,13 @@ async def _list_exports(host: str, port: int) -> list[str]:
         if not hflags & FLAG_FIXED_NEWSTYLE:
             raise ProbeError(f"{host}:{port} does not offer fixed newstyle negotiation")
         writer.write(struct.pack(">I", FLAG_FIXED_NEWSTYLE | (hflags & FLAG_NO_ZEROES)))
+        if tls is not None:
+            await _start_tls(reader, writer, host, port, tls)
         writer.write(struct.pack(">QII", IHAVEOPT, OPT_LIST, 0))
         await writer.drain()
         names: list[str] = []
         while True:
-            magic, opt, rtype, length = struct.unpack(">QIII", await reader.readexactly(20))
-            if magic != REPLY_MAGIC or opt != OPT_LIST:
-                raise ProbeError(f"{host}:{port} sent a malformed option reply")
-            data = await reader.readexactly(length) if length else b""
+            rtype, data = await _option_reply(reader, host, port, OPT_LIST)
             if rtype == REP_ACK:
                 break
             if rtype & REP_ERR_BIT:

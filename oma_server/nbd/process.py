@@ -30,8 +30,11 @@ _THREADS = 16  # nbdkit's default; several connections of several copies each ke
 
 
 class NbdkitProcess:
-    def __init__(self, binary: str, host: str, port: int, config_dir: Path, exports_dir: Path) -> None:
+    def __init__(
+        self, binary: str, host: str, port: int, config_dir: Path, exports_dir: Path, tls_flags: list[str] | None = None
+    ) -> None:
         self.binary = binary
+        self.tls_flags = list(tls_flags or [])
         self.host = host
         self.port = port
         self.exports_dir = exports_dir
@@ -56,6 +59,7 @@ class NbdkitProcess:
             "--threads",
             str(_THREADS),
             "--log=stderr",
+            *self.tls_flags,
             "file",
             f"dir={self.exports_dir}",
         ]

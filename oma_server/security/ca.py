@@ -256,13 +256,15 @@ class CertificateAuthority:
         return True
 
     def issue_client_certificate(
-        self, public_key: CertificatePublicKeyTypes, appliance_id: str, lifetime: timedelta
+        self, public_key: CertificatePublicKeyTypes, appliance_id: str, lifetime: timedelta, uri: str = ""
     ) -> x509.Certificate:
-        """A client certificate for `public_key`, bound to `appliance_id` (URI SAN and common name)."""
+        """A client certificate for `public_key`, bound to `appliance_id` (URI SAN and common name); `uri` names an
+        internal client instead (the OMA's own NBD probe)."""
         now = datetime.now(UTC)
+        uri = uri or APPLIANCE_URI_PREFIX + appliance_id
         return (
             x509.CertificateBuilder()
-            .subject_name(_subject(f"appliance {appliance_id}"))
+            .subject_name(_subject(f"appliance {appliance_id}" if appliance_id else uri))
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
@@ -272,7 +274,7 @@ class CertificateAuthority:
             .add_extension(_SIGNING_ONLY, critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(APPLIANCE_URI_PREFIX + appliance_id)]),
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
                 critical=False,
             )
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)

@@ -16,7 +16,7 @@ import pytest
 
 from oma_server.nbd import procs
 from oma_server.ports import free_port
-from tests.clients import process_serving
+from tests.clients import nbd_client_certificates, process_serving
 from tests.conftest import VENV_BIN
 from tests.nbd.conftest import requires_nbd
 
@@ -94,8 +94,13 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> None:
         os.close(fd)
 
 
-def _nbd_listing(port: int) -> list[str]:
-    out = subprocess.run(["nbdinfo", "--list", "--json", f"nbd://127.0.0.1:{port}"], capture_output=True, text=True)
+def _nbd_listing(port: int, data_dir: Path) -> list[str]:
+    """The exports nbdinfo lists, over TLS with a certificate of the OMA's CA (plaintext is refused: checked)."""
+    plain = subprocess.run(["nbdinfo", "--list", f"nbd://127.0.0.1:{port}"], capture_output=True, text=True)
+    assert plain.returncode != 0, "the NBD port lists exports to a client without TLS"
+    certs = nbd_client_certificates(data_dir, data_dir.parent / "nbd-client")
+    uri = f"nbds://127.0.0.1:{port}?tls-certificates={certs}"
+    out = subprocess.run(["nbdinfo", "--list", "--json", uri], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return [e["export-name"] for e in json.loads(out.stdout)["exports"]]
 
@@ -116,7 +121,7 @@ def test_sigkilled_oma_restarts_and_takes_over_its_nbdkit(oma_processes: list[Om
     oma_processes.append(second)
     second.wait_serving()
     assert second.nbdkits() == [nbdkit], "the restarted OMA took the running nbdkit over instead of a second one"
-    assert _nbd_listing(nbd_port) == []
+    assert _nbd_listing(nbd_port, data_dir) == []
 
     # A clean stop leaves nothing behind: no nbdkit, the port free for whoever comes next.
     assert second.stop() == 0

@@ -32,7 +32,14 @@ from loguru import logger
 from vma_client_stubs.agent.agent import Agent, CopyOptions, agent_version
 from vma_client_stubs.agent.vcenter import FakeVCenter, VCenterError
 from vma_client_stubs.connection import ConnectionSettingsError, Endpoint
-from vma_client_stubs.identity import ApplianceIdentity, CertificateRenewer, IdentityError, JoinTicket, join
+from vma_client_stubs.identity import (
+    NBD_DIR,
+    ApplianceIdentity,
+    CertificateRenewer,
+    IdentityError,
+    JoinTicket,
+    join,
+)
 
 MIB = 1 << 20
 LOG_FORMAT = (
@@ -177,6 +184,7 @@ async def _run(args: argparse.Namespace, credential: str, oma: Endpoint, identit
             disks_per_job=args.disks_per_job,
             copies_per_appliance=args.copies_per_appliance,
             max_bytes_per_second=args.max_rate_mib * MIB if args.max_rate_mib else None,
+            nbd_certificates=args.identity_dir / NBD_DIR if identity is not None else None,
         ),
         report_interval_s=args.report_interval,
     )

@@ -24,6 +24,7 @@ from vma_client_stubs.agent.copier import (
     Plan,
     ResumePoint,
     TargetTooSmall,
+    TlsSettings,
 )
 from vma_client_stubs.agent.disk_plan import plan_disk
 from vma_client_stubs.agent.extents import coalesce
@@ -257,10 +258,16 @@ class JobExecutor:
         assert disk.plan is not None and disk.snapshot_path is not None
         resume = ResumePoint.decode(disk.record.acked_token) if disk.record.acked_token else None
         opts = self.options
+        uri, tls = disk.target.nbd_uri, None
+        if opts.nbd_certificates is not None:
+            tls = TlsSettings(certificates_dir=opts.nbd_certificates)
+            if uri.startswith("nbd://"):  # an OMA that also serves plaintext (credential-hello appliances)
+                uri = "nbds://" + uri.removeprefix("nbd://")
         return DiskCopier(
             disk.snapshot_path,
-            disk.target.nbd_uri,
+            uri,
             disk.plan,
+            tls=tls,
             fresh_target=disk.fresh_target,
             resume=resume,
             chunk_size=opts.chunk_size,

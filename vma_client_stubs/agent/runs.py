@@ -38,6 +38,9 @@ class CopyOptions:
     copies_per_appliance: int = 8  # disk copies of all jobs at once
     checkpoint_interval_s: float = 0.5
     max_bytes_per_second: float | None = None
+    #: the appliance's certificate in libnbd's layout (ca-cert.pem, client-cert.pem, client-key.pem): every NBD
+    #: connection then speaks TLS with it, on an nbd: URI too (None: as the URI says)
+    nbd_certificates: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("window", "connections", "disks_per_job", "copies_per_appliance"):
