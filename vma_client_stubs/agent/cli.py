@@ -74,11 +74,8 @@ def _positive(value: str) -> float:
     return number
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vma-agent", description="Reference VMware Migration Appliance (fake vCenter).")
-    parser.add_argument("--version", action="version", version=f"vma-agent {agent_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_enroll(sub: Any) -> None:
+    """`vma-agent enroll`: its flags."""
     enroll = sub.add_parser("enroll", help="join the OMA: trade a join file for this appliance's certificate")
     enroll.add_argument("--join-file", required=True, type=Path, help="from `omactl appliances enroll --join-file`")
     enroll.add_argument("--identity-dir", required=True, type=Path, help="where the key and certificates go")
@@ -87,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="the CA of an OMA whose operator port serves an operator's --tls-cert (default: pinned by the join file)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vma-agent", description="Reference VMware Migration Appliance (fake vCenter).")
+    parser.add_argument("--version", action="version", version=f"vma-agent {agent_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _add_enroll(sub)
 
     run = sub.add_parser("run", help="dial the OMA and obey its commands")
     run.add_argument("--identity-dir", type=Path, help="the identity `vma-agent enroll` made: mutual TLS")
