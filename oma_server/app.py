@@ -6,6 +6,7 @@ calls (never the App); nothing here imports grpc.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -60,7 +61,7 @@ from oma_server.schedules.store import ScheduleStore
 from oma_server.security.appliance_identity import ApplianceCertificates
 from oma_server.security.audit import AuditLog
 from oma_server.security.ca import CertificateAuthority
-from oma_server.security.nbd_tls import prepare_nbd_tls
+from oma_server.security.nbd_tls import prepare_nbd_tls, write_crl
 from oma_server.security.tokens import TokenService
 from oma_server.settings import Settings
 from oma_server.storage.attachments import OmaAttachments
@@ -202,6 +203,7 @@ class App:
         self.jobs.ack_through(self.hub.ack)
         self.outbox.deliver_through(self.hub.deliver)
         self.appliances.on_revoked.append(self.hub.revoked)
+        self.appliances.after_revoke.append(self._revoke_on_the_data_path)
 
     def _build_storage(self, settings: Settings) -> None:
         """The simulator (`--cloudstack sim`), the NBD server and its exports; what needs CloudStack comes at start."""
@@ -278,6 +280,17 @@ class App:
         await self.scheduler.start()
         self._teardown.push_async_callback(self.scheduler.stop)
 
+    async def _write_crl(self) -> bool:
+        """The data path's CRL (security/nbd_tls.py) from the revoked certificates; True if it changed."""
+        if self.ca is None or self.nbd.tls is None:
+            return False
+        revoked = await self.appliance_certificates.revoked()
+        return await asyncio.to_thread(write_crl, self.ca, self.nbd.tls.certificates_dir, revoked)
+
+    async def _revoke_on_the_data_path(self, appliance_id: str) -> None:
+        if await self._write_crl():
+            await self.nbd.reload_tls(f"the revocation of appliance {appliance_id}")
+
     async def _start_storage(self) -> None:
         if self.simulator is not None:
             await finish(self.simulator.start())
@@ -317,7 +330,10 @@ class App:
         await self.attachments.reconcile([*open_jobs, *unread.items()])
         self._unread_after_restart = list(unread)
         self._teardown.push_async_callback(self.nbd.stop)  # safe before or after a failed start
+        crl_changed = await self._write_crl()
         await finish(self.exports.start())
+        if crl_changed and self.nbd.adopted:  # a taken-over nbdkit read the CRL before revocations made while down
+            await finish(self.nbd.reload_tls("appliances revoked while the OMA was down"))
 
     async def begin_shutdown(self) -> None:
         """Tell appliance streams to end; the server's grace period lets them drain."""

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -18,6 +18,7 @@ from oma_server.db.models import Appliance, ApplianceCertificate, utcnow
 from oma_server.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from oma_server.pagination import fetch_page
 from oma_server.security.appliance_identity import hash_join_token, new_join_token
+from oma_server.uninterruptible import finish
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -58,6 +59,9 @@ class ApplianceService:
     db: Database
     # Called with the appliance id after a revocation is committed (the session hub closes its stream).
     on_revoked: list[Callable[[str], None]] = field(default_factory=list)
+    #: awaited with the appliance id after a revocation is committed, before RevokeAppliance answers (the data path
+    #: stops taking its certificates)
+    after_revoke: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
     #: whether a hello may prove an appliance with its enrollment credential instead of a certificate (deprecated:
     #: a bearer secret; on only with --allow-credential-hello or --insecure)
     credential_hellos: bool = False
@@ -129,6 +133,8 @@ class ApplianceService:
         revoked = await self.db.tx(revoke)
         for callback in self.on_revoked:
             callback(appliance_id)
+        for hook in self.after_revoke:
+            await finish(hook(appliance_id))  # a caller gone away leaves no half-restarted data path
         return revoked
 
     async def authenticate(self, appliance_id: str, credential: str) -> Appliance:

@@ -399,3 +399,27 @@ async def test_nbd_needs_tls_and_a_certificate_of_the_omas_ca(
     assert with_foreign.returncode != 0, "a certificate of another CA opens the NBD port"
     assert with_own.returncode == 0, with_own.stderr
     assert json.loads(with_own.stdout)["exports"] == []
+
+
+async def test_a_revoked_appliances_certificate_no_longer_opens_the_nbd_port(
+    server: OmaServer, admin: grpc.aio.Channel, tmp_path: Path
+) -> None:
+    revoked, kept = [await join(await ticket_for(server, admin, name)) for name in ("vma-gone", "vma-kept")]
+    revoked.save(tmp_path / "gone")
+    kept.save(tmp_path / "kept")
+    address = f"127.0.0.1:{server.app.nbd.port}"
+    before = await asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-certificates={tmp_path / 'gone' / 'nbd'}")
+    assert before.returncode == 0, before.stderr
+    launches = server.app.nbd.restarts
+    await appliance_pb2_grpc.ApplianceServiceStub(admin).RevokeAppliance(
+        appliance_pb2.RevokeApplianceRequest(id=revoked.appliance_id)
+    )
+    assert server.app.nbd.restarts == launches + 1  # nbdkit read the new CRL before RevokeAppliance answered
+    gone, still = await asyncio.gather(
+        asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-certificates={tmp_path / 'gone' / 'nbd'}"),
+        asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-certificates={tmp_path / 'kept' / 'nbd'}"),
+    )
+    assert gone.returncode != 0, "a revoked appliance's certificate still opens the NBD port"
+    assert still.returncode == 0, still.stderr
+    await server.app.nbd.wait_ready()
+    assert server.app.nbd.healthy  # the probe's own certificate is not revoked

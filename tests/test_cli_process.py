@@ -473,9 +473,14 @@ def test_keys_are_0600_and_the_tls_directory_0700(running_server: Running) -> No
     tls = running_server.data_dir / "tls"
     assert stat.S_IMODE(tls.stat().st_mode) == 0o700
     keys = sorted(p.name for p in tls.glob("*.key"))
-    assert keys == ["appliance-server.key", "ca.key", "server.key"]  # the appliance port has its own
+    assert keys == ["appliance-server.key", "ca.key", "nbd-server.key", "server.key"]  # a port each
     for name in keys:
         assert stat.S_IMODE((tls / name).stat().st_mode) == 0o600, name
+    nbd = running_server.data_dir / "nbd"
+    for private in (nbd / "tls" / "server-key.pem", nbd / "probe" / "probe.key"):  # what nbdkit and its probe use
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+    for directory in (nbd / "tls", nbd / "probe"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     for name in ("ca.crt", "server.crt"):
         assert stat.S_IMODE((tls / name).stat().st_mode) == 0o644, name
     assert not list(tls.glob(".*.tmp"))

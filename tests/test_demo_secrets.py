@@ -44,10 +44,13 @@ def test_a_whole_demo_run_leaks_no_secret(tmp_path: Path) -> None:
         "CA key": data_dir / "tls" / "ca.key",
         "server key": data_dir / "tls" / "server.key",
         "appliance port's server key": data_dir / "tls" / "appliance-server.key",
+        "NBD server key": data_dir / "nbd" / "tls" / "server-key.pem",
+        "NBD probe key": data_dir / "nbd" / "probe" / "probe.key",
+        "appliance key for NBD": demo_dir / "vma-identity" / "nbd" / "client-key.pem",
     }
     # An EC private key's PEM carries its public point too; a line of it that is also in a (public) certificate the
     # database keeps is no secret, and is left out. What remains of each key still covers its private scalar.
-    public = b"".join(path.read_bytes() for path in demo_dir.rglob("*.crt"))
+    public = b"".join(p.read_bytes() for pattern in ("*.crt", "*-cert.pem") for p in demo_dir.rglob(pattern))
     secrets: dict[str, list[bytes]] = {}
     for what, path in secret_files.items():
         assert path.exists(), f"the demo wrote no {what} at {path}"

@@ -250,6 +250,20 @@ class NbdExportManager:
                 await self._probe_until_served(timeout=2.0)
         log.bind(export=name).info("NBD export removed: {} (disconnected {} client(s))", name, len(clients))
 
+    async def reload_tls(self, reason: str) -> None:
+        """Restart nbdkit so that it reads its certificates directory again (a new CRL): nbdkit loads it only at
+        start. Every connection is cut; the copies resume from their last acknowledged point."""
+        async with self._lock:
+            if not self._started or self._stopping:
+                return
+            clients = 0
+            for export in self._exports.values():
+                clients += len(await asyncio.to_thread(self._client_fds, export))
+            log.warning("Restarting nbdkit for {}: {} connection(s) are cut and will resume", reason, clients)
+            await self._terminate_locked()
+            await self._launch_locked(reason)
+            await self._probe_until_served()
+
     async def reconcile(self, desired: Mapping[str, str]) -> ReconcileReport:
         """Make the served exports equal `desired` (name -> device path).
 

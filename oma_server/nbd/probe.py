@@ -93,7 +93,12 @@ async def _list_exports(host: str, port: int, tls: ssl.SSLContext | None) -> lis
             await writer.drain()
         return names
     finally:
-        writer.close()
+        if tls is not None:
+            # No TLS close_notify exchange: that would let nbdkit close the connection first, leaving a TIME_WAIT
+            # on the NBD port itself (a restart of nbdkit does not mind; a bind without SO_REUSEADDR does).
+            writer.transport.abort()
+        else:
+            writer.close()
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             await writer.wait_closed()
 

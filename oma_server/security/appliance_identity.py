@@ -179,6 +179,15 @@ class ApplianceCertificates:
 
         return await self.db.tx(renew)
 
+    async def revoked(self) -> list[tuple[str, datetime]]:
+        """Every revoked certificate: (hex serial, when), for the data path's CRL."""
+
+        def query() -> list[tuple[str, datetime]]:
+            rows = ApplianceCertificate.select().where(ApplianceCertificate.revoked_at.is_null(False))
+            return [(r.serial, r.revoked_at) for r in rows if r.revoked_at is not None]
+
+        return await self.db.run(query)
+
     async def authenticate(self, peer_certificate_pem: bytes | None, named_id: str) -> tuple[Appliance, str]:
         """The appliance a verified peer certificate names, and the certificate's serial, if the OMA issued it and
         neither it nor the appliance is revoked; UNAUTHENTICATED otherwise. `named_id` (the hello's appliance id)

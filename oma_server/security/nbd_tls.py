@@ -11,22 +11,28 @@ What is written, in the NBD config dir:
 The appliances' side is the same CA: their client certificate of the join (`vma_client_stubs.identity` writes it in
 libnbd's layout, `<identity dir>/nbd/`). Every appliance's certificate reaches every export — nbdkit checks the
 chain, not which appliance the export is for; the README says what limits that.
+
+Revocation: `tls/ca-crl.pem` is a CRL of the OMA's CA listing every revoked appliance certificate, which nbdkit
+(GnuTLS) checks at every handshake — but reads only at its start, so a revocation rewrites the CRL and restarts
+nbdkit (`NbdExportManager.reload_tls`; the other appliances' copies resume from their last acknowledged point).
 """
 
 from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from oma_server.security.ca import CertificateAuthority, cert_pem, key_pem, server_names
+from oma_server.security.ca import CLOCK_SKEW, CertificateAuthority, cert_pem, key_pem, server_names
 from vma_client_stubs.secret_files import write_atomic, write_private
 
 PROBE_URI = "urn:oma:internal:nbd-probe"
+CRL_FILE = "ca-crl.pem"
 PROBE_LIFETIME = timedelta(days=3650)  # the OMA's own, on its own disk; made again with the server certificate
 
 
@@ -54,6 +60,28 @@ class NbdTls:
         context = ssl.create_default_context(cafile=str(self.ca_file))
         context.load_cert_chain(str(self.probe_cert), str(self.probe_key))
         return context
+
+
+def write_crl(ca: CertificateAuthority, tls_dir: Path, revoked: list[tuple[str, datetime]]) -> bool:
+    """Write `ca-crl.pem` listing `revoked` (hex serial, when); True if it changed what nbdkit should check."""
+    path = tls_dir / CRL_FILE
+    wanted = sorted(revoked)
+    if path.exists():
+        current = x509.load_pem_x509_crl(path.read_bytes())
+        if sorted(format(r.serial_number, "x") for r in current) == [s for s, _ in wanted]:
+            return False
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - CLOCK_SKEW)
+        .next_update(ca.cert.not_valid_after_utc)  # rewritten at every revocation; never stale before the CA
+    )
+    for serial, when in wanted:
+        entry = x509.RevokedCertificateBuilder().serial_number(int(serial, 16))
+        builder = builder.add_revoked_certificate(entry.revocation_date(when.replace(tzinfo=UTC)).build())
+    write_atomic(path, builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    return True
 
 
 def prepare_nbd_tls(
