@@ -74,6 +74,18 @@ def streaming(identity: ApplianceIdentity, **kwargs: object) -> StreamClient:
     )
 
 
+async def refused_hello(channel: grpc.aio.Channel, **hello: object) -> grpc.aio.AioRpcError:
+    """Open the stream, say Hello, and return how the OMA ended it (the test fails if it welcomed instead)."""
+    stream = RawStream(channel)
+    try:
+        await stream.send(hello=stream_pb2.Hello(**hello))  # type: ignore[arg-type]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stream.recv()
+        return err.value
+    finally:
+        await stream.close()
+
+
 def mtls(identity: ApplianceIdentity) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(identity.appliance_endpoint, identity.channel_credentials())
 
@@ -200,19 +212,11 @@ async def test_the_appliance_port_refuses_no_foreign_or_expired_certificates(
             grpc.ssl_channel_credentials(root_certificates=who.ca_pem) if not who.key_pem else who.channel_credentials()
         )
         async with grpc.aio.secure_channel(who.appliance_endpoint, creds) as channel:
-            stream = RawStream(channel)
-            await stream.send(hello=stream_pb2.Hello(agent_version="test"))
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stream.recv()
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, what  # the TLS handshake fails
-            await stream.close()
+            err = await refused_hello(channel, agent_version="test")
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, what  # the TLS handshake fails
     async with grpc.aio.insecure_channel(identity.appliance_endpoint) as plaintext:
-        stream = RawStream(plaintext)
-        await stream.send(hello=stream_pb2.Hello(agent_version="test"))
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stream.recv()
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        await stream.close()
+        err = await refused_hello(plaintext, agent_version="test")
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_an_unrecorded_certificate_and_a_hello_for_another_appliance_are_refused(
@@ -221,24 +225,16 @@ async def test_an_unrecorded_certificate_and_a_hello_for_another_appliance_are_r
     a = await join(await ticket_for(server, admin, "vma-a"))
     b = await join(await ticket_for(server, admin, "vma-b"))
     async with mtls(a) as channel:
-        stream = RawStream(channel)
-        await stream.send(hello=stream_pb2.Hello(appliance_id=b.appliance_id, agent_version="test"))
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stream.recv()
-        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert error_details_of(err.value).reason == "APPLIANCE_ID_MISMATCH"
-        await stream.close()
+        err = await refused_hello(channel, appliance_id=b.appliance_id, agent_version="test")
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error_details_of(err).reason == "APPLIANCE_ID_MISMATCH"
     assert server.app.ca is not None
     key = ec.generate_private_key(ec.SECP256R1())
     unrecorded = server.app.ca.issue_client_certificate(key.public_key(), a.appliance_id, timedelta(days=1))
     forged = replace(a, key_pem=key_pem(key), certificate_pem=cert_pem(unrecorded))
     async with mtls(forged) as channel:
-        stream = RawStream(channel)
-        await stream.send(hello=stream_pb2.Hello(agent_version="test"))
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stream.recv()
-        assert error_details_of(err.value).reason == "CERTIFICATE_UNKNOWN"
-        await stream.close()
+        err = await refused_hello(channel, agent_version="test")
+        assert error_details_of(err).reason == "CERTIFICATE_UNKNOWN"
 
 
 async def test_appliance_a_cannot_report_on_bs_job(server: OmaServer, admin: grpc.aio.Channel) -> None:
@@ -274,12 +270,8 @@ async def test_revocation_ends_the_live_stream_and_refuses_the_next(server: OmaS
     )
     assert rows and all(r.revoked_at is not None for r in rows)
     async with mtls(identity) as channel:
-        stream = RawStream(channel)
-        await stream.send(hello=stream_pb2.Hello(agent_version="test"))
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stream.recv()
-        assert error_details_of(err.value).reason == "APPLIANCE_REVOKED"
-        await stream.close()
+        err = await refused_hello(channel, agent_version="test")
+        assert error_details_of(err).reason == "APPLIANCE_REVOKED"
 
 
 async def test_renewal_over_the_appliance_port_keeps_the_stream_and_the_next_connection_uses_it(
@@ -319,13 +311,9 @@ async def test_renewal_over_the_appliance_port_keeps_the_stream_and_the_next_con
 async def test_a_credential_hello_is_refused_by_default(server: OmaServer, admin: grpc.aio.Channel) -> None:
     ticket = await ticket_for(server, admin, "vma-old")
     async with oma_channel(server) as channel:
-        stream = RawStream(channel)
-        await stream.send(hello=stream_pb2.Hello(appliance_id=ticket.appliance_id, credential="x", agent_version="0.2"))
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stream.recv()
-        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert error_details_of(err.value).reason == "CERTIFICATE_REQUIRED"
-        await stream.close()
+        err = await refused_hello(channel, appliance_id=ticket.appliance_id, credential="x", agent_version="0.2")
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error_details_of(err).reason == "CERTIFICATE_REQUIRED"
 
 
 async def _agent(*args: str) -> tuple[int, str, str]:

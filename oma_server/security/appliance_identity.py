@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from loguru import logger
 
 from oma_server.clock import Clock
 from oma_server.db.database import Database
@@ -65,6 +66,20 @@ def _refused(message: str, reason: str, appliance_id: str | None = None) -> Unau
     return Unauthenticated(message, reason=reason, appliance_id=appliance_id)
 
 
+def _newest_for_key(
+    appliance_id: str, key_hash: str, good_after: datetime | None = None
+) -> ApplianceCertificate | None:
+    """The newest unrevoked certificate issued to the appliance for this key (valid past `good_after`, if given)."""
+    where = (
+        (ApplianceCertificate.appliance == appliance_id)
+        & (ApplianceCertificate.public_key_sha256 == key_hash)
+        & ApplianceCertificate.revoked_at.is_null()
+    )
+    if good_after is not None:
+        where &= ApplianceCertificate.not_after > good_after
+    return ApplianceCertificate.select().where(where).order_by(ApplianceCertificate.issued_at.desc()).first()
+
+
 @dataclass
 class ApplianceCertificates:
     """Issues and checks appliance client certificates. `ca` is None on an OMA started with --insecure (plaintext:
@@ -93,17 +108,7 @@ class ApplianceCertificates:
         csr = checked_csr(csr_pem)
         key_hash = public_key_sha256(csr.public_key())
         now = self.clock.now()
-        earlier = (
-            ApplianceCertificate.select()
-            .where(
-                (ApplianceCertificate.appliance == appliance.id)
-                & (ApplianceCertificate.public_key_sha256 == key_hash)
-                & ApplianceCertificate.revoked_at.is_null()
-                & (ApplianceCertificate.not_after > now + self.lifetime / 2)
-            )
-            .order_by(ApplianceCertificate.issued_at.desc())
-            .first()
-        )
+        earlier = _newest_for_key(appliance.id, key_hash, good_after=now + self.lifetime / 2)
         if earlier is not None:
             return earlier, False
         cert = ca.issue_client_certificate(csr.public_key(), appliance.id, self.lifetime)
@@ -118,6 +123,12 @@ class ApplianceCertificates:
         Appliance.update(certificate_serial=row.serial, certificate_expires_at=row.not_after).where(
             Appliance.id == appliance.id
         ).execute()
+        logger.bind(appliance_id=appliance.id).info(
+            "issued client certificate {serial} to appliance {name}, valid until {until:%Y-%m-%d %H:%M} UTC",
+            serial=row.serial,
+            name=appliance.name,
+            until=row.not_after,
+        )
         return row, True
 
     async def join(self, join_token: str, csr_pem: str) -> IssuedCertificate:
@@ -146,16 +157,7 @@ class ApplianceCertificates:
             if appliance.joined_at is not None:
                 # Spent; only a retry of that same join (the same key: an answer lost on the way) gets an answer.
                 key_hash = public_key_sha256(checked_csr(csr_pem).public_key())
-                first = (
-                    ApplianceCertificate.select()
-                    .where(
-                        (ApplianceCertificate.appliance == appliance.id)
-                        & (ApplianceCertificate.public_key_sha256 == key_hash)
-                        & ApplianceCertificate.revoked_at.is_null()
-                    )
-                    .order_by(ApplianceCertificate.issued_at.desc())
-                    .first()
-                )
+                first = _newest_for_key(appliance.id, key_hash)
                 if first is None:
                     raise _refused(
                         f"the join token of appliance {appliance.name!r} was used already; a join token is good once",

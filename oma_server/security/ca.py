@@ -260,11 +260,24 @@ class CertificateAuthority:
     ) -> x509.Certificate:
         """A client certificate for `public_key`, bound to `appliance_id` (URI SAN and common name); `uri` names an
         internal client instead (the OMA's own NBD probe)."""
-        now = datetime.now(UTC)
         uri = uri or APPLIANCE_URI_PREFIX + appliance_id
+        subject = f"appliance {appliance_id}" if appliance_id else uri
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
+        return self._leaf(public_key, subject, lifetime, ExtendedKeyUsageOID.CLIENT_AUTH, sans)
+
+    def _leaf(
+        self,
+        public_key: CertificatePublicKeyTypes,
+        subject: str,
+        lifetime: timedelta,
+        usage: x509.ObjectIdentifier,
+        sans: list[x509.GeneralName],
+    ) -> x509.Certificate:
+        """A leaf this CA signs: for handshakes only (`usage`: server or client auth), valid for `sans`."""
+        now = datetime.now(UTC)
         return (
             x509.CertificateBuilder()
-            .subject_name(_subject(f"appliance {appliance_id}" if appliance_id else uri))
+            .subject_name(_subject(subject))
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
@@ -272,11 +285,8 @@ class CertificateAuthority:
             .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_SIGNING_ONLY, critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
             .sign(self.key, hashes.SHA256())
         )
@@ -291,21 +301,9 @@ class CertificateAuthority:
             if fresh and set(alt_names(leaf)) == set(names) and self.signed_by_me(leaf):
                 return ServerCredentials(key_path.read_bytes(), cert_path.read_bytes())
         key = new_key()
-        now = datetime.now(UTC)
-        leaf = (
-            x509.CertificateBuilder()
-            .subject_name(_subject(names[0] if names else "oma"))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW)
-            .not_valid_after(now + SERVER_LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_SIGNING_ONLY, critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
+        subject = names[0] if names else "oma"
+        leaf = self._leaf(
+            key.public_key(), subject, SERVER_LIFETIME, ExtendedKeyUsageOID.SERVER_AUTH, _general_names(names)
         )
         chain = cert_pem(leaf) + self.pem
         write_private(key_path, key_pem(key))
