@@ -327,15 +327,18 @@ async def _agent(*args: str) -> tuple[int, str, str]:
 
 async def test_omactl_writes_a_join_file_and_vma_agent_enroll_joins_once(server: OmaServer, tmp_path: Path) -> None:
     join_file, identity_dir = tmp_path / "vma.join", tmp_path / "identity"
+    appliance_side = f"localhost:{server.port}"  # how the appliance reaches the operator port (a certificate name)
     enrolled = await run_omactl(
-        target_of(server), "--json", "appliances", "enroll", "vma-cli", "--join-file", str(join_file)
+        target_of(server),
+        "--json",
+        *("appliances", "enroll", "vma-cli", "--join-file", str(join_file), "--oma-address", appliance_side),
     )
     assert enrolled.code == 0, enrolled
     shown = json.loads(enrolled.out)
     assert shown["join_token"] == "" and shown["ca_fingerprint"]  # the token went to the file, not the output
     assert join_file.stat().st_mode & 0o777 == 0o600
     ticket = JoinTicket.load(join_file)
-    assert ticket.oma == f"127.0.0.1:{server.port}" and ticket.join_token.startswith("oma-join_")
+    assert ticket.oma == appliance_side and ticket.join_token.startswith("oma-join_")
     assert server.app.ca is not None and ticket.ca_fingerprint == server.app.ca.fingerprint
 
     code, out, err = await _agent("enroll", "--join-file", str(join_file), "--identity-dir", str(identity_dir))
@@ -344,7 +347,8 @@ async def test_omactl_writes_a_join_file_and_vma_agent_enroll_joins_once(server:
     assert (identity_dir / "appliance.key").stat().st_mode & 0o777 == 0o600
     assert ApplianceIdentity.load(identity_dir).appliance_id == ticket.appliance_id
 
-    code, out, err = await _agent("enroll", "--join-file", str(join_file), "--identity-dir", str(tmp_path / "again"))
+    again = ("--identity-dir", str(tmp_path / "again"), "--oma", f"127.0.0.1:{server.port}")  # another name of it
+    code, out, err = await _agent("enroll", "--join-file", str(join_file), *again)
     assert code == 1 and "JOIN_TOKEN_USED" in err, err
     assert ticket.join_token not in out + err
     code, _, err = await _agent(

@@ -82,11 +82,11 @@ def write_secret(path: Path, secret: str, flag: str = "--credential-file") -> No
         out.write(secret + "\n")
 
 
-def _join_ticket(ctx: Context, reply: appliance_pb2.EnrollApplianceResponse) -> str:
+def _join_ticket(ctx: Context, reply: appliance_pb2.EnrollApplianceResponse, oma_address: str) -> str:
     """The join file's JSON (vma_client_stubs.identity.JoinTicket): where to join, the token and the CA's pin."""
     expires = reply.join_token_expires_at.ToDatetime().isoformat() + "Z" if reply.join_token else ""
     ticket = {
-        "oma": ctx.client.server,
+        "oma": oma_address or ctx.client.server,
         "appliance_id": reply.appliance.id,
         "join_token": reply.join_token,
         "ca_fingerprint": reply.ca_fingerprint,
@@ -104,7 +104,7 @@ def cmd_enroll(ctx: Context, args: argparse.Namespace) -> int:
     )
     appliance = reply.appliance
     if args.join_file is not None and reply.join_token:
-        write_secret(args.join_file, _join_ticket(ctx, reply), "--join-file")
+        write_secret(args.join_file, _join_ticket(ctx, reply, args.oma_address), "--join-file")
     if args.credential_file is not None and reply.credential:
         write_secret(args.credential_file, reply.credential)
     if ctx.out.as_json:
@@ -191,6 +191,13 @@ def register(commands: Commands) -> None:
         type=Path,
         help="write the join token, this OMA's address and its CA fingerprint to F with mode 0600 (what "
         "'vma-agent enroll --join-file F' reads) instead of printing them",
+    )
+    enroll.add_argument(
+        "--oma-address",
+        metavar="HOST:PORT",
+        default="",
+        help="the address the appliance reaches the OMA's operator port at, for the join file (default: the one "
+        "omactl dials, which may be loopback on the OMA host)",
     )
     revoke = commands.leaf(group, "revoke", "revoke an appliance (its certificates) and close its stream", cmd_revoke)
     revoke.add_argument("appliance", metavar="APPLIANCE", help="appliance id or name")

@@ -79,6 +79,7 @@ def _add_enroll(sub: Any) -> None:
     enroll = sub.add_parser("enroll", help="join the OMA: trade a join file for this appliance's certificate")
     enroll.add_argument("--join-file", required=True, type=Path, help="from `omactl appliances enroll --join-file`")
     enroll.add_argument("--identity-dir", required=True, type=Path, help="where the key and certificates go")
+    enroll.add_argument("--oma", type=_host_port, help="the OMA's operator port HOST:PORT (default: the join file's)")
     enroll.add_argument(
         "--ca",
         type=Path,
@@ -281,6 +282,8 @@ async def _enroll(args: argparse.Namespace) -> int:
     from vma_client_stubs.errors import error_details_of
 
     ticket = JoinTicket.load(args.join_file)
+    if args.oma:
+        ticket = replace(ticket, oma=args.oma)
     trust = None
     if args.ca is not None:
         try:
