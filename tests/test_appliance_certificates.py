@@ -355,6 +355,15 @@ async def test_omactl_writes_a_join_file_and_vma_agent_enroll_joins_once(server:
         "run", "--identity-dir", str(tmp_path / "none"), "--vcenter-dir", ".", "--state-dir", "."
     )
     assert code == 2 and "vma-agent enroll" in err
+    assert server.app.ca is not None
+    key = ec.generate_private_key(ec.SECP256R1())
+    stale = server.app.ca.issue_client_certificate(key.public_key(), ticket.appliance_id, -timedelta(minutes=1))
+    old = ApplianceIdentity.load(identity_dir)
+    replace(old, key_pem=key_pem(key), certificate_pem=cert_pem(stale)).save(tmp_path / "stale")
+    code, _, err = await _agent(
+        "run", "--identity-dir", str(tmp_path / "stale"), "--vcenter-dir", ".", "--state-dir", str(tmp_path / "s")
+    )
+    assert code == 2 and "expired" in err and "enroll it again" in err, err
 
 
 def _nbdinfo_list(uri: str) -> subprocess.CompletedProcess[str]:

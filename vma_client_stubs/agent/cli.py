@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -262,6 +263,13 @@ def _checked_run_flags(args: argparse.Namespace) -> tuple[str, Endpoint, Applian
             identity = ApplianceIdentity.load(args.identity_dir)
         except IdentityError as exc:
             raise UsageError(str(exc)) from exc
+        expired = identity.certificate.not_valid_after_utc
+        if expired <= datetime.now(UTC):  # no handshake would take it, nor renew it: say so instead of retrying
+            raise UsageError(
+                f"the appliance certificate in {args.identity_dir} expired at {expired:%Y-%m-%d %H:%M} UTC (the agent "
+                "was not running to renew it): ask an admin to revoke the appliance and enroll it again, then join "
+                "with the new join file"
+            )
         if args.oma:  # another name of the same appliance port (a load balancer, a DNS name)
             identity = replace(identity, appliance_endpoint=args.oma)
         return "", Endpoint(identity.appliance_endpoint), identity
