@@ -20,7 +20,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from oma.v1 import appliance_identity_pb2, appliance_identity_pb2_grpc, appliance_pb2, appliance_pb2_grpc
+from oma.v1 import (
+    access_pb2,
+    access_pb2_grpc,
+    appliance_identity_pb2,
+    appliance_identity_pb2_grpc,
+    appliance_pb2,
+    appliance_pb2_grpc,
+)
 from oma_server.app import App
 from oma_server.db.models import Appliance, ApplianceCertificate
 from oma_server.security.ca import CertificateAuthority, cert_pem, key_pem, public_key_sha256
@@ -37,6 +44,7 @@ from vma_client_stubs.identity import (
     IdentityError,
     JoinTicket,
     join,
+    renew,
 )
 from vma_client_stubs.stream_client import AuthenticationError, StreamClient
 
@@ -424,3 +432,25 @@ async def test_a_revoked_appliances_certificate_no_longer_opens_the_nbd_port(
     assert still.returncode == 0, still.stderr
     await server.app.nbd.wait_ready()
     assert server.app.nbd.healthy  # the probe's own certificate is not revoked
+
+
+async def test_joins_and_renewals_are_in_the_audit_log(server: OmaServer, admin: grpc.aio.Channel) -> None:
+    ticket = await ticket_for(server, admin, "vma-audit")
+    identity = await join(ticket)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await join(ticket)  # the token was spent: refused, and recorded
+    await renew(identity)
+
+    async def entries(method: str) -> list[access_pb2.AuditEntry]:
+        reply = await access_pb2_grpc.AccessServiceStub(admin).ListAuditEntries(
+            access_pb2.ListAuditEntriesRequest(method=f"/oma.v1.ApplianceIdentityService/{method}")
+        )
+        return list(reply.entries)
+
+    joins, renewals = await entries("JoinAppliance"), await entries("RenewApplianceCertificate")
+    assert [(e.actor, e.outcome, e.reason) for e in joins] == [
+        ("join token", "UNAUTHENTICATED", "JOIN_TOKEN_USED"),  # newest first
+        ("join token", "OK", ""),
+    ]
+    assert [(e.actor, e.outcome) for e in renewals] == [(f"appliance:{identity.appliance_id}", "OK")]
+    assert all(e.peer and ticket.join_token not in str(e) for e in joins + renewals)

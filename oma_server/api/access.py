@@ -20,12 +20,15 @@ from enum import Enum
 from typing import Any
 
 import grpc
+from cryptography import x509
 from google.protobuf.message import Message
 from loguru import logger
 
+from oma_server.api.appliance_identity import peer_certificate
 from oma_server.api.status import ended_with, fail, rewrapped
 from oma_server.errors import DomainError, PermissionDenied, Unauthenticated
 from oma_server.security.audit import OK, RESOURCE_FIELDS, AuditLog, Caller
+from oma_server.security.ca import appliance_id_of
 from oma_server.security.tokens import Operator, Role, TokenService
 
 
@@ -154,6 +157,12 @@ def _bearer(context: grpc.aio.ServicerContext) -> str:
 # What an operator or an admin may call changes something, but for the reads among them (AIP verbs): each such call
 # goes to the audit log. Every one of them is unary (the streams are reads, or the appliance's own).
 AUDITED = (Access.OPERATOR, Access.ADMIN)
+# What an appliance calls that makes a certificate: recorded too (the actor is its certificate's appliance, or the
+# join token it brought), so that a stolen or guessed token's attempts show.
+APPLIANCE_AUDITED = (
+    "/oma.v1.ApplianceIdentityService/JoinAppliance",
+    "/oma.v1.ApplianceIdentityService/RenewApplianceCertificate",
+)
 READ_VERBS = ("Get", "List", "Check", "Watch")
 
 
@@ -179,6 +188,13 @@ def resource_of(request: object) -> str:
 
 def _caller(operator: Operator, context: grpc.aio.ServicerContext) -> Caller:
     return Caller(operator.actor, operator.token_id, context.peer() or "")
+
+
+def _appliance_caller(context: grpc.aio.ServicerContext) -> Caller:
+    """An appliance as its verified client certificate names it, or the bearer of a join token."""
+    pem = peer_certificate(context)
+    appliance_id = appliance_id_of(x509.load_pem_x509_certificate(pem)) if pem else ""
+    return Caller(f"appliance:{appliance_id}" if appliance_id else "join token", "", context.peer() or "")
 
 
 def _refused_caller(refusal: DomainError, context: grpc.aio.ServicerContext) -> Caller:
@@ -229,6 +245,8 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         access = access_of(method)
+        if handler is not None and method in APPLIANCE_AUDITED:
+            return rewrapped(handler, lambda behavior, *_: self._wrap_appliance(behavior, method))
         if handler is None or access in (Access.PUBLIC, Access.APPLIANCE):
             return handler
 
@@ -255,7 +273,16 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 await fail(context, exc, method)
             if not recorded:
                 return await behavior(request, context)
-            return await self._audited(behavior, request, context, method, operator)
+            return await self._audited(behavior, request, context, method, _caller(operator, context))
+
+        return wrapper
+
+    def _wrap_appliance(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Any:
+        """An appliance's unary call: no token to check (its service checks the join token or certificate), but
+        recorded like an operator's."""
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await self._audited(behavior, request, context, method, _appliance_caller(context))
 
         return wrapper
 
@@ -265,10 +292,10 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         request: Any,
         context: grpc.aio.ServicerContext,
         method: str,
-        operator: Operator,
+        caller: Caller,
     ) -> Any:
         try:
-            entry = await self.audit.begin(_caller(operator, context), method, resource_of(request))
+            entry = await self.audit.begin(caller, method, resource_of(request))
         except Exception as exc:  # no record, no call: an unaudited mutation is what the log must not allow
             await fail(context, exc, method)
         outcome, reason = "UNKNOWN", ""

@@ -272,7 +272,8 @@ export type AuditEntry = Message<"oma.v1.AuditEntry"> & {
   at?: Timestamp;
 
   /**
-   * Who made it: "token:<name> (<id>)", "token (<id>)" for a refused token, or "anonymous".
+   * Who made it: "token:<name> (<id>)", "token (<id>)" for a refused token, or "anonymous"; for an appliance's
+   * join or renewal, "join token" or "appliance:<id>" (from its certificate).
    *
    * @generated from field: string actor = 3;
    */
