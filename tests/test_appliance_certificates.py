@@ -423,7 +423,7 @@ async def test_a_revoked_appliances_certificate_no_longer_opens_the_nbd_port(
     await appliance_pb2_grpc.ApplianceServiceStub(admin).RevokeAppliance(
         appliance_pb2.RevokeApplianceRequest(id=revoked.appliance_id)
     )
-    assert server.app.nbd.restarts == launches + 1  # nbdkit read the new CRL before RevokeAppliance answered
+    assert server.app.nbd.restarts >= launches + 1  # nbdkit read the new CRL before RevokeAppliance answered
     gone, still = await asyncio.gather(
         asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-certificates={tmp_path / 'gone' / 'nbd'}"),
         asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-certificates={tmp_path / 'kept' / 'nbd'}"),
