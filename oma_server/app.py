@@ -288,8 +288,17 @@ class App:
         return await asyncio.to_thread(write_crl, self.ca, self.nbd.tls.certificates_dir, revoked)
 
     async def _revoke_on_the_data_path(self, appliance_id: str) -> None:
-        if await self._write_crl():
+        """The new CRL written and read by nbdkit. The revocation is committed already: a restart that fails is
+        logged, not the call's failure — an nbdkit that did not come back serves nobody, and the supervisor starts it
+        again (with the new CRL) as after any exit."""
+        if not await self._write_crl():
+            return
+        try:
             await self.nbd.reload_tls(f"the revocation of appliance {appliance_id}")
+        except Exception:
+            logger.bind(appliance_id=appliance_id).opt(exception=True).error(
+                "nbdkit did not restart with the new CRL; the supervisor will start it again"
+            )
 
     async def _start_storage(self) -> None:
         if self.simulator is not None:
