@@ -291,13 +291,13 @@ class App:
         """The new CRL written and read by nbdkit. The revocation is committed already: a restart that fails is
         logged, not the call's failure — an nbdkit that did not come back serves nobody, and the supervisor starts it
         again (with the new CRL) as after any exit."""
-        if not await self._write_crl():
-            return
         try:
-            await self.nbd.reload_tls(f"the revocation of appliance {appliance_id}")
+            if await self._write_crl():
+                await self.nbd.reload_tls(f"the revocation of appliance {appliance_id}")
         except Exception:
             logger.bind(appliance_id=appliance_id).opt(exception=True).error(
-                "nbdkit did not restart with the new CRL; the supervisor will start it again"
+                "the data path's CRL was not written or nbdkit did not restart with it; the supervisor restarts an "
+                "nbdkit that exited, and the next revocation or start writes the CRL again"
             )
 
     async def _start_storage(self) -> None:
