@@ -4,6 +4,7 @@ recorded and no secret ever is."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import grpc
@@ -145,3 +146,24 @@ async def test_an_attempt_cut_short_stays_unfinished_and_old_entries_are_pruned(
     assert await audit.prune() == 1
     rows, _ = await audit.list(10, "", AuditFilter())
     assert [(r.id, r.outcome, r.finished_at) for r in rows] == [(cut, UNFINISHED, None)]
+
+
+async def test_a_failed_call_is_recorded_before_its_caller_sees_the_error(oma_server: OmaServer) -> None:
+    """The entry of a refused or failed call is ended before the error leaves: an audit write slower than the answer
+    (a busy database) still finds the client reading an ended entry. (A loaded `make test` saw UNFINISHED here.)"""
+    audit = oma_server.app.audit
+    end = audit.end
+
+    async def slow_end(entry_id: int, outcome: str, reason: str = "") -> None:
+        await asyncio.sleep(0.3)  # the fault: the database commits the end slowly
+        await end(entry_id, outcome, reason)
+
+    audit.end = slow_end  # type: ignore[method-assign]
+    operator = await new_token(oma_server, Role.OPERATOR)
+    async with as_token(oma_server, operator) as channel:
+        missing = replication_pb2_grpc.ReplicationServiceStub(channel).StartReplication(
+            replication_pb2.StartReplicationRequest(vm_context_id="vm-nowhere")
+        )
+        assert (await refused(missing))[0] == grpc.StatusCode.NOT_FOUND
+    [start] = await entries(oma_server)
+    assert (start.outcome, start.resource) == ("NOT_FOUND", "vm-nowhere")

@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from loguru import logger
 
 from oma_server.api.appliance_identity import peer_certificate
-from oma_server.api.status import ended_with, fail, rewrapped
+from oma_server.api.status import BEFORE_ERROR_STATUS, ended_with, fail, rewrapped
 from oma_server.errors import DomainError, PermissionDenied, Unauthenticated
 from oma_server.security.audit import OK, RESOURCE_FIELDS, AuditLog, Caller
 from oma_server.security.ca import appliance_id_of
@@ -298,7 +298,16 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             entry = await self.audit.begin(caller, method, resource_of(request))
         except Exception as exc:  # no record, no call: an unaudited mutation is what the log must not allow
             await fail(context, exc, method)
+        ended = False
+
+        async def end(outcome: str, reason: str = "") -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                await self.audit.end(entry, outcome, reason)
+
         outcome, reason = "UNKNOWN", ""
+        hook = BEFORE_ERROR_STATUS.set(end)  # an error is recorded before its status leaves (status.py)
         try:
             response = await behavior(request, context)
             outcome = OK
@@ -310,7 +319,8 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             outcome = "CANCELLED"  # the client went away: the effect may or may not have happened
             raise
         finally:
-            await self.audit.end(entry, outcome, reason)
+            BEFORE_ERROR_STATUS.reset(hook)
+            await end(outcome, reason)
 
     def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str, access: Access | None) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

@@ -12,6 +12,7 @@ import functools
 import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +80,18 @@ def ended_with(context: grpc.aio.ServicerContext) -> tuple[str, str]:
     return name, ""
 
 
+#: awaited with the status code's name and the ErrorInfo reason just before a call's error status is sent: the audit
+#: log completes the call's entry there, so that a client that reads the log after its answer finds the entry ended
+#: (`context.abort_with_status` sends the status at once, before the handlers around it see the abort).
+BEFORE_ERROR_STATUS: ContextVar[Callable[[str, str], Awaitable[None]] | None] = ContextVar(
+    "before_error_status", default=None
+)
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: DomainError, method: str) -> None:
+    hook = BEFORE_ERROR_STATUS.get()
+    if hook is not None:
+        await hook(grpc_code(error).name, error.reason)
     log = logger.bind(rpc=method, reason=error.reason)
     if error.category in (Category.INTERNAL, Category.UNAVAILABLE):
         log.warning("{method} failed: {message}", method=method, message=error.message)
