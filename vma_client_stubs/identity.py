@@ -4,8 +4,10 @@ CA, and the CA — made by joining with a one-time join token, kept in a directo
     ticket = JoinTicket.load(Path("vma-01.join"))            # what `omactl appliances enroll --join-file` wrote
     identity = await join(ticket)                            # verifies the OMA against the ticket's CA fingerprint
     identity.save(Path("/var/lib/vma/identity"))             # key 0600
+    renewer = CertificateRenewer(identity, Path("/var/lib/vma/identity"))
     client = StreamClient(identity.appliance_endpoint, identity.appliance_id, "",
                           channel_credentials=renewer.channel_credentials, ...)
+    renewer.start()                                          # renews at two thirds of the lifetime
 
 **Pinning, like a TLS bootstrap.** The ticket names the OMA's CA by its SHA-256 fingerprint only. Before the join
 token leaves this host, `pinned_ca` opens a TLS connection to the OMA's operator port without trusting anything,
