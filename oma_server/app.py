@@ -229,7 +229,14 @@ class App:
             if self.ca is not None
             else None
         )
-        self.nbd = NbdExportManager(settings.data_dir / "nbd", listen=settings.nbd_listen, tls=nbd_tls)
+        # Where TLS is required (the default) the export list is hidden too: an appliance reaches only the exports
+        # the OMA named to it (manager.py). Where plaintext is still served, hiding it would protect nothing.
+        self.nbd = NbdExportManager(
+            settings.data_dir / "nbd",
+            listen=settings.nbd_listen,
+            tls=nbd_tls,
+            hide_export_list=nbd_tls is not None and nbd_tls.required,
+        )
         self.exports = ExportService(self.db, self.nbd, self.joblog)
         self.cloudstack: CloudStackClient | None = None
         self.cloud: CloudInventory | None = None  # what the CloudStack account can use, for operators

@@ -374,8 +374,18 @@ async def test_omactl_writes_a_join_file_and_vma_agent_enroll_joins_once(server:
     assert code == 2 and "expired" in err and "enroll it again" in err, err
 
 
-def _nbdinfo_list(uri: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["nbdinfo", "--list", "--json", uri], capture_output=True, text=True, timeout=30)
+def _nbdinfo(uri: str, *, listing: bool = False) -> subprocess.CompletedProcess[str]:
+    """nbdinfo on one export (`--size`), or asking the server for its export list."""
+    argv = ["nbdinfo", "--list", "--json", uri] if listing else ["nbdinfo", "--size", uri]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+async def _served_export(server: OmaServer, tmp_path: Path, name: str) -> str:
+    """An export of a 1 MiB file on the OMA's nbdkit; returns its name."""
+    disk = tmp_path / f"{name}.img"
+    disk.write_bytes(bytes(1 << 20))
+    await server.app.nbd.add_export(name, str(disk))
+    return name
 
 
 async def test_nbd_needs_tls_and_a_certificate_of_the_omas_ca(
@@ -385,6 +395,7 @@ async def test_nbd_needs_tls_and_a_certificate_of_the_omas_ca(
     assert nbd.tls is not None and nbd.tls.required
     assert "--tls=require" in nbd.process.argv() and "--tls-verify-peer" in nbd.process.argv()
     assert nbd.uri_for("vol-x").startswith("nbds://")
+    export = await _served_export(server, tmp_path, "oma-vol-tls")
     identity = await join(await ticket_for(server, admin, "vma-nbd"))
     identity.save(tmp_path / "identity")
     foreign_ca = CertificateAuthority(tmp_path / "foreign")
@@ -396,28 +407,50 @@ async def test_nbd_needs_tls_and_a_certificate_of_the_omas_ca(
     (foreign / "client-cert.pem").write_bytes(cert_pem(issued))
     (foreign / "client-key.pem").write_bytes(key_pem(foreign_key))
     address = f"127.0.0.1:{nbd.port}"
+    own = f"tls-certificates={tmp_path / 'identity' / 'nbd'}"
 
     plaintext, tls_without_certificate, with_foreign, with_own = await asyncio.gather(
-        asyncio.to_thread(_nbdinfo_list, f"nbd://{address}"),
-        asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-verify-peer=false"),
-        asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-certificates={foreign}"),
-        asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-certificates={tmp_path / 'identity' / 'nbd'}"),
+        asyncio.to_thread(_nbdinfo, f"nbd://{address}/{export}"),
+        asyncio.to_thread(_nbdinfo, f"nbds://{address}/{export}?tls-verify-peer=false"),
+        asyncio.to_thread(_nbdinfo, f"nbds://{address}/{export}?tls-certificates={foreign}"),
+        asyncio.to_thread(_nbdinfo, f"nbds://{address}/{export}?{own}"),
     )
-    assert plaintext.returncode != 0, "a client without TLS can list the exports"
-    assert tls_without_certificate.returncode != 0, "a TLS client without a certificate can list the exports"
+    assert plaintext.returncode != 0, "a client without TLS can open an export"
+    assert tls_without_certificate.returncode != 0, "a TLS client without a certificate can open an export"
     assert with_foreign.returncode != 0, "a certificate of another CA opens the NBD port"
-    assert with_own.returncode == 0, with_own.stderr
-    assert json.loads(with_own.stdout)["exports"] == []
+    assert with_own.returncode == 0 and with_own.stdout.strip() == str(1 << 20), with_own.stderr
+
+
+async def test_an_appliance_cannot_list_the_exports_nor_learn_their_names(
+    server: OmaServer, admin: grpc.aio.Channel, tmp_path: Path
+) -> None:
+    nbd = server.app.nbd
+    assert "--filter=exportname" in nbd.process.argv() and "exportname-list=error" in nbd.process.argv()
+    export = await _served_export(server, tmp_path, "oma-vol-9f1c2d3e-4b7a-replica-of-b")
+    identity = await join(await ticket_for(server, admin, "vma-curious"))
+    identity.save(tmp_path / "identity")
+    base = f"nbds://127.0.0.1:{nbd.port}"
+    own = f"tls-certificates={tmp_path / 'identity' / 'nbd'}"
+    listing, guessed = await asyncio.gather(
+        asyncio.to_thread(_nbdinfo, f"{base}?{own}", listing=True),
+        asyncio.to_thread(_nbdinfo, f"{base}/oma-vol-9f1c2d3e?{own}"),
+    )
+    assert listing.returncode != 0 and export not in listing.stdout + listing.stderr, listing.stdout
+    assert guessed.returncode != 0 and "no export named" in guessed.stderr, guessed.stderr
+    assert export not in guessed.stderr  # an unknown name gets no hint of the names that exist
+    assert {e.state for e in nbd.list_exports()} == {"active"}  # the OMA's own probe still sees it served
+    await nbd.wait_ready()
 
 
 async def test_a_revoked_appliances_certificate_no_longer_opens_the_nbd_port(
     server: OmaServer, admin: grpc.aio.Channel, tmp_path: Path
 ) -> None:
+    export = await _served_export(server, tmp_path, "oma-vol-revocation")
     revoked, kept = [await join(await ticket_for(server, admin, name)) for name in ("vma-gone", "vma-kept")]
     revoked.save(tmp_path / "gone")
     kept.save(tmp_path / "kept")
-    address = f"127.0.0.1:{server.app.nbd.port}"
-    before = await asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-certificates={tmp_path / 'gone' / 'nbd'}")
+    uri = f"nbds://127.0.0.1:{server.app.nbd.port}/{export}"
+    before = await asyncio.to_thread(_nbdinfo, f"{uri}?tls-certificates={tmp_path / 'gone' / 'nbd'}")
     assert before.returncode == 0, before.stderr
     launches = server.app.nbd.restarts
     await appliance_pb2_grpc.ApplianceServiceStub(admin).RevokeAppliance(
@@ -425,8 +458,8 @@ async def test_a_revoked_appliances_certificate_no_longer_opens_the_nbd_port(
     )
     assert server.app.nbd.restarts >= launches + 1  # nbdkit read the new CRL before RevokeAppliance answered
     gone, still = await asyncio.gather(
-        asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-certificates={tmp_path / 'gone' / 'nbd'}"),
-        asyncio.to_thread(_nbdinfo_list, f"nbds://{address}?tls-certificates={tmp_path / 'kept' / 'nbd'}"),
+        asyncio.to_thread(_nbdinfo, f"{uri}?tls-certificates={tmp_path / 'gone' / 'nbd'}"),
+        asyncio.to_thread(_nbdinfo, f"{uri}?tls-certificates={tmp_path / 'kept' / 'nbd'}"),
     )
     assert gone.returncode != 0, "a revoked appliance's certificate still opens the NBD port"
     assert still.returncode == 0, still.stderr

@@ -26,6 +26,11 @@ What nbdkit 1.32 does, as used here:
   back-off. Every `probe_interval_s` a real handshake (NBD_OPT_LIST) must answer, else nbdkit is restarted after
   repeated failures. Each export's device is re-checked; a vanished device puts the export in state "error"
   (nbdkit stops listing a dangling link by itself).
+* A hidden export list (`hide_export_list`, the OMA's default whenever NBD TLS is required): nbdkit's exportname
+  filter answers NBD_OPT_LIST with an error to every client, so an appliance reaches only the exports whose names
+  the OMA gave it — `oma-vol-<CloudStack volume UUID>`, 122 random bits it cannot guess — and an unknown name gets
+  "no export named", never a hint of the others. The probe then proves the handshake (TLS included) and takes a
+  refused listing as the answer; what is served is the directory, whose devices are checked every round.
 * `stop()` ends nbdkit (SIGTERM, then SIGKILL): a stopped OMA leaves no process behind.
 
 Layout under `config_dir`: `exports/<name>` (symlink -> device path; the directory nbdkit serves, `links.py`),
@@ -57,7 +62,7 @@ from oma_server.nbd.names import (
     validate_device_path,
     validate_export_name,
 )
-from oma_server.nbd.probe import ProbeError, list_exports
+from oma_server.nbd.probe import ListingRefused, ProbeError, list_exports
 from oma_server.nbd.process import SERVER_NAME, START_TIMEOUT_S, NbdkitProcess
 from oma_server.nbd.table import check_conflicts, check_devices, load_existing, reconcile_links
 from oma_server.nbd.verdict import ProbeStreak
@@ -80,8 +85,10 @@ class NbdExportManager:
         *,
         advertise_host: str | None = None,
         tls: NbdTls | None = None,
+        hide_export_list: bool = False,
     ) -> None:
-        """`tls`: serve TLS with client certificates verified against the OMA's CA (security/nbd_tls.py)."""
+        """`tls`: serve TLS with client certificates verified against the OMA's CA (security/nbd_tls.py).
+        `hide_export_list`: refuse NBD_OPT_LIST to every client (see the module docstring)."""
         self.config_dir = Path(config_dir).absolute()
         self.host, self.port = parse_host_port(
             listen, "NBD listen address", reason="NBD_LISTEN_INVALID", port_zero=False
@@ -95,7 +102,13 @@ class NbdExportManager:
         self.exports_dir = self.links.directory
         self.tls = tls
         self.process = NbdkitProcess(
-            nbdkit_binary, self.host, self.port, self.config_dir, self.exports_dir, tls.nbdkit_flags() if tls else None
+            nbdkit_binary,
+            self.host,
+            self.port,
+            self.config_dir,
+            self.exports_dir,
+            tls.nbdkit_flags() if tls else None,
+            hide_export_list=hide_export_list,
         )
         self._exports: dict[str, ExportRecord] = {}
         self._lock = asyncio.Lock()
@@ -367,17 +380,26 @@ class NbdExportManager:
             names = await list_exports(
                 self.host, self.port, timeout=timeout, tls=self.tls.probe_context() if self.tls else None
             )
+        except ListingRefused:
+            if not self.process.hide_export_list:
+                return self._probe_failed("nbdkit refused NBD_OPT_LIST although its list is not hidden")
+            # nbdkit answered the handshake (over TLS, with our probe's certificate verified) and hides its list as
+            # told: in dir= mode it serves every link of the directory whose device exists, checked per round.
+            names = list(self._exports)
         except ProbeError as exc:
-            self._probe_ok = False
-            self._ready_changed.set()
-            log.debug("NBD probe failed: {}", exc)
-            return False
+            return self._probe_failed(str(exc))
         if changes != self.links.changes:
             return None
         self._served = set(names)
         self._probe_ok = True
         self._ready_changed.set()
         return True
+
+    def _probe_failed(self, why: str) -> bool:
+        self._probe_ok = False
+        self._ready_changed.set()
+        log.debug("NBD probe failed: {}", why)
+        return False
 
     async def _probe_until_served(self, timeout: float = START_TIMEOUT_S) -> None:
         """Probe until the listing equals the links (a link to a missing device is not listed)."""

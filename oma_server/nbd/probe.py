@@ -3,7 +3,9 @@
 Fixed-newstyle negotiation (NBD protocol doc, "Newstyle negotiation"): read the greeting
 (`NBDMAGIC`, `IHAVEOPT`, handshake flags), send client flags, ask NBD_OPT_LIST and collect the
 NBD_REP_SERVER replies until NBD_REP_ACK, then NBD_OPT_ABORT. The export list tells the supervisor both that
-the server answers and that it serves exactly the exports the manager configured.
+the server answers and that it serves exactly the exports the manager configured. A server that hides its export
+list (the secure default, see manager.py) answers NBD_OPT_LIST with an error reply: `ListingRefused`, which still
+proves that it completed the handshake (and TLS with a verified client certificate).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ REP_ERR_BIT = 1 << 31
 
 class ProbeError(Exception):
     """The peer did not complete an NBD handshake; the message says at which step."""
+
+
+class ListingRefused(ProbeError):
+    """The handshake completed and the server refused NBD_OPT_LIST with an error reply (it hides its exports)."""
 
 
 async def list_exports(host: str, port: int, *, timeout: float = 2.0, tls: ssl.SSLContext | None = None) -> list[str]:
@@ -84,7 +90,7 @@ async def _list_exports(host: str, port: int, tls: ssl.SSLContext | None) -> lis
             if rtype == REP_ACK:
                 break
             if rtype & REP_ERR_BIT:
-                raise ProbeError(f"{host}:{port} refused NBD_OPT_LIST (error reply {rtype & ~REP_ERR_BIT})")
+                raise ListingRefused(f"{host}:{port} refused NBD_OPT_LIST (error reply {rtype & ~REP_ERR_BIT})")
             if rtype == REP_SERVER and len(data) >= 4:
                 (nlen,) = struct.unpack(">I", data[:4])
                 names.append(data[4 : 4 + nlen].decode("utf-8", "replace"))

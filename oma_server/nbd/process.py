@@ -31,10 +31,21 @@ _THREADS = 16  # nbdkit's default; several connections of several copies each ke
 
 class NbdkitProcess:
     def __init__(
-        self, binary: str, host: str, port: int, config_dir: Path, exports_dir: Path, tls_flags: list[str] | None = None
+        self,
+        binary: str,
+        host: str,
+        port: int,
+        config_dir: Path,
+        exports_dir: Path,
+        tls_flags: list[str] | None = None,
+        *,
+        hide_export_list: bool = False,
     ) -> None:
+        """`hide_export_list`: NBD_OPT_LIST is answered with an error (nbdkit's exportname filter,
+        `exportname-list=error`), so a client reaches only the exports whose names it was given."""
         self.binary = binary
         self.tls_flags = list(tls_flags or [])
+        self.hide_export_list = hide_export_list
         self.host = host
         self.port = port
         self.exports_dir = exports_dir
@@ -60,8 +71,10 @@ class NbdkitProcess:
             str(_THREADS),
             "--log=stderr",
             *self.tls_flags,
+            *(["--filter=exportname"] if self.hide_export_list else []),
             "file",
             f"dir={self.exports_dir}",
+            *(["exportname-list=error"] if self.hide_export_list else []),
         ]
 
     @property

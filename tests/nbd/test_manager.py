@@ -427,3 +427,33 @@ async def test_concurrent_adds_are_serialised(manager: NbdExportManager, tmp_pat
     await asyncio.gather(*(manager.remove_export(f"oma-vol-c{i}") for i in range(0, 8, 2)))
     await manager.wait_ready()
     assert await nbd_list("127.0.0.1", manager.port) == {f"oma-vol-c{i}" for i in range(1, 8, 2)}
+
+
+async def test_a_hidden_export_list_still_serves_every_export_by_name(
+    manager_factory: Callable[..., NbdExportManager], tmp_path: Path
+) -> None:
+    manager = manager_factory(hide_export_list=True)
+    await manager.start()
+    await manager.wait_ready()
+    disk = make_disk(tmp_path / "h.img", 4 * MiB)
+    link = tmp_path / "virtio-h"
+    link.symlink_to(disk)
+    src = tmp_path / "src.img"
+    src.write_bytes(pattern(4 * MiB, seed=7))
+    info = await manager.add_export("oma-vol-hidden", str(link))
+    await manager.wait_ready()
+    assert manager.get_export("oma-vol-hidden").state == STATE_ACTIVE and manager.healthy
+
+    rc, _, err = await run("nbdinfo", "--list", f"nbd://127.0.0.1:{manager.port}")
+    assert rc != 0 and "list request" in err, err  # a client learns no name from the server
+    await nbdcopy(str(src), info.uri, "--flush")  # the name it was given opens
+    assert disk.read_bytes() == src.read_bytes()
+    rc, _, err = await run("nbdinfo", "--size", f"nbd://127.0.0.1:{manager.port}/oma-vol-hidde")
+    assert rc != 0 and "no export named" in err and "oma-vol-hidden" not in err.replace("'oma-vol-hidde'", "")
+
+    link.unlink()  # detached behind our back: the probe round's device check finds it, with the list hidden too
+    await until(lambda: manager.get_export("oma-vol-hidden").state == STATE_ERROR, "the export to be in error")
+    await manager.remove_export("oma-vol-hidden")
+    rc, _, err = await run("nbdinfo", "--size", info.uri)
+    assert rc != 0 and "no export named" in err, err
+    assert manager.restarts == 1  # a refused listing is the probe's answer, not a failure that restarts nbdkit
