@@ -243,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--name", required=True, help="who or what uses it (1-63 letters, digits, '.', '_', '@', '-')")
     token.add_argument("--role", required=True, choices=("viewer", "operator", "admin"), help="what it may do")
     token.add_argument("--ttl", default="never", help="lifetime: 90d, 12h, 30m, 45s (default: never)")
+    token.add_argument(
+        "--omactl-config",
+        metavar="FILE",
+        type=Path,
+        help="also write an omactl config file (0600): --listen's address (or --advertise-address's host), the "
+        "OMA's own CA, the new token; must not exist",
+    )
     return parser
 
 
@@ -308,8 +315,9 @@ async def _migrate(settings: Settings) -> None:
             owner.release()
 
 
-async def _create_token(settings: Settings, name: str, role: str, ttl: str) -> None:
-    """Open the database (migrated), make the token, print its secret on stdout and what it is on stderr."""
+async def _create_token(settings: Settings, name: str, role: str, ttl: str, config_file: Path | None) -> None:
+    """Open the database (migrated), make the token, print its secret on stdout and what it is on stderr; with
+    `config_file`, also write an omactl config with it."""
     from oma_server.app import prepare_database
     from oma_server.db.database import Database
     from oma_server.omactl.tokens import ttl_seconds  # the lifetimes omactl tokens create reads, the same way
@@ -328,6 +336,24 @@ async def _create_token(settings: Settings, name: str, role: str, ttl: str) -> N
     expires = f"expires {issued.token.expires_at:%Y-%m-%d %H:%M} UTC" if issued.token.expires_at else "no expiry"
     print(issued.secret, flush=True)
     print(f"API token {name} (id {issued.token.id}, role {role}, {expires}); shown once", file=sys.stderr)
+    if config_file is not None:
+        _write_omactl_config(settings, config_file, issued.secret)
+        print(f"wrote {config_file} (0600): OMA_CONFIG={config_file} omactl ...", file=sys.stderr)
+
+
+def _write_omactl_config(settings: Settings, path: Path, secret: str) -> None:
+    """The address omactl dials (the --listen port as configured) and the CA it verifies with: the OMA's own,
+    unless the OMA serves an operator's --tls-cert (then the system's roots) or plaintext (--insecure)."""
+    from oma_server.addresses import parse_host_port
+    from oma_server.omactl import config
+    from oma_server.security.ca import CA_CERT_FILE
+    from oma_server.security.server_tls import dial_endpoint
+
+    _, port = parse_host_port(settings.listen, "--listen")
+    own_ca = not settings.insecure and settings.tls_cert is None
+    server = dial_endpoint(settings.listen, settings.advertise_addresses, port)
+    ca = settings.tls_dir / CA_CERT_FILE if own_ca else None
+    config.write(path, server=server, ca=ca, token=secret, insecure=settings.insecure)
 
 
 async def _serve(settings: Settings, signals: StopSignals) -> None:
@@ -349,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "create-token":
-            asyncio.run(_create_token(settings, args.name, args.role, args.ttl))
+            if args.omactl_config is not None and args.omactl_config.exists():  # refused before a token exists
+                raise InvalidArgument(f"--omactl-config {args.omactl_config} exists; give a new path (or remove it)")
+            asyncio.run(_create_token(settings, args.name, args.role, args.ttl, args.omactl_config))
         else:
             asyncio.run(_serve(settings, signals))
     except DomainError as error:

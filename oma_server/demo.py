@@ -49,6 +49,7 @@ from oma.v1 import (
     vm_context_pb2_grpc,
 )
 from oma_server.demo_support import DemoFailed, blkhash, wait_listening, wait_written, workspace
+from oma_server.omactl.config import OMACTL_CONFIG_FILE
 from oma_server.ports import free_port
 from oma_server.security.ca import fingerprint
 from vma_client_stubs.connection import Endpoint, sync_channel
@@ -131,7 +132,9 @@ class Demo:
     def connect(self) -> None:
         """The demo's own operator channel: TLS, verified against the OMA's CA, with the initial admin token."""
         token = (self.data_dir / "admin.token").read_text().strip()
-        self.token_env = {"OMA_TOKEN": token}
+        # omactl runs with nothing but the config file the OMA's first start wrote (its address, CA, token file)
+        self.token_env = {"OMA_CONFIG": str(self.data_dir / OMACTL_CONFIG_FILE), "OMA_SERVER": "", "OMA_CA": ""}
+        self.token_env |= {"OMA_TOKEN": "", "OMA_INSECURE": ""}
         self.channel = sync_channel(Endpoint.from_ca_file(self.address, self.ca, token=token))
         self.stack.callback(self.channel.close)
         self.vms = vm_context_pb2_grpc.VmContextServiceStub(self.channel)
@@ -155,7 +158,7 @@ class Demo:
         return proc
 
     def omactl(self, *args: str, live: bool = False) -> str:
-        return run(BIN / "omactl", "--server", self.address, "--ca", self.ca, *args, live=live, env=self.token_env)
+        return run(BIN / "omactl", *args, live=live, env=self.token_env)
 
     # ---- the steps ---------------------------------------------------------------------------------------------
     def start_oma(self) -> None:
@@ -177,7 +180,8 @@ class Demo:
             "2",  # the demo's schedule runs seconds apart
         )
         wait_listening(self.port, server, "oma-server")
-        wait_written(self.data_dir / "admin.token", server, "oma-server")  # its first start's admin token
+        # its first start's admin token, then the omactl config naming it (written after it, atomically)
+        wait_written(self.data_dir / OMACTL_CONFIG_FILE, server, "oma-server")
         self.connect()
         ca_fingerprint = fingerprint(x509.load_pem_x509_certificate(self.ca.read_bytes()))
         console.print(
@@ -186,7 +190,10 @@ class Demo:
             f"certificates required); logs in {self.root / 'oma-server.log'}"
         )
         console.print(f"its CA: {self.ca} ({ca_fingerprint[:23]}...); omactl and the agent verify the OMA with it")
-        console.print(f"omactl calls with the initial admin token from {self.data_dir / 'admin.token'} (OMA_TOKEN)")
+        console.print(
+            f"omactl runs with the config file of its first start, OMA_CONFIG={self.data_dir / OMACTL_CONFIG_FILE} "
+            f"(the address, the CA and the initial admin token's file {self.data_dir / 'admin.token'})"
+        )
         console.print(
             f"live dashboard: [bold]http://{self.http_address}/[/] (log in with that token)  ·  Prometheus metrics: "
             f"http://{self.http_address}/metrics (Authorization: Bearer <token>)  (OMA_DEMO_HTTP_PORT fixes the port)"

@@ -74,8 +74,10 @@ from oma_server.api.tokens import AccessServicer
 from oma_server.api.vm_contexts import VmContextServicer, VmLifecycle
 from oma_server.app import App
 from oma_server.idempotency import IdempotencyStore
+from oma_server.omactl import config as omactl_config
+from oma_server.omactl.config import OMACTL_CONFIG_FILE
 from oma_server.security.ca import CertificateAuthority
-from oma_server.security.server_tls import ServerTls, appliance_endpoint
+from oma_server.security.server_tls import ServerTls, appliance_endpoint, dial_endpoint
 from oma_server.security.tokens import read_admin_token
 from oma_server.stop_signals import StopSignals
 from oma_server.version import __version__
@@ -209,13 +211,15 @@ def _log_transport(listen: str, tls: ServerTls | None) -> None:
         logger.info("TLS on {listen} with --tls-cert for {names}", listen=listen, names=", ".join(tls.names))
 
 
-def _announce_initial_token(path: Path) -> None:
+def _announce_initial_token(path: Path, omactl_config: Path) -> None:
     """The first start made an admin token: its secret goes to a terminal once (never into a log, which outlives
     the moment and is read by others), its place into the log."""
     logger.warning(
-        "first start: made the initial admin API token in {path} (0600); use it as OMA_TOKEN, make others with "
-        "oma-server create-token or omactl tokens create, then revoke it (omactl tokens revoke)",
+        "first start: made the initial admin API token in {path} (0600) and an omactl config naming it, "
+        "{config} (OMA_CONFIG={config} omactl ...); make others with oma-server create-token or omactl tokens "
+        "create --omactl-config FILE, then revoke it (omactl tokens revoke)",
         path=path,
+        config=omactl_config,
     )
     if sys.stdout.isatty():
         print(f"Initial admin API token (shown once; also in {path}):\n{path.read_text().strip()}", flush=True)
@@ -280,7 +284,9 @@ class OmaServer:
             self._listen_for_appliances(self.app.ca)
         await self.app.start()
         if self.app.initial_admin_token is not None:
-            _announce_initial_token(self.app.initial_admin_token)
+            _announce_initial_token(
+                self.app.initial_admin_token, self._write_omactl_config(self.app.initial_admin_token)
+            )
         await self.server.start()
         if self.http is not None:
             await self.http.start()
@@ -292,6 +298,16 @@ class OmaServer:
             port=self.port,
         )
         return self.port
+
+    def _write_omactl_config(self, admin_token: Path) -> Path:
+        """At the first start, `<data dir>/omactl.toml`: omactl on this host reaches this OMA with the initial
+        admin token (the file names the token's file, it does not copy it)."""
+        settings = self.app.settings
+        path = settings.data_dir / OMACTL_CONFIG_FILE
+        server = dial_endpoint(settings.listen, settings.advertise_addresses, self.port)
+        ca = self.tls.ca_path if self.tls is not None else None
+        omactl_config.write(path, server=server, ca=ca, token_file=admin_token, insecure=settings.insecure)
+        return path
 
     def _listen_for_appliances(self, ca: CertificateAuthority) -> None:
         settings = self.app.settings

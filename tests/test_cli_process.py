@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oma.v1 import appliance_pb2, appliance_pb2_grpc
 from oma_server.db.migrations import LATEST_VERSION
+from oma_server.omactl.config import load as load_omactl_config
 from oma_server.ports import free_port
 from oma_server.security.ca import CertificateAuthority, alt_names
 from oma_server.security.tokens import read_admin_token
@@ -600,6 +601,32 @@ def test_create_token_makes_a_hashed_token_that_the_server_accepts(running_serve
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert bad.returncode == 2 and "invalid lifetime 'soon'" in bad.stderr, bad.stderr
+
+
+def test_create_token_writes_an_omactl_config_that_omactl_runs_with_alone(
+    running_server: Running, tmp_path: Path
+) -> None:
+    """`oma-server create-token --omactl-config` on the OMA host: the file (0600) holds the address omactl dials,
+    the OMA's CA and the new token; omactl given only that file acts with the token's role."""
+    config = tmp_path / "ops" / "omactl.toml"
+    argv = [OMA_SERVER, "create-token", "--name", "ops-viewer", "--role", "viewer",
+            "--listen", f"127.0.0.1:{running_server.port}", "--omactl-config", str(config)]  # fmt: skip
+    env = server_env(running_server.data_dir)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0 and f"wrote {config} (0600)" in out.stderr, out.stderr
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    secret = out.stdout.strip()
+    loaded = load_omactl_config(config)
+    assert (loaded.server, loaded.ca, loaded.token) == (f"127.0.0.1:{running_server.port}", running_server.ca, secret)
+    omactl_env = {k: v for k, v in os.environ.items() if not k.startswith("OMA_")}
+    omactl_env |= {"OMA_CONFIG": str(config), "XDG_CONFIG_HOME": str(tmp_path / "none")}
+    omactl = [str(VENV_BIN / "omactl")]
+    read = subprocess.run([*omactl, "appliances", "list"], capture_output=True, text=True, timeout=60, env=omactl_env)
+    assert read.returncode == 0, read.stderr
+    denied = subprocess.run([*omactl, "tokens", "list"], capture_output=True, text=True, timeout=60, env=omactl_env)
+    assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr, denied.stderr
+    again = subprocess.run([*argv[:3], "ops-2", *argv[4:]], capture_output=True, text=True, timeout=60, env=env)
+    assert again.returncode == 2 and "exists" in again.stderr and not again.stdout, again.stderr
 
 
 def test_the_first_start_makes_an_admin_token_and_logs_only_where_it_is(tmp_path: Path) -> None:

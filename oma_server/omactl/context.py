@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from oma_server.omactl.client import Client, CliError, one_line
+from oma_server.omactl.config import OmactlConfig
+from oma_server.omactl.config import find as find_config
 from oma_server.omactl.render import Output
 from vma_client_stubs.connection import ConnectionSettingsError, Endpoint
 
@@ -55,27 +57,37 @@ def global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument(
         "--server",
         metavar="HOST:PORT",
-        default=(os.environ.get("OMA_SERVER") or DEFAULT_SERVER) if defaults else suppress,
-        help=f"OMA to talk to (default: $OMA_SERVER or {DEFAULT_SERVER})",
+        default=(os.environ.get("OMA_SERVER") or None) if defaults else suppress,
+        help=f"OMA to talk to (default: $OMA_SERVER, else the config file's, else {DEFAULT_SERVER})",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=(os.environ.get("OMA_CONFIG") or None) if defaults else suppress,
+        help="omactl config file with server, ca, token or token_file, insecure (default: $OMA_CONFIG, else "
+        "$XDG_CONFIG_HOME/omactl/config.toml when it exists); flags and variables override it",
     )
     parser.add_argument(
         "--ca",
         metavar="FILE",
         default=(os.environ.get("OMA_CA") or None) if defaults else suppress,
-        help="CA certificate to verify the OMA's TLS certificate against (default: $OMA_CA, else the OMA's own "
-        f"{DEFAULT_CA} when it exists, else the system's trusted roots)",
+        help="CA certificate to verify the OMA's TLS certificate against (default: $OMA_CA, else the config "
+        f"file's, else the OMA's own {DEFAULT_CA} when it exists, else the system's trusted roots)",
     )
     parser.add_argument(
         "--token",
         metavar="TOKEN",
-        default=(os.environ.get("OMA_TOKEN") or "") if defaults else suppress,
-        help="operator API token (default: $OMA_TOKEN; prefer the variable: a flag shows in the process list)",
+        default=(os.environ.get("OMA_TOKEN") or None) if defaults else suppress,
+        help="operator API token (default: $OMA_TOKEN, else the config file's; prefer the variable or the file: "
+        "a flag shows in the process list)",
     )
     parser.add_argument(
         "--insecure",
         action="store_true",
-        default=os.environ.get("OMA_INSECURE", "").lower() in ("1", "true", "yes", "on") if defaults else suppress,
-        help="plaintext, for a server started with --insecure (default: $OMA_INSECURE)",
+        default=(True if os.environ.get("OMA_INSECURE", "").lower() in ("1", "true", "yes", "on") else None)
+        if defaults
+        else suppress,
+        help="plaintext, for a server started with --insecure (default: $OMA_INSECURE, else the config file's)",
     )
     parser.add_argument(
         "--json",
@@ -105,11 +117,26 @@ def global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
     )
 
 
+def effective_settings(args: argparse.Namespace) -> OmactlConfig:
+    """Where and how to reach the OMA: each of --server, --ca, --insecure and --token from its flag, else its
+    variable, else the config file (config.py), else the built-in default."""
+    config = find_config(args.config)
+    return OmactlConfig(
+        server=args.server or config.server or DEFAULT_SERVER,
+        ca=Path(args.ca) if args.ca else config.ca or (DEFAULT_CA if DEFAULT_CA.is_file() else None),
+        token=args.token or config.token or "",
+        insecure=args.insecure if args.insecure is not None else bool(config.insecure),
+        source=config.source,
+    )
+
+
 def endpoint_of(args: argparse.Namespace) -> Endpoint:
-    """Where and how to reach the OMA, from --server, --ca, --insecure and --token."""
-    ca = Path(args.ca) if args.ca else (DEFAULT_CA if DEFAULT_CA.is_file() else None)
+    settings = effective_settings(args)
+    assert settings.server is not None and settings.token is not None
     try:
-        return Endpoint.from_ca_file(args.server, ca, insecure=args.insecure, token=args.token)
+        return Endpoint.from_ca_file(
+            settings.server, settings.ca, insecure=bool(settings.insecure), token=settings.token
+        )
     except ConnectionSettingsError as error:
         raise CliError(str(error), exit_code=2) from None
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import re
+from pathlib import Path
 
 from oma.v1 import access_pb2
-from oma_server.omactl import render
+from oma_server.omactl import config, render
 from oma_server.omactl.client import CliError
-from oma_server.omactl.context import Commands, Context
+from oma_server.omactl.config import OmactlConfig
+from oma_server.omactl.context import Commands, Context, effective_settings
 from oma_server.omactl.render import enum_label, field_time
 
 _TTL = re.compile(r"\A(\d+)([smhd])\Z")
@@ -55,8 +57,13 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
     if args.role not in _ROLES:
         raise CliError(f"--role must be one of {', '.join(_ROLES)}", exit_code=2)
+    config_file = Path(args.omactl_config) if args.omactl_config else None
+    if config_file is not None and config_file.exists():  # before the token exists: a refusal leaves nothing behind
+        raise CliError(f"--omactl-config {config_file} exists; give a new path (or remove it first)", exit_code=2)
     request = access_pb2.CreateApiTokenRequest(name=args.name, role=_ROLES[args.role], ttl_seconds=args.ttl)
     reply = ctx.client.call(ctx.client.access, "CreateApiToken", request)
+    if config_file is not None:
+        _write_config(config_file, effective_settings(args), reply.secret)
     if ctx.out.as_json:
         ctx.out.message(reply)
         return 0
@@ -64,7 +71,22 @@ def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
     ctx.out.line(f"Created API token {reply.token.name} (id {reply.token.id}, role {args.role}, expires {expires}).")
     ctx.out.line(f"Token: {reply.secret}")
     ctx.out.line("It is shown once: the OMA keeps only its hash. Use it as OMA_TOKEN or omactl --token.")
+    if config_file is not None:
+        ctx.out.line(
+            f"Wrote {config_file} (0600) with it: give it to its user as OMA_CONFIG or ~/.config/omactl/config.toml."
+        )
     return 0
+
+
+def _write_config(path: Path, settings: OmactlConfig, secret: str) -> None:
+    """The new token's omactl config: the OMA as this omactl reaches it (server, CA, plaintext or not)."""
+    assert settings.server is not None
+    try:
+        config.write(path, server=settings.server, ca=settings.ca, token=secret, insecure=bool(settings.insecure))
+    except OSError as exc:
+        raise CliError(
+            f"the token was created but {path} could not be written ({exc.strerror}); revoke it", exit_code=1
+        ) from None
 
 
 def cmd_revoke(ctx: Context, args: argparse.Namespace) -> int:
@@ -101,6 +123,11 @@ def register(commands: Commands) -> None:
     create.add_argument("name", metavar="NAME", help="who or what uses it: 1-63 letters, digits, '.', '_', '@', '-'")
     create.add_argument("--role", required=True, help="viewer (reads), operator (replication, failover), admin")
     create.add_argument("--ttl", type=ttl_seconds, default=0, help="lifetime: 90d, 12h, 30m, 45s (default: never)")
+    create.add_argument(
+        "--omactl-config",
+        metavar="FILE",
+        help="also write an omactl config file (0600) with this OMA's address, CA and the new token; must not exist",
+    )
     revoke = commands.leaf(group, "revoke", "revoke an API token", cmd_revoke)
     revoke.add_argument("id", metavar="ID", help="token id (omactl tokens list)")
     audit = commands.leaf(commands.root, "audit", "the audit log: every mutating call, newest first (admin)", cmd_audit)

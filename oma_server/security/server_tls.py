@@ -56,13 +56,18 @@ class ServerTls:
 
 
 def appliance_endpoint(settings: Settings, port: int) -> str:
-    """The HOST:PORT appliances are told to dial: --appliance-advertise, else the listener's host (for a wildcard
-    listener, the first --advertise-address's host, else this host's name) and its bound port."""
+    """The HOST:PORT appliances are told to dial: --appliance-advertise, else `dial_endpoint` of its listener."""
     if settings.appliance_advertise:
         return settings.appliance_advertise
-    host = host_of(settings.appliance_listen)
+    return dial_endpoint(settings.appliance_listen, settings.advertise_addresses, port)
+
+
+def dial_endpoint(listen: str, advertise_addresses: tuple[str, ...], port: int) -> str:
+    """The HOST:PORT a client dials for a listener on `listen` bound to `port`: the listener's host, or for a
+    wildcard listener the first --advertise-address's host, else this host's name (names the certificate carries)."""
+    host = host_of(listen)
     if host in ("0.0.0.0", "::", ""):
-        host = host_of(settings.advertise_addresses[0]) if settings.advertise_addresses else socket.getfqdn()
+        host = host_of(advertise_addresses[0]) if advertise_addresses else socket.getfqdn()
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

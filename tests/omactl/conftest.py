@@ -26,6 +26,10 @@ OMACTL: list[str] = (
 )
 
 
+#: where omactl looks for its user's config file in tests: a directory that does not exist
+NO_USER_CONFIG = "/nonexistent/omactl-tests-config"
+
+
 @dataclass
 class Result:
     code: int
@@ -48,8 +52,9 @@ class Target:
 
 def omactl_env(server: Target | str, **extra: str) -> dict[str, str]:
     """The environment omactl runs in; a bare address is a plaintext test double (OMA_INSECURE)."""
-    drop = ("COLUMNS", "OMA_SERVER", "OMA_CA", "OMA_INSECURE", "OMA_TOKEN")
+    drop = ("COLUMNS", "OMA_SERVER", "OMA_CA", "OMA_INSECURE", "OMA_TOKEN", "OMA_CONFIG")
     env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["XDG_CONFIG_HOME"] = NO_USER_CONFIG  # a config of the machine's user never reaches a test's omactl
     if isinstance(server, Target):
         env["OMA_SERVER"], env["OMA_CA"], env["OMA_TOKEN"] = server.server, str(server.ca), server.token
     else:
