@@ -67,6 +67,7 @@ from oma_server.nbd.process import SERVER_NAME, START_TIMEOUT_S, NbdkitProcess
 from oma_server.nbd.table import check_conflicts, check_devices, load_existing, reconcile_links
 from oma_server.nbd.verdict import ProbeStreak
 from oma_server.security.nbd_tls import NbdTls
+from oma_server.uninterruptible import finish
 
 log = logger.bind(component="nbd")
 
@@ -348,14 +349,17 @@ class NbdExportManager:
         return self.process.running
 
     async def _launch_locked(self, reason: str) -> None:
-        """Start nbdkit and wait until it listens. Lock held; no server of ours may be running."""
+        """Start nbdkit and wait until it listens. Lock held; no server of ours may be running.
+
+        Finished even when cancelled (a stop during a crash recovery): cancelled half-way, the daemon would run
+        with its pid not yet recorded, and the stop that follows would leave it behind."""
         self._forget_listing()
-        await self.process.launch(reason)
+        await finish(self.process.launch(reason))
 
     async def _terminate_locked(self) -> None:
-        """End our nbdkit and reap it. Lock held."""
+        """End our nbdkit and reap it. Lock held; finished even when cancelled (bounded: SIGTERM, then SIGKILL)."""
         self._forget_listing()
-        await self.process.terminate()
+        await finish(self.process.terminate())
 
     def _forget_listing(self) -> None:
         self._served = set()

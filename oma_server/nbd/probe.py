@@ -28,6 +28,9 @@ REP_SERVER = 2
 REP_ERR_BIT = 1 << 31
 
 
+_CLOSE_TIMEOUT_S = 1.0
+
+
 class ProbeError(Exception):
     """The peer did not complete an NBD handshake; the message says at which step."""
 
@@ -105,8 +108,11 @@ async def _list_exports(host: str, port: int, tls: ssl.SSLContext | None) -> lis
             writer.transport.abort()
         else:
             writer.close()
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            await writer.wait_closed()
+        # Bounded: aborted in the middle of its TLS handshake (a timeout or a stop), the stream's protocol never
+        # hears of the close — the TLS layer had not reached it yet — and wait_closed() would wait for good (the
+        # socket itself is closed by the abort either way). tests/nbd/test_probe.py stalls a handshake.
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), _CLOSE_TIMEOUT_S)
 
 
 async def port_accepts(host: str, port: int, *, timeout: float = 0.5) -> bool:

@@ -54,41 +54,7 @@ def _timeout(text: str) -> float:
 def global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
     """The global flags; leaf commands accept them too (without defaults, so they only override when given)."""
     suppress: Any = argparse.SUPPRESS
-    parser.add_argument(
-        "--server",
-        metavar="HOST:PORT",
-        default=(os.environ.get("OMA_SERVER") or None) if defaults else suppress,
-        help=f"OMA to talk to (default: $OMA_SERVER, else the config file's, else {DEFAULT_SERVER})",
-    )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=(os.environ.get("OMA_CONFIG") or None) if defaults else suppress,
-        help="omactl config file with server, ca, token or token_file, insecure (default: $OMA_CONFIG, else "
-        "$XDG_CONFIG_HOME/omactl/config.toml when it exists); flags and variables override it",
-    )
-    parser.add_argument(
-        "--ca",
-        metavar="FILE",
-        default=(os.environ.get("OMA_CA") or None) if defaults else suppress,
-        help="CA certificate to verify the OMA's TLS certificate against (default: $OMA_CA, else the config "
-        f"file's, else the OMA's own {DEFAULT_CA} when it exists, else the system's trusted roots)",
-    )
-    parser.add_argument(
-        "--token",
-        metavar="TOKEN",
-        default=(os.environ.get("OMA_TOKEN") or None) if defaults else suppress,
-        help="operator API token (default: $OMA_TOKEN, else the config file's; prefer the variable or the file: "
-        "a flag shows in the process list)",
-    )
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        default=(True if os.environ.get("OMA_INSECURE", "").lower() in ("1", "true", "yes", "on") else None)
-        if defaults
-        else suppress,
-        help="plaintext, for a server started with --insecure (default: $OMA_INSECURE, else the config file's)",
-    )
+    _connection_flags(parser, defaults)
     parser.add_argument(
         "--json",
         action="store_true",
@@ -114,6 +80,51 @@ def global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
         type=_timeout,
         default=DEFAULT_TIMEOUT_S if defaults else suppress,
         help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT_S:g}; watch streams have none)",
+    )
+
+
+def _connection_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """Where the OMA is and how to reach it: each flag defaults to its variable (or to nothing, so that the config
+    file and the built-in default apply in effective_settings)."""
+    suppress: Any = argparse.SUPPRESS
+
+    def from_env(variable: str) -> Any:
+        return (os.environ.get(variable) or None) if defaults else suppress
+
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        default=from_env("OMA_SERVER"),
+        help=f"OMA to talk to (default: $OMA_SERVER, else the config file's, else {DEFAULT_SERVER})",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=from_env("OMA_CONFIG"),
+        help="omactl config file with server, ca, token or token_file, insecure (default: $OMA_CONFIG, else "
+        "$XDG_CONFIG_HOME/omactl/config.toml when it exists); flags and variables override it",
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=from_env("OMA_CA"),
+        help="CA certificate to verify the OMA's TLS certificate against (default: $OMA_CA, else the config "
+        f"file's, else the OMA's own {DEFAULT_CA} when it exists, else the system's trusted roots)",
+    )
+    parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=from_env("OMA_TOKEN"),
+        help="operator API token (default: $OMA_TOKEN, else the config file's; prefer the variable or the file: "
+        "a flag shows in the process list)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=(True if (from_env("OMA_INSECURE") or "").lower() in ("1", "true", "yes", "on") else None)
+        if defaults
+        else suppress,
+        help="plaintext, for a server started with --insecure (default: $OMA_INSECURE, else the config file's)",
     )
 
 
