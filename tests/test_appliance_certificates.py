@@ -300,6 +300,14 @@ async def test_renewal_over_the_appliance_port_keeps_the_stream_and_the_next_con
         saved = ApplianceIdentity.load(tmp_path / "identity")
         assert saved.certificate_pem == renewed.certificate_pem
         assert (tmp_path / "identity" / "appliance.key").stat().st_mode & 0o777 == 0o600
+        # the renewer confirmed the new certificate: its predecessor is revoked, the stream it opened stays up
+        old = await certificate_row(server, identity)
+        assert old.revoked_at is not None and old.superseded_by == format(renewed.certificate.serial_number, "x")
+        assert client.connected and client.session_id == session
+    async with mtls(identity) as channel:
+        err = await refused_hello(channel, agent_version="test")
+        assert error_details_of(err).reason == "CERTIFICATE_SUPERSEDED", err.details()
+        assert format(renewed.certificate.serial_number, "x") in (err.details() or "")
     async with streaming(saved) as again:
         await again.wait_connected(10)
     shown = await appliance_pb2_grpc.ApplianceServiceStub(admin).GetAppliance(
@@ -314,6 +322,41 @@ async def test_renewal_over_the_appliance_port_keeps_the_stream_and_the_next_con
                 )
             )
         assert error_details_of(err.value).reason == "CERTIFICATE_MISSING"
+
+
+async def certificate_row(server: OmaServer, identity: ApplianceIdentity) -> ApplianceCertificate:
+    serial = format(identity.certificate.serial_number, "x")
+    return await server.app.db.run(ApplianceCertificate.get_by_id, serial)
+
+
+async def test_a_hello_with_a_renewed_certificate_retires_its_predecessor_and_confirming_again_is_harmless(
+    server: OmaServer, admin: grpc.aio.Channel
+) -> None:
+    first = await join(await ticket_for(server, admin, "vma-unconfirmed"))
+    renewed = await renew(first)  # the answer arrived but no confirmation was sent (the appliance stopped)
+    assert (await certificate_row(server, first)).revoked_at is None  # until the new one is in use, the old works
+    async with streaming(first) as old_stream:
+        await old_stream.wait_connected(10)
+    async with streaming(renewed) as new_stream:  # the first use of the renewal retires its predecessor
+        await new_stream.wait_connected(10)
+    assert (await certificate_row(server, first)).superseded_by == format(renewed.certificate.serial_number, "x")
+    async with mtls(renewed) as channel:
+        stub = appliance_identity_pb2_grpc.ApplianceIdentityServiceStub(channel)
+        reply = await stub.ConfirmApplianceCertificate(appliance_identity_pb2.ConfirmApplianceCertificateRequest())
+    assert reply.serial == format(renewed.certificate.serial_number, "x")
+    assert list(reply.superseded_serials) == [format(first.certificate.serial_number, "x")]
+    async with mtls(first) as channel:  # the predecessor can neither confirm nor renew
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await appliance_identity_pb2_grpc.ApplianceIdentityServiceStub(channel).RenewApplianceCertificate(
+                appliance_identity_pb2.RenewApplianceCertificateRequest(
+                    csr_pem=csr_of(ec.generate_private_key(ec.SECP256R1()))
+                )
+            )
+        assert error_details_of(err.value).reason == "CERTIFICATE_SUPERSEDED"
+    rows = await server.app.db.run(
+        lambda: list(ApplianceCertificate.select().where(ApplianceCertificate.appliance == first.appliance_id))
+    )
+    assert sorted(r.revoked_at is None for r in rows) == [False, True]  # one live certificate, the newest
 
 
 async def test_a_credential_hello_is_refused_by_default(server: OmaServer, admin: grpc.aio.Channel) -> None:

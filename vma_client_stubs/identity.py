@@ -7,7 +7,7 @@ CA, and the CA — made by joining with a one-time join token, kept in a directo
     renewer = CertificateRenewer(identity, Path("/var/lib/vma/identity"))
     client = StreamClient(identity.appliance_endpoint, identity.appliance_id, "",
                           channel_credentials=renewer.channel_credentials, ...)
-    renewer.start()                                          # renews at two thirds of the lifetime
+    renewer.start()                                          # renews at two thirds of the lifetime, then confirms
 
 **Pinning, like a TLS bootstrap.** The ticket names the OMA's CA by its SHA-256 fingerprint only. Before the join
 token leaves this host, `pinned_ca` opens a TLS connection to the OMA's operator port without trusting anything,
@@ -244,6 +244,16 @@ async def renew(identity: ApplianceIdentity, *, timeout_s: float = 30.0) -> Appl
     )
 
 
+async def confirm(identity: ApplianceIdentity, *, timeout_s: float = 30.0) -> list[str]:
+    """Tell the OMA the appliance holds `identity`'s certificate (it calls with it): the OMA revokes the ones issued
+    before it, and answers their serials (hex)."""
+    async with grpc.aio.secure_channel(identity.appliance_endpoint, identity.channel_credentials()) as ch:
+        stub = appliance_identity_pb2_grpc.ApplianceIdentityServiceStub(ch)
+        request = appliance_identity_pb2.ConfirmApplianceCertificateRequest()
+        response = await stub.ConfirmApplianceCertificate(request, timeout=timeout_s)
+    return list(response.superseded_serials)
+
+
 class CertificateRenewer:
     """Keeps an identity's certificate fresh while the appliance runs: renews two thirds into its lifetime (and
     retries every `retry_s` after a failure), saves it to `directory`, and hands the newest credentials to each new
@@ -268,16 +278,30 @@ class CertificateRenewer:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def renew_now(self) -> None:
+        """Renew, save, then confirm: the OMA revokes the predecessor only once the new certificate is in use, so a
+        renewal whose answer was lost (or not saved) leaves the appliance its working certificate. A confirmation
+        that fails is not retried here: the next connection of the stream, with the new certificate, does the same."""
         fresh = await renew(self.identity)
         if self.directory is not None:
             fresh.save(self.directory)
         self.identity = fresh
         self.renewals += 1
-        logger.bind(appliance_id=fresh.appliance_id).info(
+        log = logger.bind(appliance_id=fresh.appliance_id)
+        log.info(
             "renewed the appliance certificate: serial {serial:x}, valid until {until:%Y-%m-%d %H:%M} UTC",
             serial=fresh.certificate.serial_number,
             until=fresh.certificate.not_valid_after_utc,
         )
+        try:
+            superseded = await confirm(fresh)
+        except (grpc.aio.AioRpcError, OSError) as exc:
+            log.warning(
+                "the OMA did not take the renewed certificate's confirmation ({err}); the stream's next "
+                "connection confirms it",
+                err=exc,
+            )
+            return
+        log.info("the predecessor(s) {old} of the renewed certificate are revoked", old=", ".join(superseded) or "-")
 
     async def _run(self) -> None:
         while True:

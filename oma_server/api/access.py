@@ -134,6 +134,7 @@ METHOD_ACCESS: dict[str, Access] = {
         "/oma.v1.VmaGatewayService/Connect",
         "/oma.v1.ApplianceIdentityService/JoinAppliance",  # the join token is the authority
         "/oma.v1.ApplianceIdentityService/RenewApplianceCertificate",  # the client certificate is
+        "/oma.v1.ApplianceIdentityService/ConfirmApplianceCertificate",
     ),
 }
 
@@ -157,11 +158,12 @@ def _bearer(context: grpc.aio.ServicerContext) -> str:
 # What an operator or an admin may call changes something, but for the reads among them (AIP verbs): each such call
 # goes to the audit log. Every one of them is unary (the streams are reads, or the appliance's own).
 AUDITED = (Access.OPERATOR, Access.ADMIN)
-# What an appliance calls that makes a certificate: recorded too (the actor is its certificate's appliance, or the
-# join token it brought), so that a stolen or guessed token's attempts show.
+# What an appliance calls that makes or retires a certificate: recorded too (the actor is its certificate's
+# appliance, or the join token it brought), so that a stolen or guessed token's attempts show.
 APPLIANCE_AUDITED = (
     "/oma.v1.ApplianceIdentityService/JoinAppliance",
     "/oma.v1.ApplianceIdentityService/RenewApplianceCertificate",
+    "/oma.v1.ApplianceIdentityService/ConfirmApplianceCertificate",
 )
 READ_VERBS = ("Get", "List", "Check", "Watch")
 

@@ -1,4 +1,5 @@
-"""ApplianceIdentityService: an appliance's join (join token + CSR → client certificate) and its renewals."""
+"""ApplianceIdentityService: an appliance's join (join token + CSR → client certificate), its renewals and the
+confirmation that retires a renewed certificate's predecessor."""
 
 from __future__ import annotations
 
@@ -39,3 +40,9 @@ class ApplianceIdentityServicer(appliance_identity_pb2_grpc.ApplianceIdentitySer
         return appliance_identity_pb2.RenewApplianceCertificateResponse(
             certificate_pem=issued.certificate_pem, expires_at=ts(issued.expires_at)
         )
+
+    async def ConfirmApplianceCertificate(
+        self, request: appliance_identity_pb2.ConfirmApplianceCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> appliance_identity_pb2.ConfirmApplianceCertificateResponse:
+        serial, superseded = await self.certificates.confirm(peer_certificate(context))
+        return appliance_identity_pb2.ConfirmApplianceCertificateResponse(serial=serial, superseded_serials=superseded)

@@ -140,6 +140,7 @@ RULES: dict[str, dict[str, Rule]] = {
     # The services check the token's form and the CSR whole (security/appliance_identity.py, security/ca.py).
     "oma.v1.JoinApplianceRequest": {"join_token": Text(128, required=True), "csr_pem": Text(16384, required=True)},
     "oma.v1.RenewApplianceCertificateRequest": {"csr_pem": Text(16384, required=True)},
+    "oma.v1.ConfirmApplianceCertificateRequest": {},
     "oma.v1.ListAppliancesRequest": {},
     "oma.v1.RegisterVmContextRequest": {
         "appliance_id": REQUIRED_ID,

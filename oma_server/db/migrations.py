@@ -106,6 +106,13 @@ def _m012_appliance_certificates(db: pw.Database) -> None:
     db.create_tables([ApplianceCertificate], safe=True)
 
 
+def _m013_certificate_superseded_by(db: pw.Database) -> None:
+    columns = {c.name for c in db.get_columns(ApplianceCertificate._meta.table_name)}  # type: ignore[attr-defined]
+    if "superseded_by" not in columns:  # a database created at 13 already has it
+        migrator = SchemaMigrator.from_database(db)
+        migrate(migrator.add_column("appliance_certificate", "superseded_by", pw.CharField(max_length=64, default="")))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "initial schema", _m001_initial),
     (2, "disk.replicated_capacity_bytes (resize detection)", _m002_disk_replicated_capacity),
@@ -119,6 +126,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (10, "machine_group, group_member, group_run (machine groups and their failovers)", _m010_machine_groups),
     (11, "block_map.check_* (the last on-demand verification of a replica at rest)", _m011_block_map_check),
     (12, "appliance.join_token_*, appliance_certificate (appliance client certificates)", _m012_appliance_certificates),
+    (13, "appliance_certificate.superseded_by (a renewal revokes its predecessor)", _m013_certificate_superseded_by),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -72,6 +72,7 @@ class ApplianceCertificate(BaseModel):
     not_after = pw.DateTimeField()
     issued_at = pw.DateTimeField(default=utcnow)
     revoked_at = pw.DateTimeField(null=True)
+    superseded_by = pw.CharField(max_length=64, default="")  # the serial whose use revoked this one (a renewal's)
 
     class Meta:
         table_name = "appliance_certificate"

@@ -226,6 +226,13 @@ class ApplianceCertificates:
                 "APPLIANCE_REVOKED",
                 appliance_id=appliance_id,
             )
+        if row.superseded_by:
+            raise _refused(
+                f"certificate {serial} of appliance {appliance_id} was superseded by its renewal {row.superseded_by}; "
+                "connect with the renewed certificate (the identity directory holds it), or join again",
+                "CERTIFICATE_SUPERSEDED",
+                appliance_id=appliance_id,
+            )
         if row.revoked_at is not None:
             raise _refused(
                 f"certificate {serial} of appliance {appliance_id} was revoked; join again with a new join token",
@@ -238,4 +245,39 @@ class ApplianceCertificates:
                 "CERTIFICATE_EXPIRED",
                 appliance_id=appliance_id,
             )
+        await self.db.tx(self._supersede, row)
         return appliance, serial
+
+    def _supersede(self, current: ApplianceCertificate) -> list[str]:
+        """Revoke every unrevoked certificate issued to the appliance before `current`, whose use (a completed
+        handshake) proves the appliance holds its key: a renewal's predecessor then opens nothing. Returns their
+        serials. Certificates issued at the very same moment are left alone (no order between them)."""
+        older = ApplianceCertificate.select(ApplianceCertificate.serial).where(
+            (ApplianceCertificate.appliance == current.appliance_id)
+            & ApplianceCertificate.revoked_at.is_null()
+            & (ApplianceCertificate.issued_at < current.issued_at)
+        )
+        serials = [r.serial for r in older]
+        if serials:
+            ApplianceCertificate.update(revoked_at=self.clock.now(), superseded_by=current.serial).where(
+                ApplianceCertificate.serial.in_(serials)
+            ).execute()
+            logger.bind(appliance_id=current.appliance_id).info(
+                "certificate {serial} of the appliance is in use: revoked its predecessor(s) {old} as superseded",
+                serial=current.serial,
+                old=", ".join(serials),
+            )
+        return serials
+
+    async def confirm(self, peer_certificate_pem: bytes | None) -> tuple[str, list[str]]:
+        """The appliance holds the certificate of this call: its serial, and those this revoked as superseded."""
+        appliance, serial = await self.authenticate(peer_certificate_pem, "")
+        row = await self.db.run(ApplianceCertificate.get_by_id, serial)
+
+        def superseded() -> list[str]:
+            query = ApplianceCertificate.select(ApplianceCertificate.serial).where(
+                (ApplianceCertificate.appliance == appliance.id) & (ApplianceCertificate.superseded_by == row.serial)
+            )
+            return sorted(r.serial for r in query)
+
+        return serial, await self.db.run(superseded)

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from oma.v1 import appliance_pb2 as oma_dot_v1_dot_appliance__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1foma/v1/appliance_identity.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16oma/v1/appliance.proto\";\n\x14JoinApplianceRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\"\xb2\x01\n\x15JoinApplianceResponse\x12$\n\tappliance\x18\x01 \x01(\x0b\x32\x11.oma.v1.Appliance\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x61ppliance_endpoint\x18\x05 \x01(\t\"3\n RenewApplianceCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"l\n!RenewApplianceCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xda\x01\n\x18\x41pplianceIdentityService\x12L\n\rJoinAppliance\x12\x1c.oma.v1.JoinApplianceRequest\x1a\x1d.oma.v1.JoinApplianceResponse\x12p\n\x19RenewApplianceCertificate\x12(.oma.v1.RenewApplianceCertificateRequest\x1a).oma.v1.RenewApplianceCertificateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1foma/v1/appliance_identity.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16oma/v1/appliance.proto\";\n\x14JoinApplianceRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\"\xb2\x01\n\x15JoinApplianceResponse\x12$\n\tappliance\x18\x01 \x01(\x0b\x32\x11.oma.v1.Appliance\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x61ppliance_endpoint\x18\x05 \x01(\t\"3\n RenewApplianceCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"l\n!RenewApplianceCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"$\n\"ConfirmApplianceCertificateRequest\"Q\n#ConfirmApplianceCertificateResponse\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x1a\n\x12superseded_serials\x18\x02 \x03(\t2\xd2\x02\n\x18\x41pplianceIdentityService\x12L\n\rJoinAppliance\x12\x1c.oma.v1.JoinApplianceRequest\x1a\x1d.oma.v1.JoinApplianceResponse\x12p\n\x19RenewApplianceCertificate\x12(.oma.v1.RenewApplianceCertificateRequest\x1a).oma.v1.RenewApplianceCertificateResponse\x12v\n\x1b\x43onfirmApplianceCertificate\x12*.oma.v1.ConfirmApplianceCertificateRequest\x1a+.oma.v1.ConfirmApplianceCertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RENEWAPPLIANCECERTIFICATEREQUEST']._serialized_end=393
   _globals['_RENEWAPPLIANCECERTIFICATERESPONSE']._serialized_start=395
   _globals['_RENEWAPPLIANCECERTIFICATERESPONSE']._serialized_end=503
-  _globals['_APPLIANCEIDENTITYSERVICE']._serialized_start=506
-  _globals['_APPLIANCEIDENTITYSERVICE']._serialized_end=724
+  _globals['_CONFIRMAPPLIANCECERTIFICATEREQUEST']._serialized_start=505
+  _globals['_CONFIRMAPPLIANCECERTIFICATEREQUEST']._serialized_end=541
+  _globals['_CONFIRMAPPLIANCECERTIFICATERESPONSE']._serialized_start=543
+  _globals['_CONFIRMAPPLIANCECERTIFICATERESPONSE']._serialized_end=624
+  _globals['_APPLIANCEIDENTITYSERVICE']._serialized_start=627
+  _globals['_APPLIANCEIDENTITYSERVICE']._serialized_end=965
 # @@protoc_insertion_point(module_scope)

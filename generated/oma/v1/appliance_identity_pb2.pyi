@@ -1,8 +1,9 @@
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from oma.v1 import appliance_pb2 as _appliance_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Mapping as _Mapping, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -41,3 +42,15 @@ class RenewApplianceCertificateResponse(_message.Message):
     certificate_pem: str
     expires_at: _timestamp_pb2.Timestamp
     def __init__(self, certificate_pem: _Optional[str] = ..., expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ConfirmApplianceCertificateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ConfirmApplianceCertificateResponse(_message.Message):
+    __slots__ = ("serial", "superseded_serials")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDED_SERIALS_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    superseded_serials: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, serial: _Optional[str] = ..., superseded_serials: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -47,6 +47,11 @@ class ApplianceIdentityServiceStub(object):
                 request_serializer=oma_dot_v1_dot_appliance__identity__pb2.RenewApplianceCertificateRequest.SerializeToString,
                 response_deserializer=oma_dot_v1_dot_appliance__identity__pb2.RenewApplianceCertificateResponse.FromString,
                 _registered_method=True)
+        self.ConfirmApplianceCertificate = channel.unary_unary(
+                '/oma.v1.ApplianceIdentityService/ConfirmApplianceCertificate',
+                request_serializer=oma_dot_v1_dot_appliance__identity__pb2.ConfirmApplianceCertificateRequest.SerializeToString,
+                response_deserializer=oma_dot_v1_dot_appliance__identity__pb2.ConfirmApplianceCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class ApplianceIdentityServiceServicer(object):
@@ -78,6 +83,18 @@ class ApplianceIdentityServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfirmApplianceCertificate(self, request, context):
+        """Says that the appliance holds the certificate it calls with (mutual TLS on the appliance port): every
+        certificate issued to it before that one is revoked as superseded, so a renewed certificate's predecessor
+        opens nothing any more. Called right after a renewal is saved; a Hello with the newer certificate does the same,
+        so an appliance that could not call it is caught up at its next connection. Calling it again changes nothing.
+        Errors: UNAUTHENTICATED (CERTIFICATE_MISSING, CERTIFICATE_UNKNOWN, CERTIFICATE_REVOKED, CERTIFICATE_SUPERSEDED,
+        CERTIFICATE_EXPIRED, APPLIANCE_REVOKED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApplianceIdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +107,11 @@ def add_ApplianceIdentityServiceServicer_to_server(servicer, server):
                     servicer.RenewApplianceCertificate,
                     request_deserializer=oma_dot_v1_dot_appliance__identity__pb2.RenewApplianceCertificateRequest.FromString,
                     response_serializer=oma_dot_v1_dot_appliance__identity__pb2.RenewApplianceCertificateResponse.SerializeToString,
+            ),
+            'ConfirmApplianceCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmApplianceCertificate,
+                    request_deserializer=oma_dot_v1_dot_appliance__identity__pb2.ConfirmApplianceCertificateRequest.FromString,
+                    response_serializer=oma_dot_v1_dot_appliance__identity__pb2.ConfirmApplianceCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -149,6 +171,33 @@ class ApplianceIdentityService(object):
             '/oma.v1.ApplianceIdentityService/RenewApplianceCertificate',
             oma_dot_v1_dot_appliance__identity__pb2.RenewApplianceCertificateRequest.SerializeToString,
             oma_dot_v1_dot_appliance__identity__pb2.RenewApplianceCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmApplianceCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oma.v1.ApplianceIdentityService/ConfirmApplianceCertificate',
+            oma_dot_v1_dot_appliance__identity__pb2.ConfirmApplianceCertificateRequest.SerializeToString,
+            oma_dot_v1_dot_appliance__identity__pb2.ConfirmApplianceCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

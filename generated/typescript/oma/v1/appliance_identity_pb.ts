@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file oma/v1/appliance_identity.proto.
  */
 export const file_oma_v1_appliance_identity: GenFile = /*@__PURE__*/
-  fileDesc("Ch9vbWEvdjEvYXBwbGlhbmNlX2lkZW50aXR5LnByb3RvEgZvbWEudjEiOwoUSm9pbkFwcGxpYW5jZVJlcXVlc3QSEgoKam9pbl90b2tlbhgBIAEoCRIPCgdjc3JfcGVtGAIgASgJIrIBChVKb2luQXBwbGlhbmNlUmVzcG9uc2USJAoJYXBwbGlhbmNlGAEgASgLMhEub21hLnYxLkFwcGxpYW5jZRIXCg9jZXJ0aWZpY2F0ZV9wZW0YAiABKAkSDgoGY2FfcGVtGAMgASgJEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEmFwcGxpYW5jZV9lbmRwb2ludBgFIAEoCSIzCiBSZW5ld0FwcGxpYW5jZUNlcnRpZmljYXRlUmVxdWVzdBIPCgdjc3JfcGVtGAEgASgJImwKIVJlbmV3QXBwbGlhbmNlQ2VydGlmaWNhdGVSZXNwb25zZRIXCg9jZXJ0aWZpY2F0ZV9wZW0YASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAy2gEKGEFwcGxpYW5jZUlkZW50aXR5U2VydmljZRJMCg1Kb2luQXBwbGlhbmNlEhwub21hLnYxLkpvaW5BcHBsaWFuY2VSZXF1ZXN0Gh0ub21hLnYxLkpvaW5BcHBsaWFuY2VSZXNwb25zZRJwChlSZW5ld0FwcGxpYW5jZUNlcnRpZmljYXRlEigub21hLnYxLlJlbmV3QXBwbGlhbmNlQ2VydGlmaWNhdGVSZXF1ZXN0Gikub21hLnYxLlJlbmV3QXBwbGlhbmNlQ2VydGlmaWNhdGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_oma_v1_appliance]);
+  fileDesc("Ch9vbWEvdjEvYXBwbGlhbmNlX2lkZW50aXR5LnByb3RvEgZvbWEudjEiOwoUSm9pbkFwcGxpYW5jZVJlcXVlc3QSEgoKam9pbl90b2tlbhgBIAEoCRIPCgdjc3JfcGVtGAIgASgJIrIBChVKb2luQXBwbGlhbmNlUmVzcG9uc2USJAoJYXBwbGlhbmNlGAEgASgLMhEub21hLnYxLkFwcGxpYW5jZRIXCg9jZXJ0aWZpY2F0ZV9wZW0YAiABKAkSDgoGY2FfcGVtGAMgASgJEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEmFwcGxpYW5jZV9lbmRwb2ludBgFIAEoCSIzCiBSZW5ld0FwcGxpYW5jZUNlcnRpZmljYXRlUmVxdWVzdBIPCgdjc3JfcGVtGAEgASgJImwKIVJlbmV3QXBwbGlhbmNlQ2VydGlmaWNhdGVSZXNwb25zZRIXCg9jZXJ0aWZpY2F0ZV9wZW0YASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiJAoiQ29uZmlybUFwcGxpYW5jZUNlcnRpZmljYXRlUmVxdWVzdCJRCiNDb25maXJtQXBwbGlhbmNlQ2VydGlmaWNhdGVSZXNwb25zZRIOCgZzZXJpYWwYASABKAkSGgoSc3VwZXJzZWRlZF9zZXJpYWxzGAIgAygJMtICChhBcHBsaWFuY2VJZGVudGl0eVNlcnZpY2USTAoNSm9pbkFwcGxpYW5jZRIcLm9tYS52MS5Kb2luQXBwbGlhbmNlUmVxdWVzdBodLm9tYS52MS5Kb2luQXBwbGlhbmNlUmVzcG9uc2UScAoZUmVuZXdBcHBsaWFuY2VDZXJ0aWZpY2F0ZRIoLm9tYS52MS5SZW5ld0FwcGxpYW5jZUNlcnRpZmljYXRlUmVxdWVzdBopLm9tYS52MS5SZW5ld0FwcGxpYW5jZUNlcnRpZmljYXRlUmVzcG9uc2USdgobQ29uZmlybUFwcGxpYW5jZUNlcnRpZmljYXRlEioub21hLnYxLkNvbmZpcm1BcHBsaWFuY2VDZXJ0aWZpY2F0ZVJlcXVlc3QaKy5vbWEudjEuQ29uZmlybUFwcGxpYW5jZUNlcnRpZmljYXRlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_oma_v1_appliance]);
 
 /**
  * Request of JoinAppliance.
@@ -145,6 +145,50 @@ export const RenewApplianceCertificateResponseSchema: GenMessage<RenewApplianceC
   messageDesc(file_oma_v1_appliance_identity, 3);
 
 /**
+ * Request of ConfirmApplianceCertificate: nothing but the certificate of the call's TLS handshake.
+ *
+ * @generated from message oma.v1.ConfirmApplianceCertificateRequest
+ */
+export type ConfirmApplianceCertificateRequest = Message<"oma.v1.ConfirmApplianceCertificateRequest"> & {
+};
+
+/**
+ * Describes the message oma.v1.ConfirmApplianceCertificateRequest.
+ * Use `create(ConfirmApplianceCertificateRequestSchema)` to create a new message.
+ */
+export const ConfirmApplianceCertificateRequestSchema: GenMessage<ConfirmApplianceCertificateRequest> = /*@__PURE__*/
+  messageDesc(file_oma_v1_appliance_identity, 4);
+
+/**
+ * Response of ConfirmApplianceCertificate.
+ *
+ * @generated from message oma.v1.ConfirmApplianceCertificateResponse
+ */
+export type ConfirmApplianceCertificateResponse = Message<"oma.v1.ConfirmApplianceCertificateResponse"> & {
+  /**
+   * The serial (hex) of the certificate the call was made with.
+   *
+   * @generated from field: string serial = 1;
+   */
+  serial: string;
+
+  /**
+   * The serials (hex) of the earlier certificates revoked as superseded by this one (by this call, or by an earlier
+   * use of this certificate); empty when it had no predecessor.
+   *
+   * @generated from field: repeated string superseded_serials = 2;
+   */
+  supersededSerials: string[];
+};
+
+/**
+ * Describes the message oma.v1.ConfirmApplianceCertificateResponse.
+ * Use `create(ConfirmApplianceCertificateResponseSchema)` to create a new message.
+ */
+export const ConfirmApplianceCertificateResponseSchema: GenMessage<ConfirmApplianceCertificateResponse> = /*@__PURE__*/
+  messageDesc(file_oma_v1_appliance_identity, 5);
+
+/**
  * Client certificates of appliances, issued by the OMA's own CA. An enrolled appliance joins once: it makes its own
  * key pair and trades its one-time join token and a CSR for a certificate bound to its appliance id. From then on it
  * dials the appliance port (--appliance-listen) with mutual TLS, and the OMA takes its identity from the certificate.
@@ -180,6 +224,21 @@ export const ApplianceIdentityService: GenService<{
     methodKind: "unary";
     input: typeof RenewApplianceCertificateRequestSchema;
     output: typeof RenewApplianceCertificateResponseSchema;
+  },
+  /**
+   * Says that the appliance holds the certificate it calls with (mutual TLS on the appliance port): every
+   * certificate issued to it before that one is revoked as superseded, so a renewed certificate's predecessor
+   * opens nothing any more. Called right after a renewal is saved; a Hello with the newer certificate does the same,
+   * so an appliance that could not call it is caught up at its next connection. Calling it again changes nothing.
+   * Errors: UNAUTHENTICATED (CERTIFICATE_MISSING, CERTIFICATE_UNKNOWN, CERTIFICATE_REVOKED, CERTIFICATE_SUPERSEDED,
+   * CERTIFICATE_EXPIRED, APPLIANCE_REVOKED).
+   *
+   * @generated from rpc oma.v1.ApplianceIdentityService.ConfirmApplianceCertificate
+   */
+  confirmApplianceCertificate: {
+    methodKind: "unary";
+    input: typeof ConfirmApplianceCertificateRequestSchema;
+    output: typeof ConfirmApplianceCertificateResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_oma_v1_appliance_identity, 0);
