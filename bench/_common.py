@@ -3,6 +3,7 @@ data-path benchmarks a sparse source image, dropping the page cache, a byte comp
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -103,6 +104,13 @@ def write_json(path: str | os.PathLike[str], result: Mapping[str, Any]) -> None:
 
 
 MIB = 1 << 20
+
+
+def source_arguments(parser: argparse.ArgumentParser, size_mib: int) -> None:
+    """--size-mib, --allocated and --runs: the source image of `make_source` and how many copies a figure takes."""
+    parser.add_argument("--size-mib", type=int, default=size_mib, help=f"source disk size (default {size_mib})")
+    parser.add_argument("--allocated", type=float, default=0.6, help="allocated fraction of the source (0.6)")
+    parser.add_argument("--runs", type=int, default=3, help="copies per case; the median counts (default 3)")
 
 
 def make_source(path: Path, size: int, allocated: float, seed: int) -> None:

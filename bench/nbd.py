@@ -53,6 +53,7 @@ from bench._common import (
     print_table,
     raw_read_seconds,
     same_file_bytes,
+    source_arguments,
     write_json,
 )
 from oma_server.nbd import NbdExportManager
@@ -532,9 +533,7 @@ def summarise(cases: list[Case], size: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.nbd", description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=2048, help="source disk size (default 2048)")
-    parser.add_argument("--allocated", type=float, default=0.6, help="allocated fraction of the source (0.6)")
-    parser.add_argument("--runs", type=int, default=3, help="copies per case; the median counts (default 3)")
+    source_arguments(parser, size_mib=2048)
     parser.add_argument("--live", type=int, default=200, help="exports live during add/remove (default 200)")
     parser.add_argument("--iterations", type=int, default=20, help="add/remove cycles (default 20)")
     parser.add_argument("--servers", default="nbdkit,nbd-server", help="comma-separated: nbdkit, nbd-server")

@@ -37,7 +37,16 @@ from typing import Any
 
 from loguru import logger
 
-from bench._common import drop_caches, machine_info, make_pki, make_source, print_table, same_file_bytes, write_json
+from bench._common import (
+    drop_caches,
+    machine_info,
+    make_pki,
+    make_source,
+    print_table,
+    same_file_bytes,
+    source_arguments,
+    write_json,
+)
 from bench.nbd import Server, Transport, ours
 from oma_server.ports import free_port
 
@@ -182,9 +191,7 @@ def summarise(all_series: list[Series], data: int, links: list[float]) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tls_cost", description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=1024, help="source disk size (default 1024)")
-    parser.add_argument("--allocated", type=float, default=0.6, help="allocated fraction of the source (0.6)")
-    parser.add_argument("--runs", type=int, default=3, help="copies per case; the median counts (default 3)")
+    source_arguments(parser, size_mib=1024)
     parser.add_argument("--links", default="119,298", help="link speeds in MiB/s of data, comma-separated")
     parser.add_argument("--dir", help="work directory (default: the system temp dir)")
     parser.add_argument("--json", help="write the result as JSON to this file")

@@ -55,25 +55,13 @@ def global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
     """The global flags; leaf commands accept them too (without defaults, so they only override when given)."""
     suppress: Any = argparse.SUPPRESS
     _connection_flags(parser, defaults)
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        default=False if defaults else suppress,
-        help="machine output: protobuf JSON (proto field names); JSON lines for watch",
-    )
-    parser.add_argument(
-        "--wide",
-        action="store_true",
-        default=False if defaults else suppress,
-        help="tables at full width: shorten no column to fit the terminal (ids are never shortened anyway)",
-    )
-    parser.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        default=False if defaults else suppress,
-        help="print only the ids of what is listed or created, one per line (for $(omactl -q ...))",
-    )
+    switches = {
+        ("--json",): "machine output: protobuf JSON (proto field names); JSON lines for watch",
+        ("--wide",): "tables at full width: shorten no column to fit the terminal (ids are never shortened anyway)",
+        ("-q", "--quiet"): "print only the ids of what is listed or created, one per line (for $(omactl -q ...))",
+    }
+    for names, text in switches.items():
+        parser.add_argument(*names, action="store_true", default=False if defaults else suppress, help=text)
     parser.add_argument(
         "--timeout",
         metavar="SECONDS",
