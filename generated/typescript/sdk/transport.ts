@@ -69,7 +69,7 @@ export function createOmaTransport(options: OmaConnectionOptions): Transport {
 export interface OmaClients {
   serverInfo: Client<typeof ServerInfoService>;
   appliances: Client<typeof ApplianceService>;
-  /** An appliance's join (join token + CSR) and certificate renewal. */
+  /** An appliance's join (join token + CSR), certificate renewal and its confirmation. */
   applianceIdentity: Client<typeof ApplianceIdentityService>;
   vmContexts: Client<typeof VmContextService>;
   replication: Client<typeof ReplicationService>;
