@@ -24,11 +24,22 @@ from oma_server.db.models import (
     GroupMember,
     GroupRun,
     IdempotencyRecord,
+    JobDisk,
     MachineGroup,
     Schedule,
     SchemaMigration,
     WatchRevision,
 )
+
+
+def _add_missing_columns(db: pw.Database, model: type[pw.Model], added: dict[str, pw.Field]) -> None:
+    """Add the columns `model`'s table lacks (a database created at the migration's version already has them)."""
+    table = model._meta.table_name  # type: ignore[attr-defined]
+    columns = {c.name for c in db.get_columns(table)}
+    missing = [name for name in added if name not in columns]
+    if missing:
+        migrator = SchemaMigrator.from_database(db)
+        migrate(*(migrator.add_column(table, name, added[name]) for name in missing))
 
 
 def _m001_initial(db: pw.Database) -> None:
@@ -37,10 +48,7 @@ def _m001_initial(db: pw.Database) -> None:
 
 
 def _m002_disk_replicated_capacity(db: pw.Database) -> None:
-    columns = {c.name for c in db.get_columns(Disk._meta.table_name)}  # type: ignore[attr-defined]
-    if "replicated_capacity_bytes" not in columns:  # a database created at version 2 already has it
-        migrator = SchemaMigrator.from_database(db)
-        migrate(migrator.add_column("disk", "replicated_capacity_bytes", pw.BigIntegerField(default=0)))
+    _add_missing_columns(db, Disk, {"replicated_capacity_bytes": pw.BigIntegerField(default=0)})
 
 
 def _m003_watch_revision(db: pw.Database) -> None:
@@ -76,41 +84,34 @@ def _m010_machine_groups(db: pw.Database) -> None:
 
 
 def _m011_block_map_check(db: pw.Database) -> None:
-    columns = {c.name for c in db.get_columns(BlockMap._meta.table_name)}  # type: ignore[attr-defined]
-    added = {
+    added: dict[str, pw.Field] = {
         "check_job_id": pw.CharField(max_length=64, default=""),
         "checked_at": pw.DateTimeField(null=True),
         "check_outcome": pw.CharField(max_length=16, default=""),
         "check_digest": pw.CharField(max_length=128, default=""),
         "check_mismatched": pw.TextField(null=True),  # JsonField's column type
     }
-    missing = [name for name in added if name not in columns]  # a database created at 11 already has them
-    if missing:
-        migrator = SchemaMigrator.from_database(db)
-        migrate(*(migrator.add_column("block_map", name, added[name]) for name in missing))
+    _add_missing_columns(db, BlockMap, added)
 
 
 def _m012_appliance_certificates(db: pw.Database) -> None:
-    columns = {c.name for c in db.get_columns(Appliance._meta.table_name)}  # type: ignore[attr-defined]
-    added = {
+    added: dict[str, pw.Field] = {
         "join_token_hash": pw.CharField(max_length=128, default=""),
         "join_token_expires_at": pw.DateTimeField(null=True),
         "joined_at": pw.DateTimeField(null=True),
         "certificate_serial": pw.CharField(max_length=64, default=""),
         "certificate_expires_at": pw.DateTimeField(null=True),
     }
-    missing = [name for name in added if name not in columns]  # a database created at 12 already has them
-    if missing:
-        migrator = SchemaMigrator.from_database(db)
-        migrate(*(migrator.add_column("appliance", name, added[name]) for name in missing))
+    _add_missing_columns(db, Appliance, added)
     db.create_tables([ApplianceCertificate], safe=True)
 
 
 def _m013_certificate_superseded_by(db: pw.Database) -> None:
-    columns = {c.name for c in db.get_columns(ApplianceCertificate._meta.table_name)}  # type: ignore[attr-defined]
-    if "superseded_by" not in columns:  # a database created at 13 already has it
-        migrator = SchemaMigrator.from_database(db)
-        migrate(migrator.add_column("appliance_certificate", "superseded_by", pw.CharField(max_length=64, default="")))
+    _add_missing_columns(db, ApplianceCertificate, {"superseded_by": pw.CharField(max_length=64, default="")})
+
+
+def _m014_job_disk_repair_extents(db: pw.Database) -> None:
+    _add_missing_columns(db, JobDisk, {"repair_extents": pw.TextField(null=True)})  # JsonField's column type
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
@@ -127,6 +128,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (11, "block_map.check_* (the last on-demand verification of a replica at rest)", _m011_block_map_check),
     (12, "appliance.join_token_*, appliance_certificate (appliance client certificates)", _m012_appliance_certificates),
     (13, "appliance_certificate.superseded_by (a renewal revokes its predecessor)", _m013_certificate_superseded_by),
+    (14, "job_disk.repair_extents (blocks an incremental recopies to repair a replica)", _m014_job_disk_repair_extents),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

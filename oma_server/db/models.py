@@ -203,6 +203,8 @@ class JobDisk(BaseModel):
     nbd_uri = pw.CharField(max_length=512, default="")
     full_copy_reason = pw.CharField(max_length=255, default="")
     resume_token = pw.CharField(max_length=1024, default="")
+    #: [[offset, length], ...] an incremental recopies whatever changed (the repair of blocks found different), or None
+    repair_extents = JsonField(null=True)
 
     class Meta:
         indexes = ((("job", "disk"), True),)

@@ -13,7 +13,8 @@ meanwhile. Steps:
   resumed job reads again and ends as an uninterrupted one would.
 - `release_replicas` — the replicas leave the OMA VM, the slots go to the next job.
 - `report` — a mismatch fails the job (REPLICA_MISMATCH, each disk with its block ranges) only now, after the
-  replicas were released; the gate refuses failover for those disks and their next sync copies them whole.
+  replicas were released; the gate refuses failover for those disks and their next sync recopies the mismatching
+  blocks (replication/workflow.py `plan_disks`; the whole disk from an appliance without "repair-extents").
 A failed or cancelled job releases the replicas it attached (`release_after`).
 """
 
@@ -227,7 +228,8 @@ class RestVerification:
         await self.joblog.note(
             job_id,
             "repair",
-            f"disk {target.key}: not verified any more (failover refused); its next sync copies it whole, and that "
+            f"disk {target.key}: not verified any more (failover refused); its next sync recopies block(s) "
+            f"{text.split(': block(s) ', 1)[1]} (the disk whole from an appliance without repair-extents), and that "
             "sync's read-back verifies it again",
             "failed",
         )
@@ -246,7 +248,8 @@ class RestVerification:
         parts = [at_rest.mismatch_text(key, ranges) for key, ranges in sorted(mismatched.items())]
         raise ReplicaMismatch(
             f"replica(s) differ at rest from their verified block-hash maps: {'; '.join(parts)}. Failover is refused "
-            "for them; each one's next sync copies it whole",
+            "for them; each one's next sync recopies those blocks (the disk whole from an appliance without "
+            "repair-extents)",
             disks=",".join(str(k) for k in sorted(mismatched)),
             ranges=";".join(
                 f"{k}:" + ",".join(f"{f}+{n}" for f, n in ranges) for k, ranges in sorted(mismatched.items())

@@ -23,8 +23,8 @@ _NEXT_ACTION = {
     "safe to repeat.",
     FailoverKind.POWER_ON_SOURCE: "Fix the cause, then ask again (PowerOnSourceVm), or power the VM on in vCenter.",
     FailoverKind.POWER_OFF_SOURCE: "Fix the cause, then ask again (PowerOffSourceVm), or power the VM off in vCenter.",
-    FailoverKind.VERIFY: "The VM context is as before and its replicas are released. A replica found different is "
-    "copied whole by its disk's next sync (StartReplication, or its schedule), whose read-back verifies it; other "
+    FailoverKind.VERIFY: "The VM context is as before and its replicas are released. The blocks found different are "
+    "recopied by the disk's next sync (StartReplication, or its schedule), whose read-back verifies them; other "
     "causes: fix them and verify again (VerifyVmContext).",
 }
 

@@ -4,7 +4,8 @@ Each disk's replica is read whole (the reader of the read-back, `reader.py`) and
 the disk's verified block-hash map at its current change id — the map its last sync's read-back recorded. The
 outcome is kept on that map (`block_map.check_*`): `passed`, or `mismatch` with the block ranges that differ. A
 mismatch makes the disk unverified for the gate (gate.py: failover refused, naming the disk and its ranges) and its
-next sync a full copy (replication/workflow.py `plan_disks`), whose read-back records a new map: the repair.
+next sync recopies the mismatching blocks on top of its changed areas (or the disk whole, from an appliance that
+cannot: replication/workflow.py `plan_disks`); that sync's read-back records a new map: the repair.
 
 Functions here other than `mismatches` run inside a database transaction (on a DB thread).
 """

@@ -69,6 +69,11 @@ def blocks_of(extents: Iterable[Extent], capacity: int) -> list[BlockRange]:
     return [(f, n) for f, n in ranges]
 
 
+def block_extents(ranges: Sequence[BlockRange], capacity: int) -> list[Extent]:
+    """The bytes of block ranges (the inverse of `blocks_of`, the last block as long as it is)."""
+    return [(f * BLOCK_SIZE, min((f + n) * BLOCK_SIZE, capacity) - f * BLOCK_SIZE) for f, n in ranges]
+
+
 def all_blocks(capacity: int) -> list[BlockRange]:
     count = block_count(capacity)
     return [(0, count)] if count else []

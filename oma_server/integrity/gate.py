@@ -51,7 +51,7 @@ def _what(d: UnverifiedDisk) -> str:
 def describe(unverified: list[UnverifiedDisk]) -> str:
     """One sentence naming each unverified disk and what to do."""
     parts = [f"disk {d.key} at change id {d.change_id} {_what(d)}" for d in unverified]
-    repair = " (a disk that differs is copied whole)" if any(d.state == "mismatch" for d in unverified) else ""
+    repair = " (it recopies the blocks that differ)" if any(d.state == "mismatch" for d in unverified) else ""
     return (
         "; ".join(parts) + ": the replica is not proven identical to the source; run an incremental replication "
         f"(its read-back verifies the replica){repair} and let it complete"

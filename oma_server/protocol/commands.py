@@ -20,6 +20,7 @@ class DiskTarget:
     capacity_bytes: int
     resume_token: str
     target_is_new: bool
+    repair_extents: tuple[tuple[int, int], ...] = ()  # (offset, length): copied too, whatever changed
 
 
 @dataclass(frozen=True, slots=True)

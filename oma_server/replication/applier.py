@@ -213,6 +213,9 @@ class VmaMessageApplier:
             disk = state.disk(event.disk_id)
             full = (event.mode or (disk.mode if disk else "")) != "incremental"
             synced = None if full else event.copied_extents
+            if synced is not None and disk is not None and disk.repair_extents:
+                # the blocks repaired are read back whatever the appliance says it copied
+                synced = (*synced, *disk.repair_extents)
             self.store.repo.record_change_id(state.id, event.disk_id, event.change_id, synced)
 
         return with_sequence(mark_done), record_change_id

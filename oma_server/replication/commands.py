@@ -20,6 +20,7 @@ def start_replication_command(job: JobState, vm_uuid: str, capacities: dict[str,
                 capacity_bytes=capacities.get(d.disk_id, 0),
                 resume_token=d.resume_token,
                 target_is_new=d.target_is_new,
+                repair_extents=d.repair_extents,
             )
             for d in job.disks
             if not d.completed

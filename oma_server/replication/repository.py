@@ -63,6 +63,7 @@ def row_to_state(row: ReplicationJob, disks: Iterable[JobDisk]) -> JobState:
                 nbd_uri=d.nbd_uri,
                 full_copy_reason=d.full_copy_reason,
                 resume_token=d.resume_token,
+                repair_extents=tuple((int(o), int(n)) for o, n in d.repair_extents or ()),
             )
             for d in sorted(disks, key=lambda d: d.disk.unit_number)
         ],
@@ -198,6 +199,7 @@ def insert(state: JobState, request_id: str | None, disks: list[DiskState]) -> J
             previous_change_id=disk.previous_change_id,
             nbd_uri=disk.nbd_uri,
             full_copy_reason=disk.full_copy_reason,
+            repair_extents=[list(e) for e in disk.repair_extents] or None,
         )
     stored = load(row.id)
     assert stored is not None

@@ -89,6 +89,8 @@ class DiskState:
     nbd_uri: str = ""
     full_copy_reason: str = ""
     resume_token: str = ""
+    # Byte ranges an incremental copies whatever changed: blocks a verification found different (the repair).
+    repair_extents: tuple[tuple[int, int], ...] = ()
     # Not persisted on purpose: after a restart it reads False, the safe value (the agent then writes zeros too).
     target_is_new: bool = False
 

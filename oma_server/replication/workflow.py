@@ -27,11 +27,11 @@ from loguru import logger
 from oma_server.clock import Clock
 from oma_server.cloudstack.errors import CloudStackError
 from oma_server.db.database import Database
-from oma_server.db.models import BlockMap, VmContext, utcnow
+from oma_server.db.models import Appliance, BlockMap, VmContext, utcnow
 from oma_server.engine import OUTAGE, JobRunner, OnRetry, Step, run_step
 from oma_server.errors import DomainError, FailedPrecondition, InvalidArgument, job_already_active
 from oma_server.integrity.at_rest import mismatched_ranges
-from oma_server.integrity.blocks import describe
+from oma_server.integrity.blocks import BLOCK_SIZE, BlockRange, block_extents, blocks_of, count_of, describe
 from oma_server.integrity.verifier import ReplicaVerifier
 from oma_server.joblog import JobLogService, note
 from oma_server.replication.service import ReplicationService
@@ -43,6 +43,8 @@ from oma_server.vm_contexts.service import VmContextService, VmView
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
 
 KINDS = ("initial", "incremental", "final")
+#: the Hello capability of an appliance that copies DiskTarget.repair_extents on top of the changed areas
+REPAIR_CAPABILITY = "repair-extents"
 STARTABLE = (VmStatus.DISCOVERED, VmStatus.READY_FOR_FAILOVER, VmStatus.FAILED)
 #: how often a job goes back to the queue after CloudStack refused an attach because the OMA VM was full
 MAX_REQUEUES = 3
@@ -54,20 +56,28 @@ class OmaFull(Exception):
     """CloudStack refused an attach: the OMA VM holds its maximum of data volumes."""
 
 
-def plan_disks(view: VmView, kind: str) -> list[DiskState]:
-    """Per disk: full or incremental, the change id to start from, and why a full copy was chosen."""
+def plan_disks(view: VmView, kind: str, *, repair_blocks: bool = False) -> list[DiskState]:
+    """Per disk: full or incremental, the change id to start from, and why a full copy was chosen.
+
+    A replica a verification found different at rest is repaired: with `repair_blocks` (the appliance recopies
+    extents it is given, capability "repair-extents") its incremental also copies exactly the mismatching blocks;
+    otherwise the disk is copied whole."""
     plan = []
     for d in view.disks:
         disk = d.disk
         reason = ""
+        repair: tuple[tuple[int, int], ...] = ()
+        found = _found_at_rest(d.verification, disk.last_change_id)
         if kind == "initial":
             reason = "initial replication"
         elif not disk.last_change_id:
             reason = "no previous change id for this disk"
         elif disk.replicated_capacity_bytes and disk.replicated_capacity_bytes != disk.capacity_bytes:
             reason = f"disk resized from {disk.replicated_capacity_bytes} to {disk.capacity_bytes} bytes"
-        elif (found := _found_at_rest(d.verification, disk.last_change_id)) is not None:
-            reason = found
+        elif found is not None and repair_blocks:
+            repair = tuple(block_extents(found[1], disk.capacity_bytes))
+        elif found is not None:
+            reason = found[0]
         full = bool(reason)
         plan.append(
             DiskState(
@@ -77,21 +87,38 @@ def plan_disks(view: VmView, kind: str) -> list[DiskState]:
                 mode="full" if full else "incremental",
                 previous_change_id="" if full else disk.last_change_id,
                 full_copy_reason="" if kind == "initial" else reason,
+                repair_extents=repair,
             )
         )
     return plan
 
 
-def _found_at_rest(verified: BlockMap | None, change_id: str) -> str | None:
-    """Why a disk is copied whole after an on-demand verification found its replica different at rest (the repair;
-    integrity/at_rest.py), None when it did not."""
+def _found_at_rest(verified: BlockMap | None, change_id: str) -> tuple[str, list[BlockRange]] | None:
+    """What an on-demand verification found different at rest in a disk's replica at `change_id` (integrity/
+    at_rest.py) and the mismatching block ranges, None when it found nothing."""
     ranges = mismatched_ranges(verified if verified is not None and verified.change_id == change_id else None)
     if not ranges:
         return None
     assert verified is not None
-    return (
+    found = (
         f"verification job {verified.check_job_id} found the replica different at rest in block(s) {describe(ranges)}"
     )
+    return found, ranges
+
+
+def _plan_notes(job_id: str, disks: list[DiskState]) -> None:
+    """The job log says why a disk is copied whole, or which blocks an incremental recopies to repair its replica."""
+    for d in disks:
+        if d.full_copy_reason:
+            note(job_id, "plan", f"disk {d.disk_key}: full copy ({d.full_copy_reason})")
+        elif d.repair_extents:
+            ranges = blocks_of(d.repair_extents, max(o + n for o, n in d.repair_extents))
+            note(
+                job_id,
+                "repair",
+                f"disk {d.disk_key}: incremental, recopying block(s) {describe(ranges)} "
+                f"({count_of(ranges)} of {BLOCK_SIZE // 2**20} MiB each) that a verification found different at rest",
+            )
 
 
 def vm_after_job(job: JobState) -> None:
@@ -175,15 +202,14 @@ class ReplicationWorkflow:
         if not kind:
             kind = "incremental" if any(d.disk.last_change_id for d in view.disks) else "initial"
         await self._check_fits_cloud(view)
-        disks = plan_disks(view, kind)
+        appliance = await self.db.run(Appliance.get_or_none, Appliance.id == vm.appliance_id)
+        disks = plan_disks(view, kind, repair_blocks=REPAIR_CAPABILITY in (appliance.capabilities if appliance else []))
 
         def mark_vm(job: JobState) -> None:
             if kind != "final":
                 transition_vm(vm.id, VmStatus.REPLICATING, active_job_id=job.id)
             note(job.id, "start", f"{kind} replication of {vm.name} ({len(disks)} disk(s)) requested")
-            for d in disks:
-                if d.full_copy_reason:
-                    note(job.id, "plan", f"disk {d.disk_key}: full copy ({d.full_copy_reason})")
+            _plan_notes(job.id, disks)
 
         job = await self.jobs.create(
             vm_context_id=vm_context_id,

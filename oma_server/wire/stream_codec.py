@@ -282,6 +282,12 @@ def _enum_value(descriptor: EnumDescriptor, prefix: str, name: str) -> int:
 
 
 # ---- outbound ------------------------------------------------------------------------------------------------------
+def _extents(extents: tuple[tuple[int, int], ...]) -> stream_pb2.CopiedExtents | None:
+    if not extents:
+        return None
+    return stream_pb2.CopiedExtents(extents=[stream_pb2.ByteExtent(offset=o, length=n) for o, n in extents])
+
+
 def encode_command(command: c.Command, command_id: str, issued_at: datetime) -> bytes:
     """A command as it is stored in the outbox and sent (and re-sent) to the appliance."""
     wire = stream_pb2.Command(command_id=command_id)
@@ -302,6 +308,7 @@ def encode_command(command: c.Command, command_id: str, issued_at: datetime) -> 
                             capacity_bytes=d.capacity_bytes,
                             resume_token=d.resume_token,
                             target_is_new=d.target_is_new,
+                            repair_extents=_extents(d.repair_extents),
                         )
                         for d in command.disks
                     ],

@@ -40,7 +40,7 @@ from vma_client_stubs.stream_client import StreamClient
 # The CLI, the tests and the benchmarks import these from here.
 __all__ = ["CAPABILITIES", "Agent", "CopyOptions", "agent_version", "snapshot_description"]
 
-CAPABILITIES = ("resume-from-extent", "cbt-incremental", "zero-skip", "copied-extents")
+CAPABILITIES = ("resume-from-extent", "cbt-incremental", "zero-skip", "copied-extents", "repair-extents")
 
 
 def agent_version() -> str:

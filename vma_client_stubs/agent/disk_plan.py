@@ -15,7 +15,8 @@ from vma_client_stubs.agent.vcenter import ChangeIdInvalid, DiskNotFound, FakeVC
 async def plan_disk(vcenter: FakeVCenter, disk: DiskRun, snapshot: Snapshot, log: Any) -> None:
     """Fill `disk`'s plan from the snapshot: no previous change id → full copy into a fresh volume; previous change
     id invalid or capacity different from the OMA's → full copy, holes zeroed, reason logged; otherwise the changed
-    extents. Then its resume point, from the token the OMA acknowledged."""
+    extents and the repair extents the OMA named (blocks it found different on the replica). Then its resume point,
+    from the token the OMA acknowledged."""
     target = disk.target
     log = log.bind(disk_id=target.disk_id)
     try:
@@ -26,7 +27,15 @@ async def plan_disk(vcenter: FakeVCenter, disk: DiskRun, snapshot: Snapshot, log
     disk.snapshot_path = sdisk.path
     changed, reason = await _changed_areas(vcenter, disk, snapshot, sdisk.capacity_bytes)
     if changed is not None:
-        disk.plan = Plan.incremental(changed)
+        repair = _repair_extents(disk, sdisk.capacity_bytes)
+        if repair:
+            log.info(
+                "disk {disk}: recopying {n} range(s), {mib:.1f} MiB, the OMA found different on the replica",
+                disk=target.disk_id,
+                n=len(repair),
+                mib=sum(n for _, n in repair) / 2**20,
+            )
+        disk.plan = Plan.incremental([*changed, *repair])
         disk.mode = jobs_pb2.COPY_MODE_INCREMENTAL
         disk.fresh_target = False
     else:
@@ -66,6 +75,16 @@ async def _changed_areas(
     except ChangeIdInvalid as exc:
         return None, f"previous change id invalid: {exc}"
     return changed, ""
+
+
+def _repair_extents(disk: DiskRun, capacity: int) -> list[Extent]:
+    """The byte ranges the OMA asks an incremental to copy too (DiskTarget.repair_extents), within the disk."""
+    out = []
+    for e in disk.target.repair_extents.extents:
+        end = min(e.offset + e.length, capacity)
+        if e.offset < end:
+            out.append((e.offset, end - e.offset))
+    return out
 
 
 def _resume_point(disk: DiskRun, log: Any) -> None:

@@ -225,7 +225,7 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., running_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DiskTarget(_message.Message):
-    __slots__ = ("disk_id", "disk_key", "nbd_uri", "previous_change_id", "capacity_bytes", "resume_token", "target_is_new")
+    __slots__ = ("disk_id", "disk_key", "nbd_uri", "previous_change_id", "capacity_bytes", "resume_token", "target_is_new", "repair_extents")
     DISK_ID_FIELD_NUMBER: _ClassVar[int]
     DISK_KEY_FIELD_NUMBER: _ClassVar[int]
     NBD_URI_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +233,7 @@ class DiskTarget(_message.Message):
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     TARGET_IS_NEW_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_EXTENTS_FIELD_NUMBER: _ClassVar[int]
     disk_id: str
     disk_key: int
     nbd_uri: str
@@ -240,7 +241,8 @@ class DiskTarget(_message.Message):
     capacity_bytes: int
     resume_token: str
     target_is_new: bool
-    def __init__(self, disk_id: _Optional[str] = ..., disk_key: _Optional[int] = ..., nbd_uri: _Optional[str] = ..., previous_change_id: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., resume_token: _Optional[str] = ..., target_is_new: bool = ...) -> None: ...
+    repair_extents: CopiedExtents
+    def __init__(self, disk_id: _Optional[str] = ..., disk_key: _Optional[int] = ..., nbd_uri: _Optional[str] = ..., previous_change_id: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., resume_token: _Optional[str] = ..., target_is_new: bool = ..., repair_extents: _Optional[_Union[CopiedExtents, _Mapping]] = ...) -> None: ...
 
 class StartReplicationCommand(_message.Message):
     __slots__ = ("job_id", "vm_uuid", "disks", "last_applied_sequence")
