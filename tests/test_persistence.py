@@ -142,6 +142,7 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
         MachineGroup,
         Schedule,
         SchemaMigration,
+        SourceHashRun,
         WatchRevision,
     )
 
@@ -163,13 +164,14 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
                 GroupRun,
                 GroupMember,
                 MachineGroup,
+                SourceHashRun,
             ]
         )
         SchemaMigration.delete().where(SchemaMigration.version > 1).execute()
 
     await db.run(downgrade)
     assert await db.run(current_version, db.peewee) == 1
-    assert await db.run(apply_migrations, db.peewee) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    assert await db.run(apply_migrations, db.peewee) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
     columns = {c.name for c in await db.run(db.peewee.get_columns, "disk")}
     assert "replicated_capacity_bytes" in columns
     assert await db.run(db.peewee.table_exists, "watch_revision")
@@ -187,6 +189,7 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
     assert set(_APPLIANCE_IDENTITY_COLUMNS) <= appliance
     assert await db.run(db.peewee.table_exists, "appliance_certificate")
     assert "repair_extents" in {c.name for c in await db.run(db.peewee.get_columns, "job_disk")}
+    assert await db.run(db.peewee.table_exists, "source_hash_run")
 
     def back_to_12() -> None:  # a database of a 0.3 build before renewals retired their predecessors
         migrator = SchemaMigrator.from_database(db.peewee)
@@ -195,7 +198,7 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
         SchemaMigration.delete().where(SchemaMigration.version > 12).execute()
 
     await db.run(back_to_12)
-    assert await db.run(apply_migrations, db.peewee) == [13, 14]
+    assert await db.run(apply_migrations, db.peewee) == [13, 14, 15]
     certificate = {c.name for c in await db.run(db.peewee.get_columns, "appliance_certificate")}
     assert "superseded_by" in certificate
     assert "repair_extents" in {c.name for c in await db.run(db.peewee.get_columns, "job_disk")}

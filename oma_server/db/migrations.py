@@ -28,6 +28,7 @@ from oma_server.db.models import (
     MachineGroup,
     Schedule,
     SchemaMigration,
+    SourceHashRun,
     WatchRevision,
 )
 
@@ -114,6 +115,10 @@ def _m014_job_disk_repair_extents(db: pw.Database) -> None:
     _add_missing_columns(db, JobDisk, {"repair_extents": pw.TextField(null=True)})  # JsonField's column type
 
 
+def _m015_source_hash_run(db: pw.Database) -> None:
+    db.create_tables([SourceHashRun], safe=True)  # a database created at 15 already has it
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "initial schema", _m001_initial),
     (2, "disk.replicated_capacity_bytes (resize detection)", _m002_disk_replicated_capacity),
@@ -129,6 +134,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (12, "appliance.join_token_*, appliance_certificate (appliance client certificates)", _m012_appliance_certificates),
     (13, "appliance_certificate.superseded_by (a renewal revokes its predecessor)", _m013_certificate_superseded_by),
     (14, "job_disk.repair_extents (blocks an incremental recopies to repair a replica)", _m014_job_disk_repair_extents),
+    (15, "source_hash_run (the source's block hashes an appliance sent)", _m015_source_hash_run),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

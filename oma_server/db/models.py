@@ -203,8 +203,7 @@ class JobDisk(BaseModel):
     nbd_uri = pw.CharField(max_length=512, default="")
     full_copy_reason = pw.CharField(max_length=255, default="")
     resume_token = pw.CharField(max_length=1024, default="")
-    #: [[offset, length], ...] an incremental recopies whatever changed (the repair of blocks found different), or None
-    repair_extents = JsonField(null=True)
+    repair_extents = JsonField(null=True)  # [[offset, length], ...] an incremental recopies too (a repair)
 
     class Meta:
         indexes = ((("job", "disk"), True),)
@@ -283,13 +282,11 @@ class WatchRevision(BaseModel):
 
 class BlockMap(BaseModel):
     """A disk's block-hash map at one change id (oma_server/integrity): what its replica read back as.
-
     `pending` rows are syncs whose read-back has not run yet, with the byte extents the sync covered (`extents`,
     null: the whole disk); `verified` rows hold the hashes (HASH_SIZE bytes per block, in disk order) and the digest.
-    The `check_*` columns are the last on-demand verification of the replica at rest against this map
-    (VerifyVmContext, integrity/at_rest.py): its job, time, outcome (`passed` | `mismatch`), the digest it read and
-    the mismatching block ranges (`[[first, count], ...]`).
-    """
+    The `check_*` columns are the last comparison of the replica with this map or the source: its job (the sync's own
+    when its read-back compared the source's hashes; a VerifyVmContext job at rest, integrity/at_rest.py), time,
+    outcome (`passed` | `mismatch`), the digest read and the mismatching block ranges (`[[first, count], ...]`)."""
 
     id = pw.AutoField()
     disk_id: str  # set by Peewee for the foreign key
@@ -316,6 +313,23 @@ class BlockMap(BaseModel):
         indexes = ((("disk", "change_id"), True),)
 
 
+class SourceHashRun(BaseModel):
+    """The source's hashes of `count` blocks from `first_block` as the appliance sent them in a job (vma.v1.BlockHashes;
+    null: all-zero blocks), which the read-back of the job's sync compares the replica with (integrity/verifier.py)."""
+
+    id = pw.AutoField()
+    job_id: str  # set by Peewee for the foreign key
+    job = pw.ForeignKeyField(ReplicationJob, backref="source_hash_runs", on_delete="CASCADE")
+    disk_id: str  # set by Peewee for the foreign key
+    disk = pw.ForeignKeyField(Disk, backref="source_hash_runs", on_delete="CASCADE")
+    first_block = pw.BigIntegerField()
+    count = pw.IntegerField()
+    hashes = pw.BlobField(null=True)
+
+    class Meta:
+        indexes = ((("job", "disk", "first_block"), True),)
+
+
 class ApiToken(BaseModel):
     """An operator's API token (security/tokens.py): only the SHA-256 of its secret is kept."""
 
@@ -329,10 +343,8 @@ class ApiToken(BaseModel):
 
 
 class IdempotencyRecord(BaseModel):
-    """The first answer to a mutating call with a request_id (oma_server/idempotency.py, AIP-155).
-
-    Written in the transaction of the call's first change (`response` still null), the answer added once it is known.
-    """
+    """The first answer to a mutating call with a request_id (oma_server/idempotency.py, AIP-155). Written in the
+    transaction of the call's first change (`response` still null), the answer added once it is known."""
 
     method = pw.CharField(max_length=255)
     request_id = pw.CharField(max_length=128)
@@ -469,6 +481,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     NbdExport,
     ReplicationJob,
     JobDisk,
+    SourceHashRun,
     FailoverJob,
     JobLog,
     Command,

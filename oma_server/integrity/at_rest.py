@@ -49,7 +49,7 @@ class ReplicaMismatch(FailedPrecondition):
 def targets_of(vm_context_id: str) -> list[RestTarget]:
     """Every disk of the VM with its verified map at its current change id; FAILED_PRECONDITION
     (REPLICA_NOT_VERIFIED) naming the disks that have none to compare with."""
-    unverified = [d for d in gate.unverified_disks(vm_context_id) if d.state != MISMATCH]
+    unverified = [d for d in gate.unverified_disks(vm_context_id) if not d.ranges]  # a map to compare with
     if unverified:
         raise FailedPrecondition(
             "nothing to compare the replicas with: " + gate.describe(unverified) + ", then verify again",
@@ -74,11 +74,16 @@ def targets_of(vm_context_id: str) -> list[RestTarget]:
     return out
 
 
-def mismatches(expected: bytes, read: Mapping[int, bytes]) -> list[BlockRange]:
-    """The block ranges whose hash read differs from the expected map, sorted and merged."""
+def mismatches(expected: bytes | Mapping[int, bytes], read: Mapping[int, bytes]) -> list[BlockRange]:
+    """The block ranges whose hash read differs from the expected one — a map's hashes in disk order, or the source's
+    hashes by block (only the blocks it has are compared) — sorted and merged."""
     ranges: list[list[int]] = []
     for index in sorted(read):
-        if read[index] == expected[index * HASH_SIZE : (index + 1) * HASH_SIZE]:
+        if isinstance(expected, Mapping):
+            want = expected.get(index)
+        else:
+            want = expected[index * HASH_SIZE : (index + 1) * HASH_SIZE]
+        if want is None or read[index] == want:
             continue
         if ranges and ranges[-1][0] + ranges[-1][1] == index:
             ranges[-1][1] += 1

@@ -18,9 +18,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
-ALGORITHM = "sha256"
-BLOCK_SIZE = 2 * 1024 * 1024
-HASH_SIZE = 32
+from oma_server.protocol import stream
+
+# The construction is the protocol's (the appliance hashes the source the same way): named here for the OMA's side.
+ALGORITHM = stream.HASH_ALGORITHM
+BLOCK_SIZE = stream.HASH_BLOCK_SIZE
+HASH_SIZE = stream.HASH_SIZE
 
 Extent = tuple[int, int]  # (offset, length) in bytes
 BlockRange = tuple[int, int]  # (first block index, number of blocks)

@@ -20,7 +20,8 @@ class UnverifiedDisk:
     disk_id: str
     change_id: str
     #: "pending" (synced, not read back: running, failed or cut short), "missing" (no map at this change id) or
-    #: "mismatch" (an on-demand verification at rest found blocks that differ from the map: `ranges`)
+    #: "mismatch" (an on-demand verification at rest found blocks that differ from the map: `ranges`) or "differs"
+    #: (the read-back of its sync found blocks that differ from the source's hashes the appliance sent: `ranges`)
     state: str
     ranges: tuple[BlockRange, ...] = ()
 
@@ -38,20 +39,26 @@ def unverified_disks(vm_context_id: str) -> list[UnverifiedDisk]:
             out.append(UnverifiedDisk(disk.key, disk.id, disk.last_change_id, state))
         elif row.check_outcome == "mismatch":
             ranges = tuple((int(f), int(n)) for f, n in row.check_mismatched or [])
-            out.append(UnverifiedDisk(disk.key, disk.id, disk.last_change_id, "mismatch", ranges))
+            state = "differs" if row.check_job_id == row.job_id else "mismatch"
+            out.append(UnverifiedDisk(disk.key, disk.id, disk.last_change_id, state, ranges))
     return out
 
 
 def _what(d: UnverifiedDisk) -> str:
     if d.state == "mismatch":
         return f"was found at rest to differ from its map in block(s) {describe_ranges(d.ranges)} (VerifyVmContext)"
+    if d.state == "differs":
+        return (
+            f"differs from the source in block(s) {describe_ranges(d.ranges)} (its sync's read-back against the "
+            "appliance's block hashes)"
+        )
     return "was synced but not read back" if d.state == "pending" else "has no block-hash map"
 
 
 def describe(unverified: list[UnverifiedDisk]) -> str:
     """One sentence naming each unverified disk and what to do."""
     parts = [f"disk {d.key} at change id {d.change_id} {_what(d)}" for d in unverified]
-    repair = " (it recopies the blocks that differ)" if any(d.state == "mismatch" for d in unverified) else ""
+    repair = " (it recopies the blocks that differ)" if any(d.ranges for d in unverified) else ""
     return (
         "; ".join(parts) + ": the replica is not proven identical to the source; run an incremental replication "
         f"(its read-back verifies the replica){repair} and let it complete"

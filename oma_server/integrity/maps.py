@@ -8,8 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from oma_server.db.models import BlockMap, Disk, ReplicationJob, Volume
-from oma_server.integrity.blocks import ALGORITHM, BLOCK_SIZE, Extent
+from oma_server.db.models import BlockMap, Disk, ReplicationJob, SourceHashRun, Volume
+from oma_server.errors import MessageRejected
+from oma_server.integrity.blocks import ALGORITHM, BLOCK_SIZE, HASH_SIZE, Extent, block_count, block_span, zero_hash
+
+#: (first block, count, count x HASH_SIZE bytes, or b"" for all-zero blocks)
+HashRun = tuple[int, int, bytes]
 
 
 def record_sync(job_id: str, disk_id: str, change_id: str, extents: Sequence[Extent] | None) -> None:
@@ -121,3 +125,52 @@ def unread_on_oma_vm() -> dict[str, list[str]]:
     for row in rows:
         out.setdefault(row.job_id, []).append(row.disk_id)
     return out
+
+
+def record_source_hashes(job_id: str, disk_id: str, runs: Sequence[HashRun], sequence: int) -> None:
+    """The source's block hashes the appliance sent for a disk of a job: they replace what is stored for those
+    blocks (a resend after a cut is the same, a re-run of the disk's copy may send them again). A run beyond the
+    disk's capacity refuses the whole event."""
+    blocks = block_count(Disk.get_by_id(disk_id).capacity_bytes)
+    first, count = runs[-1][0], runs[-1][1]
+    if first + count > blocks:
+        raise MessageRejected(
+            "INVALID_MESSAGE",
+            f"block_hashes for disk {disk_id} reach block {first + count - 1}; the disk has {blocks} block(s) of "
+            f"{BLOCK_SIZE} bytes; nothing was applied",
+            job_id,
+            sequence,
+        )
+    for first, count, hashes in runs:
+        SourceHashRun.delete().where(
+            (SourceHashRun.job == job_id)
+            & (SourceHashRun.disk == disk_id)
+            & (SourceHashRun.first_block < first + count)
+            & (SourceHashRun.first_block + SourceHashRun.count > first)
+        ).execute()
+        SourceHashRun.create(job=job_id, disk=disk_id, first_block=first, count=count, hashes=hashes or None)
+
+
+def source_hashes(job_id: str, disk_id: str, capacity: int) -> dict[int, bytes]:
+    """Block index → the source's hash the appliance sent in this job (none: it sent no hashes for the disk)."""
+    out: dict[int, bytes] = {}
+    query = SourceHashRun.select().where((SourceHashRun.job == job_id) & (SourceHashRun.disk == disk_id))
+    for run in query.order_by(SourceHashRun.first_block):
+        values = bytes(run.hashes) if run.hashes is not None else b""
+        for i in range(run.count):
+            index = run.first_block + i
+            if values:
+                out[index] = values[i * HASH_SIZE : (i + 1) * HASH_SIZE]
+            else:
+                out[index] = zero_hash(block_span(index, capacity)[1])
+    return out
+
+
+def found_different_from_source(job_id: str) -> bool:
+    """Whether the read-back of the job's sync found a replica different from the source's hashes (the sync's own
+    check on a map it recorded)."""
+    return (
+        BlockMap.select()
+        .where((BlockMap.job_id == job_id) & (BlockMap.check_job_id == job_id) & (BlockMap.check_outcome == "mismatch"))
+        .exists()
+    )

@@ -6,24 +6,57 @@ copy, the blocks of the changed extents after an incremental — takes the other
 previous verified map, and records the map, its digest and the time. Without a previous map (or without the
 extents, from an appliance that does not report them) it reads the whole disk, and says why in the job log. Each
 read-back is one `verify` step of the job log (started and finished, so its duration is there too).
+
+Every block read is compared with the source's hash the appliance sent for it in this job (vma.v1.BlockHashes,
+stored by maps.record_source_hashes). The map records the source's hash where there is one (the replica's own
+elsewhere), so a replica that differs never gets a map that agrees with it. A difference is kept on the map like a
+mismatch found at rest (`check_*`, the sync's own job as the checking job): the gate refuses failover naming the
+disk and its blocks, and the disk's next sync recopies exactly those blocks (replication/workflow.py). An appliance
+that sends no hashes gets verification by the read-back alone, and the job log says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 
 from loguru import logger
 
 from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import BlockMap, Disk
-from oma_server.integrity import maps
-from oma_server.integrity.blocks import HASH_SIZE, all_blocks, block_count, blocks_of, count_of, disk_digest
+from oma_server.integrity import at_rest, maps
+from oma_server.integrity.blocks import (
+    HASH_SIZE,
+    BlockRange,
+    all_blocks,
+    block_count,
+    blocks_of,
+    count_of,
+    describe,
+    disk_digest,
+)
 from oma_server.integrity.reader import ReplicaReader
 from oma_server.joblog import JobLogService
 
 MIB = 1024 * 1024
+
+
+@dataclass
+class JobVerification:
+    """What the read-back of a job's sync found: disks verified, and those whose replica differs from the source's
+    hashes (disk id → (disk key, block ranges))."""
+
+    verified: int = 0
+    mismatched: dict[str, tuple[int, list[BlockRange]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    ranges: list[BlockRange]
+    why: str  # why the whole disk is read ("" when only the synced blocks are)
+    kept: bytes | None  # the hashes of the blocks not read, from the disk's previous verified map
 
 
 class ReplicaVerifier:
@@ -33,58 +66,106 @@ class ReplicaVerifier:
         self.joblog = joblog
         self.workers = workers
 
-    async def verify_job(self, job_id: str) -> int:
-        """Read back every disk the job synced whose map is pending; returns how many were verified. A disk whose
-        replica cannot be read is left pending, its job-log step failed with the reason."""
+    async def verify_job(self, job_id: str) -> JobVerification:
+        """Read back every disk the job synced whose map is pending. A disk whose replica cannot be read is left
+        pending, its job-log step failed with the reason."""
         pending = await self.db.run(maps.pending_of_job, job_id)
         results = await asyncio.gather(
             *(self._verify(job_id, row, path) for row, path in pending), return_exceptions=True
         )
+        outcome = JobVerification()
         for (row, _), result in zip(pending, results, strict=True):
             if isinstance(result, BaseException):
                 log = logger.bind(job_id=job_id, disk_id=row.disk_id)
                 log.opt(exception=result).warning("replica not verified: {e}", e=result)
-        return sum(1 for r in results if r is True)
+            elif result[1]:
+                outcome.mismatched[row.disk_id] = result
+            else:
+                outcome.verified += 1
+        return outcome
 
-    async def _verify(self, job_id: str, row: BlockMap, path: str) -> bool:
-        log = logger.bind(job_id=job_id, disk_id=row.disk_id)
-        disk = await self.db.run(Disk.get_by_id, row.disk_id)
+    async def _plan(self, row: BlockMap) -> _Plan:
         previous = await self.db.run(maps.previous_verified, row)
-        total = block_count(row.capacity_bytes)
-        why = ""
         if row.extents is None:
-            ranges, why = all_blocks(row.capacity_bytes), "the appliance did not say which extents it copied"
-        elif previous is None or previous.hashes is None:
-            ranges, why = all_blocks(row.capacity_bytes), "no earlier verified map of this disk"
-        else:
-            ranges = blocks_of([(o, n) for o, n in row.extents], row.capacity_bytes)
-        whole = f" (whole disk: {why})" if why else ""
+            return _Plan(all_blocks(row.capacity_bytes), "the appliance did not say which extents it copied", None)
+        if previous is None or previous.hashes is None:
+            return _Plan(all_blocks(row.capacity_bytes), "no earlier verified map of this disk", None)
+        ranges = blocks_of([(o, n) for o, n in row.extents], row.capacity_bytes)
+        return _Plan(ranges, "", previous.hashes if count_of(ranges) < block_count(row.capacity_bytes) else None)
+
+    async def _verify(self, job_id: str, row: BlockMap, path: str) -> tuple[int, list[BlockRange]]:
+        """Read back, compare with the source's hashes, record; (disk key, the block ranges that differ)."""
+        disk = await self.db.run(Disk.get_by_id, row.disk_id)
+        plan = await self._plan(row)
+        source = await self.db.run(maps.source_hashes, job_id, row.disk_id, row.capacity_bytes)
+        total = block_count(row.capacity_bytes)
+        whole = f" (whole disk: {plan.why})" if plan.why else ""
         what = f"disk {disk.key}: replica at change id {row.change_id}"
         entry = await self.joblog.begin(
-            job_id, "verify", f"{what}: reading back {count_of(ranges)} of {total} block(s){whole}"
+            job_id, "verify", f"{what}: reading back {count_of(plan.ranges)} of {total} block(s){whole}"
         )
         try:
             if not path:
                 raise FileNotFoundError("the replica is not attached to the OMA VM")
             started = time.monotonic()
             reader = ReplicaReader(path, row.capacity_bytes, workers=self.workers)
-            read = await asyncio.to_thread(reader.hashes, ranges)
+            read = await asyncio.to_thread(reader.hashes, plan.ranges)
             seconds = time.monotonic() - started
-            kept = previous.hashes if previous is not None and count_of(ranges) < total else None
-            hashes = bytearray(kept) if kept is not None else bytearray(total * HASH_SIZE)
+            hashes = bytearray(plan.kept) if plan.kept is not None else bytearray(total * HASH_SIZE)
             for index, value in read.items():
-                hashes[index * HASH_SIZE : (index + 1) * HASH_SIZE] = value
+                hashes[index * HASH_SIZE : (index + 1) * HASH_SIZE] = source.get(index, value)
+            differ = at_rest.mismatches(source, read)
             digest = disk_digest(bytes(hashes))
-            await self.db.tx(maps.save_verified, row.id, bytes(hashes), digest, len(read), self.clock.now())
+            await self.db.tx(self._record, row, bytes(hashes), digest, len(read), job_id, read, differ, total)
         except BaseException as exc:
             await self.joblog.end(entry, "failed", f"{what}: not verified ({exc}); verify it again")
             raise
-        nbytes = sum(min(n * row.block_size, row.capacity_bytes - f * row.block_size) for f, n in ranges)
+        message = self._message(what, row, plan, digest, read, source, seconds) + whole
+        if differ:
+            message += f"; DIFFERS from the source in block(s) {describe(differ)}"
+        logger.bind(job_id=job_id, disk_id=row.disk_id).log("WARNING" if differ else "INFO", message)
+        await self.joblog.end(entry, "failed" if differ else "completed", message)
+        return disk.key, differ
+
+    def _record(
+        self,
+        row: BlockMap,
+        hashes: bytes,
+        digest: str,
+        blocks_read: int,
+        job_id: str,
+        read: dict[int, bytes],
+        differ: list[BlockRange],
+        total: int,
+    ) -> None:
+        at = self.clock.now()
+        maps.save_verified(row.id, hashes, digest, blocks_read, at)
+        if differ:  # kept like a difference found at rest: the gate refuses it, the next sync recopies the blocks
+            replica = bytearray(hashes)
+            for index, value in read.items():
+                replica[index * HASH_SIZE : (index + 1) * HASH_SIZE] = value
+            at_rest.record_check(row.id, job_id, at, disk_digest(bytes(replica)), differ)
+
+    @staticmethod
+    def _message(
+        what: str,
+        row: BlockMap,
+        plan: _Plan,
+        digest: str,
+        read: dict[int, bytes],
+        source: dict[int, bytes],
+        seconds: float,
+    ) -> str:
+        nbytes = sum(min(n * row.block_size, row.capacity_bytes - f * row.block_size) for f, n in plan.ranges)
         rate = nbytes / MIB / seconds if seconds > 0 else 0.0
-        message = (
-            f"{what} verified: digest {row.algorithm}:{digest}; read back {len(read)} of {total} block(s) of "
-            f"{row.block_size // MIB} MiB{whole}, {nbytes / MIB:.1f} MiB in {seconds:.2f} s ({rate:.0f} MiB/s)"
+        compared = sum(1 for index in read if index in source)
+        against = (
+            f"{compared} of them compared with the appliance's source hashes"
+            if source
+            else "the appliance sent no block hashes: verified by the read-back alone"
         )
-        log.info(message)
-        await self.joblog.end(entry, "completed", message)
-        return True
+        total = block_count(row.capacity_bytes)
+        return (
+            f"{what} verified: digest {row.algorithm}:{digest}; read back {len(read)} of {total} block(s) of "
+            f"{row.block_size // MIB} MiB ({against}), {nbytes / MIB:.1f} MiB in {seconds:.2f} s ({rate:.0f} MiB/s)"
+        )

@@ -26,6 +26,12 @@ MAX_DISKS_PER_REPORT = 256
 MAX_RUNNING_JOBS = 4096
 # The byte ranges a disk's completion may name (an appliance with more merges neighbours).
 MAX_COPIED_EXTENTS = 65_536
+# The block construction of the source's hashes (vma.v1.BlockHashes) and of the OMA's maps (oma_server/integrity:
+# why these), and the hashes one event may carry (1 MiB of them).
+HASH_ALGORITHM = "sha256"
+HASH_BLOCK_SIZE = 2 * 1024 * 1024
+HASH_SIZE = 32
+MAX_HASHED_BLOCKS_PER_EVENT = 32_768
 # Byte counts and sequences are stored in signed 64-bit columns.
 MAX_INT64 = 2**63 - 1
 # An ETA beyond ten years is not an estimate.
@@ -38,6 +44,7 @@ class EventKind(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    BLOCK_HASHES = "block_hashes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,8 @@ class JobEvent:
     detail: str = ""  # failed, cancelled
     # disk_completed: the (offset, length) byte ranges the copy covered, sorted and disjoint; None when not reported
     copied_extents: tuple[tuple[int, int], ...] | None = None
+    # block_hashes: (first block, count, count x 32 bytes of SHA-256, or b"" for all-zero blocks), ascending, disjoint
+    hash_runs: tuple[tuple[int, int, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

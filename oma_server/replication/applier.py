@@ -18,6 +18,7 @@ from collections.abc import Callable
 from oma_server import metrics
 from oma_server.clock import Clock
 from oma_server.errors import FailedPrecondition, MessageRejected
+from oma_server.integrity import maps
 from oma_server.joblog import note
 from oma_server.protocol.stream import EventKind, JobEvent, ProgressReport
 from oma_server.replication.state_machine import COPYING, JobState, JobStatus, complete, percent_of, transition
@@ -153,6 +154,11 @@ class VmaMessageApplier:
         kind = event.kind
         if kind == EventKind.DISK_COMPLETED:
             return self._disk_completed(job, event, with_sequence)
+        if kind == EventKind.BLOCK_HASHES:
+            _check_disk(job, event)
+            return with_sequence(unchanged), lambda s: maps.record_source_hashes(
+                s.id, event.disk_id, event.hash_runs, event.sequence
+            )
         if kind == EventKind.STARTED:
             if job.status in (JobStatus.REPLICATING, JobStatus.CANCELLING):
                 # Already copying, or a cancel overtook the start: record the sequence, keep the status.
@@ -187,13 +193,7 @@ class VmaMessageApplier:
     def _disk_completed(
         self, job: JobState, event: JobEvent, with_sequence: Callable[[Make], Make]
     ) -> tuple[Make, InTxHook]:
-        if job.disk(event.disk_id) is None:
-            raise MessageRejected(
-                "INVALID_MESSAGE",
-                f"disk {event.disk_id!r} is not part of job {job.id}; nothing was applied",
-                job.id,
-                event.sequence,
-            )
+        _check_disk(job, event)
 
         def mark_done(before: JobState) -> JobState:
             after = before.copy()
@@ -219,3 +219,13 @@ class VmaMessageApplier:
             self.store.repo.record_change_id(state.id, event.disk_id, event.change_id, synced)
 
         return with_sequence(mark_done), record_change_id
+
+
+def _check_disk(job: JobState, event: JobEvent) -> None:
+    if job.disk(event.disk_id) is None:
+        raise MessageRejected(
+            "INVALID_MESSAGE",
+            f"disk {event.disk_id!r} is not part of job {job.id}; nothing was applied",
+            job.id,
+            event.sequence,
+        )

@@ -30,9 +30,10 @@ from oma_server.db.database import Database
 from oma_server.db.models import Appliance, BlockMap, VmContext, utcnow
 from oma_server.engine import OUTAGE, JobRunner, OnRetry, Step, run_step
 from oma_server.errors import DomainError, FailedPrecondition, InvalidArgument, job_already_active
+from oma_server.integrity import maps
 from oma_server.integrity.at_rest import mismatched_ranges
 from oma_server.integrity.blocks import BLOCK_SIZE, BlockRange, block_extents, blocks_of, count_of, describe
-from oma_server.integrity.verifier import ReplicaVerifier
+from oma_server.integrity.verifier import JobVerification, ReplicaVerifier
 from oma_server.joblog import JobLogService, note
 from oma_server.replication.service import ReplicationService
 from oma_server.replication.state_machine import DEFAULT_OPERATION, DiskState, JobState, JobStatus
@@ -318,10 +319,11 @@ class ReplicationWorkflow:
                 provisioning.cancel()  # cancelled while queued or provisioning: stop it where it is
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await provisioning
+        found = JobVerification()
         if job.status == JobStatus.COMPLETED and self.verifier is not None:
             # The replicas are read back while they are still on the OMA VM.
             try:
-                await self.verifier.verify_job(job.id)
+                found = await self.verifier.verify_job(job.id)
             except Exception as exc:  # the disks stay unverified at this change id; the job log says so
                 logger.bind(job_id=job.id).opt(exception=True).warning("verification failed: {e}", e=exc)
                 await self.joblog.note(job.id, "verify", f"replicas not verified: {exc}", "failed")
@@ -337,6 +339,43 @@ class ReplicationWorkflow:
         free = "" if pool.capacity is None else f"; {pool.capacity - pool.in_use} of {pool.capacity} slots free"
         await self.joblog.note(
             job.id, "release_volumes", f"{detached} replica(s) detached from the OMA VM, exports retired{free}"
+        )
+        if found.mismatched and job.kind != "final":  # a final sync's failover refuses to deploy on it instead
+            await self._repair(job, found)
+
+    async def _repair(self, job: JobState, found: JobVerification) -> None:
+        """A sync whose read-back found blocks different from the source's hashes: a repair sync starts at once, an
+        incremental that recopies exactly those blocks (plan_disks) and verifies them again. Once: when the repair's
+        own read-back finds blocks different again, it stops and says so (the gate keeps refusing failover)."""
+        parts = "; ".join(f"disk {key}: block(s) {describe(ranges)}" for key, ranges in found.mismatched.values())
+        repeated = bool(job.retry_of) and await self.db.run(maps.found_different_from_source, job.retry_of)
+        if repeated:
+            await self.joblog.note(
+                job.id,
+                "repair",
+                f"the replica still differs from the source after its blocks were recopied ({parts}): no further "
+                "automatic repair, and failover stays refused for these disks. Check the OMA's storage and the "
+                "appliance (a wrong hash from the appliance looks the same), then run an incremental replication",
+                "failed",
+            )
+            return
+        try:
+            repair = await self.start_job(job.vm_context_id, "incremental", "", retry_of=job.id)
+        except DomainError as exc:
+            await self.joblog.note(
+                job.id,
+                "repair",
+                f"the replica differs from the source ({parts}); the repair sync cannot start now ({exc.message}): "
+                "the VM's next sync recopies those blocks",
+                "failed",
+            )
+            return
+        await self.joblog.note(
+            job.id,
+            "repair",
+            f"the replica differs from the source ({parts}): repair sync {repair.id} started; it recopies exactly "
+            "those blocks and verifies them again",
+            "failed",
         )
 
     async def _wait_for_slots(self, job: JobState) -> None:

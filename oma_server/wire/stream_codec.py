@@ -156,12 +156,46 @@ def _copied_extents(check: _Checker, done: stream_pb2.DiskCompleted) -> tuple[tu
     return tuple(out)
 
 
+def _hash_runs(check: _Checker, hashes: stream_pb2.BlockHashes) -> tuple[tuple[int, int, bytes], ...]:
+    """The runs of a BlockHashes event: the OMA's block construction, ascending, disjoint, each run's hashes whole."""
+    if hashes.algorithm != m.HASH_ALGORITHM or hashes.block_size != m.HASH_BLOCK_SIZE:
+        raise check.refuse(
+            f"block_hashes is {hashes.algorithm or 'no algorithm'} over {hashes.block_size}-byte blocks; the OMA "
+            f"verifies {m.HASH_ALGORITHM} over {m.HASH_BLOCK_SIZE}-byte blocks only (send those, or no hashes)"
+        )
+    total = sum(r.count for r in hashes.runs)
+    if not hashes.runs or total > m.MAX_HASHED_BLOCKS_PER_EVENT:
+        raise check.refuse(
+            f"block_hashes has {total} block(s); send 1 to {m.MAX_HASHED_BLOCKS_PER_EVENT} per event (more events)"
+        )
+    out: list[tuple[int, int, bytes]] = []
+    end = 0
+    for i, r in enumerate(hashes.runs):
+        field = f"block_hashes.runs[{i}]"
+        if r.count == 0:
+            raise check.refuse(f"{field}.count is 0")
+        if r.first_block < end:
+            raise check.refuse(f"{field} starts at block {r.first_block}, before the end of the previous run ({end})")
+        if r.hashes and len(r.hashes) != r.count * m.HASH_SIZE:
+            raise check.refuse(
+                f"{field}.hashes has {len(r.hashes)} bytes; {r.count} block(s) need {r.count * m.HASH_SIZE} "
+                "(or none for all-zero blocks)"
+            )
+        end = r.first_block + r.count
+        if end * m.HASH_BLOCK_SIZE > m.MAX_INT64:
+            raise check.refuse(f"{field} ends at block {end}, beyond any disk")
+        out.append((r.first_block, r.count, bytes(r.hashes)))
+    return tuple(out)
+
+
 def decode_event(event: stream_pb2.JobEvent) -> m.JobEvent:
     check = _Checker("job event", event.job_id, event.sequence)
     _job_and_sequence(check, event.job_id, event.sequence)
     kind = event.WhichOneof("event")
     if kind is None:
-        raise check.refuse("the event carries nothing (set started, disk_completed, completed, failed or cancelled)")
+        raise check.refuse(
+            "the event carries nothing (set started, disk_completed, block_hashes, completed, failed or cancelled)"
+        )
     if kind == "disk_completed":
         done = event.disk_completed
         check.text("disk_completed.disk_id", done.disk_id, m.MAX_ID_CHARS, required=True)
@@ -175,6 +209,15 @@ def decode_event(event: stream_pb2.JobEvent) -> m.JobEvent:
             change_id=check.text("disk_completed.change_id", done.change_id, m.MAX_CHANGE_ID_CHARS),
             mode=check.enum("disk_completed.mode", jobs_pb2.CopyMode.DESCRIPTOR, done.mode, "COPY_MODE_"),
             copied_extents=_copied_extents(check, done) if done.HasField("copied") else None,
+        )
+    if kind == "block_hashes":
+        hashes = event.block_hashes
+        return m.JobEvent(
+            job_id=event.job_id,
+            sequence=event.sequence,
+            kind=m.EventKind.BLOCK_HASHES,
+            disk_id=check.text("block_hashes.disk_id", hashes.disk_id, m.MAX_ID_CHARS, required=True),
+            hash_runs=_hash_runs(check, hashes),
         )
     if kind == "failed":
         failed = event.failed

@@ -55,6 +55,7 @@ from vma_client_stubs.agent.copy_plan import (
     chunks,
 )
 from vma_client_stubs.agent.rate_limit import TokenBucket
+from vma_client_stubs.agent.source_hashes import SourceHasher
 
 # The agent, the tests and the benchmarks import the copy's vocabulary from here.
 __all__ = [
@@ -125,6 +126,7 @@ class DiskCopier:
         checkpoint_interval_s: float = 1.0,
         limits: Sequence[TokenBucket] = (),
         tls: TlsSettings | None = None,
+        hasher: SourceHasher | None = None,
     ) -> None:
         if not (4096 <= chunk_size <= 32 * MIB) or chunk_size % 4096:
             raise ValueError("chunk_size must be a multiple of 4 KiB between 4 KiB and 32 MiB")
@@ -149,6 +151,8 @@ class DiskCopier:
         self.checkpoint_interval_s = checkpoint_interval_s
         self.limits = tuple(limits)  # data writes take their bytes from every one (the agent's shared buckets)
         self.tls = tls
+        self.hasher = hasher  # the source's block hashes from the buffers read (source_hashes.py)
+        self.prehashed_bytes = 0  # read again to hash what an interrupted run copied
         self._lock = threading.Lock()
         self._progress = CopyProgress(
             bytes_total=plan.total_bytes,
@@ -238,6 +242,8 @@ class DiskCopier:
             except OSError as exc:
                 raise SourceReadFailed(f"cannot open source {self.source}: {exc}") from exc
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            if self.hasher is not None and self.resume.done:
+                self.prehashed_bytes = self.hasher.prehash(fd, self.plan, self.resume, self.chunk_size)
             self._cursor = chunks(self.plan, self.resume, self.chunk_size)
             cancelled = self._copy(handles, fd, caps, started)
             result = self._finish(handles, caps, cancelled, started)
@@ -409,6 +415,8 @@ class _Connection:
         # bytes == bytes is one memcmp; a memoryview compared with bytes goes item by item (8 ms per 2 MiB).
         full = chunk.length == copier.chunk_size
         is_zero = buf == self.zero_buffer if full else view.tobytes() == bytes(chunk.length)
+        if copier.hasher is not None:  # from the buffer just read: the source is never read twice
+            copier.hasher.add(offset, view, zero=is_zero)
         if not is_zero:
             for bucket in copier.limits:  # only data crosses the uplink: zeros cost no bandwidth
                 bucket.acquire(chunk.length, cancelled=self.stopping, idle=self.take_replies)

@@ -25,6 +25,7 @@ async def plan_disk(vcenter: FakeVCenter, disk: DiskRun, snapshot: Snapshot, log
         raise JobFailure("INVALID_COMMAND", f"disk {target.disk_id}: {exc}", target.disk_id) from exc
     disk.key = target.disk_key
     disk.snapshot_path = sdisk.path
+    disk.capacity = sdisk.capacity_bytes
     changed, reason = await _changed_areas(vcenter, disk, snapshot, sdisk.capacity_bytes)
     if changed is not None:
         repair = _repair_extents(disk, sdisk.capacity_bytes)

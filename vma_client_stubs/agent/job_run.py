@@ -32,6 +32,7 @@ from vma_client_stubs.agent.messages import JobMessages
 from vma_client_stubs.agent.rate_limit import BandwidthLimits
 from vma_client_stubs.agent.runs import CopyOptions, DiskRun, JobFailure, JobRunner, Stopped
 from vma_client_stubs.agent.source_commands import SNAPSHOT_DESCRIPTION_PREFIX
+from vma_client_stubs.agent.source_hashes import ALGORITHM, BLOCK_SIZE, MAX_BLOCKS_PER_EVENT, SourceHasher
 from vma_client_stubs.agent.vcenter import FakeVCenter, Snapshot, SnapshotNotFound, VCenterError, VmNotFound
 
 #: the most byte ranges a DiskCompleted may name (vma.v1.CopiedExtents)
@@ -238,6 +239,12 @@ class JobExecutor:
             result = await self._watch(runner, disk, copier)
         finally:
             runner.disk_copied(target.disk_id)
+        if copier.prehashed_bytes:
+            log.info(
+                "disk {disk}: read {mib:.1f} MiB copied before the restart again to hash it",
+                disk=target.disk_id,
+                mib=copier.prehashed_bytes / 2**20,
+            )
         disk.phase = jobs_pb2.COPY_PHASE_FINALIZING
         log.info(
             "disk {disk} copied ({mode}): {done} bytes in {s:.2f} s ({mibs:.0f} MiB/s), {w} written, {z} zeroed, "
@@ -252,7 +259,30 @@ class JobExecutor:
             sk=result.bytes_skipped,
             r=result.resume_from,
         )
+        assert copier.hasher is not None
+        await self._send_hashes(runner, disk, copier.hasher)
         await self._disk_completed(runner, disk, snapshot.disk(target.disk_key).change_id)
+
+    async def _send_hashes(self, runner: JobRunner, disk: DiskRun, hasher: SourceHasher) -> None:
+        """The source's block hashes of the disk, in events of at most MAX_BLOCKS_PER_EVENT blocks."""
+        runs = hasher.runs()
+        batch: list[stream_pb2.BlockHashRun] = []
+        blocks = 0
+
+        async def send() -> None:
+            hashes = stream_pb2.BlockHashes(
+                disk_id=disk.target.disk_id, algorithm=ALGORITHM, block_size=BLOCK_SIZE, runs=batch
+            )
+            await self.messages.emit(runner.record.job_id, stream_pb2.JobEvent(block_hashes=hashes))
+
+        for first, count, values in runs:
+            if batch and blocks + count > MAX_BLOCKS_PER_EVENT:
+                await send()
+                batch, blocks = [], 0
+            batch.append(stream_pb2.BlockHashRun(first_block=first, count=count, hashes=values))
+            blocks += count
+        if batch:
+            await send()
 
     def _copier(self, runner: JobRunner, disk: DiskRun) -> DiskCopier:
         assert disk.plan is not None and disk.snapshot_path is not None
@@ -276,6 +306,9 @@ class JobExecutor:
             cancel=runner.cancel,
             checkpoint_interval_s=opts.checkpoint_interval_s,
             limits=self.limits.buckets_for(runner.record.job_id),
+            hasher=SourceHasher(
+                disk.plan, disk.capacity or disk.plan.end, whole_disk=disk.mode == jobs_pb2.COPY_MODE_FULL
+            ),
         )
 
     async def _watch(self, runner: JobRunner, disk: DiskRun, copier: DiskCopier) -> CopyResult:

@@ -56,6 +56,7 @@ class DiskRun:
     record: DiskRecord
     key: int = 0
     snapshot_path: Path | None = None
+    capacity: int = 0  # of the source disk in the snapshot
     plan: Plan | None = None
     fresh_target: bool = True
     mode: int = jobs_pb2.COPY_MODE_UNSPECIFIED

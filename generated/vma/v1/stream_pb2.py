@@ -28,7 +28,7 @@ from oma.common.v1 import inventory_pb2 as oma_dot_common_dot_v1_dot_inventory__
 from oma.common.v1 import jobs_pb2 as oma_dot_common_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13vma/v1/stream.proto\x12\x06vma.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1doma/common/v1/inventory.proto\x1a\x18oma/common/v1/jobs.proto\"w\n\x05Hello\x12\x14\n\x0c\x61ppliance_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x17\n\x0flast_command_id\x18\x05 \x01(\t\":\n\tJobCursor\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1d\n\x15last_applied_sequence\x18\x02 \x01(\x04\"\x92\x01\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eserver_version\x18\x03 \x01(\t\x12$\n\topen_jobs\x18\x04 \x03(\x0b\x32\x11.vma.v1.JobCursor\"\xd3\x01\n\x0c\x44iskProgress\x12\x0f\n\x07\x64isk_id\x18\x01 \x01(\t\x12\x12\n\nbytes_done\x18\x02 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x03 \x01(\x04\x12#\n\x1bthroughput_bytes_per_second\x18\x04 \x01(\x04\x12\'\n\x05phase\x18\x05 \x01(\x0e\x32\x18.oma.common.v1.CopyPhase\x12%\n\x04mode\x18\x06 \x01(\x0e\x32\x17.oma.common.v1.CopyMode\x12\x14\n\x0cresume_token\x18\x07 \x01(\t\"\xbe\x02\n\x0eProgressReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\'\n\x05phase\x18\x03 \x01(\x0e\x32\x18.oma.common.v1.CopyPhase\x12\x19\n\x11\x63urrent_operation\x18\x04 \x01(\t\x12\x12\n\nbytes_done\x18\x05 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x06 \x01(\x04\x12#\n\x1bthroughput_bytes_per_second\x18\x07 \x01(\x04\x12&\n\x03\x65ta\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x05\x64isks\x18\t \x03(\x0b\x32\x14.vma.v1.DiskProgress\x12+\n\x07sent_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\nJobStarted\x12\x17\n\x0fsource_snapshot\x18\x01 \x01(\t\"\x97\x01\n\rDiskCompleted\x12\x0f\n\x07\x64isk_id\x18\x01 \x01(\t\x12\x11\n\tchange_id\x18\x02 \x01(\t\x12\x14\n\x0c\x62ytes_copied\x18\x03 \x01(\x04\x12%\n\x04mode\x18\x04 \x01(\x0e\x32\x17.oma.common.v1.CopyMode\x12%\n\x06\x63opied\x18\x05 \x01(\x0b\x32\x15.vma.v1.CopiedExtents\",\n\nByteExtent\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\"4\n\rCopiedExtents\x12#\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x12.vma.v1.ByteExtent\"$\n\x0cJobCompleted\x12\x14\n\x0c\x62ytes_copied\x18\x01 \x01(\x04\"\\\n\tJobFailed\x12.\n\x0b\x65rror_class\x18\x01 \x01(\x0e\x32\x19.oma.common.v1.ErrorClass\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x0f\n\x07\x64isk_id\x18\x03 \x01(\t\"\x1e\n\x0cJobCancelled\x12\x0e\n\x06\x64\x65tail\x18\x01 \x01(\t\"\xb9\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x07started\x18\n \x01(\x0b\x32\x12.vma.v1.JobStartedH\x00\x12/\n\x0e\x64isk_completed\x18\x0b \x01(\x0b\x32\x15.vma.v1.DiskCompletedH\x00\x12)\n\tcompleted\x18\x0c \x01(\x0b\x32\x14.vma.v1.JobCompletedH\x00\x12#\n\x06\x66\x61iled\x18\r \x01(\x0b\x32\x11.vma.v1.JobFailedH\x00\x12)\n\tcancelled\x18\x0e \x01(\x0b\x32\x14.vma.v1.JobCancelledH\x00\x42\x07\n\x05\x65vent\"J\n\x0f\x44iscoveryResult\x12\x37\n\x10virtual_machines\x18\x01 \x03(\x0b\x32\x1d.oma.common.v1.VirtualMachine\"=\n\x0bPowerResult\x12.\n\x0bpower_state\x18\x01 \x01(\x0e\x32\x19.oma.common.v1.PowerState\"\xeb\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.vma.v1.CommandOutcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12.\n\x0b\x65rror_class\x18\x04 \x01(\x0e\x32\x19.oma.common.v1.ErrorClass\x12,\n\tdiscovery\x18\n \x01(\x0b\x32\x17.vma.v1.DiscoveryResultH\x00\x12$\n\x05power\x18\x0b \x01(\x0b\x32\x13.vma.v1.PowerResultH\x00\x42\t\n\x07payload\"Q\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0frunning_job_ids\x18\x02 \x03(\t\"\xd0\x01\n\nDiskTarget\x12\x0f\n\x07\x64isk_id\x18\x01 \x01(\t\x12\x10\n\x08\x64isk_key\x18\x02 \x01(\x05\x12\x0f\n\x07nbd_uri\x18\x03 \x01(\t\x12\x1a\n\x12previous_change_id\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x05 \x01(\x04\x12\x14\n\x0cresume_token\x18\x06 \x01(\t\x12\x15\n\rtarget_is_new\x18\x07 \x01(\x08\x12-\n\x0erepair_extents\x18\x08 \x01(\x0b\x32\x15.vma.v1.CopiedExtents\"|\n\x17StartReplicationCommand\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07vm_uuid\x18\x02 \x01(\t\x12!\n\x05\x64isks\x18\x03 \x03(\x0b\x32\x12.vma.v1.DiskTarget\x12\x1d\n\x15last_applied_sequence\x18\x04 \x01(\x04\"\"\n\x10\x43\x61ncelJobCommand\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"W\n\x0fPowerOffCommand\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\x12\x33\n\x10graceful_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\x0ePowerOnCommand\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\"&\n\x0f\x44iscoverCommand\x12\x13\n\x0bname_filter\x18\x01 \x01(\t\"\'\n\x14ReleaseSourceCommand\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\"\xcf\x01\n\x18SetBandwidthLimitCommand\x12\"\n\x1a\x61ppliance_bytes_per_second\x18\x01 \x01(\x04\x12U\n\x14job_bytes_per_second\x18\x02 \x03(\x0b\x32\x37.vma.v1.SetBandwidthLimitCommand.JobBytesPerSecondEntry\x1a\x38\n\x16JobBytesPerSecondEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc2\x03\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12-\n\tissued_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x11start_replication\x18\n \x01(\x0b\x32\x1f.vma.v1.StartReplicationCommandH\x00\x12.\n\ncancel_job\x18\x0b \x01(\x0b\x32\x18.vma.v1.CancelJobCommandH\x00\x12,\n\tpower_off\x18\x0c \x01(\x0b\x32\x17.vma.v1.PowerOffCommandH\x00\x12*\n\x08power_on\x18\r \x01(\x0b\x32\x16.vma.v1.PowerOnCommandH\x00\x12+\n\x08\x64iscover\x18\x0e \x01(\x0b\x32\x17.vma.v1.DiscoverCommandH\x00\x12\x36\n\x0erelease_source\x18\x0f \x01(\x0b\x32\x1c.vma.v1.ReleaseSourceCommandH\x00\x12?\n\x13set_bandwidth_limit\x18\x10 \x01(\x0b\x32 .vma.v1.SetBandwidthLimitCommandH\x00\x42\x06\n\x04kind\"*\n\x06JobAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"&\n\x10\x43ommandResultAck\x12\x12\n\ncommand_id\x18\x01 \x01(\t\"{\n\x0bStreamError\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.vma.v1.StreamErrorCode\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x12\n\ncommand_id\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t*\x8a\x01\n\x0e\x43ommandOutcome\x12\x1f\n\x1b\x43OMMAND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43OMMAND_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x43OMMAND_OUTCOME_FAILED\x10\x02\x12\x1c\n\x18\x43OMMAND_OUTCOME_REJECTED\x10\x03*\xed\x01\n\x0fStreamErrorCode\x12!\n\x1dSTREAM_ERROR_CODE_UNSPECIFIED\x10\x00\x12!\n\x1dSTREAM_ERROR_CODE_UNKNOWN_JOB\x10\x01\x12!\n\x1dSTREAM_ERROR_CODE_FOREIGN_JOB\x10\x02\x12%\n!STREAM_ERROR_CODE_INVALID_MESSAGE\x10\x03\x12#\n\x1fSTREAM_ERROR_CODE_INVALID_STATE\x10\x04\x12%\n!STREAM_ERROR_CODE_UNKNOWN_COMMAND\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13vma/v1/stream.proto\x12\x06vma.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1doma/common/v1/inventory.proto\x1a\x18oma/common/v1/jobs.proto\"w\n\x05Hello\x12\x14\n\x0c\x61ppliance_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x17\n\x0flast_command_id\x18\x05 \x01(\t\":\n\tJobCursor\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1d\n\x15last_applied_sequence\x18\x02 \x01(\x04\"\x92\x01\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eserver_version\x18\x03 \x01(\t\x12$\n\topen_jobs\x18\x04 \x03(\x0b\x32\x11.vma.v1.JobCursor\"\xd3\x01\n\x0c\x44iskProgress\x12\x0f\n\x07\x64isk_id\x18\x01 \x01(\t\x12\x12\n\nbytes_done\x18\x02 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x03 \x01(\x04\x12#\n\x1bthroughput_bytes_per_second\x18\x04 \x01(\x04\x12\'\n\x05phase\x18\x05 \x01(\x0e\x32\x18.oma.common.v1.CopyPhase\x12%\n\x04mode\x18\x06 \x01(\x0e\x32\x17.oma.common.v1.CopyMode\x12\x14\n\x0cresume_token\x18\x07 \x01(\t\"\xbe\x02\n\x0eProgressReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\'\n\x05phase\x18\x03 \x01(\x0e\x32\x18.oma.common.v1.CopyPhase\x12\x19\n\x11\x63urrent_operation\x18\x04 \x01(\t\x12\x12\n\nbytes_done\x18\x05 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x06 \x01(\x04\x12#\n\x1bthroughput_bytes_per_second\x18\x07 \x01(\x04\x12&\n\x03\x65ta\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x05\x64isks\x18\t \x03(\x0b\x32\x14.vma.v1.DiskProgress\x12+\n\x07sent_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\nJobStarted\x12\x17\n\x0fsource_snapshot\x18\x01 \x01(\t\"\x97\x01\n\rDiskCompleted\x12\x0f\n\x07\x64isk_id\x18\x01 \x01(\t\x12\x11\n\tchange_id\x18\x02 \x01(\t\x12\x14\n\x0c\x62ytes_copied\x18\x03 \x01(\x04\x12%\n\x04mode\x18\x04 \x01(\x0e\x32\x17.oma.common.v1.CopyMode\x12%\n\x06\x63opied\x18\x05 \x01(\x0b\x32\x15.vma.v1.CopiedExtents\",\n\nByteExtent\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\"4\n\rCopiedExtents\x12#\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x12.vma.v1.ByteExtent\"i\n\x0b\x42lockHashes\x12\x0f\n\x07\x64isk_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x12\n\nblock_size\x18\x03 \x01(\x04\x12\"\n\x04runs\x18\x04 \x03(\x0b\x32\x14.vma.v1.BlockHashRun\"B\n\x0c\x42lockHashRun\x12\x13\n\x0b\x66irst_block\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x01(\x0c\"$\n\x0cJobCompleted\x12\x14\n\x0c\x62ytes_copied\x18\x01 \x01(\x04\"\\\n\tJobFailed\x12.\n\x0b\x65rror_class\x18\x01 \x01(\x0e\x32\x19.oma.common.v1.ErrorClass\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x0f\n\x07\x64isk_id\x18\x03 \x01(\t\"\x1e\n\x0cJobCancelled\x12\x0e\n\x06\x64\x65tail\x18\x01 \x01(\t\"\xe6\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x07started\x18\n \x01(\x0b\x32\x12.vma.v1.JobStartedH\x00\x12/\n\x0e\x64isk_completed\x18\x0b \x01(\x0b\x32\x15.vma.v1.DiskCompletedH\x00\x12)\n\tcompleted\x18\x0c \x01(\x0b\x32\x14.vma.v1.JobCompletedH\x00\x12#\n\x06\x66\x61iled\x18\r \x01(\x0b\x32\x11.vma.v1.JobFailedH\x00\x12)\n\tcancelled\x18\x0e \x01(\x0b\x32\x14.vma.v1.JobCancelledH\x00\x12+\n\x0c\x62lock_hashes\x18\x0f \x01(\x0b\x32\x13.vma.v1.BlockHashesH\x00\x42\x07\n\x05\x65vent\"J\n\x0f\x44iscoveryResult\x12\x37\n\x10virtual_machines\x18\x01 \x03(\x0b\x32\x1d.oma.common.v1.VirtualMachine\"=\n\x0bPowerResult\x12.\n\x0bpower_state\x18\x01 \x01(\x0e\x32\x19.oma.common.v1.PowerState\"\xeb\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.vma.v1.CommandOutcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12.\n\x0b\x65rror_class\x18\x04 \x01(\x0e\x32\x19.oma.common.v1.ErrorClass\x12,\n\tdiscovery\x18\n \x01(\x0b\x32\x17.vma.v1.DiscoveryResultH\x00\x12$\n\x05power\x18\x0b \x01(\x0b\x32\x13.vma.v1.PowerResultH\x00\x42\t\n\x07payload\"Q\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0frunning_job_ids\x18\x02 \x03(\t\"\xd0\x01\n\nDiskTarget\x12\x0f\n\x07\x64isk_id\x18\x01 \x01(\t\x12\x10\n\x08\x64isk_key\x18\x02 \x01(\x05\x12\x0f\n\x07nbd_uri\x18\x03 \x01(\t\x12\x1a\n\x12previous_change_id\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x05 \x01(\x04\x12\x14\n\x0cresume_token\x18\x06 \x01(\t\x12\x15\n\rtarget_is_new\x18\x07 \x01(\x08\x12-\n\x0erepair_extents\x18\x08 \x01(\x0b\x32\x15.vma.v1.CopiedExtents\"|\n\x17StartReplicationCommand\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07vm_uuid\x18\x02 \x01(\t\x12!\n\x05\x64isks\x18\x03 \x03(\x0b\x32\x12.vma.v1.DiskTarget\x12\x1d\n\x15last_applied_sequence\x18\x04 \x01(\x04\"\"\n\x10\x43\x61ncelJobCommand\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"W\n\x0fPowerOffCommand\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\x12\x33\n\x10graceful_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\x0ePowerOnCommand\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\"&\n\x0f\x44iscoverCommand\x12\x13\n\x0bname_filter\x18\x01 \x01(\t\"\'\n\x14ReleaseSourceCommand\x12\x0f\n\x07vm_uuid\x18\x01 \x01(\t\"\xcf\x01\n\x18SetBandwidthLimitCommand\x12\"\n\x1a\x61ppliance_bytes_per_second\x18\x01 \x01(\x04\x12U\n\x14job_bytes_per_second\x18\x02 \x03(\x0b\x32\x37.vma.v1.SetBandwidthLimitCommand.JobBytesPerSecondEntry\x1a\x38\n\x16JobBytesPerSecondEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc2\x03\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12-\n\tissued_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x11start_replication\x18\n \x01(\x0b\x32\x1f.vma.v1.StartReplicationCommandH\x00\x12.\n\ncancel_job\x18\x0b \x01(\x0b\x32\x18.vma.v1.CancelJobCommandH\x00\x12,\n\tpower_off\x18\x0c \x01(\x0b\x32\x17.vma.v1.PowerOffCommandH\x00\x12*\n\x08power_on\x18\r \x01(\x0b\x32\x16.vma.v1.PowerOnCommandH\x00\x12+\n\x08\x64iscover\x18\x0e \x01(\x0b\x32\x17.vma.v1.DiscoverCommandH\x00\x12\x36\n\x0erelease_source\x18\x0f \x01(\x0b\x32\x1c.vma.v1.ReleaseSourceCommandH\x00\x12?\n\x13set_bandwidth_limit\x18\x10 \x01(\x0b\x32 .vma.v1.SetBandwidthLimitCommandH\x00\x42\x06\n\x04kind\"*\n\x06JobAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"&\n\x10\x43ommandResultAck\x12\x12\n\ncommand_id\x18\x01 \x01(\t\"{\n\x0bStreamError\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.vma.v1.StreamErrorCode\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x12\n\ncommand_id\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t*\x8a\x01\n\x0e\x43ommandOutcome\x12\x1f\n\x1b\x43OMMAND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43OMMAND_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x43OMMAND_OUTCOME_FAILED\x10\x02\x12\x1c\n\x18\x43OMMAND_OUTCOME_REJECTED\x10\x03*\xed\x01\n\x0fStreamErrorCode\x12!\n\x1dSTREAM_ERROR_CODE_UNSPECIFIED\x10\x00\x12!\n\x1dSTREAM_ERROR_CODE_UNKNOWN_JOB\x10\x01\x12!\n\x1dSTREAM_ERROR_CODE_FOREIGN_JOB\x10\x02\x12%\n!STREAM_ERROR_CODE_INVALID_MESSAGE\x10\x03\x12#\n\x1fSTREAM_ERROR_CODE_INVALID_STATE\x10\x04\x12%\n!STREAM_ERROR_CODE_UNKNOWN_COMMAND\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SETBANDWIDTHLIMITCOMMAND_JOBBYTESPERSECONDENTRY']._loaded_options = None
   _globals['_SETBANDWIDTHLIMITCOMMAND_JOBBYTESPERSECONDENTRY']._serialized_options = b'8\001'
-  _globals['_COMMANDOUTCOME']._serialized_start=3702
-  _globals['_COMMANDOUTCOME']._serialized_end=3840
-  _globals['_STREAMERRORCODE']._serialized_start=3843
-  _globals['_STREAMERRORCODE']._serialized_end=4080
+  _globals['_COMMANDOUTCOME']._serialized_start=3922
+  _globals['_COMMANDOUTCOME']._serialized_end=4060
+  _globals['_STREAMERRORCODE']._serialized_start=4063
+  _globals['_STREAMERRORCODE']._serialized_end=4300
   _globals['_HELLO']._serialized_start=153
   _globals['_HELLO']._serialized_end=272
   _globals['_JOBCURSOR']._serialized_start=274
@@ -59,46 +59,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BYTEEXTENT']._serialized_end=1255
   _globals['_COPIEDEXTENTS']._serialized_start=1257
   _globals['_COPIEDEXTENTS']._serialized_end=1309
-  _globals['_JOBCOMPLETED']._serialized_start=1311
-  _globals['_JOBCOMPLETED']._serialized_end=1347
-  _globals['_JOBFAILED']._serialized_start=1349
-  _globals['_JOBFAILED']._serialized_end=1441
-  _globals['_JOBCANCELLED']._serialized_start=1443
-  _globals['_JOBCANCELLED']._serialized_end=1473
-  _globals['_JOBEVENT']._serialized_start=1476
-  _globals['_JOBEVENT']._serialized_end=1789
-  _globals['_DISCOVERYRESULT']._serialized_start=1791
-  _globals['_DISCOVERYRESULT']._serialized_end=1865
-  _globals['_POWERRESULT']._serialized_start=1867
-  _globals['_POWERRESULT']._serialized_end=1928
-  _globals['_COMMANDRESULT']._serialized_start=1931
-  _globals['_COMMANDRESULT']._serialized_end=2166
-  _globals['_HEARTBEAT']._serialized_start=2168
-  _globals['_HEARTBEAT']._serialized_end=2249
-  _globals['_DISKTARGET']._serialized_start=2252
-  _globals['_DISKTARGET']._serialized_end=2460
-  _globals['_STARTREPLICATIONCOMMAND']._serialized_start=2462
-  _globals['_STARTREPLICATIONCOMMAND']._serialized_end=2586
-  _globals['_CANCELJOBCOMMAND']._serialized_start=2588
-  _globals['_CANCELJOBCOMMAND']._serialized_end=2622
-  _globals['_POWEROFFCOMMAND']._serialized_start=2624
-  _globals['_POWEROFFCOMMAND']._serialized_end=2711
-  _globals['_POWERONCOMMAND']._serialized_start=2713
-  _globals['_POWERONCOMMAND']._serialized_end=2746
-  _globals['_DISCOVERCOMMAND']._serialized_start=2748
-  _globals['_DISCOVERCOMMAND']._serialized_end=2786
-  _globals['_RELEASESOURCECOMMAND']._serialized_start=2788
-  _globals['_RELEASESOURCECOMMAND']._serialized_end=2827
-  _globals['_SETBANDWIDTHLIMITCOMMAND']._serialized_start=2830
-  _globals['_SETBANDWIDTHLIMITCOMMAND']._serialized_end=3037
-  _globals['_SETBANDWIDTHLIMITCOMMAND_JOBBYTESPERSECONDENTRY']._serialized_start=2981
-  _globals['_SETBANDWIDTHLIMITCOMMAND_JOBBYTESPERSECONDENTRY']._serialized_end=3037
-  _globals['_COMMAND']._serialized_start=3040
-  _globals['_COMMAND']._serialized_end=3490
-  _globals['_JOBACK']._serialized_start=3492
-  _globals['_JOBACK']._serialized_end=3534
-  _globals['_COMMANDRESULTACK']._serialized_start=3536
-  _globals['_COMMANDRESULTACK']._serialized_end=3574
-  _globals['_STREAMERROR']._serialized_start=3576
-  _globals['_STREAMERROR']._serialized_end=3699
+  _globals['_BLOCKHASHES']._serialized_start=1311
+  _globals['_BLOCKHASHES']._serialized_end=1416
+  _globals['_BLOCKHASHRUN']._serialized_start=1418
+  _globals['_BLOCKHASHRUN']._serialized_end=1484
+  _globals['_JOBCOMPLETED']._serialized_start=1486
+  _globals['_JOBCOMPLETED']._serialized_end=1522
+  _globals['_JOBFAILED']._serialized_start=1524
+  _globals['_JOBFAILED']._serialized_end=1616
+  _globals['_JOBCANCELLED']._serialized_start=1618
+  _globals['_JOBCANCELLED']._serialized_end=1648
+  _globals['_JOBEVENT']._serialized_start=1651
+  _globals['_JOBEVENT']._serialized_end=2009
+  _globals['_DISCOVERYRESULT']._serialized_start=2011
+  _globals['_DISCOVERYRESULT']._serialized_end=2085
+  _globals['_POWERRESULT']._serialized_start=2087
+  _globals['_POWERRESULT']._serialized_end=2148
+  _globals['_COMMANDRESULT']._serialized_start=2151
+  _globals['_COMMANDRESULT']._serialized_end=2386
+  _globals['_HEARTBEAT']._serialized_start=2388
+  _globals['_HEARTBEAT']._serialized_end=2469
+  _globals['_DISKTARGET']._serialized_start=2472
+  _globals['_DISKTARGET']._serialized_end=2680
+  _globals['_STARTREPLICATIONCOMMAND']._serialized_start=2682
+  _globals['_STARTREPLICATIONCOMMAND']._serialized_end=2806
+  _globals['_CANCELJOBCOMMAND']._serialized_start=2808
+  _globals['_CANCELJOBCOMMAND']._serialized_end=2842
+  _globals['_POWEROFFCOMMAND']._serialized_start=2844
+  _globals['_POWEROFFCOMMAND']._serialized_end=2931
+  _globals['_POWERONCOMMAND']._serialized_start=2933
+  _globals['_POWERONCOMMAND']._serialized_end=2966
+  _globals['_DISCOVERCOMMAND']._serialized_start=2968
+  _globals['_DISCOVERCOMMAND']._serialized_end=3006
+  _globals['_RELEASESOURCECOMMAND']._serialized_start=3008
+  _globals['_RELEASESOURCECOMMAND']._serialized_end=3047
+  _globals['_SETBANDWIDTHLIMITCOMMAND']._serialized_start=3050
+  _globals['_SETBANDWIDTHLIMITCOMMAND']._serialized_end=3257
+  _globals['_SETBANDWIDTHLIMITCOMMAND_JOBBYTESPERSECONDENTRY']._serialized_start=3201
+  _globals['_SETBANDWIDTHLIMITCOMMAND_JOBBYTESPERSECONDENTRY']._serialized_end=3257
+  _globals['_COMMAND']._serialized_start=3260
+  _globals['_COMMAND']._serialized_end=3710
+  _globals['_JOBACK']._serialized_start=3712
+  _globals['_JOBACK']._serialized_end=3754
+  _globals['_COMMANDRESULTACK']._serialized_start=3756
+  _globals['_COMMANDRESULTACK']._serialized_end=3794
+  _globals['_STREAMERROR']._serialized_start=3796
+  _globals['_STREAMERROR']._serialized_end=3919
 # @@protoc_insertion_point(module_scope)

@@ -146,6 +146,28 @@ class CopiedExtents(_message.Message):
     extents: _containers.RepeatedCompositeFieldContainer[ByteExtent]
     def __init__(self, extents: _Optional[_Iterable[_Union[ByteExtent, _Mapping]]] = ...) -> None: ...
 
+class BlockHashes(_message.Message):
+    __slots__ = ("disk_id", "algorithm", "block_size", "runs")
+    DISK_ID_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    disk_id: str
+    algorithm: str
+    block_size: int
+    runs: _containers.RepeatedCompositeFieldContainer[BlockHashRun]
+    def __init__(self, disk_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., block_size: _Optional[int] = ..., runs: _Optional[_Iterable[_Union[BlockHashRun, _Mapping]]] = ...) -> None: ...
+
+class BlockHashRun(_message.Message):
+    __slots__ = ("first_block", "count", "hashes")
+    FIRST_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    first_block: int
+    count: int
+    hashes: bytes
+    def __init__(self, first_block: _Optional[int] = ..., count: _Optional[int] = ..., hashes: _Optional[bytes] = ...) -> None: ...
+
 class JobCompleted(_message.Message):
     __slots__ = ("bytes_copied",)
     BYTES_COPIED_FIELD_NUMBER: _ClassVar[int]
@@ -169,7 +191,7 @@ class JobCancelled(_message.Message):
     def __init__(self, detail: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "sequence", "occurred_at", "started", "disk_completed", "completed", "failed", "cancelled")
+    __slots__ = ("job_id", "sequence", "occurred_at", "started", "disk_completed", "completed", "failed", "cancelled", "block_hashes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +200,7 @@ class JobEvent(_message.Message):
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     sequence: int
     occurred_at: _timestamp_pb2.Timestamp
@@ -186,7 +209,8 @@ class JobEvent(_message.Message):
     completed: JobCompleted
     failed: JobFailed
     cancelled: JobCancelled
-    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., occurred_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started: _Optional[_Union[JobStarted, _Mapping]] = ..., disk_completed: _Optional[_Union[DiskCompleted, _Mapping]] = ..., completed: _Optional[_Union[JobCompleted, _Mapping]] = ..., failed: _Optional[_Union[JobFailed, _Mapping]] = ..., cancelled: _Optional[_Union[JobCancelled, _Mapping]] = ...) -> None: ...
+    block_hashes: BlockHashes
+    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., occurred_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started: _Optional[_Union[JobStarted, _Mapping]] = ..., disk_completed: _Optional[_Union[DiskCompleted, _Mapping]] = ..., completed: _Optional[_Union[JobCompleted, _Mapping]] = ..., failed: _Optional[_Union[JobFailed, _Mapping]] = ..., cancelled: _Optional[_Union[JobCancelled, _Mapping]] = ..., block_hashes: _Optional[_Union[BlockHashes, _Mapping]] = ...) -> None: ...
 
 class DiscoveryResult(_message.Message):
     __slots__ = ("virtual_machines",)
