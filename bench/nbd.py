@@ -12,7 +12,9 @@ text-like runs with some all-zero blocks) and into a fresh sparse target per cop
    peer verification (both servers) and PSK (nbdkit only).
    `ratio_to_nbdcopy` = ours / nbdcopy on the same server and transport. For context, a raw local read of the
    source. The copier is also run with a progress callback that builds the agent's ProgressReport every 0.1 s
-   (`progress_cost`: throughput with it / without it). Every replica is compared with its source byte for byte.
+   (`progress_cost`: throughput with it / without it), and with the source's block hashes taken from the buffers it
+   copies, as the agent sends them to the OMA (`source_hash_ratio`: throughput with them / without them). Every
+   replica is compared with its source byte for byte.
 2. **Export changes with --live exports**: add p50/p99 (the call), `add_served` (until nbdinfo, started when add
    returns, has opened the new export), remove p50/p99 and `remove_served` (until a handshake no longer lists it).
    nbdkit through the OMA's own NbdExportManager; nbd-server through the handover restart the OMA used before
@@ -249,13 +251,26 @@ def server_version(kind: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- 1. throughput
-def ours(src: Path, uri: str, *, transport: Transport, pki: Path, progress: bool = False, **options: Any) -> float:
-    """The reference agent's copier, full plan into a fresh target; with `progress`, the agent's report cost."""
+def ours(
+    src: Path,
+    uri: str,
+    *,
+    transport: Transport,
+    pki: Path,
+    progress: bool = False,
+    hashed: bool = False,
+    **options: Any,
+) -> float:
+    """The reference agent's copier, full plan into a fresh target; with `progress`, the agent's report cost; with
+    `hashed`, the source's block hashes taken from the buffers it copies (what the agent sends the OMA)."""
     from vma.v1 import stream_pb2
     from vma_client_stubs.agent.copier import CopyProgress, DiskCopier, Plan, TlsSettings
     from vma_client_stubs.agent.extents import allocated_extents
+    from vma_client_stubs.agent.source_hashes import SourceHasher
 
     plan = Plan.full(allocated_extents(src), src.stat().st_size, fresh_target=True)
+    if hashed:
+        options["hasher"] = SourceHasher(plan, src.stat().st_size, whole_disk=True)
     reports: list[bytes] = []
 
     def report(p: CopyProgress) -> None:  # what the agent builds per report (one disk)
@@ -268,20 +283,28 @@ def ours(src: Path, uri: str, *, transport: Transport, pki: Path, progress: bool
     elif transport.name == "psk":
         options["tls"] = TlsSettings(psk_file=pki / "keys.psk", username=transport.username)
     uri = uri.split("?", 1)[0].replace(f"{transport.username}@", "") if transport.name != "plain" else uri
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     DiskCopier(src, uri, plan, fresh_target=True, on_progress=report if progress else None, **options).run()
+    if hashed:
+        options["hasher"].runs()  # what the agent then sends, built as it builds it
     elapsed = time.perf_counter() - t0
+    CPU_SECONDS.append(time.process_time() - cpu0)  # every thread of the copier: it runs in this process
     if progress and not reports:
         raise RuntimeError("the progress callback was never called")
     return elapsed
+
+
+#: the CPU time of each run of our copier, in order (the case that ran it takes it)
+CPU_SECONDS: list[float] = []
 
 
 @dataclass
 class Case:
     server: str
     transport: str
-    tool: str  # nbdcopy | ours | ours+progress
+    tool: str  # nbdcopy | ours | ours+progress | ours+hash
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # our copier's process CPU time (not nbdcopy's)
 
 
 def bench_throughput(
@@ -294,7 +317,8 @@ def bench_throughput(
         for name in transports:
             if kind == "nbd-server" and name == "psk":
                 continue  # nbd-server has no PSK
-            tools = ["nbdcopy", "ours"] + (["ours+progress"] if name == "plain" and kind == "nbdkit" else [])
+            extra = ["ours+progress", "ours+hash"] if name == "plain" and kind == "nbdkit" else []
+            tools = ["nbdcopy", "ours", *extra]
             cases += [Case(kind, name, tool) for tool in tools]
     transports_by_name = {
         "plain": Transport("plain"),
@@ -331,11 +355,19 @@ def bench_throughput(
                             seconds = nbdcopy_seconds(src, uri)
                         else:
                             seconds = ours(
-                                src, uri, transport=transport, pki=pki, progress=case.tool == "ours+progress", **copier
+                                src,
+                                uri,
+                                transport=transport,
+                                pki=pki,
+                                progress=case.tool == "ours+progress",
+                                hashed=case.tool == "ours+hash",
+                                **copier,
                             )
                         if not same_file_bytes(src, target):
                             raise RuntimeError(f"{kind}/{tname}/{case.tool}: the replica differs from the source")
                         case.seconds.append(seconds)
+                        if case.tool != "nbdcopy":
+                            case.cpu_seconds.append(CPU_SECONDS[-1])
                         log(f"  run {run + 1}: {kind:10} {tname:5} {case.tool:14} {size / MiB / seconds:8.1f} MiB/s")
                         server.remove(name)
                         target.unlink()
@@ -514,6 +546,10 @@ def summarise(cases: list[Case], size: int) -> dict[str, Any]:
     for c in cases:
         out[f"{c.server}.{c.transport}.{c.tool}_mib_s"] = round(size / MiB / statistics.median(c.seconds), 1)
         out[f"{c.server}.{c.transport}.{c.tool}_s_all"] = [round(s, 3) for s in c.seconds]
+        if c.cpu_seconds:
+            out[f"{c.server}.{c.transport}.{c.tool}_cpu_s_per_gib"] = round(
+                statistics.median(c.cpu_seconds) * 1024 * MiB / size, 3
+            )
     for server in {c.server for c in cases}:
         for transport in {c.transport for c in cases}:
             key = f"{server}.{transport}"
@@ -524,10 +560,11 @@ def summarise(cases: list[Case], size: int) -> dict[str, Any]:
                     out[f"{key}.nbdcopy_mib_s"] / out[f"{server}.plain.nbdcopy_mib_s"], 3
                 )
                 out[f"{key}.tls_ratio_ours"] = round(out[f"{key}.ours_mib_s"] / out[f"{server}.plain.ours_mib_s"], 3)
-        if f"{server}.plain.ours+progress_mib_s" in out:
-            out[f"{server}.progress_cost"] = round(
-                out[f"{server}.plain.ours+progress_mib_s"] / out[f"{server}.plain.ours_mib_s"], 3
-            )
+        for tool, key in (("ours+progress", "progress_cost"), ("ours+hash", "source_hash_ratio")):
+            if f"{server}.plain.{tool}_mib_s" in out:
+                out[f"{server}.{key}"] = round(
+                    out[f"{server}.plain.{tool}_mib_s"] / out[f"{server}.plain.ours_mib_s"], 3
+                )
     return out
 
 
@@ -654,6 +691,7 @@ def report(result: dict[str, Any], servers: list[str], transports: list[str]) ->
                 "gone after remove p50": result[f"{kind}.remove_served_ms_p50"],
                 "live transfer intact": result[f"{kind}.live_transfer_intact"],
                 "progress cost": result.get(f"{kind}.progress_cost", ""),
+                "with source hashes": result.get(f"{kind}.source_hash_ratio", ""),
             }
         )
     print()
