@@ -14,7 +14,7 @@ meanwhile. Steps:
 - `release_replicas` — the replicas leave the OMA VM, the slots go to the next job.
 - `report` — a mismatch fails the job (REPLICA_MISMATCH, each disk with its block ranges) only now, after the
   replicas were released; the gate refuses failover for those disks and their next sync recopies the mismatching
-  blocks (replication/workflow.py `plan_disks`; the whole disk from an appliance without "repair-extents").
+  blocks (replication/disk_plans.py; the whole disk from an appliance without "repair-extents").
 A failed or cancelled job releases the replicas it attached (`release_after`).
 """
 

@@ -5,7 +5,7 @@ the disk's verified block-hash map at its current change id — the map its last
 outcome is kept on that map (`block_map.check_*`): `passed`, or `mismatch` with the block ranges that differ. A
 mismatch makes the disk unverified for the gate (gate.py: failover refused, naming the disk and its ranges) and its
 next sync recopies the mismatching blocks on top of its changed areas (or the disk whole, from an appliance that
-cannot: replication/workflow.py `plan_disks`); that sync's read-back records a new map: the repair.
+cannot: replication/disk_plans.py); that sync's read-back records a new map: the repair.
 
 Functions here other than `mismatches` run inside a database transaction (on a DB thread).
 """

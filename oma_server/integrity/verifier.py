@@ -7,6 +7,10 @@ previous verified map, and records the map, its digest and the time. Without a p
 extents, from an appliance that does not report them) it reads the whole disk, and says why in the job log. Each
 read-back is one `verify` step of the job log (started and finished, so its duration is there too).
 
+Each disk is read back as soon as its sync completed (`verify_disk_soon`, started by the replication workflow at
+the disk's DiskCompleted), so the read-back of one disk overlaps the copy of the job's others; `verify_job`, at the
+job's end, collects those and reads back whatever is still pending.
+
 Every block read is compared with the source's hash the appliance sent for it in this job (vma.v1.BlockHashes,
 stored by maps.record_source_hashes). The map records the source's hash where there is one (the replica's own
 elsewhere), so a replica that differs never gets a map that agrees with it. A difference is kept on the map like a
@@ -18,6 +22,7 @@ that sends no hashes gets verification by the read-back alone, and the job log s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -59,28 +64,69 @@ class _Plan:
     kept: bytes | None  # the hashes of the blocks not read, from the disk's previous verified map
 
 
+#: a disk's read-back: (disk key, the block ranges that differ from the source), None when it had nothing pending
+DiskOutcome = tuple[int, list[BlockRange]] | None
+
+
 class ReplicaVerifier:
     def __init__(self, db: Database, clock: Clock, joblog: JobLogService, *, workers: int = 0) -> None:
         self.db = db
         self.clock = clock
         self.joblog = joblog
         self.workers = workers
+        self._early: dict[tuple[str, str], asyncio.Task[DiskOutcome]] = {}  # (job, disk) → its read-back
+
+    def verify_disk_soon(self, job_id: str, disk_id: str) -> None:
+        """Start the read-back of one disk as soon as its sync completed, while the job's other disks still copy
+        (verify_job collects it at the job's end)."""
+        key = (job_id, disk_id)
+        if key not in self._early:
+            task = asyncio.create_task(self._verify_disk(job_id, disk_id), name=f"verify-{job_id}-{disk_id}")
+            self._early[key] = task
+            task.add_done_callback(lambda t: self._forget_idle(key, t))
+
+    def _forget_idle(self, key: tuple[str, str], task: asyncio.Task[DiskOutcome]) -> None:
+        if task.cancelled() or (task.exception() is None and task.result() is None):
+            self._early.pop(key, None)  # nothing was read: nothing for verify_job to collect
+
+    async def _verify_disk(self, job_id: str, disk_id: str) -> DiskOutcome:
+        for row, path in await self.db.run(maps.pending_of_job, job_id):
+            if row.disk_id == disk_id:
+                return await self._verify(job_id, row, path)
+        return None
+
+    async def forget(self, job_id: str) -> None:
+        """A job that ended other than completed: its early read-backs are let finish and dropped."""
+        for key in [k for k in self._early if k[0] == job_id]:
+            with contextlib.suppress(Exception):
+                await self._early.pop(key)
+
+    async def stop(self) -> None:
+        tasks = list(self._early.values())
+        self._early.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def verify_job(self, job_id: str) -> JobVerification:
-        """Read back every disk the job synced whose map is pending. A disk whose replica cannot be read is left
-        pending, its job-log step failed with the reason."""
-        pending = await self.db.run(maps.pending_of_job, job_id)
-        results = await asyncio.gather(
-            *(self._verify(job_id, row, path) for row, path in pending), return_exceptions=True
-        )
+        """Collect the read-backs that started at each disk's completion, then read back every disk of the job whose
+        map is still pending. A disk whose replica cannot be read is left pending, its job-log step failed."""
+        early = [(key[1], self._early.pop(key)) for key in [k for k in self._early if k[0] == job_id]]
+        collected = await asyncio.gather(*(task for _, task in early), return_exceptions=True)
+        results: list[tuple[str, DiskOutcome | BaseException]] = [
+            (disk_id, result) for (disk_id, _), result in zip(early, collected, strict=True)
+        ]
+        pending = await self.db.run(maps.pending_of_job, job_id)  # not started early, or failed then: once more
+        late = await asyncio.gather(*(self._verify(job_id, row, path) for row, path in pending), return_exceptions=True)
+        results += [(row.disk_id, result) for (row, _), result in zip(pending, late, strict=True)]
         outcome = JobVerification()
-        for (row, _), result in zip(pending, results, strict=True):
+        for disk_id, result in results:
             if isinstance(result, BaseException):
-                log = logger.bind(job_id=job_id, disk_id=row.disk_id)
+                log = logger.bind(job_id=job_id, disk_id=disk_id)
                 log.opt(exception=result).warning("replica not verified: {e}", e=result)
-            elif result[1]:
-                outcome.mismatched[row.disk_id] = result
-            else:
+            elif result is not None and result[1]:
+                outcome.mismatched[disk_id] = result
+            elif result is not None:
                 outcome.verified += 1
         return outcome
 

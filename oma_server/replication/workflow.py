@@ -11,7 +11,9 @@ slots go to the next job in the queue. A job whose attach CloudStack refuses bec
 the queue (the refusal tells the limit to an account that could not read it).
 
 Incremental runs reuse volumes and exports and send each disk's last change id; a disk without one, or whose
-capacity changed since it was recorded (resized), gets a full copy — that disk only, with the reason logged.
+capacity changed since it was recorded (resized), gets a full copy — that disk only, with the reason logged
+(disk_plans.py). Each disk is read back and verified as soon as its sync completed (integrity/verifier.py); a
+replica found different from the source's hashes gets one repair sync, started here, that recopies those blocks.
 After an OMA restart, jobs still pending or provisioning run their (idempotent) steps again.
 """
 
@@ -27,16 +29,16 @@ from loguru import logger
 from oma_server.clock import Clock
 from oma_server.cloudstack.errors import CloudStackError
 from oma_server.db.database import Database
-from oma_server.db.models import Appliance, BlockMap, VmContext, utcnow
+from oma_server.db.models import Appliance, VmContext, utcnow
 from oma_server.engine import OUTAGE, JobRunner, OnRetry, Step, run_step
 from oma_server.errors import DomainError, FailedPrecondition, InvalidArgument, job_already_active
 from oma_server.integrity import maps
-from oma_server.integrity.at_rest import mismatched_ranges
-from oma_server.integrity.blocks import BLOCK_SIZE, BlockRange, block_extents, blocks_of, count_of, describe
+from oma_server.integrity.blocks import describe
 from oma_server.integrity.verifier import JobVerification, ReplicaVerifier
 from oma_server.joblog import JobLogService, note
+from oma_server.replication.disk_plans import REPAIR_CAPABILITY, plan_disks, plan_notes
 from oma_server.replication.service import ReplicationService
-from oma_server.replication.state_machine import DEFAULT_OPERATION, DiskState, JobState, JobStatus
+from oma_server.replication.state_machine import DEFAULT_OPERATION, JobState, JobStatus
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.storage.attachments import OmaAttachments, QueuePlace
 from oma_server.storage.volumes import disk_too_large, size_limits
@@ -44,8 +46,6 @@ from oma_server.vm_contexts.service import VmContextService, VmView
 from oma_server.vm_contexts.state_machine import VmStatus, transition_vm
 
 KINDS = ("initial", "incremental", "final")
-#: the Hello capability of an appliance that copies DiskTarget.repair_extents on top of the changed areas
-REPAIR_CAPABILITY = "repair-extents"
 STARTABLE = (VmStatus.DISCOVERED, VmStatus.READY_FOR_FAILOVER, VmStatus.FAILED)
 #: how often a job goes back to the queue after CloudStack refused an attach because the OMA VM was full
 MAX_REQUEUES = 3
@@ -55,71 +55,6 @@ RELEASES_REMEMBERED = 10_000
 
 class OmaFull(Exception):
     """CloudStack refused an attach: the OMA VM holds its maximum of data volumes."""
-
-
-def plan_disks(view: VmView, kind: str, *, repair_blocks: bool = False) -> list[DiskState]:
-    """Per disk: full or incremental, the change id to start from, and why a full copy was chosen.
-
-    A replica a verification found different at rest is repaired: with `repair_blocks` (the appliance recopies
-    extents it is given, capability "repair-extents") its incremental also copies exactly the mismatching blocks;
-    otherwise the disk is copied whole."""
-    plan = []
-    for d in view.disks:
-        disk = d.disk
-        reason = ""
-        repair: tuple[tuple[int, int], ...] = ()
-        found = _found_at_rest(d.verification, disk.last_change_id)
-        if kind == "initial":
-            reason = "initial replication"
-        elif not disk.last_change_id:
-            reason = "no previous change id for this disk"
-        elif disk.replicated_capacity_bytes and disk.replicated_capacity_bytes != disk.capacity_bytes:
-            reason = f"disk resized from {disk.replicated_capacity_bytes} to {disk.capacity_bytes} bytes"
-        elif found is not None and repair_blocks:
-            repair = tuple(block_extents(found[1], disk.capacity_bytes))
-        elif found is not None:
-            reason = found[0]
-        full = bool(reason)
-        plan.append(
-            DiskState(
-                disk_id=disk.id,
-                disk_key=disk.key,
-                bytes_total=disk.capacity_bytes if full else 0,
-                mode="full" if full else "incremental",
-                previous_change_id="" if full else disk.last_change_id,
-                full_copy_reason="" if kind == "initial" else reason,
-                repair_extents=repair,
-            )
-        )
-    return plan
-
-
-def _found_at_rest(verified: BlockMap | None, change_id: str) -> tuple[str, list[BlockRange]] | None:
-    """What an on-demand verification found different at rest in a disk's replica at `change_id` (integrity/
-    at_rest.py) and the mismatching block ranges, None when it found nothing."""
-    ranges = mismatched_ranges(verified if verified is not None and verified.change_id == change_id else None)
-    if not ranges:
-        return None
-    assert verified is not None
-    found = (
-        f"verification job {verified.check_job_id} found the replica different at rest in block(s) {describe(ranges)}"
-    )
-    return found, ranges
-
-
-def _plan_notes(job_id: str, disks: list[DiskState]) -> None:
-    """The job log says why a disk is copied whole, or which blocks an incremental recopies to repair its replica."""
-    for d in disks:
-        if d.full_copy_reason:
-            note(job_id, "plan", f"disk {d.disk_key}: full copy ({d.full_copy_reason})")
-        elif d.repair_extents:
-            ranges = blocks_of(d.repair_extents, max(o + n for o, n in d.repair_extents))
-            note(
-                job_id,
-                "repair",
-                f"disk {d.disk_key}: incremental, recopying block(s) {describe(ranges)} "
-                f"({count_of(ranges)} of {BLOCK_SIZE // 2**20} MiB each) that a verification found different at rest",
-            )
 
 
 def vm_after_job(job: JobState) -> None:
@@ -175,7 +110,17 @@ class ReplicationWorkflow:
         # Jobs that end are seen on the watch hub, after their commit, whoever ended them (the appliance's events,
         # a cancel, a failure here); each gets its replicas released once.
         self._finished = jobs.watch.subscribe(lambda c: c.job_kind == "replication" and c.final)
+        # Disks whose sync completed in a job still running: each is read back at once (integrity/verifier.py).
+        self._disks_done = jobs.watch.subscribe(
+            lambda c: (
+                c.job_kind == "replication"
+                and not c.final
+                and c.state is not None
+                and any(d.completed for d in c.state.disks)
+            )
+        )
         self._releaser: asyncio.Task[None] | None = None
+        self._early_verifier: asyncio.Task[None] | None = None
         self._released: OrderedDict[str, asyncio.Event] = OrderedDict()
 
     async def start_job(self, vm_context_id: str, kind: str, request_id: str, retry_of: str) -> JobState:
@@ -210,7 +155,7 @@ class ReplicationWorkflow:
             if kind != "final":
                 transition_vm(vm.id, VmStatus.REPLICATING, active_job_id=job.id)
             note(job.id, "start", f"{kind} replication of {vm.name} ({len(disks)} disk(s)) requested")
-            _plan_notes(job.id, disks)
+            plan_notes(job.id, disks)
 
         job = await self.jobs.create(
             vm_context_id=vm_context_id,
@@ -268,8 +213,12 @@ class ReplicationWorkflow:
 
     async def stop(self) -> None:
         self._finished.close()
+        self._disks_done.close()
         await self.runner.stop()
-        tasks = [*self._releases.values(), *([self._releaser] if self._releaser else [])]
+        if self.verifier is not None:
+            await self.verifier.stop()
+        loops = [t for t in (self._releaser, self._early_verifier) if t is not None]
+        tasks = [*self._releases.values(), *loops]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -301,6 +250,19 @@ class ReplicationWorkflow:
     def _start_releaser(self) -> None:
         if self._releaser is None or self._releaser.done():
             self._releaser = asyncio.create_task(self._release_finished(), name="replication-releaser")
+        if self.verifier is not None and (self._early_verifier is None or self._early_verifier.done()):
+            self._early_verifier = asyncio.create_task(self._verify_completed_disks(), name="replication-read-back")
+
+    async def _verify_completed_disks(self) -> None:
+        assert self.verifier is not None
+        while True:
+            change = await self._disks_done.next()
+            job: JobState | None = change.state if change is not None else None
+            if job is None:
+                continue
+            for disk in job.disks:
+                if disk.completed:
+                    self.verifier.verify_disk_soon(job.id, disk.disk_id)
 
     async def _release_finished(self) -> None:
         while True:
@@ -320,6 +282,8 @@ class ReplicationWorkflow:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await provisioning
         found = JobVerification()
+        if job.status != JobStatus.COMPLETED and self.verifier is not None:
+            await self.verifier.forget(job.id)
         if job.status == JobStatus.COMPLETED and self.verifier is not None:
             # The replicas are read back while they are still on the OMA VM.
             try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from oma_server.db.models import SourceHashRun
+from oma_server.db.models import ReplicationJob, SourceHashRun
 from oma_server.integrity.blocks import BLOCK_SIZE
 from oma_server.server import OmaServer
 from tests.clients import oma_channel
@@ -140,4 +140,47 @@ async def test_hashes_that_disagree_with_the_replica_start_a_repair_of_exactly_t
         await until(verified, "the repaired replica verified")
         notes = [e.message for e in await log_of(channel, repair.job_id) if e.step == "verify"]
         assert any("read back 1 of 8 block(s)" in m and "1 of them compared" in m for m in notes), notes
+        await stream.close()
+
+
+async def test_a_disk_is_read_back_as_soon_as_it_completes_while_the_others_still_copy(
+    oma: OmaServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    app = oma.app
+    assert app.workflow is not None
+    async with oma_channel(oma) as channel:
+        enrolled = await enroll(channel)
+        vm_id = await register(channel, enrolled, inventory(disk_mib=(8, 4)))
+        job = await start(channel, vm_id)
+        stream = RawStream(channel)
+        await stream.hello(enrolled)
+        first, second = (await stream.recv_until("command", timeout=20)).command.start_replication.disks
+        await stream.send(event=started_for(job.id, 1))
+        sources = {}
+        for i, target in enumerate((first, second)):
+            sources[target.disk_id] = tmp_path / f"src-{i}.raw"
+            sources[target.disk_id].write_bytes(os.urandom((8, 4)[i] * MIB))
+        await nbdcopy(sources[first.disk_id], first.nbd_uri)
+        data = sources[first.disk_id].read_bytes()
+        await stream.send(event=block_hashes(job.id, 2, first.disk_id, run(0, 4, hashes_of(data))))
+        await stream.send(event=disk_done(job.id, 3, first.disk_id, "cid-a", None))
+
+        async def first_verified() -> bool:
+            entries = [e for e in await log_of(channel, job.id) if e.step == "verify"]
+            return any(" verified: " in e.message and e.HasField("finished_at") for e in entries)
+
+        # the first disk's read-back ends while the job is still copying the second
+        await until(first_verified, "the first disk's read-back during the job")
+        running = (await app.db.run(ReplicationJob.get_by_id, job.id)).status
+        assert running == "replicating", running
+        await nbdcopy(sources[second.disk_id], second.nbd_uri)
+        await stream.send(event=disk_done(job.id, 4, second.disk_id, "cid-b", None))
+        await stream.send(event=completed_for(job.id, 5))
+        await stream.recv_until("ack", job_id=job.id, sequence=5)
+        await app.workflow.settled(job.id)
+        verify = [e.message for e in await log_of(channel, job.id) if e.step == "verify"]
+        assert len(verify) == 2, verify  # one read-back per disk: the early one is not repeated at the job's end
+        assert all(" verified: " in m for m in verify), verify
+        assert (await gate(channel, vm_id)).passed
         await stream.close()
