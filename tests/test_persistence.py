@@ -150,6 +150,7 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
         migrator = SchemaMigrator.from_database(db.peewee)
         migrate(migrator.drop_column("disk", "replicated_capacity_bytes"))
         migrate(migrator.drop_column("job_disk", "repair_extents"))
+        migrate(migrator.drop_column("block_map", "source_compared"))
         migrate(*(migrator.drop_column("appliance", c) for c in _APPLIANCE_IDENTITY_COLUMNS))
         db.peewee.drop_tables(
             [
@@ -190,11 +191,13 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
     assert await db.run(db.peewee.table_exists, "appliance_certificate")
     assert "repair_extents" in {c.name for c in await db.run(db.peewee.get_columns, "job_disk")}
     assert await db.run(db.peewee.table_exists, "source_hash_run")
+    assert "source_compared" in {c.name for c in await db.run(db.peewee.get_columns, "block_map")}
 
     def back_to_12() -> None:  # a database of a 0.3 build before renewals retired their predecessors
         migrator = SchemaMigrator.from_database(db.peewee)
         migrate(migrator.drop_column("appliance_certificate", "superseded_by"))
         migrate(migrator.drop_column("job_disk", "repair_extents"))
+        migrate(migrator.drop_column("block_map", "source_compared"))
         SchemaMigration.delete().where(SchemaMigration.version > 12).execute()
 
     await db.run(back_to_12)

@@ -202,6 +202,7 @@ def verification_to_proto(m: BlockMap | None) -> vm_context_pb2.DiskVerification
         check_outcome=m.check_outcome,
         check_digest=m.check_digest,
         mismatched=[vm_context_pb2.BlockRange(first=f, count=n) for f, n in m.check_mismatched or []],
+        source_blocks_compared=m.source_compared,
     )
 
 

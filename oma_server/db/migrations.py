@@ -115,8 +115,9 @@ def _m014_job_disk_repair_extents(db: pw.Database) -> None:
     _add_missing_columns(db, JobDisk, {"repair_extents": pw.TextField(null=True)})  # JsonField's column type
 
 
-def _m015_source_hash_run(db: pw.Database) -> None:
+def _m015_source_hashes(db: pw.Database) -> None:
     db.create_tables([SourceHashRun], safe=True)  # a database created at 15 already has it
+    _add_missing_columns(db, BlockMap, {"source_compared": pw.BigIntegerField(default=0)})
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
@@ -134,7 +135,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (12, "appliance.join_token_*, appliance_certificate (appliance client certificates)", _m012_appliance_certificates),
     (13, "appliance_certificate.superseded_by (a renewal revokes its predecessor)", _m013_certificate_superseded_by),
     (14, "job_disk.repair_extents (blocks an incremental recopies to repair a replica)", _m014_job_disk_repair_extents),
-    (15, "source_hash_run (the source's block hashes an appliance sent)", _m015_source_hash_run),
+    (15, "source_hash_run, block_map.source_compared (the source's block hashes)", _m015_source_hashes),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

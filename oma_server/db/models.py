@@ -301,6 +301,7 @@ class BlockMap(BaseModel):
     hashes = pw.BlobField(null=True)
     digest = pw.CharField(max_length=128, default="")
     blocks_read = pw.BigIntegerField(default=0)
+    source_compared = pw.BigIntegerField(default=0)  # blocks read compared with the appliance's source hashes
     created_at = pw.DateTimeField(default=utcnow)
     verified_at = pw.DateTimeField(null=True)
     check_job_id = pw.CharField(max_length=64, default="")

@@ -30,6 +30,7 @@ def record_sync(job_id: str, disk_id: str, change_id: str, extents: Sequence[Ext
         "hashes": None,
         "digest": "",
         "blocks_read": 0,
+        "source_compared": 0,
         "verified_at": None,
         "check_job_id": "",
         "checked_at": None,
@@ -75,10 +76,15 @@ def previous_verified(row: BlockMap) -> BlockMap | None:
     )
 
 
-def save_verified(map_id: int, hashes: bytes, digest: str, blocks_read: int, at: datetime) -> None:
-    BlockMap.update(status="verified", hashes=hashes, digest=digest, blocks_read=blocks_read, verified_at=at).where(
-        BlockMap.id == map_id
-    ).execute()
+def save_verified(map_id: int, hashes: bytes, digest: str, blocks_read: int, compared: int, at: datetime) -> None:
+    BlockMap.update(
+        status="verified",
+        hashes=hashes,
+        digest=digest,
+        blocks_read=blocks_read,
+        source_compared=compared,
+        verified_at=at,
+    ).where(BlockMap.id == map_id).execute()
 
 
 def latest_verified(disk_id: str) -> BlockMap | None:
@@ -94,6 +100,7 @@ def latest_verified(disk_id: str) -> BlockMap | None:
             BlockMap.capacity_bytes,
             BlockMap.digest,
             BlockMap.blocks_read,
+            BlockMap.source_compared,
             BlockMap.verified_at,
             BlockMap.check_job_id,
             BlockMap.checked_at,

@@ -162,7 +162,8 @@ class ReplicaVerifier:
                 hashes[index * HASH_SIZE : (index + 1) * HASH_SIZE] = source.get(index, value)
             differ = at_rest.mismatches(source, read)
             digest = disk_digest(bytes(hashes))
-            await self.db.tx(self._record, row, bytes(hashes), digest, len(read), job_id, read, differ, total)
+            compared = sum(1 for index in read if index in source)
+            await self.db.tx(self._record, row, bytes(hashes), digest, compared, job_id, read, differ)
         except BaseException as exc:
             await self.joblog.end(entry, "failed", f"{what}: not verified ({exc}); verify it again")
             raise
@@ -178,14 +179,13 @@ class ReplicaVerifier:
         row: BlockMap,
         hashes: bytes,
         digest: str,
-        blocks_read: int,
+        compared: int,
         job_id: str,
         read: dict[int, bytes],
         differ: list[BlockRange],
-        total: int,
     ) -> None:
         at = self.clock.now()
-        maps.save_verified(row.id, hashes, digest, blocks_read, at)
+        maps.save_verified(row.id, hashes, digest, len(read), compared, at)
         if differ:  # kept like a difference found at rest: the gate refuses it, the next sync recopies the blocks
             replica = bytearray(hashes)
             for index, value in read.items():

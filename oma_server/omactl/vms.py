@@ -113,7 +113,17 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
     )
     ctx.out.line()
     ctx.out.table(
-        ["DISK ID", "KEY", "DIGEST", "VERIFIED CHANGE ID", "VERIFIED AT", "BLOCKS READ", "AT REST", "CURRENT"],
+        [
+            "DISK ID",
+            "KEY",
+            "DIGEST",
+            "VERIFIED CHANGE ID",
+            "VERIFIED AT",
+            "BLOCKS READ",
+            "AGAINST THE SOURCE",
+            "AT REST",
+            "CURRENT",
+        ],
         (_verification_row(d) for d in vm.disks),
         title="Replica verification (block-hash digests read back by the OMA)",
     )
@@ -128,7 +138,7 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
 
 def _verification_row(d: vm_context_pb2.Disk) -> list[object]:
     if not d.HasField("verification"):
-        return [d.id, d.key, render.NONE, render.NONE, render.NONE, render.NONE, render.NONE, "no: never verified"]
+        return [d.id, d.key, *[render.NONE] * 6, "no: never verified"]
     v = d.verification
     current = "yes" if v.change_id == d.last_change_id else "no: replicated since"
     return [
@@ -138,20 +148,26 @@ def _verification_row(d: vm_context_pb2.Disk) -> list[object]:
         v.change_id,
         field_time(v, "verified_at"),
         f"{v.blocks_read} of {v.block_count} ({v.block_size // 2**20} MiB)",
+        f"{v.source_blocks_compared} block(s) compared" if v.source_blocks_compared else "no source hashes",
         _at_rest(v),
         current,
     ]
 
 
 def _at_rest(v: vm_context_pb2.DiskVerification) -> str:
-    """The last on-demand verification of the replica at rest (omactl vms verify) against this map."""
+    """The last comparison of the replica with this map at rest (omactl vms verify), or with the source's hashes by
+    the sync's own read-back when it found a difference."""
     if not v.check_outcome:
         return render.NONE
     when = f"{field_time(v, 'checked_at')}, job {v.check_job_id}"
     if v.check_outcome == "passed":
         return f"passed {when}"
     ranges = ", ".join(str(r.first) if r.count == 1 else f"{r.first}-{r.first + r.count - 1}" for r in v.mismatched)
-    return f"MISMATCH in block(s) {ranges} ({when}): the next sync copies this disk whole"
+    what = "DIFFERS FROM THE SOURCE" if v.check_job_id == v.job_id else "MISMATCH"
+    return (
+        f"{what} in block(s) {ranges} ({when}): the next sync recopies them, or copies this disk whole from an "
+        "appliance without repair-extents"
+    )
 
 
 def _discover(ctx: Context, request: vm_context_pb2.DiscoverVmsRequest) -> vm_context_pb2.DiscoverVmsResponse:

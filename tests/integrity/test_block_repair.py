@@ -157,6 +157,9 @@ async def test_a_byte_flipped_at_rest_is_repaired_by_recopying_only_its_block(om
         ), compared
         vm = await get_vm(channel, setup.vm_id)
         good, bad = vm.disks[0], vm.disks[1]  # 4 blocks, 8 blocks
+        assert [d.verification.source_blocks_compared for d in vm.disks] == [4, 8]  # a full copy: every block
+        shown = await run_omactl(target_of(oma), "vms", "show", setup.vm_id)
+        assert shown.code == 0 and "8 block(s) compared" in shown.out, shown
         bad_replica = await replica_file(oma, bad.volume_id)
         flip(bad_replica, 3 * BLOCK_SIZE + 4321)  # the storage rots block 3
 

@@ -108,6 +108,7 @@ async def test_initial_verifies_every_block_and_an_incremental_only_the_changed_
                 job.id,
             )
             assert (v.blocks_read, v.block_count) == (blocks, blocks)
+            assert v.source_blocks_compared == 0  # this appliance sends no block hashes
             assert v.HasField("verified_at")
         notes = await verify_notes(channel, job.id)
         assert len(notes) == 2 and all("read back 8 of 8" in n or "read back 3 of 3" in n for n in notes), notes

@@ -28,61 +28,61 @@ from oma.v1 import failover_pb2 as oma_dot_v1_dot_failover__pb2
 from oma.v1 import schedule_pb2 as oma_dot_v1_dot_schedule__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17oma/v1/vm_context.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1doma/common/v1/inventory.proto\x1a\x15oma/v1/failover.proto\x1a\x15oma/v1/schedule.proto\"d\n\x0e\x43hangeIdRecord\x12\x11\n\tchange_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12/\n\x0brecorded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc2\x02\n\x04\x44isk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rvm_context_id\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\x05\x12\r\n\x05label\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x05 \x01(\x04\x12\x16\n\x0e\x64\x61tastore_path\x18\x06 \x01(\t\x12\x13\n\x0b\x63\x62t_enabled\x18\x07 \x01(\x08\x12\x13\n\x0bunit_number\x18\x08 \x01(\x05\x12\x16\n\x0elast_change_id\x18\t \x01(\t\x12\x31\n\x11\x63hange_id_history\x18\n \x03(\x0b\x32\x16.oma.v1.ChangeIdRecord\x12\x11\n\tvolume_id\x18\x0b \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x0c \x01(\t\x12.\n\x0cverification\x18\r \x01(\x0b\x32\x18.oma.v1.DiskVerification\"\xe2\x02\n\x10\x44iskVerification\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x12\n\nblock_size\x18\x03 \x01(\x04\x12\x11\n\tchange_id\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12/\n\x0bverified_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x62locks_read\x18\x07 \x01(\x04\x12\x13\n\x0b\x62lock_count\x18\x08 \x01(\x04\x12.\n\nchecked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63heck_job_id\x18\n \x01(\t\x12\x15\n\rcheck_outcome\x18\x0b \x01(\t\x12\x14\n\x0c\x63heck_digest\x18\x0c \x01(\t\x12&\n\nmismatched\x18\r \x03(\x0b\x32\x12.oma.v1.BlockRange\"*\n\nBlockRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xfd\x03\n\tVmContext\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x61ppliance_id\x18\x02 \x01(\t\x12\x0f\n\x07vcenter\x18\x03 \x01(\t\x12\x12\n\ndatacenter\x18\x04 \x01(\t\x12\x0f\n\x07vm_uuid\x18\x05 \x01(\t\x12\r\n\x05moref\x18\x06 \x01(\t\x12\x0c\n\x04name\x18\x07 \x01(\t\x12\x10\n\x08num_cpus\x18\x08 \x01(\r\x12\x12\n\nmemory_mib\x18\t \x01(\x04\x12\x10\n\x08guest_os\x18\n \x01(\t\x12)\n\x08\x66irmware\x18\x0b \x01(\x0e\x32\x17.oma.common.v1.Firmware\x12 \n\x04nics\x18\x0c \x03(\x0b\x32\x12.oma.common.v1.Nic\x12\x1b\n\x05\x64isks\x18\r \x03(\x0b\x32\x0c.oma.v1.Disk\x12\'\n\x06status\x18\x0e \x01(\x0e\x32\x17.oma.v1.VmContextStatus\x12\x15\n\ractive_job_id\x18\x0f \x01(\t\x12\x1d\n\x15last_completed_job_id\x18\x10 \x01(\t\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x03rpo\x18\x13 \x01(\x0b\x32\r.oma.v1.VmRpo\"|\n\x18RegisterVmContextRequest\x12\x14\n\x0c\x61ppliance_id\x18\x01 \x01(\t\x12\x36\n\x0fvirtual_machine\x18\x02 \x01(\x0b\x32\x1d.oma.common.v1.VirtualMachine\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"S\n\x19RegisterVmContextResponse\x12%\n\nvm_context\x18\x01 \x01(\x0b\x32\x11.oma.v1.VmContext\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"~\n\x12\x44iscoverVmsRequest\x12\x14\n\x0c\x61ppliance_id\x18\x01 \x01(\t\x12\x13\n\x0bname_filter\x18\x02 \x01(\t\x12\x10\n\x08register\x18\x03 \x01(\x08\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"v\n\x13\x44iscoverVmsResponse\x12\x37\n\x10virtual_machines\x18\x01 \x03(\x0b\x32\x1d.oma.common.v1.VirtualMachine\x12&\n\x0bvm_contexts\x18\x02 \x03(\x0b\x32\x11.oma.v1.VmContext\"!\n\x13GetVmContextRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x14GetVmContextResponse\x12%\n\nvm_context\x18\x01 \x01(\x0b\x32\x11.oma.v1.VmContext\"}\n\x15ListVmContextsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0c\x61ppliance_id\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.oma.v1.VmContextStatus\"Y\n\x16ListVmContextsResponse\x12&\n\x0bvm_contexts\x18\x01 \x03(\x0b\x32\x11.oma.v1.VmContext\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x16PowerOnSourceVmRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x17PowerOnSourceVmResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"D\n\x17PowerOffSourceVmRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"<\n\x18PowerOffSourceVmResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"C\n\x16VerifyVmContextRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x17VerifyVmContextResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"8\n\x16\x44\x65leteVmContextRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"j\n\x17\x44\x65leteVmContextResponse\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x1a\n\x12\x64\x65leted_volume_ids\x18\x02 \x03(\t\x12\x1c\n\x14removed_export_names\x18\x03 \x03(\t\"E\n\x18\x43ompleteMigrationRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xab\x01\n\x19\x43ompleteMigrationResponse\x12%\n\nvm_context\x18\x01 \x01(\x0b\x32\x11.oma.v1.VmContext\x12\x14\n\x0ctarget_vm_id\x18\x02 \x01(\t\x12\x17\n\x0fkept_volume_ids\x18\x03 \x03(\t\x12\x1c\n\x14removed_export_names\x18\x04 \x03(\t\x12\x1a\n\x12release_command_id\x18\x05 \x01(\t*\xda\x02\n\x0fVmContextStatus\x12!\n\x1dVM_CONTEXT_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cVM_CONTEXT_STATUS_DISCOVERED\x10\x01\x12!\n\x1dVM_CONTEXT_STATUS_REPLICATING\x10\x02\x12(\n$VM_CONTEXT_STATUS_READY_FOR_FAILOVER\x10\x03\x12&\n\"VM_CONTEXT_STATUS_FAILED_OVER_TEST\x10\x04\x12&\n\"VM_CONTEXT_STATUS_FAILED_OVER_LIVE\x10\x05\x12\x1f\n\x1bVM_CONTEXT_STATUS_COMPLETED\x10\x06\x12\x1c\n\x18VM_CONTEXT_STATUS_FAILED\x10\x07\x12&\n\"VM_CONTEXT_STATUS_CLEANUP_REQUIRED\x10\x08\x32\xfd\x05\n\x10VmContextService\x12X\n\x11RegisterVmContext\x12 .oma.v1.RegisterVmContextRequest\x1a!.oma.v1.RegisterVmContextResponse\x12\x46\n\x0b\x44iscoverVms\x12\x1a.oma.v1.DiscoverVmsRequest\x1a\x1b.oma.v1.DiscoverVmsResponse\x12I\n\x0cGetVmContext\x12\x1b.oma.v1.GetVmContextRequest\x1a\x1c.oma.v1.GetVmContextResponse\x12O\n\x0eListVmContexts\x12\x1d.oma.v1.ListVmContextsRequest\x1a\x1e.oma.v1.ListVmContextsResponse\x12R\n\x0fPowerOnSourceVm\x12\x1e.oma.v1.PowerOnSourceVmRequest\x1a\x1f.oma.v1.PowerOnSourceVmResponse\x12U\n\x10PowerOffSourceVm\x12\x1f.oma.v1.PowerOffSourceVmRequest\x1a .oma.v1.PowerOffSourceVmResponse\x12R\n\x0fVerifyVmContext\x12\x1e.oma.v1.VerifyVmContextRequest\x1a\x1f.oma.v1.VerifyVmContextResponse\x12R\n\x0f\x44\x65leteVmContext\x12\x1e.oma.v1.DeleteVmContextRequest\x1a\x1f.oma.v1.DeleteVmContextResponse\x12X\n\x11\x43ompleteMigration\x12 .oma.v1.CompleteMigrationRequest\x1a!.oma.v1.CompleteMigrationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17oma/v1/vm_context.proto\x12\x06oma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1doma/common/v1/inventory.proto\x1a\x15oma/v1/failover.proto\x1a\x15oma/v1/schedule.proto\"d\n\x0e\x43hangeIdRecord\x12\x11\n\tchange_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12/\n\x0brecorded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc2\x02\n\x04\x44isk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rvm_context_id\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\x05\x12\r\n\x05label\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x05 \x01(\x04\x12\x16\n\x0e\x64\x61tastore_path\x18\x06 \x01(\t\x12\x13\n\x0b\x63\x62t_enabled\x18\x07 \x01(\x08\x12\x13\n\x0bunit_number\x18\x08 \x01(\x05\x12\x16\n\x0elast_change_id\x18\t \x01(\t\x12\x31\n\x11\x63hange_id_history\x18\n \x03(\x0b\x32\x16.oma.v1.ChangeIdRecord\x12\x11\n\tvolume_id\x18\x0b \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x0c \x01(\t\x12.\n\x0cverification\x18\r \x01(\x0b\x32\x18.oma.v1.DiskVerification\"\x82\x03\n\x10\x44iskVerification\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x12\n\nblock_size\x18\x03 \x01(\x04\x12\x11\n\tchange_id\x18\x04 \x01(\t\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12/\n\x0bverified_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x62locks_read\x18\x07 \x01(\x04\x12\x13\n\x0b\x62lock_count\x18\x08 \x01(\x04\x12.\n\nchecked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63heck_job_id\x18\n \x01(\t\x12\x15\n\rcheck_outcome\x18\x0b \x01(\t\x12\x14\n\x0c\x63heck_digest\x18\x0c \x01(\t\x12&\n\nmismatched\x18\r \x03(\x0b\x32\x12.oma.v1.BlockRange\x12\x1e\n\x16source_blocks_compared\x18\x0e \x01(\x04\"*\n\nBlockRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xfd\x03\n\tVmContext\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x61ppliance_id\x18\x02 \x01(\t\x12\x0f\n\x07vcenter\x18\x03 \x01(\t\x12\x12\n\ndatacenter\x18\x04 \x01(\t\x12\x0f\n\x07vm_uuid\x18\x05 \x01(\t\x12\r\n\x05moref\x18\x06 \x01(\t\x12\x0c\n\x04name\x18\x07 \x01(\t\x12\x10\n\x08num_cpus\x18\x08 \x01(\r\x12\x12\n\nmemory_mib\x18\t \x01(\x04\x12\x10\n\x08guest_os\x18\n \x01(\t\x12)\n\x08\x66irmware\x18\x0b \x01(\x0e\x32\x17.oma.common.v1.Firmware\x12 \n\x04nics\x18\x0c \x03(\x0b\x32\x12.oma.common.v1.Nic\x12\x1b\n\x05\x64isks\x18\r \x03(\x0b\x32\x0c.oma.v1.Disk\x12\'\n\x06status\x18\x0e \x01(\x0e\x32\x17.oma.v1.VmContextStatus\x12\x15\n\ractive_job_id\x18\x0f \x01(\t\x12\x1d\n\x15last_completed_job_id\x18\x10 \x01(\t\x12.\n\ncreated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x03rpo\x18\x13 \x01(\x0b\x32\r.oma.v1.VmRpo\"|\n\x18RegisterVmContextRequest\x12\x14\n\x0c\x61ppliance_id\x18\x01 \x01(\t\x12\x36\n\x0fvirtual_machine\x18\x02 \x01(\x0b\x32\x1d.oma.common.v1.VirtualMachine\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"S\n\x19RegisterVmContextResponse\x12%\n\nvm_context\x18\x01 \x01(\x0b\x32\x11.oma.v1.VmContext\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"~\n\x12\x44iscoverVmsRequest\x12\x14\n\x0c\x61ppliance_id\x18\x01 \x01(\t\x12\x13\n\x0bname_filter\x18\x02 \x01(\t\x12\x10\n\x08register\x18\x03 \x01(\x08\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"v\n\x13\x44iscoverVmsResponse\x12\x37\n\x10virtual_machines\x18\x01 \x03(\x0b\x32\x1d.oma.common.v1.VirtualMachine\x12&\n\x0bvm_contexts\x18\x02 \x03(\x0b\x32\x11.oma.v1.VmContext\"!\n\x13GetVmContextRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x14GetVmContextResponse\x12%\n\nvm_context\x18\x01 \x01(\x0b\x32\x11.oma.v1.VmContext\"}\n\x15ListVmContextsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0c\x61ppliance_id\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.oma.v1.VmContextStatus\"Y\n\x16ListVmContextsResponse\x12&\n\x0bvm_contexts\x18\x01 \x03(\x0b\x32\x11.oma.v1.VmContext\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x16PowerOnSourceVmRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x17PowerOnSourceVmResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"D\n\x17PowerOffSourceVmRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"<\n\x18PowerOffSourceVmResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"C\n\x16VerifyVmContextRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x17VerifyVmContextResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.oma.v1.FailoverJob\"8\n\x16\x44\x65leteVmContextRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"j\n\x17\x44\x65leteVmContextResponse\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x1a\n\x12\x64\x65leted_volume_ids\x18\x02 \x03(\t\x12\x1c\n\x14removed_export_names\x18\x03 \x03(\t\"E\n\x18\x43ompleteMigrationRequest\x12\x15\n\rvm_context_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xab\x01\n\x19\x43ompleteMigrationResponse\x12%\n\nvm_context\x18\x01 \x01(\x0b\x32\x11.oma.v1.VmContext\x12\x14\n\x0ctarget_vm_id\x18\x02 \x01(\t\x12\x17\n\x0fkept_volume_ids\x18\x03 \x03(\t\x12\x1c\n\x14removed_export_names\x18\x04 \x03(\t\x12\x1a\n\x12release_command_id\x18\x05 \x01(\t*\xda\x02\n\x0fVmContextStatus\x12!\n\x1dVM_CONTEXT_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cVM_CONTEXT_STATUS_DISCOVERED\x10\x01\x12!\n\x1dVM_CONTEXT_STATUS_REPLICATING\x10\x02\x12(\n$VM_CONTEXT_STATUS_READY_FOR_FAILOVER\x10\x03\x12&\n\"VM_CONTEXT_STATUS_FAILED_OVER_TEST\x10\x04\x12&\n\"VM_CONTEXT_STATUS_FAILED_OVER_LIVE\x10\x05\x12\x1f\n\x1bVM_CONTEXT_STATUS_COMPLETED\x10\x06\x12\x1c\n\x18VM_CONTEXT_STATUS_FAILED\x10\x07\x12&\n\"VM_CONTEXT_STATUS_CLEANUP_REQUIRED\x10\x08\x32\xfd\x05\n\x10VmContextService\x12X\n\x11RegisterVmContext\x12 .oma.v1.RegisterVmContextRequest\x1a!.oma.v1.RegisterVmContextResponse\x12\x46\n\x0b\x44iscoverVms\x12\x1a.oma.v1.DiscoverVmsRequest\x1a\x1b.oma.v1.DiscoverVmsResponse\x12I\n\x0cGetVmContext\x12\x1b.oma.v1.GetVmContextRequest\x1a\x1c.oma.v1.GetVmContextResponse\x12O\n\x0eListVmContexts\x12\x1d.oma.v1.ListVmContextsRequest\x1a\x1e.oma.v1.ListVmContextsResponse\x12R\n\x0fPowerOnSourceVm\x12\x1e.oma.v1.PowerOnSourceVmRequest\x1a\x1f.oma.v1.PowerOnSourceVmResponse\x12U\n\x10PowerOffSourceVm\x12\x1f.oma.v1.PowerOffSourceVmRequest\x1a .oma.v1.PowerOffSourceVmResponse\x12R\n\x0fVerifyVmContext\x12\x1e.oma.v1.VerifyVmContextRequest\x1a\x1f.oma.v1.VerifyVmContextResponse\x12R\n\x0f\x44\x65leteVmContext\x12\x1e.oma.v1.DeleteVmContextRequest\x1a\x1f.oma.v1.DeleteVmContextResponse\x12X\n\x11\x43ompleteMigration\x12 .oma.v1.CompleteMigrationRequest\x1a!.oma.v1.CompleteMigrationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oma.v1.vm_context_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VMCONTEXTSTATUS']._serialized_start=3064
-  _globals['_VMCONTEXTSTATUS']._serialized_end=3410
+  _globals['_VMCONTEXTSTATUS']._serialized_start=3096
+  _globals['_VMCONTEXTSTATUS']._serialized_end=3442
   _globals['_CHANGEIDRECORD']._serialized_start=145
   _globals['_CHANGEIDRECORD']._serialized_end=245
   _globals['_DISK']._serialized_start=248
   _globals['_DISK']._serialized_end=570
   _globals['_DISKVERIFICATION']._serialized_start=573
-  _globals['_DISKVERIFICATION']._serialized_end=927
-  _globals['_BLOCKRANGE']._serialized_start=929
-  _globals['_BLOCKRANGE']._serialized_end=971
-  _globals['_VMCONTEXT']._serialized_start=974
-  _globals['_VMCONTEXT']._serialized_end=1483
-  _globals['_REGISTERVMCONTEXTREQUEST']._serialized_start=1485
-  _globals['_REGISTERVMCONTEXTREQUEST']._serialized_end=1609
-  _globals['_REGISTERVMCONTEXTRESPONSE']._serialized_start=1611
-  _globals['_REGISTERVMCONTEXTRESPONSE']._serialized_end=1694
-  _globals['_DISCOVERVMSREQUEST']._serialized_start=1696
-  _globals['_DISCOVERVMSREQUEST']._serialized_end=1822
-  _globals['_DISCOVERVMSRESPONSE']._serialized_start=1824
-  _globals['_DISCOVERVMSRESPONSE']._serialized_end=1942
-  _globals['_GETVMCONTEXTREQUEST']._serialized_start=1944
-  _globals['_GETVMCONTEXTREQUEST']._serialized_end=1977
-  _globals['_GETVMCONTEXTRESPONSE']._serialized_start=1979
-  _globals['_GETVMCONTEXTRESPONSE']._serialized_end=2040
-  _globals['_LISTVMCONTEXTSREQUEST']._serialized_start=2042
-  _globals['_LISTVMCONTEXTSREQUEST']._serialized_end=2167
-  _globals['_LISTVMCONTEXTSRESPONSE']._serialized_start=2169
-  _globals['_LISTVMCONTEXTSRESPONSE']._serialized_end=2258
-  _globals['_POWERONSOURCEVMREQUEST']._serialized_start=2260
-  _globals['_POWERONSOURCEVMREQUEST']._serialized_end=2327
-  _globals['_POWERONSOURCEVMRESPONSE']._serialized_start=2329
-  _globals['_POWERONSOURCEVMRESPONSE']._serialized_end=2388
-  _globals['_POWEROFFSOURCEVMREQUEST']._serialized_start=2390
-  _globals['_POWEROFFSOURCEVMREQUEST']._serialized_end=2458
-  _globals['_POWEROFFSOURCEVMRESPONSE']._serialized_start=2460
-  _globals['_POWEROFFSOURCEVMRESPONSE']._serialized_end=2520
-  _globals['_VERIFYVMCONTEXTREQUEST']._serialized_start=2522
-  _globals['_VERIFYVMCONTEXTREQUEST']._serialized_end=2589
-  _globals['_VERIFYVMCONTEXTRESPONSE']._serialized_start=2591
-  _globals['_VERIFYVMCONTEXTRESPONSE']._serialized_end=2650
-  _globals['_DELETEVMCONTEXTREQUEST']._serialized_start=2652
-  _globals['_DELETEVMCONTEXTREQUEST']._serialized_end=2708
-  _globals['_DELETEVMCONTEXTRESPONSE']._serialized_start=2710
-  _globals['_DELETEVMCONTEXTRESPONSE']._serialized_end=2816
-  _globals['_COMPLETEMIGRATIONREQUEST']._serialized_start=2818
-  _globals['_COMPLETEMIGRATIONREQUEST']._serialized_end=2887
-  _globals['_COMPLETEMIGRATIONRESPONSE']._serialized_start=2890
-  _globals['_COMPLETEMIGRATIONRESPONSE']._serialized_end=3061
-  _globals['_VMCONTEXTSERVICE']._serialized_start=3413
-  _globals['_VMCONTEXTSERVICE']._serialized_end=4178
+  _globals['_DISKVERIFICATION']._serialized_end=959
+  _globals['_BLOCKRANGE']._serialized_start=961
+  _globals['_BLOCKRANGE']._serialized_end=1003
+  _globals['_VMCONTEXT']._serialized_start=1006
+  _globals['_VMCONTEXT']._serialized_end=1515
+  _globals['_REGISTERVMCONTEXTREQUEST']._serialized_start=1517
+  _globals['_REGISTERVMCONTEXTREQUEST']._serialized_end=1641
+  _globals['_REGISTERVMCONTEXTRESPONSE']._serialized_start=1643
+  _globals['_REGISTERVMCONTEXTRESPONSE']._serialized_end=1726
+  _globals['_DISCOVERVMSREQUEST']._serialized_start=1728
+  _globals['_DISCOVERVMSREQUEST']._serialized_end=1854
+  _globals['_DISCOVERVMSRESPONSE']._serialized_start=1856
+  _globals['_DISCOVERVMSRESPONSE']._serialized_end=1974
+  _globals['_GETVMCONTEXTREQUEST']._serialized_start=1976
+  _globals['_GETVMCONTEXTREQUEST']._serialized_end=2009
+  _globals['_GETVMCONTEXTRESPONSE']._serialized_start=2011
+  _globals['_GETVMCONTEXTRESPONSE']._serialized_end=2072
+  _globals['_LISTVMCONTEXTSREQUEST']._serialized_start=2074
+  _globals['_LISTVMCONTEXTSREQUEST']._serialized_end=2199
+  _globals['_LISTVMCONTEXTSRESPONSE']._serialized_start=2201
+  _globals['_LISTVMCONTEXTSRESPONSE']._serialized_end=2290
+  _globals['_POWERONSOURCEVMREQUEST']._serialized_start=2292
+  _globals['_POWERONSOURCEVMREQUEST']._serialized_end=2359
+  _globals['_POWERONSOURCEVMRESPONSE']._serialized_start=2361
+  _globals['_POWERONSOURCEVMRESPONSE']._serialized_end=2420
+  _globals['_POWEROFFSOURCEVMREQUEST']._serialized_start=2422
+  _globals['_POWEROFFSOURCEVMREQUEST']._serialized_end=2490
+  _globals['_POWEROFFSOURCEVMRESPONSE']._serialized_start=2492
+  _globals['_POWEROFFSOURCEVMRESPONSE']._serialized_end=2552
+  _globals['_VERIFYVMCONTEXTREQUEST']._serialized_start=2554
+  _globals['_VERIFYVMCONTEXTREQUEST']._serialized_end=2621
+  _globals['_VERIFYVMCONTEXTRESPONSE']._serialized_start=2623
+  _globals['_VERIFYVMCONTEXTRESPONSE']._serialized_end=2682
+  _globals['_DELETEVMCONTEXTREQUEST']._serialized_start=2684
+  _globals['_DELETEVMCONTEXTREQUEST']._serialized_end=2740
+  _globals['_DELETEVMCONTEXTRESPONSE']._serialized_start=2742
+  _globals['_DELETEVMCONTEXTRESPONSE']._serialized_end=2848
+  _globals['_COMPLETEMIGRATIONREQUEST']._serialized_start=2850
+  _globals['_COMPLETEMIGRATIONREQUEST']._serialized_end=2919
+  _globals['_COMPLETEMIGRATIONRESPONSE']._serialized_start=2922
+  _globals['_COMPLETEMIGRATIONRESPONSE']._serialized_end=3093
+  _globals['_VMCONTEXTSERVICE']._serialized_start=3445
+  _globals['_VMCONTEXTSERVICE']._serialized_end=4210
 # @@protoc_insertion_point(module_scope)

@@ -72,7 +72,7 @@ class Disk(_message.Message):
     def __init__(self, id: _Optional[str] = ..., vm_context_id: _Optional[str] = ..., key: _Optional[int] = ..., label: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., datastore_path: _Optional[str] = ..., cbt_enabled: bool = ..., unit_number: _Optional[int] = ..., last_change_id: _Optional[str] = ..., change_id_history: _Optional[_Iterable[_Union[ChangeIdRecord, _Mapping]]] = ..., volume_id: _Optional[str] = ..., export_name: _Optional[str] = ..., verification: _Optional[_Union[DiskVerification, _Mapping]] = ...) -> None: ...
 
 class DiskVerification(_message.Message):
-    __slots__ = ("digest", "algorithm", "block_size", "change_id", "job_id", "verified_at", "blocks_read", "block_count", "checked_at", "check_job_id", "check_outcome", "check_digest", "mismatched")
+    __slots__ = ("digest", "algorithm", "block_size", "change_id", "job_id", "verified_at", "blocks_read", "block_count", "checked_at", "check_job_id", "check_outcome", "check_digest", "mismatched", "source_blocks_compared")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class DiskVerification(_message.Message):
     CHECK_OUTCOME_FIELD_NUMBER: _ClassVar[int]
     CHECK_DIGEST_FIELD_NUMBER: _ClassVar[int]
     MISMATCHED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_BLOCKS_COMPARED_FIELD_NUMBER: _ClassVar[int]
     digest: str
     algorithm: str
     block_size: int
@@ -99,7 +100,8 @@ class DiskVerification(_message.Message):
     check_outcome: str
     check_digest: str
     mismatched: _containers.RepeatedCompositeFieldContainer[BlockRange]
-    def __init__(self, digest: _Optional[str] = ..., algorithm: _Optional[str] = ..., block_size: _Optional[int] = ..., change_id: _Optional[str] = ..., job_id: _Optional[str] = ..., verified_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., blocks_read: _Optional[int] = ..., block_count: _Optional[int] = ..., checked_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., check_job_id: _Optional[str] = ..., check_outcome: _Optional[str] = ..., check_digest: _Optional[str] = ..., mismatched: _Optional[_Iterable[_Union[BlockRange, _Mapping]]] = ...) -> None: ...
+    source_blocks_compared: int
+    def __init__(self, digest: _Optional[str] = ..., algorithm: _Optional[str] = ..., block_size: _Optional[int] = ..., change_id: _Optional[str] = ..., job_id: _Optional[str] = ..., verified_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., blocks_read: _Optional[int] = ..., block_count: _Optional[int] = ..., checked_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., check_job_id: _Optional[str] = ..., check_outcome: _Optional[str] = ..., check_digest: _Optional[str] = ..., mismatched: _Optional[_Iterable[_Union[BlockRange, _Mapping]]] = ..., source_blocks_compared: _Optional[int] = ...) -> None: ...
 
 class BlockRange(_message.Message):
     __slots__ = ("first", "count")
