@@ -130,19 +130,18 @@ _APPLIANCE_IDENTITY_COLUMNS = (
 async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
     from playhouse.migrate import SchemaMigrator, migrate
 
+    from oma_server.db.integrity_models import BlockMap, SourceHashRun
     from oma_server.db.models import (
         ApiToken,
         ApplianceCertificate,
         AuditEntry,
         BandwidthLimit,
-        BlockMap,
         GroupMember,
         GroupRun,
         IdempotencyRecord,
         MachineGroup,
         Schedule,
         SchemaMigration,
-        SourceHashRun,
         WatchRevision,
     )
 

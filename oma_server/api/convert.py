@@ -20,7 +20,8 @@ from oma.v1 import (
 )
 from oma_server.cloud_inventory import TemplateView, ZoneView
 from oma_server.cloudstack.models import DiskOffering, Network, ServiceOffering
-from oma_server.db.models import Appliance, BlockMap, JobLog, NetworkMapping, Volume
+from oma_server.db.integrity_models import BlockMap
+from oma_server.db.models import Appliance, JobLog, NetworkMapping, Volume
 from oma_server.failover.cutover import CutoverTiming
 from oma_server.failover.state_machine import FailoverJobState
 from oma_server.job_watch import Update

@@ -12,6 +12,7 @@ import peewee as pw
 from loguru import logger
 from playhouse.migrate import SchemaMigrator, migrate
 
+from oma_server.db.integrity_models import INTEGRITY_MODELS, BlockMap, SourceHashRun, SourcePieceHash
 from oma_server.db.models import (
     ALL_MODELS,
     ApiToken,
@@ -19,7 +20,6 @@ from oma_server.db.models import (
     ApplianceCertificate,
     AuditEntry,
     BandwidthLimit,
-    BlockMap,
     Disk,
     GroupMember,
     GroupRun,
@@ -28,7 +28,6 @@ from oma_server.db.models import (
     MachineGroup,
     Schedule,
     SchemaMigration,
-    SourceHashRun,
     WatchRevision,
 )
 
@@ -45,7 +44,7 @@ def _add_missing_columns(db: pw.Database, model: type[pw.Model], added: dict[str
 
 def _m001_initial(db: pw.Database) -> None:
     # The models as they were at version 1; later columns are added by later migrations.
-    db.create_tables(ALL_MODELS, safe=True)
+    db.create_tables([*ALL_MODELS, *INTEGRITY_MODELS], safe=True)
 
 
 def _m002_disk_replicated_capacity(db: pw.Database) -> None:
@@ -116,7 +115,7 @@ def _m014_job_disk_repair_extents(db: pw.Database) -> None:
 
 
 def _m015_source_hashes(db: pw.Database) -> None:
-    db.create_tables([SourceHashRun], safe=True)  # a database created at 15 already has it
+    db.create_tables([SourceHashRun, SourcePieceHash], safe=True)  # a database created at 15 already has them
     _add_missing_columns(db, BlockMap, {"source_compared": pw.BigIntegerField(default=0)})
 
 
@@ -135,7 +134,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (12, "appliance.join_token_*, appliance_certificate (appliance client certificates)", _m012_appliance_certificates),
     (13, "appliance_certificate.superseded_by (a renewal revokes its predecessor)", _m013_certificate_superseded_by),
     (14, "job_disk.repair_extents (blocks an incremental recopies to repair a replica)", _m014_job_disk_repair_extents),
-    (15, "source_hash_run, block_map.source_compared (the source's block hashes)", _m015_source_hashes),
+    (15, "source_hash_run, source_piece_hash, block_map.source_compared (the source's hashes)", _m015_source_hashes),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -16,10 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from oma_server.db.models import BlockMap, Disk
+from oma_server.db.integrity_models import BlockMap
+from oma_server.db.models import Disk
 from oma_server.errors import FailedPrecondition
 from oma_server.integrity import gate
-from oma_server.integrity.blocks import HASH_SIZE, BlockRange, block_count, describe
+from oma_server.integrity.blocks import HASH_SIZE, BlockRange, block_count, describe, index_ranges
 
 PASSED = "passed"
 MISMATCH = "mismatch"
@@ -77,19 +78,13 @@ def targets_of(vm_context_id: str) -> list[RestTarget]:
 def mismatches(expected: bytes | Mapping[int, bytes], read: Mapping[int, bytes]) -> list[BlockRange]:
     """The block ranges whose hash read differs from the expected one — a map's hashes in disk order, or the source's
     hashes by block (only the blocks it has are compared) — sorted and merged."""
-    ranges: list[list[int]] = []
-    for index in sorted(read):
+
+    def want(index: int) -> bytes | None:
         if isinstance(expected, Mapping):
-            want = expected.get(index)
-        else:
-            want = expected[index * HASH_SIZE : (index + 1) * HASH_SIZE]
-        if want is None or read[index] == want:
-            continue
-        if ranges and ranges[-1][0] + ranges[-1][1] == index:
-            ranges[-1][1] += 1
-        else:
-            ranges.append([index, 1])
-    return [(f, n) for f, n in ranges]
+            return expected.get(index)
+        return expected[index * HASH_SIZE : (index + 1) * HASH_SIZE]
+
+    return index_ranges(i for i, value in read.items() if (w := want(i)) is not None and value != w)
 
 
 def record_check(map_id: int, job_id: str, at: datetime, digest: str, mismatched: Sequence[BlockRange]) -> None:

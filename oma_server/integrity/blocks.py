@@ -72,6 +72,17 @@ def blocks_of(extents: Iterable[Extent], capacity: int) -> list[BlockRange]:
     return [(f, n) for f, n in ranges]
 
 
+def index_ranges(indices: Iterable[int]) -> list[BlockRange]:
+    """Block indices as sorted, merged ranges."""
+    ranges: list[list[int]] = []
+    for index in sorted(set(indices)):
+        if ranges and ranges[-1][0] + ranges[-1][1] == index:
+            ranges[-1][1] += 1
+        else:
+            ranges.append([index, 1])
+    return [(f, n) for f, n in ranges]
+
+
 def block_extents(ranges: Sequence[BlockRange], capacity: int) -> list[Extent]:
     """The bytes of block ranges (the inverse of `blocks_of`, the last block as long as it is)."""
     return [(f * BLOCK_SIZE, min((f + n) * BLOCK_SIZE, capacity) - f * BLOCK_SIZE) for f, n in ranges]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from oma_server.db.models import BlockMap, Disk
+from oma_server.db.integrity_models import BlockMap
+from oma_server.db.models import Disk
 from oma_server.integrity.blocks import BlockRange
 from oma_server.integrity.blocks import describe as describe_ranges
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from oma_server.db.models import BlockMap, Disk, ReplicationJob, SourceHashRun, Volume
+from oma_server.db.integrity_models import BlockMap, SourceHashRun, SourcePieceHash
+from oma_server.db.models import Disk, ReplicationJob, Volume
 from oma_server.errors import MessageRejected
 from oma_server.integrity.blocks import ALGORITHM, BLOCK_SIZE, HASH_SIZE, Extent, block_count, block_span, zero_hash
 
 #: (first block, count, count x HASH_SIZE bytes, or b"" for all-zero blocks)
 HashRun = tuple[int, int, bytes]
+#: (offset, length, hash) of a piece of a block copied in part
+PieceHash = tuple[int, int, bytes]
 
 
 def record_sync(job_id: str, disk_id: str, change_id: str, extents: Sequence[Extent] | None) -> None:
@@ -134,17 +137,21 @@ def unread_on_oma_vm() -> dict[str, list[str]]:
     return out
 
 
-def record_source_hashes(job_id: str, disk_id: str, runs: Sequence[HashRun], sequence: int) -> None:
-    """The source's block hashes the appliance sent for a disk of a job: they replace what is stored for those
-    blocks (a resend after a cut is the same, a re-run of the disk's copy may send them again). A run beyond the
-    disk's capacity refuses the whole event."""
-    blocks = block_count(Disk.get_by_id(disk_id).capacity_bytes)
-    first, count = runs[-1][0], runs[-1][1]
-    if first + count > blocks:
+def record_source_hashes(
+    job_id: str, disk_id: str, runs: Sequence[HashRun], pieces: Sequence[PieceHash], sequence: int
+) -> None:
+    """The source's hashes the appliance sent for a disk of a job: block runs replace what is stored for those
+    blocks, pieces what is stored within their span (a resend after a cut is the same; a re-run of the disk's copy
+    may send them again). Anything beyond the disk's capacity refuses the whole event."""
+    capacity = Disk.get_by_id(disk_id).capacity_bytes
+    blocks = block_count(capacity)
+    end_block = runs[-1][0] + runs[-1][1] if runs else 0
+    end_byte = pieces[-1][0] + pieces[-1][1] if pieces else 0
+    if end_block > blocks or end_byte > capacity:
         raise MessageRejected(
             "INVALID_MESSAGE",
-            f"block_hashes for disk {disk_id} reach block {first + count - 1}; the disk has {blocks} block(s) of "
-            f"{BLOCK_SIZE} bytes; nothing was applied",
+            f"block_hashes for disk {disk_id} reach past its end ({blocks} block(s) of {BLOCK_SIZE} bytes, "
+            f"{capacity} bytes); nothing was applied",
             job_id,
             sequence,
         )
@@ -156,6 +163,25 @@ def record_source_hashes(job_id: str, disk_id: str, runs: Sequence[HashRun], seq
             & (SourceHashRun.first_block + SourceHashRun.count > first)
         ).execute()
         SourceHashRun.create(job=job_id, disk=disk_id, first_block=first, count=count, hashes=hashes or None)
+    if pieces:
+        SourcePieceHash.delete().where(
+            (SourcePieceHash.job == job_id)
+            & (SourcePieceHash.disk == disk_id)
+            & (SourcePieceHash.offset >= pieces[0][0])
+            & (SourcePieceHash.offset < end_byte)
+        ).execute()
+        rows = [{"job": job_id, "disk": disk_id, "offset": o, "length": n, "hash": h} for o, n, h in pieces]
+        for start in range(0, len(rows), 1000):  # within every database's limit of bound parameters
+            SourcePieceHash.insert_many(rows[start : start + 1000]).execute()
+
+
+def source_pieces(job_id: str, disk_id: str) -> dict[int, list[PieceHash]]:
+    """Block index → the source's hashes of the pieces of it the appliance copied in part in this job."""
+    out: dict[int, list[PieceHash]] = {}
+    query = SourcePieceHash.select().where((SourcePieceHash.job == job_id) & (SourcePieceHash.disk == disk_id))
+    for row in query.order_by(SourcePieceHash.offset):
+        out.setdefault(row.offset // BLOCK_SIZE, []).append((row.offset, row.length, bytes(row.hash)))
+    return out
 
 
 def source_hashes(job_id: str, disk_id: str, capacity: int) -> dict[int, bytes]:

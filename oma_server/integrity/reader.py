@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from oma_server.integrity.blocks import BLOCK_SIZE, BlockRange, block_hash, block_span, zero_hash
@@ -40,12 +40,20 @@ class ReplicaReader:
         self.path = path
         self.capacity = capacity
         self.workers = workers or default_workers()
+        #: offset → hash of each piece asked for (`hashes(pieces=...)`), from the blocks as they were read
+        self.piece_hashes: dict[int, bytes] = {}
 
     def hashes(
-        self, ranges: Sequence[BlockRange], on_progress: Callable[[int], None] | None = None
+        self,
+        ranges: Sequence[BlockRange],
+        on_progress: Callable[[int], None] | None = None,
+        *,
+        pieces: Mapping[int, Sequence[tuple[int, int]]] | None = None,
     ) -> dict[int, bytes]:
-        """Block index → hash of every block in `ranges`. `on_progress(bytes)` is called after each run."""
+        """Block index → hash of every block in `ranges`; also the hash of each (offset, length) piece of a block in
+        `pieces` (block → its pieces), into `piece_hashes`. `on_progress(bytes)` is called after each run."""
         out: dict[int, bytes] = {}
+        pieces = pieces or {}
         lock = threading.Lock()
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -57,6 +65,7 @@ class ReplicaReader:
                     buf = local.buf = bytearray(BLOCK_SIZE)
                 first, count = run
                 found: dict[int, bytes] = {}
+                found_pieces: dict[int, bytes] = {}
                 start = first * BLOCK_SIZE
                 # the whole run at once: the kernel reads it ahead in large requests while this worker hashes
                 os.posix_fadvise(fd, start, count * BLOCK_SIZE, os.POSIX_FADV_WILLNEED)
@@ -74,10 +83,14 @@ class ReplicaReader:
                     # a bytearray compares with memcmp (a memoryview item by item, 100x slower)
                     data = buf if size == BLOCK_SIZE else buf[:size]
                     found[index] = zero_hash(size) if data == _ZEROS[:size] else block_hash(data)
+                    for piece_offset, piece_length in pieces.get(index, ()):
+                        at = piece_offset - offset
+                        found_pieces[piece_offset] = block_hash(view[at : at + piece_length])
                     length += size
                 os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
                 with lock:
                     out.update(found)
+                    self.piece_hashes.update(found_pieces)
                 if on_progress is not None:
                     on_progress(length)
 

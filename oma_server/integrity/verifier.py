@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -30,7 +31,8 @@ from loguru import logger
 
 from oma_server.clock import Clock
 from oma_server.db.database import Database
-from oma_server.db.models import BlockMap, Disk
+from oma_server.db.integrity_models import BlockMap
+from oma_server.db.models import Disk
 from oma_server.integrity import at_rest, maps
 from oma_server.integrity.blocks import (
     HASH_SIZE,
@@ -41,6 +43,7 @@ from oma_server.integrity.blocks import (
     count_of,
     describe,
     disk_digest,
+    index_ranges,
 )
 from oma_server.integrity.reader import ReplicaReader
 from oma_server.joblog import JobLogService
@@ -55,6 +58,23 @@ class JobVerification:
 
     verified: int = 0
     mismatched: dict[str, tuple[int, list[BlockRange]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What the appliance hashed of the source in this job: whole blocks, and pieces of blocks copied in part."""
+
+    blocks: dict[int, bytes]
+    pieces: dict[int, list[maps.PieceHash]]
+
+    def compare(self, read: dict[int, bytes], read_pieces: dict[int, bytes]) -> tuple[list[BlockRange], int]:
+        """The block ranges that differ from the source, and how many blocks read were compared."""
+        differ = {f + i for f, n in at_rest.mismatches(self.blocks, read) for i in range(n)}
+        for block, pieces in self.pieces.items():
+            if block in read and any(read_pieces.get(offset) != value for offset, _, value in pieces):
+                differ.add(block)
+        compared = sum(1 for index in read if index in self.blocks or index in self.pieces)
+        return index_ranges(differ), compared
 
 
 @dataclass(frozen=True)
@@ -143,7 +163,10 @@ class ReplicaVerifier:
         """Read back, compare with the source's hashes, record; (disk key, the block ranges that differ)."""
         disk = await self.db.run(Disk.get_by_id, row.disk_id)
         plan = await self._plan(row)
-        source = await self.db.run(maps.source_hashes, job_id, row.disk_id, row.capacity_bytes)
+        source = _Source(
+            await self.db.run(maps.source_hashes, job_id, row.disk_id, row.capacity_bytes),
+            await self.db.run(maps.source_pieces, job_id, row.disk_id),
+        )
         total = block_count(row.capacity_bytes)
         whole = f" (whole disk: {plan.why})" if plan.why else ""
         what = f"disk {disk.key}: replica at change id {row.change_id}"
@@ -155,19 +178,19 @@ class ReplicaVerifier:
                 raise FileNotFoundError("the replica is not attached to the OMA VM")
             started = time.monotonic()
             reader = ReplicaReader(path, row.capacity_bytes, workers=self.workers)
-            read = await asyncio.to_thread(reader.hashes, plan.ranges)
+            pieces = {b: [(o, n) for o, n, _ in ps] for b, ps in source.pieces.items()}
+            read = await asyncio.to_thread(functools.partial(reader.hashes, plan.ranges, pieces=pieces))
             seconds = time.monotonic() - started
             hashes = bytearray(plan.kept) if plan.kept is not None else bytearray(total * HASH_SIZE)
             for index, value in read.items():
-                hashes[index * HASH_SIZE : (index + 1) * HASH_SIZE] = source.get(index, value)
-            differ = at_rest.mismatches(source, read)
+                hashes[index * HASH_SIZE : (index + 1) * HASH_SIZE] = source.blocks.get(index, value)
+            differ, compared = source.compare(read, reader.piece_hashes)
             digest = disk_digest(bytes(hashes))
-            compared = sum(1 for index in read if index in source)
             await self.db.tx(self._record, row, bytes(hashes), digest, compared, job_id, read, differ)
         except BaseException as exc:
             await self.joblog.end(entry, "failed", f"{what}: not verified ({exc}); verify it again")
             raise
-        message = self._message(what, row, plan, digest, read, source, seconds) + whole
+        message = self._message(what, row, plan, digest, read, source, compared, seconds) + whole
         if differ:
             message += f"; DIFFERS from the source in block(s) {describe(differ)}"
         logger.bind(job_id=job_id, disk_id=row.disk_id).log("WARNING" if differ else "INFO", message)
@@ -199,15 +222,17 @@ class ReplicaVerifier:
         plan: _Plan,
         digest: str,
         read: dict[int, bytes],
-        source: dict[int, bytes],
+        source: _Source,
+        compared: int,
         seconds: float,
     ) -> str:
         nbytes = sum(min(n * row.block_size, row.capacity_bytes - f * row.block_size) for f, n in plan.ranges)
         rate = nbytes / MIB / seconds if seconds > 0 else 0.0
-        compared = sum(1 for index in read if index in source)
+        in_pieces = sum(1 for index in read if index in source.pieces)
+        partly = f", {in_pieces} of those copied in part, by their pieces" if in_pieces else ""
         against = (
-            f"{compared} of them compared with the appliance's source hashes"
-            if source
+            f"{compared} of them compared with the appliance's source hashes{partly}"
+            if source.blocks or source.pieces
             else "the appliance sent no block hashes: verified by the read-back alone"
         )
         total = block_count(row.capacity_bytes)

@@ -85,6 +85,8 @@ class JobEvent:
     copied_extents: tuple[tuple[int, int], ...] | None = None
     # block_hashes: (first block, count, count x 32 bytes of SHA-256, or b"" for all-zero blocks), ascending, disjoint
     hash_runs: tuple[tuple[int, int, bytes], ...] = ()
+    # block_hashes: (offset, length, SHA-256) of pieces of blocks copied in part, ascending, disjoint
+    piece_hashes: tuple[tuple[int, int, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

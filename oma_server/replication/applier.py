@@ -157,7 +157,7 @@ class VmaMessageApplier:
         if kind == EventKind.BLOCK_HASHES:
             _check_disk(job, event)
             return with_sequence(unchanged), lambda s: maps.record_source_hashes(
-                s.id, event.disk_id, event.hash_runs, event.sequence
+                s.id, event.disk_id, event.hash_runs, event.piece_hashes, event.sequence
             )
         if kind == EventKind.STARTED:
             if job.status in (JobStatus.REPLICATING, JobStatus.CANCELLING):

@@ -4,7 +4,7 @@ against the source's hashes, or by VerifyVmContext at rest)."""
 
 from __future__ import annotations
 
-from oma_server.db.models import BlockMap
+from oma_server.db.integrity_models import BlockMap
 from oma_server.integrity.at_rest import mismatched_ranges
 from oma_server.integrity.blocks import BLOCK_SIZE, BlockRange, block_extents, blocks_of, count_of, describe
 from oma_server.joblog import note

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from oma_server.db.models import BlockMap, GroupMember, JobDisk, ReplicationJob, Schedule
+from oma_server.db.integrity_models import BlockMap
+from oma_server.db.models import GroupMember, JobDisk, ReplicationJob, Schedule
 from oma_server.schedules.store import TARGET_GROUP, TARGET_VM, schedule_reaching
 
 NO_TARGET = "no_target"

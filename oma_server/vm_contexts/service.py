@@ -8,7 +8,8 @@ from typing import Any
 from loguru import logger
 
 from oma_server.db.database import Database
-from oma_server.db.models import BlockMap, ChangeIdRecord, Disk, VmContext, Volume, utcnow
+from oma_server.db.integrity_models import BlockMap
+from oma_server.db.models import ChangeIdRecord, Disk, VmContext, Volume, utcnow
 from oma_server.errors import InvalidArgument, NotFound, Unavailable
 from oma_server.integrity.maps import latest_verified
 from oma_server.outbox import CommandOutbox

@@ -163,10 +163,11 @@ def _hash_runs(check: _Checker, hashes: stream_pb2.BlockHashes) -> tuple[tuple[i
             f"block_hashes is {hashes.algorithm or 'no algorithm'} over {hashes.block_size}-byte blocks; the OMA "
             f"verifies {m.HASH_ALGORITHM} over {m.HASH_BLOCK_SIZE}-byte blocks only (send those, or no hashes)"
         )
-    total = sum(r.count for r in hashes.runs)
-    if not hashes.runs or total > m.MAX_HASHED_BLOCKS_PER_EVENT:
+    total = sum(r.count for r in hashes.runs) + len(hashes.pieces)
+    if not (hashes.runs or hashes.pieces) or total > m.MAX_HASHED_BLOCKS_PER_EVENT:
         raise check.refuse(
-            f"block_hashes has {total} block(s); send 1 to {m.MAX_HASHED_BLOCKS_PER_EVENT} per event (more events)"
+            f"block_hashes has {total} block(s) and piece(s); send 1 to {m.MAX_HASHED_BLOCKS_PER_EVENT} per event "
+            "(more events)"
         )
     out: list[tuple[int, int, bytes]] = []
     end = 0
@@ -185,6 +186,29 @@ def _hash_runs(check: _Checker, hashes: stream_pb2.BlockHashes) -> tuple[tuple[i
         if end * m.HASH_BLOCK_SIZE > m.MAX_INT64:
             raise check.refuse(f"{field} ends at block {end}, beyond any disk")
         out.append((r.first_block, r.count, bytes(r.hashes)))
+    return tuple(out)
+
+
+def _piece_hashes(check: _Checker, hashes: stream_pb2.BlockHashes) -> tuple[tuple[int, int, bytes], ...]:
+    """The pieces of a BlockHashes event: each inside one block and shorter than it, ascending, disjoint."""
+    out: list[tuple[int, int, bytes]] = []
+    end = 0
+    for i, p in enumerate(hashes.pieces):
+        field = f"block_hashes.pieces[{i}]"
+        block, last = p.offset // m.HASH_BLOCK_SIZE, (p.offset + p.length - 1) // m.HASH_BLOCK_SIZE
+        if p.length == 0 or p.length >= m.HASH_BLOCK_SIZE or block != last:
+            raise check.refuse(
+                f"{field} ({p.length} bytes at {p.offset}) must lie inside one block and be shorter than it "
+                "(send a whole block as a run)"
+            )
+        if p.offset < end:
+            raise check.refuse(f"{field} starts at {p.offset}, before the end of the previous piece ({end})")
+        if len(p.hash) != m.HASH_SIZE:
+            raise check.refuse(f"{field}.hash has {len(p.hash)} bytes; a {m.HASH_ALGORITHM} hash has {m.HASH_SIZE}")
+        end = p.offset + p.length
+        if end > m.MAX_INT64:
+            raise check.refuse(f"{field} ends at {end}, beyond any disk")
+        out.append((p.offset, p.length, bytes(p.hash)))
     return tuple(out)
 
 
@@ -218,6 +242,7 @@ def decode_event(event: stream_pb2.JobEvent) -> m.JobEvent:
             kind=m.EventKind.BLOCK_HASHES,
             disk_id=check.text("block_hashes.disk_id", hashes.disk_id, m.MAX_ID_CHARS, required=True),
             hash_runs=_hash_runs(check, hashes),
+            piece_hashes=_piece_hashes(check, hashes),
         )
     if kind == "failed":
         failed = event.failed

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import grpc
 
-from oma_server.db.models import BlockMap, ChangeIdRecord, Disk, JobDisk, ReplicationJob
+from oma_server.db.integrity_models import BlockMap
+from oma_server.db.models import ChangeIdRecord, Disk, JobDisk, ReplicationJob
 from oma_server.server import OmaServer
 from tests.agent.helpers import add_exports, make_agent, register_vm, same_bytes, start_job, wait_status
 from tests.agent.nbd import NbdServer

@@ -82,16 +82,23 @@ def test_a_full_copy_hashes_every_block_as_the_oma_would(piece: int, seed: int) 
         assert hasher.hashes == expected(data)
 
 
-def test_an_incremental_hashes_only_the_blocks_it_holds_whole() -> None:
+def test_an_incremental_hashes_whole_blocks_and_the_pieces_of_blocks_it_holds_in_part() -> None:
     data, _ = image(5)
-    changed = [(BLOCK_SIZE - 4096, BLOCK_SIZE + 8192), (5 * BLOCK_SIZE, 100), (9 * BLOCK_SIZE, CAPACITY)]
+    changed = [
+        (BLOCK_SIZE - 4096, BLOCK_SIZE + 8192),  # the end of block 0, block 1 whole, the start of block 2
+        (5 * BLOCK_SIZE, 100),
+        (5 * BLOCK_SIZE + 4096, 4096),  # a second piece of block 5
+        (5 * BLOCK_SIZE + 8192, 4096),  # contiguous with it: the same piece
+        (9 * BLOCK_SIZE, CAPACITY),
+    ]
     plan = Plan.incremental([(o, min(n, CAPACITY - o)) for o, n in changed])
     hasher = SourceHasher(plan, CAPACITY, whole_disk=False)
-    feed(hasher, plan, data, MIB, order_seed=5, threads=3)
-    # block 1 lies whole inside the first extent, the short last block inside the last; blocks 0, 2 and 5 in part
-    assert sorted(hasher.hashes) == [1, 9]
+    feed(hasher, plan, data, 3000, order_seed=5, threads=3)  # pieces that straddle the extents' own boundaries
+    assert hasher.unfinished == 0
     want = expected(data)
-    assert hasher.hashes == {1: want[1], 9: want[9]}
+    assert hasher.hashes == {1: want[1], 9: want[9]}  # the blocks held whole, the short last one too
+    pieces = [(BLOCK_SIZE - 4096, 4096), (2 * BLOCK_SIZE, 4096), (5 * BLOCK_SIZE, 100), (5 * BLOCK_SIZE + 4096, 8192)]
+    assert hasher.pieces() == [(o, n, hashlib.sha256(data[o : o + n]).digest()) for o, n in pieces]
 
 
 def test_runs_are_consecutive_split_for_the_wire_and_empty_for_zeros() -> None:

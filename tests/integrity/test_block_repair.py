@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,3 +279,44 @@ async def test_an_appliance_that_lies_about_a_block_is_found_and_failover_stays_
         assert v.check_job_id == repair.id
         # the replica itself is the source: it is the appliance's word that was wrong
         assert same_as_source(setup, await replica_file(oma, bad.volume_id), bad.key, 16 * MIB)
+
+
+async def test_an_incremental_proves_every_block_it_read_and_a_bad_piece_is_repaired(
+    oma: OmaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add = SourceHasher.add
+    corrupted: list[int] = []
+
+    def corrupting_add(self: SourceHasher, offset: int, data: memoryview, *, zero: bool = False) -> None:
+        add(self, offset, data, zero=zero)
+        block = offset // BLOCK_SIZE
+        # once, in an incremental: a piece of a block the guest changed in part is written other than it was read
+        if not corrupted and not zero and block in self._pieces_of and self.capacity == 16 * MIB:
+            data[0] ^= 0x01
+            corrupted.append(block)
+
+    async with replicated(oma, tmp_path, "repair-04") as setup:
+        channel = setup.channel
+        await sync(channel, setup.vm_id)
+        await replicas_released(channel, setup.vm_id)
+        setup.vcenter.guest_write(setup.source.uuid, 5, seed=4)
+        monkeypatch.setattr(SourceHasher, "add", corrupting_add)
+        incremental = await sync(channel, setup.vm_id)
+        assert corrupted, "no piece of a partly changed block was copied"
+        repair = await repair_of(channel, setup.vm_id, incremental.id)
+        vm = await get_vm(channel, setup.vm_id)
+        bad = vm.disks[1]
+        messages = await logged(channel, incremental.id, "verify", f"disk {bad.key}", "DIFFERS from the source")
+        assert any(f"DIFFERS from the source in block(s) {corrupted[0]}" in m for m in messages), messages
+        assert any("copied in part, by their pieces" in m for m in messages), messages
+        await replicas_released(channel, setup.vm_id)
+        assert (await gate(channel, setup.vm_id)).passed
+        assert same_as_source(setup, await replica_file(oma, bad.volume_id), bad.key, 16 * MIB)
+        good = vm.disks[0]
+        assert same_as_source(setup, await replica_file(oma, good.volume_id), good.key, 8 * MIB)
+        assert {d.disk_id: d.bytes_total for d in repair.disks}[bad.id] >= BLOCK_SIZE
+        # the good disk's incremental: every block read back was compared, the partly changed ones by their pieces
+        messages = await logged(channel, incremental.id, "verify", f"disk {good.key}: replica", " verified: ")
+        [entry] = [m for m in messages if f"disk {good.key}: replica" in m and " verified: " in m]
+        found = re.search(r"read back (\d+) of 4 block\(s\).*\((\d+) of them compared", entry)
+        assert found and found[1] == found[2] and int(found[1]) > 0, entry

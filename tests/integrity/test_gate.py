@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from oma.v1 import failover_pb2, replication_pb2, replication_pb2_grpc
-from oma_server.db.models import BlockMap, Disk
+from oma_server.db.integrity_models import BlockMap
+from oma_server.db.models import Disk
 from oma_server.server import OmaServer
 from tests.clients import oma_channel
 from tests.failover.helpers import (

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from oma_server.db.models import ReplicationJob, SourceHashRun
+from oma_server.db.integrity_models import SourceHashRun, SourcePieceHash
+from oma_server.db.models import ReplicationJob
 from oma_server.integrity.blocks import BLOCK_SIZE
 from oma_server.server import OmaServer
 from tests.clients import oma_channel
@@ -43,6 +44,15 @@ def run(first: int, count: int, hashes: bytes = b"") -> stream_pb2.BlockHashRun:
     return stream_pb2.BlockHashRun(first_block=first, count=count, hashes=hashes)
 
 
+def piece(offset: int, length: int, value: bytes) -> stream_pb2.PieceHash:
+    return stream_pb2.PieceHash(offset=offset, length=length, hash=value)
+
+
+def with_pieces(job_id: str, seq: int, disk_id: str, *pieces: stream_pb2.PieceHash) -> stream_pb2.JobEvent:
+    event = stream_pb2.BlockHashes(disk_id=disk_id, algorithm="sha256", block_size=BLOCK_SIZE, pieces=list(pieces))
+    return stream_pb2.JobEvent(job_id=job_id, sequence=seq, block_hashes=event)
+
+
 async def test_block_hashes_are_checked_whole_and_a_refused_event_stores_nothing(
     oma: OmaServer,  # noqa: F811
 ) -> None:
@@ -66,16 +76,22 @@ async def test_block_hashes_are_checked_whole_and_a_refused_event_stores_nothing
             (block_hashes(job.id, 2, disk, run(0, 1, h[:31])), "runs[0].hashes has 31 bytes"),
             (block_hashes(job.id, 2, disk, run(0, 2), run(1, 1, h)), "runs[1] starts at block 1"),
             (block_hashes(job.id, 2, disk, run(0, 32_769)), "has 32769 block(s)"),
-            (block_hashes(job.id, 2, disk, run(7, 2)), "the disk has 8 block(s)"),
+            (block_hashes(job.id, 2, disk, run(7, 2)), "reach past its end (8 block(s)"),
             (block_hashes(job.id, 2, "no-such-disk", run(0, 1, h)), "is not part of job"),
             (block_hashes(job.id, 2, "", run(0, 1, h)), "block_hashes.disk_id"),
+            (with_pieces(job.id, 2, disk, piece(BLOCK_SIZE - 10, 20, h)), "pieces[0] (20 bytes at 2097142) must lie"),
+            (with_pieces(job.id, 2, disk, piece(0, BLOCK_SIZE, h)), "shorter than it"),
+            (with_pieces(job.id, 2, disk, piece(0, 0, h)), "pieces[0] (0 bytes"),
+            (with_pieces(job.id, 2, disk, piece(0, 10, h[:31])), "pieces[0].hash has 31 bytes"),
+            (with_pieces(job.id, 2, disk, piece(100, 10, h), piece(105, 10, h)), "pieces[1] starts at 105"),
+            (with_pieces(job.id, 2, disk, piece(16 * MIB + 5, 10, h)), "reach past its end"),
         ]
         for event, text in bad:
             await stream.send(event=event)
             error = (await stream.recv_until("error", job_id=job.id, sequence=2)).error
             assert error.code == stream_pb2.STREAM_ERROR_CODE_INVALID_MESSAGE, (text, error)
             assert text in error.message, (text, error.message)
-        assert await app.db.run(lambda: SourceHashRun.select().count()) == 0
+        assert await app.db.run(lambda: SourceHashRun.select().count() + SourcePieceHash.select().count()) == 0
         # a valid one is stored and acked; sent again (a resend after a cut) it replaces, never doubles
         for seq in (2, 3):
             await stream.send(event=block_hashes(job.id, seq, disk, run(0, 2, h + h), run(5, 3)))
@@ -85,6 +101,13 @@ async def test_block_hashes_are_checked_whole_and_a_refused_event_stores_nothing
             (0, 2, h + h),
             (5, 3, None),
         ]
+        for seq in (4, 5):  # pieces too: the resend replaces them
+            await stream.send(
+                event=with_pieces(job.id, seq, disk, piece(2 * BLOCK_SIZE + 7, 9, h), piece(3 * BLOCK_SIZE, 1, h))
+            )
+            await stream.recv_until("ack", job_id=job.id, sequence=seq)
+        kept = await app.db.run(lambda: sorted((r.offset, r.length, bytes(r.hash)) for r in SourcePieceHash.select()))
+        assert kept == [(2 * BLOCK_SIZE + 7, 9, h), (3 * BLOCK_SIZE, 1, h)]
         await stream.close()
 
 

@@ -12,7 +12,8 @@ import grpc
 import pytest
 
 from oma.v1 import job_pb2, job_pb2_grpc, vm_context_pb2, vm_context_pb2_grpc
-from oma_server.db.models import BlockMap, Volume
+from oma_server.db.integrity_models import BlockMap
+from oma_server.db.models import Volume
 from oma_server.integrity.blocks import BLOCK_SIZE
 from oma_server.server import OmaServer
 from tests.clients import oma_channel

@@ -19,7 +19,8 @@ from oma.v1 import (
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
-from oma_server.db.models import BlockMap, Disk, ReplicationJob, Volume
+from oma_server.db.integrity_models import BlockMap
+from oma_server.db.models import Disk, ReplicationJob, Volume
 from tests.clients import oma_channel
 from tests.factories import enroll, inventory
 from tests.failover.helpers import (

@@ -264,25 +264,28 @@ class JobExecutor:
         await self._disk_completed(runner, disk, snapshot.disk(target.disk_key).change_id)
 
     async def _send_hashes(self, runner: JobRunner, disk: DiskRun, hasher: SourceHasher) -> None:
-        """The source's block hashes of the disk, in events of at most MAX_BLOCKS_PER_EVENT blocks."""
-        runs = hasher.runs()
-        batch: list[stream_pb2.BlockHashRun] = []
-        blocks = 0
+        """The source's hashes of the disk — whole blocks, then pieces of blocks copied in part — in events of at
+        most MAX_BLOCKS_PER_EVENT blocks or pieces."""
 
-        async def send() -> None:
+        async def send(**fields: Any) -> None:
             hashes = stream_pb2.BlockHashes(
-                disk_id=disk.target.disk_id, algorithm=ALGORITHM, block_size=BLOCK_SIZE, runs=batch
+                disk_id=disk.target.disk_id, algorithm=ALGORITHM, block_size=BLOCK_SIZE, **fields
             )
             await self.messages.emit(runner.record.job_id, stream_pb2.JobEvent(block_hashes=hashes))
 
-        for first, count, values in runs:
+        batch: list[stream_pb2.BlockHashRun] = []
+        blocks = 0
+        for first, count, values in hasher.runs():
             if batch and blocks + count > MAX_BLOCKS_PER_EVENT:
-                await send()
+                await send(runs=batch)
                 batch, blocks = [], 0
             batch.append(stream_pb2.BlockHashRun(first_block=first, count=count, hashes=values))
             blocks += count
         if batch:
-            await send()
+            await send(runs=batch)
+        pieces = [stream_pb2.PieceHash(offset=o, length=n, hash=h) for o, n, h in hasher.pieces()]
+        for start in range(0, len(pieces), MAX_BLOCKS_PER_EVENT):
+            await send(pieces=pieces[start : start + MAX_BLOCKS_PER_EVENT])
 
     def _copier(self, runner: JobRunner, disk: DiskRun) -> DiskCopier:
         assert disk.plan is not None and disk.snapshot_path is not None

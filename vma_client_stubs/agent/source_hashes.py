@@ -5,9 +5,10 @@ The OMA's construction (ovirt-imageio's blkhash, `oma_server/integrity/blocks.py
 the disk, the last block as long as it is. Which blocks get a hash:
 - a **full copy** knows the whole disk — the plan's data segments as read, everything else (holes) zeros — so every
   block is hashed; a block with no data at all is the all-zero constant, never hashed;
-- an **incremental** knows only its changed (and repair) extents: a block they cover whole is hashed, a block they
-  cover in part is not (the rest of it was not read; reading it only to hash it would be the second read this
-  avoids). The OMA reads such blocks back and records what it finds, as without hashes.
+- an **incremental** knows only its changed (and repair) extents: a block they cover whole is hashed; of a block
+  they cover in part, each *piece* they cover (an extent's part inside the block) is hashed on its own, since the
+  rest of the block was not read (reading it only to hash it would be the second read this avoids). The OMA hashes
+  the same pieces of the block it reads back and compares them, so every byte a sync copied is proven.
 
 Pieces arrive from the copier's worker threads in any order and need not align with blocks (a plan's segments start
 where the source's extents do): a piece covering a block whole is hashed in place; others are copied into that
@@ -37,6 +38,8 @@ ZERO_BLOCK_HASH = hashlib.sha256(bytes(BLOCK_SIZE)).digest()
 
 #: (first block, count, hashes): count x 32 bytes, or b"" for a run of all-zero blocks
 HashRun = tuple[int, int, bytes]
+#: (offset, length, hash) of a piece of a block an incremental copied in part
+PieceHash = tuple[int, int, bytes]
 
 
 class SourceHasher:
@@ -59,6 +62,22 @@ class SourceHasher:
         self._waiting = {b: data[b] for b in hashable if data.get(b)}
         self._parts: dict[int, bytearray] = {}
         self.hashes: dict[int, bytes] = {b: self._zero(b) for b in hashable if not data.get(b)}
+        # blocks covered in part: the plan's pieces in each, hashed when the block's data is all in
+        self._pieces_of: dict[int, list[tuple[int, int]]] = {}
+        whole = set(hashable)
+        if not whole_disk:
+            for seg in plan.segments:
+                for block, start, end in self._pieces(seg.offset, seg.length):
+                    if block in whole:
+                        continue
+                    pieces = self._pieces_of.setdefault(block, [])
+                    if pieces and pieces[-1][1] == start:
+                        pieces[-1] = (pieces[-1][0], end)  # contiguous segments: one piece
+                    else:
+                        pieces.append((start, end))
+            for block in self._pieces_of:
+                self._waiting[block] = data[block]
+        self.piece_hashes: dict[int, bytes] = {}  # offset of the piece → its hash (its length: `pieces`)
 
     def _length(self, block: int) -> int:
         return min(BLOCK_SIZE, self.capacity - block * BLOCK_SIZE)
@@ -82,7 +101,7 @@ class SourceHasher:
             if block not in self._waiting:
                 continue
             piece = data[start - offset : end - offset]
-            if end - start == self._length(block):  # the whole block in one piece: hash it where it is
+            if end - start == self._length(block) and block not in self._pieces_of:  # hash the whole block in place
                 value = self._zero(block) if zero else hashlib.sha256(piece).digest()
                 with self._lock:
                     self._waiting.pop(block, None)
@@ -100,9 +119,20 @@ class SourceHasher:
                     del self._waiting[block]
                     del self._parts[block]
             if last:  # every data byte of the block is in: the last piece's thread hashes it
-                value = hashlib.sha256(buf).digest()
-                with self._lock:
-                    self.hashes[block] = value
+                self._hash_block(block, buf)
+
+    def _hash_block(self, block: int, buf: bytearray) -> None:
+        pieces = self._pieces_of.get(block)
+        if pieces is None:
+            value = hashlib.sha256(buf).digest()
+            with self._lock:
+                self.hashes[block] = value
+            return
+        base = block * BLOCK_SIZE
+        view = memoryview(buf)
+        found = {start: hashlib.sha256(view[start - base : end - base]).digest() for start, end in pieces}
+        with self._lock:
+            self.piece_hashes.update(found)
 
     def prehash(self, fd: int, plan: Plan, resume: ResumePoint, chunk_size: int) -> int:
         """Read and add the plan's data before `resume` (a resumed copy does not read it again); bytes read."""
@@ -144,6 +174,15 @@ class SourceHasher:
                 flush()
             run.append(block)
         flush()
+        return out
+
+    def pieces(self) -> list[PieceHash]:
+        """The hashes of the pieces of partly copied blocks, in disk order."""
+        out = []
+        for block in sorted(self._pieces_of):
+            for start, end in self._pieces_of[block]:
+                if start in self.piece_hashes:
+                    out.append((start, end - start, self.piece_hashes[start]))
         return out
 
     @property

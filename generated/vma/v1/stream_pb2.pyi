@@ -147,16 +147,28 @@ class CopiedExtents(_message.Message):
     def __init__(self, extents: _Optional[_Iterable[_Union[ByteExtent, _Mapping]]] = ...) -> None: ...
 
 class BlockHashes(_message.Message):
-    __slots__ = ("disk_id", "algorithm", "block_size", "runs")
+    __slots__ = ("disk_id", "algorithm", "block_size", "runs", "pieces")
     DISK_ID_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
+    PIECES_FIELD_NUMBER: _ClassVar[int]
     disk_id: str
     algorithm: str
     block_size: int
     runs: _containers.RepeatedCompositeFieldContainer[BlockHashRun]
-    def __init__(self, disk_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., block_size: _Optional[int] = ..., runs: _Optional[_Iterable[_Union[BlockHashRun, _Mapping]]] = ...) -> None: ...
+    pieces: _containers.RepeatedCompositeFieldContainer[PieceHash]
+    def __init__(self, disk_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., block_size: _Optional[int] = ..., runs: _Optional[_Iterable[_Union[BlockHashRun, _Mapping]]] = ..., pieces: _Optional[_Iterable[_Union[PieceHash, _Mapping]]] = ...) -> None: ...
+
+class PieceHash(_message.Message):
+    __slots__ = ("offset", "length", "hash")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    length: int
+    hash: bytes
+    def __init__(self, offset: _Optional[int] = ..., length: _Optional[int] = ..., hash: _Optional[bytes] = ...) -> None: ...
 
 class BlockHashRun(_message.Message):
     __slots__ = ("first_block", "count", "hashes")

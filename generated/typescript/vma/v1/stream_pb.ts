@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vma/v1/stream.proto.
  */
 export const file_vma_v1_stream: GenFile = /*@__PURE__*/
-  fileDesc("ChN2bWEvdjEvc3RyZWFtLnByb3RvEgZ2bWEudjEidwoFSGVsbG8SFAoMYXBwbGlhbmNlX2lkGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkSFQoNYWdlbnRfdmVyc2lvbhgDIAEoCRIUCgxjYXBhYmlsaXRpZXMYBCADKAkSFwoPbGFzdF9jb21tYW5kX2lkGAUgASgJIjoKCUpvYkN1cnNvchIOCgZqb2JfaWQYASABKAkSHQoVbGFzdF9hcHBsaWVkX3NlcXVlbmNlGAIgASgEIpIBCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDnNlcnZlcl92ZXJzaW9uGAMgASgJEiQKCW9wZW5fam9icxgEIAMoCzIRLnZtYS52MS5Kb2JDdXJzb3Ii0wEKDERpc2tQcm9ncmVzcxIPCgdkaXNrX2lkGAEgASgJEhIKCmJ5dGVzX2RvbmUYAiABKAQSEwoLYnl0ZXNfdG90YWwYAyABKAQSIwobdGhyb3VnaHB1dF9ieXRlc19wZXJfc2Vjb25kGAQgASgEEicKBXBoYXNlGAUgASgOMhgub21hLmNvbW1vbi52MS5Db3B5UGhhc2USJQoEbW9kZRgGIAEoDjIXLm9tYS5jb21tb24udjEuQ29weU1vZGUSFAoMcmVzdW1lX3Rva2VuGAcgASgJIr4CCg5Qcm9ncmVzc1JlcG9ydBIOCgZqb2JfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSJwoFcGhhc2UYAyABKA4yGC5vbWEuY29tbW9uLnYxLkNvcHlQaGFzZRIZChFjdXJyZW50X29wZXJhdGlvbhgEIAEoCRISCgpieXRlc19kb25lGAUgASgEEhMKC2J5dGVzX3RvdGFsGAYgASgEEiMKG3Rocm91Z2hwdXRfYnl0ZXNfcGVyX3NlY29uZBgHIAEoBBImCgNldGEYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SIwoFZGlza3MYCSADKAsyFC52bWEudjEuRGlza1Byb2dyZXNzEisKB3NlbnRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiUKCkpvYlN0YXJ0ZWQSFwoPc291cmNlX3NuYXBzaG90GAEgASgJIpcBCg1EaXNrQ29tcGxldGVkEg8KB2Rpc2tfaWQYASABKAkSEQoJY2hhbmdlX2lkGAIgASgJEhQKDGJ5dGVzX2NvcGllZBgDIAEoBBIlCgRtb2RlGAQgASgOMhcub21hLmNvbW1vbi52MS5Db3B5TW9kZRIlCgZjb3BpZWQYBSABKAsyFS52bWEudjEuQ29waWVkRXh0ZW50cyIsCgpCeXRlRXh0ZW50Eg4KBm9mZnNldBgBIAEoBBIOCgZsZW5ndGgYAiABKAQiNAoNQ29waWVkRXh0ZW50cxIjCgdleHRlbnRzGAEgAygLMhIudm1hLnYxLkJ5dGVFeHRlbnQiaQoLQmxvY2tIYXNoZXMSDwoHZGlza19pZBgBIAEoCRIRCglhbGdvcml0aG0YAiABKAkSEgoKYmxvY2tfc2l6ZRgDIAEoBBIiCgRydW5zGAQgAygLMhQudm1hLnYxLkJsb2NrSGFzaFJ1biJCCgxCbG9ja0hhc2hSdW4SEwoLZmlyc3RfYmxvY2sYASABKAQSDQoFY291bnQYAiABKAQSDgoGaGFzaGVzGAMgASgMIiQKDEpvYkNvbXBsZXRlZBIUCgxieXRlc19jb3BpZWQYASABKAQiXAoJSm9iRmFpbGVkEi4KC2Vycm9yX2NsYXNzGAEgASgOMhkub21hLmNvbW1vbi52MS5FcnJvckNsYXNzEg4KBmRldGFpbBgCIAEoCRIPCgdkaXNrX2lkGAMgASgJIh4KDEpvYkNhbmNlbGxlZBIOCgZkZXRhaWwYASABKAki5gIKCEpvYkV2ZW50Eg4KBmpvYl9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBIvCgtvY2N1cnJlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoHc3RhcnRlZBgKIAEoCzISLnZtYS52MS5Kb2JTdGFydGVkSAASLwoOZGlza19jb21wbGV0ZWQYCyABKAsyFS52bWEudjEuRGlza0NvbXBsZXRlZEgAEikKCWNvbXBsZXRlZBgMIAEoCzIULnZtYS52MS5Kb2JDb21wbGV0ZWRIABIjCgZmYWlsZWQYDSABKAsyES52bWEudjEuSm9iRmFpbGVkSAASKQoJY2FuY2VsbGVkGA4gASgLMhQudm1hLnYxLkpvYkNhbmNlbGxlZEgAEisKDGJsb2NrX2hhc2hlcxgPIAEoCzITLnZtYS52MS5CbG9ja0hhc2hlc0gAQgcKBWV2ZW50IkoKD0Rpc2NvdmVyeVJlc3VsdBI3ChB2aXJ0dWFsX21hY2hpbmVzGAEgAygLMh0ub21hLmNvbW1vbi52MS5WaXJ0dWFsTWFjaGluZSI9CgtQb3dlclJlc3VsdBIuCgtwb3dlcl9zdGF0ZRgBIAEoDjIZLm9tYS5jb21tb24udjEuUG93ZXJTdGF0ZSLrAQoNQ29tbWFuZFJlc3VsdBISCgpjb21tYW5kX2lkGAEgASgJEicKB291dGNvbWUYAiABKA4yFi52bWEudjEuQ29tbWFuZE91dGNvbWUSDgoGZGV0YWlsGAMgASgJEi4KC2Vycm9yX2NsYXNzGAQgASgOMhkub21hLmNvbW1vbi52MS5FcnJvckNsYXNzEiwKCWRpc2NvdmVyeRgKIAEoCzIXLnZtYS52MS5EaXNjb3ZlcnlSZXN1bHRIABIkCgVwb3dlchgLIAEoCzITLnZtYS52MS5Qb3dlclJlc3VsdEgAQgkKB3BheWxvYWQiUQoJSGVhcnRiZWF0EisKB3NlbnRfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD3J1bm5pbmdfam9iX2lkcxgCIAMoCSLQAQoKRGlza1RhcmdldBIPCgdkaXNrX2lkGAEgASgJEhAKCGRpc2tfa2V5GAIgASgFEg8KB25iZF91cmkYAyABKAkSGgoScHJldmlvdXNfY2hhbmdlX2lkGAQgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAUgASgEEhQKDHJlc3VtZV90b2tlbhgGIAEoCRIVCg10YXJnZXRfaXNfbmV3GAcgASgIEi0KDnJlcGFpcl9leHRlbnRzGAggASgLMhUudm1hLnYxLkNvcGllZEV4dGVudHMifAoXU3RhcnRSZXBsaWNhdGlvbkNvbW1hbmQSDgoGam9iX2lkGAEgASgJEg8KB3ZtX3V1aWQYAiABKAkSIQoFZGlza3MYAyADKAsyEi52bWEudjEuRGlza1RhcmdldBIdChVsYXN0X2FwcGxpZWRfc2VxdWVuY2UYBCABKAQiIgoQQ2FuY2VsSm9iQ29tbWFuZBIOCgZqb2JfaWQYASABKAkiVwoPUG93ZXJPZmZDb21tYW5kEg8KB3ZtX3V1aWQYASABKAkSMwoQZ3JhY2VmdWxfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIhCg5Qb3dlck9uQ29tbWFuZBIPCgd2bV91dWlkGAEgASgJIiYKD0Rpc2NvdmVyQ29tbWFuZBITCgtuYW1lX2ZpbHRlchgBIAEoCSInChRSZWxlYXNlU291cmNlQ29tbWFuZBIPCgd2bV91dWlkGAEgASgJIs8BChhTZXRCYW5kd2lkdGhMaW1pdENvbW1hbmQSIgoaYXBwbGlhbmNlX2J5dGVzX3Blcl9zZWNvbmQYASABKAQSVQoUam9iX2J5dGVzX3Blcl9zZWNvbmQYAiADKAsyNy52bWEudjEuU2V0QmFuZHdpZHRoTGltaXRDb21tYW5kLkpvYkJ5dGVzUGVyU2Vjb25kRW50cnkaOAoWSm9iQnl0ZXNQZXJTZWNvbmRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBIsIDCgdDb21tYW5kEhIKCmNvbW1hbmRfaWQYASABKAkSLQoJaXNzdWVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI8ChFzdGFydF9yZXBsaWNhdGlvbhgKIAEoCzIfLnZtYS52MS5TdGFydFJlcGxpY2F0aW9uQ29tbWFuZEgAEi4KCmNhbmNlbF9qb2IYCyABKAsyGC52bWEudjEuQ2FuY2VsSm9iQ29tbWFuZEgAEiwKCXBvd2VyX29mZhgMIAEoCzIXLnZtYS52MS5Qb3dlck9mZkNvbW1hbmRIABIqCghwb3dlcl9vbhgNIAEoCzIWLnZtYS52MS5Qb3dlck9uQ29tbWFuZEgAEisKCGRpc2NvdmVyGA4gASgLMhcudm1hLnYxLkRpc2NvdmVyQ29tbWFuZEgAEjYKDnJlbGVhc2Vfc291cmNlGA8gASgLMhwudm1hLnYxLlJlbGVhc2VTb3VyY2VDb21tYW5kSAASPwoTc2V0X2JhbmR3aWR0aF9saW1pdBgQIAEoCzIgLnZtYS52MS5TZXRCYW5kd2lkdGhMaW1pdENvbW1hbmRIAEIGCgRraW5kIioKBkpvYkFjaxIOCgZqb2JfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQiJgoQQ29tbWFuZFJlc3VsdEFjaxISCgpjb21tYW5kX2lkGAEgASgJInsKC1N0cmVhbUVycm9yEiUKBGNvZGUYASABKA4yFy52bWEudjEuU3RyZWFtRXJyb3JDb2RlEg4KBmpvYl9pZBgCIAEoCRIQCghzZXF1ZW5jZRgDIAEoBBISCgpjb21tYW5kX2lkGAQgASgJEg8KB21lc3NhZ2UYBSABKAkqigEKDkNvbW1hbmRPdXRjb21lEh8KG0NPTU1BTkRfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGUNPTU1BTkRfT1VUQ09NRV9TVUNDRUVERUQQARIaChZDT01NQU5EX09VVENPTUVfRkFJTEVEEAISHAoYQ09NTUFORF9PVVRDT01FX1JFSkVDVEVEEAMq7QEKD1N0cmVhbUVycm9yQ29kZRIhCh1TVFJFQU1fRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEiEKHVNUUkVBTV9FUlJPUl9DT0RFX1VOS05PV05fSk9CEAESIQodU1RSRUFNX0VSUk9SX0NPREVfRk9SRUlHTl9KT0IQAhIlCiFTVFJFQU1fRVJST1JfQ09ERV9JTlZBTElEX01FU1NBR0UQAxIjCh9TVFJFQU1fRVJST1JfQ09ERV9JTlZBTElEX1NUQVRFEAQSJQohU1RSRUFNX0VSUk9SX0NPREVfVU5LTk9XTl9DT01NQU5EEAViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_common_v1_jobs]);
+  fileDesc("ChN2bWEvdjEvc3RyZWFtLnByb3RvEgZ2bWEudjEidwoFSGVsbG8SFAoMYXBwbGlhbmNlX2lkGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkSFQoNYWdlbnRfdmVyc2lvbhgDIAEoCRIUCgxjYXBhYmlsaXRpZXMYBCADKAkSFwoPbGFzdF9jb21tYW5kX2lkGAUgASgJIjoKCUpvYkN1cnNvchIOCgZqb2JfaWQYASABKAkSHQoVbGFzdF9hcHBsaWVkX3NlcXVlbmNlGAIgASgEIpIBCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDnNlcnZlcl92ZXJzaW9uGAMgASgJEiQKCW9wZW5fam9icxgEIAMoCzIRLnZtYS52MS5Kb2JDdXJzb3Ii0wEKDERpc2tQcm9ncmVzcxIPCgdkaXNrX2lkGAEgASgJEhIKCmJ5dGVzX2RvbmUYAiABKAQSEwoLYnl0ZXNfdG90YWwYAyABKAQSIwobdGhyb3VnaHB1dF9ieXRlc19wZXJfc2Vjb25kGAQgASgEEicKBXBoYXNlGAUgASgOMhgub21hLmNvbW1vbi52MS5Db3B5UGhhc2USJQoEbW9kZRgGIAEoDjIXLm9tYS5jb21tb24udjEuQ29weU1vZGUSFAoMcmVzdW1lX3Rva2VuGAcgASgJIr4CCg5Qcm9ncmVzc1JlcG9ydBIOCgZqb2JfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSJwoFcGhhc2UYAyABKA4yGC5vbWEuY29tbW9uLnYxLkNvcHlQaGFzZRIZChFjdXJyZW50X29wZXJhdGlvbhgEIAEoCRISCgpieXRlc19kb25lGAUgASgEEhMKC2J5dGVzX3RvdGFsGAYgASgEEiMKG3Rocm91Z2hwdXRfYnl0ZXNfcGVyX3NlY29uZBgHIAEoBBImCgNldGEYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SIwoFZGlza3MYCSADKAsyFC52bWEudjEuRGlza1Byb2dyZXNzEisKB3NlbnRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiUKCkpvYlN0YXJ0ZWQSFwoPc291cmNlX3NuYXBzaG90GAEgASgJIpcBCg1EaXNrQ29tcGxldGVkEg8KB2Rpc2tfaWQYASABKAkSEQoJY2hhbmdlX2lkGAIgASgJEhQKDGJ5dGVzX2NvcGllZBgDIAEoBBIlCgRtb2RlGAQgASgOMhcub21hLmNvbW1vbi52MS5Db3B5TW9kZRIlCgZjb3BpZWQYBSABKAsyFS52bWEudjEuQ29waWVkRXh0ZW50cyIsCgpCeXRlRXh0ZW50Eg4KBm9mZnNldBgBIAEoBBIOCgZsZW5ndGgYAiABKAQiNAoNQ29waWVkRXh0ZW50cxIjCgdleHRlbnRzGAEgAygLMhIudm1hLnYxLkJ5dGVFeHRlbnQijAEKC0Jsb2NrSGFzaGVzEg8KB2Rpc2tfaWQYASABKAkSEQoJYWxnb3JpdGhtGAIgASgJEhIKCmJsb2NrX3NpemUYAyABKAQSIgoEcnVucxgEIAMoCzIULnZtYS52MS5CbG9ja0hhc2hSdW4SIQoGcGllY2VzGAUgAygLMhEudm1hLnYxLlBpZWNlSGFzaCI5CglQaWVjZUhhc2gSDgoGb2Zmc2V0GAEgASgEEg4KBmxlbmd0aBgCIAEoBBIMCgRoYXNoGAMgASgMIkIKDEJsb2NrSGFzaFJ1bhITCgtmaXJzdF9ibG9jaxgBIAEoBBINCgVjb3VudBgCIAEoBBIOCgZoYXNoZXMYAyABKAwiJAoMSm9iQ29tcGxldGVkEhQKDGJ5dGVzX2NvcGllZBgBIAEoBCJcCglKb2JGYWlsZWQSLgoLZXJyb3JfY2xhc3MYASABKA4yGS5vbWEuY29tbW9uLnYxLkVycm9yQ2xhc3MSDgoGZGV0YWlsGAIgASgJEg8KB2Rpc2tfaWQYAyABKAkiHgoMSm9iQ2FuY2VsbGVkEg4KBmRldGFpbBgBIAEoCSLmAgoISm9iRXZlbnQSDgoGam9iX2lkGAEgASgJEhAKCHNlcXVlbmNlGAIgASgEEi8KC29jY3VycmVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgdzdGFydGVkGAogASgLMhIudm1hLnYxLkpvYlN0YXJ0ZWRIABIvCg5kaXNrX2NvbXBsZXRlZBgLIAEoCzIVLnZtYS52MS5EaXNrQ29tcGxldGVkSAASKQoJY29tcGxldGVkGAwgASgLMhQudm1hLnYxLkpvYkNvbXBsZXRlZEgAEiMKBmZhaWxlZBgNIAEoCzIRLnZtYS52MS5Kb2JGYWlsZWRIABIpCgljYW5jZWxsZWQYDiABKAsyFC52bWEudjEuSm9iQ2FuY2VsbGVkSAASKwoMYmxvY2tfaGFzaGVzGA8gASgLMhMudm1hLnYxLkJsb2NrSGFzaGVzSABCBwoFZXZlbnQiSgoPRGlzY292ZXJ5UmVzdWx0EjcKEHZpcnR1YWxfbWFjaGluZXMYASADKAsyHS5vbWEuY29tbW9uLnYxLlZpcnR1YWxNYWNoaW5lIj0KC1Bvd2VyUmVzdWx0Ei4KC3Bvd2VyX3N0YXRlGAEgASgOMhkub21hLmNvbW1vbi52MS5Qb3dlclN0YXRlIusBCg1Db21tYW5kUmVzdWx0EhIKCmNvbW1hbmRfaWQYASABKAkSJwoHb3V0Y29tZRgCIAEoDjIWLnZtYS52MS5Db21tYW5kT3V0Y29tZRIOCgZkZXRhaWwYAyABKAkSLgoLZXJyb3JfY2xhc3MYBCABKA4yGS5vbWEuY29tbW9uLnYxLkVycm9yQ2xhc3MSLAoJZGlzY292ZXJ5GAogASgLMhcudm1hLnYxLkRpc2NvdmVyeVJlc3VsdEgAEiQKBXBvd2VyGAsgASgLMhMudm1hLnYxLlBvd2VyUmVzdWx0SABCCQoHcGF5bG9hZCJRCglIZWFydGJlYXQSKwoHc2VudF9hdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPcnVubmluZ19qb2JfaWRzGAIgAygJItABCgpEaXNrVGFyZ2V0Eg8KB2Rpc2tfaWQYASABKAkSEAoIZGlza19rZXkYAiABKAUSDwoHbmJkX3VyaRgDIAEoCRIaChJwcmV2aW91c19jaGFuZ2VfaWQYBCABKAkSFgoOY2FwYWNpdHlfYnl0ZXMYBSABKAQSFAoMcmVzdW1lX3Rva2VuGAYgASgJEhUKDXRhcmdldF9pc19uZXcYByABKAgSLQoOcmVwYWlyX2V4dGVudHMYCCABKAsyFS52bWEudjEuQ29waWVkRXh0ZW50cyJ8ChdTdGFydFJlcGxpY2F0aW9uQ29tbWFuZBIOCgZqb2JfaWQYASABKAkSDwoHdm1fdXVpZBgCIAEoCRIhCgVkaXNrcxgDIAMoCzISLnZtYS52MS5EaXNrVGFyZ2V0Eh0KFWxhc3RfYXBwbGllZF9zZXF1ZW5jZRgEIAEoBCIiChBDYW5jZWxKb2JDb21tYW5kEg4KBmpvYl9pZBgBIAEoCSJXCg9Qb3dlck9mZkNvbW1hbmQSDwoHdm1fdXVpZBgBIAEoCRIzChBncmFjZWZ1bF90aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIiEKDlBvd2VyT25Db21tYW5kEg8KB3ZtX3V1aWQYASABKAkiJgoPRGlzY292ZXJDb21tYW5kEhMKC25hbWVfZmlsdGVyGAEgASgJIicKFFJlbGVhc2VTb3VyY2VDb21tYW5kEg8KB3ZtX3V1aWQYASABKAkizwEKGFNldEJhbmR3aWR0aExpbWl0Q29tbWFuZBIiChphcHBsaWFuY2VfYnl0ZXNfcGVyX3NlY29uZBgBIAEoBBJVChRqb2JfYnl0ZXNfcGVyX3NlY29uZBgCIAMoCzI3LnZtYS52MS5TZXRCYW5kd2lkdGhMaW1pdENvbW1hbmQuSm9iQnl0ZXNQZXJTZWNvbmRFbnRyeRo4ChZKb2JCeXRlc1BlclNlY29uZEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEiwgMKB0NvbW1hbmQSEgoKY29tbWFuZF9pZBgBIAEoCRItCglpc3N1ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKEXN0YXJ0X3JlcGxpY2F0aW9uGAogASgLMh8udm1hLnYxLlN0YXJ0UmVwbGljYXRpb25Db21tYW5kSAASLgoKY2FuY2VsX2pvYhgLIAEoCzIYLnZtYS52MS5DYW5jZWxKb2JDb21tYW5kSAASLAoJcG93ZXJfb2ZmGAwgASgLMhcudm1hLnYxLlBvd2VyT2ZmQ29tbWFuZEgAEioKCHBvd2VyX29uGA0gASgLMhYudm1hLnYxLlBvd2VyT25Db21tYW5kSAASKwoIZGlzY292ZXIYDiABKAsyFy52bWEudjEuRGlzY292ZXJDb21tYW5kSAASNgoOcmVsZWFzZV9zb3VyY2UYDyABKAsyHC52bWEudjEuUmVsZWFzZVNvdXJjZUNvbW1hbmRIABI/ChNzZXRfYmFuZHdpZHRoX2xpbWl0GBAgASgLMiAudm1hLnYxLlNldEJhbmR3aWR0aExpbWl0Q29tbWFuZEgAQgYKBGtpbmQiKgoGSm9iQWNrEg4KBmpvYl9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBCImChBDb21tYW5kUmVzdWx0QWNrEhIKCmNvbW1hbmRfaWQYASABKAkiewoLU3RyZWFtRXJyb3ISJQoEY29kZRgBIAEoDjIXLnZtYS52MS5TdHJlYW1FcnJvckNvZGUSDgoGam9iX2lkGAIgASgJEhAKCHNlcXVlbmNlGAMgASgEEhIKCmNvbW1hbmRfaWQYBCABKAkSDwoHbWVzc2FnZRgFIAEoCSqKAQoOQ29tbWFuZE91dGNvbWUSHwobQ09NTUFORF9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHQoZQ09NTUFORF9PVVRDT01FX1NVQ0NFRURFRBABEhoKFkNPTU1BTkRfT1VUQ09NRV9GQUlMRUQQAhIcChhDT01NQU5EX09VVENPTUVfUkVKRUNURUQQAyrtAQoPU3RyZWFtRXJyb3JDb2RlEiEKHVNUUkVBTV9FUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASIQodU1RSRUFNX0VSUk9SX0NPREVfVU5LTk9XTl9KT0IQARIhCh1TVFJFQU1fRVJST1JfQ09ERV9GT1JFSUdOX0pPQhACEiUKIVNUUkVBTV9FUlJPUl9DT0RFX0lOVkFMSURfTUVTU0FHRRADEiMKH1NUUkVBTV9FUlJPUl9DT0RFX0lOVkFMSURfU1RBVEUQBBIlCiFTVFJFQU1fRVJST1JfQ09ERV9VTktOT1dOX0NPTU1BTkQQBWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_oma_common_v1_inventory, file_oma_common_v1_jobs]);
 
 /**
  * First message on every stream: who the appliance is and what it has seen.
@@ -416,10 +416,11 @@ export const CopiedExtentsSchema: GenMessage<CopiedExtents> = /*@__PURE__*/
  * Hashes of blocks of one disk as the appliance read them from the source snapshot, so the OMA can prove the
  * replica holds what the source held: the OMA's construction (ovirt-imageio's blkhash): SHA-256 of each 2 MiB
  * block, the disk's last block as long as it is. Sent before the disk's DiskCompleted, in as many events as needed
- * (at most 32,768 blocks each). Absolute: a resent or repeated run replaces what the OMA holds for those blocks. A
- * block the appliance did not hold whole (part of it unchanged in an incremental) has no hash; the OMA reads it back
- * and records what it finds. An appliance that sends none gets verification by the OMA's read-back alone, and the
- * job log says so.
+ * (at most 32,768 blocks and pieces each). Absolute: a resent or repeated event replaces what the OMA holds for
+ * those blocks and, for pieces, within the span from its first piece to the end of its last. A block the appliance
+ * did not hold whole (part of it unchanged in an incremental) has no block hash: each piece of it the appliance
+ * copied has its own, and the OMA compares the same pieces of its read-back. An appliance that sends no hashes gets
+ * verification by the OMA's read-back alone, and the job log says so.
  *
  * @generated from message vma.v1.BlockHashes
  */
@@ -451,6 +452,13 @@ export type BlockHashes = Message<"vma.v1.BlockHashes"> & {
    * @generated from field: repeated vma.v1.BlockHashRun runs = 4;
    */
   runs: BlockHashRun[];
+
+  /**
+   * Pieces of blocks copied in part, ascending and non-overlapping, each inside one block and shorter than it.
+   *
+   * @generated from field: repeated vma.v1.PieceHash pieces = 5;
+   */
+  pieces: PieceHash[];
 };
 
 /**
@@ -459,6 +467,41 @@ export type BlockHashes = Message<"vma.v1.BlockHashes"> & {
  */
 export const BlockHashesSchema: GenMessage<BlockHashes> = /*@__PURE__*/
   messageDesc(file_vma_v1_stream, 9);
+
+/**
+ * The hash of a piece of a block: bytes an incremental copied of a block it did not copy whole.
+ *
+ * @generated from message vma.v1.PieceHash
+ */
+export type PieceHash = Message<"vma.v1.PieceHash"> & {
+  /**
+   * First byte of the piece on the disk.
+   *
+   * @generated from field: uint64 offset = 1;
+   */
+  offset: bigint;
+
+  /**
+   * Length of the piece in bytes; at least 1, within one block.
+   *
+   * @generated from field: uint64 length = 2;
+   */
+  length: bigint;
+
+  /**
+   * SHA-256 of the piece's bytes (32 bytes).
+   *
+   * @generated from field: bytes hash = 3;
+   */
+  hash: Uint8Array;
+};
+
+/**
+ * Describes the message vma.v1.PieceHash.
+ * Use `create(PieceHashSchema)` to create a new message.
+ */
+export const PieceHashSchema: GenMessage<PieceHash> = /*@__PURE__*/
+  messageDesc(file_vma_v1_stream, 10);
 
 /**
  * Hashes of consecutive blocks.
@@ -493,7 +536,7 @@ export type BlockHashRun = Message<"vma.v1.BlockHashRun"> & {
  * Use `create(BlockHashRunSchema)` to create a new message.
  */
 export const BlockHashRunSchema: GenMessage<BlockHashRun> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 10);
+  messageDesc(file_vma_v1_stream, 11);
 
 /**
  * Every disk of the job was copied.
@@ -514,7 +557,7 @@ export type JobCompleted = Message<"vma.v1.JobCompleted"> & {
  * Use `create(JobCompletedSchema)` to create a new message.
  */
 export const JobCompletedSchema: GenMessage<JobCompleted> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 11);
+  messageDesc(file_vma_v1_stream, 12);
 
 /**
  * The job failed on the appliance.
@@ -549,7 +592,7 @@ export type JobFailed = Message<"vma.v1.JobFailed"> & {
  * Use `create(JobFailedSchema)` to create a new message.
  */
 export const JobFailedSchema: GenMessage<JobFailed> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 12);
+  messageDesc(file_vma_v1_stream, 13);
 
 /**
  * The job was cancelled on the appliance after a cancel command.
@@ -570,7 +613,7 @@ export type JobCancelled = Message<"vma.v1.JobCancelled"> & {
  * Use `create(JobCancelledSchema)` to create a new message.
  */
 export const JobCancelledSchema: GenMessage<JobCancelled> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 13);
+  messageDesc(file_vma_v1_stream, 14);
 
 /**
  * A state change of a job. Shares the per-job sequence with ProgressReport; never coalesced.
@@ -660,7 +703,7 @@ export type JobEvent = Message<"vma.v1.JobEvent"> & {
  * Use `create(JobEventSchema)` to create a new message.
  */
 export const JobEventSchema: GenMessage<JobEvent> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 14);
+  messageDesc(file_vma_v1_stream, 15);
 
 /**
  * Result of discovering VMs.
@@ -681,7 +724,7 @@ export type DiscoveryResult = Message<"vma.v1.DiscoveryResult"> & {
  * Use `create(DiscoveryResultSchema)` to create a new message.
  */
 export const DiscoveryResultSchema: GenMessage<DiscoveryResult> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 15);
+  messageDesc(file_vma_v1_stream, 16);
 
 /**
  * Result of a power command.
@@ -702,7 +745,7 @@ export type PowerResult = Message<"vma.v1.PowerResult"> & {
  * Use `create(PowerResultSchema)` to create a new message.
  */
 export const PowerResultSchema: GenMessage<PowerResult> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 16);
+  messageDesc(file_vma_v1_stream, 17);
 
 /**
  * The appliance's answer to a command.
@@ -767,7 +810,7 @@ export type CommandResult = Message<"vma.v1.CommandResult"> & {
  * Use `create(CommandResultSchema)` to create a new message.
  */
 export const CommandResultSchema: GenMessage<CommandResult> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 17);
+  messageDesc(file_vma_v1_stream, 18);
 
 /**
  * Periodic liveness signal from the appliance.
@@ -795,7 +838,7 @@ export type Heartbeat = Message<"vma.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 18);
+  messageDesc(file_vma_v1_stream, 19);
 
 /**
  * A disk to copy and where to write it.
@@ -869,7 +912,7 @@ export type DiskTarget = Message<"vma.v1.DiskTarget"> & {
  * Use `create(DiskTargetSchema)` to create a new message.
  */
 export const DiskTargetSchema: GenMessage<DiskTarget> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 19);
+  messageDesc(file_vma_v1_stream, 20);
 
 /**
  * Copy the given disks of a VM into their NBD exports and report progress.
@@ -911,7 +954,7 @@ export type StartReplicationCommand = Message<"vma.v1.StartReplicationCommand"> 
  * Use `create(StartReplicationCommandSchema)` to create a new message.
  */
 export const StartReplicationCommandSchema: GenMessage<StartReplicationCommand> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 20);
+  messageDesc(file_vma_v1_stream, 21);
 
 /**
  * Stop a running job; the appliance answers with a JobCancelled event.
@@ -932,7 +975,7 @@ export type CancelJobCommand = Message<"vma.v1.CancelJobCommand"> & {
  * Use `create(CancelJobCommandSchema)` to create a new message.
  */
 export const CancelJobCommandSchema: GenMessage<CancelJobCommand> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 21);
+  messageDesc(file_vma_v1_stream, 22);
 
 /**
  * Power off the source VM (guest shutdown first, then hard power off after the timeout).
@@ -960,7 +1003,7 @@ export type PowerOffCommand = Message<"vma.v1.PowerOffCommand"> & {
  * Use `create(PowerOffCommandSchema)` to create a new message.
  */
 export const PowerOffCommandSchema: GenMessage<PowerOffCommand> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 22);
+  messageDesc(file_vma_v1_stream, 23);
 
 /**
  * Power on the source VM.
@@ -981,7 +1024,7 @@ export type PowerOnCommand = Message<"vma.v1.PowerOnCommand"> & {
  * Use `create(PowerOnCommandSchema)` to create a new message.
  */
 export const PowerOnCommandSchema: GenMessage<PowerOnCommand> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 23);
+  messageDesc(file_vma_v1_stream, 24);
 
 /**
  * List the VMs the appliance can see.
@@ -1002,7 +1045,7 @@ export type DiscoverCommand = Message<"vma.v1.DiscoverCommand"> & {
  * Use `create(DiscoverCommandSchema)` to create a new message.
  */
 export const DiscoverCommandSchema: GenMessage<DiscoverCommand> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 24);
+  messageDesc(file_vma_v1_stream, 25);
 
 /**
  * Release the source side of a VM whose migration is closed (the VM runs in CloudStack for good): disable changed
@@ -1025,7 +1068,7 @@ export type ReleaseSourceCommand = Message<"vma.v1.ReleaseSourceCommand"> & {
  * Use `create(ReleaseSourceCommandSchema)` to create a new message.
  */
 export const ReleaseSourceCommandSchema: GenMessage<ReleaseSourceCommand> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 25);
+  messageDesc(file_vma_v1_stream, 26);
 
 /**
  * The copy-rate limits in force for this appliance now, whole: they replace every earlier set. A command issued
@@ -1055,7 +1098,7 @@ export type SetBandwidthLimitCommand = Message<"vma.v1.SetBandwidthLimitCommand"
  * Use `create(SetBandwidthLimitCommandSchema)` to create a new message.
  */
 export const SetBandwidthLimitCommandSchema: GenMessage<SetBandwidthLimitCommand> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 26);
+  messageDesc(file_vma_v1_stream, 27);
 
 /**
  * An instruction from the OMA's durable outbox. Delivered at least once; the appliance deduplicates by id.
@@ -1146,7 +1189,7 @@ export type Command = Message<"vma.v1.Command"> & {
  * Use `create(CommandSchema)` to create a new message.
  */
 export const CommandSchema: GenMessage<Command> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 27);
+  messageDesc(file_vma_v1_stream, 28);
 
 /**
  * The OMA has durably stored everything of a job up to a sequence.
@@ -1174,7 +1217,7 @@ export type JobAck = Message<"vma.v1.JobAck"> & {
  * Use `create(JobAckSchema)` to create a new message.
  */
 export const JobAckSchema: GenMessage<JobAck> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 28);
+  messageDesc(file_vma_v1_stream, 29);
 
 /**
  * The OMA has durably stored a command result; the appliance may stop resending it.
@@ -1195,7 +1238,7 @@ export type CommandResultAck = Message<"vma.v1.CommandResultAck"> & {
  * Use `create(CommandResultAckSchema)` to create a new message.
  */
 export const CommandResultAckSchema: GenMessage<CommandResultAck> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 29);
+  messageDesc(file_vma_v1_stream, 30);
 
 /**
  * The OMA rejected one message; nothing of it was applied and the stream stays open.
@@ -1244,7 +1287,7 @@ export type StreamError = Message<"vma.v1.StreamError"> & {
  * Use `create(StreamErrorSchema)` to create a new message.
  */
 export const StreamErrorSchema: GenMessage<StreamError> = /*@__PURE__*/
-  messageDesc(file_vma_v1_stream, 30);
+  messageDesc(file_vma_v1_stream, 31);
 
 /**
  * Outcome of a command on the appliance.
