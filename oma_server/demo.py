@@ -422,14 +422,7 @@ class Demo:
             vm = self.vms.GetVmContext(vm_context_pb2.GetVmContextRequest(id=vm_id)).vm_context
         sources = self.source_disks(vm)
         table = Table(title="Replica verification (read back by the OMA)", show_lines=False)
-        for column in (
-            "disk",
-            "digest (OMA)",
-            "verified change id",
-            "blocks read",
-            "against the agent's hashes",
-            "source digest",
-        ):
+        for column in ("disk", "digest (OMA)", "verified change id", "blocks read", "compared", "source digest"):
             table.add_column(column)
         for d in vm.disks:
             v = d.verification
@@ -443,7 +436,7 @@ class Demo:
                 f"{v.algorithm}:{v.digest[:16]}…",
                 v.change_id or "-",
                 f"{v.blocks_read} of {v.block_count}",
-                f"{v.source_blocks_compared} block(s) compared",
+                f"{v.source_blocks_compared} with the agent's hashes",
                 "[green]the same" if same else "[red]DIFFERENT",
             )
         console.print(table)

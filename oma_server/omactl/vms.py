@@ -111,6 +111,17 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
         ),
         title="Disks",
     )
+    _verification_table(ctx, vm)
+    ctx.out.line()
+    ctx.out.table(
+        ["NIC", "NETWORK", "MAC", "ADAPTER"],
+        ([n.label, n.network_name, n.mac_address, n.adapter_type or render.NONE] for n in vm.nics),
+        title="NICs",
+    )
+    return 0
+
+
+def _verification_table(ctx: Context, vm: vm_context_pb2.VmContext) -> None:
     ctx.out.line()
     ctx.out.table(
         [
@@ -127,13 +138,6 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
         (_verification_row(d) for d in vm.disks),
         title="Replica verification (block-hash digests read back by the OMA)",
     )
-    ctx.out.line()
-    ctx.out.table(
-        ["NIC", "NETWORK", "MAC", "ADAPTER"],
-        ([n.label, n.network_name, n.mac_address, n.adapter_type or render.NONE] for n in vm.nics),
-        title="NICs",
-    )
-    return 0
 
 
 def _verification_row(d: vm_context_pb2.Disk) -> list[object]:
