@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +132,22 @@ async def logged(channel: grpc.aio.Channel, job_id: str, step: str, *texts: str)
     return messages
 
 
+def corrupt_once(monkeypatch: pytest.MonkeyPatch, where: Callable[[SourceHasher, int], bool], at: int) -> list[int]:
+    """The agent writes one byte of the 16 MiB disk other than it read and hashed it: byte `at` of the first data
+    chunk (offset) `where` accepts. Returns the list that gets the block it was in."""
+    add = SourceHasher.add
+    corrupted: list[int] = []
+
+    def corrupting_add(self: SourceHasher, offset: int, data: memoryview, *, zero: bool = False) -> None:
+        add(self, offset, data, zero=zero)
+        if not corrupted and not zero and self.capacity == 16 * MIB and where(self, offset):
+            data[at] ^= 0x01
+            corrupted.append((offset + at) // BLOCK_SIZE)
+
+    monkeypatch.setattr(SourceHasher, "add", corrupting_add)
+    return corrupted
+
+
 async def repair_of(channel: grpc.aio.Channel, vm_id: str, job_id: str) -> R.ReplicationJob:
     """The repair sync the OMA started by itself after `job_id`, once it ended."""
     stub = replication_pb2_grpc.ReplicationServiceStub(channel)
@@ -199,17 +215,8 @@ async def test_a_byte_flipped_at_rest_is_repaired_by_recopying_only_its_block(om
 async def test_a_write_that_differs_from_the_source_is_found_by_the_read_back_and_repaired(
     oma: OmaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    add = SourceHasher.add
-    corrupted: list[int] = []
-
-    def corrupting_add(self: SourceHasher, offset: int, data: memoryview, *, zero: bool = False) -> None:
-        add(self, offset, data, zero=zero)
-        # once: a byte of the 16 MiB disk's first data chunk past 2 MiB is written other than it was read and hashed
-        if not corrupted and self.capacity == 16 * MIB and offset >= 2 * MIB and not zero:
-            data[100] ^= 0x01
-            corrupted.append((offset + 100) // BLOCK_SIZE)
-
-    monkeypatch.setattr(SourceHasher, "add", corrupting_add)
+    # a byte of the 16 MiB disk's first data chunk past 2 MiB
+    corrupted = corrupt_once(monkeypatch, lambda hasher, offset: offset >= 2 * MIB, at=100)
     async with replicated(oma, tmp_path, "repair-02") as setup:
         channel = setup.channel
         first = await sync(channel, setup.vm_id)
@@ -284,23 +291,13 @@ async def test_an_appliance_that_lies_about_a_block_is_found_and_failover_stays_
 async def test_an_incremental_proves_every_block_it_read_and_a_bad_piece_is_repaired(
     oma: OmaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    add = SourceHasher.add
-    corrupted: list[int] = []
-
-    def corrupting_add(self: SourceHasher, offset: int, data: memoryview, *, zero: bool = False) -> None:
-        add(self, offset, data, zero=zero)
-        block = offset // BLOCK_SIZE
-        # once, in an incremental: a piece of a block the guest changed in part is written other than it was read
-        if not corrupted and not zero and block in self._pieces_of and self.capacity == 16 * MIB:
-            data[0] ^= 0x01
-            corrupted.append(block)
-
     async with replicated(oma, tmp_path, "repair-04") as setup:
         channel = setup.channel
         await sync(channel, setup.vm_id)
         await replicas_released(channel, setup.vm_id)
         setup.vcenter.guest_write(setup.source.uuid, 5, seed=4)
-        monkeypatch.setattr(SourceHasher, "add", corrupting_add)
+        # in the incremental: a piece of a block the guest changed in part
+        corrupted = corrupt_once(monkeypatch, lambda hasher, offset: offset // BLOCK_SIZE in hasher._pieces_of, at=0)
         incremental = await sync(channel, setup.vm_id)
         assert corrupted, "no piece of a partly changed block was copied"
         repair = await repair_of(channel, setup.vm_id, incremental.id)
