@@ -37,11 +37,10 @@ from oma_server.db.models import ApiToken, Command, IdempotencyRecord
 from oma_server.errors import Aborted
 from oma_server.idempotency import IdempotencyStore, RequestKey, purge_expired
 from oma_server.server import SERVICE_NAMES, OmaServer
-from tests.agent.helpers import make_agent
+from tests.agent.helpers import make_agent, wait_connected
 from tests.clients import oma_channel
 from tests.conftest import make_settings
 from tests.factories import enroll, inventory, job_on_stream
-from tests.waiting import until
 from vma.v1 import stream_pb2
 from vma_client_stubs.agent.vcenter import FakeVCenter
 from vma_client_stubs.errors import error_details_of
@@ -299,14 +298,8 @@ async def test_discover_vms_retried_registers_once(
     vcenter = FakeVCenter(tmp_path / "vcenter")
     vcenter.create_vm("retry-01", [MIB], seed=3)
     enrolled = await enroll(channel)
-    appliances = appliance_pb2_grpc.ApplianceServiceStub(channel)
-
-    async def connected() -> bool:
-        reply = await appliances.GetAppliance(appliance_pb2.GetApplianceRequest(id=enrolled.appliance_id))
-        return reply.appliance.connection_state == appliance_pb2.CONNECTION_STATE_CONNECTED
-
     async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent"):
-        await until(connected, "the agent's stream")
+        await wait_connected(channel, enrolled.appliance_id)
         vms = vm_context_pb2_grpc.VmContextServiceStub(channel)
         discover = vm_context_pb2.DiscoverVmsRequest(
             appliance_id=enrolled.appliance_id, name_filter="retry-01", register=True, request_id="discover-1"

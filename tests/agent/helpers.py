@@ -6,6 +6,9 @@ import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 
+import grpc
+
+from oma.v1 import appliance_pb2, appliance_pb2_grpc
 from oma_server.app import App
 from oma_server.db.models import Disk, ReplicationJob, VmContext
 from oma_server.replication.state_machine import DiskState, JobState
@@ -13,6 +16,7 @@ from oma_server.server import OmaServer
 from tests.agent.nbd import NbdServer
 from tests.clients import endpoint
 from tests.factories import Enrolled
+from tests.waiting import until
 from vma_client_stubs.agent.agent import Agent
 from vma_client_stubs.agent.vcenter import FakeVCenter, VirtualMachine
 
@@ -106,3 +110,14 @@ def make_agent(oma_server: OmaServer, enrolled: Enrolled, vcenter: FakeVCenter, 
         fsync=False,
         **kw,  # type: ignore[arg-type]
     )
+
+
+async def wait_connected(channel: grpc.aio.Channel, appliance_id: str) -> None:
+    """Until the OMA shows the appliance's stream connected (GetAppliance)."""
+    appliances = appliance_pb2_grpc.ApplianceServiceStub(channel)
+
+    async def connected() -> bool:
+        reply = await appliances.GetAppliance(appliance_pb2.GetApplianceRequest(id=appliance_id))
+        return reply.appliance.connection_state == appliance_pb2.CONNECTION_STATE_CONNECTED
+
+    await until(connected, "the agent's stream")

@@ -23,8 +23,6 @@ import grpc
 import pytest
 
 from oma.v1 import (
-    appliance_pb2,
-    appliance_pb2_grpc,
     cloud_pb2,
     cloud_pb2_grpc,
     failover_pb2,
@@ -37,11 +35,10 @@ from oma.v1 import (
     vm_context_pb2_grpc,
 )
 from oma_server.server import OmaServer
-from tests.agent.helpers import make_agent
+from tests.agent.helpers import make_agent, wait_connected
 from tests.factories import enroll
 from tests.failover.helpers import LIVE, TEST, VM_LIVE, VM_READY, VM_TEST
 from tests.omactl.conftest import run_omactl, target_of
-from tests.waiting import until
 from vma_client_stubs.agent.vcenter import FakeVCenter
 
 pytestmark = [pytest.mark.nbd, pytest.mark.slow]
@@ -181,14 +178,8 @@ async def test_vm_context_agrees_with_the_job_history_after_every_kind_of_sync(
     vms = vm_context_pb2_grpc.VmContextServiceStub(channel)
     failover = failover_pb2_grpc.FailoverServiceStub(channel)
     seen = Seen()
-    appliances = appliance_pb2_grpc.ApplianceServiceStub(channel)
-
-    async def connected() -> bool:
-        reply = await appliances.GetAppliance(appliance_pb2.GetApplianceRequest(id=enrolled.appliance_id))
-        return reply.appliance.connection_state == appliance_pb2.CONNECTION_STATE_CONNECTED
-
     async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent"):
-        await until(connected, "the agent's stream")
+        await wait_connected(channel, enrolled.appliance_id)
         found = await vms.DiscoverVms(
             vm_context_pb2.DiscoverVmsRequest(
                 appliance_id=enrolled.appliance_id, name_filter="history-01", register=True, timeout_seconds=30

@@ -27,8 +27,6 @@ import pytest
 
 from oma.common.v1 import jobs_pb2
 from oma.v1 import (
-    appliance_pb2,
-    appliance_pb2_grpc,
     failover_pb2,
     job_pb2,
     job_pb2_grpc,
@@ -38,7 +36,7 @@ from oma.v1 import (
 )
 from oma_server.integrity.blocks import BLOCK_SIZE
 from oma_server.server import OmaServer
-from tests.agent.helpers import make_agent
+from tests.agent.helpers import make_agent, wait_connected
 from tests.clients import oma_channel
 from tests.factories import enroll
 from tests.failover.helpers import (
@@ -98,14 +96,8 @@ async def replicated(oma: OmaServer, tmp_path: Path, name: str) -> AsyncIterator
     source = vcenter.create_vm(name, [8 * MIB, 16 * MIB], seed=15)
     async with oma_channel(oma) as channel:
         enrolled = await enroll(channel)
-        appliances = appliance_pb2_grpc.ApplianceServiceStub(channel)
-
-        async def connected() -> bool:
-            reply = await appliances.GetAppliance(appliance_pb2.GetApplianceRequest(id=enrolled.appliance_id))
-            return reply.appliance.connection_state == appliance_pb2.CONNECTION_STATE_CONNECTED
-
         async with make_agent(oma, enrolled, vcenter, tmp_path / "agent"):
-            await until(connected, "the agent's stream")
+            await wait_connected(channel, enrolled.appliance_id)
             found = await vms_stub(channel).DiscoverVms(
                 vm_context_pb2.DiscoverVmsRequest(
                     appliance_id=enrolled.appliance_id, name_filter=name, register=True, timeout_seconds=30
