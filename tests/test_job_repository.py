@@ -22,7 +22,12 @@ from oma_server.db.runner import InlineRunner, Runner
 from oma_server.errors import AlreadyExists, InvalidArgument, MessageRejected
 from oma_server.protocol.stream import DiskProgress, EventKind, JobEvent, ProgressReport
 from oma_server.replication.applier import VmaMessageApplier
-from oma_server.replication.repository import JobRepository, MemoryJobRepository, SqlJobRepository
+from oma_server.replication.repository import (
+    JobChangedElsewhere,
+    JobRepository,
+    MemoryJobRepository,
+    SqlJobRepository,
+)
 from oma_server.replication.state_machine import DiskState, JobState, JobStatus
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.watch import WatchHub
@@ -119,6 +124,25 @@ async def test_writes_change_the_job_and_its_disks_and_nothing_else(backend: Bac
     ghost = new_job(backend)
     await backend.runner.tx(backend.repo.write, ghost)  # never inserted: nothing appears
     assert await backend.runner.run(backend.repo.load, ghost.id) is None
+
+
+async def test_a_write_from_a_stale_copy_is_refused_and_changes_nothing(backend: Backend) -> None:
+    """Writes are fenced on the row's version: a copy loaded before another process's write cannot overwrite it."""
+    job = await backend.runner.tx(backend.repo.insert, new_job(backend), None, disks(backend))
+    here = await backend.runner.run(backend.repo.load, job.id)
+    there = await backend.runner.run(backend.repo.load, job.id)
+    assert here is not None and there is not None
+    there.status, there.error_reason = JobStatus.CANCELLING, "cancelled elsewhere"
+    await backend.runner.tx(backend.repo.write, there)
+    here.status, here.bytes_done, here.disks[0].bytes_done = JobStatus.REPLICATING, 99, 99
+    assert await backend.runner.tx(backend.repo.write_batch, [here]) == [job.id]
+    with pytest.raises(JobChangedElsewhere):
+        await backend.runner.tx(backend.repo.write, here)
+    stored = await backend.runner.run(backend.repo.load, job.id)
+    assert stored == there and stored.disks[0].bytes_done == 0
+    stored.bytes_done = 5  # a copy loaded after the write writes
+    assert await backend.runner.tx(backend.repo.write_batch, [stored]) == []
+    assert (await backend.runner.run(backend.repo.load, job.id)).bytes_done == 5
 
 
 async def test_open_jobs_and_the_highest_revision(backend: Backend) -> None:
@@ -248,3 +272,34 @@ async def test_change_ids_are_recorded_per_disk_in_order(backend: Backend) -> No
         ("cid-2", job.id),
     ]
     assert await backend.runner.run(backend.repo.change_ids, backend.disk_ids[1]) == []
+
+
+async def test_a_job_changed_by_another_process_wins_over_this_ones_copy() -> None:
+    """Two stores on one repository, as two OMA processes on one database: the one holding the stream has unwritten
+    progress when the other cancels the job; its flush drops that progress (unacked), and its next event is
+    applied to the stored state — the cancel is not overwritten, the event is not applied twice."""
+    repo = MemoryJobRepository()
+    here = ReplicationJobStore(InlineRunner(), SystemClock(), WatchHub(), repository=repo)
+    there = ReplicationJobStore(InlineRunner(), SystemClock(), WatchHub(), repository=repo)
+    acks: list[tuple[str, int]] = []
+    here.ack_through(lambda _appliance, job_id, seq: acks.append((job_id, seq)))
+    applier = VmaMessageApplier(here, SystemClock())
+    job = await handed_over(here)
+    await applier.apply_event("vma", JobEvent(job.id, 1, EventKind.STARTED))
+    await applier.apply_progress("vma", report(job.id, 2, 60))
+    await there.transition(job.id, JobStatus.CANCELLING, operation="cancel requested elsewhere")
+    assert await here.flush() == 0 and acks == []
+    assert (await here.get(job.id)).status == JobStatus.CANCELLING
+    await applier.apply_event("vma", JobEvent(job.id, 3, EventKind.DISK_COMPLETED, disk_id="d0", change_id="c0"))
+    # The stream moves to the other process, whose copy is older, and the appliance resends event 3: acked, once.
+    moved = VmaMessageApplier(there, SystemClock())
+    duplicate = JobEvent(job.id, 3, EventKind.DISK_COMPLETED, disk_id="d0", change_id="c0")
+    assert await moved.apply_event("vma", duplicate) == 3
+    await moved.apply_event("vma", JobEvent(job.id, 4, EventKind.CANCELLED))
+    stored = repo.load(job.id)
+    assert stored is not None
+    assert (stored.status, stored.last_sequence, stored.disk("d0").new_change_id) == (  # type: ignore[union-attr]
+        JobStatus.CANCELLED,
+        4,
+        "c0",
+    )

@@ -150,6 +150,7 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
         migrate(migrator.drop_column("disk", "replicated_capacity_bytes"))
         migrate(migrator.drop_column("job_disk", "repair_extents"))
         migrate(migrator.drop_column("block_map", "source_compared"))
+        migrate(migrator.drop_column("replication_job", "write_version"))
         migrate(*(migrator.drop_column("appliance", c) for c in _APPLIANCE_IDENTITY_COLUMNS))
         db.peewee.drop_tables(
             [
@@ -171,7 +172,7 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
 
     await db.run(downgrade)
     assert await db.run(current_version, db.peewee) == 1
-    assert await db.run(apply_migrations, db.peewee) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    assert await db.run(apply_migrations, db.peewee) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
     columns = {c.name for c in await db.run(db.peewee.get_columns, "disk")}
     assert "replicated_capacity_bytes" in columns
     assert await db.run(db.peewee.table_exists, "watch_revision")
@@ -191,16 +192,18 @@ async def test_a_version_1_database_is_migrated_forward(db: Database) -> None:
     assert "repair_extents" in {c.name for c in await db.run(db.peewee.get_columns, "job_disk")}
     assert await db.run(db.peewee.table_exists, "source_hash_run")
     assert "source_compared" in {c.name for c in await db.run(db.peewee.get_columns, "block_map")}
+    assert "write_version" in {c.name for c in await db.run(db.peewee.get_columns, "replication_job")}
 
     def back_to_12() -> None:  # a database of a 0.3 build before renewals retired their predecessors
         migrator = SchemaMigrator.from_database(db.peewee)
         migrate(migrator.drop_column("appliance_certificate", "superseded_by"))
         migrate(migrator.drop_column("job_disk", "repair_extents"))
         migrate(migrator.drop_column("block_map", "source_compared"))
+        migrate(migrator.drop_column("replication_job", "write_version"))
         SchemaMigration.delete().where(SchemaMigration.version > 12).execute()
 
     await db.run(back_to_12)
-    assert await db.run(apply_migrations, db.peewee) == [13, 14, 15]
+    assert await db.run(apply_migrations, db.peewee) == [13, 14, 15, 16]
     certificate = {c.name for c in await db.run(db.peewee.get_columns, "appliance_certificate")}
     assert "superseded_by" in certificate
     assert "repair_extents" in {c.name for c in await db.run(db.peewee.get_columns, "job_disk")}

@@ -26,6 +26,7 @@ from oma_server.db.models import (
     IdempotencyRecord,
     JobDisk,
     MachineGroup,
+    ReplicationJob,
     Schedule,
     SchemaMigration,
     WatchRevision,
@@ -119,6 +120,10 @@ def _m015_source_hashes(db: pw.Database) -> None:
     _add_missing_columns(db, BlockMap, {"source_compared": pw.BigIntegerField(default=0)})
 
 
+def _m016_job_write_version(db: pw.Database) -> None:
+    _add_missing_columns(db, ReplicationJob, {"write_version": pw.BigIntegerField(default=0)})
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (1, "initial schema", _m001_initial),
     (2, "disk.replicated_capacity_bytes (resize detection)", _m002_disk_replicated_capacity),
@@ -135,6 +140,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[pw.Database], None]]] = [
     (13, "appliance_certificate.superseded_by (a renewal revokes its predecessor)", _m013_certificate_superseded_by),
     (14, "job_disk.repair_extents (blocks an incremental recopies to repair a replica)", _m014_job_disk_repair_extents),
     (15, "source_hash_run, source_piece_hash, block_map.source_compared (the source's hashes)", _m015_source_hashes),
+    (16, "replication_job.write_version (writes fenced across OMA processes)", _m016_job_write_version),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

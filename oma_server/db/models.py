@@ -176,6 +176,8 @@ class ReplicationJob(BaseModel):
     error_class = pw.CharField(max_length=32, default="")
     last_sequence = pw.BigIntegerField(default=0)
     revision = pw.BigIntegerField(default=0)
+    #: the row's optimistic-lock version: +1 at every write; a write from a stale copy of the job is refused
+    write_version = pw.BigIntegerField(default=0)
     request_id = pw.CharField(max_length=128, null=True, unique=True)
     retry_of = pw.CharField(max_length=64, default="")
     created_at = pw.DateTimeField(default=utcnow)

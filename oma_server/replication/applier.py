@@ -25,6 +25,10 @@ from oma_server.replication.state_machine import COPYING, JobState, JobStatus, c
 from oma_server.replication.store import InTxHook, Make, ReplicationJobStore
 
 
+class AlreadyApplied(Exception):
+    """The event's sequence is already in the job's stored state (applied by another OMA process meanwhile)."""
+
+
 class VmaMessageApplier:
     def __init__(self, store: ReplicationJobStore, clock: Clock) -> None:
         self.store = store
@@ -126,6 +130,8 @@ class VmaMessageApplier:
             make, in_tx = self._event_change(job, event)
             try:
                 await self.store.change_locked(job.id, make, in_tx)
+            except AlreadyApplied:
+                return self.store.durable_sequence(job.id)
             except FailedPrecondition as exc:
                 raise MessageRejected("INVALID_STATE", exc.message, job.id, event.sequence) from exc
         return event.sequence
@@ -136,6 +142,8 @@ class VmaMessageApplier:
 
         def with_sequence(step: Make) -> Make:
             def make(before: JobState) -> JobState:
+                if before.last_sequence >= event.sequence:  # the unit runs again on a state stored meanwhile
+                    raise AlreadyApplied
                 after = step(before)
                 after.last_sequence = max(after.last_sequence, event.sequence)
                 after.updated_at = now

@@ -43,6 +43,7 @@ def row_to_state(row: ReplicationJob, disks: Iterable[JobDisk]) -> JobState:
         error_class=row.error_class,
         last_sequence=row.last_sequence,
         revision=row.revision,
+        write_version=row.write_version,
         retry_of=row.retry_of,
         created_at=row.created_at,
         started_at=row.started_at,
@@ -130,30 +131,71 @@ def _row_values(model: type[pw.Model], columns: tuple[str, ...], obj: object) ->
     return values
 
 
-def write_batch(states: list[JobState]) -> None:
-    """Write jobs and their disks as they are in `states` (inside the caller's transaction).
+class JobChangedElsewhere(Exception):
+    """A job's row was written by someone else (another OMA process) since this copy of it was loaded."""
 
-    Two prepared UPDATEs run with executemany: building Peewee queries per row cost ~0.4 ms a job, which at a
-    thousand jobs a second held the GIL long enough to delay every watcher (measured in bench.progress).
+    def __init__(self, job_ids: list[str]) -> None:
+        super().__init__(f"job(s) {', '.join(job_ids)} changed in the database since they were loaded")
+        self.job_ids = job_ids
+
+
+def _stale(states: list[JobState]) -> list[str]:
+    """The jobs among `states` whose row moved past the version they were loaded at, their rows locked until the
+    commit on PostgreSQL (so nothing else writes them between this check and the UPDATE)."""
+    db = ReplicationJob._meta.database  # type: ignore[attr-defined]
+    ids = [s.id for s in states]
+    param = db.param
+    sql = f"SELECT id, write_version FROM replication_job WHERE id IN ({', '.join([param] * len(ids))})"
+    if isinstance(db, pw.PostgresqlDatabase):
+        sql += " FOR UPDATE"
+    versions = dict(db.execute_sql(sql, ids).fetchall())
+    return [s.id for s in states if s.id in versions and versions[s.id] != s.write_version]
+
+
+def write_batch(states: list[JobState]) -> list[str]:
+    """Write jobs and their disks as they are in `states` (inside the caller's transaction); a job whose row was
+    written elsewhere since its state was loaded is left as it is. Returns those jobs' ids.
+
+    The fence: every write adds one to the row's `write_version`; a state carries the version it was loaded or last
+    written at. Two prepared UPDATEs run with executemany: building Peewee queries per row cost ~0.4 ms a job, which
+    at a thousand jobs a second held the GIL long enough to delay every watcher (measured in bench.progress).
     """
     if not states:
-        return
+        return []
+    stale = _stale(states)
+    if stale:
+        skipped = set(stale)
+        states = [s for s in states if s.id not in skipped]
     db = ReplicationJob._meta.database  # type: ignore[attr-defined]
-    job_rows = [[*_row_values(ReplicationJob, _JOB_COLUMNS, s), s.id] for s in states]
+    job_rows = [[*_row_values(ReplicationJob, _JOB_COLUMNS, s), s.write_version + 1, s.id] for s in states]
     disk_rows = [[*_row_values(JobDisk, _DISK_COLUMNS, d), s.id, d.disk_id] for s in states for d in s.disks]
     cursor = db.cursor()
-    cursor.executemany(_update_sql(ReplicationJob, _JOB_COLUMNS, ("id",)), job_rows)
+    cursor.executemany(_update_sql(ReplicationJob, (*_JOB_COLUMNS, "write_version"), ("id",)), job_rows)
     if disk_rows:
         cursor.executemany(_update_sql(JobDisk, _DISK_COLUMNS, ("job", "disk")), disk_rows)
+    for state in states:
+        state.write_version += 1
+    return stale
 
 
 def write(state: JobState) -> None:
-    write_batch([state])
+    """Write one job (see write_batch); raises JobChangedElsewhere when its row was written since it was loaded."""
+    stale = write_batch([state])
+    if stale:
+        raise JobChangedElsewhere(stale)
 
 
 def load_open() -> list[JobState]:
     """Every job not final."""
     query = ReplicationJob.select(ReplicationJob.id).where(ReplicationJob.status.not_in([s.value for s in FINAL]))
+    return [s for s in (load(r.id) for r in query) if s is not None]
+
+
+def load_open_of(appliance_id: str) -> list[JobState]:
+    """Every job of one appliance not final."""
+    query = ReplicationJob.select(ReplicationJob.id).where(
+        (ReplicationJob.appliance == appliance_id) & ReplicationJob.status.not_in([s.value for s in FINAL])
+    )
     return [s for s in (load(r.id) for r in query) if s is not None]
 
 
@@ -246,10 +288,11 @@ def page(
 class JobRepository(Protocol):
     def load(self, job_id: str) -> JobState | None: ...
     def load_open(self) -> list[JobState]: ...
+    def load_open_of(self, appliance_id: str) -> list[JobState]: ...
     def highest_revision(self) -> int: ...
     def insert(self, state: JobState, request_id: str | None, disks: list[DiskState]) -> JobState: ...
     def write(self, state: JobState) -> None: ...
-    def write_batch(self, states: list[JobState]) -> None: ...
+    def write_batch(self, states: list[JobState]) -> list[str]: ...
     def record_change_id(
         self, job_id: str, disk_id: str, change_id: str, synced: Sequence[Extent] | None = None
     ) -> None: ...
@@ -269,6 +312,7 @@ class SqlJobRepository:
 
     load = staticmethod(load)
     load_open = staticmethod(load_open)
+    load_open_of = staticmethod(load_open_of)
     highest_revision = staticmethod(highest_revision)
     insert = staticmethod(insert)
     write = staticmethod(write)
@@ -293,6 +337,9 @@ class MemoryJobRepository:
     def load_open(self) -> list[JobState]:
         return [j.copy() for j in self._jobs.values() if j.status not in FINAL]
 
+    def load_open_of(self, appliance_id: str) -> list[JobState]:
+        return [j for j in self.load_open() if j.appliance_id == appliance_id]
+
     def highest_revision(self) -> int:
         return max((j.revision for j in self._jobs.values()), default=0)
 
@@ -306,12 +353,22 @@ class MemoryJobRepository:
         return stored.copy()
 
     def write(self, state: JobState) -> None:
-        self.write_batch([state])
+        stale = self.write_batch([state])
+        if stale:
+            raise JobChangedElsewhere(stale)
 
-    def write_batch(self, states: list[JobState]) -> None:
+    def write_batch(self, states: list[JobState]) -> list[str]:
+        stale = []
         for state in states:
-            if state.id in self._jobs:  # an UPDATE of a missing row changes nothing
-                self._jobs[state.id] = state.copy()
+            stored = self._jobs.get(state.id)
+            if stored is None:
+                continue  # an UPDATE of a missing row changes nothing
+            if stored.write_version != state.write_version:
+                stale.append(state.id)
+                continue
+            state.write_version += 1
+            self._jobs[state.id] = state.copy()
+        return stale
 
     def record_change_id(
         self, job_id: str, disk_id: str, change_id: str, synced: Sequence[Extent] | None = None

@@ -116,6 +116,8 @@ class JobState:
     error_class: str = ""
     last_sequence: int = 0
     revision: int = 0
+    #: the stored row's version when this state was loaded or last written (writes are fenced on it)
+    write_version: int = 0
     retry_of: str = ""
     created_at: datetime | None = None
     started_at: datetime | None = None

@@ -26,14 +26,16 @@ from loguru import logger
 from oma_server.clock import Clock
 from oma_server.db.models import new_id
 from oma_server.db.runner import Runner
-from oma_server.errors import InvalidArgument, NotFound
-from oma_server.replication.repository import JobRepository, SqlJobRepository
+from oma_server.errors import InvalidArgument, NotFound, Unavailable
+from oma_server.replication.repository import JobChangedElsewhere, JobRepository, SqlJobRepository
 from oma_server.replication.state_machine import DEFAULT_OPERATION, DiskState, JobState, JobStatus, transition
 from oma_server.revisions import commit_at_next_revision
 from oma_server.uninterruptible import finish
 from oma_server.watch import Change, WatchHub
 
 FLUSH_SLICES = 10
+#: how often a unit is computed again when another OMA process wrote the job meanwhile
+STALE_RETRIES = 5
 
 
 def flush_slice(job_id: str) -> int:
@@ -253,7 +255,22 @@ class ReplicationJobStore:
             return (await self.change_locked(job_id, make, in_tx)).copy()
 
     async def change_locked(self, job_id: str, make: Make, in_tx: InTxHook | None = None) -> JobState:
-        """`change` for a caller that holds the job's lock already."""
+        """`change` for a caller that holds the job's lock already. When the job's row was written elsewhere since
+        this process loaded it (another OMA process: a cancel there, a stream that moved), the unit is computed
+        again from the row as it is now — `make` is a function of the state it is given."""
+        for _ in range(STALE_RETRIES):
+            try:
+                return await self._change_once(job_id, make, in_tx)
+            except JobChangedElsewhere:
+                logger.bind(job_id=job_id).info("job changed in another OMA process; applying to its stored state")
+                await self.reload(job_id)
+        raise Unavailable(
+            f"job {job_id} keeps changing in other OMA processes; try again",
+            reason="JOB_CONTENDED",
+            job_id=job_id,
+        )
+
+    async def _change_once(self, job_id: str, make: Make, in_tx: InTxHook | None) -> JobState:
         before = self._jobs[job_id]
         after = make(before)  # raises before anything is reserved or written
         hooks = list(self.final_hooks) if after.final and not before.final else []
@@ -268,6 +285,24 @@ class ReplicationJobStore:
             return after
 
         return await finish(self._write(write))
+
+    async def reload(self, job_id: str) -> JobState | None:
+        """Replace this process's copy of a job by its stored state (its unwritten progress, if any, is dropped:
+        unacked, so the appliance sends it again)."""
+        stored = await self.db.run(self.repo.load, job_id)
+        if stored is not None:
+            self._dirty.discard(job_id)
+            self._remember(stored)
+        return stored
+
+    async def adopt(self, appliance_id: str) -> int:
+        """This process now holds the appliance's stream: its open jobs as stored (the previous holder wrote what
+        it had before it let go). Returns how many."""
+        stored = await self.db.run(self.repo.load_open_of, appliance_id)
+        for job in stored:
+            if job.id not in self._dirty:
+                self._remember(job)
+        return len(stored)
 
     async def _write(self, write: Callable[[int], JobState]) -> JobState:
         """Reserve a revision, run `write` in one transaction, then make its state live and publish it.
@@ -351,13 +386,23 @@ class ReplicationJobStore:
             batch = [self._jobs[j].copy() for j in chosen if j in self._jobs]
             self._dirty.difference_update(chosen)
             try:
-                await self.db.tx(self.repo.write_batch, batch)
+                stale = await self.db.tx(self.repo.write_batch, batch)
             except BaseException:
                 self._dirty.update(s.id for s in batch)
                 raise
             self.flushes += 1
-        for state in batch:
+            written = [s for s in batch if s.id not in stale]
+            for state in written:
+                live = self._jobs.get(state.id)
+                if live is not None:
+                    live.write_version = state.write_version
+        for job_id in stale:
+            # Written by another OMA process meanwhile: its stored state wins, this progress is not acked.
+            logger.bind(job_id=job_id).info("job changed in another OMA process; its unwritten progress is dropped")
+            async with self.job_lock(job_id):
+                await self.reload(job_id)
+        for state in written:
             self._durable_seq[state.id] = max(self._durable_seq.get(state.id, 0), state.last_sequence)
             if self._ack_sink is not None:
                 self._ack_sink(state.appliance_id, state.id, self._durable_seq[state.id])
-        return len(batch)
+        return len(written)
