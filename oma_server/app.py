@@ -24,6 +24,9 @@ from oma_server.cloudstack.client import CloudStackClient
 from oma_server.cloudstack.config import CloudStackSettings
 from oma_server.cloudstack.limits import CloudLimits
 from oma_server.cloudstack.simulator import CloudStackSimulator
+from oma_server.cluster.bus import ClusterBus
+from oma_server.cluster.ownership import StreamOwnership
+from oma_server.cluster.routing import ClusterRouting
 from oma_server.db.database import Database, redact_url
 from oma_server.db.migrations import apply_migrations, current_version
 from oma_server.db.sqlite_owner import SqliteOwnership, sqlite_path
@@ -188,6 +191,10 @@ class App:
             flush_interval_s=settings.progress_flush_interval_s,
         )
         self.outbox = CommandOutbox(self.db, self.clock)
+        # Several OMA processes on one PostgreSQL (cluster/): who holds which stream, and word between them.
+        clustered = self.db.kind == "postgresql"
+        self.bus = ClusterBus(self.db.url, clustered)
+        self.ownership = StreamOwnership(self.db.url, clustered)
         self.hub = SessionHub(
             self.db,
             self.clock,
@@ -198,7 +205,12 @@ class App:
             self.outbox,
             process_id=self.process_id,
             heartbeat_interval_s=settings.heartbeat_interval_s,
+            ownership=self.ownership,
+            ask_release=lambda appliance_id: self.routing.ask_release(appliance_id),
         )
+        self.routing = ClusterRouting(self.db, self.bus, self.hub, self.outbox, settings.cluster_poll_interval_s)
+        if clustered:  # a job whose appliance streams to another process is read from the database
+            self.jobs.is_local = self.hub.connected
         # The session hub acks durable progress, delivers commands and ends revoked appliances' streams.
         self.jobs.ack_through(self.hub.ack)
         self.outbox.deliver_through(self.hub.deliver)
@@ -264,6 +276,11 @@ class App:
         await self.jobs.start()
         self._teardown.push_async_callback(self.jobs.stop)
         await self._start_storage()
+        self._teardown.push_async_callback(self.ownership.close)
+        await self.bus.start()
+        self._teardown.push_async_callback(self.bus.stop)
+        await self.routing.start()
+        self._teardown.push_async_callback(self.routing.stop)
         await self.hub.start()
         self._teardown.push_async_callback(self.hub.stop)
         await self.governor.start()

@@ -141,6 +141,13 @@ def _tuning_flags(g: argparse._ArgumentGroup) -> None:
         help="seconds between batched progress writes (default 1.0)",
     )
     g.add_argument(
+        "--cluster-poll-interval",
+        type=float,
+        default=float(env_default("cluster_poll_interval", "5")),
+        help="with several OMA processes on one PostgreSQL: seconds between the checks that back up their "
+        "notifications (commands pending for this process's appliances, answers stored by another; default 5)",
+    )
+    g.add_argument(
         "--heartbeat-interval",
         type=float,
         default=float(env_default("heartbeat_interval", "10")),
@@ -276,6 +283,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         log_level=args.log_level.upper(),
         heartbeat_interval_s=args.heartbeat_interval,
         progress_flush_interval_s=args.progress_flush_interval,
+        cluster_poll_interval_s=args.cluster_poll_interval,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         idempotency_ttl_s=args.idempotency_ttl,
         driver_injection_command=args.driver_injection_command,

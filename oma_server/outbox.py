@@ -23,6 +23,7 @@ from oma_server.uninterruptible import uninterruptible
 from oma_server.wire.stream_codec import decode_stored_result, encode_command
 
 OPEN_STATUSES = ("pending", "sent")
+
 Deliver = Callable[[str, QueuedCommand], bool]  # (appliance_id, command) → handed to a live session?
 ResultHandler = Callable[[CommandRow, CommandResult], Awaitable[None]]  # (the command's row, its stored result)
 
@@ -45,6 +46,12 @@ class CommandOutbox:
         self._deliver: Deliver | None = None
         self._result_handlers: dict[str, ResultHandler] = {}
         self._waiters: dict[str, list[asyncio.Future[CommandResult]]] = {}
+        #: several OMA processes: tell the one holding the appliance's stream to deliver (None: one process)
+        self.wake_holder: Callable[[str], Awaitable[None]] | None = None
+        #: several OMA processes: run inside the transaction that stores an answer, to tell the others' waiters
+        self.announce_answer: Callable[[str], None] | None = None
+        #: how often a waiter reads its command's row again (an answer stored by another OMA process)
+        self.recheck_s = 5.0
 
     def deliver_through(self, deliver: Deliver) -> None:
         """Who hands commands to live appliance sessions (the session hub)."""
@@ -72,6 +79,8 @@ class CommandOutbox:
         if commands is None:
             commands = await self.open_commands(appliance_id, OPEN_STATUSES if resend else ("pending",))
         delivered = [c.command_id for c in commands if self._deliver(appliance_id, c)]
+        if len(delivered) < len(commands) and self.wake_holder is not None:
+            await self.wake_holder(appliance_id)  # not connected here: maybe to another OMA process
         if delivered:
 
             def mark_sent() -> None:
@@ -109,6 +118,8 @@ class CommandOutbox:
             row.result_detail = result.detail
             row.result_payload = result.encoded
             row.save()
+            if self.announce_answer is not None:
+                self.announce_answer(row.id)
             return row, True
 
         row, new = await self.db.tx(store)
@@ -140,6 +151,39 @@ class CommandOutbox:
                     logger.opt(exception=True).bind(command_id=row.id).error("command result handler failed")
         return new
 
+    async def answered_elsewhere(self, command_id: str) -> None:
+        """Another OMA process stored the answer to a command: this process's waiters for it get it now."""
+        if command_id not in self._waiters:
+            return
+        result = await self._stored_answer(command_id)
+        if result is None:
+            return
+        for waiter in self._waiters.get(command_id, []):
+            if not waiter.done():
+                waiter.set_result(result)
+
+    async def _stored_answer(self, command_id: str) -> CommandResult | None:
+        row = await self.db.run(CommandRow.get_or_none, CommandRow.id == command_id)
+        if row is not None and row.status == "done" and row.result_payload:
+            return decode_stored_result(bytes(row.result_payload))
+        return None
+
+    async def _answer(self, command_id: str, future: asyncio.Future[CommandResult], timeout_s: float) -> CommandResult:
+        """The answer: from this process's `record_result` or `answered_elsewhere`, or read from the row every
+        `recheck_s` (another process's word may be lost: NOTIFY is best-effort)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), min(left, self.recheck_s))
+            except TimeoutError:
+                stored = await self._stored_answer(command_id)
+                if stored is not None:
+                    return stored
+
     async def wait_result(self, command_id: str, timeout_s: float) -> CommandResult:
         """The appliance's answer to a command, waiting up to `timeout_s` (DeadlineExceeded after)."""
         # The waiter is registered before the row is read: an answer stored while the read runs (a fast appliance
@@ -154,7 +198,7 @@ class CommandOutbox:
             if row.status == "done" and row.result_payload:
                 return decode_stored_result(bytes(row.result_payload))
             kind = row.kind
-            return await asyncio.wait_for(future, timeout_s)
+            return await self._answer(command_id, future, timeout_s)
         except TimeoutError as exc:
             raise DeadlineExceeded(
                 f"appliance did not answer command {command_id} ({kind}) within {timeout_s:.0f}s; "

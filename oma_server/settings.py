@@ -56,6 +56,8 @@ class Settings:
     # Stream and progress tuning (DESIGN.md §4).
     heartbeat_interval_s: float = 10.0
     progress_flush_interval_s: float = 1.0
+    #: several OMA processes on one PostgreSQL: how often the polling behind their notifications runs (cluster/)
+    cluster_poll_interval_s: float = 5.0
     # How often the janitor looks for jobs left in a transient status after its cause passed (also at start-up).
     janitor_interval_s: float = 30.0
     # gRPC server limits.

@@ -3,7 +3,10 @@
 `StreamClient` dials the OMA, sends Hello, and after the Welcome resends whatever the OMA has not durably applied
 (per-job cursors), then pushes progress reports, events, command results and heartbeats while it receives acks
 and commands. It reconnects forever with exponential backoff and full jitter — except when the OMA refuses the
-credential (UNAUTHENTICATED), which ends the client with `AuthenticationError`.
+credential (UNAUTHENTICATED), which ends the client with `AuthenticationError`. `target` may name several OMA
+processes ("HOST:PORT,HOST:PORT", all serving one database): a failed connection moves to the next one at once, and
+the backoff grows only once every one of them has failed in a row; the resend rules are the same wherever the stream
+lands (the Welcome's cursors come from the shared database).
 
 Per-job sequences only grow, across reconnects and (with `state_dir`) across agent restarts; unacked messages and
 processed commands live in `vma_client_stubs.outbox.Outbox`, whose docstring states the memory bound. One connection
@@ -106,7 +109,10 @@ class StreamClient:
         fsync: bool = True,
         rng: random.Random | None = None,
     ) -> None:
-        self.target = target
+        self.targets = [t.strip() for t in target.split(",") if t.strip()]
+        if not self.targets:
+            raise ValueError("no OMA address given")
+        self._target_index = 0
         self.appliance_id = appliance_id
         self._credential = credential
         self.agent_version = agent_version
@@ -319,6 +325,11 @@ class StreamClient:
 
     # -- internals: connect loop ------------------------------------------------------------------------------
 
+    @property
+    def target(self) -> str:
+        """The OMA address this client dials now (the next one after a failure, when several are given)."""
+        return self.targets[self._target_index]
+
     def backoff_delay(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, initial * factor**attempt)]."""
         ceiling = min(self.max_backoff_s, self.initial_backoff_s * (self.backoff_factor ** min(attempt, 64)))
@@ -341,7 +352,10 @@ class StreamClient:
                     self._log.log(level, "stream to {target} failed: {err}", target=self.target, err=describe(exc))
                 if self._attempt_welcomed:
                     attempt = 0  # the backoff starts over after every successful Welcome
-                delay = self.backoff_delay(attempt)
+                self._target_index = (self._target_index + 1) % len(self.targets)
+                # With several OMA processes each is tried once at once; then the backoff counts whole rounds.
+                first_round = attempt < len(self.targets) - 1
+                delay = 0.0 if first_round else self.backoff_delay(attempt // len(self.targets))
                 attempt += 1
                 self._log.debug("reconnecting in {delay:.2f} s (attempt {attempt})", delay=delay, attempt=attempt)
                 try:

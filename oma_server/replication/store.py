@@ -79,6 +79,11 @@ class ReplicationJobStore:
         self._write_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self.flushes = 0
+        #: several OMA processes: whether this one holds the appliance's stream, so its copy of the appliance's jobs
+        #: is the live one (None: one process, every copy is)
+        self.is_local: Callable[[str], bool] | None = None
+        #: several OMA processes: runs inside every transaction that writes jobs, with their ids (cluster/changes.py)
+        self.announce: Callable[[list[str]], None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -116,12 +121,25 @@ class ReplicationJobStore:
         if not job_id:
             raise InvalidArgument("job id is required", reason="JOB_ID_MISSING")
         job = self._jobs.get(job_id)
+        if job is not None and self._elsewhere(job):
+            job = None  # another OMA process may have changed it: read what is stored
         if job is None:
             job = await self.db.run(self.repo.load, job_id)
-            if job is not None and job_id not in self._jobs:
+            cached = self._jobs.get(job_id)
+            if job is not None and (cached is None or (self._elsewhere(cached) and not self.job_lock(job_id).locked())):
                 self._remember(job)
             job = self._jobs.get(job_id, job)
         return job
+
+    def _elsewhere(self, job: JobState) -> bool:
+        """Whether this process's copy of an open job may be behind the database (another process holds its
+        appliance's stream, or may have changed it)."""
+        return (
+            self.is_local is not None
+            and not job.final
+            and job.id not in self._dirty
+            and not self.is_local(job.appliance_id)
+        )
 
     def cached(self, job_id: str) -> JobState | None:
         return self._jobs.get(job_id)
@@ -309,12 +327,36 @@ class ReplicationJobStore:
 
         Runs whole (callers wrap it in `finish`); a failed transaction abandons its revision so watchers of later
         changes do not wait for it."""
+        announce = self.announce
+
+        def write_and_announce(revision: int) -> JobState:
+            state = write(revision)
+            if announce is not None:
+                announce([state.id])
+            return state
+
         async with self._write_lock:
-            state = await commit_at_next_revision(self.db, self.watch, write)
+            state = await commit_at_next_revision(self.db, self.watch, write_and_announce)
             self._remember(state)
             self._dirty.discard(state.id)
             self.publish(state)
         return state
+
+    async def take_foreign(self, job_id: str) -> None:
+        """Another OMA process wrote the job: its stored state becomes this process's copy and is published to this
+        process's watchers, under a revision of this process (skipped while this process has unwritten progress of
+        the job — its flush's fence decides — or already holds that write)."""
+        async with self.job_lock(job_id):
+            if job_id in self._dirty:
+                return
+            stored = await self.db.run(self.repo.load, job_id)
+            cached = self._jobs.get(job_id)
+            if stored is None or (cached is not None and cached.write_version >= stored.write_version):
+                return
+            async with self._write_lock:
+                stored.revision = self.watch.next_revision()
+                self._remember(stored)
+                self.publish(stored)
 
     def touch_in_memory(self, job: JobState) -> None:
         """A live job changed in memory only (a progress report): give it a revision, publish it, write it at the
@@ -380,13 +422,19 @@ class ReplicationJobStore:
             return 0
         return await finish(self._flush(slice_))
 
+    def _write_batch(self, batch: list[JobState]) -> list[str]:
+        stale = self.repo.write_batch(batch)
+        if self.announce is not None:
+            self.announce([s.id for s in batch if s.id not in stale])
+        return stale
+
     async def _flush(self, slice_: int | None) -> int:
         async with self._write_lock:
             chosen = [j for j in self._dirty if slice_ is None or flush_slice(j) == slice_]
             batch = [self._jobs[j].copy() for j in chosen if j in self._jobs]
             self._dirty.difference_update(chosen)
             try:
-                stale = await self.db.tx(self.repo.write_batch, batch)
+                stale = await self.db.tx(self._write_batch, batch)
             except BaseException:
                 self._dirty.update(s.id for s in batch)
                 raise

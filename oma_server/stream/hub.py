@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -24,9 +24,10 @@ from loguru import logger
 from oma_server import metrics
 from oma_server.appliances import ApplianceService
 from oma_server.clock import Clock
+from oma_server.cluster.ownership import StreamOwnership
 from oma_server.db.database import Database
 from oma_server.db.models import Appliance, new_id
-from oma_server.errors import MessageRejected
+from oma_server.errors import MessageRejected, Unavailable
 from oma_server.outbox import CommandOutbox
 from oma_server.protocol.commands import CommandResult, QueuedCommand
 from oma_server.protocol.stream import (
@@ -49,6 +50,9 @@ from oma_server.version import __version__
 MISSED_HEARTBEATS = 3
 REVOKED = "the appliance was revoked (its certificates and credential); enroll it again to reconnect"
 LAST_SEEN_WRITE_INTERVAL_S = 30.0
+#: how long a hello waits for the OMA process holding the appliance's stream to let it go
+TAKEOVER_WAIT_S = 10.0
+TAKEN_OVER = "taken over by a newer connection of the same appliance to another OMA process"
 
 
 @dataclass(eq=False)
@@ -103,6 +107,8 @@ class SessionHub:
         process_id: str,
         heartbeat_interval_s: float = 10.0,
         queue_size: int = 1024,
+        ownership: StreamOwnership | None = None,
+        ask_release: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -114,6 +120,9 @@ class SessionHub:
         self.process_id = process_id
         self.heartbeat_interval_s = heartbeat_interval_s
         self.queue_size = queue_size
+        #: several OMA processes on one PostgreSQL: which holds each appliance's stream (None: this one, always)
+        self.ownership = ownership if ownership is not None and ownership.enabled else None
+        self._ask_release = ask_release
         self.sessions: dict[str, Session] = {}
         #: called with the appliance id once a new session is welcomed (the bandwidth governor looks again)
         self.on_session: list[Callable[[str], None]] = []
@@ -188,6 +197,7 @@ class SessionHub:
                 last_command_id=hello.last_command_id,
             ).where(Appliance.id == appliance.id).execute()
 
+        await self._hold_stream(appliance.id)
         # The database first, then memory: a session this process routes to is one the database names.
         await self.db.tx(mark_connected)
         previous = self.sessions.get(appliance.id)
@@ -219,6 +229,38 @@ class SessionHub:
         )
         return session, welcome
 
+    async def _hold_stream(self, appliance_id: str) -> None:
+        """With several OMA processes: take the appliance's stream lock, asking the process that holds it to let go
+        (it closes its stream, writes what it applied, unlocks), then take its open jobs as stored."""
+        if self.ownership is None:
+            return
+        if not await self.ownership.take(appliance_id):
+            holder = await self.db.run(
+                lambda: Appliance.select(Appliance.connected_to).where(Appliance.id == appliance_id).scalar()
+            )
+            if self._ask_release is not None:
+                await self._ask_release(appliance_id)
+            deadline = self.clock.monotonic() + TAKEOVER_WAIT_S
+            while not await self.ownership.take(appliance_id):
+                if self.clock.monotonic() > deadline:
+                    raise Unavailable(
+                        f"appliance {appliance_id}'s stream is still held by OMA process {holder or '?'}, which did "
+                        f"not let it go within {TAKEOVER_WAIT_S:.0f}s; the appliance retries by itself",
+                        reason="STREAM_HELD_ELSEWHERE",
+                        appliance_id=appliance_id,
+                    )
+                await asyncio.sleep(0.05)
+            logger.bind(appliance_id=appliance_id).info("stream taken over from OMA process {p}", p=holder or "?")
+        await self.jobs.adopt(appliance_id)
+
+    async def release_here(self, appliance_id: str) -> None:
+        """Another OMA process has a newer stream of the appliance: end ours (and let its lock go)."""
+        session = self.sessions.get(appliance_id)
+        if session is not None:
+            await self.close(session, TAKEN_OVER)
+        elif self.ownership is not None:
+            await self.ownership.give_up(appliance_id)
+
     async def after_welcome(self, session: Session) -> None:
         """Send every command the appliance has not answered yet (again, after a reconnect or an OMA restart)."""
         await self.outbox.kick(session.appliance_id, resend=True)
@@ -242,6 +284,11 @@ class SessionHub:
         if self.sessions.get(session.appliance_id) is session:
             del self.sessions[session.appliance_id]
             self._disconnected_since[session.appliance_id] = session.last_seen
+            if self.ownership is not None:
+                # What this process applied is written before another process may take the appliance's jobs.
+                with contextlib.suppress(Exception):
+                    await self.jobs.flush()
+                await self.ownership.give_up(session.appliance_id)
         logger.bind(appliance_id=session.appliance_id, session_id=session.session_id).info(
             "appliance disconnected: {reason}", reason=reason
         )
@@ -355,13 +402,56 @@ class SessionHub:
         for session in list(self.sessions.values()):
             if now - session.last_seen > self.deadline_s:
                 await self.close(session, f"no heartbeat for {timedelta(seconds=round(now - session.last_seen))}")
+        if self.ownership is not None:
+            await self._check_ownership(now)
         for appliance_id, since in list(self._disconnected_since.items()):
             if appliance_id in self.sessions:
                 self._disconnected_since.pop(appliance_id, None)
             elif now - since > self.deadline_s:
                 self._disconnected_since.pop(appliance_id, None)
+                if self.ownership is not None:
+                    if await self.db.run(_connected_anywhere, appliance_id):
+                        continue  # it came back, to another OMA process
+                    await self.jobs.adopt(appliance_id)
                 stalled = await self.jobs.stall_jobs_of(appliance_id)
                 if stalled:
                     logger.bind(appliance_id=appliance_id).warning(
                         "appliance silent past its deadline: {n} job(s) stalled until it returns", n=len(stalled)
                     )
+
+    async def _check_ownership(self, now: float) -> None:
+        """Several OMA processes: end every stream here if this process lost its locks (its ownership connection
+        went); mark disconnected the appliances recorded as connected to a process that no longer holds them (it
+        died), so their deadline runs here."""
+        if not await self.ownership.check():  # type: ignore[union-attr]
+            for session in list(self.sessions.values()):
+                await self.close(session, "this OMA process lost its database connection; reconnect")
+        rows = await self.db.run(_connected_elsewhere, self.process_id)
+        orphaned = await self.ownership.unheld(a for a, _ in rows)  # type: ignore[union-attr]
+        for appliance_id, session_id in rows:
+            if appliance_id in orphaned and await self.db.tx(_mark_gone, appliance_id, session_id, self.clock.now()):
+                logger.bind(appliance_id=appliance_id).warning(
+                    "the OMA process holding this appliance's stream is gone; marked disconnected"
+                )
+                self._disconnected_since.setdefault(appliance_id, now)
+
+
+def _connected_anywhere(appliance_id: str) -> bool:
+    row = Appliance.get_or_none(Appliance.id == appliance_id)
+    return row is not None and row.connection_state == "connected"
+
+
+def _connected_elsewhere(process_id: str) -> list[tuple[str, str]]:
+    query = Appliance.select(Appliance.id, Appliance.session_id).where(
+        (Appliance.connection_state == "connected") & (Appliance.connected_to != process_id)
+    )
+    return [(r.id, r.session_id) for r in query]
+
+
+def _mark_gone(appliance_id: str, session_id: str, now: object) -> bool:
+    """Disconnected, if the row still names that stream (a newer one's record is left alone)."""
+    return bool(
+        Appliance.update(connection_state="disconnected", connected_to="", session_id="", last_seen_at=now)
+        .where((Appliance.id == appliance_id) & (Appliance.session_id == session_id))
+        .execute()
+    )

@@ -420,3 +420,26 @@ async def test_retries_forever_and_resets_backoff_after_each_welcome(gateway: Fa
 async def _until(predicate: Callable[[], bool]) -> None:
     while not predicate():  # noqa: ASYNC110 - polling a plain attribute of the client under test
         await asyncio.sleep(0.005)
+
+
+async def test_several_oma_addresses_are_tried_in_turn_and_the_backoff_counts_rounds(gateway: FakeGateway) -> None:
+    """Several processes of one OMA: a failed connection moves to the next address at once; the backoff grows
+    only once every address has failed in a row, and the stream resumes on whichever process answers."""
+    down, up = FakeOma(gateway), FakeOma(gateway)
+    down.port = free_port()  # nothing listens there
+    await up.start()
+    client = RecordingClient(
+        f"{down.target},{up.target}", APPLIANCE_ID, CREDENTIAL, agent_version="t", initial_backoff_s=0.001
+    )
+    client.attempts = []
+    try:
+        await client.start(wait_connected=5)
+        assert client.target == up.target and client.attempts == []  # the dead one cost no backoff
+        gateway.session.kill(grpc.StatusCode.UNAVAILABLE)
+        await gateway.wait_for(lambda: len(gateway.sessions) == 2)
+        await client.wait_connected(5)
+        # cut → the next address (down) at once → a whole round failed: one backoff → back on `up`
+        assert client.target == up.target and client.attempts == [0] and client.sessions == 2
+    finally:
+        await client.stop()
+        await up.stop(0)

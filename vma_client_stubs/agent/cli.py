@@ -65,6 +65,11 @@ def _host_port(value: str) -> str:
     return value
 
 
+def _host_ports(value: str) -> str:
+    """One OMA address, or several processes of one OMA comma-separated (the stream moves between them)."""
+    return ",".join(_host_port(part.strip()) for part in value.split(","))
+
+
 def _positive(value: str) -> float:
     try:
         number = float(value)
@@ -97,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="dial the OMA and obey its commands")
     run.add_argument("--identity-dir", type=Path, help="the identity `vma-agent enroll` made: mutual TLS")
-    run.add_argument("--oma", type=_host_port, help="OMA address HOST:PORT (default: the identity's appliance port)")
+    run.add_argument(
+        "--oma",
+        type=_host_ports,
+        help="OMA address HOST:PORT, or several processes of one OMA as HOST:PORT,HOST:PORT (the stream moves to the "
+        "next when one fails; default: the identity's appliance port)",
+    )
     run.add_argument(
         "--ca",
         type=Path,
