@@ -25,6 +25,7 @@ from oma_server.cloudstack.config import CloudStackSettings
 from oma_server.cloudstack.limits import CloudLimits
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.cluster.bus import ClusterBus
+from oma_server.cluster.changes import ChangeFeed
 from oma_server.cluster.ownership import StreamOwnership
 from oma_server.cluster.routing import ClusterRouting
 from oma_server.db.database import Database, redact_url
@@ -209,6 +210,7 @@ class App:
             ask_release=lambda appliance_id: self.routing.ask_release(appliance_id),
         )
         self.routing = ClusterRouting(self.db, self.bus, self.hub, self.outbox, settings.cluster_poll_interval_s)
+        self.changes = ChangeFeed(self.bus, self.jobs, self.process_id)
         if clustered:  # a job whose appliance streams to another process is read from the database
             self.jobs.is_local = self.hub.connected
         # The session hub acks durable progress, delivers commands and ends revoked appliances' streams.
@@ -281,6 +283,7 @@ class App:
         self._teardown.push_async_callback(self.bus.stop)
         await self.routing.start()
         self._teardown.push_async_callback(self.routing.stop)
+        self._teardown.push_async_callback(self.changes.stop)
         await self.hub.start()
         self._teardown.push_async_callback(self.hub.stop)
         await self.governor.start()
@@ -343,6 +346,7 @@ class App:
         self.workflow = ReplicationWorkflow(
             self.db, self.clock, self.jobs, self.replication, self.vms, self.attachments, self.joblog, self.verifier
         )
+        self.workflow.home_only = self.bus.enabled
         self.replication.start_through(self.workflow.start_job)
         self.scheduler.settle_through(self.workflow.settled)
         self.deletion = VmDeletion(self.db, self.cloudstack, self.attachments, self.joblog)
@@ -410,7 +414,7 @@ class App:
             self.db,
             cloudstack,
             self.jobs,
-            self.hub.connected,
+            self.hub.reachable,
             failover_template=self.settings.failover_template,
             limits=attachments.limits,
             read_back=workflow.settled,
@@ -441,7 +445,7 @@ class App:
         self.all_jobs.cancel_failovers_through(self.failover.cancel)
         self.cutover = CutoverRunner(self.failover, self.jobs, tick_s=self.settings.scheduler_tick_s)
         self.hub.on_session.append(lambda _appliance_id: self.cutover.wake() if self.cutover else None)
-        self.power = SourcePower(self.db, self.failover_jobs, self.failover.resume_job, self.hub.connected)
+        self.power = SourcePower(self.db, self.failover_jobs, self.failover.resume_job, self.hub.reachable)
         self.verification = RestVerification(
             self.db, self.clock, self.failover_jobs, attachments, self.joblog, self.failover.resume_job
         )

@@ -139,7 +139,7 @@ def _register_servicers(server: grpc.aio.Server, app: App) -> None:
     )
     rpo = RpoReader(app.db, app.clock)
     lifecycle = VmLifecycle(lambda: app.deletion, app.completion, lambda: app.verification)
-    vm_contexts = VmContextServicer(app.vms, app.appliances, app.hub.connected, lambda: app.power, lifecycle, rpo)
+    vm_contexts = VmContextServicer(app.vms, app.appliances, app.hub.reachable, lambda: app.power, lifecycle, rpo)
     vm_context_pb2_grpc.add_VmContextServiceServicer_to_server(vm_contexts, server)
     replication = ReplicationServicer(app.replication, app.jobs, app.all_jobs, app.vms)
     replication_pb2_grpc.add_ReplicationServiceServicer_to_server(replication, server)

@@ -109,9 +109,7 @@ class StreamClient:
         fsync: bool = True,
         rng: random.Random | None = None,
     ) -> None:
-        self.targets = [t.strip() for t in target.split(",") if t.strip()]
-        if not self.targets:
-            raise ValueError("no OMA address given")
+        self.targets = [t.strip() for t in target.split(",") if t.strip()] or [target]
         self._target_index = 0
         self.appliance_id = appliance_id
         self._credential = credential

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -42,7 +42,7 @@ class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
         self,
         vms: VmContextService,
         appliances: ApplianceService,
-        connected: Callable[[str], bool],
+        connected: Callable[[str], Awaitable[bool]],
         power: Callable[[], SourcePower | None],
         lifecycle: VmLifecycle,
         rpo: RpoReader,
@@ -70,7 +70,7 @@ class VmContextServicer(vm_context_pb2_grpc.VmContextServiceServicer):
             request.name_filter,
             request.register,
             float(request.timeout_seconds or 30),
-            self.connected(request.appliance_id),
+            await self.connected(request.appliance_id),
         )
         return vm_context_pb2.DiscoverVmsResponse(
             virtual_machines=[encode_vm(vm) for vm in found], vm_contexts=[vm_context_to_proto(v) for v in views]

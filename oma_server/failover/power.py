@@ -9,7 +9,7 @@ powering on is refused while the VM runs in CloudStack after a live failover.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from loguru import logger
 
@@ -29,7 +29,7 @@ class SourcePower:
         db: Database,
         store: FailoverJobStore,
         run: Callable[[str], None],
-        appliance_connected: Callable[[str], bool],
+        appliance_connected: Callable[[str], Awaitable[bool]],
     ) -> None:
         self.db = db
         self.store = store
@@ -54,7 +54,7 @@ class SourcePower:
                 reason="SOURCE_POWER_ON_UNSAFE",
                 vm_context_id=vm_context_id,
             )
-        if not self.appliance_connected(vm.appliance_id):
+        if not await self.appliance_connected(vm.appliance_id):
             raise Unavailable(
                 f"appliance {vm.appliance_id} of VM {vm.name} is not connected; the source VM cannot be reached — "
                 "start or reconnect the VMA and ask again",

@@ -288,7 +288,7 @@ class ReadinessChecker:
         db: Database,
         cloudstack: CloudStackClient,
         replication_jobs: ReplicationJobStore,
-        appliance_connected: Callable[[str], bool],
+        appliance_connected: Callable[[str], Awaitable[bool]],
         failover_template: str = "",
         limits: CloudLimits | None = None,
         read_back: Callable[[str], Awaitable[None]] | None = None,
@@ -346,7 +346,7 @@ class ReadinessChecker:
             add("cloudstack_reachable", False, f"{exc.message}; check the CloudStack endpoint and retry")
 
         if kind == FailoverKind.LIVE:
-            connected = self.appliance_connected(vm.appliance_id)
+            connected = await self.appliance_connected(vm.appliance_id)
             add(
                 "appliance_connected",
                 connected,

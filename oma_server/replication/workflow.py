@@ -122,6 +122,9 @@ class ReplicationWorkflow:
         self._releaser: asyncio.Task[None] | None = None
         self._early_verifier: asyncio.Task[None] | None = None
         self._released: OrderedDict[str, asyncio.Event] = OrderedDict()
+        #: several OMA processes: a job's replicas are read back and released by the process that attached them
+        #: (its slots and exports are this process's), whichever process applied the appliance's events
+        self.home_only = False
 
     async def start_job(self, vm_context_id: str, kind: str, request_id: str, retry_of: str) -> JobState:
         if kind and kind not in KINDS:
@@ -260,6 +263,8 @@ class ReplicationWorkflow:
             job: JobState | None = change.state if change is not None else None
             if job is None:
                 continue
+            if self.home_only and not self.attachments.holds(job.id):
+                continue
             for disk in job.disks:
                 if disk.completed:
                     self.verifier.verify_disk_soon(job.id, disk.disk_id)
@@ -270,6 +275,8 @@ class ReplicationWorkflow:
             job: JobState | None = change.state if change is not None else None
             if job is None or job.id in self._releases or self._release_event(job.id).is_set():
                 continue
+            if self.home_only and not self.attachments.holds(job.id):
+                continue  # attached by another OMA process, which releases it
             self._releases[job.id] = task = asyncio.create_task(self._release(job), name=f"release-{job.id}")
             task.add_done_callback(functools.partial(self._forget_release, job.id))
 

@@ -386,7 +386,15 @@ class SessionHub:
         return {appliance_id: s.session_id for appliance_id, s in self.sessions.items()}
 
     def connected(self, appliance_id: str) -> bool:
+        """Whether this process holds the appliance's stream."""
         return appliance_id in self.sessions
+
+    async def reachable(self, appliance_id: str) -> bool:
+        """Whether the appliance's stream is up, here or (several OMA processes) in another process, which then
+        delivers what is queued for it."""
+        if appliance_id in self.sessions:
+            return True
+        return self.ownership is not None and await self.db.run(_connected_anywhere, appliance_id)
 
     # ---- liveness ---------------------------------------------------------------------------------------------
     async def _watch_liveness(self) -> None:
