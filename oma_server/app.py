@@ -26,7 +26,7 @@ from oma_server.cloudstack.limits import CloudLimits
 from oma_server.cloudstack.simulator import CloudStackSimulator
 from oma_server.cluster.bus import ClusterBus
 from oma_server.cluster.changes import ChangeFeed
-from oma_server.cluster.ownership import StreamOwnership
+from oma_server.cluster.ownership import ProcessLocks
 from oma_server.cluster.routing import ClusterRouting
 from oma_server.db.database import Database, redact_url
 from oma_server.db.migrations import apply_migrations, current_version
@@ -195,7 +195,7 @@ class App:
         # Several OMA processes on one PostgreSQL (cluster/): who holds which stream, and word between them.
         clustered = self.db.kind == "postgresql"
         self.bus = ClusterBus(self.db.url, clustered)
-        self.ownership = StreamOwnership(self.db.url, clustered)
+        self.ownership = ProcessLocks(self.db.url, clustered)
         self.hub = SessionHub(
             self.db,
             self.clock,
@@ -353,9 +353,19 @@ class App:
         self.deletion.on_deleted.append(lambda _vm_id: self.scheduler.wake())
         self._build_failover(self.cloudstack, self.volumes, self.attachments, self.workflow)
         assert self.failover is not None
+        clustered = self.ownership.enabled
         self.janitor = Janitor(
-            self.db, self.clock, self.jobs, self.workflow, self.failover, interval_s=self.settings.janitor_interval_s
+            self.db,
+            self.clock,
+            self.jobs,
+            self.workflow,
+            self.failover,
+            interval_s=self.settings.janitor_interval_s,
+            locks=self.ownership if clustered else None,
         )
+        for runner in (self.workflow.runner, self.failover.runner, self.group_runs.runner) if clustered else ():
+            runner.claims = self.ownership  # each job's steps run in one OMA process at a time
+            self.ownership.on_lost.append(runner.cancel_all)
         # An appliance's answer to a start or cancel may end its job's wait (a refusal, a job it does not run).
         self.outbox.on_result("start_replication", self.janitor.on_answer)
         self.outbox.on_result("cancel_job", self.janitor.on_answer)

@@ -141,6 +141,13 @@ def _tuning_flags(g: argparse._ArgumentGroup) -> None:
         help="seconds between batched progress writes (default 1.0)",
     )
     g.add_argument(
+        "--janitor-interval",
+        type=float,
+        default=float(env_default("janitor_interval", "30")),
+        help="seconds between the janitor's looks at jobs left without a cause (with several OMA processes: also "
+        "how soon a dead process's unfinished jobs are taken over; default 30)",
+    )
+    g.add_argument(
         "--cluster-poll-interval",
         type=float,
         default=float(env_default("cluster_poll_interval", "5")),
@@ -284,6 +291,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         heartbeat_interval_s=args.heartbeat_interval,
         progress_flush_interval_s=args.progress_flush_interval,
         cluster_poll_interval_s=args.cluster_poll_interval,
+        janitor_interval_s=args.janitor_interval,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         idempotency_ttl_s=args.idempotency_ttl,
         driver_injection_command=args.driver_injection_command,

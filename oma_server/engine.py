@@ -1,9 +1,12 @@
 """The one engine for long-running jobs: who runs a job's task, and how a step of it is declared and run.
 
 - `JobRunner` owns the tasks of one kind of job in this process: start (once — a second start of a running job is
-  a no-op), resume after a restart, cancel, wait, stop at shutdown. A job's units of work finish whole when its task
-  is cancelled (`uninterruptible`), so cancelling is always safe; what the job does next time is its own state's
-  business (failover steps resume at the step they were in, provisioning runs again — both idempotent).
+  a no-op), resume after a restart, cancel, wait, stop at shutdown. With several OMA processes on one PostgreSQL a
+  task first claims its job (`claims`: a lock `<kind>:<job id>` the process holds while the task runs), so a job
+  runs in one process at a time; a claim another process holds ends the task at once, before any step.
+  A job's units of work finish whole when its task is cancelled (`uninterruptible`), so cancelling is always safe;
+  what the job does next time is its own state's business (failover steps resume at the step they were in,
+  provisioning runs again — both idempotent).
 - `Step` declares a step once: its name, the function, what an operator should check when it fails, and its retry
   rule. `run_step` runs it under that rule: a failure the rule names (by default `Unavailable`: a dependency that
   cannot be reached now, e.g. a CloudStack outage) is retried with exponential backoff before it fails the job; any
@@ -19,7 +22,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from loguru import logger
 
@@ -74,11 +77,19 @@ async def run_step(step: Step[Ctx, Result], ctx: Ctx, on_retry: OnRetry | None =
             attempt += 1
 
 
+class Claims(Protocol):
+    """Locks held by this OMA process among several (cluster/ownership.ProcessLocks)."""
+
+    async def take(self, name: str) -> bool: ...
+    async def give_up(self, name: str) -> None: ...
+
+
 class JobRunner:
     """The tasks of one kind of job in this process (see the module docstring)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, claims: Claims | None = None) -> None:
         self.kind = kind
+        self.claims = claims
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self, job_id: str, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
@@ -90,13 +101,28 @@ class JobRunner:
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
         return True
 
+    def claim_name(self, job_id: str) -> str:
+        return f"{self.kind}:{job_id}"
+
     async def _guarded(self, job_id: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        claims, name = self.claims, self.claim_name(job_id)
+        if claims is not None and not await claims.take(name):
+            logger.bind(job_id=job_id).info("{kind} job runs in another OMA process", kind=self.kind)
+            return
         try:
             await work()
         except asyncio.CancelledError:
             raise
         except Exception:  # the job's own code records its failures; this is the last line
             logger.opt(exception=True).bind(job_id=job_id).error("{kind} task ended unexpectedly", kind=self.kind)
+        finally:
+            if claims is not None:
+                await asyncio.shield(claims.give_up(name))
+
+    def cancel_all(self) -> None:
+        """Cancel every task (this process lost its claims: the jobs resume where a claim is taken again)."""
+        for task in self._tasks.values():
+            task.cancel()
 
     def running(self, job_id: str) -> bool:
         return job_id in self._tasks

@@ -7,20 +7,29 @@ at start-up, whenever an appliance answers a start or cancel command, and every 
 each such job through its state machine — with a job-log entry saying what it found and did. Statuses with a live
 cause are left alone: `stalled` (the appliance is away), `replicating` and `waiting_for_vma` with an unanswered or
 accepted command (the appliance works on it; liveness stalls it if the appliance goes silent).
+
+With several OMA processes on one PostgreSQL every process's janitor looks at every open job (read from the
+database), and a job without a task is resumed only when no process holds its claim (engine.JobRunner): so the
+jobs of a process that died are taken over by the first janitor to look, and a job running elsewhere is left alone.
+A job another process changed in the last `CLAIM_GRACE` is left for the next look (its task there may be about to
+take its claim).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
 
 from loguru import logger
 
 from oma_server.clock import Clock
 from oma_server.db.database import Database
 from oma_server.db.models import Command
+from oma_server.engine import JobRunner
 from oma_server.errors import DomainError
 from oma_server.failover.workflow import FailoverWorkflow
 from oma_server.idempotency import purge_expired
@@ -29,6 +38,14 @@ from oma_server.protocol.commands import CommandResult
 from oma_server.replication.state_machine import JobState, JobStatus, complete, transition
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.replication.workflow import ReplicationWorkflow
+
+CLAIM_GRACE = timedelta(seconds=5)
+
+
+class HeldLocks(Protocol):
+    """Which locks no OMA process holds (cluster/ownership.ProcessLocks)."""
+
+    async def unheld(self, names: Iterable[str]) -> set[str]: ...
 
 
 @dataclass(frozen=True)
@@ -58,8 +75,11 @@ class Janitor:
         failover: FailoverWorkflow,
         *,
         interval_s: float = 30.0,
+        locks: HeldLocks | None = None,
     ) -> None:
         self.db = db
+        #: several OMA processes: a job without a task here is resumed only when no process claims it
+        self.locks = locks
         self.clock = clock
         self.jobs = jobs
         self.replication = replication
@@ -93,11 +113,14 @@ class Janitor:
 
     async def sweep(self) -> list[str]:
         """Check every open job once; returns the ids of the jobs it moved or restarted."""
+        if self.locks is not None:
+            await self.jobs.refresh_open()  # jobs other processes started or changed
         repaired = [j.id for j in self.jobs.open_jobs() if await self.check_replication(j.id)]
         if purged := await self.db.tx(purge_expired, self.clock.now()):
             logger.info("purged {n} expired idempotency record(s)", n=purged)
         for job in await self.failover.store.open_jobs():
-            if not self.failover.running(job.id):
+            recent = job.updated_at if job.claimed_by != self.failover.process_id else None
+            if not self.failover.running(job.id) and await self._unclaimed(self.failover.runner, job.id, recent):
                 logger.bind(job_id=job.id).warning("failover job {id} had no runner; resuming it", id=job.id)
                 await self.db.tx(note, job.id, "janitor", "the job had no runner in this OMA; resumed")
                 self.failover.resume_job(job.id)
@@ -113,6 +136,9 @@ class Janitor:
         if job.status in (JobStatus.PENDING, JobStatus.PROVISIONING):
             if self.replication.running(job.id):
                 return False
+            recent = job.updated_at if self.jobs.changed_elsewhere(job.id) else None
+            if not await self._unclaimed(self.replication.runner, job.id, recent):
+                return False  # its task runs in another OMA process
             log.warning("job {id} was {s} with no provisioning task; provisioning again", id=job.id, s=job.status)
             await self.db.tx(
                 note, job.id, "janitor", f"{job.status.value} with no provisioning task; provisioning again"
@@ -130,6 +156,16 @@ class Janitor:
             return False
         log.warning("janitor: {what}", what=what)
         return True
+
+    async def _unclaimed(self, runner: JobRunner, job_id: str, changed_at: datetime | None) -> bool:
+        """Whether no OMA process runs the job's task (always, with one process); `changed_at`: when another
+        process last changed it (None: this one did)."""
+        if self.locks is None:
+            return True
+        if changed_at is not None and self.clock.now() - changed_at < CLAIM_GRACE:
+            return False
+        name = runner.claim_name(job_id)
+        return name in await self.locks.unheld([name])
 
     async def _fix_for(self, job: JobState) -> tuple[Callable[[JobState], JobState], str] | None:
         now = self.clock.now()

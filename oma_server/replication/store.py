@@ -84,6 +84,8 @@ class ReplicationJobStore:
         self.is_local: Callable[[str], bool] | None = None
         #: several OMA processes: runs inside every transaction that writes jobs, with their ids (cluster/changes.py)
         self.announce: Callable[[list[str]], None] | None = None
+        #: jobs whose copy here was last written by another OMA process (read, not written, by this one)
+        self._foreign: set[str] = set()
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -101,9 +103,22 @@ class ReplicationJobStore:
             self._flusher = None
         await self.flush()
 
-    def _remember(self, job: JobState) -> None:
+    def _remember(self, job: JobState, *, foreign: bool = False) -> None:
         self._jobs[job.id] = job
         self._durable_seq[job.id] = job.last_sequence
+        if foreign:
+            self._foreign.add(job.id)
+        else:
+            self._foreign.discard(job.id)
+
+    def _remember_stored(self, stored: JobState) -> None:
+        """A job as read from the database: foreign unless it is the version this process last wrote."""
+        cached = self._jobs.get(stored.id)
+        self._remember(stored, foreign=cached is None or cached.write_version != stored.write_version)
+
+    def changed_elsewhere(self, job_id: str) -> bool:
+        """Whether another OMA process made the change of the job this process last saw."""
+        return job_id in self._foreign
 
     # ---- reads ----------------------------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobState:
@@ -127,7 +142,7 @@ class ReplicationJobStore:
             job = await self.db.run(self.repo.load, job_id)
             cached = self._jobs.get(job_id)
             if job is not None and (cached is None or (self._elsewhere(cached) and not self.job_lock(job_id).locked())):
-                self._remember(job)
+                self._remember_stored(job)
             job = self._jobs.get(job_id, job)
         return job
 
@@ -310,8 +325,16 @@ class ReplicationJobStore:
         stored = await self.db.run(self.repo.load, job_id)
         if stored is not None:
             self._dirty.discard(job_id)
-            self._remember(stored)
+            self._remember_stored(stored)
         return stored
+
+    async def refresh_open(self) -> None:
+        """Every open job as stored becomes this process's copy, unless its stream is here or it has unwritten
+        progress (several OMA processes: jobs started or changed elsewhere)."""
+        for job in await self.db.run(self.repo.load_open):
+            cached = self._jobs.get(job.id)
+            if cached is None or self._elsewhere(cached):
+                self._remember_stored(job)
 
     async def adopt(self, appliance_id: str) -> int:
         """This process now holds the appliance's stream: its open jobs as stored (the previous holder wrote what
@@ -319,7 +342,7 @@ class ReplicationJobStore:
         stored = await self.db.run(self.repo.load_open_of, appliance_id)
         for job in stored:
             if job.id not in self._dirty:
-                self._remember(job)
+                self._remember_stored(job)
         return len(stored)
 
     async def _write(self, write: Callable[[int], JobState]) -> JobState:
@@ -355,7 +378,7 @@ class ReplicationJobStore:
                 return
             async with self._write_lock:
                 stored.revision = self.watch.next_revision()
-                self._remember(stored)
+                self._remember(stored, foreign=True)
                 self.publish(stored)
 
     def touch_in_memory(self, job: JobState) -> None:

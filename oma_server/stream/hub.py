@@ -24,7 +24,7 @@ from loguru import logger
 from oma_server import metrics
 from oma_server.appliances import ApplianceService
 from oma_server.clock import Clock
-from oma_server.cluster.ownership import StreamOwnership
+from oma_server.cluster.ownership import ProcessLocks
 from oma_server.db.database import Database
 from oma_server.db.models import Appliance, new_id
 from oma_server.errors import MessageRejected, Unavailable
@@ -107,7 +107,7 @@ class SessionHub:
         process_id: str,
         heartbeat_interval_s: float = 10.0,
         queue_size: int = 1024,
-        ownership: StreamOwnership | None = None,
+        ownership: ProcessLocks | None = None,
         ask_release: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.db = db
@@ -234,14 +234,14 @@ class SessionHub:
         (it closes its stream, writes what it applied, unlocks), then take its open jobs as stored."""
         if self.ownership is None:
             return
-        if not await self.ownership.take(appliance_id):
+        if not await self.ownership.take(stream_lock(appliance_id)):
             holder = await self.db.run(
                 lambda: Appliance.select(Appliance.connected_to).where(Appliance.id == appliance_id).scalar()
             )
             if self._ask_release is not None:
                 await self._ask_release(appliance_id)
             deadline = self.clock.monotonic() + TAKEOVER_WAIT_S
-            while not await self.ownership.take(appliance_id):
+            while not await self.ownership.take(stream_lock(appliance_id)):
                 if self.clock.monotonic() > deadline:
                     raise Unavailable(
                         f"appliance {appliance_id}'s stream is still held by OMA process {holder or '?'}, which did "
@@ -259,7 +259,7 @@ class SessionHub:
         if session is not None:
             await self.close(session, TAKEN_OVER)
         elif self.ownership is not None:
-            await self.ownership.give_up(appliance_id)
+            await self.ownership.give_up(stream_lock(appliance_id))
 
     async def after_welcome(self, session: Session) -> None:
         """Send every command the appliance has not answered yet (again, after a reconnect or an OMA restart)."""
@@ -288,7 +288,7 @@ class SessionHub:
                 # What this process applied is written before another process may take the appliance's jobs.
                 with contextlib.suppress(Exception):
                     await self.jobs.flush()
-                await self.ownership.give_up(session.appliance_id)
+                await self.ownership.give_up(stream_lock(session.appliance_id))
         logger.bind(appliance_id=session.appliance_id, session_id=session.session_id).info(
             "appliance disconnected: {reason}", reason=reason
         )
@@ -435,13 +435,20 @@ class SessionHub:
             for session in list(self.sessions.values()):
                 await self.close(session, "this OMA process lost its database connection; reconnect")
         rows = await self.db.run(_connected_elsewhere, self.process_id)
-        orphaned = await self.ownership.unheld(a for a, _ in rows)  # type: ignore[union-attr]
+        orphaned = await self.ownership.unheld(stream_lock(a) for a, _ in rows)  # type: ignore[union-attr]
         for appliance_id, session_id in rows:
-            if appliance_id in orphaned and await self.db.tx(_mark_gone, appliance_id, session_id, self.clock.now()):
+            if stream_lock(appliance_id) in orphaned and await self.db.tx(
+                _mark_gone, appliance_id, session_id, self.clock.now()
+            ):
                 logger.bind(appliance_id=appliance_id).warning(
                     "the OMA process holding this appliance's stream is gone; marked disconnected"
                 )
                 self._disconnected_since.setdefault(appliance_id, now)
+
+
+def stream_lock(appliance_id: str) -> str:
+    """The name of the lock that makes a process the holder of the appliance's stream (cluster/ownership.py)."""
+    return f"stream:{appliance_id}"
 
 
 def _connected_anywhere(appliance_id: str) -> bool:

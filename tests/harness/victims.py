@@ -44,9 +44,11 @@ class CloudStackProcess:
     """`oma-cloudstack-sim` on a port of its own; its first two stdout lines name the endpoint, keys, zone, OMA VM
     and device root. A restart keeps the port and the state directory (the world and the keys persist there)."""
 
-    def __init__(self, state_dir: Path, log: Path) -> None:
+    def __init__(self, state_dir: Path, log: Path, seed: Path | None = None) -> None:
+        """`seed`: a JSON file of the simulator's initial world (cloudstack/sim_seed.py)."""
         self.state_dir = state_dir
         self.log = log
+        self.seed = seed
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.announced: dict[str, str] = {}
@@ -93,6 +95,7 @@ class CloudStackProcess:
             f"127.0.0.1:{self.port}",
             "--state-dir",
             str(self.state_dir),
+            *(["--seed", str(self.seed)] if self.seed is not None else []),
         ]
         self.proc = _spawn(args, out, self.log)
         self.starts += 1

@@ -103,11 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="dial the OMA and obey its commands")
     run.add_argument("--identity-dir", type=Path, help="the identity `vma-agent enroll` made: mutual TLS")
     run.add_argument(
-        "--oma",
-        type=_host_ports,
-        help="OMA address HOST:PORT, or several processes of one OMA as HOST:PORT,HOST:PORT (the stream moves to the "
-        "next when one fails; default: the identity's appliance port)",
-    )
+        "--oma", type=_host_ports, help="OMA address HOST:PORT, or several processes of one OMA as HOST:PORT,HOST:PORT "
+        "(the stream moves to the next when one fails; default: the identity's appliance port)",
+    )  # fmt: skip
     run.add_argument(
         "--ca",
         type=Path,

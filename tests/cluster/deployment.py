@@ -1,0 +1,153 @@
+"""One OMA of several `oma-server` processes on one PostgreSQL, with a real cloud and the reference agent: the world
+of the multi-process tests (tests/cluster/test_agent_moves.py).
+
+Every process has its own data directory and ports and the same CA (copied from the first before the others start:
+clients and appliances trust one certificate), the admin token of the shared database, and the one
+`oma-cloudstack-sim` (one cloud, one OMA VM for all). The processes' fallback polling is 60 s, so a command that
+reaches the agent through another process came through LISTEN/NOTIFY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oma.v1 import (
+    appliance_pb2,
+    appliance_pb2_grpc,
+    replication_pb2,
+    replication_pb2_grpc,
+    vm_context_pb2,
+    vm_context_pb2_grpc,
+)
+from oma_server.security.ca import CA_CERT_FILE, CA_KEY_FILE
+from oma_server.security.tokens import ADMIN_TOKEN_FILE
+from tests.clients import ca_file
+from tests.conftest import VENV_BIN
+from tests.harness import consistency
+from tests.harness.oma_process import OmaProcess
+from tests.harness.operator import Operator
+from tests.harness.victims import AgentProcess, CloudStackProcess
+
+DISKS_MIB = (24, 8)
+OMA_FLAGS = ("--progress-flush-interval", "0.1", "--heartbeat-interval", "2", "--cluster-poll-interval", "60")
+
+
+async def until(what: str, check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> float:
+    """Seconds until `check()` is true (fails after `timeout`)."""
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+@dataclass
+class Deployment:
+    root: Path
+    database_url: str
+    cloud: CloudStackProcess
+    processes: list[OmaProcess] = field(default_factory=list)
+    agent: AgentProcess | None = None
+    appliance_id: str = ""
+    vm_id: str = ""
+
+    def add_process(self, *flags: str) -> OmaProcess:
+        """Start one more `oma-server` process of this OMA."""
+        oma = OmaProcess(
+            self.root / f"oma-{len(self.processes)}",
+            self.database_url,
+            "--cloudstack", self.cloud.url, "--device-root", str(self.cloud.device_root),
+            "--sys-root", str(self.cloud.sys_root), *OMA_FLAGS, *flags,
+            env=self.cloud.oma_environment(),
+        )  # fmt: skip
+        if self.processes:
+            first = self.processes[0].data_dir
+            tls = oma.data_dir / "tls"
+            tls.mkdir(parents=True, mode=0o700)
+            for name in (CA_CERT_FILE, CA_KEY_FILE):
+                shutil.copy2(first / "tls" / name, tls / name)
+            shutil.copy2(first / ADMIN_TOKEN_FILE, oma.data_dir / ADMIN_TOKEN_FILE)
+        oma.start()
+        self.processes.append(oma)
+        return oma
+
+    async def start_agent(self, streams_to: list[OmaProcess]) -> None:
+        """A VM of two disks in the agent's fake vCenter, the agent enrolled and dialing `streams_to` in turn."""
+        vcenter = self.root / "vcenter"
+        sizes = [a for mib in DISKS_MIB for a in ("--disk-mib", str(mib))]
+        create = [str(VENV_BIN / "vma-agent"), "create-vm", "--vcenter-dir", str(vcenter), "--name", "moving"]
+        await asyncio.to_thread(subprocess.run, [*create, "--seed", "18", *sizes], check=True, capture_output=True)
+        async with self.processes[0].channel() as channel:
+            enrolled = await appliance_pb2_grpc.ApplianceServiceStub(channel).EnrollAppliance(
+                appliance_pb2.EnrollApplianceRequest(name="vma-moving")
+            )
+        self.appliance_id = enrolled.appliance.id
+        credential = self.root / "vma-credential"
+        credential.write_text(enrolled.credential)
+        credential.chmod(0o600)
+        agent_ca = self.root / "oma-ca.crt"
+        shutil.copyfile(ca_file(self.processes[0].data_dir), agent_ca)
+        self.agent = AgentProcess(
+            ",".join(p.address for p in streams_to), self.appliance_id, credential, vcenter, self.root / "vma",
+            self.root / "vma-agent.log", "--report-interval", "0.1", "--max-rate-mib", "8", "--ca", str(agent_ca),
+        )  # fmt: skip
+        self.agent.start()
+        await until("the agent streams to its first OMA address", lambda: self.streams_to(streams_to[0]), 30)
+
+    async def streams_to(self, oma: OmaProcess) -> bool:
+        """Whether the appliance's stream is recorded as held by `oma` (read through a live process)."""
+        async with self.live().channel() as channel:
+            request = appliance_pb2.GetApplianceRequest(id=self.appliance_id)
+            found = (await appliance_pb2_grpc.ApplianceServiceStub(channel).GetAppliance(request)).appliance
+        assert oma.proc is not None
+        return found.connection_state == appliance_pb2.CONNECTION_STATE_CONNECTED and (
+            found.connected_to == f"{socket.gethostname()}:{oma.proc.pid}"
+        )
+
+    def live(self) -> OmaProcess:
+        return next(p for p in self.processes if p.proc is not None and p.proc.poll() is None)
+
+    async def discover_and_replicate(self, on: OmaProcess) -> str:
+        """Discovery (a command to the appliance, wherever its stream is) and an initial replication started on
+        `on`; the job id."""
+        async with on.channel() as channel:
+            found = await vm_context_pb2_grpc.VmContextServiceStub(channel).DiscoverVms(
+                vm_context_pb2.DiscoverVmsRequest(appliance_id=self.appliance_id, name_filter="moving", register=True)
+            )
+            self.vm_id = found.vm_contexts[0].id
+            request = replication_pb2.StartReplicationRequest(vm_context_id=self.vm_id)
+            return str((await replication_pb2_grpc.ReplicationServiceStub(channel).StartReplication(request)).job.id)
+
+    async def job(self, job_id: str) -> replication_pb2.ReplicationJob:
+        async with self.live().channel() as channel:
+            request = replication_pb2.GetReplicationJobRequest(id=job_id)
+            return (await replication_pb2_grpc.ReplicationServiceStub(channel).GetReplicationJob(request)).job
+
+    async def vm(self) -> vm_context_pb2.VmContext:
+        async with self.live().channel() as channel:
+            request = vm_context_pb2.GetVmContextRequest(id=self.vm_id)
+            return (await vm_context_pb2_grpc.VmContextServiceStub(channel).GetVmContext(request)).vm_context
+
+    async def consistent(self, home: OmaProcess) -> list[str]:
+        """What differs from a consistent end (consistency.py: every replica byte-identical to its source, no job
+        open, nothing left attached or exported), looked at through `home`, the process that attached the replicas."""
+        operator = Operator(home.endpoint(), self.vm_id, deadline=time.monotonic() + 120)
+        async with operator:
+            world = consistency.World(
+                operator, "moving", self.root / "vcenter", self.cloud.url, self.cloud.keys, self.cloud.state_dir,
+                self.cloud.oma_vm_id, home.nbd_port,
+            )  # fmt: skip
+            return await consistency.settled(world, within_s=60)
+
+    def stop(self) -> None:
+        for proc in (self.agent, *self.processes, self.cloud):
+            if proc is not None:
+                proc.stop()
