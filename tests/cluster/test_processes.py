@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from oma.v1 import appliance_pb2, appliance_pb2_grpc, replication_pb2, replication_pb2_grpc
+from oma.v1 import appliance_pb2, appliance_pb2_grpc, job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc
 from oma_server.app import App
 from oma_server.ports import free_port
 from oma_server.security.tokens import ADMIN_TOKEN_FILE
@@ -142,10 +142,25 @@ def _script(c: Cluster) -> list[tuple[str, object]]:
     return steps
 
 
+async def _watch(oma: OmaProcess, job_id: str, seen: list[tuple[int, int, int]]) -> None:
+    """Follow one job on `oma` until its WatchJob ends (right after the final state): (revision, status,
+    last_sequence) of every update."""
+    async with oma.channel() as channel:
+        call = job_pb2_grpc.JobServiceStub(channel).WatchJob(job_pb2.WatchJobRequest(job_id=job_id))
+        async for response in call:
+            update = response.update
+            if update.kind in (job_pb2.UPDATE_KIND_SNAPSHOT, job_pb2.UPDATE_KIND_CHANGE):
+                job = update.replication_job
+                seen.append((update.revision, job.status, job.last_sequence))
+
+
 async def test_the_stream_moves_when_the_process_holding_it_is_killed(cluster: Cluster) -> None:
     c = cluster
     first, second, third = c.processes
     steps = _script(c)
+    seen: list[tuple[int, int, int]] = []  # a watcher on a process that never holds the stream
+    watcher = asyncio.create_task(_watch(first, c.job_id, seen))
+    await _until("the watcher has its snapshot", lambda: bool(seen))
     vma, cursor = await _connect(c, second)
     assert cursor == 0
     assert _appliance(c) == ("connected", f"{socket.gethostname()}:{_pid(second)}")
@@ -172,6 +187,13 @@ async def test_the_stream_moves_when_the_process_holding_it_is_killed(cluster: C
     assert (job.bytes_done, job.last_sequence, job.percent) == (2 * DISK_BYTES, 8, 100.0)
     assert sorted(d.new_change_id for d in job.disks) == ["cid-0", "cid-1"]
     await vma.close()
+    # The watcher saw the changes the other processes applied, in order, up to the final state, and was ended.
+    await asyncio.wait_for(watcher, 20)
+    revisions = [r for r, _, _ in seen]
+    assert revisions == sorted(set(revisions)), seen
+    assert seen[-1][1:] == (replication_pb2.REPLICATION_JOB_STATUS_COMPLETED, 8)
+    assert [q for _, _, q in seen] == sorted(q for _, _, q in seen)
+    assert any(status == replication_pb2.REPLICATION_JOB_STATUS_REPLICATING for _, status, _ in seen)
 
 
 async def test_a_newer_stream_on_another_process_takes_over_and_commands_follow_it(cluster: Cluster) -> None:
