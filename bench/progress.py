@@ -727,6 +727,7 @@ class Args:
     profile: str = ""
     flush_interval: float = 1.0
     tls: bool = False
+    processes: int = 0
 
 
 async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any], tls: bool = False) -> None:
@@ -1018,6 +1019,17 @@ async def main_async(args: Args) -> dict[str, Any]:
         "streams": args.streams,
     }
     out["params"]["database"] = "postgresql" if args.database else "sqlite"
+    if args.processes:
+        from bench.progress_cluster import run_cluster
+
+        try:
+            await run_cluster(args, args.processes, tmp, nofile, out)
+        finally:
+            if args.keep:
+                print(f"  kept {tmp}")
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return out
     try:
         print(
             f"[1/3] OMA: {args.streams} streams x {args.rate}/s for {args.seconds} s, {args.watchers} watchers",
@@ -1067,6 +1079,13 @@ def parse(argv: list[str] | None) -> Args:
         help="also run the OMA phase as by default (TLS; VMAs with client certificates on the appliance port, mutual "
         "TLS) and report it / plaintext",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="N >= 2: one OMA process and then N on one PostgreSQL (--database, or one started here), the same load "
+        "per process, watchers on process 0 (bench/progress_cluster.py)",
+    )
     ns = p.parse_args(argv)
     if ns.quick:
         ns.streams, ns.seconds = min(ns.streams, 20), min(ns.seconds, 3.0)
@@ -1086,6 +1105,7 @@ def parse(argv: list[str] | None) -> Args:
         ns.profile,
         ns.flush_interval,
         ns.tls,
+        ns.processes,
     )
 
 
@@ -1099,7 +1119,12 @@ def main(argv: list[str] | None = None) -> int:
     out = asyncio.run(main_async(args))
     out["total_s"] = round(time.time() - started, 1)
     print()
-    print_table(out)
+    if args.processes:
+        from bench.progress_cluster import print_table as print_cluster_table
+
+        print_cluster_table(out)
+    else:
+        print_table(out)
     if args.json:
         write_json(args.json, out)
         print(f"  wrote {args.json}")

@@ -210,7 +210,7 @@ class App:
             ask_release=lambda appliance_id: self.routing.ask_release(appliance_id),
         )
         self.routing = ClusterRouting(self.db, self.bus, self.hub, self.outbox, settings.cluster_poll_interval_s)
-        self.changes = ChangeFeed(self.bus, self.jobs, self.process_id)
+        self.changes = ChangeFeed(self.db, self.bus, self.jobs, self.process_id)
         if clustered:  # a job whose appliance streams to another process is read from the database
             self.jobs.is_local = self.hub.connected
         # The session hub acks durable progress, delivers commands and ends revoked appliances' streams.

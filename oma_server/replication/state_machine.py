@@ -136,6 +136,32 @@ class JobState:
         return dataclasses.replace(self, disks=[dataclasses.replace(d) for d in self.disks])
 
 
+def carry_progress(source: JobState, target: JobState) -> None:
+    """What a progress report changes, from `source` onto `target` (a relayed or newer in-memory state)."""
+    for name in PROGRESS_FIELDS:
+        setattr(target, name, getattr(source, name))
+    by_id = {d.disk_id: d for d in source.disks}
+    for disk in target.disks:
+        relayed = by_id.get(disk.disk_id)
+        if relayed is not None and not disk.completed:
+            for name in DISK_PROGRESS_FIELDS:
+                setattr(disk, name, getattr(relayed, name))
+
+
+PROGRESS_FIELDS = (
+    "last_sequence",
+    "phase",
+    "current_operation",
+    "bytes_done",
+    "bytes_total",
+    "percent",
+    "throughput_bytes_per_second",
+    "eta_seconds",
+    "updated_at",
+)
+DISK_PROGRESS_FIELDS = ("bytes_done", "bytes_total", "throughput_bytes_per_second", "phase", "mode")
+
+
 def transition(
     job: JobState,
     dst: JobStatus,

@@ -9,14 +9,20 @@
 - Changes of one job are serialized by the job's lock (a progress report never lands between a unit's read of the
   live state and its commit); writes of all jobs by one write lock, so a batched flush and a unit never reorder.
 
-Applying what appliances send is `applier.VmaMessageApplier`'s work, on top of these units.
+- Several OMA processes on one PostgreSQL: every write is fenced on the row's version (repository.write_batch), so
+  a copy of a job older than the database is never written over it — the unit runs again on the stored state
+  (`JobChangedElsewhere`), a flush drops that job's unacked progress. The live copy of a job is the one of the
+  process holding its appliance's stream (`is_local`); others read it from the database, and take the changes
+  other processes announce (`take_foreign`, `take_progress`: cluster/changes.py).
+
+Applying what appliances send is `applier.VmaMessageApplier`'s work, on top of these units; what an appliance's
+coming and going does to its jobs is `liveness.py`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +34,14 @@ from oma_server.db.models import new_id
 from oma_server.db.runner import Runner
 from oma_server.errors import InvalidArgument, NotFound, Unavailable
 from oma_server.replication.repository import JobChangedElsewhere, JobRepository, SqlJobRepository
-from oma_server.replication.state_machine import DEFAULT_OPERATION, DiskState, JobState, JobStatus, transition
+from oma_server.replication.state_machine import (
+    DEFAULT_OPERATION,
+    DiskState,
+    JobState,
+    JobStatus,
+    carry_progress,
+    transition,
+)
 from oma_server.revisions import commit_at_next_revision
 from oma_server.uninterruptible import finish
 from oma_server.watch import Change, WatchHub
@@ -83,9 +96,11 @@ class ReplicationJobStore:
         #: is the live one (None: one process, every copy is)
         self.is_local: Callable[[str], bool] | None = None
         #: several OMA processes: runs inside every transaction that writes jobs, with their ids (cluster/changes.py)
-        self.announce: Callable[[list[str]], None] | None = None
+        self.announce: Callable[[list[JobState], bool], None] | None = None
         #: jobs whose copy here was last written by another OMA process (read, not written, by this one)
         self._foreign: set[str] = set()
+        #: several OMA processes: told of every progress applied in memory here (cluster/changes.py relays it)
+        self.on_touch: Callable[[JobState], None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -106,15 +121,14 @@ class ReplicationJobStore:
     def _remember(self, job: JobState, *, foreign: bool = False) -> None:
         self._jobs[job.id] = job
         self._durable_seq[job.id] = job.last_sequence
-        if foreign:
-            self._foreign.add(job.id)
-        else:
-            self._foreign.discard(job.id)
+        (self._foreign.add if foreign else self._foreign.discard)(job.id)
 
     def _remember_stored(self, stored: JobState) -> None:
         """A job as read from the database: foreign unless it is the version this process last wrote."""
-        cached = self._jobs.get(stored.id)
-        self._remember(stored, foreign=cached is None or cached.write_version != stored.write_version)
+        self._remember(
+            stored,
+            foreign=(cached := self._jobs.get(stored.id)) is None or cached.write_version != stored.write_version,
+        )
 
     def changed_elsewhere(self, job_id: str) -> bool:
         """Whether another OMA process made the change of the job this process last saw."""
@@ -319,14 +333,12 @@ class ReplicationJobStore:
 
         return await finish(self._write(write))
 
-    async def reload(self, job_id: str) -> JobState | None:
+    async def reload(self, job_id: str) -> None:
         """Replace this process's copy of a job by its stored state (its unwritten progress, if any, is dropped:
         unacked, so the appliance sends it again)."""
-        stored = await self.db.run(self.repo.load, job_id)
-        if stored is not None:
+        if (stored := await self.db.run(self.repo.load, job_id)) is not None:
             self._dirty.discard(job_id)
             self._remember_stored(stored)
-        return stored
 
     async def refresh_open(self) -> None:
         """Every open job as stored becomes this process's copy, unless its stream is here or it has unwritten
@@ -336,14 +348,12 @@ class ReplicationJobStore:
             if cached is None or self._elsewhere(cached):
                 self._remember_stored(job)
 
-    async def adopt(self, appliance_id: str) -> int:
+    async def adopt(self, appliance_id: str) -> None:
         """This process now holds the appliance's stream: its open jobs as stored (the previous holder wrote what
-        it had before it let go). Returns how many."""
-        stored = await self.db.run(self.repo.load_open_of, appliance_id)
-        for job in stored:
+        it had before it let go)."""
+        for job in await self.db.run(self.repo.load_open_of, appliance_id):
             if job.id not in self._dirty:
                 self._remember_stored(job)
-        return len(stored)
 
     async def _write(self, write: Callable[[int], JobState]) -> JobState:
         """Reserve a revision, run `write` in one transaction, then make its state live and publish it.
@@ -355,7 +365,7 @@ class ReplicationJobStore:
         def write_and_announce(revision: int) -> JobState:
             state = write(revision)
             if announce is not None:
-                announce([state.id])
+                announce([state], False)
             return state
 
         async with self._write_lock:
@@ -376,6 +386,8 @@ class ReplicationJobStore:
             cached = self._jobs.get(job_id)
             if stored is None or (cached is not None and cached.write_version >= stored.write_version):
                 return
+            if cached is not None and cached.last_sequence > stored.last_sequence and not stored.final:
+                carry_progress(cached, stored)  # relayed progress newer than this write: watchers never go back
             async with self._write_lock:
                 stored.revision = self.watch.next_revision()
                 self._remember(stored, foreign=True)
@@ -387,6 +399,28 @@ class ReplicationJobStore:
         job.revision = self.watch.next_revision()
         self._dirty.add(job.id)
         self.publish(job)
+        if self.on_touch is not None:
+            self.on_touch(job)
+
+    def has_progress_through(self, job_id: str, sequence: int) -> bool:
+        """Whether this process's copy of an open job has every report up to `sequence` (relayed, or its own)."""
+        cached = self._jobs.get(job_id)
+        return cached is not None and not cached.final and cached.last_sequence >= sequence
+
+    def take_progress(self, relayed: JobState) -> bool:
+        """Progress another OMA process applied in memory (cluster/changes.py): onto this process's copy of the job,
+        published to its watchers, when newer and the copy is not live here. True when taken."""
+        cached = self._jobs.get(relayed.id)
+        if cached is None or cached.final or not self._elsewhere(cached):
+            return False
+        if relayed.last_sequence <= cached.last_sequence:
+            return False
+        taken = cached.copy()
+        carry_progress(relayed, taken)
+        taken.revision = self.watch.next_revision()
+        self._remember(taken, foreign=True)
+        self.publish(taken)
+        return True
 
     def publish(self, state: JobState) -> None:
         self.watch.publish(
@@ -399,31 +433,6 @@ class ReplicationJobStore:
                 final=state.final,
             )
         )
-
-    # ---- liveness -----------------------------------------------------------------------------------------------
-    async def stall_jobs_of(self, appliance_id: str) -> list[str]:
-        return await self._move_all(appliance_id, (JobStatus.REPLICATING, JobStatus.WAITING_FOR_VMA), stall=True)
-
-    async def resume_jobs_of(self, appliance_id: str) -> list[str]:
-        return await self._move_all(appliance_id, (JobStatus.STALLED,), stall=False)
-
-    async def _move_all(self, appliance_id: str, sources: tuple[JobStatus, ...], *, stall: bool) -> list[str]:
-        moved = []
-        for job in self.open_jobs(appliance_id):
-            async with self.job_lock(job.id):
-                live = self._jobs[job.id]
-                if live.status not in sources:
-                    continue  # changed meanwhile (completed, cancelled...): nothing to do
-                if stall:
-                    dst = JobStatus.STALLED
-                else:
-                    dst = JobStatus.REPLICATING if live.started_at is not None else JobStatus.WAITING_FOR_VMA
-                await self.change_locked(job.id, functools.partial(self._to, dst))
-                moved.append(job.id)
-        return moved
-
-    def _to(self, dst: JobStatus, before: JobState) -> JobState:
-        return transition(before, dst, self.clock.now())
 
     # ---- batched progress writes -------------------------------------------------------------------------------
     async def _flush_loop(self) -> None:
@@ -448,7 +457,7 @@ class ReplicationJobStore:
     def _write_batch(self, batch: list[JobState]) -> list[str]:
         stale = self.repo.write_batch(batch)
         if self.announce is not None:
-            self.announce([s.id for s in batch if s.id not in stale])
+            self.announce([s for s in batch if s.id not in stale], True)
         return stale
 
     async def _flush(self, slice_: int | None) -> int:

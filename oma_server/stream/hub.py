@@ -41,6 +41,7 @@ from oma_server.protocol.stream import (
     StreamError,
     Welcome,
 )
+from oma_server.replication import liveness
 from oma_server.replication.applier import VmaMessageApplier
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.security.appliance_identity import ApplianceCertificates
@@ -208,7 +209,7 @@ class SessionHub:
         self._disconnected_since.pop(appliance.id, None)
         session.last_seen_written = self.clock.monotonic()
         try:
-            resumed = await self.jobs.resume_jobs_of(appliance.id)
+            resumed = await liveness.resume_jobs_of(self.jobs, appliance.id)
             # Make everything applied so far durable, so the cursors below are exact.
             await self.jobs.flush()
         except BaseException:
@@ -421,7 +422,7 @@ class SessionHub:
                     if await self.db.run(_connected_anywhere, appliance_id):
                         continue  # it came back, to another OMA process
                     await self.jobs.adopt(appliance_id)
-                stalled = await self.jobs.stall_jobs_of(appliance_id)
+                stalled = await liveness.stall_jobs_of(self.jobs, appliance_id)
                 if stalled:
                     logger.bind(appliance_id=appliance_id).warning(
                         "appliance silent past its deadline: {n} job(s) stalled until it returns", n=len(stalled)
