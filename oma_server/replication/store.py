@@ -343,10 +343,11 @@ class ReplicationJobStore:
     async def refresh_open(self) -> None:
         """Every open job as stored becomes this process's copy, unless its stream is here or it has unwritten
         progress (several OMA processes: jobs started or changed elsewhere)."""
-        for job in await self.db.run(self.repo.load_open):
-            cached = self._jobs.get(job.id)
-            if cached is None or self._elsewhere(cached):
-                self._remember_stored(job)
+        for job_id, version in (await self.db.run(self.repo.open_versions)).items():
+            cached = self._jobs.get(job_id)
+            behind = cached is None or (self._elsewhere(cached) and cached.write_version != version)
+            if behind and (stored := await self.db.run(self.repo.load, job_id)) is not None:
+                self._remember_stored(stored)
 
     async def adopt(self, appliance_id: str) -> None:
         """This process now holds the appliance's stream: its open jobs as stored (the previous holder wrote what
