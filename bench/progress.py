@@ -1019,18 +1019,12 @@ async def main_async(args: Args) -> dict[str, Any]:
         "streams": args.streams,
     }
     out["params"]["database"] = "postgresql" if args.database else "sqlite"
-    if args.processes:
-        from bench.progress_cluster import run_cluster
-
-        try:
-            await run_cluster(args, args.processes, tmp, nofile, out)
-        finally:
-            if args.keep:
-                print(f"  kept {tmp}")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return out
     try:
+        if args.processes:
+            from bench.progress_cluster import run_cluster
+
+            await run_cluster(args, args.processes, tmp, nofile, out)
+            return out
         print(
             f"[1/3] OMA: {args.streams} streams x {args.rate}/s for {args.seconds} s, {args.watchers} watchers",
             flush=True,

@@ -21,7 +21,14 @@ from oma_server.integrity.blocks import Extent
 from oma_server.joblog import note
 from oma_server.pagination import decode_token as page_offset
 from oma_server.pagination import fetch_page, next_token, page_size_of
-from oma_server.replication.state_machine import FINAL, DiskState, JobState, JobStatus
+from oma_server.replication.state_machine import (
+    DISK_PROGRESS_FIELDS,
+    FINAL,
+    PROGRESS_FIELDS,
+    DiskState,
+    JobState,
+    JobStatus,
+)
 
 
 def row_to_state(row: ReplicationJob, disks: Iterable[JobDisk]) -> JobState:
@@ -79,30 +86,19 @@ def load(job_id: str) -> JobState | None:
     return row_to_state(row, disks)
 
 
+# What a row is written from: the progress fields (those a progress flush changes) and the rest of the job.
 _JOB_COLUMNS = (
     "status",
-    "phase",
-    "current_operation",
-    "bytes_done",
-    "bytes_total",
-    "percent",
-    "throughput_bytes_per_second",
-    "eta_seconds",
+    *PROGRESS_FIELDS,
     "error_reason",
     "error_message",
     "error_class",
-    "last_sequence",
     "revision",
     "started_at",
     "finished_at",
-    "updated_at",
 )
 _DISK_COLUMNS = (
-    "bytes_done",
-    "bytes_total",
-    "throughput_bytes_per_second",
-    "phase",
-    "mode",
+    *DISK_PROGRESS_FIELDS,
     "previous_change_id",
     "new_change_id",
     "completed",
