@@ -784,6 +784,10 @@ async def run_oma(args: Args, tmp: Path, nofile: int, out: dict[str, Any], tls: 
         for w in watchers:
             await w.start()
         ready, connect_s = await fleet.prepare()
+        # Every stream open and warmed up, nothing flowing yet: what a connected, idle appliance costs the server.
+        await asyncio.sleep(1.0)
+        rss_connected = proc_status_kib(server.pid, "VmRSS")
+        out["rss_per_stream_kib"] = round((rss_connected - rss_idle) / max(1, ready), 1)
         out["connect_s"] = round(connect_s, 2)
         print(f"  {ready}/{len(specs)} streams welcomed and warmed up in {connect_s:.1f} s", flush=True)
         t0 = time.time() + 0.5
@@ -983,6 +987,7 @@ def print_table(out: dict[str, Any]) -> None:
             f"flush every {out['params']['flush_interval']} s",
         ),
         ("server RSS end / peak MiB", f"{fmt(out.get('rss_mib'))} / {fmt(out.get('rss_peak_mib'))}", ""),
+        ("server RSS per connected idle stream KiB", fmt(out.get("rss_per_stream_kib")), "target: <= 64"),
         ("server CPU %", fmt(out.get("server_cpu_pct")), "of one core"),
         ("bench CPU % (VMAs + watchers)", fmt(out.get("bench_cpu_pct")), ""),
         (
