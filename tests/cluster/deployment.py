@@ -10,6 +10,7 @@ reaches the agent through another process came through LISTEN/NOTIFY.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
@@ -21,11 +22,14 @@ from pathlib import Path
 from oma.v1 import (
     appliance_pb2,
     appliance_pb2_grpc,
+    job_pb2,
+    job_pb2_grpc,
     replication_pb2,
     replication_pb2_grpc,
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
+from oma_server.cloudstack.sim_seed import DEFAULT_SEED
 from oma_server.security.ca import CA_CERT_FILE, CA_KEY_FILE
 from oma_server.security.tokens import ADMIN_TOKEN_FILE
 from tests.clients import ca_file
@@ -36,6 +40,7 @@ from tests.harness.operator import Operator
 from tests.harness.victims import AgentProcess, CloudStackProcess
 
 DISKS_MIB = (24, 8)
+COMPLETED = replication_pb2.REPLICATION_JOB_STATUS_COMPLETED
 OMA_FLAGS = ("--progress-flush-interval", "0.1", "--heartbeat-interval", "2", "--cluster-poll-interval", "60")
 
 
@@ -151,3 +156,77 @@ class Deployment:
         for proc in (self.agent, *self.processes, self.cloud):
             if proc is not None:
                 proc.stop()
+
+
+class KillMissed(AssertionError):
+    """The harness, not the OMA: the kill came after the moment it was meant for."""
+
+
+# ---- the scenarios (tests/cluster/test_agent_moves.py runs each once; tests/cluster/soak.py many times, seeded) ----
+async def completed_and_verified(world: Deployment, job_id: str, home: OmaProcess) -> None:
+    """The job completes, the world ends consistent (seen through `home`), and every replica was read back (the
+    whole disk after an initial copy) after this job."""
+
+    async def completed() -> bool:
+        return (await world.job(job_id)).status == COMPLETED
+
+    await until("the job completes", completed, 120)
+    problems = await world.consistent(home)
+    assert problems == [], problems
+    disks = (await world.vm()).disks
+    assert all(d.verification.job_id == job_id for d in disks), [d.verification for d in disks]
+    assert all(d.verification.blocks_read == d.verification.block_count > 0 for d in disks)
+
+
+async def stream_holder_killed(world: Deployment, share: float = 0.25) -> None:
+    """Three processes; the replication is started on the first, the agent streams to the second, which is
+    SIGKILLed once `share` of the copy is done: the stream moves to the third and the job completes there."""
+    home = await asyncio.to_thread(world.add_process)
+    holder = await asyncio.to_thread(world.add_process)
+    survivor = await asyncio.to_thread(world.add_process)
+    await world.start_agent([holder, survivor])
+    job_id = await world.discover_and_replicate(on=home)  # discovery and the start reach the agent via `holder`
+
+    async def copied() -> bool:
+        seen = await world.job(job_id)
+        return seen.bytes_total > 0 and seen.bytes_done >= seen.bytes_total * share
+
+    await until(f"{share:.0%} of the copy is done", copied)
+    seen = await world.job(job_id)
+    if seen.bytes_done >= seen.bytes_total:
+        raise KillMissed(f"the copy ended before the kill at {share:.0%}")
+    await asyncio.to_thread(holder.kill)
+    # The database frees a dead holder's lock as its connection closes; the agent dials its next address at once.
+    await until("the agent streams to the survivor", lambda: world.streams_to(survivor), 15)
+    await completed_and_verified(world, job_id, home)
+
+
+async def provisioning_process_killed(world: Deployment) -> None:
+    """Two processes; the replication is started on the first, which is SIGKILLed once provisioning has begun (the
+    cloud's async jobs take a second each): the second's janitor provisions it and the job completes."""
+    starter = await asyncio.to_thread(world.add_process)
+    taker = await asyncio.to_thread(world.add_process, "--janitor-interval", "0.5")
+    await world.start_agent([taker])
+    job_id = await world.discover_and_replicate(on=starter)
+
+    async def provisioning_begun() -> bool:
+        async with taker.channel() as channel:
+            request = job_pb2.ListJobLogEntriesRequest(job_id=job_id, page_size=100)
+            entries = (await job_pb2_grpc.JobServiceStub(channel).ListJobLogEntries(request)).entries
+        return any(e.step == "create_volume" for e in entries)
+
+    await until("provisioning has begun in the starting process", provisioning_begun, 30)
+    await asyncio.to_thread(starter.kill)
+    await completed_and_verified(world, job_id, taker)
+
+
+def slow_cloud_seed(path: Path, job_delay_s: float = 1.0) -> Path:
+    """A simulator seed whose async jobs take `job_delay_s` (so a kill lands inside provisioning)."""
+    path.write_text(json.dumps({**DEFAULT_SEED, "job_delay_s": job_delay_s}))
+    return path
+
+
+async def deployment(root: Path, database_url: str, seed: Path | None = None) -> Deployment:
+    cloud = CloudStackProcess(root / "cloudstack", root / "cloudstack.log", seed)
+    await asyncio.to_thread(cloud.start)
+    return Deployment(root, database_url, cloud)
