@@ -342,6 +342,7 @@ class App:
             self.db, self.cloudstack, self.joblog, self.device_root, sys_root=self.sys_root, limits=limits
         )
         self.attachments = OmaAttachments(self.db, self.cloudstack, limits, self.volumes, self.exports, self.joblog)
+        self.attachments.claims = self.ownership if self.ownership.enabled else None
         self.verifier = ReplicaVerifier(self.db, self.clock, self.joblog)
         self.workflow = ReplicationWorkflow(
             self.db, self.clock, self.jobs, self.replication, self.vms, self.attachments, self.joblog, self.verifier
@@ -375,7 +376,8 @@ class App:
         unread = await self.db.run(unread_on_oma_vm)
         open_jobs = [(j.id, [d.disk_id for d in j.disks]) for j in self.jobs.open_jobs()]
         await self.attachments.reconcile([*open_jobs, *unread.items()])
-        self._unread_after_restart = list(unread)
+        # with several OMA processes, only those this process took over (the others' are read back by their own)
+        self._unread_after_restart = [job_id for job_id in unread if self.attachments.holds(job_id)]
         self._teardown.push_async_callback(self.nbd.stop)  # safe before or after a failed start
         crl_changed = await self._write_crl()
         await finish(self.exports.start())

@@ -14,6 +14,12 @@ at start; an account that may not read hypervisor capabilities learns it from Cl
 Per disk, one lock orders attach and detach, and the job that attached a replica owns it: a finished job's release
 never detaches a replica the next job of the same VM has taken meanwhile. After a crash, `reconcile` holds the slots
 of the jobs still open and detaches every other replica left on the OMA VM.
+
+Several OMA processes on one PostgreSQL: the process that attaches a replica holds a lock `replica:<disk id>`
+(`claims`, cluster/ownership.py) from just before the attach until it takes the replica off, so a process that
+starts leaves every replica another live process holds alone — its `reconcile` neither counts their slots nor
+detaches them — and takes over (holds, or detaches when its job is over) only those whose process is gone. Slots
+are counted per process; CloudStack's refusal of an attach to a full VM sends a job back to the queue.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from oma_server.cloudstack.limits import CloudLimits, DataVolumeLimit, limit_fro
 from oma_server.cloudstack.models import VolumeType
 from oma_server.db.database import Database
 from oma_server.db.models import JobDisk, ReplicationJob, Volume
+from oma_server.engine import Claims
 from oma_server.errors import FailedPrecondition
 from oma_server.joblog import JobLogService
 from oma_server.storage.exports import ExportService, ExportView
@@ -191,9 +198,27 @@ class OmaAttachments:
         self._learned_limit: int | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._owner: dict[str, str] = {}
+        #: several OMA processes: a lock per replica this process has attached (None: one process)
+        self.claims: Claims | None = None
 
     def _lock(self, disk_id: str) -> asyncio.Lock:
         return self._locks.setdefault(disk_id, asyncio.Lock())
+
+    async def _claim(self, disk_id: str) -> bool:
+        """Hold the disk's replica for this process (True), or another OMA process does."""
+        return self.claims is None or await self.claims.take(f"replica:{disk_id}")
+
+    async def _unclaim(self, disk_id: str) -> None:
+        if self.claims is not None:
+            await self.claims.give_up(f"replica:{disk_id}")
+
+    async def _claimed(self, disk_id: str) -> None:
+        if not await self._claim(disk_id):
+            raise FailedPrecondition(
+                f"the replica of disk {disk_id} is attached by another OMA process; try again when its job is over",
+                reason="REPLICA_HELD_ELSEWHERE",
+                disk_id=disk_id,
+            )
 
     # ---- capacity -------------------------------------------------------------------------------------------
     async def refresh(self) -> None:
@@ -237,6 +262,7 @@ class OmaAttachments:
     async def attach(self, job_id: str, disk_id: str) -> tuple[Provisioned, ExportView]:
         """The disk's replica attached to the OMA VM and exported, owned by the job."""
         async with self._lock(disk_id):
+            await self._claimed(disk_id)  # before the attach: a process starting now leaves it alone
             provisioned = await self.volumes.ensure_attached(disk_id, job_id)
             export = await self.exports.ensure(provisioned.volume, job_id)
             self._owner[disk_id] = job_id
@@ -246,6 +272,7 @@ class OmaAttachments:
         """The disk's existing replica attached to the OMA VM for reading only (a verification at rest): owned by the
         job, never exported. Released like a writer's, by `release_job`."""
         async with self._lock(disk_id):
+            await self._claimed(disk_id)
             provisioned = await self.volumes.ensure_attached(disk_id, job_id)
             self._owner[disk_id] = job_id
         return provisioned
@@ -266,6 +293,7 @@ class OmaAttachments:
                     stuck.append((disk_id, exc))
                     continue
                 self._owner.pop(disk_id, None)
+                await self._unclaim(disk_id)
         self.pool.release(job_id)
         for disk_id, _ in stuck:
             self.pool.hold(f"unreleased:{disk_id}", 1)
@@ -283,6 +311,7 @@ class OmaAttachments:
         async with self._lock(disk_id):
             detached = await self._take_off(disk_id, job_id)
             self._owner.pop(disk_id, None)
+            await self._unclaim(disk_id)
         return detached
 
     async def _take_off(self, disk_id: str, job_id: str) -> bool:
@@ -309,6 +338,8 @@ class OmaAttachments:
         job_of_disk = {disk_id: job_id for job_id, disks in disks_of_job.items() for disk_id in disks}
         detached = []
         for disk_id, last_job_id in await self.db.run(_attached_disks):
+            if not await self._claim(disk_id):
+                continue  # another live OMA process has it attached: its slots and its release are its own
             job_id = job_of_disk.get(disk_id)
             if job_id is not None:
                 self._owner[disk_id] = job_id

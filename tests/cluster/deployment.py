@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -84,8 +85,9 @@ class Deployment:
         self.processes.append(oma)
         return oma
 
-    async def start_agent(self, streams_to: list[OmaProcess]) -> None:
-        """A VM of two disks in the agent's fake vCenter, the agent enrolled and dialing `streams_to` in turn."""
+    async def start_agent(self, streams_to: list[OmaProcess], rate_mib: int = 8) -> None:
+        """A VM of two disks in the agent's fake vCenter, the agent enrolled and dialing `streams_to` in turn,
+        copying at `rate_mib` MiB/s at most."""
         vcenter = self.root / "vcenter"
         sizes = [a for mib in DISKS_MIB for a in ("--disk-mib", str(mib))]
         create = [str(VENV_BIN / "vma-agent"), "create-vm", "--vcenter-dir", str(vcenter), "--name", "moving"]
@@ -102,7 +104,8 @@ class Deployment:
         shutil.copyfile(ca_file(self.processes[0].data_dir), agent_ca)
         self.agent = AgentProcess(
             ",".join(p.address for p in streams_to), self.appliance_id, credential, vcenter, self.root / "vma",
-            self.root / "vma-agent.log", "--report-interval", "0.1", "--max-rate-mib", "8", "--ca", str(agent_ca),
+            self.root / "vma-agent.log", "--report-interval", "0.1", "--max-rate-mib", str(rate_mib),
+            "--ca", str(agent_ca),
         )  # fmt: skip
         self.agent.start()
         await until("the agent streams to its first OMA address", lambda: self.streams_to(streams_to[0]), 30)
@@ -136,6 +139,13 @@ class Deployment:
             request = replication_pb2.GetReplicationJobRequest(id=job_id)
             return (await replication_pb2_grpc.ReplicationServiceStub(channel).GetReplicationJob(request)).job
 
+    async def log_of(self, job_id: str, step: str) -> list[str]:
+        """The job-log messages of one step of a job."""
+        async with self.live().channel() as channel:
+            request = job_pb2.ListJobLogEntriesRequest(job_id=job_id, page_size=200)
+            entries = (await job_pb2_grpc.JobServiceStub(channel).ListJobLogEntries(request)).entries
+        return [e.message for e in entries if e.step == step]
+
     async def vm(self) -> vm_context_pb2.VmContext:
         async with self.live().channel() as channel:
             request = vm_context_pb2.GetVmContextRequest(id=self.vm_id)
@@ -163,9 +173,9 @@ class KillMissed(AssertionError):
 
 
 # ---- the scenarios (tests/cluster/test_agent_moves.py runs each once; tests/cluster/soak.py many times, seeded) ----
-async def completed_and_verified(world: Deployment, job_id: str, home: OmaProcess) -> None:
-    """The job completes, the world ends consistent (seen through `home`), and every replica was read back (the
-    whole disk after an initial copy) after this job."""
+async def completed_and_verified(world: Deployment, job_id: str, home: OmaProcess, *, initial: bool = True) -> None:
+    """The job completes, the world ends consistent (seen through `home`), and every replica was read back after
+    this job (the whole disk after an initial copy)."""
 
     async def completed() -> bool:
         return (await world.job(job_id)).status == COMPLETED
@@ -175,7 +185,7 @@ async def completed_and_verified(world: Deployment, job_id: str, home: OmaProces
     assert problems == [], problems
     disks = (await world.vm()).disks
     assert all(d.verification.job_id == job_id for d in disks), [d.verification for d in disks]
-    assert all(d.verification.blocks_read == d.verification.block_count > 0 for d in disks)
+    assert not initial or all(d.verification.blocks_read == d.verification.block_count > 0 for d in disks)
 
 
 async def stream_holder_killed(world: Deployment, share: float = 0.25) -> None:
@@ -210,14 +220,40 @@ async def provisioning_process_killed(world: Deployment) -> None:
     job_id = await world.discover_and_replicate(on=starter)
 
     async def provisioning_begun() -> bool:
-        async with taker.channel() as channel:
-            request = job_pb2.ListJobLogEntriesRequest(job_id=job_id, page_size=100)
-            entries = (await job_pb2_grpc.JobServiceStub(channel).ListJobLogEntries(request)).entries
-        return any(e.step == "create_volume" for e in entries)
+        return bool(await world.log_of(job_id, "create_volume"))
 
     await until("provisioning has begun in the starting process", provisioning_begun, 30)
     await asyncio.to_thread(starter.kill)
     await completed_and_verified(world, job_id, taker)
+
+
+async def process_started_mid_copy(world: Deployment) -> None:
+    """One process replicates; a second starts while the copy runs: its start-up reconciliation leaves the first
+    one's attached replicas alone (it neither detaches them nor counts their slots), and the job completes."""
+    home = await asyncio.to_thread(world.add_process)
+    await world.start_agent([home], rate_mib=2)  # a copy of ~10 s: the second process is up long before its end
+    job_id = await world.discover_and_replicate(on=home)
+
+    async def copying() -> bool:
+        seen = await world.job(job_id)
+        return seen.bytes_total > 0 and seen.bytes_done > 0
+
+    await until("the copy has begun", copying)
+    late = await asyncio.to_thread(world.add_process)
+    seen = await world.job(job_id)
+    if seen.bytes_done >= seen.bytes_total:
+        raise KillMissed("the copy ended before the second process had started")
+    await completed_and_verified(world, job_id, home)
+    # The replicas were read back and released once, by the process that attached them.
+    assert len(await world.log_of(job_id, "release_volumes")) == 1, await world.log_of(job_id, "release_volumes")
+    # The late process counts no slot for the first one's job: its own next sync, released, frees every slot.
+    async with late.channel() as channel:
+        request = replication_pb2.StartReplicationRequest(vm_context_id=world.vm_id)
+        again = (await replication_pb2_grpc.ReplicationServiceStub(channel).StartReplication(request)).job.id
+    await completed_and_verified(world, again, late, initial=False)
+    released = await world.log_of(again, "release_volumes")
+    free = [re.search(r"(\d+) of (\d+) slots free", m) for m in released]
+    assert free and free[-1] is not None and free[-1].group(1) == free[-1].group(2), released
 
 
 def slow_cloud_seed(path: Path, job_delay_s: float = 1.0) -> Path:

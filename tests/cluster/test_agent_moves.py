@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.deployment import deployment, provisioning_process_killed, slow_cloud_seed, stream_holder_killed
+from tests.cluster.deployment import (
+    deployment,
+    process_started_mid_copy,
+    provisioning_process_killed,
+    slow_cloud_seed,
+    stream_holder_killed,
+)
 from tests.pg import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -31,5 +37,15 @@ async def test_a_job_whose_provisioning_process_dies_is_taken_over(tmp_path: Pat
     world = await deployment(tmp_path, postgres.create_database(), slow_cloud_seed(tmp_path / "cloud-seed.json"))
     try:
         await provisioning_process_killed(world)
+    finally:
+        await asyncio.to_thread(world.stop)
+
+
+async def test_a_process_starting_mid_copy_leaves_the_other_processes_replicas_alone(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    world = await deployment(tmp_path, postgres.create_database())
+    try:
+        await process_started_mid_copy(world)
     finally:
         await asyncio.to_thread(world.stop)
