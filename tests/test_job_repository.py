@@ -6,6 +6,7 @@ apply, percent never backwards, acks only after a write, watch order) checked in
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -303,3 +304,36 @@ async def test_a_job_changed_by_another_process_wins_over_this_ones_copy() -> No
         4,
         "c0",
     )
+
+
+async def test_progress_relayed_from_another_process_is_taken_when_newer_and_published() -> None:
+    """The progress relay between OMA processes (cluster/changes.py): the holder's in-memory progress, encoded as
+    relayed, lands on the other process's copy and reaches its watchers; an older one never replaces a newer."""
+    from oma_server.cluster.changes import _chunks, _progress_of, _state_of
+
+    repo = MemoryJobRepository()
+    here = ReplicationJobStore(InlineRunner(), SystemClock(), WatchHub(), repository=repo)
+    there = ReplicationJobStore(InlineRunner(), SystemClock(), WatchHub(), repository=repo)
+    there.is_local = lambda _appliance: False  # the stream is held by `here`
+    applier = VmaMessageApplier(here, SystemClock())
+    job = await handed_over(here)
+    await applier.apply_event("vma", JobEvent(job.id, 1, EventKind.STARTED))
+    await there.get(job.id)  # `there` has its copy (as its watchers' snapshot would)
+    seen: list[tuple[int, int]] = []
+    there.watch.subscribe(lambda c: seen.append((c.state.last_sequence, c.state.bytes_done)) or False)
+
+    def relay() -> list[JobState]:
+        state = here.cached(job.id)
+        assert state is not None
+        (payload,) = _chunks("p|", [_progress_of(state)])
+        return [_state_of(item) for item in json.loads(payload.partition("|")[2])]
+
+    await applier.apply_progress("vma", report(job.id, 2, 120))
+    newer = relay()
+    await applier.apply_progress("vma", report(job.id, 3, 150))
+    newest = relay()
+    assert there.take_progress(newest[0]) and not there.take_progress(newer[0])  # the older one comes late
+    taken = there.cached(job.id)
+    assert taken is not None and (taken.last_sequence, taken.bytes_done, taken.percent) == (3, 150, 75.0)
+    assert taken.disk("d0").bytes_done == 100 and taken.status == JobStatus.REPLICATING  # type: ignore[union-attr]
+    assert seen == [(3, 150)]
