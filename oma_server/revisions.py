@@ -7,6 +7,12 @@ revisions come from a range reserved in the database first (the hi/lo way of seq
 range begins above both the highest stored revision and the last reservation; when half of the range is used, the
 next one is reserved in the background; a change above the reserved range waits in the watch hub until it is (it
 never has to: a range of 100,000 lasts ~50 s at 2,000 reports/s and its extension commits in milliseconds).
+
+Several OMA processes on one PostgreSQL reserve from the same record, each range above every earlier one of any
+process (the row locked until the commit), so no two processes hand out the same revision: when a process's next
+range does not follow its last (another process reserved in between), its hub skips the gap (`continue_at`). The
+revisions of different processes are unique, not ordered with each other: a watcher resumes on the process it
+watched.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
+import peewee as pw
 from loguru import logger
 
 from oma_server.db.database import Database
@@ -39,21 +46,19 @@ async def commit_at_next_revision(db: Runner, hub: WatchHub, write: Callable[[in
         raise
 
 
-def _reserve_up_to(upper: int) -> int:
-    """Record that revisions up to `upper` may be handed out (never lowers the record); returns the record."""
-    row = WatchRevision.get_or_none(WatchRevision.id == 1)
+def _reserve_range(size: int, above: int) -> tuple[int, int]:
+    """The next range (lo, lo + size] for this process alone: above `above` and every earlier reservation of any
+    process (the record's row is locked until the commit on PostgreSQL). Returns (lo, hi)."""
+    query = WatchRevision.select().where(WatchRevision.id == 1)
+    if isinstance(WatchRevision._meta.database, pw.PostgresqlDatabase):  # type: ignore[attr-defined]
+        query = query.for_update()
+    row = query.first()
+    lo = max(above, int(row.reserved_up_to) if row is not None else 0)
     if row is None:
-        WatchRevision.create(id=1, reserved_up_to=upper)
-        return upper
-    if row.reserved_up_to < upper:
-        WatchRevision.update(reserved_up_to=upper).where(WatchRevision.id == 1).execute()
-        return upper
-    return int(row.reserved_up_to)
-
-
-def _reserved() -> int:
-    row = WatchRevision.get_or_none(WatchRevision.id == 1)
-    return 0 if row is None else int(row.reserved_up_to)
+        WatchRevision.create(id=1, reserved_up_to=lo + size)
+    else:
+        WatchRevision.update(reserved_up_to=lo + size).where(WatchRevision.id == 1).execute()
+    return lo, lo + size
 
 
 class RevisionReservations:
@@ -65,9 +70,9 @@ class RevisionReservations:
 
     async def start(self, highest_stored: int) -> None:
         """Continue above every revision ever handed out; reserve the first range before anything is served."""
-        start = max(highest_stored, await self.db.run(_reserved))
+        start, upper = await self.db.tx(_reserve_range, self.range_size, highest_stored)
         self.hub.reset(start)
-        await self._reserve(start)
+        self.hub.raise_bound(upper, low_mark=upper - self.range_size // 2)
         self.hub.headroom_low = self._extend_soon
         logger.info("watch revisions continue above {start}", start=start)
 
@@ -76,9 +81,9 @@ class RevisionReservations:
             with contextlib.suppress(Exception):
                 await self._extending
 
-    async def _reserve(self, base: int) -> None:
-        upper = await self.db.tx(_reserve_up_to, base + self.range_size)
-        self.hub.raise_bound(upper, low_mark=upper - self.range_size // 2)
+    async def _reserve(self) -> None:
+        lower, upper = await self.db.tx(_reserve_range, self.range_size, 0)
+        self.hub.continue_at(lower, upper, low_mark=upper - self.range_size // 2)
 
     def _extend_soon(self) -> None:
         if self._extending is None or self._extending.done():
@@ -87,7 +92,7 @@ class RevisionReservations:
     async def _extend(self) -> None:
         while True:
             try:
-                await self._reserve(max(self.hub.revision, self.hub.bound or 0))
+                await self._reserve()
                 return
             except Exception:
                 logger.opt(exception=True).error("could not reserve watch revisions; retrying in 1 s")

@@ -92,6 +92,8 @@ class WatchHub:
         self.bound: int | None = None
         self.headroom_low: Callable[[], None] | None = None  # called when the bound comes near
         self._low_mark: int | None = None
+        #: (a, b): revisions a+1..b belong to another OMA process; after a this hub continues at b+1
+        self._gap: tuple[int, int] | None = None
 
     def reset(self, start_revision: int) -> None:
         """At start: revisions continue above `start_revision` (the highest one ever handed out, or above)."""
@@ -106,10 +108,21 @@ class WatchHub:
         self._low_mark = low_mark
         self._drain()
 
+    def continue_at(self, lower: int, bound: int, low_mark: int) -> None:
+        """The next reserved range is (lower, bound]: when it does not follow the current bound (another OMA process
+        reserved the revisions in between), revisions continue above `lower` once the current range is used. (If
+        this hub already handed out revisions past its bound — the reservation was that late — it cannot skip, and
+        numbers on: as a single process always did.)"""
+        if self.bound is not None and lower > self.bound and self.revision <= self.bound:
+            self._gap = (self.bound, lower)
+        self.raise_bound(bound, low_mark)
+
     def next_revision(self) -> int:
         """Reserve the next revision. The caller must `publish` a change with it or `abandon` it, whatever
         happens: until then every later change waits (see the module docstring)."""
         self.revision += 1
+        if self._gap is not None and self.revision == self._gap[0] + 1:
+            self.revision = self._gap[1] + 1
         if self._low_mark is not None and self.revision > self._low_mark and self.headroom_low is not None:
             self._low_mark = None  # once per range
             self.headroom_low()
@@ -129,7 +142,13 @@ class WatchHub:
         self._drain()
 
     def _drain(self) -> None:
-        while (nxt := self.published + 1) in self._held and (self.bound is None or nxt <= self.bound):
+        while True:
+            gap = self._gap
+            if gap is not None and self.published == gap[0] and self.revision > gap[1]:
+                self.published, self._gap = gap[1], None  # nothing of ours in between: delivered through the gap
+            nxt = self.published + 1
+            if nxt not in self._held or (self.bound is not None and nxt > self.bound):
+                return
             ready = self._held.pop(nxt)
             self.published = nxt
             if ready is not None:

@@ -72,3 +72,23 @@ def test_a_change_behind_a_commit_in_flight_waits_and_order_holds() -> None:
     assert order == [1, 2, 4]
     with pytest.raises(ValueError):
         hub.publish(change(2))  # settled already
+
+
+async def test_processes_sharing_a_database_never_hand_out_the_same_revision(db: Database) -> None:
+    """Several OMA processes on one database: each range is above every earlier one of any process, and a hub whose
+    next range does not follow its last skips the other's revisions — delivering in order through the gap."""
+    first, second = WatchHub(), WatchHub()
+    first_ranges = RevisionReservations(db, first, range_size=4)
+    await first_ranges.start(highest_stored=0)  # (0, 4]
+    await RevisionReservations(db, second, range_size=4).start(highest_stored=0)  # (4, 8]
+    handed: list[int] = []
+    with first.subscribe(lambda c: True) as subscription:
+        for n in range(6):
+            revision = first.next_revision()
+            handed.append(revision)
+            first.publish(change(revision, job_id=f"j{n}"))
+            await first_ranges.stop()  # let the extension asked for at half the range commit: (8, 12]
+        delivered = [c.revision for c in [await subscription.next(1) for _ in range(6)] if c is not None]
+    seconds = [second.next_revision() for _ in range(4)]
+    assert handed == [1, 2, 3, 4, 9, 10] and seconds == [5, 6, 7, 8]
+    assert delivered == handed and first.published == 10
