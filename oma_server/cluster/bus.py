@@ -41,7 +41,6 @@ class ClusterBus:
         self.on_reconnect: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._connection: Any = None
-        self.connected = asyncio.Event()
 
     def listen(self, channel: str, handler: Handler) -> None:
         """Call `handler(payload)` on the event loop for every notification on `channel` (before `start`)."""
@@ -68,7 +67,6 @@ class ClusterBus:
         return connection
 
     def _close(self) -> None:
-        self.connected.clear()
         if self._connection is not None:
             with contextlib.suppress(psycopg2.Error):
                 self._connection.close()
@@ -80,7 +78,6 @@ class ClusterBus:
         while True:
             try:
                 self._connection = await asyncio.to_thread(self._connect)
-                self.connected.set()
                 if not first:
                     logger.info("cluster notifications listening again; catching up")
                     for hook in self.on_reconnect:
