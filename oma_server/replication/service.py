@@ -98,6 +98,28 @@ class ReplicationService:
         await self.outbox.kick(after.appliance_id)
         return after
 
+    async def retarget(self, job_id: str, uris: dict[str, str], vm_uuid: str, capacities: dict[str, int]) -> JobState:
+        """The job's exports are served at new addresses (`uris`: disk id → NBD URI; this OMA process took the
+        replicas over from one that died): the disks' targets recorded and a start command naming them queued in one
+        transaction, then delivered. An appliance running the job moves its copies there (they resume from their
+        acknowledged points, vma.v1 StartReplicationCommand); one that starts it again starts it with them."""
+
+        def make(before: JobState) -> JobState:
+            after = before.copy()
+            for disk in after.disks:
+                disk.nbd_uri = uris.get(disk.disk_id, disk.nbd_uri)
+            after.updated_at = self.clock.now()
+            return after
+
+        def queue(state: JobState) -> None:
+            command = start_replication_command(state, vm_uuid, capacities)
+            insert_command(state.appliance_id, command, job_id=state.id)
+            note(state.id, "command_vma", f"start command naming the new NBD targets of {len(uris)} disk(s) queued")
+
+        after = await self.jobs.change(job_id, make, in_tx=queue)
+        await self.outbox.kick(after.appliance_id)
+        return after
+
     async def cancel(self, job_id: str, force: bool = False) -> JobState:
         """Cancel a job. Before the appliance was commanded it ends at once; after, the appliance is told and the job
         is `cancelling` until it confirms. Volumes and exports stay for the next run. `force`: see `force_cancel`."""

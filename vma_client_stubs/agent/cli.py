@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rate limit of all this appliance's copies together, MiB/s (the OMA's limits apply too)",
     )
     run.add_argument("--report-interval", type=_positive, default=0.5, help="seconds between progress reports")
+    run.add_argument(
+        "--target-wait",
+        type=_positive,
+        default=120.0,
+        help="seconds a copy whose NBD export is gone keeps reconnecting (to a new address the OMA names) before "
+        "its job fails",
+    )
     run.add_argument("--log-json", action="store_true")
     run.add_argument("--log-level", default="INFO")
 
@@ -200,6 +207,7 @@ async def _run(args: argparse.Namespace, credential: str, oma: Endpoint, identit
             copies_per_appliance=args.copies_per_appliance,
             max_bytes_per_second=args.max_rate_mib * MIB if args.max_rate_mib else None,
             nbd_certificates=args.identity_dir / NBD_DIR if identity is not None else None,
+            target_wait_s=args.target_wait,
         ),
         report_interval_s=args.report_interval,
     )

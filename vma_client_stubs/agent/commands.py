@@ -1,7 +1,8 @@
 """The OMA's commands to the agent, each answered with a vma.v1.CommandResult (registered on the StreamClient).
 
 - `start_replication`: accepted at once (SUCCEEDED) and run as a task; a job already running or completed here is
-  acknowledged again without a second run.
+  acknowledged again without a second run — a running job's disks take the command's NBD targets when they differ
+  (the OMA moved the job's exports to another of its processes; their copies reconnect there).
 - `cancel_job`: stops the copy (in-flight writes drain) and answers with a JobCancelled event.
 - `set_bandwidth_limit`: the copy-rate limits in force, whole; applied to running copies at once (a command issued
   before the newest one applied is acknowledged and ignored).
@@ -67,6 +68,10 @@ class AgentCommands:
             return rejected(str(exc))
         runner = self.jobs.get(start.job_id)
         if runner is not None and runner.running:
+            if moved := runner.retarget(start):
+                await self.messages.save(runner.record)
+                log.info("job {job}: disk(s) {d} now copy to their new NBD address", job=start.job_id, d=moved)
+                return _succeeded(f"already running; {len(moved)} disk(s) moved to their new NBD target")
             log.info("job {job} is already running; start command acknowledged", job=start.job_id)
             return _succeeded("already running")
         record = self.records.get(start.job_id)

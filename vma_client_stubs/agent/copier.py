@@ -39,9 +39,11 @@ from vma_client_stubs.agent.copy_outcome import (
     CopyResult,
     InvalidResumeToken,
     SourceReadFailed,
+    TargetConnectionLost,
     TargetTooSmall,
     TargetUnreachable,
     TargetWriteFailed,
+    write_failure,
 )
 from vma_client_stubs.agent.copy_plan import (
     MIB,
@@ -71,6 +73,7 @@ __all__ = [
     "ResumePoint",
     "Segment",
     "SourceReadFailed",
+    "TargetConnectionLost",
     "TargetTooSmall",
     "TargetUnreachable",
     "TargetWriteFailed",
@@ -288,7 +291,7 @@ class DiskCopier:
                 handles[0].flush()  # under multi-conn this covers the writes of every connection
             except nbd.Error as exc:
                 if not cancelled:
-                    raise TargetWriteFailed(f"flush of {_redact(self.nbd_uri)} failed: {exc}") from exc
+                    raise write_failure(f"flush of {_redact(self.nbd_uri)} failed: {exc}", exc.errnum) from exc
             else:
                 flushed = not cancelled
                 with self._lock:  # a cancelled copy's resume point is exact: drained, then flushed
@@ -336,7 +339,7 @@ class DiskCopier:
         except CopyError as exc:
             self._fail(exc)
         except nbd.Error as exc:
-            self._fail(TargetWriteFailed(f"NBD request to {_redact(self.nbd_uri)} failed: {exc}"))
+            self._fail(write_failure(f"NBD request to {_redact(self.nbd_uri)} failed: {exc}", exc.errnum))
         except Exception as exc:  # a bug must not hang the copy: stop everything and report it
             self._fail(CopyError(f"copier worker {index} failed: {type(exc).__name__}: {exc}"))
 
@@ -379,7 +382,8 @@ class _Connection:
         while handle.aio_in_flight() > 0:
             handle.poll(500)
             if time.monotonic() > deadline:
-                raise TargetWriteFailed(f"{handle.aio_in_flight()} requests did not complete within 30 s")
+                # a server cut off without a reset (its host died): as good as gone
+                raise TargetConnectionLost(f"{handle.aio_in_flight()} requests did not complete within 30 s")
 
     def stopping(self) -> bool:
         return self.copier.cancel.is_set() or self.copier._stop.is_set()
@@ -455,9 +459,10 @@ class _Connection:
             if code:
                 seg = copier.plan.segments[chunk.index]
                 copier._fail(
-                    TargetWriteFailed(
+                    write_failure(
                         f"write of {chunk.length} bytes at offset {seg.offset + chunk.offset} failed: "
-                        f"{os.strerror(code)}"
+                        f"{os.strerror(code)}",
+                        code,
                     )
                 )
             else:
@@ -487,7 +492,7 @@ class _Connection:
         code = int(err.value) if hasattr(err, "value") else int(err)
         self.flush_inflight = False
         if code:
-            self.copier._fail(TargetWriteFailed(f"flush failed: {os.strerror(code)}"))
+            self.copier._fail(write_failure(f"flush failed: {os.strerror(code)}", code))
         else:
             assert self.flush_point is not None
             with self.copier._lock:

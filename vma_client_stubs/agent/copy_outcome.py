@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import Any
+
+#: errno values of an NBD connection that is gone (its server died, restarted or moved), not of a write it refused
+CONNECTION_GONE = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED})
 
 
 class CopyError(Exception):
@@ -19,6 +23,17 @@ class TargetUnreachable(CopyError):
 
 class TargetWriteFailed(CopyError):
     error_class = "TARGET_WRITE_FAILED"
+
+
+class TargetConnectionLost(TargetWriteFailed):
+    """The connection to the export went away mid-copy (nothing says the data is bad): the agent reconnects, to the
+    same address or the one the OMA moves the export to, and resumes from the acknowledged point
+    (job_run.JobExecutor)."""
+
+
+def write_failure(message: str, code: int | None) -> TargetWriteFailed:
+    """The failure of an NBD request or flush that ended with errno `code`."""
+    return (TargetConnectionLost if code in CONNECTION_GONE else TargetWriteFailed)(message)
 
 
 class TargetTooSmall(TargetWriteFailed):

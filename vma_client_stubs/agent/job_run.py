@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from loguru import logger
@@ -17,26 +18,32 @@ from loguru import logger
 from oma.common.v1 import jobs_pb2
 from vma.v1 import stream_pb2
 from vma_client_stubs.agent.copier import (
+    CONNECT_DEADLINE_S,
     CopyCancelled,
     CopyError,
     CopyResult,
     DiskCopier,
     Plan,
     ResumePoint,
+    TargetConnectionLost,
     TargetTooSmall,
+    TargetUnreachable,
     TlsSettings,
 )
 from vma_client_stubs.agent.disk_plan import plan_disk
 from vma_client_stubs.agent.extents import coalesce
 from vma_client_stubs.agent.messages import JobMessages
 from vma_client_stubs.agent.rate_limit import BandwidthLimits
-from vma_client_stubs.agent.runs import CopyOptions, DiskRun, JobFailure, JobRunner, Stopped
+from vma_client_stubs.agent.runs import CopyOptions, DiskRun, JobFailure, JobRunner, Stopped, TargetGone
 from vma_client_stubs.agent.source_commands import SNAPSHOT_DESCRIPTION_PREFIX
 from vma_client_stubs.agent.source_hashes import ALGORITHM, BLOCK_SIZE, MAX_BLOCKS_PER_EVENT, SourceHasher
 from vma_client_stubs.agent.vcenter import FakeVCenter, Snapshot, SnapshotNotFound, VCenterError, VmNotFound
 
 #: the most byte ranges a DiskCompleted may name (vma.v1.CopiedExtents)
 MAX_COPIED_EXTENTS = 65_536
+#: a reconnecting copy's connection attempts (short: a new target from the OMA is taken at the next one)
+RECONNECT_ATTEMPT_S = 2.0
+RECONNECT_PAUSE_S = (0.2, 2.0)  # first pause between attempts, doubling up to the second
 
 
 class JobExecutor:
@@ -231,12 +238,10 @@ class JobExecutor:
         target = disk.target
         log = log.bind(disk_id=target.disk_id)
         runner.check_stop()
-        copier = self._copier(runner, disk)
         disk.phase = runner.phase = jobs_pb2.COPY_PHASE_COPYING
         mode = "incremental" if disk.mode == jobs_pb2.COPY_MODE_INCREMENTAL else "full"
-        runner.disk_copying(target.disk_id, f"{target.disk_key} ({mode})")
         try:
-            result = await self._watch(runner, disk, copier)
+            copier, result = await self._copy_reconnecting(runner, disk, f"{target.disk_key} ({mode})", log)
         finally:
             runner.disk_copied(target.disk_id)
         if copier.prehashed_bytes:
@@ -263,6 +268,34 @@ class JobExecutor:
         await self._send_hashes(runner, disk, copier.hasher)
         await self._disk_completed(runner, disk, snapshot.disk(target.disk_key).change_id)
 
+    async def _copy_reconnecting(
+        self, runner: JobRunner, disk: DiskRun, label: str, log: Any
+    ) -> tuple[DiskCopier, CopyResult]:
+        """The disk's copy; when its export cannot be reached or its connection is lost (the OMA's NBD server
+        restarted, or another OMA process took the job's replicas over and names their new address: `retarget`),
+        it connects again — to the target as it is now — and resumes from its acknowledged point, for up to
+        `target_wait_s` without a byte written; then the job fails with the last error."""
+        pause, attempt_s = RECONNECT_PAUSE_S[0], None
+        gave_up_at: float | None = None
+        while True:
+            runner.disk_copying(disk.target.disk_id, label)
+            runner.retargeted.clear()  # a new target from here on wakes the pause below
+            copier = self._copier(runner, disk, attempt_s)
+            try:
+                return copier, await self._watch(runner, disk, copier)
+            except TargetGone as gone:
+                now = time.monotonic()
+                if gave_up_at is None or copier.progress().bytes_written > 0:
+                    gave_up_at, pause = now + self.options.target_wait_s, RECONNECT_PAUSE_S[0]
+                if now >= gave_up_at:
+                    raise
+                log.warning("disk {d}: {e}; reconnecting to its export", d=disk.target.disk_id, e=gone.detail)
+                runner.disk_copying(disk.target.disk_id, f"{disk.target.disk_key} (reconnecting to its NBD export)")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runner.retargeted.wait(), pause)
+            runner.check_stop()
+            pause, attempt_s = min(pause * 2, RECONNECT_PAUSE_S[1]), RECONNECT_ATTEMPT_S
+
     async def _send_hashes(self, runner: JobRunner, disk: DiskRun, hasher: SourceHasher) -> None:
         """The source's hashes of the disk — whole blocks, then pieces of blocks copied in part — in events of at
         most MAX_BLOCKS_PER_EVENT blocks or pieces."""
@@ -287,7 +320,7 @@ class JobExecutor:
         for start in range(0, len(pieces), MAX_BLOCKS_PER_EVENT):
             await send(pieces=pieces[start : start + MAX_BLOCKS_PER_EVENT])
 
-    def _copier(self, runner: JobRunner, disk: DiskRun) -> DiskCopier:
+    def _copier(self, runner: JobRunner, disk: DiskRun, connect_deadline_s: float | None = None) -> DiskCopier:
         assert disk.plan is not None and disk.snapshot_path is not None
         resume = ResumePoint.decode(disk.record.acked_token) if disk.record.acked_token else None
         opts = self.options
@@ -312,6 +345,7 @@ class JobExecutor:
             hasher=SourceHasher(
                 disk.plan, disk.capacity or disk.plan.end, whole_disk=disk.mode == jobs_pb2.COPY_MODE_FULL
             ),
+            connect_deadline_s=CONNECT_DEADLINE_S if connect_deadline_s is None else connect_deadline_s,
         )
 
     async def _watch(self, runner: JobRunner, disk: DiskRun, copier: DiskCopier) -> CopyResult:
@@ -337,6 +371,10 @@ class JobExecutor:
         except TargetTooSmall as exc:
             cls = "DISK_RESIZED" if target.capacity_bytes != disk.plan.end else exc.error_class
             raise JobFailure(cls, f"disk {target.disk_id} (key {target.disk_key}): {exc}", target.disk_id) from exc
+        except (TargetUnreachable, TargetConnectionLost) as exc:
+            raise TargetGone(
+                exc.error_class, f"disk {target.disk_id} (key {target.disk_key}): {exc}", target.disk_id
+            ) from exc
         except CopyError as exc:
             raise JobFailure(
                 exc.error_class, f"disk {target.disk_id} (key {target.disk_key}): {exc}", target.disk_id

@@ -25,6 +25,11 @@ class JobFailure(Exception):
         self.disk_id = disk_id
 
 
+class TargetGone(JobFailure):
+    """A disk's export could not be reached, or its connection was lost mid-copy: worth reconnecting (to a new target
+    if the OMA names one) before the job fails with it."""
+
+
 class Stopped(Exception):
     """The job's cancel flag was set (cancel command, shutdown, or abandon)."""
 
@@ -41,6 +46,9 @@ class CopyOptions:
     #: the appliance's certificate in libnbd's layout (ca-cert.pem, client-cert.pem, client-key.pem): every NBD
     #: connection then speaks TLS with it, on an nbd: URI too (None: as the URI says)
     nbd_certificates: Path | None = None
+    #: how long a disk whose connection to its export was lost keeps reconnecting (to the address the OMA names
+    #: meanwhile, `JobRunner.retarget`) before its job fails; every attempt that writes again starts the wait anew
+    target_wait_s: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("window", "connections", "disks_per_job", "copies_per_appliance"):
@@ -101,6 +109,8 @@ class JobRunner:
     disk_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     copying: dict[str, str] = field(default_factory=dict)  # disk id -> "2000 (full)" while it copies
     peak_copying: int = 0  # most disks of this job copied at once in this run
+    #: set when the OMA names new NBD targets for the job (`retarget`): a disk waiting to reconnect tries at once
+    retargeted: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def running(self) -> bool:
@@ -109,6 +119,21 @@ class JobRunner:
     def check_stop(self) -> None:
         if self.cancel.is_set():
             raise Stopped()
+
+    def retarget(self, command: stream_pb2.StartReplicationCommand) -> list[str]:
+        """The OMA serves this job's exports at new addresses (another OMA process took its replicas over): each
+        disk of the run takes its new NBD URI — in the record's command, so a restart of the agent uses it too — and
+        a copy switches at its next connection. Returns the ids of the disks whose target changed."""
+        new = {t.disk_id: t.nbd_uri for t in command.disks}
+        changed = []
+        for target in self.record.command.disks:
+            uri = new.get(target.disk_id)
+            if uri and uri != target.nbd_uri:
+                target.nbd_uri = uri  # the DiskRun of this run holds the same message
+                changed.append(target.disk_id)
+        if changed:
+            self.retargeted.set()
+        return changed
 
     def disk_copying(self, disk_id: str, what: str) -> None:
         self.copying[disk_id] = what
