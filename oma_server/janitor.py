@@ -12,7 +12,7 @@ With several OMA processes on one PostgreSQL every process's janitor looks at ev
 database), and a job without a task is resumed only when no process holds its claim (engine.JobRunner): so the
 jobs of a process that died are taken over by the first janitor to look, and a job running elsewhere is left alone.
 A job another process changed in the last `CLAIM_GRACE` is left for the next look (its task there may be about to
-take its claim).
+take its claim). Each pass also takes over the replicas no process holds (replication/takeover.py).
 """
 
 from __future__ import annotations
@@ -115,6 +115,10 @@ class Janitor:
         """Check every open job once; returns the ids of the jobs it moved or restarted."""
         if self.locks is not None:
             await self.jobs.refresh_open()  # jobs other processes started or changed
+            try:
+                await self.replication.take_over_orphans()  # the replicas of a process that is gone
+            except Exception:  # the jobs' own checks below still run; the next pass tries again
+                logger.opt(exception=True).error("replicas of a process that is gone not taken over")
         repaired = [j.id for j in self.jobs.open_jobs() if await self.check_replication(j.id)]
         if purged := await self.db.tx(purge_expired, self.clock.now()):
             logger.info("purged {n} expired idempotency record(s)", n=purged)

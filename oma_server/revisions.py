@@ -12,7 +12,8 @@ Several OMA processes on one PostgreSQL reserve from the same record, each range
 process (the row locked until the commit), so no two processes hand out the same revision: when a process's next
 range does not follow its last (another process reserved in between), its hub skips the gap (`continue_at`). The
 revisions of different processes are unique, not ordered with each other: a watcher resumes on the process it
-watched.
+watched, and a revision another process handed out is refused (REVISION_COMPACTED: list again, watch from 0), never
+read as one of this process's (watch.WatchHub.since).
 """
 
 from __future__ import annotations

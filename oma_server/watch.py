@@ -94,6 +94,9 @@ class WatchHub:
         self._low_mark: int | None = None
         #: (a, b): revisions a+1..b belong to another OMA process; after a this hub continues at b+1
         self._gap: tuple[int, int] | None = None
+        #: [lo, hi] of every range this hub numbers (or reported) since its start: a revision between them is another
+        #: OMA process's, and means nothing here (empty: no ranges, as in tests of the hub alone)
+        self._ranges: list[list[int]] = []
 
     def reset(self, start_revision: int) -> None:
         """At start: revisions continue above `start_revision` (the highest one ever handed out, or above)."""
@@ -104,6 +107,9 @@ class WatchHub:
     def raise_bound(self, bound: int, low_mark: int) -> None:
         """Revisions up to `bound` are durably reserved; `headroom_low` is called once the revision passes
         `low_mark`. Changes held above the old bound are delivered now."""
+        if not self._ranges:
+            self._ranges.append([self.published, bound])
+        self._ranges[-1][1] = max(self._ranges[-1][1], bound)
         self.bound = bound
         self._low_mark = low_mark
         self._drain()
@@ -115,6 +121,7 @@ class WatchHub:
         numbers on: as a single process always did.)"""
         if self.bound is not None and lower > self.bound and self.revision <= self.bound:
             self._gap = (self.bound, lower)
+            self._ranges.append([lower, bound])  # `lower` itself is reported: published jumps to it past the gap
         self.raise_bound(bound, low_mark)
 
     def next_revision(self) -> int:
@@ -170,7 +177,16 @@ class WatchHub:
         self, revision: int, accept: Callable[[Change], bool], *, latest_known: int | None = None
     ) -> list[Change]:
         """Changes after `revision` that pass `accept`. `latest_known` is the newest revision of what is watched
-        (for one job: its revision); when it is not above `revision`, nothing was missed whatever the history."""
+        (for one job: its revision); when it is not above `revision`, nothing was missed whatever the history.
+        A revision inside this hub's span that another OMA process handed out (a watcher that moved here) is as good
+        as compacted: this process's numbers around it say nothing of what the watcher saw."""
+        if revision >= self._floor and self._ranges and not any(lo <= revision <= hi for lo, hi in self._ranges):
+            raise RevisionCompacted(
+                f"revision {revision} was handed out by another OMA process, not this one; revisions order changes "
+                "within one process: list the jobs again and watch from revision 0",
+                revision=revision,
+                oldest=self._floor,
+            )
         if revision < self._floor and (latest_known is None or latest_known > revision):
             raise RevisionCompacted(
                 f"revision {revision} is no longer held (oldest resumable is {self._floor}); "

@@ -9,7 +9,7 @@ import pytest
 from oma_server.db.database import Database
 from oma_server.db.migrations import apply_migrations
 from oma_server.revisions import RevisionReservations
-from oma_server.watch import Change, WatchHub
+from oma_server.watch import Change, RevisionCompacted, WatchHub
 
 
 def change(revision: int, job_id: str = "j") -> Change:
@@ -92,3 +92,30 @@ async def test_processes_sharing_a_database_never_hand_out_the_same_revision(db:
     seconds = [second.next_revision() for _ in range(4)]
     assert handed == [1, 2, 3, 4, 9, 10] and seconds == [5, 6, 7, 8]
     assert delivered == handed and first.published == 10
+
+
+async def test_a_revision_another_process_handed_out_is_refused_not_misread(db: Database) -> None:
+    """A watcher that moves to another OMA process with a revision of the first: the numbers of the two interleave by
+    range, not by time, so the second answers REVISION_COMPACTED (list again, watch from 0) instead of replaying its
+    own changes above that number and silently missing the ones below it."""
+    first, second = WatchHub(), WatchHub()
+    first_ranges = RevisionReservations(db, first, range_size=4)
+    await first_ranges.start(highest_stored=0)  # (0, 4]
+    await RevisionReservations(db, second, range_size=4).start(highest_stored=0)  # (4, 8]
+    for n in range(3):
+        first.publish(change(first.next_revision(), job_id=f"j{n}"))
+    await first_ranges.stop()  # (8, 12] reserved at half the range: first continues at 9 after 4
+    for n in range(3, 6):
+        first.publish(change(first.next_revision(), job_id=f"j{n}"))
+    second.publish(change(second.next_revision(), job_id="k"))
+    assert first.published == 10 and second.published == 5
+    everything = lambda c: True  # noqa: E731
+    # Its own revisions resume, the boundaries of its ranges included ...
+    assert [c.revision for c in first.since(2, everything)] == [3, 4, 9, 10]
+    assert [c.revision for c in first.since(8, everything)] == [9, 10]
+    # ... the second's do not: 5 (handed out by the second) is refused by the first, 9 (the first's) by the second.
+    with pytest.raises(RevisionCompacted, match="another OMA process"):
+        first.since(5, everything)
+    with pytest.raises(RevisionCompacted, match="another OMA process"):
+        second.since(9, everything)
+    assert [c.revision for c in second.since(4, everything)] == [5]

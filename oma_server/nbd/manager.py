@@ -20,8 +20,8 @@ What nbdkit 1.32 does, as used here:
   keeps it open, so `/proc/<pid>/fd` tells which exports have clients. Removing a symlink stops new connections to
   that name at once; a connected client keeps writing to its device. Removal with clients is refused unless forced;
   a forced removal (or a reconcile replacing a device that has clients) **restarts** the server, which cuts every
-  connection — nbdkit has no way to drop one — and logs how many. The reference agent resumes a cut copy from its
-  last acknowledged point.
+  connection — nbdkit has no way to drop one — and logs how many. The reference agent reconnects a cut copy and
+  resumes it from its last acknowledged point.
 * Supervision: the pidfd wakes the supervisor when nbdkit dies (crash, OOM, SIGKILL): it is restarted with
   back-off. Every `probe_interval_s` a real handshake (NBD_OPT_LIST) must answer, else nbdkit is restarted after
   repeated failures. Each export's device is re-checked; a vanished device puts the export in state "error"

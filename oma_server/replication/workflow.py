@@ -36,6 +36,7 @@ from oma_server.integrity import maps
 from oma_server.integrity.blocks import describe
 from oma_server.integrity.verifier import JobVerification, ReplicaVerifier
 from oma_server.joblog import JobLogService, note
+from oma_server.replication import takeover
 from oma_server.replication.disk_plans import REPAIR_CAPABILITY, plan_disks, plan_notes
 from oma_server.replication.service import ReplicationService
 from oma_server.replication.state_machine import DEFAULT_OPERATION, JobState, JobStatus
@@ -207,12 +208,17 @@ class ReplicationWorkflow:
         """Completed jobs a stop caught between their completion and their replicas' release (the read-back cut
         short): verified and released now, as at their end."""
         for job_id in job_ids:
-            if job_id in self._releases:
+            if job_id in self._releases or self._release_event(job_id).is_set():
                 continue
             job = await self.jobs.get(job_id)
             logger.bind(job_id=job_id).info("reading back the replicas a stop left unverified, then releasing them")
             self._releases[job_id] = task = asyncio.create_task(self._release(job), name=f"release-{job_id}")
             task.add_done_callback(functools.partial(self._forget_release, job_id))
+
+    async def take_over_orphans(self) -> list[str]:
+        """Several OMA processes: the replicas of a process that is gone taken over here (replication/takeover.py);
+        the ids of the jobs whose replicas this process took."""
+        return await takeover.take_over_orphans(self)
 
     async def stop(self) -> None:
         self._finished.close()

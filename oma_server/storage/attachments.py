@@ -18,8 +18,10 @@ of the jobs still open and detaches every other replica left on the OMA VM.
 Several OMA processes on one PostgreSQL: the process that attaches a replica holds a lock `replica:<disk id>`
 (`claims`, cluster/ownership.py) from just before the attach until it takes the replica off, so a process that
 starts leaves every replica another live process holds alone — its `reconcile` neither counts their slots nor
-detaches them — and takes over (holds, or detaches when its job is over) only those whose process is gone. Slots
-are counted per process; CloudStack's refusal of an attach to a full VM sends a job back to the queue.
+detaches them — and takes over (holds, or detaches when its job is over) only those whose process is gone: at its
+start, and on every janitor pass while it runs (`take_over_orphans`; the replication workflow then serves their
+exports here and names the new address to the appliance: replication/takeover.py). Slots are counted per process;
+CloudStack's refusal of an attach to a full VM sends a job back to the queue.
 """
 
 from __future__ import annotations
@@ -328,32 +330,62 @@ class OmaAttachments:
         await self.volumes.detach(volume, job_id)
         return bool(cs_volume.virtual_machine_id)
 
-    # ---- after a restart --------------------------------------------------------------------------------------
+    # ---- after a restart, and replicas of a process that is gone ----------------------------------------------
     async def reconcile(self, open_jobs: Iterable[tuple[str, list[str]]]) -> list[str]:
         """At start, before nbd-server serves the recorded exports: the capacity from the cloud, slots held for the
         open jobs (job id, disk ids) whose replicas are attached, and every other replica on the OMA VM detached.
         Returns the disk ids detached."""
         await self.refresh()
+        _, detached = await self._settle_attached(open_jobs)
+        if detached:
+            logger.info("replicas of finished jobs detached from the OMA VM at start: {n}", n=len(detached))
+        return detached
+
+    async def take_over_orphans(self, open_jobs: Iterable[tuple[str, list[str]]]) -> tuple[set[str], list[str]]:
+        """Several OMA processes, while running: the replicas on the OMA VM that no process holds (the process that
+        attached them died, or lost its database connection) settled as at a start — held here for their open jobs
+        (job id, disk ids), detached when their job is over. Returns (the ids of the jobs whose replicas this process
+        now holds, the disk ids detached)."""
+        return await self._settle_attached(open_jobs)
+
+    async def _settle_attached(self, open_jobs: Iterable[tuple[str, list[str]]]) -> tuple[set[str], list[str]]:
         disks_of_job = {job_id: list(disks) for job_id, disks in open_jobs}
         job_of_disk = {disk_id: job_id for job_id, disks in disks_of_job.items() for disk_id in disks}
+        held: set[str] = set()
         detached = []
         for disk_id, last_job_id in await self.db.run(_attached_disks):
-            if not await self._claim(disk_id):
-                continue  # another live OMA process has it attached: its slots and its release are its own
-            job_id = job_of_disk.get(disk_id)
-            if job_id is not None:
-                self._owner[disk_id] = job_id
-                self.pool.hold(job_id, len(disks_of_job[job_id]))
-                continue
+            async with self._lock(disk_id):  # an attach or release here in progress ends first
+                if disk_id in self._owner or not await self._claim(disk_id):
+                    continue  # this process's own, or another live OMA process's: its slots and release are its own
+                if not await self.db.run(_attached_to_oma, disk_id):  # released just before the claim
+                    await self._unclaim(disk_id)
+                    continue
+                job_id = job_of_disk.get(disk_id)
+                if job_id is not None:
+                    self._owner[disk_id] = job_id
+                    self.pool.hold(job_id, len(disks_of_job[job_id]))
+                    held.add(job_id)
+                    continue
             try:
                 # logged under the disk's last job: the one whose end should have released it
                 if await self.release_disk(disk_id, last_job_id):
                     detached.append(disk_id)
             except CloudStackError as exc:
                 logger.warning("replica of disk {d} left on the OMA VM: {e}", d=disk_id, e=exc.message)
-        if detached:
-            logger.info("replicas of finished jobs detached from the OMA VM at start: {n}", n=len(detached))
-        return detached
+        return held, detached
+
+    async def serve_here(self, job_id: str, disk_id: str) -> ExportView:
+        """The export of a replica this process holds, served by this process's NBD server (a replica taken over
+        from a process that is gone: its appliance is told the new address)."""
+        async with self._lock(disk_id):
+            volume = await self.db.run(current_volume, disk_id)
+            if volume is None or disk_id not in self._owner:
+                raise FailedPrecondition(
+                    f"the replica of disk {disk_id} is not held by this OMA process",
+                    reason="REPLICA_NOT_HELD",
+                    disk_id=disk_id,
+                )
+            return await self.exports.ensure(volume, job_id)
 
 
 def _attached_disks() -> list[tuple[str, str]]:
@@ -369,3 +401,8 @@ def _attached_disks() -> list[tuple[str, str]]:
         )
         out.append((volume.disk_id, latest.job_id if latest else ""))
     return out
+
+
+def _attached_to_oma(disk_id: str) -> bool:
+    volume = current_volume(disk_id)
+    return volume is not None and volume.state == "attached_to_oma"

@@ -211,6 +211,34 @@ async def stream_holder_killed(world: Deployment, share: float = 0.25) -> None:
     await completed_and_verified(world, job_id, home)
 
 
+async def home_process_killed(world: Deployment, share: float = 0.25) -> None:
+    """Two processes; the replication is started on the first, which attaches and exports the replicas; the agent
+    streams to the second. The first is SIGKILLed with its nbdkit (a host that dies) once `share` of the copy is
+    done: the second's janitor takes the replicas over, serves their exports and names the new address to the
+    agent, whose copies reconnect there and resume; the job completes, read back and released by the second."""
+    home = await asyncio.to_thread(world.add_process)
+    survivor = await asyncio.to_thread(world.add_process, "--janitor-interval", "0.5")
+    await world.start_agent([survivor])
+    job_id = await world.discover_and_replicate(on=home)
+
+    async def copied() -> bool:
+        seen = await world.job(job_id)
+        return seen.bytes_total > 0 and seen.bytes_done >= seen.bytes_total * share
+
+    await until(f"{share:.0%} of the copy is done", copied)
+    await asyncio.to_thread(home.kill)
+    at_kill = await world.job(job_id)
+    copying = {d.disk_id for d in at_kill.disks if not d.completed}
+    if not copying:
+        raise KillMissed(f"the copy ended before the kill at {share:.0%}")
+    await completed_and_verified(world, job_id, survivor)
+    assert await world.log_of(job_id, "take_over"), "the survivor did not record taking the replicas over"
+    # The disks still copying at the kill moved to the survivor's NBD server; those done before keep their address.
+    moved = {d.disk_id for d in (await world.job(job_id)).disks if f":{survivor.nbd_port}/" in d.nbd_uri}
+    assert moved == copying, (moved, copying)
+    assert len(await world.log_of(job_id, "release_volumes")) == 1, await world.log_of(job_id, "release_volumes")
+
+
 async def provisioning_process_killed(world: Deployment) -> None:
     """Two processes; the replication is started on the first, which is SIGKILLed once provisioning has begun (the
     cloud's async jobs take a second each): the second's janitor provisions it and the job completes."""

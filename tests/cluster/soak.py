@@ -1,6 +1,7 @@
 """`python -m tests.cluster.soak --runs 20`: the multi-process kill scenarios of tests/cluster/deployment.py, many
-times on one throwaway PostgreSQL (a database per run), seeded: each run kills either the process holding the
-agent's stream at a seeded share of the copy (10 to 50 %) or the process provisioning the job. A run passes when the
+times on one throwaway PostgreSQL (a database per run), seeded: each run kills the process holding the agent's
+stream, or the one that attached and exports the replicas (with its nbdkit), at a seeded share of the copy (10 to
+50 %), or the process provisioning the job. A run passes when the
 job completes and the world ends consistent (every replica byte-identical, nothing left attached or exported, every
 replica read back). Failed runs keep their directory (every process's log) and print it."""
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from tests.cluster.deployment import (
     KillMissed,
     deployment,
+    home_process_killed,
     provisioning_process_killed,
     slow_cloud_seed,
     stream_holder_killed,
@@ -26,21 +28,31 @@ from tests.cluster.deployment import (
 from tests.pg import PostgresServer
 
 
+def victim_of(seed: int) -> str:
+    """Which process the run of `seed` kills."""
+    draw = random.Random(seed).random()
+    return "stream holder" if draw < 0.4 else "home process" if draw < 0.8 else "provisioning process"
+
+
 async def one_run(seed: int, root: Path, database_url: str) -> str:
     """'' when the run passed, "missed" when its kill came too late to count, else what failed."""
     rng = random.Random(seed)
-    stream = rng.random() < 0.7
-    world = await deployment(root, database_url, None if stream else slow_cloud_seed(root / "cloud-seed.json"))
+    rng.random()  # the victim's draw (victim_of)
+    victim = victim_of(seed)
+    slow = victim == "provisioning process"
+    world = await deployment(root, database_url, slow_cloud_seed(root / "cloud-seed.json") if slow else None)
     try:
-        if stream:
+        if victim == "stream holder":
             await stream_holder_killed(world, share=rng.uniform(0.1, 0.5))
+        elif victim == "home process":
+            await home_process_killed(world, share=rng.uniform(0.1, 0.5))
         else:
             await provisioning_process_killed(world)
         return ""
     except KillMissed:
         return "missed"
     except Exception as exc:
-        return f"{'stream holder' if stream else 'provisioning process'} killed: {exc!r}\n{traceback.format_exc()}"
+        return f"{victim} killed: {exc!r}\n{traceback.format_exc()}"
     finally:
         await asyncio.to_thread(world.stop)
 
@@ -62,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             t = time.monotonic()
             problem = asyncio.run(one_run(seed, run_dir, server.create_database()))
             verdict = {"": "ok", "missed": "kill missed (the copy had ended), not counted"}.get(problem, "")
-            print(f"seed {seed}: {verdict or f'FAILED (logs in {run_dir}): {problem}'} ({time.monotonic() - t:.1f} s)")
+            outcome = verdict or f"FAILED (logs in {run_dir}): {problem}"
+            print(f"seed {seed} ({victim_of(seed)} killed): {outcome} ({time.monotonic() - t:.1f} s)")
             failures += not verdict
             missed += problem == "missed"
             if verdict:

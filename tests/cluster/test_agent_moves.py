@@ -1,8 +1,10 @@
 """Real replications across several `oma-server` processes on one PostgreSQL (issue #18), with the reference agent
 and a real cloud (tests/cluster/deployment.py): a process that dies mid-job loses nothing — the stream moves to
-another process and the job completes; a job whose provisioning process dies is taken over by another's janitor; a
-process that starts while another copies leaves that copy's replicas alone. Every replica ends byte-identical to its
-source and read back by the OMA. `python -m tests.cluster.soak` runs the kills many times with seeded kill points."""
+another process and the job completes; when the process that attached a job's replicas dies with its NBD server,
+another takes them over and the agent's copies move there; a job whose provisioning process dies is taken over by
+another's janitor; a process that starts while another copies leaves that copy's replicas alone. Every replica ends
+byte-identical to its source and read back by the OMA. `python -m tests.cluster.soak` runs the kills many times
+with seeded kill points."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 from tests.cluster.deployment import (
     Deployment,
     deployment,
+    home_process_killed,
     process_started_mid_copy,
     provisioning_process_killed,
     slow_cloud_seed,
@@ -40,6 +43,12 @@ async def test_a_replication_completes_after_the_process_holding_its_stream_is_k
     tmp_path: Path, postgres: PostgresServer
 ) -> None:
     await _play(tmp_path, postgres, stream_holder_killed)
+
+
+async def test_a_replication_completes_after_the_process_that_attached_its_replicas_dies(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    await _play(tmp_path, postgres, home_process_killed)
 
 
 async def test_a_job_whose_provisioning_process_dies_is_taken_over(tmp_path: Path, postgres: PostgresServer) -> None:
