@@ -125,6 +125,8 @@ class App:
         self.joblog = JobLogService(self.db)
         self.watch = WatchHub()
         self.revisions = RevisionReservations(self.db, self.watch)
+        # Failover: jobs are readable (and watchable) at once; the workflow needs CloudStack, built at start.
+        self.failover_jobs = FailoverJobStore(self.db, self.clock, self.watch)
         self._build_stream(settings)
         self.replication = ReplicationService(self.db, self.clock, self.jobs, self.outbox)
         self.vms = VmContextService(self.db, self.outbox)
@@ -133,8 +135,6 @@ class App:
         self.job_watch = JobWatcher(self.watch)
         self.job_watch.lookups.append(self._replication_change)
         self.job_watch.listers.append(self._replication_changes)
-        # Failover: jobs are readable (and watchable) at once; the workflow needs CloudStack, built at start.
-        self.failover_jobs = FailoverJobStore(self.db, self.clock, self.watch)
         self.failover: FailoverWorkflow | None = None
         self.cutover: CutoverRunner | None = None  # scheduled cutovers: with the workflow
         self.network_mappings: NetworkMappingService | None = None
@@ -210,7 +210,7 @@ class App:
             ask_release=lambda appliance_id: self.routing.ask_release(appliance_id),
         )
         self.routing = ClusterRouting(self.db, self.bus, self.hub, self.outbox, settings.cluster_poll_interval_s)
-        self.changes = ChangeFeed(self.db, self.bus, self.jobs, self.process_id)
+        self.changes = ChangeFeed(self.db, self.bus, self.jobs, self.failover_jobs, self.process_id)
         if clustered:  # a job whose appliance streams to another process is read from the database
             self.jobs.is_local = self.hub.connected
         # The session hub acks durable progress, delivers commands and ends revoked appliances' streams.

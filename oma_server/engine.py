@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -82,6 +82,7 @@ class Claims(Protocol):
 
     async def take(self, name: str) -> bool: ...
     async def give_up(self, name: str) -> None: ...
+    async def unheld(self, names: Iterable[str]) -> set[str]: ...
 
 
 class JobRunner:

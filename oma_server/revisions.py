@@ -23,11 +23,10 @@ import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
-import peewee as pw
 from loguru import logger
 
 from oma_server.db.database import Database
-from oma_server.db.models import WatchRevision
+from oma_server.db.models import WatchRevision, for_update
 from oma_server.db.runner import Runner
 from oma_server.watch import WatchHub
 
@@ -50,10 +49,7 @@ async def commit_at_next_revision(db: Runner, hub: WatchHub, write: Callable[[in
 def _reserve_range(size: int, above: int) -> tuple[int, int]:
     """The next range (lo, lo + size] for this process alone: above `above` and every earlier reservation of any
     process (the record's row is locked until the commit on PostgreSQL). Returns (lo, hi)."""
-    query = WatchRevision.select().where(WatchRevision.id == 1)
-    if isinstance(WatchRevision._meta.database, pw.PostgresqlDatabase):  # type: ignore[attr-defined]
-        query = query.for_update()
-    row = query.first()
+    row = for_update(WatchRevision.select().where(WatchRevision.id == 1)).first()
     lo = max(above, int(row.reserved_up_to) if row is not None else 0)
     if row is None:
         WatchRevision.create(id=1, reserved_up_to=lo + size)

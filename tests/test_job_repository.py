@@ -6,6 +6,7 @@ apply, percent never backwards, acks only after a write, watch order) checked in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -144,6 +145,27 @@ async def test_a_write_from_a_stale_copy_is_refused_and_changes_nothing(backend:
     stored.bytes_done = 5  # a copy loaded after the write writes
     assert await backend.runner.tx(backend.repo.write_batch, [stored]) == []
     assert (await backend.runner.run(backend.repo.load, job.id)).bytes_done == 5
+
+
+async def test_of_copies_written_at_once_from_the_same_version_one_wins(backend: Backend) -> None:
+    """The fence holds under concurrency (several OMA processes, or worker threads, at the same instant): the row is
+    locked from the version check to the commit, so of copies loaded at one version exactly one is written."""
+    job = await backend.runner.tx(backend.repo.insert, new_job(backend), None, disks(backend))
+    copies = [await backend.runner.run(backend.repo.load, job.id) for _ in range(12)]
+
+    async def write(n: int, copy: JobState | None) -> bool:
+        assert copy is not None
+        copy.current_operation = f"written by copy {n}"
+        try:
+            await backend.runner.tx(backend.repo.write, copy)
+        except JobChangedElsewhere:
+            return False
+        return True
+
+    won = await asyncio.gather(*(write(n, c) for n, c in enumerate(copies)))
+    assert sum(won) == 1, won
+    stored = await backend.runner.run(backend.repo.load, job.id)
+    assert stored is not None and stored.current_operation == f"written by copy {won.index(True)}"
 
 
 async def test_open_jobs_and_the_highest_revision(backend: Backend) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
 from oma_server.db.database import Database
 from oma_server.db.migrations import apply_migrations
-from oma_server.revisions import RevisionReservations
+from oma_server.revisions import RevisionReservations, _reserve_range
 from oma_server.watch import Change, RevisionCompacted, WatchHub
 
 
@@ -119,3 +120,12 @@ async def test_a_revision_another_process_handed_out_is_refused_not_misread(db: 
     with pytest.raises(RevisionCompacted, match="another OMA process"):
         second.since(9, everything)
     assert [c.revision for c in second.since(4, everything)] == [5]
+
+
+async def test_concurrent_reservations_of_several_processes_never_overlap(db: Database) -> None:
+    """Reservations committed at once from several database connections (the OMA's worker threads; on PostgreSQL,
+    several OMA processes alike) get disjoint ranges: the record's row is locked from its read to the commit."""
+    ranges = await asyncio.gather(*(db.tx(_reserve_range, 10, 0) for _ in range(24)))
+    ordered = sorted(ranges)
+    assert all(hi - lo == 10 for lo, hi in ordered)
+    assert all(a_hi <= b_lo for (_, a_hi), (b_lo, _) in itertools.pairwise(ordered)), ordered

@@ -9,10 +9,13 @@ progress fields of each job touched (`<process id>|<JSON>`), taken only when new
 (store.take_progress). Like the holder's own watchers, they see progress before it is durable; the durable write's
 announcement follows, and a relayed value is never replaced by an older one.
 
-Payload: `<process id>|<u: a unit, p: a progress flush>|[[job id, last sequence]…]`, split to stay under
-PostgreSQL's 8,000-byte limit. A process skips its own. A lost notification (the listener reconnecting) is caught
-up at the next change of the job, and the progress flush rewrites a running job every second; `on_reconnect`
-re-reads every open job at once.
+Failover jobs live in their rows only; each commit announces the job's id (`f`), and the others publish the row as
+stored (failover/store.take_foreign).
+
+Payload: `<process id>|<u: a unit, p: a progress flush>|[[job id, last sequence]…]` or `<process id>|f|<job id>`,
+split to stay under PostgreSQL's 8,000-byte limit. A process skips its own. A lost notification (the listener
+reconnecting) is caught up at the next change of the job, and the progress flush rewrites a running job every
+second; `on_reconnect` re-reads every open job at once.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from loguru import logger
 
 from oma_server.cluster.bus import ClusterBus, notify
 from oma_server.db.runner import Runner
+from oma_server.failover.store import FailoverJobStore
 from oma_server.replication.state_machine import (
     DISK_PROGRESS_FIELDS,
     PROGRESS_FIELDS,
@@ -43,10 +47,13 @@ RELAY_S = 0.05
 
 
 class ChangeFeed:
-    def __init__(self, db: Runner, bus: ClusterBus, jobs: ReplicationJobStore, process_id: str) -> None:
+    def __init__(
+        self, db: Runner, bus: ClusterBus, jobs: ReplicationJobStore, failovers: FailoverJobStore, process_id: str
+    ) -> None:
         self.db = db
         self.bus = bus
         self.jobs = jobs
+        self.failovers = failovers
         self.process_id = process_id
         self._tasks: set[asyncio.Task[None]] = set()
         self._touched: dict[str, JobState] = {}
@@ -54,6 +61,7 @@ class ChangeFeed:
         if not bus.enabled:
             return
         jobs.announce = self.announce
+        failovers.announce = lambda job_id: notify(CHANNEL, f"{process_id}|f|{job_id}")
         jobs.on_touch = self._touched_here
         bus.listen(CHANNEL, self._received)
         bus.listen(PROGRESS_CHANNEL, self._progress_received)
@@ -69,6 +77,9 @@ class ChangeFeed:
     def _received(self, payload: str) -> None:
         origin, kind, body = payload.split("|", 2)
         if origin == self.process_id:
+            return
+        if kind == "f":
+            self._spawn(self._take_failover(body))
             return
         items = json.loads(body)
         if kind == "p":  # a progress flush: what the relay brought already needs no read
@@ -87,6 +98,12 @@ class ChangeFeed:
                 await self.jobs.take_foreign(job_id)
             except Exception:
                 logger.bind(job_id=job_id).opt(exception=True).warning("a change from another OMA process not read")
+
+    async def _take_failover(self, job_id: str) -> None:
+        try:
+            await self.failovers.take_foreign(job_id)
+        except Exception:
+            logger.bind(job_id=job_id).opt(exception=True).warning("a failover change from another process not read")
 
     # ---- progress ----------------------------------------------------------------------------------------------
     def _touched_here(self, job: JobState) -> None:
@@ -119,6 +136,8 @@ class ChangeFeed:
 
     async def _catch_up(self) -> None:
         await self._take([job.id for job in self.jobs.open_jobs()])
+        for failover in await self.failovers.open_jobs(include_scheduled=True):
+            await self._take_failover(failover.id)
 
     async def stop(self) -> None:
         for task in list(self._tasks):

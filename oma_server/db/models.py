@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import peewee as pw
 
@@ -21,6 +21,21 @@ def new_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+Q = TypeVar("Q", bound=pw.ModelSelect)
+
+
+def on_postgresql() -> bool:
+    """Whether the models are bound to PostgreSQL. (Through `database_proxy`: `isinstance(Model._meta.database,
+    pw.PostgresqlDatabase)` is always False — it is the proxy — so ask what is behind it.)"""
+    return isinstance(database_proxy.obj, pw.PostgresqlDatabase)
+
+
+def for_update(query: Q) -> Q:
+    """The query's rows locked until the commit (`SELECT ... FOR UPDATE`) on PostgreSQL, where several OMA processes
+    write; SQLite has one writer at a time and no such clause."""
+    return query.for_update() if on_postgresql() else query
 
 
 class JsonField(pw.TextField):

@@ -3,7 +3,10 @@
 `commit` reads the row, applies a mutation (state_machine.py functions), gives it the next watch revision, writes it
 and runs the caller's in-transaction hook (the VM context's transition, a job-log entry, a queued command) in the
 same transaction; then it publishes the new state to the watch hub so WatchJob/WatchJobs show it. Changes of one job
-are serialized in this process by a lock; the database row is the only state, so any OMA process can read it.
+are serialized in this process by a lock, and across OMA processes by the row's lock (FOR UPDATE on PostgreSQL:
+a cancel asked of one process and a step committed by another both land); the database row is the only state, so
+any OMA process can read it. With several processes every commit is announced to the others (`announce`, inside
+the transaction: cluster/changes.py), which read the row and publish it to their own watchers (`take_foreign`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 from oma_server.clock import Clock
 from oma_server.db.database import Database
-from oma_server.db.models import FailoverJob, utcnow
+from oma_server.db.models import FailoverJob, for_update, utcnow
 from oma_server.errors import AlreadyExists, InvalidArgument, NotFound
 from oma_server.failover.state_machine import (
     OPEN,
@@ -127,6 +130,10 @@ class FailoverJobStore:
         self.clock = clock
         self.watch = watch
         self._locks: dict[str, asyncio.Lock] = {}
+        #: several OMA processes: called inside each commit's transaction with the job's id (cluster/changes.py)
+        self.announce: Callable[[str], None] | None = None
+        #: (stored revision, updated_at) of what this process last published of each job another process wrote
+        self._taken: dict[str, tuple[int, object]] = {}
 
     def _lock(self, job_id: str) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
@@ -215,8 +222,7 @@ class FailoverJobStore:
         async with self._lock(job_id):
 
             def write(revision: int) -> FailoverJobState:
-                row = FailoverJob.get_by_id(job_id)
-                state = row_to_state(row)
+                state = row_to_state(_locked_row(job_id))
                 mutate(state)
                 state.revision = revision
                 state.updated_at = utcnow()
@@ -230,12 +236,40 @@ class FailoverJobStore:
     async def _write(self, write: Callable[[int], FailoverJobState]) -> FailoverJobState:
         """Reserve a watch revision, run `write` with it in one transaction, publish the result (or abandon the
         revision when the transaction failed, so later changes do not wait for it)."""
-        state = await commit_at_next_revision(self.db, self.watch, write)
+        announce = self.announce
+
+        def write_and_announce(revision: int) -> FailoverJobState:
+            state = write(revision)
+            if announce is not None:
+                announce(state.id)
+            return state
+
+        state = await commit_at_next_revision(self.db, self.watch, write_and_announce)
         self._publish(state)
         return state
+
+    async def take_foreign(self, job_id: str) -> None:
+        """Another OMA process committed the job: its row as stored now is published to this process's watchers,
+        under a revision of this process (notifications arrive in commit order and the row read is the newest, so
+        what watchers see only moves forward; a row already published is not published again)."""
+        async with self._lock(job_id):
+            row = await self.db.run(load, job_id)
+            if row is None or self._taken.get(job_id) == (row.revision, row.updated_at):
+                return
+            self._taken[job_id] = (row.revision, row.updated_at)
+            row.revision = self.watch.next_revision()
+            self._publish(row)
 
     def change_of(self, state: FailoverJobState) -> Change:
         return Change(state.revision, "failover", state.id, state.vm_context_id, state.copy(), state.final)
 
     def _publish(self, state: FailoverJobState) -> None:
         self.watch.publish(self.change_of(state))
+
+
+def _locked_row(job_id: str) -> FailoverJob:
+    """The job's row, locked until the commit on PostgreSQL (SQLite has one writer at a time anyway)."""
+    row = for_update(FailoverJob.select().where(FailoverJob.id == job_id)).first()
+    if row is None:
+        raise NotFound(f"failover job {job_id} does not exist", reason="JOB_NOT_FOUND", job_id=job_id)
+    return row

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import peewee as pw
 
-from oma_server.db.models import ChangeIdRecord, Disk, FailoverJob, JobDisk, ReplicationJob
+from oma_server.db.models import ChangeIdRecord, Disk, FailoverJob, JobDisk, ReplicationJob, on_postgresql
 from oma_server.errors import AlreadyExists
 from oma_server.integrity import maps
 from oma_server.integrity.blocks import Extent
@@ -142,7 +142,7 @@ def _stale(states: list[JobState]) -> list[str]:
     ids = [s.id for s in states]
     param = db.param
     sql = f"SELECT id, write_version FROM replication_job WHERE id IN ({', '.join([param] * len(ids))})"
-    if isinstance(db, pw.PostgresqlDatabase):
+    if on_postgresql():
         sql += " FOR UPDATE"
     versions = dict(db.execute_sql(sql, ids).fetchall())
     return [s.id for s in states if s.id in versions and versions[s.id] != s.write_version]
@@ -174,7 +174,7 @@ def write_batch(states: list[JobState]) -> list[str]:
     job_rows = [[*_row_values(ReplicationJob, _JOB_COLUMNS, s), s.write_version + 1, s.id] for s in states]
     disk_rows = [[*_row_values(JobDisk, _DISK_COLUMNS, d), s.id, d.disk_id] for s in states for d in s.disks]
     cursor = db.cursor()
-    many = _execute_batch if isinstance(db, pw.PostgresqlDatabase) else type(cursor).executemany
+    many = _execute_batch if on_postgresql() else type(cursor).executemany
     many(cursor, _update_sql(ReplicationJob, (*_JOB_COLUMNS, "write_version"), ("id",)), job_rows)
     if disk_rows:
         many(cursor, _update_sql(JobDisk, _DISK_COLUMNS, ("job", "disk")), disk_rows)

@@ -36,11 +36,11 @@ from oma_server.integrity import maps
 from oma_server.integrity.blocks import describe
 from oma_server.integrity.verifier import JobVerification, ReplicaVerifier
 from oma_server.joblog import JobLogService, note
-from oma_server.replication import takeover
 from oma_server.replication.disk_plans import REPAIR_CAPABILITY, plan_disks, plan_notes
 from oma_server.replication.service import ReplicationService
 from oma_server.replication.state_machine import DEFAULT_OPERATION, JobState, JobStatus
 from oma_server.replication.store import ReplicationJobStore
+from oma_server.replication.takeover import ReplicaTakeover
 from oma_server.storage.attachments import OmaAttachments, QueuePlace
 from oma_server.storage.volumes import disk_too_large, size_limits
 from oma_server.vm_contexts.service import VmContextService, VmView
@@ -126,6 +126,9 @@ class ReplicationWorkflow:
         #: several OMA processes: a job's replicas are read back and released by the process that attached them
         #: (its slots and exports are this process's), whichever process applied the appliance's events
         self.home_only = False
+        self._takeover = ReplicaTakeover(
+            db, jobs, service, vms, attachments, joblog, verifier, release=self.release_after_restart
+        )
 
     async def start_job(self, vm_context_id: str, kind: str, request_id: str, retry_of: str) -> JobState:
         if kind and kind not in KINDS:
@@ -218,7 +221,7 @@ class ReplicationWorkflow:
     async def take_over_orphans(self) -> list[str]:
         """Several OMA processes: the replicas of a process that is gone taken over here (replication/takeover.py);
         the ids of the jobs whose replicas this process took."""
-        return await takeover.take_over_orphans(self)
+        return await self._takeover.run()
 
     async def stop(self) -> None:
         self._finished.close()

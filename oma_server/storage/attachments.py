@@ -353,7 +353,11 @@ class OmaAttachments:
         job_of_disk = {disk_id: job_id for job_id, disks in disks_of_job.items() for disk_id in disks}
         held: set[str] = set()
         detached = []
-        for disk_id, last_job_id in await self.db.run(_attached_disks):
+        attached = [(d, j) for d, j in await self.db.run(_attached_disks) if d not in self._owner]
+        if self.claims is not None:  # one query for which are free, rather than a refused lock per replica
+            free = await self.claims.unheld(f"replica:{d}" for d, _ in attached)
+            attached = [(d, j) for d, j in attached if f"replica:{d}" in free]
+        for disk_id, last_job_id in attached:
             async with self._lock(disk_id):  # an attach or release here in progress ends first
                 if disk_id in self._owner or not await self._claim(disk_id):
                     continue  # this process's own, or another live OMA process's: its slots and release are its own

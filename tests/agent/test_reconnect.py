@@ -12,11 +12,11 @@ from oma_server.db.models import Disk, JobDisk
 from oma_server.server import OmaServer
 from tests.agent.helpers import add_exports, make_agent, register_vm, same_bytes, start_job, wait_status
 from tests.agent.nbd import NbdServer
-from tests.factories import enroll
+from tests.factories import Enrolled, enroll
 from tests.waiting import until
 from vma_client_stubs.agent.agent import CopyOptions
 from vma_client_stubs.agent.copier import ResumePoint
-from vma_client_stubs.agent.vcenter import FakeVCenter
+from vma_client_stubs.agent.vcenter import FakeVCenter, VirtualMachine
 
 MIB = 1 << 20
 SLOW = CopyOptions(max_bytes_per_second=6 * MIB, disks_per_job=2)  # ~5 s of copying: a cut lands mid-copy
@@ -49,15 +49,23 @@ async def _acked_some(oma_server: OmaServer, job_id: str) -> bool:
     return await acked(oma_server, job_id) >= 4 * MIB
 
 
+async def exported_vm(
+    oma_server: OmaServer, channel: grpc.aio.Channel, nbd: NbdServer, vcenter: FakeVCenter, name: str, seed: int
+) -> tuple[Enrolled, VirtualMachine, list[Disk]]:
+    """An enrolled appliance and a VM of two 16 MiB disks registered, their exports served by `nbd`."""
+    enrolled = await enroll(channel)
+    vm = vcenter.create_vm(name, [16 * MIB, 16 * MIB], seed=seed)
+    disks = await register_vm(oma_server.app, enrolled.appliance_id, vm)
+    add_exports(nbd, disks)
+    nbd.start()
+    return enrolled, vm, disks
+
+
 async def test_a_restarted_nbd_server_is_reconnected_and_the_copy_resumes(
     oma_server: OmaServer, channel: grpc.aio.Channel, nbd_server: NbdServer, vcenter: FakeVCenter, tmp_path: Path
 ) -> None:
     app = oma_server.app
-    enrolled = await enroll(channel)
-    vm = vcenter.create_vm("cut", [16 * MIB, 16 * MIB], seed=21)
-    disks = await register_vm(app, enrolled.appliance_id, vm)
-    add_exports(nbd_server, disks)
-    nbd_server.start()
+    enrolled, vm, disks = await exported_vm(oma_server, channel, nbd_server, vcenter, "cut", 21)
     async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent", copy=SLOW) as agent:
         job = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server)
         await cut_mid_copy(oma_server, job.id, nbd_server)
@@ -73,11 +81,7 @@ async def test_a_copy_moves_to_the_address_the_oma_names(
     oma_server: OmaServer, channel: grpc.aio.Channel, nbd_server: NbdServer, vcenter: FakeVCenter, tmp_path: Path
 ) -> None:
     app = oma_server.app
-    enrolled = await enroll(channel)
-    vm = vcenter.create_vm("moved", [16 * MIB, 16 * MIB], seed=22)
-    disks = await register_vm(app, enrolled.appliance_id, vm)
-    add_exports(nbd_server, disks)
-    nbd_server.start()
+    enrolled, vm, disks = await exported_vm(oma_server, channel, nbd_server, vcenter, "moved", 22)
     elsewhere = same_files(tmp_path / "elsewhere", nbd_server)
     async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent", copy=SLOW) as agent:
         job = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server)
@@ -103,11 +107,7 @@ async def test_a_target_gone_for_longer_than_the_wait_fails_the_job(
     oma_server: OmaServer, channel: grpc.aio.Channel, nbd_server: NbdServer, vcenter: FakeVCenter, tmp_path: Path
 ) -> None:
     app = oma_server.app
-    enrolled = await enroll(channel)
-    vm = vcenter.create_vm("gone", [16 * MIB, 16 * MIB], seed=23)
-    disks = await register_vm(app, enrolled.appliance_id, vm)
-    add_exports(nbd_server, disks)
-    nbd_server.start()
+    enrolled, vm, disks = await exported_vm(oma_server, channel, nbd_server, vcenter, "gone", 23)
     options = CopyOptions(max_bytes_per_second=6 * MIB, disks_per_job=2, target_wait_s=1.0)
     async with make_agent(oma_server, enrolled, vcenter, tmp_path / "agent", copy=options) as agent:
         job = await start_job(app, enrolled.appliance_id, vm, disks, nbd_server)

@@ -130,13 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rate limit of all this appliance's copies together, MiB/s (the OMA's limits apply too)",
     )
     run.add_argument("--report-interval", type=_positive, default=0.5, help="seconds between progress reports")
-    run.add_argument(
-        "--target-wait",
-        type=_positive,
-        default=120.0,
-        help="seconds a copy whose NBD export is gone keeps reconnecting (to a new address the OMA names) before "
-        "its job fails",
-    )
+    run.add_argument("--target-wait", type=_positive, default=120.0, help="seconds a copy retries a lost NBD export")
     run.add_argument("--log-json", action="store_true")
     run.add_argument("--log-level", default="INFO")
 

@@ -382,7 +382,6 @@ class _Connection:
         while handle.aio_in_flight() > 0:
             handle.poll(500)
             if time.monotonic() > deadline:
-                # a server cut off without a reset (its host died): as good as gone
                 raise TargetConnectionLost(f"{handle.aio_in_flight()} requests did not complete within 30 s")
 
     def stopping(self) -> bool:
@@ -458,13 +457,8 @@ class _Connection:
                 self.pool.append(buffer)
             if code:
                 seg = copier.plan.segments[chunk.index]
-                copier._fail(
-                    write_failure(
-                        f"write of {chunk.length} bytes at offset {seg.offset + chunk.offset} failed: "
-                        f"{os.strerror(code)}",
-                        code,
-                    )
-                )
+                what = f"write of {chunk.length} bytes at offset {seg.offset + chunk.offset} failed"
+                copier._fail(write_failure(f"{what}: {os.strerror(code)}", code))
             else:
                 copier._ledger.complete(chunk, durable=self.durable)
             return 1

@@ -26,9 +26,9 @@ class TargetWriteFailed(CopyError):
 
 
 class TargetConnectionLost(TargetWriteFailed):
-    """The connection to the export went away mid-copy (nothing says the data is bad): the agent reconnects, to the
-    same address or the one the OMA moves the export to, and resumes from the acknowledged point
-    (job_run.JobExecutor)."""
+    """The connection to the export went away mid-copy, or its requests went unanswered for 30 s (a server whose
+    host died sends no reset); nothing says the data is bad: the agent reconnects, to the same address or the one
+    the OMA moves the export to, and resumes from the acknowledged point (job_run.JobExecutor)."""
 
 
 def write_failure(message: str, code: int | None) -> TargetWriteFailed:
