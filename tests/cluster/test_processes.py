@@ -14,13 +14,23 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from oma.v1 import appliance_pb2, appliance_pb2_grpc, job_pb2, job_pb2_grpc, replication_pb2, replication_pb2_grpc
+from oma.v1 import (
+    appliance_pb2,
+    appliance_pb2_grpc,
+    failover_pb2,
+    job_pb2,
+    job_pb2_grpc,
+    replication_pb2,
+    replication_pb2_grpc,
+)
 from oma_server.app import App
+from oma_server.failover.state_machine import FailoverKind, FailoverStatus, iso_text
 from oma_server.ports import free_port
 from oma_server.security.tokens import ADMIN_TOKEN_FILE
 from oma_server.settings import Settings
@@ -44,10 +54,12 @@ class Cluster:
     credential: str
     job_id: str
     disk_ids: list[str]
+    cutover_id: str  # a live failover scheduled for tomorrow
 
 
-async def _seed(data_dir: Path, url: str) -> tuple[str, str, str, list[str]]:
-    """An enrolled appliance with one job handed to it, written through the real services; the admin token file."""
+async def _seed(data_dir: Path, url: str) -> tuple[str, str, str, list[str], str]:
+    """An enrolled appliance with one job handed to it and a live failover of its VM scheduled for tomorrow, written
+    through the real services; the admin token file."""
     app = App(
         Settings(
             listen="127.0.0.1:0",
@@ -62,7 +74,11 @@ async def _seed(data_dir: Path, url: str) -> tuple[str, str, str, list[str]]:
     try:
         enrolled = await app.appliances.enroll("vma-cluster")
         job = await seed_job(app, enrolled.appliance.id, disk_bytes=DISK_BYTES)
-        return enrolled.appliance.id, enrolled.credential, job.id, [d.disk_id for d in job.disks]
+        tomorrow = {"start_at": iso_text(datetime.now(UTC) + timedelta(days=1))}
+        cutover = await app.failover_jobs.create(
+            job.vm_context_id, FailoverKind.LIVE, params=tomorrow, status=FailoverStatus.SCHEDULED
+        )
+        return enrolled.appliance.id, enrolled.credential, job.id, [d.disk_id for d in job.disks], cutover.id
     finally:
         await app.stop()
 
@@ -70,7 +86,7 @@ async def _seed(data_dir: Path, url: str) -> tuple[str, str, str, list[str]]:
 @pytest.fixture
 async def cluster(tmp_path: Path, postgres: PostgresServer) -> AsyncIterator[Cluster]:
     url = postgres.create_database()
-    appliance_id, credential, job_id, disk_ids = await _seed(tmp_path / "seed", url)
+    appliance_id, credential, job_id, disk_ids, cutover_id = await _seed(tmp_path / "seed", url)
     processes = []
     try:
         for i in range(3):
@@ -80,7 +96,7 @@ async def cluster(tmp_path: Path, postgres: PostgresServer) -> AsyncIterator[Clu
             oma = OmaProcess(data_dir, url, "--cluster-poll-interval", "60", "--heartbeat-interval", "2")
             processes.append(oma)
             await asyncio.to_thread(oma.start)
-        yield Cluster(url, processes, appliance_id, credential, job_id, disk_ids)
+        yield Cluster(url, processes, appliance_id, credential, job_id, disk_ids, cutover_id)
     finally:
         for oma in processes:
             await asyncio.to_thread(oma.stop)
@@ -248,3 +264,33 @@ async def _appliances(oma: OmaProcess) -> list[appliance_pb2.Appliance]:
             appliance_pb2.ListAppliancesRequest()
         )
     return list(reply.appliances)
+
+
+async def test_a_failover_job_changed_in_one_process_reaches_the_watchers_of_the_others(cluster: Cluster) -> None:
+    """The scheduled cutover is cancelled through the first process; watchers of it on the second and the third,
+    subscribed while it was scheduled, get its final state (announced at the commit, read from its row there) and
+    their WatchJob ends, as on the process that changed it."""
+    c = cluster
+    first, second, third = c.processes
+    seen: dict[int, list[int]] = {1: [], 2: []}
+
+    async def watch(index: int, oma: OmaProcess) -> None:
+        async with oma.channel() as channel:
+            call = job_pb2_grpc.JobServiceStub(channel).WatchJob(job_pb2.WatchJobRequest(job_id=c.cutover_id))
+            async for response in call:
+                if response.update.HasField("failover_job"):
+                    seen[index].append(response.update.failover_job.status)
+
+    watchers = [asyncio.create_task(watch(1, second)), asyncio.create_task(watch(2, third))]
+    try:
+        await _until("both watchers have the scheduled job", lambda: all(seen.values()))
+        async with first.channel() as channel:
+            request = job_pb2.CancelJobRequest(id=c.cutover_id)
+            cancelled = (await job_pb2_grpc.JobServiceStub(channel).CancelJob(request)).job.failover_job
+        assert cancelled.status == failover_pb2.FAILOVER_JOB_STATUS_CANCELLED
+        await asyncio.wait_for(asyncio.gather(*watchers), timeout=20)  # each ends after the final state
+    finally:
+        for task in watchers:
+            task.cancel()
+    scheduled, final = failover_pb2.FAILOVER_JOB_STATUS_SCHEDULED, failover_pb2.FAILOVER_JOB_STATUS_CANCELLED
+    assert seen == {1: [scheduled, final], 2: [scheduled, final]}
