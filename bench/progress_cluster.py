@@ -93,12 +93,18 @@ async def measured_run(
         cpu0 = [bp.cpu_seconds(s.pid) for s in servers]
         pg0 = postgres_cpu_seconds()
         runs = [asyncio.create_task(fleet.run(t0)) for fleet in fleets]
+        # --profile: process 0 of the N-process run (it holds its own streams, takes the others' relay, feeds the
+        # watchers)
+        spy = bp.start_profiler(args.profile, servers[0].pid, args.seconds) if args.profile and processes > 1 else None
         await asyncio.sleep(max(0.0, t0 + args.seconds - time.time()))
         wall = time.time() - t0
         cpu = [bp.cpu_seconds(s.pid) - c for s, c in zip(servers, cpu0, strict=True)]
         pg_cpu = postgres_cpu_seconds() - pg0
         rss = [bp.proc_status_kib(s.pid, "VmRSS") for s in servers]
         by_group = [(await run)[0] for run in runs]
+        if spy is not None:
+            await asyncio.to_thread(spy.wait, 60)
+            print(f"  process 0 profile (py-spy, collapsed stacks): {args.profile}", flush=True)
     finally:
         for w in watchers:
             await w.stop()

@@ -23,7 +23,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-Q = TypeVar("Q", bound=pw.ModelSelect)
+Q = TypeVar("Q", bound="pw.ModelSelect[Any]")
 
 
 def on_postgresql() -> bool:
