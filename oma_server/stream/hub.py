@@ -45,6 +45,7 @@ from oma_server.replication import liveness
 from oma_server.replication.applier import VmaMessageApplier
 from oma_server.replication.store import ReplicationJobStore
 from oma_server.security.appliance_identity import ApplianceCertificates
+from oma_server.stream.last_seen import LastSeen
 from oma_server.uninterruptible import finish, uninterruptible
 from oma_server.version import __version__
 
@@ -129,6 +130,7 @@ class SessionHub:
         self.on_session: list[Callable[[str], None]] = []
         self._disconnected_since: dict[str, float] = {}
         self._watchdog: asyncio.Task[None] | None = None
+        self.last_seen = LastSeen(db, self.clock)
 
     @property
     def deadline_s(self) -> float:
@@ -153,6 +155,7 @@ class SessionHub:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
+        await self.last_seen.stop()
         for session in list(self.sessions.values()):
             session.close("the OMA is shutting down; reconnect")
 
@@ -321,10 +324,7 @@ class SessionHub:
         now = self.clock.monotonic()
         if now - session.last_seen_written >= LAST_SEEN_WRITE_INTERVAL_S:
             session.last_seen_written = now
-            seen_at = self.clock.now()
-            await self.db.tx(
-                lambda: Appliance.update(last_seen_at=seen_at).where(Appliance.id == session.appliance_id).execute()
-            )
+            self.last_seen.mark(session.appliance_id)
 
     def reject(self, session: Session, rejected: MessageRejected) -> None:
         """Answer a message that cannot be applied with a StreamError naming it; nothing of it was applied."""
