@@ -328,6 +328,44 @@ async def test_a_job_changed_by_another_process_wins_over_this_ones_copy() -> No
     )
 
 
+class GatedRunner(InlineRunner):
+    """Transactions wait for `gate` (a flush caught in its commit)."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = asyncio.Event()  # a transaction waits at the gate
+
+    async def tx(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.gate.is_set():
+            self.waiting.set()
+        await self.gate.wait()
+        return fn(*args, **kwargs)
+
+
+async def test_a_read_of_the_row_during_a_flush_never_replaces_the_newer_copy() -> None:
+    """Several OMA processes on PostgreSQL: a job whose appliance is not connected here is read from its row
+    (another process may have changed it) — but not while this process's flush of its progress is still being
+    committed: that row is older than what watchers were already shown. (The stream fault harness on PostgreSQL saw
+    it once: GetReplicationJob at revision 73 after a watcher had been shown 75.)"""
+    runner = GatedRunner()
+    store = ReplicationJobStore(runner, SystemClock(), WatchHub(), repository=MemoryJobRepository())
+    store.is_local = lambda _appliance: False  # its stream is not (or no longer) here
+    job = await handed_over(store)
+    applier = VmaMessageApplier(store, SystemClock())
+    await applier.apply_event("vma", JobEvent(job.id, 1, EventKind.STARTED))
+    await applier.apply_progress("vma", report(job.id, 2, 60))
+    shown = (await store.get(job.id)).revision
+    runner.gate.clear()
+    flushing = asyncio.create_task(store.flush())
+    await runner.waiting.wait()  # the flush has taken the job and waits in its transaction
+    seen = await store.get(job.id)  # the row still has the job as it was before the report
+    assert (seen.revision, seen.bytes_done) == (shown, 60)
+    runner.gate.set()
+    assert await flushing == 1
+    assert (await store.get(job.id)).bytes_done == 60
+
+
 async def test_progress_relayed_from_another_process_is_taken_when_newer_and_published() -> None:
     """The progress relay between OMA processes (cluster/changes.py): the holder's in-memory progress, encoded as
     relayed, lands on the other process's copy and reaches its watchers; an older one never replaces a newer."""

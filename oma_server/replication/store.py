@@ -88,6 +88,8 @@ class ReplicationJobStore:
         self._jobs: dict[str, JobState] = {}
         self._durable_seq: dict[str, int] = {}
         self._dirty: set[str] = set()
+        #: jobs whose progress a flush is writing right now (no longer dirty, not yet written)
+        self._flushing: set[str] = set()
         self._job_locks: dict[str, asyncio.Lock] = {}
         self._write_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -166,9 +168,14 @@ class ReplicationJobStore:
         return (
             self.is_local is not None
             and not job.final
-            and job.id not in self._dirty
+            and not self._unwritten(job.id)
             and not self.is_local(job.appliance_id)
         )
+
+    def _unwritten(self, job_id: str) -> bool:
+        """Whether this process holds progress of the job the database does not have yet (dirty, or being written
+        by a flush): its copy is newer than the row, and a read of the row must not replace it."""
+        return job_id in self._dirty or job_id in self._flushing
 
     def cached(self, job_id: str) -> JobState | None:
         return self._jobs.get(job_id)
@@ -353,7 +360,7 @@ class ReplicationJobStore:
         """This process now holds the appliance's stream: its open jobs as stored (the previous holder wrote what
         it had before it let go)."""
         for job in await self.db.run(self.repo.load_open_of, appliance_id):
-            if job.id not in self._dirty:
+            if not self._unwritten(job.id):
                 self._remember_stored(job)
 
     async def _write(self, write: Callable[[int], JobState]) -> JobState:
@@ -381,7 +388,7 @@ class ReplicationJobStore:
         process's watchers, under a revision of this process (skipped while this process has unwritten progress of
         the job — its flush's fence decides — or already holds that write)."""
         async with self.job_lock(job_id):
-            if job_id in self._dirty:
+            if self._unwritten(job_id):
                 return
             stored = await self.db.run(self.repo.load, job_id)
             cached = self._jobs.get(job_id)
@@ -466,11 +473,14 @@ class ReplicationJobStore:
             chosen = [j for j in self._dirty if slice_ is None or flush_slice(j) == slice_]
             batch = [self._jobs[j].copy() for j in chosen if j in self._jobs]
             self._dirty.difference_update(chosen)
+            self._flushing.update(s.id for s in batch)
             try:
                 stale = await self.db.tx(self._write_batch, batch)
             except BaseException:
                 self._dirty.update(s.id for s in batch)
                 raise
+            finally:
+                self._flushing.difference_update(s.id for s in batch)
             self.flushes += 1
             written = [s for s in batch if s.id not in stale]
             for state in written:
