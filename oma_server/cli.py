@@ -148,6 +148,13 @@ def _tuning_flags(g: argparse._ArgumentGroup) -> None:
         "how soon a dead process's unfinished jobs are taken over; default 30)",
     )
     g.add_argument(
+        "--scheduler-tick",
+        type=float,
+        default=float(env_default("scheduler_tick", "10")),
+        help="seconds between the scheduler's passes (with several OMA processes: also how soon another takes the "
+        "lead when the scheduler's process dies; default 10)",
+    )
+    g.add_argument(
         "--cluster-poll-interval",
         type=float,
         default=float(env_default("cluster_poll_interval", "5")),
@@ -292,6 +299,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         progress_flush_interval_s=args.progress_flush_interval,
         cluster_poll_interval_s=args.cluster_poll_interval,
         janitor_interval_s=args.janitor_interval,
+        scheduler_tick_s=args.scheduler_tick,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         idempotency_ttl_s=args.idempotency_ttl,
         driver_injection_command=args.driver_injection_command,

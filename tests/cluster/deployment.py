@@ -27,6 +27,8 @@ from oma.v1 import (
     job_pb2_grpc,
     replication_pb2,
     replication_pb2_grpc,
+    schedule_pb2,
+    schedule_pb2_grpc,
     vm_context_pb2,
     vm_context_pb2_grpc,
 )
@@ -123,14 +125,18 @@ class Deployment:
     def live(self) -> OmaProcess:
         return next(p for p in self.processes if p.proc is not None and p.proc.poll() is None)
 
-    async def discover_and_replicate(self, on: OmaProcess) -> str:
-        """Discovery (a command to the appliance, wherever its stream is) and an initial replication started on
-        `on`; the job id."""
+    async def discover(self, on: OmaProcess) -> None:
+        """Discovery (a command to the appliance, wherever its stream is) through `on`: the VM registered."""
         async with on.channel() as channel:
             found = await vm_context_pb2_grpc.VmContextServiceStub(channel).DiscoverVms(
                 vm_context_pb2.DiscoverVmsRequest(appliance_id=self.appliance_id, name_filter="moving", register=True)
             )
-            self.vm_id = found.vm_contexts[0].id
+        self.vm_id = found.vm_contexts[0].id
+
+    async def discover_and_replicate(self, on: OmaProcess) -> str:
+        """Discovery and an initial replication started on `on`; the job id."""
+        await self.discover(on)
+        async with on.channel() as channel:
             request = replication_pb2.StartReplicationRequest(vm_context_id=self.vm_id)
             return str((await replication_pb2_grpc.ReplicationServiceStub(channel).StartReplication(request)).job.id)
 
@@ -138,6 +144,12 @@ class Deployment:
         async with self.live().channel() as channel:
             request = replication_pb2.GetReplicationJobRequest(id=job_id)
             return (await replication_pb2_grpc.ReplicationServiceStub(channel).GetReplicationJob(request)).job
+
+    async def jobs(self) -> list[replication_pb2.ReplicationJob]:
+        """The VM's replication jobs, newest first."""
+        async with self.live().channel() as channel:
+            request = replication_pb2.ListReplicationJobsRequest(vm_context_id=self.vm_id)
+            return list((await replication_pb2_grpc.ReplicationServiceStub(channel).ListReplicationJobs(request)).jobs)
 
     async def log_of(self, job_id: str, step: str) -> list[str]:
         """The job-log messages of one step of a job."""
@@ -237,6 +249,42 @@ async def home_process_killed(world: Deployment, share: float = 0.25) -> None:
     moved = {d.disk_id for d in (await world.job(job_id)).disks if f":{survivor.nbd_port}/" in d.nbd_uri}
     assert moved == copying, (moved, copying)
     assert len(await world.log_of(job_id, "release_volumes")) == 1, await world.log_of(job_id, "release_volumes")
+
+
+async def scheduler_leader_killed(world: Deployment) -> None:
+    """Two processes; the first (started first: it leads the scheduler) runs a schedule of the VM every 3 s. Once a
+    scheduled sync has completed, the leader is SIGKILLed: the second takes the lead at its next tick and the
+    schedule's next syncs start there and complete."""
+    fast = ("--schedule-min-interval", "3", "--scheduler-tick", "0.5", "--janitor-interval", "0.5")
+    leader = await asyncio.to_thread(world.add_process, *fast)
+    follower = await asyncio.to_thread(world.add_process, *fast)
+    await world.start_agent([follower], rate_mib=64)
+    await world.discover(follower)
+    async with follower.channel() as channel:
+        spec = schedule_pb2.ScheduleSpec(
+            target=schedule_pb2.ScheduleTarget(kind=schedule_pb2.SCHEDULE_TARGET_KIND_VM_CONTEXT, id=world.vm_id),
+            interval_seconds=3,
+            rpo_target_seconds=3600,
+        )
+        schedules = schedule_pb2_grpc.ScheduleServiceStub(channel)
+        schedule = (await schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(spec=spec))).schedule
+
+    async def one_completed() -> bool:
+        return any(j.status == COMPLETED for j in await world.jobs())
+
+    await until("a scheduled sync completes under the first leader", one_completed, 90)
+    await asyncio.to_thread(leader.kill)
+    before = {j.id for j in await world.jobs()}
+
+    async def a_new_one_completed() -> bool:
+        return any(j.status == COMPLETED and j.id not in before for j in await world.jobs())
+
+    await until("a sync the new leader started completes", a_new_one_completed, 60)
+    async with follower.channel() as channel:  # no next sync: the world can settle
+        request = schedule_pb2.PauseScheduleRequest(id=schedule.id)
+        await schedule_pb2_grpc.ScheduleServiceStub(channel).PauseSchedule(request)
+    problems = await world.consistent(follower)
+    assert problems == [], problems
 
 
 async def provisioning_process_killed(world: Deployment) -> None:

@@ -20,6 +20,7 @@ from tests.cluster.deployment import (
     home_process_killed,
     process_started_mid_copy,
     provisioning_process_killed,
+    scheduler_leader_killed,
     slow_cloud_seed,
     stream_holder_killed,
 )
@@ -59,3 +60,7 @@ async def test_a_process_starting_mid_copy_leaves_the_other_processes_replicas_a
     tmp_path: Path, postgres: PostgresServer
 ) -> None:
     await _play(tmp_path, postgres, process_started_mid_copy)
+
+
+async def test_the_schedules_go_on_when_the_scheduler_leader_dies(tmp_path: Path, postgres: PostgresServer) -> None:
+    await _play(tmp_path, postgres, scheduler_leader_killed)
