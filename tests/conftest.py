@@ -12,6 +12,8 @@ import grpc
 import pytest
 
 from oma_server.app import App
+from oma_server.db.database import Database
+from oma_server.db.migrations import apply_migrations
 from oma_server.logging import configure_logging
 from oma_server.ports import free_port
 from oma_server.server import OmaServer
@@ -62,6 +64,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'oma.db'}"
     return request.getfixturevalue("postgres").create_database()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A migrated database of each backend (`database_url`), closed after the test."""
+    database = Database(database_url)
+    await database.run(apply_migrations, database.peewee)
+    yield database
+    database.close()
 
 
 def make_settings(tmp_path: Path, database_url: str = "", **overrides: object) -> Settings:

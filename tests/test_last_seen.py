@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
-
-import pytest
 
 from oma_server.clock import SystemClock
 from oma_server.db.database import Database
-from oma_server.db.migrations import apply_migrations
 from oma_server.db.models import Appliance
 from oma_server.stream.last_seen import LastSeen
 
@@ -29,14 +26,6 @@ class CountingRunner:
     async def tx(self, fn: Callable[..., T], *args: Any) -> T:
         self.transactions += 1
         return await self.db.tx(fn, *args)
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.run(apply_migrations, database.peewee)
-    yield database
-    database.close()
 
 
 async def test_a_burst_of_heartbeats_is_written_in_one_transaction(db: Database) -> None:

@@ -16,14 +16,6 @@ from oma_server.db.models import Appliance, Disk, VmContext
 from oma_server.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated, Unavailable
 
 
-@pytest.fixture
-async def db(database_url: str):
-    database = Database(database_url)
-    await database.run(apply_migrations, database.peewee)
-    yield database
-    database.close()
-
-
 async def test_migrations_are_versioned_and_idempotent(db: Database) -> None:
     assert await db.run(current_version, db.peewee) == LATEST_VERSION
     assert await db.run(apply_migrations, db.peewee) == []  # nothing left to apply

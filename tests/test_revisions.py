@@ -8,21 +8,12 @@ import itertools
 import pytest
 
 from oma_server.db.database import Database
-from oma_server.db.migrations import apply_migrations
 from oma_server.revisions import RevisionReservations, _reserve_range
 from oma_server.watch import Change, RevisionCompacted, WatchHub
 
 
 def change(revision: int, job_id: str = "j") -> Change:
     return Change(revision, "replication", job_id, "vm", None, False)
-
-
-@pytest.fixture
-async def db(database_url: str) -> Database:  # type: ignore[misc]
-    database = Database(database_url)
-    await database.run(apply_migrations, database.peewee)
-    yield database
-    database.close()
 
 
 async def test_after_a_crash_revisions_continue_above_everything_handed_out(db: Database) -> None:

@@ -5,25 +5,13 @@ another committed (`take_foreign`), in order, once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-
-import pytest
 
 from oma_server.clock import SystemClock
 from oma_server.db.database import Database
-from oma_server.db.migrations import apply_migrations
 from oma_server.db.models import Appliance, VmContext
 from oma_server.failover.state_machine import FailoverKind, FailoverStatus
 from oma_server.failover.store import FailoverJobStore
 from oma_server.watch import WatchHub
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.run(apply_migrations, database.peewee)
-    yield database
-    database.close()
 
 
 async def a_vm(db: Database) -> str:
