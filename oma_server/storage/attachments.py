@@ -353,11 +353,11 @@ class OmaAttachments:
         job_of_disk = {disk_id: job_id for job_id, disks in disks_of_job.items() for disk_id in disks}
         held: set[str] = set()
         detached = []
-        attached = [(d, j) for d, j in await self.db.run(_attached_disks) if d not in self._owner]
+        attached = [d for d in await self.db.run(_attached_disk_ids) if d not in self._owner]
         if self.claims is not None:  # one query for which are free, rather than a refused lock per replica
-            free = await self.claims.unheld(f"replica:{d}" for d, _ in attached)
-            attached = [(d, j) for d, j in attached if f"replica:{d}" in free]
-        for disk_id, last_job_id in attached:
+            free = await self.claims.unheld(f"replica:{d}" for d in attached)
+            attached = [d for d in attached if f"replica:{d}" in free]
+        for disk_id, last_job_id in await self.db.run(_with_latest_jobs, attached):
             async with self._lock(disk_id):  # an attach or release here in progress ends first
                 if disk_id in self._owner or not await self._claim(disk_id):
                     continue  # this process's own, or another live OMA process's: its slots and release are its own
@@ -392,18 +392,24 @@ class OmaAttachments:
             return await self.exports.ensure(volume, job_id)
 
 
-def _attached_disks() -> list[tuple[str, str]]:
-    """(disk id, id of the disk's latest replication job) of every replica recorded as attached to the OMA VM."""
+def _attached_disk_ids() -> list[str]:
+    """The disk ids of every replica recorded as attached to the OMA VM."""
+    return [v.disk_id for v in Volume.select(Volume.disk).where(Volume.state == "attached_to_oma")]
+
+
+def _with_latest_jobs(disk_ids: list[str]) -> list[tuple[str, str]]:
+    """(disk id, id of the disk's latest replication job, "" if none) of each disk. Asked only for the replicas a
+    pass settles: a running process's pass, which finds none nearly always, costs two queries."""
     out = []
-    for volume in Volume.select(Volume.disk).where(Volume.state == "attached_to_oma"):
+    for disk_id in disk_ids:
         latest = (
             JobDisk.select(JobDisk.job)
             .join(ReplicationJob)
-            .where(JobDisk.disk == volume.disk_id)
+            .where(JobDisk.disk == disk_id)
             .order_by(ReplicationJob.created_at.desc())
             .first()
         )
-        out.append((volume.disk_id, latest.job_id if latest else ""))
+        out.append((disk_id, latest.job_id if latest else ""))
     return out
 
 
