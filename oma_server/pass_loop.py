@@ -3,7 +3,8 @@ least every `tick_s`. The scheduler and the bandwidth governor are such loops. S
 adapter, so a test's ManualClock drives a loop through hours in moments (`pass_after_now`).
 
 With a `leadership`, a pass runs only while this process holds it (several OMA processes on one PostgreSQL); the
-others try again every `tick_s`.
+others try again every `tick_s`, and run their `follow_pass` meanwhile (what every process does for its own
+clients, e.g. the scheduler's RPO updates to this process's watchers).
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ class PassLoop:
         run_pass: Callable[[], Awaitable[float]],
         tick_s: float,
         leadership: Leadership | None = None,
+        follow_pass: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
+        self.follow_pass = follow_pass  # each tick this process does not lead
         self.clock = clock
         self.run_pass = run_pass  # one pass; returns the seconds until the next is due
         self.tick_s = tick_s
@@ -90,6 +93,8 @@ class PassLoop:
             try:
                 if self.leadership is None or await asyncio.to_thread(self.leadership.try_lead):
                     delay = await self.run_pass()
+                elif self.follow_pass is not None:
+                    await self.follow_pass()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -103,8 +103,9 @@ class Scheduler:
         self.joblog = joblog
         self.limits = limits
         self.tick_s = tick_s
-        #: several OMA processes on one PostgreSQL: only the leader starts syncs (None: this process always leads)
-        self.loop = PassLoop("scheduler", clock, self.run_pass, tick_s, leadership)
+        #: several OMA processes on one PostgreSQL: only the leader starts syncs (None: this process always leads);
+        #: every process tells its own watchers the RPOs (read from the database) each tick
+        self.loop = PassLoop("scheduler", clock, self.run_pass, tick_s, leadership, follow_pass=self.follow_pass)
         self._watcher: asyncio.Task[None] | None = None
         self._published: dict[str, Change] = {}  # VM id → its last RPO change
         self._publishing = asyncio.Lock()
@@ -312,6 +313,10 @@ class Scheduler:
             self._published[vm_id] = change
         if view.status == rpo.BREACHED and (last is None or last.state.status != rpo.BREACHED):
             logger.bind(vm_context_id=vm_id).warning("RPO breached: {reason}", reason=view.reason)
+
+    async def follow_pass(self) -> None:
+        """A process that does not lead the scheduler: the RPOs changed since its last look, to its own watchers."""
+        await self._publish_rpos(self.clock.now())
 
     async def rpo_changes(self, include_finished: bool) -> list[Change]:
         """The RPO of every scheduled VM as of now (WatchJobs' initial snapshot): what changed since the last pass is

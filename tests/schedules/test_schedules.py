@@ -3,6 +3,7 @@ ManualClock that moves hours of slots in moments (no test sleeps through real mi
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -12,9 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from oma.v1 import job_pb2, job_pb2_grpc, replication_pb2, schedule_pb2, vm_context_pb2
 from oma_server.clock import ManualClock
+from oma_server.schedules.leadership import Leadership
 from oma_server.security.tokens import read_admin_token
 from tests.clients import oma_channel
 from tests.factories import enroll
+from tests.pg import PostgresServer
 from tests.schedules.helpers import T0, Api, Vma, oma_on_clock, restart_oma, seconds_after_t0, start_oma, step
 from vma_client_stubs.errors import error_info_of
 
@@ -304,3 +307,30 @@ async def test_metrics_show_each_scheduled_vms_rpo_against_its_target(tmp_path: 
             assert after[("oma_vm_rpo_breached", labels)] == 0
             assert after[("oma_vm_rpo_seconds", labels)] == 60
         await vma.close()
+
+
+@pytest.mark.postgres
+async def test_a_process_that_does_not_lead_the_scheduler_still_tells_its_watchers_the_rpo(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """Several OMA processes: only the scheduler's leader starts syncs, but every process's watchers follow the
+    RPOs — a process that does not lead reads them from the database at each tick and publishes what changed."""
+    url = postgres.create_database()
+    elsewhere = Leadership(url, "postgresql")  # another OMA process leads the scheduler
+    assert elsewhere.try_lead()
+    try:
+        async with oma_on_clock(tmp_path, url) as (server, clock, api):
+            vma = await Vma.connect(api.channel)
+            vm_id = await api.register(vma.enrolled, "web-01")
+            created = await api.create(vm_id, interval_seconds=HOUR, rpo_target_seconds=90 * 60)
+            watch = job_pb2_grpc.JobServiceStub(api.channel).WatchJobs(job_pb2.WatchJobsRequest(vm_context_id=vm_id))
+            assert "no completed and verified sync yet" in (await anext_rpo(watch, status=BREACHED)).reason
+            await api.schedules.PauseSchedule(schedule_pb2.PauseScheduleRequest(id=created.id))
+            await step(server, clock, 2 * HOUR)
+            assert await api.jobs(vm_id) == []  # this process does not start syncs: it does not lead
+            paused = await asyncio.wait_for(anext_rpo(watch, status=BREACHED), timeout=10)
+            assert "the schedule is paused" in paused.reason
+            watch.cancel()
+            await vma.close()
+    finally:
+        elsewhere.release()
